@@ -1,0 +1,79 @@
+/*
+ * CNN core: C entry points shared by the HLS top (hls/cnn_core.cpp) and the
+ * emulator (loaded through cffi). Same cdef-friendly subset as vfpga_isa.h.
+ *
+ * The board's free-running core is C-simulated as a bounded step: one call
+ * runs one frame (everything up to and including the next FRAME, BARRIER or
+ * END marker, or the end of the stream) and keeps all state -- the on-chip
+ * buffers and the program counter -- in memory passed by pointer. The HLS top
+ * wraps the same step in its hardware loop.
+ *
+ * Buffer sizes come from the board config as macros (VF_IBUF_BYTES, ...);
+ * vf_cnn_core_geometry() reports the values this library was built with.
+ */
+#ifndef VFPGA_CNN_CORE_H
+#define VFPGA_CNN_CORE_H
+
+#include <stdint.h>
+#include "vfpga_isa.h"
+
+/* On-chip memories of one core (BRAM/URAM on the board). */
+typedef struct {
+    int8_t *ibuf;    /* VF_IBUF_BYTES */
+    int8_t *wbuf;    /* VF_WBUF_BYTES */
+    int32_t *acc;    /* VF_ACC_WORDS */
+    int8_t *obuf;    /* VF_OBUF_BYTES */
+    int32_t *param;  /* VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS */
+} vf_cnn_buffers_t;
+
+/* Architectural state between steps. */
+typedef struct {
+    uint32_t pc;          /* next instruction index (relative to insn_offset) */
+    uint32_t running;     /* 1 until END or a fault */
+    uint32_t fault;       /* VF_FAULT_* */
+    uint32_t fault_insn;  /* index of the faulting instruction */
+    uint32_t fault_addr;  /* offending segment offset / buffer offset / field */
+    uint32_t fault_opcode;
+} vf_cnn_state_t;
+
+/* Pipelined-loop iteration counters, accumulated over steps. */
+typedef struct {
+    uint64_t insns;          /* instructions retired */
+    uint64_t frames;         /* FRAME markers seen */
+    uint64_t load_iters;     /* LOAD_TILE/LOAD_LINEAR bus beats */
+    uint64_t compute_iters;  /* CONV/POOL/ADD pipelined iterations */
+    uint64_t save_iters;     /* SAVE bus beats */
+    uint64_t load_bytes;     /* bytes read from DDR */
+    uint64_t save_bytes;     /* bytes written to DDR */
+    uint64_t macs;           /* useful multiply-accumulates */
+} vf_cnn_counters_t;
+
+/* Build-time geometry, from the board config macros. */
+typedef struct {
+    uint32_t icp;             /* input channels per cycle */
+    uint32_t ocp;             /* output channels per cycle (also vector lanes) */
+    uint32_t axi_bytes;       /* DDR bus width in bytes per beat */
+    uint32_t ibuf_bytes;
+    uint32_t wbuf_bytes;
+    uint32_t acc_words;
+    uint32_t obuf_bytes;
+    uint32_t param_entries;
+} vf_cnn_geometry_t;
+
+#define VF_STEP_FRAME 0   /* a frame (or barrier) completed, more to run */
+#define VF_STEP_END 1     /* END reached, or the stream is exhausted */
+#define VF_STEP_FAULT 2   /* stopped with state->fault set */
+
+void vf_cnn_core_geometry(vf_cnn_geometry_t *geometry);
+
+/* Runs one frame of the program at seg[insn_offset], insn_count instructions
+ * long. seg/seg_limit is the tenant segment: every DDR access, instruction
+ * fetches included, must fall inside [0, seg_limit). iters (optional, length
+ * insn_count) receives each retired instruction's pipelined-loop iteration
+ * count. Returns VF_STEP_*. */
+uint32_t vf_cnn_core_step(int8_t *seg, uint32_t seg_limit,
+                          uint32_t insn_offset, uint32_t insn_count,
+                          vf_cnn_buffers_t *buffers, vf_cnn_state_t *state,
+                          vf_cnn_counters_t *counters, uint32_t *iters);
+
+#endif /* VFPGA_CNN_CORE_H */

@@ -1,0 +1,40 @@
+"""vfpga: one FPGA shared by many DNN inference tenants.
+
+Installs the single namespace ``vfpga`` (driver/ -> vfpga.driver, runtime/ ->
+vfpga.runtime, overlay/ -> vfpga.overlay) and builds the emulation libraries
+from the HLS C++ in hls/ with cffi, one per board config.
+"""
+
+import os
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BOARDS = sorted(f[:-5] for f in os.listdir(os.path.join(HERE, "overlay", "configs")) if f.endswith(".json"))
+
+setup(
+    name="vfpga",
+    version="0.1.0",
+    description="Multi-tenant DNN inference on one FPGA: core pool, two-level dispatch, PYNQ driver",
+    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["vfpga", "vfpga.driver", "vfpga.runtime", "vfpga.overlay"],
+    package_dir={
+        "vfpga": "src/vfpga",
+        "vfpga.driver": "driver",
+        "vfpga.runtime": "runtime",
+        "vfpga.overlay": "overlay",
+    },
+    package_data={"vfpga.overlay": ["configs/*.json"]},
+    cffi_modules=["hls/cffi_build.py:isa"] + [f"hls/cffi_build.py:emu_{b}" for b in BOARDS],
+    install_requires=[
+        "pynq>=3.1",
+        "numpy>=1.23,<2",  # pynq 3.1+ needs numpy 1.x
+        "cffi>=1.15",
+        "onnx>=1.14,<1.23",  # 1.23 needs protobuf 6, pynq's grpcio-tools pins protobuf 5
+        "onnxruntime>=1.16",
+    ],
+    extras_require={"test": ["pytest>=7", "ruff>=0.4"]},
+    entry_points={"console_scripts": ["vfpga = vfpga.runtime.cli:main"]},
+)
