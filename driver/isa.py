@@ -1,0 +1,134 @@
+"""The ISA as Python sees it, derived from hls/include/vfpga_isa.h.
+
+The header is compiled into ``vfpga.driver._isa`` by cffi in API mode, so the
+C compiler has checked every layout used here. Numpy dtypes for each
+instruction format are built from cffi's field table: no field is named in
+Python except where an instruction is filled in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vfpga.driver._isa import ffi, lib
+
+INSN_BYTES = lib.VF_INSN_BYTES
+ISA_VERSION = lib.VF_ISA_VERSION
+
+
+def _constants(prefix: str) -> dict[str, int]:
+    return {name[len(prefix):]: getattr(lib, name) for name in dir(lib) if name.startswith(prefix)}
+
+
+OPCODES = {k: v for k, v in _constants("VF_OP_").items() if k != "COUNT"}
+OPCODE_NAMES = {v: k for k, v in OPCODES.items()}
+FAULTS = _constants("VF_FAULT_")
+FAULT_NAMES = {v: k for k, v in FAULTS.items()}
+
+_PRIMITIVES = {
+    "uint8_t": "u1", "int8_t": "i1", "uint16_t": "<u2", "int16_t": "<i2",
+    "uint32_t": "<u4", "int32_t": "<i4", "uint64_t": "<u8", "int64_t": "<i8",
+}
+
+
+def _dtype_of(ctype) -> np.dtype:
+    if ctype.kind == "primitive":
+        return np.dtype(_PRIMITIVES[ctype.cname])
+    if ctype.kind == "array":
+        return np.dtype((_dtype_of(ctype.item), (ctype.length,)))
+    if ctype.kind == "struct":
+        names, formats, offsets = [], [], []
+        for name, field in ctype.fields:
+            names.append(name)
+            formats.append(_dtype_of(field.type))
+            offsets.append(field.offset)
+        return np.dtype({"names": names, "formats": formats, "offsets": offsets,
+                         "itemsize": ffi.sizeof(ctype)})
+    raise TypeError(f"no numpy equivalent for {ctype.cname}")
+
+
+def _insn_dtype(struct_name: str) -> np.dtype:
+    d = _dtype_of(ffi.typeof(struct_name))
+    # Every format occupies a whole instruction slot.
+    return np.dtype({"names": d.names, "formats": [d.fields[n][0] for n in d.names],
+                     "offsets": [d.fields[n][1] for n in d.names], "itemsize": INSN_BYTES})
+
+
+HEAD = _dtype_of(ffi.typeof("vf_insn_head_t"))
+FORMATS = {
+    "mem": _insn_dtype("vf_insn_mem_t"),
+    "linear": _insn_dtype("vf_insn_linear_t"),
+    "conv": _insn_dtype("vf_insn_conv_t"),
+    "pool": _insn_dtype("vf_insn_pool_t"),
+    "add": _insn_dtype("vf_insn_add_t"),
+    "marker": _insn_dtype("vf_insn_marker_t"),
+}
+# Which format each opcode uses (mirrors the union members in the header).
+FORMAT_OF = {
+    OPCODES["NOP"]: "marker",
+    OPCODES["LOAD_TILE"]: "mem",
+    OPCODES["SAVE"]: "mem",
+    OPCODES["LOAD_LINEAR"]: "linear",
+    OPCODES["CONV"]: "conv",
+    OPCODES["POOL"]: "pool",
+    OPCODES["ADD"]: "add",
+    OPCODES["FRAME"]: "marker",
+    OPCODES["BARRIER"]: "marker",
+    OPCODES["END"]: "marker",
+}
+assert ffi.sizeof("vf_insn_t") == INSN_BYTES
+assert set(FORMAT_OF) == set(OPCODES.values()), "an opcode in vfpga_isa.h has no format here"
+
+DEP = _constants("VF_DEP_")
+CONV_ACC_INIT = lib.VF_CONV_ACC_INIT
+CONV_ACC_FINAL = lib.VF_CONV_ACC_FINAL
+POOL_AVG = lib.VF_POOL_AVG
+POOL_COUNT_PAD = lib.VF_POOL_COUNT_PAD
+BUF_WGT = lib.VF_BUF_WGT
+BUF_PARAM = lib.VF_BUF_PARAM
+PARAM_ENTRY_WORDS = lib.VF_PARAM_ENTRY_WORDS
+
+
+def encode(opcode: str, deps: int = 0, flags: int = 0, tag: int = 0, **fields) -> bytes:
+    """One instruction as its 64 bytes. Unknown field names raise."""
+    op = OPCODES[opcode]
+    dt = FORMATS[FORMAT_OF[op]]
+    rec = np.zeros((), dtype=dt)
+    rec["head"]["opcode"] = op
+    rec["head"]["deps"] = deps
+    rec["head"]["flags"] = flags
+    rec["head"]["tag"] = tag
+    for name, value in fields.items():
+        if name not in dt.names or name in ("head", "reserved"):
+            raise KeyError(f"{opcode} has no field {name!r}; fields: {', '.join(dt.names[1:])}")
+        if not _fits(dt.fields[name][0], value):
+            raise ValueError(f"{opcode}.{name} = {value} does not fit {dt.fields[name][0]}")
+        rec[name] = value
+    return rec.tobytes()
+
+
+def _fits(dtype: np.dtype, value) -> bool:
+    info = np.iinfo(dtype)
+    return info.min <= int(value) <= info.max
+
+
+def decode(raw) -> dict:
+    """Fields of one instruction (64 bytes) as a dict, opcode named."""
+    buf = bytes(raw)
+    if len(buf) != INSN_BYTES:
+        raise ValueError(f"an instruction is {INSN_BYTES} bytes, got {len(buf)}")
+    op = buf[0]
+    if op not in FORMAT_OF:
+        return {"opcode": f"<invalid {op}>"}
+    rec = np.frombuffer(buf, dtype=FORMATS[FORMAT_OF[op]])[0]
+    out = {"opcode": OPCODE_NAMES[op], "deps": int(rec["head"]["deps"]),
+           "flags": int(rec["head"]["flags"]), "tag": int(rec["head"]["tag"])}
+    for name in rec.dtype.names:
+        if name not in ("head", "reserved"):
+            out[name] = int(rec[name])
+    return out
+
+
+def opcodes_of(program: np.ndarray) -> np.ndarray:
+    """Opcode of every instruction of a program given as uint8 [n, 64]."""
+    return program.reshape(-1, INSN_BYTES)[:, 0]

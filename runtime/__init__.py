@@ -1,0 +1,1 @@
+"""vfpga.runtime: ONNX front end, quantization, compiler and the user API."""

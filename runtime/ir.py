@@ -1,0 +1,93 @@
+"""The quantized layer graph the compiler lowers: what the front end
+produces from ONNX and what the golden model executes.
+
+Activations are int8 HWC tensors of batch 1 with a per-tensor scale and zero
+point (real = scale * (q - zero_point)). Every layer carries integer
+parameters only; the float scales are kept for reporting and dequantizing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Tensor:
+    name: str
+    shape: tuple[int, int, int]  # (H, W, C)
+    scale: float
+    zero_point: int  # int8
+
+
+@dataclass
+class Conv:
+    """Grouped 2-D convolution with fused bias, requantization and clip.
+    out = clamp(out_zp + rshift_round((bias + sum((x - in_zp) * w)) * mult, shift), lo, hi)
+    with x padded by real zeros (q = in_zp)."""
+
+    name: str
+    input: str
+    output: str
+    weight: np.ndarray  # int8 [OC, IC // groups, KH, KW]
+    bias: np.ndarray  # int32 [OC]
+    mult: np.ndarray  # int32 [OC]
+    shift: np.ndarray  # int32 [OC]
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    groups: int = 1
+    clip: tuple[int, int] = (-128, 127)
+    onnx_nodes: list[str] = field(default_factory=list)
+    kind: str = "conv"
+
+
+@dataclass
+class Pool:
+    """Max or average pooling (global pooling is a kernel covering the input).
+    v = max(x - in_zp) or sum(x - in_zp) over the valid window positions;
+    out = clamp(out_zp + rdiv(v * mult, count << shift), lo, hi)."""
+
+    name: str
+    input: str
+    output: str
+    mode: str  # "max" | "avg"
+    kernel: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    count_include_pad: bool = False
+    mult: int = 1 << 30
+    shift: int = 30
+    clip: tuple[int, int] = (-128, 127)
+    onnx_nodes: list[str] = field(default_factory=list)
+    kind: str = "pool"
+
+
+@dataclass
+class Add:
+    """Element-wise sum with per-input requantization.
+    out = clamp(out_zp + rshift_round((a - a_zp) * a_mult + (b - b_zp) * b_mult, shift), lo, hi)"""
+
+    name: str
+    inputs: tuple[str, str]
+    output: str
+    a_mult: int
+    b_mult: int
+    shift: int
+    clip: tuple[int, int] = (-128, 127)
+    onnx_nodes: list[str] = field(default_factory=list)
+    kind: str = "add"
+
+
+@dataclass
+class Graph:
+    """Layers in a valid execution order over named tensors."""
+
+    tensors: dict[str, Tensor]
+    layers: list
+    inputs: list[str]
+    outputs: list[str]
+    name: str = "model"
+
+    def layer_inputs(self, layer) -> list[str]:
+        return list(layer.inputs) if layer.kind == "add" else [layer.input]
