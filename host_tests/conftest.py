@@ -1,0 +1,26 @@
+"""Shared fixtures for the host tests (emulation, no board needed)."""
+
+import pytest
+
+from vfpga.driver.emulated import EmulatedDevice
+
+# Small emulated banks: cheap to build, and small enough to compare whole.
+SMALL_BANK = 16 << 20
+
+
+@pytest.fixture
+def make_emulated_device():
+    """Factory: ``make_emulated_device(board="u200", **kwargs)`` -> a fresh
+    EmulatedDevice with small banks unless ``bank_capacity`` is given."""
+
+    def make(board="u200", **kwargs):
+        kwargs.setdefault("bank_capacity", SMALL_BANK)
+        return EmulatedDevice(board, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def emulated_device(make_emulated_device):
+    """A fresh emulated u200 with small banks."""
+    return make_emulated_device("u200")
