@@ -1,0 +1,591 @@
+"""Analytic cycle model of one CNN core (emulation timing).
+
+Three layers, each built on the one below:
+
+* :func:`insn_iters` / :func:`program_iters` -- pipelined-loop iterations of
+  an instruction, the exact formulas the C-simulation counts (the contract at
+  the top of hls/cnn_core.cpp; tests compare them with the C-sim's ``iters``).
+* :func:`insn_cycles` / :func:`program_cycles` -- iterations plus the fixed
+  latencies around them, from the board config and the constants below.
+* :func:`schedule` -- the load/compute/save overlap of a whole program,
+  following the dependency tokens as the core does.
+
+The schedule follows the core's step rule (hls/cnn_core.cpp): the decoder
+fetches a step's instructions (a FRAME, its body, up to the next marker),
+then the three units run the body concurrently -- in order within a unit,
+ordered between units only by the token queues (an instruction pops its
+tokens, runs, then pushes) -- and the step ends when every unit has drained.
+FRAME therefore separates steps like BARRIER does: token queues start empty
+and no unit starts the next frame before the last one finished. END (or the
+end of the stream) stops the core.
+
+One place for every assumption
+------------------------------
+Times are in core clock cycles (``clock_mhz`` of the board config).
+
+From the board config:
+  icp, ocp, axi_bytes         loop trip counts (the C-sim's macros)
+  ddr.burst_latency_cycles    L: first data of a DDR read / write response of a
+                              write, once per LOAD/SAVE/LOAD_LINEAR and once per
+                              instruction fetch of a step
+  ddr.bank_gbytes_per_s       bank bandwidth; per cycle B = GB/s / clock. A
+                              transfer takes at least bytes * bank_cores / B
+                              cycles when that is slower than its bus beats
+                              (``bank_cores``: cores streaming from the bank at
+                              once, 1 = the core has the bank to itself)
+
+Vitis HLS / Xilinx primitive numbers (sources in brackets):
+  AXI_MAX_BURST_BEATS = 16    m_axi max_read/write_burst_length default [Vitis
+                              HLS m_axi interface defaults, UG1399]
+  AXI_OUTSTANDING = 16        m_axi num_read/write_outstanding default
+                              [UG1399]: at most 16 bursts in flight, so a
+                              transfer of many short bursts (a channel slice
+                              with pixel_stride > channels) takes at least
+                              bursts * L / 16 - L cycles after the first L
+  BRAM_READ_LATENCY = 2       block RAM read with output register, as HLS
+                              schedules it at 200-300 MHz [UG573]
+  DSP_MAC_LATENCY = 3         DSP48E2 multiply-add with A/B, M and P
+                              registers [UG579]
+  ALU_LATENCY = 1             one 32-bit add, compare or select per cycle at
+                              200-300 MHz; the CONV adder tree has
+                              ceil(log2(icp)) such levels
+  REQUANT_LATENCY = 7         acc * mult (32x32 -> 64 bit over 4 cascaded
+                              DSP48E2: REQUANT_MULT_LATENCY = 5) + rounding
+                              shift (ROUND_SHIFT_LATENCY = 1) + zero point and
+                              clamp (CLAMP_LATENCY = 1)
+  DIV64_LATENCY = 68          POOL's rdiv: HLS's pipelined 64-bit divider is
+                              radix-2, one stage per quotient bit plus I/O
+                              registers
+  BUF_WRITE_LATENCY = 1       registered write into IBUF/WBUF/OBUF/ACC
+  AXI_REGISTER_LATENCY = 1    register slice on the m_axi data channel
+
+Per-unit pipeline depths (a pipelined loop of n iterations at II=1 takes
+n + depth - 1 cycles), sums of the latencies above:
+  load     AXI register, pad select (ALU), buffer write               = 3
+  save     OBUF read, AXI register                                    = 3
+  CONV     operand read, MAC, adder tree (dense path: ceil(log2(icp))
+           levels; channel-lane path for cin_g == 1: none), ACC add,
+           requantization, OBUF write               = 18 (icp 16) / 14
+  POOL     operand read, max/add, divider, clamp, OBUF write         = 73
+  ADD      operand read, two multiplies (parallel DSPs), sum,
+           rounding shift, clamp, OBUF write                          = 9
+  These assume the HLS tool flattens each loop nest into one II=1 pipeline
+  (accumulator init/store as first/last-iteration predicates), so the fill is
+  paid once per instruction. If the literal nest in cnn_core.cpp is not
+  flattened, every (pixel, channel block) pays it again; the C-sim's beat
+  counts cannot tell the two apart.
+
+Core control (our design choices, no vendor source):
+  UNIT_ISSUE_CYCLES = 4       per instruction in a unit: pop its queue (1),
+                              validate fields (1), loop-bound products (1),
+                              loop exit (1)
+  TOKEN_LATENCY = 1           a pushed token is visible to the popping unit
+                              the next cycle (registered FIFO)
+  DECODE_LATENCY = 2          decoder: head check and dispatch of a step after
+                              its last instruction arrived
+  MARKER_CYCLES = 1           retiring FRAME (token reset), BARRIER or END
+  instruction fetch           a step's instructions (FRAME .. ending marker)
+                              are read in one transfer: L + its beats
+                              (ceil(64 / axi_bytes) per instruction), bandwidth
+                              bound like a load
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vfpga.driver import isa
+
+# ---- constants (see the module docstring for their sources) ---------------
+AXI_MAX_BURST_BEATS = 16
+AXI_OUTSTANDING = 16
+BRAM_READ_LATENCY = 2
+DSP_MAC_LATENCY = 3
+ALU_LATENCY = 1  # one 32-bit add, compare or select
+REQUANT_MULT_LATENCY = 5
+ROUND_SHIFT_LATENCY = 1
+CLAMP_LATENCY = 1
+REQUANT_LATENCY = REQUANT_MULT_LATENCY + ROUND_SHIFT_LATENCY + CLAMP_LATENCY
+DIV64_LATENCY = 68
+BUF_WRITE_LATENCY = 1
+AXI_REGISTER_LATENCY = 1
+LOAD_PIPELINE_DEPTH = AXI_REGISTER_LATENCY + ALU_LATENCY + BUF_WRITE_LATENCY
+SAVE_PIPELINE_DEPTH = BRAM_READ_LATENCY + AXI_REGISTER_LATENCY
+POOL_PIPELINE_DEPTH = BRAM_READ_LATENCY + ALU_LATENCY + DIV64_LATENCY + CLAMP_LATENCY + BUF_WRITE_LATENCY
+ADD_PIPELINE_DEPTH = (BRAM_READ_LATENCY + DSP_MAC_LATENCY + ALU_LATENCY + ROUND_SHIFT_LATENCY + CLAMP_LATENCY
+                      + BUF_WRITE_LATENCY)
+UNIT_ISSUE_CYCLES = 4
+TOKEN_LATENCY = 1
+DECODE_LATENCY = 2
+MARKER_CYCLES = 1
+
+UNITS = ("load", "compute", "save")
+LOAD, COMPUTE, SAVE = 0, 1, 2
+
+_OP = isa.OPCODES
+_DEP = isa.DEP
+_SAT = 1 << 62  # saturation bound of vectorised products (fields of a valid program stay far below)
+
+
+def conv_pipeline_depth(icp: int, lanes: bool) -> int:
+    """CONV pipeline depth; ``lanes``: the cin_g == 1 path (no adder tree)."""
+    tree = 0 if lanes else max(0, int(icp - 1).bit_length())
+    return BRAM_READ_LATENCY + DSP_MAC_LATENCY + tree + ALU_LATENCY + REQUANT_LATENCY + BUF_WRITE_LATENCY
+
+
+class ScheduleError(ValueError):
+    """A program the core would fault on (bad opcode or deps bits)."""
+
+    def __init__(self, message: str, insn: int):
+        super().__init__(message)
+        self.insn = insn
+
+
+class DeadlockError(ScheduleError):
+    """A unit waits for a token nobody will push (the core's VF_FAULT_DEADLOCK)."""
+
+
+# ---------------------------------------------------------------- geometry
+
+@dataclass(frozen=True)
+class _Geo:
+    icp: int
+    ocp: int
+    axi_bytes: int
+
+
+def _geometry(g) -> _Geo:
+    """icp/ocp/axi_bytes from a board config, a mapping with those keys, or
+    an object with those attributes (cffi vf_cnn_geometry_t, lower.Geometry)."""
+    if isinstance(g, _Geo):
+        return g
+    if isinstance(g, dict):
+        if "cnn_core" in g:
+            return _Geo(int(g["cnn_core"]["icp"]), int(g["cnn_core"]["ocp"]), int(g["ddr"]["axi_bytes"]))
+        return _Geo(int(g["icp"]), int(g["ocp"]), int(g["axi_bytes"]))
+    return _Geo(int(g.icp), int(g.ocp), int(g.axi_bytes))
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---------------------------------------------------------------- iterations
+
+def insn_iters(insn: dict, geometry) -> int:
+    """Pipelined-loop iterations of one decoded instruction (a dict from
+    vfpga.driver.isa.decode), exactly as the C-sim counts them."""
+    g = _geometry(geometry)
+    op = insn["opcode"]
+    if op in ("LOAD_TILE", "SAVE"):
+        if insn["pixel_stride"] == insn["channels"]:
+            return insn["tile_h"] * _cdiv(insn["tile_w"] * insn["channels"], g.axi_bytes)
+        return insn["tile_h"] * insn["tile_w"] * _cdiv(insn["channels"], g.axi_bytes)
+    if op == "LOAD_LINEAR":
+        return _cdiv(insn["nbytes"], g.axi_bytes)
+    if op == "CONV":
+        taps = insn["out_h"] * insn["out_w"] * insn["kh"] * insn["kw"]
+        if insn["cin_g"] == 1:
+            return taps * _cdiv(insn["groups"] * insn["cout_g"], g.ocp)
+        return insn["groups"] * taps * _cdiv(insn["cin_g"], g.icp) * _cdiv(insn["cout_g"], g.ocp)
+    if op == "POOL":
+        return insn["out_h"] * insn["out_w"] * insn["kh"] * insn["kw"] * _cdiv(insn["channels"], g.ocp)
+    if op == "ADD":
+        return _cdiv(insn["length"], g.ocp)
+    if op in ("NOP", "FRAME", "BARRIER", "END"):
+        return 0
+    raise ValueError(f"no iteration count for opcode {op!r}")
+
+
+def _as_program(program) -> np.ndarray:
+    if isinstance(program, (bytes, bytearray, memoryview)):
+        program = np.frombuffer(program, dtype=np.uint8)
+    prog = np.ascontiguousarray(program, dtype=np.uint8)
+    if prog.size % isa.INSN_BYTES:
+        raise ValueError(f"a program is a whole number of {isa.INSN_BYTES}-byte instructions, got {prog.size} bytes")
+    return prog.reshape(-1, isa.INSN_BYTES)
+
+
+def _fields(prog: np.ndarray, fmt: str) -> np.ndarray:
+    return prog.view(isa.FORMATS[fmt]).reshape(-1)
+
+
+def _i64(a) -> np.ndarray:
+    return np.asarray(a).astype(np.int64)
+
+
+def _smul(*xs) -> np.ndarray:
+    """Product of non-negative int64 arrays, saturated at 2**62."""
+    out = xs[0]
+    for x in xs[1:]:
+        with np.errstate(over="ignore"):
+            big = (x != 0) & (out > _SAT // np.maximum(x, 1))
+            out = np.where(big, _SAT, np.minimum(out * x, _SAT))
+    return out
+
+
+def _vcdiv(a, b):
+    return -(-a // b)
+
+
+@dataclass
+class _Decoded:
+    """Per-instruction quantities of a whole program, vectorised."""
+
+    op: np.ndarray
+    iters: np.ndarray
+    ddr_bytes: np.ndarray  # DDR bytes moved (LOAD_TILE padding excluded)
+    bursts: np.ndarray  # AXI bursts issued
+
+
+def _decode(prog: np.ndarray, g: _Geo) -> _Decoded:
+    n = prog.shape[0]
+    op = prog[:, 0].astype(np.int64)
+    iters = np.zeros(n, np.int64)
+    ddr = np.zeros(n, np.int64)
+    bursts = np.zeros(n, np.int64)
+    axi = g.axi_bytes
+
+    sel = np.flatnonzero((op == _OP["LOAD_TILE"]) | (op == _OP["SAVE"]))
+    if sel.size:
+        m = _fields(prog, "mem")[sel]
+        th, tw, ch = _i64(m["tile_h"]), _i64(m["tile_w"]), _i64(m["channels"])
+        dense = _i64(m["pixel_stride"]) == ch
+        iters[sel] = np.where(dense, _smul(th, _vcdiv(tw * ch, axi)), _smul(th, tw, _vcdiv(ch, axi)))
+        y0, x0 = _i64(m["y0"]), _i64(m["x0"])
+        rows = np.clip(np.minimum(y0 + th, _i64(m["height"])) - np.maximum(y0, 0), 0, None)
+        cols = np.clip(np.minimum(x0 + tw, _i64(m["width"])) - np.maximum(x0, 0), 0, None)
+        ddr[sel] = rows * cols * ch
+        row_bursts = _vcdiv(_vcdiv(cols * ch, axi), AXI_MAX_BURST_BEATS)
+        pix_bursts = cols * _vcdiv(_vcdiv(ch, axi), AXI_MAX_BURST_BEATS)
+        bursts[sel] = rows * np.where(dense, row_bursts, pix_bursts)
+
+    sel = np.flatnonzero(op == _OP["LOAD_LINEAR"])
+    if sel.size:
+        nbytes = _i64(_fields(prog, "linear")[sel]["nbytes"])
+        iters[sel] = _vcdiv(nbytes, axi)
+        ddr[sel] = nbytes
+        bursts[sel] = _vcdiv(iters[sel], AXI_MAX_BURST_BEATS)
+
+    sel = np.flatnonzero(op == _OP["CONV"])
+    if sel.size:
+        c = _fields(prog, "conv")[sel]
+        taps = _smul(_i64(c["out_h"]), _i64(c["out_w"]), _i64(c["kh"]), _i64(c["kw"]))
+        groups, cin_g, cout_g = _i64(c["groups"]), _i64(c["cin_g"]), _i64(c["cout_g"])
+        lanes = _smul(taps, _vcdiv(groups * cout_g, g.ocp))
+        dense = _smul(groups, taps, _vcdiv(cin_g, g.icp), _vcdiv(cout_g, g.ocp))
+        iters[sel] = np.where(cin_g == 1, lanes, dense)
+
+    sel = np.flatnonzero(op == _OP["POOL"])
+    if sel.size:
+        p = _fields(prog, "pool")[sel]
+        iters[sel] = _smul(_i64(p["out_h"]), _i64(p["out_w"]), _i64(p["kh"]), _i64(p["kw"]),
+                           _vcdiv(_i64(p["channels"]), g.ocp))
+
+    sel = np.flatnonzero(op == _OP["ADD"])
+    if sel.size:
+        iters[sel] = _vcdiv(_i64(_fields(prog, "add")[sel]["length"]), g.ocp)
+    return _Decoded(op, iters, ddr, bursts)
+
+
+def program_iters(program, geometry) -> np.ndarray:
+    """insn_iters of every instruction of a program (uint8 [n, 64] or bytes),
+    vectorised; int64 [n]. Unknown opcodes count 0 (the core faults on them)."""
+    return _decode(_as_program(program), _geometry(geometry)).iters
+
+
+# ---------------------------------------------------------------- cycles
+
+@dataclass(frozen=True)
+class _Timing:
+    geo: _Geo
+    latency: int  # DDR burst latency, cycles
+    bytes_per_cycle: float  # one DDR bank
+    clock_hz: float
+
+
+def _timing(config) -> _Timing:
+    clock = float(config["clock_mhz"]) * 1e6
+    ddr = config["ddr"]
+    return _Timing(_geometry(config), int(ddr["burst_latency_cycles"]),
+                   float(ddr["bank_gbytes_per_s"]) * 1e9 / clock, clock)
+
+
+def _transfer_cycles(beats, nbytes, bursts, tm: _Timing, bank_cores: int):
+    """Cycles of a DDR transfer after its first latency: bus beats, bank
+    bandwidth or the outstanding-burst limit, whichever is slowest."""
+    bw = np.ceil(nbytes * (bank_cores / tm.bytes_per_cycle)).astype(np.int64)
+    # AXI_OUTSTANDING bursts per latency; the first wave's latency is paid separately
+    lat = np.maximum(_vcdiv(bursts * tm.latency, AXI_OUTSTANDING) - tm.latency, 0)
+    return np.maximum(np.maximum(beats, bw), lat)
+
+
+def _cycles(dec: _Decoded, prog: np.ndarray, tm: _Timing, bank_cores: int) -> np.ndarray:
+    if bank_cores < 1:
+        raise ValueError(f"bank_cores must be >= 1, got {bank_cores}")
+    op = dec.op
+    cyc = np.zeros(op.shape[0], np.int64)
+    is_load = (op == _OP["LOAD_TILE"]) | (op == _OP["LOAD_LINEAR"])
+    is_save = op == _OP["SAVE"]
+    mem = is_load | is_save
+    if mem.any():
+        xfer = _transfer_cycles(dec.iters, dec.ddr_bytes, dec.bursts, tm, bank_cores)
+        first = np.where(dec.ddr_bytes > 0, tm.latency, 0)  # an all-padding tile never touches DDR
+        depth = np.where(is_load, LOAD_PIPELINE_DEPTH, SAVE_PIPELINE_DEPTH)
+        cyc = np.where(mem, UNIT_ISSUE_CYCLES + first + xfer + depth - 1, cyc)
+    is_conv = op == _OP["CONV"]
+    if is_conv.any():
+        lanes = _fields(prog, "conv")["cin_g"] == 1
+        depth = np.where(lanes, conv_pipeline_depth(tm.geo.icp, True), conv_pipeline_depth(tm.geo.icp, False))
+        cyc = np.where(is_conv, UNIT_ISSUE_CYCLES + dec.iters + depth - 1, cyc)
+    for name, depth in (("POOL", POOL_PIPELINE_DEPTH), ("ADD", ADD_PIPELINE_DEPTH)):
+        cyc = np.where(op == _OP[name], UNIT_ISSUE_CYCLES + dec.iters + depth - 1, cyc)
+    return cyc
+
+
+def program_cycles(program, config, bank_cores: int = 1) -> np.ndarray:
+    """Cycles each instruction occupies its unit (0 for markers and NOP,
+    which the decoder retires), int64 [n]."""
+    prog = _as_program(program)
+    tm = _timing(config)
+    return _cycles(_decode(prog, tm.geo), prog, tm, bank_cores)
+
+
+def insn_cycles(insn: dict, config, bank_cores: int = 1) -> int:
+    """Cycles one decoded instruction (isa.decode dict) occupies its unit."""
+    f = {k: v for k, v in insn.items() if k not in ("opcode", "deps", "flags", "tag")}
+    raw = isa.encode(insn["opcode"], deps=insn.get("deps", 0), flags=insn.get("flags", 0),
+                     tag=insn.get("tag", 0), **f)
+    return int(program_cycles(raw, config, bank_cores)[0])
+
+
+def _fetch(n_insns: int, tm: _Timing, bank_cores: int) -> int:
+    beats = n_insns * _cdiv(isa.INSN_BYTES, tm.geo.axi_bytes)
+    xfer = _transfer_cycles(np.int64(beats), np.int64(n_insns * isa.INSN_BYTES),
+                            np.int64(_cdiv(beats, AXI_MAX_BURST_BEATS)), tm, bank_cores)
+    return tm.latency + int(xfer) + DECODE_LATENCY
+
+
+def fetch_cycles(n_insns: int, config, bank_cores: int = 1) -> int:
+    """Decoder time to fetch and check the n instructions of one step."""
+    return _fetch(n_insns, _timing(config), bank_cores)
+
+
+def seconds(cycles, config) -> float:
+    """Cycles of the core clock in seconds."""
+    return float(cycles) / (float(config["clock_mhz"]) * 1e6)
+
+
+# ---------------------------------------------------------------- schedule
+
+# Token queues, indexed as the core's vf_tokens_t: load->compute, compute->load,
+# compute->save, save->compute.
+_L2C, _C2L, _C2S, _S2C = 0, 1, 2, 3
+# [unit][prev/next] -> queue it pops / pushes (-1: the unit has no such neighbour)
+_POP = ((-1, _C2L), (_L2C, _S2C), (_C2S, -1))
+_PUSH = ((-1, _L2C), (_C2L, _C2S), (_S2C, -1))
+_UNIT_OF = np.full(256, -1, np.int64)
+_UNIT_OF[[_OP["LOAD_TILE"], _OP["LOAD_LINEAR"]]] = LOAD
+_UNIT_OF[[_OP["CONV"], _OP["POOL"], _OP["ADD"]]] = COMPUTE
+_UNIT_OF[_OP["SAVE"]] = SAVE
+_ALLOWED = {LOAD: _DEP["POP_NEXT"] | _DEP["PUSH_NEXT"], SAVE: _DEP["POP_PREV"] | _DEP["PUSH_PREV"],
+            COMPUTE: _DEP["POP_PREV"] | _DEP["POP_NEXT"] | _DEP["PUSH_PREV"] | _DEP["PUSH_NEXT"]}
+_MARKERS = (_OP["FRAME"], _OP["BARRIER"], _OP["END"])
+# Head of every instruction slot (the head struct padded to one instruction).
+_HEAD_SLOT = np.dtype({"names": ["head"], "formats": [isa.HEAD], "offsets": [0], "itemsize": isa.INSN_BYTES})
+
+
+@dataclass
+class Schedule:
+    """Timing of one program on one core.
+
+    total_cycles: from the first fetch to the retirement of END (or the last
+    step). busy: cycles each unit spent executing instructions. start/end:
+    per instruction (unit start and finish; markers retire at start == end;
+    -1 for instructions after END). steps: one row per step -- first
+    instruction, whether it began with FRAME, the FRAME's frame_id and the
+    step's tag (head.tag of its first instruction, the layer for the
+    compiler's frames), start cycle and duration. layer_cycles: step
+    durations summed per tag."""
+
+    total_cycles: int
+    busy: dict[str, int]
+    start: np.ndarray
+    end: np.ndarray
+    steps: np.ndarray
+    layer_cycles: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def frame_cycles(self) -> np.ndarray:
+        """Duration of every frame (step begun by FRAME), in program order."""
+        return self.steps["cycles"][self.steps["frame"]]
+
+    def utilisation(self) -> dict[str, float]:
+        t = max(self.total_cycles, 1)
+        return {u: b / t for u, b in self.busy.items()}
+
+
+STEP_DTYPE = np.dtype([("insn", np.int64), ("frame", np.bool_), ("frame_id", np.int64), ("tag", np.int64),
+                       ("start", np.int64), ("cycles", np.int64)])
+
+
+def _describe(op: int, idx: int, tag: int) -> str:
+    return f"instruction {idx} ({isa.OPCODE_NAMES.get(op, f'opcode {op}')}, tag {tag})"
+
+
+def schedule(program, config, bank_cores: int = 1) -> Schedule:
+    """Overlap of the load, compute and save units of one core over a whole
+    program (uint8 [n, 64] or bytes), following its dependency tokens.
+    Raises DeadlockError (naming the lowest blocked instruction, as the core
+    reports it) or ScheduleError for a bad opcode or deps bits."""
+    prog = _as_program(program)
+    tm = _timing(config)
+    n = prog.shape[0]
+    dec = _decode(prog, tm.geo)
+    op = dec.op
+    heads = prog.view(_HEAD_SLOT).reshape(-1)["head"]
+    deps = heads["deps"].astype(np.int64)
+    tags = heads["tag"].astype(np.int64)
+
+    # The core stops at END: nothing after it is fetched or checked.
+    ends = np.flatnonzero(op == _OP["END"])
+    n_run = int(ends[0]) + 1 if ends.size else n
+    bad = np.flatnonzero(op[:n_run] >= isa.lib.VF_OP_COUNT)
+    if bad.size:
+        i = int(bad[0])
+        raise ScheduleError(f"{_describe(int(op[i]), i, int(tags[i]))}: unknown opcode", i)
+    unit = _UNIT_OF[op]
+    allowed = np.zeros(n, np.int64)
+    for u, mask in _ALLOWED.items():
+        allowed[unit == u] = mask
+    bad = np.flatnonzero(((deps & ~allowed) != 0)[:n_run] & (unit[:n_run] >= 0))
+    if bad.size:
+        i = int(bad[0])
+        raise ScheduleError(f"{_describe(int(op[i]), i, int(tags[i]))}: deps bits {int(deps[i]):#x} "
+                            f"not allowed for its unit", i)
+
+    cyc = _cycles(dec, prog, tm, bank_cores)
+    frame_ids = _fields(prog, "marker")["frame_id"].astype(np.int64)
+    # per instruction: queue popped for PREV / NEXT, queue pushed for PREV / NEXT (-1: none)
+    pop_p = np.full(n, -1, np.int64)
+    pop_n = np.full(n, -1, np.int64)
+    push_p = np.full(n, -1, np.int64)
+    push_n = np.full(n, -1, np.int64)
+    for u in (LOAD, COMPUTE, SAVE):
+        su = unit == u
+        pop_p[su & ((deps & _DEP["POP_PREV"]) != 0)] = _POP[u][0]
+        pop_n[su & ((deps & _DEP["POP_NEXT"]) != 0)] = _POP[u][1]
+        push_p[su & ((deps & _DEP["PUSH_PREV"]) != 0)] = _PUSH[u][0]
+        push_n[su & ((deps & _DEP["PUSH_NEXT"]) != 0)] = _PUSH[u][1]
+
+    op_l, unit_l, cyc_l = op.tolist(), unit.tolist(), cyc.tolist()
+    pop_pl, pop_nl, push_pl, push_nl = pop_p.tolist(), pop_n.tolist(), push_p.tolist(), push_n.tolist()
+    start = [-1] * n
+    end = [-1] * n
+    busy = [0, 0, 0]
+    markers = np.flatnonzero(np.isin(op[:n_run], _MARKERS)).tolist() + [n_run]
+    mk = 0
+    steps = []
+    frame_op = _OP["FRAME"]
+    fetch_cache: dict[int, int] = {}
+
+    t = 0
+    i = 0
+    while i < n_run:
+        first, t_step = i, t
+        is_frame = op_l[i] == frame_op
+        if is_frame:
+            start[i] = end[i] = t
+            i += 1
+        while markers[mk] < i:
+            mk += 1
+        stop = markers[mk]  # the ending marker (== n_run: stream exhausted)
+        fetched = stop - first + (1 if stop < n_run else 0)
+        f = fetch_cache.get(fetched)
+        if f is None:
+            f = fetch_cache[fetched] = _fetch(fetched, tm, bank_cores)
+        t0 = t + f + (MARKER_CYCLES if is_frame else 0)
+
+        # ---- the three units over the body [i, stop) ----
+        pend = ([], [], [])
+        for j in range(i, stop):
+            u = unit_l[j]
+            if u >= 0:
+                pend[u].append(j)
+            else:  # NOP: retired by the decoder
+                start[j] = end[j] = t0
+        ptr = [0, 0, 0]
+        free = [t0, t0, t0]
+        pushes = ([], [], [], [])
+        popped = [0, 0, 0, 0]
+        left = len(pend[0]) + len(pend[1]) + len(pend[2])
+        while left:
+            progress = False
+            for u in (SAVE, COMPUTE, LOAD):  # the C-sim's round order; timing does not depend on it
+                lst = pend[u]
+                p = ptr[u]
+                fu = free[u]
+                while p < len(lst):
+                    j = lst[p]
+                    ready = fu
+                    qa = pop_pl[j]
+                    qb = pop_nl[j]
+                    if qa >= 0:
+                        k = popped[qa]
+                        if k >= len(pushes[qa]):
+                            break
+                        tk = pushes[qa][k] + TOKEN_LATENCY
+                        if tk > ready:
+                            ready = tk
+                    if qb >= 0:
+                        k = popped[qb]
+                        if k >= len(pushes[qb]):
+                            break
+                        tk = pushes[qb][k] + TOKEN_LATENCY
+                        if tk > ready:
+                            ready = tk
+                    if qa >= 0:
+                        popped[qa] += 1
+                    if qb >= 0:
+                        popped[qb] += 1
+                    fu = ready + cyc_l[j]
+                    start[j] = ready
+                    end[j] = fu
+                    busy[u] += cyc_l[j]
+                    if push_pl[j] >= 0:
+                        pushes[push_pl[j]].append(fu)
+                    if push_nl[j] >= 0:
+                        pushes[push_nl[j]].append(fu)
+                    p += 1
+                if p != ptr[u]:
+                    progress = True
+                    left -= p - ptr[u]
+                    ptr[u] = p
+                    free[u] = fu
+            if left and not progress:
+                j = min(pend[u][ptr[u]] for u in range(3) if ptr[u] < len(pend[u]))
+                raise DeadlockError(f"deadlock: {_describe(op_l[j], j, int(tags[j]))} waits for a token "
+                                    f"nobody pushes in its step", j)
+        t = max(t0, free[0], free[1], free[2])
+
+        # ---- the ending marker ----
+        if stop < n_run and op_l[stop] != frame_op:  # BARRIER / END: consumed after the drain
+            t += MARKER_CYCLES
+            start[stop] = end[stop] = t
+            i = stop + 1
+        else:
+            i = stop  # FRAME starts the next step; n_run: stream exhausted
+        steps.append((first, is_frame, frame_ids[first] if is_frame else -1, tags[first], t_step, t - t_step))
+
+    st = np.array(steps, dtype=STEP_DTYPE)
+    layer_cycles: dict[int, int] = {}
+    if st.size:
+        uniq, inv = np.unique(st["tag"], return_inverse=True)
+        sums = np.zeros(uniq.size, np.int64)
+        np.add.at(sums, inv, st["cycles"])
+        layer_cycles = {int(k): int(v) for k, v in zip(uniq, sums)}
+    return Schedule(int(t), dict(zip(UNITS, busy)), np.array(start, np.int64), np.array(end, np.int64),
+                    st, layer_cycles)
+
