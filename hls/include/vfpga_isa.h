@@ -139,7 +139,10 @@ typedef struct {
  *   else:      ACC[...] = acc
  * where ict = groups*cin_g, oct = groups*cout_g and mult/shift come from
  * PARAM[param_addr + oc]. Requires (out_h-1)*sh + kh <= in_h (same for w),
- * shift in [0, 62]. */
+ * shift in [0, 62].
+ * The input zero point never reaches the core: the compiler loads padding as
+ * in_zp and folds -in_zp * sum(w) into the bias (mod 2^32), which equals
+ * summing (x - in_zp) * w over a zero-padded input. */
 typedef struct {
     vf_insn_head_t head;
     uint32_t in_addr;       /* IBUF byte offset */
