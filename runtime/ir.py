@@ -19,6 +19,10 @@ class Tensor:
     shape: tuple[int, int, int]  # (H, W, C)
     scale: float
     zero_point: int  # int8
+    # Shape of the tensor in the ONNX model (NCHW or flattened [1, K]) when it
+    # differs from plain [1, C, H, W], e.g. a flattened graph output; the
+    # front end sets it on graph inputs/outputs so results keep ONNX's shape.
+    onnx_shape: tuple[int, ...] | None = None
 
 
 @dataclass

@@ -1,0 +1,578 @@
+"""ONNX front end: loading and its errors, onnxruntime quantization, the QDQ
+-> IR reading, and the IR's faithfulness to onnxruntime layer by layer.
+
+The faithfulness check evaluates each IR layer with a small, deliberately
+naive numpy implementation of the formulas in runtime/ir.py and
+hls/include/vfpga_isa.h (independent of the golden model module), fed with
+onnxruntime's own int8 input of that layer, and compares with onnxruntime's
+int8 output of the layer.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from vfpga.runtime import frontend, ir, models
+from vfpga.runtime.frontend import FrontendError, UnsupportedOperatorError
+
+# ---------------------------------------------------------------- reference evaluation of IR layers
+
+
+def rshift_round(v, s):
+    v = np.asarray(v, dtype=np.int64)
+    s = np.asarray(s, dtype=np.int64)
+    half = np.left_shift(np.int64(1), np.maximum(s - 1, 0))
+    return np.where(s == 0, v, (v + half) >> s)
+
+
+def rshift_tie(v, s):
+    """Where v * 2**-s lies exactly halfway between two integers."""
+    v, s = np.asarray(v, dtype=np.int64), np.asarray(s, dtype=np.int64)
+    mask = np.left_shift(np.int64(1), s) - 1
+    return (s > 0) & ((v & mask) == np.left_shift(np.int64(1), np.maximum(s - 1, 0)))
+
+
+def rdiv(n, d):
+    n = np.asarray(n, dtype=np.int64)
+    return np.sign(n) * ((np.abs(n) + d // 2) // d)
+
+
+def eval_conv(layer: ir.Conv, x, tin: ir.Tensor, tout: ir.Tensor):
+    t, lf, b, r = layer.pads
+    xp = np.pad(x.astype(np.float64) - tin.zero_point, ((t, b), (lf, r), (0, 0)))  # real zeros
+    oc, icg, kh, kw = layer.weight.shape
+    sh, sw = layer.stride
+    oh, ow = (xp.shape[0] - kh) // sh + 1, (xp.shape[1] - kw) // sw + 1
+    cog = oc // layer.groups
+    acc = np.zeros((oh, ow, oc))
+    for g in range(layer.groups):
+        xs = xp[:, :, g * icg : (g + 1) * icg]
+        w = layer.weight[g * cog : (g + 1) * cog].astype(np.float64)
+        for ky in range(kh):
+            for kx in range(kw):
+                patch = xs[ky : ky + (oh - 1) * sh + 1 : sh, kx : kx + (ow - 1) * sw + 1 : sw]
+                acc[:, :, g * cog : (g + 1) * cog] += patch @ w[:, :, ky, kx].T
+    prod = (acc.astype(np.int64) + layer.bias) * layer.mult.astype(np.int64)
+    y = tout.zero_point + rshift_round(prod, layer.shift)
+    return np.clip(y, *layer.clip).astype(np.int8), rshift_tie(prod, layer.shift)
+
+
+def eval_pool(layer: ir.Pool, x, tin: ir.Tensor, tout: ir.Tensor):
+    h, w, c = x.shape
+    kh, kw = layer.kernel
+    sh, sw = layer.stride
+    t, lf, b, r = layer.pads
+    oh, ow = (h + t + b - kh) // sh + 1, (w + lf + r - kw) // sw + 1
+    xv = x.astype(np.int64) - tin.zero_point
+    y = np.zeros((oh, ow, c), dtype=np.int64)
+    tie = np.zeros((oh, ow, c), dtype=bool)
+    for oy in range(oh):
+        for ox in range(ow):
+            y0, x0 = oy * sh - t, ox * sw - lf
+            win = xv[max(y0, 0) : min(y0 + kh, h), max(x0, 0) : min(x0 + kw, w)].reshape(-1, c)
+            if layer.mode == "max":
+                v, count = (win.max(0) if len(win) else np.zeros(c, np.int64)), 1
+            else:
+                v, count = win.sum(0), (kh * kw if layer.count_include_pad else len(win))
+            d = count << layer.shift
+            y[oy, ox] = tout.zero_point + (rdiv(v * layer.mult, d) if count else 0)
+            tie[oy, ox] = (2 * (np.abs(v * layer.mult) % d) == d) if count else False
+    return np.clip(y, *layer.clip).astype(np.int8), tie
+
+
+def eval_add(layer: ir.Add, a, b, ta: ir.Tensor, tb: ir.Tensor, tout: ir.Tensor):
+    v = (a.astype(np.int64) - ta.zero_point) * layer.a_mult + (
+        b.astype(np.int64) - tb.zero_point
+    ) * layer.b_mult
+    y = np.clip(tout.zero_point + rshift_round(v, layer.shift), *layer.clip).astype(np.int8)
+    return y, rshift_tie(v, layer.shift)
+
+
+def eval_layer(layer, graph: ir.Graph, values: dict):
+    """(int8 output HWC, mask of outputs whose exact value was a rounding tie)."""
+    ts = graph.tensors
+    if layer.kind == "add":
+        a, b = layer.inputs
+        return eval_add(layer, values[a], values[b], ts[a], ts[b], ts[layer.output])
+    fn = eval_conv if layer.kind == "conv" else eval_pool
+    return fn(layer, values[layer.input], ts[layer.input], ts[layer.output])
+
+
+def to_hwc(a: np.ndarray) -> np.ndarray:
+    return a[0].transpose(1, 2, 0) if a.ndim == 4 else a.reshape(1, 1, -1)
+
+
+# ---------------------------------------------------------------- onnxruntime side
+
+
+def ort_run(model: onnx.ModelProto, x, extra_outputs=(), level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+    """Run onnxruntime, also returning the named intermediate values."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for name in extra_outputs:
+        if name not in have:
+            m.graph.output.append(helper.make_empty_tensor_value_info(name))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = level
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, {m.graph.input[0].name: x})))
+
+
+def layer_agreement(qdq, graph, inputs, level):
+    """Per layer: max |diff| in LSB, fraction exactly equal, the same among
+    outputs that were not exact rounding ties, element and tie counts."""
+    acc = {}
+    for x in inputs:
+        vals = ort_run(qdq, x, list(graph.tensors), level)
+        q = {n: to_hwc(vals[n]) for n in graph.tensors}
+        for layer in graph.layers:
+            got, tie = eval_layer(layer, graph, q)
+            want = q[layer.output].astype(np.int64)
+            assert got.shape == want.shape, (layer.name, got.shape, want.shape)
+            d = np.abs(got.astype(np.int64) - want)
+            a = acc.setdefault(layer.name, np.zeros(5, dtype=np.int64))
+            a += [0, (d == 0).sum(), ((d == 0) & ~tie).sum(), d.size, tie.sum()]
+            a[0] = max(a[0], d.max())
+    return {
+        k: dict(
+            max=int(a[0]), exact=a[1] / a[3], exact_no_tie=a[2] / (a[3] - a[4]), n=int(a[3]), ties=int(a[4])
+        )
+        for k, a in acc.items()
+    }
+
+
+def run_ir(graph: ir.Graph, x):
+    """Whole-graph integer evaluation from the float input."""
+    vals = {graph.inputs[0]: frontend.quantize_input(x, graph.tensors[graph.inputs[0]])}
+    for layer in graph.layers:
+        vals[layer.output] = eval_layer(layer, graph, vals)[0]
+    return vals
+
+
+LEVELS = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+
+
+def assert_faithful(qdq, graph, inputs, label, allow_ties=False):
+    """Every layer within 1 LSB of onnxruntime and >= 99% exactly equal.
+    allow_ties: count only outputs whose exact value was not a rounding tie
+    (the ISA rounds ties up / away from zero, ONNX to even; average pooling
+    over windows with an even number of valid positions hits ties often)."""
+    for level in LEVELS:
+        stats = layer_agreement(qdq, graph, inputs, level)
+        for name, st in stats.items():
+            print(
+                f"{label} [{level.name}] {name}: max {st['max']} LSB, {100 * st['exact']:.2f}% exact of {st['n']}"
+                f" ({st['ties']} ties; {100 * st['exact_no_tie']:.2f}% exact without them)"
+            )
+        for name, st in stats.items():
+            assert st["max"] <= 1, f"{label}: layer {name} differs from onnxruntime by {st['max']} LSB"
+            frac = st["exact_no_tie"] if allow_ties else st["exact"]
+            assert frac >= 0.99, f"{label}: layer {name} only {100 * frac:.2f}% exact"
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return models.calibration_inputs(8, seed=1)
+
+
+@pytest.fixture(scope="module")
+def test_inputs():
+    return models.calibration_inputs(3, seed=2)
+
+
+@pytest.fixture(scope="module")
+def small_qdq(calib):
+    return frontend.quantize(models.small_cnn(), calib)
+
+
+@pytest.fixture(scope="module")
+def small_graph(small_qdq):
+    return frontend.to_graph(small_qdq)
+
+
+def _node(model, name):
+    return next(n for n in model.graph.node if n.name == name)
+
+
+def _misc_cnn():
+    """Attributes small_cnn does not use: auto_pad SAME_UPPER, Clip(0, 6),
+    padded AveragePool (both count_include_pad), MaxPool ceil_mode,
+    GlobalMaxPool and a MatMul head."""
+    b = models.GraphBuilder(seed=3)
+    lo, hi = b.param("six.lo", np.array(0.0)), b.param("six.hi", np.array(6.0))
+    x = b.conv("conv1", "input", 3, 16, stride=2, pads=None, auto_pad="SAME_UPPER")  # 16x16x16
+    x = b.op("Clip", "relu6", [x, lo, hi])
+    x = b.op("AveragePool", "avg1", [x], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1)
+    x = b.op("Relu", "relu2", [b.conv("conv2", x, 16, 24, k=1, pads=(0, 0, 0, 0))])
+    x = b.op("MaxPool", "pool2", [x], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)  # 8x8
+    x = b.op("AveragePool", "avg2", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])  # 4x4
+    x = b.op("GlobalMaxPool", "gmp", [x])
+    x = b.op("Flatten", "flatten", [x], axis=1)
+    w = b.param("head.weight", b.rng.normal(0, 0.2, size=(24, 10)))
+    out = b.op("MatMul", "head", [x, w])
+    return b.model("misc_cnn", out, (1, 10))
+
+
+# ---------------------------------------------------------------- quantization
+
+
+def test_quantize_warns_without_calibration():
+    with pytest.warns(UserWarning, match="representative data"):
+        q = frontend.quantize(models.small_cnn(), num_random=4)
+    assert frontend.is_qdq(q)
+
+
+def test_quantize_with_calibration_is_silent(small_qdq, calib):
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        frontend.quantize(
+            models.small_cnn(), np.concatenate(calib[:4])
+        )  # N samples stacked on the batch axis
+    assert not [w for w in rec if "calibration" in str(w.message)]
+    ops = {n.op_type for n in small_qdq.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"} <= ops
+    # int8 per-channel symmetric weights, int8 activations
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in small_qdq.graph.initializer}
+    w_dq = next(
+        n for n in small_qdq.graph.node if n.op_type == "DequantizeLinear" and "conv2.weight" in n.input[0]
+    )
+    assert inits[w_dq.input[0]].dtype == np.int8 and inits[w_dq.input[1]].shape == (24,)
+    assert not inits[w_dq.input[2]].any()
+    q_in = next(n for n in small_qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+    assert inits[q_in.input[2]].dtype == np.int8
+
+
+def test_quantize_returns_qdq_models_unchanged(small_qdq):
+    again = frontend.quantize(small_qdq)
+    assert again.SerializeToString() == small_qdq.SerializeToString()
+
+
+def test_quantize_converts_old_opsets(calib):
+    q = frontend.quantize(models.small_cnn(opset=11), calib[:4])
+    assert frontend._onnx_opset(q) >= 13
+    g = frontend.to_graph(q)
+    assert [layer.kind for layer in g.layers] == [
+        "conv",
+        "pool",
+        "conv",
+        "conv",
+        "add",
+        "conv",
+        "conv",
+        "pool",
+        "conv",
+    ]
+
+
+def test_calibration_shape_checked():
+    with pytest.raises(FrontendError, match=r"calibration sample 0 .*expected float32 \[1, 3, 32, 32\]"):
+        frontend.quantize(models.small_cnn(), [np.zeros((1, 3, 16, 16), np.float32)])
+
+
+# ---------------------------------------------------------------- QDQ -> IR structure
+
+
+def test_small_cnn_layers(small_graph):
+    g = small_graph
+    kinds = [(layer.kind, layer.name) for layer in g.layers]
+    assert kinds == [
+        ("conv", "conv1"),
+        ("pool", "pool1"),
+        ("conv", "conv2"),
+        ("conv", "conv3"),
+        ("add", "add1"),
+        ("conv", "conv4"),
+        ("conv", "dwconv5"),
+        ("pool", "gap"),
+        ("conv", "fc"),
+    ]
+    L = {layer.name: layer for layer in g.layers}
+    shape = lambda name: g.tensors[name].shape  # noqa: E731
+    assert shape(g.inputs[0]) == (32, 32, 3) and g.tensors[g.inputs[0]].onnx_shape == (1, 3, 32, 32)
+    assert shape(L["conv1"].output) == (32, 32, 24) and L["conv1"].weight.shape == (24, 3, 3, 3)
+    assert L["conv1"].weight.dtype == np.int8 and L["conv1"].bias.dtype == np.int32
+    assert L["conv1"].mult.dtype == np.int32 and L["conv1"].shift.shape == (24,)
+    assert shape(L["pool1"].output) == (16, 16, 24) and L["pool1"].mode == "max"
+    assert (L["pool1"].kernel, L["pool1"].stride) == ((2, 2), (2, 2))
+    assert (L["pool1"].mult, L["pool1"].shift) == (1 << 30, 30)  # equal scales: exact
+    # residual: the Add reads conv3's output and the max pool's
+    assert L["add1"].inputs == (L["conv3"].output, L["pool1"].output)
+    assert L["conv4"].stride == (2, 2) and L["conv4"].pads == (0, 0, 1, 1)
+    assert shape(L["conv4"].output) == (8, 8, 40)
+    assert L["dwconv5"].groups == 40 and L["dwconv5"].weight.shape == (40, 1, 3, 3)
+    assert L["gap"].mode == "avg" and L["gap"].kernel == (8, 8) and shape(L["gap"].output) == (1, 1, 40)
+    assert L["gap"].shift <= 30
+    assert L["fc"].weight.shape == (10, 40, 1, 1) and L["fc"].onnx_nodes == ["flatten", "fc"]
+    assert g.outputs == [L["fc"].output] and g.tensors[g.outputs[0]].onnx_shape == (1, 10)
+    # Relu folded by onnxruntime into the output quantization (zero point at
+    # int8 min), so the clamp is exact with the full range; conv3 has no Relu.
+    for name in ("conv1", "conv2", "conv4", "dwconv5", "add1"):
+        t = g.tensors[L[name].output]
+        assert t.zero_point == -128 and L[name].clip == (-128, 127)
+    assert g.tensors[L["conv3"].output].zero_point > -128
+    assert all(layer.onnx_nodes for layer in g.layers)
+
+
+def test_ir_parameters_follow_the_qdq_initializers(small_qdq, small_graph):
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in small_qdq.graph.initializer}
+    conv2 = next(layer for layer in small_graph.layers if layer.name == "conv2")
+    np.testing.assert_array_equal(conv2.weight, inits["conv2.weight_quantized"])
+    np.testing.assert_array_equal(conv2.bias, inits["conv2.bias_quantized"])
+    m = conv2.mult.astype(np.float64) * 2.0 ** -conv2.shift.astype(np.float64)
+    tin, tout = small_graph.tensors[conv2.input], small_graph.tensors[conv2.output]
+    want = tin.scale * inits["conv2.weight_scale"].astype(np.float64) / tout.scale
+    np.testing.assert_allclose(m, want, rtol=1e-8)
+
+
+def test_flattened_feature_map_into_gemm(calib, test_inputs):
+    """Gemm on an NCHW-flattened 4x4x8 map: a Conv covering the whole map,
+    the [N, C*H*W] weight read in ONNX's flatten order; transB=0 handled."""
+    qdq = frontend.quantize(models.flatten_cnn(), calib)
+    g = frontend.to_graph(qdq)
+    assert [layer.kind for layer in g.layers] == ["conv", "pool", "conv", "conv"]
+    fc1 = g.layers[2]
+    assert fc1.weight.shape == (20, 8, 4, 4) and g.tensors[fc1.input].shape == (4, 4, 8)
+    assert fc1.onnx_nodes == ["flatten", "fc1"]
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    np.testing.assert_array_equal(fc1.weight, inits["fc1.weight_quantized"].T.reshape(20, 8, 4, 4))
+    assert_faithful(qdq, g, test_inputs, "flatten_cnn")
+
+
+def test_misc_attributes(calib, test_inputs):
+    qdq = frontend.quantize(_misc_cnn(), calib)
+    g = frontend.to_graph(qdq)
+    L = {layer.name: layer for layer in g.layers}
+    assert L["conv1"].pads == (0, 0, 1, 1)  # SAME_UPPER, stride 2 on 32: the extra row/column at the end
+    assert g.tensors[L["conv1"].output].shape == (16, 16, 16)
+    assert L["avg1"].count_include_pad and L["avg1"].pads == (1, 1, 1, 1)
+    assert L["pool2"].pads == (0, 0, 1, 1) and g.tensors[L["pool2"].output].shape == (8, 8, 24)  # ceil_mode
+    assert not L["avg2"].count_include_pad and g.tensors[L["avg2"].output].shape == (4, 4, 24)
+    assert L["gmp"].mode == "max" and L["gmp"].kernel == (4, 4)
+    assert L["head"].weight.shape == (10, 24, 1, 1)
+    assert_faithful(qdq, g, test_inputs, "misc_cnn", allow_ties=True)
+
+
+def test_relu_kept_between_qdq_pairs_fuses(calib, test_inputs):
+    """With QDQKeepRemovableActivations the Relu stays, between Q/DQ pairs:
+    Conv -> Q(s, z) -> DQ -> Relu -> Q(s, z). onnxruntime gives both pairs
+    the Relu's parameters, so the Relu is exactly a clamp at z of the conv's
+    own int8 output and folds into the Conv's clip. Weights as float + Q/DQ
+    pairs and dedicated Q/DQ pairs per consumer are read as well."""
+    opts = {"QDQKeepRemovableActivations": True, "AddQDQPairToWeight": True, "DedicatedQDQPair": True}
+    qdq = frontend.quantize(models.small_cnn(), calib, extra_options=opts)
+    assert sum(n.op_type == "Relu" for n in qdq.graph.node) == 5
+    g = frontend.to_graph(qdq)
+    L = {layer.name: layer for layer in g.layers}
+    assert list(L) == ["conv1", "pool1", "conv2", "conv3", "add1", "conv4", "dwconv5", "gap", "fc"]
+    for layer, relu in (
+        ("conv1", "relu1"),
+        ("conv2", "relu2"),
+        ("add1", "relu3"),
+        ("conv4", "relu4"),
+        ("dwconv5", "relu5"),
+    ):
+        assert L[layer].onnx_nodes == [layer, relu]
+        assert L[layer].clip == (g.tensors[L[layer].output].zero_point, 127)
+        assert L[layer].output.startswith(f"{relu}_QuantizeLinear_Output")
+    assert_faithful(qdq, g, test_inputs, "small_cnn keep-relu")
+
+
+def test_relu_between_different_qdq_pairs(calib, test_inputs):
+    """Conv -> Q(a) -> DQ -> Relu -> Q(b) with a != b cannot fold exactly (it
+    rounds twice): the Relu becomes a requantizing 1x1 max pool whose clamp
+    is the Relu."""
+    qdq = frontend.quantize(models.small_cnn(), calib, extra_options={"QDQKeepRemovableActivations": True})
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    qdq.graph.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(inits["relu1_scale"] * np.float32(1.37), "conv1_alt_scale"),
+            onnx.numpy_helper.from_array(np.array(-20, np.int8), "conv1_alt_zero_point"),
+        ]
+    )
+    for n in qdq.graph.node:
+        if n.name in ("conv1_QuantizeLinear", "conv1_DequantizeLinear"):
+            n.input[1], n.input[2] = "conv1_alt_scale", "conv1_alt_zero_point"
+    unused = [t for t in qdq.graph.initializer if t.name in ("conv1_scale", "conv1_zero_point")]
+    for t in unused:
+        qdq.graph.initializer.remove(t)
+    g = frontend.to_graph(qdq)
+    L = {layer.name: layer for layer in g.layers}
+    assert list(L)[:3] == ["conv1", "relu1", "pool1"]
+    relu, conv = L["relu1"], L["conv1"]
+    assert conv.clip == (-128, 127) and g.tensors[conv.output].zero_point == -20
+    assert (
+        relu.kind == "pool" and relu.mode == "max" and relu.kernel == (1, 1) and relu.onnx_nodes == ["relu1"]
+    )
+    assert relu.input == conv.output and relu.clip == (g.tensors[relu.output].zero_point, 127)
+    assert relu.mult * 2.0**-relu.shift == pytest.approx(1.37, rel=1e-6)  # a.scale / b.scale
+    assert_faithful(qdq, g, test_inputs, "small_cnn requant-relu")
+
+
+# ---------------------------------------------------------------- faithfulness vs onnxruntime
+
+
+def test_small_cnn_layers_match_onnxruntime(small_qdq, small_graph, test_inputs, calib):
+    assert_faithful(small_qdq, small_graph, test_inputs + calib[:2], "small_cnn")
+
+
+def test_host_io_matches_onnx_semantics(small_qdq, small_graph, test_inputs):
+    g = small_graph
+    tin, tout = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
+    x = test_inputs[0]
+    vals = ort_run(small_qdq, x, [tin.name, tout.name])
+    np.testing.assert_array_equal(frontend.quantize_input(x, tin), to_hwc(vals[tin.name]))
+    logits = frontend.dequantize_output(to_hwc(vals[tout.name]), tout)
+    assert logits.shape == (1, 10) and logits.dtype == np.float32
+    np.testing.assert_array_equal(logits, vals[small_qdq.graph.output[0].name])
+    with pytest.raises(
+        FrontendError, match=r"expected float32 NCHW \[1, 3, 32, 32\], got shape \[3, 32, 32\]"
+    ):
+        frontend.quantize_input(x[0], tin)
+    with pytest.raises(FrontendError, match="expected float32 NCHW.*got dtype int64"):
+        frontend.quantize_input(np.zeros((1, 3, 32, 32), np.int64), tin)
+    with pytest.raises(FrontendError, match=r"expected int8 HWC \[1, 1, 10\]"):
+        frontend.dequantize_output(np.zeros((1, 10), np.int8), tout)
+
+
+def test_end_to_end_agreement(small_qdq, small_graph, test_inputs, calib):
+    """Whole integer graph from the float input vs onnxruntime on the same
+    QDQ model. The reference is the QDQ graph's own semantics (optimizations
+    off: DequantizeLinear, float op, QuantizeLinear); that must agree within
+    a few LSB (per-layer 1-LSB differences can compound) with equal classes.
+    onnxruntime's fully fused int8 kernels are only reported: on x86 without
+    VNNI they saturate int16 pair sums (a known onnxruntime limitation), so
+    they drift from the QDQ semantics themselves."""
+    g = small_graph
+    out = g.outputs[0]
+    onnx_out = small_qdq.graph.output[0].name
+    xs = test_inputs + calib
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        worst, agree, exact = 0, 0, 0
+        for x in xs:
+            vals = run_ir(g, x)
+            ref = ort_run(small_qdq, x, [out], level)
+            d = int(np.abs(vals[out].astype(int) - to_hwc(ref[out]).astype(int)).max())
+            worst, exact = max(worst, d), exact + (d == 0)
+            logits = frontend.dequantize_output(vals[out], g.tensors[out])
+            agree += int(np.argmax(logits) == np.argmax(ref[onnx_out]))
+        print(
+            f"end-to-end vs onnxruntime [{level.name}]: max {worst} LSB on the logits, "
+            f"{exact}/{len(xs)} bit-exact, argmax agrees {agree}/{len(xs)}"
+        )
+        if level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL:
+            assert worst <= 2 and agree == len(xs)
+
+
+# ---------------------------------------------------------------- load errors
+
+
+def _with_input_dims(model, dims):
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    shape = m.graph.input[0].type.tensor_type.shape
+    for d, v in zip(shape.dim, dims):
+        if isinstance(v, str):
+            d.dim_param = v
+        else:
+            d.dim_value = v
+    return m
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FrontendError, match="no such model file: .*nope.onnx"):
+        frontend.load_model(tmp_path / "nope.onnx")
+
+
+def test_garbage_bytes(tmp_path):
+    p = tmp_path / "garbage.onnx"
+    p.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(FrontendError, match="not (an|a valid) ONNX model"):
+        frontend.load_model(p)
+    p.write_text("hello, this is not a model\n")
+    with pytest.raises(FrontendError, match="not (an|a valid) ONNX model"):
+        frontend.load_model(str(p))
+
+
+def test_malformed_model():
+    m = models.small_cnn()
+    m.graph.node[0].input[1] = "no_such_weight"
+    with pytest.raises(FrontendError, match="not a valid ONNX model.*no_such_weight"):
+        frontend.load_model(m)
+
+
+def test_dynamic_dims_and_override(tmp_path):
+    m = _with_input_dims(models.small_cnn(), ["N", 3, 32, 32])
+    with pytest.raises(FrontendError, match=r"input 'input' has a dynamic dimension 0 \('N'\).*input_shape"):
+        frontend.load_model(m)
+    m = _with_input_dims(models.small_cnn(), [1, 3, "height", "width"])
+    with pytest.raises(FrontendError, match=r"dynamic dimension 2 \('height'\)"):
+        frontend.load_model(m)
+    fixed = frontend.load_model(m, input_shape=(1, 3, 32, 32))
+    dims = [d.dim_value for d in fixed.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 32, 32]
+    with pytest.raises(FrontendError, match="conflicts with the fixed dimension 1"):
+        frontend.load_model(m, input_shape=(1, 4, 32, 32))
+
+
+def test_batch_two():
+    m = _with_input_dims(models.small_cnn(), [2, 3, 32, 32])
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 2
+    with pytest.raises(FrontendError, match="batch 2.*batch 1 is what the accelerator path runs"):
+        frontend.load_model(m)
+
+
+def test_two_inputs():
+    m = models.small_cnn()
+    m.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1, 4]))
+    with pytest.raises(FrontendError, match=r"2 inputs \('input', 'extra'\)"):
+        frontend.load_model(m)
+
+
+def test_float_model_is_not_read_as_graph():
+    with pytest.raises(FrontendError, match="quantize it first"):
+        frontend.to_graph(models.small_cnn())
+
+
+# ---------------------------------------------------------------- unsupported operators
+
+
+def _with_tail(op_type, **attrs):
+    """small_cnn's backbone with an op the core lacks inserted after conv2."""
+    b = models.GraphBuilder(seed=0)
+    x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 8, stride=2)])
+    x = b.op(op_type, f"my_{op_type.lower()}", [x], **attrs)
+    x = b.op("GlobalAveragePool", "gap", [b.conv("conv2", x, 8, 8)])
+    out = b.op("Flatten", "flatten", [x], axis=1)
+    return b.model(f"with_{op_type}", out, (1, 8))
+
+
+@pytest.mark.parametrize(
+    "op_type, attrs",
+    [("LRN", {"size": 3}), ("Softmax", {"axis": 1}), ("Sigmoid", {})],
+)
+def test_unsupported_op_names_op_and_node(op_type, attrs, calib):
+    qdq = frontend.quantize(_with_tail(op_type, **attrs), calib[:2])
+    with pytest.raises(UnsupportedOperatorError, match=f"{op_type} \\(node 'my_{op_type.lower()}'\\)") as e:
+        frontend.to_graph(qdq)
+    assert e.value.op_type == op_type and e.value.node_name == f"my_{op_type.lower()}"
+
+
+def test_dilation_is_unsupported(calib):
+    b = models.GraphBuilder(seed=0)
+    x = b.conv("dilated", "input", 3, 8, pads=(2, 2, 2, 2), dilations=[2, 2])
+    out = b.op("Flatten", "flatten", [b.op("GlobalAveragePool", "gap", [x])], axis=1)
+    qdq = frontend.quantize(b.model("dilated", out, (1, 8)), calib[:2])
+    with pytest.raises(UnsupportedOperatorError, match=r"Conv \(node 'dilated'\).*dilations \[2, 2\]"):
+        frontend.to_graph(qdq)
