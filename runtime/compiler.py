@@ -156,7 +156,6 @@ def compile_graph(graph: ir.Graph, board: str | dict = "u200") -> CompiledModel:
     consts = bytearray()
     program: list[bytes] = []
     layers: list[LayerInfo] = []
-    barrier = isa.encode("BARRIER")
     for index, layer in enumerate(graph.layers):
         out = tensors[layer.output]
         ins = [tensors[n] for n in graph.layer_inputs(layer)]
@@ -182,7 +181,7 @@ def compile_graph(graph: ir.Graph, board: str | dict = "u200") -> CompiledModel:
         except lower.LoweringError as e:
             raise CompileError(str(e)) from e
         program.extend(frames)
-        program.append(barrier)
+        program.append(isa.encode("BARRIER", tag=index, layer=index))
         n = sum(len(f) for f in frames) // isa.INSN_BYTES
         layers.append(LayerInfo(index, layer.name, layer.kind, graph.layer_inputs(layer), layer.output,
                                 out.shape, len(frames), n, macs, desc, list(layer.onnx_nodes)))

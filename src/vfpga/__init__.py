@@ -5,3 +5,10 @@ The namespace root; its parts live in driver/ (vfpga.driver), runtime/
 """
 
 __version__ = "0.1.0"
+
+
+def open(board: str = "u200", emulate=None):  # noqa: A001 - mirrors the design's vfpga.open
+    """The accelerator for ``board`` (see :func:`vfpga.runtime.api.open`)."""
+    from vfpga.runtime import api
+
+    return api.open(board, emulate=emulate)

@@ -1,0 +1,201 @@
+"""The user's view: open an accelerator, deploy models as tenants, run them.
+
+    ov = vfpga.open("u200")          # the emulated board here, a real one where there is one
+    net = ov.deploy("model.onnx", name="vision")
+    y = net.run(x)                   # float in, float out, like onnxruntime
+
+A tenant owns a segment of device memory in the DDR bank of its core and
+the core itself; its program, weights and activations live in that segment.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pynq
+
+from vfpga import overlay
+from vfpga.driver import cnn_core, emulated
+from vfpga.driver.segment import Segment
+
+from . import compiler, cycle_model, frontend, ir
+
+
+class DeployError(RuntimeError):
+    """The accelerator cannot host this tenant (cores, memory, names)."""
+
+
+class TenantFault(RuntimeError):
+    """A tenant's program stopped its core with a hardware fault."""
+
+    def __init__(self, tenant: str, result: cnn_core.CoreResult):
+        self.tenant = tenant
+        self.result = result
+        super().__init__(
+            f"tenant {tenant!r} faulted: {result.fault_name} at instruction {result.fault_insn}, "
+            f"address 0x{result.fault_addr:x}")
+
+
+@dataclass
+class RunInfo:
+    """What one request did on the core."""
+
+    result: cnn_core.CoreResult
+    host_seconds: float
+    modeled_cycles: int
+    modeled_seconds: float
+
+
+def _pick_device(board: str, emulate: bool | None):
+    if emulate is None:
+        real = [d for d in pynq.Device.devices if not isinstance(d, emulated.EmulatedDevice)]
+        if real:
+            raise DeployError(
+                f"found PYNQ device {real[0].name if hasattr(real[0], 'name') else real[0]!r}, but loading the "
+                "vfpga overlay on a board is not available yet; pass emulate=True to use the emulated board")
+        emulate = True
+    if not emulate:
+        raise DeployError("board mode (emulate=False) needs the vfpga overlay, which is not available yet")
+    return emulated.EmulatedDevice(board)
+
+
+class Accelerator:
+    """One vfpga overlay (emulated or on a board) shared by tenants."""
+
+    def __init__(self, board: str = "u200", emulate: bool | None = None, device=None):
+        self.config = overlay.load(board)
+        self.board = self.config["name"]
+        self.device = device if device is not None else _pick_device(board, emulate)
+        self.emulated = isinstance(self.device, emulated.EmulatedDevice)
+        self.cores = cnn_core.cores(self.device)
+        if len(self.cores) != self.config["cnn_core"]["count"]:
+            raise DeployError(f"the device shows {len(self.cores)} CNN cores, the {self.board} config "
+                              f"{self.config['cnn_core']['count']}")
+        self._lock = threading.Lock()
+        self._owner: dict[int, str] = {}
+        self.tenants: dict[str, Tenant] = {}
+
+    @property
+    def mode(self) -> str:
+        return "emulated" if self.emulated else "board"
+
+    def compile(self, model, calibration=None, input_shape=None) -> compiler.CompiledModel:
+        """Static stage: ONNX model (path or proto, float or QDQ) or layer graph -> program."""
+        if isinstance(model, compiler.CompiledModel):
+            if model.board != self.board:
+                raise DeployError(f"model compiled for {model.board}, this accelerator is {self.board}")
+            return model
+        if isinstance(model, ir.Graph):
+            return compiler.compile_graph(model, self.config)
+        proto = frontend.load_model(model, input_shape=input_shape)
+        qdq = frontend.quantize(proto, calibration)
+        return compiler.compile_graph(frontend.to_graph(qdq), self.config)
+
+    def deploy(self, model, cores: int = 1, name: str | None = None, calibration=None,
+               input_shape=None) -> Tenant:
+        if cores != 1:
+            raise DeployError(
+                f"asked for {cores} cores: multi-core tenants need the level-1 dispatcher, which is not "
+                "built yet; deploy with cores=1")
+        compiled = self.compile(model, calibration, input_shape)
+        with self._lock:
+            name = name or f"tenant{len(self.tenants)}"
+            if name in self.tenants:
+                raise DeployError(f"a tenant named {name!r} is already deployed")
+            free = [i for i in range(len(self.cores)) if i not in self._owner]
+            if not free:
+                raise DeployError(f"all {len(self.cores)} cores are taken by {sorted(set(self._owner.values()))}")
+            core = free[0]
+            self._owner[core] = name
+        try:
+            tenant = Tenant(self, name, compiled, core)
+        except BaseException:
+            with self._lock:
+                del self._owner[core]
+            raise
+        with self._lock:
+            self.tenants[name] = tenant
+        return tenant
+
+    def remove(self, tenant) -> None:
+        name = tenant if isinstance(tenant, str) else tenant.name
+        with self._lock:
+            if name not in self.tenants:
+                raise DeployError(f"no tenant named {name!r}")
+            t = self.tenants.pop(name)
+            self._owner = {c: n for c, n in self._owner.items() if n != name}
+        t._release()
+
+    def close(self) -> None:
+        for name in list(self.tenants):
+            self.remove(name)
+
+
+class Tenant:
+    """A deployed model: its segment, its core and its compiled program."""
+
+    def __init__(self, accel: Accelerator, name: str, compiled: compiler.CompiledModel, core: int):
+        self.accel = accel
+        self.name = name
+        self.compiled = compiled
+        self.core_index = core
+        self.core = accel.cores[core]
+        self._lock = threading.Lock()
+        self.segment = Segment(compiled.segment_size, bank=self.core.bank, device=accel.device)
+        for offset, data in compiled.segment_image().items():
+            self.segment.write(offset, np.frombuffer(data, dtype=np.uint8))
+        # The whole segment goes down once, so no earlier tenant's bytes remain in it.
+        self.segment.sync_to_device()
+        self.schedule = cycle_model.schedule(compiled.program, accel.config)
+        self.requests = 0
+
+    @property
+    def graph(self) -> ir.Graph:
+        return self.compiled.graph
+
+    def run_quantized(self, x_q: np.ndarray) -> tuple[list[np.ndarray], RunInfo]:
+        """int8 HWC input -> int8 HWC outputs, as the accelerator computes them."""
+        inp = self.compiled.input
+        x_q = np.asarray(x_q)
+        if x_q.dtype != np.int8 or x_q.shape != inp.shape:
+            raise ValueError(f"tenant {self.name!r} expects an int8 HWC input of shape {inp.shape}, "
+                             f"got {x_q.dtype} {x_q.shape}")
+        with self._lock:
+            if self.segment.freed:
+                raise DeployError(f"tenant {self.name!r} has been removed")
+            self.segment.write(inp.addr, x_q)
+            self.segment.sync_to_device(inp.addr, x_q.nbytes)
+            t0 = time.perf_counter()
+            result = self.core.run(self.segment.physical_address, self.segment.size,
+                                   self.compiled.program_offset, self.compiled.n_insns)
+            elapsed = time.perf_counter() - t0
+            if not result.ok:
+                raise TenantFault(self.name, result)
+            outs = []
+            for p in self.compiled.outputs:
+                self.segment.sync_from_device(p.addr, p.nbytes)
+                outs.append(self.segment.read(p.addr, p.nbytes).view(np.int8).reshape(p.shape).copy())
+            self.requests += 1
+        cycles = self.schedule.total_cycles
+        return outs, RunInfo(result, elapsed, cycles, cycle_model.seconds(cycles, self.accel.config))
+
+    def run(self, x: np.ndarray) -> list[np.ndarray] | np.ndarray:
+        """Float input in the model's own layout -> float output(s), like onnxruntime."""
+        tensors = self.graph.tensors
+        x_q = frontend.quantize_input(x, tensors[self.graph.inputs[0]])
+        outs, _ = self.run_quantized(x_q)
+        ys = [frontend.dequantize_output(q, tensors[n]) for q, n in zip(outs, self.graph.outputs)]
+        return ys[0] if len(ys) == 1 else ys
+
+    def _release(self) -> None:
+        with self._lock:
+            self.segment.free()
+
+
+def open(board: str = "u200", emulate: bool | None = None) -> Accelerator:  # noqa: A001 - the API name
+    """The vfpga accelerator for ``board``: the emulated board on a host
+    without one."""
+    return Accelerator(board, emulate=emulate)
