@@ -111,38 +111,42 @@ def choose_conv_tiling(layer: ir.Conv, in_shape, in_stride: int, geo: Geometry) 
     ocg = oc // groups
     if kh > 255 or kw > 255 or sh > 255 or sw > 255:
         raise LoweringError(f"{layer.name}: kernel/stride above 255 is not encodable")
-    best = None
-    if groups == 1:
-        shapes = [(1, toc, tic) for toc in _channel_options(oc, geo.ocp) for tic in _channel_options(icg, geo.icp)]
-    elif icg == 1 or icg * ocg * kh * kw * 2 <= geo.wbuf_bytes:
-        # whole groups per tile: depthwise and small grouped convolutions
-        shapes = [(tg, ocg, icg) for tg in _channel_options(groups, geo.ocp)]
+    # one group at a time (every ordinary conv), chunked over input channels
+    per_group = [(1, toc, tic) for toc in _channel_options(ocg, geo.ocp) for tic in _channel_options(icg, geo.icp)]
+    if groups > 1 and (icg == 1 or icg * ocg * kh * kw * 2 <= geo.wbuf_bytes):
+        # whole groups per tile: depthwise and small grouped convolutions; one
+        # group at a time when no number of whole groups fits the buffers
+        # (a few groups with a large kernel)
+        candidates = [[(tg, ocg, icg) for tg in _channel_options(groups, geo.ocp)], per_group]
     else:
-        # large groups: one group at a time, chunked like an ordinary conv
-        shapes = [(1, toc, tic) for toc in _channel_options(ocg, geo.ocp) for tic in _channel_options(icg, geo.icp)]
-    for tg, toc, tic in shapes:
-        chunks = _ceil(icg, tic) if tg == 1 else 1
-        in_ch = tg * tic if tg > 1 else tic
-        out_ch = tg * toc if tg > 1 else toc
-        ibuf = geo.ibuf_bytes // 2 if chunks > 1 else geo.ibuf_bytes
-        wbuf = geo.wbuf_bytes // 2 if chunks > 1 else geo.wbuf_bytes
-        if out_ch * kh * kw * (tic if tg == 1 else icg) > wbuf or out_ch > geo.param_entries:
-            continue
-        for tow in _spatial_options(ow):
-            tiw = (tow - 1) * sw + kw
-            if tiw * in_ch * kh > ibuf:
+        candidates = [per_group]
+    best = None
+    for shapes in candidates:
+        for tg, toc, tic in shapes:
+            chunks = _ceil(icg, tic) if tg == 1 else 1
+            in_ch = tg * tic if tg > 1 else tic
+            out_ch = tg * toc if tg > 1 else toc
+            ibuf = geo.ibuf_bytes // 2 if chunks > 1 else geo.ibuf_bytes
+            wbuf = geo.wbuf_bytes // 2 if chunks > 1 else geo.wbuf_bytes
+            if out_ch * kh * kw * (tic if tg == 1 else icg) > wbuf or out_ch > geo.param_entries:
                 continue
-            # the most output rows that fit every buffer
-            toh = min(oh, (ibuf // (tiw * in_ch) - kh) // sh + 1, geo.obuf_bytes // (tow * out_ch))
-            if chunks > 1:
-                toh = min(toh, geo.acc_words // (tow * out_ch))
-            if toh < 1:
-                continue
-            cost = _conv_cost(oh, ow, oc, icg, kh, kw, sh, sw, groups, tg, toc, tic, toh, tow,
-                              in_stride, geo)
-            if best is None or cost < best.cost:
-                best = ConvTiling(tg, toc, tic, toh, tow, cost)
-            break  # wider tiles first: the widest that fits is kept per channel split
+            for tow in _spatial_options(ow):
+                tiw = (tow - 1) * sw + kw
+                if tiw * in_ch * kh > ibuf:
+                    continue
+                # the most output rows that fit every buffer
+                toh = min(oh, (ibuf // (tiw * in_ch) - kh) // sh + 1, geo.obuf_bytes // (tow * out_ch))
+                if chunks > 1:
+                    toh = min(toh, geo.acc_words // (tow * out_ch))
+                if toh < 1:
+                    continue
+                cost = _conv_cost(oh, ow, oc, icg, kh, kw, sh, sw, groups, tg, toc, tic, toh, tow,
+                                  in_stride, geo)
+                if best is None or cost < best.cost:
+                    best = ConvTiling(tg, toc, tic, toh, tow, cost)
+                break  # wider tiles first: the widest that fits is kept per channel split
+        if best is not None:
+            break
     if best is None:
         raise LoweringError(
             f"{layer.name}: no tiling of this convolution fits the core's buffers "
@@ -300,8 +304,13 @@ def lower_pool(layer: ir.Pool, index: int, src: View, dst: View, in_zp: int, out
         raise LoweringError(f"{layer.name}: pooling window/stride not encodable")
     if layer.shift > 30:
         raise LoweringError(f"{layer.name}: pooling shift {layer.shift} > 30")
+    # Channel tiles narrower than the lanes come last: a large window (global
+    # pooling) may fit the input buffer only a few channels at a time.
+    channel_tiles = _channel_options(c, geo.ocp)
+    while channel_tiles[-1] > 1:
+        channel_tiles.append(_ceil(channel_tiles[-1], 2))
     tiling = None
-    for tc in _channel_options(c, geo.ocp):
+    for tc in channel_tiles:
         for tow in _spatial_options(ow):
             tiw = (tow - 1) * sw + kw
             rows_in = geo.ibuf_bytes // (tiw * tc)

@@ -1,0 +1,372 @@
+"""The public API end to end, its error paths, and tenant isolation.
+
+vfpga.open / Accelerator.deploy / Tenant.run / run_quantized / remove on the
+emulated boards: a float ONNX model deployed from a file with calibration
+data, every user mistake named clearly, deployment limits, and a tenant whose
+program writes outside its segment faulting alone while its neighbours in the
+same DDR bank keep their bytes and their results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import vfpga
+from vfpga.driver import isa
+from vfpga.driver.emulated import EmulatedDevice
+from vfpga.runtime import api, compiler, frontend, golden, ir, models, quant
+from vfpga.runtime.api import DeployError, TenantFault
+from vfpga.runtime.frontend import FrontendError, UnsupportedOperatorError
+
+SMALL_BANK = 16 << 20
+TINY_BANK = 1 << 20  # the isolation tests compare a whole bank, twice per run
+
+
+def accelerator(board: str, bank_capacity: int = SMALL_BANK) -> api.Accelerator:
+    return api.Accelerator(board, device=EmulatedDevice(board, bank_capacity=bank_capacity))
+
+
+def tiny_graph(seed: int, shape=(8, 8, 16), cout: int = 24) -> ir.Graph:
+    """conv 3x3 + ReLU -> max pool 2x2 -> conv 1x1: a small quantized graph
+    with random parameters (several layers and frames, so a program has
+    SAVEs in the middle)."""
+    rng = np.random.default_rng(seed)
+    h, w, c = shape
+    t = {
+        "x": ir.Tensor("x", shape, 0.05, int(rng.integers(-20, 20))),
+        "a": ir.Tensor("a", (h, w, cout), 0.04, -128),
+        "p": ir.Tensor("p", (h // 2, w // 2, cout), 0.04, -128),
+        "y": ir.Tensor("y", (h // 2, w // 2, 10), 0.1, int(rng.integers(-20, 20))),
+    }
+
+    def conv(name, src, dst, cin, cout, k, clip):
+        wgt = rng.integers(-127, 128, size=(cout, cin, k, k), dtype=np.int8)
+        k_terms = cin * k * k
+        bias = np.round(rng.normal(0, 1000, cout)).astype(np.int32)
+        mult, shift = quant.quantize_multipliers(40.0 / (np.sqrt(k_terms) * 74 * 74) * rng.uniform(0.5, 2, cout))
+        return ir.Conv(name, src, dst, wgt, bias, mult, shift, (1, 1), (k // 2,) * 4, 1, clip)
+
+    layers = [
+        conv("conv_a", "x", "a", c, cout, 3, quant.relu_clip(-128, 0.04)),
+        ir.Pool("pool", "a", "p", "max", (2, 2), (2, 2)),
+        conv("conv_y", "p", "y", cout, 10, 1, (-128, 127)),
+    ]
+    return ir.Graph(t, layers, ["x"], ["y"], name=f"tiny{seed}")
+
+
+def random_input(graph: ir.Graph, seed: int) -> np.ndarray:
+    shape = graph.tensors[graph.inputs[0]].shape
+    return np.random.default_rng(seed).integers(-128, 128, size=shape, dtype=np.int8)
+
+
+def assert_runs_correctly(tenant: api.Tenant, seed: int) -> None:
+    x = random_input(tenant.graph, seed)
+    (y,), info = tenant.run_quantized(x)
+    assert info.result.ok
+    np.testing.assert_array_equal(y, golden.run_graph(tenant.graph, x)[tenant.graph.outputs[0]])
+
+
+# ---------------------------------------------------------------- small_cnn through an ONNX file
+
+
+@pytest.fixture(scope="module")
+def small_cnn_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "small_cnn.onnx"
+    onnx.save(models.small_cnn(seed=0), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def deployed(small_cnn_path):
+    """small_cnn deployed on an emulated u200 from its float ONNX file."""
+    accel = accelerator("u200")
+    tenant = accel.deploy(str(small_cnn_path), name="vision", calibration=models.calibration_inputs(16, seed=1))
+    yield accel, tenant
+    accel.close()
+
+
+def test_open_gives_an_emulated_accelerator():
+    accel = vfpga.open("pynq_z2")
+    try:
+        assert accel.mode == "emulated" and accel.board == "pynq_z2"
+        assert len(accel.cores) == accel.config["cnn_core"]["count"] == 1
+    finally:
+        accel.close()
+
+
+def test_small_cnn_float_onnx_end_to_end(deployed, small_cnn_path):
+    accel, tenant = deployed
+    graph = tenant.graph
+    assert tenant.name == "vision" and accel.tenants == {"vision": tenant}
+    assert {layer.kind for layer in tenant.compiled.layers} == {"conv", "pool", "add"}
+    session = ort.InferenceSession(str(small_cnn_path), providers=["CPUExecutionProvider"])
+    inp, out = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
+    for x in models.calibration_inputs(4, seed=100):
+        y = tenant.run(x)
+        assert isinstance(y, np.ndarray) and y.shape == (1, 10) and y.dtype == np.float32
+        # what the accelerator must compute: the golden model on the quantized input, dequantized
+        x_q = frontend.quantize_input(x, inp)
+        want = frontend.dequantize_output(golden.run_graph(graph, x_q)[graph.outputs[0]], out)
+        np.testing.assert_array_equal(y, want)
+        # and the quantized model still means what the float model means
+        ref = session.run(None, {"input": x})[0]
+        assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.98
+        assert np.abs(y - ref).max() < 0.15 * np.abs(ref).max() + 4 * out.scale
+    assert tenant.requests >= 4
+
+
+def test_run_quantized_reports_the_run(deployed):
+    _, tenant = deployed
+    x = random_input(tenant.graph, 7)
+    (y,), info = tenant.run_quantized(x)
+    assert y.dtype == np.int8 and y.shape == tenant.compiled.outputs[0].shape
+    assert info.result.ok and info.modeled_cycles > 0 and info.modeled_seconds > 0 and info.host_seconds > 0
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 16, 16), (1, 32, 32, 3), (2, 3, 32, 32), (3, 32, 32)])
+def test_wrong_input_shape_names_the_expected_shape(deployed, shape):
+    _, tenant = deployed
+    with pytest.raises(FrontendError, match=r"expected float32 NCHW \[1, 3, 32, 32\], got shape "
+                                            + r"\[" + ", ".join(map(str, shape)) + r"\]"):
+        tenant.run(np.zeros(shape, dtype=np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.int8, bool])
+def test_wrong_input_dtype_names_the_expected_dtype(deployed, dtype):
+    _, tenant = deployed
+    with pytest.raises(FrontendError, match=rf"expected float32 NCHW \[1, 3, 32, 32\], got dtype {np.dtype(dtype)}"):
+        tenant.run(np.zeros((1, 3, 32, 32), dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype, shape", [(np.uint8, (32, 32, 3)), (np.float32, (32, 32, 3)),
+                                          (np.int8, (3, 32, 32)), (np.int8, (1, 32, 32, 3))])
+def test_run_quantized_names_the_expected_layout(deployed, dtype, shape):
+    _, tenant = deployed
+    got = np.dtype(dtype).name
+    with pytest.raises(ValueError, match=rf"int8 HWC input of shape \(32, 32, 3\), got {got} "
+                                         + r"\(" + ", ".join(map(str, shape)) + r",?\)"):
+        tenant.run_quantized(np.zeros(shape, dtype=dtype))
+
+
+# ---------------------------------------------------------------- model files
+
+
+def test_missing_model_file(tmp_path):
+    accel = accelerator("pynq_z2")
+    missing = tmp_path / "no_such_model.onnx"
+    with pytest.raises(FrontendError, match=r"no such model file: .*no_such_model\.onnx"):
+        accel.deploy(str(missing))
+    assert not accel.tenants
+    assert_runs_correctly(accel.deploy(tiny_graph(0)), 1)  # the only core is still free
+
+
+@pytest.mark.parametrize("content", [b"\x08\x07garbage\xff\xfe not protobuf \x00" * 7,
+                                     bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
+                                     b"", b"this is a text file, not a model\n"],
+                         ids=["junk", "random", "empty", "text"])
+def test_garbage_model_file(tmp_path, content):
+    accel = accelerator("pynq_z2")
+    path = tmp_path / "garbage.onnx"
+    path.write_bytes(content)
+    with pytest.raises(FrontendError, match=r"garbage\.onnx' is not (a valid |an )ONNX model"):
+        accel.deploy(str(path), calibration=models.calibration_inputs(1))
+    with pytest.raises(FrontendError, match=r"given bytes (are|is) not (a valid |an )ONNX model"):
+        accel.deploy(content)  # the same bytes in memory
+    assert not accel.tenants
+    assert_runs_correctly(accel.deploy(tiny_graph(0)), 1)
+
+
+def _with_unsupported(op_type: str, **attrs) -> onnx.ModelProto:
+    b = models.GraphBuilder(seed=3)
+    x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 8, stride=2)])
+    x = b.op(op_type, f"the_{op_type.lower()}", [x], **attrs)
+    x = b.op("GlobalAveragePool", "gap", [b.conv("conv2", x, 8, 8)])
+    out = b.op("Flatten", "flatten", [x], axis=1)
+    return b.model(f"with_{op_type}", out, (1, 8))
+
+
+@pytest.mark.parametrize("op_type, attrs", [("Softmax", {"axis": 1}), ("LRN", {"size": 3})])
+def test_unsupported_operator_names_op_and_node(tmp_path, op_type, attrs):
+    path = tmp_path / f"{op_type}.onnx"
+    onnx.save(_with_unsupported(op_type, **attrs), str(path))
+    accel = accelerator("pynq_z2")
+    with pytest.raises(UnsupportedOperatorError, match=rf"{op_type} \(node 'the_{op_type.lower()}'\)") as e:
+        accel.deploy(str(path), calibration=models.calibration_inputs(2))
+    assert (e.value.op_type, e.value.node_name) == (op_type, f"the_{op_type.lower()}")
+    assert isinstance(e.value, FrontendError)
+    assert not accel.tenants
+    assert_runs_correctly(accel.deploy(tiny_graph(0)), 1)
+
+
+# ---------------------------------------------------------------- deployment limits
+
+
+def test_more_tenants_than_cores():
+    accel = accelerator("zcu104")
+    tenants = [accel.deploy(tiny_graph(i), name=f"t{i}") for i in range(4)]
+    assert sorted(t.core_index for t in tenants) == [0, 1, 2, 3]
+    free = accel.device.get_memory_by_idx(0).free_bytes
+    with pytest.raises(DeployError, match=r"all 4 cores are taken by \['t0', 't1', 't2', 't3'\]"):
+        accel.deploy(tiny_graph(9), name="fifth")
+    assert "fifth" not in accel.tenants and accel.device.get_memory_by_idx(0).free_bytes == free
+    for i, t in enumerate(tenants):
+        assert_runs_correctly(t, 10 + i)
+    accel.remove("t2")
+    fifth = accel.deploy(tiny_graph(9), name="fifth")
+    assert fifth.core_index == 2
+    assert_runs_correctly(fifth, 20)
+    assert_runs_correctly(tenants[3], 21)
+
+
+def test_duplicate_tenant_name():
+    accel = accelerator("zcu104")
+    first = accel.deploy(tiny_graph(1), name="vision")
+    with pytest.raises(DeployError, match=r"a tenant named 'vision' is already deployed"):
+        accel.deploy(tiny_graph(2), name="vision")
+    assert accel.tenants == {"vision": first}
+    assert_runs_correctly(first, 3)
+    other = accel.deploy(tiny_graph(2), name="other")
+    assert other.core_index == 1  # the refused deploy did not keep a core
+    assert_runs_correctly(other, 4)
+
+
+def test_removed_tenant_cannot_run():
+    accel = accelerator("pynq_z2")
+    bank = accel.device.get_memory_by_idx(0)
+    free = bank.free_bytes
+    tenant = accel.deploy(tiny_graph(1), name="gone")
+    x = random_input(tenant.graph, 0)
+    accel.remove(tenant)
+    assert bank.free_bytes == free and not accel.tenants
+    with pytest.raises(DeployError, match=r"tenant 'gone' has been removed"):
+        tenant.run_quantized(x)
+    with pytest.raises(DeployError, match=r"tenant 'gone' has been removed"):
+        tenant.run(np.zeros((1, 16, 8, 8), dtype=np.float32))
+    with pytest.raises(DeployError, match=r"no tenant named 'gone'"):
+        accel.remove("gone")
+    assert_runs_correctly(accel.deploy(tiny_graph(2), name="gone"), 5)  # the name and the core are free again
+
+
+@pytest.mark.parametrize("cores", [0, 2, 16])
+def test_multi_core_tenants_are_refused_clearly(cores):
+    accel = accelerator("u200")
+    with pytest.raises(DeployError, match=rf"asked for {cores} cores: multi-core .* deploy with cores=1"):
+        accel.deploy(tiny_graph(1), cores=cores, name="multi")
+    assert not accel.tenants
+    assert_runs_correctly(accel.deploy(tiny_graph(1), cores=1, name="multi"), 6)
+
+
+def test_model_compiled_for_another_board_is_refused():
+    compiled = compiler.compile_graph(tiny_graph(1), "zcu104")
+    with pytest.raises(DeployError, match=r"compiled for zcu104, this accelerator is pynq_z2"):
+        accelerator("pynq_z2").deploy(compiled)
+
+
+def test_segment_larger_than_the_bank_keeps_no_core():
+    accel = accelerator("pynq_z2", bank_capacity=TINY_BANK)
+    big = tiny_graph(1, shape=(200, 200, 16))
+    assert compiler.compile_graph(big, "pynq_z2").segment_size > TINY_BANK
+    with pytest.raises((DeployError, MemoryError), match=r"cannot allocate|memory|segment"):
+        accel.deploy(big, name="big")
+    assert not accel.tenants
+    assert_runs_correctly(accel.deploy(tiny_graph(2), name="small"), 7)
+
+
+# ---------------------------------------------------------------- isolation
+
+
+def _find(program: np.ndarray, opcode: str, nth_layer: int) -> int:
+    """Index of the first ``opcode`` instruction of layer ``nth_layer``."""
+    words = program.reshape(-1, isa.INSN_BYTES)
+    for i in np.flatnonzero(isa.opcodes_of(program) == isa.OPCODES[opcode]):
+        if isa.decode(words[i])["tag"] == nth_layer:
+            return int(i)
+    raise AssertionError(f"no {opcode} in layer {nth_layer}")
+
+
+def corrupt(compiled: compiler.CompiledModel, how: str) -> tuple[compiler.CompiledModel, int, int]:
+    """A copy of ``compiled`` whose first SAVE of layer 1 (or LOAD_LINEAR of
+    layer 2) reaches outside the segment. Returns it, the index of the bad instruction and the
+    fault address the core must report (the lowest offending offset)."""
+    program = compiled.program.copy()
+    limit = compiled.segment_size
+    op = "LOAD_LINEAR" if how == "load-neighbour" else "SAVE"
+    i = _find(program, op, 1 if op == "SAVE" else 2)
+    fields = isa.decode(program[i * isa.INSN_BYTES:(i + 1) * isa.INSN_BYTES])
+    if op == "SAVE":
+        origin = (fields["y0"] * fields["width"] + fields["x0"]) * fields["pixel_stride"]
+        assert fields["tile_w"] * fields["channels"] >= 2
+        addr, fault_addr = {
+            "past-end": (limit, limit + origin),  # the next segment's first bytes
+            "straddle": (limit - 1 - origin, limit),  # first byte inside, the rest not
+            "near-4g": (2**32 - 64, min(2**32 - 64 + origin, 2**32 - 1)),  # wraps if offsets were 32-bit
+        }[how]
+    else:
+        addr, fault_addr = limit, limit
+    fields["dram_addr"] = addr
+    head = {k: fields.pop(k) for k in ("deps", "flags", "tag")}
+    program[i * isa.INSN_BYTES:(i + 1) * isa.INSN_BYTES] = np.frombuffer(
+        isa.encode(fields.pop("opcode"), **head, **fields), dtype=np.uint8)
+    return dataclasses.replace(compiled, program=program), i, fault_addr
+
+
+@pytest.mark.parametrize("how", ["past-end", "straddle", "near-4g", "load-neighbour"])
+def test_out_of_segment_tenant_faults_alone(how):
+    accel = accelerator("zcu104", bank_capacity=TINY_BANK)  # 4 cores, all on bank 0
+    dev = accel.device
+    left = accel.deploy(tiny_graph(1), name="left")
+    bad_model, bad_insn, fault_addr = corrupt(compiler.compile_graph(tiny_graph(2), "zcu104"), how)
+    bad = accel.deploy(bad_model, name="bad")
+    right = accel.deploy(tiny_graph(3), name="right")
+    assert {t.core.bank for t in (left, bad, right)} == {0}
+    # the neighbours sit right before and right after the bad segment
+    base = dev.get_memory_by_idx(0).base_address
+    lo, hi = bad.segment.physical_address - base, bad.segment.physical_address - base + bad.segment.size
+    assert left.segment.physical_address - base + left.segment.size == lo
+    assert right.segment.physical_address - base == hi
+
+    for t, seed in ((left, 1), (right, 2)):
+        assert_runs_correctly(t, seed)
+    x = random_input(bad.graph, 3)
+    for attempt in range(2):  # faulting again is just as clean
+        if how == "straddle":  # the faulting SAVE's one in-segment byte: must stay as it is
+            dev.bank_array(0)[hi - 1] = (0x5A, 0xA5)[attempt]
+        before = dev.bank_array(0).copy()
+        with pytest.raises(TenantFault, match=rf"tenant 'bad' faulted: SEGMENT at instruction {bad_insn}, "
+                                              rf"address 0x{fault_addr:x}") as e:
+            bad.run_quantized(x)
+        r = e.value.result
+        assert (e.value.tenant, r.fault_name, r.fault_addr, r.fault_insn) == ("bad", "SEGMENT", fault_addr, bad_insn)
+        after = dev.bank_array(0)
+        changed = np.flatnonzero(before != after)
+        assert changed.size == 0 or (changed.min() >= lo and changed.max() < hi), (
+            f"bytes outside the bad segment [{lo:#x}, {hi:#x}) changed: {changed[(changed < lo) | (changed >= hi)][:8]}")
+        if how == "straddle":  # the faulting SAVE is checked whole before it moves a byte
+            assert after[hi - 1] == (0x5A, 0xA5)[attempt]
+        for t, seed in ((left, 4 + attempt), (right, 6 + attempt)):
+            assert_runs_correctly(t, seed)
+    assert bad.requests == 0
+
+    accel.remove(bad)
+    again = accel.deploy(tiny_graph(4), name="again")
+    assert again.core_index == bad.core_index
+    assert_runs_correctly(again, 8)
+    for t, seed in ((left, 9), (right, 10)):
+        assert_runs_correctly(t, seed)
+
+
+def test_corrupted_program_is_otherwise_the_same():
+    """The isolation cases change exactly one field of one instruction."""
+    compiled = compiler.compile_graph(tiny_graph(2), "zcu104")
+    bad, i, _ = corrupt(compiled, "past-end")
+    words, bad_words = (m.program.reshape(-1, isa.INSN_BYTES) for m in (compiled, bad))
+    differs = np.flatnonzero((words != bad_words).any(axis=1))
+    assert differs.tolist() == [i]
+    a, b = isa.decode(words[i]), isa.decode(bad_words[i])
+    assert {k for k in a if a[k] != b[k]} == {"dram_addr"} and a["opcode"] == "SAVE"
+    assert compiled.program is not bad.program and not np.shares_memory(compiled.program, bad.program)
