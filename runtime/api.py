@@ -144,7 +144,11 @@ class Tenant:
         self.core_index = core
         self.core = accel.cores[core]
         self._lock = threading.Lock()
-        self.segment = Segment(compiled.segment_size, bank=self.core.bank, device=accel.device)
+        try:
+            self.segment = Segment(compiled.segment_size, bank=self.core.bank, device=accel.device)
+        except MemoryError as e:
+            raise DeployError(f"tenant {name!r} needs a {compiled.segment_size}-byte segment in DDR bank "
+                              f"{self.core.bank}, which cannot hold it: {e}") from e
         for offset, data in compiled.segment_image().items():
             self.segment.write(offset, np.frombuffer(data, dtype=np.uint8))
         # The whole segment goes down once, so no earlier tenant's bytes remain in it.

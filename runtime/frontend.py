@@ -354,11 +354,11 @@ def quantize_input(x, tensor: ir.Tensor) -> np.ndarray:
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         raise FrontendError(
-            f"input '{tensor.name}': expected float32 NCHW {list(expected)}, got dtype {x.dtype}"
+            f"model input: expected float32 NCHW {list(expected)}, got dtype {x.dtype}"
         )
     if tuple(x.shape) != expected:
         raise FrontendError(
-            f"input '{tensor.name}': expected float32 NCHW {list(expected)}, got shape {list(x.shape)}"
+            f"model input: expected float32 NCHW {list(expected)}, got shape {list(x.shape)}"
         )
     q = np.rint(x.astype(np.float32) / np.float32(tensor.scale)) + tensor.zero_point
     q = np.clip(q, quant.INT8_MIN, quant.INT8_MAX).astype(np.int8)

@@ -102,6 +102,8 @@ def _conv_dims(layer: ir.Conv, in_shape):
     pt, pl, pb, pr = layer.pads
     oh = (h + pt + pb - kh) // sh + 1
     ow = (w + pl + pr - kw) // sw + 1
+    if oh < 1 or ow < 1:
+        raise LoweringError(f"{layer.name}: kernel {kh}x{kw} is larger than the padded input {h}x{w}")
     return oh, ow, oc, icg, kh, kw, sh, sw
 
 
@@ -298,6 +300,8 @@ def lower_pool(layer: ir.Pool, index: int, src: View, dst: View, in_zp: int, out
     pt, pl, pb, pr = layer.pads
     oh = (h + pt + pb - kh) // sh + 1
     ow = (w + pl + pr - kw) // sw + 1
+    if oh < 1 or ow < 1:
+        raise LoweringError(f"{layer.name}: pooling window {kh}x{kw} is larger than the padded input {h}x{w}")
     if (dst.height, dst.width, dst.channels) != (oh, ow, c):
         raise LoweringError(f"{layer.name}: output view does not match {oh}x{ow}x{c}")
     if sh > 255 or sw > 255 or kh > 65535 or kw > 65535:

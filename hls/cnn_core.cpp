@@ -1,0 +1,1381 @@
+/*
+ * vfpga CNN core: decoder + LOAD / COMPUTE / SAVE units (Vitis HLS C++14).
+ *
+ * Implements vf_cnn_core_geometry() and vf_cnn_core_step() of
+ * include/vfpga_cnn_core.h with the instruction semantics of
+ * include/vfpga_isa.h. The same source is synthesised by Vitis HLS (wrapped by
+ * cnn_core_top.cpp), compiled by g++ for the C-simulation testbench, and
+ * loaded into Python through cffi as the emulated hardware.
+ *
+ * ---- Step rule --------------------------------------------------------------
+ * A step executes instructions starting at state->pc:
+ *  - if the instruction at pc is a FRAME marker it starts the frame: it is
+ *    retired, counters->frames is incremented and the token queues are empty;
+ *  - the following non-marker instructions form the step's body;
+ *  - the body ends at the next marker or at insn_count:
+ *      FRAME    : not consumed (it starts the next step); returns VF_STEP_FRAME
+ *      BARRIER  : consumed after every unit has drained; returns VF_STEP_FRAME,
+ *                 or VF_STEP_END when it was the last instruction of the stream
+ *      END      : consumed; running = 0; returns VF_STEP_END
+ *      no marker: the stream is exhausted; running = 0; returns VF_STEP_END.
+ * Every step retires at least one instruction, so the loop "step until not
+ * VF_STEP_FRAME" always terminates. The token queues live inside one step
+ * (vf_cnn_state_t has no room for them): they are empty when a step starts
+ * and whatever is left in them when it ends is discarded, so tokens never
+ * cross a FRAME (nor a BARRIER). Markers and NOP ignore their deps/flags and
+ * are retired by the decoder with 0 iterations.
+ * A state with fault != 0 returns VF_STEP_FAULT at once. A state with
+ * running == 0 and pc != 0 (stopped at END or at the end of the stream)
+ * returns VF_STEP_END at once; running == 0 with pc == 0 (a zeroed, fresh
+ * state) starts the program.
+ *
+ * ---- Decode, dispatch and the unit schedule ---------------------------------
+ * The decoder first fetches the heads of the whole step (pc .. the ending
+ * marker), checking each fetch against seg_limit (VF_FAULT_FETCH), the opcode
+ * (VF_FAULT_OPCODE) and the deps bits the opcode's unit may use (load: only
+ * *_NEXT, save: only *_PREV, compute: all four; otherwise VF_FAULT_FIELD).
+ * A decode fault stops the core before any instruction of the step runs.
+ * The body is then dispatched in program order to the three units' queues
+ * (LOAD: LOAD_TILE, LOAD_LINEAR; COMPUTE: CONV, POOL, ADD; SAVE: SAVE), which
+ * run as the concurrent hardware units do: in-order within a unit, ordered
+ * between units only by the dependency tokens (queues load->compute,
+ * compute->load, compute->save, save->compute; counters, not data).
+ * An instruction pops its tokens (waiting while one is missing), executes,
+ * then pushes its tokens. The C-simulation runs rounds over the units in the
+ * order SAVE, COMPUTE, LOAD (consumers first); in its turn a unit runs
+ * instructions until it blocks on a token or its queue is empty. A round in
+ * which no unit makes progress while work is left is VF_FAULT_DEADLOCK. This
+ * schedule is adversarial on purpose: a consumer that does not wait for its
+ * producer's token runs before the producer, and a producer that does not wait
+ * for its consumer's "buffer free" token runs ahead, so a wrong token program
+ * produces a wrong result in C-simulation as it could on the board.
+ * Units read their instruction again from the segment when they execute it;
+ * an instruction stream that overwrites its own not-yet-executed instructions
+ * within a step is deterministic here but its effect is unspecified.
+ *
+ * ---- Faults -------------------------------------------------------------------
+ * Each instruction is validated completely before it moves any byte:
+ *   1. VF_FAULT_FIELD   inconsistent fields (zero sizes, strides, kernel larger
+ *                       than the tile, shift out of range, channels >
+ *                       pixel_stride, SAVE tile outside its view, PARAM
+ *                       alignment, POOL valid window outside the tile,
+ *                       clip_lo > clip_hi, undefined flag/deps bits, a PARAM
+ *                       shift outside [0, 62] for CONV ACC_FINAL).
+ *                       fault_addr = byte offset of the offending field inside
+ *                       the 64-byte instruction (a bad PARAM shift reports the
+ *                       param_addr field).
+ *   2. VF_FAULT_BUFFER  an on-chip range outside its buffer. fault_addr = first
+ *                       offending offset, in the unit of the address field
+ *                       (IBUF/WBUF/OBUF bytes, ACC words, PARAM entries for
+ *                       CONV, PARAM bytes for LOAD_LINEAR).
+ *   3. VF_FAULT_SEGMENT a DDR byte the instruction would touch lies outside
+ *                       [0, seg_limit). fault_addr = lowest such offset (which
+ *                       is also the first one in access order).
+ * VF_FAULT_FETCH reports fault_addr = first instruction byte outside the
+ * segment and fault_opcode = 0xffffffff; VF_FAULT_OPCODE reports the opcode;
+ * VF_FAULT_DEADLOCK reports the lowest-indexed blocked instruction with
+ * fault_addr = 1 (the deps field). fault_addr saturates at 0xffffffff.
+ * All address arithmetic is 64-bit on validated, saturated extents: no field
+ * value can make the core touch memory outside seg[0, seg_limit) or outside
+ * its on-chip buffers. On a fault: running = 0, pc = fault_insn, nothing of
+ * the faulting instruction is written, VF_STEP_FAULT is returned.
+ *
+ * ---- Pipelined-loop iteration counts (the cycle model's contract) ----------
+ * Per retired instruction, iterations of its II=1 pipelined loop:
+ *   LOAD_TILE, SAVE  dense (pixel_stride == channels):
+ *                        tile_h * ceil(tile_w * channels / VF_AXI_BYTES)
+ *                    otherwise:
+ *                        tile_h * tile_w * ceil(channels / VF_AXI_BYTES)
+ *                    (LOAD_TILE: padding pixels included)
+ *   LOAD_LINEAR      ceil(nbytes / VF_AXI_BYTES)
+ *   CONV  cin_g == 1 (channel lanes, depthwise style):
+ *                        out_h * out_w * kh * kw * ceil(groups * cout_g / VF_OCP)
+ *         otherwise  groups * out_h * out_w * kh * kw
+ *                        * ceil(cin_g / VF_ICP) * ceil(cout_g / VF_OCP)
+ *   POOL             out_h * out_w * kh * kw * ceil(channels / VF_OCP)
+ *   ADD              ceil(length / VF_OCP)
+ *   NOP, markers     0
+ * iters[idx] receives the count (saturated to 0xffffffff); counters->
+ * load_iters / compute_iters / save_iters accumulate it per unit.
+ * counters->load_bytes / save_bytes count DDR bytes actually moved (LOAD_TILE
+ * padding excluded); counters->macs counts useful CONV MACs
+ * (groups * out_h * out_w * kh * kw * cin_g * cout_g); counters->insns counts
+ * retired instructions, markers and NOPs included; counters->frames counts
+ * FRAME markers.
+ *
+ * ---- Two bodies, one loop nest ----------------------------------------------
+ * The HLS loop nests (pipelined beat loops with VF_ICP x VF_OCP / VF_AXI_BYTES
+ * unrolled lane bodies) are compiled when VF_HLS_LITERAL is defined, which is
+ * automatic under __SYNTHESIS__; they count their beats as they run. The
+ * default g++ build (the emulator) keeps the same validation, lanes and
+ * requantization but executes each beat sequence as contiguous int8 runs that
+ * g++ -O3 vectorises: dense CONV reduces (kx, cin_g) as one dot product per
+ * output channel (four channels share each input load), depthwise CONV runs
+ * channel blocks outermost with a lane-major weight copy, POOL visits only
+ * the valid window, LOAD/SAVE move rows with memcpy. It takes the counts from
+ * the formulas above. int32 wrapping addition is associative and commutative
+ * and every output is written once from the same inputs, so both builds are
+ * bit-identical; `make -C hls csim` runs the testbench on both and checks the
+ * counted beats against the formulas.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "vfpga_isa.h"
+#include "vfpga_cnn_core.h"
+
+/* Loop labels name the HLS loops; g++ would call them unused. (HLS pragmas
+ * are unknown to g++: host builds pass -Wno-unknown-pragmas.) */
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__SYNTHESIS__)
+#pragma GCC diagnostic ignored "-Wunused-label"
+#endif
+
+#if !defined(VF_ICP) || !defined(VF_OCP) || !defined(VF_AXI_BYTES) || !defined(VF_IBUF_BYTES) || \
+    !defined(VF_WBUF_BYTES) || !defined(VF_ACC_WORDS) || !defined(VF_OBUF_BYTES) ||                \
+    !defined(VF_PARAM_ENTRIES)
+#error "board macros missing: compile with the flags printed by python3 overlay/config.py BOARD"
+#endif
+
+#if defined(__SYNTHESIS__) && !defined(VF_HLS_LITERAL)
+#define VF_HLS_LITERAL 1
+#endif
+
+static_assert(sizeof(vf_insn_t) == VF_INSN_BYTES, "instruction size");
+static_assert(VF_ICP >= 1 && VF_ICP <= 256, "VF_ICP out of range");
+static_assert(VF_OCP >= 1 && VF_OCP <= 256, "VF_OCP out of range");
+static_assert(VF_AXI_BYTES >= 1 && VF_AXI_BYTES <= 4096, "VF_AXI_BYTES out of range");
+/* POOL: |sum * mult| <= 255 * IBUF * 2^31 must stay below 2^63. */
+static_assert(VF_IBUF_BYTES >= 1 && VF_IBUF_BYTES <= (1u << 23), "VF_IBUF_BYTES out of range");
+static_assert(VF_WBUF_BYTES >= 1 && VF_WBUF_BYTES <= (1u << 30), "VF_WBUF_BYTES out of range");
+static_assert(VF_ACC_WORDS >= 1 && VF_ACC_WORDS <= (1u << 28), "VF_ACC_WORDS out of range");
+static_assert(VF_OBUF_BYTES >= 1 && VF_OBUF_BYTES <= (1u << 30), "VF_OBUF_BYTES out of range");
+static_assert(VF_PARAM_ENTRIES >= 1 && VF_PARAM_ENTRIES <= (1u << 24), "VF_PARAM_ENTRIES out of range");
+
+#define VF_PARAM_BYTES ((uint64_t)VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS * 4u)
+#define VF_FETCH_NO_OPCODE 0xffffffffu
+
+/* ========================================================================== */
+/* Small helpers                                                              */
+/* ========================================================================== */
+
+/* Outcome of one instruction in a unit. */
+typedef struct {
+    uint32_t fault; /* VF_FAULT_* */
+    uint32_t addr;  /* fault_addr */
+    uint64_t iters; /* pipelined-loop iterations */
+    uint64_t bytes; /* DDR bytes moved */
+    uint64_t macs;  /* useful MACs */
+} vf_exec_t;
+
+static inline uint32_t vf_sat32(uint64_t v) { return v > 0xffffffffull ? 0xffffffffu : (uint32_t)v; }
+
+static inline vf_exec_t vf_done(uint64_t iters, uint64_t bytes, uint64_t macs)
+{
+    vf_exec_t r = {VF_FAULT_NONE, 0, iters, bytes, macs};
+    return r;
+}
+
+static inline vf_exec_t vf_fail(uint32_t fault, uint64_t addr)
+{
+    vf_exec_t r = {fault, vf_sat32(addr), 0, 0, 0};
+    return r;
+}
+
+#define VF_FIELD(type, member) vf_fail(VF_FAULT_FIELD, offsetof(type, member))
+#define VF_FLAGS_OFFSET (offsetof(vf_insn_head_t, flags))
+#define VF_DEPS_OFFSET (offsetof(vf_insn_head_t, deps))
+
+static inline uint64_t vf_min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+static inline uint64_t vf_max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
+static inline uint64_t vf_ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+
+/* Products of untrusted fields saturate here: any saturated extent exceeds
+ * every buffer and segment, and start + extent cannot wrap. */
+#define VF_SAT_LIMIT (1ull << 56)
+static inline uint64_t vf_mul_sat(uint64_t a, uint64_t b)
+{
+    if (a == 0 || b == 0)
+        return 0;
+    if (a > VF_SAT_LIMIT / b)
+        return VF_SAT_LIMIT;
+    const uint64_t p = a * b;
+    return p > VF_SAT_LIMIT ? VF_SAT_LIMIT : p;
+}
+
+/* [start, start + len) inside [0, size)? */
+static inline bool vf_fits(uint64_t start, uint64_t len, uint64_t size)
+{
+    return start <= size && len <= size - start;
+}
+
+/* First offset of [start, ...) that lies outside [0, size). */
+static inline uint64_t vf_first_out(uint64_t start, uint64_t size) { return vf_max64(start, size); }
+
+/* A DDR access of `rows` rows starting `row_pitch` apart, each made of `cols`
+ * runs of `run` bytes starting `col_pitch` apart (col_pitch >= run >= 1).
+ * Addresses increase in access order. Returns true when every byte lies in
+ * [0, limit); otherwise *first is the lowest accessed offset >= limit. */
+static bool vf_seg_check(uint64_t base, uint64_t rows, uint64_t row_pitch, uint64_t cols, uint64_t col_pitch,
+                         uint64_t run, uint64_t limit, uint64_t *first)
+{
+    const uint64_t row_span = (cols - 1) * col_pitch + run;
+    if (base + (rows - 1) * row_pitch + row_span <= limit)
+        return true;
+SEG_SCAN:
+    for (uint64_t r = 0; r < rows; ++r) {
+        const uint64_t rs = base + r * row_pitch;
+        if (rs + row_span <= limit)
+            continue;
+        if (rs >= limit) {
+            *first = rs;
+            return false;
+        }
+        const uint64_t k = (limit - rs) / col_pitch;
+        const uint64_t ps = rs + k * col_pitch;
+        *first = limit < ps + run ? limit : ps + col_pitch;
+        return false;
+    }
+    *first = limit; /* not reached: the whole-range test above failed */
+    return false;
+}
+
+/* Two's-complement reinterpretation without implementation-defined casts. */
+static inline int32_t vf_i32(uint32_t v)
+{
+    return v < 0x80000000u ? (int32_t)v : (int32_t)(v - 0x80000000u) + INT32_MIN;
+}
+
+/* rshift_round(v, s) = s == 0 ? v : (v + (1 << (s - 1))) >> s, an arithmetic
+ * shift (floor). Callers keep |v| <= 2^62 and s <= 62, so the addition cannot
+ * overflow. The right shift of a negative value is arithmetic on g++, clang
+ * and Vitis HLS (implementation-defined before C++20, not undefined). */
+static inline int64_t vf_rshift_round(int64_t v, uint32_t s)
+{
+    return s == 0 ? v : (v + (int64_t)(1ull << (s - 1))) >> s;
+}
+
+/* rdiv(n, d) = sign(n) * ((|n| + d / 2) / d), d >= 1, |n| <= 2^62. */
+static inline int64_t vf_rdiv(int64_t n, int64_t d)
+{
+    const int64_t q = ((n < 0 ? -n : n) + d / 2) / d;
+    return n < 0 ? -q : q;
+}
+
+static inline int8_t vf_clamp8(int64_t v, int8_t lo, int8_t hi)
+{
+    return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
+/* CONV output: clamp(out_zp + rshift_round(acc * mult, shift), lo, hi). */
+static inline int8_t vf_requant(int32_t acc, int32_t mult, int32_t shift, int8_t zp, int8_t lo, int8_t hi)
+{
+    return vf_clamp8((int64_t)zp + vf_rshift_round((int64_t)acc * mult, (uint32_t)shift), lo, hi);
+}
+
+/* ========================================================================== */
+/* LOAD unit                                                                   */
+/* ========================================================================== */
+
+static vf_exec_t vf_load_tile(const int8_t *seg, uint64_t seg_limit, const vf_insn_mem_t &m, int8_t *ibuf)
+{
+    if (m.channels == 0)
+        return VF_FIELD(vf_insn_mem_t, channels);
+    if (m.pixel_stride < m.channels)
+        return VF_FIELD(vf_insn_mem_t, pixel_stride);
+    if (m.height == 0)
+        return VF_FIELD(vf_insn_mem_t, height);
+    if (m.width == 0)
+        return VF_FIELD(vf_insn_mem_t, width);
+    if (m.tile_h == 0)
+        return VF_FIELD(vf_insn_mem_t, tile_h);
+    if (m.tile_w == 0)
+        return VF_FIELD(vf_insn_mem_t, tile_w);
+
+    const uint64_t ch = m.channels, ps = m.pixel_stride, th = m.tile_h, tw = m.tile_w;
+    const uint64_t row_bytes = tw * ch; /* < 2^32 */
+    const bool dense = ps == ch;
+    if (!vf_fits(m.buf_addr, th * row_bytes, VF_IBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(m.buf_addr, VF_IBUF_BYTES));
+
+    /* the part of the tile inside the view */
+    const int64_t y0 = m.y0, x0 = m.x0;
+    const int64_t ys = y0 > 0 ? y0 : 0, ye = y0 + (int64_t)th < (int64_t)m.height ? y0 + (int64_t)th : m.height;
+    const int64_t xs = x0 > 0 ? x0 : 0, xe = x0 + (int64_t)tw < (int64_t)m.width ? x0 + (int64_t)tw : m.width;
+    const bool any = ys < ye && xs < xe;
+    const uint64_t pitch = (uint64_t)m.width * ps;
+    uint64_t moved = 0;
+    if (any) {
+        const uint64_t rows = (uint64_t)(ye - ys), cols = (uint64_t)(xe - xs);
+        const uint64_t base = m.dram_addr + (uint64_t)ys * pitch + (uint64_t)xs * ps;
+        uint64_t first = 0;
+        const bool ok = dense ? vf_seg_check(base, rows, pitch, 1, cols * ch, cols * ch, seg_limit, &first)
+                              : vf_seg_check(base, rows, pitch, cols, ps, ch, seg_limit, &first);
+        if (!ok)
+            return vf_fail(VF_FAULT_SEGMENT, first);
+        moved = rows * cols * ch;
+    }
+
+    int8_t *dst = ibuf + m.buf_addr;
+    const int8_t pad = m.pad_value;
+#ifdef VF_HLS_LITERAL
+    uint64_t beats = 0;
+LOAD_ROW:
+    for (uint64_t r = 0; r < th; ++r) {
+        const int64_t y = y0 + (int64_t)r;
+        const bool row_in = any && y >= ys && y < ye;
+        int8_t *drow = dst + r * row_bytes;
+        if (dense) {
+        LOAD_BEAT_DENSE:
+            for (uint64_t b = 0; b < vf_ceil_div(row_bytes, VF_AXI_BYTES); ++b) {
+#pragma HLS PIPELINE II=1
+                ++beats;
+            LOAD_LANE_DENSE:
+                for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
+#pragma HLS UNROLL
+                    const uint64_t k = b * VF_AXI_BYTES + j;
+                    if (k < row_bytes) {
+                        const int64_t x = x0 + (int64_t)(k / ch);
+                        const bool in = row_in && x >= xs && x < xe;
+                        drow[k] = in ? seg[m.dram_addr + (uint64_t)y * pitch + (uint64_t)x * ps + k % ch] : pad;
+                    }
+                }
+            }
+        } else {
+        LOAD_PIXEL:
+            for (uint64_t c = 0; c < tw; ++c) {
+                const int64_t x = x0 + (int64_t)c;
+                const bool in = row_in && x >= xs && x < xe;
+            LOAD_BEAT:
+                for (uint64_t b = 0; b < vf_ceil_div(ch, VF_AXI_BYTES); ++b) {
+#pragma HLS PIPELINE II=1
+                    ++beats;
+                LOAD_LANE:
+                    for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
+#pragma HLS UNROLL
+                        const uint64_t k = b * VF_AXI_BYTES + j;
+                        if (k < ch)
+                            drow[c * ch + k] =
+                                in ? seg[m.dram_addr + (uint64_t)y * pitch + (uint64_t)x * ps + k] : pad;
+                    }
+                }
+            }
+        }
+    }
+    return vf_done(beats, moved, 0);
+#else
+    const uint64_t left = any ? (uint64_t)(xs - x0) * ch : row_bytes;
+    const uint64_t mid = any ? (uint64_t)(xe - xs) * ch : 0;
+    const uint64_t right = row_bytes - left - mid;
+    for (uint64_t r = 0; r < th; ++r, dst += row_bytes) {
+        const int64_t y = y0 + (int64_t)r;
+        if (!any || y < ys || y >= ye) {
+            memset(dst, pad, row_bytes);
+            continue;
+        }
+        memset(dst, pad, left);
+        const int8_t *src = seg + m.dram_addr + (uint64_t)y * pitch + (uint64_t)xs * ps;
+        if (dense) {
+            memcpy(dst + left, src, mid);
+        } else {
+            int8_t *d = dst + left;
+            for (int64_t x = xs; x < xe; ++x, d += ch, src += ps)
+                memcpy(d, src, ch);
+        }
+        memset(dst + left + mid, pad, right);
+    }
+    const uint64_t iters = dense ? th * vf_ceil_div(row_bytes, VF_AXI_BYTES) : th * tw * vf_ceil_div(ch, VF_AXI_BYTES);
+    return vf_done(iters, moved, 0);
+#endif
+}
+
+static vf_exec_t vf_load_linear(const int8_t *seg, uint64_t seg_limit, const vf_insn_linear_t &l, int8_t *wbuf,
+                                int32_t *param)
+{
+    if (l.buffer != VF_BUF_WGT && l.buffer != VF_BUF_PARAM)
+        return VF_FIELD(vf_insn_linear_t, buffer);
+    if (l.nbytes == 0)
+        return VF_FIELD(vf_insn_linear_t, nbytes);
+    const bool to_param = l.buffer == VF_BUF_PARAM;
+    if (to_param && (l.buf_addr & 3u) != 0)
+        return VF_FIELD(vf_insn_linear_t, buf_addr);
+    if (to_param && (l.nbytes & 3u) != 0)
+        return VF_FIELD(vf_insn_linear_t, nbytes);
+    const uint64_t size = to_param ? VF_PARAM_BYTES : (uint64_t)VF_WBUF_BYTES;
+    if (!vf_fits(l.buf_addr, l.nbytes, size))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(l.buf_addr, size));
+    if (!vf_fits(l.dram_addr, l.nbytes, seg_limit))
+        return vf_fail(VF_FAULT_SEGMENT, vf_first_out(l.dram_addr, seg_limit));
+
+    const int8_t *src = seg + l.dram_addr;
+    const uint64_t n = l.nbytes;
+#ifdef VF_HLS_LITERAL
+    uint64_t beats = 0;
+LINEAR_BEAT:
+    for (uint64_t b = 0; b < vf_ceil_div(n, VF_AXI_BYTES); ++b) {
+#pragma HLS PIPELINE II=1
+        ++beats;
+    LINEAR_LANE:
+        for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
+#pragma HLS UNROLL
+            const uint64_t k = b * VF_AXI_BYTES + j;
+            if (k < n) {
+                if (to_param) {
+                    const uint64_t a = l.buf_addr + k;
+                    const uint32_t sh = 8u * (uint32_t)(a & 3u);
+                    const uint32_t old = (uint32_t)param[a >> 2];
+                    const uint32_t byte = (uint32_t)(uint8_t)src[k];
+                    param[a >> 2] = vf_i32((old & ~(0xffu << sh)) | (byte << sh));
+                } else {
+                    wbuf[l.buf_addr + k] = src[k];
+                }
+            }
+        }
+    }
+    return vf_done(beats, n, 0);
+#else
+    if (to_param) {
+        int32_t *dst = param + (l.buf_addr >> 2);
+        for (uint64_t w = 0; w < n / 4; ++w) {
+            const uint8_t *s = (const uint8_t *)src + 4 * w; /* little-endian words */
+            dst[w] = vf_i32((uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 24);
+        }
+    } else {
+        memcpy(wbuf + l.buf_addr, src, n);
+    }
+    return vf_done(vf_ceil_div(n, VF_AXI_BYTES), n, 0);
+#endif
+}
+
+/* The LOAD unit: LOAD_TILE and LOAD_LINEAR. */
+static vf_exec_t vf_load_unit(const int8_t *seg, uint64_t seg_limit, const vf_insn_t &insn, vf_cnn_buffers_t *b)
+{
+    if (insn.head.flags != 0)
+        return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
+    if (insn.head.opcode == VF_OP_LOAD_TILE) {
+        vf_insn_mem_t m;
+        memcpy(&m, insn.raw, sizeof m);
+        return vf_load_tile(seg, seg_limit, m, b->ibuf);
+    }
+    vf_insn_linear_t l;
+    memcpy(&l, insn.raw, sizeof l);
+    return vf_load_linear(seg, seg_limit, l, b->wbuf, b->param);
+}
+
+/* ========================================================================== */
+/* COMPUTE unit                                                                */
+/* ========================================================================== */
+
+/* A validated CONV, decoded. Pointers are only set for the buffers the
+ * instruction really accesses. */
+typedef struct {
+    uint32_t G, CIN, COUT, KH, KW, SH, SW, IW, OH, OW;
+    uint64_t ICT, OCT, WST; /* input/output channels of the tile, weights per output channel */
+    bool init, final;
+    int8_t zp, lo, hi;
+    const int8_t *in;
+    const int8_t *w;
+    int32_t *acc;
+    int8_t *out;
+    const int32_t *prm;
+} vf_conv_t;
+
+static inline uint32_t vf_conv_first(const vf_conv_t &k, uint64_t oc, uint64_t pix)
+{
+    return k.init ? (uint32_t)k.prm[oc * VF_PARAM_ENTRY_WORDS] : (uint32_t)k.acc[pix * k.OCT + oc];
+}
+
+static inline void vf_conv_last(const vf_conv_t &k, uint64_t oc, uint64_t pix, uint32_t v)
+{
+    if (k.final) {
+        const int32_t *p = k.prm + oc * VF_PARAM_ENTRY_WORDS;
+        k.out[pix * k.OCT + oc] = vf_requant(vf_i32(v), p[1], p[2], k.zp, k.lo, k.hi);
+    } else {
+        k.acc[pix * k.OCT + oc] = vf_i32(v);
+    }
+}
+
+#ifndef VF_HLS_LITERAL
+/* lane[o] += sum_{i < n} x[i] * w[o * wst + i] for o < nO, wrapping. Partial
+ * sums stay exact in int32 for runs of at most 65536 products (|x * w| <=
+ * 2^14); runs are combined with wrapping uint32 additions. Four lanes share
+ * each input load. */
+static inline void vf_mac_lanes(uint32_t *lane, uint32_t nO, const int8_t *x, const int8_t *w, uint64_t wst,
+                                uint64_t n)
+{
+    for (uint64_t i0 = 0; i0 < n; i0 += 65536) {
+        const uint32_t m = (uint32_t)vf_min64(n - i0, 65536);
+        const int8_t *xs = x + i0;
+        uint32_t o = 0;
+        for (; o + 4 <= nO; o += 4) {
+            const int8_t *w0 = w + o * wst + i0;
+            const int8_t *w1 = w0 + wst;
+            const int8_t *w2 = w1 + wst;
+            const int8_t *w3 = w2 + wst;
+            int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            for (uint32_t i = 0; i < m; ++i) {
+                const int32_t xi = xs[i];
+                s0 += xi * w0[i];
+                s1 += xi * w1[i];
+                s2 += xi * w2[i];
+                s3 += xi * w3[i];
+            }
+            lane[o] += (uint32_t)s0;
+            lane[o + 1] += (uint32_t)s1;
+            lane[o + 2] += (uint32_t)s2;
+            lane[o + 3] += (uint32_t)s3;
+        }
+        for (; o < nO; ++o) {
+            const int8_t *w0 = w + o * wst + i0;
+            int32_t s = 0;
+            for (uint32_t i = 0; i < m; ++i)
+                s += (int32_t)xs[i] * w0[i];
+            lane[o] += (uint32_t)s;
+        }
+    }
+}
+#endif
+
+/* CONV with cin_g > 1: lanes = VF_OCP output channels of one group, beats =
+ * (ky, kx, VF_ICP input channels). Returns the beats run (literal build). */
+static uint64_t vf_conv_dense(const vf_conv_t &k)
+{
+    uint64_t beats = 0;
+    const uint64_t in_row = (uint64_t)k.IW * k.ICT;
+CONV_G:
+    for (uint32_t g = 0; g < k.G; ++g) {
+    CONV_OY:
+        for (uint32_t oy = 0; oy < k.OH; ++oy) {
+        CONV_OX:
+            for (uint32_t ox = 0; ox < k.OW; ++ox) {
+                const uint64_t pix = (uint64_t)oy * k.OW + ox;
+                const int8_t *xwin = k.in + ((uint64_t)oy * k.SH * k.IW + (uint64_t)ox * k.SW) * k.ICT +
+                                     (uint64_t)g * k.CIN;
+            CONV_OB:
+                for (uint32_t ob = 0; ob < k.COUT; ob += VF_OCP) {
+                    const uint32_t nO = (uint32_t)vf_min64(VF_OCP, k.COUT - ob);
+                    const uint64_t oc0 = (uint64_t)g * k.COUT + ob;
+                    const int8_t *w0 = k.w + oc0 * k.WST;
+                    uint32_t lane[VF_OCP];
+#pragma HLS ARRAY_PARTITION variable=lane complete
+                CONV_INIT:
+                    for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+                        lane[o] = o < nO ? vf_conv_first(k, oc0 + o, pix) : 0u;
+                    }
+#ifdef VF_HLS_LITERAL
+                CONV_KY:
+                    for (uint32_t ky = 0; ky < k.KH; ++ky) {
+                    CONV_KX:
+                        for (uint32_t kx = 0; kx < k.KW; ++kx) {
+                        CONV_IB:
+                            for (uint32_t ib = 0; ib < k.CIN; ib += VF_ICP) {
+#pragma HLS PIPELINE II=1
+                                ++beats;
+                                const int8_t *x = xwin + ky * in_row + kx * k.ICT + ib;
+                                const int8_t *wb = w0 + ((uint64_t)ky * k.KW + kx) * k.CIN + ib;
+                            CONV_OL:
+                                for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+                                    int32_t s = 0;
+                                CONV_IL:
+                                    for (uint32_t i = 0; i < VF_ICP; ++i) {
+#pragma HLS UNROLL
+                                        if (o < nO && ib + i < k.CIN)
+                                            s += (int32_t)x[i] * wb[o * k.WST + i];
+                                    }
+                                    lane[o] += (uint32_t)s;
+                                }
+                            }
+                        }
+                    }
+#else
+                    for (uint32_t ky = 0; ky < k.KH; ++ky) {
+                        const int8_t *xr = xwin + ky * in_row;
+                        const int8_t *wr = w0 + (uint64_t)ky * k.KW * k.CIN;
+                        if (k.G == 1) /* (kx, i) is contiguous in IBUF and WBUF */
+                            vf_mac_lanes(lane, nO, xr, wr, k.WST, (uint64_t)k.KW * k.CIN);
+                        else
+                            for (uint32_t kx = 0; kx < k.KW; ++kx)
+                                vf_mac_lanes(lane, nO, xr + kx * k.ICT, wr + (uint64_t)kx * k.CIN, k.WST, k.CIN);
+                    }
+#endif
+                CONV_STORE:
+                    for (uint32_t o = 0; o < nO; ++o)
+                        vf_conv_last(k, oc0 + o, pix, lane[o]);
+                }
+            }
+        }
+    }
+    return beats;
+}
+
+/* Depthwise-style CONV (cin_g == 1): lanes = VF_OCP output channels across
+ * groups, output channel oc reads input channel oc / cout_g; beats = (ky, kx). */
+#define VF_DW_TAPS 64 /* kernels up to this many taps use a lane-major weight copy */
+static uint64_t vf_conv_lanes(const vf_conv_t &k)
+{
+    uint64_t beats = 0;
+    const uint64_t taps = (uint64_t)k.KH * k.KW;
+#ifdef VF_HLS_LITERAL
+DW_OY:
+    for (uint32_t oy = 0; oy < k.OH; ++oy) {
+    DW_OX:
+        for (uint32_t ox = 0; ox < k.OW; ++ox) {
+            const uint64_t pix = (uint64_t)oy * k.OW + ox;
+        DW_OB:
+            for (uint64_t ob = 0; ob < k.OCT; ob += VF_OCP) {
+                uint32_t lane[VF_OCP];
+#pragma HLS ARRAY_PARTITION variable=lane complete
+            DW_INIT:
+                for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+                    lane[o] = ob + o < k.OCT ? vf_conv_first(k, ob + o, pix) : 0u;
+                }
+            DW_KY:
+                for (uint32_t ky = 0; ky < k.KH; ++ky) {
+                DW_KX:
+                    for (uint32_t kx = 0; kx < k.KW; ++kx) {
+#pragma HLS PIPELINE II=1
+                        ++beats;
+                        const int8_t *xp =
+                            k.in + (((uint64_t)oy * k.SH + ky) * k.IW + (uint64_t)ox * k.SW + kx) * k.ICT;
+                    DW_LANE:
+                        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+                            const uint64_t oc = ob + o;
+                            if (oc < k.OCT)
+                                lane[o] += (uint32_t)((int32_t)xp[oc / k.COUT] *
+                                                      k.w[oc * taps + (uint64_t)ky * k.KW + kx]);
+                        }
+                    }
+                }
+            DW_STORE:
+                for (uint32_t o = 0; o < VF_OCP; ++o)
+                    if (ob + o < k.OCT)
+                        vf_conv_last(k, ob + o, pix, lane[o]);
+            }
+        }
+    }
+#else
+    int8_t wl[VF_DW_TAPS][VF_OCP]; /* lane-major weights of one channel block */
+    uint64_t src[VF_OCP];          /* input channel of each lane */
+    const bool staged = taps <= VF_DW_TAPS;
+    for (uint64_t ob = 0; ob < k.OCT; ob += VF_OCP) {
+        const uint32_t nO = (uint32_t)vf_min64(VF_OCP, k.OCT - ob);
+        for (uint32_t o = 0; o < nO; ++o)
+            src[o] = (ob + o) / k.COUT;
+        if (staged)
+            for (uint64_t t = 0; t < taps; ++t)
+                for (uint32_t o = 0; o < nO; ++o)
+                    wl[t][o] = k.w[(ob + o) * taps + t];
+        const bool straight = k.COUT == 1; /* lane o reads input channel ob + o */
+        for (uint32_t oy = 0; oy < k.OH; ++oy) {
+            for (uint32_t ox = 0; ox < k.OW; ++ox) {
+                const uint64_t pix = (uint64_t)oy * k.OW + ox;
+                uint32_t lane[VF_OCP];
+                for (uint32_t o = 0; o < nO; ++o)
+                    lane[o] = vf_conv_first(k, ob + o, pix);
+                for (uint32_t ky = 0; ky < k.KH; ++ky) {
+                    for (uint32_t kx = 0; kx < k.KW; ++kx) {
+                        const uint64_t t = (uint64_t)ky * k.KW + kx;
+                        const int8_t *xp =
+                            k.in + (((uint64_t)oy * k.SH + ky) * k.IW + (uint64_t)ox * k.SW + kx) * k.ICT;
+                        if (staged && straight) {
+                            const int8_t *xs = xp + ob;
+                            const int8_t *ws = wl[t];
+                            for (uint32_t o = 0; o < nO; ++o)
+                                lane[o] += (uint32_t)((int32_t)xs[o] * ws[o]);
+                        } else if (staged) {
+                            for (uint32_t o = 0; o < nO; ++o)
+                                lane[o] += (uint32_t)((int32_t)xp[src[o]] * wl[t][o]);
+                        } else {
+                            for (uint32_t o = 0; o < nO; ++o)
+                                lane[o] += (uint32_t)((int32_t)xp[src[o]] * k.w[(ob + o) * taps + t]);
+                        }
+                    }
+                }
+                for (uint32_t o = 0; o < nO; ++o)
+                    vf_conv_last(k, ob + o, pix, lane[o]);
+            }
+        }
+    }
+#endif
+    return beats;
+}
+
+static vf_exec_t vf_conv(const vf_insn_conv_t &c, vf_cnn_buffers_t *b)
+{
+    if ((c.head.flags & ~(uint32_t)(VF_CONV_ACC_INIT | VF_CONV_ACC_FINAL)) != 0)
+        return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
+    if (c.groups == 0)
+        return VF_FIELD(vf_insn_conv_t, groups);
+    if (c.cin_g == 0)
+        return VF_FIELD(vf_insn_conv_t, cin_g);
+    if (c.cout_g == 0)
+        return VF_FIELD(vf_insn_conv_t, cout_g);
+    if (c.kh == 0)
+        return VF_FIELD(vf_insn_conv_t, kh);
+    if (c.kw == 0)
+        return VF_FIELD(vf_insn_conv_t, kw);
+    if (c.sh == 0)
+        return VF_FIELD(vf_insn_conv_t, sh);
+    if (c.sw == 0)
+        return VF_FIELD(vf_insn_conv_t, sw);
+    if (c.out_h == 0)
+        return VF_FIELD(vf_insn_conv_t, out_h);
+    if (c.out_w == 0)
+        return VF_FIELD(vf_insn_conv_t, out_w);
+    if ((uint64_t)(c.out_h - 1) * c.sh + c.kh > c.in_h)
+        return VF_FIELD(vf_insn_conv_t, in_h);
+    if ((uint64_t)(c.out_w - 1) * c.sw + c.kw > c.in_w)
+        return VF_FIELD(vf_insn_conv_t, in_w);
+    if (c.clip_lo > c.clip_hi)
+        return VF_FIELD(vf_insn_conv_t, clip_lo);
+
+    vf_conv_t k;
+    k.G = c.groups;
+    k.CIN = c.cin_g;
+    k.COUT = c.cout_g;
+    k.KH = c.kh;
+    k.KW = c.kw;
+    k.SH = c.sh;
+    k.SW = c.sw;
+    k.IW = c.in_w;
+    k.OH = c.out_h;
+    k.OW = c.out_w;
+    k.ICT = (uint64_t)k.G * k.CIN;
+    k.OCT = (uint64_t)k.G * k.COUT;
+    k.WST = (uint64_t)k.KH * k.KW * k.CIN;
+    k.init = (c.head.flags & VF_CONV_ACC_INIT) != 0;
+    k.final = (c.head.flags & VF_CONV_ACC_FINAL) != 0;
+    k.zp = c.out_zp;
+    k.lo = c.clip_lo;
+    k.hi = c.clip_hi;
+
+    const uint64_t pixels = (uint64_t)k.OH * k.OW;
+    const uint64_t in_len = vf_mul_sat((uint64_t)c.in_h * c.in_w, k.ICT);
+    const uint64_t w_len = vf_mul_sat(k.OCT, k.WST);
+    const uint64_t out_len = vf_mul_sat(pixels, k.OCT);
+    if (!vf_fits(c.in_addr, in_len, VF_IBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(c.in_addr, VF_IBUF_BYTES));
+    if (!vf_fits(c.wgt_addr, w_len, VF_WBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(c.wgt_addr, VF_WBUF_BYTES));
+    if (k.final && !vf_fits(c.out_addr, out_len, VF_OBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(c.out_addr, VF_OBUF_BYTES));
+    const bool uses_acc = !(k.init && k.final);
+    if (uses_acc && !vf_fits(c.acc_addr, out_len, VF_ACC_WORDS))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(c.acc_addr, VF_ACC_WORDS));
+    const bool uses_param = k.init || k.final;
+    if (uses_param && !vf_fits(c.param_addr, k.OCT, VF_PARAM_ENTRIES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(c.param_addr, VF_PARAM_ENTRIES));
+
+    k.in = b->ibuf + c.in_addr;
+    k.w = b->wbuf + c.wgt_addr;
+    k.acc = uses_acc ? b->acc + c.acc_addr : NULL;
+    k.out = k.final ? b->obuf + c.out_addr : NULL;
+    k.prm = uses_param ? b->param + (uint64_t)c.param_addr * VF_PARAM_ENTRY_WORDS : NULL;
+    if (k.final) {
+    CONV_SHIFTS:
+        for (uint64_t oc = 0; oc < k.OCT; ++oc) {
+            const int32_t s = k.prm[oc * VF_PARAM_ENTRY_WORDS + 2];
+            if (s < 0 || s > 62)
+                return VF_FIELD(vf_insn_conv_t, param_addr);
+        }
+    }
+
+    const uint64_t beats = k.CIN == 1 ? vf_conv_lanes(k) : vf_conv_dense(k);
+    const uint64_t taps = (uint64_t)k.KH * k.KW;
+#ifdef VF_HLS_LITERAL
+    const uint64_t iters = beats;
+#else
+    (void)beats;
+    const uint64_t iters = k.CIN == 1
+                               ? pixels * taps * vf_ceil_div(k.OCT, VF_OCP)
+                               : k.G * pixels * taps * vf_ceil_div(k.CIN, VF_ICP) * vf_ceil_div(k.COUT, VF_OCP);
+#endif
+    return vf_done(iters, 0, k.G * pixels * taps * k.CIN * k.COUT);
+}
+
+/* POOL output of one channel: v (already relative to in_zp) over count. */
+static inline int8_t vf_pool_out(int64_t v, uint64_t count, const vf_insn_pool_t &p)
+{
+    if (count == 0)
+        return vf_clamp8(p.out_zp, p.clip_lo, p.clip_hi);
+    return vf_clamp8((int64_t)p.out_zp + vf_rdiv(v * p.mult, (int64_t)(count << p.shift)), p.clip_lo, p.clip_hi);
+}
+
+#define VF_POOL_CHUNK 256 /* C-sim channel chunk */
+
+static vf_exec_t vf_pool(const vf_insn_pool_t &p, vf_cnn_buffers_t *b)
+{
+    if ((p.head.flags & ~(uint32_t)(VF_POOL_AVG | VF_POOL_COUNT_PAD)) != 0)
+        return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
+    if (p.channels == 0)
+        return VF_FIELD(vf_insn_pool_t, channels);
+    if (p.kh == 0)
+        return VF_FIELD(vf_insn_pool_t, kh);
+    if (p.kw == 0)
+        return VF_FIELD(vf_insn_pool_t, kw);
+    if (p.sh == 0)
+        return VF_FIELD(vf_insn_pool_t, sh);
+    if (p.sw == 0)
+        return VF_FIELD(vf_insn_pool_t, sw);
+    if (p.out_h == 0)
+        return VF_FIELD(vf_insn_pool_t, out_h);
+    if (p.out_w == 0)
+        return VF_FIELD(vf_insn_pool_t, out_w);
+    if ((uint64_t)(p.out_h - 1) * p.sh + p.kh > p.in_h)
+        return VF_FIELD(vf_insn_pool_t, in_h);
+    if ((uint64_t)(p.out_w - 1) * p.sw + p.kw > p.in_w)
+        return VF_FIELD(vf_insn_pool_t, in_w);
+    if (p.valid_y0 > p.valid_y1)
+        return VF_FIELD(vf_insn_pool_t, valid_y0);
+    if (p.valid_y1 > p.in_h)
+        return VF_FIELD(vf_insn_pool_t, valid_y1);
+    if (p.valid_x0 > p.valid_x1)
+        return VF_FIELD(vf_insn_pool_t, valid_x0);
+    if (p.valid_x1 > p.in_w)
+        return VF_FIELD(vf_insn_pool_t, valid_x1);
+    if (p.shift > 30)
+        return VF_FIELD(vf_insn_pool_t, shift);
+    if (p.clip_lo > p.clip_hi)
+        return VF_FIELD(vf_insn_pool_t, clip_lo);
+
+    const uint64_t C = p.channels;
+    const uint64_t pixels = (uint64_t)p.out_h * p.out_w;
+    const uint64_t in_len = (uint64_t)p.in_h * p.in_w * C;
+    const uint64_t out_len = pixels * C;
+    if (!vf_fits(p.in_addr, in_len, VF_IBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(p.in_addr, VF_IBUF_BYTES));
+    if (!vf_fits(p.out_addr, out_len, VF_OBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(p.out_addr, VF_OBUF_BYTES));
+
+    const bool avg = (p.head.flags & VF_POOL_AVG) != 0;
+    const bool count_pad = (p.head.flags & VF_POOL_COUNT_PAD) != 0;
+    const int8_t *in = b->ibuf + p.in_addr;
+    int8_t *out = b->obuf + p.out_addr;
+    const uint64_t taps = (uint64_t)p.kh * p.kw;
+    const int32_t zp = p.in_zp;
+    uint64_t beats = 0;
+POOL_OY:
+    for (uint32_t oy = 0; oy < p.out_h; ++oy) {
+    POOL_OX:
+        for (uint32_t ox = 0; ox < p.out_w; ++ox) {
+            const uint64_t pix = (uint64_t)oy * p.out_w + ox;
+            const uint64_t by = (uint64_t)oy * p.sh, bx = (uint64_t)ox * p.sw;
+#ifdef VF_HLS_LITERAL
+        POOL_CB:
+            for (uint64_t cb = 0; cb < C; cb += VF_OCP) {
+                int32_t lane[VF_OCP];
+#pragma HLS ARRAY_PARTITION variable=lane complete
+                uint64_t nvalid = 0;
+            POOL_INIT:
+                for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+                    lane[o] = avg ? 0 : INT8_MIN;
+                }
+            POOL_KY:
+                for (uint32_t ky = 0; ky < p.kh; ++ky) {
+                POOL_KX:
+                    for (uint32_t kx = 0; kx < p.kw; ++kx) {
+#pragma HLS PIPELINE II=1
+                        ++beats;
+                        const uint64_t iy = by + ky, ix = bx + kx;
+                        const bool valid = iy >= p.valid_y0 && iy < p.valid_y1 && ix >= p.valid_x0 && ix < p.valid_x1;
+                        nvalid += valid ? 1 : 0;
+                        const int8_t *xp = in + (iy * p.in_w + ix) * C + cb;
+                    POOL_LANE:
+                        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+                            if (valid && cb + o < C) {
+                                const int32_t x = xp[o];
+                                lane[o] = avg ? lane[o] + x : (x > lane[o] ? x : lane[o]);
+                            }
+                        }
+                    }
+                }
+                const uint64_t count = avg ? (count_pad ? taps : nvalid) : 1;
+            POOL_STORE:
+                for (uint32_t o = 0; o < VF_OCP; ++o) {
+                    if (cb + o < C) {
+                        const int64_t v = avg ? (int64_t)lane[o] - (int64_t)nvalid * zp
+                                              : (nvalid ? (int64_t)lane[o] - zp : 0);
+                        out[pix * C + cb + o] = vf_pool_out(v, count, p);
+                    }
+                }
+            }
+#else
+            /* only the valid part of the window is visited */
+            const uint64_t ky0 = p.valid_y0 > by ? p.valid_y0 - by : 0;
+            const uint64_t ky1 = vf_min64(p.kh, p.valid_y1 > by ? p.valid_y1 - by : 0);
+            const uint64_t kx0 = p.valid_x0 > bx ? p.valid_x0 - bx : 0;
+            const uint64_t kx1 = vf_min64(p.kw, p.valid_x1 > bx ? p.valid_x1 - bx : 0);
+            const uint64_t nvalid = (ky1 > ky0 && kx1 > kx0) ? (ky1 - ky0) * (kx1 - kx0) : 0;
+            const uint64_t count = avg ? (count_pad ? taps : nvalid) : 1;
+            for (uint64_t cb = 0; cb < C; cb += VF_POOL_CHUNK) {
+                const uint32_t n = (uint32_t)vf_min64(VF_POOL_CHUNK, C - cb);
+                int32_t lane[VF_POOL_CHUNK];
+                for (uint32_t o = 0; o < n; ++o)
+                    lane[o] = avg ? 0 : INT8_MIN;
+                for (uint64_t ky = ky0; ky < ky1; ++ky) {
+                    for (uint64_t kx = kx0; kx < kx1; ++kx) {
+                        const int8_t *xp = in + ((by + ky) * p.in_w + bx + kx) * C + cb;
+                        if (avg)
+                            for (uint32_t o = 0; o < n; ++o)
+                                lane[o] += xp[o];
+                        else
+                            for (uint32_t o = 0; o < n; ++o)
+                                lane[o] = xp[o] > lane[o] ? xp[o] : lane[o];
+                    }
+                }
+                int8_t *op = out + pix * C + cb;
+                for (uint32_t o = 0; o < n; ++o) {
+                    const int64_t v = avg ? (int64_t)lane[o] - (int64_t)nvalid * zp
+                                          : (nvalid ? (int64_t)lane[o] - zp : 0);
+                    op[o] = vf_pool_out(v, count, p);
+                }
+            }
+#endif
+        }
+    }
+#ifndef VF_HLS_LITERAL
+    beats = pixels * taps * vf_ceil_div(C, VF_OCP);
+#endif
+    return vf_done(beats, 0, 0);
+}
+
+static vf_exec_t vf_add(const vf_insn_add_t &a, vf_cnn_buffers_t *b)
+{
+    if (a.head.flags != 0)
+        return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
+    if (a.length == 0)
+        return VF_FIELD(vf_insn_add_t, length);
+    if (a.shift > 62)
+        return VF_FIELD(vf_insn_add_t, shift);
+    if (a.clip_lo > a.clip_hi)
+        return VF_FIELD(vf_insn_add_t, clip_lo);
+    if (!vf_fits(a.a_addr, a.length, VF_IBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(a.a_addr, VF_IBUF_BYTES));
+    if (!vf_fits(a.b_addr, a.length, VF_IBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(a.b_addr, VF_IBUF_BYTES));
+    if (!vf_fits(a.out_addr, a.length, VF_OBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(a.out_addr, VF_OBUF_BYTES));
+
+    const int8_t *pa = b->ibuf + a.a_addr;
+    const int8_t *pb = b->ibuf + a.b_addr;
+    int8_t *po = b->obuf + a.out_addr;
+    const int64_t am = a.a_mult, bm = a.b_mult;
+    const int32_t az = a.a_zp, bz = a.b_zp;
+    const uint64_t n = a.length;
+#ifdef VF_HLS_LITERAL
+    uint64_t beats = 0;
+ADD_BEAT:
+    for (uint64_t i0 = 0; i0 < n; i0 += VF_OCP) {
+#pragma HLS PIPELINE II=1
+        ++beats;
+    ADD_LANE:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+            const uint64_t i = i0 + o;
+            if (i < n) {
+                const int64_t v = (int64_t)(pa[i] - az) * am + (int64_t)(pb[i] - bz) * bm;
+                po[i] = vf_clamp8((int64_t)a.out_zp + vf_rshift_round(v, a.shift), a.clip_lo, a.clip_hi);
+            }
+        }
+    }
+    return vf_done(beats, 0, 0);
+#else
+    for (uint64_t i = 0; i < n; ++i) {
+        const int64_t v = (int64_t)(pa[i] - az) * am + (int64_t)(pb[i] - bz) * bm;
+        po[i] = vf_clamp8((int64_t)a.out_zp + vf_rshift_round(v, a.shift), a.clip_lo, a.clip_hi);
+    }
+    return vf_done(vf_ceil_div(n, VF_OCP), 0, 0);
+#endif
+}
+
+/* The COMPUTE unit: CONV, POOL, ADD. */
+static vf_exec_t vf_compute_unit(const vf_insn_t &insn, vf_cnn_buffers_t *b)
+{
+    if (insn.head.opcode == VF_OP_CONV) {
+        vf_insn_conv_t c;
+        memcpy(&c, insn.raw, sizeof c);
+        return vf_conv(c, b);
+    }
+    if (insn.head.opcode == VF_OP_POOL) {
+        vf_insn_pool_t p;
+        memcpy(&p, insn.raw, sizeof p);
+        return vf_pool(p, b);
+    }
+    vf_insn_add_t a;
+    memcpy(&a, insn.raw, sizeof a);
+    return vf_add(a, b);
+}
+
+/* ========================================================================== */
+/* SAVE unit                                                                   */
+/* ========================================================================== */
+
+/* The SAVE unit: an OBUF tile to pixels that all lie inside the view. */
+static vf_exec_t vf_save_unit(int8_t *seg, uint64_t seg_limit, const vf_insn_t &insn, const vf_cnn_buffers_t *b)
+{
+    if (insn.head.flags != 0)
+        return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
+    vf_insn_mem_t m;
+    memcpy(&m, insn.raw, sizeof m);
+    if (m.channels == 0)
+        return VF_FIELD(vf_insn_mem_t, channels);
+    if (m.pixel_stride < m.channels)
+        return VF_FIELD(vf_insn_mem_t, pixel_stride);
+    if (m.height == 0)
+        return VF_FIELD(vf_insn_mem_t, height);
+    if (m.width == 0)
+        return VF_FIELD(vf_insn_mem_t, width);
+    if (m.tile_h == 0)
+        return VF_FIELD(vf_insn_mem_t, tile_h);
+    if (m.tile_w == 0)
+        return VF_FIELD(vf_insn_mem_t, tile_w);
+    if (m.y0 < 0)
+        return VF_FIELD(vf_insn_mem_t, y0);
+    if (m.x0 < 0)
+        return VF_FIELD(vf_insn_mem_t, x0);
+    if ((uint64_t)m.y0 + m.tile_h > m.height)
+        return VF_FIELD(vf_insn_mem_t, tile_h);
+    if ((uint64_t)m.x0 + m.tile_w > m.width)
+        return VF_FIELD(vf_insn_mem_t, tile_w);
+
+    const uint64_t ch = m.channels, ps = m.pixel_stride, th = m.tile_h, tw = m.tile_w;
+    const uint64_t row_bytes = tw * ch;
+    const bool dense = ps == ch;
+    if (!vf_fits(m.buf_addr, th * row_bytes, VF_OBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(m.buf_addr, VF_OBUF_BYTES));
+    const uint64_t pitch = (uint64_t)m.width * ps;
+    const uint64_t base = m.dram_addr + (uint64_t)m.y0 * pitch + (uint64_t)m.x0 * ps;
+    uint64_t first = 0;
+    const bool ok = dense ? vf_seg_check(base, th, pitch, 1, row_bytes, row_bytes, seg_limit, &first)
+                          : vf_seg_check(base, th, pitch, tw, ps, ch, seg_limit, &first);
+    if (!ok)
+        return vf_fail(VF_FAULT_SEGMENT, first);
+
+    const int8_t *src = b->obuf + m.buf_addr;
+#ifdef VF_HLS_LITERAL
+    uint64_t beats = 0;
+SAVE_ROW:
+    for (uint64_t r = 0; r < th; ++r) {
+        int8_t *drow = seg + base + r * pitch;
+        const int8_t *srow = src + r * row_bytes;
+        if (dense) {
+        SAVE_BEAT_DENSE:
+            for (uint64_t bt = 0; bt < vf_ceil_div(row_bytes, VF_AXI_BYTES); ++bt) {
+#pragma HLS PIPELINE II=1
+                ++beats;
+            SAVE_LANE_DENSE:
+                for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
+#pragma HLS UNROLL
+                    const uint64_t k = bt * VF_AXI_BYTES + j;
+                    if (k < row_bytes)
+                        drow[k] = srow[k];
+                }
+            }
+        } else {
+        SAVE_PIXEL:
+            for (uint64_t c = 0; c < tw; ++c) {
+            SAVE_BEAT:
+                for (uint64_t bt = 0; bt < vf_ceil_div(ch, VF_AXI_BYTES); ++bt) {
+#pragma HLS PIPELINE II=1
+                    ++beats;
+                SAVE_LANE:
+                    for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
+#pragma HLS UNROLL
+                        const uint64_t k = bt * VF_AXI_BYTES + j;
+                        if (k < ch)
+                            drow[c * ps + k] = srow[c * ch + k];
+                    }
+                }
+            }
+        }
+    }
+    return vf_done(beats, th * row_bytes, 0);
+#else
+    for (uint64_t r = 0; r < th; ++r) {
+        int8_t *drow = seg + base + r * pitch;
+        const int8_t *srow = src + r * row_bytes;
+        if (dense)
+            memcpy(drow, srow, row_bytes);
+        else
+            for (uint64_t c = 0; c < tw; ++c)
+                memcpy(drow + c * ps, srow + c * ch, ch);
+    }
+    const uint64_t iters = dense ? th * vf_ceil_div(row_bytes, VF_AXI_BYTES) : th * tw * vf_ceil_div(ch, VF_AXI_BYTES);
+    return vf_done(iters, th * row_bytes, 0);
+#endif
+}
+
+/* ========================================================================== */
+/* Decoder and unit scheduler                                                  */
+/* ========================================================================== */
+
+enum { VF_UNIT_LOAD = 0, VF_UNIT_COMPUTE = 1, VF_UNIT_SAVE = 2, VF_UNIT_NONE = 3 };
+
+static inline uint32_t vf_unit_of(uint32_t opcode)
+{
+    switch (opcode) {
+    case VF_OP_LOAD_TILE:
+    case VF_OP_LOAD_LINEAR:
+        return VF_UNIT_LOAD;
+    case VF_OP_CONV:
+    case VF_OP_POOL:
+    case VF_OP_ADD:
+        return VF_UNIT_COMPUTE;
+    case VF_OP_SAVE:
+        return VF_UNIT_SAVE;
+    default:
+        return VF_UNIT_NONE;
+    }
+}
+
+static inline bool vf_is_marker(uint32_t opcode)
+{
+    return opcode == VF_OP_FRAME || opcode == VF_OP_BARRIER || opcode == VF_OP_END;
+}
+
+/* deps bits each unit may use */
+static inline uint32_t vf_deps_allowed(uint32_t unit)
+{
+    switch (unit) {
+    case VF_UNIT_LOAD:
+        return VF_DEP_POP_NEXT | VF_DEP_PUSH_NEXT;
+    case VF_UNIT_SAVE:
+        return VF_DEP_POP_PREV | VF_DEP_PUSH_PREV;
+    case VF_UNIT_COMPUTE:
+        return VF_DEP_POP_PREV | VF_DEP_POP_NEXT | VF_DEP_PUSH_PREV | VF_DEP_PUSH_NEXT;
+    default:
+        return 0;
+    }
+}
+
+/* Token queues of one step. */
+typedef struct {
+    uint32_t l2c, c2l, c2s, s2c;
+} vf_tokens_t;
+
+/* The queue a unit pops for POP_PREV / POP_NEXT (NULL: none). */
+static inline uint32_t *vf_pop_queue(vf_tokens_t *t, uint32_t unit, bool prev)
+{
+    if (unit == VF_UNIT_LOAD)
+        return prev ? NULL : &t->c2l;
+    if (unit == VF_UNIT_SAVE)
+        return prev ? &t->c2s : NULL;
+    return prev ? &t->l2c : &t->s2c;
+}
+
+static inline uint32_t *vf_push_queue(vf_tokens_t *t, uint32_t unit, bool prev)
+{
+    if (unit == VF_UNIT_LOAD)
+        return prev ? NULL : &t->l2c;
+    if (unit == VF_UNIT_SAVE)
+        return prev ? &t->s2c : NULL;
+    return prev ? &t->c2l : &t->c2s;
+}
+
+static inline bool vf_tokens_ready(vf_tokens_t *t, uint32_t unit, uint32_t deps)
+{
+    if ((deps & VF_DEP_POP_PREV) && *vf_pop_queue(t, unit, true) == 0)
+        return false;
+    if ((deps & VF_DEP_POP_NEXT) && *vf_pop_queue(t, unit, false) == 0)
+        return false;
+    return true;
+}
+
+/* Instruction idx lies inside the segment (else *first = first byte outside). */
+static inline bool vf_fetch_ok(uint64_t seg_limit, uint32_t insn_offset, uint32_t idx, uint64_t *first)
+{
+    const uint64_t at = (uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES;
+    if (vf_fits(at, VF_INSN_BYTES, seg_limit))
+        return true;
+    *first = vf_first_out(at, seg_limit);
+    return false;
+}
+
+static inline void vf_fetch(const int8_t *seg, uint32_t insn_offset, uint32_t idx, vf_insn_t *insn)
+{
+    memcpy(insn->raw, seg + (uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES, VF_INSN_BYTES);
+}
+
+static inline uint32_t vf_fetch_opcode(const int8_t *seg, uint32_t insn_offset, uint32_t idx)
+{
+    return (uint8_t)seg[(uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES];
+}
+
+static uint32_t vf_stop(vf_cnn_state_t *state, uint32_t fault, uint32_t idx, uint32_t opcode, uint64_t addr)
+{
+    state->fault = fault;
+    state->fault_insn = idx;
+    state->fault_opcode = opcode;
+    state->fault_addr = vf_sat32(addr);
+    state->running = 0;
+    state->pc = idx;
+    return VF_STEP_FAULT;
+}
+
+static inline void vf_retire(vf_cnn_counters_t *cnt, uint32_t *iters, uint32_t idx, uint64_t n)
+{
+    cnt->insns += 1;
+    if (iters)
+        iters[idx] = vf_sat32(n);
+}
+
+void vf_cnn_core_geometry(vf_cnn_geometry_t *geometry)
+{
+    geometry->icp = VF_ICP;
+    geometry->ocp = VF_OCP;
+    geometry->axi_bytes = VF_AXI_BYTES;
+    geometry->ibuf_bytes = VF_IBUF_BYTES;
+    geometry->wbuf_bytes = VF_WBUF_BYTES;
+    geometry->acc_words = VF_ACC_WORDS;
+    geometry->obuf_bytes = VF_OBUF_BYTES;
+    geometry->param_entries = VF_PARAM_ENTRIES;
+}
+
+uint32_t vf_cnn_core_step(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset, uint32_t insn_count,
+                          vf_cnn_buffers_t *buffers, vf_cnn_state_t *state, vf_cnn_counters_t *counters,
+                          uint32_t *iters)
+{
+    if (state == NULL)
+        return VF_STEP_FAULT;
+    if (state->fault != VF_FAULT_NONE)
+        return VF_STEP_FAULT;
+    if (!state->running && state->pc != 0)
+        return VF_STEP_END;
+    vf_cnn_counters_t scratch = {0, 0, 0, 0, 0, 0, 0, 0};
+    vf_cnn_counters_t *cnt = counters ? counters : &scratch;
+    if (buffers == NULL || buffers->ibuf == NULL || buffers->wbuf == NULL || buffers->acc == NULL ||
+        buffers->obuf == NULL || buffers->param == NULL)
+        return vf_stop(state, VF_FAULT_BUFFER, state->pc, VF_FETCH_NO_OPCODE, 0);
+    const uint64_t limit = seg ? seg_limit : 0;
+    state->running = 1;
+
+    uint32_t idx = state->pc;
+    if (idx >= insn_count) {
+        state->running = 0;
+        return VF_STEP_END;
+    }
+
+    /* ---- decode: the frame head, then the body up to the ending marker ---- */
+    uint64_t first = 0;
+    if (!vf_fetch_ok(limit, insn_offset, idx, &first))
+        return vf_stop(state, VF_FAULT_FETCH, idx, VF_FETCH_NO_OPCODE, first);
+    if (vf_fetch_opcode(seg, insn_offset, idx) == VF_OP_FRAME) {
+        cnt->frames += 1; /* token queues start empty in every step */
+        vf_retire(cnt, iters, idx, 0);
+        ++idx;
+    }
+    const uint32_t body = idx;
+    uint32_t end_op = VF_OP_COUNT; /* VF_OP_COUNT: stream exhausted */
+DECODE:
+    for (; idx < insn_count; ++idx) {
+        if (!vf_fetch_ok(limit, insn_offset, idx, &first))
+            return vf_stop(state, VF_FAULT_FETCH, idx, VF_FETCH_NO_OPCODE, first);
+        vf_insn_head_t h;
+        memcpy(&h, seg + (uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES, sizeof h);
+        if (h.opcode >= VF_OP_COUNT)
+            return vf_stop(state, VF_FAULT_OPCODE, idx, h.opcode, h.opcode);
+        if (vf_is_marker(h.opcode)) {
+            end_op = h.opcode;
+            break;
+        }
+        const uint32_t unit = vf_unit_of(h.opcode);
+        if (unit != VF_UNIT_NONE && (h.deps & ~vf_deps_allowed(unit)) != 0)
+            return vf_stop(state, VF_FAULT_FIELD, idx, h.opcode, VF_DEPS_OFFSET);
+    }
+    const uint32_t stop = idx;
+
+    /* NOPs are retired by the decoder */
+    for (uint32_t i = body; i < stop; ++i)
+        if (vf_fetch_opcode(seg, insn_offset, i) == VF_OP_NOP)
+            vf_retire(cnt, iters, i, 0);
+
+    /* ---- the three units, scheduled by their tokens ---- */
+    vf_tokens_t tok = {0, 0, 0, 0};
+    uint32_t cursor[3] = {body, body, body};
+    static const uint32_t order[3] = {VF_UNIT_SAVE, VF_UNIT_COMPUTE, VF_UNIT_LOAD};
+SCHEDULE:
+    for (;;) {
+        bool progress = false;
+        bool work = false;
+        uint32_t blocked = stop; /* lowest blocked instruction */
+        for (uint32_t u = 0; u < 3; ++u) {
+            const uint32_t unit = order[u];
+            uint32_t &pc = cursor[unit];
+            for (;;) {
+                while (pc < stop && vf_unit_of(vf_fetch_opcode(seg, insn_offset, pc)) != unit)
+                    ++pc;
+                if (pc >= stop)
+                    break;
+                vf_insn_t insn;
+                vf_fetch(seg, insn_offset, pc, &insn);
+                const uint32_t deps = insn.head.deps;
+                if ((deps & ~vf_deps_allowed(unit)) != 0)
+                    return vf_stop(state, VF_FAULT_FIELD, pc, insn.head.opcode, VF_DEPS_OFFSET);
+                if (!vf_tokens_ready(&tok, unit, deps)) {
+                    work = true;
+                    blocked = pc < blocked ? pc : blocked;
+                    break;
+                }
+                if (deps & VF_DEP_POP_PREV)
+                    *vf_pop_queue(&tok, unit, true) -= 1;
+                if (deps & VF_DEP_POP_NEXT)
+                    *vf_pop_queue(&tok, unit, false) -= 1;
+                vf_exec_t r;
+                if (unit == VF_UNIT_LOAD)
+                    r = vf_load_unit(seg, limit, insn, buffers);
+                else if (unit == VF_UNIT_COMPUTE)
+                    r = vf_compute_unit(insn, buffers);
+                else
+                    r = vf_save_unit(seg, limit, insn, buffers);
+                if (r.fault != VF_FAULT_NONE)
+                    return vf_stop(state, r.fault, pc, insn.head.opcode, r.addr);
+                if (deps & VF_DEP_PUSH_PREV)
+                    *vf_push_queue(&tok, unit, true) += 1;
+                if (deps & VF_DEP_PUSH_NEXT)
+                    *vf_push_queue(&tok, unit, false) += 1;
+                vf_retire(cnt, iters, pc, r.iters);
+                if (unit == VF_UNIT_LOAD) {
+                    cnt->load_iters += r.iters;
+                    cnt->load_bytes += r.bytes;
+                } else if (unit == VF_UNIT_COMPUTE) {
+                    cnt->compute_iters += r.iters;
+                    cnt->macs += r.macs;
+                } else {
+                    cnt->save_iters += r.iters;
+                    cnt->save_bytes += r.bytes;
+                }
+                progress = true;
+                ++pc;
+            }
+        }
+        if (!work)
+            break;
+        if (!progress)
+            return vf_stop(state, VF_FAULT_DEADLOCK, blocked, vf_fetch_opcode(seg, insn_offset, blocked),
+                           VF_DEPS_OFFSET);
+    }
+
+    /* ---- the ending marker ---- */
+    if (end_op == VF_OP_FRAME) {
+        state->pc = stop; /* starts the next step */
+        return VF_STEP_FRAME;
+    }
+    if (end_op == VF_OP_COUNT) {
+        state->pc = stop;
+        state->running = 0;
+        return VF_STEP_END;
+    }
+    vf_retire(cnt, iters, stop, 0);
+    state->pc = stop + 1;
+    if (end_op == VF_OP_END || state->pc >= insn_count) {
+        state->running = 0;
+        return VF_STEP_END;
+    }
+    return VF_STEP_FRAME;
+}

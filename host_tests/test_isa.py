@@ -1,0 +1,70 @@
+"""The Python view of the ISA is derived from hls/include/vfpga_isa.h."""
+
+import re
+
+import numpy as np
+import pytest
+
+from vfpga.driver import isa
+from vfpga.driver._isa import ffi
+
+HEADER = __import__("os").path.join(__import__("os").path.dirname(__file__), "..", "hls", "include", "vfpga_isa.h")
+
+
+def test_every_opcode_of_the_header_has_a_format():
+    with open(HEADER) as f:
+        defined = dict(re.findall(r"#define VF_OP_(\w+) (\d+)", f.read()))
+    defined.pop("COUNT")
+    assert {k: int(v) for k, v in defined.items()} == isa.OPCODES
+    assert set(isa.FORMAT_OF) == set(isa.OPCODES.values())
+
+
+@pytest.mark.parametrize("fmt,ctype", [("mem", "vf_insn_mem_t"), ("linear", "vf_insn_linear_t"),
+                                       ("conv", "vf_insn_conv_t"), ("pool", "vf_insn_pool_t"),
+                                       ("add", "vf_insn_add_t"), ("marker", "vf_insn_marker_t")])
+def test_numpy_layout_matches_the_compiled_struct(fmt, ctype):
+    dt = isa.FORMATS[fmt]
+    assert dt.itemsize == isa.INSN_BYTES == 64
+    for name, field in ffi.typeof(ctype).fields:
+        assert dt.fields[name][1] == field.offset
+        assert dt.fields[name][0].itemsize == ffi.sizeof(field.type)
+
+
+def test_encode_writes_the_bytes_c_reads():
+    raw = isa.encode("CONV", deps=isa.DEP["POP_PREV"], flags=isa.CONV_ACC_INIT, tag=7, in_addr=0x1234,
+                     kh=11, sw=3, clip_lo=-5, clip_hi=99, param_addr=513)
+    c = ffi.new("vf_insn_t *")
+    ffi.memmove(c, raw, 64)
+    assert c.head.opcode == isa.OPCODES["CONV"] and c.head.tag == 7
+    assert (c.conv.in_addr, c.conv.kh, c.conv.sw, c.conv.clip_lo, c.conv.clip_hi, c.conv.param_addr) == \
+        (0x1234, 11, 3, -5, 99, 513)
+
+
+def test_decode_roundtrips_every_format():
+    rng = np.random.default_rng(0)
+    for name, op in isa.OPCODES.items():
+        dt = isa.FORMATS[isa.FORMAT_OF[op]]
+        fields = {}
+        for f in dt.names:
+            if f in ("head", "reserved"):
+                continue
+            info = np.iinfo(dt.fields[f][0])
+            fields[f] = int(rng.integers(info.min, info.max, endpoint=True))
+        d = isa.decode(isa.encode(name, tag=3, **fields))
+        assert d["opcode"] == name and d["tag"] == 3
+        assert {k: d[k] for k in fields} == fields
+
+
+def test_encode_rejects_unknown_fields_and_out_of_range_values():
+    with pytest.raises(KeyError, match="no field 'kernel'"):
+        isa.encode("POOL", kernel=3)
+    with pytest.raises(ValueError, match="kh = 300"):
+        isa.encode("CONV", kh=300)
+    with pytest.raises(ValueError, match="out_zp = -129"):
+        isa.encode("CONV", out_zp=-129)
+
+
+def test_decode_names_invalid_opcodes():
+    assert isa.decode(bytes([200]) + bytes(63))["opcode"] == "<invalid 200>"
+    with pytest.raises(ValueError, match="64 bytes"):
+        isa.decode(bytes(10))
