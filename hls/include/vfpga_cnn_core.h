@@ -3,10 +3,12 @@
  * emulator (loaded through cffi). Same cdef-friendly subset as vfpga_isa.h.
  *
  * The board's free-running core is C-simulated as a bounded step: one call
- * runs one frame (everything up to and including the next FRAME, BARRIER or
- * END marker, or the end of the stream) and keeps all state -- the on-chip
- * buffers and the program counter -- in memory passed by pointer. The HLS top
- * wraps the same step in its hardware loop.
+ * runs one frame -- a FRAME marker at pc, then the instructions up to the
+ * next marker: a following FRAME is left for the next step, a BARRIER or END
+ * is consumed once every unit has drained -- and keeps all state (the on-chip
+ * buffers and the program counter) in memory passed by pointer. Token queues
+ * live inside one step, so tokens cross neither FRAME nor BARRIER. The HLS
+ * top wraps the same step in its hardware loop.
  *
  * Buffer sizes come from the board config as macros (VF_IBUF_BYTES, ...);
  * vf_cnn_core_geometry() reports the values this library was built with.
@@ -33,7 +35,7 @@ typedef struct {
     uint32_t fault;       /* VF_FAULT_* */
     uint32_t fault_insn;  /* index of the faulting instruction */
     uint32_t fault_addr;  /* offending segment offset / buffer offset / field */
-    uint32_t fault_opcode;
+    uint32_t fault_opcode; /* 0xffffffff for VF_FAULT_FETCH */
 } vf_cnn_state_t;
 
 /* Pipelined-loop iteration counters, accumulated over steps. */

@@ -74,7 +74,7 @@
 #define VF_BUF_WGT 0
 #define VF_BUF_PARAM 1
 
-/* PARAM entry: {bias, mult, shift} as int32 words */
+/* PARAM entry: {bias, mult, shift} as little-endian int32 words */
 #define VF_PARAM_ENTRY_WORDS 3
 
 /* ---- fault codes (core status) ---------------------------------------- */
@@ -175,7 +175,8 @@ typedef struct {
  *   avg: v = sum over valid (x - in_zp),
  *        count = COUNT_PAD ? kh*kw : number of valid positions
  *   y = clamp(out_zp + rdiv(v * mult, count << shift), clip_lo, clip_hi)
- *   (y = clamp(out_zp) when count is 0). Requires shift <= 30. */
+ *   (y = clamp(out_zp) when count is 0), in int64. Requires shift <= 30 and
+ *   every window inside the tile: (out_h-1)*sh + kh <= in_h (same for w). */
 typedef struct {
     vf_insn_head_t head;
     uint32_t in_addr;       /* IBUF [in_h][in_w][channels] */
