@@ -22,6 +22,7 @@ from vfpga.driver import cnn_core, emulated
 from vfpga.driver.segment import Segment
 
 from . import compiler, cycle_model, frontend, ir
+from .reference import OrtReference, from_onnx_layout, to_onnx_layout
 
 
 class DeployError(RuntimeError):
@@ -153,12 +154,49 @@ class Tenant:
             self.segment.write(offset, np.frombuffer(data, dtype=np.uint8))
         # The whole segment goes down once, so no earlier tenant's bytes remain in it.
         self.segment.sync_to_device()
-        self.schedule = cycle_model.schedule(compiled.program, accel.config)
+        self.schedules = compiler.schedule_parts(compiled, accel.config)
+        self.modeled_cycles = sum(s.total_cycles for s in self.schedules)
+        self._cpu = {p.layer: OrtReference.for_model(compiled.graph.layers[p.layer].model)
+                     for p in compiled.parts if p.kind == "cpu"}
         self.requests = 0
 
     @property
     def graph(self) -> ir.Graph:
         return self.compiled.graph
+
+    def layer_cycles(self) -> dict[int, int]:
+        """Modeled cycles per layer index (accelerator layers)."""
+        out: dict[int, int] = {}
+        for s in self.schedules:
+            for k, v in s.layer_cycles.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def _read(self, p: compiler.Placement) -> np.ndarray:
+        """A tensor's int8 HWC value from device memory (slices of a wider
+        concat tensor included)."""
+        h, w, c = p.shape
+        span = (h * w - 1) * p.pixel_stride + c
+        self.segment.sync_from_device(p.addr, span)
+        raw = np.zeros(h * w * p.pixel_stride, np.uint8)
+        raw[:span] = self.segment.read(p.addr, span)
+        return raw.view(np.int8).reshape(h, w, p.pixel_stride)[:, :, :c].copy()
+
+    def _write(self, p: compiler.Placement, value: np.ndarray) -> None:
+        if p.pixel_stride != p.shape[2]:
+            raise DeployError(f"tensor {p.name} is a slice of a wider tensor; the host writes dense tensors")
+        self.segment.write(p.addr, value)
+        self.segment.sync_to_device(p.addr, value.nbytes)
+
+    def _run_cpu(self, index: int) -> None:
+        layer = self.graph.layers[index]
+        tensors = self.graph.tensors
+        feeds = {n: to_onnx_layout(self._read(self.compiled.tensors[n]), tensors[n].onnx_shape)
+                 for n in layer.inputs}
+        values = self._cpu[index].session.run(list(layer.outputs), feeds)
+        for n, v in zip(layer.outputs, values):
+            p = self.compiled.tensors[n]
+            self._write(p, from_onnx_layout(v, p.shape).astype(np.int8))
 
     def run_quantized(self, x_q: np.ndarray) -> tuple[list[np.ndarray], RunInfo]:
         """int8 HWC input -> int8 HWC outputs, as the accelerator computes them."""
@@ -170,20 +208,21 @@ class Tenant:
         with self._lock:
             if self.segment.freed:
                 raise DeployError(f"tenant {self.name!r} has been removed")
-            self.segment.write(inp.addr, x_q)
-            self.segment.sync_to_device(inp.addr, x_q.nbytes)
+            self._write(inp, x_q)
             t0 = time.perf_counter()
-            result = self.core.run(self.segment.physical_address, self.segment.size,
-                                   self.compiled.program_offset, self.compiled.n_insns)
+            result = None
+            for part in self.compiled.parts:
+                if part.kind == "cpu":
+                    self._run_cpu(part.layer)
+                    continue
+                result = self.core.run(self.segment.physical_address, self.segment.size,
+                                       part.insn_offset, part.n_insns)
+                if not result.ok:
+                    raise TenantFault(self.name, result)
             elapsed = time.perf_counter() - t0
-            if not result.ok:
-                raise TenantFault(self.name, result)
-            outs = []
-            for p in self.compiled.outputs:
-                self.segment.sync_from_device(p.addr, p.nbytes)
-                outs.append(self.segment.read(p.addr, p.nbytes).view(np.int8).reshape(p.shape).copy())
+            outs = [self._read(p) for p in self.compiled.outputs]
             self.requests += 1
-        cycles = self.schedule.total_cycles
+        cycles = self.modeled_cycles
         return outs, RunInfo(result, elapsed, cycles, cycle_model.seconds(cycles, self.accel.config))
 
     def run(self, x: np.ndarray) -> list[np.ndarray] | np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 from vfpga import overlay
 from vfpga.driver import isa
 
-from . import ir, lower
+from . import cycle_model, ir, lower
 
 ALIGN = 64
 
@@ -61,13 +61,33 @@ class LayerInfo:
     name: str
     kind: str
     inputs: list[str]
-    output: str
+    outputs: list[str]
     out_shape: tuple[int, int, int]
     frames: int
     insns: int
     macs: int
     tiling: str
     onnx_nodes: list[str] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return self.outputs[0]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One step of a request: an accelerator program (instructions at
+    ``insn_offset`` in the segment, ending with END) or a CPU layer."""
+
+    kind: str  # "accel" | "cpu"
+    insn_offset: int = 0
+    n_insns: int = 0
+    layer: int = -1
+
+
+# One row per frame, in program order: what the dynamic stage schedules.
+FRAME_DTYPE = np.dtype([("layer", np.int32), ("offset", np.int64), ("n_insns", np.int32),
+                        ("cycles", np.int64)])
 
 
 @dataclass
@@ -76,7 +96,9 @@ class CompiledModel:
     graph: ir.Graph
     tensors: dict[str, Placement]
     layers: list[LayerInfo]
-    program: np.ndarray  # uint8 [n_insns * INSN_BYTES]
+    parts: list[Part]
+    frames: np.ndarray  # FRAME_DTYPE
+    program: np.ndarray  # uint8 [n_insns * INSN_BYTES], all accelerator parts
     program_offset: int
     consts: bytes
     const_offset: int
@@ -106,12 +128,13 @@ def _lifetimes(graph: ir.Graph) -> dict[str, tuple[int, int]]:
     end = len(graph.layers)
     life = {name: (-1, -1) for name in graph.inputs}
     for i, layer in enumerate(graph.layers):
-        life[layer.output] = (i, i)
         for name in graph.layer_inputs(layer):
             if name not in life:
                 raise CompileError(f"layer {layer.name} reads {name!r} before anything produces it")
             first, _ = life[name]
             life[name] = (first, i)
+        for name in graph.layer_outputs(layer):
+            life[name] = (i, i)
     for name in graph.outputs:
         if name not in life:
             raise CompileError(f"graph output {name!r} is produced by no layer")
@@ -119,18 +142,86 @@ def _lifetimes(graph: ir.Graph) -> dict[str, tuple[int, int]]:
     return life
 
 
-def place_activations(graph: ir.Graph) -> tuple[dict[str, Placement], int]:
+def _identity_copy(graph: ir.Graph, name: str, suffix: str) -> tuple[ir.Pool, str]:
+    """A 1x1 max pool that copies ``name`` bit for bit into a new tensor."""
+    t = graph.tensors[name]
+    new = f"{name}@{suffix}"
+    graph.tensors[new] = ir.Tensor(new, t.shape, t.scale, t.zero_point, t.onnx_shape)
+    return ir.Pool(f"copy:{new}", name, new, "max", (1, 1), mult=1 << 30, shift=30), new
+
+
+def resolve_concats(graph: ir.Graph) -> tuple[ir.Graph, dict[str, tuple[str, int]]]:
+    """Concat is address placement: each input is written straight into its
+    channel slice of the output. Returns a graph in which every Concat input
+    can alias (inputs that cannot -- graph inputs or outputs, CPU results,
+    inputs of two concats -- get an exact copy layer first) and the alias map
+    {tensor: (concat output, channel offset)}."""
+    if not any(layer.kind == "concat" for layer in graph.layers):
+        return graph, {}
+    g = ir.Graph(dict(graph.tensors), [], list(graph.inputs), list(graph.outputs), graph.name)
+    producer_kind = {}
+    for layer in graph.layers:
+        for o in graph.layer_outputs(layer):
+            producer_kind[o] = layer.kind
+    uses = {}
+    for layer in graph.layers:
+        if layer.kind == "concat":
+            for n in layer.inputs:
+                uses[n] = uses.get(n, 0) + 1
+    alias = {}
+    for layer in graph.layers:
+        if layer.kind != "concat":
+            g.layers.append(layer)
+            continue
+        inputs = []
+        for n in layer.inputs:
+            if (n in graph.inputs or n in graph.outputs or producer_kind.get(n) == "cpu" or uses[n] > 1
+                    or n in alias):
+                copy, n = _identity_copy(g, n, layer.name)
+                g.layers.append(copy)
+            inputs.append(n)
+        out = g.tensors[layer.output]
+        c0 = 0
+        for n in inputs:
+            t = g.tensors[n]
+            if t.shape[:2] != out.shape[:2] or (t.scale, t.zero_point) != (out.scale, out.zero_point):
+                raise CompileError(f"concat {layer.name}: input {n} has shape {t.shape} / quantization "
+                                   f"({t.scale}, {t.zero_point}), the output {out.shape} / ({out.scale}, "
+                                   f"{out.zero_point})")
+            alias[n] = (layer.output, c0)
+            c0 += t.shape[2]
+        if c0 != out.shape[2]:
+            raise CompileError(f"concat {layer.name}: inputs have {c0} channels, the output {out.shape[2]}")
+        g.layers.append(ir.Concat(layer.name, tuple(inputs), layer.output, list(layer.onnx_nodes)))
+    return g, alias
+
+
+def _root(name: str, alias: dict) -> tuple[str, int]:
+    offset = 0
+    while name in alias:
+        name, c0 = alias[name]
+        offset += c0
+    return name, offset
+
+
+def place_activations(graph: ir.Graph, alias: dict | None = None) -> tuple[dict[str, Placement], int]:
     """First-fit placement of activations; tensors whose lifetimes do not
-    overlap share memory. Returns the placements and the arena size."""
+    overlap share memory, concat inputs live inside their output. Returns
+    the placements and the arena size."""
+    alias = alias or {}
     life = _lifetimes(graph)
+    span = {}  # root tensor -> lifetime covering all its aliases
+    for name, (first, last) in life.items():
+        root, _ = _root(name, alias)
+        f0, l0 = span.get(root, (first, last))
+        span[root] = (min(f0, first), max(l0, last))
     placed: list[tuple[int, int, int, int]] = []  # (first, last, addr, size)
-    out = {}
+    base = {}
     arena = 0
-    for name in sorted(life, key=lambda n: (life[n][0], n)):
-        t = graph.tensors[name]
-        h, w, c = t.shape
+    for root in sorted(span, key=lambda n: (span[n][0], n)):
+        h, w, c = graph.tensors[root].shape
         size = _align(h * w * c)
-        first, last = life[name]
+        first, last = span[root]
         busy = sorted((a, a + s) for f, l_, a, s in placed if not (l_ < first or f > last))
         addr = 0
         for lo, hi in busy:
@@ -139,59 +230,136 @@ def place_activations(graph: ir.Graph) -> tuple[dict[str, Placement], int]:
             addr = max(addr, _align(hi))
         placed.append((first, last, addr, size))
         arena = max(arena, addr + size)
-        out[name] = Placement(name, addr, t.shape, c, t.scale, t.zero_point)
+        base[root] = addr
+    out = {}
+    for name in life:
+        root, c0 = _root(name, alias)
+        t = graph.tensors[name]
+        out[name] = Placement(name, base[root] + c0, t.shape, graph.tensors[root].shape[2], t.scale,
+                              t.zero_point)
     return out, arena
 
 
+def _lower_layer(layer, index, tensors, graph, const_base, geo):
+    """Frames, constant block, MACs and a tiling summary of one layer."""
+    ins = [tensors[n] for n in graph.layer_inputs(layer)]
+    out = tensors[layer.output]
+    if layer.kind == "conv":
+        frames, blob, t = lower.lower_conv(layer, index, ins[0].view(), out.view(), ins[0].zero_point,
+                                           out.zero_point, const_base, geo)
+        oc, icg, kh, kw = layer.weight.shape
+        macs = out.shape[0] * out.shape[1] * oc * icg * kh * kw
+        return frames, blob, macs, f"oc {t.toc * t.group_tile} ic {t.tic} rows {t.toh} cols {t.tow}"
+    if layer.kind == "pool":
+        frames = lower.lower_pool(layer, index, ins[0].view(), out.view(), ins[0].zero_point,
+                                  out.zero_point, geo)
+        return frames, b"", 0, f"{layer.mode} {layer.kernel[0]}x{layer.kernel[1]}"
+    if layer.kind == "add":
+        frames = lower.lower_add(layer, index, ins[0].view(), ins[1].view(), out.view(), ins[0].zero_point,
+                                 ins[1].zero_point, out.zero_point, geo)
+        return frames, b"", 0, "element-wise"
+    if layer.kind == "concat":
+        return [], b"", 0, "placement (no copy)"
+    raise CompileError(f"layer {layer.name}: unknown layer kind {layer.kind!r}")
+
+
 def compile_graph(graph: ir.Graph, board: str | dict = "u200") -> CompiledModel:
-    """Static stage for one core: lower every layer into frames, lay out the
-    segment. (Multi-core dispatch programs come from the dynamic stage.)"""
+    """Static stage: lower every layer into frames and lay out the segment.
+    Accelerator layers between CPU layers form one part each; a request runs
+    the parts in order."""
     start = time.perf_counter()
     cfg = overlay.load(board) if isinstance(board, str) else board
     geo = lower.Geometry.from_config(cfg)
     if len(graph.inputs) != 1:
         raise CompileError(f"the accelerator path takes one input tensor, the graph has {len(graph.inputs)}")
-    tensors, arena = place_activations(graph)
+    graph, alias = resolve_concats(graph)
+    tensors, arena = place_activations(graph, alias)
     const_offset = _align(arena, 4096)
     consts = bytearray()
     program: list[bytes] = []
+    pos = 0  # program length so far, in instructions
+    parts: list[tuple[str, int, int, int]] = []  # (kind, first insn, n_insns, layer)
+    part_start = 0
+    frame_rows = []
     layers: list[LayerInfo] = []
+
+    def close_part():
+        nonlocal pos, part_start
+        if pos > part_start:
+            program.append(isa.encode("END"))
+            pos += 1
+            parts.append(("accel", part_start, pos - part_start, -1))
+        part_start = pos
+
     for index, layer in enumerate(graph.layers):
-        out = tensors[layer.output]
-        ins = [tensors[n] for n in graph.layer_inputs(layer)]
+        outs = graph.layer_outputs(layer)
+        if layer.kind == "cpu":
+            close_part()
+            parts.append(("cpu", 0, 0, index))
+            layers.append(LayerInfo(index, layer.name, "cpu", graph.layer_inputs(layer), outs,
+                                    tensors[outs[0]].shape, 0, 0, 0, "onnxruntime on the host",
+                                    list(layer.onnx_nodes)))
+            continue
         try:
-            if layer.kind == "conv":
-                frames, blob, tiling = lower.lower_conv(
-                    layer, index, ins[0].view(), out.view(), ins[0].zero_point, out.zero_point,
-                    const_offset + len(consts), geo)
-                consts.extend(blob)
-                oc, icg, kh, kw = layer.weight.shape
-                macs = out.shape[0] * out.shape[1] * oc * icg * kh * kw
-                desc = f"oc {tiling.toc * tiling.group_tile} ic {tiling.tic} rows {tiling.toh} cols {tiling.tow}"
-            elif layer.kind == "pool":
-                frames = lower.lower_pool(layer, index, ins[0].view(), out.view(), ins[0].zero_point,
-                                          out.zero_point, geo)
-                macs, desc = 0, f"{layer.mode} {layer.kernel[0]}x{layer.kernel[1]}"
-            elif layer.kind == "add":
-                frames = lower.lower_add(layer, index, ins[0].view(), ins[1].view(), out.view(),
-                                         ins[0].zero_point, ins[1].zero_point, out.zero_point, geo)
-                macs, desc = 0, "element-wise"
-            else:
-                raise CompileError(f"layer {layer.name}: unknown layer kind {layer.kind!r}")
+            frames, blob, macs, desc = _lower_layer(layer, index, tensors, graph, const_offset + len(consts), geo)
         except lower.LoweringError as e:
             raise CompileError(str(e)) from e
-        program.extend(frames)
-        program.append(isa.encode("BARRIER", tag=index, layer=index))
-        n = sum(len(f) for f in frames) // isa.INSN_BYTES
-        layers.append(LayerInfo(index, layer.name, layer.kind, graph.layer_inputs(layer), layer.output,
-                                out.shape, len(frames), n, macs, desc, list(layer.onnx_nodes)))
-    program.append(isa.encode("END"))
+        consts.extend(blob)
+        for f in frames:
+            n = len(f) // isa.INSN_BYTES
+            frame_rows.append((index, pos, n))
+            program.append(f)
+            pos += n
+        n_layer = sum(len(f) for f in frames) // isa.INSN_BYTES
+        if frames:
+            program.append(isa.encode("BARRIER", tag=index, layer=index))
+            pos += 1
+        layers.append(LayerInfo(index, layer.name, layer.kind, graph.layer_inputs(layer), outs,
+                                tensors[outs[0]].shape, len(frames), n_layer, macs, desc, list(layer.onnx_nodes)))
+    close_part()
     code = np.frombuffer(b"".join(program), dtype=np.uint8)
     program_offset = _align(const_offset + len(consts), 4096)
     size = _align(program_offset + len(code), 4096)
     if size >= 1 << 32:
         raise CompileError(f"the segment would be {size} bytes; segment offsets are 32-bit")
-    return CompiledModel(board=cfg["name"], graph=graph, tensors=tensors, layers=layers, program=code,
-                         program_offset=program_offset, consts=bytes(consts), const_offset=const_offset,
-                         activation_bytes=arena, segment_size=size,
+    parts_out = [Part(k, program_offset + first * isa.INSN_BYTES, n, li) if k == "accel" else Part(k, layer=li)
+                 for k, first, n, li in parts]
+    frames = np.zeros(len(frame_rows), FRAME_DTYPE)
+    if frame_rows:
+        rows = np.array(frame_rows, dtype=np.int64)
+        frames["layer"], frames["n_insns"] = rows[:, 0], rows[:, 2]
+        frames["offset"] = program_offset + rows[:, 1] * isa.INSN_BYTES
+        frames["cycles"] = _frame_cycles(code, program_offset, parts_out, len(frames), cfg)
+    return CompiledModel(board=cfg["name"], graph=graph, tensors=tensors, layers=layers, parts=parts_out,
+                         frames=frames, program=code, program_offset=program_offset, consts=bytes(consts),
+                         const_offset=const_offset, activation_bytes=arena, segment_size=size,
                          compile_seconds=time.perf_counter() - start)
+
+
+def part_programs(code: np.ndarray, program_offset: int, parts) -> list[np.ndarray]:
+    """The instructions of each accelerator part (uint8 views of ``code``)."""
+    out = []
+    for p in parts:
+        if p.kind == "accel":
+            first = p.insn_offset - program_offset
+            out.append(code[first:first + p.n_insns * isa.INSN_BYTES])
+    return out
+
+
+def schedule_parts(compiled: CompiledModel, cfg: dict) -> list:
+    """Cycle-model schedule of each accelerator part run on one core."""
+    return [cycle_model.schedule(p, cfg)
+            for p in part_programs(compiled.program, compiled.program_offset, compiled.parts)]
+
+
+def _frame_cycles(code, program_offset, parts, n_frames, cfg) -> np.ndarray:
+    """Modeled cycles of every frame run alone on a core (the dynamic stage's
+    estimates), in program order."""
+    cycles = []
+    for prog in part_programs(code, program_offset, parts):
+        sched = cycle_model.schedule(prog, cfg)
+        cycles.append(sched.steps["cycles"][sched.steps["frame"]])
+    out = np.concatenate(cycles) if cycles else np.zeros(0, np.int64)
+    if len(out) != n_frames:
+        raise CompileError(f"cycle model saw {len(out)} frames, the compiler emitted {n_frames}")
+    return out

@@ -87,12 +87,12 @@ def run_demo(board: str = "u200", n_inputs: int = 8, seed: int = 0, echo=print) 
     echo("")
     echo(f"  {'#':>2}  {'layer':<22} {'kind':<5} {'output HxWxC':<13} {'frames':>6} {'insns':>6} "
          f"{'MACs':>9} {'cycles':>8}  tiling")
-    layer_cycles = tenant.schedule.layer_cycles
+    layer_cycles = tenant.layer_cycles()
     for li in compiled.layers:
         shape = "x".join(map(str, li.out_shape))
         echo(f"  {li.index:>2}  {li.name[:22]:<22} {li.kind:<5} {shape:<13} {li.frames:>6} {li.insns:>6} "
              f"{li.macs:>9} {layer_cycles.get(li.index, 0):>8}  {li.tiling}")
-    util = tenant.schedule.utilisation()
+    util = tenant.schedules[0].utilisation()
     echo(f"  modeled: {result.modeled_cycles} cycles = {result.modeled_seconds * 1e6:.1f} us per image "
          f"(cycle model, emulation; unit busy: load {util['load']:.0%}, compute {util['compute']:.0%}, "
          f"save {util['save']:.0%})")

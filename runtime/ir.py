@@ -84,6 +84,36 @@ class Add:
 
 
 @dataclass
+class Concat:
+    """Channel concatenation (the HWC last axis). No data moves: the compiler
+    places every input as a channel slice of the output. Inputs must carry
+    the output's scale and zero point (the front end inserts requantizing
+    copies where they differ)."""
+
+    name: str
+    inputs: tuple[str, ...]
+    output: str
+    onnx_nodes: list[str] = field(default_factory=list)
+    kind: str = "concat"
+
+
+@dataclass
+class CpuOp:
+    """A cut-out ONNX subgraph the accelerator lacks, run on the host by
+    onnxruntime (CPU fallback). ``model`` is a serialized ONNX model whose
+    inputs and outputs are the int8 tensors named in ``inputs``/``outputs``
+    in ONNX layout (NCHW, or [1, K] where ir.Tensor.onnx_shape says so);
+    it dequantizes at its inputs and quantizes at its outputs itself."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    model: bytes
+    onnx_nodes: list[str] = field(default_factory=list)
+    kind: str = "cpu"
+
+
+@dataclass
 class Graph:
     """Layers in a valid execution order over named tensors."""
 
@@ -94,4 +124,7 @@ class Graph:
     name: str = "model"
 
     def layer_inputs(self, layer) -> list[str]:
-        return list(layer.inputs) if layer.kind == "add" else [layer.input]
+        return list(layer.inputs) if hasattr(layer, "inputs") else [layer.input]
+
+    def layer_outputs(self, layer) -> list[str]:
+        return list(layer.outputs) if hasattr(layer, "outputs") else [layer.output]

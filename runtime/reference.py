@@ -17,6 +17,19 @@ def to_hwc(a: np.ndarray) -> np.ndarray:
     raise ValueError(f"cannot map a tensor of shape {a.shape} to HWC")
 
 
+def to_onnx_layout(hwc: np.ndarray, onnx_shape=None) -> np.ndarray:
+    """HWC batch-1 tensor -> NCHW, reshaped to ``onnx_shape`` (e.g. a
+    flattened [1, K]) when given; the inverse of :func:`from_onnx_layout`."""
+    nchw = np.ascontiguousarray(hwc.transpose(2, 0, 1))[None]
+    return nchw.reshape(onnx_shape) if onnx_shape is not None else nchw
+
+
+def from_onnx_layout(a: np.ndarray, hwc_shape) -> np.ndarray:
+    """ONNX tensor (NCHW or flattened in NCHW order) -> HWC of ``hwc_shape``."""
+    h, w, c = hwc_shape
+    return np.ascontiguousarray(np.asarray(a).reshape(c, h, w).transpose(1, 2, 0))
+
+
 class OrtReference:
     """One onnxruntime session over a QDQ model that also exposes the named
     intermediate tensors (the int8 outputs of its QuantizeLinear nodes)."""
@@ -35,6 +48,11 @@ class OrtReference:
         self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @classmethod
+    def for_model(cls, model_bytes: bytes) -> OrtReference:
+        """A session over a serialized model as it is (CPU-fallback subgraphs)."""
+        return cls(onnx.load_from_string(model_bytes))
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """All outputs (model outputs and exposed tensors) by name, as returned."""
