@@ -89,6 +89,11 @@ BUF_PARAM = lib.VF_BUF_PARAM
 PARAM_ENTRY_WORDS = lib.VF_PARAM_ENTRY_WORDS
 
 
+# Level-1 dispatch program entries (vf_dispatch_t).
+DISPATCH = _dtype_of(ffi.typeof("vf_dispatch_t"))
+DISPATCH_OPS = _constants("VF_DISPATCH_")
+
+
 def encode(opcode: str, deps: int = 0, flags: int = 0, tag: int = 0, **fields) -> bytes:
     """One instruction as its 64 bytes. Unknown field names raise."""
     op = OPCODES[opcode]

@@ -169,8 +169,10 @@ def accelerators():
 
 
 def frames_of(compiled: compiler.CompiledModel, index: int) -> list[list[dict]]:
-    """The decoded instructions of every frame of layer ``index``."""
-    words = compiled.program.reshape(-1, isa.INSN_BYTES)
+    """The decoded instructions of every frame of layer ``index`` in the
+    one-core program (the other tiling variants are checked by test_dynamic)."""
+    linear = compiler.part_programs(compiled.program, compiled.program_offset, compiled.parts)
+    words = np.concatenate(linear).reshape(-1, isa.INSN_BYTES)
     frames: list[list[dict]] = []
     current = None
     for raw in words:

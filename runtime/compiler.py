@@ -68,6 +68,7 @@ class LayerInfo:
     macs: int
     tiling: str
     onnx_nodes: list[str] = field(default_factory=list)
+    variants: list[tuple[str, int]] = field(default_factory=list)  # (tiling, frames), 1-core first
 
     @property
     def output(self) -> str:
@@ -86,8 +87,10 @@ class Part:
 
 
 # One row per frame, in program order: what the dynamic stage schedules.
-FRAME_DTYPE = np.dtype([("layer", np.int32), ("offset", np.int64), ("n_insns", np.int32),
-                        ("cycles", np.int64)])
+# Variant 0 of every layer is the one-core tiling, in the linear program;
+# the others live after it and are reached only through dispatch programs.
+FRAME_DTYPE = np.dtype([("layer", np.int32), ("variant", np.int16), ("offset", np.int64),
+                        ("n_insns", np.int32), ("cycles", np.int64)])
 
 
 @dataclass
@@ -240,47 +243,76 @@ def place_activations(graph: ir.Graph, alias: dict | None = None) -> tuple[dict[
     return out, arena
 
 
-def _lower_layer(layer, index, tensors, graph, const_base, geo):
-    """Frames, constant block, MACs and a tiling summary of one layer."""
+def core_counts(n_cores: int) -> list[int]:
+    """Core counts the static stage prepares tiling variants for."""
+    ks, k = [], 1
+    while k < n_cores:
+        ks.append(k)
+        k *= 2
+    return ks + [n_cores]
+
+
+def _lower_layer(layer, index, tensors, graph, const_base, geo, ks):
+    """Tiling variants of one layer (frames and description each; the
+    one-core variant first), its constant block and its MACs."""
     ins = [tensors[n] for n in graph.layer_inputs(layer)]
     out = tensors[layer.output]
     if layer.kind == "conv":
-        frames, blob, t = lower.lower_conv(layer, index, ins[0].view(), out.view(), ins[0].zero_point,
-                                           out.zero_point, const_base, geo)
+        src = ins[0].view()
+        tilings = lower.conv_variants(layer, (src.height, src.width, src.channels), src.pixel_stride, geo, ks)
+        blob, packing, variants = bytearray(), {}, []
+        for t in tilings:
+            frames, b, _ = lower.lower_conv(layer, index, src, out.view(), ins[0].zero_point, out.zero_point,
+                                            const_base + len(blob), geo, tiling=t, packing=packing)
+            blob.extend(b)
+            variants.append((frames, t.describe()))
         oc, icg, kh, kw = layer.weight.shape
-        macs = out.shape[0] * out.shape[1] * oc * icg * kh * kw
-        return frames, blob, macs, f"oc {t.toc * t.group_tile} ic {t.tic} rows {t.toh} cols {t.tow}"
-    if layer.kind == "pool":
-        frames = lower.lower_pool(layer, index, ins[0].view(), out.view(), ins[0].zero_point,
-                                  out.zero_point, geo)
-        return frames, b"", 0, f"{layer.mode} {layer.kernel[0]}x{layer.kernel[1]}"
-    if layer.kind == "add":
-        frames = lower.lower_add(layer, index, ins[0].view(), ins[1].view(), out.view(), ins[0].zero_point,
-                                 ins[1].zero_point, out.zero_point, geo)
-        return frames, b"", 0, "element-wise"
+        return variants, bytes(blob), out.shape[0] * out.shape[1] * oc * icg * kh * kw
+    if layer.kind in ("pool", "add"):
+        if layer.kind == "pool":
+            def emit(rows):
+                return lower.lower_pool(layer, index, ins[0].view(), out.view(), ins[0].zero_point,
+                                        out.zero_point, geo, max_rows=rows)
+            desc = f"{layer.mode} {layer.kernel[0]}x{layer.kernel[1]}"
+        else:
+            def emit(rows):
+                return lower.lower_add(layer, index, ins[0].view(), ins[1].view(), out.view(),
+                                       ins[0].zero_point, ins[1].zero_point, out.zero_point, geo, max_rows=rows)
+            desc = "element-wise"
+        variants = [(emit(None), desc)]
+        rows = out.shape[0]
+        for k in ks[1:]:
+            frames = emit(-(-rows // k))
+            if len(frames) > len(variants[-1][0]):
+                variants.append((frames, f"{desc}, rows {-(-rows // k)}"))
+        return variants, b"", 0
     if layer.kind == "concat":
-        return [], b"", 0, "placement (no copy)"
+        return [([], "placement (no copy)")], b"", 0
     raise CompileError(f"layer {layer.name}: unknown layer kind {layer.kind!r}")
 
 
-def compile_graph(graph: ir.Graph, board: str | dict = "u200") -> CompiledModel:
-    """Static stage: lower every layer into frames and lay out the segment.
-    Accelerator layers between CPU layers form one part each; a request runs
-    the parts in order."""
+def compile_graph(graph: ir.Graph, board: str | dict = "u200", progress=None) -> CompiledModel:
+    """Static stage: lower every layer into frames (with tiling variants for
+    several core counts) and lay out the segment. Accelerator layers between
+    CPU layers form one part each; a request runs the parts in order.
+    ``progress``, if given, is called after each layer with (layers done,
+    layers in all, layer name)."""
     start = time.perf_counter()
     cfg = overlay.load(board) if isinstance(board, str) else board
     geo = lower.Geometry.from_config(cfg)
+    ks = core_counts(cfg["cnn_core"]["count"])
     if len(graph.inputs) != 1:
         raise CompileError(f"the accelerator path takes one input tensor, the graph has {len(graph.inputs)}")
     graph, alias = resolve_concats(graph)
     tensors, arena = place_activations(graph, alias)
     const_offset = _align(arena, 4096)
     consts = bytearray()
-    program: list[bytes] = []
-    pos = 0  # program length so far, in instructions
+    program: list[bytes] = []  # the linear (one-core) program
+    alt: list[bytes] = []  # frames of the other variants
+    pos = alt_pos = 0  # lengths so far, in instructions
     parts: list[tuple[str, int, int, int]] = []  # (kind, first insn, n_insns, layer)
     part_start = 0
-    frame_rows = []
+    frame_rows = []  # (layer, variant, in alt region?, first insn, n_insns)
     layers: list[LayerInfo] = []
 
     def close_part():
@@ -299,25 +331,37 @@ def compile_graph(graph: ir.Graph, board: str | dict = "u200") -> CompiledModel:
             layers.append(LayerInfo(index, layer.name, "cpu", graph.layer_inputs(layer), outs,
                                     tensors[outs[0]].shape, 0, 0, 0, "onnxruntime on the host",
                                     list(layer.onnx_nodes)))
+            if progress is not None:
+                progress(index + 1, len(graph.layers), layer.name)
             continue
         try:
-            frames, blob, macs, desc = _lower_layer(layer, index, tensors, graph, const_offset + len(consts), geo)
+            variants, blob, macs = _lower_layer(layer, index, tensors, graph, const_offset + len(consts), geo, ks)
         except lower.LoweringError as e:
             raise CompileError(str(e)) from e
         consts.extend(blob)
-        for f in frames:
-            n = len(f) // isa.INSN_BYTES
-            frame_rows.append((index, pos, n))
-            program.append(f)
-            pos += n
-        n_layer = sum(len(f) for f in frames) // isa.INSN_BYTES
-        if frames:
+        for v, (frames, _) in enumerate(variants):
+            for f in frames:
+                n = len(f) // isa.INSN_BYTES
+                if v == 0:
+                    frame_rows.append((index, v, 0, pos, n))
+                    program.append(f)
+                    pos += n
+                else:
+                    frame_rows.append((index, v, 1, alt_pos, n))
+                    alt.append(f)
+                    alt_pos += n
+        frames0 = variants[0][0]
+        if frames0:
             program.append(isa.encode("BARRIER", tag=index, layer=index))
             pos += 1
         layers.append(LayerInfo(index, layer.name, layer.kind, graph.layer_inputs(layer), outs,
-                                tensors[outs[0]].shape, len(frames), n_layer, macs, desc, list(layer.onnx_nodes)))
+                                tensors[outs[0]].shape, len(frames0), sum(len(f) for f in frames0) // isa.INSN_BYTES,
+                                macs, variants[0][1], list(layer.onnx_nodes),
+                                [(desc, len(frames)) for frames, desc in variants]))
+        if progress is not None:
+            progress(index + 1, len(graph.layers), layer.name)
     close_part()
-    code = np.frombuffer(b"".join(program), dtype=np.uint8)
+    code = np.frombuffer(b"".join(program + alt), dtype=np.uint8)
     program_offset = _align(const_offset + len(consts), 4096)
     size = _align(program_offset + len(code), 4096)
     if size >= 1 << 32:
@@ -327,9 +371,10 @@ def compile_graph(graph: ir.Graph, board: str | dict = "u200") -> CompiledModel:
     frames = np.zeros(len(frame_rows), FRAME_DTYPE)
     if frame_rows:
         rows = np.array(frame_rows, dtype=np.int64)
-        frames["layer"], frames["n_insns"] = rows[:, 0], rows[:, 2]
-        frames["offset"] = program_offset + rows[:, 1] * isa.INSN_BYTES
-        frames["cycles"] = _frame_cycles(code, program_offset, parts_out, len(frames), cfg)
+        frames["layer"], frames["variant"], frames["n_insns"] = rows[:, 0], rows[:, 1], rows[:, 4]
+        first = rows[:, 3] + rows[:, 2] * pos  # alternative frames follow the linear program
+        frames["offset"] = program_offset + first * isa.INSN_BYTES
+        frames["cycles"] = _frame_cycles(code, program_offset, pos, parts_out, frames, cfg)
     return CompiledModel(board=cfg["name"], graph=graph, tensors=tensors, layers=layers, parts=parts_out,
                          frames=frames, program=code, program_offset=program_offset, consts=bytes(consts),
                          const_offset=const_offset, activation_bytes=arena, segment_size=size,
@@ -352,14 +397,18 @@ def schedule_parts(compiled: CompiledModel, cfg: dict) -> list:
             for p in part_programs(compiled.program, compiled.program_offset, compiled.parts)]
 
 
-def _frame_cycles(code, program_offset, parts, n_frames, cfg) -> np.ndarray:
+def _frame_cycles(code, program_offset, linear_insns, parts, frames, cfg) -> np.ndarray:
     """Modeled cycles of every frame run alone on a core (the dynamic stage's
-    estimates), in program order."""
+    estimates), for the frame index order: linear program, then variants."""
     cycles = []
     for prog in part_programs(code, program_offset, parts):
         sched = cycle_model.schedule(prog, cfg)
         cycles.append(sched.steps["cycles"][sched.steps["frame"]])
+    alt = code[linear_insns * isa.INSN_BYTES:]
+    if len(alt):
+        sched = cycle_model.schedule(alt, cfg)
+        cycles.append(sched.steps["cycles"][sched.steps["frame"]])
     out = np.concatenate(cycles) if cycles else np.zeros(0, np.int64)
-    if len(out) != n_frames:
-        raise CompileError(f"cycle model saw {len(out)} frames, the compiler emitted {n_frames}")
+    if len(out) != len(frames):
+        raise CompileError(f"cycle model saw {len(out)} frames, the compiler emitted {len(frames)}")
     return out

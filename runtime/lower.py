@@ -92,7 +92,17 @@ class ConvTiling:
     tic: int  # input channels per chunk
     toh: int
     tow: int
-    cost: float
+    cost: float  # estimated cycles of the whole layer on one core
+    frames: int
+    widest: bool = False  # the largest tiles of its channel split (what one core runs)
+
+    def makespan(self, k: int) -> float:
+        """Estimated cycles on k cores: frames are near-uniform, so the
+        busiest core runs ceil(frames / k) of them."""
+        return _ceil(self.frames, k) * self.cost / self.frames
+
+    def describe(self) -> str:
+        return f"oc {self.toc * self.group_tile} ic {self.tic} rows {self.toh} cols {self.tow}"
 
 
 def _conv_dims(layer: ir.Conv, in_shape):
@@ -107,7 +117,28 @@ def _conv_dims(layer: ir.Conv, in_shape):
     return oh, ow, oc, icg, kh, kw, sh, sw
 
 
-def choose_conv_tiling(layer: ir.Conv, in_shape, in_stride: int, geo: Geometry) -> ConvTiling:
+def _splits(n: int, most: int) -> list[int]:
+    """Tile extents of at most ``most``: the largest, then halvings."""
+    out, t = [], min(n, most)
+    while t >= 1 and (not out or t < out[-1]):
+        out.append(t)
+        t = _ceil(n, _ceil(n, t) * 2) if t > 1 else 0
+    return out
+
+
+def _most_rows(tow, oh, kh, kw, sh, sw, in_ch, out_ch, ibuf, accumulates, geo) -> int:
+    """The most output rows of conv tiles ``tow`` wide that fit every buffer."""
+    tiw = (tow - 1) * sw + kw
+    if tiw * in_ch * kh > ibuf:
+        return 0
+    rows = min(oh, (ibuf // (tiw * in_ch) - kh) // sh + 1, geo.obuf_bytes // (tow * out_ch))
+    return min(rows, geo.acc_words // (tow * out_ch)) if accumulates else rows
+
+
+def conv_tilings(layer: ir.Conv, in_shape, in_stride: int, geo: Geometry) -> list[ConvTiling]:
+    """Every tiling of the convolution that fits the core's buffers: channel
+    splits, and for each the widest tiles plus successive halvings (more
+    frames, for balancing over more cores)."""
     oh, ow, oc, icg, kh, kw, sh, sw = _conv_dims(layer, in_shape)
     groups = layer.groups
     ocg = oc // groups
@@ -122,7 +153,7 @@ def choose_conv_tiling(layer: ir.Conv, in_shape, in_stride: int, geo: Geometry) 
         candidates = [[(tg, ocg, icg) for tg in _channel_options(groups, geo.ocp)], per_group]
     else:
         candidates = [per_group]
-    best = None
+    found: list[ConvTiling] = []
     for shapes in candidates:
         for tg, toc, tic in shapes:
             chunks = _ceil(icg, tic) if tg == 1 else 1
@@ -132,28 +163,40 @@ def choose_conv_tiling(layer: ir.Conv, in_shape, in_stride: int, geo: Geometry) 
             wbuf = geo.wbuf_bytes // 2 if chunks > 1 else geo.wbuf_bytes
             if out_ch * kh * kw * (tic if tg == 1 else icg) > wbuf or out_ch > geo.param_entries:
                 continue
-            for tow in _spatial_options(ow):
-                tiw = (tow - 1) * sw + kw
-                if tiw * in_ch * kh > ibuf:
-                    continue
-                # the most output rows that fit every buffer
-                toh = min(oh, (ibuf // (tiw * in_ch) - kh) // sh + 1, geo.obuf_bytes // (tow * out_ch))
-                if chunks > 1:
-                    toh = min(toh, geo.acc_words // (tow * out_ch))
-                if toh < 1:
-                    continue
-                cost = _conv_cost(oh, ow, oc, icg, kh, kw, sh, sw, groups, tg, toc, tic, toh, tow,
-                                  in_stride, geo)
-                if best is None or cost < best.cost:
-                    best = ConvTiling(tg, toc, tic, toh, tow, cost)
-                break  # wider tiles first: the widest that fits is kept per channel split
-        if best is not None:
+            fit = (oh, kh, kw, sh, sw, in_ch, out_ch, ibuf, chunks > 1, geo)
+            widest = next((t for t in _spatial_options(ow) if _most_rows(t, *fit) >= 1), 0)
+            for i, tow in enumerate(_splits(ow, widest) if widest else []):
+                for j, toh in enumerate(_splits(oh, _most_rows(tow, *fit))):
+                    cost = _conv_cost(oh, ow, oc, icg, kh, kw, sh, sw, groups, tg, toc, tic, toh, tow,
+                                      in_stride, geo)
+                    per_job = _ceil(oh, toh) * _ceil(ow, tow)
+                    jobs = _ceil(groups, tg) if tg > 1 else groups * _ceil(ocg, toc)
+                    found.append(ConvTiling(tg, toc, tic, toh, tow, cost, per_job * jobs, i == 0 and j == 0))
+        if found:
             break
-    if best is None:
+    if not found:
         raise LoweringError(
             f"{layer.name}: no tiling of this convolution fits the core's buffers "
             f"(ibuf {geo.ibuf_bytes} B, wbuf {geo.wbuf_bytes} B)")
-    return best
+    return found
+
+
+def choose_conv_tiling(layer: ir.Conv, in_shape, in_stride: int, geo: Geometry) -> ConvTiling:
+    """The tiling one core runs: among the widest tiles of each channel
+    split, the cheapest. (Narrower tiles only pay off spread over cores.)"""
+    return min((t for t in conv_tilings(layer, in_shape, in_stride, geo) if t.widest), key=lambda t: t.cost)
+
+
+def conv_variants(layer: ir.Conv, in_shape, in_stride: int, geo: Geometry, core_counts) -> list[ConvTiling]:
+    """The tilings the dynamic stage chooses among: for each core count, the
+    one with the smallest estimated makespan (the first is the 1-core one)."""
+    tilings = conv_tilings(layer, in_shape, in_stride, geo)
+    out: list[ConvTiling] = [min((t for t in tilings if t.widest), key=lambda t: t.cost)]
+    for k in core_counts:
+        best = min(tilings, key=lambda t: (t.makespan(k), t.cost))
+        if best not in out:
+            out.append(best)
+    return out
 
 
 def _channel_options(n: int, lane: int) -> list[int]:
@@ -196,9 +239,12 @@ def _pack_params(bias, mult, shift) -> np.ndarray:
 
 
 def lower_conv(layer: ir.Conv, index: int, src: View, dst: View, in_zp: int, out_zp: int,
-               const_base: int, geo: Geometry, tiling: ConvTiling | None = None) -> tuple[list[bytes], bytes, ConvTiling]:
+               const_base: int, geo: Geometry, tiling: ConvTiling | None = None,
+               packing: dict | None = None) -> tuple[list[bytes], bytes, ConvTiling]:
     """Frames of one convolution. Packed weights and params are returned as
-    one byte block that the caller places at segment offset const_base."""
+    one byte block that the caller places at segment offset const_base.
+    ``packing`` (one dict per layer, kept by the caller) lets tiling variants
+    with the same channel split share their packed weights."""
     oh, ow, oc, icg, kh, kw, sh, sw = _conv_dims(layer, (src.height, src.width, src.channels))
     pt, pl, _, _ = layer.pads
     groups = layer.groups
@@ -224,7 +270,10 @@ def lower_conv(layer: ir.Conv, index: int, src: View, dst: View, in_zp: int, out
     ibuf_half = geo.ibuf_bytes // 2
     wbuf_half = geo.wbuf_bytes // 2
     tg = t.group_tile
-    if tg > 1:
+    key = (t.group_tile, t.toc, t.tic)
+    if packing is not None and key in packing:
+        jobs = packing[key]
+    elif tg > 1:
         # whole groups per tile; channel slice [g0*icg, (g0+ng)*icg)
         jobs = []
         for g0 in range(0, groups, tg):
@@ -244,6 +293,8 @@ def lower_conv(layer: ir.Conv, index: int, src: View, dst: View, in_zp: int, out
                     chunks.append((ic0, nic, place(blk)))
                 pblk = place(params[g * ocg + oc0:g * ocg + oc0 + noc])
                 jobs.append((g * icg, icg, g * ocg + oc0, noc, 1, chunks, pblk))
+    if packing is not None:
+        packing[key] = jobs
 
     fid = 0
     for in_c0, _in_n, out_c0, out_n, ng, chunks, pblk in jobs:
@@ -293,7 +344,9 @@ def lower_conv(layer: ir.Conv, index: int, src: View, dst: View, in_zp: int, out
 # ---------------------------------------------------------------- pooling
 
 def lower_pool(layer: ir.Pool, index: int, src: View, dst: View, in_zp: int, out_zp: int,
-               geo: Geometry) -> list[bytes]:
+               geo: Geometry, max_rows: int | None = None) -> list[bytes]:
+    """Frames of one pooling layer; ``max_rows`` caps the output rows per
+    frame (more, smaller frames: a variant for several cores)."""
     h, w, c = src.height, src.width, src.channels
     kh, kw = layer.kernel
     sh, sw = layer.stride
@@ -327,6 +380,7 @@ def lower_pool(layer: ir.Pool, index: int, src: View, dst: View, in_zp: int, out
     if tiling is None:
         raise LoweringError(f"{layer.name}: pooling window {kh}x{kw} does not fit the input buffer")
     tc, t_oh, t_ow = tiling
+    t_oh = min(t_oh, max_rows or t_oh)
     flags = (isa.POOL_AVG if layer.mode == "avg" else 0) | (isa.POOL_COUNT_PAD if layer.count_include_pad else 0)
     lo, hi = layer.clip
     frames = []
@@ -361,7 +415,8 @@ def lower_pool(layer: ir.Pool, index: int, src: View, dst: View, in_zp: int, out
 # ---------------------------------------------------------------- element-wise add
 
 def lower_add(layer: ir.Add, index: int, a: View, b: View, dst: View, a_zp: int, b_zp: int, out_zp: int,
-              geo: Geometry) -> list[bytes]:
+              geo: Geometry, max_rows: int | None = None) -> list[bytes]:
+    """Frames of one element-wise add; ``max_rows`` as in lower_pool."""
     h, w, c = dst.height, dst.width, dst.channels
     for v in (a, b):
         if (v.height, v.width, v.channels) != (h, w, c):
@@ -377,6 +432,7 @@ def lower_add(layer: ir.Add, index: int, a: View, b: View, dst: View, a_zp: int,
         if tiling:
             break
     tc, t_h, t_w = tiling
+    t_h = min(t_h, max_rows or t_h)
     lo, hi = layer.clip
     frames = []
     fid = 0

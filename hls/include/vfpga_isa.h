@@ -244,4 +244,23 @@ typedef union {
     uint8_t raw[64];
 } vf_insn_t;
 
+/* ---- level-1 dispatch program -----------------------------------------
+ * Written by the runtime's dynamic stage for the k cores a tenant holds and
+ * walked by the level-1 dispatcher, one entry at a time: FRAME entries send
+ * a frame to virtual slot `slot` (mapped onto a physical core through the
+ * tenant's core mask), BARRIER waits until every slot has drained (the next
+ * layer depends on this one), END completes the request. Frames carry only
+ * segment offsets, so the program never changes when cores are re-mapped;
+ * only a change of k needs a new dispatch program. */
+#define VF_DISPATCH_FRAME 1
+#define VF_DISPATCH_BARRIER 2
+#define VF_DISPATCH_END 3
+
+typedef struct {
+    uint32_t frame_offset;  /* segment offset of the frame's FRAME marker */
+    uint16_t n_insns;       /* instructions in the frame, marker included */
+    uint8_t slot;           /* virtual core slot, 0 .. k-1 */
+    uint8_t op;             /* VF_DISPATCH_* */
+} vf_dispatch_t;
+
 #endif /* VFPGA_ISA_H */

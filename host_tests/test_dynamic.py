@@ -1,0 +1,131 @@
+"""Dynamic stage: tiling variants, LPT assignment and dispatch programs,
+executed frame by frame on several emulated cores."""
+
+import numpy as np
+import pytest
+
+from vfpga.driver import isa
+from vfpga.runtime import api, compiler, dynamic, frontend, golden, ir, models, quant
+
+FRAME, BARRIER, END = (isa.DISPATCH_OPS[k] for k in ("FRAME", "BARRIER", "END"))
+
+
+@pytest.fixture(scope="module")
+def small():
+    qdq = frontend.quantize(models.small_cnn(3), models.calibration_inputs(8, 4))
+    graph = frontend.to_graph(qdq)
+    return graph, compiler.compile_graph(graph, "u200")
+
+
+def _frames_of_layer(c, layer, variant):
+    f = c.frames
+    return f[(f["layer"] == layer) & (f["variant"] == variant)]
+
+
+def test_static_stage_prepares_more_frames_for_more_cores(small):
+    _, c = small
+    conv = [li for li in c.layers if li.kind == "conv" and li.out_shape[0] >= 8]
+    assert any(len(li.variants) > 1 for li in conv)
+    for li in c.layers:
+        counts = [n for _, n in li.variants]
+        assert counts == sorted(counts) and len(set(counts)) == len(counts)
+        for v, (_, n) in enumerate(li.variants):
+            assert len(_frames_of_layer(c, li.index, v)) == n
+    assert (c.frames["cycles"] > 0).all()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 16])
+def test_dispatch_program_covers_every_layer_once(small, k):
+    _, c = small
+    p = dynamic.plan(c, k)
+    (prog,) = p.programs
+    assert prog["op"][-1] == END and (prog["op"][:-1] != END).all()
+    layers_with_frames = [li for li in c.layers if li.frames]
+    assert (prog["op"] == BARRIER).sum() == len(layers_with_frames)
+    frames = prog[prog["op"] == FRAME]
+    assert frames["slot"].max() < k
+    # per layer, exactly the frames of one variant, each once
+    by_offset = {int(o): (int(r["layer"]), int(r["variant"])) for o, r in zip(c.frames["offset"], c.frames)}
+    seen = {}
+    for e in frames:
+        layer, v = by_offset[int(e["frame_offset"])]
+        seen.setdefault(layer, set()).add(v)
+    assert all(len(vs) == 1 for vs in seen.values())
+    for layer, (v,) in seen.items():
+        want = _frames_of_layer(c, layer, v)["offset"]
+        got = frames["frame_offset"][[by_offset[int(o)][0] == layer for o in frames["frame_offset"]]]
+        assert sorted(got.tolist()) == sorted(want.tolist())
+
+
+def test_more_cores_never_model_slower_and_lpt_respects_the_bound(small):
+    _, c = small
+    table = dynamic.DispatchTable(c)
+    spans = [dynamic.plan(table, k).modeled_cycles for k in (1, 2, 4, 8, 16)]
+    assert all(a >= b for a, b in zip(spans, spans[1:]))
+    assert spans[0] > spans[-1]
+    # on one core the plan is never slower than the linear one-core program
+    assert spans[0] <= int(c.frames["cycles"][c.frames["variant"] == 0].sum())
+    v = dynamic._Variant(np.arange(7), np.ones(7, np.int32), np.array([9, 7, 6, 5, 5, 4, 1]), False, 37)
+    slots, span = dynamic._lpt(v, 3)
+    loads = np.bincount(slots, weights=v.cycles, minlength=3)
+    assert span == loads.max() == 13 and span >= v.bound(3)
+
+
+def test_plans_only_read_the_frame_index(small):
+    _, c = small
+    before = c.program.copy()
+    for k in range(1, 17):
+        dynamic.plan(c, k)
+    assert np.array_equal(before, c.program)
+
+
+@pytest.mark.parametrize("k,variant", [(1, None), (2, None), (3, None), (4, None), (4, 1), (2, 3)])
+def test_plans_run_bit_exact_on_k_cores(small, k, variant):
+    graph, c = small
+    ov = api.open("u200")
+    try:
+        tenant = ov.deploy(c, name="dyn")
+        cores = [core for core in ov.cores if core.bank == tenant.core.bank][:k]
+        p = dynamic.plan(c, k, variant=variant)
+        rng = np.random.default_rng(k)
+        for _ in range(2):
+            x_q = rng.integers(-128, 128, size=c.input.shape, dtype=np.int8)
+            tenant._write(c.input, x_q)
+            r = dynamic.run_plan(p, c, cores, tenant.segment, run_cpu=tenant._run_cpu)
+            assert r.ok
+            got = tenant._read(c.outputs[0])
+            assert np.array_equal(got, golden.run_graph(graph, x_q)[graph.outputs[0]])
+    finally:
+        ov.close()
+
+
+def test_every_variant_of_a_split_layer_is_exact():
+    rng = np.random.default_rng(5)
+    w = rng.integers(-100, 100, (48, 32, 3, 3), dtype=np.int8)
+    mult, shift = quant.quantize_multipliers(np.full(48, 0.002))
+    t = {"x": ir.Tensor("x", (20, 20, 32), 0.05, 3), "y": ir.Tensor("y", (20, 20, 48), 0.04, -7)}
+    g = ir.Graph(t, [ir.Conv("c", "x", "y", w, rng.integers(-500, 500, 48).astype(np.int32), mult, shift,
+                             pads=(1, 1, 1, 1))], ["x"], ["y"])
+    c = compiler.compile_graph(g, "zcu104")
+    assert len(c.layers[0].variants) >= 3
+    ov = api.open("zcu104")
+    try:
+        tenant = ov.deploy(c)
+        x_q = rng.integers(-128, 128, size=(20, 20, 32), dtype=np.int8)
+        want = golden.run_graph(g, x_q)["y"]
+        for v in range(len(c.layers[0].variants)):
+            p = dynamic.plan(c, 4, variant=v)
+            tenant._write(c.input, x_q)
+            tenant.segment.write(c.outputs[0].addr, np.zeros(20 * 20 * 48, np.int8))
+            tenant.segment.sync_to_device(c.outputs[0].addr, 20 * 20 * 48)
+            assert dynamic.run_plan(p, c, ov.cores[:4], tenant.segment).ok
+            assert np.array_equal(tenant._read(c.outputs[0]), want), f"variant {v}"
+    finally:
+        ov.close()
+
+
+def test_bad_core_counts():
+    with pytest.raises(ValueError, match="1..255"):
+        dynamic.plan(compiler.compile_graph(ir.Graph(
+            {"x": ir.Tensor("x", (4, 4, 8), 0.1, 0), "y": ir.Tensor("y", (4, 4, 8), 0.1, 0)},
+            [ir.Pool("p", "x", "y", "max", (1, 1))], ["x"], ["y"]), "u200"), 0)
