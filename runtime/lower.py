@@ -187,16 +187,27 @@ def choose_conv_tiling(layer: ir.Conv, in_shape, in_stride: int, geo: Geometry) 
     return min((t for t in conv_tilings(layer, in_shape, in_stride, geo) if t.widest), key=lambda t: t.cost)
 
 
+# A variant with its own channel split (a second copy of the weights) must
+# beat the best one sharing the one-core split by this factor.
+SPLIT_GAIN = 1.1
+
+
 def conv_variants(layer: ir.Conv, in_shape, in_stride: int, geo: Geometry, core_counts) -> list[ConvTiling]:
     """The tilings the dynamic stage chooses among: for each core count, the
     one with the smallest estimated makespan (the first is the 1-core one)."""
     tilings = conv_tilings(layer, in_shape, in_stride, geo)
-    out: list[ConvTiling] = [min((t for t in tilings if t.widest), key=lambda t: t.cost)]
+    base = min((t for t in tilings if t.widest), key=lambda t: t.cost)
+    same_split = [t for t in tilings if (t.group_tile, t.toc, t.tic) == (base.group_tile, base.toc, base.tic)]
+    out: list[ConvTiling] = [base]
     for k in core_counts:
         best = min(tilings, key=lambda t: (t.makespan(k), t.cost))
+        # another channel split packs the weights again: only worth it when clearly better
+        shared = min(same_split, key=lambda t: (t.makespan(k), t.cost))
+        if shared.makespan(k) <= SPLIT_GAIN * best.makespan(k):
+            best = shared
         if best not in out:
             out.append(best)
-    return out
+    return sorted(out, key=lambda t: (t is not base, t.frames))
 
 
 def _channel_options(n: int, lane: int) -> list[int]:
