@@ -8,6 +8,15 @@ from vfpga.driver.emulated import EmulatedDevice
 SMALL_BANK = 16 << 20
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_compile_cache(tmp_path_factory):
+    """Tests never read or write the user's compile cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VFPGA_CACHE_DIR", str(tmp_path_factory.mktemp("vfpga-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def make_emulated_device():
     """Factory: ``make_emulated_device(board="u200", **kwargs)`` -> a fresh

@@ -21,6 +21,7 @@ from vfpga import overlay
 from vfpga.driver import cnn_core, emulated
 from vfpga.driver.segment import Segment
 
+from . import cache as compile_cache
 from . import compiler, cycle_model, frontend, ir
 from .reference import OrtReference, from_onnx_layout, to_onnx_layout
 
@@ -83,17 +84,17 @@ class Accelerator:
     def mode(self) -> str:
         return "emulated" if self.emulated else "board"
 
-    def compile(self, model, calibration=None, input_shape=None) -> compiler.CompiledModel:
-        """Static stage: ONNX model (path or proto, float or QDQ) or layer graph -> program."""
+    def compile(self, model, calibration=None, input_shape=None, *, cache=None, progress=None,
+                fallback: bool = False) -> compiler.CompiledModel:
+        """Static stage: ONNX model (path, bytes or proto, float or QDQ), layer graph or IFP file
+        -> program. ONNX models go through the compile cache (cache=False skips it); see
+        :func:`compile_model`."""
         if isinstance(model, compiler.CompiledModel):
             if model.board != self.board:
                 raise DeployError(f"model compiled for {model.board}, this accelerator is {self.board}")
             return model
-        if isinstance(model, ir.Graph):
-            return compiler.compile_graph(model, self.config)
-        proto = frontend.load_model(model, input_shape=input_shape)
-        qdq = frontend.quantize(proto, calibration)
-        return compiler.compile_graph(frontend.to_graph(qdq), self.config)
+        return compile_model(model, self.config, calibration, input_shape, cache=cache, progress=progress,
+                             fallback=fallback)
 
     def deploy(self, model, cores: int = 1, name: str | None = None, calibration=None,
                input_shape=None) -> Tenant:
@@ -133,6 +134,17 @@ class Accelerator:
     def close(self) -> None:
         for name in list(self.tenants):
             self.remove(name)
+
+
+def compile_model(model, board="u200", calibration=None, input_shape=None, *, cache=None, progress=None,
+                  fallback: bool = False) -> compiler.CompiledModel:
+    """Static stage without an accelerator: ONNX model (path, bytes or proto), ir.Graph or IFP
+    file -> CompiledModel for ``board`` (name or config). cache: None (the default cache,
+    VFPGA_CACHE=0 turns it off), False, a directory or a cache.CompileCache. progress: None
+    (a bar on a terminal), False, or a callable (done, total, name). fallback: ops the
+    accelerator lacks run on the host CPU instead of raising UnsupportedOperatorError."""
+    return compile_cache.compile_with_cache(model, board, calibration, input_shape, cache=cache,
+                                            progress=progress, fallback=fallback).compiled
 
 
 class Tenant:
@@ -191,9 +203,16 @@ class Tenant:
     def _run_cpu(self, index: int) -> None:
         layer = self.graph.layers[index]
         tensors = self.graph.tensors
-        feeds = {n: to_onnx_layout(self._read(self.compiled.tensors[n]), tensors[n].onnx_shape)
-                 for n in layer.inputs}
-        values = self._cpu[index].session.run(list(layer.outputs), feeds)
+        session = self._cpu[index].session
+        shapes = {i.name: i.shape for i in session.get_inputs()}
+        feeds = {}
+        for n in layer.inputs:
+            # the subgraph's own input shape says how the HWC tensor is laid out for it
+            shape = shapes.get(n)
+            static = shape is not None and all(isinstance(d, int) for d in shape)
+            feeds[n] = to_onnx_layout(self._read(self.compiled.tensors[n]),
+                                      tuple(shape) if static else tensors[n].onnx_shape)
+        values = session.run(list(layer.outputs), feeds)
         for n, v in zip(layer.outputs, values):
             p = self.compiled.tensors[n]
             self._write(p, from_onnx_layout(v, p.shape).astype(np.int8))

@@ -161,7 +161,8 @@ def resolve_concats(graph: ir.Graph) -> tuple[ir.Graph, dict[str, tuple[str, int
     {tensor: (concat output, channel offset)}."""
     if not any(layer.kind == "concat" for layer in graph.layers):
         return graph, {}
-    g = ir.Graph(dict(graph.tensors), [], list(graph.inputs), list(graph.outputs), graph.name)
+    g = ir.Graph(dict(graph.tensors), [], list(graph.inputs), list(graph.outputs), graph.name,
+                 list(graph.onnx_nodes))
     producer_kind = {}
     for layer in graph.layers:
         for o in graph.layer_outputs(layer):

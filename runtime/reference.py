@@ -51,8 +51,10 @@ class OrtReference:
 
     @classmethod
     def for_model(cls, model_bytes: bytes) -> OrtReference:
-        """A session over a serialized model as it is (CPU-fallback subgraphs)."""
-        return cls(onnx.load_from_string(model_bytes))
+        """A session over a serialized model as it is (CPU-fallback subgraphs),
+        evaluated as written (QDQ semantics, no kernel fusion), as the golden
+        model evaluates it."""
+        return cls(onnx.load_from_string(model_bytes), optimize=False)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """All outputs (model outputs and exposed tensors) by name, as returned."""
