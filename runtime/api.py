@@ -76,7 +76,7 @@ class Accelerator:
         if len(self.cores) != self.config["cnn_core"]["count"]:
             raise DeployError(f"the device shows {len(self.cores)} CNN cores, the {self.board} config "
                               f"{self.config['cnn_core']['count']}")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a tenant's release may run inside deploy/remove
         self._owner: dict[int, str] = {}
         self.tenants: dict[str, Tenant] = {}
 

@@ -148,7 +148,10 @@ def _lifetimes(graph: ir.Graph) -> dict[str, tuple[int, int]]:
 def _identity_copy(graph: ir.Graph, name: str, suffix: str) -> tuple[ir.Pool, str]:
     """A 1x1 max pool that copies ``name`` bit for bit into a new tensor."""
     t = graph.tensors[name]
-    new = f"{name}@{suffix}"
+    new, n = f"{name}@{suffix}", 1
+    while new in graph.tensors:  # the same tensor may feed one concat twice
+        n += 1
+        new = f"{name}@{suffix}#{n}"
     graph.tensors[new] = ir.Tensor(new, t.shape, t.scale, t.zero_point, t.onnx_shape)
     return ir.Pool(f"copy:{new}", name, new, "max", (1, 1), mult=1 << 30, shift=30), new
 
