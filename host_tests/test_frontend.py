@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from vfpga.runtime import frontend, ir, models
+from vfpga.runtime import frontend, golden, ir, models
 from vfpga.runtime.frontend import FrontendError, UnsupportedOperatorError
 
 # ---------------------------------------------------------------- reference evaluation of IR layers
@@ -97,6 +97,9 @@ def eval_add(layer: ir.Add, a, b, ta: ir.Tensor, tb: ir.Tensor, tout: ir.Tensor)
 def eval_layer(layer, graph: ir.Graph, values: dict):
     """(int8 output HWC, mask of outputs whose exact value was a rounding tie)."""
     ts = graph.tensors
+    if layer.kind == "concat":
+        out = np.concatenate([values[i] for i in layer.inputs], axis=2)
+        return out, np.zeros(out.shape, dtype=bool)
     if layer.kind == "add":
         a, b = layer.inputs
         return eval_add(layer, values[a], values[b], ts[a], ts[b], ts[layer.output])
@@ -131,11 +134,15 @@ def layer_agreement(qdq, graph, inputs, level):
     """Per layer: max |diff| in LSB, fraction exactly equal, the same among
     outputs that were not exact rounding ties, element and tie counts."""
     acc = {}
+    in_onnx = {o for n in qdq.graph.node for o in n.output}
     for x in inputs:
-        vals = ort_run(qdq, x, list(graph.tensors), level)
-        q = {n: to_hwc(vals[n]) for n in graph.tensors}
+        vals = ort_run(qdq, x, [t for t in graph.tensors if t in in_onnx], level)
+        q = {n: to_hwc(vals[n]) for n in graph.tensors if n in in_onnx}
         for layer in graph.layers:
             got, tie = eval_layer(layer, graph, q)
+            if layer.output not in q:  # a requantizing copy for a Concat: no ONNX counterpart
+                q[layer.output] = got
+                continue
             want = q[layer.output].astype(np.int64)
             assert got.shape == want.shape, (layer.name, got.shape, want.shape)
             d = np.abs(got.astype(np.int64) - want)
@@ -576,3 +583,410 @@ def test_dilation_is_unsupported(calib):
     qdq = frontend.quantize(b.model("dilated", out, (1, 8)), calib[:2])
     with pytest.raises(UnsupportedOperatorError, match=r"Conv \(node 'dilated'\).*dilations \[2, 2\]"):
         frontend.to_graph(qdq)
+
+
+# ---------------------------------------------------------------- graph clean-up of float models
+
+
+def _float_run(model, x):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def _bn(b, name, x, c, gamma=None):
+    rng = b.rng
+    params = [
+        b.param(f"{name}.s", rng.uniform(0.5, 1.5, c) if gamma is None else gamma),
+        b.param(f"{name}.b", rng.normal(0, 0.1, c)),
+        b.param(f"{name}.m", rng.normal(0, 0.1, c)),
+        b.param(f"{name}.v", rng.uniform(0.5, 2.0, c)),
+    ]
+    return b.op("BatchNormalization", name, [x] + params, epsilon=1e-5)
+
+
+def _affine_cnn(opset=9):
+    """Caffe2-era exports: Conv -> BN -> Unsqueeze/Mul/Unsqueeze/Add chains,
+    a pre-activation BN after a max pool (nothing to fold into), Dropout,
+    a weight from ConstantOfShape and a Reshape whose shape comes from a
+    Shape -> Gather -> Unsqueeze -> Concat chain, a Sum residual."""
+    b = models.GraphBuilder(seed=5)
+    x = b.conv("conv1", "input", 3, 16)
+    x = _bn(b, "bn1", x, 16)
+    def unsqueeze(name, x, axes):
+        if opset < 13:
+            return b.op("Unsqueeze", name, [x], axes=axes)
+        b.inits.append(onnx.numpy_helper.from_array(np.array(axes, np.int64), f"{name}.axes"))
+        return b.op("Unsqueeze", name, [x, f"{name}.axes"])
+
+    k = unsqueeze("k_u", b.param("k", b.rng.uniform(0.5, 1.5, 16)), [1, 2])
+    c = unsqueeze("c_u", b.param("c", b.rng.normal(0, 0.1, 16)), [1, 2])
+    x = b.op("Relu", "relu1", [b.op("Add", "aff_add", [b.op("Mul", "aff_mul", [x, k]), c])])
+    p = b.op("MaxPool", "pool1", [x], kernel_shape=[2, 2], strides=[2, 2])  # 16x16x16
+    y = b.op("Relu", "relu2", [_bn(b, "bn_pre", p, 16)])  # standalone: a depthwise conv
+    y = b.conv("conv2", y, 16, 16, gain=1.0)
+    y = _bn(b, "bn2", y, 16, gamma=np.where(np.arange(16) % 4 == 0, -0.7, 0.9))  # some negative scales
+    x = b.op("Relu", "relu3", [b.op("Sum", "res", [y, p])])
+    x = b.op("Dropout", "drop", [x], ratio=0.5) if opset < 12 else b.op("Identity", "drop", [x])
+    x = b.op("GlobalAveragePool", "gap", [x])
+    shape = b.op("Shape", "shape", [x])
+    b.inits.append(onnx.numpy_helper.from_array(np.array(0, np.int64), "zero"))
+    n = b.op("Gather", "n", [shape, "zero"], axis=0)
+    n_u = unsqueeze("n_u", n, [0])
+    b.inits.append(onnx.numpy_helper.from_array(np.array([-1], np.int64), "minus1"))
+    target = b.op("Concat", "target", [n_u, "minus1"], axis=0)
+    x = b.op("Reshape", "flatten", [x, target])
+    b.inits.append(onnx.numpy_helper.from_array(np.array([10, 16], np.int64), "fc.wshape"))
+    w = b.op("ConstantOfShape", "fc.w", ["fc.wshape"], value=onnx.numpy_helper.from_array(np.array([0.05], np.float32)))
+    out = b.op("Gemm", "fc", [x, w, b.param("fc.bias", b.rng.normal(0, 0.1, 10))], transB=1)
+    return b.model("affine_cnn", out, (1, 10), opset)
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_simplify_folds_affine_chains_exactly(opset, test_inputs):
+    m = _affine_cnn(opset)
+    s = frontend.simplify(onnx.load_model_from_string(m.SerializeToString()))
+    ops = [n.op_type for n in s.graph.node]
+    assert not {"BatchNormalization", "Mul", "Unsqueeze", "Dropout", "Identity", "Shape", "ConstantOfShape"} & set(ops)
+    assert ops.count("Conv") == 3  # conv1 (+bn1, mul, add), bn_pre as a depthwise conv, conv2 (+bn2)
+    dw = next(n for n in s.graph.node if n.op_type == "Conv" and frontend._attrs(n).get("group", 1) == 16)
+    assert dw.input[0] == "pool1"
+    for x in test_inputs[:2]:
+        np.testing.assert_allclose(_float_run(s, x), _float_run(m, x), rtol=1e-4, atol=1e-4)
+
+
+def test_affine_cnn_quantizes_and_reads(calib, test_inputs):
+    qdq = frontend.quantize(_affine_cnn(9), calib)
+    g = frontend.to_graph(qdq)
+    kinds = [layer.kind for layer in g.layers]
+    assert kinds == ["conv", "pool", "conv", "conv", "add", "pool", "conv"]
+    dw = g.layers[2]
+    assert dw.groups == 16 and dw.weight.shape == (16, 1, 1, 1)
+    assert_faithful(qdq, g, test_inputs, "affine_cnn")
+
+
+def _qdq_with_bn(calib, between_qdq):
+    """A QDQ model that still holds a BatchNormalization after a Conv:
+    quantized without the clean-up (BN left float), then (unless
+    between_qdq) the Q/DQ pair between Conv and BN removed, so the BN reads
+    the Conv's float result."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    b = models.GraphBuilder(seed=8)
+    x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 8)])
+    x = b.conv("conv2", x, 8, 8)
+    x = b.op("Relu", "relu2", [_bn(b, "bn", x, 8, gamma=np.array([0.9, -0.8, 1.1, 0.7, -1.2, 1.0, 0.6, 1.3]))])
+    out = b.op("Flatten", "flatten", [b.op("GlobalAveragePool", "gap", [x])], axis=1)
+    m = b.model("bn_cnn", out, (1, 8))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": c} for c in calib])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "f.onnx"), os.path.join(tmp, "q.onnx")
+        onnx.save(m, src)
+        quantize_static(
+            src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv", "Relu", "GlobalAveragePool", "Flatten"],
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        q = onnx.load(dst)
+    bn = next(n for n in q.graph.node if n.op_type == "BatchNormalization")
+    if not between_qdq:
+        dq = next(n for n in q.graph.node if n.output[0] == bn.input[0])
+        qn = next(n for n in q.graph.node if n.output[0] == dq.input[0])
+        bn.input[0] = qn.input[0]
+        q.graph.node.remove(dq)
+        q.graph.node.remove(qn)
+    return q
+
+
+@pytest.mark.parametrize("between_qdq", [False, True])
+def test_qdq_model_with_batchnorm(between_qdq, calib, test_inputs):
+    qdq = _qdq_with_bn(calib, between_qdq)
+    g = frontend.to_graph(qdq)
+    kinds = [layer.kind for layer in g.layers]
+    if between_qdq:  # DQ -> BN -> Q: a depthwise 1x1 conv with weights +-127
+        assert kinds == ["conv", "conv", "conv", "pool"]
+        dw = g.layers[2]
+        assert dw.groups == 8 and set(np.unique(dw.weight)) == {-127, 127} and "bn" in dw.onnx_nodes
+    else:  # Conv -> BN: folded into the conv (negative scales negate the weights)
+        assert kinds == ["conv", "conv", "pool"] and "bn" in g.layers[1].onnx_nodes
+    assert_faithful(qdq, g, test_inputs, f"bn between_qdq={between_qdq}")
+
+
+def test_qdq_batchnorm_that_cannot_fold_exactly(calib):
+    qdq = _qdq_with_bn(calib, between_qdq=False)
+    w_dq = next(n for n in qdq.graph.node if n.op_type == "DequantizeLinear" and "conv2.weight" in n.input[0])
+    w = next(t for t in qdq.graph.initializer if t.name == w_dq.input[0])
+    arr = onnx.numpy_helper.to_array(w).copy()
+    arr[1, 0, 0, 0] = -128  # channel 1 has a negative BN scale: -(-128) is not int8
+    w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+    with pytest.raises(FrontendError, match="'bn' cannot be folded exactly into Conv 'conv2'.*-128"):
+        frontend.to_graph(qdq)
+
+
+# ---------------------------------------------------------------- concatenation
+
+
+def _concat_cnn():
+    """Inception-style block: branches concatenated on channels, one of
+    them a max pool of the block input (so it has the input's scale); a
+    second Concat reads the first (nested, as DenseNet does)."""
+    b = models.GraphBuilder(seed=9)
+    x = b.op("Relu", "relu0", [b.conv("conv0", "input", 3, 8, stride=2)])  # 8x16x16
+    a = b.op("Relu", "ra", [b.conv("ca", x, 8, 8, k=1, pads=(0, 0, 0, 0))])
+    c = b.op("Relu", "rc", [b.conv("cc", x, 8, 12)])
+    p = b.op("MaxPool", "mp", [x], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    cat1 = b.op("Concat", "cat1", [a, c, p], axis=1)  # 28 channels
+    d = b.op("Relu", "rd", [b.conv("cd", cat1, 28, 6, gain=0.5)])
+    cat2 = b.op("Concat", "cat2", [cat1, d], axis=1)  # 34
+    x = b.op("GlobalAveragePool", "gap", [cat2])
+    out = b.op("Flatten", "flatten", [x], axis=1)
+    return b.model("concat_cnn", out, (1, 34))
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_concat(share, calib, test_inputs):
+    qdq = frontend.quantize(_concat_cnn(), calib, share_scales=share)
+    g = frontend.to_graph(qdq)
+    cats = [layer for layer in g.layers if layer.kind == "concat"]
+    assert [c.name for c in cats] == ["cat1", "cat2"]
+    copies = [layer for layer in g.layers if layer.name.startswith("cat") and layer.kind == "pool"]
+    for c in cats:
+        out = g.tensors[c.output]
+        assert sum(g.tensors[i].shape[2] for i in c.inputs) == out.shape[2]
+        for i in c.inputs:  # every input carries the output's quantization
+            assert (g.tensors[i].scale, g.tensors[i].zero_point) == (out.scale, out.zero_point)
+    # each tensor is a slice of at most one concat output
+    slices = [i for c in cats for i in c.inputs]
+    assert len(slices) == len(set(slices))
+    if share:  # onnxruntime calibrates each input on its own; sharing removes the copies
+        assert not copies
+    else:
+        assert copies and all(p.kernel == (1, 1) and p.mode == "max" for p in copies)
+    assert_faithful(qdq, g, test_inputs, f"concat share={share}", allow_ties=not share)
+    for x in test_inputs:
+        vals = golden.run_graph(g, frontend.quantize_input(x, g.tensors[g.inputs[0]]))
+        ref = ort_run(qdq, x, g.outputs, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        o = g.outputs[0]
+        assert np.abs(vals[o].astype(int) - to_hwc(ref[o]).astype(int)).max() <= 2
+
+
+# ---------------------------------------------------------------- pooling modes
+
+
+@pytest.mark.parametrize("count_pad", [0, 1])
+def test_average_pool_ceil_mode(count_pad, calib, test_inputs):
+    """ceil_mode on AveragePool: the extra bottom/right windows are padding
+    that is never counted (ONNX divides by the valid positions, or by the
+    window clipped to the explicit padding with count_include_pad=1). The
+    first is the accelerator's count of valid positions; the second has no
+    exact form (the count would have to include the explicit padding but not
+    the ceil extension), so it is unsupported -> CPU with fallback."""
+    b = models.GraphBuilder(seed=4)
+    x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 8, stride=2)])  # 16x16
+    x = b.op("AveragePool", "avg", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+             ceil_mode=1, count_include_pad=count_pad)  # 9x9: the last window reaches past the padding
+    x = b.conv("conv2", x, 8, 8)
+    out = b.op("Flatten", "flatten", [b.op("GlobalAveragePool", "gap", [x])], axis=1)
+    qdq = frontend.quantize(b.model("avg_ceil", out, (1, 8)), calib)
+    if not count_pad:
+        g = frontend.to_graph(qdq)
+        avg = next(layer for layer in g.layers if layer.name == "avg")
+        assert avg.pads == (1, 1, 2, 2) and g.tensors[avg.output].shape == (9, 9, 8)
+        assert_faithful(qdq, g, test_inputs, "avg ceil_mode", allow_ties=True)
+        return
+    with pytest.raises(UnsupportedOperatorError, match="ceil_mode with count_include_pad=1"):
+        frontend.to_graph(qdq)
+    g = frontend.to_graph(qdq, fallback=True)
+    assert [layer.kind for layer in g.layers] == ["conv", "cpu", "conv", "pool"]
+    assert g.layers[1].onnx_nodes[1:2] == ["avg"] or "avg" in g.layers[1].onnx_nodes
+    _assert_end_to_end(qdq, g, test_inputs)
+
+
+# ---------------------------------------------------------------- CPU fallback
+
+
+def _assert_end_to_end(qdq, g, inputs, tol=2):
+    """golden.run_graph (CpuOps on onnxruntime) vs onnxruntime on the whole QDQ model."""
+    for x in inputs:
+        vals = golden.run_graph(g, frontend.quantize_input(x, g.tensors[g.inputs[0]]))
+        names = [o for o in g.outputs if g.tensors[o].dtype == "int8"]
+        ref = ort_run(qdq, x, names, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        for o, onnx_out in zip(g.outputs, qdq.graph.output):
+            t = g.tensors[o]
+            if t.dtype == "int8":
+                assert np.abs(vals[o].astype(int) - to_hwc(ref[o]).astype(int)).max() <= tol
+            got = frontend.dequantize_output(vals[o], t)
+            want = ref[onnx_out.name]
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, atol=tol * t.scale + 1e-3 * (t.dtype == "float32"), rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    "op_type, attrs",
+    [("LRN", {"size": 3}), ("Softmax", {"axis": 1}), ("Sigmoid", {})],
+)
+def test_fallback_runs_unsupported_ops_on_the_cpu(op_type, attrs, calib, test_inputs):
+    qdq = frontend.quantize(_with_tail(op_type, **attrs), calib[:4])
+    g = frontend.to_graph(qdq, fallback=True)
+    assert [layer.kind for layer in g.layers] == ["conv", "cpu", "conv", "pool"]
+    cpu = g.layers[1]
+    assert isinstance(cpu, ir.CpuOp) and f"my_{op_type.lower()}" in cpu.onnx_nodes
+    assert cpu.inputs == (g.layers[0].output,) and cpu.outputs == (g.layers[2].input,)
+    sub = onnx.load_model_from_string(cpu.model)
+    onnx.checker.check_model(sub)
+    assert [i.type.tensor_type.elem_type for i in sub.graph.input] == [TensorProto.INT8]
+    assert [o.type.tensor_type.elem_type for o in sub.graph.output] == [TensorProto.INT8]
+    assert {n.op_type for n in sub.graph.node} <= {op_type, "QuantizeLinear", "DequantizeLinear"}
+    report = frontend.placement_report(g)
+    assert {(n, p) for n, _, p in report if n in ("conv1", "conv2", f"my_{op_type.lower()}")} == {
+        ("conv1", "accelerator"), ("conv2", "accelerator"), (f"my_{op_type.lower()}", "cpu")
+    }
+    assert {p for _, _, p in report} <= {"accelerator", "cpu", "folded"}
+    assert [n for n, _, _ in report] == [n.name or f"{n.op_type}_{k}" for k, n in enumerate(qdq.graph.node)]
+    _assert_end_to_end(qdq, g, test_inputs)
+
+
+def _shuffle_cnn(tail=None):
+    """ShuffleNet's channel shuffle (Reshape to 5-D, Transpose, Reshape
+    back) between grouped convs, and optionally an op after the classifier."""
+    b = models.GraphBuilder(seed=6)
+    x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 12, stride=2, group=3)])  # 12x16x16
+    b.inits.append(onnx.numpy_helper.from_array(np.array([1, 3, 4, 16, 16], np.int64), "s5"))
+    b.inits.append(onnx.numpy_helper.from_array(np.array([1, 12, 16, 16], np.int64), "s4"))
+    x = b.op("Reshape", "shuf_r1", [x, "s5"])
+    x = b.op("Transpose", "shuf_t", [x], perm=[0, 2, 1, 3, 4])
+    x = b.op("Reshape", "shuf_r2", [x, "s4"])
+    x = b.op("Relu", "relu2", [b.conv("conv2", x, 12, 12, group=3)])
+    x = b.op("Flatten", "flatten", [b.op("GlobalAveragePool", "gap", [x])], axis=1)
+    out = b.gemm("fc", x, 12, 10)
+    if tail:
+        out = b.op(tail, "tail", [out], **({"axis": 1} if tail == "Softmax" else {"size": 3}))
+    return b.model("shuffle_cnn", out, (1, 10))
+
+
+def test_fallback_channel_shuffle_is_one_cpu_op(calib, test_inputs):
+    """The 5-D Reshape/Transpose/Reshape run keeps its int8 Q/DQ pairs
+    inside one CpuOp; only 4-D tensors cross the boundary."""
+    qdq = frontend.quantize(_shuffle_cnn(), calib[:4])
+    with pytest.raises(UnsupportedOperatorError, match="node 'shuf_r1'"):
+        frontend.to_graph(qdq)
+    g = frontend.to_graph(qdq, fallback=True)
+    assert [layer.kind for layer in g.layers] == ["conv", "cpu", "conv", "pool", "conv"]
+    cpu = g.layers[1]
+    assert {"shuf_r1", "shuf_t", "shuf_r2"} <= set(cpu.onnx_nodes)
+    sub = onnx.load_model_from_string(cpu.model)
+    assert len(sub.graph.input) == 1 and len(sub.graph.output) == 1
+    assert [d.dim_value for d in sub.graph.output[0].type.tensor_type.shape.dim] == [1, 12, 16, 16]
+    _assert_end_to_end(qdq, g, test_inputs)
+
+
+@pytest.mark.parametrize("tail", ["Softmax", "LRN"])
+def test_fallback_final_op_on_the_cpu(tail, calib, test_inputs):
+    """Softmax is quantized by onnxruntime (int8 output, dequantized on the
+    host); LRN is not, so the graph output is the CpuOp's float32 output."""
+    m = _shuffle_cnn(tail)
+    if tail == "LRN":  # LRN needs 4-D: put it on the [1, 10, 1, 1] logits
+        b = models.GraphBuilder(seed=6)
+        b.nodes, b.inits = list(m.graph.node), list(m.graph.initializer)
+        b.nodes.pop()
+        b.inits.append(onnx.numpy_helper.from_array(np.array([1, 10, 1, 1], np.int64), "s_lrn"))
+        x = b.op("Reshape", "to4d", ["fc", "s_lrn"])
+        out = b.op("LRN", "tail", [x], size=3)
+        m = b.model("shuffle_lrn", out, (1, 10, 1, 1))
+    qdq = frontend.quantize(m, calib[:4])
+    g = frontend.to_graph(qdq, fallback=True)
+    out = g.tensors[g.outputs[0]]
+    assert g.layers[-1].kind == "cpu" and "tail" in g.layers[-1].onnx_nodes
+    if tail == "Softmax":
+        assert out.dtype == "int8"
+    else:
+        assert out.dtype == "float32" and out.shape == (1, 1, 10) and out.onnx_shape == (1, 10, 1, 1)
+        sub = onnx.load_model_from_string(g.layers[-1].model)
+        assert sub.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    _assert_end_to_end(qdq, g, test_inputs)
+
+
+def test_placement_report_needs_a_frontend_graph(small_graph):
+    report = frontend.placement_report(small_graph)
+    assert {p for _, _, p in report} == {"accelerator", "folded"}
+    assert ("conv1", "Conv", "accelerator") in report and ("fc", "Gemm", "accelerator") in report
+    assert all(p == "folded" for _, op, p in report if op in ("QuantizeLinear", "DequantizeLinear", "Flatten"))
+    bare = ir.Graph(small_graph.tensors, small_graph.layers, small_graph.inputs, small_graph.outputs)
+    with pytest.raises(FrontendError, match="no ONNX node list"):
+        frontend.placement_report(bare)
+
+
+def test_to_graph_dynamic_input_needs_a_shape(small_qdq):
+    m = _with_input_dims(small_qdq, ["N", 3, 32, 32])
+    with pytest.raises(FrontendError, match=r"dynamic dimension 0 \('N'\).*input_shape"):
+        frontend.to_graph(m)
+    g = frontend.to_graph(m, input_shape=(1, 3, 32, 32))
+    assert g.tensors[g.inputs[0]].shape == (32, 32, 3)
+
+
+def test_concat_sharing_keeps_removed_clips(calib, test_inputs):
+    """onnxruntime drops a Clip(0, 6) whose output range is exactly [0, 6]
+    (the QuantizeLinear clamps); widening that input to the Concat's range
+    would lose the clamp at 6, so such inputs keep their own quantization
+    (a copy) while plain Relu inputs share."""
+    b = models.GraphBuilder(seed=12)
+    lo, hi = b.param("lo", np.array(0.0)), b.param("hi", np.array(6.0))
+    x = b.op("Relu", "relu0", [b.conv("conv0", "input", 3, 8, stride=2)])
+    a = b.op("Clip", "six", [b.conv("ca", x, 8, 8, gain=40.0), lo, hi])  # saturates at 6 often
+    c = b.op("Relu", "rc", [b.conv("cc", x, 8, 8, gain=200.0)])  # wider than [0, 6]
+    cat = b.op("Concat", "cat", [a, c], axis=1)
+    out = b.op("Flatten", "flatten", [b.op("GlobalAveragePool", "gap", [cat])], axis=1)
+    qdq = frontend.quantize(b.model("relu6_cat", out, (1, 16)), calib)
+    assert "six" not in {n.name for n in qdq.graph.node}  # removed by onnxruntime
+    g = frontend.to_graph(qdq)
+    L = {layer.name: layer for layer in g.layers}
+    cat_layer = L["cat"]
+    assert "cat__in0" in L and L["cat__in0"].input == L["ca"].output  # the clipped branch is copied
+    assert cat_layer.inputs[1] == L["cc"].output  # the Relu branch shares
+    six = g.tensors[L["ca"].output]
+    assert six.zero_point == -128 and (127 - six.zero_point) * six.scale == pytest.approx(6.0, rel=1e-3)
+    assert_faithful(qdq, g, test_inputs, "relu6 concat", allow_ties=True)
+
+
+def test_fallback_on_the_float_input_is_a_clear_error(calib):
+    """An unquantized op (LRN) straight on the graph input: the CPU would
+    have to take the float input, but the accelerator path's input is int8."""
+    b = models.GraphBuilder(seed=0)
+    x = b.op("LRN", "lrn0", ["input"], size=3)
+    out = b.op("Flatten", "flatten", [b.op("GlobalAveragePool", "gap", [b.conv("conv1", x, 3, 8)])], axis=1)
+    qdq = frontend.quantize(b.model("lrn_first", out, (1, 8)), calib[:2])
+    with pytest.raises(FrontendError, match="LRN 'lrn0' runs on the CPU on the float graph input 'input'"):
+        frontend.to_graph(qdq, fallback=True)
+
+
+def test_fallback_regions_never_form_a_cycle(calib, test_inputs):
+    """LRN on the CPU feeds a conv on the accelerator, and a product of two
+    activations (CPU) reads both the LRN result and the conv's: joining the
+    LRN's CpuOp would make the cut cyclic, so the product gets a CpuOp of its
+    own that reads the LRN's int8 result."""
+    b = models.GraphBuilder(seed=13)
+    x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 8, stride=2)])
+    lrn = b.op("LRN", "lrn", [x], size=3)
+    c = b.op("Relu", "relu2", [b.conv("conv2", lrn, 8, 8)])
+    m = b.op("Mul", "prod", [lrn, c])
+    out = b.op("Flatten", "flatten", [b.op("GlobalAveragePool", "gap", [b.conv("conv3", m, 8, 8)])], axis=1)
+    qdq = frontend.quantize(b.model("cyclic", out, (1, 8)), calib[:4])
+    g = frontend.to_graph(qdq, fallback=True)
+    assert [layer.kind for layer in g.layers] == ["conv", "cpu", "conv", "cpu", "conv", "pool"]
+    lrn_op, prod_op = g.layers[1], g.layers[3]
+    assert "lrn" in lrn_op.onnx_nodes and "prod" in prod_op.onnx_nodes and "lrn" not in prod_op.onnx_nodes
+    assert set(prod_op.inputs) == {lrn_op.outputs[0], g.layers[2].output}
+    _assert_end_to_end(qdq, g, test_inputs)

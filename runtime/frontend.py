@@ -7,6 +7,17 @@ layer is one compute node between DequantizeLinear(s) and a QuantizeLinear,
 and the layer's integer parameters are derived from those scales exactly as
 onnxruntime's integer kernels (QLinearConv, ...) would use them, so per-layer
 results agree with onnxruntime to within rounding of the requantization.
+
+Float models are cleaned up before quantization (:func:`simplify`: constant
+subgraphs folded, Identity/Dropout dropped, BatchNormalization and
+per-channel affine chains folded into convolutions) and, after it, Concat
+inputs share the Concat's quantization where that is free
+(:func:`share_concat_scales`). Concat becomes an ir.Concat (address
+placement), with requantizing 1x1 copies only for inputs whose quantization
+still differs. With ``to_graph(..., fallback=True)`` the ops the core lacks
+run on the host: each maximal connected run of them becomes one ir.CpuOp,
+an ONNX model cut out of the QDQ graph with int8 tensors at its boundary;
+:func:`placement_report` lists where every node runs.
 """
 
 from __future__ import annotations
@@ -29,8 +40,9 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 # Ops the CNN core executes (after fusion), plus the layout/no-op and QDQ
 # plumbing the reader resolves away. Everything else raises
-# UnsupportedOperatorError from _Reader.unsupported(): that is where the CPU
-# fallback (onnxruntime on the cut-out subgraph, a later issue) will plug in.
+# UnsupportedOperatorError from _Reader.unsupported(); with
+# to_graph(fallback=True) such nodes become ir.CpuOp layers instead
+# (onnxruntime on the cut-out subgraph).
 ACCELERATOR_OPS = frozenset(
     {
         "Conv",
@@ -44,6 +56,10 @@ ACCELERATOR_OPS = frozenset(
         "Sum",
         "Relu",
         "Clip",
+        "Concat",
+        "BatchNormalization",  # folded into a Conv, or a depthwise 1x1 Conv
+        "Mul",  # by a per-channel constant, likewise
+        "Sub",  # minus a per-channel constant
     }
 )
 VIEW_OPS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
@@ -215,6 +231,411 @@ def is_qdq(model: onnx.ModelProto) -> bool:
     return any(n.op_type in QDQ_OPS for n in model.graph.node)
 
 
+# ---------------------------------------------------------------- graph clean-up
+
+
+# Ops never evaluated at compile time even when their inputs are constants.
+_NO_FOLD = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+     "If", "Loop", "Scan", "QuantizeLinear", "DequantizeLinear"}
+)
+
+
+def _opset_of(model: onnx.ModelProto) -> int:
+    return _onnx_opset(model) or 13
+
+
+def _eval_node(node: onnx.NodeProto, inputs: list, opset: int) -> list[np.ndarray]:
+    """Evaluate one standard-domain node on constant inputs with onnx's
+    reference implementation (exact ONNX semantics)."""
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"in{k}" if name else "" for k, name in enumerate(node.input)]
+    outs = [f"out{k}" if name else "" for k, name in enumerate(node.output)]
+    n = helper.make_node(node.op_type, names, outs, domain=node.domain)
+    n.attribute.extend(node.attribute)
+    vals = [v for v, name in zip(inputs, names) if name]
+    graph = helper.make_graph(
+        [n],
+        "fold",
+        [
+            helper.make_tensor_value_info(nm, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+            for nm, v in zip([nm for nm in names if nm], vals)
+        ],
+        [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outs if o],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    res = ReferenceEvaluator(m).run(None, dict(zip([nm for nm in names if nm], vals)))
+    return [np.asarray(r) for r in res]
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant subgraphs as initializers, in place: Constant nodes, every
+    standard-domain node whose inputs are all constants (ConstantOfShape,
+    Reshape/Unsqueeze/Concat of shapes, ...) and Shape/Size of values whose
+    shape is static after ONNX shape inference, evaluated with onnx's
+    reference implementation. Q/DQ nodes are left alone (the reader
+    interprets them), as are random and control-flow ops. Returns the model."""
+    g = model.graph
+    opset = _opset_of(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    static = {}
+    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        d = _dims(vi)
+        if d is not None and None not in d:
+            static[vi.name] = d
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    keep, folded = [], set()
+    for node in g.node:
+        std = node.domain in ("", "ai.onnx")
+        out = None
+        if std and node.op_type == "Constant" and len(node.attribute) == 1:
+            a = node.attribute[0]
+            out = [numpy_helper.to_array(a.t) if a.name == "value" else np.asarray(helper.get_attribute_value(a))]
+        elif std and node.op_type in ("Shape", "Size") and node.input[0] in static:
+            d = static[node.input[0]]
+            if node.op_type == "Size":
+                out = [np.array(int(np.prod(d)), dtype=np.int64)]
+            else:
+                at = _attrs(node)
+                start, end = at.get("start", 0), at.get("end", len(d))
+                out = [np.array(d[slice(start, end)], dtype=np.int64)]
+        elif (
+            std
+            and node.op_type not in _NO_FOLD
+            and node.input
+            and all(not i or i in consts for i in node.input)
+            and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        ):
+            try:
+                out = _eval_node(node, [consts[i] for i in node.input if i], opset)
+            except Exception:
+                out = None  # leave it to onnxruntime
+        if out is None:
+            keep.append(node)
+            continue
+        for name, v in zip([o for o in node.output if o], out):
+            consts[name] = v
+            folded.add(name)
+    used = {i for n in keep for i in n.input} | {o.name for o in g.output}
+    # Subgraph-bearing nodes may read outer values; keep everything then.
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in keep for a in n.attribute):
+        used |= set(consts)
+    del g.node[:]
+    g.node.extend(keep)
+    old = {t.name: t for t in g.initializer}
+    del g.initializer[:]
+    for name, v in consts.items():
+        if name not in used:
+            continue
+        if name in old and name not in folded:
+            g.initializer.append(old[name])
+        else:
+            g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(v), name))
+    inits = {t.name for t in g.initializer}
+    real = [i for i in g.input if i.name not in inits]
+    if len(real) != len(g.input):
+        del g.input[:]
+        g.input.extend(real)
+        model.ir_version = max(model.ir_version, 4)
+    return model
+
+
+def _consumers(graph) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            if i:
+                out.setdefault(i, []).append((n, k))
+    return out
+
+
+def _rename_input(graph, old: str, new: str) -> None:
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            if i == old:
+                n.input[k] = new
+
+
+def remove_no_ops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop Identity and inference-mode Dropout (in place): their readers
+    read the input instead. One that produces a graph output stays (as an
+    Identity) so the output keeps its name."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    read = {i for n in g.node for i in n.input} | outputs
+    keep = []
+    for n in g.node:
+        if n.domain in ("", "ai.onnx") and n.op_type in ("Identity", "Dropout"):
+            if n.op_type == "Dropout" and (
+                any(o in read for o in n.output[1:]) or _attrs(n).get("training_mode", 0) or len(n.input) > 2
+            ):
+                keep.append(n)  # the mask is read, or it may train: not a no-op
+                continue
+            if n.output[0] in outputs:
+                if n.op_type == "Dropout":
+                    keep.append(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
+                else:
+                    keep.append(n)
+                continue
+            _rename_input(g, n.output[0], n.input[0])
+            continue
+        keep.append(n)
+    del g.node[:]
+    g.node.extend(keep)
+    return model
+
+
+def _per_channel_const(v: np.ndarray, c: int) -> np.ndarray | None:
+    """A constant that broadcasts per channel over [1, C, H, W]: scalar,
+    [1], [C, 1, 1] or [1, C, 1, 1] -> [C] float64 (None otherwise)."""
+    v = np.asarray(v)
+    if not np.issubdtype(v.dtype, np.floating):
+        return None
+    if v.size == 1 and v.ndim <= 4:
+        return np.full(c, float(v.reshape(-1)[0]))
+    s = list(v.shape)
+    while len(s) > 3 and s[0] == 1:
+        s = s[1:]
+    if len(s) == 3 and s == [c, 1, 1]:
+        return v.reshape(c).astype(np.float64)
+    return None
+
+
+def fold_affine(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold inference BatchNormalization and per-channel Mul/Add/Sub by
+    constants (the decomposed affine chains Caffe2 exports write as
+    Unsqueeze -> Mul -> Unsqueeze -> Add) on 4-D activations, in place.
+
+    A maximal chain of such nodes (each the only reader of the previous) is
+    one per-channel affine y = k * x + c. If x is the output of a Conv that
+    nothing else reads, k and c fold into its weight and bias (the Conv then
+    writes the chain's output name); otherwise the chain becomes a depthwise
+    1x1 Conv (weight k, bias c), which the accelerator runs. Needs constants
+    folded and static shapes (ONNX shape inference)."""
+    g = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        d = _dims(vi)
+        if d is not None and None not in d:
+            shapes[vi.name] = d
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    outputs = {o.name for o in g.output}
+
+    def affine_of(node):
+        """(activation input, k, c) of one affine node, or None."""
+        if node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "BatchNormalization":
+            if len(node.output) > 1 and any(node.output[1:]) or _attrs(node).get("training_mode", 0):
+                return None
+            x = node.input[0]
+            if x not in shapes or len(shapes[x]) != 4 or not all(i in consts for i in node.input[1:5]):
+                return None
+            c = shapes[x][1]
+            gamma, beta, mean, var = (np.asarray(consts[i], dtype=np.float64).reshape(-1) for i in node.input[1:5])
+            if not all(v.size == c for v in (gamma, beta, mean, var)):
+                return None
+            eps = float(_attrs(node).get("epsilon", 1e-5))
+            k = gamma / np.sqrt(var + eps)
+            return x, k, beta - k * mean
+        if node.op_type in ("Mul", "Add", "Sub") and len(node.input) == 2:
+            for xi in (0, 1):
+                x, cst = node.input[xi], node.input[1 - xi]
+                if cst not in consts or x in consts or x not in shapes or len(shapes[x]) != 4:
+                    continue
+                if node.output[0] not in shapes or shapes[node.output[0]] != shapes[x]:
+                    continue
+                v = _per_channel_const(consts[cst], shapes[x][1])
+                if v is None:
+                    continue
+                if node.op_type == "Mul":
+                    return x, v, np.zeros_like(v)
+                if node.op_type == "Add":
+                    return x, np.ones_like(v), v
+                if xi == 0:  # x - c
+                    return x, np.ones_like(v), -v
+                return None  # c - x: negation, not worth a special case
+        return None
+
+    consumers = _consumers(g)
+    producer = {o: n for n in g.node for o in n.output}
+    removed: set[int] = set()
+    replace: dict[int, onnx.NodeProto] = {}
+    new_inits = []
+    for node in list(g.node):
+        if id(node) in removed:
+            continue
+        first = affine_of(node)
+        if first is None:
+            continue
+        x, k, c = first
+        chain = [node]
+        while True:
+            out = chain[-1].output[0]
+            readers = consumers.get(out, [])
+            if out in outputs or len(readers) != 1:
+                break
+            nxt = affine_of(readers[0][0])
+            if nxt is None or nxt[0] != out:
+                break
+            chain.append(readers[0][0])
+            k, c = nxt[1] * k, nxt[1] * c + nxt[2]
+        out = chain[-1].output[0]
+        for n in chain:
+            removed.add(id(n))
+        prod = producer.get(x)
+        conv_ok = (
+            prod is not None
+            and prod.op_type == "Conv"
+            and prod.domain in ("", "ai.onnx")
+            and id(prod) not in removed
+            and len(consumers.get(x, [])) == 1
+            and x not in outputs
+            and prod.input[1] in consts
+            and (len(prod.input) < 3 or not prod.input[2] or prod.input[2] in consts)
+            and len(consumers.get(prod.input[1], [])) == 1
+        )
+        if conv_ok:
+            w = np.asarray(consts[prod.input[1]], dtype=np.float64)
+            if w.shape[0] != k.size:
+                conv_ok = False
+        if conv_ok:
+            b = np.asarray(consts[prod.input[2]], dtype=np.float64) if len(prod.input) > 2 and prod.input[2] else 0.0
+            wf = (w * k.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.float32)
+            bf = (k * b + c).astype(np.float32)
+            wname, bname = f"{prod.input[1]}_folded", f"{out}_folded_bias"
+            new_inits += [numpy_helper.from_array(wf, wname), numpy_helper.from_array(bf, bname)]
+            conv = onnx.NodeProto()
+            conv.CopyFrom(prod)
+            del conv.input[:]
+            conv.input.extend([prod.input[0], wname, bname])
+            conv.output[0] = out
+            replace[id(prod)] = conv
+        else:
+            ch = k.size
+            wname, bname = f"{out}_affine_weight", f"{out}_affine_bias"
+            new_inits += [
+                numpy_helper.from_array(k.reshape(ch, 1, 1, 1).astype(np.float32), wname),
+                numpy_helper.from_array(c.astype(np.float32), bname),
+            ]
+            dw = helper.make_node(
+                "Conv", [x, wname, bname], [out], name=chain[0].name or f"{out}_affine", group=ch, kernel_shape=[1, 1]
+            )
+            replace[id(chain[0])] = dw
+            removed.discard(id(chain[0]))
+    nodes = []
+    for n in g.node:
+        if id(n) in replace:
+            nodes.append(replace[id(n)])
+        elif id(n) not in removed:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(new_inits)
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return model
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The float-model clean-up before quantization, in place: constants
+    folded, no-ops dropped, affine chains folded (see the functions used)."""
+    fold_constants(model)
+    remove_no_ops(model)
+    fold_affine(model)
+    return model
+
+
+def share_concat_scales(model: onnx.ModelProto, float_model: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """Give the inputs of a channel Concat the Concat output's quantization
+    where that is free, in place on a QDQ model from onnxruntime (which
+    calibrates every Concat input on its own): the input's QuantizeLinear and
+    the DequantizeLinears reading it switch to the output's scale/zero point,
+    so the accelerator places the input as a slice of the output without a
+    requantizing copy. Concats are visited last first so nested ones
+    (DenseNet) share down the chain.
+
+    Only where the output's real range covers the input's (MinMax
+    calibration makes the Concat's range the union of its inputs'), so the
+    wider quantization clamps nothing the input's did not -- except where
+    onnxruntime removed a Relu/Clip because the input's range itself does
+    the clamping: float_model (the float model that was quantized) tells
+    which tensors those are. A removed Relu needs the zero point to stay at
+    int8 min; after a removed Clip nothing is shared. Without float_model
+    any input may hide a removed activation: only inputs with the output's
+    zero point and a smaller scale share then (which still drops a removed
+    Clip's upper bound, so pass float_model for models with Clip)."""
+    g = model.graph
+    removed = None
+    if float_model is not None:
+        producers = {o: n for n in g.node for o in n.output}
+        removed = {}
+        for n in float_model.graph.node:
+            if n.op_type in ("Relu", "Clip") and n.output and n.output[0]:
+                p = producers.get(n.output[0])
+                if p is None or p.op_type != n.op_type:
+                    removed[n.output[0]] = n.op_type
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers = _consumers(g)
+
+    def qdq_params(node):
+        if len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits:
+            return None
+        s, z = inits[node.input[1]], inits[node.input[2]]
+        if s.size != 1 or z.dtype != np.int8:
+            return None
+        return float(s.reshape(-1)[0]), int(z.reshape(-1)[0])
+
+    for cat in reversed([n for n in g.node if n.op_type == "Concat" and n.domain in ("", "ai.onnx")]):
+        if _attrs(cat).get("axis") not in (1, -3):
+            continue
+        readers = consumers.get(cat.output[0], [])
+        if len(readers) != 1 or readers[0][0].op_type != "QuantizeLinear":
+            continue
+        q_out = readers[0][0]
+        p_out = qdq_params(q_out)
+        if p_out is None:
+            continue
+        for x in cat.input:
+            dq = producer.get(x)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear" or qdq_params(dq) != qdq_params(q):
+                continue
+            p_in = qdq_params(q)
+            if p_in is None or p_in == p_out:
+                continue
+            act = "Relu" if removed is None else removed.get(q.input[0])
+            if act == "Clip":
+                continue
+            if act == "Relu" and (p_in[1] != p_out[1] or p_in[0] > p_out[0]):
+                continue  # equal zero points: the wider range has the larger scale
+            lo_in, hi_in = (-128 - p_in[1]) * p_in[0], (127 - p_in[1]) * p_in[0]
+            lo_out, hi_out = (-128 - p_out[1]) * p_out[0], (127 - p_out[1]) * p_out[0]
+            tol = 1e-6 * (hi_out - lo_out)
+            if lo_out > lo_in + tol or hi_out < hi_in - tol:
+                continue
+            readers_q = [n for n, _ in consumers.get(q.output[0], [])]
+            if not all(n.op_type == "DequantizeLinear" and qdq_params(n) == p_in for n in readers_q):
+                continue
+            for n in [q] + readers_q:
+                n.input[1], n.input[2] = q_out.input[1], q_out.input[2]
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return model
+
+
 # ---------------------------------------------------------------- quantization
 
 
@@ -250,6 +671,7 @@ def quantize(
     input_shape=None,
     num_random: int = 16,
     extra_options: dict | None = None,
+    share_scales: bool = True,
 ) -> onnx.ModelProto:
     """Static int8 quantization to QDQ with onnxruntime.
 
@@ -259,7 +681,14 @@ def quantize(
     or None for num_random generated inputs (with a warning: int8 accuracy
     depends on representative data). Models that already hold
     QuantizeLinear/DequantizeLinear are returned as loaded. extra_options are
-    merged over the defaults and passed to onnxruntime's quantize_static."""
+    merged over the defaults and passed to onnxruntime's quantize_static.
+
+    Before quantization the float graph is cleaned up (:func:`simplify`:
+    constant subgraphs folded, Identity/Dropout dropped, BatchNormalization
+    and per-channel Mul/Add chains folded into the preceding Conv or turned
+    into a depthwise 1x1 Conv). share_scales: afterwards give Concat inputs
+    the Concat's quantization where that loses no range
+    (:func:`share_concat_scales`), so Concats need no requantizing copies."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -288,6 +717,10 @@ def quantize(
 
     _drop_initializer_inputs(proto)
     _sum_to_add(proto)
+    try:
+        simplify(proto)
+    except onnx.shape_inference.InferenceError as e:
+        raise FrontendError(f"ONNX shape inference failed on the float model: {e}") from e
     inp = _real_inputs(proto)[0]
     shape = _dims(inp)
     if calibration is None:
@@ -336,7 +769,10 @@ def quantize(
                 f"onnxruntime static quantization failed: {type(e).__name__}: {e} "
                 f"(non-finite activations on the calibration data give this too)"
             ) from e
-        return onnx.load(out)
+        qdq = onnx.load(out)
+    if share_scales:
+        share_concat_scales(qdq, proto)
+    return qdq
 
 
 # ---------------------------------------------------------------- host-side I/O
@@ -368,8 +804,16 @@ def quantize_input(x, tensor: ir.Tensor) -> np.ndarray:
 
 def dequantize_output(q, tensor: ir.Tensor) -> np.ndarray:
     """int8 HWC -> float32 in the ONNX output's layout (NCHW, or the
-    flattened [1, K] for a fully-connected output): (q - zp) * scale."""
+    flattened [1, K] for a fully-connected output): (q - zp) * scale.
+    A float32 output (tensor.dtype "float32", computed on the CPU) is only
+    put into the ONNX layout."""
     q = np.asarray(q)
+    if tensor.dtype == "float32":  # a float graph output computed on the CPU
+        if q.dtype != np.float32 or tuple(q.shape) != tuple(tensor.shape):
+            raise FrontendError(
+                f"output '{tensor.name}': expected float32 HWC {list(tensor.shape)}, got {q.dtype} {list(q.shape)}"
+            )
+        return np.ascontiguousarray(q.transpose(2, 0, 1)).reshape(_onnx_layout(tensor))
     if q.dtype != np.int8 or tuple(q.shape) != tuple(tensor.shape):
         raise FrontendError(
             f"output '{tensor.name}': expected int8 HWC {list(tensor.shape)}, got {q.dtype} {list(q.shape)}"
@@ -415,6 +859,9 @@ class _Pending:
     lo: float = -math.inf  # float clip from fused Relu/Clip
     hi: float = math.inf
     done: tuple | None = None  # (int8 name, scale, zp) once quantized
+    # (k, c, node, name) -> None: fold a per-channel affine y = k * x + c
+    # into the producer (convolutions), None where that is not possible.
+    affine: Callable | None = None
 
 
 def _hwc(shape, what: str) -> tuple[int, int, int]:
@@ -427,7 +874,11 @@ def _hwc(shape, what: str) -> tuple[int, int, int]:
 
 
 def _layer_inputs(layer) -> list[str]:
-    return list(layer.inputs) if layer.kind == "add" else [layer.input]
+    return list(layer.inputs) if hasattr(layer, "inputs") else [layer.input]
+
+
+def _layer_outputs(layer) -> list[str]:
+    return list(layer.outputs) if hasattr(layer, "outputs") else [layer.output]
 
 
 def _round_half_even(x) -> np.ndarray:
@@ -491,7 +942,7 @@ def _per_channel(scale, n: int, axis: int, ndim: int, want_axis: int, what: str,
 class _Reader:
     """One pass over the (topologically ordered) QDQ graph."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, fallback: bool = False):
         self.model = model
         g = model.graph
         self.consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
@@ -520,6 +971,22 @@ class _Reader:
         self.forked: dict[str, str] = {}  # pending value -> the fused op that took it
         self.input_q: str | None = None
         self.names: set[str] = set()
+        self.concat_inputs: set[str] = set()  # tensors placed as a slice of some Concat output
+        # CPU fallback state: regions (union-find over ids) of ONNX node indices.
+        self.fallback = fallback
+        self.initializer_names = {t.name for t in g.initializer}
+        self.producer = {o: n for n in g.node for o in n.output if o}
+        self.node_index = {id(n): k for k, n in enumerate(g.node)}
+        self.parent: dict[int, int] = {}
+        self.region_nodes: dict[int, set] = {}
+        self.region_inputs: dict[int, set] = {}  # IR tensors read at the boundary
+        self.region_seq: dict[int, int] = {}
+        self.cpu_val: dict[str, int] = {}  # ONNX value computed inside a region -> region
+        self.cpu_q: dict[str, tuple] = {}  # int8 per-tensor values in regions -> (scale, zp)
+        self.cpu_dq: dict[str, str] = {}  # float value = DequantizeLinear(int8 region value)
+        self.materialized: dict[str, int] = {}  # region int8 values that are IR tensors
+        self.cpu_node: dict[str, int] = {}  # Q/DQ on region values -> node index
+        self.float_outputs: dict[str, int] = {}  # float graph outputs computed on the CPU
 
     # ---- helpers
 
@@ -631,6 +1098,10 @@ class _Reader:
             "GlobalMaxPool": self.on_pool,
             "Add": self.on_add,
             "Sum": self.on_add,  # two-input Sum (Caffe2 exports) is Add
+            "Sub": self.on_add,  # by a constant only
+            "Mul": self.on_mul,  # by a per-channel constant only
+            "BatchNormalization": self.on_batchnorm,
+            "Concat": self.on_concat,
             "Relu": self.on_activation,
             "Clip": self.on_activation,
         }
@@ -640,11 +1111,300 @@ class _Reader:
             if node.op_type == "Constant":
                 continue
             nname = node.name or f"{node.op_type}_{idx}"
-            handler = handlers.get(node.op_type) if node.domain in ("", "ai.onnx", "com.microsoft") else None
-            if handler is None or (node.domain == "com.microsoft" and node.op_type not in QDQ_OPS):
-                self.unsupported(node, nname)
-            handler(node, nname, idx)
+            if self.fallback and any(i in self.cpu_val for i in node.input if i):
+                self.on_cpu_reader(node, nname, idx, handlers)
+                continue
+            try:
+                self.dispatch(node, nname, idx, handlers)
+            except UnsupportedOperatorError:
+                if not self.fallback:
+                    raise
+                self.to_cpu(node, nname, idx)
         return self.finish()
+
+    def dispatch(self, node, nname, idx, handlers):
+        handler = handlers.get(node.op_type) if node.domain in ("", "ai.onnx", "com.microsoft") else None
+        if handler is None or (node.domain == "com.microsoft" and node.op_type not in QDQ_OPS):
+            self.unsupported(node, nname)
+        handler(node, nname, idx)
+
+    # ---- CPU fallback: regions of ONNX nodes cut out into ir.CpuOp layers
+
+    def find(self, rid: int) -> int:
+        while self.parent[rid] != rid:
+            self.parent[rid] = self.parent[self.parent[rid]]
+            rid = self.parent[rid]
+        return rid
+
+    def materializable(self, x: str) -> bool:
+        """A per-tensor int8 value inside a CPU region that can leave it as an IR tensor."""
+        if x not in self.cpu_q or x not in self.shapes:
+            return False
+        s = list(self.shapes[x])
+        return (len(s) == 4 and s[0] == 1) or (len(s) == 2 and s[0] == 1)
+
+    def materialize(self, x: str) -> None:
+        """Make the int8 value x of a CPU region an output of it (an IR tensor)."""
+        if x in self.tensors:
+            return
+        s, z = self.cpu_q[x]
+        rid = self.find(self.cpu_val[x])
+        chain = []
+        self.chain_to(x, chain)  # the QuantizeLinear writing x joins the region
+        self.region_add(rid, chain)
+        self.add_tensor(x, _hwc(self.shapes[x], f"'{x}'"), s, z)
+        self.tensors[x].onnx_shape = tuple(self.shapes[x])
+        self.qref[x] = _Ref(x, len(self.shapes[x]) == 2)
+        self.materialized[x] = rid
+
+    def on_cpu_reader(self, node, nname, idx, handlers):
+        """A node reading a value computed on the CPU."""
+        x = node.input[0]
+        if node.op_type in QDQ_OPS and x in self.cpu_val:
+            rid = self.find(self.cpu_val[x])
+            out = node.output[0]
+            self.cpu_val[out] = rid
+            self.cpu_node[out] = idx  # joins the region when a CPU node reads it (chain_to)
+            if node.op_type == "QuantizeLinear":
+                try:
+                    scale, zp = self.qparams(node, nname)
+                except UnsupportedOperatorError:
+                    return
+                if zp.dtype == np.int8 and scale.size == 1:
+                    self.cpu_q[out] = (float(scale.ravel()[0]), int(zp.ravel()[0]))
+            else:
+                self.cpu_dq[out] = x
+            return
+        # An accelerator op reading int8 results of the CPU through DequantizeLinear.
+        reads = [i for i in node.input if i in self.cpu_val]
+        if all(i in self.cpu_dq and self.materializable(self.cpu_dq[i]) for i in reads):
+            for i in reads:
+                q = self.cpu_dq[i]
+                self.materialize(q)
+                self.fref[i] = _Ref(q, self.qref[q].flat)
+            try:
+                self.dispatch(node, nname, idx, handlers)
+                return
+            except UnsupportedOperatorError:
+                pass
+        self.to_cpu(node, nname, idx)
+
+    def chain_to(self, value: str, out: list) -> None:
+        """The nodes computing `value` from IR tensors and constants (the
+        DequantizeLinear / view / Q-DQ chain at a region's boundary)."""
+        if value in self.tensors:
+            return
+        if value in self.cpu_node:  # a Q/DQ on a region value: walk through to the region
+            if self.cpu_node[value] not in out:
+                out.append(self.cpu_node[value])
+                self.chain_to(self.model.graph.node[self.cpu_node[value]].input[0], out)
+            return
+        if value in self.cpu_val or value in self.tensors or value in self.initializer_names or not value:
+            return
+        node = self.producer.get(value)
+        if node is None:
+            raise FrontendError(f"cannot cut out a CPU subgraph: '{value}' has no producer")
+        idx = self.node_index[id(node)]
+        if idx in out:
+            return
+        out.append(idx)
+        for i in node.input:
+            self.chain_to(i, out)
+
+    def region_deps(self, tensors, memo=None) -> set:
+        """Root ids of the CPU regions the given IR tensors depend on."""
+        memo = {} if memo is None else memo
+        producers = {o: layer for layer in self.layers for o in _layer_outputs(layer)}
+        result = set()
+
+        def deps(t):
+            if t in memo:
+                return memo[t]
+            memo[t] = set()
+            d = set()
+            if t in self.materialized:
+                r = self.find(self.materialized[t])
+                d.add(r)
+                for i in self.region_inputs[r]:
+                    d |= deps(i)
+            elif t in producers:
+                for i in _layer_inputs(producers[t]):
+                    d |= deps(i)
+            memo[t] = d
+            return d
+
+        for t in tensors:
+            result |= deps(t)
+        return result
+
+    def region_add(self, rid, idxs, inputs=()):
+        self.region_nodes[rid].update(idxs)
+        self.region_inputs[rid].update(inputs)
+        self.region_seq[rid] = len(self.layers)
+
+    def to_cpu(self, node, nname, idx):
+        """Put `node` on the CPU, in the region of the CPU values it reads
+        (merging regions it joins), with DequantizeLinear chains from the IR
+        tensors it reads at the boundary. Where joining a region would make
+        the cut cyclic (the node also reads an accelerator result computed
+        from that region), int8 results of the region are read as boundary
+        inputs instead, and the node starts a region of its own."""
+        rids, boundary, chain = self.cpu_inputs(node, nname, split=set())
+        if rids and boundary:
+            cyclic = self.region_deps(boundary) & rids
+            if cyclic:
+                rids, boundary, chain = self.cpu_inputs(node, nname, split=cyclic)
+                if rids and boundary and self.region_deps(boundary) & rids:
+                    raise FrontendError(
+                        f"cannot run {node.op_type} '{nname}' on the CPU: it joins a CPU subgraph and also "
+                        f"reads an accelerator result computed from that subgraph's output (the cut would "
+                        f"be cyclic)"
+                    )
+        if rids:
+            rid = min(rids)
+            for r in rids:
+                self.parent[r] = rid
+                if r != rid:
+                    self.region_nodes[rid] |= self.region_nodes.pop(r)
+                    self.region_inputs[rid] |= self.region_inputs.pop(r)
+        else:
+            rid = len(self.parent)
+            self.parent[rid] = rid
+            self.region_nodes[rid], self.region_inputs[rid] = set(), set()
+        self.region_add(rid, chain + [idx], boundary)
+        for o in node.output:
+            if o:
+                self.cpu_val[o] = rid
+
+    def cpu_inputs(self, node, nname, split: set):
+        """(regions joined, boundary IR tensors, chain node indices) of a
+        node put on the CPU; values of the regions in `split` that are int8
+        results read through a DequantizeLinear become boundary inputs."""
+        rids, boundary, chain = set(), set(), []
+        for i in node.input:
+            if not i:
+                continue
+            if i in self.cpu_val and self.find(self.cpu_val[i]) in split:
+                q = self.cpu_dq.get(i)
+                if q is None or not self.materializable(q):
+                    raise FrontendError(
+                        f"cannot run {node.op_type} '{nname}' on the CPU: it reads '{i}' of a CPU subgraph "
+                        f"whose output also feeds the accelerator results it reads (the cut would be cyclic)"
+                    )
+                self.materialize(q)
+                boundary.add(q)
+                self.chain_to(i, chain)
+            elif i in self.cpu_val:
+                rids.add(self.find(self.cpu_val[i]))
+                self.chain_to(i, chain)
+            elif i in self.fref or i in self.qref:
+                ref = self.fref.get(i) or self.qref[i]
+                boundary.add(ref.q)
+                self.chain_to(i, chain)
+            elif i in self.pending:
+                raise FrontendError(
+                    f"{node.op_type} '{nname}' runs on the CPU but reads the float result of "
+                    f"'{self.pending[i].producer}' directly (no QuantizeLinear in between); the accelerator "
+                    f"hands over int8 tensors only"
+                )
+            elif i == self.input_name:
+                raise FrontendError(
+                    f"{node.op_type} '{nname}' runs on the CPU on the float graph input '{i}' before it is "
+                    f"quantized; the accelerator path takes int8 inputs"
+                )
+            elif i in self.initializer_names or i in self.producer:
+                self.chain_to(i, chain)  # constants (and their Q/DQ or Constant producers)
+            else:
+                raise FrontendError(f"{node.op_type} '{nname}' reads '{i}', which nothing produces")
+        return rids, boundary, chain
+
+    def build_cpu_ops(self, outputs: list[str]) -> list:
+        """One ir.CpuOp per region that feeds anything."""
+        g = self.model.graph
+        used = set(outputs)
+        for layer in self.layers:
+            used.update(_layer_inputs(layer))
+        for ins in self.region_inputs.values():
+            used.update(ins)
+        inits = {t.name: t for t in g.initializer}
+        const_nodes = {o: n for n in g.node if n.op_type == "Constant" for o in n.output}
+        ops = []
+        for rid in sorted(self.region_nodes):
+            outs = [t for t, r in self.materialized.items() if self.find(r) == rid and t in used]
+            outs += [t for t, r in self.float_outputs.items() if self.find(r) == rid]
+            if not outs:
+                continue  # computes nothing anything reads
+            inputs = sorted(self.region_inputs[rid])
+            # Only what the outputs need (a region may have grown nodes whose results nobody reads).
+            members = self.region_nodes[rid]
+            need, keep = set(outs), set()
+            for i in sorted(members, reverse=True):
+                if any(o in need for o in g.node[i].output):
+                    keep.add(i)
+                    need.update(x for x in g.node[i].input if x)
+            inputs = [t for t in inputs if t in need]
+            nodes = [g.node[i] for i in sorted(keep)]
+            if not nodes:
+                raise FrontendError(f"internal error: the CPU subgraph for {outs} holds no nodes")
+            produced = {o for n in nodes for o in n.output}
+            need_inits, need_consts = [], []
+            for n in nodes:
+                for i in n.input:
+                    if not i or i in produced or i in inputs:
+                        continue
+                    if i in inits:
+                        if i not in [t.name for t in need_inits]:
+                            need_inits.append(inits[i])
+                    elif i in const_nodes:
+                        if const_nodes[i] not in need_consts:
+                            need_consts.append(const_nodes[i])
+                    else:
+                        raise FrontendError(f"cannot cut out a CPU subgraph: '{i}' comes from outside it")
+
+            def info(name):
+                t = self.tensors[name]
+                elem = TensorProto.FLOAT if t.dtype == "float32" else TensorProto.INT8
+                return helper.make_tensor_value_info(name, elem, list(self.shapes[name]))
+
+            names = [n.name or f"{n.op_type}_{self.node_index[id(n)]}" for n in nodes]
+            sub = helper.make_graph(
+                need_consts + nodes, f"cpu_{len(ops)}", [info(i) for i in inputs], [info(o) for o in outs], need_inits
+            )
+            model = helper.make_model(sub, opset_imports=list(self.model.opset_import))
+            model.ir_version = self.model.ir_version
+            main = next((n for n, nd in zip(names, nodes) if nd.op_type not in QDQ_OPS | VIEW_OPS), names[-1])
+            name = self.layer_name(helper.make_node("CpuOp", [], [], name=f"cpu_{main}"), rid)
+            op = ir.CpuOp(name, tuple(inputs), tuple(outs), model.SerializeToString(), onnx_nodes=names)
+            ops.append((self.region_seq[rid], op))
+        return ops
+
+    def order(self, cpu_ops) -> list:
+        """Layers (in reading order) and CPU ops (at the point their region
+        last grew) in a valid execution order, stable otherwise."""
+        import heapq
+
+        items = [((k, 0), layer) for k, layer in enumerate(self.layers)] + [((s, -1), op) for s, op in cpu_ops]
+        producer = {o: n for n, (_, layer) in enumerate(items) for o in _layer_outputs(layer)}
+        deps = [{producer[i] for i in _layer_inputs(layer) if i in producer} for _, layer in items]
+        readers: dict[int, list] = {}
+        for n, d in enumerate(deps):
+            for p in d:
+                readers.setdefault(p, []).append(n)
+        waiting = [len(d) for d in deps]
+        heap = [(items[n][0], n) for n in range(len(items)) if not waiting[n]]
+        heapq.heapify(heap)
+        out = []
+        while heap:
+            _, n = heapq.heappop(heap)
+            out.append(items[n][1])
+            for r in readers.get(n, []):
+                waiting[r] -= 1
+                if not waiting[r]:
+                    heapq.heappush(heap, (items[r][0], r))
+        if len(out) != len(items):
+            raise FrontendError("the accelerator/CPU partition has a cycle")
+        return out
+
 
     def on_quantize(self, node, nname, idx):
         x, out = node.input[0], node.output[0]
@@ -740,8 +1500,9 @@ class _Reader:
             ref = table[x]
             table[out] = _Ref(ref.q, view(self.tensors[ref.q].shape, ref.flat), ref.nodes + [nname])
         elif x in self.pending:
+            flat = view(self.pending[x].shape, self.pending[x].flat)
             p = self.take_pending(x, node, nname)
-            p.flat = view(p.shape, p.flat)
+            p.flat = flat
             p.nodes.append(nname)
             self.pending[out] = p
         else:
@@ -816,11 +1577,13 @@ class _Reader:
                 )
         self.add_tensor(out, p.shape, scale, zp)
         try:
-            layer = p.build(self.tensors[out], _clip_bounds(p.lo, p.hi, scale, zp))
+            built = p.build(self.tensors[out], _clip_bounds(p.lo, p.hi, scale, zp))
         except ValueError as e:  # e.g. a requantization multiplier >= 2**31
             raise FrontendError(f"'{p.producer}' cannot be requantized to '{out}': {e}") from e
+        built = built if isinstance(built, list) else [built]
+        layer = built[-1]  # the one writing `out`
         layer.onnx_nodes = list(layer.onnx_nodes) + [n for n in p.nodes if n not in layer.onnx_nodes]
-        self.layers.append(layer)
+        self.layers.extend(built)
         self.qref[out] = _Ref(out, p.flat)
 
     def on_conv(self, node, nname, idx):
@@ -853,15 +1616,42 @@ class _Reader:
         bias = self.bias(node.input[2] if len(node.input) > 2 else "", node, nname, oc, acc_scale)
         name = self.layer_name(node, idx)
         weight = np.ascontiguousarray(w.values, dtype=np.int8)
+        state = {"k": np.ones(oc), "c": np.zeros(oc)}  # a folded BatchNormalization / affine
+
+        def affine(k, c, bn, bn_name):
+            k = np.broadcast_to(np.asarray(k, dtype=np.float64), (oc,))
+            c = np.broadcast_to(np.asarray(c, dtype=np.float64), (oc,))
+            k_all = k * state["k"]
+            if np.any(k_all == 0) or not np.all(np.isfinite(k_all)) or not np.all(np.isfinite(c)):
+                raise FrontendError(
+                    f"{bn.op_type} '{bn_name}' cannot be folded exactly into Conv '{nname}': a channel scale "
+                    f"is zero or not finite"
+                )
+            neg = k_all < 0
+            if np.any(weight[neg] == -128):
+                raise FrontendError(
+                    f"{bn.op_type} '{bn_name}' cannot be folded exactly into Conv '{nname}': it negates "
+                    f"channels whose int8 weights hold -128"
+                )
+            state["c"] = k * state["c"] + c
+            state["k"] = k_all
 
         def build(out_t, clip):
-            mult, shift = quant.quantize_multipliers(acc_scale / out_t.scale)
+            k, c = state["k"], state["c"]
+            sign = np.where(k < 0, -1, 1)
+            wq = weight if not np.any(k < 0) else (weight.astype(np.int16) * sign[:, None, None, None]).astype(np.int8)
+            scale = acc_scale * np.abs(k)
+            b = bias
+            if np.any(k != 1) or np.any(c):
+                b64 = sign * bias.astype(np.int64) + _round_half_even(c / scale).astype(np.int64)
+                b = np.clip(b64, INT32_MIN, INT32_MAX).astype(np.int32)
+            mult, shift = quant.quantize_multipliers(scale / out_t.scale)
             return ir.Conv(
                 name,
                 ref.q,
                 out_t.name,
-                weight,
-                bias,
+                wq,
+                b,
                 mult,
                 shift,
                 stride=(int(strides[0]), int(strides[1])),
@@ -871,7 +1661,7 @@ class _Reader:
                 onnx_nodes=ref.nodes + [nname],
             )
 
-        self.pending[node.output[0]] = _Pending(build, (oh, ow, oc), [], nname)
+        self.pending[node.output[0]] = _Pending(build, (oh, ow, oc), [], nname, affine=affine)
 
     def fully_connected(self, node, nname, idx, ref, w_nk, w_scale, bias_name, alpha, beta):
         """Gemm/MatMul on [1, K] as a Conv whose kernel covers the whole
@@ -947,6 +1737,10 @@ class _Reader:
             strides = tuple(a.get("strides", [1, 1]))
             pads = _resolve_pads(node, a, (h, wd), kernel, strides, nname)
             if a.get("ceil_mode", 0):
+                if mode == "avg" and count_pad and not any(pads):
+                    # Windows are clipped to the padded extent before counting, so without
+                    # explicit padding count_include_pad counts exactly the valid positions.
+                    count_pad = False
                 pads = self.ceil_pads(
                     node, nname, (h, wd), kernel, strides, pads, mode == "avg" and count_pad
                 )
@@ -975,7 +1769,15 @@ class _Reader:
         self.pending[node.output[0]] = _Pending(build, (oh, ow, c), [], nname)
 
     def ceil_pads(self, node, nname, in_hw, kernel, strides, pads, count_pad):
-        """ceil_mode as extra bottom/right padding (windows never read it)."""
+        """ceil_mode as extra bottom/right padding (windows never read it).
+
+        Exact for max pooling (padding never wins a max) and for average
+        pooling with count_include_pad=0 (the extra padding is not counted,
+        as onnxruntime counts only valid positions). Average pooling with
+        count_include_pad=1 counts the explicit padding but not the ceil
+        extension (onnxruntime clips windows to the padded extent first),
+        which the core's count (whole kernel) cannot express: unsupported,
+        so the CPU runs it when fallback is on."""
         extra = []
         for i in range(2):
             size = in_hw[i] + pads[i] + pads[i + 2]
@@ -990,6 +1792,17 @@ class _Reader:
     def on_add(self, node, nname, idx):
         if len(node.input) != 2:
             self.unsupported(node, nname, f"{len(node.input)} inputs (only 2)")
+        co = self.const_operand(node)
+        if co is not None:  # + per-channel constant: an affine
+            i, v = co
+            if node.op_type == "Sub" and i == 1:
+                self.unsupported(node, nname, "constant minus activation")
+            c = self.per_channel(node, nname, node.input[i], v)
+            c = -c if node.op_type == "Sub" else c
+            self.affine(node, nname, idx, node.input[i], np.ones_like(c), c)
+            return
+        if node.op_type == "Sub":
+            self.unsupported(node, nname, "difference of two activations")
         ra, rb = self.act(node, nname, 0), self.act(node, nname, 1)
         ta, tb = self.tensors[ra.q], self.tensors[rb.q]
         if ta.shape != tb.shape:
@@ -1013,6 +1826,175 @@ class _Reader:
 
         self.pending[node.output[0]] = _Pending(build, ta.shape, [], nname, ra.flat)
 
+    # ---- per-channel affine (BatchNormalization, Mul/Add by constants)
+
+    def float_const(self, name):
+        """A constant operand as float64 (dequantized if behind a DequantizeLinear), or None."""
+        if name in self.qconst:
+            q = self.qconst[name]
+            v = q.values.astype(np.float64)
+            scale, zp = np.asarray(q.scale, np.float64), np.asarray(q.zero_point, np.float64)
+            if scale.size > 1:
+                shape = [1] * v.ndim
+                shape[q.axis % v.ndim] = scale.size
+                scale, zp = scale.reshape(shape), zp.reshape(shape)
+            return (v - zp) * scale
+        if name in self.consts:
+            return np.asarray(self.consts[name], dtype=np.float64)
+        return None
+
+    def on_batchnorm(self, node, nname, idx):
+        a = _attrs(node)
+        if a.get("training_mode", 0) or (len(node.output) > 1 and any(node.output[1:])):
+            self.unsupported(node, nname, "training mode")
+        params = [self.float_const(i) for i in node.input[1:5]]
+        if any(p is None for p in params):
+            self.unsupported(node, nname, "scale, bias, mean and variance must be constants")
+        gamma, beta, mean, var = (p.reshape(-1) for p in params)
+        k = gamma / np.sqrt(var + float(a.get("epsilon", 1e-5)))
+        self.affine(node, nname, idx, node.input[0], k, beta - k * mean)
+
+    def affine(self, node, nname, idx, x, k, c):
+        """y = k * x + c per channel: folded into a pending Conv, or a
+        depthwise 1x1 Conv with weights +-127 and per-channel weight scale
+        |k| / 127 on a quantized activation (both exact up to the int32 bias
+        rounding)."""
+        out = node.output[0]
+        if x in self.pending:
+            p = self.pending[x]
+            n = p.shape[2]
+            if p.affine is None or p.done is not None or p.lo != -math.inf or p.hi != math.inf or p.flat:
+                raise FrontendError(
+                    f"{node.op_type} '{nname}' cannot be folded exactly: it reads the float output of "
+                    f"'{p.producer}', which is not a convolution result it can fold into (quantize the "
+                    f"float model with vfpga.runtime.frontend.quantize, which folds it before quantizing)"
+                )
+            k, c = np.broadcast_to(k, (n,)), np.broadcast_to(c, (n,))
+            p = self.take_pending(x, node, nname)
+            p.affine(k, c, node, nname)
+            p.nodes.append(nname)
+            self.pending[out] = p
+            return
+        ref = self.act(node, nname, 0 if node.input[0] == x else 1)
+        self.spatial_ok(ref, node, nname)
+        t = self.tensors[ref.q]
+        ch = t.shape[2]
+        if np.size(k) not in (1, ch) or np.size(c) not in (1, ch):
+            self.unsupported(node, nname, "parameters are not per channel")
+        k = np.broadcast_to(np.asarray(k, np.float64).reshape(-1), (ch,))
+        c = np.broadcast_to(np.asarray(c, np.float64).reshape(-1), (ch,))
+        if np.any(k == 0) or not np.all(np.isfinite(k)) or not np.all(np.isfinite(c)):
+            self.unsupported(node, nname, "a channel scale is zero or not finite")
+        # Weights +-127 with weight scale |k| / 127: the accumulator's unit is
+        # 1/127 of an input step, so the int32 bias carries c with that resolution.
+        weight = np.where(k < 0, -127, 127).astype(np.int8).reshape(ch, 1, 1, 1)
+        acc_scale = t.scale * np.abs(k) / 127.0
+        bias = np.clip(_round_half_even(c / acc_scale), INT32_MIN, INT32_MAX).astype(np.int32)
+        name = self.layer_name(node, idx)
+
+        def build(out_t, clip):
+            mult, shift = quant.quantize_multipliers(acc_scale / out_t.scale)
+            return ir.Conv(
+                name, ref.q, out_t.name, weight, bias, mult, shift, groups=ch, clip=clip,
+                onnx_nodes=ref.nodes + [nname],
+            )
+
+        self.pending[out] = _Pending(build, t.shape, [], nname, ref.flat)
+
+    def const_operand(self, node):
+        """(activation input index, constant values) of a binary node with one
+        constant operand, or None."""
+        if len(node.input) != 2:
+            return None
+        for i in (0, 1):
+            v = self.float_const(node.input[1 - i])
+            if v is not None and node.input[i] not in self.consts and node.input[i] not in self.qconst:
+                return i, v
+        return None
+
+    def per_channel(self, node, nname, x, v):
+        """A constant operand of a binary op on activation x as a [C] vector
+        (scalar, [C, 1, 1] / [1, C, 1, 1] on 4-D, [C] / [1, C] on [1, C])."""
+        if x in self.pending:
+            ch = self.pending[x].shape[2]
+        elif x in self.fref:
+            ch = self.tensors[self.fref[x].q].shape[2]
+        else:
+            self.unsupported(node, nname, f"'{x}' is not a quantized activation")
+        rank = len(self.shapes[x]) if x in self.shapes else 4
+        v = np.asarray(v, dtype=np.float64)
+        if v.size == 1:
+            return np.full(ch, float(v.reshape(-1)[0]))
+        vv = None
+        if rank == 4:
+            vv = _per_channel_const(v, ch)
+        elif rank == 2 and v.size == ch and v.ndim <= 2 and v.shape[0] in (1, ch):
+            vv = v.reshape(ch)
+        if vv is None:
+            self.unsupported(node, nname, f"constant operand of shape {list(v.shape)} is not per channel")
+        return vv
+
+    def on_mul(self, node, nname, idx):
+        co = self.const_operand(node)
+        if co is None:
+            self.unsupported(node, nname, "only a product with a per-channel constant is supported")
+        i, v = co
+        k = self.per_channel(node, nname, node.input[i], v)
+        self.affine(node, nname, idx, node.input[i], k, np.zeros_like(k))
+
+    # ---- concatenation
+
+    def on_concat(self, node, nname, idx):
+        axis = _attrs(node).get("axis", 1)
+        out = node.output[0]
+        rank = len(self.shapes[out]) if out in self.shapes else None
+        refs = [self.act(node, nname, i) for i in range(len(node.input))]
+        ts = [self.tensors[r.q] for r in refs]
+        flat = all(r.flat for r in refs)
+        if rank == 4 and axis in (1, -3) and not any(r.flat for r in refs):
+            pass
+        elif rank == 2 and axis in (1, -1) and flat and all(t.shape[:2] == (1, 1) for t in ts):
+            pass
+        else:
+            self.unsupported(node, nname, f"concatenation on axis {axis} of rank {rank} (only channels)")
+        if len({t.shape[:2] for t in ts}) != 1:
+            raise FrontendError(f"Concat '{nname}': inputs of different spatial size {[t.shape for t in ts]}")
+        h, w = ts[0].shape[:2]
+        shape = (h, w, sum(t.shape[2] for t in ts))
+        name = self.layer_name(node, idx)
+
+        def build(out_t, clip):
+            layers, inputs = [], []
+            for i, (r, t) in enumerate(zip(refs, ts)):
+                same = (t.scale, t.zero_point) == (out_t.scale, out_t.zero_point)
+                placeable = (
+                    r.q not in self.concat_inputs  # one slice per tensor
+                    and r.q not in inputs
+                    and r.q != self.input_q  # the graph input lives in its own buffer
+                )
+                if same and placeable and clip == (quant.INT8_MIN, quant.INT8_MAX):
+                    inputs.append(r.q)
+                    continue
+                # A requantizing copy writes the input with the output's
+                # quantization (an exact copy when the parameters are equal).
+                copy = f"{out_t.name}__in{i}"
+                self.add_tensor(copy, t.shape, out_t.scale, out_t.zero_point)
+                mult, shift = quant.quantize_multiplier(t.scale / out_t.scale, max_shift=30)
+                copy_name = f"{name}__in{i}"
+                self.names.add(copy_name)
+                layers.append(
+                    ir.Pool(
+                        copy_name, r.q, copy, "max", (1, 1), mult=mult, shift=shift, clip=clip,
+                        onnx_nodes=r.nodes + [nname],
+                    )
+                )
+                inputs.append(copy)
+            self.concat_inputs.update(inputs)
+            layers.append(ir.Concat(name, tuple(inputs), out_t.name, onnx_nodes=[n for r in refs for n in r.nodes] + [nname]))
+            return layers
+
+        self.pending[out] = _Pending(build, shape, [], nname, flat)
+
     # ---- wrap-up
 
     def finish(self) -> ir.Graph:
@@ -1021,28 +2003,50 @@ class _Reader:
             raise FrontendError(f"the graph input '{self.input_name}' is not quantized by a QuantizeLinear")
         outputs = []
         for o in g.output:
-            ref = self.fref.get(o.name) or self.qref.get(o.name)
-            if ref is None:
-                p = self.pending.get(o.name)
-                src = (
-                    f"float output of '{p.producer}'"
-                    if p
-                    else "not produced through QuantizeLinear/DequantizeLinear"
-                )
-                raise FrontendError(
-                    f"graph output '{o.name}' is {src}; the accelerator's outputs are int8 tensors"
-                )
-            outputs.append(ref.q)
+            name = self.graph_output(o.name)
+            outputs.append(name)
             if o.name in self.shapes:
-                self.tensors[ref.q].onnx_shape = tuple(self.shapes[o.name])
+                self.tensors[name].onnx_shape = tuple(self.shapes[o.name])
         self.tensors[self.input_q].onnx_shape = tuple(self.shapes[self.input_name])
+        if self.region_nodes:
+            self.layers = self.order(self.build_cpu_ops(outputs))
         self.fold_activations(outputs)
         used = {self.input_q, *outputs}
         for layer in self.layers:
             used.update(_layer_inputs(layer))
-            used.add(layer.output)
+            used.update(_layer_outputs(layer))
         tensors = {k: v for k, v in self.tensors.items() if k in used}
-        return ir.Graph(tensors, self.layers, [self.input_q], outputs, name=g.name or "model")
+        graph = ir.Graph(tensors, self.layers, [self.input_q], outputs, name=g.name or "model")
+        graph.onnx_nodes = [
+            (n.name or f"{n.op_type}_{k}", n.op_type) for k, n in enumerate(g.node)
+        ]
+        return graph
+
+    def graph_output(self, name: str) -> str:
+        """The IR tensor holding graph output `name`."""
+        if name in self.cpu_val:
+            q = self.cpu_dq.get(name, name)
+            if self.materializable(q):  # int8 from the CPU, dequantized on the host
+                self.materialize(q)
+                return q
+            if name not in self.shapes:
+                raise FrontendError(f"graph output '{name}' (computed on the CPU) has no static shape")
+            self.add_tensor(name, _hwc(self.shapes[name], f"graph output '{name}'"), 1.0, 0)
+            elem = next(o for o in self.model.graph.output if o.name == name).type.tensor_type.elem_type
+            if elem != TensorProto.FLOAT:
+                raise FrontendError(
+                    f"graph output '{name}' (computed on the CPU) is {TensorProto.DataType.Name(elem)}; "
+                    f"outputs are int8 tensors or float32 ones"
+                )
+            self.tensors[name].dtype = "float32"
+            self.float_outputs[name] = self.cpu_val[name]
+            return name
+        ref = self.fref.get(name) or self.qref.get(name)
+        if ref is None:
+            p = self.pending.get(name)
+            src = f"float output of '{p.producer}'" if p else "not produced through QuantizeLinear/DequantizeLinear"
+            raise FrontendError(f"graph output '{name}' is {src}; the accelerator's outputs are int8 tensors")
+        return ref.q
 
     def fold_activations(self, outputs):
         """Fold identity-requantizing 1x1 max pools (a Relu/Clip that ORT
@@ -1052,7 +2056,7 @@ class _Reader:
         changed = True
         while changed:
             changed = False
-            producers = {layer.output: layer for layer in self.layers}
+            producers = {o: layer for layer in self.layers for o in _layer_outputs(layer)}
             readers: dict[str, int] = {}
             for layer in self.layers:
                 for i in _layer_inputs(layer):
@@ -1064,7 +2068,9 @@ class _Reader:
                     continue
                 src, dst = self.tensors[p.input], self.tensors[p.output]
                 prod = producers.get(p.input)
-                if prod is None or readers.get(p.input) != 1 or p.input in outputs:
+                if prod is None or prod.kind not in ("conv", "pool", "add"):
+                    continue
+                if readers.get(p.input) != 1 or p.input in outputs:
                     continue
                 if (src.scale, src.zero_point) != (dst.scale, dst.zero_point):
                     continue
@@ -1097,18 +2103,53 @@ def _quantize_array(x, scale, zp, axis) -> np.ndarray:
     return np.clip(q, info.min, info.max).astype(zp.dtype)
 
 
-def to_graph(model) -> ir.Graph:
+def to_graph(model, fallback: bool = False, *, input_shape=None) -> ir.Graph:
     """Read a QDQ model (path, bytes or ModelProto) into the layer IR.
 
-    Raises UnsupportedOperatorError for ops/attributes the accelerator does
-    not have, FrontendError for anything else it cannot map exactly."""
-    proto = load_model(model)
+    fallback=False: raises UnsupportedOperatorError for the first op or
+    attribute the accelerator does not have. fallback=True: every maximal
+    connected run of such nodes becomes one ir.CpuOp (an ONNX model cut out
+    of the QDQ graph, its boundary DequantizeLinear/QuantizeLinear nodes
+    included, so it reads and writes int8 tensors; a float graph output
+    computed on the CPU is a float32 output of it, ir.Tensor.dtype
+    "float32"). FrontendError for anything else that cannot be mapped
+    exactly. Constant subgraphs (Constant, Shape of static shapes,
+    ConstantOfShape, ...) are folded first. The graph's ``onnx_nodes`` list
+    (name, op_type) of every node of the QDQ model feeds placement_report."""
+    proto = load_model(model, input_shape=input_shape)
     if not is_qdq(proto):
         raise FrontendError(
             "the model holds no QuantizeLinear/DequantizeLinear: quantize it first (frontend.quantize)"
         )
+    _drop_initializer_inputs(proto)
     try:
+        fold_constants(proto)
         proto = onnx.shape_inference.infer_shapes(proto)
     except Exception as e:
         raise FrontendError(f"ONNX shape inference failed on the quantized model: {e}") from e
-    return _Reader(proto).read()
+    return _Reader(proto, fallback=fallback).read()
+
+
+def placement_report(graph: ir.Graph) -> list[tuple[str, str, str]]:
+    """Where each node of the QDQ model the graph was read from runs:
+    (node name, op_type, "accelerator" | "cpu" | "folded"), in model order.
+    "folded": absorbed at compile time (Quantize/DequantizeLinear pairs,
+    views, Relu/Clip fused into a clamp, constants) -- no work of its own."""
+    nodes = getattr(graph, "onnx_nodes", None)
+    if not nodes:
+        raise FrontendError("the graph carries no ONNX node list (it was not read by frontend.to_graph)")
+    op_of = dict(nodes)
+    plumbing = QDQ_OPS | VIEW_OPS | {"Concat"}
+    where = {}
+    for layer in graph.layers:
+        if layer.kind == "cpu":
+            for n in layer.onnx_nodes:
+                where[n] = "cpu"
+            continue
+        names = list(layer.onnx_nodes)
+        compute = [n for n in names if op_of.get(n) not in plumbing]
+        # A layer made of plumbing only (a requantizing QuantizeLinear, a
+        # Concat's copy) is that plumbing's work; otherwise plumbing is folded.
+        for n in compute or [n for n in names if op_of.get(n) not in VIEW_OPS]:
+            where.setdefault(n, "accelerator")
+    return [(name, op, where.get(name, "folded")) for name, op in nodes]

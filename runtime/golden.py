@@ -196,6 +196,60 @@ def add(a, b, layer, a_zp: int, b_zp: int, out_zp: int) -> np.ndarray:
     return _clamp_int8(out_zp + rshift_round(v, int(layer.shift)), layer.clip)
 
 
+def concat(xs, layer, tins=None, tout=None) -> np.ndarray:
+    """Channel concatenation of an ir.Concat (HWC last axis). The inputs must
+    carry the output's quantization (checked when tensors are given)."""
+    xs = [_hwc(x, f"{layer.name} input {k}") for k, x in enumerate(xs)]
+    if len({x.shape[:2] for x in xs}) != 1:
+        raise GoldenError(f"{layer.name}: inputs of different spatial size {[x.shape for x in xs]}")
+    if tins is not None and tout is not None:
+        for t in tins:
+            if (t.scale, t.zero_point) != (tout.scale, tout.zero_point):
+                raise GoldenError(
+                    f"{layer.name}: input {t.name} is quantized ({t.scale}, {t.zero_point}), the output "
+                    f"({tout.scale}, {tout.zero_point}): a Concat moves no data, it cannot requantize"
+                )
+    return np.concatenate(xs, axis=2)
+
+
+_CPU_SESSIONS: dict = {}
+
+
+def cpu_op(layer, xs) -> list[np.ndarray]:
+    """Runs an ir.CpuOp: its ONNX model on onnxruntime (CPU, graph
+    optimizations off, i.e. the QDQ graph's own semantics), inputs given and
+    outputs returned as HWC arrays (int8, or float32 for a float output)."""
+    import onnxruntime as ort
+
+    key = (layer.name, hash(layer.model))
+    sess = _CPU_SESSIONS.get(key)
+    if sess is None:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(layer.model, opts, providers=["CPUExecutionProvider"])
+        if len(_CPU_SESSIONS) > 64:
+            _CPU_SESSIONS.clear()
+        _CPU_SESSIONS[key] = sess
+    feeds = {}
+    for info, x in zip(sess.get_inputs(), xs):
+        x = np.asarray(x)
+        if x.ndim != 3:
+            raise GoldenError(f"{layer.name}: input {info.name} must be HWC, got {x.shape}")
+        nchw = np.ascontiguousarray(x.transpose(2, 0, 1))[None]
+        feeds[info.name] = nchw.reshape([int(d) for d in info.shape])  # [1, K] flattens NCHW order
+    outs = []
+    for arr in sess.run(None, feeds):
+        arr = np.asarray(arr)
+        if arr.ndim == 4 and arr.shape[0] == 1:
+            outs.append(np.ascontiguousarray(arr[0].transpose(1, 2, 0)))
+        elif arr.ndim == 2 and arr.shape[0] == 1:
+            outs.append(arr.reshape(1, 1, -1))
+        else:
+            raise GoldenError(f"{layer.name}: output of shape {arr.shape} has no HWC form")
+    return outs
+
+
 # ---------------------------------------------------------------- graphs
 
 def run_graph(graph, x_q) -> dict[str, np.ndarray]:
@@ -232,6 +286,17 @@ def run_graph(graph, x_q) -> dict[str, np.ndarray]:
         elif layer.kind == "add":
             a, b = layer.inputs
             out = add(values[a], values[b], layer, zp(a), zp(b), zp(layer.output))
+        elif layer.kind == "concat":
+            out = concat([values[i] for i in layer.inputs], layer, [graph.tensors[i] for i in layer.inputs],
+                         graph.tensors[layer.output])
+        elif layer.kind == "cpu":
+            outs = cpu_op(layer, [values[i] for i in layer.inputs])
+            for name, arr in zip(layer.outputs, outs):
+                want = tuple(graph.tensors[name].shape)
+                if arr.shape != want:
+                    raise GoldenError(f"CPU op {layer.name} produces {name} of {arr.shape}, the graph says {want}")
+                values[name] = arr
+            continue
         else:
             raise GoldenError(f"layer {layer.name}: unknown kind {layer.kind!r}")
         want = tuple(graph.tensors[layer.output].shape)

@@ -23,6 +23,11 @@ class Tensor:
     # differs from plain [1, C, H, W], e.g. a flattened graph output; the
     # front end sets it on graph inputs/outputs so results keep ONNX's shape.
     onnx_shape: tuple[int, ...] | None = None
+    # "int8" for every accelerator tensor. "float32" only for a graph output
+    # that a CpuOp computes in float (e.g. a final op onnxruntime left
+    # unquantized): it holds float32 values in HWC, scale 1.0 / zero point 0
+    # are meaningless, and the host returns it as it is.
+    dtype: str = "int8"
 
 
 @dataclass
@@ -88,7 +93,10 @@ class Concat:
     """Channel concatenation (the HWC last axis). No data moves: the compiler
     places every input as a channel slice of the output. Inputs must carry
     the output's scale and zero point (the front end inserts requantizing
-    copies where they differ)."""
+    copies where they differ). The front end also guarantees: no tensor is
+    an input of two Concats or twice of one, and the graph input never is
+    (copies again); an input may be another Concat's output (nested slices,
+    DenseNet), a CpuOp's output, or read by other layers too."""
 
     name: str
     inputs: tuple[str, ...]
@@ -103,7 +111,10 @@ class CpuOp:
     onnxruntime (CPU fallback). ``model`` is a serialized ONNX model whose
     inputs and outputs are the int8 tensors named in ``inputs``/``outputs``
     in ONNX layout (NCHW, or [1, K] where ir.Tensor.onnx_shape says so);
-    it dequantizes at its inputs and quantizes at its outputs itself."""
+    it dequantizes at its inputs and quantizes at its outputs itself. The
+    one exception: a graph output the CPU computes in float (ir.Tensor.dtype
+    "float32") is a float32 output of the model. Run it with onnxruntime's
+    graph optimizations off (the QDQ semantics; see golden.cpu_op)."""
 
     name: str
     inputs: tuple[str, ...]
@@ -122,6 +133,9 @@ class Graph:
     inputs: list[str]
     outputs: list[str]
     name: str = "model"
+    # (node name, op_type) of every node of the source QDQ model, in model
+    # order; frontend.placement_report reads it with the layers' onnx_nodes.
+    onnx_nodes: list = field(default_factory=list)
 
     def layer_inputs(self, layer) -> list[str]:
         return list(layer.inputs) if hasattr(layer, "inputs") else [layer.input]
