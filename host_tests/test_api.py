@@ -196,11 +196,28 @@ def test_unsupported_operator_names_op_and_node(tmp_path, op_type, attrs):
     onnx.save(_with_unsupported(op_type, **attrs), str(path))
     accel = accelerator("pynq_z2")
     with pytest.raises(UnsupportedOperatorError, match=rf"{op_type} \(node 'the_{op_type.lower()}'\)") as e:
-        accel.deploy(str(path), calibration=models.calibration_inputs(2))
+        accel.deploy(str(path), calibration=models.calibration_inputs(2), fallback=False)
     assert (e.value.op_type, e.value.node_name) == (op_type, f"the_{op_type.lower()}")
     assert isinstance(e.value, FrontendError)
     assert not accel.tenants
     assert_runs_correctly(accel.deploy(tiny_graph(0)), 1)
+
+
+@pytest.mark.parametrize("op_type, attrs", [("Softmax", {"axis": 1}), ("LRN", {"size": 3})])
+def test_unsupported_operator_runs_on_the_cpu_by_default(tmp_path, op_type, attrs):
+    path = tmp_path / f"{op_type}.onnx"
+    onnx.save(_with_unsupported(op_type, **attrs), str(path))
+    accel = accelerator("pynq_z2")
+    tenant = accel.deploy(str(path), calibration=models.calibration_inputs(4))
+    graph = tenant.graph
+    assert [layer.kind for layer in graph.layers].count("cpu") == 1
+    assert [p.kind for p in tenant.compiled.parts] == ["accel", "cpu", "accel"]
+    cpu = next(layer for layer in graph.layers if layer.kind == "cpu")
+    assert f"the_{op_type.lower()}" in cpu.onnx_nodes
+    for x in models.calibration_inputs(2, seed=9):
+        x_q = frontend.quantize_input(x, graph.tensors[graph.inputs[0]])
+        (got,), _ = tenant.run_quantized(x_q)
+        assert np.array_equal(got, golden.run_graph(graph, x_q)[graph.outputs[0]])
 
 
 # ---------------------------------------------------------------- deployment limits

@@ -307,3 +307,39 @@ def test_shipped_constant_weights_fold_in_the_front_end():
     qdq = frontend.quantize(model, zoo.random_inputs(model, 1))
     graph = frontend.to_graph(qdq, fallback=True)
     assert Counter(layer.kind for layer in graph.layers) == Counter(EXPECTED["squeezenet"])
+
+
+# ---------------------------------------------------------------- on the emulated accelerator
+
+
+def _emulate(name, n_inputs, board="u200"):
+    """Compile, deploy on one emulated core and run: every output must equal
+    the golden model bit for bit (per-layer agreement with onnxruntime is
+    the golden model's, checked above)."""
+    from vfpga.runtime import api, compiler
+
+    model, _, graph, _ = build(name)
+    compiled = compiler.compile_graph(graph, board)
+    ov = api.open(board)
+    try:
+        tenant = ov.deploy(compiled, name=name)
+        for x in zoo.random_inputs(model, n_inputs, seed=21):
+            x_q = frontend.quantize_input(x, graph.tensors[graph.inputs[0]])
+            outs, info = tenant.run_quantized(x_q)
+            want = golden.run_graph(graph, x_q)
+            for o, n in zip(outs, graph.outputs):
+                assert np.array_equal(o, want[n]), f"{name}: output {n} differs from the golden model"
+            assert info.modeled_cycles > 0
+    finally:
+        ov.close()
+
+
+@pytest.mark.parametrize("name", ["squeezenet", "inception_v1", "resnet50"])
+def test_network_runs_bit_exact_on_the_emulator(name):
+    _emulate(name, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet50", "vgg19", "squeezenet", "inception_v1"])
+def test_network_runs_bit_exact_on_the_emulator_8_inputs(name):
+    _emulate(name, 8)

@@ -85,7 +85,7 @@ class Accelerator:
         return "emulated" if self.emulated else "board"
 
     def compile(self, model, calibration=None, input_shape=None, *, cache=None, progress=None,
-                fallback: bool = False) -> compiler.CompiledModel:
+                fallback: bool = True) -> compiler.CompiledModel:
         """Static stage: ONNX model (path, bytes or proto, float or QDQ), layer graph or IFP file
         -> program. ONNX models go through the compile cache (cache=False skips it); see
         :func:`compile_model`."""
@@ -97,12 +97,15 @@ class Accelerator:
                              fallback=fallback)
 
     def deploy(self, model, cores: int = 1, name: str | None = None, calibration=None,
-               input_shape=None) -> Tenant:
+               input_shape=None, fallback: bool = True) -> Tenant:
+        """Compiles ``model`` (or takes it compiled) and gives it a core and a
+        segment. Ops the accelerator lacks run on the host through
+        onnxruntime unless ``fallback=False``, which rejects them instead."""
         if cores != 1:
             raise DeployError(
                 f"asked for {cores} cores: multi-core tenants need the level-1 dispatcher, which is not "
                 "built yet; deploy with cores=1")
-        compiled = self.compile(model, calibration, input_shape)
+        compiled = self.compile(model, calibration, input_shape, fallback=fallback)
         with self._lock:
             name = name or f"tenant{len(self.tenants)}"
             if name in self.tenants:
@@ -137,7 +140,7 @@ class Accelerator:
 
 
 def compile_model(model, board="u200", calibration=None, input_shape=None, *, cache=None, progress=None,
-                  fallback: bool = False) -> compiler.CompiledModel:
+                  fallback: bool = True) -> compiler.CompiledModel:
     """Static stage without an accelerator: ONNX model (path, bytes or proto), ir.Graph or IFP
     file -> CompiledModel for ``board`` (name or config). cache: None (the default cache,
     VFPGA_CACHE=0 turns it off), False, a directory or a cache.CompileCache. progress: None
@@ -170,6 +173,7 @@ class Tenant:
         self.modeled_cycles = sum(s.total_cycles for s in self.schedules)
         self._cpu = {p.layer: OrtReference.for_model(compiled.graph.layers[p.layer].model)
                      for p in compiled.parts if p.kind == "cpu"}
+        self._host: dict[str, np.ndarray] = {}  # float CPU results of the current request
         self.requests = 0
 
     @property
@@ -195,10 +199,20 @@ class Tenant:
         return raw.view(np.int8).reshape(h, w, p.pixel_stride)[:, :, :c].copy()
 
     def _write(self, p: compiler.Placement, value: np.ndarray) -> None:
-        if p.pixel_stride != p.shape[2]:
-            raise DeployError(f"tensor {p.name} is a slice of a wider tensor; the host writes dense tensors")
-        self.segment.write(p.addr, value)
-        self.segment.sync_to_device(p.addr, value.nbytes)
+        """Writes a tensor's int8 HWC value into device memory (as a channel
+        slice of a wider tensor where it is one)."""
+        h, w, c = p.shape
+        if p.pixel_stride == c:
+            self.segment.write(p.addr, value)
+            self.segment.sync_to_device(p.addr, value.nbytes)
+            return
+        span = (h * w - 1) * p.pixel_stride + c
+        self.segment.sync_from_device(p.addr, span)
+        raw = np.zeros(h * w * p.pixel_stride, np.uint8)
+        raw[:span] = self.segment.read(p.addr, span)
+        raw.view(np.int8).reshape(h, w, p.pixel_stride)[:, :, :c] = value
+        self.segment.write(p.addr, raw[:span])
+        self.segment.sync_to_device(p.addr, span)
 
     def _run_cpu(self, index: int) -> None:
         layer = self.graph.layers[index]
@@ -215,7 +229,10 @@ class Tenant:
         values = session.run(list(layer.outputs), feeds)
         for n, v in zip(layer.outputs, values):
             p = self.compiled.tensors[n]
-            self._write(p, from_onnx_layout(v, p.shape).astype(np.int8))
+            if tensors[n].dtype != "int8":  # a float graph output: it never goes back to the device
+                self._host[n] = from_onnx_layout(v, p.shape).astype(np.float32)
+            else:
+                self._write(p, from_onnx_layout(v, p.shape).astype(np.int8))
 
     def run_quantized(self, x_q: np.ndarray) -> tuple[list[np.ndarray], RunInfo]:
         """int8 HWC input -> int8 HWC outputs, as the accelerator computes them."""
@@ -239,7 +256,7 @@ class Tenant:
                 if not result.ok:
                     raise TenantFault(self.name, result)
             elapsed = time.perf_counter() - t0
-            outs = [self._read(p) for p in self.compiled.outputs]
+            outs = [self._host.pop(p.name) if p.name in self._host else self._read(p) for p in self.compiled.outputs]
             self.requests += 1
         cycles = self.modeled_cycles
         return outs, RunInfo(result, elapsed, cycles, cycle_model.seconds(cycles, self.accel.config))

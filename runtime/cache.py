@@ -283,7 +283,7 @@ def _input_shape(proto) -> list[int]:
 
 
 def compile_with_cache(model, board="u200", calibration=None, input_shape=None, *, cache=None,
-                       progress=None, fallback: bool = False) -> CompileResult:
+                       progress=None, fallback: bool = True) -> CompileResult:
     """Static stage through the compile cache.
 
     model: an ONNX model (path, bytes or ModelProto; float or QDQ), an

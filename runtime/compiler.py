@@ -218,7 +218,10 @@ def place_activations(graph: ir.Graph, alias: dict | None = None) -> tuple[dict[
     alias = alias or {}
     life = _lifetimes(graph)
     span = {}  # root tensor -> lifetime covering all its aliases
+    host_only = {n for n in life if graph.tensors[n].dtype != "int8"}  # float CPU results stay on the host
     for name, (first, last) in life.items():
+        if name in host_only:
+            continue
         root, _ = _root(name, alias)
         f0, l0 = span.get(root, (first, last))
         span[root] = (min(f0, first), max(l0, last))
@@ -240,8 +243,11 @@ def place_activations(graph: ir.Graph, alias: dict | None = None) -> tuple[dict[
         base[root] = addr
     out = {}
     for name in life:
-        root, c0 = _root(name, alias)
         t = graph.tensors[name]
+        if name in host_only:
+            out[name] = Placement(name, -1, t.shape, t.shape[2], t.scale, t.zero_point)
+            continue
+        root, c0 = _root(name, alias)
         out[name] = Placement(name, base[root] + c0, t.shape, graph.tensors[root].shape[2], t.scale,
                               t.zero_point)
     return out, arena
