@@ -129,3 +129,18 @@ def test_bad_core_counts():
         dynamic.plan(compiler.compile_graph(ir.Graph(
             {"x": ir.Tensor("x", (4, 4, 8), 0.1, 0), "y": ir.Tensor("y", (4, 4, 8), 0.1, 0)},
             [ir.Pool("p", "x", "y", "max", (1, 1))], ["x"], ["y"]), "u200"), 0)
+
+
+def test_a_segment_larger_than_a_bank_is_refused():
+    from vfpga import overlay
+
+    cfg = overlay.load("pynq_z2")
+    cfg["ddr"]["bank_bytes"] = 1 << 16
+    rng = np.random.default_rng(0)
+    w = rng.integers(-5, 5, (64, 64, 3, 3), dtype=np.int8)
+    mult, shift = quant.quantize_multipliers(np.full(64, 0.01))
+    t = {"x": ir.Tensor("x", (64, 64, 64), 0.05, 0), "y": ir.Tensor("y", (64, 64, 64), 0.05, 0)}
+    g = ir.Graph(t, [ir.Conv("c", "x", "y", w, np.zeros(64, np.int32), mult, shift, pads=(1, 1, 1, 1))],
+                 ["x"], ["y"])
+    with pytest.raises(compiler.CompileError, match="more than a pynq_z2 DDR bank"):
+        compiler.compile_graph(g, cfg)

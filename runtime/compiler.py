@@ -376,6 +376,9 @@ def compile_graph(graph: ir.Graph, board: str | dict = "u200", progress=None) ->
     size = _align(program_offset + len(code), 4096)
     if size >= 1 << 32:
         raise CompileError(f"the segment would be {size} bytes; segment offsets are 32-bit")
+    if size > cfg["ddr"]["bank_bytes"]:
+        raise CompileError(f"the segment would be {size} bytes, more than a {cfg['name']} DDR bank "
+                           f"({cfg['ddr']['bank_bytes']} bytes)")
     parts_out = [Part(k, program_offset + first * isa.INSN_BYTES, n, li) if k == "accel" else Part(k, layer=li)
                  for k, first, n, li in parts]
     frames = np.zeros(len(frame_rows), FRAME_DTYPE)
