@@ -277,7 +277,9 @@ static inline int8_t vf_requant(int32_t acc, int32_t mult, int32_t shift, int8_t
 /* LOAD unit                                                                   */
 /* ========================================================================== */
 
-static vf_exec_t vf_load_tile(const int8_t *seg, uint64_t seg_limit, const vf_insn_mem_t &m, int8_t *ibuf)
+/* Field checks every tensor-view instruction (LOAD_TILE, SAVE) shares;
+ * ok.fault == VF_FAULT_NONE when the view is well formed. */
+static vf_exec_t vf_view_fields(const vf_insn_mem_t &m)
 {
     if (m.channels == 0)
         return VF_FIELD(vf_insn_mem_t, channels);
@@ -291,6 +293,14 @@ static vf_exec_t vf_load_tile(const int8_t *seg, uint64_t seg_limit, const vf_in
         return VF_FIELD(vf_insn_mem_t, tile_h);
     if (m.tile_w == 0)
         return VF_FIELD(vf_insn_mem_t, tile_w);
+    return vf_fail(VF_FAULT_NONE, 0);
+}
+
+static vf_exec_t vf_load_tile(const int8_t *seg, uint64_t seg_limit, const vf_insn_mem_t &m, int8_t *ibuf)
+{
+    const vf_exec_t view = vf_view_fields(m);
+    if (view.fault != VF_FAULT_NONE)
+        return view;
 
     const uint64_t ch = m.channels, ps = m.pixel_stride, th = m.tile_h, tw = m.tile_w;
     const uint64_t row_bytes = tw * ch; /* < 2^32 */
@@ -1023,18 +1033,9 @@ static vf_exec_t vf_save_unit(int8_t *seg, uint64_t seg_limit, const vf_insn_t &
         return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
     vf_insn_mem_t m;
     memcpy(&m, insn.raw, sizeof m);
-    if (m.channels == 0)
-        return VF_FIELD(vf_insn_mem_t, channels);
-    if (m.pixel_stride < m.channels)
-        return VF_FIELD(vf_insn_mem_t, pixel_stride);
-    if (m.height == 0)
-        return VF_FIELD(vf_insn_mem_t, height);
-    if (m.width == 0)
-        return VF_FIELD(vf_insn_mem_t, width);
-    if (m.tile_h == 0)
-        return VF_FIELD(vf_insn_mem_t, tile_h);
-    if (m.tile_w == 0)
-        return VF_FIELD(vf_insn_mem_t, tile_w);
+    const vf_exec_t view = vf_view_fields(m);
+    if (view.fault != VF_FAULT_NONE)
+        return view;
     if (m.y0 < 0)
         return VF_FIELD(vf_insn_mem_t, y0);
     if (m.x0 < 0)

@@ -902,14 +902,14 @@ def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _resolve_pads(node, attrs, in_hw, kernel, strides, name) -> tuple[int, int, int, int]:
-    """Explicit (top, left, bottom, right) from pads or auto_pad."""
+def resolve_pads(op_type, name, attrs, in_hw, kernel, strides) -> tuple[int, int, int, int]:
+    """Explicit (top, left, bottom, right) from pads or auto_pad (2-D)."""
     auto = attrs.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto in ("NOTSET", ""):
-        p = list(attrs.get("pads", [0, 0, 0, 0]))
+        p = [int(v) for v in attrs.get("pads", [0, 0, 0, 0])]
         if len(p) != 4:
-            raise UnsupportedOperatorError(node.op_type, name, f"pads {p} (only 2-D is supported)")
+            raise UnsupportedOperatorError(op_type, name, f"pads {p} (only 2-D is supported)")
         return (p[0], p[1], p[2], p[3])  # ONNX order [y_begin, x_begin, y_end, x_end]
     if auto == "VALID":
         return (0, 0, 0, 0)
@@ -922,7 +922,7 @@ def _resolve_pads(node, attrs, in_hw, kernel, strides, name) -> tuple[int, int, 
             begin.append(b)
             end.append(e)
         return (begin[0], begin[1], end[0], end[1])
-    raise UnsupportedOperatorError(node.op_type, name, f"auto_pad {auto}")
+    raise UnsupportedOperatorError(op_type, name, f"auto_pad {auto}")
 
 
 def _per_channel(scale, n: int, axis: int, ndim: int, want_axis: int, what: str, op, name) -> np.ndarray:
@@ -1604,7 +1604,7 @@ class _Reader:
             )
         strides = tuple(a.get("strides", [1, 1]))
         h, wd, _ = t.shape
-        pads = _resolve_pads(node, a, (h, wd), (kh, kw), strides, nname)
+        pads = resolve_pads(node.op_type, nname, a, (h, wd), (kh, kw), strides)
         oh = (h + pads[0] + pads[2] - kh) // strides[0] + 1
         ow = (wd + pads[1] + pads[3] - kw) // strides[1] + 1
         if oh < 1 or ow < 1:
@@ -1735,7 +1735,7 @@ class _Reader:
             if list(a.get("dilations", [1, 1])) != [1, 1]:
                 self.unsupported(node, nname, f"dilations {list(a['dilations'])} (only 1 is supported)")
             strides = tuple(a.get("strides", [1, 1]))
-            pads = _resolve_pads(node, a, (h, wd), kernel, strides, nname)
+            pads = resolve_pads(node.op_type, nname, a, (h, wd), kernel, strides)
             if a.get("ceil_mode", 0):
                 if mode == "avg" and count_pad and not any(pads):
                     # Windows are clipped to the padded extent before counting, so without

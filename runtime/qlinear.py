@@ -64,7 +64,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import ir, quant
-from .frontend import FrontendError, UnsupportedOperatorError
+from .frontend import FrontendError, UnsupportedOperatorError, resolve_pads
 
 # Ops this reader maps onto the core (domain "" unless listed in MS_OPS).
 INTEGER_OPS = frozenset(
@@ -243,29 +243,6 @@ class _Val:
 
 def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def resolve_pads(op, nname, attrs, in_hw, kernel, strides) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) from ONNX pads / auto_pad (2-D)."""
-    auto = attrs.get("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("NOTSET", ""):
-        p = [int(v) for v in attrs.get("pads", [0, 0, 0, 0])]
-        if len(p) != 4:
-            raise UnsupportedOperatorError(op, nname, f"pads {p} (only 2-D)")
-        return (p[0], p[1], p[2], p[3])
-    if auto == "VALID":
-        return (0, 0, 0, 0)
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        begin, end = [], []
-        for size, k, s in zip(in_hw, kernel, strides):
-            total = max((-(-size // s) - 1) * s + k - size, 0)
-            small, big = total // 2, total - total // 2
-            b, e = (small, big) if auto == "SAME_UPPER" else (big, small)
-            begin.append(b)
-            end.append(e)
-        return (begin[0], begin[1], end[0], end[1])
-    raise UnsupportedOperatorError(op, nname, f"auto_pad {auto}")
 
 
 def pool_geometry(op, nname, attrs, in_hw, avg_count_pad=False):
