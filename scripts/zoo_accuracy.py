@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         compared, skipped, lw, frac = layer_stats
         n_cpu = sum(layer.kind == "cpu" for layer in graph.layers)
         print(f"| {name} | {len(graph.layers)} ({n_cpu}) | {lw} ({compared} layers, {skipped} copies skipped) | "
-              f"{frac:.4%} | {exact}/{a.inputs} | {worst} | {cos_min:.5f} | {top1}/{a.inputs} | "
+              f"{frac:.4%} | {exact}/{a.inputs} | {worst} | {cos_min:.6f} | {top1}/{a.inputs} | "
               f"{time.perf_counter() - t0:.0f} |")
         if lw > 1 or exact != a.inputs:
             status = 1
