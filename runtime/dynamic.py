@@ -32,11 +32,6 @@ class _Variant:
     uniform: bool
     total: int  # sum of cycles
 
-    def bound(self, k: int) -> int:
-        """No assignment to k slots beats this (the longest frame, or the
-        total spread evenly)."""
-        return max(int(self.cycles[0]), -(-self.total // k))
-
 
 class DispatchTable:
     """What the dynamic stage needs of a compiled model, extracted once:
@@ -116,8 +111,9 @@ def plan(compiled: CompiledModel | DispatchTable, k: int, variant: int | None = 
 
     Per layer the variant with the smallest makespan estimate is taken:
     exact for variants whose frames are all equal (ceil(n/k) frames on the
-    busiest slot), the lower bound max(longest frame, total/k) otherwise
-    (LPT lands within a few percent of it when frames are this alike).
+    busiest slot), the lower bound max(longest frame, total/k) otherwise;
+    the chosen variant's frames are then placed by LPT, whose makespan is
+    what ``modeled_cycles`` adds up.
     ``variant`` forces that variant (or a layer's last) everywhere, to
     compare or test variants."""
     table = compiled if isinstance(compiled, DispatchTable) else DispatchTable(compiled)
