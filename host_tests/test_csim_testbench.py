@@ -21,16 +21,16 @@ def _make(target, board, build_dir):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def _summaries(output):
-    return [line for line in output.splitlines() if line.startswith("tb_cnn_core:") and "passed" in line]
+def _summaries(output, bench="tb_cnn_core"):
+    return [line for line in output.splitlines() if line.startswith(f"{bench}:") and "passed" in line]
 
 
 @pytest.mark.parametrize("board", ["u200", "pynq_z2"])
 def test_csim_testbench_passes(board, tmp_path):
     rc, out = _make("csim", board, tmp_path)
     assert rc == 0, out[-4000:]
-    lines = _summaries(out)
-    assert len(lines) == 2, out[-4000:]  # vectorised and literal-HLS builds both ran
+    lines = _summaries(out) + _summaries(out, "tb_dispatcher")
+    assert len(lines) == 4, out[-4000:]  # both testbenches, vectorised and literal-HLS builds
     for line in lines:
         assert line.rstrip().endswith(", 0 failed"), line
         assert int(line.split(":")[1].split()[0]) > 0, line
@@ -41,6 +41,6 @@ def test_csim_testbench_passes(board, tmp_path):
 def test_csim_testbench_under_asan_ubsan(tmp_path):
     rc, out = _make("csim-sanitize", "u200", tmp_path)
     assert rc == 0, out[-4000:]
-    lines = _summaries(out)
-    assert len(lines) == 2 and all(line.rstrip().endswith(", 0 failed") for line in lines), out[-4000:]
+    lines = _summaries(out) + _summaries(out, "tb_dispatcher")
+    assert len(lines) == 4 and all(line.rstrip().endswith(", 0 failed") for line in lines), out[-4000:]
     assert "runtime error" not in out and "AddressSanitizer" not in out

@@ -47,6 +47,12 @@ _REQUIRED = {
     "cnn_core": ("count", "icp", "ocp", "ibuf_bytes", "wbuf_bytes", "acc_words", "obuf_bytes",
                  "param_entries", "banks", "vlnv", "base_address", "address_stride",
                  "address_range", "registers"),
+    "dispatcher": ("tenants", "ring_max_entries", "walk_budget", "issue_cycles", "barrier_cycles",
+                   "completion_cycles", "scrub_bytes_per_cycle", "vlnv", "base_address", "address_range",
+                   "registers", "file_registers", "tenant_base", "tenant_stride", "tenant_registers"),
+    "rnn_core": ("count", "rows", "cols", "lanes", "wbuf_bytes", "vbuf_bytes", "acc_words", "param_entries",
+                 "state_words", "act_words", "act_segments", "act_step_log2", "banks", "vlnv", "base_address",
+                 "address_stride", "address_range", "registers"),
 }
 
 
@@ -73,7 +79,41 @@ def load(board: str) -> dict:
         raise BoardConfigError(f"board config {path}: cnn_core.banks must name a bank per core")
     if any(not 0 <= b < cfg["ddr"]["banks"] for b in core["banks"]):
         raise BoardConfigError(f"board config {path}: cnn_core.banks names a bank that does not exist")
+    # The level-1 dispatcher: a core mask is one 32-bit register, the interrupt
+    # status keeps a completion bit and a fault bit per tenant in one word.
+    disp = cfg["dispatcher"]
+    if not 1 <= core["count"] <= 32:
+        raise BoardConfigError(f"board config {path}: the dispatcher drives 1..32 CNN cores, not {core['count']}")
+    if not 8 <= disp["tenants"] <= 16:
+        raise BoardConfigError(f"board config {path}: dispatcher.tenants must be 8..16, not {disp['tenants']}")
+    ring = disp["ring_max_entries"]
+    if ring < 1 or ring & (ring - 1) or ring > 1 << 20:
+        raise BoardConfigError(f"board config {path}: dispatcher.ring_max_entries must be a power of two <= 2^20")
+    if disp["walk_budget"] < 1:
+        raise BoardConfigError(f"board config {path}: dispatcher.walk_budget must be >= 1")
+    _check_rnn_core(cfg, path)
     return cfg
+
+
+def _check_rnn_core(cfg: dict, path: str) -> None:
+    """The RNN core pool: a bank per core, an activation table that fits ACT
+    (hls/include/vfpga_isa.h, RNN section), sizes the C++ static_asserts take."""
+    rnn = cfg["rnn_core"]
+    if not 1 <= rnn["count"] <= 32:
+        raise BoardConfigError(f"board config {path}: rnn_core.count must be 1..32, not {rnn['count']}")
+    if len(rnn["banks"]) != rnn["count"]:
+        raise BoardConfigError(f"board config {path}: rnn_core.banks must name a bank per core")
+    if any(not 0 <= b < cfg["ddr"]["banks"] for b in rnn["banks"]):
+        raise BoardConfigError(f"board config {path}: rnn_core.banks names a bank that does not exist")
+    for key in ("rows", "cols", "lanes"):
+        if not 1 <= rnn[key] <= 256:
+            raise BoardConfigError(f"board config {path}: rnn_core.{key} must be 1..256, not {rnn[key]}")
+    if not 1 <= rnn["act_step_log2"] <= 20 or not 2 <= rnn["act_segments"] <= 1 << 16:
+        raise BoardConfigError(f"board config {path}: rnn_core activation table: act_step_log2 must be 1..20 "
+                               f"and act_segments 2..65536")
+    if not rnn["act_segments"] + 1 <= rnn["act_words"] <= 1 << 16:
+        raise BoardConfigError(f"board config {path}: rnn_core.act_words must hold one table "
+                               f"(act_segments + 1 = {rnn['act_segments'] + 1} words) and be <= 65536")
 
 
 def c_macros(cfg: dict) -> dict[str, int]:
@@ -89,6 +129,52 @@ def c_macros(cfg: dict) -> dict[str, int]:
         "VF_OBUF_BYTES": core["obuf_bytes"],
         "VF_PARAM_ENTRIES": core["param_entries"],
         **{f"VF_REG_{name.upper()}": off for name, off in core["registers"].items()},
+        **_dispatcher_macros(cfg),
+        **_rnn_macros(cfg),
+    }
+
+
+def _rnn_macros(cfg: dict) -> dict[str, int]:
+    """The RNN core pool's numbers (VF_RNN_*) and its register map (VF_RREG_*,
+    byte offsets of the s_axilite registers of hls/rnn_core_top.cpp)."""
+    rnn = cfg["rnn_core"]
+    return {
+        "VF_RNN_CORES": rnn["count"],
+        "VF_RNN_ROWS": rnn["rows"],
+        "VF_RNN_COLS": rnn["cols"],
+        "VF_RNN_LANES": rnn["lanes"],
+        "VF_RNN_WBUF_BYTES": rnn["wbuf_bytes"],
+        "VF_RNN_VBUF_BYTES": rnn["vbuf_bytes"],
+        "VF_RNN_ACC_WORDS": rnn["acc_words"],
+        "VF_RNN_PARAM_ENTRIES": rnn["param_entries"],
+        "VF_RNN_STATE_WORDS": rnn["state_words"],
+        "VF_RNN_ACT_WORDS": rnn["act_words"],
+        "VF_RNN_ACT_SEGMENTS": rnn["act_segments"],
+        "VF_RNN_ACT_STEP_LOG2": rnn["act_step_log2"],
+        **{f"VF_RREG_{name.upper()}": off for name, off in rnn["registers"].items()},
+    }
+
+
+def _dispatcher_macros(cfg: dict) -> dict[str, int]:
+    """The level-1 dispatcher's numbers: pool size, tenant contexts, ring and
+    walk limits, modeled latencies, and its register map (VF_DREG_* top-level
+    s_axilite registers, VF_DREG_G_* global and VF_DREG_T_* per-tenant
+    registers of the register file; byte offsets)."""
+    disp = cfg["dispatcher"]
+    return {
+        "VF_CNN_CORES": cfg["cnn_core"]["count"],
+        "VF_DISP_TENANTS": disp["tenants"],
+        "VF_DISP_RING_MAX": disp["ring_max_entries"],
+        "VF_DISP_WALK_BUDGET": disp["walk_budget"],
+        "VF_DISP_ISSUE_CYCLES": disp["issue_cycles"],
+        "VF_DISP_BARRIER_CYCLES": disp["barrier_cycles"],
+        "VF_DISP_COMPLETION_CYCLES": disp["completion_cycles"],
+        "VF_DISP_SCRUB_BYTES_PER_CYCLE": disp["scrub_bytes_per_cycle"],
+        **{f"VF_DREG_{name.upper()}": off for name, off in disp["registers"].items()},
+        "VF_DREG_TENANT_BASE": disp["tenant_base"],
+        "VF_DREG_TENANT_STRIDE": disp["tenant_stride"],
+        **{f"VF_DREG_G_{name.upper()}": off for name, off in disp["file_registers"].items()},
+        **{f"VF_DREG_T_{name.upper()}": off for name, off in disp["tenant_registers"].items()},
     }
 
 

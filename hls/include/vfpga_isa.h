@@ -263,4 +263,222 @@ typedef struct {
     uint8_t op;             /* VF_DISPATCH_* */
 } vf_dispatch_t;
 
+/* ========================================================================
+ * RNN cores (LSTM / GRU)
+ * ========================================================================
+ * Everything from here to the end of the RNN section belongs to the RNN
+ * cores; the CNN definitions above are unchanged. An RNN core runs the same
+ * program structure as a CNN core -- FRAME / BARRIER / END markers and NOP
+ * (VF_OP_*), the 8-byte head, the dependency tokens (VF_DEP_*), the fault
+ * codes (VF_FAULT_*) and the arithmetic helpers rshift_round / clamp defined
+ * at the top of this file -- with its own four opcodes. The RNN opcodes lie
+ * outside [0, VF_OP_COUNT), so a CNN core rejects them with VF_FAULT_OPCODE;
+ * an RNN core rejects the CNN opcodes 1..6 the same way.
+ *
+ * Units and tokens: RNN_LOAD runs on the load unit (deps: only *_NEXT),
+ * RNN_MATVEC and RNN_GATES on the compute unit (all four), RNN_SAVE on the
+ * save unit (only *_PREV); the token rules are those of the CNN core.
+ *
+ * On-chip buffers (sizes from the board config, "rnn_core" section):
+ *   WBUF  int8 weights, byte addressed            (VF_RNN_BUF_WGT)
+ *   VBUF  int8 vectors: x_t, h_{t-1}, r*h, h_t     (VF_RNN_BUF_VEC)
+ *   ACC   int32 matrix-vector accumulators, words  (VF_RNN_BUF_ACC)
+ *   PARAM int32 words; entry e = words 3e..3e+2 = {bias, mult, shift}
+ *         (the VF_PARAM_ENTRY_WORDS layout)        (VF_RNN_BUF_PARAM)
+ *   STATE int32 words: cell state c and hidden state h in Q.15
+ *                                                  (VF_RNN_BUF_STATE)
+ *   ACT   int32 words: activation tables           (VF_RNN_BUF_ACT)
+ * int32 buffers are filled from DDR as little-endian words.
+ *
+ * Fixed-point formats (Q.F = F fractional bits, value = integer / 2^F):
+ *   pre-activation  Q8.15, VF_RNN_PRE_BITS = 24 bits: every pre-activation
+ *                   term and sum is clamped to [PRE_MIN, PRE_MAX] =
+ *                   [-2^23, 2^23 - 1] ([-256, 256)).
+ *   activation      Q.15 in [-ONE, ONE], ONE = 2^15 = VF_RNN_ONE (17 bits:
+ *                   +1.0 is representable).
+ *   cell state c    Q16.15 in int32 (saturating).
+ *   hidden h        Q16.15 in int32 (|h| <= 1.0 for LSTM; GRU keeps any
+ *                   initial state), plus its int8 requantization in VBUF.
+ * All arithmetic below is exact int64; no intermediate can overflow it.
+ *
+ * Activation tables. A table is SEG + 1 int32 words (SEG =
+ * VF_RNN_ACT_SEGMENTS, STEP = VF_RNN_ACT_STEP_LOG2, HALF = SEG << (STEP-1),
+ * all board-config macros) sampling a function on the knots
+ * x_k = (k * 2^STEP - HALF) / 2^15, k = 0..SEG, i.e. the domain
+ * [-HALF, HALF) / 2^15 in steps of 2^STEP / 2^15. For a pre-activation p:
+ *   u = p + HALF
+ *   act(T, p) = clamp(y, -ONE, ONE) with
+ *     y = T[0]                                    if u < 0
+ *     y = T[SEG]                                  if u >= SEG << STEP
+ *     y = T[k] + rshift_round((T[k+1] - T[k]) * (u & (2^STEP - 1)), STEP)
+ *                                                 otherwise, k = u >> STEP
+ * The tables are data (RNN_LOAD into ACT): the runtime fills them with
+ *   T[k] = floor(2^15 * f(x_k) + 1/2)   f = sigmoid or tanh
+ * (runtime/rnn_golden.py: act_table). With the board configs' SEG = 2048,
+ * STEP = 9 (domain [-16, 16), knots 1/64 apart) these tables give, for every
+ * pre-activation p in [PRE_MIN, PRE_MAX] and x = p / 2^15:
+ *   |act(SIG, p) / 2^15 - sigmoid(x)| <= 3.1e-5  (measured max 3.07e-5)
+ *   |act(TANH, p) / 2^15 - tanh(x)|   <= 4.8e-5  (measured max 4.72e-5)
+ * (checked exhaustively by the C-sim testbench and host_tests/test_rnn_core).
+ *
+ * Requantization of one accumulator with PARAM entry e (shift in [0, 62]):
+ *   pre(acc, e) = clamp(rshift_round(acc * e.mult, e.shift), PRE_MIN, PRE_MAX)
+ * and of a Q.15 value v to int8 with the GATES output fields:
+ *   q8(v) = clamp(out_zp + rshift_round(v * out_mult, out_shift), -128, 127)
+ *
+ * The compiler keeps the input part W x_t and the recurrent part R h_{t-1}
+ * of every gate in separate accumulators ("x part" and "h part"), each with
+ * its own per-row PARAM entry (per-row weight scale x vector scale -> Q.15,
+ * bias folded in), because x and h have different scales. Vector zero
+ * points never reach the core: the compiler folds -zp * sum(row) into that
+ * row's bias (mod 2^32), as for CNN convolutions.
+ *
+ * Work is split across RNN cores along the hidden dimension: a frame is one
+ * timestep of a slice [h0, h0 + n) of the hidden units. The slice is
+ * addressed entirely by buffer and segment offsets (the rows of the slice in
+ * WBUF/ACC/PARAM, its state words, the bytes of h_t it saves); the full
+ * h_{t-1} vector every slice needs is exchanged through DDR between the
+ * BARRIERs of consecutive timesteps.
+ */
+#define VF_RNN_OP_FIRST 16  /* lowest RNN opcode                              */
+#define VF_RNN_OP_LOAD 16   /* load unit:    DDR rows -> any on-chip buffer    */
+#define VF_RNN_OP_MATVEC 17 /* compute unit: WBUF x VBUF -> ACC                */
+#define VF_RNN_OP_GATES 18  /* compute unit: ACC -> gates -> STATE, VBUF       */
+#define VF_RNN_OP_SAVE 19   /* save unit:    VBUF / ACC / STATE rows -> DDR    */
+#define VF_RNN_OP_LIMIT 20  /* one past the highest RNN opcode                 */
+
+/* RNN_LOAD / RNN_SAVE buffers */
+#define VF_RNN_BUF_WGT 0
+#define VF_RNN_BUF_VEC 1
+#define VF_RNN_BUF_ACC 2
+#define VF_RNN_BUF_PARAM 3
+#define VF_RNN_BUF_STATE 4
+#define VF_RNN_BUF_ACT 5
+#define VF_RNN_BUF_COUNT 6
+
+/* RNN_MATVEC flags (head.flags) */
+#define VF_RNN_MV_INIT 1    /* start from PARAM bias, not from ACC             */
+
+/* RNN_GATES cell kinds */
+#define VF_RNN_CELL_LSTM 0    /* LSTM step                                      */
+#define VF_RNN_CELL_GRU 1     /* GRU step, linear_before_reset = 0 (2nd half)   */
+#define VF_RNN_CELL_GRU_LBR 2 /* GRU step, linear_before_reset = 1              */
+#define VF_RNN_CELL_GRU_RH 3  /* GRU, linear_before_reset = 0: r * h_{t-1}      */
+#define VF_RNN_CELL_COUNT 4
+
+/* gate order in ACC / PARAM (the ONNX order: LSTM iofc, GRU zrh) */
+#define VF_RNN_LSTM_GATES 4
+#define VF_RNN_GATE_I 0
+#define VF_RNN_GATE_O 1
+#define VF_RNN_GATE_F 2
+#define VF_RNN_GATE_C 3
+#define VF_RNN_GRU_GATES 3
+#define VF_RNN_GATE_Z 0
+#define VF_RNN_GATE_R 1
+#define VF_RNN_GATE_H 2
+
+/* fixed-point formats */
+#define VF_RNN_FRAC_BITS 15
+#define VF_RNN_ONE 32768
+#define VF_RNN_PRE_BITS 24
+#define VF_RNN_PRE_MAX 8388607 /* PRE_MIN = -(VF_RNN_PRE_MAX + 1)          */
+
+/* RNN_LOAD and RNN_SAVE: planes x rows x row_bytes bytes. For p < planes,
+ * r < rows, b < row_bytes, the DDR byte
+ *   dram_addr + p * plane_stride + r * row_stride + b
+ * corresponds to byte (p * rows + r) * row_bytes + b of a dense run in the
+ * buffer that starts at element buf_addr (bytes for WBUF/VBUF, int32 words
+ * for ACC/PARAM/STATE/ACT; int32 buffers need row_bytes % 4 == 0 and take
+ * little-endian words). LOAD: any buffer, any strides (0 repeats a row).
+ * SAVE: VBUF, ACC or STATE, rows that do not overlap in DDR
+ *   (rows == 1 or row_stride >= row_bytes, and planes == 1 or
+ *    plane_stride >= (rows - 1) * row_stride + row_bytes). */
+typedef struct {
+    vf_insn_head_t head;
+    uint32_t dram_addr;    /* segment offset of plane 0, row 0 */
+    uint32_t row_stride;   /* DDR bytes between rows */
+    uint32_t plane_stride; /* DDR bytes between planes */
+    uint32_t buf_addr;     /* element offset in the buffer */
+    uint32_t row_bytes;    /* bytes per row, >= 1 */
+    uint16_t rows;         /* >= 1 */
+    uint16_t planes;       /* >= 1 */
+    uint8_t buffer;        /* VF_RNN_BUF_* */
+    uint8_t reserved[3];
+} vf_insn_rnn_mem_t;
+
+/* RNN_MATVEC: int8 matrix x int8 vector, int32 accumulators. For r < rows:
+ *   acc = INIT ? PARAM[param_addr + r].bias : ACC[acc_addr + r]
+ *   acc += sum_{c < cols} WBUF[wgt_addr + r * wgt_stride + c] * VBUF[vec_addr + c]
+ *   ACC[acc_addr + r] = acc                    (int32, wraps on overflow)
+ * Requires rows, cols >= 1 and wgt_stride >= cols when rows > 1. A matrix
+ * wider than a tile is summed by several RNN_MATVECs without INIT. */
+typedef struct {
+    vf_insn_head_t head;
+    uint32_t wgt_addr;   /* WBUF byte offset of row 0 */
+    uint32_t wgt_stride; /* WBUF bytes between rows */
+    uint32_t vec_addr;   /* VBUF byte offset of element 0 */
+    uint32_t acc_addr;   /* ACC word offset of row 0 */
+    uint32_t param_addr; /* PARAM entry of row 0 (INIT only) */
+    uint32_t rows;
+    uint32_t cols;
+} vf_insn_rnn_matvec_t;
+
+/* RNN_GATES: the element-wise unit over a slice of n hidden units. For gate
+ * k and unit j < n, with gs = gate_stride (>= n):
+ *   ax_k = pre(ACC[acc_x + k*gs + j], PARAM[param_x + k*gs + j])   x part
+ *   ah_k = pre(ACC[acc_h + k*gs + j], PARAM[param_h + k*gs + j])   h part
+ *   p_k  = clamp(ax_k + ah_k, PRE_MIN, PRE_MAX)
+ *   SIG = ACT[sig_addr ...], TANH = ACT[tanh_addr ...]  (SEG + 1 words each)
+ *   hp = STATE[state_h + j] (h_{t-1}, Q.15), cp = STATE[state_c + j] (c_{t-1})
+ * cell LSTM (gates i, o, f, c):
+ *   i = act(SIG, p_0), o = act(SIG, p_1), f = act(SIG, p_2), g = act(TANH, p_3)
+ *   c = clamp(rshift_round(f * cp + i * g, 15), INT32_MIN, INT32_MAX)
+ *   h = rshift_round(o * act(TANH, clamp(c, PRE_MIN, PRE_MAX)), 15)
+ *   STATE[state_c + j] = c, STATE[state_h + j] = h, VBUF[out_addr + j] = q8(h)
+ *   (the c and h ranges of STATE must not overlap)
+ * cell GRU_LBR (gates z, r, h; linear_before_reset = 1):
+ *   z = act(SIG, p_0), r = act(SIG, p_1)
+ *   n = act(TANH, clamp(ax_2 + rshift_round(r * ah_2, 15), PRE_MIN, PRE_MAX))
+ *   h = clamp(n + rshift_round(z * (hp - n), 15), INT32_MIN, INT32_MAX)
+ *   STATE[state_h + j] = h, VBUF[out_addr + j] = q8(h)
+ * cell GRU (linear_before_reset = 0, after GRU_RH and an RNN_MATVEC of the
+ *   h-gate rows of R by r * h_{t-1} into the h part of gate 2):
+ *   as GRU_LBR but n = act(TANH, p_2)
+ * cell GRU_RH (linear_before_reset = 0, first half; reads gate 1 only):
+ *   r = act(SIG, p_1), VBUF[out_addr + j] = q8(rshift_round(r * hp, 15))
+ * Accesses: LSTM reads gates 0..3, STATE c and h ranges, both tables; GRU and
+ * GRU_LBR read gates 0..2, the STATE h range and both tables; GRU_RH reads
+ * gate 1, the STATE h range and SIG. Every PARAM shift read must lie in
+ * [0, 62] and out_shift <= 62. Units are processed in order j = 0, 1, ... */
+typedef struct {
+    vf_insn_head_t head;
+    uint32_t acc_x;       /* ACC word offset: gate 0 of the x part */
+    uint32_t acc_h;       /* ACC word offset: gate 0 of the h part */
+    uint32_t param_x;     /* PARAM entry: gate 0 of the x part */
+    uint32_t param_h;     /* PARAM entry: gate 0 of the h part */
+    uint32_t state_c;     /* STATE word offset of c[0] (LSTM) */
+    uint32_t state_h;     /* STATE word offset of h[0] */
+    uint32_t out_addr;    /* VBUF byte offset of the int8 output */
+    uint32_t n;           /* hidden units in the slice, >= 1 */
+    uint32_t gate_stride; /* ACC words / PARAM entries between gates, >= n */
+    uint16_t sig_addr;    /* ACT word offset of the sigmoid table */
+    uint16_t tanh_addr;   /* ACT word offset of the tanh table */
+    int32_t out_mult;
+    uint8_t out_shift;
+    int8_t out_zp;
+    uint8_t cell;         /* VF_RNN_CELL_* */
+    uint8_t reserved;
+} vf_insn_rnn_gates_t;
+
+/* One RNN instruction slot (the markers use vf_insn_marker_t). */
+typedef union {
+    vf_insn_head_t head;
+    vf_insn_rnn_mem_t rnn_mem;
+    vf_insn_rnn_matvec_t matvec;
+    vf_insn_rnn_gates_t gates;
+    vf_insn_marker_t marker;
+    uint8_t raw[64];
+} vf_rnn_insn_t;
+/* ---- end of the RNN section -------------------------------------------- */
+
 #endif /* VFPGA_ISA_H */

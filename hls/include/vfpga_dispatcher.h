@@ -1,0 +1,402 @@
+/*
+ * Level-1 dispatcher: the C API shared by the HLS top (hls/dispatcher_top.cpp),
+ * the C-sim testbench and the emulator (through cffi). Same cdef-friendly
+ * subset as vfpga_isa.h: fixed-width fields, typedef'd structs, integer
+ * #defines. Array sizes use two board macros from overlay/config.py
+ * (VF_DISP_TENANTS, VF_CNN_CORES): a cffi builder prepends them to the cdef as
+ * "#define VF_DISP_TENANTS 16" lines (cffi folds integer #defines into array
+ * lengths). All multi-byte values are little-endian, in registers and in DDR.
+ *
+ * ---- What it does -------------------------------------------------------------
+ * One dispatcher drives the pool of VF_CNN_CORES CNN cores for VF_DISP_TENANTS
+ * tenant contexts. Each tenant owns a DDR segment; its driver posts requests
+ * into a request ring inside that segment and rings a doorbell register. For
+ * each request the dispatcher walks the request's dispatch program (an array
+ * of vf_dispatch_t, vfpga_isa.h), sends FRAME entries to the physical cores of
+ * the tenant's core mask, holds BARRIER entries until the tenant has no frame
+ * in flight, and at END writes a completion record into the segment and raises
+ * the tenant's interrupt bit.
+ *
+ * ---- Device memory -------------------------------------------------------------
+ * Device memory is one window: int8_t *mem, mem_bytes long (the board's DDR
+ * banks at their physical offsets from ddr.base_address; on the board the
+ * top's m_axi port `mem` is set to that base). Registers hold physical
+ * addresses: the window's physical base is the global register mem_base, a
+ * tenant's segment is [seg_base, seg_base + seg_limit) physical, i.e.
+ * mem[seg_base - mem_base, ... + seg_limit). Everything a tenant names (ring,
+ * records, dispatch programs, frames, tensors) is a segment offset.
+ *
+ * ---- Register file (s_axilite, offsets from the board config) -----------------
+ * vf_disp_regs_t is the register file byte for byte: the global block at 0,
+ * tenant t at VF_DREG_TENANT_BASE + t * VF_DREG_TENANT_STRIDE. dispatcher.cpp
+ * checks every field offset against the config's VF_DREG_G_* / VF_DREG_T_*
+ * macros at compile time. "host" fields are written by the driver and only
+ * read by the dispatcher; "ro" fields are written by the dispatcher only. 64-bit
+ * registers are two 32-bit words, low word first.
+ *
+ * ---- Request ring and completion records --------------------------------------
+ * ring_size (a power of two, 1..VF_DISP_RING_MAX) entries of vf_disp_request_t
+ * (16 bytes, ring_offset 16-aligned) and as many vf_disp_completion_t records
+ * (64 bytes, cpl_offset 64-aligned), both inside the segment. Requests carry
+ * free-running 32-bit sequence numbers: request s lives in entry
+ * s & (ring_size - 1) and its record goes to record s & (ring_size - 1).
+ *   ring_tail (host)  doorbell: one past the last request posted;
+ *   ring_head (ro)    one past the last request whose record is written;
+ *   cpl_ack   (host)  one past the last record the driver has consumed.
+ * The driver keeps ring_tail - cpl_ack <= ring_size (it reuses an entry only
+ * after consuming the record of the request that used it); a doorbell that
+ * breaks this (or cpl_ack outside [ring_head - ring_size, ring_head]) faults
+ * the tenant with VF_DFAULT_DOORBELL. Enabling a context starts the ring at
+ * the sequence number in cpl_ack: ring_head := cpl_ack; the driver writes
+ * cpl_ack = S and ring_tail = S + n (n requests already placed) before setting
+ * enable. Every request posted to a context whose ring is valid gets exactly
+ * one completion record: OK, FAULT (this request hit the fault) or ABORTED
+ * (the tenant stopped before or while running it), written before ring_head
+ * passes it.
+ *
+ * ---- Tenant life cycle (status) ------------------------------------------------
+ *   DISABLED  -- control.enable 1 --> latch seg/ring registers, check them
+ *                (VF_DFAULT_WINDOW/OVERLAP/RING), clear fault and counters,
+ *                ring_head := cpl_ack, apply core_mask --> IDLE (or FAULTED)
+ *   IDLE/RUNNING  walking requests (RUNNING while one is posted or in flight)
+ *   FAULTED   a fault stopped the tenant: its cores are released at once
+ *             (frames in flight finish first), the faulting request's record
+ *             says FAULT once its frames in flight have retired, every other
+ *             posted request (also ones posted later) is ABORTED with the
+ *             fault code. Stays FAULTED until the driver clears enable.
+ *   DRAINING  enable cleared: cores released, frames in flight finish, the
+ *             request in progress and all posted ones are ABORTED
+ *             (fault VF_DFAULT_DISABLED unless a fault came first) --> DISABLED.
+ * Segment, ring and completion registers are latched at enable; writes to them
+ * while enabled take effect at the next enable. Enable with the same segment
+ * as another live (not DISABLED) tenant is refused: VF_DFAULT_OVERLAP.
+ *
+ * ---- Core masks ---------------------------------------------------------------
+ * Virtual slot s of a tenant holding k cores runs on the (s mod k)-th set bit
+ * of its active mask (slot i = i-th set bit when the program was made for k
+ * slots; a program made for more slots folds onto fewer cores, one made for
+ * fewer leaves cores idle). The driver writes core_mask, then increments
+ * mask_seq; the dispatcher handles each new mask_seq once (mask_done :=
+ * mask_seq) while the tenant is IDLE/RUNNING (or at enable):
+ *   VF_MASK_REJECT_RANGE     a bit names no core (mask_conflict = those bits)
+ *   VF_MASK_REJECT_CONFLICT  a core is in another tenant's active mask
+ *                            (mask_conflict = those cores); nothing changes
+ *   VF_MASK_APPLIED          active_mask := core_mask at once.
+ * The change takes effect per core at a frame boundary: a frame in flight is
+ * never moved or cancelled, it finishes on its core and retires to its tenant;
+ * a core runs one frame at a time, so a core a tenant gains while it still
+ * finishes someone else's frame receives new work only after that frame
+ * retires. The tenant's walk position is one cursor over its program, so no
+ * frame is issued twice or skipped by a change. Cores may be handed over only
+ * release-then-acquire (shrink one tenant, then grow the other).
+ *
+ * ---- Walking (one cursor per tenant, in order) ---------------------------------
+ *  FRAME    validated (n_insns >= 1, the frame's instructions inside the
+ *           segment; every slot value is valid, it folds mod k); issued when
+ *           its slot's core is idle, else the tenant waits (in-order issue, a
+ *           core gets at most one frame per step); with k = 0 (empty mask)
+ *           the tenant waits for a mask;
+ *  BARRIER  passes when the tenant has no frame in flight;
+ *  END      (or the end of the program) completes the request once the
+ *           tenant has no frame in flight: record, ring_head + 1, interrupt.
+ * A tenant reads at most VF_DISP_WALK_BUDGET entries/records per step.
+ * Tenants are visited round-robin, starting one further every step.
+ *
+ * ---- On-chip buffers between tenants ---------------------------------------------
+ * A frame issued to a core whose buffers may hold another tenant's data (the
+ * last frame on it was of another tenant, or of an earlier enable of the same
+ * context) carries scrub = 1: the core's IBUF/WBUF/ACC/OBUF/PARAM are zeroed
+ * before it runs. No data crosses tenants through a core.
+ *
+ * ---- Stepping (C-simulation of the free-running dispatcher) --------------------
+ * vf_dispatch_step() is one scheduling round: vf_dispatch_advance() (register
+ * handling, walking, records, issue to idle cores), then every issued frame
+ * runs to completion (vf_dispatch_run_frame: vf_cnn_core_step on the frame's
+ * instructions until END or a fault) and retires (vf_dispatch_retire). The
+ * three parts are exported so that a cycle model can retire frames in their
+ * modeled completion order with several frames in flight across calls.
+ * All state is in vf_disp_regs_t and vf_disp_state_t; all-zero is the reset
+ * state (vf_dispatch_reset() zeroes both).
+ */
+#ifndef VFPGA_DISPATCHER_H
+#define VFPGA_DISPATCHER_H
+
+#include <stdint.h>
+#include "vfpga_isa.h"
+#include "vfpga_cnn_core.h"
+
+#if !defined(VF_DISP_TENANTS) || !defined(VF_CNN_CORES)
+#error "board macros missing: compile with the flags printed by python3 overlay/config.py BOARD"
+#endif
+
+#define VF_DISP_ID 0x56464431        /* "VFD1", global register id */
+#define VF_DISP_VERSION 1
+#define VF_DISP_REQUEST_BYTES 16
+#define VF_DISP_RECORD_BYTES 64
+#define VF_DISP_ENTRY_BYTES 8        /* sizeof(vf_dispatch_t) */
+#define VF_DISP_NO_CORE 0xffffffff   /* fault_core when no core is involved */
+
+/* tenant control register */
+#define VF_TENANT_ENABLE 1
+
+/* tenant status */
+#define VF_TENANT_DISABLED 0
+#define VF_TENANT_IDLE 1
+#define VF_TENANT_RUNNING 2
+#define VF_TENANT_FAULTED 3
+#define VF_TENANT_DRAINING 4
+
+/* mask_result */
+#define VF_MASK_NONE 0
+#define VF_MASK_APPLIED 1
+#define VF_MASK_REJECT_RANGE 2
+#define VF_MASK_REJECT_CONFLICT 3
+
+/* completion record status */
+#define VF_CPL_OK 1
+#define VF_CPL_FAULT 2
+#define VF_CPL_ABORTED 3
+
+/* irq_status: bit t = tenant t has records not yet acknowledged
+ * (ring_head != cpl_ack); bit VF_IRQ_FAULT_SHIFT + t = tenant t is FAULTED. */
+#define VF_IRQ_FAULT_SHIFT 16
+
+/* Fault codes. Values below 16 are the core's VF_FAULT_* (vfpga_isa.h),
+ * copied with the core's fault_insn/fault_addr/fault_opcode; fault_core is the
+ * physical core. The dispatcher's own faults (fault_core = VF_DISP_NO_CORE): */
+#define VF_DFAULT_WINDOW 16    /* segment empty or not inside the device window; fault_addr = 1st byte
+                                  outside, as a segment offset (0: seg_base below mem_base) */
+#define VF_DFAULT_OVERLAP 17   /* segment overlaps live tenant fault_entry's segment */
+#define VF_DFAULT_RING 18      /* ring_size not a power of two in 1..VF_DISP_RING_MAX, or ring/record area
+                                  misaligned or outside the segment; fault_addr = offending segment offset
+                                  (first byte outside, or the misaligned offset; ring_size when bad) */
+#define VF_DFAULT_DOORBELL 19  /* ring_tail/cpl_ack out of range; fault_addr = ring_tail,
+                                  fault_entry = cpl_ack */
+#define VF_DFAULT_REQUEST 20   /* malformed request: program offset not 8-aligned or flags != 0;
+                                  fault_addr = segment offset of the ring entry */
+#define VF_DFAULT_PROGRAM 21   /* a dispatch entry outside the segment; fault_addr = 1st byte outside */
+#define VF_DFAULT_ENTRY 22     /* unknown op, or FRAME with 0 instructions; fault_addr = entry offset */
+#define VF_DFAULT_FRAME 23     /* a frame's instructions outside the segment; fault_addr = 1st byte out */
+#define VF_DFAULT_DISABLED 24  /* records only: aborted because the tenant was disabled */
+
+/* ---- DDR formats (inside the tenant segment) --------------------------- */
+
+/* Request ring entry. */
+typedef struct {
+    uint32_t prog_offset;   /* segment offset of the dispatch program, 8-aligned */
+    uint32_t prog_entries;  /* vf_dispatch_t entries (an END may come earlier) */
+    uint32_t request_id;    /* echoed in the completion record */
+    uint32_t flags;         /* must be 0 */
+} vf_disp_request_t;
+
+/* Completion record. Counters cover the request's frames (those that ran,
+ * also when it failed), saturating at 0xffffffff. */
+typedef struct {
+    uint32_t request_id;
+    uint32_t seq;           /* request sequence number */
+    uint32_t status;        /* VF_CPL_* */
+    uint32_t fault;         /* FAULT: the fault; ABORTED: why (tenant fault or VF_DFAULT_DISABLED) */
+    uint32_t fault_core;
+    uint32_t fault_addr;
+    uint32_t fault_insn;    /* core fault: instruction index inside the frame */
+    uint32_t fault_entry;   /* dispatch entry index (VF_DFAULT_OVERLAP: the other tenant) */
+    uint32_t frames;        /* frames run */
+    uint32_t barriers;      /* barriers passed */
+    uint32_t insns;         /* instructions retired */
+    uint32_t load_iters;    /* pipelined-loop iterations of the units */
+    uint32_t compute_iters;
+    uint32_t save_iters;
+    uint32_t fault_opcode;
+    uint32_t reserved;
+} vf_disp_completion_t;
+
+/* ---- Register file ------------------------------------------------------- */
+
+typedef struct {
+    uint32_t id;            /* ro VF_DISP_ID */
+    uint32_t version;       /* ro VF_DISP_VERSION */
+    uint32_t tenants;       /* ro VF_DISP_TENANTS */
+    uint32_t cores;         /* ro VF_CNN_CORES */
+    uint32_t irq_enable;    /* host bit 0: global interrupt enable */
+    uint32_t irq_mask;      /* host: enables of the irq_status bits */
+    uint32_t irq_status;    /* ro, see VF_IRQ_FAULT_SHIFT */
+    uint32_t irq;           /* ro: irq_enable && (irq_status & irq_mask) != 0 (the interrupt line) */
+    uint64_t mem_base;      /* host: physical address of mem[0] */
+    uint64_t steps;         /* ro: advance calls */
+    uint64_t frames;        /* ro: frames issued */
+    uint32_t busy_cores;    /* ro: cores with a frame in flight */
+    uint32_t owned_cores;   /* ro: union of the active masks */
+    uint32_t reserved[48];
+} vf_disp_global_regs_t;
+
+typedef struct {
+    uint32_t control;       /* host VF_TENANT_ENABLE */
+    uint32_t seg_limit;     /* host: segment bytes (latched at enable) */
+    uint64_t seg_base;      /* host: physical segment base (latched at enable) */
+    uint32_t ring_offset;   /* host (latched) */
+    uint32_t ring_size;     /* host (latched) */
+    uint32_t cpl_offset;    /* host (latched) */
+    uint32_t ring_tail;     /* host: doorbell */
+    uint32_t cpl_ack;       /* host: records consumed */
+    uint32_t core_mask;     /* host: requested mask */
+    uint32_t mask_seq;      /* host: increment to request core_mask */
+    uint32_t reserved0;
+    uint32_t status;        /* ro VF_TENANT_* */
+    uint32_t ring_head;     /* ro */
+    uint32_t active_mask;   /* ro: cores the tenant holds */
+    uint32_t mask_done;     /* ro: last mask_seq handled */
+    uint32_t mask_result;   /* ro VF_MASK_* */
+    uint32_t mask_conflict; /* ro: cores that made the last request fail */
+    uint32_t fault;         /* ro: first fault since enable (VF_FAULT_* / VF_DFAULT_*) */
+    uint32_t fault_core;    /* ro */
+    uint32_t fault_addr;    /* ro */
+    uint32_t fault_insn;    /* ro */
+    uint32_t fault_entry;   /* ro */
+    uint32_t fault_seq;     /* ro: request sequence number */
+    uint32_t fault_opcode;  /* ro */
+    uint32_t inflight;      /* ro: frames in flight */
+    uint64_t requests;      /* ro: requests completed OK since enable */
+    uint64_t failed;        /* ro: requests completed FAULT or ABORTED */
+    uint64_t frames;        /* ro: frames issued */
+    uint64_t barriers;      /* ro: barriers passed */
+    uint64_t insns;         /* ro: instructions retired by its frames */
+    uint64_t load_iters;    /* ro */
+    uint64_t compute_iters; /* ro */
+    uint64_t save_iters;    /* ro */
+    uint32_t reserved1[22];
+} vf_disp_tenant_regs_t;
+
+typedef struct {
+    vf_disp_global_regs_t g;
+    vf_disp_tenant_regs_t tenant[VF_DISP_TENANTS];
+} vf_disp_regs_t;
+
+/* ---- Internal state (registers and BRAM of the dispatcher) ---------------- */
+
+typedef struct {
+    uint64_t seg_win;       /* latched: segment offset in the window */
+    uint32_t seg_limit;     /* latched */
+    uint32_t ring_offset;   /* latched */
+    uint32_t ring_size;     /* latched */
+    uint32_t cpl_offset;    /* latched */
+    uint32_t seg_ok;        /* the latched segment lies in the window */
+    uint32_t ring_ok;       /* ring and record areas valid: records can be written */
+    uint32_t phase;         /* VF_TENANT_* */
+    uint32_t gen;           /* enable count (tells contexts' buffer contents apart) */
+    uint32_t head;          /* sequence number of the request being walked / next */
+    uint32_t active_mask;
+    uint32_t mask_done;
+    uint32_t fault;
+    uint32_t req_active;    /* request `head` is being walked */
+    uint32_t req_failed;    /* ... and hit the tenant's fault */
+    uint32_t request_id;
+    uint32_t prog_offset;
+    uint32_t prog_entries;
+    uint32_t pc;            /* next dispatch entry */
+    uint32_t inflight;      /* frames issued, not retired */
+    uint32_t req_frames;
+    uint32_t req_barriers;
+    uint32_t reserved;
+    uint64_t req_insns;
+    uint64_t req_load_iters;
+    uint64_t req_compute_iters;
+    uint64_t req_save_iters;
+} vf_disp_tenant_state_t;
+
+typedef struct {
+    uint32_t busy;          /* a frame is in flight */
+    uint32_t tenant;        /* its tenant */
+    uint32_t gen;           /* its tenant's generation */
+    uint32_t entry;         /* its dispatch entry index */
+    uint32_t last_owner;    /* 1 + tenant of the last frame issued here, 0: none since reset */
+    uint32_t last_gen;
+} vf_disp_core_state_t;
+
+typedef struct {
+    vf_disp_tenant_state_t tenant[VF_DISP_TENANTS];
+    vf_disp_core_state_t core[VF_CNN_CORES];
+    uint32_t rr;            /* first tenant visited by the next advance */
+    uint32_t reserved;
+} vf_disp_state_t;
+
+/* A frame issued to a core. */
+typedef struct {
+    uint64_t seg_win;       /* segment offset in the window */
+    uint32_t seg_limit;
+    uint32_t frame_offset;  /* segment offset of the frame's first instruction */
+    uint32_t n_insns;
+    uint32_t tenant;
+    uint32_t core;
+    uint32_t seq;           /* request sequence number */
+    uint32_t entry;         /* dispatch entry index */
+    uint32_t scrub;         /* zero the core's buffers before running it */
+} vf_disp_frame_t;
+
+/* What one call did. vf_dispatch_step() overwrites it; vf_dispatch_advance()
+ * and vf_dispatch_retire() add to it (the caller zeroes it). */
+typedef struct {
+    uint32_t progress;         /* actions taken; 0: nothing to do until registers change */
+    uint32_t issued_cores;     /* cores that received a frame */
+    uint32_t frames_issued;
+    uint32_t frames_retired;
+    uint32_t barriers;
+    uint32_t requests_started;
+    uint32_t requests_ok;
+    uint32_t requests_failed;  /* FAULT records */
+    uint32_t requests_aborted; /* ABORTED records */
+    uint32_t faults;
+    uint32_t masks_applied;
+    uint32_t masks_rejected;
+    uint32_t entries;          /* dispatch entries read (also re-reads of a waiting entry) */
+    uint32_t ring_reads;       /* request ring entries read */
+    uint32_t scrubs;           /* frames issued with scrub */
+    uint32_t core_tenant[VF_CNN_CORES];  /* tenant of each core's last retired frame */
+    vf_cnn_counters_t core[VF_CNN_CORES]; /* counters of the frames retired, per core */
+} vf_disp_report_t;
+
+/* Build-time numbers, from the board config macros. */
+typedef struct {
+    uint32_t tenants;
+    uint32_t cores;
+    uint32_t ring_max;
+    uint32_t walk_budget;
+    uint32_t regs_bytes;       /* sizeof(vf_disp_regs_t) */
+    uint32_t tenant_base;
+    uint32_t tenant_stride;
+    uint32_t request_bytes;
+    uint32_t record_bytes;
+} vf_disp_geometry_t;
+
+void vf_dispatch_geometry(vf_disp_geometry_t *geometry);
+
+/* Power-on reset: zeroes regs and state (then the read-only identification
+ * registers are set). */
+void vf_dispatch_reset(vf_disp_regs_t *regs, vf_disp_state_t *state);
+
+/* Register handling, request walking, records, issue. Fills issued[c] for
+ * every core c that receives a frame and returns that set of cores as a bit
+ * mask. issued holds VF_CNN_CORES entries (with issued == 0 nothing is
+ * issued). With mem == 0 the window is empty: no tenant can be enabled. */
+uint32_t vf_dispatch_advance(vf_disp_regs_t *regs, vf_disp_state_t *state, int8_t *mem, uint64_t mem_bytes,
+                             vf_disp_frame_t *issued, vf_disp_report_t *report);
+
+/* Runs an issued frame on a core: scrubs its buffers if asked, then
+ * vf_cnn_core_step() on [frame_offset, n_insns) of the segment until END or a
+ * fault. result and counters are this frame's (zeroed first); iters
+ * (optional, n_insns entries) gets each instruction's iterations. */
+void vf_dispatch_run_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t *frame,
+                           vf_cnn_buffers_t *buffers, vf_cnn_state_t *result, vf_cnn_counters_t *counters,
+                           uint32_t *iters);
+
+/* A core finished its frame: result/counters as vf_dispatch_run_frame gave
+ * them. A core that is not busy is ignored. */
+void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t core,
+                        const vf_cnn_state_t *result, const vf_cnn_counters_t *counters,
+                        vf_disp_report_t *report);
+
+/* One scheduling round: advance, run every issued frame on its core's buffers
+ * (cores: VF_CNN_CORES entries), retire them. Returns report->progress. */
+uint32_t vf_dispatch_step(vf_disp_regs_t *regs, vf_disp_state_t *state, int8_t *mem, uint64_t mem_bytes,
+                          vf_cnn_buffers_t *cores, vf_disp_report_t *report);
+
+#endif /* VFPGA_DISPATCHER_H */
