@@ -30,7 +30,7 @@ EXTRA_CXXFLAGS ?=
 
 INCLUDES := -Iinclude
 SRCS := rnn_core.cpp rnn_core_top.cpp tb/tb_rnn_core.cpp
-DEPS := $(SRCS) include/vfpga_isa.h include/vfpga_rnn_core.h include/vfpga_cnn_core.h $(CONFIG_PY) $(BOARD_JSON) \
+DEPS := $(SRCS) tb/tb_common.h include/vfpga_isa.h include/vfpga_rnn_core.h include/vfpga_cnn_core.h $(CONFIG_PY) $(BOARD_JSON) \
         rnn_core.mk
 
 BUILD := build

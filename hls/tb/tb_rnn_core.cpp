@@ -29,15 +29,9 @@
 #include <vector>
 
 #include "vfpga_rnn_core.h"
+#define TB_SEED 0x2545f4914f6cdd1dull
+#include "tb_common.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#define TB_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
-#define TB_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
-#else
-#define TB_POISON(p, n) ((void)(p), (void)(n))
-#define TB_UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
 
 /* the synthesizable top (hls/rnn_core_top.cpp) */
 void vf_rnn_core_top(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset, uint32_t insn_count, uint32_t *fault,
@@ -48,60 +42,12 @@ void vf_rnn_core_top(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset, uint
 /* Test bookkeeping                                                            */
 /* ========================================================================== */
 
-static int g_checks_failed; /* failures inside the running test */
-static int g_passed, g_failed;
-static std::string g_ctx; /* trial description for failure messages */
 
-#define CHECK(cond)                                                                                          \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            if (g_checks_failed < 12)                                                                        \
-                printf("    CHECK failed at line %d: %s%s%s\n", __LINE__, #cond, g_ctx.empty() ? "" : "  [", \
-                       g_ctx.empty() ? "" : (g_ctx + "]").c_str());                                          \
-            ++g_checks_failed;                                                                               \
-        }                                                                                                    \
-    } while (0)
 
-#define CHECK_EQ(a, b)                                                                                       \
-    do {                                                                                                     \
-        const unsigned long long va_ = (unsigned long long)(a), vb_ = (unsigned long long)(b);               \
-        if (va_ != vb_) {                                                                                    \
-            if (g_checks_failed < 12)                                                                        \
-                printf("    CHECK_EQ failed at line %d: %s == %s (%llu vs %llu)%s%s\n", __LINE__, #a, #b, va_, \
-                       vb_, g_ctx.empty() ? "" : "  [", g_ctx.empty() ? "" : (g_ctx + "]").c_str());         \
-            ++g_checks_failed;                                                                               \
-        }                                                                                                    \
-    } while (0)
 
-static void run_test(const char *name, void (*fn)())
-{
-    g_checks_failed = 0;
-    g_ctx.clear();
-    fn();
-    g_ctx.clear();
-    if (g_checks_failed == 0) {
-        ++g_passed;
-        printf("  PASS %s\n", name);
-    } else {
-        ++g_failed;
-        printf("  FAIL %s (%d checks)\n", name, g_checks_failed);
-    }
-    fflush(stdout);
-}
 
 /* xorshift64*, fixed seed: the same streams on every host */
-static uint64_t g_rng = 0x2545f4914f6cdd1dull;
-static uint64_t rnd64()
-{
-    g_rng ^= g_rng >> 12;
-    g_rng ^= g_rng << 25;
-    g_rng ^= g_rng >> 27;
-    return g_rng * 0x2545f4914f6cdd1dull;
-}
-static uint32_t rnd(uint32_t n) { return n ? (uint32_t)(rnd64() % n) : 0; } /* [0, n) */
-static int64_t rrange(int64_t lo, int64_t hi) { return lo + (int64_t)(rnd64() % (uint64_t)(hi - lo + 1)); }
 
-static uint64_t cdiv(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
 static void fill_random(void *p, size_t bytes)
 {
