@@ -89,6 +89,7 @@ VF_CHECK_G(steps, VF_DREG_G_STEPS);
 VF_CHECK_G(frames, VF_DREG_G_FRAMES);
 VF_CHECK_G(busy_cores, VF_DREG_G_BUSY_CORES);
 VF_CHECK_G(owned_cores, VF_DREG_G_OWNED_CORES);
+VF_CHECK_G(cycles, VF_DREG_G_CYCLES);
 VF_CHECK_T(control, VF_DREG_T_CONTROL);
 VF_CHECK_T(seg_limit, VF_DREG_T_SEG_LIMIT);
 VF_CHECK_T(seg_base, VF_DREG_T_SEG_BASE);
@@ -121,6 +122,8 @@ VF_CHECK_T(insns, VF_DREG_T_INSNS);
 VF_CHECK_T(load_iters, VF_DREG_T_LOAD_ITERS);
 VF_CHECK_T(compute_iters, VF_DREG_T_COMPUTE_ITERS);
 VF_CHECK_T(save_iters, VF_DREG_T_SAVE_ITERS);
+VF_CHECK_T(core_cycles, VF_DREG_T_CORE_CYCLES);
+VF_CHECK_T(request_cycles, VF_DREG_T_REQUEST_CYCLES);
 
 #define VF_ALL_CORES (VF_CNN_CORES == 32 ? 0xffffffffu : ((1u << (VF_CNN_CORES % 32)) - 1u))
 
@@ -213,7 +216,7 @@ static void vf_read_request(const int8_t *mem, const vf_disp_tenant_state_t &s, 
 /* The record of request s.head; s.ring_ok is required. status VF_CPL_*;
  * started: the request ran (its counters are reported). */
 static void vf_write_record(int8_t *mem, const vf_disp_tenant_state_t &s, const vf_disp_tenant_regs_t &r,
-                            uint32_t request_id, uint32_t status, bool started)
+                            uint32_t request_id, uint32_t status, bool started, uint64_t now)
 {
     vf_disp_completion_t c;
     memset(&c, 0, sizeof c);
@@ -240,6 +243,7 @@ static void vf_write_record(int8_t *mem, const vf_disp_tenant_state_t &s, const 
         c.load_iters = vf_sat32(s.req_load_iters);
         c.compute_iters = vf_sat32(s.req_compute_iters);
         c.save_iters = vf_sat32(s.req_save_iters);
+        c.cycles = vf_sat32(now >= s.req_start ? now - s.req_start : 0);
     }
     const uint64_t at = s.seg_win + s.cpl_offset + (uint64_t)(s.head & (s.ring_size - 1u)) * VF_DISP_RECORD_BYTES;
     memcpy(mem + at, &c, sizeof c);
@@ -308,6 +312,8 @@ static void vf_enable(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t t, uin
     r.load_iters = 0;
     r.compute_iters = 0;
     r.save_iters = 0;
+    r.core_cycles = 0;
+    r.request_cycles = 0;
     rep->progress += 1;
 
     /* the segment inside the window */
@@ -440,7 +446,7 @@ WALK:
             --budget;
             if (vf_stopped(s)) {
                 /* the tenant is stopped: every posted request is reported */
-                vf_write_record(mem, s, r, q.request_id, VF_CPL_ABORTED, false);
+                vf_write_record(mem, s, r, q.request_id, VF_CPL_ABORTED, false, regs->g.cycles);
                 s.head += 1;
                 r.failed += 1;
                 rep->requests_aborted += 1;
@@ -459,6 +465,7 @@ WALK:
             s.req_load_iters = 0;
             s.req_compute_iters = 0;
             s.req_save_iters = 0;
+            s.req_start = regs->g.cycles;
             rep->requests_started += 1;
             rep->progress += 1;
             if (q.prog_offset % VF_DISP_ENTRY_BYTES != 0 || q.flags != 0)
@@ -474,7 +481,7 @@ WALK:
             --budget;
             if (s.ring_ok) {
                 const uint32_t status = s.req_failed ? VF_CPL_FAULT : VF_CPL_ABORTED;
-                vf_write_record(mem, s, r, s.request_id, status, true);
+                vf_write_record(mem, s, r, s.request_id, status, true, regs->g.cycles);
                 s.head += 1;
                 r.failed += 1;
                 if (status == VF_CPL_FAULT)
@@ -542,6 +549,7 @@ WALK:
             core.entry = s.pc;
             core.last_owner = t + 1u;
             core.last_gen = s.gen;
+            core.issued_at = regs->g.cycles;
             *issued_mask |= 1u << c;
             s.inflight += 1;
             s.req_frames += 1;
@@ -562,7 +570,8 @@ WALK:
         } else if (e.op == VF_DISPATCH_END) {
             if (s.inflight != 0)
                 break;
-            vf_write_record(mem, s, r, s.request_id, VF_CPL_OK, true);
+            vf_write_record(mem, s, r, s.request_id, VF_CPL_OK, true, regs->g.cycles);
+            r.request_cycles += regs->g.cycles >= s.req_start ? regs->g.cycles - s.req_start : 0;
             s.head += 1;
             s.req_active = 0;
             r.requests += 1;
@@ -745,6 +754,7 @@ void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t c
         vf_disp_tenant_regs_t &r = regs->tenant[t];
         if (c.gen == s.gen && s.inflight != 0) {
             s.inflight -= 1;
+            r.core_cycles += regs->g.cycles >= c.issued_at ? regs->g.cycles - c.issued_at : 0;
             if (counters != 0) {
                 r.insns += counters->insns;
                 r.load_iters += counters->load_iters;

@@ -15,7 +15,10 @@
  * restarts itself after every step, forever: the free-running dispatcher. The
  * Vitis ap_done interrupt (gie/ier/isr at 0x04..0x0c) stays disabled; tenant
  * interrupts come out of the `irq` port (ap_none, level: irq_enable &&
- * (irq_status & irq_mask)), wired to the interrupt controller.
+ * (irq_status & irq_mask)), wired to the interrupt controller. `clock`
+ * (ap_none) is a free-running 64-bit cycle counter of the kernel clock from
+ * the overlay; the step stamps requests and frames with it (the record's
+ * `cycles`, the tenants' core_cycles / request_cycles registers).
  *
  * Interfaces (offsets from the board config, checked or pinned here):
  *  - mem: the device memory window, an m_axi master (bundle gmem) whose base
@@ -127,6 +130,7 @@ static void vf_store_status(const vf_disp_regs_t *r, uint32_t *file)
     vf_wr64(file, VF_DREG_G_FRAMES, r->g.frames);
     vf_wr32(file, VF_DREG_G_BUSY_CORES, r->g.busy_cores);
     vf_wr32(file, VF_DREG_G_OWNED_CORES, r->g.owned_cores);
+    vf_wr64(file, VF_DREG_G_CYCLES, r->g.cycles);
 STORE_TENANTS:
     for (uint32_t t = 0; t < VF_DISP_TENANTS; ++t) {
         const vf_disp_tenant_regs_t &x = r->tenant[t];
@@ -152,18 +156,22 @@ STORE_TENANTS:
         vf_wr64(file, VF_TREG(t, VF_DREG_T_LOAD_ITERS), x.load_iters);
         vf_wr64(file, VF_TREG(t, VF_DREG_T_COMPUTE_ITERS), x.compute_iters);
         vf_wr64(file, VF_TREG(t, VF_DREG_T_SAVE_ITERS), x.save_iters);
+        vf_wr64(file, VF_TREG(t, VF_DREG_T_CORE_CYCLES), x.core_cycles);
+        vf_wr64(file, VF_TREG(t, VF_DREG_T_REQUEST_CYCLES), x.request_cycles);
     }
 }
 
 /* ---- the kernel ------------------------------------------------------------- */
 
-void vf_dispatcher_top(int8_t *mem, uint64_t mem_bytes, uint32_t file[VF_DREG_FILE_WORDS], uint8_t *irq)
+void vf_dispatcher_top(int8_t *mem, uint64_t mem_bytes, uint32_t file[VF_DREG_FILE_WORDS], uint8_t *irq,
+                       uint64_t clock)
 {
     VF_PRAGMA(HLS INTERFACE m_axi port=mem offset=slave bundle=gmem)
     VF_AXILITE(mem, VF_DREG_MEM)
     VF_AXILITE(mem_bytes, VF_DREG_MEM_BYTES)
     VF_AXILITE(file, VF_DREG_FILE)
     VF_PRAGMA(HLS INTERFACE ap_none port=irq)
+    VF_PRAGMA(HLS INTERFACE ap_none port=clock)
     VF_PRAGMA(HLS INTERFACE s_axilite port=return bundle=control)
 
     /* dispatcher registers and state: all-zero is the reset state */
@@ -197,6 +205,7 @@ BUFFERS:
     }
 
     vf_load_host(file, &regs);
+    regs.g.cycles = clock;
     vf_disp_report_t report;
     vf_dispatch_step(&regs, &state, mem, mem_bytes, cores, &report);
     vf_store_status(&regs, file);

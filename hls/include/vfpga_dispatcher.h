@@ -207,7 +207,7 @@ typedef struct {
     uint32_t compute_iters;
     uint32_t save_iters;
     uint32_t fault_opcode;
-    uint32_t reserved;
+    uint32_t cycles;        /* clock cycles from the request's start (ring entry read) to its record */
 } vf_disp_completion_t;
 
 /* ---- Register file ------------------------------------------------------- */
@@ -226,7 +226,10 @@ typedef struct {
     uint64_t frames;        /* ro: frames issued */
     uint32_t busy_cores;    /* ro: cores with a frame in flight */
     uint32_t owned_cores;   /* ro: union of the active masks */
-    uint32_t reserved[48];
+    uint64_t cycles;        /* ro: the dispatcher's clock (regs->g.cycles is set by the caller of a step:
+                               the top from its free-running counter input, the emulator from the
+                               modeled time) */
+    uint32_t reserved[46];
 } vf_disp_global_regs_t;
 
 typedef struct {
@@ -263,7 +266,9 @@ typedef struct {
     uint64_t load_iters;    /* ro */
     uint64_t compute_iters; /* ro */
     uint64_t save_iters;    /* ro */
-    uint32_t reserved1[22];
+    uint64_t core_cycles;   /* ro: sum over its retired frames of (retire - issue) clock cycles */
+    uint64_t request_cycles; /* ro: sum of the `cycles` of its OK records */
+    uint32_t reserved1[18];
 } vf_disp_tenant_regs_t;
 
 typedef struct {
@@ -297,6 +302,7 @@ typedef struct {
     uint32_t req_frames;
     uint32_t req_barriers;
     uint32_t reserved;
+    uint64_t req_start;     /* clock when the request was started */
     uint64_t req_insns;
     uint64_t req_load_iters;
     uint64_t req_compute_iters;
@@ -310,6 +316,7 @@ typedef struct {
     uint32_t entry;         /* its dispatch entry index */
     uint32_t last_owner;    /* 1 + tenant of the last frame issued here, 0: none since reset */
     uint32_t last_gen;
+    uint64_t issued_at;     /* clock when the frame in flight was issued */
 } vf_disp_core_state_t;
 
 typedef struct {

@@ -39,7 +39,7 @@
 
 
 /* the synthesizable top (hls/dispatcher_top.cpp) */
-void vf_dispatcher_top(int8_t *mem, uint64_t mem_bytes, uint32_t *file, uint8_t *irq);
+void vf_dispatcher_top(int8_t *mem, uint64_t mem_bytes, uint32_t *file, uint8_t *irq, uint64_t clock);
 
 /* ========================================================================== */
 /* Test bookkeeping                                                            */
@@ -507,7 +507,18 @@ static void ack_all(Ten &x)
     x.r().cpl_ack = x.ack;
 }
 
-static std::vector<int8_t> seg_bytes(Ten &x) { return std::vector<int8_t>(x.seg(), x.seg() + x.limit); }
+/* The segment's bytes, with the records' `cycles` zeroed: a request's latency
+ * depends on how the harness clocks the dispatcher, its results do not. */
+static std::vector<int8_t> seg_bytes(Ten &x)
+{
+    std::vector<int8_t> b(x.seg(), x.seg() + x.limit);
+    for (uint64_t i = 0; i < x.ring_size; ++i) {
+        const uint64_t at = x.cpl_offset + i * VF_DISP_RECORD_BYTES + offsetof(vf_disp_completion_t, cycles);
+        if (at + 4 <= b.size())
+            memset(b.data() + at, 0, 4);
+    }
+    return b;
+}
 
 /* bytes of the window outside the given segments equal `before` */
 static bool untouched_outside(Dev &d, const std::vector<int8_t> &before, const std::vector<const Ten *> &segs)
@@ -776,12 +787,15 @@ struct Async {
     vf_disp_frame_t fl[VF_CNN_CORES];
     vf_disp_report_t rep;
     uint64_t issued = 0, retired = 0, order_violations = 0, map_errors = 0, double_issue = 0;
+    uint64_t issued_at[VF_CNN_CORES];
+    std::map<uint32_t, uint64_t> core_cycles; /* expected core_cycles register per tenant */
 
     explicit Async(Dev &dev) : d(dev)
     {
         memset(busy, 0, sizeof busy);
         memset(fl, 0, sizeof fl);
         memset(&rep, 0, sizeof rep);
+        memset(issued_at, 0, sizeof issued_at);
     }
 
     void add(Ten &x) { tens[x.t] = &x; }
@@ -827,6 +841,7 @@ struct Async {
         vf_cnn_counters_t cnt;
         vf_dispatch_run_frame(d.mem(), d.bytes, &fl[c], &d.cores[c], &res, &cnt, 0);
         busy[c] = false;
+        core_cycles[fl[c].tenant] += d.regs.g.cycles - issued_at[c];
         vf_dispatch_retire(&d.regs, &d.st, c, &res, &cnt, &rep);
         ++retired;
     }
@@ -837,12 +852,14 @@ struct Async {
     {
         vf_disp_frame_t is[VF_CNN_CORES];
         const uint32_t before = rep.progress;
+        d.regs.g.cycles += 10; /* the clock: 10 cycles a tick */
         const uint32_t m = vf_dispatch_advance(&d.regs, &d.st, d.mem(), d.bytes, is, &rep);
         for (uint32_t c = 0; c < VF_CNN_CORES; ++c)
             if ((m >> c) & 1u) {
                 check_issue(c, is[c]);
                 busy[c] = true;
                 fl[c] = is[c];
+                issued_at[c] = d.regs.g.cycles;
                 ++issued;
             }
         uint32_t perm[VF_CNN_CORES];
@@ -1004,6 +1021,13 @@ static std::vector<int8_t> run_net_on(uint32_t slots, uint32_t mask, uint32_t *c
         CHECK_EQ(h.order_violations, 0);
         CHECK_EQ(h.map_errors, 0);
         CHECK_EQ(h.double_issue, 0);
+        CHECK_EQ(d.regs.tenant[x.t].core_cycles, h.core_cycles[x.t]);
+        CHECK(d.regs.tenant[x.t].core_cycles > 0);
+        uint64_t latency = 0;
+        for (uint32_t i = 0; i < 3; ++i)
+            latency += record(x, i).cycles;
+        CHECK_EQ(d.regs.tenant[x.t].request_cycles, latency);
+        CHECK(record(x, 0).cycles > 0 && record(x, 0).cycles % 10 == 0);
         for (uint32_t c = 0; c < VF_CNN_CORES; ++c)
             tot.core[c].frames += h.rep.core[c].frames;
     } else {
@@ -2286,7 +2310,8 @@ static void test_top()
     w32(tb + VF_DREG_T_CORE_MASK, cores_range(0, 2));
     w32(tb + VF_DREG_T_CONTROL, VF_TENANT_ENABLE);
     uint8_t irq = 7;
-    vf_dispatcher_top(d.mem(), d.bytes, file.data(), &irq);
+    uint64_t clock = 1000; /* the overlay's cycle counter: 100 cycles a step here */
+    vf_dispatcher_top(d.mem(), d.bytes, file.data(), &irq, clock += 100);
     CHECK_EQ(r32(VF_DREG_G_ID), VF_DISP_ID);
     CHECK_EQ(r32(VF_DREG_G_TENANTS), VF_DISP_TENANTS);
     CHECK_EQ(r32(VF_DREG_G_CORES), VF_CNN_CORES);
@@ -2299,8 +2324,11 @@ static void test_top()
     w32(tb + VF_DREG_T_RING_TAIL, x.tail);
     int n = 0;
     for (; n < 10000 && r32(tb + VF_DREG_T_RING_HEAD) != x.tail; ++n)
-        vf_dispatcher_top(d.mem(), d.bytes, file.data(), &irq);
+        vf_dispatcher_top(d.mem(), d.bytes, file.data(), &irq, clock += 100);
     CHECK(n < 10000);
+    CHECK_EQ(r64(VF_DREG_G_CYCLES), clock);
+    CHECK(record(x, 0).cycles > 0 && record(x, 0).cycles % 100 == 0);
+    CHECK_EQ(r64(tb + VF_DREG_T_REQUEST_CYCLES), (uint64_t)record(x, 0).cycles + record(x, 1).cycles);
     for (uint32_t q = 0; q < 2; ++q) {
         CHECK(out_equals(x, t.n, t.ins[q], t.want[q]));
         CHECK_EQ(record(x, q).status, VF_CPL_OK);
@@ -2318,7 +2346,7 @@ static void test_top()
     CHECK_EQ(r32(tb + VF_DREG_T_RING_TAIL), x.tail);
     CHECK_EQ(r32(tb + VF_DREG_T_CORE_MASK), cores_range(0, 2));
     w32(tb + VF_DREG_T_CPL_ACK, x.tail);
-    vf_dispatcher_top(d.mem(), d.bytes, file.data(), &irq);
+    vf_dispatcher_top(d.mem(), d.bytes, file.data(), &irq, clock += 100);
     CHECK_EQ(irq, 0);
     CHECK(untouched_outside(d, before, {&x}));
     CHECK(d.guards_intact());
