@@ -10,7 +10,8 @@ runtime) runs the code it runs on a board:
   AXI-Lite slave (Vitis HLS ap_ctrl_hs protocol, argument and result registers
   at the board config's offsets);
 * device memory: one region per DDR bank at the config's physical addresses,
-  backed by lazily committed anonymous memory, with a real allocator.
+  all inside one contiguous window of lazily committed anonymous memory (the
+  dispatcher's ``mem`` port spans every bank), with a real allocator per bank.
   ``PynqBuffer`` host memory is separate from device memory, and
   ``sync_to_device`` / ``sync_from_device`` really copy (so a missing sync is a
   bug here as it is on a board);
@@ -21,7 +22,13 @@ runtime) runs the code it runs on a board:
   (fault_addr: 0 if its start is unreachable, else its first offset past the
   bank's end), where a board would see an AXI decode error.
 
-Execution is synchronous: the register write that sets ap_start returns only
+* the level-1 dispatcher (its AXI-Lite slave at ``dispatcher.base_address``)
+  runs the dispatcher's and the core pool's HLS C++ free-running in a host
+  thread under the cycle model (vfpga.driver.emulated_dispatcher); its
+  interrupt line is :meth:`EmulatedDevice.irq_line`.
+
+A standalone core (its own ap_ctrl_hs slave, as the single-core kernel is
+built) executes synchronously: the register write that sets ap_start returns only
 when the program has ended, so ap_done is already set when a driver first
 polls. Different cores can still run concurrently from different threads
 (cffi releases the GIL during the C call).
@@ -38,6 +45,7 @@ import dataclasses
 import importlib
 import mmap
 import os
+import sys
 import threading
 import time
 
@@ -58,8 +66,11 @@ from vfpga.driver.cnn_core import (
     IRQ_DONE,
     IRQ_READY,
 )
+from vfpga.driver.emulated_dispatcher import EmulatedDispatcher
 
 ALIGN = 4096  # allocation alignment (bytes): a page, as XRT/CMA buffers are
+# Reserve address space without committing memory (Linux value where Python lacks the name).
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
 DEFAULT_BANK_CAPACITY = 1 << 30  # emulated bytes per bank unless asked otherwise
 
 _FAULT_SEGMENT = isa.FAULTS["SEGMENT"]
@@ -163,11 +174,9 @@ class EmulatedMemory:
         self.size = size  # emulated capacity
         self.hw_size = hw_size  # the board's bank size
         self.tag = f"bank{idx}"
-        # Private anonymous memory: pages are committed only when touched.
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
-        self._mmap = mmap.mmap(-1, size, flags=flags)
-        self.array = np.frombuffer(self._mmap, dtype=np.uint8)
-        self.cdata = device.ffi.from_buffer("int8_t[]", self._mmap)
+        start = base_address - device.window_base
+        self.array = device.window[start:start + size]
+        self.cdata = device.window_cdata + start
         self._lock = threading.Lock()
         self._free = [(0, size)]  # sorted, disjoint, never adjacent: (start, end)
 
@@ -338,6 +347,13 @@ class EmulatedDevice(Device):
         capacity = min(ddr["bank_bytes"], int(bank_capacity)) // ALIGN * ALIGN
         if capacity <= 0:
             raise ValueError(f"bank_capacity must be at least {ALIGN} bytes")
+        # One window from the first bank's base to the last bank's emulated end.
+        # Private anonymous memory: pages are committed only when touched.
+        self.window_base = ddr["base_address"]
+        window_bytes = (ddr["banks"] - 1) * ddr["bank_stride"] + capacity
+        self._mmap = mmap.mmap(-1, window_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+        self.window = np.frombuffer(self._mmap, dtype=np.uint8)
+        self.window_cdata = self.ffi.from_buffer("int8_t[]", self._mmap)
         self.banks = [EmulatedMemory(self, b, ddr["base_address"] + b * ddr["bank_stride"],
                                      capacity, ddr["bank_bytes"]) for b in range(ddr["banks"])]
         self.mem_dict = {
@@ -352,8 +368,12 @@ class EmulatedDevice(Device):
                   core_cfg["address_range"], layout)
             for i, bank in enumerate(core_cfg["banks"])
         ]
-        self._windows = sorted((c.phys_addr, c) for c in self._cores)
-        self._window_starts = [w for w, _ in self._windows]
+        self.dispatcher = EmulatedDispatcher(self)
+        disp = self.config["dispatcher"]
+        slaves = [(c.phys_addr, c.addr_range, c) for c in self._cores]
+        slaves.append((disp["base_address"], disp["address_range"], self.dispatcher))
+        self._windows = sorted(slaves, key=lambda s: s[0])
+        self._window_starts = [w for w, _, _ in self._windows]
         registers = _hwh_registers(layout)
         self.ip_dict = {
             f"cnn_core_{c.index}": {
@@ -373,6 +393,24 @@ class EmulatedDevice(Device):
                 "bank": c.bank,
             }
             for c in self._cores
+        }
+        self.ip_dict["dispatcher"] = {
+            "fullpath": "dispatcher",
+            "type": disp["vlnv"],
+            "bdtype": None,
+            "state": None,
+            "phys_addr": disp["base_address"],
+            "addr_range": disp["address_range"],
+            "mem_id": "s_axi_control",
+            "memtype": "REGISTER",
+            "gpio": {},
+            "interrupts": {},
+            "parameters": {},
+            "registers": {name: {"address_offset": off, "size": 64 if name in ("mem", "mem_bytes") else 32,
+                                 "access": "read-write", "description": _DESCRIPTIONS.get(name, name),
+                                 "fields": {}}
+                          for name, off in disp["registers"].items() if name != "file"},
+            "device": self,
         }
         self.gpio_dict, self.interrupt_controllers, self.interrupt_pins = {}, {}, {}
         self.hierarchy_dict = {}
@@ -460,9 +498,9 @@ class EmulatedDevice(Device):
     def _core_at(self, address: int, length: int):
         i = bisect.bisect_right(self._window_starts, address) - 1
         if i >= 0:
-            base, core = self._windows[i]
-            if address + length <= base + core.addr_range:
-                return core, address - base
+            base, size, slave = self._windows[i]
+            if address + length <= base + size:
+                return slave, address - base
         raise EmulationError(f"{self.name}: no emulated register at [{address:#x}, {address + length:#x})")
 
     def read_registers(self, address: int, length: int) -> bytes:
@@ -471,6 +509,8 @@ class EmulatedDevice(Device):
             raise EmulationError(f"{self.name}: register reads are whole aligned words "
                                  f"(address {address:#x}, length {length})")
         core, off = self._core_at(address, length)
+        if core is self.dispatcher:
+            return b"".join(core.read_word(off + 4 * i).to_bytes(4, "little") for i in range(length // 4))
         with core.lock:
             return b"".join(self._read_word(core, off + 4 * i).to_bytes(4, "little")
                             for i in range(length // 4))
@@ -482,6 +522,10 @@ class EmulatedDevice(Device):
             raise EmulationError(f"{self.name}: register writes are whole aligned words "
                                  f"(address {address:#x}, {len(data)} bytes)")
         core, off = self._core_at(address, len(data))
+        if core is self.dispatcher:
+            for i in range(len(data) // 4):
+                core.write_word(off + 4 * i, int.from_bytes(data[4 * i:4 * i + 4], "little"))
+            return
         with core.lock:
             for i in range(len(data) // 4):
                 self._write_word(core, off + 4 * i, int.from_bytes(data[4 * i:4 * i + 4], "little"))
@@ -544,21 +588,45 @@ class EmulatedDevice(Device):
         core.ready = core.done = True
         core.isr |= core.ier & (IRQ_DONE | IRQ_READY)
 
+    def new_core_buffers(self):
+        """One core's on-chip memories: (vf_cnn_buffers_t *, the arrays it points to)."""
+        ffi = self.ffi
+        geo = ffi.new("vf_cnn_geometry_t *")
+        self.lib.vf_cnn_core_geometry(geo)
+        keep = {
+            "ibuf": ffi.new("int8_t[]", geo.ibuf_bytes),
+            "wbuf": ffi.new("int8_t[]", geo.wbuf_bytes),
+            "acc": ffi.new("int32_t[]", geo.acc_words),
+            "obuf": ffi.new("int8_t[]", geo.obuf_bytes),
+            "param": ffi.new("int32_t[]", geo.param_entries * isa.PARAM_ENTRY_WORDS),
+        }
+        return ffi.new("vf_cnn_buffers_t *", keep), keep
+
     def _buffers(self, core: _Core):
         if core.buffers is None:
-            ffi = self.ffi
-            geo = ffi.new("vf_cnn_geometry_t *")
-            self.lib.vf_cnn_core_geometry(geo)
-            keep = {
-                "ibuf": ffi.new("int8_t[]", geo.ibuf_bytes),
-                "wbuf": ffi.new("int8_t[]", geo.wbuf_bytes),
-                "acc": ffi.new("int32_t[]", geo.acc_words),
-                "obuf": ffi.new("int8_t[]", geo.obuf_bytes),
-                "param": ffi.new("int32_t[]", geo.param_entries * isa.PARAM_ENTRY_WORDS),
-            }
             # BRAM contents persist between runs, so the arrays live with the core.
-            core.buffers = (ffi.new("vf_cnn_buffers_t *", keep), keep)
+            core.buffers = self.new_core_buffers()
         return core.buffers[0]
+
+    def window_pointer(self, address: int, nbytes: int):
+        """(int8_t * at physical ``address``, bytes reachable from it, at most
+        ``nbytes``): the dispatcher's m_axi window. (NULL, 0) outside memory."""
+        start = address - self.window_base
+        if nbytes <= 0 or not 0 <= start < len(self.window):
+            return self.ffi.NULL, 0
+        return self.window_cdata + start, min(int(nbytes), len(self.window) - start)
+
+    def irq_line(self, name: str = "dispatcher"):
+        """The interrupt line of IP ``name`` (only the dispatcher has one):
+        an object whose ``wait(seen, timeout)`` returns a new event count once
+        the line was raised after ``seen``."""
+        if name != "dispatcher":
+            raise EmulationError(f"{self.name}: no emulated interrupt line for {name!r}")
+        return self.dispatcher.irq_line
+
+    def close(self):
+        """Stops the emulated dispatcher's thread."""
+        self.dispatcher.shutdown()
 
     def _execute(self, core: _Core) -> RunRecord:
         v = core.values

@@ -93,6 +93,16 @@ PARAM_ENTRY_WORDS = lib.VF_PARAM_ENTRY_WORDS
 DISPATCH = _dtype_of(ffi.typeof("vf_dispatch_t"))
 DISPATCH_OPS = _constants("VF_DISPATCH_")
 
+# The level-1 dispatcher's tenant interface: request ring entries, completion
+# records, tenant status, mask results, record status, its own fault codes.
+REQUEST = _dtype_of(ffi.typeof("vf_disp_request_t"))
+COMPLETION = _dtype_of(ffi.typeof("vf_disp_completion_t"))
+TENANT_STATUS = {v: k for k, v in _constants("VF_TENANT_").items() if k != "ENABLE"}
+MASK_RESULTS = {v: k for k, v in _constants("VF_MASK_").items()}
+RECORD_STATUS = {v: k for k, v in _constants("VF_CPL_").items()}
+DISPATCH_FAULTS = _constants("VF_DFAULT_")
+FAULT_NAMES.update({v: k for k, v in DISPATCH_FAULTS.items()})
+
 
 def encode(opcode: str, deps: int = 0, flags: int = 0, tag: int = 0, **fields) -> bytes:
     """One instruction as its 64 bytes. Unknown field names raise."""

@@ -2,8 +2,9 @@
 
 * ``vfpga.driver._isa``: the ISA header alone. API mode makes the C compiler
   check every struct layout Python derives from the header.
-* ``vfpga.driver._emu_<board>``: the CNN core's HLS C++ compiled for the host
-  with that board's macros -- the C-simulation the emulated device runs.
+* ``vfpga.driver._emu_<board>``: the CNN core's and the level-1 dispatcher's
+  HLS C++ compiled for the host with that board's macros -- the C-simulation
+  the emulated device runs.
 """
 
 import importlib.util
@@ -18,7 +19,7 @@ ROOT = os.path.dirname(HLS_DIR)
 
 # Paths are given relative to setup.py's directory, as setuptools requires.
 _REL_HLS = os.path.relpath(HLS_DIR, os.getcwd())
-CORE_SOURCES = [os.path.join(_REL_HLS, "cnn_core.cpp")]
+CORE_SOURCES = [os.path.join(_REL_HLS, name) for name in ("cnn_core.cpp", "dispatcher.cpp")]
 CXXFLAGS = ["-std=c++14", "-O3", "-Wno-unknown-pragmas"]
 
 _DEFINE_WITH_VALUE = re.compile(r"^\s*#\s*define\s+\w+\s+(0x[0-9a-fA-F]+|\d+)\s*(/\*.*)?$")
@@ -32,10 +33,11 @@ def _board_config():
     return module
 
 
-def cdef_text(*headers):
+def cdef_text(*headers, macros=()):
     """The headers as cffi's cdef parser accepts them: preprocessor lines
-    other than integer #defines are dropped."""
-    out = []
+    other than integer #defines are dropped; ``macros`` (name, value) come
+    first as #defines (array lengths the headers take from the board)."""
+    out = [f"#define {name} {value}\n" for name, value in macros]
     for name in headers:
         with open(os.path.join(INCLUDE_DIR, name)) as f:
             for line in f:
@@ -56,10 +58,11 @@ def emu_builder(board):
     config = _board_config()
     macros = config.c_macros(config.load(board))
     ffi = FFI()
-    ffi.cdef(cdef_text("vfpga_isa.h", "vfpga_cnn_core.h"))
+    board_sizes = [(name, macros[name]) for name in ("VF_DISP_TENANTS", "VF_CNN_CORES")]
+    ffi.cdef(cdef_text("vfpga_isa.h", "vfpga_cnn_core.h", "vfpga_dispatcher.h", macros=board_sizes))
     ffi.set_source(
         f"vfpga.driver._emu_{board}",
-        '#include "vfpga_cnn_core.h"',
+        '#include "vfpga_dispatcher.h"',
         sources=CORE_SOURCES,
         source_extension=".cpp",
         include_dirs=[INCLUDE_DIR],

@@ -20,8 +20,9 @@ import vfpga
 from vfpga.driver import isa
 from vfpga.driver.emulated import EmulatedDevice
 from vfpga.runtime import api, compiler, frontend, golden, ir, models, quant
-from vfpga.runtime.api import DeployError, TenantFault
+from vfpga.runtime.api import DeployError, TenantFault, TenantRemoved
 from vfpga.runtime.frontend import FrontendError, UnsupportedOperatorError
+from vfpga.runtime.tenant import segment_layout
 
 SMALL_BANK = 16 << 20
 TINY_BANK = 1 << 20  # the isolation tests compare a whole bank, twice per run
@@ -67,7 +68,7 @@ def random_input(graph: ir.Graph, seed: int) -> np.ndarray:
 def assert_runs_correctly(tenant: api.Tenant, seed: int) -> None:
     x = random_input(tenant.graph, seed)
     (y,), info = tenant.run_quantized(x)
-    assert info.result.ok
+    assert info.completions and all(c.ok for c in info.completions)
     np.testing.assert_array_equal(y, golden.run_graph(tenant.graph, x)[tenant.graph.outputs[0]])
 
 
@@ -125,7 +126,7 @@ def test_run_quantized_reports_the_run(deployed):
     x = random_input(tenant.graph, 7)
     (y,), info = tenant.run_quantized(x)
     assert y.dtype == np.int8 and y.shape == tenant.compiled.outputs[0].shape
-    assert info.result.ok and info.modeled_cycles > 0 and info.modeled_seconds > 0 and info.host_seconds > 0
+    assert all(c.ok for c in info.completions) and info.modeled_cycles > 0 and info.modeled_seconds > 0 and info.host_seconds > 0
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 16, 16), (1, 32, 32, 3), (2, 3, 32, 32), (3, 32, 32)])
@@ -226,16 +227,16 @@ def test_unsupported_operator_runs_on_the_cpu_by_default(tmp_path, op_type, attr
 def test_more_tenants_than_cores():
     accel = accelerator("zcu104")
     tenants = [accel.deploy(tiny_graph(i), name=f"t{i}") for i in range(4)]
-    assert sorted(t.core_index for t in tenants) == [0, 1, 2, 3]
+    assert sorted(c for t in tenants for c in t.cores) == [0, 1, 2, 3]
     free = accel.device.get_memory_by_idx(0).free_bytes
-    with pytest.raises(DeployError, match=r"all 4 cores are taken by \['t0', 't1', 't2', 't3'\]"):
+    with pytest.raises(DeployError, match=r"asked for 1 cores, 0 free \(4 held by \['t0', 't1', 't2', 't3'\]\)"):
         accel.deploy(tiny_graph(9), name="fifth")
     assert "fifth" not in accel.tenants and accel.device.get_memory_by_idx(0).free_bytes == free
     for i, t in enumerate(tenants):
         assert_runs_correctly(t, 10 + i)
     accel.remove("t2")
     fifth = accel.deploy(tiny_graph(9), name="fifth")
-    assert fifth.core_index == 2
+    assert fifth.cores == [2]
     assert_runs_correctly(fifth, 20)
     assert_runs_correctly(tenants[3], 21)
 
@@ -248,7 +249,7 @@ def test_duplicate_tenant_name():
     assert accel.tenants == {"vision": first}
     assert_runs_correctly(first, 3)
     other = accel.deploy(tiny_graph(2), name="other")
-    assert other.core_index == 1  # the refused deploy did not keep a core
+    assert other.cores == [1]  # the refused deploy did not keep a core
     assert_runs_correctly(other, 4)
 
 
@@ -260,22 +261,26 @@ def test_removed_tenant_cannot_run():
     x = random_input(tenant.graph, 0)
     accel.remove(tenant)
     assert bank.free_bytes == free and not accel.tenants
-    with pytest.raises(DeployError, match=r"tenant 'gone' has been removed"):
+    with pytest.raises(TenantRemoved, match=r"tenant 'gone' has been removed"):
         tenant.run_quantized(x)
-    with pytest.raises(DeployError, match=r"tenant 'gone' has been removed"):
+    with pytest.raises(TenantRemoved, match=r"tenant 'gone' has been removed"):
         tenant.run(np.zeros((1, 16, 8, 8), dtype=np.float32))
     with pytest.raises(DeployError, match=r"no tenant named 'gone'"):
         accel.remove("gone")
     assert_runs_correctly(accel.deploy(tiny_graph(2), name="gone"), 5)  # the name and the core are free again
 
 
-@pytest.mark.parametrize("cores", [0, 2, 16])
-def test_multi_core_tenants_are_refused_clearly(cores):
+@pytest.mark.parametrize("cores, message", [(0, r"cores must be a positive integer, not 0"),
+                                            (17, r"asked for 17 cores; the u200 pool has 16"),
+                                            ("2", r"cores must be a positive integer, not '2'")])
+def test_impossible_core_counts_are_refused_clearly(cores, message):
     accel = accelerator("u200")
-    with pytest.raises(DeployError, match=rf"asked for {cores} cores: multi-core .* deploy with cores=1"):
+    with pytest.raises(DeployError, match=message):
         accel.deploy(tiny_graph(1), cores=cores, name="multi")
-    assert not accel.tenants
-    assert_runs_correctly(accel.deploy(tiny_graph(1), cores=1, name="multi"), 6)
+    assert not accel.tenants and accel.free_cores == list(range(16))
+    multi = accel.deploy(tiny_graph(1), cores=16, name="multi")
+    assert multi.cores == list(range(16))
+    assert_runs_correctly(multi, 6)
 
 
 def test_model_compiled_for_another_board_is_refused():
@@ -311,7 +316,7 @@ def corrupt(compiled: compiler.CompiledModel, how: str) -> tuple[compiler.Compil
     layer 2) reaches outside the segment. Returns it, the index of the bad instruction and the
     fault address the core must report (the lowest offending offset)."""
     program = compiled.program.copy()
-    limit = compiled.segment_size
+    limit = segment_layout(compiled).size  # the deployed segment: the model's bytes, then the driver's areas
     op = "LOAD_LINEAR" if how == "load-neighbour" else "SAVE"
     i = _find(program, op, 1 if op == "SAVE" else 2)
     fields = isa.decode(program[i * isa.INSN_BYTES:(i + 1) * isa.INSN_BYTES])
@@ -332,15 +337,25 @@ def corrupt(compiled: compiler.CompiledModel, how: str) -> tuple[compiler.Compil
     return dataclasses.replace(compiled, program=program), i, fault_addr
 
 
+def _frame_of(compiled: compiler.CompiledModel, insn: int) -> int:
+    """Index inside its frame of program instruction ``insn`` (one-core tiling)."""
+    at = compiled.program_offset + insn * isa.INSN_BYTES
+    f = compiled.frames[compiled.frames["variant"] == 0]
+    row = f[(f["offset"] <= at) & (at < f["offset"] + f["n_insns"] * isa.INSN_BYTES)]
+    assert len(row) == 1
+    return (at - int(row["offset"][0])) // isa.INSN_BYTES
+
+
 @pytest.mark.parametrize("how", ["past-end", "straddle", "near-4g", "load-neighbour"])
 def test_out_of_segment_tenant_faults_alone(how):
     accel = accelerator("zcu104", bank_capacity=TINY_BANK)  # 4 cores, all on bank 0
     dev = accel.device
     left = accel.deploy(tiny_graph(1), name="left")
     bad_model, bad_insn, fault_addr = corrupt(compiler.compile_graph(tiny_graph(2), "zcu104"), how)
+    in_frame = _frame_of(bad_model, bad_insn)
     bad = accel.deploy(bad_model, name="bad")
     right = accel.deploy(tiny_graph(3), name="right")
-    assert {t.core.bank for t in (left, bad, right)} == {0}
+    assert {t.segment.bank for t in (left, bad, right)} == {0}
     # the neighbours sit right before and right after the bad segment
     base = dev.get_memory_by_idx(0).base_address
     lo, hi = bad.segment.physical_address - base, bad.segment.physical_address - base + bad.segment.size
@@ -350,15 +365,20 @@ def test_out_of_segment_tenant_faults_alone(how):
     for t, seed in ((left, 1), (right, 2)):
         assert_runs_correctly(t, seed)
     x = random_input(bad.graph, 3)
-    for attempt in range(2):  # faulting again is just as clean
+    for attempt in range(2):  # faulting again after a reset is just as clean
         if how == "straddle":  # the faulting SAVE's one in-segment byte: must stay as it is
             dev.bank_array(0)[hi - 1] = (0x5A, 0xA5)[attempt]
         before = dev.bank_array(0).copy()
-        with pytest.raises(TenantFault, match=rf"tenant 'bad' faulted: SEGMENT at instruction {bad_insn}, "
-                                              rf"address 0x{fault_addr:x}") as e:
+        with pytest.raises(TenantFault, match=rf"tenant 'bad': request \d+ FAULT: SEGMENT on core {bad.cores[0]}, "
+                                              rf"address 0x{fault_addr:x}, instruction {in_frame} ") as e:
             bad.run_quantized(x)
-        r = e.value.result
-        assert (e.value.tenant, r.fault_name, r.fault_addr, r.fault_insn) == ("bad", "SEGMENT", fault_addr, bad_insn)
+        f = e.value.fault
+        assert (e.value.tenant, f.name, f.addr, f.insn, f.core) == ("bad", "SEGMENT", fault_addr, in_frame,
+                                                                    bad.cores[0])
+        assert bad.context.status == "FAULTED"
+        # a stopped tenant refuses new work, naming the fault, until it is reset
+        with pytest.raises(TenantFault, match=r"stopped by an earlier fault .* call reset\(\)"):
+            bad.submit_quantized(x)
         after = dev.bank_array(0)
         changed = np.flatnonzero(before != after)
         assert changed.size == 0 or (changed.min() >= lo and changed.max() < hi), (
@@ -367,11 +387,14 @@ def test_out_of_segment_tenant_faults_alone(how):
             assert after[hi - 1] == (0x5A, 0xA5)[attempt]
         for t, seed in ((left, 4 + attempt), (right, 6 + attempt)):
             assert_runs_correctly(t, seed)
-    assert bad.requests == 0
+        bad.reset()
+        assert bad.context.status == "IDLE" and bad.context.fault() is None
+    assert bad.requests == 0 and bad.failed == 2
 
+    cores = bad.cores
     accel.remove(bad)
     again = accel.deploy(tiny_graph(4), name="again")
-    assert again.core_index == bad.core_index
+    assert again.cores == cores
     assert_runs_correctly(again, 8)
     for t, seed in ((left, 9), (right, 10)):
         assert_runs_correctly(t, seed)

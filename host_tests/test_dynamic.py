@@ -84,17 +84,17 @@ def test_plans_run_bit_exact_on_k_cores(small, k, variant):
     graph, c = small
     ov = api.open("u200")
     try:
-        tenant = ov.deploy(c, name="dyn")
-        cores = [core for core in ov.cores if core.bank == tenant.core.bank][:k]
-        p = dynamic.plan(c, k, variant=variant)
+        tenant = ov.deploy(c, cores=k, name="dyn")
+        if variant is not None:
+            tenant.retarget(k, variant=variant)
+        assert tenant.plan.k == k
         rng = np.random.default_rng(k)
         for _ in range(2):
             x_q = rng.integers(-128, 128, size=c.input.shape, dtype=np.int8)
-            tenant._write(c.input, x_q)
-            r = dynamic.run_plan(p, c, cores, tenant.segment, run_cpu=tenant._run_cpu)
-            assert r.ok
-            got = tenant._read(c.outputs[0])
+            (got,), info = tenant.run_quantized(x_q)
+            assert all(r.ok for r in info.completions)
             assert np.array_equal(got, golden.run_graph(graph, x_q)[graph.outputs[0]])
+        assert ov.stats()["dyn"].frames == 2 * sum(int((p["op"] == dynamic.FRAME).sum()) for p in tenant.plan.programs)
     finally:
         ov.close()
 
@@ -110,16 +110,15 @@ def test_every_variant_of_a_split_layer_is_exact():
     assert len(c.layers[0].variants) >= 3
     ov = api.open("zcu104")
     try:
-        tenant = ov.deploy(c)
+        tenant = ov.deploy(c, cores=4)
         x_q = rng.integers(-128, 128, size=(20, 20, 32), dtype=np.int8)
         want = golden.run_graph(g, x_q)["y"]
         for v in range(len(c.layers[0].variants)):
-            p = dynamic.plan(c, 4, variant=v)
-            tenant._write(c.input, x_q)
+            tenant.retarget(4, variant=v)
             tenant.segment.write(c.outputs[0].addr, np.zeros(20 * 20 * 48, np.int8))
             tenant.segment.sync_to_device(c.outputs[0].addr, 20 * 20 * 48)
-            assert dynamic.run_plan(p, c, ov.cores[:4], tenant.segment).ok
-            assert np.array_equal(tenant._read(c.outputs[0]), want), f"variant {v}"
+            (got,), _ = tenant.run_quantized(x_q)
+            assert np.array_equal(got, want), f"variant {v}"
     finally:
         ov.close()
 

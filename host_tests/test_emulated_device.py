@@ -51,8 +51,12 @@ def test_unknown_board_is_a_clear_error():
 def test_ip_dict_and_memories_follow_the_config(board, make_emulated_device):
     dev = make_emulated_device(board)
     cfg = overlay.load(board)
-    core, ddr = cfg["cnn_core"], cfg["ddr"]
-    assert len(dev.ip_dict) == core["count"]
+    core, ddr, disp = cfg["cnn_core"], cfg["ddr"], cfg["dispatcher"]
+    assert len(dev.ip_dict) == core["count"] + 1
+    d = dev.ip_dict["dispatcher"]
+    assert (d["type"], d["phys_addr"], d["addr_range"]) == (disp["vlnv"], disp["base_address"], disp["address_range"])
+    assert {n: r["address_offset"] for n, r in d["registers"].items()} == {
+        n: off for n, off in disp["registers"].items() if n != "file"}
     for i in range(core["count"]):
         d = dev.ip_dict[f"cnn_core_{i}"]
         assert d["type"] == core["vlnv"]
@@ -208,7 +212,7 @@ def test_mmio_reads_and_writes_registers(emulated_device):
 
 def test_unmapped_register_address_is_an_error(emulated_device):
     dev = emulated_device
-    last = dev.ip_dict[f"cnn_core_{len(dev.ip_dict) - 1}"]
+    last = max(dev.ip_dict.values(), key=lambda d: d["phys_addr"])
     with pytest.raises(EmulationError, match="no emulated register"):
         pynq.MMIO(last["phys_addr"] + last["addr_range"], 4, device=dev).read(0)
 

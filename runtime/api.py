@@ -1,54 +1,37 @@
 """The user's view: open an accelerator, deploy models as tenants, run them.
 
-    ov = vfpga.open("u200")          # the emulated board here, a real one where there is one
-    net = ov.deploy("model.onnx", name="vision")
-    y = net.run(x)                   # float in, float out, like onnxruntime
+    ov = vfpga.open("u200")                  # the emulated board here, a real one where there is one
+    net = ov.deploy("model.onnx", cores=4, name="vision")
+    y = net.run(x)                           # float in, float out, like onnxruntime
+    fut = net.submit(x); y = fut.result()    # or asynchronously
+    ov.reallocate({"vision": 8})             # live: nothing in flight is lost
+    ov.stats()                               # per tenant: requests, latency, throughput, utilisation
 
-A tenant owns a segment of device memory in the DDR bank of its core and
-the core itself; its program, weights and activations live in that segment.
+Every tenant gets a dispatcher context, a segment of device memory (its
+program, weights, activations, request ring and dispatch programs) and a
+set of CNN cores. The level-1 dispatcher runs its requests on those cores;
+re-allocation changes the set while requests are in flight.
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import pynq
 
 from vfpga import overlay
-from vfpga.driver import cnn_core, emulated
-from vfpga.driver.segment import Segment
+from vfpga.driver import emulated
+from vfpga.driver.dispatcher import VLNV as DISPATCHER_VLNV
+from vfpga.driver.dispatcher import Dispatcher
+from vfpga.driver.tenant_context import CompletionHandler
 
 from . import cache as compile_cache
-from . import compiler, cycle_model, frontend, ir
-from .reference import OrtReference, from_onnx_layout, to_onnx_layout
-
-
-class DeployError(RuntimeError):
-    """The accelerator cannot host this tenant (cores, memory, names)."""
-
-
-class TenantFault(RuntimeError):
-    """A tenant's program stopped its core with a hardware fault."""
-
-    def __init__(self, tenant: str, result: cnn_core.CoreResult):
-        self.tenant = tenant
-        self.result = result
-        super().__init__(
-            f"tenant {tenant!r} faulted: {result.fault_name} at instruction {result.fault_insn}, "
-            f"address 0x{result.fault_addr:x}")
-
-
-@dataclass
-class RunInfo:
-    """What one request did on the core."""
-
-    result: cnn_core.CoreResult
-    host_seconds: float
-    modeled_cycles: int
-    modeled_seconds: float
+from . import compiler
+from .errors import ContextError, DeployError, MaskRejected, QueueFull, TenantFault, TenantRemoved  # noqa: F401
+from .tenant import RunInfo, Tenant, _mask  # noqa: F401 - RunInfo is part of the API
 
 
 def _pick_device(board: str, emulate: bool | None):
@@ -64,25 +47,89 @@ def _pick_device(board: str, emulate: bool | None):
     return emulated.EmulatedDevice(board)
 
 
+@dataclass
+class TenantStats:
+    """One tenant's figures. ``source`` says where the device figures come
+    from: "modeled" (emulation: the cycle model's clock) or "measured" (a
+    board's cycle counter). Host figures are always measured on the host."""
+
+    name: str
+    cores: list[int]
+    requests: int  # completed OK (host count)
+    failed: int
+    source: str
+    latency_ms: float | None  # device latency per request, mean (modeled or measured)
+    throughput_rps: float | None  # 1 / latency: one request at a time per tenant
+    utilisation: float | None  # busy core-cycles / (request cycles x cores held)
+    host_latency_ms: dict  # measured on the host: mean, p50, p99
+    frames: int
+    core_cycles: int
+    ddr_slowdown: float | None  # emulation only: frame cycles as run / with the DDR bank to itself
+
+
+@dataclass
+class Reallocation:
+    """What one reallocate() did and how long each step took."""
+
+    before: dict[str, list[int]]
+    after: dict[str, list[int]]
+    retargeted: list[str]  # tenants whose core count changed (dynamic stage run)
+    dynamic_stage_s: float  # host: plan + program upload, all retargeted tenants
+    release_s: float  # host: mask writes of the shrinking tenants until applied
+    drain_s: float  # host: until released cores finished their frames in flight
+    acquire_s: float  # host: mask writes of the growing tenants until applied
+    total_s: float
+    drain_cycles: int  # dispatcher clock from release to drained (modeled in emulation)
+    source: str
+
+    def describe(self) -> str:
+        moves = ", ".join(f"{n}: {len(self.before[n])}->{len(self.after[n])} cores" for n in self.after)
+        return (f"reallocate ({moves}): total {self.total_s * 1e3:.2f} ms host = dynamic stage "
+                f"{self.dynamic_stage_s * 1e3:.2f} ms + release {self.release_s * 1e3:.2f} ms + drain "
+                f"{self.drain_s * 1e3:.2f} ms + acquire {self.acquire_s * 1e3:.2f} ms; drain {self.drain_cycles} "
+                f"cycles ({self.source})")
+
+
 class Accelerator:
     """One vfpga overlay (emulated or on a board) shared by tenants."""
 
     def __init__(self, board: str = "u200", emulate: bool | None = None, device=None):
         self.config = overlay.load(board)
         self.board = self.config["name"]
+        self._own_device = device is None
         self.device = device if device is not None else _pick_device(board, emulate)
         self.emulated = isinstance(self.device, emulated.EmulatedDevice)
-        self.cores = cnn_core.cores(self.device)
-        if len(self.cores) != self.config["cnn_core"]["count"]:
-            raise DeployError(f"the device shows {len(self.cores)} CNN cores, the {self.board} config "
-                              f"{self.config['cnn_core']['count']}")
-        self._lock = threading.RLock()  # re-entrant: a tenant's release may run inside deploy/remove
+        found = [d for d in self.device.ip_dict.values() if d.get("type") == DISPATCHER_VLNV]
+        if len(found) != 1:
+            raise DeployError(f"{self.device!r} has {len(found)} level-1 dispatchers ({DISPATCHER_VLNV}), not 1")
+        self.dispatcher = Dispatcher(found[0], config=self.config)
+        ddr = self.config["ddr"]
+        self.dispatcher.start(ddr["base_address"], (ddr["banks"] - 1) * ddr["bank_stride"] + ddr["bank_bytes"])
+        self.n_cores = self.dispatcher.n_cores
+        if self.n_cores != self.config["cnn_core"]["count"] or self.dispatcher.read("cores") != self.n_cores:
+            raise DeployError(f"the dispatcher drives {self.dispatcher.read('cores')} CNN cores, the {self.board} "
+                              f"config {self.config['cnn_core']['count']}")
+        self.completions = CompletionHandler(self.dispatcher)
+        self._lock = threading.RLock()  # tenants, core ownership, contexts
         self._owner: dict[int, str] = {}
+        self._contexts: dict[int, str] = {}
         self.tenants: dict[str, Tenant] = {}
+        self._reserved: set[str] = set()  # names of tenants being deployed
+        self.closed = False
 
     @property
     def mode(self) -> str:
         return "emulated" if self.emulated else "board"
+
+    @property
+    def cores(self) -> list[int]:
+        """The CNN cores of the pool (physical indices)."""
+        return list(range(self.n_cores))
+
+    @property
+    def free_cores(self) -> list[int]:
+        with self._lock:
+            return [c for c in range(self.n_cores) if c not in self._owner]
 
     def compile(self, model, calibration=None, input_shape=None, *, cache=None, progress=None,
                 fallback: bool = True) -> compiler.CompiledModel:
@@ -96,47 +143,215 @@ class Accelerator:
         return compile_model(model, self.config, calibration, input_shape, cache=cache, progress=progress,
                              fallback=fallback)
 
+    # ---- placement ------------------------------------------------------------------------------
+    def _core_bank(self, core: int) -> int:
+        return self.config["cnn_core"]["banks"][core]
+
+    def _pick_bank(self) -> int:
+        """The DDR bank with the most free memory (spreads tenants' DDR traffic)."""
+        banks = self.device.banks if hasattr(self.device, "banks") else None
+        if not banks:
+            return 0
+        return max(range(len(banks)), key=lambda b: (banks[b].free_bytes, -b))
+
+    def _pick_cores(self, k: int, bank: int, free: list[int]) -> list[int]:
+        """k of ``free``: the cores wired to ``bank`` first, then the lowest indices."""
+        return sorted(sorted(free, key=lambda c: (self._core_bank(c) != bank, c))[:k])
+
     def deploy(self, model, cores: int = 1, name: str | None = None, calibration=None,
-               input_shape=None, fallback: bool = True) -> Tenant:
-        """Compiles ``model`` (or takes it compiled) and gives it a core and a
-        segment. Ops the accelerator lacks run on the host through
-        onnxruntime unless ``fallback=False``, which rejects them instead."""
-        if cores != 1:
-            raise DeployError(
-                f"asked for {cores} cores: multi-core tenants need the level-1 dispatcher, which is not "
-                "built yet; deploy with cores=1")
+               input_shape=None, fallback: bool = True, max_pending: int = 64) -> Tenant:
+        """Compiles ``model`` (or takes it compiled), gives it ``cores`` CNN
+        cores, a dispatcher context and a segment. Ops the accelerator lacks
+        run on the host through onnxruntime unless ``fallback=False``, which
+        rejects them instead."""
+        if not isinstance(cores, int) or cores < 1:
+            raise DeployError(f"cores must be a positive integer, not {cores!r}")
+        if cores > self.n_cores:
+            raise DeployError(f"asked for {cores} cores; the {self.board} pool has {self.n_cores}")
         compiled = self.compile(model, calibration, input_shape, fallback=fallback)
         with self._lock:
+            self._check_open()
             name = name or f"tenant{len(self.tenants)}"
-            if name in self.tenants:
+            if name in self.tenants or name in self._reserved:
                 raise DeployError(f"a tenant named {name!r} is already deployed")
-            free = [i for i in range(len(self.cores)) if i not in self._owner]
-            if not free:
-                raise DeployError(f"all {len(self.cores)} cores are taken by {sorted(set(self._owner.values()))}")
-            core = free[0]
-            self._owner[core] = name
+            free = self.free_cores
+            if len(free) < cores:
+                raise DeployError(f"asked for {cores} cores, {len(free)} free ({self.n_cores - len(free)} held by "
+                                  f"{sorted(set(self._owner.values()))}); remove a tenant or reallocate first")
+            contexts = [t for t in range(self.dispatcher.n_tenants) if t not in self._contexts]
+            if not contexts:
+                raise DeployError(f"all {self.dispatcher.n_tenants} dispatcher tenant contexts are in use by "
+                                  f"{sorted(self._contexts.values())}; remove a tenant first")
+            bank = self._pick_bank()
+            chosen = self._pick_cores(cores, bank, free)
+            for c in chosen:
+                self._owner[c] = name
+            self._contexts[contexts[0]] = name
+            self._reserved.add(name)
         try:
-            tenant = Tenant(self, name, compiled, core)
+            tenant = Tenant(self, name, compiled, contexts[0], chosen, bank, max_pending=max_pending)
         except BaseException:
             with self._lock:
-                del self._owner[core]
+                self._release(name)
             raise
         with self._lock:
+            self._reserved.discard(name)
             self.tenants[name] = tenant
         return tenant
 
-    def remove(self, tenant) -> None:
+    def _release(self, name: str) -> None:
+        self._owner = {c: n for c, n in self._owner.items() if n != name}
+        self._contexts = {t: n for t, n in self._contexts.items() if n != name}
+        self.tenants.pop(name, None)
+        self._reserved.discard(name)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise DeployError("this accelerator has been closed")
+
+    def _tenant(self, tenant) -> Tenant:
         name = tenant if isinstance(tenant, str) else tenant.name
+        t = self.tenants.get(name)
+        if t is None:
+            raise DeployError(f"no tenant named {name!r}; deployed: {sorted(self.tenants)}")
+        return t
+
+    # ---- re-allocation ------------------------------------------------------------------------------
+    def _targets(self, allocation: dict) -> dict[str, list[int]]:
+        """Core sets after ``allocation`` ({tenant: count or list of cores});
+        tenants not named keep theirs. Counts keep as many current cores as
+        they can and take free ones wired to the tenant's bank first."""
+        named = {self._tenant(t).name: v for t, v in allocation.items()}
+        target = {n: list(t.cores) for n, t in self.tenants.items() if n not in named}
+        explicit = {n: sorted(int(c) for c in v) for n, v in named.items() if not isinstance(v, int)}
+        counts = {n: v for n, v in named.items() if isinstance(v, int)}
+        for n, cs in explicit.items():
+            bad = [c for c in cs if not 0 <= c < self.n_cores]
+            if bad or len(set(cs)) != len(cs) or not cs:
+                raise DeployError(f"tenant {n!r}: core list {cs} must name distinct cores of 0..{self.n_cores - 1}")
+        for n, k in counts.items():
+            if k < 1:
+                raise DeployError(f"tenant {n!r}: a tenant holds at least one core, not {k}")
+        target.update(explicit)
+        taken = {c for cs in target.values() for c in cs}
+        if len(taken) != sum(len(cs) for cs in target.values()):
+            raise DeployError(f"core sets overlap: {target}")
+        need = sum(counts.values())
+        if len(taken) + need > self.n_cores:
+            raise DeployError(f"asked for {len(taken) + need} cores in all; the {self.board} pool has {self.n_cores}")
+        for n, k in counts.items():  # shrinking tenants first keep their own cores
+            keep = [c for c in self.tenants[n].cores if c not in taken][:k]
+            target[n] = keep
+            taken.update(keep)
+        for n, k in sorted(counts.items()):
+            missing = k - len(target[n])
+            if missing:
+                free = [c for c in range(self.n_cores) if c not in taken]
+                more = self._pick_cores(missing, self.tenants[n].segment.bank, free)
+                target[n] = sorted(target[n] + more)
+                taken.update(more)
+        return target
+
+    def reallocate(self, allocation: dict) -> Reallocation:
+        """Changes tenants' cores live: ``{"vision": 8, rnn: [12, 13]}`` (a
+        count, or the exact cores). Requests in flight finish; frames never
+        move mid-run. A changed count runs only the dynamic stage; a move to
+        other cores of the same count needs nothing but the masks."""
+        t0 = time.perf_counter()
         with self._lock:
-            if name not in self.tenants:
-                raise DeployError(f"no tenant named {name!r}")
-            t = self.tenants.pop(name)
-            self._owner = {c: n for c, n in self._owner.items() if n != name}
-        t._release()
+            self._check_open()
+            before = {n: list(t.cores) for n, t in self.tenants.items()}
+            target = self._targets(allocation)
+            tenants = {n: self.tenants[n] for n in target}
+            # 1. dynamic stage where the count changes
+            retargeted = [n for n in target if len(target[n]) != len(before[n])]
+            for n in retargeted:
+                tenants[n].retarget(len(target[n]))
+            t1 = time.perf_counter()
+            # 2. release: every tenant drops the cores it is losing
+            released = 0
+            clock0 = self.dispatcher.read("cycles")
+            for n, t in tenants.items():
+                keep = [c for c in before[n] if c in target[n]]
+                if keep != before[n]:
+                    t.context.set_mask(_mask(keep))
+                    released |= _mask(c for c in before[n] if c not in target[n])
+            t2 = time.perf_counter()
+            # 3. drain: released cores finish the frames they had
+            deadline = time.monotonic() + 60
+            while self.dispatcher.read("busy_cores") & released:
+                if time.monotonic() > deadline:
+                    raise ContextError(f"released cores {released:#x} still busy after 60 s")
+                time.sleep(20e-6)
+            drain_cycles = self.dispatcher.read("cycles") - clock0 if released else 0
+            t3 = time.perf_counter()
+            # 4. acquire
+            for n, t in tenants.items():
+                if target[n] != [c for c in before[n] if c in target[n]]:
+                    t.context.set_mask(_mask(target[n]))
+                t.cores = list(target[n])
+            self._owner = {c: n for n, cs in target.items() for c in cs}
+            t4 = time.perf_counter()
+        return Reallocation(before, {n: list(cs) for n, cs in target.items()}, retargeted, t1 - t0, t2 - t1,
+                            t3 - t2, t4 - t3, t4 - t0, drain_cycles, "modeled" if self.emulated else "measured")
+
+    # ---- figures --------------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, TenantStats]:
+        """Per tenant: requests, device latency and throughput (modeled in
+        emulation, measured on a board), core utilisation, host latency."""
+        out = {}
+        source = "modeled" if self.emulated else "measured"
+        hz = float(self.config["clock_mhz"]) * 1e6
+        disp = getattr(self.device, "dispatcher", None) if self.emulated else None
+        with self._lock:
+            tenants = list(self.tenants.values())
+        for t in tenants:
+            regs = t.context.counters()
+            lat = [c / hz for c in t.modeled_latencies]
+            mean = statistics.fmean(lat) if lat else None
+            host = sorted(t.host_latencies)
+            host_ms = ({"mean": statistics.fmean(host) * 1e3, "p50": host[len(host) // 2] * 1e3,
+                        "p99": host[min(len(host) - 1, int(0.99 * len(host)))] * 1e3} if host else {})
+            util = (regs["core_cycles"] / (regs["request_cycles"] * t.k)
+                    if regs["request_cycles"] else None)
+            slowdown = None
+            if disp is not None:
+                solo = int(disp.tenant_solo_cycles[t.context.index])
+                slowdown = int(disp.tenant_frame_cycles[t.context.index]) / solo if solo else None
+            out[t.name] = TenantStats(t.name, list(t.cores), t.requests, t.failed, source,
+                                      mean * 1e3 if mean else None, 1 / mean if mean else None, util, host_ms,
+                                      regs["frames"], regs["core_cycles"], slowdown)
+        return out
+
+    # ---- removal -------------------------------------------------------------------------------------------------
+    def remove(self, tenant) -> None:
+        """Removes a tenant: queued requests fail with TenantRemoved, the one
+        in flight finishes, its cores, context and memory are freed."""
+        with self._lock:
+            t = self._tenant(tenant)
+        try:
+            t._shutdown()
+        finally:
+            with self._lock:
+                self._release(t.name)
 
     def close(self) -> None:
+        """Removes every tenant and stops the dispatcher."""
+        if self.closed:
+            return
         for name in list(self.tenants):
             self.remove(name)
+        self.closed = True
+        self.completions.stop()
+        self.dispatcher.stop()
+        if self._own_device and hasattr(self.device, "close"):
+            self.device.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def compile_model(model, board="u200", calibration=None, input_shape=None, *, cache=None, progress=None,
@@ -148,130 +363,6 @@ def compile_model(model, board="u200", calibration=None, input_shape=None, *, ca
     accelerator lacks run on the host CPU instead of raising UnsupportedOperatorError."""
     return compile_cache.compile_with_cache(model, board, calibration, input_shape, cache=cache,
                                             progress=progress, fallback=fallback).compiled
-
-
-class Tenant:
-    """A deployed model: its segment, its core and its compiled program."""
-
-    def __init__(self, accel: Accelerator, name: str, compiled: compiler.CompiledModel, core: int):
-        self.accel = accel
-        self.name = name
-        self.compiled = compiled
-        self.core_index = core
-        self.core = accel.cores[core]
-        self._lock = threading.Lock()
-        try:
-            self.segment = Segment(compiled.segment_size, bank=self.core.bank, device=accel.device)
-        except MemoryError as e:
-            raise DeployError(f"tenant {name!r} needs a {compiled.segment_size}-byte segment in DDR bank "
-                              f"{self.core.bank}, which cannot hold it: {e}") from e
-        for offset, data in compiled.segment_image().items():
-            self.segment.write(offset, np.frombuffer(data, dtype=np.uint8))
-        # The whole segment goes down once, so no earlier tenant's bytes remain in it.
-        self.segment.sync_to_device()
-        self.schedules = compiler.schedule_parts(compiled, accel.config)
-        self.modeled_cycles = sum(s.total_cycles for s in self.schedules)
-        self._cpu = {p.layer: OrtReference.for_model(compiled.graph.layers[p.layer].model)
-                     for p in compiled.parts if p.kind == "cpu"}
-        self._host: dict[str, np.ndarray] = {}  # float CPU results of the current request
-        self.requests = 0
-
-    @property
-    def graph(self) -> ir.Graph:
-        return self.compiled.graph
-
-    def layer_cycles(self) -> dict[int, int]:
-        """Modeled cycles per layer index (accelerator layers)."""
-        out: dict[int, int] = {}
-        for s in self.schedules:
-            for k, v in s.layer_cycles.items():
-                out[k] = out.get(k, 0) + v
-        return out
-
-    def _read(self, p: compiler.Placement) -> np.ndarray:
-        """A tensor's int8 HWC value from device memory (slices of a wider
-        concat tensor included)."""
-        h, w, c = p.shape
-        span = (h * w - 1) * p.pixel_stride + c
-        self.segment.sync_from_device(p.addr, span)
-        raw = np.zeros(h * w * p.pixel_stride, np.uint8)
-        raw[:span] = self.segment.read(p.addr, span)
-        return raw.view(np.int8).reshape(h, w, p.pixel_stride)[:, :, :c].copy()
-
-    def _write(self, p: compiler.Placement, value: np.ndarray) -> None:
-        """Writes a tensor's int8 HWC value into device memory (as a channel
-        slice of a wider tensor where it is one)."""
-        h, w, c = p.shape
-        if p.pixel_stride == c:
-            self.segment.write(p.addr, value)
-            self.segment.sync_to_device(p.addr, value.nbytes)
-            return
-        span = (h * w - 1) * p.pixel_stride + c
-        self.segment.sync_from_device(p.addr, span)
-        raw = np.zeros(h * w * p.pixel_stride, np.uint8)
-        raw[:span] = self.segment.read(p.addr, span)
-        raw.view(np.int8).reshape(h, w, p.pixel_stride)[:, :, :c] = value
-        self.segment.write(p.addr, raw[:span])
-        self.segment.sync_to_device(p.addr, span)
-
-    def _run_cpu(self, index: int) -> None:
-        layer = self.graph.layers[index]
-        tensors = self.graph.tensors
-        session = self._cpu[index].session
-        shapes = {i.name: i.shape for i in session.get_inputs()}
-        feeds = {}
-        for n in layer.inputs:
-            # the subgraph's own input shape says how the HWC tensor is laid out for it
-            shape = shapes.get(n)
-            static = shape is not None and all(isinstance(d, int) for d in shape)
-            feeds[n] = to_onnx_layout(self._read(self.compiled.tensors[n]),
-                                      tuple(shape) if static else tensors[n].onnx_shape)
-        values = session.run(list(layer.outputs), feeds)
-        for n, v in zip(layer.outputs, values):
-            p = self.compiled.tensors[n]
-            if tensors[n].dtype != "int8":  # a float graph output: it never goes back to the device
-                self._host[n] = from_onnx_layout(v, p.shape).astype(np.float32)
-            else:
-                self._write(p, from_onnx_layout(v, p.shape).astype(np.int8))
-
-    def run_quantized(self, x_q: np.ndarray) -> tuple[list[np.ndarray], RunInfo]:
-        """int8 HWC input -> int8 HWC outputs, as the accelerator computes them."""
-        inp = self.compiled.input
-        x_q = np.asarray(x_q)
-        if x_q.dtype != np.int8 or x_q.shape != inp.shape:
-            raise ValueError(f"tenant {self.name!r} expects an int8 HWC input of shape {inp.shape}, "
-                             f"got {x_q.dtype} {x_q.shape}")
-        with self._lock:
-            if self.segment.freed:
-                raise DeployError(f"tenant {self.name!r} has been removed")
-            self._write(inp, x_q)
-            t0 = time.perf_counter()
-            result = None
-            for part in self.compiled.parts:
-                if part.kind == "cpu":
-                    self._run_cpu(part.layer)
-                    continue
-                result = self.core.run(self.segment.physical_address, self.segment.size,
-                                       part.insn_offset, part.n_insns)
-                if not result.ok:
-                    raise TenantFault(self.name, result)
-            elapsed = time.perf_counter() - t0
-            outs = [self._host.pop(p.name) if p.name in self._host else self._read(p) for p in self.compiled.outputs]
-            self.requests += 1
-        cycles = self.modeled_cycles
-        return outs, RunInfo(result, elapsed, cycles, cycle_model.seconds(cycles, self.accel.config))
-
-    def run(self, x: np.ndarray) -> list[np.ndarray] | np.ndarray:
-        """Float input in the model's own layout -> float output(s), like onnxruntime."""
-        tensors = self.graph.tensors
-        x_q = frontend.quantize_input(x, tensors[self.graph.inputs[0]])
-        outs, _ = self.run_quantized(x_q)
-        ys = [frontend.dequantize_output(q, tensors[n]) for q, n in zip(outs, self.graph.outputs)]
-        return ys[0] if len(ys) == 1 else ys
-
-    def _release(self) -> None:
-        with self._lock:
-            self.segment.free()
 
 
 def open(board: str = "u200", emulate: bool | None = None) -> Accelerator:  # noqa: A001 - the API name

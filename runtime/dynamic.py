@@ -12,7 +12,6 @@ every re-allocation in well under a millisecond.
 from __future__ import annotations
 
 import heapq
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,53 +154,3 @@ def plan(compiled: CompiledModel | DispatchTable, k: int, variant: int | None = 
         programs.append(prog)
         chosen.append(pick.tolist())
     return DispatchPlan(k, programs, chosen, total)
-
-
-def run_plan(p: DispatchPlan, compiled: CompiledModel, cores, segment, run_cpu=None, threads: bool = True):
-    """Walks the dispatch programs on ``cores`` (slot i -> cores[i]) the way
-    the level-1 dispatcher does: the frames of one layer run concurrently on
-    their slots (one host thread per slot, each core one frame at a time),
-    BARRIER waits for all of them, CPU parts go through
-    ``run_cpu(layer_index)``. The host-side reference for the hardware
-    dispatcher. Returns the last core result, or the first faulting one."""
-    if len(cores) != p.k:
-        raise ValueError(f"the plan is for {p.k} cores, {len(cores)} given")
-    seg, size = segment.physical_address, segment.size
-
-    def run_slot(entries):
-        r = None
-        for e in entries:
-            r = cores[e["slot"]].run(seg, size, int(e["frame_offset"]), int(e["n_insns"]))
-            if not r.ok:
-                break
-        return r
-
-    pool = ThreadPoolExecutor(p.k) if threads and p.k > 1 else None
-    try:
-        last = None
-        accel = iter(p.programs)
-        for part in compiled.parts:
-            if part.kind == "cpu":
-                if run_cpu is None:
-                    raise ValueError("the model has CPU layers: pass run_cpu")
-                run_cpu(part.layer)
-                continue
-            prog = next(accel)
-            ends = np.flatnonzero(prog["op"] != FRAME)
-            start = 0
-            for end in ends:  # each layer's frames, up to its barrier
-                frames = prog[start:end]
-                start = end + 1
-                if not len(frames):
-                    continue
-                per_slot = [frames[frames["slot"] == s] for s in range(p.k)]
-                per_slot = [f for f in per_slot if len(f)]
-                results = list(pool.map(run_slot, per_slot)) if pool else [run_slot(f) for f in per_slot]
-                for r in results:
-                    if not r.ok:
-                        return r
-                last = results[-1]
-        return last
-    finally:
-        if pool:
-            pool.shutdown()

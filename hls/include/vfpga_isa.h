@@ -263,6 +263,92 @@ typedef struct {
     uint8_t op;             /* VF_DISPATCH_* */
 } vf_dispatch_t;
 
+/* ---- level-1 dispatcher: the tenant interface ---------------------------
+ * Formats the driver and the dispatcher share through DDR and registers
+ * (hls/include/vfpga_dispatcher.h has the register file and the contracts):
+ * request ring entries, completion records, tenant status, mask results and
+ * the dispatcher's own fault codes. */
+#define VF_DISP_ID 0x56464431        /* "VFD1", global register id */
+#define VF_DISP_VERSION 1
+#define VF_DISP_REQUEST_BYTES 16
+#define VF_DISP_RECORD_BYTES 64
+#define VF_DISP_ENTRY_BYTES 8        /* sizeof(vf_dispatch_t) */
+#define VF_DISP_NO_CORE 0xffffffff   /* fault_core when no core is involved */
+
+/* tenant control register */
+#define VF_TENANT_ENABLE 1
+
+/* tenant status */
+#define VF_TENANT_DISABLED 0
+#define VF_TENANT_IDLE 1
+#define VF_TENANT_RUNNING 2
+#define VF_TENANT_FAULTED 3
+#define VF_TENANT_DRAINING 4
+
+/* mask_result */
+#define VF_MASK_NONE 0
+#define VF_MASK_APPLIED 1
+#define VF_MASK_REJECT_RANGE 2
+#define VF_MASK_REJECT_CONFLICT 3
+
+/* completion record status */
+#define VF_CPL_OK 1
+#define VF_CPL_FAULT 2
+#define VF_CPL_ABORTED 3
+
+/* irq_status: bit t = tenant t has records not yet acknowledged
+ * (ring_head != cpl_ack); bit VF_IRQ_FAULT_SHIFT + t = tenant t is FAULTED. */
+#define VF_IRQ_FAULT_SHIFT 16
+
+/* Fault codes. Values below 16 are the core's VF_FAULT_* (vfpga_isa.h),
+ * copied with the core's fault_insn/fault_addr/fault_opcode; fault_core is the
+ * physical core. The dispatcher's own faults (fault_core = VF_DISP_NO_CORE): */
+#define VF_DFAULT_WINDOW 16    /* segment empty or not inside the device window; fault_addr = 1st byte
+                                  outside, as a segment offset (0: seg_base below mem_base) */
+#define VF_DFAULT_OVERLAP 17   /* segment overlaps live tenant fault_entry's segment */
+#define VF_DFAULT_RING 18      /* ring_size not a power of two in 1..VF_DISP_RING_MAX, or ring/record area
+                                  misaligned or outside the segment; fault_addr = offending segment offset
+                                  (first byte outside, or the misaligned offset; ring_size when bad) */
+#define VF_DFAULT_DOORBELL 19  /* ring_tail/cpl_ack out of range; fault_addr = ring_tail,
+                                  fault_entry = cpl_ack */
+#define VF_DFAULT_REQUEST 20   /* malformed request: program offset not 8-aligned or flags != 0;
+                                  fault_addr = segment offset of the ring entry */
+#define VF_DFAULT_PROGRAM 21   /* a dispatch entry outside the segment; fault_addr = 1st byte outside */
+#define VF_DFAULT_ENTRY 22     /* unknown op, or FRAME with 0 instructions; fault_addr = entry offset */
+#define VF_DFAULT_FRAME 23     /* a frame's instructions outside the segment; fault_addr = 1st byte out */
+#define VF_DFAULT_DISABLED 24  /* records only: aborted because the tenant was disabled */
+
+/* ---- DDR formats (inside the tenant segment) --------------------------- */
+
+/* Request ring entry. */
+typedef struct {
+    uint32_t prog_offset;   /* segment offset of the dispatch program, 8-aligned */
+    uint32_t prog_entries;  /* vf_dispatch_t entries (an END may come earlier) */
+    uint32_t request_id;    /* echoed in the completion record */
+    uint32_t flags;         /* must be 0 */
+} vf_disp_request_t;
+
+/* Completion record. Counters cover the request's frames (those that ran,
+ * also when it failed), saturating at 0xffffffff. */
+typedef struct {
+    uint32_t request_id;
+    uint32_t seq;           /* request sequence number */
+    uint32_t status;        /* VF_CPL_* */
+    uint32_t fault;         /* FAULT: the fault; ABORTED: why (tenant fault or VF_DFAULT_DISABLED) */
+    uint32_t fault_core;
+    uint32_t fault_addr;
+    uint32_t fault_insn;    /* core fault: instruction index inside the frame */
+    uint32_t fault_entry;   /* dispatch entry index (VF_DFAULT_OVERLAP: the other tenant) */
+    uint32_t frames;        /* frames run */
+    uint32_t barriers;      /* barriers passed */
+    uint32_t insns;         /* instructions retired */
+    uint32_t load_iters;    /* pipelined-loop iterations of the units */
+    uint32_t compute_iters;
+    uint32_t save_iters;
+    uint32_t fault_opcode;
+    uint32_t cycles;        /* clock cycles from the request's start (ring entry read) to its record */
+} vf_disp_completion_t;
+
 /* ========================================================================
  * RNN cores (LSTM / GRU)
  * ========================================================================
