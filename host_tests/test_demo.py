@@ -13,6 +13,15 @@ def test_demo_matches_golden_and_onnxruntime():
     text = "\n".join(lines)
     for word in ("conv1", "pool", "add", "gap", "fc", "modeled", "bit-exact", "onnxruntime"):
         assert word in text
+    # two tenants shared the board through two live re-allocations, every result exact
+    s = r.sharing
+    assert s.correct == s.total > 0
+    assert [len(x.after["vision"]) for x in s.reallocations] == [4, 4]
+    assert s.reallocations[0].retargeted and not s.reallocations[1].retargeted  # a move needs no dynamic stage
+    assert s.reallocations[1].after["vision"] == [12, 13, 14, 15]
+    assert {n: len(t.cores) for n, t in s.stats.items()} == {"vision": 4, "flat": 8}
+    assert all(t.requests == s.total // 2 and t.source == "modeled" for t in s.stats.values())
+    assert "reallocate (vision: 8->4 cores, flat: 4->8 cores)" in text
 
 
 def test_demo_on_a_board_with_other_geometry(capsys):

@@ -403,7 +403,8 @@ def _demo(args) -> int:
     from .demo import run_demo
 
     r = run_demo(args.board, args.inputs, args.seed)
-    return 0 if r.golden_exact == r.inputs and r.vs_ort.max_lsb <= 1 else 1
+    shared_ok = r.sharing is None or r.sharing.correct == r.sharing.total
+    return 0 if r.golden_exact == r.inputs and r.vs_ort.max_lsb <= 1 and shared_ok else 1
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,7 @@
 """`vfpga demo`: a small float ONNX CNN, quantized with onnxruntime, compiled,
 run on one emulated CNN core, and checked against the golden model and
-against onnxruntime running the same quantized model."""
+against onnxruntime running the same quantized model; then two tenants
+sharing the board with live re-allocations between them (demo_sharing)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import api, frontend, golden, models
+from .demo_sharing import SharingResult, run_sharing
 from .reference import OrtReference
 
 
@@ -44,6 +46,7 @@ class DemoResult:
     modeled_cycles: int
     modeled_seconds: float
     host_seconds: float
+    sharing: SharingResult | None = None  # None on a board with one core
 
 
 def run_demo(board: str = "u200", n_inputs: int = 8, seed: int = 0, echo=print) -> DemoResult:
@@ -112,4 +115,9 @@ def run_demo(board: str = "u200", n_inputs: int = 8, seed: int = 0, echo=print) 
     echo(f"    (onnxruntime fused vs its own unfused QDQ run: max {r.max_lsb} LSB, {r.exact_fraction:.1%} identical;"
          " its int8 kernels round differently on this CPU)")
     ov.close()
+    echo("")
+    if cfg["cnn_core"]["count"] >= 2:
+        result.sharing = run_sharing(board, seed=seed, echo=echo)
+    else:
+        echo(f"  (the {board} overlay has one CNN core: the sharing part of the demo needs two)")
     return result

@@ -251,7 +251,9 @@ typedef union {
  * tenant's core mask), BARRIER waits until every slot has drained (the next
  * layer depends on this one), END completes the request. Frames carry only
  * segment offsets, so the program never changes when cores are re-mapped;
- * only a change of k needs a new dispatch program. */
+ * only a change of k needs a new dispatch program. A slot is taken mod the
+ * tenant's current k (a program made for more slots folds onto fewer cores),
+ * and a program starts 8-byte aligned (the request's prog_offset). */
 #define VF_DISPATCH_FRAME 1
 #define VF_DISPATCH_BARRIER 2
 #define VF_DISPATCH_END 3
