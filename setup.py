@@ -34,6 +34,7 @@ setup(
         "cffi>=1.15",
         "onnx>=1.14,<1.23",  # 1.23 needs protobuf 6, pynq's grpcio-tools pins protobuf 5
         "onnxruntime>=1.16",
+        "matplotlib>=3.5",  # the plots of `vfpga bench`
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.4"]},
     entry_points={"console_scripts": ["vfpga = vfpga.runtime.cli:main"]},

@@ -407,6 +407,13 @@ def _demo(args) -> int:
     return 0 if r.golden_exact == r.inputs and r.vs_ort.max_lsb <= 1 and shared_ok else 1
 
 
+def _bench(args) -> int:
+    from .bench import run_bench
+
+    run_bench(args.out, quick=args.quick)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="vfpga", description="Multi-tenant DNN inference on one FPGA.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -444,6 +451,11 @@ def main(argv=None) -> int:
     i.add_argument("file", nargs="?", help="IFP file (without it: the boards)")
     i.add_argument("--board", default=None)
     i.set_defaults(func=_info)
+
+    b = sub.add_parser("bench", help="run the experiments (modeled) and write a report with tables and plots")
+    b.add_argument("--quick", action="store_true", help="a small version (fewer requests, smaller models)")
+    b.add_argument("--out", default="vfpga-bench", help="output directory (default ./vfpga-bench)")
+    b.set_defaults(func=_bench)
 
     k = sub.add_parser("cache", help="show or clear the compile cache")
     k.add_argument("--clear", action="store_true")

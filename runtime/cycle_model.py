@@ -31,8 +31,11 @@ From the board config:
   ddr.bank_gbytes_per_s       bank bandwidth; per cycle B = GB/s / clock. A
                               transfer takes at least bytes * bank_cores / B
                               cycles when that is slower than its bus beats
-                              (``bank_cores``: cores streaming from the bank at
-                              once, 1 = the core has the bank to itself)
+                              (``bank_cores`` >= 1: the bank's load factor --
+                              1 = the core has the bank to itself; the pool's
+                              timeline passes the summed bandwidth demand of
+                              the frames in flight on the bank, see
+                              vfpga.driver.pool_timeline)
 
 Vitis HLS / Xilinx primitive numbers (sources in brackets):
   AXI_MAX_BURST_BEATS = 16    m_axi max_read/write_burst_length default [Vitis
@@ -288,6 +291,13 @@ def _decode(prog: np.ndarray, g: _Geo) -> _Decoded:
     if sel.size:
         iters[sel] = _vcdiv(_i64(_fields(prog, "add")[sel]["length"]), g.ocp)
     return _Decoded(op, iters, ddr, bursts)
+
+
+def ddr_bytes(program, geometry) -> int:
+    """Bytes a program moves over DDR: its loads and saves (padding
+    excluded) and the fetch of its instructions."""
+    prog = _as_program(program)
+    return int(_decode(prog, _geometry(geometry)).ddr_bytes.sum()) + prog.shape[0] * isa.INSN_BYTES
 
 
 def program_iters(program, geometry) -> np.ndarray:

@@ -71,7 +71,7 @@ def run_sharing(board: str = "u200", requests: int = 24, seed: int = 0, echo=pri
             r = ov.reallocate(allocation)
             reallocations.append(r)
             echo(f"  after {done:>2} of {total} requests: {r.describe()}")
-            echo(f"      now: " + ", ".join(f"{n} on cores {cs}" for n, cs in r.after.items()))
+            echo("      now: " + ", ".join(f"{n} on cores {cs}" for n, cs in r.after.items()))
         for th in threads:
             th.join(timeout=600)
 

@@ -1,0 +1,227 @@
+"""`vfpga bench`: every experiment of :mod:`vfpga.runtime.experiments`, one report.
+
+Each experiment writes ``<name>.md`` (its table), ``<name>.json`` (the
+numbers) and ``<name>.png`` (a plot) into the output directory; ``report.md``
+collects the tables and plots under the headline table, which sets our
+modeled ratios next to the published ones. ``--quick`` runs small versions
+(fewer requests, smaller models) for a smoke check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+from vfpga import overlay
+
+from . import experiments as E
+from .progress import Progress
+
+
+@dataclass
+class Config:
+    names: dict  # role -> zoo model
+    requests: int  # per tenant in the saturated runs
+    isolation_levels: tuple
+    isolation_requests: int
+    serving_s: float
+    realloc_models: tuple
+
+
+FULL = Config({"vgg": "vgg19", "res": "resnet50"}, 6, (0.0, 0.25, 0.5, 0.75, 1.0), 16, 0.25,
+              ("resnet50", "vgg19"))
+QUICK = Config({"vgg": "squeezenet", "res": "resnet50"}, 2, (0.0, 0.5, 1.0), 6, 0.2, ("resnet50",))
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    table: str
+    data: dict
+    png: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _md_table(header: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _plot(path: str, draw) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    draw(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return os.path.basename(path)
+
+
+def public_cloud_section(models, cfg: Config, out: str, progress) -> Section:
+    d = E.public_cloud(models, cfg.names, cfg.requests, progress)
+    rows = [[r["split"], ", ".join(f"{t['tenant']} ({t['model']}, {t['cores']})" for t in r["tenants"]),
+             f"{r['vfpga_total']:.1f}", f"{r['bigcore_total']:.1f}", f"{r['multicore_total']:.1f}",
+             f"{r['vs_bigcore']:.2f}x", f"{r['vs_multicore']:.2f}x"] for r in d["rows"]]
+    table = _md_table(["split", "tenants (model, cores)", "vfpga req/s", "big core TDM", "16 cores TDM",
+                       "vs big core", "vs 16 cores"], rows)
+
+    def draw(ax):
+        import numpy as np
+
+        x = np.arange(len(d["rows"]))
+        for i, (mode, label) in enumerate((("vfpga", "vfpga"), ("bigcore", "static big core (TDM)"),
+                                            ("multicore", "static 16 cores (TDM)"))):
+            ax.bar(x + (i - 1) * 0.27, [r[f"{mode}_total"] for r in d["rows"]], 0.27, label=label)
+        ax.set_xticks(x, [r["split"] for r in d["rows"]])
+        ax.set_ylabel("total throughput (req/s, modeled)")
+        ax.set_title("Public cloud: fixed core splits")
+        ax.legend()
+
+    return Section("public_cloud", "Public cloud: fixed splits", table, d, _plot(os.path.join(out, "public_cloud.png"), draw))
+
+
+def isolation_section(models, cfg: Config, out: str, progress) -> Section:
+    d = E.isolation(models, cfg.names, cfg.isolation_levels, cfg.isolation_requests, progress=progress)
+    rows = [[f"{r['b_load']:.0%}", f"{r['vfpga']['p50_ms']:.2f}", f"{r['vfpga']['p99_ms']:.2f}",
+             f"{r['multicore']['p50_ms']:.2f}", f"{r['multicore']['p99_ms']:.2f}"] for r in d["rows"]]
+    table = _md_table(["tenant B load", "A p50 ms (vfpga)", "A p99 ms (vfpga)", "A p50 ms (TDM)", "A p99 ms (TDM)"],
+                      rows)
+
+    def draw(ax):
+        lv = [r["b_load"] * 100 for r in d["rows"]]
+        for mode, label in (("vfpga", "vfpga (8 + 8 cores)"), ("multicore", "time-division multiplexing")):
+            ax.plot(lv, [r[mode]["p99_ms"] for r in d["rows"]], marker="o", label=f"{label}, p99")
+            ax.plot(lv, [r[mode]["p50_ms"] for r in d["rows"]], marker=".", ls="--", label=f"{label}, p50")
+        ax.set_xlabel("tenant B offered load (% of its capacity)")
+        ax.set_ylabel(f"tenant A ({d['a_model']}) latency (ms, modeled)")
+        ax.set_title("Isolation")
+        ax.legend()
+
+    return Section("isolation", f"Isolation: tenant A ({d['a_model']}) while B ({d['b_model']}) ramps", table, d,
+                   _plot(os.path.join(out, "isolation.png"), draw))
+
+
+def realloc_section(models, cfg: Config, out: str, progress) -> Section:
+    if progress:
+        progress("re-allocation cost")
+    d = E.realloc_cost(models, cfg.realloc_models)
+    rows = [[r["model"], r["k"], f"{r['dynamic_stage_ms']:.3f}", r["program_bytes"], f"{r['drain_max_us']:.1f}"]
+            for r in d["rows"]]
+    table = _md_table(["model", "cores", "dynamic stage ms (host)", "program bytes", "drain max us (modeled)"], rows)
+
+    def draw(ax):
+        for m in cfg.realloc_models:
+            rs = [r for r in d["rows"] if r["model"] == m]
+            ax.plot([r["k"] for r in rs], [r["dynamic_stage_ms"] for r in rs], marker="o", label=m)
+        ax.axhline(E.PUBLISHED["recompile_ms"], color="gray", ls=":", label="published (~1 ms)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("cores")
+        ax.set_ylabel("dynamic stage (ms, host)")
+        ax.set_title("Re-allocation: dynamic stage")
+        ax.legend()
+
+    return Section("realloc", "Re-allocation cost", table, d, _plot(os.path.join(out, "realloc.png"), draw))
+
+
+def serving_section(models, cfg: Config, out: str, progress) -> Section:
+    res, vgg = cfg.names["res"], cfg.names["vgg"]
+    hz = overlay.load(E.POOL)["clock_mhz"] * 1e6
+    alone_s = {m: E.alone_latency(models, m) / hz for m in (res, vgg)}  # one request on all 16 cores
+
+    def rate(model: str, share: float) -> float:
+        """Requests per second that keep ``share`` of the whole device busy with ``model``."""
+        return share / alone_s[model]
+
+    # (name, model, share of the device offered, SLO in multiples of the alone latency, priority)
+    tenants = [E.ServingTenant("vision", res, rate(res, 0.3), 6e3 * alone_s[res], 2),
+               E.ServingTenant("batch", vgg, rate(vgg, 0.3), 20e3 * alone_s[vgg], 0),
+               E.ServingTenant("search", res, rate(res, 0.2), 10e3 * alone_s[res], 1)]
+    d = E.serving(models, tenants, cfg.serving_s, progress=progress)
+    rows = []
+    for policy, p in d["policies"].items():
+        for name, t in p["tenants"].items():
+            if not t["requests"]:
+                rows.append([policy, name, 0, "-", "-", f"{t['slo_ms']:.2f}", "-"])
+                continue
+            rows.append([policy, name, t["requests"], f"{t['p50_ms']:.2f}", f"{t['p99_ms']:.2f}", f"{t['slo_ms']:.2f}",
+                         f"{t['slo_attainment']:.0%}"])
+        rows.append([policy, "**all**", "", "", "", "", f"{p['slo_attainment']:.0%} (STP {p['stp']:.2f}, "
+                     f"ANTT {p['antt']:.2f})"])
+    table = _md_table(["policy", "tenant", "requests", "p50 ms", "p99 ms", "SLO ms", "SLO met"], rows)
+
+    def draw(ax):
+        import numpy as np
+
+        pols = list(d["policies"])
+        names = [t.name for t in tenants]
+        x = np.arange(len(names))
+        for i, pol in enumerate(pols):
+            ax.bar(x + (i - 1) * 0.27, [d["policies"][pol]["tenants"][n]["p99_ms"] or 0 for n in names], 0.27,
+                   label=pol)
+        ax.set_xticks(x, names)
+        ax.set_ylabel("p99 latency (ms, modeled)")
+        ax.set_title("Serving under Poisson arrivals")
+        ax.legend()
+
+    return Section("serving", "Serving under Poisson arrivals: three policies", table, d,
+                   _plot(os.path.join(out, "serving.png"), draw))
+
+
+def headline(sections: dict) -> str:
+    pc = sections["public_cloud"].data["rows"]
+    shared = [r for r in pc if len(r["tenants"]) > 1]
+    vs_big = [r["vs_bigcore"] for r in shared]
+    vs_multi = [r["vs_multicore"] for r in shared]
+    rows = [["CNN throughput vs static single big core", f"{min(vs_big):.2f}-{max(vs_big):.2f}x",
+             "{:.2f}-{:.2f}x".format(*E.PUBLISHED["cnn_vs_single_core"])],
+            ["CNN throughput vs static multi-core", f"{min(vs_multi):.2f}-{max(vs_multi):.2f}x",
+             "{:.2f}-{:.2f}x".format(*E.PUBLISHED["cnn_vs_multi_core"])]]
+    if "realloc" in sections:
+        ds = [r["dynamic_stage_ms"] for r in sections["realloc"].data["rows"]]
+        rows.append(["re-targeting (dynamic stage)", f"{min(ds):.2f}-{max(ds):.2f} ms (host)",
+                     f"about {E.PUBLISHED['recompile_ms']:.0f} ms"])
+    rows.append(["RNN throughput vs static RNN design", "not yet (the RNN engine is not on the overlay)",
+                 f"up to {E.PUBLISHED['rnn_vs_static']}x"])
+    return _md_table(["", "vfpga (modeled, multi-tenant splits)", "published"], rows)
+
+
+def run_bench(out: str, quick: bool = False, echo=print) -> dict:
+    cfg = QUICK if quick else FULL
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    with Progress("vfpga bench", enabled=None) as bar:
+        progress = bar.stage
+
+        models = E.load_models(sorted(set(cfg.names.values()) | set(cfg.realloc_models)), progress=progress)
+        sections = {}
+        for make in (public_cloud_section, isolation_section, realloc_section, serving_section):
+            s = make(models, cfg, out, progress)
+            sections[s.name] = s
+            with open(os.path.join(out, f"{s.name}.md"), "w") as f:
+                f.write(f"## {s.title}\n\n{s.table}\n")
+            with open(os.path.join(out, f"{s.name}.json"), "w") as f:
+                json.dump(s.data, f, indent=1, default=float)
+    head = headline(sections)
+    parts = [f"# vfpga bench{' (quick)' if quick else ''}\n",
+             "All device figures are **modeled**: the real level-1 dispatcher and dispatch programs with the "
+             "cycle model's frame times (see vfpga.runtime.experiments and vfpga.driver.pool_timeline); host "
+             "figures are measured on this machine. Models: " + ", ".join(f"{k} = {v}" for k, v in cfg.names.items())
+             + " (ONNX zoo architectures, random weights).\n", head, ""]
+    for s in sections.values():
+        parts += [f"## {s.title}\n", s.table, ""]
+        if s.png:
+            parts += [f"![{s.name}]({s.png})", ""]
+    parts.append(f"_{time.perf_counter() - t0:.0f} s on this machine._")
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write("\n".join(parts) + "\n")
+    echo(head)
+    echo(f"report: {os.path.join(out, 'report.md')}")
+    return {"headline": head, "sections": {k: v.data for k, v in sections.items()}}
