@@ -139,8 +139,7 @@ class Simulator:
         t = SimTenant(name, index, compiled, dynamic.DispatchTable(compiled), seg_win, layout.size, layout,
                       sorted(cores), sum(p.kind == "accel" for p in compiled.parts))
         self.tenants[name] = t
-        if cores:
-            self._write_plan(t, len(cores))
+        self._write_plan(t, max(len(cores), 1))  # without cores: a one-slot program that waits for a mask
         r = self.regs.tenant[index]
         r.seg_base, r.seg_limit = seg_win, layout.size
         r.ring_offset, r.ring_size, r.cpl_offset = layout.ring_offset, RING_SIZE, layout.cpl_offset
