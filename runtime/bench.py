@@ -88,6 +88,23 @@ def public_cloud_section(models, cfg: Config, out: str, progress) -> Section:
     return Section("public_cloud", "Public cloud: fixed splits", table, d, _plot(os.path.join(out, "public_cloud.png"), draw))
 
 
+def private_cloud_section(models, cfg: Config, out: str, progress) -> Section:
+    d = E.private_cloud(models, cfg.names, cfg.serving_s, progress=progress)
+    label = {"fixed": "vfpga, fixed equal split", "adaptive": "vfpga, load-adaptive", "bigcore": "static big core (TDM)",
+             "multicore": "static 16 cores (TDM)"}
+    rows = [[label[r["policy"]], r["requests"], f"{r['throughput']:.1f}", f"{r['mean_ms']:.2f}", f"{r['p99_ms']:.2f}"]
+            for r in d["rows"]]
+    table = _md_table(["policy", "requests", "req/s", "mean ms", "p99 ms"], rows)
+
+    def draw(ax):
+        ax.bar([label[r["policy"]].replace(", ", "\n") for r in d["rows"]], [r["throughput"] for r in d["rows"]])
+        ax.set_ylabel("throughput (req/s, modeled)")
+        ax.set_title("Private cloud: the hot tenant changes over time")
+
+    return Section("private_cloud", "Private cloud: load-adaptive re-allocation on a shifting mix", table, d,
+                   _plot(os.path.join(out, "private_cloud.png"), draw))
+
+
 def isolation_section(models, cfg: Config, out: str, progress) -> Section:
     d = E.isolation(models, cfg.names, cfg.isolation_levels, cfg.isolation_requests, progress=progress)
     rows = [[f"{r['b_load']:.0%}", f"{r['vfpga']['p50_ms']:.2f}", f"{r['vfpga']['p99_ms']:.2f}",
@@ -202,7 +219,8 @@ def run_bench(out: str, quick: bool = False, echo=print) -> dict:
 
         models = E.load_models(sorted(set(cfg.names.values()) | set(cfg.realloc_models)), progress=progress)
         sections = {}
-        for make in (public_cloud_section, isolation_section, realloc_section, serving_section):
+        for make in (public_cloud_section, private_cloud_section, isolation_section, realloc_section,
+                     serving_section):
             s = make(models, cfg, out, progress)
             sections[s.name] = s
             with open(os.path.join(out, f"{s.name}.md"), "w") as f:

@@ -258,48 +258,64 @@ def _apply(sim: Simulator, counts: dict[str, int]) -> None:
     sim.set_cores(target)
 
 
-def serving(models: Models, tenants: list[ServingTenant], horizon_s: float, epoch_ms: float = 2.0,
-            seed: int = 0, progress=None) -> dict:
-    """Poisson arrivals, three policies on the vfpga pool:
+POLICIES = ("fixed", "adaptive", "slo")
+
+
+def run_policy(models: Models, tenants: list[ServingTenant], arrivals: dict, policy: str,
+               epoch_ms: float = 2.0) -> dict[str, list]:
+    """Serves ``arrivals`` under one policy. On the vfpga pool:
     fixed       cores proportional to each tenant's offered work, never changed;
     adaptive    every epoch, cores proportional to the work waiting (backlog);
     slo         every epoch, cores proportional to work waiting weighted by
-                priority and by how close the oldest waiting request is to its SLO."""
-    sim0 = Simulator(POOL)
-    hz = _hz(sim0)
+                priority and by how close the oldest waiting request is to its SLO.
+    The baselines ``bigcore`` and ``multicore`` serve everything time-multiplexed."""
+    board = BIG if policy == "bigcore" else POOL
+    sim = Simulator(board)
+    hz = _hz(sim)
+    if policy in ("bigcore", "multicore"):
+        for t in tenants:
+            sim.deploy(t.name, models[t.model, board], [])
+        return sim.run(arrivals, serial=True)
+    work = {t.name: _work(models, t) for t in tenants}
+    by_name = {t.name: t for t in tenants}
+    counts = _allocate({t.name: t.rate * work[t.name] for t in tenants}, sim.n_cores)
+    for t, cores in zip(tenants, _partition(sim.n_cores, [counts[t.name] for t in tenants])):
+        sim.deploy(t.name, models[t.model, POOL], cores)
+
+    def on_epoch(s: Simulator) -> None:
+        weights = {}
+        for name, st in s.tenants.items():
+            waiting = len(st.queue) + (st.current is not None)
+            w = waiting * work[name]
+            if policy == "slo" and waiting:
+                oldest = st.current.arrival if st.current is not None else st.queue[0]
+                age_ms = (s.now - oldest) / hz * 1e3
+                urgency = 1.0 + 4.0 * min(age_ms / by_name[name].slo_ms, 2.0)
+                w *= urgency * (1 + by_name[name].priority)
+            weights[name] = w
+        if sum(weights.values()) > 0:
+            _apply(s, _allocate({n: max(w, 1e-9) for n, w in weights.items()}, s.n_cores))
+
+    adaptive = policy in ("adaptive", "slo")
+    return sim.run(arrivals, epoch=int(epoch_ms * 1e-3 * hz) if adaptive else None,
+                   on_epoch=on_epoch if adaptive else None)
+
+
+def serving(models: Models, tenants: list[ServingTenant], horizon_s: float, epoch_ms: float = 2.0,
+            seed: int = 0, progress=None) -> dict:
+    """Poisson arrivals over ``horizon_s``, the three policies of
+    :func:`run_policy`: latency percentiles, STP, ANTT, SLO attainment."""
+    hz = float(Simulator(POOL).config["clock_mhz"]) * 1e6
     horizon = int(horizon_s * hz)
     rng = np.random.default_rng(seed)
     arrivals = {t.name: _poisson(t.rate / hz, horizon, rng) for t in tenants}
-    work = {t.name: _work(models, t) for t in tenants}
     alone = {t.name: alone_latency(models, t.model) for t in tenants}
     alone_tput = {t.name: hz / alone[t.name] for t in tenants}
-    offered = {t.name: t.rate * work[t.name] for t in tenants}
-    by_name = {t.name: t for t in tenants}
     results = {}
-    for policy in ("fixed", "adaptive", "slo"):
+    for policy in POLICIES:
         if progress:
             progress(f"serving: {policy}")
-        sim = Simulator(POOL)
-        counts = _allocate(offered, sim.n_cores)
-        for t, cores in zip(tenants, _partition(sim.n_cores, [counts[t.name] for t in tenants])):
-            sim.deploy(t.name, models[t.model, POOL], cores)
-
-        def on_epoch(s: Simulator, policy=policy) -> None:
-            weights = {}
-            for name, st in s.tenants.items():
-                waiting = len(st.queue) + (st.current is not None)
-                w = waiting * work[name]
-                if policy == "slo" and waiting:
-                    oldest = st.current.arrival if st.current is not None else st.queue[0]
-                    age_ms = (s.now - oldest) / hz * 1e3
-                    urgency = 1.0 + 4.0 * min(age_ms / by_name[name].slo_ms, 2.0)
-                    w *= urgency * (1 + by_name[name].priority)
-                weights[name] = w
-            if sum(weights.values()) > 0:
-                _apply(s, _allocate({n: max(w, 1e-9) for n, w in weights.items()}, s.n_cores))
-
-        done = sim.run(arrivals, epoch=None if policy == "fixed" else int(epoch_ms * 1e-3 * hz),
-                       on_epoch=None if policy == "fixed" else on_epoch)
+        done = run_policy(models, tenants, arrivals, policy, epoch_ms)
         end = max((r.end for rs in done.values() for r in rs), default=1)
         per, ntt, stp, met = {}, [], 0.0, []
         for t in tenants:
@@ -316,3 +332,40 @@ def serving(models: Models, tenants: list[ServingTenant], horizon_s: float, epoc
                            "slo_attainment": float(np.mean(met)) if met else math.nan}
     return {"policies": results, "tenants": [t.__dict__ for t in tenants], "horizon_s": horizon_s,
             "alone_ms": {n: a / hz * 1e3 for n, a in alone.items()}}
+
+
+def private_cloud(models: Models, names: dict, horizon_s: float, seed: int = 0, progress=None) -> dict:
+    """A mixed workload whose hot tenant changes over time (each of three
+    tenants in turn offers as many requests as the whole device completes for
+    its model one at a time, while the others offer 30% of that: more than
+    the time-multiplexed device can serve): load-adaptive re-allocation against a fixed equal
+    split and both time-multiplexed baselines. Throughput = requests served /
+    time until the last completes."""
+    hz = float(Simulator(POOL).config["clock_mhz"]) * 1e6
+    horizon = int(horizon_s * hz)
+    roles = [("A", names["res"]), ("B", names["vgg"]), ("C", names["res"])]
+    alone = {m: alone_latency(models, m) for _, m in roles}
+    rng = np.random.default_rng(seed)
+    arrivals: dict[str, list[int]] = {n: [] for n, _ in roles}
+    phases = len(roles)
+    for p in range(phases):
+        lo, hi = p * horizon // phases, (p + 1) * horizon // phases
+        for i, (n, m) in enumerate(roles):
+            share = 1.0 if i == p else 0.3
+            arrivals[n] += [lo + a for a in _poisson(share / alone[m], hi - lo, rng)]
+    tenants = [ServingTenant(n, m, len(arrivals[n]) / horizon_s, 1e9, 0) for n, m in roles]
+    rows = []
+    for policy in ("fixed", "adaptive", "bigcore", "multicore"):
+        if progress:
+            progress(f"private cloud: {policy}")
+        if policy == "fixed":  # an equal split, as an operator without load information would set it
+            equal = [ServingTenant(t.name, t.model, 1.0 / _work(models, t), t.slo_ms, 0) for t in tenants]
+            done = run_policy(models, equal, arrivals, "fixed")
+        else:
+            done = run_policy(models, tenants, arrivals, policy)
+        b_hz = _hz(Simulator(BIG)) if policy == "bigcore" else hz
+        end = max(r.end for rs in done.values() for r in rs) / b_hz
+        lat = np.array([r.latency for rs in done.values() for r in rs], float) / b_hz * 1e3
+        rows.append({"policy": policy, "requests": int(len(lat)), "throughput": len(lat) / end,
+                     "mean_ms": float(lat.mean()), "p99_ms": float(np.percentile(lat, 99))})
+    return {"rows": rows, "horizon_s": horizon_s, "tenants": {n: m for n, m in roles}}
