@@ -193,14 +193,15 @@ def serving_section(models, cfg: Config, out: str, progress) -> Section:
 
 
 def headline(sections: dict) -> str:
-    pc = sections["public_cloud"].data["rows"]
-    shared = [r for r in pc if len(r["tenants"]) > 1]
-    vs_big = [r["vs_bigcore"] for r in shared]
-    vs_multi = [r["vs_multicore"] for r in shared]
-    rows = [["CNN throughput vs static single big core", f"{min(vs_big):.2f}-{max(vs_big):.2f}x",
-             "{:.2f}-{:.2f}x".format(*E.PUBLISHED["cnn_vs_single_core"])],
-            ["CNN throughput vs static multi-core", f"{min(vs_multi):.2f}-{max(vs_multi):.2f}x",
-             "{:.2f}-{:.2f}x".format(*E.PUBLISHED["cnn_vs_multi_core"])]]
+    rows = []
+    if "public_cloud" in sections:
+        shared = [r for r in sections["public_cloud"].data["rows"] if len(r["tenants"]) > 1]
+        vs_big = [r["vs_bigcore"] for r in shared]
+        vs_multi = [r["vs_multicore"] for r in shared]
+        rows += [["CNN throughput vs static single big core", f"{min(vs_big):.2f}-{max(vs_big):.2f}x",
+                  "{:.2f}-{:.2f}x".format(*E.PUBLISHED["cnn_vs_single_core"])],
+                 ["CNN throughput vs static multi-core", f"{min(vs_multi):.2f}-{max(vs_multi):.2f}x",
+                  "{:.2f}-{:.2f}x".format(*E.PUBLISHED["cnn_vs_multi_core"])]]
     if "realloc" in sections:
         ds = [r["dynamic_stage_ms"] for r in sections["realloc"].data["rows"]]
         rows.append(["re-targeting (dynamic stage)", f"{min(ds):.2f}-{max(ds):.2f} ms (host)",
@@ -210,8 +211,16 @@ def headline(sections: dict) -> str:
     return _md_table(["", "vfpga (modeled, multi-tenant splits)", "published"], rows)
 
 
-def run_bench(out: str, quick: bool = False, echo=print) -> dict:
+SECTIONS = {"public_cloud": public_cloud_section, "private_cloud": private_cloud_section,
+            "isolation": isolation_section, "realloc": realloc_section, "serving": serving_section}
+
+
+def run_bench(out: str, quick: bool = False, echo=print, only: list[str] | None = None) -> dict:
+    """Runs the experiments (``only``: a subset of SECTIONS) and writes the report."""
     cfg = QUICK if quick else FULL
+    unknown = set(only or ()) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown experiments {sorted(unknown)}; known: {', '.join(SECTIONS)}")
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
     with Progress("vfpga bench", enabled=None) as bar:
@@ -219,8 +228,9 @@ def run_bench(out: str, quick: bool = False, echo=print) -> dict:
 
         models = E.load_models(sorted(set(cfg.names.values()) | set(cfg.realloc_models)), progress=progress)
         sections = {}
-        for make in (public_cloud_section, private_cloud_section, isolation_section, realloc_section,
-                     serving_section):
+        for name, make in SECTIONS.items():
+            if only and name not in only:
+                continue
             s = make(models, cfg, out, progress)
             sections[s.name] = s
             with open(os.path.join(out, f"{s.name}.md"), "w") as f:
@@ -228,6 +238,10 @@ def run_bench(out: str, quick: bool = False, echo=print) -> dict:
             with open(os.path.join(out, f"{s.name}.json"), "w") as f:
                 json.dump(s.data, f, indent=1, default=float)
     head = headline(sections)
+    if only:
+        for sec in sections.values():
+            echo(f"## {sec.title}\n\n{sec.table}\n")
+        return {"headline": head, "sections": {k: v.data for k, v in sections.items()}}
     parts = [f"# vfpga bench{' (quick)' if quick else ''}\n",
              "All device figures are **modeled**: the real level-1 dispatcher and dispatch programs with the "
              "cycle model's frame times (see vfpga.runtime.experiments and vfpga.driver.pool_timeline); host "
@@ -243,3 +257,15 @@ def run_bench(out: str, quick: bool = False, echo=print) -> dict:
     echo(head)
     echo(f"report: {os.path.join(out, 'report.md')}")
     return {"headline": head, "sections": {k: v.data for k, v in sections.items()}}
+
+
+def experiment_main(name: str, argv=None) -> int:
+    """Command line of one experiment's script in scripts/."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=f"the {name.replace('_', ' ')} experiment of vfpga bench (modeled)")
+    p.add_argument("--quick", action="store_true", help="the small version")
+    p.add_argument("--out", default="vfpga-bench", help="output directory (default ./vfpga-bench)")
+    a = p.parse_args(argv)
+    run_bench(a.out, quick=a.quick, only=[name])
+    return 0
