@@ -53,6 +53,7 @@ clip, input_forget, ops before the first layer.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -725,13 +726,43 @@ def _post_model(model, rnn_nodes, keep_outputs):
 
 # -------------------------------------------------------------- calibration
 
+def layout0_equivalent(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every layout=1 LSTM/GRU rewritten as layout 0 between
+    Transposes. onnxruntime (1.2x) refuses batchwise recurrent ops, so this
+    is what calibration and tests run on the host as the float reference."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    nodes = []
+    for n in m.graph.node:
+        a = _attrs(n)
+        if n.op_type not in CELLS or int(a.get("layout", 0)) != 1:
+            nodes.append(n)
+            continue
+        pre = f"{n.name or n.output[0]}__l0"
+        ins = list(n.input)
+        for idx, perm in ((0, [1, 0, 2]), (5, [1, 0, 2]), (6, [1, 0, 2])):
+            if idx < len(ins) and ins[idx]:
+                nodes.append(helper.make_node("Transpose", [ins[idx]], [f"{pre}_in{idx}"], perm=perm))
+                ins[idx] = f"{pre}_in{idx}"
+        outs = list(n.output)
+        new_outs = [f"{pre}_out{i}" if o else "" for i, o in enumerate(outs)]
+        attrs = {k: v for k, v in a.items() if k != "layout"}
+        nodes.append(helper.make_node(n.op_type, ins, new_outs, name=n.name, **attrs))
+        for i, o in enumerate(outs):
+            if o:
+                nodes.append(helper.make_node("Transpose", [new_outs[i]], [o],
+                                              perm=[2, 0, 1, 3] if i == 0 else [1, 0, 2]))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m
+
+
 def _calibrate(model, layers, feeds_list):
     """x scale of the model input and h scale of every layer from float
     onnxruntime runs (max |value| / 127)."""
     import onnxruntime as ort
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = layout0_equivalent(model)
     have = {o.name for o in m.graph.output}
     for lay in layers:
         for o in lay.outputs[:2]:
@@ -1228,3 +1259,26 @@ class RnnCoreSim:
         """Summed C-sim counters of every core so far."""
         keys = ("insns", "frames", "load_iters", "compute_iters", "save_iters", "load_bytes", "save_bytes", "macs")
         return {k: sum(int(getattr(c["counters"], k)) for c in self.cores) for k in keys}
+
+
+def random_model(op: str, hidden: int, input_size: int, steps: int, batch: int = 1, lbr: int = 0,
+                 direction: str = "forward", seed: int = 0) -> onnx.ModelProto:
+    """One LSTM/GRU node with DeepBench-style random weights
+    U(-1/sqrt(H), 1/sqrt(H)) (the PyTorch/ONNX initialisation range), for
+    the accuracy and benchmark scripts."""
+    rng = np.random.default_rng(seed)
+    g = 4 if op == "LSTM" else 3
+    d = 2 if direction == "bidirectional" else 1
+    k = 1 / math.sqrt(hidden)
+    u = lambda *s: rng.uniform(-k, k, s).astype(np.float32)  # noqa: E731
+    inits = [numpy_helper.from_array(u(d, g * hidden, input_size), "W"),
+             numpy_helper.from_array(u(d, g * hidden, hidden), "R"), numpy_helper.from_array(u(d, 2 * g * hidden), "B")]
+    attrs = {"hidden_size": hidden, "direction": direction}
+    if op == "GRU":
+        attrs["linear_before_reset"] = lbr
+    outs = ["Y", "Y_h"]
+    node = helper.make_node(op, ["X", "W", "R", "B"], outs, name=op.lower(), **attrs)
+    graph = helper.make_graph([node], op.lower(), [helper.make_tensor_value_info(
+        "X", onnx.TensorProto.FLOAT, [steps, batch, input_size])],
+        [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
