@@ -2,9 +2,9 @@
 
 * ``vfpga.driver._isa``: the ISA header alone. API mode makes the C compiler
   check every struct layout Python derives from the header.
-* ``vfpga.driver._emu_<board>``: the CNN core's and the level-1 dispatcher's
-  HLS C++ compiled for the host with that board's macros -- the C-simulation
-  the emulated device runs.
+* ``vfpga.driver._emu_<board>``: the CNN and RNN cores' and the level-1
+  dispatcher's HLS C++ compiled for the host with that board's macros -- the
+  C-simulation the emulated device runs.
 """
 
 import importlib.util
@@ -19,7 +19,7 @@ ROOT = os.path.dirname(HLS_DIR)
 
 # Paths are given relative to setup.py's directory, as setuptools requires.
 _REL_HLS = os.path.relpath(HLS_DIR, os.getcwd())
-CORE_SOURCES = [os.path.join(_REL_HLS, name) for name in ("cnn_core.cpp", "dispatcher.cpp")]
+CORE_SOURCES = [os.path.join(_REL_HLS, name) for name in ("cnn_core.cpp", "rnn_core.cpp", "dispatcher.cpp")]
 CXXFLAGS = ["-std=c++14", "-O3", "-Wno-unknown-pragmas"]
 
 _DEFINE_WITH_VALUE = re.compile(r"^\s*#\s*define\s+\w+\s+(0x[0-9a-fA-F]+|\d+)\s*(/\*.*)?$")
@@ -58,8 +58,10 @@ def emu_builder(board):
     config = _board_config()
     macros = config.c_macros(config.load(board))
     ffi = FFI()
-    board_sizes = [(name, macros[name]) for name in ("VF_DISP_TENANTS", "VF_CNN_CORES")]
-    ffi.cdef(cdef_text("vfpga_isa.h", "vfpga_cnn_core.h", "vfpga_dispatcher.h", macros=board_sizes))
+    board_sizes = [(name, macros[name]) for name in ("VF_DISP_TENANTS", "VF_CNN_CORES", "VF_RNN_CORES")]
+    board_sizes.append(("VF_POOL_CORES", macros["VF_CNN_CORES"] + macros["VF_RNN_CORES"]))
+    ffi.cdef(cdef_text("vfpga_isa.h", "vfpga_cnn_core.h", "vfpga_rnn_core.h", "vfpga_dispatcher.h",
+                       macros=board_sizes))
     ffi.set_source(
         f"vfpga.driver._emu_{board}",
         '#include "vfpga_dispatcher.h"',

@@ -60,7 +60,7 @@
 #endif
 
 static_assert(VF_DISP_TENANTS >= 8 && VF_DISP_TENANTS <= VF_IRQ_FAULT_SHIFT, "VF_DISP_TENANTS out of range");
-static_assert(VF_CNN_CORES >= 1 && VF_CNN_CORES <= 32, "a core mask is one 32-bit register");
+static_assert(VF_CNN_CORES >= 1 && VF_RNN_CORES >= 0 && VF_POOL_CORES <= 32, "a core mask is one 32-bit register");
 static_assert(VF_DISP_RING_MAX >= 1 && VF_DISP_RING_MAX <= (1 << 20) && (VF_DISP_RING_MAX & (VF_DISP_RING_MAX - 1)) == 0,
               "VF_DISP_RING_MAX must be a power of two <= 2^20");
 static_assert(VF_DISP_WALK_BUDGET >= 1 && VF_DISP_WALK_BUDGET <= 65536, "VF_DISP_WALK_BUDGET out of range");
@@ -90,6 +90,7 @@ VF_CHECK_G(frames, VF_DREG_G_FRAMES);
 VF_CHECK_G(busy_cores, VF_DREG_G_BUSY_CORES);
 VF_CHECK_G(owned_cores, VF_DREG_G_OWNED_CORES);
 VF_CHECK_G(cycles, VF_DREG_G_CYCLES);
+VF_CHECK_G(rnn_cores, VF_DREG_G_RNN_CORES);
 VF_CHECK_T(control, VF_DREG_T_CONTROL);
 VF_CHECK_T(seg_limit, VF_DREG_T_SEG_LIMIT);
 VF_CHECK_T(seg_base, VF_DREG_T_SEG_BASE);
@@ -125,7 +126,9 @@ VF_CHECK_T(save_iters, VF_DREG_T_SAVE_ITERS);
 VF_CHECK_T(core_cycles, VF_DREG_T_CORE_CYCLES);
 VF_CHECK_T(request_cycles, VF_DREG_T_REQUEST_CYCLES);
 
-#define VF_ALL_CORES (VF_CNN_CORES == 32 ? 0xffffffffu : ((1u << (VF_CNN_CORES % 32)) - 1u))
+#define VF_ALL_CORES (VF_POOL_CORES == 32 ? 0xffffffffu : ((1u << (VF_POOL_CORES % 32)) - 1u))
+#define VF_CNN_MASK (VF_CNN_CORES == 32 ? 0xffffffffu : ((1u << (VF_CNN_CORES % 32)) - 1u))
+#define VF_RNN_MASK (VF_ALL_CORES & ~(uint32_t)VF_CNN_MASK)
 
 /* ========================================================================== */
 /* Helpers                                                                     */
@@ -152,7 +155,7 @@ static inline uint32_t vf_nth_core(uint32_t m, uint32_t n)
 {
     uint32_t seen = 0;
 NTH_CORE:
-    for (uint32_t c = 0; c < VF_CNN_CORES; ++c) {
+    for (uint32_t c = 0; c < VF_POOL_CORES; ++c) {
         if ((m >> c) & 1u) {
             if (seen == n)
                 return c;
@@ -259,6 +262,12 @@ static void vf_apply_mask(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t t,
     if (range != 0) {
         r.mask_result = VF_MASK_REJECT_RANGE;
         r.mask_conflict = range;
+        rep->masks_rejected += 1;
+        return;
+    }
+    if ((m & VF_CNN_MASK) != 0 && (m & VF_RNN_MASK) != 0) {
+        r.mask_result = VF_MASK_REJECT_KIND;
+        r.mask_conflict = m & VF_RNN_MASK;
         rep->masks_rejected += 1;
         return;
     }
@@ -527,7 +536,7 @@ WALK:
             if (k == 0 || issued == 0)
                 break; /* no core: wait for a mask */
             const uint32_t c = vf_nth_core(s.active_mask, (uint32_t)e.slot % k);
-            if (c >= VF_CNN_CORES)
+            if (c >= VF_POOL_CORES)
                 break;
             vf_disp_core_state_t &core = st->core[c];
             if (core.busy)
@@ -597,6 +606,7 @@ static void vf_update_globals(vf_disp_regs_t *regs, const vf_disp_state_t *st)
     regs->g.version = VF_DISP_VERSION;
     regs->g.tenants = VF_DISP_TENANTS;
     regs->g.cores = VF_CNN_CORES;
+    regs->g.rnn_cores = VF_RNN_CORES;
     uint32_t isr = 0, owned = 0, busy = 0;
 GLOBAL_TENANTS:
     for (uint32_t t = 0; t < VF_DISP_TENANTS; ++t) {
@@ -609,7 +619,7 @@ GLOBAL_TENANTS:
     }
     uint32_t bit = 1;
 GLOBAL_CORES:
-    for (uint32_t c = 0; c < VF_CNN_CORES; ++c, bit <<= 1)
+    for (uint32_t c = 0; c < VF_POOL_CORES; ++c, bit <<= 1)
         if (st->core[c].busy)
             busy |= bit;
     regs->g.irq_status = isr;
@@ -626,6 +636,7 @@ void vf_dispatch_geometry(vf_disp_geometry_t *geometry)
 {
     geometry->tenants = VF_DISP_TENANTS;
     geometry->cores = VF_CNN_CORES;
+    geometry->rnn_cores = VF_RNN_CORES;
     geometry->ring_max = VF_DISP_RING_MAX;
     geometry->walk_budget = VF_DISP_WALK_BUDGET;
     geometry->regs_bytes = (uint32_t)sizeof(vf_disp_regs_t);
@@ -731,10 +742,88 @@ void vf_dispatch_run_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_
         *counters = n;
 }
 
+/* Zeroes an RNN core's on-chip buffers (a frame of another tenant follows). */
+static void vf_scrub_rnn(vf_rnn_buffers_t *b)
+{
+    if (b->wbuf != 0) {
+    SCRUB_RNN_WBUF:
+        for (uint32_t i = 0; i < VF_RNN_WBUF_BYTES; ++i)
+            b->wbuf[i] = 0;
+    }
+    if (b->vbuf != 0) {
+    SCRUB_RNN_VBUF:
+        for (uint32_t i = 0; i < VF_RNN_VBUF_BYTES; ++i)
+            b->vbuf[i] = 0;
+    }
+    if (b->acc != 0) {
+    SCRUB_RNN_ACC:
+        for (uint32_t i = 0; i < VF_RNN_ACC_WORDS; ++i)
+            b->acc[i] = 0;
+    }
+    if (b->param != 0) {
+    SCRUB_RNN_PARAM:
+        for (uint32_t i = 0; i < VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS; ++i)
+            b->param[i] = 0;
+    }
+    if (b->state != 0) {
+    SCRUB_RNN_STATE:
+        for (uint32_t i = 0; i < VF_RNN_STATE_WORDS; ++i)
+            b->state[i] = 0;
+    }
+    if (b->act != 0) {
+    SCRUB_RNN_ACT:
+        for (uint32_t i = 0; i < VF_RNN_ACT_WORDS; ++i)
+            b->act[i] = 0;
+    }
+}
+
+void vf_dispatch_run_rnn_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t *frame,
+                               vf_rnn_buffers_t *buffers, vf_cnn_state_t *result, vf_cnn_counters_t *counters,
+                               uint32_t *iters)
+{
+    vf_rnn_state_t s = {0, 0, VF_FAULT_NONE, 0, 0, 0};
+    vf_rnn_counters_t n = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (frame != 0) {
+        const bool inside = mem != 0 && vf_fits(frame->seg_win, frame->seg_limit, mem_bytes);
+        int8_t *seg = inside ? mem + frame->seg_win : 0;
+        const uint32_t limit = inside ? frame->seg_limit : 0;
+        if (frame->scrub && buffers != 0)
+            vf_scrub_rnn(buffers);
+    RNN_FRAME_STEPS:
+        for (uint32_t k = 0; k <= frame->n_insns; ++k) {
+            const uint32_t r =
+                vf_rnn_core_step(seg, limit, frame->frame_offset, frame->n_insns, buffers, &s, &n, iters);
+            if (r != VF_RNN_STEP_FRAME)
+                break;
+        }
+    } else {
+        s.fault = VF_FAULT_FETCH;
+        s.fault_opcode = 0xffffffffu;
+    }
+    if (result != 0) {
+        result->pc = s.pc;
+        result->running = s.running;
+        result->fault = s.fault;
+        result->fault_insn = s.fault_insn;
+        result->fault_addr = s.fault_addr;
+        result->fault_opcode = s.fault_opcode;
+    }
+    if (counters != 0) {
+        counters->insns = n.insns;
+        counters->frames = n.frames;
+        counters->load_iters = n.load_iters;
+        counters->compute_iters = n.compute_iters;
+        counters->save_iters = n.save_iters;
+        counters->load_bytes = n.load_bytes;
+        counters->save_bytes = n.save_bytes;
+        counters->macs = n.macs;
+    }
+}
+
 void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t core, const vf_cnn_state_t *result,
                         const vf_cnn_counters_t *counters, vf_disp_report_t *report)
 {
-    if (regs == 0 || state == 0 || core >= VF_CNN_CORES)
+    if (regs == 0 || state == 0 || core >= VF_POOL_CORES)
         return;
     vf_disp_report_t scratch;
     vf_disp_report_t *rep = report;
@@ -785,26 +874,31 @@ void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t c
 }
 
 uint32_t vf_dispatch_step(vf_disp_regs_t *regs, vf_disp_state_t *state, int8_t *mem, uint64_t mem_bytes,
-                          vf_cnn_buffers_t *cores, vf_disp_report_t *report)
+                          vf_cnn_buffers_t *cores, vf_rnn_buffers_t *rnn_cores, vf_disp_report_t *report)
 {
     vf_disp_report_t scratch;
     vf_disp_report_t *rep = report != 0 ? report : &scratch;
     memset(rep, 0, sizeof *rep);
-    vf_disp_frame_t issued[VF_CNN_CORES];
+    vf_disp_frame_t issued[VF_POOL_CORES];
     memset(issued, 0, sizeof issued);
     const uint32_t mask = vf_dispatch_advance(regs, state, mem, mem_bytes, issued, rep);
-    vf_cnn_state_t result[VF_CNN_CORES];
-    vf_cnn_counters_t count[VF_CNN_CORES];
+    vf_cnn_state_t result[VF_POOL_CORES];
+    vf_cnn_counters_t count[VF_POOL_CORES];
     /* the cores of the pool run their frames concurrently (one instance per
      * core in hardware), then the dispatcher retires them in core order */
 RUN:
-    for (uint32_t c = 0; c < VF_CNN_CORES; ++c) {
+    for (uint32_t c = 0; c < VF_POOL_CORES; ++c) {
 #pragma HLS UNROLL
-        if ((mask >> c) & 1u)
+        if (((mask >> c) & 1u) == 0)
+            continue;
+        if (c < VF_CNN_CORES)
             vf_dispatch_run_frame(mem, mem_bytes, &issued[c], cores != 0 ? &cores[c] : 0, &result[c], &count[c], 0);
+        else
+            vf_dispatch_run_rnn_frame(mem, mem_bytes, &issued[c], rnn_cores != 0 ? &rnn_cores[c - VF_CNN_CORES] : 0,
+                                      &result[c], &count[c], 0);
     }
 RETIRE:
-    for (uint32_t c = 0; c < VF_CNN_CORES; ++c)
+    for (uint32_t c = 0; c < VF_POOL_CORES; ++c)
         if ((mask >> c) & 1u)
             vf_dispatch_retire(regs, state, c, &result[c], &count[c], rep);
     return rep->progress;

@@ -2,7 +2,7 @@
  * vfpga level-1 dispatcher: the synthesizable top (Vitis HLS kernel
  * vf_dispatcher_top).
  *
- * The kernel is the pool: the dispatcher and its VF_CNN_CORES CNN cores, whose
+ * The kernel is the pool: the dispatcher, its VF_CNN_CORES CNN cores and VF_RNN_CORES RNN cores, whose
  * on-chip buffers are static arrays here (they keep their contents between
  * invocations, like the BRAM/URAM they become; one instance per core). One
  * invocation is one scheduling round, vf_dispatch_step() -- the same code the
@@ -131,6 +131,7 @@ static void vf_store_status(const vf_disp_regs_t *r, uint32_t *file)
     vf_wr32(file, VF_DREG_G_BUSY_CORES, r->g.busy_cores);
     vf_wr32(file, VF_DREG_G_OWNED_CORES, r->g.owned_cores);
     vf_wr64(file, VF_DREG_G_CYCLES, r->g.cycles);
+    vf_wr32(file, VF_DREG_G_RNN_CORES, r->g.rnn_cores);
 STORE_TENANTS:
     for (uint32_t t = 0; t < VF_DISP_TENANTS; ++t) {
         const vf_disp_tenant_regs_t &x = r->tenant[t];
@@ -193,7 +194,31 @@ void vf_dispatcher_top(int8_t *mem, uint64_t mem_bytes, uint32_t file[VF_DREG_FI
     VF_PRAGMA(HLS ARRAY_PARTITION variable=obuf dim=2 cyclic factor=VF_OCP)
     VF_PRAGMA(HLS ARRAY_PARTITION variable=acc dim=2 cyclic factor=VF_OCP)
 
+    static int8_t rnn_wbuf[VF_RNN_CORES][VF_RNN_WBUF_BYTES];
+    static int8_t rnn_vbuf[VF_RNN_CORES][VF_RNN_VBUF_BYTES];
+    static int32_t rnn_acc[VF_RNN_CORES][VF_RNN_ACC_WORDS];
+    static int32_t rnn_param[VF_RNN_CORES][VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS];
+    static int32_t rnn_state[VF_RNN_CORES][VF_RNN_STATE_WORDS];
+    static int32_t rnn_act[VF_RNN_CORES][VF_RNN_ACT_WORDS];
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=rnn_wbuf dim=1 complete)
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=rnn_vbuf dim=1 complete)
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=rnn_acc dim=1 complete)
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=rnn_param dim=1 complete)
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=rnn_state dim=1 complete)
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=rnn_act dim=1 complete)
+
     vf_cnn_buffers_t cores[VF_CNN_CORES];
+    vf_rnn_buffers_t rnn_cores[VF_RNN_CORES];
+RNN_BUFFERS:
+    for (uint32_t c = 0; c < VF_RNN_CORES; ++c) {
+#pragma HLS UNROLL
+        rnn_cores[c].wbuf = rnn_wbuf[c];
+        rnn_cores[c].vbuf = rnn_vbuf[c];
+        rnn_cores[c].acc = rnn_acc[c];
+        rnn_cores[c].param = rnn_param[c];
+        rnn_cores[c].state = rnn_state[c];
+        rnn_cores[c].act = rnn_act[c];
+    }
 BUFFERS:
     for (uint32_t c = 0; c < VF_CNN_CORES; ++c) {
 #pragma HLS UNROLL
@@ -207,7 +232,7 @@ BUFFERS:
     vf_load_host(file, &regs);
     regs.g.cycles = clock;
     vf_disp_report_t report;
-    vf_dispatch_step(&regs, &state, mem, mem_bytes, cores, &report);
+    vf_dispatch_step(&regs, &state, mem, mem_bytes, cores, rnn_cores, &report);
     vf_store_status(&regs, file);
     *irq = (uint8_t)regs.g.irq;
 }

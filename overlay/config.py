@@ -101,6 +101,9 @@ def _check_rnn_core(cfg: dict, path: str) -> None:
     rnn = cfg["rnn_core"]
     if not 1 <= rnn["count"] <= 32:
         raise BoardConfigError(f"board config {path}: rnn_core.count must be 1..32, not {rnn['count']}")
+    if cfg["cnn_core"]["count"] + rnn["count"] > 32:
+        raise BoardConfigError(f"board config {path}: {cfg['cnn_core']['count']} CNN + {rnn['count']} RNN cores do "
+                               "not fit the dispatcher's 32-bit core masks")
     if len(rnn["banks"]) != rnn["count"]:
         raise BoardConfigError(f"board config {path}: rnn_core.banks must name a bank per core")
     if any(not 0 <= b < cfg["ddr"]["banks"] for b in rnn["banks"]):

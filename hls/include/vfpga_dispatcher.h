@@ -8,8 +8,9 @@
  * lengths). All multi-byte values are little-endian, in registers and in DDR.
  *
  * ---- What it does -------------------------------------------------------------
- * One dispatcher drives the pool of VF_CNN_CORES CNN cores for VF_DISP_TENANTS
- * tenant contexts. Each tenant owns a DDR segment; its driver posts requests
+ * One dispatcher drives the pool of VF_CNN_CORES CNN cores and VF_RNN_CORES
+ * RNN cores (pool indices CNN first, then RNN) for VF_DISP_TENANTS tenant
+ * contexts; a tenant holds cores of one kind. Each tenant owns a DDR segment; its driver posts requests
  * into a request ring inside that segment and rings a doorbell register. For
  * each request the dispatcher walks the request's dispatch program (an array
  * of vf_dispatch_t, vfpga_isa.h), sends FRAME entries to the physical cores of
@@ -79,6 +80,8 @@
  * mask_seq; the dispatcher handles each new mask_seq once (mask_done :=
  * mask_seq) while the tenant is IDLE/RUNNING (or at enable):
  *   VF_MASK_REJECT_RANGE     a bit names no core (mask_conflict = those bits)
+ *   VF_MASK_REJECT_KIND      the mask mixes CNN and RNN cores (mask_conflict =
+ *                            its RNN cores)
  *   VF_MASK_REJECT_CONFLICT  a core is in another tenant's active mask
  *                            (mask_conflict = those cores); nothing changes
  *   VF_MASK_APPLIED          active_mask := core_mask at once.
@@ -124,10 +127,15 @@
 #include <stdint.h>
 #include "vfpga_isa.h"
 #include "vfpga_cnn_core.h"
+#include "vfpga_rnn_core.h"
 
-#if !defined(VF_DISP_TENANTS) || !defined(VF_CNN_CORES)
+#if !defined(VF_DISP_TENANTS) || !defined(VF_CNN_CORES) || !defined(VF_RNN_CORES)
 #error "board macros missing: compile with the flags printed by python3 overlay/config.py BOARD"
 #endif
+
+/* The pool: cores 0 .. VF_CNN_CORES-1 are CNN cores, the next VF_RNN_CORES
+ * are RNN cores. Masks, slots and per-core arrays cover the whole pool. */
+#define VF_POOL_CORES (VF_CNN_CORES + VF_RNN_CORES)
 
 /* The tenant interface in DDR (request ring entries, completion records) and
  * the status, fault and mask codes are in vfpga_isa.h, next to vf_dispatch_t. */
@@ -138,7 +146,7 @@ typedef struct {
     uint32_t id;            /* ro VF_DISP_ID */
     uint32_t version;       /* ro VF_DISP_VERSION */
     uint32_t tenants;       /* ro VF_DISP_TENANTS */
-    uint32_t cores;         /* ro VF_CNN_CORES */
+    uint32_t cores;         /* ro VF_CNN_CORES (pool cores 0 .. cores-1) */
     uint32_t irq_enable;    /* host bit 0: global interrupt enable */
     uint32_t irq_mask;      /* host: enables of the irq_status bits */
     uint32_t irq_status;    /* ro, see VF_IRQ_FAULT_SHIFT */
@@ -151,7 +159,8 @@ typedef struct {
     uint64_t cycles;        /* ro: the dispatcher's clock (regs->g.cycles is set by the caller of a step:
                                the top from its free-running counter input, the emulator from the
                                modeled time) */
-    uint32_t reserved[46];
+    uint32_t rnn_cores;     /* ro VF_RNN_CORES (pool cores cores .. cores+rnn_cores-1) */
+    uint32_t reserved[45];
 } vf_disp_global_regs_t;
 
 typedef struct {
@@ -243,7 +252,7 @@ typedef struct {
 
 typedef struct {
     vf_disp_tenant_state_t tenant[VF_DISP_TENANTS];
-    vf_disp_core_state_t core[VF_CNN_CORES];
+    vf_disp_core_state_t core[VF_POOL_CORES];
     uint32_t rr;            /* first tenant visited by the next advance */
     uint32_t reserved;
 } vf_disp_state_t;
@@ -279,14 +288,15 @@ typedef struct {
     uint32_t entries;          /* dispatch entries read (also re-reads of a waiting entry) */
     uint32_t ring_reads;       /* request ring entries read */
     uint32_t scrubs;           /* frames issued with scrub */
-    uint32_t core_tenant[VF_CNN_CORES];  /* tenant of each core's last retired frame */
-    vf_cnn_counters_t core[VF_CNN_CORES]; /* counters of the frames retired, per core */
+    uint32_t core_tenant[VF_POOL_CORES];  /* tenant of each core's last retired frame */
+    vf_cnn_counters_t core[VF_POOL_CORES]; /* counters of the frames retired, per core (an RNN core's
+                                              vf_rnn_counters_t has the same fields) */
 } vf_disp_report_t;
 
 /* Build-time numbers, from the board config macros. */
 typedef struct {
     uint32_t tenants;
-    uint32_t cores;
+    uint32_t cores;            /* CNN cores */
     uint32_t ring_max;
     uint32_t walk_budget;
     uint32_t regs_bytes;       /* sizeof(vf_disp_regs_t) */
@@ -294,6 +304,7 @@ typedef struct {
     uint32_t tenant_stride;
     uint32_t request_bytes;
     uint32_t record_bytes;
+    uint32_t rnn_cores;        /* RNN cores, after the CNN cores in the pool */
 } vf_disp_geometry_t;
 
 void vf_dispatch_geometry(vf_disp_geometry_t *geometry);
@@ -304,18 +315,24 @@ void vf_dispatch_reset(vf_disp_regs_t *regs, vf_disp_state_t *state);
 
 /* Register handling, request walking, records, issue. Fills issued[c] for
  * every core c that receives a frame and returns that set of cores as a bit
- * mask. issued holds VF_CNN_CORES entries (with issued == 0 nothing is
+ * mask. issued holds VF_POOL_CORES entries (with issued == 0 nothing is
  * issued). With mem == 0 the window is empty: no tenant can be enabled. */
 uint32_t vf_dispatch_advance(vf_disp_regs_t *regs, vf_disp_state_t *state, int8_t *mem, uint64_t mem_bytes,
                              vf_disp_frame_t *issued, vf_disp_report_t *report);
 
-/* Runs an issued frame on a core: scrubs its buffers if asked, then
+/* Runs an issued frame on a CNN core: scrubs its buffers if asked, then
  * vf_cnn_core_step() on [frame_offset, n_insns) of the segment until END or a
  * fault. result and counters are this frame's (zeroed first); iters
  * (optional, n_insns entries) gets each instruction's iterations. */
 void vf_dispatch_run_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t *frame,
                            vf_cnn_buffers_t *buffers, vf_cnn_state_t *result, vf_cnn_counters_t *counters,
                            uint32_t *iters);
+
+/* The same on an RNN core (frame->core >= VF_CNN_CORES): vf_rnn_core_step(),
+ * its state and counters reported in the CNN structs (same fields). */
+void vf_dispatch_run_rnn_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t *frame,
+                               vf_rnn_buffers_t *buffers, vf_cnn_state_t *result, vf_cnn_counters_t *counters,
+                               uint32_t *iters);
 
 /* A core finished its frame: result/counters as vf_dispatch_run_frame gave
  * them. A core that is not busy is ignored. */
@@ -324,8 +341,9 @@ void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t c
                         vf_disp_report_t *report);
 
 /* One scheduling round: advance, run every issued frame on its core's buffers
- * (cores: VF_CNN_CORES entries), retire them. Returns report->progress. */
+ * (cores: VF_CNN_CORES entries, rnn_cores: VF_RNN_CORES), retire them.
+ * Returns report->progress. */
 uint32_t vf_dispatch_step(vf_disp_regs_t *regs, vf_disp_state_t *state, int8_t *mem, uint64_t mem_bytes,
-                          vf_cnn_buffers_t *cores, vf_disp_report_t *report);
+                          vf_cnn_buffers_t *cores, vf_rnn_buffers_t *rnn_cores, vf_disp_report_t *report);
 
 #endif /* VFPGA_DISPATCHER_H */

@@ -292,6 +292,7 @@ typedef struct {
 #define VF_MASK_APPLIED 1
 #define VF_MASK_REJECT_RANGE 2
 #define VF_MASK_REJECT_CONFLICT 3
+#define VF_MASK_REJECT_KIND 4
 
 /* completion record status */
 #define VF_CPL_OK 1

@@ -319,12 +319,19 @@ struct Dev {
     std::vector<int8_t> ibuf, wbuf, obuf;
     std::vector<int32_t> acc, param;
     vf_cnn_buffers_t cores[VF_CNN_CORES];
+    std::vector<int8_t> rnn_w, rnn_v;
+    std::vector<int32_t> rnn_a, rnn_p, rnn_s, rnn_t;
+    vf_rnn_buffers_t rnn[VF_RNN_CORES];
 
     explicit Dev(uint64_t window)
         : bytes(window), raw(2 * GUARD + window, CANARY), ibuf((size_t)VF_CNN_CORES * VF_IBUF_BYTES),
           wbuf((size_t)VF_CNN_CORES * VF_WBUF_BYTES), obuf((size_t)VF_CNN_CORES * VF_OBUF_BYTES),
           acc((size_t)VF_CNN_CORES * VF_ACC_WORDS),
-          param((size_t)VF_CNN_CORES * VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS)
+          param((size_t)VF_CNN_CORES * VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS),
+          rnn_w((size_t)VF_RNN_CORES * VF_RNN_WBUF_BYTES), rnn_v((size_t)VF_RNN_CORES * VF_RNN_VBUF_BYTES),
+          rnn_a((size_t)VF_RNN_CORES * VF_RNN_ACC_WORDS),
+          rnn_p((size_t)VF_RNN_CORES * VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS),
+          rnn_s((size_t)VF_RNN_CORES * VF_RNN_STATE_WORDS), rnn_t((size_t)VF_RNN_CORES * VF_RNN_ACT_WORDS)
     {
         for (uint64_t i = 0; i < window; ++i)
             raw[GUARD + i] = fill_pattern(i);
@@ -341,6 +348,14 @@ struct Dev {
             cores[c].obuf = obuf.data() + (size_t)c * VF_OBUF_BYTES;
             cores[c].param = param.data() + (size_t)c * VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS;
         }
+        for (uint32_t c = 0; c < VF_RNN_CORES; ++c) {
+            rnn[c].wbuf = rnn_w.data() + (size_t)c * VF_RNN_WBUF_BYTES;
+            rnn[c].vbuf = rnn_v.data() + (size_t)c * VF_RNN_VBUF_BYTES;
+            rnn[c].acc = rnn_a.data() + (size_t)c * VF_RNN_ACC_WORDS;
+            rnn[c].param = rnn_p.data() + (size_t)c * VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS;
+            rnn[c].state = rnn_s.data() + (size_t)c * VF_RNN_STATE_WORDS;
+            rnn[c].act = rnn_t.data() + (size_t)c * VF_RNN_ACT_WORDS;
+        }
         vf_dispatch_reset(&regs, &st);
         regs.g.mem_base = MEM_BASE;
         TB_POISON(raw.data(), GUARD);
@@ -355,7 +370,7 @@ struct Dev {
     uint32_t step(vf_disp_report_t *rep = 0)
     {
         vf_disp_report_t r;
-        return vf_dispatch_step(&regs, &st, mem(), bytes, cores, rep ? rep : &r);
+        return vf_dispatch_step(&regs, &st, mem(), bytes, cores, rnn, rep ? rep : &r);
     }
 
     /* steps until nothing happens; returns the steps that did something */
@@ -783,11 +798,11 @@ static bool cells_equal(Ten &x, const Counter &c, int v)
 struct Async {
     Dev &d;
     std::map<uint32_t, Ten *> tens;
-    bool busy[VF_CNN_CORES];
-    vf_disp_frame_t fl[VF_CNN_CORES];
+    bool busy[VF_POOL_CORES];
+    vf_disp_frame_t fl[VF_POOL_CORES];
     vf_disp_report_t rep;
     uint64_t issued = 0, retired = 0, order_violations = 0, map_errors = 0, double_issue = 0;
-    uint64_t issued_at[VF_CNN_CORES];
+    uint64_t issued_at[VF_POOL_CORES];
     std::map<uint32_t, uint64_t> core_cycles; /* expected core_cycles register per tenant */
 
     explicit Async(Dev &dev) : d(dev)
@@ -830,7 +845,7 @@ struct Async {
         for (uint32_t e = 0; e < f.entry; ++e)
             if ((*p)[e].op == VF_DISPATCH_BARRIER)
                 bar = (int32_t)e;
-        for (uint32_t o = 0; o < VF_CNN_CORES; ++o)
+        for (uint32_t o = 0; o < VF_POOL_CORES; ++o)
             if (busy[o] && fl[o].tenant == f.tenant && fl[o].seq == f.seq && (int32_t)fl[o].entry < bar)
                 ++order_violations;
     }
@@ -839,7 +854,10 @@ struct Async {
     {
         vf_cnn_state_t res;
         vf_cnn_counters_t cnt;
-        vf_dispatch_run_frame(d.mem(), d.bytes, &fl[c], &d.cores[c], &res, &cnt, 0);
+        if (c < VF_CNN_CORES)
+            vf_dispatch_run_frame(d.mem(), d.bytes, &fl[c], &d.cores[c], &res, &cnt, 0);
+        else
+            vf_dispatch_run_rnn_frame(d.mem(), d.bytes, &fl[c], &d.rnn[c - VF_CNN_CORES], &res, &cnt, 0);
         busy[c] = false;
         core_cycles[fl[c].tenant] += d.regs.g.cycles - issued_at[c];
         vf_dispatch_retire(&d.regs, &d.st, c, &res, &cnt, &rep);
@@ -850,11 +868,11 @@ struct Async {
      * (in a random order) */
     uint32_t tick(uint32_t p_percent)
     {
-        vf_disp_frame_t is[VF_CNN_CORES];
+        vf_disp_frame_t is[VF_POOL_CORES];
         const uint32_t before = rep.progress;
         d.regs.g.cycles += 10; /* the clock: 10 cycles a tick */
         const uint32_t m = vf_dispatch_advance(&d.regs, &d.st, d.mem(), d.bytes, is, &rep);
-        for (uint32_t c = 0; c < VF_CNN_CORES; ++c)
+        for (uint32_t c = 0; c < VF_POOL_CORES; ++c)
             if ((m >> c) & 1u) {
                 check_issue(c, is[c]);
                 busy[c] = true;
@@ -862,12 +880,12 @@ struct Async {
                 issued_at[c] = d.regs.g.cycles;
                 ++issued;
             }
-        uint32_t perm[VF_CNN_CORES];
-        for (uint32_t c = 0; c < VF_CNN_CORES; ++c)
+        uint32_t perm[VF_POOL_CORES];
+        for (uint32_t c = 0; c < VF_POOL_CORES; ++c)
             perm[c] = c;
-        for (uint32_t i = VF_CNN_CORES; i > 1; --i)
+        for (uint32_t i = VF_POOL_CORES; i > 1; --i)
             std::swap(perm[i - 1], perm[rnd(i)]);
-        for (uint32_t i = 0; i < VF_CNN_CORES; ++i)
+        for (uint32_t i = 0; i < VF_POOL_CORES; ++i)
             if (busy[perm[i]] && rnd(100) < p_percent)
                 complete(perm[i]);
         return rep.progress - before;
@@ -875,7 +893,7 @@ struct Async {
 
     bool any_busy()
     {
-        for (uint32_t c = 0; c < VF_CNN_CORES; ++c)
+        for (uint32_t c = 0; c < VF_POOL_CORES; ++c)
             if (busy[c])
                 return true;
         return false;
@@ -1738,10 +1756,17 @@ static void test_mask_rules()
     CHECK_EQ(b.r().mask_conflict, 1u << c0);
     CHECK_EQ(b.r().active_mask, 0u);
     CHECK_EQ(a.r().active_mask, 1u << c0);
-    if (VF_CNN_CORES < 32) {
-        set_mask(b, 1u << VF_CNN_CORES);
+    if (VF_POOL_CORES < 32) {
+        set_mask(b, 1u << VF_POOL_CORES);
         d.step();
         CHECK_EQ(b.r().mask_result, VF_MASK_REJECT_RANGE);
+        CHECK_EQ(b.r().mask_conflict, 1u << VF_POOL_CORES);
+        CHECK_EQ(b.r().active_mask, 0u);
+    }
+    if (VF_RNN_CORES > 0) { /* a tenant holds cores of one kind */
+        set_mask(b, 1u | 1u << VF_CNN_CORES);
+        d.step();
+        CHECK_EQ(b.r().mask_result, VF_MASK_REJECT_KIND);
         CHECK_EQ(b.r().mask_conflict, 1u << VF_CNN_CORES);
         CHECK_EQ(b.r().active_mask, 0u);
     }
