@@ -60,6 +60,7 @@ def board():
     accel = api.Accelerator("zcu104", device=rec)
     yield accel, rec
     accel.close()
+    rec.close()  # the Accelerator closes only devices it opened itself
 
 
 def tenant_writes(events, ctx: int):
@@ -111,6 +112,7 @@ def test_start_points_the_kernel_at_the_ddr_window_then_starts_it(board_name):
         assert accel.mode == "board"  # the recorder is not the emulated device: the board code path
     finally:
         accel.close()
+        rec.close()
     assert rec.writes()[-1].register == "ctrl" and rec.writes()[-1].value == 0  # close clears auto-restart
 
 
@@ -294,7 +296,10 @@ def test_interrupt_line_or_polling_both_complete(board):
     t.run_quantized(x_for(t.graph, 2))
     assert any(e.kind == "read" and e.register == "file.irq" for e in rec.events)
     rec2 = RecordingDevice("zcu104", bank_capacity=SMALL_BANK, route_irq=True)
-    with api.Accelerator("zcu104", device=rec2) as accel2:
-        t2 = accel2.deploy(tiny_graph(7), name="a")
-        x = x_for(t2.graph, 2)
-        np.testing.assert_array_equal(t2.run_quantized(x)[0][0], golden.run_graph(t2.graph, x)["y"])
+    try:
+        with api.Accelerator("zcu104", device=rec2) as accel2:
+            t2 = accel2.deploy(tiny_graph(7), name="a")
+            x = x_for(t2.graph, 2)
+            np.testing.assert_array_equal(t2.run_quantized(x)[0][0], golden.run_graph(t2.graph, x)["y"])
+    finally:
+        rec2.close()
