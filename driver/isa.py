@@ -93,6 +93,14 @@ PARAM_ENTRY_WORDS = lib.VF_PARAM_ENTRY_WORDS
 DISPATCH = _dtype_of(ffi.typeof("vf_dispatch_t"))
 DISPATCH_OPS = _constants("VF_DISPATCH_")
 
+# RNN core opcodes (the RNN section of the header) and their formats.
+RNN_OPCODES = {k: v for k, v in _constants("VF_RNN_OP_").items() if k not in ("FIRST", "LIMIT")}
+RNN_FORMATS = {
+    "mem": _insn_dtype("vf_insn_rnn_mem_t"),
+    "matvec": _insn_dtype("vf_insn_rnn_matvec_t"),
+    "gates": _insn_dtype("vf_insn_rnn_gates_t"),
+}
+
 # The level-1 dispatcher's tenant interface: request ring entries, completion
 # records, tenant status, mask results, record status, its own fault codes.
 REQUEST = _dtype_of(ffi.typeof("vf_disp_request_t"))

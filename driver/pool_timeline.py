@@ -21,7 +21,13 @@ the board config:
   rounded up to 1/8); below that the bank is not the bottleneck and nothing
   slows. The load is taken at issue and not revised when other frames start
   or end (a frame's transfers are spread over its run);
-* a faulting frame is charged the instructions before the fault.
+* a faulting frame is charged what the core's counters say it did, nothing
+  overlapped (fetch, issue per retired instruction, the units' iterations):
+  its units run out of program order, so the instructions before the fault
+  need not have run nor been validated, and their unchecked fields must not
+  reach the schedule;
+* RNN cores (pool indices from ``cnn_core.count`` on) are timed by
+  :mod:`vfpga.runtime.rnn_cycle_model` the same way.
 """
 
 from __future__ import annotations
@@ -68,7 +74,8 @@ class PoolTimeline:
         self._inflight: list[_Flight] = []
         self._order = 0
         self._cache: dict = {}
-        self.core_busy_cycles = np.zeros(int(core["count"]), np.int64)
+        self.n_cnn = int(core["count"])
+        self.core_busy_cycles = np.zeros(self.n_cnn + int(config["rnn_core"]["count"]), np.int64)
         self.frames = 0
         # per tenant: frame cycles as run, and as they would be with the bank to themselves
         self.tenant_frame_cycles = np.zeros(n_tenants, np.int64)
@@ -95,11 +102,16 @@ class PoolTimeline:
         """Schedules the end of a frame issued now (vf_disp_frame_t) with the
         core's result; returns its modeled cycles."""
         bank = self.bank_of(frame.seg_win)
-        solo, demand = self._solo(mem, mem_bytes, frame, result)
-        load = demand + sum(f[6] for f in self._inflight if f[5] == bank)
-        cycles = solo
-        if load > 1.0:
-            cycles = self.frame_cycles(mem, mem_bytes, frame, result, math.ceil(load * 8) / 8)
+        rnn = core >= self.n_cnn
+        if result is not None and result.fault:
+            solo, demand = self._faulted(frame, result, counters), 0.0
+            cycles = solo
+        else:
+            solo, demand = self._solo(mem, mem_bytes, frame, rnn)
+            load = demand + sum(f[6] for f in self._inflight if f[5] == bank)
+            cycles = solo
+            if load > 1.0:
+                cycles = self.frame_cycles(mem, mem_bytes, frame, rnn, math.ceil(load * 8) / 8)
         if frame.scrub:
             cycles += self.scrub_cycles
             solo += self.scrub_cycles
@@ -112,27 +124,41 @@ class PoolTimeline:
                        _Flight(self.now + cycles, self._order, core, result, counters, bank, demand))
         return cycles
 
-    def _solo(self, mem, mem_bytes: int, frame, result) -> tuple[int, float]:
+    def _faulted(self, frame, result, counters) -> int:
+        from vfpga.runtime import cycle_model
+
+        fetched = max(1, min(int(frame.n_insns), int(result.fault_insn) + 1))
+        done = 0 if counters is None else (int(counters.insns) * cycle_model.UNIT_ISSUE_CYCLES
+                                           + int(counters.load_iters) + int(counters.compute_iters)
+                                           + int(counters.save_iters))
+        return cycle_model.fetch_cycles(fetched, self.config, 1) + done
+
+    def _solo(self, mem, mem_bytes: int, frame, rnn: bool) -> tuple[int, float]:
         """(cycles alone, bandwidth demand) of a frame."""
-        cycles = self.frame_cycles(mem, mem_bytes, frame, result, 1)
-        raw = self._bytes(mem, mem_bytes, frame, result)
+        cycles = self.frame_cycles(mem, mem_bytes, frame, rnn, 1)
+        raw = self._bytes(mem, mem_bytes, frame)
         if raw is None or cycles <= 0:
             return cycles, 0.0
-        key = ("demand", raw)
+        key = ("demand", rnn, raw)
         demand = self._cache.get(key)
         if demand is None:
-            from vfpga.runtime import cycle_model
-
-            demand = cycle_model.ddr_bytes(raw, self.config) / self.bank_bytes_per_cycle / cycles
+            demand = self._ddr_bytes(raw, rnn) / self.bank_bytes_per_cycle / cycles
             self._cache[key] = demand
         return cycles, demand
 
-    def _bytes(self, mem, mem_bytes: int, frame, result) -> bytes | None:
-        """The instructions the core ran (up to a fault), or None when they
-        are not all inside memory."""
+    def _ddr_bytes(self, raw: bytes, rnn: bool) -> int:
+        from vfpga.runtime import cycle_model, rnn_cycle_model
+
+        if not rnn:
+            return cycle_model.ddr_bytes(raw, self.config)
+        prog = np.frombuffer(raw, np.uint8).reshape(-1, isa.INSN_BYTES)
+        iters = rnn_cycle_model.program_iters(prog, self.config)
+        moves = np.isin(prog[:, 0], [isa.RNN_OPCODES["LOAD"], isa.RNN_OPCODES["SAVE"]])
+        return int(iters[moves].sum()) * int(self.config["ddr"]["axi_bytes"]) + len(raw)
+
+    def _bytes(self, mem, mem_bytes: int, frame) -> bytes | None:
+        """The frame's instructions, or None when they are not all inside memory."""
         n = int(frame.n_insns)
-        if result is not None and result.fault:
-            n = min(n, int(result.fault_insn))  # the faulting instruction did not run
         start = int(frame.seg_win) + int(frame.frame_offset)
         if n <= 0 or start + n * isa.INSN_BYTES > mem_bytes:
             return None
@@ -144,19 +170,24 @@ class PoolTimeline:
         self.now = max(self.now, end)
         return core, result, counters
 
-    def frame_cycles(self, mem, mem_bytes: int, frame, result, sharing: float) -> int:
-        """Modeled cycles of a frame: the cycle model's schedule of the
-        instructions the core ran (up to a fault) at bank load ``sharing``."""
-        from vfpga.runtime import cycle_model  # the timing model lives with the compiler that also uses it
+    def frame_cycles(self, mem, mem_bytes: int, frame, rnn: bool, sharing: float) -> int:
+        """Modeled cycles of a frame that ran to its end: the cycle model's
+        schedule of its instructions at bank load ``sharing``."""
+        # the timing models live with the compiler that also uses them
+        from vfpga.runtime import cycle_model, rnn_cycle_model
 
-        raw = self._bytes(mem, mem_bytes, frame, result)
+        raw = self._bytes(mem, mem_bytes, frame)
         if raw is None:
             return cycle_model.fetch_cycles(max(int(frame.n_insns), 1), self.config, sharing)
-        key = (raw, sharing)
+        key = (rnn, raw, sharing)
         cycles = self._cache.get(key)
         if cycles is None:
             try:
-                cycles = int(cycle_model.schedule(raw, self.config, sharing).total_cycles)
+                if rnn:
+                    prog = np.frombuffer(raw, np.uint8).reshape(-1, isa.INSN_BYTES)
+                    cycles = rnn_cycle_model.frame_cycles(prog, self.config, sharing)
+                else:
+                    cycles = int(cycle_model.schedule(raw, self.config, sharing).total_cycles)
             except cycle_model.ScheduleError:
                 # a program the model cannot schedule (the core faulted on it):
                 # the fetch and each instruction's issue, nothing overlapped

@@ -56,9 +56,9 @@ GATES_PIPELINE_DEPTH = (cm.BRAM_READ_LATENCY + cm.REQUANT_LATENCY + cm.ALU_LATEN
                         + cm.DSP_MAC_LATENCY + cm.ROUND_SHIFT_LATENCY + cm.CLAMP_LATENCY + ACT_LATENCY
                         + cm.DSP_MAC_LATENCY + cm.ROUND_SHIFT_LATENCY + cm.REQUANT_LATENCY + cm.BUF_WRITE_LATENCY)
 
-_MEM = isa._insn_dtype("vf_insn_rnn_mem_t")
-_MV = isa._insn_dtype("vf_insn_rnn_matvec_t")
-_GATES = isa._insn_dtype("vf_insn_rnn_gates_t")
+_MEM = isa.RNN_FORMATS["mem"]
+_MV = isa.RNN_FORMATS["matvec"]
+_GATES = isa.RNN_FORMATS["gates"]
 LOAD, COMPUTE, SAVE = 0, 1, 2
 
 
