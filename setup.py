@@ -1,7 +1,8 @@
 """vfpga: one FPGA shared by many DNN inference tenants.
 
 Installs the single namespace ``vfpga`` (driver/ -> vfpga.driver, runtime/ ->
-vfpga.runtime, overlay/ -> vfpga.overlay) and builds the emulation libraries
+vfpga.runtime, overlay/ -> vfpga.overlay, notebooks/ -> vfpga.notebooks, found
+by `pynq get-notebooks` through the pynq.notebooks entry point) and builds the emulation libraries
 from the HLS C++ in hls/ with cffi, one per board config.
 """
 
@@ -19,14 +20,16 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["vfpga", "vfpga.driver", "vfpga.runtime", "vfpga.overlay"],
+    packages=["vfpga", "vfpga.driver", "vfpga.runtime", "vfpga.overlay", "vfpga.notebooks"],
     package_dir={
         "vfpga": "src/vfpga",
         "vfpga.driver": "driver",
         "vfpga.runtime": "runtime",
         "vfpga.overlay": "overlay",
+        "vfpga.notebooks": "notebooks",
     },
-    package_data={"vfpga.overlay": ["configs/*.json"]},
+    package_data={"vfpga.overlay": ["configs/*.json", "tcl/*.tcl", "Makefile", "*.bit", "*.hwh", "*.xclbin"],
+                  "vfpga.notebooks": ["*.ipynb"]},
     cffi_modules=["hls/cffi_build.py:isa"] + [f"hls/cffi_build.py:emu_{b}" for b in BOARDS],
     install_requires=[
         "pynq>=3.1",
@@ -37,5 +40,9 @@ setup(
         "matplotlib>=3.5",  # the plots of `vfpga bench`
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.4"]},
-    entry_points={"console_scripts": ["vfpga = vfpga.runtime.cli:main"]},
+    entry_points={
+        "console_scripts": ["vfpga = vfpga.runtime.cli:main"],
+        "pynq.notebooks": ["vfpga = vfpga.notebooks"],
+        "pynq.overlays": ["vfpga = vfpga.overlay"],
+    },
 )
