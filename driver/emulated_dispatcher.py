@@ -303,8 +303,8 @@ class EmulatedDispatcher:
             for (core, frame), (result, counters) in zip(frames, outcomes):
                 bank = self._bank_of(frame.seg_win)
                 sharing = 1 + sum(1 for e in self._inflight if e[5] == bank)
-                cycles = self._frame_cycles(mem, mem_bytes, frame, result, sharing)
-                solo = cycles if sharing == 1 else self._frame_cycles(mem, mem_bytes, frame, result, 1)
+                cycles = self._frame_cycles(mem, mem_bytes, frame, result, counters, sharing)
+                solo = cycles if sharing == 1 else self._frame_cycles(mem, mem_bytes, frame, result, counters, 1)
                 if frame.scrub:
                     cycles += self.scrub_cycles
                     solo += self.scrub_cycles
@@ -318,14 +318,21 @@ class EmulatedDispatcher:
     def _bank_of(self, seg_win: int) -> int:
         return min(int(seg_win) // self.bank_stride, self.n_banks - 1)
 
-    def _frame_cycles(self, mem, mem_bytes, frame, result, sharing: int) -> int:
-        """Modeled cycles of a frame: the cycle model's schedule of the
-        instructions the core ran (up to a fault), bank shared ``sharing`` ways."""
+    def _frame_cycles(self, mem, mem_bytes, frame, result, counters, sharing: int) -> int:
+        """Modeled cycles of a frame: the cycle model's schedule of its
+        instructions, bank shared ``sharing`` ways. A faulting frame is charged
+        what the core's counters say it did, nothing overlapped: its units run
+        out of program order, so the instructions before the fault need not
+        have run, nor been validated (scheduling their unchecked fields could
+        cost ~2**62 cycles and overflow the clock)."""
         from vfpga.runtime import cycle_model  # the timing model lives with the compiler that also uses it
 
         n = int(frame.n_insns)
         if result.fault:
-            n = min(n, int(result.fault_insn))  # the faulting instruction did not run
+            fetched = max(1, min(n, int(result.fault_insn) + 1))
+            return (cycle_model.fetch_cycles(fetched, self.config, sharing)
+                    + int(counters.insns) * cycle_model.UNIT_ISSUE_CYCLES
+                    + int(counters.load_iters) + int(counters.compute_iters) + int(counters.save_iters))
         start = int(frame.seg_win) + int(frame.frame_offset)
         if n <= 0 or start + n * isa.INSN_BYTES > mem_bytes:
             return cycle_model.fetch_cycles(max(n, 1), self.config, sharing)
