@@ -602,6 +602,21 @@ class EmulatedDevice(Device):
         }
         return ffi.new("vf_cnn_buffers_t *", keep), keep
 
+    def new_rnn_core_buffers(self):
+        """One RNN core's on-chip memories: (vf_rnn_buffers_t *, the arrays it points to)."""
+        ffi = self.ffi
+        geo = ffi.new("vf_rnn_geometry_t *")
+        self.lib.vf_rnn_core_geometry(geo)
+        keep = {
+            "wbuf": ffi.new("int8_t[]", geo.wbuf_bytes),
+            "vbuf": ffi.new("int8_t[]", geo.vbuf_bytes),
+            "acc": ffi.new("int32_t[]", geo.acc_words),
+            "param": ffi.new("int32_t[]", geo.param_entries * isa.PARAM_ENTRY_WORDS),
+            "state": ffi.new("int32_t[]", geo.state_words),
+            "act": ffi.new("int32_t[]", geo.act_words),
+        }
+        return ffi.new("vf_rnn_buffers_t *", keep), keep
+
     def _buffers(self, core: _Core):
         if core.buffers is None:
             # BRAM contents persist between runs, so the arrays live with the core.

@@ -8,18 +8,12 @@ C++ itself (hls/dispatcher.cpp and hls/cnn_core.cpp through cffi):
 ``vf_dispatch_retire`` accounts it. Time comes from the cycle model: the
 free-running dispatcher is a host thread that advances a modeled clock.
 
-The timeline (discrete events, one clock for the whole pool):
-
-* an advance costs the dispatcher's own latencies (board config,
-  ``dispatcher``): ``issue_cycles`` per frame issued, ``barrier_cycles`` per
-  barrier passed, ``completion_cycles`` per record written;
-* a frame issued at time t on core c ends at t + its modeled cycles:
-  :func:`vfpga.runtime.cycle_model.schedule` of the frame's instructions,
-  with ``bank_cores`` = the frames in flight on the DDR bank holding the
-  tenant's segment when it is issued (they share the bank's bandwidth), plus
-  the buffer scrub when the core changes hands (``scrub_bytes_per_cycle``);
-* frames retire one at a time in order of their end; every retirement is
-  followed by an advance (a freed core may take the next frame).
+Time is :class:`vfpga.driver.pool_timeline.PoolTimeline` (the same object
+the timing-only simulator uses): dispatcher latencies per advance, each
+issued frame's cycles from the cycle model with DDR banks shared by demand,
+frames retired one at a time in order of their end, every retirement
+followed by an advance (a freed core may take the next frame). The pool is
+the board's CNN cores followed by its RNN cores.
 
 Frames are executed functionally when they are issued (frames in flight at
 the same time are independent: a tenant's frames between two barriers, or
@@ -35,22 +29,20 @@ sleeps until the host writes a register, as the hardware would spin idle.
 
 from __future__ import annotations
 
-import heapq
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from vfpga.driver import isa
 from vfpga.driver.cnn_core import AP_IDLE, AP_START, AUTO_RESTART
+from vfpga.driver.pool_timeline import PoolTimeline
 
 # Register-file words the driver writes (the step reads them; every other word
 # is the dispatcher's). The same list as vf_load_host() in hls/dispatcher_top.cpp.
 HOST_GLOBAL_REGISTERS = ("irq_enable", "irq_mask", "mem_base")
 HOST_TENANT_REGISTERS = ("control", "seg_limit", "seg_base", "ring_offset", "ring_size", "cpl_offset",
                          "ring_tail", "cpl_ack", "core_mask", "mask_seq")
-_CACHE_LIMIT = 1 << 16  # frame timings kept (a deployment's frames repeat every request)
 
 
 class IrqLine:
@@ -87,14 +79,8 @@ class EmulatedDispatcher:
         self.file_offset = disp["registers"]["file"]
         self.file_bytes = ffi.sizeof("vf_disp_regs_t")
         self.host_words = self._host_words(disp)
-        self.n_cores = int(self.config["cnn_core"]["count"])
-        self.issue_cycles = int(disp["issue_cycles"])
-        self.barrier_cycles = int(disp["barrier_cycles"])
-        self.completion_cycles = int(disp["completion_cycles"])
-        self.scrub_cycles = -(-self._buffer_bytes() // int(disp["scrub_bytes_per_cycle"]))
-        ddr = self.config["ddr"]
-        self.bank_stride = int(ddr["bank_stride"])
-        self.n_banks = int(ddr["banks"])
+        self.n_cnn = int(self.config["cnn_core"]["count"])
+        self.n_cores = self.n_cnn + int(self.config["rnn_core"]["count"])  # the pool: CNN cores, then RNN
 
         # AXI-Lite scalars of the kernel (ap_ctrl_hs, mem, mem_bytes)
         self.scalars = {"mem": 0, "mem_bytes": 0}
@@ -111,18 +97,12 @@ class EmulatedDispatcher:
         self._buffers = [None] * self.n_cores
         self._pool = ThreadPoolExecutor(max(1, min(self.n_cores, os.cpu_count() or 1)),
                                         thread_name_prefix="vfpga-core")
-        self._timing_cache: dict = {}
+        self.timeline = PoolTimeline(self.config, ffi, int(disp["tenants"]))
 
-        # the modeled timeline
-        self.now = 0  # dispatcher clock, cycles
-        self._inflight: list = []  # heap of (end, order, core, result, counters)
-        self._order = 0
-        self.core_busy_cycles = np.zeros(self.n_cores, np.int64)  # modeled, per core
-        self.frames_run = 0
-        # per tenant: modeled frame cycles as run and as they would be with the bank to themselves
-        n_tenants = int(disp["tenants"])
-        self.tenant_frame_cycles = np.zeros(n_tenants, np.int64)
-        self.tenant_solo_cycles = np.zeros(n_tenants, np.int64)
+    @property
+    def now(self) -> int:
+        """The modeled clock (cycles)."""
+        return self.timeline.now
 
     # ---- registers ------------------------------------------------------------------
     def _host_words(self, disp) -> set[int]:
@@ -228,13 +208,9 @@ class EmulatedDispatcher:
 
     def _buffers_of(self, core: int):
         if self._buffers[core] is None:
-            self._buffers[core] = self.device.new_core_buffers()
+            rnn = core >= self.n_cnn
+            self._buffers[core] = self.device.new_rnn_core_buffers() if rnn else self.device.new_core_buffers()
         return self._buffers[core][0]
-
-    def _buffer_bytes(self) -> int:
-        c = self.config["cnn_core"]
-        return (c["ibuf_bytes"] + c["wbuf_bytes"] + 4 * c["acc_words"] + c["obuf_bytes"]
-                + 4 * c["param_entries"] * isa.PARAM_ENTRY_WORDS)
 
     def _loop(self) -> None:
         try:
@@ -263,8 +239,7 @@ class EmulatedDispatcher:
                 self.regs.g.cycles = self.now
                 mask = lib.vf_dispatch_advance(self.regs, self.state, mem, mem_bytes, issued, report)
                 records = report.requests_ok + report.requests_failed + report.requests_aborted
-                self.now += (self.issue_cycles * report.frames_issued + self.barrier_cycles * report.barriers
-                             + self.completion_cycles * records)
+                self.timeline.after_advance(report)
                 frames = [(c, ffi.new("vf_disp_frame_t *", issued[c])) for c in range(self.n_cores)
                           if mask >> c & 1]
                 progress = report.progress
@@ -274,9 +249,8 @@ class EmulatedDispatcher:
             if frames:
                 self._issue(frames, mem, mem_bytes)
             with self.lock:
-                if self._inflight:
-                    end, _, core, result, counters, _ = heapq.heappop(self._inflight)
-                    self.now = max(self.now, end)
+                if self.timeline.busy:
+                    core, result, counters = self.timeline.pop()
                     self.regs.g.cycles = self.now
                     lib.vf_dispatch_retire(self.regs, self.state, core, result, counters, ffi.NULL)
                     continue
@@ -294,71 +268,11 @@ class EmulatedDispatcher:
             core, frame = item
             result = ffi.new("vf_cnn_state_t *")
             counters = ffi.new("vf_cnn_counters_t *")
-            lib.vf_dispatch_run_frame(mem, mem_bytes, frame, self._buffers_of(core), result, counters, ffi.NULL)
+            go = lib.vf_dispatch_run_frame if core < self.n_cnn else lib.vf_dispatch_run_rnn_frame
+            go(mem, mem_bytes, frame, self._buffers_of(core), result, counters, ffi.NULL)
             return result, counters
 
         outcomes = list(self._pool.map(run, frames)) if len(frames) > 1 else [run(frames[0])]
         with self.lock:
-            start = self.now
             for (core, frame), (result, counters) in zip(frames, outcomes):
-                bank = self._bank_of(frame.seg_win)
-                sharing = 1 + sum(1 for e in self._inflight if e[5] == bank)
-                cycles = self._frame_cycles(mem, mem_bytes, frame, result, counters, sharing)
-                solo = cycles if sharing == 1 else self._frame_cycles(mem, mem_bytes, frame, result, counters, 1)
-                if frame.scrub:
-                    cycles += self.scrub_cycles
-                    solo += self.scrub_cycles
-                self.core_busy_cycles[core] += cycles
-                self.tenant_frame_cycles[frame.tenant] += cycles
-                self.tenant_solo_cycles[frame.tenant] += solo
-                self.frames_run += 1
-                self._order += 1
-                heapq.heappush(self._inflight, _Flight(start + cycles, self._order, core, result, counters, bank))
-
-    def _bank_of(self, seg_win: int) -> int:
-        return min(int(seg_win) // self.bank_stride, self.n_banks - 1)
-
-    def _frame_cycles(self, mem, mem_bytes, frame, result, counters, sharing: int) -> int:
-        """Modeled cycles of a frame: the cycle model's schedule of its
-        instructions, bank shared ``sharing`` ways. A faulting frame is charged
-        what the core's counters say it did, nothing overlapped: its units run
-        out of program order, so the instructions before the fault need not
-        have run, nor been validated (scheduling their unchecked fields could
-        cost ~2**62 cycles and overflow the clock)."""
-        from vfpga.runtime import cycle_model  # the timing model lives with the compiler that also uses it
-
-        n = int(frame.n_insns)
-        if result.fault:
-            fetched = max(1, min(n, int(result.fault_insn) + 1))
-            return (cycle_model.fetch_cycles(fetched, self.config, sharing)
-                    + int(counters.insns) * cycle_model.UNIT_ISSUE_CYCLES
-                    + int(counters.load_iters) + int(counters.compute_iters) + int(counters.save_iters))
-        start = int(frame.seg_win) + int(frame.frame_offset)
-        if n <= 0 or start + n * isa.INSN_BYTES > mem_bytes:
-            return cycle_model.fetch_cycles(max(n, 1), self.config, sharing)
-        raw = bytes(self.ffi.buffer(mem + start, n * isa.INSN_BYTES))
-        key = (raw, sharing)
-        cycles = self._timing_cache.get(key)
-        if cycles is None:
-            try:
-                cycles = int(cycle_model.schedule(raw, self.config, sharing).total_cycles)
-            except cycle_model.ScheduleError:
-                # a program the model cannot schedule (the core faulted on it):
-                # the fetch and each instruction's issue, nothing overlapped
-                cycles = cycle_model.fetch_cycles(n, self.config, sharing) + n * cycle_model.UNIT_ISSUE_CYCLES
-            if len(self._timing_cache) >= _CACHE_LIMIT:
-                self._timing_cache.clear()
-            self._timing_cache[key] = cycles
-        return cycles
-
-
-class _Flight(tuple):
-    """(end, order, core, result, counters, bank): a frame in flight, ordered by end."""
-
-    __slots__ = ()
-
-    def __new__(cls, end, order, core, result, counters, bank):
-        return super().__new__(cls, (end, order, core, result, counters, bank))
-
-    def __lt__(self, other):  # cffi objects are not comparable: order by (end, order) only
-        return (self[0], self[1]) < (other[0], other[1])
+                self.timeline.issue(core, frame, mem, mem_bytes, result, counters)

@@ -142,7 +142,8 @@ class PoolTimeline:
         key = ("demand", rnn, raw)
         demand = self._cache.get(key)
         if demand is None:
-            demand = self._ddr_bytes(raw, rnn) / self.bank_bytes_per_cycle / cycles
+            # a core's load and save units stream at most one bus word per cycle each
+            demand = min(2.0, self._ddr_bytes(raw, rnn) / self.bank_bytes_per_cycle / cycles)
             self._cache[key] = demand
         return cycles, demand
 
@@ -152,6 +153,9 @@ class PoolTimeline:
         if not rnn:
             return cycle_model.ddr_bytes(raw, self.config)
         prog = np.frombuffer(raw, np.uint8).reshape(-1, isa.INSN_BYTES)
+        ends = np.flatnonzero(prog[:, 0] == isa.OPCODES["END"])
+        if ends.size:  # the core stops there
+            prog = prog[:int(ends[0]) + 1]
         iters = rnn_cycle_model.program_iters(prog, self.config)
         moves = np.isin(prog[:, 0], [isa.RNN_OPCODES["LOAD"], isa.RNN_OPCODES["SAVE"]])
         return int(iters[moves].sum()) * int(self.config["ddr"]["axi_bytes"]) + len(raw)

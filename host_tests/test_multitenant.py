@@ -1014,9 +1014,22 @@ def test_bad_reallocations_change_nothing(accel, tiny, allocation, message):
 # ---------------------------------------------------------------- performance isolation
 
 
+def add_graph(hw: int = 32, c: int = 64, n: int = 3) -> ir.Graph:
+    """A chain of element-wise adds: little compute per DDR byte, so frames of
+    8 cores in flight on one bank ask more than its bandwidth (the cycle
+    model then slows them; conv stacks stay compute-bound)."""
+    t = {"x": ir.Tensor("x", (hw, hw, c), 0.05, 0)}
+    layers, prev = [], "x"
+    for i in range(n):
+        t[f"s{i}"] = ir.Tensor(f"s{i}", (hw, hw, c), 0.05, 0)
+        layers.append(ir.Add(f"add{i}", (prev, "x"), f"s{i}", 1 << 14, 1 << 14, 15))
+        prev = f"s{i}"
+    return ir.Graph(t, layers, ["x"], [prev], name="adds")
+
+
 @pytest.fixture(scope="module")
 def stream_model() -> Model:
-    return make_model("stream", conv_graph(9, shape=(16, 16, 32), cout=32), seed=9)
+    return make_model("stream", add_graph(), seed=9)
 
 
 @pytest.mark.parametrize("same_bank", [False, True], ids=["own-banks", "same-bank"])
@@ -1037,7 +1050,7 @@ def test_performance_isolation(stream_model, same_bank):
     by the dispatcher's serial issue when B's frames are issued in the same
     advance (+2 x 8 cycles observed): we bound that at 1% of the latency.
     Same bank: B's frames slow A's; the ratio and the mean latency rise
-    visibly, and stats() shows it."""
+    visibly, and stats() shows it. The model is DDR-bound (add_graph)."""
     m = stream_model
     a = accelerator()
     try:
@@ -1067,13 +1080,13 @@ def test_performance_isolation(stream_model, same_bank):
             if load:
                 _wait_for("B to get going", lambda: B.requests >= b0 + 3)
             i = A.context.index
-            f0, s0 = int(disp.tenant_frame_cycles[i]), int(disp.tenant_solo_cycles[i])
+            f0, s0 = int(disp.timeline.tenant_frame_cycles[i]), int(disp.timeline.tenant_solo_cycles[i])
             lat = []
             for _ in range(n):
                 outs, info = A.run_quantized(m.inputs[1])
                 m.check(outs, 1)
                 lat.append(info.modeled_cycles)
-            f1, s1 = int(disp.tenant_frame_cycles[i]), int(disp.tenant_solo_cycles[i])
+            f1, s1 = int(disp.timeline.tenant_frame_cycles[i]), int(disp.timeline.tenant_solo_cycles[i])
             stop.set()
             for th in threads:
                 th.join(TIMEOUT)
@@ -1090,8 +1103,9 @@ def test_performance_isolation(stream_model, same_bank):
         assert min(excess) >= 0
         assert busy_stats.source == "modeled" and busy_stats.requests == 32
         if not same_bank:
+            # own banks: A's frames run exactly as fast; what remains is the one dispatcher
+            # issuing both tenants' frames (issue_cycles each), bounded at 1%
             assert busy_ratio == idle_ratio and busy_stats.ddr_slowdown == idle_stats.ddr_slowdown
-            assert statistics.median(busy_lat) == idle
             assert max(excess) <= 0.01 * idle, excess
         else:
             assert busy_ratio > idle_ratio + 0.02

@@ -316,8 +316,8 @@ class Accelerator:
                     if regs["request_cycles"] else None)
             slowdown = None
             if disp is not None:
-                solo = int(disp.tenant_solo_cycles[t.context.index])
-                slowdown = int(disp.tenant_frame_cycles[t.context.index]) / solo if solo else None
+                solo = int(disp.timeline.tenant_solo_cycles[t.context.index])
+                slowdown = int(disp.timeline.tenant_frame_cycles[t.context.index]) / solo if solo else None
             out[t.name] = TenantStats(t.name, list(t.cores), t.requests, t.failed, source,
                                       mean * 1e3 if mean else None, 1 / mean if mean else None, util, host_ms,
                                       regs["frames"], regs["core_cycles"], slowdown)

@@ -294,9 +294,12 @@ def _decode(prog: np.ndarray, g: _Geo) -> _Decoded:
 
 
 def ddr_bytes(program, geometry) -> int:
-    """Bytes a program moves over DDR: its loads and saves (padding
-    excluded) and the fetch of its instructions."""
+    """Bytes a program moves over DDR up to its END (the core stops there):
+    its loads and saves (padding excluded) and the fetch of its instructions."""
     prog = _as_program(program)
+    ends = np.flatnonzero(prog[:, 0] == _OP["END"])
+    if ends.size:
+        prog = prog[:int(ends[0]) + 1]
     return int(_decode(prog, _geometry(geometry)).ddr_bytes.sum()) + prog.shape[0] * isa.INSN_BYTES
 
 
