@@ -15,11 +15,13 @@ re-allocation changes the set while requests are in flight.
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
 from dataclasses import dataclass
 
+import onnx
 import pynq
 
 from vfpga import overlay
@@ -29,8 +31,9 @@ from vfpga.driver.dispatcher import Dispatcher
 from vfpga.driver.tenant_context import CompletionHandler
 
 from . import cache as compile_cache
-from . import compiler
+from . import compiler, rnn_compiler
 from .errors import ContextError, DeployError, MaskRejected, QueueFull, TenantFault, TenantRemoved  # noqa: F401
+from .rnn_tenant import RnnTenant
 from .tenant import RunInfo, Tenant, _mask  # noqa: F401 - RunInfo is part of the API
 
 
@@ -106,9 +109,12 @@ class Accelerator:
         ddr = self.config["ddr"]
         self.dispatcher.start(ddr["base_address"], (ddr["banks"] - 1) * ddr["bank_stride"] + ddr["bank_bytes"])
         self.n_cores = self.dispatcher.n_cores
-        if self.n_cores != self.config["cnn_core"]["count"] or self.dispatcher.read("cores") != self.n_cores:
-            raise DeployError(f"the dispatcher drives {self.dispatcher.read('cores')} CNN cores, the {self.board} "
-                              f"config {self.config['cnn_core']['count']}")
+        self.n_rnn = int(self.config["rnn_core"]["count"])
+        if (self.n_cores != self.config["cnn_core"]["count"] or self.dispatcher.read("cores") != self.n_cores
+                or self.dispatcher.read("rnn_cores") != self.n_rnn):
+            raise DeployError(f"the dispatcher drives {self.dispatcher.read('cores')} CNN and "
+                              f"{self.dispatcher.read('rnn_cores')} RNN cores, the {self.board} config "
+                              f"{self.config['cnn_core']['count']} and {self.n_rnn}")
         self.completions = CompletionHandler(self.dispatcher)
         self._lock = threading.RLock()  # tenants, core ownership, contexts
         self._owner: dict[int, str] = {}
@@ -127,9 +133,22 @@ class Accelerator:
         return list(range(self.n_cores))
 
     @property
+    def rnn_cores(self) -> list[int]:
+        """The RNN cores of the pool (physical indices, after the CNN cores)."""
+        return list(range(self.n_cores, self.n_cores + self.n_rnn))
+
+    def _pool(self, kind: str) -> list[int]:
+        return self.cores if kind == "cnn" else self.rnn_cores
+
+    @property
     def free_cores(self) -> list[int]:
         with self._lock:
-            return [c for c in range(self.n_cores) if c not in self._owner]
+            return [c for c in self.cores if c not in self._owner]
+
+    @property
+    def free_rnn_cores(self) -> list[int]:
+        with self._lock:
+            return [c for c in self.rnn_cores if c not in self._owner]
 
     def compile(self, model, calibration=None, input_shape=None, *, cache=None, progress=None,
                 fallback: bool = True) -> compiler.CompiledModel:
@@ -145,7 +164,9 @@ class Accelerator:
 
     # ---- placement ------------------------------------------------------------------------------
     def _core_bank(self, core: int) -> int:
-        return self.config["cnn_core"]["banks"][core]
+        if core < self.n_cores:
+            return self.config["cnn_core"]["banks"][core]
+        return self.config["rnn_core"]["banks"][core - self.n_cores]
 
     def _pick_bank(self) -> int:
         """The DDR bank with the most free memory (spreads tenants' DDR traffic)."""
@@ -160,24 +181,35 @@ class Accelerator:
 
     def deploy(self, model, cores: int = 1, name: str | None = None, calibration=None,
                input_shape=None, fallback: bool = True, max_pending: int = 64) -> Tenant:
-        """Compiles ``model`` (or takes it compiled), gives it ``cores`` CNN
-        cores, a dispatcher context and a segment. Ops the accelerator lacks
-        run on the host through onnxruntime unless ``fallback=False``, which
-        rejects them instead."""
+        """Compiles ``model`` (or takes it compiled), gives it ``cores``
+        cores, a dispatcher context and a segment. CNNs get CNN cores; models
+        with ONNX LSTM/GRU nodes get RNN cores (an RnnTenant: ``run`` takes
+        the ONNX feeds). Ops the CNN cores lack run on the host through
+        onnxruntime unless ``fallback=False``, which rejects them instead."""
         if not isinstance(cores, int) or cores < 1:
             raise DeployError(f"cores must be a positive integer, not {cores!r}")
-        if cores > self.n_cores:
-            raise DeployError(f"asked for {cores} cores; the {self.board} pool has {self.n_cores}")
-        compiled = self.compile(model, calibration, input_shape, fallback=fallback)
+        kind = "rnn" if rnn_model(model) else "cnn"
+        pool = self._pool(kind)
+        if cores > len(pool):
+            raise DeployError(f"asked for {cores} {kind.upper()} cores; the {self.board} pool has {len(pool)}")
+        if kind == "rnn":
+            compiled = model if isinstance(model, rnn_compiler.CompiledRnn) else rnn_compiler.compile_rnn(
+                model, self.config, calibration, input_shape)
+            if compiled.board != self.board:
+                raise DeployError(f"model compiled for {compiled.board}, this accelerator is {self.board}")
+        else:
+            compiled = self.compile(model, calibration, input_shape, fallback=fallback)
         with self._lock:
             self._check_open()
             name = name or f"tenant{len(self.tenants)}"
             if name in self.tenants or name in self._reserved:
                 raise DeployError(f"a tenant named {name!r} is already deployed")
-            free = self.free_cores
+            free = [c for c in pool if c not in self._owner]
             if len(free) < cores:
-                raise DeployError(f"asked for {cores} cores, {len(free)} free ({self.n_cores - len(free)} held by "
-                                  f"{sorted(set(self._owner.values()))}); remove a tenant or reallocate first")
+                raise DeployError(f"asked for {cores} {kind.upper()} cores, {len(free)} free "
+                                  f"({len(pool) - len(free)} held by "
+                                  f"{sorted({self._owner[c] for c in pool if c in self._owner})}); "
+                                  "remove a tenant or reallocate first")
             contexts = [t for t in range(self.dispatcher.n_tenants) if t not in self._contexts]
             if not contexts:
                 raise DeployError(f"all {self.dispatcher.n_tenants} dispatcher tenant contexts are in use by "
@@ -189,7 +221,8 @@ class Accelerator:
             self._contexts[contexts[0]] = name
             self._reserved.add(name)
         try:
-            tenant = Tenant(self, name, compiled, contexts[0], chosen, bank, max_pending=max_pending)
+            make = RnnTenant if kind == "rnn" else Tenant
+            tenant = make(self, name, compiled, contexts[0], chosen, bank, max_pending=max_pending)
         except BaseException:
             with self._lock:
                 self._release(name)
@@ -226,9 +259,11 @@ class Accelerator:
         explicit = {n: sorted(int(c) for c in v) for n, v in named.items() if not isinstance(v, int)}
         counts = {n: v for n, v in named.items() if isinstance(v, int)}
         for n, cs in explicit.items():
-            bad = [c for c in cs if not 0 <= c < self.n_cores]
+            pool = self._pool(self.tenants[n].kind)
+            bad = [c for c in cs if c not in pool]
             if bad or len(set(cs)) != len(cs) or not cs:
-                raise DeployError(f"tenant {n!r}: core list {cs} must name distinct cores of 0..{self.n_cores - 1}")
+                raise DeployError(f"tenant {n!r}: core list {cs} must name distinct {self.tenants[n].kind.upper()} "
+                                  f"cores of {pool[0]}..{pool[-1]}")
         for n, k in counts.items():
             if k < 1:
                 raise DeployError(f"tenant {n!r}: a tenant holds at least one core, not {k}")
@@ -236,9 +271,13 @@ class Accelerator:
         taken = {c for cs in target.values() for c in cs}
         if len(taken) != sum(len(cs) for cs in target.values()):
             raise DeployError(f"core sets overlap: {target}")
-        need = sum(counts.values())
-        if len(taken) + need > self.n_cores:
-            raise DeployError(f"asked for {len(taken) + need} cores in all; the {self.board} pool has {self.n_cores}")
+        for kind in ("cnn", "rnn"):
+            pool = self._pool(kind)
+            need = sum(k for n, k in counts.items() if self.tenants[n].kind == kind)
+            have = len([c for c in taken if c in pool])
+            if have + need > len(pool):
+                raise DeployError(f"asked for {have + need} {kind.upper()} cores in all; the {self.board} pool has "
+                                  f"{len(pool)}")
         for n, k in counts.items():  # shrinking tenants first keep their own cores
             keep = [c for c in self.tenants[n].cores if c not in taken][:k]
             target[n] = keep
@@ -246,7 +285,7 @@ class Accelerator:
         for n, k in sorted(counts.items()):
             missing = k - len(target[n])
             if missing:
-                free = [c for c in range(self.n_cores) if c not in taken]
+                free = [c for c in self._pool(self.tenants[n].kind) if c not in taken]
                 more = self._pick_cores(missing, self.tenants[n].segment.bank, free)
                 target[n] = sorted(target[n] + more)
                 taken.update(more)
@@ -263,6 +302,18 @@ class Accelerator:
             before = {n: list(t.cores) for n, t in self.tenants.items()}
             target = self._targets(allocation)
             tenants = {n: self.tenants[n] for n in target}
+            # tenants whose cores keep state between frames change between requests only
+            held = [t for n, t in sorted(tenants.items()) if t.needs_hold and target[n] != before[n]]
+            for t in held:
+                t.hold().acquire()
+        try:
+            return self._reallocate(t0, before, target, tenants)
+        finally:
+            for t in held:
+                t.hold().release()
+
+    def _reallocate(self, t0, before, target, tenants) -> Reallocation:
+        with self._lock:
             # 1. dynamic stage where the count changes
             retargeted = [n for n in target if len(target[n]) != len(before[n])]
             for n in retargeted:
@@ -352,6 +403,22 @@ class Accelerator:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def rnn_model(model) -> bool:
+    """Whether ``model`` is for the RNN cores: a CompiledRnn, or an ONNX model
+    (path, bytes or proto) with LSTM/GRU nodes."""
+    if isinstance(model, rnn_compiler.CompiledRnn):
+        return True
+    if isinstance(model, (bytes, onnx.ModelProto)) or (
+            isinstance(model, (str, os.PathLike)) and str(model).endswith(".onnx") and os.path.exists(model)):
+        try:
+            proto = model if isinstance(model, onnx.ModelProto) else (
+                onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model))
+        except Exception:  # noqa: BLE001 - not a readable model: the CNN front end names the problem
+            return False
+        return any(n.op_type in rnn_compiler.CELLS for n in proto.graph.node)
+    return False
 
 
 def compile_model(model, board="u200", calibration=None, input_shape=None, *, cache=None, progress=None,

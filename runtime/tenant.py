@@ -95,20 +95,16 @@ class _Job:
 class Tenant:
     """A model deployed on ``cores`` (physical core indices) of an accelerator."""
 
-    def __init__(self, accel, name: str, compiled: compiler.CompiledModel, context_index: int, cores: list[int],
+    kind = "cnn"  # the cores it runs on
+
+    def __init__(self, accel, name: str, compiled, context_index: int, cores: list[int],
                  bank: int, max_pending: int = 64):
         self.accel = accel
         self.name = name
         self.compiled = compiled
         self.cores = sorted(cores)
         self.max_pending = max_pending
-        self.table = dynamic.DispatchTable(compiled)
-        self.plan = dynamic.plan(self.table, len(self.cores))
-
-        layout = segment_layout(compiled, self.table)
-        self.ring_offset, self.cpl_offset = layout.ring_offset, layout.cpl_offset
-        self.part_entries, self.program_halves = layout.part_entries, layout.program_halves
-        size = layout.size
+        size = self._prepare()
         try:
             self.segment = Segment(size, bank=bank, device=accel.device)
         except MemoryError as e:
@@ -120,6 +116,7 @@ class Tenant:
             # The whole segment goes down once, so no earlier tenant's bytes remain in it.
             self.segment.sync_to_device()
             self._prog_lock = threading.Lock()
+            self._exec_lock = threading.Lock()  # held while a request runs (see hold())
             self._active_half = 0
             self._inflight_half: int | None = None
             self._write_programs(0, self.plan)
@@ -130,10 +127,7 @@ class Tenant:
         except BaseException:
             self.segment.free()
             raise
-
-        self.schedules = compiler.schedule_parts(compiled, accel.config)
-        self._cpu = {p.layer: OrtReference.for_model(compiled.graph.layers[p.layer].model)
-                     for p in compiled.parts if p.kind == "cpu"}
+        self._after_deploy()
         self._host: dict[str, np.ndarray] = {}  # float CPU results of the current request
         self._waiting: dict[int, tuple[threading.Event, list]] = {}
         self._ids = itertools.count(1)
@@ -149,6 +143,34 @@ class Tenant:
         self.modeled_latencies: list[int] = []
         self._worker = threading.Thread(target=self._serve, name=f"vfpga-tenant-{name}", daemon=True)
         self._worker.start()
+
+    # ---- the model's kind (overridden by RnnTenant) -------------------------------------------
+    def _prepare(self) -> int:
+        """Dynamic stage for the cores held and the segment layout; returns the segment size."""
+        self.table = dynamic.DispatchTable(self.compiled)
+        self.plan = dynamic.plan(self.table, len(self.cores))
+        layout = segment_layout(self.compiled, self.table)
+        self.ring_offset, self.cpl_offset = layout.ring_offset, layout.cpl_offset
+        self.part_entries, self.program_halves = layout.part_entries, layout.program_halves
+        return layout.size
+
+    def _after_deploy(self) -> None:
+        self.schedules = compiler.schedule_parts(self.compiled, self.accel.config)
+        self._cpu = {p.layer: OrtReference.for_model(self.compiled.graph.layers[p.layer].model)
+                     for p in self.compiled.parts if p.kind == "cpu"}
+
+    def _new_plan(self, k: int, variant: int | None = None):
+        return dynamic.plan(self.table, k, variant=variant)
+
+    @property
+    def needs_hold(self) -> bool:
+        """Whether a change of cores must wait for the request in flight (a
+        plan whose cores keep state between frames)."""
+        return False
+
+    def hold(self):
+        """Context manager: no request runs while it is held."""
+        return self._exec_lock
 
     # ---- properties -------------------------------------------------------------------------
     @property
@@ -193,7 +215,7 @@ class Tenant:
         half; requests posted from now on use them. Returns host seconds.
         ``variant`` forces a tiling variant (see :func:`dynamic.plan`)."""
         t0 = time.perf_counter()
-        plan = dynamic.plan(self.table, k, variant=variant)
+        plan = self._new_plan(k, variant)
         with self._prog_lock:
             busy = self._inflight_half
             half = 1 - busy if busy is not None else 1 - self._active_half
@@ -258,7 +280,8 @@ class Tenant:
             if not job.future.set_running_or_notify_cancel():
                 continue
             try:
-                outs, info = self._execute(job.x_q)
+                with self._exec_lock:
+                    outs, info = self._execute(job.x_q)
             except TenantFault as e:
                 with self._state_lock:
                     self.fault = e
@@ -274,12 +297,16 @@ class Tenant:
                 self.requests += 1
                 self.host_latencies.append(info.host_seconds)
                 self.modeled_latencies.append(info.modeled_cycles)
-            if job.float_io:
-                tensors = self.graph.tensors
-                ys = [frontend.dequantize_output(q, tensors[n]) for q, n in zip(outs, self.graph.outputs)]
-                job.future.set_result(ys[0] if len(ys) == 1 else ys)
-            else:
-                job.future.set_result((outs, info))
+            job.future.set_result(self._result(outs, info, job.float_io))
+
+    def _result(self, outs, info: RunInfo, float_io: bool):
+        """What the future of a request gives: float outputs like
+        onnxruntime, or (int8 outputs, RunInfo)."""
+        if not float_io:
+            return outs, info
+        tensors = self.graph.tensors
+        ys = [frontend.dequantize_output(q, tensors[n]) for q, n in zip(outs, self.graph.outputs)]
+        return ys[0] if len(ys) == 1 else ys
 
     def _refusal(self):
         if self.removed:
