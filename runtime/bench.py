@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from vfpga import overlay
 
+from . import cache as compile_cache
 from . import experiments as E
 from .progress import Progress
 
@@ -269,3 +270,13 @@ def experiment_main(name: str, argv=None) -> int:
     a = p.parse_args(argv)
     run_bench(a.out, quick=a.quick, only=[name])
     return 0
+
+
+def quick_headline() -> str:
+    """The headline table from the quick public-cloud and re-allocation runs alone."""
+    models = E.load_models(sorted(set(QUICK.names.values())))
+    out = os.path.join(compile_cache.default_dir(), "demo-bench")  # the plots land beside the compile cache
+    os.makedirs(out, exist_ok=True)
+    sections = {s.name: s for s in (public_cloud_section(models, QUICK, out, None),
+                                    realloc_section(models, QUICK, out, None))}
+    return headline(sections)

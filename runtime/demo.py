@@ -49,7 +49,9 @@ class DemoResult:
     sharing: SharingResult | None = None  # None on a board with one core
 
 
-def run_demo(board: str = "u200", n_inputs: int = 8, seed: int = 0, echo=print) -> DemoResult:
+def run_demo(board: str = "u200", n_inputs: int = 8, seed: int = 0, echo=print, headline: bool = False) -> DemoResult:
+    """The demo; ``headline`` ends it with the public-cloud headline of
+    `vfpga bench --quick` (compiles two zoo models on first use, about a minute)."""
     t0 = time.perf_counter()
     model = models.small_cnn(seed)
     qdq = frontend.quantize(model, models.calibration_inputs(32, seed + 1))
@@ -120,4 +122,11 @@ def run_demo(board: str = "u200", n_inputs: int = 8, seed: int = 0, echo=print) 
         result.sharing = run_sharing(board, seed=seed, echo=echo)
     else:
         echo(f"  (the {board} overlay has one CNN core: the sharing part of the demo needs two)")
+    if headline:
+        from . import bench
+
+        echo("")
+        echo("headline (modeled; `vfpga bench --quick` public-cloud splits: squeezenet as the small tenant, "
+             "resnet50; `vfpga bench` for the full report):")
+        echo(bench.quick_headline())
     return result
