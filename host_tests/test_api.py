@@ -229,7 +229,7 @@ def test_more_tenants_than_cores():
     tenants = [accel.deploy(tiny_graph(i), name=f"t{i}") for i in range(4)]
     assert sorted(c for t in tenants for c in t.cores) == [0, 1, 2, 3]
     free = accel.device.get_memory_by_idx(0).free_bytes
-    with pytest.raises(DeployError, match=r"asked for 1 cores, 0 free \(4 held by \['t0', 't1', 't2', 't3'\]\)"):
+    with pytest.raises(DeployError, match=r"asked for 1 CNN cores, 0 free \(4 held by \['t0', 't1', 't2', 't3'\]\)"):
         accel.deploy(tiny_graph(9), name="fifth")
     assert "fifth" not in accel.tenants and accel.device.get_memory_by_idx(0).free_bytes == free
     for i, t in enumerate(tenants):
@@ -271,7 +271,7 @@ def test_removed_tenant_cannot_run():
 
 
 @pytest.mark.parametrize("cores, message", [(0, r"cores must be a positive integer, not 0"),
-                                            (17, r"asked for 17 cores; the u200 pool has 16"),
+                                            (17, r"asked for 17 CNN cores; the u200 pool has 16"),
                                             ("2", r"cores must be a positive integer, not '2'")])
 def test_impossible_core_counts_are_refused_clearly(cores, message):
     accel = accelerator("u200")

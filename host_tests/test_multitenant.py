@@ -974,7 +974,7 @@ def test_more_cores_than_free(accel, tiny):
     a = accel.deploy(tiny.compiled, cores=6, name="a")
     b = accel.deploy(tiny.compiled, cores=6, name="b")
     free, banks = accel.free_cores, [m.free_bytes for m in accel.device.banks]
-    with pytest.raises(DeployError, match=r"asked for 5 cores, 4 free \(12 held by \['a', 'b'\]\); remove a "
+    with pytest.raises(DeployError, match=r"asked for 5 CNN cores, 4 free \(12 held by \['a', 'b'\]\); remove a "
                                           r"tenant or reallocate first"):
         accel.deploy(tiny.compiled, cores=5, name="c")
     assert accel.free_cores == free and [m.free_bytes for m in accel.device.banks] == banks
@@ -985,14 +985,14 @@ def test_more_cores_than_free(accel, tiny):
 
 
 @pytest.mark.parametrize("allocation, message", [
-    ({"a": 10, "b": 10}, r"asked for 24 cores in all; the u200 pool has 16"),
-    ({"a": 13}, r"asked for 21 cores in all; the u200 pool has 16"),
+    ({"a": 10, "b": 10}, r"asked for 24 CNN cores in all; the u200 pool has 16"),
+    ({"a": 13}, r"asked for 21 CNN cores in all; the u200 pool has 16"),
     ({"a": [0, 1, 2], "b": [2, 3]}, r"core sets overlap"),
     ({"a": [8]}, r"core sets overlap"),  # core 8 belongs to c, which is not named
     ({"nobody": 2}, r"no tenant named 'nobody'; deployed: \['a', 'b', 'c'\]"),
-    ({"a": [16]}, r"tenant 'a': core list \[16\] must name distinct cores of 0..15"),
-    ({"a": [3, 3]}, r"tenant 'a': core list \[3, 3\] must name distinct cores of 0..15"),
-    ({"a": []}, r"tenant 'a': core list \[\] must name distinct cores of 0..15"),
+    ({"a": [16]}, r"tenant 'a': core list \[16\] must name distinct CNN cores of 0..15"),
+    ({"a": [3, 3]}, r"tenant 'a': core list \[3, 3\] must name distinct CNN cores of 0..15"),
+    ({"a": []}, r"tenant 'a': core list \[\] must name distinct CNN cores of 0..15"),
     ({"a": 0}, r"tenant 'a': a tenant holds at least one core, not 0"),
 ], ids=["pool", "pool-unnamed", "overlap", "overlap-unnamed", "unknown", "range", "duplicate", "empty", "zero"])
 def test_bad_reallocations_change_nothing(accel, tiny, allocation, message):

@@ -149,3 +149,18 @@ def test_rnn_input_errors_are_named(lstm):
         rnn.submit_quantized(np.zeros((12, 2, 32), np.int8))
     assert rnn.requests == 0 and rnn.run(_x(0))
     ov.close()
+
+
+def test_simulator_gives_the_rnn_tenants_cycles(lstm):
+    from vfpga.runtime import perfsim
+
+    _, compiled = lstm
+    ov = accelerator()
+    rnn = ov.deploy(compiled, cores=3, name="speech")
+    _, info = rnn.run_with_info(_x(0))
+    cores = list(rnn.cores)
+    ov.close()
+    sim = perfsim.Simulator("u200")
+    sim.deploy("speech", compiled, cores)
+    (r,) = sim.run({"speech": [0]})["speech"]
+    assert r.device_cycles == info.modeled_cycles > 0

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cache as compile_cache
-from . import dynamic, zoo
+from . import dynamic, rnn_compiler, zoo
 from .perfsim import Simulator
 
 POOL, BIG = "u200", "u200_bigcore"
@@ -97,8 +97,10 @@ def saturated(models: Models, tenants: list[tuple[str, str, int]], mode: str, re
     board = BIG if mode == "bigcore" else POOL
     sim = Simulator(board)
     if mode == "vfpga":
-        for (tname, model, _), cores in zip(tenants, _partition(sim.n_cores, [k for _, _, k in tenants])):
-            sim.deploy(tname, models[model, board], cores)
+        kind = "rnn" if isinstance(models[tenants[0][1], board], rnn_compiler.CompiledRnn) else "cnn"
+        pool = sim.pool(kind)
+        for (tname, model, _), cores in zip(tenants, _partition(len(pool), [k for _, _, k in tenants])):
+            sim.deploy(tname, models[model, board], [pool[c] for c in cores])
         done = sim.run({t: [0] * requests for t, _, _ in tenants})
     else:  # time-multiplexed: round-robin arrival order, one request on the device at a time
         for tname, model, _ in tenants:
@@ -369,3 +371,50 @@ def private_cloud(models: Models, names: dict, horizon_s: float, seed: int = 0, 
         rows.append({"policy": policy, "requests": int(len(lat)), "throughput": len(lat) / end,
                      "mean_ms": float(lat.mean()), "p99_ms": float(np.percentile(lat, 99))})
     return {"rows": rows, "horizon_s": horizon_s, "tenants": {n: m for n, m in roles}}
+
+
+# ---------------------------------------------------------------------------- RNN
+RNN_MODELS = {  # name -> (cell, hidden, steps): DeepBench-like sizes
+    "lstm512": ("LSTM", 512, 25), "gru512": ("GRU", 512, 25),
+    "lstm1024": ("LSTM", 1024, 25), "gru1024": ("GRU", 1024, 25),
+}
+
+
+def load_rnn_models(names, boards=(POOL, BIG), progress=None) -> Models:
+    """Random-weight single-layer LSTM/GRU models (input size = hidden, batch
+    1) compiled for each board's RNN cores."""
+    out = {}
+    for name in names:
+        cell, hidden, steps = RNN_MODELS[name]
+        model = rnn_compiler.random_model(cell, hidden, hidden, steps, seed=len(name))
+        rng = np.random.default_rng(1)
+        calib = [{"X": rng.uniform(-1, 1, (steps, 1, hidden)).astype(np.float32)} for _ in range(2)]
+        for board in boards:
+            if progress:
+                progress(f"compiling {name} for {board}")
+            out[name, board] = rnn_compiler.compile_rnn(model, board, calibration=calib)
+    return Models(out)
+
+
+RNN_SPLITS = {  # the 8 RNN cores of u200
+    "4 x 2 cores": [("lstm-a", "lstm512", 2), ("gru-a", "gru512", 2), ("lstm-b", "lstm512", 2),
+                    ("gru-b", "gru512", 2)],
+    "2 x 4 cores": [("lstm-a", "lstm1024", 4), ("gru-a", "gru1024", 4)],
+    "8 cores": [("lstm-a", "lstm1024", 8)],
+}
+
+
+def rnn_throughput(models: Models, requests: int = 4, progress=None) -> dict:
+    """LSTM/GRU tenants: the RNN core pool shared spatially against the static
+    big RNN core (u200_bigcore) and the whole pool per request, both
+    time-multiplexed."""
+    rows = []
+    for split, tenants in RNN_SPLITS.items():
+        if progress:
+            progress(f"RNN {split}")
+        result = {mode: saturated(models, tenants, mode, requests) for mode in ("vfpga", "bigcore", "multicore")}
+        rows.append({"split": split, "tenants": [{"tenant": t, "model": m, "cores": k} for t, m, k in tenants],
+                     **{f"{mode}_total": result[mode]["total"] for mode in result},
+                     "vs_bigcore": result["vfpga"]["total"] / result["bigcore"]["total"],
+                     "vs_multicore": result["vfpga"]["total"] / result["multicore"]["total"]})
+    return {"rows": rows}

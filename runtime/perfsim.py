@@ -39,7 +39,8 @@ from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.driver.pool_timeline import PoolTimeline
 
-from . import compiler, dynamic
+from . import compiler, dynamic, rnn_compiler
+from .rnn_tenant import rnn_plan, rnn_segment_layout
 from .tenant import RING_SIZE, segment_layout
 
 _NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
@@ -74,6 +75,7 @@ class SimTenant:
     k: int = 0  # cores the active programs were made for
     half: int = 0
     new_cores: list = field(default_factory=list)
+    kind: str = "cnn"
     # request in progress
     queue: collections.deque = field(default_factory=collections.deque)
     current: RequestTiming | None = None
@@ -106,16 +108,21 @@ class Simulator:
         lib.vf_dispatch_reset(self.regs, self.state)
         self.regs.g.mem_base = 0
         self.n_cores = int(self.config["cnn_core"]["count"])
+        self.n_rnn = int(self.config["rnn_core"]["count"])
         self.n_contexts = int(self.config["dispatcher"]["tenants"])
         self.timeline = PoolTimeline(self.config, ffi, self.n_contexts)
         self.tenants: dict[str, SimTenant] = {}
         self._report = ffi.new("vf_disp_report_t *")
         self._zero = bytes(ffi.sizeof("vf_disp_report_t"))
-        self._issued = ffi.new("vf_disp_frame_t[]", self.n_cores)
+        self._issued = ffi.new("vf_disp_frame_t[]", self.n_cores + self.n_rnn)
 
     @property
     def now(self) -> int:
         return self.timeline.now
+
+    def pool(self, kind: str) -> list[int]:
+        """The pool indices of the CNN or the RNN cores."""
+        return list(range(self.n_cores)) if kind == "cnn" else list(range(self.n_cores, self.n_cores + self.n_rnn))
 
     # ---- deployment ------------------------------------------------------------------------
     def deploy(self, name: str, compiled: compiler.CompiledModel, cores: list[int], bank: int | None = None) -> SimTenant:
@@ -127,7 +134,8 @@ class Simulator:
         index = len(self.tenants)
         if index >= self.n_contexts:
             raise ValueError(f"all {self.n_contexts} dispatcher contexts are in use")
-        layout = segment_layout(compiled)
+        rnn = isinstance(compiled, rnn_compiler.CompiledRnn)
+        layout = rnn_segment_layout(compiled, self.n_rnn) if rnn else segment_layout(compiled)
         if bank is None:
             bank = min(range(self.n_banks), key=lambda b: (self._cursor[b], b))
         if self._cursor[bank] + layout.size > self.bank_bytes:
@@ -136,8 +144,9 @@ class Simulator:
         self._cursor[bank] += -(-layout.size // PAGE) * PAGE
         for offset, data in compiled.segment_image().items():
             self.window[seg_win + offset:seg_win + offset + len(data)] = np.frombuffer(data, np.uint8)
-        t = SimTenant(name, index, compiled, dynamic.DispatchTable(compiled), seg_win, layout.size, layout,
-                      sorted(cores), sum(p.kind == "accel" for p in compiled.parts))
+        t = SimTenant(name, index, compiled, None if rnn else dynamic.DispatchTable(compiled), seg_win, layout.size,
+                      layout, sorted(cores), 1 if rnn else sum(p.kind == "accel" for p in compiled.parts),
+                      kind="rnn" if rnn else "cnn")
         self.tenants[name] = t
         self._write_plan(t, max(len(cores), 1))  # without cores: a one-slot program that waits for a mask
         r = self.regs.tenant[index]
@@ -154,7 +163,7 @@ class Simulator:
 
     def _plan(self, t: SimTenant, k: int) -> dynamic.DispatchPlan:
         if k not in t.plans:
-            t.plans[k] = dynamic.plan(t.table, k)
+            t.plans[k] = rnn_plan(t.compiled, k) if t.kind == "rnn" else dynamic.plan(t.table, k)
         return t.plans[k]
 
     def _write_plan(self, t: SimTenant, k: int) -> None:
@@ -245,7 +254,7 @@ class Simulator:
         mask = lib.vf_dispatch_advance(self.regs, self.state, self.mem, self.mem_bytes, self._issued,
                                        self._report)
         self.timeline.after_advance(self._report)
-        for c in range(self.n_cores):
+        for c in range(self.n_cores + self.n_rnn):
             if mask >> c & 1:
                 self.timeline.issue(c, self._issued[c], self.mem, self.mem_bytes, None, None)
         return self._report.progress
@@ -262,9 +271,10 @@ class Simulator:
             while fifo and fifo[0][0] <= self.now:
                 arrival, name = fifo.popleft()
                 t = self.tenants[name]
-                if t.cores != list(range(self.n_cores)):  # the whole device for this request
-                    self.set_cores({**{n: [] for n, o in self.tenants.items() if o is not t and o.cores},
-                                    name: list(range(self.n_cores))})
+                pool = self.pool(t.kind)
+                if t.cores != pool:  # the whole pool of its kind for this request
+                    self.set_cores({**{n: [] for n, o in self.tenants.items()
+                                       if o is not t and o.kind == t.kind and o.cores}, name: pool})
                 self._begin(t, arrival)
                 return
             return

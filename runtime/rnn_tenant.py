@@ -23,7 +23,27 @@ from vfpga.driver import isa
 from vfpga.driver.tenant_context import ring_bytes
 
 from . import rnn_compiler
-from .tenant import ALIGN, PAGE, RING_SIZE, RunInfo, Tenant, _align
+from .tenant import PAGE, RING_SIZE, RunInfo, SegmentLayout, Tenant, _align
+
+
+def rnn_segment_layout(compiled: rnn_compiler.CompiledRnn, n_rnn: int) -> SegmentLayout:
+    """The RNN tenant's segment: the compiled bytes, the ring, the records and
+    two halves holding the longest dispatch program over 1..n_rnn cores."""
+    longest = max(len(rnn_compiler.plan_rnn(compiled, k).program) for k in range(1, n_rnn + 1))
+    ring, records = ring_bytes(RING_SIZE)
+    ring_offset = _align(compiled.segment_size)
+    cpl_offset = _align(ring_offset + ring)
+    half = _align(longest * isa.DISPATCH.itemsize)
+    first = _align(cpl_offset + records)
+    size = -(-(first + 2 * half) // PAGE) * PAGE
+    return SegmentLayout(ring_offset, cpl_offset, [longest], (first, first + half), size)
+
+
+def rnn_plan(compiled: rnn_compiler.CompiledRnn, k: int, variant: int | None = None):
+    """plan_rnn with the program also as ``programs`` (one accelerator part), as CNN plans have."""
+    plan = rnn_compiler.plan_rnn(compiled, k, variant)
+    plan.programs = [plan.program]
+    return plan
 
 
 class RnnTenant(Tenant):
@@ -33,28 +53,17 @@ class RnnTenant(Tenant):
 
     # ---- the model's kind ------------------------------------------------------------------------
     def _prepare(self) -> int:
-        c: rnn_compiler.CompiledRnn = self.compiled
-        self.n_rnn = int(self.accel.config["rnn_core"]["count"])
-        self.plan = rnn_compiler.plan_rnn(c, len(self.cores))
-        self.plan.programs = [self.plan.program]  # one accelerator part
-        longest = max(len(rnn_compiler.plan_rnn(c, k).program) for k in range(1, self.n_rnn + 1))
-        ring, records = ring_bytes(RING_SIZE)
-        self.ring_offset = _align(c.segment_size)
-        self.cpl_offset = _align(self.ring_offset + ring)
-        half = _align(longest * isa.DISPATCH.itemsize)
-        first = _align(self.cpl_offset + records)
-        self.part_entries = [longest]
-        self.program_halves = (first, first + half)
-        assert first % ALIGN == 0
-        return -(-(first + 2 * half) // PAGE) * PAGE
+        layout = rnn_segment_layout(self.compiled, int(self.accel.config["rnn_core"]["count"]))
+        self.plan = rnn_plan(self.compiled, len(self.cores))
+        self.ring_offset, self.cpl_offset = layout.ring_offset, layout.cpl_offset
+        self.part_entries, self.program_halves = layout.part_entries, layout.program_halves
+        return layout.size
 
     def _after_deploy(self) -> None:
         self.schedules = []
 
     def _new_plan(self, k: int, variant: int | None = None):
-        plan = rnn_compiler.plan_rnn(self.compiled, k, variant)
-        plan.programs = [plan.program]
-        return plan
+        return rnn_plan(self.compiled, k, variant)
 
     @property
     def needs_hold(self) -> bool:
