@@ -91,6 +91,12 @@ def deployed(small_cnn_path):
     accel.close()
 
 
+def test_board_mode_without_an_overlay_names_the_build_step():
+    with pytest.raises(DeployError, match=r"board mode: no overlay at .*vfpga_zcu104\.bit: build it with make -C "
+                                          r"overlay BOARD=zcu104"):
+        api.open("zcu104", emulate=False)
+
+
 def test_open_gives_an_emulated_accelerator():
     accel = vfpga.open("pynq_z2")
     try:

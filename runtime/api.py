@@ -15,6 +15,7 @@ re-allocation changes the set while requests are in flight.
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import threading
@@ -26,9 +27,9 @@ import pynq
 
 from vfpga import overlay
 from vfpga.driver import emulated
-from vfpga.driver.dispatcher import VLNV as DISPATCHER_VLNV
 from vfpga.driver.dispatcher import Dispatcher
 from vfpga.driver.tenant_context import CompletionHandler
+from vfpga.overlay.vfpga_overlay import OverlayError, VfpgaOverlay, find_dispatcher
 
 from . import cache as compile_cache
 from . import compiler, rnn_compiler
@@ -38,16 +39,18 @@ from .tenant import RunInfo, Tenant, _mask  # noqa: F401 - RunInfo is part of th
 
 
 def _pick_device(board: str, emulate: bool | None):
+    """The emulated device, or the real board's device with the vfpga overlay
+    loaded (``emulate=None``: a real PYNQ device if there is one). Says which."""
     if emulate is None:
-        real = [d for d in pynq.Device.devices if not isinstance(d, emulated.EmulatedDevice)]
-        if real:
-            raise DeployError(
-                f"found PYNQ device {real[0].name if hasattr(real[0], 'name') else real[0]!r}, but loading the "
-                "vfpga overlay on a board is not available yet; pass emulate=True to use the emulated board")
-        emulate = True
-    if not emulate:
-        raise DeployError("board mode (emulate=False) needs the vfpga overlay, which is not available yet")
-    return emulated.EmulatedDevice(board)
+        emulate = not [d for d in pynq.Device.devices if not isinstance(d, emulated.EmulatedDevice)]
+    if emulate:
+        return emulated.EmulatedDevice(board)
+    try:
+        ov = VfpgaOverlay(board=board)
+    except OverlayError as e:
+        raise DeployError(f"board mode: {e}") from e
+    logging.getLogger("vfpga").info("vfpga: %s on the board, overlay %s", board, ov.bitfile_name)
+    return ov.device
 
 
 @dataclass
@@ -102,10 +105,11 @@ class Accelerator:
         self._own_device = device is None
         self.device = device if device is not None else _pick_device(board, emulate)
         self.emulated = isinstance(self.device, emulated.EmulatedDevice)
-        found = [d for d in self.device.ip_dict.values() if d.get("type") == DISPATCHER_VLNV]
-        if len(found) != 1:
-            raise DeployError(f"{self.device!r} has {len(found)} level-1 dispatchers ({DISPATCHER_VLNV}), not 1")
-        self.dispatcher = Dispatcher(found[0], config=self.config)
+        try:  # by VLNV on Zynq overlays, by kernel name on Alveo shells
+            _, found = find_dispatcher(self.device.ip_dict, self.config)
+        except OverlayError as e:
+            raise DeployError(f"{self.device!r}: {e}") from e
+        self.dispatcher = Dispatcher(found, config=self.config)
         ddr = self.config["ddr"]
         self.dispatcher.start(ddr["base_address"], (ddr["banks"] - 1) * ddr["bank_stride"] + ddr["bank_bytes"])
         self.n_cores = self.dispatcher.n_cores
