@@ -31,9 +31,9 @@ class Config:
     realloc_models: tuple
 
 
-FULL = Config({"vgg": "vgg19", "res": "resnet50"}, 6, (0.0, 0.25, 0.5, 0.75, 1.0), 16, 0.25,
+FULL = Config({"vgg": "vgg19", "res": "resnet50"}, 6, (0.0, 0.25, 0.5, 0.75, 1.0), 16, 1.0,
               ("resnet50", "vgg19"))
-QUICK = Config({"vgg": "squeezenet", "res": "resnet50"}, 2, (0.0, 0.5, 1.0), 6, 0.2, ("resnet50",))
+QUICK = Config({"vgg": "squeezenet", "res": "resnet50"}, 2, (0.0, 0.5, 1.0), 6, 0.3, ("resnet50",))
 
 
 @dataclass

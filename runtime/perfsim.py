@@ -142,8 +142,10 @@ class Simulator:
             raise MemoryError(f"bank {bank} cannot hold {layout.size} more bytes")
         seg_win = bank * self.bank_stride + self._cursor[bank]
         self._cursor[bank] += -(-layout.size // PAGE) * PAGE
-        for offset, data in compiled.segment_image().items():
-            self.window[seg_win + offset:seg_win + offset + len(data)] = np.frombuffer(data, np.uint8)
+        # only the instructions: timing never reads weights or activations
+        prog = np.asarray(compiled.program, np.uint8).reshape(-1)
+        at = seg_win + compiled.program_offset
+        self.window[at:at + prog.size] = prog
         t = SimTenant(name, index, compiled, None if rnn else dynamic.DispatchTable(compiled), seg_win, layout.size,
                       layout, sorted(cores), 1 if rnn else sum(p.kind == "accel" for p in compiled.parts),
                       kind="rnn" if rnn else "cnn")
