@@ -66,27 +66,40 @@ def _plot(path: str, draw) -> str | None:
     return os.path.basename(path)
 
 
-def public_cloud_section(models, cfg: Config, out: str, progress) -> Section:
-    d = E.public_cloud(models, cfg.names, cfg.requests, progress)
+def _split_table(d: dict, first: str, big: str, pool: str, fmt: str) -> str:
+    """The table of a fixed-split comparison (public cloud, RNN)."""
     rows = [[r["split"], ", ".join(f"{t['tenant']} ({t['model']}, {t['cores']})" for t in r["tenants"]),
-             f"{r['vfpga_total']:.1f}", f"{r['bigcore_total']:.1f}", f"{r['multicore_total']:.1f}",
+             format(r["vfpga_total"], fmt), format(r["bigcore_total"], fmt), format(r["multicore_total"], fmt),
              f"{r['vs_bigcore']:.2f}x", f"{r['vs_multicore']:.2f}x"] for r in d["rows"]]
-    table = _md_table(["split", "tenants (model, cores)", "vfpga req/s", "big core TDM", "16 cores TDM",
-                       "vs big core", "vs 16 cores"], rows)
+    return _md_table([first, "tenants (model, cores)", "vfpga req/s", f"{big} TDM", f"{pool} TDM",
+                      "vs big core", f"vs {pool}"], rows)
+
+
+def _split_plot(path: str, d: dict, big: str, pool: str, title: str, log: bool = False) -> str | None:
+    """Grouped bars: total throughput per split, vfpga and the two baselines."""
 
     def draw(ax):
         import numpy as np
 
         x = np.arange(len(d["rows"]))
-        for i, (mode, label) in enumerate((("vfpga", "vfpga"), ("bigcore", "static big core (TDM)"),
-                                            ("multicore", "static 16 cores (TDM)"))):
+        for i, (mode, label) in enumerate((("vfpga", "vfpga"), ("bigcore", f"static {big} (TDM)"),
+                                            ("multicore", f"static {pool} (TDM)"))):
             ax.bar(x + (i - 1) * 0.27, [r[f"{mode}_total"] for r in d["rows"]], 0.27, label=label)
         ax.set_xticks(x, [r["split"] for r in d["rows"]])
+        if log:
+            ax.set_yscale("log")
         ax.set_ylabel("total throughput (req/s, modeled)")
-        ax.set_title("Public cloud: fixed core splits")
+        ax.set_title(title)
         ax.legend()
 
-    return Section("public_cloud", "Public cloud: fixed splits", table, d, _plot(os.path.join(out, "public_cloud.png"), draw))
+    return _plot(path, draw)
+
+
+def public_cloud_section(models, cfg: Config, out: str, progress) -> Section:
+    d = E.public_cloud(models, cfg.names, cfg.requests, progress)
+    table = _split_table(d, "split", "big core", "16 cores", ".1f")
+    png = _split_plot(os.path.join(out, "public_cloud.png"), d, "big core", "16 cores", "Public cloud: fixed core splits")
+    return Section("public_cloud", "Public cloud: fixed splits", table, d, png)
 
 
 def private_cloud_section(models, cfg: Config, out: str, progress) -> Section:
@@ -196,29 +209,13 @@ def serving_section(models, cfg: Config, out: str, progress) -> Section:
 def rnn_section(models, cfg: Config, out: str, progress) -> Section:
     rnn_models = E.load_rnn_models(list(E.RNN_MODELS), progress=progress)
     d = E.rnn_throughput(rnn_models, max(2, cfg.requests), progress)
-    rows = [[r["split"], ", ".join(f"{t['tenant']} ({t['model']}, {t['cores']})" for t in r["tenants"]),
-             f"{r['vfpga_total']:.0f}", f"{r['bigcore_total']:.0f}", f"{r['multicore_total']:.0f}",
-             f"{r['vs_bigcore']:.2f}x", f"{r['vs_multicore']:.2f}x"] for r in d["rows"]]
-    table = _md_table(["RNN cores", "tenants (model, cores)", "vfpga req/s", "big RNN core TDM", "8 RNN cores TDM",
-                       "vs big core", "vs 8 cores"], rows)
-
-    def draw(ax):
-        import numpy as np
-
-        x = np.arange(len(d["rows"]))
-        for i, (mode, label) in enumerate((("vfpga", "vfpga"), ("bigcore", "static big RNN core (TDM)"),
-                                            ("multicore", "static 8 RNN cores (TDM)"))):
-            ax.bar(x + (i - 1) * 0.27, [r[f"{mode}_total"] for r in d["rows"]], 0.27, label=label)
-        ax.set_xticks(x, [r["split"] for r in d["rows"]])
-        ax.set_yscale("log")
-        ax.set_ylabel("total throughput (req/s, modeled)")
-        ax.set_title("RNN tenants (seq 25, batch 1)")
-        ax.legend()
-
+    table = _split_table(d, "RNN cores", "big RNN core", "8 RNN cores", ".0f")
+    png = _split_plot(os.path.join(out, "rnn.png"), d, "big RNN core", "8 RNN cores", "RNN tenants (seq 25, batch 1)",
+                      log=True)
     notes = ["Hidden 1024 on fewer than 8 cores streams its weights from DDR every timestep (they do not fit the "
              "cores' weight buffers); the big core keeps them on chip."]
     return Section("rnn", "RNN: LSTM/GRU tenants against the static RNN designs", table + "\n\n" + notes[0], d,
-                   _plot(os.path.join(out, "rnn.png"), draw), notes)
+                   png, notes)
 
 
 def headline(sections: dict) -> str:
