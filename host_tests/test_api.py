@@ -416,3 +416,20 @@ def test_corrupted_program_is_otherwise_the_same():
     a, b = isa.decode(words[i]), isa.decode(bad_words[i])
     assert {k for k in a if a[k] != b[k]} == {"dram_addr"} and a["opcode"] == "SAVE"
     assert compiled.program is not bad.program and not np.shares_memory(compiled.program, bad.program)
+
+
+def test_bank_choice_without_per_bank_free_memory():
+    """A PYNQ device that does not report free memory per bank: the bank with
+    the fewest bytes of this accelerator's tenants is chosen."""
+    from types import SimpleNamespace
+
+    def tenant(bank, size):
+        return SimpleNamespace(segment=SimpleNamespace(bank=bank, size=size))
+
+    fake = SimpleNamespace(config=vfpga.overlay.load("u200"), device=object(),
+                           tenants={"a": tenant(0, 100), "b": tenant(1, 50), "c": tenant(3, 10)})
+    assert api.Accelerator._pick_bank(fake) == 2
+    fake.tenants["d"] = tenant(2, 10)
+    assert api.Accelerator._pick_bank(fake) == 2  # ties go to the lower bank: 2 and 3 both hold 10
+    fake.tenants["e"] = tenant(2, 1)
+    assert api.Accelerator._pick_bank(fake) == 3

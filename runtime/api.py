@@ -173,11 +173,16 @@ class Accelerator:
         return self.config["rnn_core"]["banks"][core - self.n_cores]
 
     def _pick_bank(self) -> int:
-        """The DDR bank with the most free memory (spreads tenants' DDR traffic)."""
-        banks = self.device.banks if hasattr(self.device, "banks") else None
-        if not banks:
-            return 0
-        return max(range(len(banks)), key=lambda b: (banks[b].free_bytes, -b))
+        """The DDR bank with the most free memory where the device reports it
+        per bank (the emulated device), else the one holding the fewest bytes
+        of this accelerator's tenants: either way tenants' DDR traffic spreads."""
+        banks = getattr(self.device, "banks", None)
+        if banks:
+            return max(range(len(banks)), key=lambda b: (banks[b].free_bytes, -b))
+        used = [0] * int(self.config["ddr"]["banks"])
+        for t in self.tenants.values():
+            used[t.segment.bank] += t.segment.size
+        return min(range(len(used)), key=lambda b: (used[b], b))
 
     def _pick_cores(self, k: int, bank: int, free: list[int]) -> list[int]:
         """k of ``free``: the cores wired to ``bank`` first, then the lowest indices."""
