@@ -10,27 +10,15 @@ import threading
 import numpy as np
 import pytest
 
-from vfpga.runtime import compiler, golden, ir, models, quant
+from vfpga.runtime import compiler, golden, models
 from vfpga.runtime.errors import TenantFault
 
 # the cycle model's stated accuracy on the board (per request; per layer it is reported)
 CYCLE_MODEL_TOLERANCE = 0.25
 
 
-def tiny_graph(seed: int, shape=(16, 16, 16), cout: int = 32) -> ir.Graph:
-    rng = np.random.default_rng(seed)
-    h, w, c = shape
-    t = {"x": ir.Tensor("x", shape, 0.05, 3), "a": ir.Tensor("a", (h, w, cout), 0.04, -128),
-         "y": ir.Tensor("y", (h, w, 10), 0.1, -5)}
-
-    def conv(name, src, dst, cin, cout, k, clip):
-        wgt = rng.integers(-127, 128, size=(cout, cin, k, k), dtype=np.int8)
-        bias = np.round(rng.normal(0, 1000, cout)).astype(np.int32)
-        mult, shift = quant.quantize_multipliers(40.0 / (np.sqrt(cin * k * k) * 74 * 74) * rng.uniform(0.5, 2, cout))
-        return ir.Conv(name, src, dst, wgt, bias, mult, shift, (1, 1), (k // 2,) * 4, 1, clip)
-
-    return ir.Graph(t, [conv("conv_a", "x", "a", c, cout, 3, quant.relu_clip(-128, 0.04)),
-                        conv("conv_y", "a", "y", cout, 10, 1, (-128, 127))], ["x"], ["y"], name=f"board{seed}")
+def tiny_graph(seed: int):
+    return models.conv_graph(seed, shape=(16, 16, 16), cout=32, pool=False)
 
 
 def x_for(graph, seed):

@@ -107,11 +107,12 @@ class PoolTimeline:
             solo, demand = self._faulted(frame, result, counters), 0.0
             cycles = solo
         else:
-            solo, demand = self._solo(mem, mem_bytes, frame, rnn)
+            raw = self._bytes(mem, mem_bytes, frame)
+            solo, demand = self._solo(raw, frame, rnn)
             load = demand + sum(f[6] for f in self._inflight if f[5] == bank)
             cycles = solo
             if load > 1.0:
-                cycles = self.frame_cycles(mem, mem_bytes, frame, rnn, math.ceil(load * 8) / 8)
+                cycles = self.frame_cycles(raw, frame, rnn, math.ceil(load * 8) / 8)
         if frame.scrub:
             cycles += self.scrub_cycles
             solo += self.scrub_cycles
@@ -133,10 +134,9 @@ class PoolTimeline:
                                            + int(counters.save_iters))
         return cycle_model.fetch_cycles(fetched, self.config, 1) + done
 
-    def _solo(self, mem, mem_bytes: int, frame, rnn: bool) -> tuple[int, float]:
-        """(cycles alone, bandwidth demand) of a frame."""
-        cycles = self.frame_cycles(mem, mem_bytes, frame, rnn, 1)
-        raw = self._bytes(mem, mem_bytes, frame)
+    def _solo(self, raw: bytes | None, frame, rnn: bool) -> tuple[int, float]:
+        """(cycles alone, bandwidth demand) of a frame with instructions ``raw``."""
+        cycles = self.frame_cycles(raw, frame, rnn, 1)
         if raw is None or cycles <= 0:
             return cycles, 0.0
         key = ("demand", rnn, raw)
@@ -174,13 +174,13 @@ class PoolTimeline:
         self.now = max(self.now, end)
         return core, result, counters
 
-    def frame_cycles(self, mem, mem_bytes: int, frame, rnn: bool, sharing: float) -> int:
+    def frame_cycles(self, raw: bytes | None, frame, rnn: bool, sharing: float) -> int:
         """Modeled cycles of a frame that ran to its end: the cycle model's
-        schedule of its instructions at bank load ``sharing``."""
+        schedule of its instructions ``raw`` (None: not all inside memory) at
+        bank load ``sharing``."""
         # the timing models live with the compiler that also uses them
         from vfpga.runtime import cycle_model, rnn_cycle_model
 
-        raw = self._bytes(mem, mem_bytes, frame)
         if raw is None:
             return cycle_model.fetch_cycles(max(int(frame.n_insns), 1), self.config, sharing)
         key = (rnn, raw, sharing)

@@ -17,7 +17,7 @@ import pytest
 from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.driver.recording import RecordingDevice, RegisterMap
-from vfpga.runtime import api, compiler, golden, ir, quant
+from vfpga.runtime import api, compiler, golden, models
 from vfpga.runtime.errors import TenantFault
 
 SMALL_BANK = 16 << 20
@@ -31,22 +31,9 @@ ENABLE_ORDER = ["seg_base.lo", "seg_base.hi", "seg_limit", "ring_offset", "ring_
                 "ring_tail", "core_mask", "control"]
 
 
-def tiny_graph(seed: int, shape=(8, 8, 16), cout: int = 24) -> ir.Graph:
+def tiny_graph(seed: int):
     """conv 3x3 + ReLU -> conv 1x1, random int8 parameters."""
-    rng = np.random.default_rng(seed)
-    h, w, c = shape
-    t = {"x": ir.Tensor("x", shape, 0.05, 3), "a": ir.Tensor("a", (h, w, cout), 0.04, -128),
-         "y": ir.Tensor("y", (h, w, 10), 0.1, -5)}
-
-    def conv(name, src, dst, cin, cout, k, clip):
-        wgt = rng.integers(-127, 128, size=(cout, cin, k, k), dtype=np.int8)
-        bias = np.round(rng.normal(0, 1000, cout)).astype(np.int32)
-        mult, shift = quant.quantize_multipliers(40.0 / (np.sqrt(cin * k * k) * 74 * 74) * rng.uniform(0.5, 2, cout))
-        return ir.Conv(name, src, dst, wgt, bias, mult, shift, (1, 1), (k // 2,) * 4, 1, clip)
-
-    layers = [conv("conv_a", "x", "a", c, cout, 3, quant.relu_clip(-128, 0.04)), conv("conv_y", "a", "y", cout, 10, 1,
-                                                                                      (-128, 127))]
-    return ir.Graph(t, layers, ["x"], ["y"], name=f"tiny{seed}")
+    return models.conv_graph(seed, pool=False)
 
 
 def x_for(graph, seed):

@@ -33,9 +33,11 @@ from vfpga.driver import isa
 from vfpga.driver.emulated import EmulatedDevice
 from vfpga.driver.segment import Segment
 from vfpga.driver.tenant_context import Completion, QueueFull, TenantContext
-from vfpga.runtime import api, compiler, dynamic, frontend, golden, ir, models, quant
+from vfpga.runtime import api, compiler, dynamic, frontend, golden, ir, models
 from vfpga.runtime.api import DeployError, TenantFault, TenantRemoved
 from vfpga.runtime.tenant import RING_SIZE, segment_layout
+
+conv_graph = models.conv_graph
 
 BOARD = "u200"
 BANK = 1 << 20  # small emulated banks: every byte of device memory is compared, often
@@ -59,31 +61,6 @@ def mask_of(cores) -> int:
 
 
 # ---------------------------------------------------------------- models
-
-
-def conv_graph(seed: int, shape=(8, 8, 16), cout: int = 24, pool: bool = True) -> ir.Graph:
-    """conv 3x3 + ReLU -> [max pool 2x2] -> conv 1x1, random int8 parameters."""
-    rng = np.random.default_rng(seed)
-    h, w, c = shape
-    hp, wp = (h // 2, w // 2) if pool else (h, w)
-    t = {"x": ir.Tensor("x", shape, 0.05, int(rng.integers(-20, 20))),
-         "a": ir.Tensor("a", (h, w, cout), 0.04, -128),
-         "y": ir.Tensor("y", (hp, wp, 10), 0.1, int(rng.integers(-20, 20)))}
-
-    def conv(name, src, dst, cin, co, k, clip):
-        wgt = rng.integers(-127, 128, size=(co, cin, k, k), dtype=np.int8)
-        bias = np.round(rng.normal(0, 1000, co)).astype(np.int32)
-        mult, shift = quant.quantize_multipliers(40.0 / (np.sqrt(cin * k * k) * 74 * 74) * rng.uniform(0.5, 2, co))
-        return ir.Conv(name, src, dst, wgt, bias, mult, shift, (1, 1), (k // 2,) * 4, 1, clip)
-
-    layers = [conv("conv_a", "x", "a", c, cout, 3, quant.relu_clip(-128, 0.04))]
-    src = "a"
-    if pool:
-        t["p"] = ir.Tensor("p", (hp, wp, cout), 0.04, -128)
-        layers.append(ir.Pool("pool", "a", "p", "max", (2, 2), (2, 2)))
-        src = "p"
-    layers.append(conv("conv_y", src, "y", cout, 10, 1, (-128, 127)))
-    return ir.Graph(t, layers, ["x"], ["y"], name=f"conv{seed}")
 
 
 @dataclasses.dataclass

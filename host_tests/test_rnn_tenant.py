@@ -13,11 +13,11 @@ import threading
 import numpy as np
 import onnxruntime as ort
 import pytest
-from test_multitenant import conv_graph, make_model
+from test_multitenant import make_model
 
 from vfpga.driver.emulated import EmulatedDevice
 from vfpga.driver.tenant_context import MaskRejected
-from vfpga.runtime import api, golden, rnn_compiler
+from vfpga.runtime import api, golden, models, rnn_compiler
 from vfpga.runtime.api import DeployError
 
 TIMEOUT = 120
@@ -64,7 +64,7 @@ def test_lstm_tenant_equals_the_executor_and_onnxruntime(lstm):
 
 def test_cnn_and_lstm_tenants_side_by_side(lstm):
     _, compiled = lstm
-    cnn_model = make_model("conv", conv_graph(5, shape=(16, 16, 16), cout=32), seed=5)
+    cnn_model = make_model("conv", models.conv_graph(5, shape=(16, 16, 16), cout=32), seed=5)
     ov = accelerator()
     cnn = ov.deploy(cnn_model.compiled, cores=8, name="vision")
     rnn = ov.deploy(compiled, cores=4, name="speech")
@@ -118,7 +118,7 @@ def test_cores_never_cross_kinds(lstm):
     _, compiled = lstm
     ov = accelerator()
     rnn = ov.deploy(compiled, cores=1, name="speech")
-    cnn = ov.deploy(make_model("c", conv_graph(2)).compiled, cores=1, name="vision")
+    cnn = ov.deploy(make_model("c", models.conv_graph(2)).compiled, cores=1, name="vision")
     with pytest.raises(DeployError, match=r"must name distinct RNN cores of 16\.\.23"):
         ov.reallocate({"speech": [0]})
     with pytest.raises(DeployError, match=r"must name distinct CNN cores of 0\.\.15"):

@@ -1,4 +1,5 @@
-"""Small float CNNs built with onnx.helper, for tests, demos and benchmarks.
+"""Small float CNNs built with onnx.helper, for tests, demos and benchmarks,
+and a small already-quantized layer graph (:func:`conv_graph`).
 
 The weights are random (fixed seed) and He-scaled so that activations keep a
 similar magnitude through the layers: quantization then exercises the whole
@@ -10,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from . import ir, quant
 
 INPUT_SHAPE = (1, 3, 32, 32)
 
@@ -124,3 +127,30 @@ def calibration_inputs(n: int = 8, seed: int = 0, shape: tuple[int, ...] = INPUT
         x = (x + np.roll(x, 1, axis=-1) + np.roll(x, 1, axis=-2)) / np.sqrt(3.0)
         out.append(x.astype(np.float32))
     return out
+
+
+def conv_graph(seed: int, shape=(8, 8, 16), cout: int = 24, pool: bool = True) -> ir.Graph:
+    """A quantized layer graph with random int8 parameters, no ONNX or
+    calibration needed: conv 3x3 + ReLU -> [max pool 2x2] -> conv 1x1 (several
+    layers and frames, so a program has SAVEs in the middle)."""
+    rng = np.random.default_rng(seed)
+    h, w, c = shape
+    hp, wp = (h // 2, w // 2) if pool else (h, w)
+    t = {"x": ir.Tensor("x", shape, 0.05, int(rng.integers(-20, 20))),
+         "a": ir.Tensor("a", (h, w, cout), 0.04, -128),
+         "y": ir.Tensor("y", (hp, wp, 10), 0.1, int(rng.integers(-20, 20)))}
+
+    def conv(name, src, dst, cin, co, k, clip):
+        wgt = rng.integers(-127, 128, size=(co, cin, k, k), dtype=np.int8)
+        bias = np.round(rng.normal(0, 1000, co)).astype(np.int32)
+        mult, shift = quant.quantize_multipliers(40.0 / (np.sqrt(cin * k * k) * 74 * 74) * rng.uniform(0.5, 2, co))
+        return ir.Conv(name, src, dst, wgt, bias, mult, shift, (1, 1), (k // 2,) * 4, 1, clip)
+
+    layers = [conv("conv_a", "x", "a", c, cout, 3, quant.relu_clip(-128, 0.04))]
+    src = "a"
+    if pool:
+        t["p"] = ir.Tensor("p", (hp, wp, cout), 0.04, -128)
+        layers.append(ir.Pool("pool", "a", "p", "max", (2, 2), (2, 2)))
+        src = "p"
+    layers.append(conv("conv_y", src, "y", cout, 10, 1, (-128, 127)))
+    return ir.Graph(t, layers, ["x"], ["y"], name=f"conv{seed}")

@@ -19,24 +19,15 @@ import time
 
 import numpy as np
 
-from vfpga.driver import isa
-from vfpga.driver.tenant_context import ring_bytes
-
 from . import rnn_compiler
-from .tenant import PAGE, RING_SIZE, RunInfo, SegmentLayout, Tenant, _align
+from .tenant import RunInfo, SegmentLayout, Tenant, driver_areas
 
 
 def rnn_segment_layout(compiled: rnn_compiler.CompiledRnn, n_rnn: int) -> SegmentLayout:
     """The RNN tenant's segment: the compiled bytes, the ring, the records and
     two halves holding the longest dispatch program over 1..n_rnn cores."""
     longest = max(len(rnn_compiler.plan_rnn(compiled, k).program) for k in range(1, n_rnn + 1))
-    ring, records = ring_bytes(RING_SIZE)
-    ring_offset = _align(compiled.segment_size)
-    cpl_offset = _align(ring_offset + ring)
-    half = _align(longest * isa.DISPATCH.itemsize)
-    first = _align(cpl_offset + records)
-    size = -(-(first + 2 * half) // PAGE) * PAGE
-    return SegmentLayout(ring_offset, cpl_offset, [longest], (first, first + half), size)
+    return driver_areas(compiled.segment_size, [longest])
 
 
 def rnn_plan(compiled: rnn_compiler.CompiledRnn, k: int, variant: int | None = None):

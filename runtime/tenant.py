@@ -56,17 +56,23 @@ class SegmentLayout:
     size: int  # whole pages
 
 
-def segment_layout(compiled: compiler.CompiledModel, table: dynamic.DispatchTable | None = None) -> SegmentLayout:
-    table = table or dynamic.DispatchTable(compiled)
+def driver_areas(model_bytes: int, part_entries: list[int]) -> SegmentLayout:
+    """Ring, records and two program halves (``part_entries`` dispatch
+    entries per accelerator part) after ``model_bytes`` of compiled model."""
     ring, records = ring_bytes(RING_SIZE)
-    ring_offset = _align(compiled.segment_size)
+    ring_offset = _align(model_bytes)
     cpl_offset = _align(ring_offset + ring)
-    part_entries = [sum(max(len(v.cycles) for v in layer) for layer in part) + len(part) + 1
-                    for part in table.parts]
     half = _align(sum(part_entries) * isa.DISPATCH.itemsize)
     first = _align(cpl_offset + records)
     size = -(-(first + 2 * half) // PAGE) * PAGE  # DMA buffers are whole pages
-    return SegmentLayout(ring_offset, cpl_offset, part_entries, (first, first + half), size)
+    return SegmentLayout(ring_offset, cpl_offset, list(part_entries), (first, first + half), size)
+
+
+def segment_layout(compiled: compiler.CompiledModel, table: dynamic.DispatchTable | None = None) -> SegmentLayout:
+    """A CNN tenant's segment: per part, room for the largest variant mix."""
+    table = table or dynamic.DispatchTable(compiled)
+    return driver_areas(compiled.segment_size, [sum(max(len(v.cycles) for v in layer) for layer in part) + len(part) + 1
+                                                for part in table.parts])
 
 
 @dataclass
