@@ -8,7 +8,7 @@ from the HLS C++ in hls/ with cffi, one per board config.
 
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BOARDS = sorted(f[:-5] for f in os.listdir(os.path.join(HERE, "overlay", "configs")) if f.endswith(".json"))
@@ -20,7 +20,8 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["vfpga", "vfpga.driver", "vfpga.runtime", "vfpga.overlay", "vfpga.notebooks"],
+    packages=["vfpga", "vfpga.driver", "vfpga.runtime", "vfpga.overlay", "vfpga.notebooks"]
+    + [f"vfpga.runtime.{p}" for p in find_packages("runtime")],
     package_dir={
         "vfpga": "src/vfpga",
         "vfpga.driver": "driver",
@@ -38,6 +39,7 @@ setup(
         "onnx>=1.14,<1.23",  # 1.23 needs protobuf 6, pynq's grpcio-tools pins protobuf 5
         "onnxruntime>=1.16",
         "matplotlib>=3.5",  # the plots of `vfpga bench`
+        "tqdm>=4.60",  # progress bars (also a pynq dependency)
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.4"]},
     entry_points={

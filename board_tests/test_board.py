@@ -10,15 +10,17 @@ import threading
 import numpy as np
 import pytest
 
-from vfpga.runtime import compiler, golden, models
+from vfpga.runtime.compiler import static
 from vfpga.runtime.errors import TenantFault
+from vfpga.runtime.hw import golden
+from vfpga.runtime.models import small
 
 # the cycle model's stated accuracy on the board (per request; per layer it is reported)
 CYCLE_MODEL_TOLERANCE = 0.25
 
 
 def tiny_graph(seed: int):
-    return models.conv_graph(seed, shape=(16, 16, 16), cout=32, pool=False)
+    return small.conv_graph(seed, shape=(16, 16, 16), cout=32, pool=False)
 
 
 def x_for(graph, seed):
@@ -43,15 +45,15 @@ def test_small_cnn_against_onnxruntime(accel, tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from vfpga.runtime import frontend
+    from vfpga.runtime.compiler import frontend
 
     path = tmp_path / "small_cnn.onnx"
-    onnx.save(models.small_cnn(seed=0), str(path))
-    net = accel.deploy(str(path), cores=min(2, accel.n_cores), calibration=models.calibration_inputs(16, seed=1))
+    onnx.save(small.small_cnn(seed=0), str(path))
+    net = accel.deploy(str(path), cores=min(2, accel.n_cores), calibration=small.calibration_inputs(16, seed=1))
     graph = net.graph
     inp, out = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for x in models.calibration_inputs(8, seed=100):
+    for x in small.calibration_inputs(8, seed=100):
         y = net.run(x)
         want = frontend.dequantize_output(golden.run_graph(graph, frontend.quantize_input(x, inp))[graph.outputs[0]],
                                           out)
@@ -95,9 +97,9 @@ def test_live_reallocation_loses_nothing(accel):
 
 def test_out_of_segment_tenant_faults_alone(accel):
     from vfpga.driver import isa
-    from vfpga.runtime.tenant import segment_layout
+    from vfpga.runtime.compiler.segment import segment_layout
 
-    good = compiler.compile_graph(tiny_graph(4), accel.board)
+    good = static.compile_graph(tiny_graph(4), accel.board)
     program = good.program.copy()
     limit = segment_layout(good).size
     for i in np.flatnonzero(isa.opcodes_of(program) == isa.OPCODES["SAVE"]):

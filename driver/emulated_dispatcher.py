@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from vfpga.driver.cnn_core import AP_IDLE, AP_START, AUTO_RESTART
-from vfpga.driver.pool_timeline import PoolTimeline
+from vfpga.runtime.hw.timeline import PoolTimeline
 
 # Register-file words the driver writes (the step reads them; every other word
 # is the dispatcher's). The same list as vf_load_host() in hls/dispatcher_top.cpp.

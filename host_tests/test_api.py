@@ -19,17 +19,20 @@ import pytest
 import vfpga
 from vfpga.driver import isa
 from vfpga.driver.emulated import EmulatedDevice
-from vfpga.runtime import api, compiler, frontend, golden, ir, models, quant
-from vfpga.runtime.api import DeployError, TenantFault, TenantRemoved
-from vfpga.runtime.frontend import FrontendError, UnsupportedOperatorError
-from vfpga.runtime.tenant import segment_layout
+from vfpga.runtime import tenants
+from vfpga.runtime.compiler import frontend, ir, static
+from vfpga.runtime.compiler.frontend import FrontendError, UnsupportedOperatorError
+from vfpga.runtime.compiler.segment import segment_layout
+from vfpga.runtime.hw import fixed_point, golden
+from vfpga.runtime.models import small
+from vfpga.runtime.tenants import DeployError, TenantFault, TenantRemoved
 
 SMALL_BANK = 16 << 20
 TINY_BANK = 1 << 20  # the isolation tests compare a whole bank, twice per run
 
 
-def accelerator(board: str, bank_capacity: int = SMALL_BANK) -> api.Accelerator:
-    return api.Accelerator(board, device=EmulatedDevice(board, bank_capacity=bank_capacity))
+def accelerator(board: str, bank_capacity: int = SMALL_BANK) -> tenants.Accelerator:
+    return tenants.Accelerator(board, device=EmulatedDevice(board, bank_capacity=bank_capacity))
 
 
 def tiny_graph(seed: int, shape=(8, 8, 16), cout: int = 24) -> ir.Graph:
@@ -49,11 +52,11 @@ def tiny_graph(seed: int, shape=(8, 8, 16), cout: int = 24) -> ir.Graph:
         wgt = rng.integers(-127, 128, size=(cout, cin, k, k), dtype=np.int8)
         k_terms = cin * k * k
         bias = np.round(rng.normal(0, 1000, cout)).astype(np.int32)
-        mult, shift = quant.quantize_multipliers(40.0 / (np.sqrt(k_terms) * 74 * 74) * rng.uniform(0.5, 2, cout))
+        mult, shift = fixed_point.quantize_multipliers(40.0 / (np.sqrt(k_terms) * 74 * 74) * rng.uniform(0.5, 2, cout))
         return ir.Conv(name, src, dst, wgt, bias, mult, shift, (1, 1), (k // 2,) * 4, 1, clip)
 
     layers = [
-        conv("conv_a", "x", "a", c, cout, 3, quant.relu_clip(-128, 0.04)),
+        conv("conv_a", "x", "a", c, cout, 3, fixed_point.relu_clip(-128, 0.04)),
         ir.Pool("pool", "a", "p", "max", (2, 2), (2, 2)),
         conv("conv_y", "p", "y", cout, 10, 1, (-128, 127)),
     ]
@@ -65,7 +68,7 @@ def random_input(graph: ir.Graph, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(-128, 128, size=shape, dtype=np.int8)
 
 
-def assert_runs_correctly(tenant: api.Tenant, seed: int) -> None:
+def assert_runs_correctly(tenant: tenants.Tenant, seed: int) -> None:
     x = random_input(tenant.graph, seed)
     (y,), info = tenant.run_quantized(x)
     assert info.completions and all(c.ok for c in info.completions)
@@ -78,7 +81,7 @@ def assert_runs_correctly(tenant: api.Tenant, seed: int) -> None:
 @pytest.fixture(scope="module")
 def small_cnn_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "small_cnn.onnx"
-    onnx.save(models.small_cnn(seed=0), str(path))
+    onnx.save(small.small_cnn(seed=0), str(path))
     return path
 
 
@@ -86,7 +89,7 @@ def small_cnn_path(tmp_path_factory):
 def deployed(small_cnn_path):
     """small_cnn deployed on an emulated u200 from its float ONNX file."""
     accel = accelerator("u200")
-    tenant = accel.deploy(str(small_cnn_path), name="vision", calibration=models.calibration_inputs(16, seed=1))
+    tenant = accel.deploy(str(small_cnn_path), name="vision", calibration=small.calibration_inputs(16, seed=1))
     yield accel, tenant
     accel.close()
 
@@ -94,7 +97,7 @@ def deployed(small_cnn_path):
 def test_board_mode_without_an_overlay_names_the_build_step():
     with pytest.raises(DeployError, match=r"board mode: no overlay at .*vfpga_zcu104\.bit: build it with make -C "
                                           r"overlay BOARD=zcu104"):
-        api.open("zcu104", emulate=False)
+        tenants.open("zcu104", emulate=False)
 
 
 def test_open_gives_an_emulated_accelerator():
@@ -113,7 +116,7 @@ def test_small_cnn_float_onnx_end_to_end(deployed, small_cnn_path):
     assert {layer.kind for layer in tenant.compiled.layers} == {"conv", "pool", "add"}
     session = ort.InferenceSession(str(small_cnn_path), providers=["CPUExecutionProvider"])
     inp, out = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
-    for x in models.calibration_inputs(4, seed=100):
+    for x in small.calibration_inputs(4, seed=100):
         y = tenant.run(x)
         assert isinstance(y, np.ndarray) and y.shape == (1, 10) and y.dtype == np.float32
         # what the accelerator must compute: the golden model on the quantized input, dequantized
@@ -181,7 +184,7 @@ def test_garbage_model_file(tmp_path, content):
     path = tmp_path / "garbage.onnx"
     path.write_bytes(content)
     with pytest.raises(FrontendError, match=r"garbage\.onnx' is not (a valid |an )ONNX model"):
-        accel.deploy(str(path), calibration=models.calibration_inputs(1))
+        accel.deploy(str(path), calibration=small.calibration_inputs(1))
     with pytest.raises(FrontendError, match=r"given bytes (are|is) not (a valid |an )ONNX model"):
         accel.deploy(content)  # the same bytes in memory
     assert not accel.tenants
@@ -189,7 +192,7 @@ def test_garbage_model_file(tmp_path, content):
 
 
 def _with_unsupported(op_type: str, **attrs) -> onnx.ModelProto:
-    b = models.GraphBuilder(seed=3)
+    b = small.GraphBuilder(seed=3)
     x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 8, stride=2)])
     x = b.op(op_type, f"the_{op_type.lower()}", [x], **attrs)
     x = b.op("GlobalAveragePool", "gap", [b.conv("conv2", x, 8, 8)])
@@ -203,7 +206,7 @@ def test_unsupported_operator_names_op_and_node(tmp_path, op_type, attrs):
     onnx.save(_with_unsupported(op_type, **attrs), str(path))
     accel = accelerator("pynq_z2")
     with pytest.raises(UnsupportedOperatorError, match=rf"{op_type} \(node 'the_{op_type.lower()}'\)") as e:
-        accel.deploy(str(path), calibration=models.calibration_inputs(2), fallback=False)
+        accel.deploy(str(path), calibration=small.calibration_inputs(2), fallback=False)
     assert (e.value.op_type, e.value.node_name) == (op_type, f"the_{op_type.lower()}")
     assert isinstance(e.value, FrontendError)
     assert not accel.tenants
@@ -215,13 +218,13 @@ def test_unsupported_operator_runs_on_the_cpu_by_default(tmp_path, op_type, attr
     path = tmp_path / f"{op_type}.onnx"
     onnx.save(_with_unsupported(op_type, **attrs), str(path))
     accel = accelerator("pynq_z2")
-    tenant = accel.deploy(str(path), calibration=models.calibration_inputs(4))
+    tenant = accel.deploy(str(path), calibration=small.calibration_inputs(4))
     graph = tenant.graph
     assert [layer.kind for layer in graph.layers].count("cpu") == 1
     assert [p.kind for p in tenant.compiled.parts] == ["accel", "cpu", "accel"]
     cpu = next(layer for layer in graph.layers if layer.kind == "cpu")
     assert f"the_{op_type.lower()}" in cpu.onnx_nodes
-    for x in models.calibration_inputs(2, seed=9):
+    for x in small.calibration_inputs(2, seed=9):
         x_q = frontend.quantize_input(x, graph.tensors[graph.inputs[0]])
         (got,), _ = tenant.run_quantized(x_q)
         assert np.array_equal(got, golden.run_graph(graph, x_q)[graph.outputs[0]])
@@ -290,7 +293,7 @@ def test_impossible_core_counts_are_refused_clearly(cores, message):
 
 
 def test_model_compiled_for_another_board_is_refused():
-    compiled = compiler.compile_graph(tiny_graph(1), "zcu104")
+    compiled = static.compile_graph(tiny_graph(1), "zcu104")
     with pytest.raises(DeployError, match=r"compiled for zcu104, this accelerator is pynq_z2"):
         accelerator("pynq_z2").deploy(compiled)
 
@@ -298,7 +301,7 @@ def test_model_compiled_for_another_board_is_refused():
 def test_segment_larger_than_the_bank_keeps_no_core():
     accel = accelerator("pynq_z2", bank_capacity=TINY_BANK)
     big = tiny_graph(1, shape=(200, 200, 16))
-    assert compiler.compile_graph(big, "pynq_z2").segment_size > TINY_BANK
+    assert static.compile_graph(big, "pynq_z2").segment_size > TINY_BANK
     with pytest.raises((DeployError, MemoryError), match=r"cannot allocate|memory|segment"):
         accel.deploy(big, name="big")
     assert not accel.tenants
@@ -317,7 +320,7 @@ def _find(program: np.ndarray, opcode: str, nth_layer: int) -> int:
     raise AssertionError(f"no {opcode} in layer {nth_layer}")
 
 
-def corrupt(compiled: compiler.CompiledModel, how: str) -> tuple[compiler.CompiledModel, int, int]:
+def corrupt(compiled: static.CompiledModel, how: str) -> tuple[static.CompiledModel, int, int]:
     """A copy of ``compiled`` whose first SAVE of layer 1 (or LOAD_LINEAR of
     layer 2) reaches outside the segment. Returns it, the index of the bad instruction and the
     fault address the core must report (the lowest offending offset)."""
@@ -343,7 +346,7 @@ def corrupt(compiled: compiler.CompiledModel, how: str) -> tuple[compiler.Compil
     return dataclasses.replace(compiled, program=program), i, fault_addr
 
 
-def _frame_of(compiled: compiler.CompiledModel, insn: int) -> int:
+def _frame_of(compiled: static.CompiledModel, insn: int) -> int:
     """Index inside its frame of program instruction ``insn`` (one-core tiling)."""
     at = compiled.program_offset + insn * isa.INSN_BYTES
     f = compiled.frames[compiled.frames["variant"] == 0]
@@ -357,7 +360,7 @@ def test_out_of_segment_tenant_faults_alone(how):
     accel = accelerator("zcu104", bank_capacity=TINY_BANK)  # 4 cores, all on bank 0
     dev = accel.device
     left = accel.deploy(tiny_graph(1), name="left")
-    bad_model, bad_insn, fault_addr = corrupt(compiler.compile_graph(tiny_graph(2), "zcu104"), how)
+    bad_model, bad_insn, fault_addr = corrupt(static.compile_graph(tiny_graph(2), "zcu104"), how)
     in_frame = _frame_of(bad_model, bad_insn)
     bad = accel.deploy(bad_model, name="bad")
     right = accel.deploy(tiny_graph(3), name="right")
@@ -408,7 +411,7 @@ def test_out_of_segment_tenant_faults_alone(how):
 
 def test_corrupted_program_is_otherwise_the_same():
     """The isolation cases change exactly one field of one instruction."""
-    compiled = compiler.compile_graph(tiny_graph(2), "zcu104")
+    compiled = static.compile_graph(tiny_graph(2), "zcu104")
     bad, i, _ = corrupt(compiled, "past-end")
     words, bad_words = (m.program.reshape(-1, isa.INSN_BYTES) for m in (compiled, bad))
     differs = np.flatnonzero((words != bad_words).any(axis=1))
@@ -428,8 +431,8 @@ def test_bank_choice_without_per_bank_free_memory():
 
     fake = SimpleNamespace(config=vfpga.overlay.load("u200"), device=object(),
                            tenants={"a": tenant(0, 100), "b": tenant(1, 50), "c": tenant(3, 10)})
-    assert api.Accelerator._pick_bank(fake) == 2
+    assert tenants.Accelerator._pick_bank(fake) == 2
     fake.tenants["d"] = tenant(2, 10)
-    assert api.Accelerator._pick_bank(fake) == 2  # ties go to the lower bank: 2 and 3 both hold 10
+    assert tenants.Accelerator._pick_bank(fake) == 2  # ties go to the lower bank: 2 and 3 both hold 10
     fake.tenants["e"] = tenant(2, 1)
-    assert api.Accelerator._pick_bank(fake) == 3
+    assert tenants.Accelerator._pick_bank(fake) == 3

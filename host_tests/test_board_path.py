@@ -17,8 +17,11 @@ import pytest
 from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.driver.recording import RecordingDevice, RegisterMap
-from vfpga.runtime import api, compiler, golden, models
+from vfpga.runtime import tenants
+from vfpga.runtime.compiler import static
 from vfpga.runtime.errors import TenantFault
+from vfpga.runtime.hw import golden
+from vfpga.runtime.models import small
 
 SMALL_BANK = 16 << 20
 
@@ -33,7 +36,7 @@ ENABLE_ORDER = ["seg_base.lo", "seg_base.hi", "seg_limit", "ring_offset", "ring_
 
 def tiny_graph(seed: int):
     """conv 3x3 + ReLU -> conv 1x1, random int8 parameters."""
-    return models.conv_graph(seed, pool=False)
+    return small.conv_graph(seed, pool=False)
 
 
 def x_for(graph, seed):
@@ -44,7 +47,7 @@ def x_for(graph, seed):
 def board():
     """(accelerator, recorder) on a recording zcu104 (4 cores, one bank)."""
     rec = RecordingDevice("zcu104", bank_capacity=SMALL_BANK)
-    accel = api.Accelerator("zcu104", device=rec)
+    accel = tenants.Accelerator("zcu104", device=rec)
     yield accel, rec
     accel.close()
     rec.close()  # the Accelerator closes only devices it opened itself
@@ -79,7 +82,7 @@ def assert_only_defined_writes(rec: RecordingDevice):
 @pytest.mark.parametrize("board_name", overlay.available())
 def test_start_points_the_kernel_at_the_ddr_window_then_starts_it(board_name):
     rec = RecordingDevice(board_name, bank_capacity=1 << 20, record_reads=False)
-    accel = api.Accelerator(board_name, device=rec)
+    accel = tenants.Accelerator(board_name, device=rec)
     try:
         cfg = overlay.load(board_name)
         ddr = cfg["ddr"]
@@ -231,7 +234,7 @@ def test_reallocate_releases_before_acquiring_with_config_masks(board):
 # ---------------------------------------------------------------- fault recovery
 
 
-def out_of_segment(compiled: compiler.CompiledModel, limit: int) -> compiler.CompiledModel:
+def out_of_segment(compiled: static.CompiledModel, limit: int) -> static.CompiledModel:
     """Every SAVE (of every tiling variant) moved to the segment's end."""
     program = compiled.program.copy()
     for i in np.flatnonzero(isa.opcodes_of(program) == isa.OPCODES["SAVE"]):
@@ -244,10 +247,10 @@ def out_of_segment(compiled: compiler.CompiledModel, limit: int) -> compiler.Com
 
 
 def test_fault_then_reset_disables_and_re_enables_the_same_context(board):
-    from vfpga.runtime.tenant import segment_layout
+    from vfpga.runtime.compiler.segment import segment_layout
 
     accel, rec = board
-    good = compiler.compile_graph(tiny_graph(6), "zcu104")
+    good = static.compile_graph(tiny_graph(6), "zcu104")
     bad = accel.deploy(out_of_segment(good, segment_layout(good).size), cores=1, name="bad")
     ctx, seg = bad.context.index, bad.segment
     with pytest.raises(TenantFault, match="SEGMENT"):
@@ -284,7 +287,7 @@ def test_interrupt_line_or_polling_both_complete(board):
     assert any(e.kind == "read" and e.register == "file.irq" for e in rec.events)
     rec2 = RecordingDevice("zcu104", bank_capacity=SMALL_BANK, route_irq=True)
     try:
-        with api.Accelerator("zcu104", device=rec2) as accel2:
+        with tenants.Accelerator("zcu104", device=rec2) as accel2:
             t2 = accel2.deploy(tiny_graph(7), name="a")
             x = x_for(t2.graph, 2)
             np.testing.assert_array_equal(t2.run_quantized(x)[0][0], golden.run_graph(t2.graph, x)["y"])

@@ -7,18 +7,21 @@ import numpy as np
 import onnx
 import pytest
 
-from vfpga.runtime import cli, frontend, golden, ifp, models
+from vfpga.runtime import cli
+from vfpga.runtime.compiler import frontend, ifp
+from vfpga.runtime.hw import golden
+from vfpga.runtime.models import small
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    onnx.save(models.small_cnn(seed=0), str(d / "small_cnn.onnx"))
-    np.save(d / "calib.npy", np.concatenate(models.calibration_inputs(8, seed=1)))
-    np.savez(d / "calib.npz", a=np.concatenate(models.calibration_inputs(4, seed=1)),
-             b=models.calibration_inputs(1, seed=2)[0])
-    np.save(d / "x.npy", models.calibration_inputs(1, seed=100)[0])
-    np.save(d / "x3.npy", np.concatenate(models.calibration_inputs(3, seed=100)))
+    onnx.save(small.small_cnn(seed=0), str(d / "small_cnn.onnx"))
+    np.save(d / "calib.npy", np.concatenate(small.calibration_inputs(8, seed=1)))
+    np.savez(d / "calib.npz", a=np.concatenate(small.calibration_inputs(4, seed=1)),
+             b=small.calibration_inputs(1, seed=2)[0])
+    np.save(d / "x.npy", small.calibration_inputs(1, seed=100)[0])
+    np.save(d / "x3.npy", np.concatenate(small.calibration_inputs(3, seed=100)))
     return d
 
 
@@ -106,7 +109,7 @@ def test_compile_without_calibration_warns(files, tmp_path, capsys):
 
 
 def test_cpu_fallback_is_reported_and_runs(files, tmp_path, capsys):
-    b = models.GraphBuilder(seed=3)
+    b = small.GraphBuilder(seed=3)
     x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 8, stride=2)])
     x = b.op("Softmax", "the_softmax", [x], axis=1)
     x = b.op("GlobalAveragePool", "gap", [b.conv("conv2", x, 8, 8)])

@@ -12,7 +12,7 @@ import pytest
 
 from vfpga import overlay
 from vfpga.driver import isa
-from vfpga.runtime import cycle_model as cm
+from vfpga.runtime.hw import cycle_model as cm
 
 U200 = overlay.load("u200")
 Z2 = overlay.load("pynq_z2")

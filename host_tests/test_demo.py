@@ -1,7 +1,7 @@
 """`vfpga demo` and `vfpga info` from the command line entry point."""
 
 from vfpga.runtime import cli
-from vfpga.runtime.demo import run_demo
+from vfpga.runtime.cli.demo import run_demo
 
 
 def test_demo_matches_golden_and_onnxruntime():

@@ -5,16 +5,19 @@ import numpy as np
 import pytest
 
 from vfpga.driver import isa
-from vfpga.runtime import api, compiler, dynamic, frontend, golden, ir, models, quant
+from vfpga.runtime import tenants
+from vfpga.runtime.compiler import dynamic, frontend, ir, static
+from vfpga.runtime.hw import fixed_point, golden
+from vfpga.runtime.models import small
 
 FRAME, BARRIER, END = (isa.DISPATCH_OPS[k] for k in ("FRAME", "BARRIER", "END"))
 
 
 @pytest.fixture(scope="module")
-def small():
-    qdq = frontend.quantize(models.small_cnn(3), models.calibration_inputs(8, 4))
+def small_net():
+    qdq = frontend.quantize(small.small_cnn(3), small.calibration_inputs(8, 4))
     graph = frontend.to_graph(qdq)
-    return graph, compiler.compile_graph(graph, "u200")
+    return graph, static.compile_graph(graph, "u200")
 
 
 def _frames_of_layer(c, layer, variant):
@@ -22,8 +25,8 @@ def _frames_of_layer(c, layer, variant):
     return f[(f["layer"] == layer) & (f["variant"] == variant)]
 
 
-def test_static_stage_prepares_more_frames_for_more_cores(small):
-    _, c = small
+def test_static_stage_prepares_more_frames_for_more_cores(small_net):
+    _, c = small_net
     conv = [li for li in c.layers if li.kind == "conv" and li.out_shape[0] >= 8]
     assert any(len(li.variants) > 1 for li in conv)
     for li in c.layers:
@@ -35,8 +38,8 @@ def test_static_stage_prepares_more_frames_for_more_cores(small):
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 16])
-def test_dispatch_program_covers_every_layer_once(small, k):
-    _, c = small
+def test_dispatch_program_covers_every_layer_once(small_net, k):
+    _, c = small_net
     p = dynamic.plan(c, k)
     (prog,) = p.programs
     assert prog["op"][-1] == END and (prog["op"][:-1] != END).all()
@@ -57,8 +60,8 @@ def test_dispatch_program_covers_every_layer_once(small, k):
         assert sorted(got.tolist()) == sorted(want.tolist())
 
 
-def test_more_cores_never_model_slower_and_lpt_respects_the_bound(small):
-    _, c = small
+def test_more_cores_never_model_slower_and_lpt_respects_the_bound(small_net):
+    _, c = small_net
     table = dynamic.DispatchTable(c)
     spans = [dynamic.plan(table, k).modeled_cycles for k in (1, 2, 4, 8, 16)]
     assert all(a >= b for a, b in zip(spans, spans[1:]))
@@ -71,8 +74,8 @@ def test_more_cores_never_model_slower_and_lpt_respects_the_bound(small):
     assert span == loads.max() == 13 and span >= max(v.cycles[0], -(-v.total // 3))
 
 
-def test_plans_only_read_the_frame_index(small):
-    _, c = small
+def test_plans_only_read_the_frame_index(small_net):
+    _, c = small_net
     before = c.program.copy()
     for k in range(1, 17):
         dynamic.plan(c, k)
@@ -80,9 +83,9 @@ def test_plans_only_read_the_frame_index(small):
 
 
 @pytest.mark.parametrize("k,variant", [(1, None), (2, None), (3, None), (4, None), (4, 1), (2, 3)])
-def test_plans_run_bit_exact_on_k_cores(small, k, variant):
-    graph, c = small
-    ov = api.open("u200")
+def test_plans_run_bit_exact_on_k_cores(small_net, k, variant):
+    graph, c = small_net
+    ov = tenants.open("u200")
     try:
         tenant = ov.deploy(c, cores=k, name="dyn")
         if variant is not None:
@@ -102,13 +105,13 @@ def test_plans_run_bit_exact_on_k_cores(small, k, variant):
 def test_every_variant_of_a_split_layer_is_exact():
     rng = np.random.default_rng(5)
     w = rng.integers(-100, 100, (48, 32, 3, 3), dtype=np.int8)
-    mult, shift = quant.quantize_multipliers(np.full(48, 0.002))
+    mult, shift = fixed_point.quantize_multipliers(np.full(48, 0.002))
     t = {"x": ir.Tensor("x", (20, 20, 32), 0.05, 3), "y": ir.Tensor("y", (20, 20, 48), 0.04, -7)}
     g = ir.Graph(t, [ir.Conv("c", "x", "y", w, rng.integers(-500, 500, 48).astype(np.int32), mult, shift,
                              pads=(1, 1, 1, 1))], ["x"], ["y"])
-    c = compiler.compile_graph(g, "zcu104")
+    c = static.compile_graph(g, "zcu104")
     assert len(c.layers[0].variants) >= 3
-    ov = api.open("zcu104")
+    ov = tenants.open("zcu104")
     try:
         tenant = ov.deploy(c, cores=4)
         x_q = rng.integers(-128, 128, size=(20, 20, 32), dtype=np.int8)
@@ -125,7 +128,7 @@ def test_every_variant_of_a_split_layer_is_exact():
 
 def test_bad_core_counts():
     with pytest.raises(ValueError, match="1..255"):
-        dynamic.plan(compiler.compile_graph(ir.Graph(
+        dynamic.plan(static.compile_graph(ir.Graph(
             {"x": ir.Tensor("x", (4, 4, 8), 0.1, 0), "y": ir.Tensor("y", (4, 4, 8), 0.1, 0)},
             [ir.Pool("p", "x", "y", "max", (1, 1))], ["x"], ["y"]), "u200"), 0)
 
@@ -137,9 +140,9 @@ def test_a_segment_larger_than_a_bank_is_refused():
     cfg["ddr"]["bank_bytes"] = 1 << 16
     rng = np.random.default_rng(0)
     w = rng.integers(-5, 5, (64, 64, 3, 3), dtype=np.int8)
-    mult, shift = quant.quantize_multipliers(np.full(64, 0.01))
+    mult, shift = fixed_point.quantize_multipliers(np.full(64, 0.01))
     t = {"x": ir.Tensor("x", (64, 64, 64), 0.05, 0), "y": ir.Tensor("y", (64, 64, 64), 0.05, 0)}
     g = ir.Graph(t, [ir.Conv("c", "x", "y", w, np.zeros(64, np.int32), mult, shift, pads=(1, 1, 1, 1))],
                  ["x"], ["y"])
-    with pytest.raises(compiler.CompileError, match="more than a pynq_z2 DDR bank"):
-        compiler.compile_graph(g, cfg)
+    with pytest.raises(static.CompileError, match="more than a pynq_z2 DDR bank"):
+        static.compile_graph(g, cfg)

@@ -18,8 +18,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from vfpga.runtime import frontend, golden, ir, models
-from vfpga.runtime.frontend import FrontendError, UnsupportedOperatorError
+from vfpga.runtime.compiler import frontend, ir
+from vfpga.runtime.compiler.frontend import FrontendError, UnsupportedOperatorError
+from vfpga.runtime.compiler.frontend.ops import attrs, onnx_opset
+from vfpga.runtime.hw import golden
+from vfpga.runtime.models import small
 
 # ---------------------------------------------------------------- reference evaluation of IR layers
 
@@ -191,17 +194,17 @@ def assert_faithful(qdq, graph, inputs, label, allow_ties=False):
 
 @pytest.fixture(scope="module")
 def calib():
-    return models.calibration_inputs(8, seed=1)
+    return small.calibration_inputs(8, seed=1)
 
 
 @pytest.fixture(scope="module")
 def test_inputs():
-    return models.calibration_inputs(3, seed=2)
+    return small.calibration_inputs(3, seed=2)
 
 
 @pytest.fixture(scope="module")
 def small_qdq(calib):
-    return frontend.quantize(models.small_cnn(), calib)
+    return frontend.quantize(small.small_cnn(), calib)
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +220,7 @@ def _misc_cnn():
     """Attributes small_cnn does not use: auto_pad SAME_UPPER, Clip(0, 6),
     padded AveragePool (both count_include_pad), MaxPool ceil_mode,
     GlobalMaxPool and a MatMul head."""
-    b = models.GraphBuilder(seed=3)
+    b = small.GraphBuilder(seed=3)
     lo, hi = b.param("six.lo", np.array(0.0)), b.param("six.hi", np.array(6.0))
     x = b.conv("conv1", "input", 3, 16, stride=2, pads=None, auto_pad="SAME_UPPER")  # 16x16x16
     x = b.op("Clip", "relu6", [x, lo, hi])
@@ -237,7 +240,7 @@ def _misc_cnn():
 
 def test_quantize_warns_without_calibration():
     with pytest.warns(UserWarning, match="representative data"):
-        q = frontend.quantize(models.small_cnn(), num_random=4)
+        q = frontend.quantize(small.small_cnn(), num_random=4)
     assert frontend.is_qdq(q)
 
 
@@ -245,7 +248,7 @@ def test_quantize_with_calibration_is_silent(small_qdq, calib):
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         frontend.quantize(
-            models.small_cnn(), np.concatenate(calib[:4])
+            small.small_cnn(), np.concatenate(calib[:4])
         )  # N samples stacked on the batch axis
     assert not [w for w in rec if "calibration" in str(w.message)]
     ops = {n.op_type for n in small_qdq.graph.node}
@@ -267,8 +270,8 @@ def test_quantize_returns_qdq_models_unchanged(small_qdq):
 
 
 def test_quantize_converts_old_opsets(calib):
-    q = frontend.quantize(models.small_cnn(opset=11), calib[:4])
-    assert frontend._onnx_opset(q) >= 13
+    q = frontend.quantize(small.small_cnn(opset=11), calib[:4])
+    assert onnx_opset(q) >= 13
     g = frontend.to_graph(q)
     assert [layer.kind for layer in g.layers] == [
         "conv",
@@ -285,7 +288,7 @@ def test_quantize_converts_old_opsets(calib):
 
 def test_calibration_shape_checked():
     with pytest.raises(FrontendError, match=r"calibration sample 0 .*expected float32 \[1, 3, 32, 32\]"):
-        frontend.quantize(models.small_cnn(), [np.zeros((1, 3, 16, 16), np.float32)])
+        frontend.quantize(small.small_cnn(), [np.zeros((1, 3, 16, 16), np.float32)])
 
 
 # ---------------------------------------------------------------- QDQ -> IR structure
@@ -346,7 +349,7 @@ def test_ir_parameters_follow_the_qdq_initializers(small_qdq, small_graph):
 def test_flattened_feature_map_into_gemm(calib, test_inputs):
     """Gemm on an NCHW-flattened 4x4x8 map: a Conv covering the whole map,
     the [N, C*H*W] weight read in ONNX's flatten order; transB=0 handled."""
-    qdq = frontend.quantize(models.flatten_cnn(), calib)
+    qdq = frontend.quantize(small.flatten_cnn(), calib)
     g = frontend.to_graph(qdq)
     assert [layer.kind for layer in g.layers] == ["conv", "pool", "conv", "conv"]
     fc1 = g.layers[2]
@@ -378,7 +381,7 @@ def test_relu_kept_between_qdq_pairs_fuses(calib, test_inputs):
     own int8 output and folds into the Conv's clip. Weights as float + Q/DQ
     pairs and dedicated Q/DQ pairs per consumer are read as well."""
     opts = {"QDQKeepRemovableActivations": True, "AddQDQPairToWeight": True, "DedicatedQDQPair": True}
-    qdq = frontend.quantize(models.small_cnn(), calib, extra_options=opts)
+    qdq = frontend.quantize(small.small_cnn(), calib, extra_options=opts)
     assert sum(n.op_type == "Relu" for n in qdq.graph.node) == 5
     g = frontend.to_graph(qdq)
     L = {layer.name: layer for layer in g.layers}
@@ -400,7 +403,7 @@ def test_relu_between_different_qdq_pairs(calib, test_inputs):
     """Conv -> Q(a) -> DQ -> Relu -> Q(b) with a != b cannot fold exactly (it
     rounds twice): the Relu becomes a requantizing 1x1 max pool whose clamp
     is the Relu."""
-    qdq = frontend.quantize(models.small_cnn(), calib, extra_options={"QDQKeepRemovableActivations": True})
+    qdq = frontend.quantize(small.small_cnn(), calib, extra_options={"QDQKeepRemovableActivations": True})
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in qdq.graph.initializer}
     qdq.graph.initializer.extend(
         [
@@ -513,17 +516,17 @@ def test_garbage_bytes(tmp_path):
 
 
 def test_malformed_model():
-    m = models.small_cnn()
+    m = small.small_cnn()
     m.graph.node[0].input[1] = "no_such_weight"
     with pytest.raises(FrontendError, match="not a valid ONNX model.*no_such_weight"):
         frontend.load_model(m)
 
 
 def test_dynamic_dims_and_override(tmp_path):
-    m = _with_input_dims(models.small_cnn(), ["N", 3, 32, 32])
+    m = _with_input_dims(small.small_cnn(), ["N", 3, 32, 32])
     with pytest.raises(FrontendError, match=r"input 'input' has a dynamic dimension 0 \('N'\).*input_shape"):
         frontend.load_model(m)
-    m = _with_input_dims(models.small_cnn(), [1, 3, "height", "width"])
+    m = _with_input_dims(small.small_cnn(), [1, 3, "height", "width"])
     with pytest.raises(FrontendError, match=r"dynamic dimension 2 \('height'\)"):
         frontend.load_model(m)
     fixed = frontend.load_model(m, input_shape=(1, 3, 32, 32))
@@ -534,14 +537,14 @@ def test_dynamic_dims_and_override(tmp_path):
 
 
 def test_batch_two():
-    m = _with_input_dims(models.small_cnn(), [2, 3, 32, 32])
+    m = _with_input_dims(small.small_cnn(), [2, 3, 32, 32])
     m.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 2
     with pytest.raises(FrontendError, match="batch 2.*batch 1 is what the accelerator path runs"):
         frontend.load_model(m)
 
 
 def test_two_inputs():
-    m = models.small_cnn()
+    m = small.small_cnn()
     m.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1, 4]))
     with pytest.raises(FrontendError, match=r"2 inputs \('input', 'extra'\)"):
         frontend.load_model(m)
@@ -549,7 +552,7 @@ def test_two_inputs():
 
 def test_float_model_is_not_read_as_graph():
     with pytest.raises(FrontendError, match="quantize it first"):
-        frontend.to_graph(models.small_cnn())
+        frontend.to_graph(small.small_cnn())
 
 
 # ---------------------------------------------------------------- unsupported operators
@@ -557,7 +560,7 @@ def test_float_model_is_not_read_as_graph():
 
 def _with_tail(op_type, **attrs):
     """small_cnn's backbone with an op the core lacks inserted after conv2."""
-    b = models.GraphBuilder(seed=0)
+    b = small.GraphBuilder(seed=0)
     x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 8, stride=2)])
     x = b.op(op_type, f"my_{op_type.lower()}", [x], **attrs)
     x = b.op("GlobalAveragePool", "gap", [b.conv("conv2", x, 8, 8)])
@@ -577,7 +580,7 @@ def test_unsupported_op_names_op_and_node(op_type, attrs, calib):
 
 
 def test_dilation_is_unsupported(calib):
-    b = models.GraphBuilder(seed=0)
+    b = small.GraphBuilder(seed=0)
     x = b.conv("dilated", "input", 3, 8, pads=(2, 2, 2, 2), dilations=[2, 2])
     out = b.op("Flatten", "flatten", [b.op("GlobalAveragePool", "gap", [x])], axis=1)
     qdq = frontend.quantize(b.model("dilated", out, (1, 8)), calib[:2])
@@ -612,7 +615,7 @@ def _affine_cnn(opset=9):
     a pre-activation BN after a max pool (nothing to fold into), Dropout,
     a weight from ConstantOfShape and a Reshape whose shape comes from a
     Shape -> Gather -> Unsqueeze -> Concat chain, a Sum residual."""
-    b = models.GraphBuilder(seed=5)
+    b = small.GraphBuilder(seed=5)
     x = b.conv("conv1", "input", 3, 16)
     x = _bn(b, "bn1", x, 16)
     def unsqueeze(name, x, axes):
@@ -651,7 +654,7 @@ def test_simplify_folds_affine_chains_exactly(opset, test_inputs):
     ops = [n.op_type for n in s.graph.node]
     assert not {"BatchNormalization", "Mul", "Unsqueeze", "Dropout", "Identity", "Shape", "ConstantOfShape"} & set(ops)
     assert ops.count("Conv") == 3  # conv1 (+bn1, mul, add), bn_pre as a depthwise conv, conv2 (+bn2)
-    dw = next(n for n in s.graph.node if n.op_type == "Conv" and frontend._attrs(n).get("group", 1) == 16)
+    dw = next(n for n in s.graph.node if n.op_type == "Conv" and attrs(n).get("group", 1) == 16)
     assert dw.input[0] == "pool1"
     for x in test_inputs[:2]:
         np.testing.assert_allclose(_float_run(s, x), _float_run(m, x), rtol=1e-4, atol=1e-4)
@@ -674,7 +677,7 @@ def _qdq_with_bn(calib, between_qdq):
     the Conv's float result."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    b = models.GraphBuilder(seed=8)
+    b = small.GraphBuilder(seed=8)
     x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 8)])
     x = b.conv("conv2", x, 8, 8)
     x = b.op("Relu", "relu2", [_bn(b, "bn", x, 8, gamma=np.array([0.9, -0.8, 1.1, 0.7, -1.2, 1.0, 0.6, 1.3]))])
@@ -743,7 +746,7 @@ def _concat_cnn():
     """Inception-style block: branches concatenated on channels, one of
     them a max pool of the block input (so it has the input's scale); a
     second Concat reads the first (nested, as DenseNet does)."""
-    b = models.GraphBuilder(seed=9)
+    b = small.GraphBuilder(seed=9)
     x = b.op("Relu", "relu0", [b.conv("conv0", "input", 3, 8, stride=2)])  # 8x16x16
     a = b.op("Relu", "ra", [b.conv("ca", x, 8, 8, k=1, pads=(0, 0, 0, 0))])
     c = b.op("Relu", "rc", [b.conv("cc", x, 8, 12)])
@@ -794,7 +797,7 @@ def test_average_pool_ceil_mode(count_pad, calib, test_inputs):
     first is the accelerator's count of valid positions; the second has no
     exact form (the count would have to include the explicit padding but not
     the ceil extension), so it is unsupported -> CPU with fallback."""
-    b = models.GraphBuilder(seed=4)
+    b = small.GraphBuilder(seed=4)
     x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 8, stride=2)])  # 16x16
     x = b.op("AveragePool", "avg", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
              ceil_mode=1, count_include_pad=count_pad)  # 9x9: the last window reaches past the padding
@@ -862,7 +865,7 @@ def test_fallback_runs_unsupported_ops_on_the_cpu(op_type, attrs, calib, test_in
 def _shuffle_cnn(tail=None):
     """ShuffleNet's channel shuffle (Reshape to 5-D, Transpose, Reshape
     back) between grouped convs, and optionally an op after the classifier."""
-    b = models.GraphBuilder(seed=6)
+    b = small.GraphBuilder(seed=6)
     x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 12, stride=2, group=3)])  # 12x16x16
     b.inits.append(onnx.numpy_helper.from_array(np.array([1, 3, 4, 16, 16], np.int64), "s5"))
     b.inits.append(onnx.numpy_helper.from_array(np.array([1, 12, 16, 16], np.int64), "s4"))
@@ -899,7 +902,7 @@ def test_fallback_final_op_on_the_cpu(tail, calib, test_inputs):
     host); LRN is not, so the graph output is the CpuOp's float32 output."""
     m = _shuffle_cnn(tail)
     if tail == "LRN":  # LRN needs 4-D: put it on the [1, 10, 1, 1] logits
-        b = models.GraphBuilder(seed=6)
+        b = small.GraphBuilder(seed=6)
         b.nodes, b.inits = list(m.graph.node), list(m.graph.initializer)
         b.nodes.pop()
         b.inits.append(onnx.numpy_helper.from_array(np.array([1, 10, 1, 1], np.int64), "s_lrn"))
@@ -942,7 +945,7 @@ def test_concat_sharing_keeps_removed_clips(calib, test_inputs):
     (the QuantizeLinear clamps); widening that input to the Concat's range
     would lose the clamp at 6, so such inputs keep their own quantization
     (a copy) while plain Relu inputs share."""
-    b = models.GraphBuilder(seed=12)
+    b = small.GraphBuilder(seed=12)
     lo, hi = b.param("lo", np.array(0.0)), b.param("hi", np.array(6.0))
     x = b.op("Relu", "relu0", [b.conv("conv0", "input", 3, 8, stride=2)])
     a = b.op("Clip", "six", [b.conv("ca", x, 8, 8, gain=40.0), lo, hi])  # saturates at 6 often
@@ -964,7 +967,7 @@ def test_concat_sharing_keeps_removed_clips(calib, test_inputs):
 def test_fallback_on_the_float_input_is_a_clear_error(calib):
     """An unquantized op (LRN) straight on the graph input: the CPU would
     have to take the float input, but the accelerator path's input is int8."""
-    b = models.GraphBuilder(seed=0)
+    b = small.GraphBuilder(seed=0)
     x = b.op("LRN", "lrn0", ["input"], size=3)
     out = b.op("Flatten", "flatten", [b.op("GlobalAveragePool", "gap", [b.conv("conv1", x, 3, 8)])], axis=1)
     qdq = frontend.quantize(b.model("lrn_first", out, (1, 8)), calib[:2])
@@ -977,7 +980,7 @@ def test_fallback_regions_never_form_a_cycle(calib, test_inputs):
     activations (CPU) reads both the LRN result and the conv's: joining the
     LRN's CpuOp would make the cut cyclic, so the product gets a CpuOp of its
     own that reads the LRN's int8 result."""
-    b = models.GraphBuilder(seed=13)
+    b = small.GraphBuilder(seed=13)
     x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 8, stride=2)])
     lrn = b.op("LRN", "lrn", [x], size=3)
     c = b.op("Relu", "relu2", [b.conv("conv2", lrn, 8, 8)])

@@ -9,7 +9,8 @@ import zlib
 import numpy as np
 import pytest
 
-from vfpga.runtime import golden, ir
+from vfpga.runtime.compiler import ir
+from vfpga.runtime.hw import golden
 
 # ---------------------------------------------------------------- brute force
 

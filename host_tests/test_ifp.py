@@ -25,14 +25,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vfpga.driver import isa
 from vfpga.driver.emulated import EmulatedDevice
-from vfpga.runtime import api, cache, compiler, frontend, golden, ifp, ir, models, quant
-from vfpga.runtime.progress import Progress
+from vfpga.runtime import tenants
+from vfpga.runtime.compiler import cache, frontend, ifp, ir, static
+from vfpga.runtime.compiler.progress import Progress
+from vfpga.runtime.hw import fixed_point, golden
+from vfpga.runtime.models import small
 
 SMALL_BANK = 16 << 20
 
 
-def accelerator(board: str = "u200") -> api.Accelerator:
-    return api.Accelerator(board, device=EmulatedDevice(board, bank_capacity=SMALL_BANK))
+def accelerator(board: str = "u200") -> tenants.Accelerator:
+    return tenants.Accelerator(board, device=EmulatedDevice(board, bank_capacity=SMALL_BANK))
 
 
 def assert_same(a, b, path="model"):
@@ -60,14 +63,14 @@ def assert_same(a, b, path="model"):
 @pytest.fixture(scope="module")
 def small_cnn_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "small_cnn.onnx"
-    onnx.save(models.small_cnn(seed=0), str(path))
+    onnx.save(small.small_cnn(seed=0), str(path))
     return path
 
 
 @pytest.fixture(scope="module")
 def compiled():
-    qdq = frontend.quantize(models.small_cnn(seed=0), models.calibration_inputs(8, seed=1))
-    return compiler.compile_graph(frontend.to_graph(qdq), "u200")
+    qdq = frontend.quantize(small.small_cnn(seed=0), small.calibration_inputs(8, seed=1))
+    return static.compile_graph(frontend.to_graph(qdq), "u200")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +101,7 @@ def run_all(model, xs, board="u200"):
 def test_round_trip_fields_equal_and_runs_bit_identically(compiled, saved):
     loaded = ifp.load(saved)
     assert_same(compiled, loaded)
-    assert loaded.frames.dtype == compiler.FRAME_DTYPE
+    assert loaded.frames.dtype == static.FRAME_DTYPE
     assert loaded.segment_image().keys() == compiled.segment_image().keys()
     for k, v in compiled.segment_image().items():
         assert loaded.segment_image()[k] == v
@@ -160,7 +163,7 @@ def cpu_concat_graph(seed: int = 0) -> ir.Graph:
     def conv(name, src, dst, cin, cout):
         wgt = rng.integers(-127, 128, size=(cout, cin, 3, 3), dtype=np.int8)
         bias = np.round(rng.normal(0, 1000, cout)).astype(np.int32)
-        mult, shift = quant.quantize_multipliers(40.0 / (np.sqrt(cin * 9) * 74 * 74) * rng.uniform(0.5, 2, cout))
+        mult, shift = fixed_point.quantize_multipliers(40.0 / (np.sqrt(cin * 9) * 74 * 74) * rng.uniform(0.5, 2, cout))
         return ir.Conv(name, src, dst, wgt, bias, mult, shift, (1, 1), (1, 1, 1, 1), 1, (-128, 127), [name])
 
     layers = [
@@ -174,7 +177,7 @@ def cpu_concat_graph(seed: int = 0) -> ir.Graph:
 
 
 def test_round_trip_with_cpu_layer_and_concat(tmp_path):
-    original = compiler.compile_graph(cpu_concat_graph(), "u200")
+    original = static.compile_graph(cpu_concat_graph(), "u200")
     assert [p.kind for p in original.parts] == ["accel", "cpu", "accel"]
     path = tmp_path / "cpu.ifp"
     ifp.save(original, path)
@@ -290,7 +293,7 @@ def test_other_board_and_changed_config(saved, compiled, tmp_path):
         ifp.load(saved, board="zcu104")
     with pytest.raises(ifp.IfpBoardError, match="compiled for board u200, not pynq_z2"):
         accelerator("pynq_z2").compile(str(saved))
-    with pytest.raises(api.DeployError, match="compiled for u200"):
+    with pytest.raises(tenants.DeployError, match="compiled for u200"):
         accelerator("pynq_z2").compile(compiled)  # an in-memory model of another board: as before
 
     changed = copy.deepcopy(compiled_config("u200"))
@@ -325,7 +328,7 @@ def test_values_without_an_encoding_are_refused(compiled, tmp_path):
 
 def test_cache_hit_skips_quantization_and_static_stage(small_cnn_path, tmp_path, monkeypatch):
     store = cache.CompileCache(tmp_path / "cache", enabled=True)
-    calib = models.calibration_inputs(8, seed=1)
+    calib = small.calibration_inputs(8, seed=1)
     first = cache.compile_with_cache(small_cnn_path, "u200", calib, cache=store, progress=False)
     assert first.cache == "miss" and store.stats.stores == 1 and len(store.entries()) == 1
 
@@ -334,7 +337,7 @@ def test_cache_hit_skips_quantization_and_static_stage(small_cnn_path, tmp_path,
 
     monkeypatch.setattr(frontend, "quantize", forbidden)
     monkeypatch.setattr(frontend, "to_graph", forbidden)
-    monkeypatch.setattr(compiler, "compile_graph", forbidden)
+    monkeypatch.setattr(static, "compile_graph", forbidden)
     second = cache.compile_with_cache(str(small_cnn_path), "u200", calib, cache=store, progress=False)
     assert second.cache == "hit" and store.stats.hits == 1 and store.stats.misses == 1
     assert second.key == first.key and second.source == first.source
@@ -349,11 +352,11 @@ def test_cache_hit_skips_quantization_and_static_stage(small_cnn_path, tmp_path,
 def test_cache_key_covers_what_matters(small_cnn_path):
     proto = frontend.load_model(str(small_cnn_path))
     raw = proto.SerializeToString()
-    calib = models.calibration_inputs(4, seed=1)
+    calib = small.calibration_inputs(4, seed=1)
     u200, zcu = compiled_config("u200"), compiled_config("zcu104")
     base = cache.compile_key(raw, cache.calibration_digest(calib), None, u200)
     assert base == cache.compile_key(raw, cache.calibration_digest([c.copy() for c in calib]), None, u200)
-    other_calib = cache.calibration_digest(models.calibration_inputs(4, seed=2))
+    other_calib = cache.calibration_digest(small.calibration_inputs(4, seed=2))
     other_model = onnx.load(str(small_cnn_path))
     other_model.graph.initializer[0].raw_data = bytes(len(other_model.graph.initializer[0].raw_data))
     variants = {
@@ -371,14 +374,14 @@ def test_cache_key_covers_what_matters(small_cnn_path):
 def test_deploy_uses_the_cache_from_the_environment(small_cnn_path, tmp_path, monkeypatch):
     monkeypatch.setenv("VFPGA_CACHE_DIR", str(tmp_path / "env-cache"))
     monkeypatch.delenv("VFPGA_CACHE", raising=False)
-    calib = models.calibration_inputs(4, seed=1)
+    calib = small.calibration_inputs(4, seed=1)
     accel = accelerator("u200")
     try:
         first = accel.deploy(str(small_cnn_path), name="first", calibration=calib)
         assert len(os.listdir(tmp_path / "env-cache")) == 1
         calls = []
-        real = compiler.compile_graph
-        monkeypatch.setattr(compiler, "compile_graph", lambda *a, **k: calls.append(1) or real(*a, **k))
+        real = static.compile_graph
+        monkeypatch.setattr(static, "compile_graph", lambda *a, **k: calls.append(1) or real(*a, **k))
         second = accel.deploy(str(small_cnn_path), name="second", calibration=calib)
         assert calls == []  # the static stage did not run
         x = inputs(first.graph, 1, seed=3)[0]
@@ -395,15 +398,15 @@ def test_cache_disabled_writes_nothing(small_cnn_path, tmp_path, monkeypatch):
     monkeypatch.setenv("VFPGA_CACHE", "0")
     store = cache.CompileCache(tmp_path / "off")
     assert not store.enabled
-    r = cache.compile_with_cache(small_cnn_path, "u200", models.calibration_inputs(2), cache=store, progress=False)
+    r = cache.compile_with_cache(small_cnn_path, "u200", small.calibration_inputs(2), cache=store, progress=False)
     assert r.cache == "off" and not (tmp_path / "off").exists()
-    r = cache.compile_with_cache(small_cnn_path, "u200", models.calibration_inputs(2), cache=False, progress=False)
+    r = cache.compile_with_cache(small_cnn_path, "u200", small.calibration_inputs(2), cache=False, progress=False)
     assert r.cache == "off"
 
 
 def test_corrupt_entries_are_discarded_and_recompiled(small_cnn_path, tmp_path):
     store = cache.CompileCache(tmp_path / "cache", enabled=True)
-    calib = models.calibration_inputs(2, seed=1)
+    calib = small.calibration_inputs(2, seed=1)
     first = cache.compile_with_cache(small_cnn_path, "u200", calib, cache=store, progress=False)
     entry = store.path(first.key)
     for damage in (b"", b"PK\x03\x04 garbage", open(entry, "rb").read()[:1000]):
@@ -447,7 +450,7 @@ class FakeTty(io.StringIO):
 def test_compile_graph_reports_progress_per_layer(compiled):
     seen = []
     graph = compiled.graph
-    compiler.compile_graph(graph, "u200", progress=lambda done, total, name: seen.append((done, total, name)))
+    static.compile_graph(graph, "u200", progress=lambda done, total, name: seen.append((done, total, name)))
     assert seen == [(i + 1, len(graph.layers), layer.name) for i, layer in enumerate(graph.layers)]
 
 
@@ -457,29 +460,34 @@ def test_progress_bar_only_on_a_terminal(compiled, monkeypatch):
     tty = FakeTty(True)
     with Progress("compiling small_cnn", stream=tty, delay=0) as bar:
         bar.stage("quantizing")
-        compiler.compile_graph(compiled.graph, "u200", progress=bar)
-    text = tty.getvalue()
-    n = len(compiled.graph.layers)
-    assert "compiling small_cnn: " in text and "quantizing" in text
-    assert f"] {n}/{n}" in text and "#" * 24 in text
-    assert text.endswith("\r")  # the line is cleared at the end
+        assert "compiling small_cnn" in tty.getvalue() and "quantizing" in tty.getvalue()
+        static.compile_graph(compiled.graph, "u200", progress=bar)
+        n = len(compiled.graph.layers)
+        assert f"{n}/{n}" in tty.getvalue() and "#" in tty.getvalue()
+    assert tty.getvalue().endswith("\r")  # the line is cleared at the end
 
     pipe = FakeTty(False)
     with Progress("compiling", stream=pipe, delay=0) as bar:
-        compiler.compile_graph(compiled.graph, "u200", progress=bar)
+        static.compile_graph(compiled.graph, "u200", progress=bar)
     assert pipe.getvalue() == ""
 
     slow = FakeTty(True)
     with Progress("compiling", stream=slow, delay=60) as bar:  # a compile quicker than the delay: quiet
-        compiler.compile_graph(compiled.graph, "u200", progress=bar)
+        static.compile_graph(compiled.graph, "u200", progress=bar)
     assert slow.getvalue() == ""
 
     monkeypatch.setenv("VFPGA_PROGRESS", "0")
     assert not Progress("x", stream=FakeTty(True)).enabled
+    monkeypatch.setenv("VFPGA_PROGRESS", "1")
+    assert Progress("x", stream=FakeTty(False)).enabled
 
 
-def test_progress_render_fits_the_terminal():
-    bar = Progress("compiling resnet50", stream=FakeTty(True), delay=0)
-    bar(3, 12, "a_very_long_layer_name_" * 5)
-    line = bar.render(60)
-    assert len(line) <= 60 and "[######------------------] 3/12" in line
+def test_progress_line_fits_the_terminal(monkeypatch):
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((60, 24)))  # a 60-column terminal
+    tty = FakeTty(True)
+    tty.fileno = lambda: 2
+    with Progress("compiling resnet50", stream=tty, delay=0) as bar:
+        bar(3, 12, "a_very_long_layer_name_" * 5)
+        lines = [seg for seg in tty.getvalue().split("\r") if seg.strip()]
+    assert lines and "3/12" in lines[-1]
+    assert all(len(seg) <= 60 for seg in lines)

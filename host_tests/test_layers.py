@@ -31,7 +31,9 @@ import pytest
 from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.driver.emulated import EmulatedDevice
-from vfpga.runtime import api, compiler, golden, ir, lower, quant
+from vfpga.runtime import tenants
+from vfpga.runtime.compiler import ir, lower, static
+from vfpga.runtime.hw import fixed_point, golden
 
 BANK = 64 << 20  # emulated bytes per bank: every case's segment fits easily
 SD_INT8 = 74.0  # standard deviation of a uniform int8 value
@@ -68,9 +70,9 @@ class Net:
         if clip == "none":
             return -128, 127
         if clip == "relu":
-            return quant.relu_clip(zp, scale)
+            return fixed_point.relu_clip(zp, scale)
         if clip == "relu6":
-            lo, hi = quant.relu_clip(zp, scale, upper=6.0 * float(self.rng.uniform(0.1, 0.5)))
+            lo, hi = fixed_point.relu_clip(zp, scale, upper=6.0 * float(self.rng.uniform(0.1, 0.5)))
             return lo, max(lo, hi)
         if clip == "narrow":  # some other Clip(lo, hi) around the zero point
             lo = max(-128, zp - int(self.rng.integers(10, 80)))
@@ -102,7 +104,7 @@ class Net:
         # real multiplier in_scale * w_scale / out_scale, chosen so that the
         # outputs spread over the int8 range (and saturate now and then)
         m = 50.0 / sd_acc * self.rng.uniform(0.3, 3.0, size=cout)
-        mult, shift = quant.quantize_multipliers(m)
+        mult, shift = fixed_point.quantize_multipliers(m)
         oh = (h + pads[0] + pads[2] - kh) // sh + 1
         ow = (w + pads[1] + pads[3] - kw) // sw + 1
         out = self._out((oh, ow, cout))
@@ -126,7 +128,7 @@ class Net:
             self.tensors[out] = t = ir.Tensor(out, t.shape, s.scale, s.zero_point)
             mult, shift = 1 << 30, 30
         else:
-            mult, shift = quant.quantize_multiplier(float(self.rng.uniform(0.4, 2.5)), max_shift=30)
+            mult, shift = fixed_point.quantize_multiplier(float(self.rng.uniform(0.4, 2.5)), max_shift=30)
         self.layers.append(ir.Pool(f"pool{len(self.layers)}", src, out, mode, (kh, kw), (sh, sw),
                                    tuple(pads), count_include_pad, mult, shift,
                                    self._clip(clip, t.zero_point, t.scale)))
@@ -137,7 +139,7 @@ class Net:
         out = self._out(self.tensors[a].shape)
         t = self.tensors[out]
         ma, mb = self.rng.uniform(0.3, 1.5, size=2)
-        a_mult, b_mult, shift = quant.pair_multipliers(float(ma), float(mb))
+        a_mult, b_mult, shift = fixed_point.pair_multipliers(float(ma), float(mb))
         self.layers.append(ir.Add(f"add{len(self.layers)}", (a, b), out, a_mult, b_mult, shift,
                                   self._clip(clip, t.zero_point, t.scale)))
         return out
@@ -156,11 +158,11 @@ def rng_for(case_id: str) -> np.random.Generator:
 @pytest.fixture(scope="module")
 def accelerators():
     """One emulated accelerator per board, shared by the cases of this module."""
-    made: dict[str, api.Accelerator] = {}
+    made: dict[str, tenants.Accelerator] = {}
 
-    def get(board: str) -> api.Accelerator:
+    def get(board: str) -> tenants.Accelerator:
         if board not in made:
-            made[board] = api.Accelerator(board, device=EmulatedDevice(board, bank_capacity=BANK))
+            made[board] = tenants.Accelerator(board, device=EmulatedDevice(board, bank_capacity=BANK))
         return made[board]
 
     yield get
@@ -168,10 +170,10 @@ def accelerators():
         accel.close()
 
 
-def frames_of(compiled: compiler.CompiledModel, index: int) -> list[list[dict]]:
+def frames_of(compiled: static.CompiledModel, index: int) -> list[list[dict]]:
     """The decoded instructions of every frame of layer ``index`` in the
     one-core program (the other tiling variants are checked by test_dynamic)."""
-    linear = compiler.part_programs(compiled.program, compiled.program_offset, compiled.parts)
+    linear = static.part_programs(compiled.program, compiled.program_offset, compiled.parts)
     words = np.concatenate(linear).reshape(-1, isa.INSN_BYTES)
     frames: list[list[dict]] = []
     current = None
@@ -199,7 +201,7 @@ class Splits:
     saves: list = field(default_factory=list)
 
 
-def check_structure(compiled: compiler.CompiledModel, index: int) -> Splits:
+def check_structure(compiled: static.CompiledModel, index: int) -> Splits:
     """Asserts that the SAVE tiles of layer ``index`` cover its output tensor
     exactly once, and reports how the layer was split."""
     info = compiled.layers[index]
@@ -225,7 +227,7 @@ def check_structure(compiled: compiler.CompiledModel, index: int) -> Splits:
                   any(s["channels"] < c for s in saves), max_chunks, saves)
 
 
-def conv_tiling(compiled: compiler.CompiledModel, graph: ir.Graph, index: int, board: str) -> lower.ConvTiling:
+def conv_tiling(compiled: static.CompiledModel, graph: ir.Graph, index: int, board: str) -> lower.ConvTiling:
     """The tiling the compiler chose for convolution ``index`` (the choice is deterministic)."""
     layer = graph.layers[index]
     src = compiled.tensors[layer.input]
@@ -236,7 +238,7 @@ def conv_tiling(compiled: compiler.CompiledModel, graph: ir.Graph, index: int, b
 def run_and_compare(accelerators, board: str, graph: ir.Graph, seed: int, inputs: int = 1):
     """Compiles, deploys, runs ``inputs`` random int8 inputs and compares every
     graph output with the golden model bit for bit. Returns the compiled model."""
-    compiled = compiler.compile_graph(graph, board)
+    compiled = static.compile_graph(graph, board)
     accel = accelerators(board)
     tenant = accel.deploy(compiled)
     rng = np.random.default_rng(seed)

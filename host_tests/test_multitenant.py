@@ -33,11 +33,14 @@ from vfpga.driver import isa
 from vfpga.driver.emulated import EmulatedDevice
 from vfpga.driver.segment import Segment
 from vfpga.driver.tenant_context import Completion, QueueFull, TenantContext
-from vfpga.runtime import api, compiler, dynamic, frontend, golden, ir, models
-from vfpga.runtime.api import DeployError, TenantFault, TenantRemoved
-from vfpga.runtime.tenant import RING_SIZE, segment_layout
+from vfpga.runtime import tenants
+from vfpga.runtime.compiler import dynamic, frontend, ir, static
+from vfpga.runtime.compiler.segment import RING_SIZE, segment_layout
+from vfpga.runtime.hw import golden
+from vfpga.runtime.models import small
+from vfpga.runtime.tenants import DeployError, TenantFault, TenantRemoved
 
-conv_graph = models.conv_graph
+conv_graph = small.conv_graph
 
 BOARD = "u200"
 BANK = 1 << 20  # small emulated banks: every byte of device memory is compared, often
@@ -45,8 +48,8 @@ TIMEOUT = 60.0  # seconds any single wait may take before the test calls it a de
 FRAME, BARRIER, END = (isa.DISPATCH_OPS[k] for k in ("FRAME", "BARRIER", "END"))
 
 
-def accelerator(bank_capacity: int = BANK) -> api.Accelerator:
-    return api.Accelerator(BOARD, device=EmulatedDevice(BOARD, bank_capacity=bank_capacity))
+def accelerator(bank_capacity: int = BANK) -> tenants.Accelerator:
+    return tenants.Accelerator(BOARD, device=EmulatedDevice(BOARD, bank_capacity=bank_capacity))
 
 
 @pytest.fixture
@@ -67,7 +70,7 @@ def mask_of(cores) -> int:
 class Model:
     name: str
     graph: ir.Graph
-    compiled: compiler.CompiledModel
+    compiled: static.CompiledModel
     inputs: list  # int8 HWC
     wants: list  # golden outputs
 
@@ -77,7 +80,7 @@ class Model:
 
 
 def make_model(name: str, graph: ir.Graph, n_inputs: int = 4, seed: int = 0) -> Model:
-    c = compiler.compile_graph(graph, BOARD)
+    c = static.compile_graph(graph, BOARD)
     assert [p.kind for p in c.parts] == ["accel"]
     rng = np.random.default_rng(seed)
     xs = [rng.integers(-128, 128, size=c.input.shape, dtype=np.int8) for _ in range(n_inputs)]
@@ -90,8 +93,8 @@ def cnns() -> dict[str, Model]:
     depthwise conv, GAP, FC), flatten_cnn (strided conv, 4x4 pool, two FC),
     and two conv/pool stacks of different shapes."""
     out = {}
-    for i, (name, onnx_model) in enumerate((("small", models.small_cnn(3)), ("flat", models.flatten_cnn(4)))):
-        qdq = frontend.quantize(onnx_model, models.calibration_inputs(4, seed=10 + i))
+    for i, (name, onnx_model) in enumerate((("small", small.small_cnn(3)), ("flat", small.flatten_cnn(4)))):
+        qdq = frontend.quantize(onnx_model, small.calibration_inputs(4, seed=10 + i))
         out[name] = make_model(name, frontend.to_graph(qdq), seed=i)
     out["conv16"] = make_model("conv16", conv_graph(1, shape=(16, 16, 16)), seed=2)
     out["conv8"] = make_model("conv8", conv_graph(2, shape=(8, 8, 32), cout=40, pool=False), seed=3)
@@ -204,7 +207,7 @@ def test_eight_threads_submit_to_four_tenants(cnns):
 # ---------------------------------------------------------------- live re-allocation
 
 
-def _random_allocation(rng, a: api.Accelerator, names: list[str]):
+def _random_allocation(rng, a: tenants.Accelerator, names: list[str]):
     """A valid reallocate() argument: move one tenant to other cores (same k),
     change counts, or give everyone an explicit new set."""
     cores = {n: a.tenants[n].cores for n in names}
@@ -230,7 +233,7 @@ def _random_allocation(rng, a: api.Accelerator, names: list[str]):
     return kind, out
 
 
-def _reallocation_stress(a: api.Accelerator, tiny: Model, n_reallocs: int, seed: int):
+def _reallocation_stress(a: tenants.Accelerator, tiny: Model, n_reallocs: int, seed: int):
     names = ["p", "q", "r"]
     tenants = {n: a.deploy(tiny.compiled, cores=4, name=n) for n in names}
     stop = threading.Event()
@@ -327,7 +330,7 @@ FUZZ_CONTEXT = 15  # the runtime hands out contexts from 0 up
 MAX_CASE_CYCLES = 1 << 32  # modeled cycles one fuzz case may add to the clock (~14 s at 300 MHz)
 
 
-def _read_tensor(segment: Segment, p: compiler.Placement) -> np.ndarray:
+def _read_tensor(segment: Segment, p: static.Placement) -> np.ndarray:
     h, w, c = p.shape
     span = (h * w - 1) * p.pixel_stride + c
     segment.sync_from_device(p.addr, span)
@@ -343,7 +346,7 @@ class DriverTenant:
     hand-written frames and dispatch programs. Requests go through
     TenantContext.post (or, for corrupted ring entries, the same steps by hand)."""
 
-    def __init__(self, a: api.Accelerator, model: Model, index: int, cores, bank: int):
+    def __init__(self, a: tenants.Accelerator, model: Model, index: int, cores, bank: int):
         self.a, self.model, self.index = a, model, index
         self.layout = segment_layout(model.compiled)
         self.frames_at, self.progs_at = self.layout.size, self.layout.size + SCRATCH // 2
@@ -516,7 +519,7 @@ def _fill_free_memory(device: EmulatedDevice, rng) -> list[Segment]:
     return blockers
 
 
-def _neighbourhood(a: api.Accelerator, model: Model, fuzz_model: Model | None = None, seed: int = 0):
+def _neighbourhood(a: tenants.Accelerator, model: Model, fuzz_model: Model | None = None, seed: int = 0):
     """Tenants 'left' and 'right' deployed through the API right before and
     after a middle segment in bank 0 (the DriverTenant of ``fuzz_model``, or
     else a gap where the next deployed tenant goes), 'far' in bank 1, every
@@ -684,7 +687,7 @@ def _random_case(dt: DriverTenant, rng) -> str:
     return kind
 
 
-def _fuzz(a: api.Accelerator, model: Model, n_random: int, seed: int, concurrent: bool) -> dict:
+def _fuzz(a: tenants.Accelerator, model: Model, n_random: int, seed: int, concurrent: bool) -> dict:
     """Neighbours left/right/far around a driver-level fuzzing tenant; the
     targeted cases, then ``n_random`` random ones. Idle neighbours: no byte
     outside the fuzzing segment may change. Busy neighbours (``concurrent``):
@@ -779,7 +782,7 @@ def test_driver_level_fuzzing_long(accel, tiny, seed):
     _fuzz(accel, tiny, 1500, seed=seed, concurrent=bool(seed % 2))
 
 
-def _mutate_program(compiled: compiler.CompiledModel, rng, size: int) -> compiler.CompiledModel:
+def _mutate_program(compiled: static.CompiledModel, rng, size: int) -> static.CompiledModel:
     """A copy of ``compiled`` with 1-3 fields of random instructions set to values a fuzzer likes."""
     program = compiled.program.copy()
     words = program.reshape(-1, isa.INSN_BYTES)
@@ -795,7 +798,7 @@ def _mutate_program(compiled: compiler.CompiledModel, rng, size: int) -> compile
     return dataclasses.replace(compiled, program=program)
 
 
-def _api_fuzz(a: api.Accelerator, model: Model, rounds: int, seed: int) -> dict:
+def _api_fuzz(a: tenants.Accelerator, model: Model, rounds: int, seed: int) -> dict:
     neighbours, _, blockers = _neighbourhood(a, model, None, seed)  # blockers: keep them allocated
     left, right, far = neighbours
     _neighbours_correct(neighbours, model, 0)

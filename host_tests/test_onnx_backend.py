@@ -35,8 +35,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from vfpga.runtime import backend as vb
-from vfpga.runtime import models
-from vfpga.runtime.frontend import FrontendError, UnsupportedOperatorError
+from vfpga.runtime.compiler.frontend import FrontendError, UnsupportedOperatorError
+from vfpga.runtime.models import small
 
 NODE_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "node")
 
@@ -179,7 +179,7 @@ def test_float_node_test_within_tolerance(name):
     """Float ops, quantized to int8 on the test's own input (the node tests
     carry no other data): |error| <= FLOAT_TOLERANCE_LSB output steps."""
     model, sets = _load_node_test(name)
-    names = [i.name for i in vb._runtime_inputs(model)]
+    names = [i.name for i in vb.models.runtime_inputs(model)]
     (act,), _ = vb.split_inputs(model)
     for ins, outs in sets:
         x = ins[names.index(act)]
@@ -373,7 +373,7 @@ def _qoperator(model, activation_type):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    cal = models.calibration_inputs(8)
+    cal = small.calibration_inputs(8)
     name = model.graph.input[0].name
 
     class Reader(CalibrationDataReader):
@@ -410,12 +410,12 @@ def _avgpool_matmul_cnn(seed: int = 0) -> onnx.ModelProto:
              helper.make_node("AveragePool", ["r"], ["p"], kernel_shape=[4, 4], strides=[4, 4], name="pool"),
              helper.make_node("Reshape", ["p", "shape"], ["f"], name="reshape"),
              helper.make_node("MatMul", ["f", "w2"], ["y"], name="fc")]
-    g = helper.make_graph(nodes, "avgpool_matmul", [helper.make_tensor_value_info("input", TensorProto.FLOAT, models.INPUT_SHAPE)],
+    g = helper.make_graph(nodes, "avgpool_matmul", [helper.make_tensor_value_info("input", TensorProto.FLOAT, small.INPUT_SHAPE)],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
 
 
-@pytest.mark.parametrize("make", [models.small_cnn, models.flatten_cnn, _avgpool_matmul_cnn])
+@pytest.mark.parametrize("make", [small.small_cnn, small.flatten_cnn, _avgpool_matmul_cnn])
 def test_qoperator_int8_cnn_matches_onnxruntime(make):
     """onnxruntime's QOperator int8 models (QLinearConv, MaxPool, QLinearAdd,
     QLinearGlobalAveragePool, QLinearAveragePool, QGemm, QLinearMatMul,
@@ -431,7 +431,7 @@ def test_qoperator_int8_cnn_matches_onnxruntime(make):
         for n in q.graph.node:
             assert placed[n.name] == ("host" if n.op_type in ("QuantizeLinear", "DequantizeLinear") else "accelerator")
         step = rep._engine.im.outputs[0].scale
-        for x in models.calibration_inputs(3, seed=9):
+        for x in small.calibration_inputs(3, seed=9):
             y = rep.run([x])[0]
             yr = sess.run(None, {q.graph.input[0].name: x})[0]
             assert y.dtype == yr.dtype == np.float32
@@ -445,7 +445,7 @@ def test_qoperator_uint8_conv_matches_onnx_reference():
     with the reference.)"""
     from onnxruntime.quantization import QuantType
 
-    q = _qoperator(models.flatten_cnn(0), QuantType.QUInt8)
+    q = _qoperator(small.flatten_cnn(0), QuantType.QUInt8)
     first = next(n for n in q.graph.node if n.op_type == "QLinearConv")
     keep = []
     for n in q.graph.node:
@@ -458,7 +458,7 @@ def test_qoperator_uint8_conv_matches_onnx_reference():
     sub.graph.node.extend(keep)
     del sub.graph.output[:]
     sub.graph.output.append(helper.make_tensor_value_info(first.output[0], TensorProto.UINT8, (1, 8, 16, 16)))
-    x = models.calibration_inputs(1, seed=4)[0]
+    x = small.calibration_inputs(1, seed=4)[0]
     ref = ReferenceEvaluator(sub).run(None, {q.graph.input[0].name: x})[0]
     with vb.prepare(sub) as rep:
         got = rep.run([x])[0]
@@ -467,14 +467,14 @@ def test_qoperator_uint8_conv_matches_onnx_reference():
 
 
 def test_qdq_model_goes_through_the_front_end():
-    from vfpga.runtime import frontend
+    from vfpga.runtime.compiler import frontend
 
-    model = models.small_cnn(1)
-    cal = models.calibration_inputs(4)
+    model = small.small_cnn(1)
+    cal = small.calibration_inputs(4)
     qdq = frontend.quantize(model, calibration=cal)
     with vb.prepare(qdq) as rep:
         assert rep.kind == "qdq"
-        x = models.calibration_inputs(1, seed=3)[0]
+        x = small.calibration_inputs(1, seed=3)[0]
         y = rep.run([x])[0]
         yr = _ort(qdq).run(None, {qdq.graph.input[0].name: x})[0]
         step = rep.graph.tensors[rep.graph.outputs[0]].scale
@@ -617,8 +617,6 @@ def test_float_model_without_calibration_warns_and_uses_the_first_input():
 def test_partial_cpu_fallback_through_the_front_end():
     """Conv -> Softmax with cpu_fallback: the Conv stays on the accelerator,
     the front end cuts Softmax out into an onnxruntime subgraph."""
-    if not vb.FRONTEND_FALLBACK:
-        pytest.skip("frontend.to_graph has no CPU fallback")
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
     g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),

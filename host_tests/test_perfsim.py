@@ -11,7 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vfpga.runtime import api, compiler, experiments, ir, perfsim, quant
+from vfpga.runtime import tenants
+from vfpga.runtime.compiler import ir, static
+from vfpga.runtime.experiments import scenarios
+from vfpga.runtime.hw import fixed_point
+from vfpga.runtime.sim import simulator
 
 
 def conv_graph(seed: int, hw: int = 24, c: int = 32, layers: int = 3) -> ir.Graph:
@@ -21,7 +25,7 @@ def conv_graph(seed: int, hw: int = 24, c: int = 32, layers: int = 3) -> ir.Grap
     convs = []
     for i in range(layers):
         w = rng.integers(-100, 100, (c, c, 3, 3), dtype=np.int8)
-        mult, shift = quant.quantize_multipliers(np.full(c, 0.002))
+        mult, shift = fixed_point.quantize_multipliers(np.full(c, 0.002))
         convs.append(ir.Conv(f"c{i}", f"t{i}", f"t{i + 1}", w, rng.integers(-500, 500, c).astype(np.int32), mult,
                              shift, pads=(1, 1, 1, 1)))
     return ir.Graph(t, convs, ["t0"], [f"t{layers}"], name=f"convs{seed}")
@@ -30,19 +34,19 @@ def conv_graph(seed: int, hw: int = 24, c: int = 32, layers: int = 3) -> ir.Grap
 @pytest.fixture(scope="module")
 def compiled():
     g = conv_graph(1)
-    return {board: compiler.compile_graph(g, board) for board in ("u200", "u200_bigcore")}
+    return {board: static.compile_graph(g, board) for board in ("u200", "u200_bigcore")}
 
 
 @pytest.mark.parametrize("k", [1, 3, 8])
 def test_simulator_gives_the_emulated_devices_cycles(compiled, k):
     c = compiled["u200"]
-    ov = api.open("u200", emulate=True)
+    ov = tenants.open("u200", emulate=True)
     try:
         t = ov.deploy(c, cores=k, name="a")
         _, info = t.run_quantized(np.zeros(c.input.shape, np.int8))
     finally:
         ov.close()
-    sim = perfsim.Simulator("u200")
+    sim = simulator.Simulator("u200")
     sim.deploy("a", c, list(range(k)))
     (r,) = sim.run({"a": [0]})["a"]
     assert r.device_cycles == info.modeled_cycles > 0
@@ -52,11 +56,11 @@ def test_more_cores_are_faster_and_serial_mode_never_overlaps(compiled):
     c = compiled["u200"]
     lat = {}
     for k in (1, 4, 16):
-        sim = perfsim.Simulator("u200")
+        sim = simulator.Simulator("u200")
         sim.deploy("a", c, list(range(k)))
         lat[k] = sim.run({"a": [0]})["a"][0].latency
     assert lat[1] > lat[4] > lat[16]
-    sim = perfsim.Simulator("u200")
+    sim = simulator.Simulator("u200")
     sim.deploy("a", c, [])
     sim.deploy("b", c, [])
     done = sim.run({"a": [0, 0, 0], "b": [0, 0, 0]}, serial=True)
@@ -71,7 +75,7 @@ def test_tenants_on_other_banks_do_not_slow_each_other(compiled):
     c = compiled["u200"]
 
     def latencies(b_requests: int, b_bank: int):
-        sim = perfsim.Simulator("u200")
+        sim = simulator.Simulator("u200")
         sim.deploy("a", c, list(range(8)), bank=0)
         sim.deploy("b", c, list(range(8, 16)), bank=b_bank)
         done = sim.run({"a": [0] * 4, "b": [0] * b_requests})
@@ -91,7 +95,7 @@ def test_tenants_on_other_banks_do_not_slow_each_other(compiled):
 
 def test_reallocation_mid_run_loses_nothing(compiled):
     c = compiled["u200"]
-    sim = perfsim.Simulator("u200")
+    sim = simulator.Simulator("u200")
     sim.deploy("a", c, [0, 1, 2, 3])
     sim.deploy("b", c, [4, 5, 6, 7])
     step = [0]
@@ -110,30 +114,30 @@ def test_reallocation_mid_run_loses_nothing(compiled):
 
 
 def test_a_tenant_without_cores_is_named_when_it_stalls(compiled):
-    sim = perfsim.Simulator("u200")
+    sim = simulator.Simulator("u200")
     sim.deploy("idle", compiled["u200"], [])
     with pytest.raises(RuntimeError, match="stalled"):
         sim.run({"idle": [0]})
 
 
 def test_experiments_on_small_models(compiled):
-    models = experiments.Models({("m", "u200"): compiled["u200"], ("m", "u200_bigcore"): compiled["u200_bigcore"]})
+    models = scenarios.Models({("m", "u200"): compiled["u200"], ("m", "u200_bigcore"): compiled["u200_bigcore"]})
     tenants = [("a", "m", 8), ("b", "m", 8)]
-    res = {mode: experiments.saturated(models, tenants, mode, 2) for mode in ("vfpga", "bigcore", "multicore")}
+    res = {mode: scenarios.saturated(models, tenants, mode, 2) for mode in ("vfpga", "bigcore", "multicore")}
     assert all(r["total"] > 0 for r in res.values())
     assert res["vfpga"]["total"] == pytest.approx(sum(res["vfpga"]["per_tenant"].values()))
     # one tenant on all 16 cores is the same machine in both pool modes
     one = [("a", "m", 16)]
-    assert experiments.saturated(models, one, "vfpga", 2)["total"] == pytest.approx(
-        experiments.saturated(models, one, "multicore", 2)["total"])
-    cost = experiments.realloc_cost(models, ["m"], counts=(1, 4), repeats=2)["rows"]
+    assert scenarios.saturated(models, one, "vfpga", 2)["total"] == pytest.approx(
+        scenarios.saturated(models, one, "multicore", 2)["total"])
+    cost = scenarios.realloc_cost(models, ["m"], counts=(1, 4), repeats=2)["rows"]
     assert [r["k"] for r in cost] == [1, 4] and all(r["dynamic_stage_ms"] > 0 and r["drain_max_us"] > 0
                                                     for r in cost)
 
 
 @pytest.mark.slow
 def test_bench_quick_writes_the_report(tmp_path):
-    from vfpga.runtime.bench import run_bench
+    from vfpga.runtime.experiments.report import run_bench
 
     lines = []
     out = run_bench(str(tmp_path), quick=True, echo=lines.append)

@@ -24,9 +24,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from vfpga.driver import isa
-from vfpga.runtime import rnn_compiler as rc
-from vfpga.runtime import rnn_cycle_model as rcm
-from vfpga.runtime import rnn_golden as rg
+from vfpga.runtime.compiler import rnn as rc
+from vfpga.runtime.hw import rnn_cycle_model as rcm
+from vfpga.runtime.hw import rnn_golden as rg
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build the RNN core")
 

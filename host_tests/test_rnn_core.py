@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from vfpga import overlay
-from vfpga.runtime import rnn_golden as rg
+from vfpga.runtime.hw import rnn_golden as rg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HLS = os.path.join(ROOT, "hls")

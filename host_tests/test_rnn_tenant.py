@@ -17,22 +17,25 @@ from test_multitenant import make_model
 
 from vfpga.driver.emulated import EmulatedDevice
 from vfpga.driver.tenant_context import MaskRejected
-from vfpga.runtime import api, golden, models, rnn_compiler
-from vfpga.runtime.api import DeployError
+from vfpga.runtime import tenants
+from vfpga.runtime.compiler import rnn
+from vfpga.runtime.hw import golden
+from vfpga.runtime.models import small
+from vfpga.runtime.tenants import DeployError
 
 TIMEOUT = 120
 
 
-def accelerator() -> api.Accelerator:
-    return api.Accelerator("u200", device=EmulatedDevice("u200", bank_capacity=64 << 20))
+def accelerator() -> tenants.Accelerator:
+    return tenants.Accelerator("u200", device=EmulatedDevice("u200", bank_capacity=64 << 20))
 
 
 @pytest.fixture(scope="module")
 def lstm():
-    m = rnn_compiler.random_model("LSTM", hidden=64, input_size=32, steps=12, batch=2, seed=3)
+    m = small.random_rnn_model("LSTM", hidden=64, input_size=32, steps=12, batch=2, seed=3)
     rng = np.random.default_rng(4)
     calib = [{"X": rng.uniform(-1, 1, (12, 2, 32)).astype(np.float32)} for _ in range(2)]
-    return m, rnn_compiler.compile_rnn(m, "u200", calibration=calib)
+    return m, rnn.compile_rnn(m, "u200", calibration=calib)
 
 
 def _x(seed: int) -> np.ndarray:
@@ -52,7 +55,7 @@ def test_lstm_tenant_equals_the_executor_and_onnxruntime(lstm):
     x = _x(1)
     got, info = t.run_with_info(x)
     assert info.ok and info.modeled_cycles > 0
-    want = rnn_compiler.RnnCoreSim("u200").run(compiled, rnn_compiler.plan_rnn(compiled, 2), {"X": x})
+    want = rnn.RnnCoreSim("u200").run(compiled, rnn.plan_rnn(compiled, 2), {"X": x})
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -64,7 +67,7 @@ def test_lstm_tenant_equals_the_executor_and_onnxruntime(lstm):
 
 def test_cnn_and_lstm_tenants_side_by_side(lstm):
     _, compiled = lstm
-    cnn_model = make_model("conv", models.conv_graph(5, shape=(16, 16, 16), cout=32), seed=5)
+    cnn_model = make_model("conv", small.conv_graph(5, shape=(16, 16, 16), cout=32), seed=5)
     ov = accelerator()
     cnn = ov.deploy(cnn_model.compiled, cores=8, name="vision")
     rnn = ov.deploy(compiled, cores=4, name="speech")
@@ -118,7 +121,7 @@ def test_cores_never_cross_kinds(lstm):
     _, compiled = lstm
     ov = accelerator()
     rnn = ov.deploy(compiled, cores=1, name="speech")
-    cnn = ov.deploy(make_model("c", models.conv_graph(2)).compiled, cores=1, name="vision")
+    cnn = ov.deploy(make_model("c", small.conv_graph(2)).compiled, cores=1, name="vision")
     with pytest.raises(DeployError, match=r"must name distinct RNN cores of 16\.\.23"):
         ov.reallocate({"speech": [0]})
     with pytest.raises(DeployError, match=r"must name distinct CNN cores of 0\.\.15"):
@@ -142,17 +145,17 @@ def test_cores_never_cross_kinds(lstm):
 def test_rnn_input_errors_are_named(lstm):
     _, compiled = lstm
     ov = accelerator()
-    rnn = ov.deploy(compiled, cores=1, name="speech")
-    with pytest.raises(rnn_compiler.RnnCompileError, match=r"input 'X' has shape \(12, 1, 32\)"):
-        rnn.submit(np.zeros((12, 1, 32), np.float32))
+    speech = ov.deploy(compiled, cores=1, name="speech")
+    with pytest.raises(rnn.RnnCompileError, match=r"input 'X' has shape \(12, 1, 32\)"):
+        speech.submit(np.zeros((12, 1, 32), np.float32))
     with pytest.raises(TypeError, match="RNN tenant"):
-        rnn.submit_quantized(np.zeros((12, 2, 32), np.int8))
-    assert rnn.requests == 0 and rnn.run(_x(0))
+        speech.submit_quantized(np.zeros((12, 2, 32), np.int8))
+    assert speech.requests == 0 and speech.run(_x(0))
     ov.close()
 
 
 def test_simulator_gives_the_rnn_tenants_cycles(lstm):
-    from vfpga.runtime import perfsim
+    from vfpga.runtime.sim import simulator
 
     _, compiled = lstm
     ov = accelerator()
@@ -160,7 +163,7 @@ def test_simulator_gives_the_rnn_tenants_cycles(lstm):
     _, info = rnn.run_with_info(_x(0))
     cores = list(rnn.cores)
     ov.close()
-    sim = perfsim.Simulator("u200")
+    sim = simulator.Simulator("u200")
     sim.deploy("speech", compiled, cores)
     (r,) = sim.run({"speech": [0]})["speech"]
     assert r.device_cycles == info.modeled_cycles > 0

@@ -32,8 +32,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from vfpga.runtime import frontend, golden, ir, zoo
-from vfpga.runtime.reference import OrtReference, to_hwc
+from vfpga.runtime.compiler import frontend, ir
+from vfpga.runtime.compiler.frontend.marshal import to_hwc
+from vfpga.runtime.compiler.frontend.reference import OrtReference
+from vfpga.runtime.hw import golden
+from vfpga.runtime.models import zoo
 
 # Layer counts by kind (with Concat input sharing, see frontend.share_concat_scales).
 EXPECTED = {
@@ -316,11 +319,12 @@ def _emulate(name, n_inputs, board="u200"):
     """Compile, deploy on one emulated core and run: every output must equal
     the golden model bit for bit (per-layer agreement with onnxruntime is
     the golden model's, checked above)."""
-    from vfpga.runtime import api, compiler
+    from vfpga.runtime import tenants
+    from vfpga.runtime.compiler import static
 
     model, _, graph, _ = build(name)
-    compiled = compiler.compile_graph(graph, board)
-    ov = api.open(board)
+    compiled = static.compile_graph(graph, board)
+    ov = tenants.open(board)
     try:
         tenant = ov.deploy(compiled, name=name)
         for x in zoo.random_inputs(model, n_inputs, seed=21):

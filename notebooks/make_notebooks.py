@@ -29,13 +29,13 @@ import tempfile
 import onnx
 import onnxruntime as ort
 
-from vfpga.runtime import models
+from vfpga.runtime.models import small
 
 path = os.path.join(tempfile.mkdtemp(), "small_cnn.onnx")
-onnx.save(models.small_cnn(seed=0), path)
-net = ov.deploy(path, cores=2, name="vision", calibration=models.calibration_inputs(16, seed=1))
+onnx.save(small.small_cnn(seed=0), path)
+net = ov.deploy(path, cores=2, name="vision", calibration=small.calibration_inputs(16, seed=1))
 net.cores'''),
-        ("code", '''x = models.calibration_inputs(1, seed=7)[0]
+        ("code", '''x = small.calibration_inputs(1, seed=7)[0]
 y = net.run(x)
 ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
 print("accelerator:", y.ravel()[:5])
@@ -53,16 +53,18 @@ print(f"{s.requests} requests, device latency {s.latency_ms:.3f} ms ({s.source})
         ("code", SETUP),
         ("code", '''import threading
 
-from vfpga.runtime import frontend, golden, models
+from vfpga.runtime.compiler import frontend
+from vfpga.runtime.hw import golden
+from vfpga.runtime.models import small
 
-tenants = {"vision": ov.deploy(models.small_cnn(0), cores=8, name="vision",
-                               calibration=models.calibration_inputs(8, seed=1)),
-           "flat": ov.deploy(models.flatten_cnn(1), cores=4, name="flat",
-                             calibration=models.calibration_inputs(8, seed=2))}
+tenants = {"vision": ov.deploy(small.small_cnn(0), cores=8, name="vision",
+                               calibration=small.calibration_inputs(8, seed=1)),
+           "flat": ov.deploy(small.flatten_cnn(1), cores=4, name="flat",
+                             calibration=small.calibration_inputs(8, seed=2))}
 {n: t.cores for n, t in tenants.items()}'''),
         ("code", '''def stream(t, n, seed, out):
     g = t.graph
-    for x in models.calibration_inputs(n, seed):
+    for x in small.calibration_inputs(n, seed):
         xq = frontend.quantize_input(x, g.tensors[g.inputs[0]])
         (y,), _ = t.run_quantized(xq)
         out.append(np.array_equal(y, golden.run_graph(g, xq)[g.outputs[0]]))
@@ -91,11 +93,12 @@ ov.close()'''),
 
 import matplotlib.pyplot as plt
 
-from vfpga.runtime import frontend, models
+from vfpga.runtime.compiler import frontend
+from vfpga.runtime.models import small
 
-net = ov.deploy(models.small_cnn(0), cores=1, name="bench", calibration=models.calibration_inputs(8, seed=1))
+net = ov.deploy(small.small_cnn(0), cores=1, name="bench", calibration=small.calibration_inputs(8, seed=1))
 g = net.graph
-xq = frontend.quantize_input(models.calibration_inputs(1, seed=3)[0], g.tensors[g.inputs[0]])
+xq = frontend.quantize_input(small.calibration_inputs(1, seed=3)[0], g.tensors[g.inputs[0]])
 cores, latency_ms, retarget_ms = [], [], []
 for k in (1, 2, 4, 8):
     if k > len(ov.cores):

@@ -1,8 +1,17 @@
-"""Errors the runtime API raises, in one place so every module names the same classes."""
+"""The errors a user of the runtime catches, in one place: every module
+raises these same classes (defined here, or where the layer that detects
+them lives, and re-exported here)."""
 
 from __future__ import annotations
 
-from vfpga.driver.tenant_context import ContextError, MaskRejected, QueueFull  # noqa: F401 - re-exported
+from vfpga.driver.tenant_context import ContextError, MaskRejected, QueueFull
+from vfpga.runtime.compiler.frontend.errors import FrontendError, UnsupportedOperatorError
+from vfpga.runtime.compiler.ifp import IfpError
+from vfpga.runtime.compiler.rnn.model import RnnCompileError
+from vfpga.runtime.compiler.static import CompileError
+
+__all__ = ["CompileError", "ContextError", "DeployError", "FrontendError", "IfpError", "MaskRejected", "QueueFull",
+           "RnnCompileError", "TenantFault", "TenantRemoved", "UnsupportedOperatorError"]
 
 
 class DeployError(RuntimeError):

@@ -36,7 +36,9 @@ def main(argv=None) -> int:
     import onnxruntime as ort
 
     from vfpga import overlay
-    from vfpga.runtime import api, compiler, dynamic, frontend, ifp, zoo
+    from vfpga.runtime import tenants
+    from vfpga.runtime.compiler import dynamic, frontend, ifp, static
+    from vfpga.runtime.models import zoo
 
     cfg = overlay.load(a.board)
     with warnings.catch_warnings():
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
         out = os.path.join(tmp, f"{a.model}.ifp")
         t0 = time.perf_counter()
         graph = frontend.to_graph(qdq, fallback=True)
-        compiled = compiler.compile_graph(graph, cfg)
+        compiled = static.compile_graph(graph, cfg)
         ifp.save(compiled, out)
         static_s = time.perf_counter() - t0
         ifp_mb = os.path.getsize(out) / 2**20
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
     print("  [target < 1 ms median, aim 0.1 ms; published ~1 ms]")
 
     # functional emulation vs onnxruntime, same quantized model, same machine, same run
-    ov = api.open(a.board)
+    ov = tenants.open(a.board)
     tenant = ov.deploy(compiled, name=a.model)
     x_q = frontend.quantize_input(xs[2], graph.tensors[graph.inputs[0]])
     tenant.run_quantized(x_q)  # warm-up

@@ -23,12 +23,14 @@ import time
 
 import numpy as np
 
-from vfpga.runtime import api, frontend, models, zoo
+from vfpga.runtime import tenants
+from vfpga.runtime.compiler import frontend
+from vfpga.runtime.models import small, zoo
 
 
 def _model(name: str):
     if name == "small_cnn":
-        return models.small_cnn(0), models.calibration_inputs(16, 1), models.calibration_inputs(2, 5)
+        return small.small_cnn(0), small.calibration_inputs(16, 1), small.calibration_inputs(2, 5)
     m = zoo.load(name)
     return m, zoo.random_inputs(m, 4, seed=1), zoo.random_inputs(m, 2, seed=5)
 
@@ -48,7 +50,7 @@ def _stream(tenant, xs, stop: threading.Event, results: list, errors: list) -> N
 def bench(name: str, board: str, repeats: int) -> bool:
     model, calib, inputs = _model(name)
     t0 = time.perf_counter()
-    ov = api.open(board, emulate=True)
+    ov = tenants.open(board, emulate=True)
     n = ov.n_cores
     tenant = ov.deploy(ov.compile(model, calibration=calib, progress=False), cores=n // 2, name=name)
     graph = tenant.graph
@@ -61,7 +63,7 @@ def bench(name: str, board: str, repeats: int) -> bool:
     th = threading.Thread(target=_stream, args=(tenant, xs, stop, results, errors), daemon=True)
     th.start()
     counts = [1, 2, 4, 8, n // 2, n]
-    kinds: dict[str, list[api.Reallocation]] = {"count": [], "move": []}
+    kinds: dict[str, list[tenants.Reallocation]] = {"count": [], "move": []}
     hz = ov.config["clock_mhz"] * 1e6
     try:
         for r in range(repeats):

@@ -39,8 +39,9 @@ def main(argv=None) -> int:
     import onnxruntime as ort
 
     from vfpga import overlay
-    from vfpga.runtime import rnn_compiler as rc
-    from vfpga.runtime import rnn_cycle_model as rcm
+    from vfpga.runtime.compiler import rnn as rc
+    from vfpga.runtime.hw import rnn_cycle_model as rcm
+    from vfpga.runtime.models import small
 
     base_cfg = overlay.load(a.baseline)
     big = base_cfg.get("rnn_core") or {}
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     for op in ("LSTM", "GRU"):
         for hidden in a.hidden:
             for seq in a.seq:
-                m = rc.random_model(op, hidden, hidden, seq, seed=hidden + seq)
+                m = small.random_rnn_model(op, hidden, hidden, seq, seed=hidden + seq)
                 feeds = {"X": np.random.default_rng(seq).uniform(-1, 1, (seq, 1, hidden)).astype(np.float32)}
                 c = rc.compile_rnn(m, a.board, calibration=[feeds])
                 g = 4 if op == "LSTM" else 3

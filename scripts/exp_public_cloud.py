@@ -4,7 +4,7 @@
     python scripts/exp_public_cloud.py [--quick] [--out DIR]
 """
 
-from vfpga.runtime.bench import experiment_main
+from vfpga.runtime.experiments.report import experiment_main
 
 if __name__ == "__main__":
     raise SystemExit(experiment_main("public_cloud"))

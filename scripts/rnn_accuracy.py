@@ -29,8 +29,9 @@ def main(argv=None) -> int:
     import numpy as np
     import onnxruntime as ort
 
-    from vfpga.runtime import rnn_compiler as rc
-    from vfpga.runtime import rnn_golden as rg
+    from vfpga.runtime.compiler import rnn as rc
+    from vfpga.runtime.hw import rnn_golden as rg
+    from vfpga.runtime.models import small
 
     sim = rc.RnnCoreSim(a.board)
     cells = [("LSTM", 0), ("GRU", 0)] + ([("GRU", 1)] if a.lbr1 else [])
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
     for op, lbr in cells:
         for hidden in a.hidden:
             for seq in a.seq:
-                m = rc.random_model(op, hidden, hidden, seq, 1, lbr, seed=hidden * 1000 + seq)
+                m = small.random_rnn_model(op, hidden, hidden, seq, 1, lbr, seed=hidden * 1000 + seq)
                 x = np.random.default_rng(seq).uniform(-1, 1, (seq, 1, hidden)).astype(np.float32)
                 feeds = {"X": x}
                 ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)

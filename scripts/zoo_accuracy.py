@@ -61,10 +61,13 @@ def main(argv=None) -> int:
     p.add_argument("--board", default="u200")
     a = p.parse_args(argv)
 
-    from vfpga.runtime import api, compiler, frontend, golden, zoo
-    from vfpga.runtime.reference import OrtReference
+    from vfpga.runtime import tenants
+    from vfpga.runtime.compiler import frontend, static
+    from vfpga.runtime.compiler.frontend.reference import OrtReference
+    from vfpga.runtime.hw import golden
+    from vfpga.runtime.models import zoo
 
-    ov = api.open(a.board)
+    ov = tenants.open(a.board)
     print("| model | layers (cpu) | per-layer max LSB | identical | emulator = golden | e2e max LSB | "
           "cosine (min) | top-1 | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
             xs = zoo.random_inputs(model, a.inputs + 2, seed=1)
             qdq = frontend.quantize(model, xs[:2])
         graph = frontend.to_graph(qdq, fallback=True)
-        compiled = compiler.compile_graph(graph, ov.config)
+        compiled = static.compile_graph(graph, ov.config)
         tenant = ov.deploy(compiled, name=name)
         int8_names = [n for n, t in graph.tensors.items() if t.dtype == "int8"]
         ref = OrtReference(qdq, tensors=int8_names, optimize=False)

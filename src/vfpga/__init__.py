@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 def open(board: str = "u200", emulate=None):  # noqa: A001 - mirrors the design's vfpga.open
     """The accelerator for ``board`` (see :func:`vfpga.runtime.api.open`)."""
-    from vfpga.runtime import api
+    from vfpga.runtime import tenants
 
-    return api.open(board, emulate=emulate)
+    return tenants.open(board, emulate=emulate)

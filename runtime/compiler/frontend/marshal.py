@@ -1,0 +1,80 @@
+"""Host-side marshalling between ONNX tensors (float NCHW) and the
+accelerator's (int8 HWC), as ONNX QuantizeLinear/DequantizeLinear define it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vfpga.runtime.compiler import ir
+from vfpga.runtime.hw import fixed_point
+
+from .errors import FrontendError
+
+# ---------------------------------------------------------------- host-side I/O
+
+
+def onnx_layout(tensor: ir.Tensor) -> tuple[int, ...]:
+    h, w, c = tensor.shape
+    return tuple(tensor.onnx_shape) if tensor.onnx_shape is not None else (1, c, h, w)
+
+
+def quantize_input(x, tensor: ir.Tensor) -> np.ndarray:
+    """Float NCHW input -> int8 HWC as ONNX QuantizeLinear does it:
+    saturate(round_half_even(x / scale) + zero_point), in float32."""
+    expected = onnx_layout(tensor)
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise FrontendError(
+            f"model input: expected float32 NCHW {list(expected)}, got dtype {x.dtype}"
+        )
+    if tuple(x.shape) != expected:
+        raise FrontendError(
+            f"model input: expected float32 NCHW {list(expected)}, got shape {list(x.shape)}"
+        )
+    q = np.rint(x.astype(np.float32) / np.float32(tensor.scale)) + tensor.zero_point
+    q = np.clip(q, fixed_point.INT8_MIN, fixed_point.INT8_MAX).astype(np.int8)
+    h, w, c = tensor.shape
+    return np.ascontiguousarray(q.reshape(c, h, w).transpose(1, 2, 0))
+
+
+def dequantize_output(q, tensor: ir.Tensor) -> np.ndarray:
+    """int8 HWC -> float32 in the ONNX output's layout (NCHW, or the
+    flattened [1, K] for a fully-connected output): (q - zp) * scale.
+    A float32 output (tensor.dtype "float32", computed on the CPU) is only
+    put into the ONNX layout."""
+    q = np.asarray(q)
+    if tensor.dtype == "float32":  # a float graph output computed on the CPU
+        if q.dtype != np.float32 or tuple(q.shape) != tuple(tensor.shape):
+            raise FrontendError(
+                f"output '{tensor.name}': expected float32 HWC {list(tensor.shape)}, got {q.dtype} {list(q.shape)}"
+            )
+        return np.ascontiguousarray(q.transpose(2, 0, 1)).reshape(onnx_layout(tensor))
+    if q.dtype != np.int8 or tuple(q.shape) != tuple(tensor.shape):
+        raise FrontendError(
+            f"output '{tensor.name}': expected int8 HWC {list(tensor.shape)}, got {q.dtype} {list(q.shape)}"
+        )
+    x = (q.astype(np.float32) - np.float32(tensor.zero_point)) * np.float32(tensor.scale)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)).reshape(onnx_layout(tensor))
+
+
+
+def to_hwc(a: np.ndarray) -> np.ndarray:
+    """ONNX NCHW (or [1, N]) batch-1 tensor -> HWC."""
+    if a.ndim == 4:
+        return np.ascontiguousarray(a[0].transpose(1, 2, 0))
+    if a.ndim == 2:
+        return a.reshape(1, 1, -1)
+    raise ValueError(f"cannot map a tensor of shape {a.shape} to HWC")
+
+
+def to_onnx_layout(hwc: np.ndarray, onnx_shape=None) -> np.ndarray:
+    """HWC batch-1 tensor -> NCHW, reshaped to ``onnx_shape`` (e.g. a
+    flattened [1, K]) when given; the inverse of :func:`from_onnx_layout`."""
+    nchw = np.ascontiguousarray(hwc.transpose(2, 0, 1))[None]
+    return nchw.reshape(onnx_shape) if onnx_shape is not None else nchw
+
+
+def from_onnx_layout(a: np.ndarray, hwc_shape) -> np.ndarray:
+    """ONNX tensor (NCHW or flattened in NCHW order) -> HWC of ``hwc_shape``."""
+    h, w, c = hwc_shape
+    return np.ascontiguousarray(np.asarray(a).reshape(c, h, w).transpose(1, 2, 0))

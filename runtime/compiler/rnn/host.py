@@ -1,0 +1,83 @@
+"""The host side of an RNN request: the request image written into the
+segment and the outputs read back, in ONNX's layouts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vfpga.runtime.hw import rnn_golden as rg
+
+from .graph import dev_to_onnx_y
+from .model import CompiledRnn, RnnCompileError, RnnLayer
+
+# ------------------------------------------------------------ host side
+
+def _to_dev_states(val, lay: RnnLayer, batch):
+    """ONNX initial state ([D, B, H], layout 1: [B, D, H]) -> [D, B, H] float."""
+    if val is None:
+        return np.zeros((lay.directions, batch, lay.hidden))
+    v = np.asarray(val, dtype=np.float64)
+    return v if lay.layout == 0 else v.transpose(1, 0, 2)
+
+
+def request_image(compiled: CompiledRnn, feeds: dict) -> dict[int, bytes]:
+    """The per-request bytes: quantized input, initial states (Q.15 and int8)."""
+    lay0 = compiled.layers[0]
+    if compiled.input_name not in feeds:
+        raise RnnCompileError(f"missing input {compiled.input_name!r}")
+    x = np.asarray(feeds[compiled.input_name], dtype=np.float64)
+    want = ((compiled.steps, compiled.batch, lay0.input_size) if lay0.layout == 0
+            else (compiled.batch, compiled.steps, lay0.input_size))
+    if x.shape != want:
+        raise RnnCompileError(f"input {compiled.input_name!r} has shape {x.shape}, the model was compiled for {want}")
+    if lay0.layout == 1:
+        x = x.transpose(1, 0, 2)
+    img = {compiled.addr["x"]: rg.quantize_input(x, lay0.x_scale).tobytes()}
+    for lay in compiled.layers:
+        a = lay.addr
+        h0 = feeds.get(lay.h0_name) if lay.h0_name else lay.h0
+        c0 = feeds.get(lay.c0_name) if lay.c0_name else lay.c0
+        h = _to_dev_states(h0, lay, compiled.batch)
+        hq = np.clip(np.round(h * rg.ONE), rg.INT32_MIN, rg.INT32_MAX).astype("<i4")
+        img[a["hs"]] = hq.tobytes()
+        img[a["h0q"]] = np.stack([lay.params[d].h_to_q8(hq[d]) for d in range(lay.directions)]).tobytes()
+        if lay.op == "LSTM":
+            c = _to_dev_states(c0, lay, compiled.batch)
+            img[a["c"]] = np.clip(np.round(c * rg.ONE), rg.INT32_MIN, rg.INT32_MAX).astype("<i4").tobytes()
+    return img
+
+
+def read_outputs(compiled: CompiledRnn, seg: np.ndarray) -> list[np.ndarray]:
+    """The graph outputs from a segment after the request: RNN outputs
+    dequantized (Y masked past sequence_lens), heads run on onnxruntime."""
+    steps, batch = compiled.steps, compiled.batch
+    mem = np.asarray(seg).view(np.int8)
+    values = {}
+    for lay in compiled.layers:
+        a, nd, hh = lay.addr, lay.directions, lay.hidden
+        n = steps * batch * nd * hh
+        if lay.history:
+            y = mem[a["hh"]:a["hh"] + 4 * n].view("<i4").astype(np.float64) / rg.ONE
+        else:
+            y = mem[a["y"]:a["y"] + n].astype(np.float64) * lay.h_scale
+        y = y.reshape(steps, batch, nd, hh)
+        if lay.seq_lens is not None:
+            t = np.arange(steps)[:, None]
+            y = np.where((t < lay.seq_lens[None, :])[:, :, None, None], y, 0.0)
+        values[lay.outputs[0]] = dev_to_onnx_y(y, lay.layout)
+        for name, key in ((lay.outputs[1], "hs"), (lay.outputs[2] if lay.op == "LSTM" else "", "c")):
+            if name:
+                s = mem[a[key]:a[key] + 4 * nd * batch * hh].view("<i4").astype(np.float64) / rg.ONE
+                s = s.reshape(nd, batch, hh)
+                values[name] = s if lay.layout == 0 else s.transpose(1, 0, 2)
+    values = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in values.items() if k}
+    if compiled.post is not None:
+        import onnxruntime as ort
+
+        sess = getattr(compiled, "_post_session", None)
+        if sess is None:
+            sess = ort.InferenceSession(compiled.post.SerializeToString(), providers=["CPUExecutionProvider"])
+            compiled._post_session = sess
+        names = [o.name for o in sess.get_outputs()]
+        values.update(zip(names, sess.run(None, {k: values[k] for k in compiled.post_inputs})))
+    return [values[o] for o in compiled.outputs]

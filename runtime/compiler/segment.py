@@ -1,0 +1,61 @@
+"""A tenant segment's whole layout: the static stage's image (constants,
+activations, I/O, frames) followed by the areas the driver needs -- the
+request ring, the completion records and two halves for dispatch programs
+(re-allocation writes the half no request in flight is walking).
+
+Every figure here is a segment offset; the tenant's cores check each
+address against the segment's limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vfpga.driver import isa
+from vfpga.driver.tenant_context import ring_bytes
+from vfpga.runtime.compiler import dynamic, rnn, static
+
+RING_SIZE = 16  # ring entries per tenant: a request posts its accelerator parts one at a time
+ALIGN = 64
+PAGE = 4096
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+@dataclass(frozen=True)
+class SegmentLayout:
+    """Where a tenant's driver areas go, after the compiled model's bytes."""
+
+    ring_offset: int
+    cpl_offset: int
+    part_entries: list[int]  # dispatch entries reserved per accelerator part (the largest variant mix)
+    program_halves: tuple[int, int]
+    size: int  # whole pages
+
+
+def driver_areas(model_bytes: int, part_entries: list[int]) -> SegmentLayout:
+    """Ring, records and two program halves (``part_entries`` dispatch
+    entries per accelerator part) after ``model_bytes`` of compiled model."""
+    ring, records = ring_bytes(RING_SIZE)
+    ring_offset = _align(model_bytes)
+    cpl_offset = _align(ring_offset + ring)
+    half = _align(sum(part_entries) * isa.DISPATCH.itemsize)
+    first = _align(cpl_offset + records)
+    size = -(-(first + 2 * half) // PAGE) * PAGE  # DMA buffers are whole pages
+    return SegmentLayout(ring_offset, cpl_offset, list(part_entries), (first, first + half), size)
+
+
+def segment_layout(compiled: static.CompiledModel, table: dynamic.DispatchTable | None = None) -> SegmentLayout:
+    """A CNN tenant's segment: per part, room for the largest variant mix."""
+    table = table or dynamic.DispatchTable(compiled)
+    return driver_areas(compiled.segment_size, [sum(max(len(v.cycles) for v in layer) for layer in part) + len(part) + 1
+                                                for part in table.parts])
+
+
+def rnn_segment_layout(compiled: rnn.CompiledRnn, n_rnn: int) -> SegmentLayout:
+    """The RNN tenant's segment: the compiled bytes, the ring, the records and
+    two halves holding the longest dispatch program over 1..n_rnn cores."""
+    longest = max(len(rnn.plan_rnn(compiled, k).program) for k in range(1, n_rnn + 1))
+    return driver_areas(compiled.segment_size, [longest])

@@ -1,0 +1,310 @@
+"""`vfpga bench`: every experiment of :mod:`vfpga.runtime.experiments`, one report.
+
+Each experiment writes ``<name>.md`` (its table), ``<name>.json`` (the
+numbers) and ``<name>.png`` (a plot) into the output directory; ``report.md``
+collects the tables and plots under the headline table, which sets our
+modeled ratios next to the published ones. ``--quick`` runs small versions
+(fewer requests, smaller models) for a smoke check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+from vfpga import overlay
+from vfpga.runtime.compiler import cache as compile_cache
+from vfpga.runtime.compiler.progress import Progress
+from vfpga.runtime.experiments import scenarios as E
+
+
+@dataclass
+class Config:
+    names: dict  # role -> zoo model
+    requests: int  # per tenant in the saturated runs
+    isolation_levels: tuple
+    isolation_requests: int
+    serving_s: float
+    realloc_models: tuple
+
+
+FULL = Config({"vgg": "vgg19", "res": "resnet50"}, 6, (0.0, 0.25, 0.5, 0.75, 1.0), 16, 1.0,
+              ("resnet50", "vgg19"))
+QUICK = Config({"vgg": "squeezenet", "res": "resnet50"}, 2, (0.0, 0.5, 1.0), 6, 0.3, ("resnet50",))
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    table: str
+    data: dict
+    png: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _md_table(header: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _plot(path: str, draw) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    draw(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return os.path.basename(path)
+
+
+def _split_table(d: dict, first: str, big: str, pool: str, fmt: str) -> str:
+    """The table of a fixed-split comparison (public cloud, RNN)."""
+    rows = [[r["split"], ", ".join(f"{t['tenant']} ({t['model']}, {t['cores']})" for t in r["tenants"]),
+             format(r["vfpga_total"], fmt), format(r["bigcore_total"], fmt), format(r["multicore_total"], fmt),
+             f"{r['vs_bigcore']:.2f}x", f"{r['vs_multicore']:.2f}x"] for r in d["rows"]]
+    return _md_table([first, "tenants (model, cores)", "vfpga req/s", f"{big} TDM", f"{pool} TDM",
+                      "vs big core", f"vs {pool}"], rows)
+
+
+def _split_plot(path: str, d: dict, big: str, pool: str, title: str, log: bool = False) -> str | None:
+    """Grouped bars: total throughput per split, vfpga and the two baselines."""
+
+    def draw(ax):
+        import numpy as np
+
+        x = np.arange(len(d["rows"]))
+        for i, (mode, label) in enumerate((("vfpga", "vfpga"), ("bigcore", f"static {big} (TDM)"),
+                                            ("multicore", f"static {pool} (TDM)"))):
+            ax.bar(x + (i - 1) * 0.27, [r[f"{mode}_total"] for r in d["rows"]], 0.27, label=label)
+        ax.set_xticks(x, [r["split"] for r in d["rows"]])
+        if log:
+            ax.set_yscale("log")
+        ax.set_ylabel("total throughput (req/s, modeled)")
+        ax.set_title(title)
+        ax.legend()
+
+    return _plot(path, draw)
+
+
+def public_cloud_section(models, cfg: Config, out: str, progress) -> Section:
+    d = E.public_cloud(models, cfg.names, cfg.requests, progress)
+    table = _split_table(d, "split", "big core", "16 cores", ".1f")
+    png = _split_plot(os.path.join(out, "public_cloud.png"), d, "big core", "16 cores", "Public cloud: fixed core splits")
+    return Section("public_cloud", "Public cloud: fixed splits", table, d, png)
+
+
+def private_cloud_section(models, cfg: Config, out: str, progress) -> Section:
+    d = E.private_cloud(models, cfg.names, cfg.serving_s, progress=progress)
+    label = {"fixed": "vfpga, fixed equal split", "adaptive": "vfpga, load-adaptive", "bigcore": "static big core (TDM)",
+             "multicore": "static 16 cores (TDM)"}
+    rows = [[label[r["policy"]], r["requests"], f"{r['throughput']:.1f}", f"{r['mean_ms']:.2f}", f"{r['p99_ms']:.2f}"]
+            for r in d["rows"]]
+    table = _md_table(["policy", "requests", "req/s", "mean ms", "p99 ms"], rows)
+
+    def draw(ax):
+        ax.bar([label[r["policy"]].replace(", ", "\n") for r in d["rows"]], [r["throughput"] for r in d["rows"]])
+        ax.set_ylabel("throughput (req/s, modeled)")
+        ax.set_title("Private cloud: the hot tenant changes over time")
+
+    return Section("private_cloud", "Private cloud: load-adaptive re-allocation on a shifting mix", table, d,
+                   _plot(os.path.join(out, "private_cloud.png"), draw))
+
+
+def isolation_section(models, cfg: Config, out: str, progress) -> Section:
+    d = E.isolation(models, cfg.names, cfg.isolation_levels, cfg.isolation_requests, progress=progress)
+    rows = [[f"{r['b_load']:.0%}", f"{r['vfpga']['p50_ms']:.2f}", f"{r['vfpga']['p99_ms']:.2f}",
+             f"{r['multicore']['p50_ms']:.2f}", f"{r['multicore']['p99_ms']:.2f}"] for r in d["rows"]]
+    table = _md_table(["tenant B load", "A p50 ms (vfpga)", "A p99 ms (vfpga)", "A p50 ms (TDM)", "A p99 ms (TDM)"],
+                      rows)
+
+    def draw(ax):
+        lv = [r["b_load"] * 100 for r in d["rows"]]
+        for mode, label in (("vfpga", "vfpga (8 + 8 cores)"), ("multicore", "time-division multiplexing")):
+            ax.plot(lv, [r[mode]["p99_ms"] for r in d["rows"]], marker="o", label=f"{label}, p99")
+            ax.plot(lv, [r[mode]["p50_ms"] for r in d["rows"]], marker=".", ls="--", label=f"{label}, p50")
+        ax.set_xlabel("tenant B offered load (% of its capacity)")
+        ax.set_ylabel(f"tenant A ({d['a_model']}) latency (ms, modeled)")
+        ax.set_title("Isolation")
+        ax.legend()
+
+    return Section("isolation", f"Isolation: tenant A ({d['a_model']}) while B ({d['b_model']}) ramps", table, d,
+                   _plot(os.path.join(out, "isolation.png"), draw))
+
+
+def realloc_section(models, cfg: Config, out: str, progress) -> Section:
+    if progress:
+        progress("re-allocation cost")
+    d = E.realloc_cost(models, cfg.realloc_models)
+    rows = [[r["model"], r["k"], f"{r['dynamic_stage_ms']:.3f}", r["program_bytes"], f"{r['drain_max_us']:.1f}"]
+            for r in d["rows"]]
+    table = _md_table(["model", "cores", "dynamic stage ms (host)", "program bytes", "drain max us (modeled)"], rows)
+
+    def draw(ax):
+        for m in cfg.realloc_models:
+            rs = [r for r in d["rows"] if r["model"] == m]
+            ax.plot([r["k"] for r in rs], [r["dynamic_stage_ms"] for r in rs], marker="o", label=m)
+        ax.axhline(E.PUBLISHED["recompile_ms"], color="gray", ls=":", label="published (~1 ms)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("cores")
+        ax.set_ylabel("dynamic stage (ms, host)")
+        ax.set_title("Re-allocation: dynamic stage")
+        ax.legend()
+
+    return Section("realloc", "Re-allocation cost", table, d, _plot(os.path.join(out, "realloc.png"), draw))
+
+
+def serving_section(models, cfg: Config, out: str, progress) -> Section:
+    res, vgg = cfg.names["res"], cfg.names["vgg"]
+    hz = overlay.load(E.POOL)["clock_mhz"] * 1e6
+    alone_s = {m: E.alone_latency(models, m) / hz for m in (res, vgg)}  # one request on all 16 cores
+
+    def rate(model: str, share: float) -> float:
+        """Requests per second that keep ``share`` of the whole device busy with ``model``."""
+        return share / alone_s[model]
+
+    # (name, model, share of the device offered, SLO in multiples of the alone latency, priority)
+    tenants = [E.ServingTenant("vision", res, rate(res, 0.3), 6e3 * alone_s[res], 2),
+               E.ServingTenant("batch", vgg, rate(vgg, 0.3), 20e3 * alone_s[vgg], 0),
+               E.ServingTenant("search", res, rate(res, 0.2), 10e3 * alone_s[res], 1)]
+    d = E.serving(models, tenants, cfg.serving_s, progress=progress)
+    rows = []
+    for policy, p in d["policies"].items():
+        for name, t in p["tenants"].items():
+            if not t["requests"]:
+                rows.append([policy, name, 0, "-", "-", f"{t['slo_ms']:.2f}", "-"])
+                continue
+            rows.append([policy, name, t["requests"], f"{t['p50_ms']:.2f}", f"{t['p99_ms']:.2f}", f"{t['slo_ms']:.2f}",
+                         f"{t['slo_attainment']:.0%}"])
+        rows.append([policy, "**all**", "", "", "", "", f"{p['slo_attainment']:.0%} (STP {p['stp']:.2f}, "
+                     f"ANTT {p['antt']:.2f})"])
+    table = _md_table(["policy", "tenant", "requests", "p50 ms", "p99 ms", "SLO ms", "SLO met"], rows)
+
+    def draw(ax):
+        import numpy as np
+
+        pols = list(d["policies"])
+        names = [t.name for t in tenants]
+        x = np.arange(len(names))
+        for i, pol in enumerate(pols):
+            ax.bar(x + (i - 1) * 0.27, [d["policies"][pol]["tenants"][n]["p99_ms"] or 0 for n in names], 0.27,
+                   label=pol)
+        ax.set_xticks(x, names)
+        ax.set_ylabel("p99 latency (ms, modeled)")
+        ax.set_title("Serving under Poisson arrivals")
+        ax.legend()
+
+    return Section("serving", "Serving under Poisson arrivals: three policies", table, d,
+                   _plot(os.path.join(out, "serving.png"), draw))
+
+
+def rnn_section(models, cfg: Config, out: str, progress) -> Section:
+    rnn_models = E.load_rnn_models(list(E.RNN_MODELS), progress=progress)
+    d = E.rnn_throughput(rnn_models, max(2, cfg.requests), progress)
+    table = _split_table(d, "RNN cores", "big RNN core", "8 RNN cores", ".0f")
+    png = _split_plot(os.path.join(out, "rnn.png"), d, "big RNN core", "8 RNN cores", "RNN tenants (seq 25, batch 1)",
+                      log=True)
+    notes = ["Hidden 1024 on fewer than 8 cores streams its weights from DDR every timestep (they do not fit the "
+             "cores' weight buffers); the big core keeps them on chip."]
+    return Section("rnn", "RNN: LSTM/GRU tenants against the static RNN designs", table + "\n\n" + notes[0], d,
+                   png, notes)
+
+
+def headline(sections: dict) -> str:
+    rows = []
+    if "public_cloud" in sections:
+        shared = [r for r in sections["public_cloud"].data["rows"] if len(r["tenants"]) > 1]
+        vs_big = [r["vs_bigcore"] for r in shared]
+        vs_multi = [r["vs_multicore"] for r in shared]
+        rows += [["CNN throughput vs static single big core", f"{min(vs_big):.2f}-{max(vs_big):.2f}x",
+                  "{:.2f}-{:.2f}x".format(*E.PUBLISHED["cnn_vs_single_core"])],
+                 ["CNN throughput vs static multi-core", f"{min(vs_multi):.2f}-{max(vs_multi):.2f}x",
+                  "{:.2f}-{:.2f}x".format(*E.PUBLISHED["cnn_vs_multi_core"])]]
+    if "realloc" in sections:
+        ds = [r["dynamic_stage_ms"] for r in sections["realloc"].data["rows"]]
+        rows.append(["re-targeting (dynamic stage)", f"{min(ds):.2f}-{max(ds):.2f} ms (host)",
+                     f"about {E.PUBLISHED['recompile_ms']:.0f} ms"])
+    if "rnn" in sections:
+        best = max(sections["rnn"].data["rows"], key=lambda r: r["vs_bigcore"])
+        worst = min(sections["rnn"].data["rows"], key=lambda r: r["vs_bigcore"])
+        rows.append(["RNN throughput vs static big RNN core", f"{worst['vs_bigcore']:.2f}x ({worst['split']}) to "
+                     f"{best['vs_bigcore']:.2f}x ({best['split']})", f"up to {E.PUBLISHED['rnn_vs_static']}x"])
+    return _md_table(["", "vfpga (modeled, multi-tenant splits)", "published"], rows)
+
+
+SECTIONS = {"public_cloud": public_cloud_section, "private_cloud": private_cloud_section,
+            "isolation": isolation_section, "realloc": realloc_section, "rnn": rnn_section,
+            "serving": serving_section}
+
+
+def run_bench(out: str, quick: bool = False, echo=print, only: list[str] | None = None) -> dict:
+    """Runs the experiments (``only``: a subset of SECTIONS) and writes the report."""
+    cfg = QUICK if quick else FULL
+    unknown = set(only or ()) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown experiments {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    with Progress("vfpga bench", enabled=None) as bar:
+        progress = bar.stage
+
+        models = E.load_models(sorted(set(cfg.names.values()) | set(cfg.realloc_models)), progress=progress)
+        sections = {}
+        for name, make in SECTIONS.items():
+            if only and name not in only:
+                continue
+            s = make(models, cfg, out, progress)
+            sections[s.name] = s
+            with open(os.path.join(out, f"{s.name}.md"), "w") as f:
+                f.write(f"## {s.title}\n\n{s.table}\n")
+            with open(os.path.join(out, f"{s.name}.json"), "w") as f:
+                json.dump(s.data, f, indent=1, default=float)
+    head = headline(sections)
+    if only:
+        for sec in sections.values():
+            echo(f"## {sec.title}\n\n{sec.table}\n")
+        return {"headline": head, "sections": {k: v.data for k, v in sections.items()}}
+    parts = [f"# vfpga bench{' (quick)' if quick else ''}\n",
+             "All device figures are **modeled**: the real level-1 dispatcher and dispatch programs with the "
+             "cycle model's frame times (see vfpga.runtime.experiments and vfpga.driver.pool_timeline); host "
+             "figures are measured on this machine. Models: " + ", ".join(f"{k} = {v}" for k, v in cfg.names.items())
+             + " (ONNX zoo architectures, random weights).\n", head, ""]
+    for s in sections.values():
+        parts += [f"## {s.title}\n", s.table, ""]
+        if s.png:
+            parts += [f"![{s.name}]({s.png})", ""]
+    parts.append(f"_{time.perf_counter() - t0:.0f} s on this machine._")
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write("\n".join(parts) + "\n")
+    echo(head)
+    echo(f"report: {os.path.join(out, 'report.md')}")
+    return {"headline": head, "sections": {k: v.data for k, v in sections.items()}}
+
+
+def experiment_main(name: str, argv=None) -> int:
+    """Command line of one experiment's script in scripts/."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=f"the {name.replace('_', ' ')} experiment of vfpga bench (modeled)")
+    p.add_argument("--quick", action="store_true", help="the small version")
+    p.add_argument("--out", default="vfpga-bench", help="output directory (default ./vfpga-bench)")
+    a = p.parse_args(argv)
+    run_bench(a.out, quick=a.quick, only=[name])
+    return 0
+
+
+def quick_headline() -> str:
+    """The headline table from the quick public-cloud and re-allocation runs alone."""
+    models = E.load_models(sorted(set(QUICK.names.values())))
+    out = os.path.join(compile_cache.default_dir(), "demo-bench")  # the plots land beside the compile cache
+    os.makedirs(out, exist_ok=True)
+    sections = {s.name: s for s in (public_cloud_section(models, QUICK, out, None),
+                                    realloc_section(models, QUICK, out, None), rnn_section(models, QUICK, out, None))}
+    return headline(sections)

@@ -1,0 +1,266 @@
+"""Analytic cycle model of the RNN core and of RNN plans (emulation timing).
+
+Why a separate model: the RNN core has its own four instructions and loop
+nests (hls/rnn_core.cpp), so its per-instruction iteration counts and
+pipeline depths differ from the CNN core's; the timing conventions are the
+CNN model's (runtime/cycle_model.py), whose constants (AXI burst limits,
+DSP/BRAM/requantization latencies, unit issue, token, marker and fetch
+costs) are reused here rather than restated.
+
+Three levels:
+
+* :func:`program_iters` -- pipelined-loop iterations per instruction, the
+  exact formulas the C-simulation counts (contract at the top of
+  hls/rnn_core.cpp; host_tests/test_rnn_compiler.py compares them with the
+  C-sim's ``iters``):
+      RNN_LOAD, RNN_SAVE   planes * rows * ceil(row_bytes / axi_bytes)
+      RNN_MATVEC           ceil(rows / ROWS) * ceil(cols / COLS)
+      RNN_GATES            ceil(n / LANES)
+* :func:`program_cycles` -- iterations plus fixed latencies (issue + DDR
+  latency + transfer + pipeline depth - 1 for loads and saves, issue +
+  iterations + depth - 1 for MATVEC and GATES). Pipeline depths:
+      MATVEC  BRAM read (2) + DSP MAC (3) + adder tree ceil(log2(COLS))
+              + accumulator add (1) + ACC write (1)
+      GATES   ACC/PARAM read (2) + requantization (7) + sum/clamp (1)
+              + table activation (BRAM 2 + DSP interpolation 3 + round 1
+              + clamp 1 = 7) + cell arithmetic (DSP 3 + round 1 + clamp 1)
+              + second activation (7) + output product (DSP 3 + round 1)
+              + q8 requantization (7) + VBUF write (1) = 44, the LSTM chain,
+              used for every cell (GRU's is one DSP stage shorter).
+  A transfer takes at least its bus beats, its bytes at the bank bandwidth
+  shared by ``bank_cores`` cores, and its bursts over the outstanding limit.
+* :func:`frame_cycles` / :func:`frames_cycles` -- one frame on one core:
+  instruction fetch, then the load / compute / save units in order within a
+  unit and ordered between units by the dependency tokens, as the core
+  steps; and :func:`plan_timing` -- a plan on k cores: per phase (the frames
+  between two barriers) the busiest slot, each frame paying the
+  dispatcher's issue cost, plus the barrier; frames of a phase share the
+  segment's DDR bank (bank_cores = frames in flight).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from vfpga.driver import isa
+from vfpga.runtime.hw import cycle_model as cm
+
+L = isa.lib
+MATVEC_FIXED_DEPTH = cm.BRAM_READ_LATENCY + cm.DSP_MAC_LATENCY + cm.ALU_LATENCY + cm.BUF_WRITE_LATENCY
+ACT_LATENCY = cm.BRAM_READ_LATENCY + cm.DSP_MAC_LATENCY + cm.ROUND_SHIFT_LATENCY + cm.CLAMP_LATENCY
+GATES_PIPELINE_DEPTH = (cm.BRAM_READ_LATENCY + cm.REQUANT_LATENCY + cm.ALU_LATENCY + ACT_LATENCY
+                        + cm.DSP_MAC_LATENCY + cm.ROUND_SHIFT_LATENCY + cm.CLAMP_LATENCY + ACT_LATENCY
+                        + cm.DSP_MAC_LATENCY + cm.ROUND_SHIFT_LATENCY + cm.REQUANT_LATENCY + cm.BUF_WRITE_LATENCY)
+
+_MEM = isa.RNN_FORMATS["mem"]
+_MV = isa.RNN_FORMATS["matvec"]
+_GATES = isa.RNN_FORMATS["gates"]
+LOAD, COMPUTE, SAVE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Timing:
+    rows: int
+    cols: int
+    lanes: int
+    axi: int
+    latency: int
+    bytes_per_cycle: float
+    clock_hz: float
+    issue: int  # dispatcher cycles per frame
+    barrier: int
+
+    @classmethod
+    def of(cls, cfg: dict) -> Timing:
+        r, ddr = cfg["rnn_core"], cfg["ddr"]
+        clock = float(cfg["clock_mhz"]) * 1e6
+        disp = cfg.get("dispatcher", {})
+        return cls(r["rows"], r["cols"], r["lanes"], int(ddr["axi_bytes"]), int(ddr["burst_latency_cycles"]),
+                   float(ddr["bank_gbytes_per_s"]) * 1e9 / clock, clock, int(disp.get("issue_cycles", 0)),
+                   int(disp.get("barrier_cycles", 0)))
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _rows(program) -> np.ndarray:
+    p = np.asarray(program, np.uint8)
+    return p.reshape(-1, isa.INSN_BYTES)
+
+
+def program_iters(program, cfg: dict) -> np.ndarray:
+    """Pipelined-loop iterations of every instruction (int64 [n])."""
+    tm = Timing.of(cfg)
+    p = _rows(program)
+    op = p[:, 0].astype(np.int64)
+    mem, mv, ga = p.view(_MEM).reshape(-1), p.view(_MV).reshape(-1), p.view(_GATES).reshape(-1)
+    it = np.zeros(len(p), np.int64)
+    m = (op == L.VF_RNN_OP_LOAD) | (op == L.VF_RNN_OP_SAVE)
+    it[m] = (mem["planes"][m].astype(np.int64) * mem["rows"][m] * _cdiv(mem["row_bytes"][m].astype(np.int64), tm.axi))
+    m = op == L.VF_RNN_OP_MATVEC
+    it[m] = _cdiv(mv["rows"][m].astype(np.int64), tm.rows) * _cdiv(mv["cols"][m].astype(np.int64), tm.cols)
+    m = op == L.VF_RNN_OP_GATES
+    it[m] = _cdiv(ga["n"][m].astype(np.int64), tm.lanes)
+    return it
+
+
+def _cycles(p: np.ndarray, it: np.ndarray, tm: Timing, bank_cores: int) -> np.ndarray:
+    op = p[:, 0].astype(np.int64)
+    mem = p.view(_MEM).reshape(-1)
+    cyc = np.zeros(len(p), np.int64)
+    m = (op == L.VF_RNN_OP_LOAD) | (op == L.VF_RNN_OP_SAVE)
+    if m.any():
+        nbytes = mem["planes"].astype(np.int64) * mem["rows"] * mem["row_bytes"]
+        bursts = mem["planes"].astype(np.int64) * mem["rows"] * _cdiv(_cdiv(mem["row_bytes"].astype(np.int64),
+                                                                            tm.axi), cm.AXI_MAX_BURST_BEATS)
+        bw = np.ceil(nbytes * (bank_cores / tm.bytes_per_cycle)).astype(np.int64)
+        lat = np.maximum(_cdiv(bursts * tm.latency, cm.AXI_OUTSTANDING) - tm.latency, 0)
+        xfer = np.maximum(np.maximum(it, bw), lat)
+        depth = np.where(op == L.VF_RNN_OP_LOAD, cm.LOAD_PIPELINE_DEPTH, cm.SAVE_PIPELINE_DEPTH)
+        cyc = np.where(m, cm.UNIT_ISSUE_CYCLES + tm.latency + xfer + depth - 1, cyc)
+    mv_depth = MATVEC_FIXED_DEPTH + max(1, math.ceil(math.log2(tm.cols)))
+    cyc = np.where(op == L.VF_RNN_OP_MATVEC, cm.UNIT_ISSUE_CYCLES + it + mv_depth - 1, cyc)
+    cyc = np.where(op == L.VF_RNN_OP_GATES, cm.UNIT_ISSUE_CYCLES + it + GATES_PIPELINE_DEPTH - 1, cyc)
+    return cyc
+
+
+def program_cycles(program, cfg: dict, bank_cores: int = 1) -> np.ndarray:
+    """Cycles each instruction occupies its unit (0 for markers)."""
+    p = _rows(program)
+    return _cycles(p, program_iters(p, cfg), Timing.of(cfg), bank_cores)
+
+
+def _unit(op: int) -> int:
+    if op == L.VF_RNN_OP_LOAD:
+        return LOAD
+    if op in (L.VF_RNN_OP_MATVEC, L.VF_RNN_OP_GATES):
+        return COMPUTE
+    if op == L.VF_RNN_OP_SAVE:
+        return SAVE
+    return -1
+
+
+# token queues: load->compute, compute->load, compute->save, save->compute
+_L2C, _C2L, _C2S, _S2C = range(4)
+_POP = ((-1, _C2L), (_L2C, _S2C), (_C2S, -1))  # [unit] -> (prev queue, next queue)
+_PUSH = ((-1, _L2C), (_C2L, _C2S), (_S2C, -1))
+
+
+def _frame(ops, deps, cyc, fetch: int) -> int:
+    """One frame (FRAME marker + body, no inner markers) on one core."""
+    t0 = fetch + cm.MARKER_CYCLES
+    pend = ([], [], [])
+    for j in range(1, len(ops)):
+        u = _unit(ops[j])
+        if u >= 0:
+            pend[u].append(j)
+    ptr, free = [0, 0, 0], [t0, t0, t0]
+    pushes: list = [[], [], [], []]
+    popped = [0, 0, 0, 0]
+    left = sum(map(len, pend))
+    while left:
+        progress = False
+        for u in (SAVE, COMPUTE, LOAD):
+            lst, p, fu = pend[u], ptr[u], free[u]
+            while p < len(lst):
+                j = lst[p]
+                d = deps[j]
+                ready = fu
+                qs = []
+                if d & isa.DEP["POP_PREV"]:
+                    qs.append(_POP[u][0])
+                if d & isa.DEP["POP_NEXT"]:
+                    qs.append(_POP[u][1])
+                if any(popped[q] >= len(pushes[q]) for q in qs):
+                    break
+                for q in qs:
+                    ready = max(ready, pushes[q][popped[q]] + cm.TOKEN_LATENCY)
+                    popped[q] += 1
+                fu = ready + cyc[j]
+                if d & isa.DEP["PUSH_PREV"]:
+                    pushes[_PUSH[u][0]].append(fu)
+                if d & isa.DEP["PUSH_NEXT"]:
+                    pushes[_PUSH[u][1]].append(fu)
+                p += 1
+            if p != ptr[u]:
+                progress = True
+                left -= p - ptr[u]
+                ptr[u], free[u] = p, fu
+        if left and not progress:
+            raise cm.DeadlockError("deadlock: a unit waits for a token nobody pushes in its frame", -1)
+    return max(t0, *free)
+
+
+def frames_cycles(program, offsets, n_insns, cfg: dict, bank_cores: int = 1) -> np.ndarray:
+    """Modeled cycles of each frame: ``offsets`` are byte offsets of the
+    frames inside ``program`` (uint8 [n, 64]), ``n_insns`` their lengths."""
+    p = _rows(program)
+    tm = Timing.of(cfg)
+    cyc = _cycles(p, program_iters(p, cfg), tm, bank_cores).tolist()
+    ops = p[:, 0].astype(np.int64).tolist()
+    deps = p[:, 1].astype(np.int64).tolist()
+    out = np.zeros(len(offsets), np.int64)
+    fetch_cache: dict = {}
+    memo: dict = {}
+    for i, (off, n) in enumerate(zip(np.asarray(offsets).tolist(), np.asarray(n_insns).tolist())):
+        a = off // isa.INSN_BYTES
+        f = fetch_cache.get(n)
+        if f is None:
+            f = fetch_cache[n] = cm.fetch_cycles(n, cfg, bank_cores)
+        key = (tuple(ops[a:a + n]), tuple(deps[a:a + n]), tuple(cyc[a:a + n]))
+        r = memo.get(key)
+        if r is None:
+            r = memo[key] = _frame(ops[a:a + n], deps[a:a + n], cyc[a:a + n], f)
+        out[i] = r
+    return out
+
+
+def frame_cycles(frame, cfg: dict, bank_cores: int = 1) -> int:
+    """Modeled cycles of one frame (uint8 [n, 64], FRAME marker first)."""
+    p = _rows(frame)
+    return int(frames_cycles(p, [0], [len(p)], cfg, bank_cores)[0])
+
+
+@dataclass
+class PlanTiming:
+    cycles: int
+    seconds: float
+    phase_cycles: np.ndarray
+    per_step_cycles: float  # mean over timestep phases of one layer-direction step (all of its phases)
+
+
+def plan_timing(compiled, plan, cfg: dict | None = None) -> PlanTiming:
+    """Modeled latency of one request of ``plan`` (a RnnPlan) on its k cores."""
+    cfg = cfg or compiled.config
+    tm = Timing.of(cfg)
+    prog = plan.program
+    off0 = compiled.program_offset
+    phases, cur = [], []
+    for e in prog.tolist():
+        off, n, slot, op = e
+        if op == isa.DISPATCH_OPS["FRAME"]:
+            cur.append((off - off0, n, slot))
+        elif cur:
+            phases.append(cur)
+            cur = []
+    cache: dict = {}
+    out = []
+    for ph in phases:
+        bank = min(plan.k, len(ph))
+        key = (bank, tuple(x[:2] for x in ph))
+        if key not in cache:
+            c = frames_cycles(compiled.program, [x[0] for x in ph], [x[1] for x in ph], cfg, bank)
+            load = np.zeros(plan.k, np.int64)
+            for (_, _, slot), ci in zip(ph, c.tolist()):
+                load[slot] += ci + tm.issue
+            cache[key] = int(load.max()) + tm.barrier
+        out.append(cache[key])
+    arr = np.array(out, np.int64)
+    total = int(arr.sum())
+    steps = [p for p in compiled.phases if p.step >= 0]
+    per_step = total / max(1, len({(p.layer, p.direction, p.step) for p in steps}))
+    return PlanTiming(total, total / tm.clock_hz, arr, per_step)

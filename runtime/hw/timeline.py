@@ -1,0 +1,203 @@
+"""The modeled clock of the CNN core pool: when each issued frame ends.
+
+Shared by the emulated dispatcher (which also runs frames functionally) and
+the timing-only simulator of the runtime (vfpga.runtime.perfsim), so both
+give the same figures for the same frames. The rules, with their sources in
+the board config:
+
+* an advance of the dispatcher costs ``dispatcher.issue_cycles`` per frame
+  issued, ``barrier_cycles`` per barrier passed and ``completion_cycles`` per
+  record written (our design estimates; the config says so);
+* a frame issued at time t ends at t + the cycle model's schedule of its
+  instructions (:func:`vfpga.runtime.cycle_model.schedule`: per-instruction
+  cycles from the HLS loop counts, load/compute/save overlap through the
+  dependency tokens), plus a buffer scrub (buffer bytes /
+  ``scrub_bytes_per_cycle``) when the core changes hands;
+* DDR: a frame's *demand* is the share of its bank's bandwidth it uses when
+  it runs alone (its DDR bytes / bank bytes per cycle / its cycles alone).
+  A frame issued while the frames in flight on the bank that holds its
+  tenant's segment, with it, demand more than the bank gives (summed demand
+  L > 1) is scheduled with its transfers slowed by L (``bank_cores`` = L,
+  rounded up to 1/8); below that the bank is not the bottleneck and nothing
+  slows. The load is taken at issue and not revised when other frames start
+  or end (a frame's transfers are spread over its run);
+* a faulting frame is charged what the core's counters say it did, nothing
+  overlapped (fetch, issue per retired instruction, the units' iterations):
+  its units run out of program order, so the instructions before the fault
+  need not have run nor been validated, and their unchecked fields must not
+  reach the schedule;
+* RNN cores (pool indices from ``cnn_core.count`` on) are timed by
+  :mod:`vfpga.runtime.rnn_cycle_model` the same way.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+
+from vfpga.driver import isa
+
+_CACHE_LIMIT = 1 << 16  # frame timings kept (a deployment's frames repeat every request)
+
+
+class _Flight(tuple):
+    """(end, order, core, result, counters, bank, demand): a frame in flight, ordered by end."""
+
+    __slots__ = ()
+
+    def __new__(cls, end, order, core, result, counters, bank, demand):
+        return super().__new__(cls, (end, order, core, result, counters, bank, demand))
+
+    def __lt__(self, other):  # cffi objects are not comparable: order by (end, order) only
+        return (self[0], self[1]) < (other[0], other[1])
+
+
+class PoolTimeline:
+    """Frames in flight on the pool and the clock that orders their ends."""
+
+    def __init__(self, config: dict, ffi, n_tenants: int):
+        self.config = config
+        self.ffi = ffi
+        disp, core = config["dispatcher"], config["cnn_core"]
+        self.issue_cycles = int(disp["issue_cycles"])
+        self.barrier_cycles = int(disp["barrier_cycles"])
+        self.completion_cycles = int(disp["completion_cycles"])
+        buffer_bytes = (core["ibuf_bytes"] + core["wbuf_bytes"] + 4 * core["acc_words"] + core["obuf_bytes"]
+                        + 4 * core["param_entries"] * isa.PARAM_ENTRY_WORDS)
+        self.scrub_cycles = -(-buffer_bytes // int(disp["scrub_bytes_per_cycle"]))
+        ddr = config["ddr"]
+        self.bank_stride, self.n_banks = int(ddr["bank_stride"]), int(ddr["banks"])
+        self.bank_bytes_per_cycle = float(ddr["bank_gbytes_per_s"]) * 1e9 / (float(config["clock_mhz"]) * 1e6)
+        self.now = 0
+        self._inflight: list[_Flight] = []
+        self._order = 0
+        self._cache: dict = {}
+        self.n_cnn = int(core["count"])
+        self.core_busy_cycles = np.zeros(self.n_cnn + int(config["rnn_core"]["count"]), np.int64)
+        self.frames = 0
+        # per tenant: frame cycles as run, and as they would be with the bank to themselves
+        self.tenant_frame_cycles = np.zeros(n_tenants, np.int64)
+        self.tenant_solo_cycles = np.zeros(n_tenants, np.int64)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._inflight)
+
+    @property
+    def next_end(self) -> int | None:
+        return self._inflight[0][0] if self._inflight else None
+
+    def after_advance(self, report) -> None:
+        """Charges an advance's dispatcher latencies (a vf_disp_report_t)."""
+        records = report.requests_ok + report.requests_failed + report.requests_aborted
+        self.now += (self.issue_cycles * report.frames_issued + self.barrier_cycles * report.barriers
+                     + self.completion_cycles * records)
+
+    def bank_of(self, seg_win: int) -> int:
+        return min(int(seg_win) // self.bank_stride, self.n_banks - 1)
+
+    def issue(self, core: int, frame, mem, mem_bytes: int, result, counters) -> int:
+        """Schedules the end of a frame issued now (vf_disp_frame_t) with the
+        core's result; returns its modeled cycles."""
+        bank = self.bank_of(frame.seg_win)
+        rnn = core >= self.n_cnn
+        if result is not None and result.fault:
+            solo, demand = self._faulted(frame, result, counters), 0.0
+            cycles = solo
+        else:
+            raw = self._bytes(mem, mem_bytes, frame)
+            solo, demand = self._solo(raw, frame, rnn)
+            load = demand + sum(f[6] for f in self._inflight if f[5] == bank)
+            cycles = solo
+            if load > 1.0:
+                cycles = self.frame_cycles(raw, frame, rnn, math.ceil(load * 8) / 8)
+        if frame.scrub:
+            cycles += self.scrub_cycles
+            solo += self.scrub_cycles
+        self.core_busy_cycles[core] += cycles
+        self.tenant_frame_cycles[frame.tenant] += cycles
+        self.tenant_solo_cycles[frame.tenant] += solo
+        self.frames += 1
+        self._order += 1
+        heapq.heappush(self._inflight,
+                       _Flight(self.now + cycles, self._order, core, result, counters, bank, demand))
+        return cycles
+
+    def _faulted(self, frame, result, counters) -> int:
+        from vfpga.runtime.hw import cycle_model
+
+        fetched = max(1, min(int(frame.n_insns), int(result.fault_insn) + 1))
+        done = 0 if counters is None else (int(counters.insns) * cycle_model.UNIT_ISSUE_CYCLES
+                                           + int(counters.load_iters) + int(counters.compute_iters)
+                                           + int(counters.save_iters))
+        return cycle_model.fetch_cycles(fetched, self.config, 1) + done
+
+    def _solo(self, raw: bytes | None, frame, rnn: bool) -> tuple[int, float]:
+        """(cycles alone, bandwidth demand) of a frame with instructions ``raw``."""
+        cycles = self.frame_cycles(raw, frame, rnn, 1)
+        if raw is None or cycles <= 0:
+            return cycles, 0.0
+        key = ("demand", rnn, raw)
+        demand = self._cache.get(key)
+        if demand is None:
+            # a core's load and save units stream at most one bus word per cycle each
+            demand = min(2.0, self._ddr_bytes(raw, rnn) / self.bank_bytes_per_cycle / cycles)
+            self._cache[key] = demand
+        return cycles, demand
+
+    def _ddr_bytes(self, raw: bytes, rnn: bool) -> int:
+        from vfpga.runtime.hw import cycle_model, rnn_cycle_model
+
+        if not rnn:
+            return cycle_model.ddr_bytes(raw, self.config)
+        prog = np.frombuffer(raw, np.uint8).reshape(-1, isa.INSN_BYTES)
+        ends = np.flatnonzero(prog[:, 0] == isa.OPCODES["END"])
+        if ends.size:  # the core stops there
+            prog = prog[:int(ends[0]) + 1]
+        iters = rnn_cycle_model.program_iters(prog, self.config)
+        moves = np.isin(prog[:, 0], [isa.RNN_OPCODES["LOAD"], isa.RNN_OPCODES["SAVE"]])
+        return int(iters[moves].sum()) * int(self.config["ddr"]["axi_bytes"]) + len(raw)
+
+    def _bytes(self, mem, mem_bytes: int, frame) -> bytes | None:
+        """The frame's instructions, or None when they are not all inside memory."""
+        n = int(frame.n_insns)
+        start = int(frame.seg_win) + int(frame.frame_offset)
+        if n <= 0 or start + n * isa.INSN_BYTES > mem_bytes:
+            return None
+        return bytes(self.ffi.buffer(mem + start, n * isa.INSN_BYTES))
+
+    def pop(self):
+        """The frame that ends first: (core, result, counters); the clock moves to its end."""
+        end, _, core, result, counters, _, _ = heapq.heappop(self._inflight)
+        self.now = max(self.now, end)
+        return core, result, counters
+
+    def frame_cycles(self, raw: bytes | None, frame, rnn: bool, sharing: float) -> int:
+        """Modeled cycles of a frame that ran to its end: the cycle model's
+        schedule of its instructions ``raw`` (None: not all inside memory) at
+        bank load ``sharing``."""
+        # the timing models live with the compiler that also uses them
+        from vfpga.runtime.hw import cycle_model, rnn_cycle_model
+
+        if raw is None:
+            return cycle_model.fetch_cycles(max(int(frame.n_insns), 1), self.config, sharing)
+        key = (rnn, raw, sharing)
+        cycles = self._cache.get(key)
+        if cycles is None:
+            try:
+                if rnn:
+                    prog = np.frombuffer(raw, np.uint8).reshape(-1, isa.INSN_BYTES)
+                    cycles = rnn_cycle_model.frame_cycles(prog, self.config, sharing)
+                else:
+                    cycles = int(cycle_model.schedule(raw, self.config, sharing).total_cycles)
+            except cycle_model.ScheduleError:
+                # a program the model cannot schedule (the core faulted on it):
+                # the fetch and each instruction's issue, nothing overlapped
+                n = len(raw) // isa.INSN_BYTES
+                cycles = cycle_model.fetch_cycles(n, self.config, sharing) + n * cycle_model.UNIT_ISSUE_CYCLES
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = cycles
+        return cycles

@@ -1,0 +1,420 @@
+"""A deployed model: its segment, its dispatcher context, its dispatch
+programs and the thread that runs its requests.
+
+Segment layout (offsets; the compiled model's part first, untouched):
+
+    [ compiled segment | request ring | completion records | programs A | programs B ]
+
+The dispatch programs (the dynamic stage's output for the k cores the
+tenant holds) are double-buffered: a re-allocation writes the half no
+request in flight is walking, then new requests use it. A request in
+flight keeps walking its program; the dispatcher folds its slots onto
+whatever mask the tenant holds (slot mod k), so nothing is re-issued or lost.
+
+Requests run one at a time per tenant (its activations have one place in
+the segment); submit() queues them on the host, bounded by ``max_pending``.
+Different tenants run concurrently on their own cores.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vfpga.driver import isa
+from vfpga.driver.segment import Segment
+from vfpga.driver.tenant_context import Completion, ContextError, QueueFull, TenantContext
+from vfpga.runtime.compiler import dynamic, frontend, ir, static
+from vfpga.runtime.compiler.frontend.marshal import from_onnx_layout, to_onnx_layout
+from vfpga.runtime.compiler.frontend.reference import OrtReference
+from vfpga.runtime.compiler.segment import RING_SIZE, segment_layout
+from vfpga.runtime.errors import DeployError, TenantFault, TenantRemoved
+from vfpga.runtime.hw import cycle_model
+
+REQUEST_TIMEOUT_S = 600.0  # a request that gets no record in this long means the dispatcher died
+
+
+@dataclass
+class RunInfo:
+    """What one request did."""
+
+    completions: list[Completion]
+    host_seconds: float  # measured on the host: input write to output read
+    modeled_cycles: int  # the accelerator parts' record cycles (dispatcher clock)
+    modeled_seconds: float
+    cores: int  # cores the tenant held when the request finished
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.completions)
+
+
+@dataclass
+class _Job:
+    x_q: np.ndarray
+    future: Future
+    float_io: bool
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+class Tenant:
+    """A model deployed on ``cores`` (physical core indices) of an accelerator."""
+
+    kind = "cnn"  # the cores it runs on
+
+    def __init__(self, accel, name: str, compiled, context_index: int, cores: list[int],
+                 bank: int, max_pending: int = 64):
+        self.accel = accel
+        self.name = name
+        self.compiled = compiled
+        self.cores = sorted(cores)
+        self.max_pending = max_pending
+        size = self._prepare()
+        try:
+            self.segment = Segment(size, bank=bank, device=accel.device)
+        except MemoryError as e:
+            raise DeployError(f"tenant {name!r} needs a {size}-byte segment in DDR bank {bank}, which cannot "
+                              f"hold it: {e}") from e
+        try:
+            for offset, data in compiled.segment_image().items():
+                self.segment.write(offset, np.frombuffer(data, dtype=np.uint8))
+            # The whole segment goes down once, so no earlier tenant's bytes remain in it.
+            self.segment.sync_to_device()
+            self._prog_lock = threading.Lock()
+            self._exec_lock = threading.Lock()  # held while a request runs (see hold())
+            self._active_half = 0
+            self._inflight_half: int | None = None
+            self._write_programs(0, self.plan)
+            self.context = TenantContext(accel.dispatcher, context_index, self.segment, self.ring_offset,
+                                         self.cpl_offset, RING_SIZE, on_completion=self._on_completion)
+            accel.completions.attach(self.context)
+            self.context.enable(_mask(self.cores))
+        except BaseException:
+            self.segment.free()
+            raise
+        self._after_deploy()
+        self._host: dict[str, np.ndarray] = {}  # float CPU results of the current request
+        self._waiting: dict[int, tuple[threading.Event, list]] = {}
+        self._ids = itertools.count(1)
+        self._queue: queue.Queue = queue.Queue()
+        self._pending = 0
+        self._state_lock = threading.Lock()
+        self.fault: TenantFault | None = None
+        self.removed = False
+        # host-side figures
+        self.requests = 0
+        self.failed = 0
+        self.host_latencies: list[float] = []
+        self.modeled_latencies: list[int] = []
+        self._worker = threading.Thread(target=self._serve, name=f"vfpga-tenant-{name}", daemon=True)
+        self._worker.start()
+
+    # ---- the model's kind (overridden by RnnTenant) -------------------------------------------
+    def _prepare(self) -> int:
+        """Dynamic stage for the cores held and the segment layout; returns the segment size."""
+        self.table = dynamic.DispatchTable(self.compiled)
+        self.plan = dynamic.plan(self.table, len(self.cores))
+        layout = segment_layout(self.compiled, self.table)
+        self.ring_offset, self.cpl_offset = layout.ring_offset, layout.cpl_offset
+        self.part_entries, self.program_halves = layout.part_entries, layout.program_halves
+        return layout.size
+
+    def _after_deploy(self) -> None:
+        self.schedules = static.schedule_parts(self.compiled, self.accel.config)
+        self._cpu = {p.layer: OrtReference.for_model(self.compiled.graph.layers[p.layer].model)
+                     for p in self.compiled.parts if p.kind == "cpu"}
+
+    def _new_plan(self, k: int, variant: int | None = None):
+        return dynamic.plan(self.table, k, variant=variant)
+
+    @property
+    def needs_hold(self) -> bool:
+        """Whether a change of cores must wait for the request in flight (a
+        plan whose cores keep state between frames)."""
+        return False
+
+    def hold(self):
+        """Context manager: no request runs while it is held."""
+        return self._exec_lock
+
+    # ---- properties -------------------------------------------------------------------------
+    @property
+    def graph(self) -> ir.Graph:
+        return self.compiled.graph
+
+    @property
+    def k(self) -> int:
+        return len(self.cores)
+
+    @property
+    def modeled_cycles(self) -> int:
+        """One request's modeled cycles on one core (cycle model, no sharing)."""
+        return sum(s.total_cycles for s in self.schedules)
+
+    def layer_cycles(self) -> dict[int, int]:
+        """Modeled cycles per layer index on one core (accelerator layers)."""
+        out: dict[int, int] = {}
+        for s in self.schedules:
+            for k, v in s.layer_cycles.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    # ---- dispatch programs ------------------------------------------------------------------------
+    def _write_programs(self, half: int, plan: dynamic.DispatchPlan) -> None:
+        at = self.program_halves[half]
+        for prog, cap in zip(plan.programs, self.part_entries):
+            if len(prog) > cap:
+                raise AssertionError(f"dispatch program of {len(prog)} entries exceeds its {cap}-entry area")
+            self.segment.write(at, prog.view(np.uint8))
+            at += cap * isa.DISPATCH.itemsize
+        start = self.program_halves[half]
+        self.segment.sync_to_device(start, at - start)
+
+    def _program(self, part_index: int) -> tuple[int, int]:
+        """(segment offset, entries) of accelerator part ``part_index`` in the active half."""
+        at = self.program_halves[self._active_half] + sum(self.part_entries[:part_index]) * isa.DISPATCH.itemsize
+        return at, len(self.plan.programs[part_index])
+
+    def retarget(self, k: int, variant: int | None = None) -> float:
+        """Dynamic stage for k cores: new dispatch programs into the free
+        half; requests posted from now on use them. Returns host seconds.
+        ``variant`` forces a tiling variant (see :func:`dynamic.plan`)."""
+        t0 = time.perf_counter()
+        plan = self._new_plan(k, variant)
+        with self._prog_lock:
+            busy = self._inflight_half
+            half = 1 - busy if busy is not None else 1 - self._active_half
+            self._write_programs(half, plan)
+            self._active_half, self.plan = half, plan
+        return time.perf_counter() - t0
+
+    # ---- requests -----------------------------------------------------------------------------------
+    def _check_input(self, x_q: np.ndarray) -> np.ndarray:
+        inp = self.compiled.input
+        x_q = np.asarray(x_q)
+        if x_q.dtype != np.int8 or x_q.shape != inp.shape:
+            raise ValueError(f"tenant {self.name!r} expects an int8 HWC input of shape {inp.shape}, "
+                             f"got {x_q.dtype} {x_q.shape}")
+        return x_q
+
+    def _enqueue(self, x_q: np.ndarray, float_io: bool) -> Future:
+        with self._state_lock:
+            if self.removed:
+                raise TenantRemoved(f"tenant {self.name!r} has been removed")
+            if self.fault is not None:
+                raise TenantFault(self.name, f"stopped by an earlier fault ({self.fault.fault}); call reset()",
+                                  self.fault.fault)
+            if self._pending >= self.max_pending:
+                raise QueueFull(f"tenant {self.name!r} has {self._pending} requests pending "
+                                f"(max_pending={self.max_pending}); wait for results or raise max_pending")
+            self._pending += 1
+            fut: Future = Future()
+            self._queue.put(_Job(x_q, fut, float_io))
+        return fut
+
+    def submit_quantized(self, x_q: np.ndarray) -> Future:
+        """int8 HWC input -> a Future of (int8 HWC outputs, RunInfo)."""
+        return self._enqueue(self._check_input(x_q), False)
+
+    def submit(self, x: np.ndarray) -> Future:
+        """Float input in the model's own layout -> a Future of the float
+        output(s), like onnxruntime's run."""
+        x_q = frontend.quantize_input(x, self.graph.tensors[self.graph.inputs[0]])
+        return self._enqueue(self._check_input(x_q), True)
+
+    def run_quantized(self, x_q: np.ndarray) -> tuple[list[np.ndarray], RunInfo]:
+        """int8 HWC input -> int8 HWC outputs, as the accelerator computes them."""
+        return self.submit_quantized(x_q).result()
+
+    def run(self, x: np.ndarray) -> list[np.ndarray] | np.ndarray:
+        """Float input in the model's own layout -> float output(s), like onnxruntime."""
+        return self.submit(x).result()
+
+    # ---- the request thread -------------------------------------------------------------------------
+    def _serve(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            with self._state_lock:
+                self._pending -= 1
+                reason = self._refusal()
+            if reason is not None:
+                job.future.set_exception(reason)
+                continue
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                with self._exec_lock:
+                    outs, info = self._execute(job.x_q)
+            except TenantFault as e:
+                with self._state_lock:
+                    self.fault = e
+                    self.failed += 1
+                job.future.set_exception(e)
+                continue
+            except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+                with self._state_lock:
+                    self.failed += 1
+                job.future.set_exception(e)
+                continue
+            with self._state_lock:
+                self.requests += 1
+                self.host_latencies.append(info.host_seconds)
+                self.modeled_latencies.append(info.modeled_cycles)
+            job.future.set_result(self._result(outs, info, job.float_io))
+
+    def _result(self, outs, info: RunInfo, float_io: bool):
+        """What the future of a request gives: float outputs like
+        onnxruntime, or (int8 outputs, RunInfo)."""
+        if not float_io:
+            return outs, info
+        tensors = self.graph.tensors
+        ys = [frontend.dequantize_output(q, tensors[n]) for q, n in zip(outs, self.graph.outputs)]
+        return ys[0] if len(ys) == 1 else ys
+
+    def _refusal(self):
+        if self.removed:
+            return TenantRemoved(f"tenant {self.name!r} was removed before this request ran")
+        if self.fault is not None:
+            return TenantFault(self.name, f"not run: the tenant stopped on an earlier fault ({self.fault.fault})",
+                               self.fault.fault)
+        return None
+
+    def _execute(self, x_q: np.ndarray) -> tuple[list[np.ndarray], RunInfo]:
+        t0 = time.perf_counter()
+        self._write(self.compiled.input, x_q)
+        completions = []
+        accel_index = 0
+        for part in self.compiled.parts:
+            if part.kind == "cpu":
+                self._run_cpu(part.layer)
+                continue
+            completions.append(self._run_part(accel_index))
+            accel_index += 1
+        outs = [self._host.pop(p.name) if p.name in self._host else self._read(p) for p in self.compiled.outputs]
+        cycles = sum(c.cycles for c in completions)
+        return outs, RunInfo(completions, time.perf_counter() - t0, cycles,
+                             cycle_model.seconds(cycles, self.accel.config), self.k)
+
+    def _run_part(self, index: int) -> Completion:
+        rid = next(self._ids) & 0xFFFFFFFF
+        done, box = threading.Event(), []
+        self._waiting[rid] = (done, box)
+        try:
+            with self._prog_lock:
+                offset, entries = self._program(index)
+                self._inflight_half = self._active_half
+                self.context.post(offset, entries, rid)
+            if not done.wait(REQUEST_TIMEOUT_S):
+                raise ContextError(f"tenant {self.name!r}: no completion record after {REQUEST_TIMEOUT_S} s "
+                                   f"(context status {self.context.status})")
+        finally:
+            self._waiting.pop(rid, None)
+            with self._prog_lock:
+                self._inflight_half = None
+        c = box[0]
+        if not c.ok:
+            raise TenantFault(self.name, c.describe(), self.context.fault(), c)
+        return c
+
+    def _on_completion(self, c: Completion) -> None:
+        """Called by the completion thread for each record of this tenant."""
+        waiter = self._waiting.get(c.request_id)
+        if waiter is not None:
+            waiter[1].append(c)
+            waiter[0].set()
+
+    # ---- device memory ------------------------------------------------------------------------------
+    def _read(self, p: static.Placement) -> np.ndarray:
+        """A tensor's int8 HWC value from device memory (slices of a wider
+        concat tensor included)."""
+        h, w, c = p.shape
+        span = (h * w - 1) * p.pixel_stride + c
+        self.segment.sync_from_device(p.addr, span)
+        raw = np.zeros(h * w * p.pixel_stride, np.uint8)
+        raw[:span] = self.segment.read(p.addr, span)
+        return raw.view(np.int8).reshape(h, w, p.pixel_stride)[:, :, :c].copy()
+
+    def _write(self, p: static.Placement, value: np.ndarray) -> None:
+        """Writes a tensor's int8 HWC value into device memory (as a channel
+        slice of a wider tensor where it is one)."""
+        h, w, c = p.shape
+        if p.pixel_stride == c:
+            self.segment.write(p.addr, value)
+            self.segment.sync_to_device(p.addr, value.nbytes)
+            return
+        span = (h * w - 1) * p.pixel_stride + c
+        self.segment.sync_from_device(p.addr, span)
+        raw = np.zeros(h * w * p.pixel_stride, np.uint8)
+        raw[:span] = self.segment.read(p.addr, span)
+        raw.view(np.int8).reshape(h, w, p.pixel_stride)[:, :, :c] = value
+        self.segment.write(p.addr, raw[:span])
+        self.segment.sync_to_device(p.addr, span)
+
+    def _run_cpu(self, index: int) -> None:
+        layer = self.graph.layers[index]
+        tensors = self.graph.tensors
+        session = self._cpu[index].session
+        shapes = {i.name: i.shape for i in session.get_inputs()}
+        feeds = {}
+        for n in layer.inputs:
+            # the subgraph's own input shape says how the HWC tensor is laid out for it
+            shape = shapes.get(n)
+            static = shape is not None and all(isinstance(d, int) for d in shape)
+            feeds[n] = to_onnx_layout(self._read(self.compiled.tensors[n]),
+                                      tuple(shape) if static else tensors[n].onnx_shape)
+        values = session.run(list(layer.outputs), feeds)
+        for n, v in zip(layer.outputs, values):
+            p = self.compiled.tensors[n]
+            if tensors[n].dtype != "int8":  # a float graph output: it never goes back to the device
+                self._host[n] = from_onnx_layout(v, p.shape).astype(np.float32)
+            else:
+                self._write(p, from_onnx_layout(v, p.shape).astype(np.int8))
+
+    # ---- life cycle ------------------------------------------------------------------------------------
+    def reset(self, timeout: float = 60.0) -> None:
+        """Re-enables a faulted context on the cores it held: its fault
+        registers clear and new requests run again."""
+        with self._state_lock:
+            if self.removed:
+                raise TenantRemoved(f"tenant {self.name!r} has been removed")
+        self.context.disable(timeout)
+        self.context.collect()
+        self.context.enable(_mask(self.cores))
+        with self._state_lock:
+            self.fault = None
+
+    def _shutdown(self, timeout: float = 60.0) -> None:
+        """Stops taking requests, fails the queued ones, lets the one in
+        flight finish, disables the context and frees the segment."""
+        with self._state_lock:
+            self.removed = True
+        self._queue.put(None)
+        self._worker.join(timeout)
+        while True:  # anything still queued behind the sentinel
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.future.set_exception(TenantRemoved(f"tenant {self.name!r} was removed before this request ran"))
+        try:
+            self.context.disable(timeout)
+            self.context.collect()
+        finally:
+            self.accel.completions.detach(self.context)
+            self.segment.free()
+
+
+def _mask(cores) -> int:
+    m = 0
+    for c in cores:
+        m |= 1 << c
+    return m
