@@ -69,6 +69,8 @@ def board_overlay():
 @pytest.fixture
 def accel(board_overlay):
     """A fresh Accelerator on the board (every tenant removed at the end)."""
-    a = board_overlay.accelerator()
+    from vfpga.runtime import tenants
+
+    a = tenants.Accelerator(board_overlay.board, device=board_overlay.device)
     yield a
     a.close()

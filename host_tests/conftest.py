@@ -1,11 +1,9 @@
 """Shared fixtures for the host tests (emulation, no board needed)."""
 
 import pytest
+from harness import SMALL_BANK
 
 from vfpga.driver.emulated import EmulatedDevice
-
-# Small emulated banks: cheap to build, and small enough to compare whole.
-SMALL_BANK = 16 << 20
 
 
 @pytest.fixture(autouse=True, scope="session")

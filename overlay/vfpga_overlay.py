@@ -6,7 +6,7 @@ loads one, finds the level-1 dispatcher in it (by the config's VLNV on Zynq,
 by the kernel name ``vf_dispatcher_top`` on Alveo, where v++ names compute
 units after the kernel), checks the address map against the config and
 hands vfpga.runtime what it needs: the PYNQ device, the board config and the
-dispatcher's ip_dict entry (``api.Accelerator(board, device=ov.device)``).
+dispatcher's ip_dict entry (``vfpga.runtime.tenants.Accelerator(board, device=ov.device)``).
 
 This module imports pynq; ``vfpga.overlay`` imports it only when
 ``VfpgaOverlay`` is first used, so board configs and build parameters stay
@@ -90,12 +90,6 @@ class VfpgaOverlay(pynq.Overlay):
         self.config = board_config.load(board)
         self.dispatcher_name, self.dispatcher_description = find_dispatcher(self.ip_dict, self.config)
         check_address_map(self.dispatcher_description, self.config)
-
-    def accelerator(self):
-        """vfpga.runtime's Accelerator on this overlay's device."""
-        from vfpga.runtime import api
-
-        return api.Accelerator(self.board, device=self.device)
 
 
 def find_board_overlay(device, directory: str = HERE) -> tuple[str, str] | None:

@@ -38,6 +38,7 @@ import math
 import numpy as np
 
 from vfpga.driver import isa
+from vfpga.runtime.hw import cycle_model, rnn_cycle_model
 
 _CACHE_LIMIT = 1 << 16  # frame timings kept (a deployment's frames repeat every request)
 
@@ -126,8 +127,6 @@ class PoolTimeline:
         return cycles
 
     def _faulted(self, frame, result, counters) -> int:
-        from vfpga.runtime.hw import cycle_model
-
         fetched = max(1, min(int(frame.n_insns), int(result.fault_insn) + 1))
         done = 0 if counters is None else (int(counters.insns) * cycle_model.UNIT_ISSUE_CYCLES
                                            + int(counters.load_iters) + int(counters.compute_iters)
@@ -148,8 +147,6 @@ class PoolTimeline:
         return cycles, demand
 
     def _ddr_bytes(self, raw: bytes, rnn: bool) -> int:
-        from vfpga.runtime.hw import cycle_model, rnn_cycle_model
-
         if not rnn:
             return cycle_model.ddr_bytes(raw, self.config)
         prog = np.frombuffer(raw, np.uint8).reshape(-1, isa.INSN_BYTES)
@@ -179,8 +176,6 @@ class PoolTimeline:
         schedule of its instructions ``raw`` (None: not all inside memory) at
         bank load ``sharing``."""
         # the timing models live with the compiler that also uses them
-        from vfpga.runtime.hw import cycle_model, rnn_cycle_model
-
         if raw is None:
             return cycle_model.fetch_cycles(max(int(frame.n_insns), 1), self.config, sharing)
         key = (rnn, raw, sharing)

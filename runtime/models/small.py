@@ -157,8 +157,10 @@ def conv_graph(seed: int, shape=(8, 8, 16), cout: int = 24, pool: bool = True) -
         src = "p"
     layers.append(conv("conv_y", src, "y", cout, 10, 1, (-128, 127)))
     return ir.Graph(t, layers, ["x"], ["y"], name=f"conv{seed}")
+
+
 def random_rnn_model(op: str, hidden: int, input_size: int, steps: int, batch: int = 1, lbr: int = 0,
-                 direction: str = "forward", seed: int = 0) -> onnx.ModelProto:
+                     direction: str = "forward", seed: int = 0) -> onnx.ModelProto:
     """One LSTM/GRU node with DeepBench-style random weights
     U(-1/sqrt(H), 1/sqrt(H)) (the PyTorch/ONNX initialisation range), for
     the accuracy and benchmark scripts."""

@@ -12,11 +12,11 @@ import sys
 
 import numpy as np
 import pytest
+from harness import REPO_ROOT as ROOT
 
 from vfpga import overlay
 from vfpga.runtime.hw import rnn_golden as rg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HLS = os.path.join(ROOT, "hls")
 BOARD = "u200"
 

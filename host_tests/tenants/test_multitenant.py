@@ -28,6 +28,7 @@ from concurrent.futures import Future
 
 import numpy as np
 import pytest
+from harness import Model, emulated_accelerator, make_model
 
 from vfpga.driver import isa
 from vfpga.driver.emulated import EmulatedDevice
@@ -36,7 +37,6 @@ from vfpga.driver.tenant_context import Completion, QueueFull, TenantContext
 from vfpga.runtime import tenants
 from vfpga.runtime.compiler import dynamic, frontend, ir, static
 from vfpga.runtime.compiler.segment import RING_SIZE, segment_layout
-from vfpga.runtime.hw import golden
 from vfpga.runtime.models import small
 from vfpga.runtime.tenants import DeployError, TenantFault, TenantRemoved
 
@@ -48,13 +48,10 @@ TIMEOUT = 60.0  # seconds any single wait may take before the test calls it a de
 FRAME, BARRIER, END = (isa.DISPATCH_OPS[k] for k in ("FRAME", "BARRIER", "END"))
 
 
-def accelerator(bank_capacity: int = BANK) -> tenants.Accelerator:
-    return tenants.Accelerator(BOARD, device=EmulatedDevice(BOARD, bank_capacity=bank_capacity))
-
 
 @pytest.fixture
 def accel():
-    a = accelerator()
+    a = emulated_accelerator(BOARD, BANK)
     yield a
     a.close()
 
@@ -66,25 +63,6 @@ def mask_of(cores) -> int:
 # ---------------------------------------------------------------- models
 
 
-@dataclasses.dataclass
-class Model:
-    name: str
-    graph: ir.Graph
-    compiled: static.CompiledModel
-    inputs: list  # int8 HWC
-    wants: list  # golden outputs
-
-    def check(self, outs, i: int) -> None:
-        (y,) = outs
-        np.testing.assert_array_equal(y, self.wants[i], err_msg=f"{self.name} input {i}")
-
-
-def make_model(name: str, graph: ir.Graph, n_inputs: int = 4, seed: int = 0) -> Model:
-    c = static.compile_graph(graph, BOARD)
-    assert [p.kind for p in c.parts] == ["accel"]
-    rng = np.random.default_rng(seed)
-    xs = [rng.integers(-128, 128, size=c.input.shape, dtype=np.int8) for _ in range(n_inputs)]
-    return Model(name, graph, c, xs, [golden.run_graph(graph, x)[graph.outputs[0]] for x in xs])
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +94,7 @@ def result(fut: Future):
 def test_four_cnns_on_sixteen_cores_match_their_solo_runs(cnns):
     solo = {}
     for name, m in cnns.items():
-        a = accelerator()
+        a = emulated_accelerator(BOARD, BANK)
         try:
             t = a.deploy(m.compiled, cores=4, name=name)
             solo[name] = [t.run_quantized(x)[0] for x in m.inputs]
@@ -125,7 +103,7 @@ def test_four_cnns_on_sixteen_cores_match_their_solo_runs(cnns):
         for i, outs in enumerate(solo[name]):
             m.check(outs, i)
 
-    a = accelerator()
+    a = emulated_accelerator(BOARD, BANK)
     try:
         tenants = {name: a.deploy(m.compiled, cores=4, name=name) for name, m in cnns.items()}
         held = [c for t in tenants.values() for c in t.cores]
@@ -150,7 +128,7 @@ def test_four_cnns_on_sixteen_cores_match_their_solo_runs(cnns):
 
 
 def test_eight_threads_submit_to_four_tenants(cnns):
-    a = accelerator()
+    a = emulated_accelerator(BOARD, BANK)
     try:
         tenants = {name: a.deploy(m.compiled, cores=4, name=name) for name, m in cnns.items()}
         names = sorted(cnns)
@@ -1032,7 +1010,7 @@ def test_performance_isolation(stream_model, same_bank):
     Same bank: B's frames slow A's; the ratio and the mean latency rise
     visibly, and stats() shows it. The model is DDR-bound (add_graph)."""
     m = stream_model
-    a = accelerator()
+    a = emulated_accelerator(BOARD, BANK)
     try:
         walls = [Segment(BANK, bank=b, device=a.device) for b in (1, 2, 3)] if same_bank else []
         A = a.deploy(m.compiled, cores=4, name="A")

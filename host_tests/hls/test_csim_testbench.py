@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from harness import REPO_ROOT as ROOT
 
-HLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hls")
+HLS = os.path.join(ROOT, "hls")
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
                                 reason="needs g++ and make to build the C-sim testbench")

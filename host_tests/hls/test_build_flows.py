@@ -13,12 +13,12 @@ import subprocess
 import sys
 
 import pytest
+from harness import REPO_ROOT as ROOT
 
 from vfpga import overlay
 from vfpga.overlay import board_build
 from vfpga.overlay.vfpga_overlay import OverlayError, board_of, check_address_map, find_dispatcher
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TCLSH = shutil.which("tclsh")
 needs_tclsh = pytest.mark.skipif(TCLSH is None, reason="tclsh not installed")
 

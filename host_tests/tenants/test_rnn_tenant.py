@@ -13,11 +13,9 @@ import threading
 import numpy as np
 import onnxruntime as ort
 import pytest
-from test_multitenant import make_model
+from harness import emulated_accelerator, make_model
 
-from vfpga.driver.emulated import EmulatedDevice
 from vfpga.driver.tenant_context import MaskRejected
-from vfpga.runtime import tenants
 from vfpga.runtime.compiler import rnn
 from vfpga.runtime.hw import golden
 from vfpga.runtime.models import small
@@ -25,9 +23,6 @@ from vfpga.runtime.tenants import DeployError
 
 TIMEOUT = 120
 
-
-def accelerator() -> tenants.Accelerator:
-    return tenants.Accelerator("u200", device=EmulatedDevice("u200", bank_capacity=64 << 20))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +44,7 @@ def _cosine(a, b) -> float:
 
 def test_lstm_tenant_equals_the_executor_and_onnxruntime(lstm):
     model, compiled = lstm
-    ov = accelerator()
+    ov = emulated_accelerator("u200", 64 << 20)
     t = ov.deploy(compiled, cores=2, name="lstm")
     assert t.kind == "rnn" and t.cores == ov.rnn_cores[:2] and not set(t.cores) & set(ov.cores)
     x = _x(1)
@@ -68,7 +63,7 @@ def test_lstm_tenant_equals_the_executor_and_onnxruntime(lstm):
 def test_cnn_and_lstm_tenants_side_by_side(lstm):
     _, compiled = lstm
     cnn_model = make_model("conv", small.conv_graph(5, shape=(16, 16, 16), cout=32), seed=5)
-    ov = accelerator()
+    ov = emulated_accelerator("u200", 64 << 20)
     cnn = ov.deploy(cnn_model.compiled, cores=8, name="vision")
     rnn = ov.deploy(compiled, cores=4, name="speech")
     alone = {s: rnn.run(_x(s)) for s in range(3)}
@@ -103,7 +98,7 @@ def test_cnn_and_lstm_tenants_side_by_side(lstm):
 
 def test_resident_rnn_tenant_reallocated_between_requests(lstm):
     _, compiled = lstm
-    ov = accelerator()
+    ov = emulated_accelerator("u200", 64 << 20)
     rnn = ov.deploy(compiled, cores=2, name="speech")
     assert rnn.needs_hold  # its plan keeps weights in its cores
     want = rnn.run(_x(7))
@@ -119,7 +114,7 @@ def test_resident_rnn_tenant_reallocated_between_requests(lstm):
 
 def test_cores_never_cross_kinds(lstm):
     _, compiled = lstm
-    ov = accelerator()
+    ov = emulated_accelerator("u200", 64 << 20)
     rnn = ov.deploy(compiled, cores=1, name="speech")
     cnn = ov.deploy(make_model("c", small.conv_graph(2)).compiled, cores=1, name="vision")
     with pytest.raises(DeployError, match=r"must name distinct RNN cores of 16\.\.23"):
@@ -144,7 +139,7 @@ def test_cores_never_cross_kinds(lstm):
 
 def test_rnn_input_errors_are_named(lstm):
     _, compiled = lstm
-    ov = accelerator()
+    ov = emulated_accelerator("u200", 64 << 20)
     speech = ov.deploy(compiled, cores=1, name="speech")
     with pytest.raises(rnn.RnnCompileError, match=r"input 'X' has shape \(12, 1, 32\)"):
         speech.submit(np.zeros((12, 1, 32), np.float32))
@@ -158,7 +153,7 @@ def test_simulator_gives_the_rnn_tenants_cycles(lstm):
     from vfpga.runtime.sim import simulator
 
     _, compiled = lstm
-    ov = accelerator()
+    ov = emulated_accelerator("u200", 64 << 20)
     rnn = ov.deploy(compiled, cores=3, name="speech")
     _, info = rnn.run_with_info(_x(0))
     cores = list(rnn.cores)

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from harness import emulated_accelerator
 
 from vfpga import overlay
 from vfpga.driver import isa
-from vfpga.driver.emulated import EmulatedDevice
 from vfpga.runtime import tenants
 from vfpga.runtime.compiler import ir, lower, static
 from vfpga.runtime.hw import fixed_point, golden
@@ -162,7 +162,7 @@ def accelerators():
 
     def get(board: str) -> tenants.Accelerator:
         if board not in made:
-            made[board] = tenants.Accelerator(board, device=EmulatedDevice(board, bank_capacity=BANK))
+            made[board] = emulated_accelerator(board, BANK)
         return made[board]
 
     yield get

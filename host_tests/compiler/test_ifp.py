@@ -21,21 +21,15 @@ import zipfile
 import numpy as np
 import onnx
 import pytest
+from harness import emulated_accelerator, random_inputs
 from onnx import TensorProto, helper, numpy_helper
 
 from vfpga.driver import isa
-from vfpga.driver.emulated import EmulatedDevice
 from vfpga.runtime import tenants
 from vfpga.runtime.compiler import cache, frontend, ifp, ir, static
 from vfpga.runtime.compiler.progress import Progress
 from vfpga.runtime.hw import fixed_point, golden
 from vfpga.runtime.models import small
-
-SMALL_BANK = 16 << 20
-
-
-def accelerator(board: str = "u200") -> tenants.Accelerator:
-    return tenants.Accelerator(board, device=EmulatedDevice(board, bank_capacity=SMALL_BANK))
 
 
 def assert_same(a, b, path="model"):
@@ -80,14 +74,9 @@ def saved(compiled, tmp_path_factory):
     return path
 
 
-def inputs(graph, n, seed=0):
-    shape = graph.tensors[graph.inputs[0]].shape
-    rng = np.random.default_rng(seed)
-    return [rng.integers(-128, 128, size=shape, dtype=np.int8) for _ in range(n)]
-
 
 def run_all(model, xs, board="u200"):
-    accel = accelerator(board)
+    accel = emulated_accelerator(board)
     try:
         tenant = accel.deploy(model)
         return [tenant.run_quantized(x)[0] for x in xs]
@@ -105,7 +94,7 @@ def test_round_trip_fields_equal_and_runs_bit_identically(compiled, saved):
     assert loaded.segment_image().keys() == compiled.segment_image().keys()
     for k, v in compiled.segment_image().items():
         assert loaded.segment_image()[k] == v
-    xs = inputs(compiled.graph, 3)
+    xs = random_inputs(compiled.graph, 3)
     for ours, theirs, x in zip(run_all(compiled, xs), run_all(loaded, xs), xs):
         np.testing.assert_array_equal(ours[0], theirs[0])
         np.testing.assert_array_equal(theirs[0], golden.run_graph(loaded.graph, x)[loaded.graph.outputs[0]])
@@ -185,16 +174,16 @@ def test_round_trip_with_cpu_layer_and_concat(tmp_path):
     assert_same(original, loaded)
     cpu_layer = next(layer for layer in loaded.graph.layers if layer.kind == "cpu")
     assert isinstance(cpu_layer.model, bytes) and onnx.load_from_string(cpu_layer.model).graph.node[1].op_type == "Sigmoid"
-    xs = inputs(loaded.graph, 2, seed=5)
+    xs = random_inputs(loaded.graph, 2, seed=5)
     for ours, theirs in zip(run_all(original, xs), run_all(loaded, xs)):
         np.testing.assert_array_equal(ours[0], theirs[0])
 
 
 def test_accelerator_deploys_an_ifp_path(saved, compiled):
-    accel = accelerator("u200")
+    accel = emulated_accelerator("u200")
     try:
         tenant = accel.deploy(str(saved))
-        x = inputs(compiled.graph, 1, seed=9)[0]
+        x = random_inputs(compiled.graph, 1, seed=9)[0]
         (y,), _ = tenant.run_quantized(x)
         np.testing.assert_array_equal(y, golden.run_graph(compiled.graph, x)[compiled.graph.outputs[0]])
     finally:
@@ -292,9 +281,9 @@ def test_other_board_and_changed_config(saved, compiled, tmp_path):
     with pytest.raises(ifp.IfpBoardError, match="compiled for board u200, not zcu104"):
         ifp.load(saved, board="zcu104")
     with pytest.raises(ifp.IfpBoardError, match="compiled for board u200, not pynq_z2"):
-        accelerator("pynq_z2").compile(str(saved))
+        emulated_accelerator("pynq_z2").compile(str(saved))
     with pytest.raises(tenants.DeployError, match="compiled for u200"):
-        accelerator("pynq_z2").compile(compiled)  # an in-memory model of another board: as before
+        emulated_accelerator("pynq_z2").compile(compiled)  # an in-memory model of another board: as before
 
     changed = copy.deepcopy(compiled_config("u200"))
     changed["cnn_core"]["wbuf_bytes"] //= 2
@@ -375,7 +364,7 @@ def test_deploy_uses_the_cache_from_the_environment(small_cnn_path, tmp_path, mo
     monkeypatch.setenv("VFPGA_CACHE_DIR", str(tmp_path / "env-cache"))
     monkeypatch.delenv("VFPGA_CACHE", raising=False)
     calib = small.calibration_inputs(4, seed=1)
-    accel = accelerator("u200")
+    accel = emulated_accelerator("u200")
     try:
         first = accel.deploy(str(small_cnn_path), name="first", calibration=calib)
         assert len(os.listdir(tmp_path / "env-cache")) == 1
@@ -384,7 +373,7 @@ def test_deploy_uses_the_cache_from_the_environment(small_cnn_path, tmp_path, mo
         monkeypatch.setattr(static, "compile_graph", lambda *a, **k: calls.append(1) or real(*a, **k))
         second = accel.deploy(str(small_cnn_path), name="second", calibration=calib)
         assert calls == []  # the static stage did not run
-        x = inputs(first.graph, 1, seed=3)[0]
+        x = random_inputs(first.graph, 1, seed=3)[0]
         np.testing.assert_array_equal(first.run_quantized(x)[0][0], second.run_quantized(x)[0][0])
         monkeypatch.setenv("VFPGA_CACHE", "0")
         accel.remove("second")

@@ -1,14 +1,16 @@
 """The Python view of the ISA is derived from hls/include/vfpga_isa.h."""
 
+import os
 import re
 
 import numpy as np
 import pytest
+from harness import REPO_ROOT as ROOT
 
 from vfpga.driver import isa
 from vfpga.driver._isa import ffi
 
-HEADER = __import__("os").path.join(__import__("os").path.dirname(__file__), "..", "hls", "include", "vfpga_isa.h")
+HEADER = os.path.join(ROOT, "hls", "include", "vfpga_isa.h")
 
 
 def test_every_opcode_of_the_header_has_a_format():

@@ -15,64 +15,22 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from harness import assert_runs_correctly, emulated_accelerator, random_inputs
 
 import vfpga
 from vfpga.driver import isa
-from vfpga.driver.emulated import EmulatedDevice
 from vfpga.runtime import tenants
-from vfpga.runtime.compiler import frontend, ir, static
+from vfpga.runtime.compiler import frontend, static
 from vfpga.runtime.compiler.frontend import FrontendError, UnsupportedOperatorError
 from vfpga.runtime.compiler.segment import segment_layout
-from vfpga.runtime.hw import fixed_point, golden
+from vfpga.runtime.hw import golden
 from vfpga.runtime.models import small
 from vfpga.runtime.tenants import DeployError, TenantFault, TenantRemoved
 
-SMALL_BANK = 16 << 20
 TINY_BANK = 1 << 20  # the isolation tests compare a whole bank, twice per run
 
 
-def accelerator(board: str, bank_capacity: int = SMALL_BANK) -> tenants.Accelerator:
-    return tenants.Accelerator(board, device=EmulatedDevice(board, bank_capacity=bank_capacity))
 
-
-def tiny_graph(seed: int, shape=(8, 8, 16), cout: int = 24) -> ir.Graph:
-    """conv 3x3 + ReLU -> max pool 2x2 -> conv 1x1: a small quantized graph
-    with random parameters (several layers and frames, so a program has
-    SAVEs in the middle)."""
-    rng = np.random.default_rng(seed)
-    h, w, c = shape
-    t = {
-        "x": ir.Tensor("x", shape, 0.05, int(rng.integers(-20, 20))),
-        "a": ir.Tensor("a", (h, w, cout), 0.04, -128),
-        "p": ir.Tensor("p", (h // 2, w // 2, cout), 0.04, -128),
-        "y": ir.Tensor("y", (h // 2, w // 2, 10), 0.1, int(rng.integers(-20, 20))),
-    }
-
-    def conv(name, src, dst, cin, cout, k, clip):
-        wgt = rng.integers(-127, 128, size=(cout, cin, k, k), dtype=np.int8)
-        k_terms = cin * k * k
-        bias = np.round(rng.normal(0, 1000, cout)).astype(np.int32)
-        mult, shift = fixed_point.quantize_multipliers(40.0 / (np.sqrt(k_terms) * 74 * 74) * rng.uniform(0.5, 2, cout))
-        return ir.Conv(name, src, dst, wgt, bias, mult, shift, (1, 1), (k // 2,) * 4, 1, clip)
-
-    layers = [
-        conv("conv_a", "x", "a", c, cout, 3, fixed_point.relu_clip(-128, 0.04)),
-        ir.Pool("pool", "a", "p", "max", (2, 2), (2, 2)),
-        conv("conv_y", "p", "y", cout, 10, 1, (-128, 127)),
-    ]
-    return ir.Graph(t, layers, ["x"], ["y"], name=f"tiny{seed}")
-
-
-def random_input(graph: ir.Graph, seed: int) -> np.ndarray:
-    shape = graph.tensors[graph.inputs[0]].shape
-    return np.random.default_rng(seed).integers(-128, 128, size=shape, dtype=np.int8)
-
-
-def assert_runs_correctly(tenant: tenants.Tenant, seed: int) -> None:
-    x = random_input(tenant.graph, seed)
-    (y,), info = tenant.run_quantized(x)
-    assert info.completions and all(c.ok for c in info.completions)
-    np.testing.assert_array_equal(y, golden.run_graph(tenant.graph, x)[tenant.graph.outputs[0]])
 
 
 # ---------------------------------------------------------------- small_cnn through an ONNX file
@@ -88,7 +46,7 @@ def small_cnn_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def deployed(small_cnn_path):
     """small_cnn deployed on an emulated u200 from its float ONNX file."""
-    accel = accelerator("u200")
+    accel = emulated_accelerator("u200")
     tenant = accel.deploy(str(small_cnn_path), name="vision", calibration=small.calibration_inputs(16, seed=1))
     yield accel, tenant
     accel.close()
@@ -132,7 +90,7 @@ def test_small_cnn_float_onnx_end_to_end(deployed, small_cnn_path):
 
 def test_run_quantized_reports_the_run(deployed):
     _, tenant = deployed
-    x = random_input(tenant.graph, 7)
+    x = random_inputs(tenant.graph, 1, 7)[0]
     (y,), info = tenant.run_quantized(x)
     assert y.dtype == np.int8 and y.shape == tenant.compiled.outputs[0].shape
     assert all(c.ok for c in info.completions) and info.modeled_cycles > 0 and info.modeled_seconds > 0 and info.host_seconds > 0
@@ -167,12 +125,12 @@ def test_run_quantized_names_the_expected_layout(deployed, dtype, shape):
 
 
 def test_missing_model_file(tmp_path):
-    accel = accelerator("pynq_z2")
+    accel = emulated_accelerator("pynq_z2")
     missing = tmp_path / "no_such_model.onnx"
     with pytest.raises(FrontendError, match=r"no such model file: .*no_such_model\.onnx"):
         accel.deploy(str(missing))
     assert not accel.tenants
-    assert_runs_correctly(accel.deploy(tiny_graph(0)), 1)  # the only core is still free
+    assert_runs_correctly(accel.deploy(small.conv_graph(0)), 1)  # the only core is still free
 
 
 @pytest.mark.parametrize("content", [b"\x08\x07garbage\xff\xfe not protobuf \x00" * 7,
@@ -180,7 +138,7 @@ def test_missing_model_file(tmp_path):
                                      b"", b"this is a text file, not a model\n"],
                          ids=["junk", "random", "empty", "text"])
 def test_garbage_model_file(tmp_path, content):
-    accel = accelerator("pynq_z2")
+    accel = emulated_accelerator("pynq_z2")
     path = tmp_path / "garbage.onnx"
     path.write_bytes(content)
     with pytest.raises(FrontendError, match=r"garbage\.onnx' is not (a valid |an )ONNX model"):
@@ -188,7 +146,7 @@ def test_garbage_model_file(tmp_path, content):
     with pytest.raises(FrontendError, match=r"given bytes (are|is) not (a valid |an )ONNX model"):
         accel.deploy(content)  # the same bytes in memory
     assert not accel.tenants
-    assert_runs_correctly(accel.deploy(tiny_graph(0)), 1)
+    assert_runs_correctly(accel.deploy(small.conv_graph(0)), 1)
 
 
 def _with_unsupported(op_type: str, **attrs) -> onnx.ModelProto:
@@ -204,20 +162,20 @@ def _with_unsupported(op_type: str, **attrs) -> onnx.ModelProto:
 def test_unsupported_operator_names_op_and_node(tmp_path, op_type, attrs):
     path = tmp_path / f"{op_type}.onnx"
     onnx.save(_with_unsupported(op_type, **attrs), str(path))
-    accel = accelerator("pynq_z2")
+    accel = emulated_accelerator("pynq_z2")
     with pytest.raises(UnsupportedOperatorError, match=rf"{op_type} \(node 'the_{op_type.lower()}'\)") as e:
         accel.deploy(str(path), calibration=small.calibration_inputs(2), fallback=False)
     assert (e.value.op_type, e.value.node_name) == (op_type, f"the_{op_type.lower()}")
     assert isinstance(e.value, FrontendError)
     assert not accel.tenants
-    assert_runs_correctly(accel.deploy(tiny_graph(0)), 1)
+    assert_runs_correctly(accel.deploy(small.conv_graph(0)), 1)
 
 
 @pytest.mark.parametrize("op_type, attrs", [("Softmax", {"axis": 1}), ("LRN", {"size": 3})])
 def test_unsupported_operator_runs_on_the_cpu_by_default(tmp_path, op_type, attrs):
     path = tmp_path / f"{op_type}.onnx"
     onnx.save(_with_unsupported(op_type, **attrs), str(path))
-    accel = accelerator("pynq_z2")
+    accel = emulated_accelerator("pynq_z2")
     tenant = accel.deploy(str(path), calibration=small.calibration_inputs(4))
     graph = tenant.graph
     assert [layer.kind for layer in graph.layers].count("cpu") == 1
@@ -234,40 +192,40 @@ def test_unsupported_operator_runs_on_the_cpu_by_default(tmp_path, op_type, attr
 
 
 def test_more_tenants_than_cores():
-    accel = accelerator("zcu104")
-    tenants = [accel.deploy(tiny_graph(i), name=f"t{i}") for i in range(4)]
+    accel = emulated_accelerator("zcu104")
+    tenants = [accel.deploy(small.conv_graph(i), name=f"t{i}") for i in range(4)]
     assert sorted(c for t in tenants for c in t.cores) == [0, 1, 2, 3]
     free = accel.device.get_memory_by_idx(0).free_bytes
     with pytest.raises(DeployError, match=r"asked for 1 CNN cores, 0 free \(4 held by \['t0', 't1', 't2', 't3'\]\)"):
-        accel.deploy(tiny_graph(9), name="fifth")
+        accel.deploy(small.conv_graph(9), name="fifth")
     assert "fifth" not in accel.tenants and accel.device.get_memory_by_idx(0).free_bytes == free
     for i, t in enumerate(tenants):
         assert_runs_correctly(t, 10 + i)
     accel.remove("t2")
-    fifth = accel.deploy(tiny_graph(9), name="fifth")
+    fifth = accel.deploy(small.conv_graph(9), name="fifth")
     assert fifth.cores == [2]
     assert_runs_correctly(fifth, 20)
     assert_runs_correctly(tenants[3], 21)
 
 
 def test_duplicate_tenant_name():
-    accel = accelerator("zcu104")
-    first = accel.deploy(tiny_graph(1), name="vision")
+    accel = emulated_accelerator("zcu104")
+    first = accel.deploy(small.conv_graph(1), name="vision")
     with pytest.raises(DeployError, match=r"a tenant named 'vision' is already deployed"):
-        accel.deploy(tiny_graph(2), name="vision")
+        accel.deploy(small.conv_graph(2), name="vision")
     assert accel.tenants == {"vision": first}
     assert_runs_correctly(first, 3)
-    other = accel.deploy(tiny_graph(2), name="other")
+    other = accel.deploy(small.conv_graph(2), name="other")
     assert other.cores == [1]  # the refused deploy did not keep a core
     assert_runs_correctly(other, 4)
 
 
 def test_removed_tenant_cannot_run():
-    accel = accelerator("pynq_z2")
+    accel = emulated_accelerator("pynq_z2")
     bank = accel.device.get_memory_by_idx(0)
     free = bank.free_bytes
-    tenant = accel.deploy(tiny_graph(1), name="gone")
-    x = random_input(tenant.graph, 0)
+    tenant = accel.deploy(small.conv_graph(1), name="gone")
+    x = random_inputs(tenant.graph, 1, 0)[0]
     accel.remove(tenant)
     assert bank.free_bytes == free and not accel.tenants
     with pytest.raises(TenantRemoved, match=r"tenant 'gone' has been removed"):
@@ -276,36 +234,36 @@ def test_removed_tenant_cannot_run():
         tenant.run(np.zeros((1, 16, 8, 8), dtype=np.float32))
     with pytest.raises(DeployError, match=r"no tenant named 'gone'"):
         accel.remove("gone")
-    assert_runs_correctly(accel.deploy(tiny_graph(2), name="gone"), 5)  # the name and the core are free again
+    assert_runs_correctly(accel.deploy(small.conv_graph(2), name="gone"), 5)  # the name and the core are free again
 
 
 @pytest.mark.parametrize("cores, message", [(0, r"cores must be a positive integer, not 0"),
                                             (17, r"asked for 17 CNN cores; the u200 pool has 16"),
                                             ("2", r"cores must be a positive integer, not '2'")])
 def test_impossible_core_counts_are_refused_clearly(cores, message):
-    accel = accelerator("u200")
+    accel = emulated_accelerator("u200")
     with pytest.raises(DeployError, match=message):
-        accel.deploy(tiny_graph(1), cores=cores, name="multi")
+        accel.deploy(small.conv_graph(1), cores=cores, name="multi")
     assert not accel.tenants and accel.free_cores == list(range(16))
-    multi = accel.deploy(tiny_graph(1), cores=16, name="multi")
+    multi = accel.deploy(small.conv_graph(1), cores=16, name="multi")
     assert multi.cores == list(range(16))
     assert_runs_correctly(multi, 6)
 
 
 def test_model_compiled_for_another_board_is_refused():
-    compiled = static.compile_graph(tiny_graph(1), "zcu104")
+    compiled = static.compile_graph(small.conv_graph(1), "zcu104")
     with pytest.raises(DeployError, match=r"compiled for zcu104, this accelerator is pynq_z2"):
-        accelerator("pynq_z2").deploy(compiled)
+        emulated_accelerator("pynq_z2").deploy(compiled)
 
 
 def test_segment_larger_than_the_bank_keeps_no_core():
-    accel = accelerator("pynq_z2", bank_capacity=TINY_BANK)
-    big = tiny_graph(1, shape=(200, 200, 16))
+    accel = emulated_accelerator("pynq_z2", bank_capacity=TINY_BANK)
+    big = small.conv_graph(1, shape=(200, 200, 16))
     assert static.compile_graph(big, "pynq_z2").segment_size > TINY_BANK
     with pytest.raises((DeployError, MemoryError), match=r"cannot allocate|memory|segment"):
         accel.deploy(big, name="big")
     assert not accel.tenants
-    assert_runs_correctly(accel.deploy(tiny_graph(2), name="small"), 7)
+    assert_runs_correctly(accel.deploy(small.conv_graph(2), name="small"), 7)
 
 
 # ---------------------------------------------------------------- isolation
@@ -357,13 +315,13 @@ def _frame_of(compiled: static.CompiledModel, insn: int) -> int:
 
 @pytest.mark.parametrize("how", ["past-end", "straddle", "near-4g", "load-neighbour"])
 def test_out_of_segment_tenant_faults_alone(how):
-    accel = accelerator("zcu104", bank_capacity=TINY_BANK)  # 4 cores, all on bank 0
+    accel = emulated_accelerator("zcu104", bank_capacity=TINY_BANK)  # 4 cores, all on bank 0
     dev = accel.device
-    left = accel.deploy(tiny_graph(1), name="left")
-    bad_model, bad_insn, fault_addr = corrupt(static.compile_graph(tiny_graph(2), "zcu104"), how)
+    left = accel.deploy(small.conv_graph(1), name="left")
+    bad_model, bad_insn, fault_addr = corrupt(static.compile_graph(small.conv_graph(2), "zcu104"), how)
     in_frame = _frame_of(bad_model, bad_insn)
     bad = accel.deploy(bad_model, name="bad")
-    right = accel.deploy(tiny_graph(3), name="right")
+    right = accel.deploy(small.conv_graph(3), name="right")
     assert {t.segment.bank for t in (left, bad, right)} == {0}
     # the neighbours sit right before and right after the bad segment
     base = dev.get_memory_by_idx(0).base_address
@@ -373,7 +331,7 @@ def test_out_of_segment_tenant_faults_alone(how):
 
     for t, seed in ((left, 1), (right, 2)):
         assert_runs_correctly(t, seed)
-    x = random_input(bad.graph, 3)
+    x = random_inputs(bad.graph, 1, 3)[0]
     for attempt in range(2):  # faulting again after a reset is just as clean
         if how == "straddle":  # the faulting SAVE's one in-segment byte: must stay as it is
             dev.bank_array(0)[hi - 1] = (0x5A, 0xA5)[attempt]
@@ -402,7 +360,7 @@ def test_out_of_segment_tenant_faults_alone(how):
 
     cores = bad.cores
     accel.remove(bad)
-    again = accel.deploy(tiny_graph(4), name="again")
+    again = accel.deploy(small.conv_graph(4), name="again")
     assert again.cores == cores
     assert_runs_correctly(again, 8)
     for t, seed in ((left, 9), (right, 10)):
@@ -411,7 +369,7 @@ def test_out_of_segment_tenant_faults_alone(how):
 
 def test_corrupted_program_is_otherwise_the_same():
     """The isolation cases change exactly one field of one instruction."""
-    compiled = static.compile_graph(tiny_graph(2), "zcu104")
+    compiled = static.compile_graph(small.conv_graph(2), "zcu104")
     bad, i, _ = corrupt(compiled, "past-end")
     words, bad_words = (m.program.reshape(-1, isa.INSN_BYTES) for m in (compiled, bad))
     differs = np.flatnonzero((words != bad_words).any(axis=1))

@@ -1,0 +1,65 @@
+"""What the host tests share beyond fixtures (conftest.py): small emulated
+boards and accelerators on them, random int8 inputs, quantized test models
+with their golden outputs, and the check that a tenant computes what the
+golden model does. Test graphs themselves live in vfpga.runtime.models.small."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from vfpga.driver.emulated import EmulatedDevice
+from vfpga.runtime import tenants
+from vfpga.runtime.compiler import ir, static
+from vfpga.runtime.hw import golden
+
+# The repository (the HLS sources, build flows and notebooks the tests read).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Small emulated banks: cheap to build, and small enough to compare whole.
+SMALL_BANK = 16 << 20
+
+
+def emulated_accelerator(board: str = "u200", bank_capacity: int = SMALL_BANK) -> tenants.Accelerator:
+    """A fresh Accelerator on a fresh emulated board (close it when done)."""
+    return tenants.Accelerator(board, device=EmulatedDevice(board, bank_capacity=bank_capacity))
+
+
+def random_inputs(graph: ir.Graph, n: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` random int8 inputs of the graph's input shape (HWC)."""
+    shape = graph.tensors[graph.inputs[0]].shape
+    rng = np.random.default_rng(seed)
+    return [rng.integers(-128, 128, size=shape, dtype=np.int8) for _ in range(n)]
+
+
+def assert_runs_correctly(tenant: tenants.Tenant, seed: int) -> None:
+    """One request of a deployed tenant equals the golden model's output."""
+    (x,) = random_inputs(tenant.graph, 1, seed)
+    (y,), info = tenant.run_quantized(x)
+    assert info.completions and all(c.ok for c in info.completions)
+    np.testing.assert_array_equal(y, golden.run_graph(tenant.graph, x)[tenant.graph.outputs[0]])
+
+
+@dataclasses.dataclass
+class Model:
+    """A compiled test model with inputs and the golden model's outputs for them."""
+
+    name: str
+    graph: ir.Graph
+    compiled: static.CompiledModel
+    inputs: list  # int8 HWC
+    wants: list  # golden outputs
+
+    def check(self, outs, i: int) -> None:
+        (y,) = outs
+        np.testing.assert_array_equal(y, self.wants[i], err_msg=f"{self.name} input {i}")
+
+
+def make_model(name: str, graph: ir.Graph, n_inputs: int = 4, seed: int = 0, board: str = "u200") -> Model:
+    """Compile ``graph`` (all on the cores) with ``n_inputs`` random inputs and their golden outputs."""
+    c = static.compile_graph(graph, board)
+    assert [p.kind for p in c.parts] == ["accel"]
+    xs = random_inputs(graph, n_inputs, seed)
+    return Model(name, graph, c, xs, [golden.run_graph(graph, x)[graph.outputs[0]] for x in xs])
