@@ -91,17 +91,7 @@
 
 #include "vfpga_isa.h"
 #include "vfpga_core.h"
-
-/* Loop labels name the HLS loops; g++ would call them unused. (HLS pragmas
- * are unknown to g++: host builds pass -Wno-unknown-pragmas.) */
-#if defined(__GNUC__) && !defined(__clang__) && !defined(__SYNTHESIS__)
-#pragma GCC diagnostic ignored "-Wunused-label"
-#endif
-
-/* Vitis HLS synthesises the literal loop nests (see the cores' "Two bodies"). */
-#if defined(__SYNTHESIS__) && !defined(VF_HLS_LITERAL)
-#define VF_HLS_LITERAL 1
-#endif
+#include "vfpga_hls.h"
 
 #if !defined(VF_AXI_BYTES)
 #error "board macros missing: compile with the flags printed by python3 overlay/config.py BOARD"
