@@ -23,6 +23,7 @@ CORE_SOURCES = [os.path.join(_REL_HLS, name) for name in ("cnn_core.cpp", "rnn_c
 CXXFLAGS = ["-std=c++14", "-O3", "-Wno-unknown-pragmas"]
 
 _DEFINE_WITH_VALUE = re.compile(r"^\s*#\s*define\s+\w+\s+(0x[0-9a-fA-F]+|\d+)\s*(/\*.*)?$")
+_LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 
 
 def _board_config():
@@ -35,15 +36,28 @@ def _board_config():
 
 def cdef_text(*headers, macros=()):
     """The headers as cffi's cdef parser accepts them: preprocessor lines
-    other than integer #defines are dropped; ``macros`` (name, value) come
-    first as #defines (array lengths the headers take from the board)."""
+    other than integer #defines are dropped, except that a header's
+    ``#include "x.h"`` of another header of hls/include is replaced by that
+    header's text (each header once, as include guards would); ``macros``
+    (name, value) come first as #defines (array lengths the headers take from
+    the board)."""
     out = [f"#define {name} {value}\n" for name, value in macros]
-    for name in headers:
+    seen = set()
+
+    def add(name):
+        if name in seen:
+            return
+        seen.add(name)
         with open(os.path.join(INCLUDE_DIR, name)) as f:
             for line in f:
-                if line.lstrip().startswith("#") and not _DEFINE_WITH_VALUE.match(line):
-                    continue
-                out.append(line)
+                included = _LOCAL_INCLUDE.match(line)
+                if included and os.path.isfile(os.path.join(INCLUDE_DIR, included.group(1))):
+                    add(included.group(1))
+                elif not line.lstrip().startswith("#") or _DEFINE_WITH_VALUE.match(line):
+                    out.append(line)
+
+    for name in headers:
+        add(name)
     return "".join(out)
 
 

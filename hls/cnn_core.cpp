@@ -7,51 +7,11 @@
  * cnn_core_top.cpp), compiled by g++ for the C-simulation testbench, and
  * loaded into Python through cffi as the emulated hardware.
  *
- * ---- Step rule --------------------------------------------------------------
- * A step executes instructions starting at state->pc:
- *  - if the instruction at pc is a FRAME marker it starts the frame: it is
- *    retired, counters->frames is incremented and the token queues are empty;
- *  - the following non-marker instructions form the step's body;
- *  - the body ends at the next marker or at insn_count:
- *      FRAME    : not consumed (it starts the next step); returns VF_STEP_FRAME
- *      BARRIER  : consumed after every unit has drained; returns VF_STEP_FRAME,
- *                 or VF_STEP_END when it was the last instruction of the stream
- *      END      : consumed; running = 0; returns VF_STEP_END
- *      no marker: the stream is exhausted; running = 0; returns VF_STEP_END.
- * Every step retires at least one instruction, so the loop "step until not
- * VF_STEP_FRAME" always terminates. The token queues live inside one step
- * (vf_cnn_state_t has no room for them): they are empty when a step starts
- * and whatever is left in them when it ends is discarded, so tokens never
- * cross a FRAME (nor a BARRIER). Markers and NOP ignore their deps/flags and
- * are retired by the decoder with 0 iterations.
- * A state with fault != 0 returns VF_STEP_FAULT at once. A state with
- * running == 0 and pc != 0 (stopped at END or at the end of the stream)
- * returns VF_STEP_END at once; running == 0 with pc == 0 (a zeroed, fresh
- * state) starts the program.
- *
- * ---- Decode, dispatch and the unit schedule ---------------------------------
- * The decoder first fetches the heads of the whole step (pc .. the ending
- * marker), checking each fetch against seg_limit (VF_FAULT_FETCH), the opcode
- * (VF_FAULT_OPCODE) and the deps bits the opcode's unit may use (load: only
- * *_NEXT, save: only *_PREV, compute: all four; otherwise VF_FAULT_FIELD).
- * A decode fault stops the core before any instruction of the step runs.
- * The body is then dispatched in program order to the three units' queues
- * (LOAD: LOAD_TILE, LOAD_LINEAR; COMPUTE: CONV, POOL, ADD; SAVE: SAVE), which
- * run as the concurrent hardware units do: in-order within a unit, ordered
- * between units only by the dependency tokens (queues load->compute,
- * compute->load, compute->save, save->compute; counters, not data).
- * An instruction pops its tokens (waiting while one is missing), executes,
- * then pushes its tokens. The C-simulation runs rounds over the units in the
- * order SAVE, COMPUTE, LOAD (consumers first); in its turn a unit runs
- * instructions until it blocks on a token or its queue is empty. A round in
- * which no unit makes progress while work is left is VF_FAULT_DEADLOCK. This
- * schedule is adversarial on purpose: a consumer that does not wait for its
- * producer's token runs before the producer, and a producer that does not wait
- * for its consumer's "buffer free" token runs ahead, so a wrong token program
- * produces a wrong result in C-simulation as it could on the board.
- * Units read their instruction again from the segment when they execute it;
- * an instruction stream that overwrites its own not-yet-executed instructions
- * within a step is deterministic here but its effect is unspecified.
+ * ---- Step rule, decode and the unit schedule -------------------------------
+ * As include/vfpga_unit_scheduler.h states them (written once for both core
+ * kinds). The CNN core's units: LOAD (LOAD_TILE, LOAD_LINEAR), COMPUTE (CONV,
+ * POOL, ADD) and SAVE (SAVE); opcodes below VF_OP_COUNT decode (any other is
+ * VF_FAULT_OPCODE).
  *
  * ---- Faults -------------------------------------------------------------------
  * Each instruction is validated completely before it moves any byte:
@@ -71,14 +31,11 @@
  *   3. VF_FAULT_SEGMENT a DDR byte the instruction would touch lies outside
  *                       [0, seg_limit). fault_addr = lowest such offset (which
  *                       is also the first one in access order).
- * VF_FAULT_FETCH reports fault_addr = first instruction byte outside the
- * segment and fault_opcode = 0xffffffff; VF_FAULT_OPCODE reports the opcode;
- * VF_FAULT_DEADLOCK reports the lowest-indexed blocked instruction with
- * fault_addr = 1 (the deps field). fault_addr saturates at 0xffffffff.
+ * VF_FAULT_FETCH / VF_FAULT_OPCODE / VF_FAULT_DEADLOCK: see the scheduler.
+ * fault_addr saturates at 0xffffffff.
  * All address arithmetic is 64-bit on validated, saturated extents: no field
  * value can make the core touch memory outside seg[0, seg_limit) or outside
- * its on-chip buffers. On a fault: running = 0, pc = fault_insn, nothing of
- * the faulting instruction is written, VF_STEP_FAULT is returned.
+ * its on-chip buffers. Nothing of a faulting instruction is written.
  *
  * ---- Pipelined-loop iteration counts (the cycle model's contract) ----------
  * Per retired instruction, iterations of its II=1 pipelined loop:
@@ -95,13 +52,9 @@
  *   POOL             out_h * out_w * kh * kw * ceil(channels / VF_OCP)
  *   ADD              ceil(length / VF_OCP)
  *   NOP, markers     0
- * iters[idx] receives the count (saturated to 0xffffffff); counters->
- * load_iters / compute_iters / save_iters accumulate it per unit.
- * counters->load_bytes / save_bytes count DDR bytes actually moved (LOAD_TILE
- * padding excluded); counters->macs counts useful CONV MACs
- * (groups * out_h * out_w * kh * kw * cin_g * cout_g); counters->insns counts
- * retired instructions, markers and NOPs included; counters->frames counts
- * FRAME markers.
+ * iters[idx] and the counters as the scheduler keeps them; load_bytes /
+ * save_bytes count DDR bytes actually moved (LOAD_TILE padding excluded); macs
+ * counts useful CONV MACs (groups * out_h * out_w * kh * kw * cin_g * cout_g).
  *
  * ---- Two bodies, one loop nest ----------------------------------------------
  * The HLS loop nests (pipelined beat loops with VF_ICP x VF_OCP / VF_AXI_BYTES
@@ -124,12 +77,7 @@
 
 #include "vfpga_isa.h"
 #include "vfpga_cnn_core.h"
-
-/* Loop labels name the HLS loops; g++ would call them unused. (HLS pragmas
- * are unknown to g++: host builds pass -Wno-unknown-pragmas.) */
-#if defined(__GNUC__) && !defined(__clang__) && !defined(__SYNTHESIS__)
-#pragma GCC diagnostic ignored "-Wunused-label"
-#endif
+#include "vfpga_unit_scheduler.h"
 
 #if !defined(VF_ICP) || !defined(VF_OCP) || !defined(VF_AXI_BYTES) || !defined(VF_IBUF_BYTES) || \
     !defined(VF_WBUF_BYTES) || !defined(VF_ACC_WORDS) || !defined(VF_OBUF_BYTES) ||                \
@@ -137,14 +85,8 @@
 #error "board macros missing: compile with the flags printed by python3 overlay/config.py BOARD"
 #endif
 
-#if defined(__SYNTHESIS__) && !defined(VF_HLS_LITERAL)
-#define VF_HLS_LITERAL 1
-#endif
-
-static_assert(sizeof(vf_insn_t) == VF_INSN_BYTES, "instruction size");
 static_assert(VF_ICP >= 1 && VF_ICP <= 256, "VF_ICP out of range");
 static_assert(VF_OCP >= 1 && VF_OCP <= 256, "VF_OCP out of range");
-static_assert(VF_AXI_BYTES >= 1 && VF_AXI_BYTES <= 4096, "VF_AXI_BYTES out of range");
 /* POOL: |sum * mult| <= 255 * IBUF * 2^31 must stay below 2^63. */
 static_assert(VF_IBUF_BYTES >= 1 && VF_IBUF_BYTES <= (1u << 23), "VF_IBUF_BYTES out of range");
 static_assert(VF_WBUF_BYTES >= 1 && VF_WBUF_BYTES <= (1u << 30), "VF_WBUF_BYTES out of range");
@@ -153,64 +95,10 @@ static_assert(VF_OBUF_BYTES >= 1 && VF_OBUF_BYTES <= (1u << 30), "VF_OBUF_BYTES 
 static_assert(VF_PARAM_ENTRIES >= 1 && VF_PARAM_ENTRIES <= (1u << 24), "VF_PARAM_ENTRIES out of range");
 
 #define VF_PARAM_BYTES ((uint64_t)VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS * 4u)
-#define VF_FETCH_NO_OPCODE 0xffffffffu
 
 /* ========================================================================== */
-/* Small helpers                                                              */
+/* Small helpers (the shared ones are in vfpga_unit_scheduler.h)               */
 /* ========================================================================== */
-
-/* Outcome of one instruction in a unit. */
-typedef struct {
-    uint32_t fault; /* VF_FAULT_* */
-    uint32_t addr;  /* fault_addr */
-    uint64_t iters; /* pipelined-loop iterations */
-    uint64_t bytes; /* DDR bytes moved */
-    uint64_t macs;  /* useful MACs */
-} vf_exec_t;
-
-static inline uint32_t vf_sat32(uint64_t v) { return v > 0xffffffffull ? 0xffffffffu : (uint32_t)v; }
-
-static inline vf_exec_t vf_done(uint64_t iters, uint64_t bytes, uint64_t macs)
-{
-    vf_exec_t r = {VF_FAULT_NONE, 0, iters, bytes, macs};
-    return r;
-}
-
-static inline vf_exec_t vf_fail(uint32_t fault, uint64_t addr)
-{
-    vf_exec_t r = {fault, vf_sat32(addr), 0, 0, 0};
-    return r;
-}
-
-#define VF_FIELD(type, member) vf_fail(VF_FAULT_FIELD, offsetof(type, member))
-#define VF_FLAGS_OFFSET (offsetof(vf_insn_head_t, flags))
-#define VF_DEPS_OFFSET (offsetof(vf_insn_head_t, deps))
-
-static inline uint64_t vf_min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
-static inline uint64_t vf_max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
-static inline uint64_t vf_ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
-
-/* Products of untrusted fields saturate here: any saturated extent exceeds
- * every buffer and segment, and start + extent cannot wrap. */
-#define VF_SAT_LIMIT (1ull << 56)
-static inline uint64_t vf_mul_sat(uint64_t a, uint64_t b)
-{
-    if (a == 0 || b == 0)
-        return 0;
-    if (a > VF_SAT_LIMIT / b)
-        return VF_SAT_LIMIT;
-    const uint64_t p = a * b;
-    return p > VF_SAT_LIMIT ? VF_SAT_LIMIT : p;
-}
-
-/* [start, start + len) inside [0, size)? */
-static inline bool vf_fits(uint64_t start, uint64_t len, uint64_t size)
-{
-    return start <= size && len <= size - start;
-}
-
-/* First offset of [start, ...) that lies outside [0, size). */
-static inline uint64_t vf_first_out(uint64_t start, uint64_t size) { return vf_max64(start, size); }
 
 /* A DDR access of `rows` rows starting `row_pitch` apart, each made of `cols`
  * runs of `run` bytes starting `col_pitch` apart (col_pitch >= run >= 1).
@@ -238,21 +126,6 @@ SEG_SCAN:
     }
     *first = limit; /* not reached: the whole-range test above failed */
     return false;
-}
-
-/* Two's-complement reinterpretation without implementation-defined casts. */
-static inline int32_t vf_i32(uint32_t v)
-{
-    return v < 0x80000000u ? (int32_t)v : (int32_t)(v - 0x80000000u) + INT32_MIN;
-}
-
-/* rshift_round(v, s) = s == 0 ? v : (v + (1 << (s - 1))) >> s, an arithmetic
- * shift (floor). Callers keep |v| <= 2^62 and s <= 62, so the addition cannot
- * overflow. The right shift of a negative value is arithmetic on g++, clang
- * and Vitis HLS (implementation-defined before C++20, not undefined). */
-static inline int64_t vf_rshift_round(int64_t v, uint32_t s)
-{
-    return s == 0 ? v : (v + (int64_t)(1ull << (s - 1))) >> s;
 }
 
 /* rdiv(n, d) = sign(n) * ((|n| + d / 2) / d), d >= 1, |n| <= 2^62. */
@@ -446,10 +319,8 @@ LINEAR_BEAT:
 #else
     if (to_param) {
         int32_t *dst = param + (l.buf_addr >> 2);
-        for (uint64_t w = 0; w < n / 4; ++w) {
-            const uint8_t *s = (const uint8_t *)src + 4 * w; /* little-endian words */
-            dst[w] = vf_i32((uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 24);
-        }
+        for (uint64_t w = 0; w < n / 4; ++w)
+            dst[w] = vf_word(src + 4 * w);
     } else {
         memcpy(wbuf + l.buf_addr, src, n);
     }
@@ -462,14 +333,9 @@ static vf_exec_t vf_load_unit(const int8_t *seg, uint64_t seg_limit, const vf_in
 {
     if (insn.head.flags != 0)
         return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
-    if (insn.head.opcode == VF_OP_LOAD_TILE) {
-        vf_insn_mem_t m;
-        memcpy(&m, insn.raw, sizeof m);
-        return vf_load_tile(seg, seg_limit, m, b->ibuf);
-    }
-    vf_insn_linear_t l;
-    memcpy(&l, insn.raw, sizeof l);
-    return vf_load_linear(seg, seg_limit, l, b->wbuf, b->param);
+    if (insn.head.opcode == VF_OP_LOAD_TILE)
+        return vf_load_tile(seg, seg_limit, vf_format<vf_insn_mem_t>(insn), b->ibuf);
+    return vf_load_linear(seg, seg_limit, vf_format<vf_insn_linear_t>(insn), b->wbuf, b->param);
 }
 
 /* ========================================================================== */
@@ -504,47 +370,6 @@ static inline void vf_conv_last(const vf_conv_t &k, uint64_t oc, uint64_t pix, u
         k.acc[pix * k.OCT + oc] = vf_i32(v);
     }
 }
-
-#ifndef VF_HLS_LITERAL
-/* lane[o] += sum_{i < n} x[i] * w[o * wst + i] for o < nO, wrapping. Partial
- * sums stay exact in int32 for runs of at most 65536 products (|x * w| <=
- * 2^14); runs are combined with wrapping uint32 additions. Four lanes share
- * each input load. */
-static inline void vf_mac_lanes(uint32_t *lane, uint32_t nO, const int8_t *x, const int8_t *w, uint64_t wst,
-                                uint64_t n)
-{
-    for (uint64_t i0 = 0; i0 < n; i0 += 65536) {
-        const uint32_t m = (uint32_t)vf_min64(n - i0, 65536);
-        const int8_t *xs = x + i0;
-        uint32_t o = 0;
-        for (; o + 4 <= nO; o += 4) {
-            const int8_t *w0 = w + o * wst + i0;
-            const int8_t *w1 = w0 + wst;
-            const int8_t *w2 = w1 + wst;
-            const int8_t *w3 = w2 + wst;
-            int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-            for (uint32_t i = 0; i < m; ++i) {
-                const int32_t xi = xs[i];
-                s0 += xi * w0[i];
-                s1 += xi * w1[i];
-                s2 += xi * w2[i];
-                s3 += xi * w3[i];
-            }
-            lane[o] += (uint32_t)s0;
-            lane[o + 1] += (uint32_t)s1;
-            lane[o + 2] += (uint32_t)s2;
-            lane[o + 3] += (uint32_t)s3;
-        }
-        for (; o < nO; ++o) {
-            const int8_t *w0 = w + o * wst + i0;
-            int32_t s = 0;
-            for (uint32_t i = 0; i < m; ++i)
-                s += (int32_t)xs[i] * w0[i];
-            lane[o] += (uint32_t)s;
-        }
-    }
-}
-#endif
 
 /* CONV with cin_g > 1: lanes = VF_OCP output channels of one group, beats =
  * (ky, kx, VF_ICP input channels). Returns the beats run (literal build). */
@@ -604,10 +429,10 @@ CONV_G:
                         const int8_t *xr = xwin + ky * in_row;
                         const int8_t *wr = w0 + (uint64_t)ky * k.KW * k.CIN;
                         if (k.G == 1) /* (kx, i) is contiguous in IBUF and WBUF */
-                            vf_mac_lanes(lane, nO, xr, wr, k.WST, (uint64_t)k.KW * k.CIN);
+                            vf_dot_lanes(lane, nO, xr, wr, k.WST, (uint64_t)k.KW * k.CIN);
                         else
                             for (uint32_t kx = 0; kx < k.KW; ++kx)
-                                vf_mac_lanes(lane, nO, xr + kx * k.ICT, wr + (uint64_t)kx * k.CIN, k.WST, k.CIN);
+                                vf_dot_lanes(lane, nO, xr + kx * k.ICT, wr + (uint64_t)kx * k.CIN, k.WST, k.CIN);
                     }
 #endif
                 CONV_STORE:
@@ -1007,19 +832,11 @@ ADD_BEAT:
 /* The COMPUTE unit: CONV, POOL, ADD. */
 static vf_exec_t vf_compute_unit(const vf_insn_t &insn, vf_cnn_buffers_t *b)
 {
-    if (insn.head.opcode == VF_OP_CONV) {
-        vf_insn_conv_t c;
-        memcpy(&c, insn.raw, sizeof c);
-        return vf_conv(c, b);
-    }
-    if (insn.head.opcode == VF_OP_POOL) {
-        vf_insn_pool_t p;
-        memcpy(&p, insn.raw, sizeof p);
-        return vf_pool(p, b);
-    }
-    vf_insn_add_t a;
-    memcpy(&a, insn.raw, sizeof a);
-    return vf_add(a, b);
+    if (insn.head.opcode == VF_OP_CONV)
+        return vf_conv(vf_format<vf_insn_conv_t>(insn), b);
+    if (insn.head.opcode == VF_OP_POOL)
+        return vf_pool(vf_format<vf_insn_pool_t>(insn), b);
+    return vf_add(vf_format<vf_insn_add_t>(insn), b);
 }
 
 /* ========================================================================== */
@@ -1031,8 +848,7 @@ static vf_exec_t vf_save_unit(int8_t *seg, uint64_t seg_limit, const vf_insn_t &
 {
     if (insn.head.flags != 0)
         return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
-    vf_insn_mem_t m;
-    memcpy(&m, insn.raw, sizeof m);
+    const vf_insn_mem_t m = vf_format<vf_insn_mem_t>(insn);
     const vf_exec_t view = vf_view_fields(m);
     if (view.fault != VF_FAULT_NONE)
         return view;
@@ -1113,118 +929,47 @@ SAVE_ROW:
 }
 
 /* ========================================================================== */
-/* Decoder and unit scheduler                                                  */
+/* The CNN kind of core, for vf_unit_step                                      */
 /* ========================================================================== */
 
-enum { VF_UNIT_LOAD = 0, VF_UNIT_COMPUTE = 1, VF_UNIT_SAVE = 2, VF_UNIT_NONE = 3 };
+struct vf_cnn_kind {
+    typedef vf_cnn_buffers_t buffers_t;
+    typedef vf_insn_t insn_t;
 
-static inline uint32_t vf_unit_of(uint32_t opcode)
-{
-    switch (opcode) {
-    case VF_OP_LOAD_TILE:
-    case VF_OP_LOAD_LINEAR:
-        return VF_UNIT_LOAD;
-    case VF_OP_CONV:
-    case VF_OP_POOL:
-    case VF_OP_ADD:
-        return VF_UNIT_COMPUTE;
-    case VF_OP_SAVE:
-        return VF_UNIT_SAVE;
-    default:
-        return VF_UNIT_NONE;
+    static bool buffers_ok(const vf_cnn_buffers_t *b)
+    {
+        return b->ibuf != NULL && b->wbuf != NULL && b->acc != NULL && b->obuf != NULL && b->param != NULL;
     }
-}
 
-static inline bool vf_is_marker(uint32_t opcode)
-{
-    return opcode == VF_OP_FRAME || opcode == VF_OP_BARRIER || opcode == VF_OP_END;
-}
+    static bool opcode_ok(uint32_t opcode) { return opcode < VF_OP_COUNT; }
 
-/* deps bits each unit may use */
-static inline uint32_t vf_deps_allowed(uint32_t unit)
-{
-    switch (unit) {
-    case VF_UNIT_LOAD:
-        return VF_DEP_POP_NEXT | VF_DEP_PUSH_NEXT;
-    case VF_UNIT_SAVE:
-        return VF_DEP_POP_PREV | VF_DEP_PUSH_PREV;
-    case VF_UNIT_COMPUTE:
-        return VF_DEP_POP_PREV | VF_DEP_POP_NEXT | VF_DEP_PUSH_PREV | VF_DEP_PUSH_NEXT;
-    default:
-        return 0;
+    static uint32_t unit_of(uint32_t opcode)
+    {
+        switch (opcode) {
+        case VF_OP_LOAD_TILE:
+        case VF_OP_LOAD_LINEAR:
+            return VF_UNIT_LOAD;
+        case VF_OP_CONV:
+        case VF_OP_POOL:
+        case VF_OP_ADD:
+            return VF_UNIT_COMPUTE;
+        case VF_OP_SAVE:
+            return VF_UNIT_SAVE;
+        default:
+            return VF_UNIT_NONE;
+        }
     }
-}
 
-/* Token queues of one step. */
-typedef struct {
-    uint32_t l2c, c2l, c2s, s2c;
-} vf_tokens_t;
-
-/* The queue a unit pops for POP_PREV / POP_NEXT (NULL: none). */
-static inline uint32_t *vf_pop_queue(vf_tokens_t *t, uint32_t unit, bool prev)
-{
-    if (unit == VF_UNIT_LOAD)
-        return prev ? NULL : &t->c2l;
-    if (unit == VF_UNIT_SAVE)
-        return prev ? &t->c2s : NULL;
-    return prev ? &t->l2c : &t->s2c;
-}
-
-static inline uint32_t *vf_push_queue(vf_tokens_t *t, uint32_t unit, bool prev)
-{
-    if (unit == VF_UNIT_LOAD)
-        return prev ? NULL : &t->l2c;
-    if (unit == VF_UNIT_SAVE)
-        return prev ? &t->s2c : NULL;
-    return prev ? &t->c2l : &t->c2s;
-}
-
-static inline bool vf_tokens_ready(vf_tokens_t *t, uint32_t unit, uint32_t deps)
-{
-    if ((deps & VF_DEP_POP_PREV) && *vf_pop_queue(t, unit, true) == 0)
-        return false;
-    if ((deps & VF_DEP_POP_NEXT) && *vf_pop_queue(t, unit, false) == 0)
-        return false;
-    return true;
-}
-
-/* Instruction idx lies inside the segment (else *first = first byte outside). */
-static inline bool vf_fetch_ok(uint64_t seg_limit, uint32_t insn_offset, uint32_t idx, uint64_t *first)
-{
-    const uint64_t at = (uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES;
-    if (vf_fits(at, VF_INSN_BYTES, seg_limit))
-        return true;
-    *first = vf_first_out(at, seg_limit);
-    return false;
-}
-
-static inline void vf_fetch(const int8_t *seg, uint32_t insn_offset, uint32_t idx, vf_insn_t *insn)
-{
-    memcpy(insn->raw, seg + (uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES, VF_INSN_BYTES);
-}
-
-static inline uint32_t vf_fetch_opcode(const int8_t *seg, uint32_t insn_offset, uint32_t idx)
-{
-    return (uint8_t)seg[(uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES];
-}
-
-static uint32_t vf_stop(vf_cnn_state_t *state, uint32_t fault, uint32_t idx, uint32_t opcode, uint64_t addr)
-{
-    state->fault = fault;
-    state->fault_insn = idx;
-    state->fault_opcode = opcode;
-    state->fault_addr = vf_sat32(addr);
-    state->running = 0;
-    state->pc = idx;
-    return VF_STEP_FAULT;
-}
-
-static inline void vf_retire(vf_cnn_counters_t *cnt, uint32_t *iters, uint32_t idx, uint64_t n)
-{
-    cnt->insns += 1;
-    if (iters)
-        iters[idx] = vf_sat32(n);
-}
+    static vf_exec_t execute(uint32_t unit, int8_t *seg, uint64_t seg_limit, const vf_insn_t &insn,
+                             vf_cnn_buffers_t *b)
+    {
+        if (unit == VF_UNIT_LOAD)
+            return vf_load_unit(seg, seg_limit, insn, b);
+        if (unit == VF_UNIT_COMPUTE)
+            return vf_compute_unit(insn, b);
+        return vf_save_unit(seg, seg_limit, insn, b);
+    }
+};
 
 void vf_cnn_core_geometry(vf_cnn_geometry_t *geometry)
 {
@@ -1242,141 +987,5 @@ uint32_t vf_cnn_core_step(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset,
                           vf_cnn_buffers_t *buffers, vf_cnn_state_t *state, vf_cnn_counters_t *counters,
                           uint32_t *iters)
 {
-    if (state == NULL)
-        return VF_STEP_FAULT;
-    if (state->fault != VF_FAULT_NONE)
-        return VF_STEP_FAULT;
-    if (!state->running && state->pc != 0)
-        return VF_STEP_END;
-    vf_cnn_counters_t scratch = {0, 0, 0, 0, 0, 0, 0, 0};
-    vf_cnn_counters_t *cnt = counters ? counters : &scratch;
-    if (buffers == NULL || buffers->ibuf == NULL || buffers->wbuf == NULL || buffers->acc == NULL ||
-        buffers->obuf == NULL || buffers->param == NULL)
-        return vf_stop(state, VF_FAULT_BUFFER, state->pc, VF_FETCH_NO_OPCODE, 0);
-    const uint64_t limit = seg ? seg_limit : 0;
-    state->running = 1;
-
-    uint32_t idx = state->pc;
-    if (idx >= insn_count) {
-        state->running = 0;
-        return VF_STEP_END;
-    }
-
-    /* ---- decode: the frame head, then the body up to the ending marker ---- */
-    uint64_t first = 0;
-    if (!vf_fetch_ok(limit, insn_offset, idx, &first))
-        return vf_stop(state, VF_FAULT_FETCH, idx, VF_FETCH_NO_OPCODE, first);
-    if (vf_fetch_opcode(seg, insn_offset, idx) == VF_OP_FRAME) {
-        cnt->frames += 1; /* token queues start empty in every step */
-        vf_retire(cnt, iters, idx, 0);
-        ++idx;
-    }
-    const uint32_t body = idx;
-    uint32_t end_op = VF_OP_COUNT; /* VF_OP_COUNT: stream exhausted */
-DECODE:
-    for (; idx < insn_count; ++idx) {
-        if (!vf_fetch_ok(limit, insn_offset, idx, &first))
-            return vf_stop(state, VF_FAULT_FETCH, idx, VF_FETCH_NO_OPCODE, first);
-        vf_insn_head_t h;
-        memcpy(&h, seg + (uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES, sizeof h);
-        if (h.opcode >= VF_OP_COUNT)
-            return vf_stop(state, VF_FAULT_OPCODE, idx, h.opcode, h.opcode);
-        if (vf_is_marker(h.opcode)) {
-            end_op = h.opcode;
-            break;
-        }
-        const uint32_t unit = vf_unit_of(h.opcode);
-        if (unit != VF_UNIT_NONE && (h.deps & ~vf_deps_allowed(unit)) != 0)
-            return vf_stop(state, VF_FAULT_FIELD, idx, h.opcode, VF_DEPS_OFFSET);
-    }
-    const uint32_t stop = idx;
-
-    /* NOPs are retired by the decoder */
-    for (uint32_t i = body; i < stop; ++i)
-        if (vf_fetch_opcode(seg, insn_offset, i) == VF_OP_NOP)
-            vf_retire(cnt, iters, i, 0);
-
-    /* ---- the three units, scheduled by their tokens ---- */
-    vf_tokens_t tok = {0, 0, 0, 0};
-    uint32_t cursor[3] = {body, body, body};
-    static const uint32_t order[3] = {VF_UNIT_SAVE, VF_UNIT_COMPUTE, VF_UNIT_LOAD};
-SCHEDULE:
-    for (;;) {
-        bool progress = false;
-        bool work = false;
-        uint32_t blocked = stop; /* lowest blocked instruction */
-        for (uint32_t u = 0; u < 3; ++u) {
-            const uint32_t unit = order[u];
-            uint32_t &pc = cursor[unit];
-            for (;;) {
-                while (pc < stop && vf_unit_of(vf_fetch_opcode(seg, insn_offset, pc)) != unit)
-                    ++pc;
-                if (pc >= stop)
-                    break;
-                vf_insn_t insn;
-                vf_fetch(seg, insn_offset, pc, &insn);
-                const uint32_t deps = insn.head.deps;
-                if ((deps & ~vf_deps_allowed(unit)) != 0)
-                    return vf_stop(state, VF_FAULT_FIELD, pc, insn.head.opcode, VF_DEPS_OFFSET);
-                if (!vf_tokens_ready(&tok, unit, deps)) {
-                    work = true;
-                    blocked = pc < blocked ? pc : blocked;
-                    break;
-                }
-                if (deps & VF_DEP_POP_PREV)
-                    *vf_pop_queue(&tok, unit, true) -= 1;
-                if (deps & VF_DEP_POP_NEXT)
-                    *vf_pop_queue(&tok, unit, false) -= 1;
-                vf_exec_t r;
-                if (unit == VF_UNIT_LOAD)
-                    r = vf_load_unit(seg, limit, insn, buffers);
-                else if (unit == VF_UNIT_COMPUTE)
-                    r = vf_compute_unit(insn, buffers);
-                else
-                    r = vf_save_unit(seg, limit, insn, buffers);
-                if (r.fault != VF_FAULT_NONE)
-                    return vf_stop(state, r.fault, pc, insn.head.opcode, r.addr);
-                if (deps & VF_DEP_PUSH_PREV)
-                    *vf_push_queue(&tok, unit, true) += 1;
-                if (deps & VF_DEP_PUSH_NEXT)
-                    *vf_push_queue(&tok, unit, false) += 1;
-                vf_retire(cnt, iters, pc, r.iters);
-                if (unit == VF_UNIT_LOAD) {
-                    cnt->load_iters += r.iters;
-                    cnt->load_bytes += r.bytes;
-                } else if (unit == VF_UNIT_COMPUTE) {
-                    cnt->compute_iters += r.iters;
-                    cnt->macs += r.macs;
-                } else {
-                    cnt->save_iters += r.iters;
-                    cnt->save_bytes += r.bytes;
-                }
-                progress = true;
-                ++pc;
-            }
-        }
-        if (!work)
-            break;
-        if (!progress)
-            return vf_stop(state, VF_FAULT_DEADLOCK, blocked, vf_fetch_opcode(seg, insn_offset, blocked),
-                           VF_DEPS_OFFSET);
-    }
-
-    /* ---- the ending marker ---- */
-    if (end_op == VF_OP_FRAME) {
-        state->pc = stop; /* starts the next step */
-        return VF_STEP_FRAME;
-    }
-    if (end_op == VF_OP_COUNT) {
-        state->pc = stop;
-        state->running = 0;
-        return VF_STEP_END;
-    }
-    vf_retire(cnt, iters, stop, 0);
-    state->pc = stop + 1;
-    if (end_op == VF_OP_END || state->pc >= insn_count) {
-        state->running = 0;
-        return VF_STEP_END;
-    }
-    return VF_STEP_FRAME;
+    return vf_unit_step<vf_cnn_kind>(seg, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
 }

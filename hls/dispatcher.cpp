@@ -48,11 +48,8 @@
 #include <string.h>
 
 #include "vfpga_dispatcher.h"
-
-/* Loop labels name the HLS loops; g++ would call them unused. */
-#if defined(__GNUC__) && !defined(__clang__) && !defined(__SYNTHESIS__)
-#pragma GCC diagnostic ignored "-Wunused-label"
-#endif
+#include "vfpga_core_kinds.h"
+#include "vfpga_hls.h"
 
 #if !defined(VF_DISP_RING_MAX) || !defined(VF_DISP_WALK_BUDGET) || !defined(VF_DREG_TENANT_BASE) || \
     !defined(VF_DREG_TENANT_STRIDE)
@@ -681,41 +678,15 @@ TENANTS:
     return issued_mask;
 }
 
-/* Zeroes a core's on-chip buffers (a frame of another tenant follows). */
-static void vf_scrub(vf_cnn_buffers_t *b)
+/* Runs an issued frame on a core of either kind (the type of its buffers):
+ * scrubs them if asked, then steps the frame's instructions until END or a
+ * fault. */
+template <class Buffers>
+static void vf_run_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t *frame, Buffers *buffers,
+                         vf_core_state_t *result, vf_core_counters_t *counters, uint32_t *iters)
 {
-    if (b->ibuf != 0) {
-    SCRUB_IBUF:
-        for (uint32_t i = 0; i < VF_IBUF_BYTES; ++i)
-            b->ibuf[i] = 0;
-    }
-    if (b->wbuf != 0) {
-    SCRUB_WBUF:
-        for (uint32_t i = 0; i < VF_WBUF_BYTES; ++i)
-            b->wbuf[i] = 0;
-    }
-    if (b->acc != 0) {
-    SCRUB_ACC:
-        for (uint32_t i = 0; i < VF_ACC_WORDS; ++i)
-            b->acc[i] = 0;
-    }
-    if (b->obuf != 0) {
-    SCRUB_OBUF:
-        for (uint32_t i = 0; i < VF_OBUF_BYTES; ++i)
-            b->obuf[i] = 0;
-    }
-    if (b->param != 0) {
-    SCRUB_PARAM:
-        for (uint32_t i = 0; i < VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS; ++i)
-            b->param[i] = 0;
-    }
-}
-
-void vf_dispatch_run_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t *frame, vf_cnn_buffers_t *buffers,
-                           vf_cnn_state_t *result, vf_cnn_counters_t *counters, uint32_t *iters)
-{
-    vf_cnn_state_t s = {0, 0, VF_FAULT_NONE, 0, 0, 0};
-    vf_cnn_counters_t n = {0, 0, 0, 0, 0, 0, 0, 0};
+    vf_core_state_t s = {0, 0, VF_FAULT_NONE, 0, 0, 0};
+    vf_core_counters_t n = {0, 0, 0, 0, 0, 0, 0, 0};
     if (frame != 0) {
         /* a descriptor whose segment is not inside the window gets an empty
          * segment: the core faults on its first fetch */
@@ -723,12 +694,12 @@ void vf_dispatch_run_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_
         int8_t *seg = inside ? mem + frame->seg_win : 0;
         const uint32_t limit = inside ? frame->seg_limit : 0;
         if (frame->scrub && buffers != 0)
-            vf_scrub(buffers);
+            vf_core_scrub(buffers);
         /* every step retires at least one instruction */
     FRAME_STEPS:
         for (uint32_t k = 0; k <= frame->n_insns; ++k) {
             const uint32_t r =
-                vf_cnn_core_step(seg, limit, frame->frame_offset, frame->n_insns, buffers, &s, &n, iters);
+                vf_core_step(seg, limit, frame->frame_offset, frame->n_insns, buffers, &s, &n, iters);
             if (r != VF_STEP_FRAME)
                 break;
         }
@@ -742,86 +713,21 @@ void vf_dispatch_run_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_
         *counters = n;
 }
 
-/* Zeroes an RNN core's on-chip buffers (a frame of another tenant follows). */
-static void vf_scrub_rnn(vf_rnn_buffers_t *b)
+void vf_dispatch_run_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t *frame, vf_cnn_buffers_t *buffers,
+                           vf_core_state_t *result, vf_core_counters_t *counters, uint32_t *iters)
 {
-    if (b->wbuf != 0) {
-    SCRUB_RNN_WBUF:
-        for (uint32_t i = 0; i < VF_RNN_WBUF_BYTES; ++i)
-            b->wbuf[i] = 0;
-    }
-    if (b->vbuf != 0) {
-    SCRUB_RNN_VBUF:
-        for (uint32_t i = 0; i < VF_RNN_VBUF_BYTES; ++i)
-            b->vbuf[i] = 0;
-    }
-    if (b->acc != 0) {
-    SCRUB_RNN_ACC:
-        for (uint32_t i = 0; i < VF_RNN_ACC_WORDS; ++i)
-            b->acc[i] = 0;
-    }
-    if (b->param != 0) {
-    SCRUB_RNN_PARAM:
-        for (uint32_t i = 0; i < VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS; ++i)
-            b->param[i] = 0;
-    }
-    if (b->state != 0) {
-    SCRUB_RNN_STATE:
-        for (uint32_t i = 0; i < VF_RNN_STATE_WORDS; ++i)
-            b->state[i] = 0;
-    }
-    if (b->act != 0) {
-    SCRUB_RNN_ACT:
-        for (uint32_t i = 0; i < VF_RNN_ACT_WORDS; ++i)
-            b->act[i] = 0;
-    }
+    vf_run_frame(mem, mem_bytes, frame, buffers, result, counters, iters);
 }
 
 void vf_dispatch_run_rnn_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t *frame,
-                               vf_rnn_buffers_t *buffers, vf_cnn_state_t *result, vf_cnn_counters_t *counters,
+                               vf_rnn_buffers_t *buffers, vf_core_state_t *result, vf_core_counters_t *counters,
                                uint32_t *iters)
 {
-    vf_rnn_state_t s = {0, 0, VF_FAULT_NONE, 0, 0, 0};
-    vf_rnn_counters_t n = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (frame != 0) {
-        const bool inside = mem != 0 && vf_fits(frame->seg_win, frame->seg_limit, mem_bytes);
-        int8_t *seg = inside ? mem + frame->seg_win : 0;
-        const uint32_t limit = inside ? frame->seg_limit : 0;
-        if (frame->scrub && buffers != 0)
-            vf_scrub_rnn(buffers);
-    RNN_FRAME_STEPS:
-        for (uint32_t k = 0; k <= frame->n_insns; ++k) {
-            const uint32_t r =
-                vf_rnn_core_step(seg, limit, frame->frame_offset, frame->n_insns, buffers, &s, &n, iters);
-            if (r != VF_RNN_STEP_FRAME)
-                break;
-        }
-    } else {
-        s.fault = VF_FAULT_FETCH;
-        s.fault_opcode = 0xffffffffu;
-    }
-    if (result != 0) {
-        result->pc = s.pc;
-        result->running = s.running;
-        result->fault = s.fault;
-        result->fault_insn = s.fault_insn;
-        result->fault_addr = s.fault_addr;
-        result->fault_opcode = s.fault_opcode;
-    }
-    if (counters != 0) {
-        counters->insns = n.insns;
-        counters->frames = n.frames;
-        counters->load_iters = n.load_iters;
-        counters->compute_iters = n.compute_iters;
-        counters->save_iters = n.save_iters;
-        counters->load_bytes = n.load_bytes;
-        counters->save_bytes = n.save_bytes;
-        counters->macs = n.macs;
-    }
+    vf_run_frame(mem, mem_bytes, frame, buffers, result, counters, iters);
 }
 
-void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t core, const vf_cnn_state_t *result,
-                        const vf_cnn_counters_t *counters, vf_disp_report_t *report)
+void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t core, const vf_core_state_t *result,
+                        const vf_core_counters_t *counters, vf_disp_report_t *report)
 {
     if (regs == 0 || state == 0 || core >= VF_POOL_CORES)
         return;
@@ -853,7 +759,7 @@ void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t c
                 s.req_load_iters += counters->load_iters;
                 s.req_compute_iters += counters->compute_iters;
                 s.req_save_iters += counters->save_iters;
-                vf_cnn_counters_t &k = rep->core[core];
+                vf_core_counters_t &k = rep->core[core];
                 k.insns += counters->insns;
                 k.frames += counters->frames;
                 k.load_iters += counters->load_iters;
@@ -882,8 +788,8 @@ uint32_t vf_dispatch_step(vf_disp_regs_t *regs, vf_disp_state_t *state, int8_t *
     vf_disp_frame_t issued[VF_POOL_CORES];
     memset(issued, 0, sizeof issued);
     const uint32_t mask = vf_dispatch_advance(regs, state, mem, mem_bytes, issued, rep);
-    vf_cnn_state_t result[VF_POOL_CORES];
-    vf_cnn_counters_t count[VF_POOL_CORES];
+    vf_core_state_t result[VF_POOL_CORES];
+    vf_core_counters_t count[VF_POOL_CORES];
     /* the cores of the pool run their frames concurrently (one instance per
      * core in hardware), then the dispatcher retires them in core order */
 RUN:
@@ -892,10 +798,10 @@ RUN:
         if (((mask >> c) & 1u) == 0)
             continue;
         if (c < VF_CNN_CORES)
-            vf_dispatch_run_frame(mem, mem_bytes, &issued[c], cores != 0 ? &cores[c] : 0, &result[c], &count[c], 0);
+            vf_run_frame(mem, mem_bytes, &issued[c], cores != 0 ? &cores[c] : 0, &result[c], &count[c], 0);
         else
-            vf_dispatch_run_rnn_frame(mem, mem_bytes, &issued[c], rnn_cores != 0 ? &rnn_cores[c - VF_CNN_CORES] : 0,
-                                      &result[c], &count[c], 0);
+            vf_run_frame(mem, mem_bytes, &issued[c], rnn_cores != 0 ? &rnn_cores[c - VF_CNN_CORES] : 0, &result[c],
+                         &count[c], 0);
     }
 RETIRE:
     for (uint32_t c = 0; c < VF_POOL_CORES; ++c)

@@ -46,11 +46,7 @@
 #include <stdint.h>
 
 #include "vfpga_dispatcher.h"
-
-/* Loop labels name the HLS loops; g++ would call them unused. */
-#if defined(__GNUC__) && !defined(__clang__) && !defined(__SYNTHESIS__)
-#pragma GCC diagnostic ignored "-Wunused-label"
-#endif
+#include "vfpga_hls.h"
 
 #if !defined(VF_DREG_CTRL) || !defined(VF_DREG_MEM) || !defined(VF_DREG_MEM_BYTES) || !defined(VF_DREG_FILE)
 #error "dispatcher register macros missing: compile with the flags printed by python3 overlay/config.py BOARD"
@@ -74,10 +70,6 @@ static constexpr uint32_t vf_pow2_at_least(uint32_t n)
 static_assert(VF_DREG_FILE % vf_pow2_at_least(VF_DREG_FILE_BYTES) == 0,
               "board config: dispatcher.registers.file must be aligned to the register file's window");
 static_assert(VF_DREG_MEM_BYTES + 8 <= VF_DREG_FILE, "scalar registers overlap the register file");
-
-#define VF_PRAGMA_STR(x) _Pragma(#x)
-#define VF_PRAGMA(x) VF_PRAGMA_STR(x)
-#define VF_AXILITE(p, off) VF_PRAGMA(HLS INTERFACE s_axilite port=p offset=off bundle=control)
 
 /* ---- register words ------------------------------------------------------- */
 
@@ -179,20 +171,20 @@ void vf_dispatcher_top(int8_t *mem, uint64_t mem_bytes, uint32_t file[VF_DREG_FI
     static vf_disp_regs_t regs;
     static vf_disp_state_t state;
 
-    /* the cores' on-chip memories, one set per core */
+    /* the cores' on-chip memories, one set per core; the CNN cores' are
+     * partitioned for their lanes as in cnn_core_top.cpp (the RNN cores' are
+     * not yet, unlike rnn_core_top.cpp's: VF_RNN_PARTITIONS(2, ...)) */
     static int8_t ibuf[VF_CNN_CORES][VF_IBUF_BYTES];
     static int8_t wbuf[VF_CNN_CORES][VF_WBUF_BYTES];
     static int32_t acc[VF_CNN_CORES][VF_ACC_WORDS];
     static int8_t obuf[VF_CNN_CORES][VF_OBUF_BYTES];
     static int32_t param[VF_CNN_CORES][VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS];
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=ibuf dim=1 complete)
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=wbuf dim=1 complete)
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=acc dim=1 complete)
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=obuf dim=1 complete)
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=param dim=1 complete)
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=ibuf dim=2 cyclic factor=VF_ICP)
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=obuf dim=2 cyclic factor=VF_OCP)
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=acc dim=2 cyclic factor=VF_OCP)
+    VF_PER_CORE(ibuf)
+    VF_PER_CORE(wbuf)
+    VF_PER_CORE(acc)
+    VF_PER_CORE(obuf)
+    VF_PER_CORE(param)
+    VF_CNN_PARTITIONS(2, ibuf, obuf, acc)
 
     static int8_t rnn_wbuf[VF_RNN_CORES][VF_RNN_WBUF_BYTES];
     static int8_t rnn_vbuf[VF_RNN_CORES][VF_RNN_VBUF_BYTES];
@@ -200,33 +192,26 @@ void vf_dispatcher_top(int8_t *mem, uint64_t mem_bytes, uint32_t file[VF_DREG_FI
     static int32_t rnn_param[VF_RNN_CORES][VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS];
     static int32_t rnn_state[VF_RNN_CORES][VF_RNN_STATE_WORDS];
     static int32_t rnn_act[VF_RNN_CORES][VF_RNN_ACT_WORDS];
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=rnn_wbuf dim=1 complete)
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=rnn_vbuf dim=1 complete)
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=rnn_acc dim=1 complete)
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=rnn_param dim=1 complete)
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=rnn_state dim=1 complete)
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=rnn_act dim=1 complete)
+    VF_PER_CORE(rnn_wbuf)
+    VF_PER_CORE(rnn_vbuf)
+    VF_PER_CORE(rnn_acc)
+    VF_PER_CORE(rnn_param)
+    VF_PER_CORE(rnn_state)
+    VF_PER_CORE(rnn_act)
 
     vf_cnn_buffers_t cores[VF_CNN_CORES];
     vf_rnn_buffers_t rnn_cores[VF_RNN_CORES];
 RNN_BUFFERS:
     for (uint32_t c = 0; c < VF_RNN_CORES; ++c) {
 #pragma HLS UNROLL
-        rnn_cores[c].wbuf = rnn_wbuf[c];
-        rnn_cores[c].vbuf = rnn_vbuf[c];
-        rnn_cores[c].acc = rnn_acc[c];
-        rnn_cores[c].param = rnn_param[c];
-        rnn_cores[c].state = rnn_state[c];
-        rnn_cores[c].act = rnn_act[c];
+        const vf_rnn_buffers_t b = {rnn_wbuf[c], rnn_vbuf[c], rnn_acc[c], rnn_param[c], rnn_state[c], rnn_act[c]};
+        rnn_cores[c] = b;
     }
 BUFFERS:
     for (uint32_t c = 0; c < VF_CNN_CORES; ++c) {
 #pragma HLS UNROLL
-        cores[c].ibuf = ibuf[c];
-        cores[c].wbuf = wbuf[c];
-        cores[c].acc = acc[c];
-        cores[c].obuf = obuf[c];
-        cores[c].param = param[c];
+        const vf_cnn_buffers_t b = {ibuf[c], wbuf[c], acc[c], obuf[c], param[c]};
+        cores[c] = b;
     }
 
     vf_load_host(file, &regs);

@@ -9,44 +9,19 @@
  * by rnn_core_top.cpp), compiled by g++ for the C-simulation testbench, and
  * loaded into Python through cffi as the emulated hardware.
  *
- * ---- Step rule --------------------------------------------------------------
- * Exactly the CNN core's (hls/cnn_core.cpp):
- *  - if the instruction at pc is a FRAME marker it starts the frame: it is
- *    retired, counters->frames is incremented and the token queues are empty;
- *  - the following non-marker instructions form the step's body;
- *  - the body ends at the next marker or at insn_count:
- *      FRAME    : not consumed (it starts the next step); returns VF_RNN_STEP_FRAME
- *      BARRIER  : consumed after every unit has drained; returns
- *                 VF_RNN_STEP_FRAME, or VF_RNN_STEP_END when it was the last
- *                 instruction of the stream
- *      END      : consumed; running = 0; returns VF_RNN_STEP_END
- *      no marker: the stream is exhausted; running = 0; returns VF_RNN_STEP_END.
- * Every step retires at least one instruction. Token queues live inside one
- * step. Markers and NOP ignore their deps/flags and retire with 0 iterations.
- * A state with fault != 0 returns VF_RNN_STEP_FAULT at once; running == 0
- * with pc != 0 returns VF_RNN_STEP_END at once; a zeroed state starts the
- * program. The on-chip buffers keep their contents between steps (weights
- * and state may stay resident across the frames of a sequence).
+ * ---- Step rule, decode and the unit schedule -------------------------------
+ * As include/vfpga_unit_scheduler.h states them (written once for both core
+ * kinds). The RNN core's units: LOAD (RNN_LOAD), COMPUTE (RNN_MATVEC,
+ * RNN_GATES) and SAVE (RNN_SAVE); NOP, FRAME, BARRIER, END and
+ * VF_RNN_OP_FIRST .. VF_RNN_OP_LIMIT - 1 decode, anything else (the CNN
+ * opcodes included) is VF_FAULT_OPCODE. VF_RNN_STEP_* are the VF_STEP_*
+ * values. The on-chip buffers keep their contents between steps (weights and
+ * state may stay resident across the frames of a sequence).
  * A timestep of an RNN layer split over k cores is one frame per core,
  *   FRAME, RNN_LOAD x_t and h_{t-1} (and, unless resident, the slice's
  *   weights, PARAM and state), RNN_MATVEC (x part, h part), RNN_GATES,
  *   RNN_SAVE h_t slice (and state), BARRIER
  * and the dispatcher's barrier orders the timesteps.
- *
- * ---- Decode, dispatch and the unit schedule ---------------------------------
- * As in the CNN core: the decoder fetches the heads of the whole step,
- * checking each fetch against seg_limit (VF_FAULT_FETCH), the opcode
- * (VF_FAULT_OPCODE: anything but NOP, FRAME, BARRIER, END and
- * VF_RNN_OP_FIRST .. VF_RNN_OP_LIMIT - 1 -- the CNN opcodes included) and
- * the deps bits the opcode's unit may use (VF_FAULT_FIELD). The body is
- * dispatched to the LOAD (RNN_LOAD), COMPUTE (RNN_MATVEC, RNN_GATES) and
- * SAVE (RNN_SAVE) queues, which run in-order within a unit and are ordered
- * between units only by the dependency tokens. The C-simulation runs rounds
- * over the units in the order SAVE, COMPUTE, LOAD (consumers first), each
- * unit running until it blocks on a token or drains; a round without progress
- * while work is left is VF_FAULT_DEADLOCK (lowest blocked instruction,
- * fault_addr = 1, the deps field). The schedule is adversarial on purpose,
- * so a missing token shows up as a wrong result in C-simulation.
  *
  * ---- Faults -------------------------------------------------------------------
  * Each instruction is validated completely before it moves any byte:
@@ -67,12 +42,12 @@
  *   3. VF_FAULT_SEGMENT a DDR byte outside [0, seg_limit); fault_addr = the
  *                       lowest such offset (for RNN_SAVE, whose rows do not
  *                       overlap, also the first in access order).
- * VF_FAULT_FETCH / VF_FAULT_OPCODE / VF_FAULT_DEADLOCK as in the CNN core.
+ * VF_FAULT_FETCH / VF_FAULT_OPCODE / VF_FAULT_DEADLOCK: see the scheduler.
  * All address arithmetic is 64-bit on validated, saturated extents, and all
  * arithmetic on buffer contents is int64 with the bounds of vfpga_isa.h: no
  * field or data value can make the core touch memory outside seg[0,
- * seg_limit) or its buffers, or overflow. On a fault: running = 0, pc =
- * fault_insn, nothing of the faulting instruction is written.
+ * seg_limit) or its buffers, or overflow. Nothing of a faulting instruction
+ * is written.
  *
  * ---- Pipelined-loop iteration counts (the cycle model's contract) ----------
  * Per retired instruction, iterations of its II=1 pipelined loop:
@@ -82,9 +57,9 @@
  *   NOP, markers        0
  * (RNN_GATES first checks the PARAM shifts it will read -- a fault check, as
  * the CNN core's CONV does; it is not counted.)
- * iters[idx] receives the count; counters->load_iters / compute_iters /
- * save_iters accumulate it per unit; load_bytes / save_bytes count DDR bytes
- * (planes * rows * row_bytes); macs counts rows * cols per RNN_MATVEC.
+ * iters[idx] and the counters as the scheduler keeps them; load_bytes /
+ * save_bytes count DDR bytes (planes * rows * row_bytes); macs counts
+ * rows * cols per RNN_MATVEC.
  *
  * ---- Two bodies, one loop nest ----------------------------------------------
  * With VF_HLS_LITERAL (automatic under __SYNTHESIS__) the loop nests are the
@@ -95,7 +70,7 @@
  * (four rows share each vector load, g++ -O3 vectorises it), and takes the
  * counts from the formulas. int32 wrapping addition is associative and the
  * gate unit runs the same per-unit function in both builds, so they are
- * bit-identical; `make -f rnn_core.mk csim` runs the testbench on both.
+ * bit-identical; `make -C hls csim-rnn` runs the testbench on both.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -103,13 +78,7 @@
 
 #include "vfpga_isa.h"
 #include "vfpga_rnn_core.h"
-#include "vfpga_cnn_core.h" /* only to check that the step codes agree */
-
-/* Loop labels name the HLS loops; g++ would call them unused. (HLS pragmas
- * are unknown to g++: host builds pass -Wno-unknown-pragmas.) */
-#if defined(__GNUC__) && !defined(__clang__) && !defined(__SYNTHESIS__)
-#pragma GCC diagnostic ignored "-Wunused-label"
-#endif
+#include "vfpga_unit_scheduler.h"
 
 #if !defined(VF_AXI_BYTES) || !defined(VF_RNN_ROWS) || !defined(VF_RNN_COLS) || !defined(VF_RNN_LANES) ||      \
     !defined(VF_RNN_WBUF_BYTES) || !defined(VF_RNN_VBUF_BYTES) || !defined(VF_RNN_ACC_WORDS) ||                 \
@@ -118,11 +87,6 @@
 #error "board macros missing: compile with the flags printed by python3 overlay/config.py BOARD"
 #endif
 
-#if defined(__SYNTHESIS__) && !defined(VF_HLS_LITERAL)
-#define VF_HLS_LITERAL 1
-#endif
-
-static_assert(sizeof(vf_rnn_insn_t) == VF_INSN_BYTES, "instruction size");
 static_assert(sizeof(vf_insn_rnn_mem_t) <= VF_INSN_BYTES && sizeof(vf_insn_rnn_matvec_t) <= VF_INSN_BYTES &&
                   sizeof(vf_insn_rnn_gates_t) <= VF_INSN_BYTES,
               "RNN instruction formats fit a slot");
@@ -130,7 +94,6 @@ static_assert(VF_RNN_OP_FIRST >= VF_OP_COUNT, "RNN opcodes must stay outside the
 static_assert(VF_RNN_STEP_FRAME == VF_STEP_FRAME && VF_RNN_STEP_END == VF_STEP_END &&
                   VF_RNN_STEP_FAULT == VF_STEP_FAULT,
               "step codes");
-static_assert(VF_AXI_BYTES >= 1 && VF_AXI_BYTES <= 4096, "VF_AXI_BYTES out of range");
 static_assert(VF_RNN_ROWS >= 1 && VF_RNN_ROWS <= 256, "VF_RNN_ROWS out of range");
 static_assert(VF_RNN_COLS >= 1 && VF_RNN_COLS <= 256, "VF_RNN_COLS out of range");
 static_assert(VF_RNN_LANES >= 1 && VF_RNN_LANES <= 256, "VF_RNN_LANES out of range");
@@ -152,67 +115,10 @@ const int64_t VR_PRE_MAX = VF_RNN_PRE_MAX;
 const int64_t VR_PRE_MIN = -(int64_t)VF_RNN_PRE_MAX - 1;
 const int64_t VR_ONE = VF_RNN_ONE;
 const int64_t VR_HALF = (int64_t)VF_RNN_ACT_SEGMENTS << (VF_RNN_ACT_STEP_LOG2 - 1);
-const uint32_t VR_FETCH_NO_OPCODE = 0xffffffffu;
 
 /* ========================================================================== */
-/* Small helpers                                                              */
+/* Small helpers (the shared ones are in vfpga_unit_scheduler.h)               */
 /* ========================================================================== */
-
-/* Outcome of one instruction in a unit. */
-struct vr_exec_t {
-    uint32_t fault; /* VF_FAULT_* */
-    uint32_t addr;  /* fault_addr */
-    uint64_t iters; /* pipelined-loop iterations */
-    uint64_t bytes; /* DDR bytes moved */
-    uint64_t macs;  /* useful MACs */
-};
-
-inline uint32_t vr_sat32(uint64_t v) { return v > 0xffffffffull ? 0xffffffffu : (uint32_t)v; }
-
-inline vr_exec_t vr_done(uint64_t iters, uint64_t bytes, uint64_t macs)
-{
-    vr_exec_t r = {VF_FAULT_NONE, 0, iters, bytes, macs};
-    return r;
-}
-
-inline vr_exec_t vr_fail(uint32_t fault, uint64_t addr)
-{
-    vr_exec_t r = {fault, vr_sat32(addr), 0, 0, 0};
-    return r;
-}
-
-#define VR_FIELD(type, member) vr_fail(VF_FAULT_FIELD, offsetof(type, member))
-#define VR_FLAGS_OFFSET (offsetof(vf_insn_head_t, flags))
-#define VR_DEPS_OFFSET (offsetof(vf_insn_head_t, deps))
-
-inline uint64_t vr_min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
-inline uint64_t vr_max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
-inline uint64_t vr_ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
-
-/* Products of untrusted fields saturate here: any saturated extent exceeds
- * every buffer and segment, and start + extent cannot wrap. */
-const uint64_t VR_SAT_LIMIT = 1ull << 56;
-inline uint64_t vr_mul_sat(uint64_t a, uint64_t b)
-{
-    if (a == 0 || b == 0)
-        return 0;
-    if (a > VR_SAT_LIMIT / b)
-        return VR_SAT_LIMIT;
-    const uint64_t p = a * b;
-    return p > VR_SAT_LIMIT ? VR_SAT_LIMIT : p;
-}
-
-/* [start, start + len) inside [0, size)? */
-inline bool vr_fits(uint64_t start, uint64_t len, uint64_t size) { return start <= size && len <= size - start; }
-
-/* First offset of [start, ...) that lies outside [0, size). */
-inline uint64_t vr_first_out(uint64_t start, uint64_t size) { return vr_max64(start, size); }
-
-/* Two's-complement reinterpretation without implementation-defined casts. */
-inline int32_t vr_i32(uint32_t v) { return v < 0x80000000u ? (int32_t)v : (int32_t)(v - 0x80000000u) + INT32_MIN; }
-
-/* rshift_round(v, s), s <= 62 and |v| <= 2^62 (vfpga_isa.h). */
-inline int64_t vr_rshift_round(int64_t v, uint32_t s) { return s == 0 ? v : (v + (int64_t)(1ull << (s - 1))) >> s; }
 
 inline int64_t vr_clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
@@ -224,7 +130,7 @@ inline int64_t vr_clamp_pre(int64_t v) { return vr_clamp(v, VR_PRE_MIN, VR_PRE_M
  * PARAM entry e = {bias, mult, shift}, shift already checked to be <= 62. */
 inline int64_t vr_pre(int32_t acc, const int32_t *e)
 {
-    return vr_clamp_pre(vr_rshift_round((int64_t)acc * e[1], (uint32_t)e[2]));
+    return vr_clamp_pre(vf_rshift_round((int64_t)acc * e[1], (uint32_t)e[2]));
 }
 
 /* act(T, p): table activation, p in [PRE_MIN, PRE_MAX], result in [-ONE, ONE]. */
@@ -240,7 +146,7 @@ inline int64_t vr_act(const int32_t *t, int64_t p)
             y = t[VF_RNN_ACT_SEGMENTS];
         } else {
             const int64_t f = u & (((int64_t)1 << VF_RNN_ACT_STEP_LOG2) - 1);
-            y = t[k] + vr_rshift_round(((int64_t)t[k + 1] - t[k]) * f, VF_RNN_ACT_STEP_LOG2);
+            y = t[k] + vf_rshift_round(((int64_t)t[k + 1] - t[k]) * f, VF_RNN_ACT_STEP_LOG2);
         }
     }
     return vr_clamp(y, -VR_ONE, VR_ONE);
@@ -249,14 +155,7 @@ inline int64_t vr_act(const int32_t *t, int64_t p)
 /* q8(v): |v| <= 2^31, out_shift <= 62. */
 inline int8_t vr_q8(int64_t v, int32_t mult, uint32_t shift, int8_t zp)
 {
-    return (int8_t)vr_clamp((int64_t)zp + vr_rshift_round(v * mult, shift), -128, 127);
-}
-
-/* Little-endian int32 word from 4 DDR bytes. */
-inline int32_t vr_word(const int8_t *p)
-{
-    const uint8_t *s = (const uint8_t *)p;
-    return vr_i32((uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 24);
+    return (int8_t)vr_clamp((int64_t)zp + vf_rshift_round(v * mult, shift), -128, 127);
 }
 
 inline void vr_put_word(int8_t *p, int32_t w)
@@ -303,41 +202,41 @@ SEG_SCAN:
         if (sp + plane_span <= limit)
             continue;
         const uint64_t r = sp + rb > limit ? 0 : (limit - sp - rb) / rs + 1; /* rs > 0 here */
-        low = vr_min64(low, sp + r * rs);
+        low = vf_min64(low, sp + r * rs);
     }
-    *first = vr_max64(low, limit);
+    *first = vf_max64(low, limit);
     return false;
 }
 
-vr_exec_t vr_mem(int8_t *seg, uint64_t seg_limit, const vf_insn_rnn_mem_t &m, vf_rnn_buffers_t *b, bool save)
+vf_exec_t vr_mem(int8_t *seg, uint64_t seg_limit, const vf_insn_rnn_mem_t &m, vf_rnn_buffers_t *b, bool save)
 {
     if (m.head.flags != 0)
-        return vr_fail(VF_FAULT_FIELD, VR_FLAGS_OFFSET);
+        return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
     if (m.buffer >= VF_RNN_BUF_COUNT ||
         (save && m.buffer != VF_RNN_BUF_VEC && m.buffer != VF_RNN_BUF_ACC && m.buffer != VF_RNN_BUF_STATE))
-        return VR_FIELD(vf_insn_rnn_mem_t, buffer);
+        return VF_FIELD(vf_insn_rnn_mem_t, buffer);
     if (m.row_bytes == 0)
-        return VR_FIELD(vf_insn_rnn_mem_t, row_bytes);
+        return VF_FIELD(vf_insn_rnn_mem_t, row_bytes);
     if (m.rows == 0)
-        return VR_FIELD(vf_insn_rnn_mem_t, rows);
+        return VF_FIELD(vf_insn_rnn_mem_t, rows);
     if (m.planes == 0)
-        return VR_FIELD(vf_insn_rnn_mem_t, planes);
+        return VF_FIELD(vf_insn_rnn_mem_t, planes);
     const bool wide = vr_wide(m.buffer);
     if (wide && (m.row_bytes & 3u) != 0)
-        return VR_FIELD(vf_insn_rnn_mem_t, row_bytes);
+        return VF_FIELD(vf_insn_rnn_mem_t, row_bytes);
     const uint64_t rb = m.row_bytes, rows = m.rows, planes = m.planes, rs = m.row_stride, ps = m.plane_stride;
     if (save && rows > 1 && rs < rb)
-        return VR_FIELD(vf_insn_rnn_mem_t, row_stride);
+        return VF_FIELD(vf_insn_rnn_mem_t, row_stride);
     if (save && planes > 1 && ps < (rows - 1) * rs + rb)
-        return VR_FIELD(vf_insn_rnn_mem_t, plane_stride);
+        return VF_FIELD(vf_insn_rnn_mem_t, plane_stride);
 
-    const uint64_t total = vr_mul_sat(vr_mul_sat(planes, rows), rb); /* bytes */
+    const uint64_t total = vf_mul_sat(vf_mul_sat(planes, rows), rb); /* bytes */
     const uint64_t size = vr_buf_size(m.buffer);
-    if (!vr_fits(m.buf_addr, wide ? total / 4 : total, size))
-        return vr_fail(VF_FAULT_BUFFER, vr_first_out(m.buf_addr, size));
+    if (!vf_fits(m.buf_addr, wide ? total / 4 : total, size))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(m.buf_addr, size));
     uint64_t first = 0;
     if (!vr_seg_check(m.dram_addr, planes, ps, rows, rs, rb, seg_limit, &first))
-        return vr_fail(VF_FAULT_SEGMENT, first);
+        return vf_fail(VF_FAULT_SEGMENT, first);
 
     /* validated: total < 2^32 bytes, every row inside the segment */
     int8_t *bytes = NULL;
@@ -350,7 +249,7 @@ vr_exec_t vr_mem(int8_t *seg, uint64_t seg_limit, const vf_insn_rnn_mem_t &m, vf
     case VF_RNN_BUF_STATE: words = b->state + m.buf_addr; break;
     default: words = b->act + m.buf_addr; break;
     }
-    const uint64_t beats_per_row = vr_ceil_div(rb, VF_AXI_BYTES);
+    const uint64_t beats_per_row = vf_ceil_div(rb, VF_AXI_BYTES);
 #ifdef VF_HLS_LITERAL
     uint64_t beats = 0;
 MEM_PLANE:
@@ -380,14 +279,14 @@ MEM_PLANE:
                             if (save)
                                 d[k] = (int8_t)(uint8_t)(old >> sh);
                             else
-                                words[at >> 2] = vr_i32((old & ~(0xffu << sh)) | ((uint32_t)(uint8_t)d[k] << sh));
+                                words[at >> 2] = vf_i32((old & ~(0xffu << sh)) | ((uint32_t)(uint8_t)d[k] << sh));
                         }
                     }
                 }
             }
         }
     }
-    return vr_done(beats, planes * rows * rb, 0);
+    return vf_done(beats, planes * rows * rb, 0);
 #else
     for (uint64_t p = 0; p < planes; ++p) {
         for (uint64_t r = 0; r < rows; ++r) {
@@ -405,11 +304,11 @@ MEM_PLANE:
                         vr_put_word(d + 4 * i, w[i]);
                 else
                     for (uint64_t i = 0; i < rb / 4; ++i)
-                        w[i] = vr_word(d + 4 * i);
+                        w[i] = vf_word(d + 4 * i);
             }
         }
     }
-    return vr_done(planes * rows * beats_per_row, planes * rows * rb, 0);
+    return vf_done(planes * rows * beats_per_row, planes * rows * rb, 0);
 #endif
 }
 
@@ -417,66 +316,26 @@ MEM_PLANE:
 /* COMPUTE unit: matrix-vector array                                           */
 /* ========================================================================== */
 
-#ifndef VF_HLS_LITERAL
-/* acc[r] += sum_{c < n} v[c] * w[r * ws + c] for r < nr, wrapping. Partial
- * sums stay exact in int32 for runs of at most 65536 products (|v * w| <=
- * 2^14); runs are combined with wrapping uint32 additions. Four rows share
- * each vector load. */
-void vr_dot_rows(uint32_t *acc, uint64_t nr, const int8_t *w, uint64_t ws, const int8_t *v, uint64_t n)
-{
-    for (uint64_t c0 = 0; c0 < n; c0 += 65536) {
-        const uint32_t m = (uint32_t)vr_min64(n - c0, 65536);
-        const int8_t *vs = v + c0;
-        uint64_t r = 0;
-        for (; r + 4 <= nr; r += 4) {
-            const int8_t *w0 = w + r * ws + c0;
-            const int8_t *w1 = w0 + ws;
-            const int8_t *w2 = w1 + ws;
-            const int8_t *w3 = w2 + ws;
-            int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-            for (uint32_t i = 0; i < m; ++i) {
-                const int32_t x = vs[i];
-                s0 += x * w0[i];
-                s1 += x * w1[i];
-                s2 += x * w2[i];
-                s3 += x * w3[i];
-            }
-            acc[r] += (uint32_t)s0;
-            acc[r + 1] += (uint32_t)s1;
-            acc[r + 2] += (uint32_t)s2;
-            acc[r + 3] += (uint32_t)s3;
-        }
-        for (; r < nr; ++r) {
-            const int8_t *w0 = w + r * ws + c0;
-            int32_t s = 0;
-            for (uint32_t i = 0; i < m; ++i)
-                s += (int32_t)vs[i] * w0[i];
-            acc[r] += (uint32_t)s;
-        }
-    }
-}
-#endif
-
-vr_exec_t vr_matvec(const vf_insn_rnn_matvec_t &mv, vf_rnn_buffers_t *b)
+vf_exec_t vr_matvec(const vf_insn_rnn_matvec_t &mv, vf_rnn_buffers_t *b)
 {
     if ((mv.head.flags & ~(uint32_t)VF_RNN_MV_INIT) != 0)
-        return vr_fail(VF_FAULT_FIELD, VR_FLAGS_OFFSET);
+        return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
     if (mv.rows == 0)
-        return VR_FIELD(vf_insn_rnn_matvec_t, rows);
+        return VF_FIELD(vf_insn_rnn_matvec_t, rows);
     if (mv.cols == 0)
-        return VR_FIELD(vf_insn_rnn_matvec_t, cols);
+        return VF_FIELD(vf_insn_rnn_matvec_t, cols);
     if (mv.rows > 1 && mv.wgt_stride < mv.cols)
-        return VR_FIELD(vf_insn_rnn_matvec_t, wgt_stride);
+        return VF_FIELD(vf_insn_rnn_matvec_t, wgt_stride);
     const bool init = (mv.head.flags & VF_RNN_MV_INIT) != 0;
     const uint64_t rows = mv.rows, cols = mv.cols, ws = mv.wgt_stride;
-    if (!vr_fits(mv.wgt_addr, vr_mul_sat(rows - 1, ws) + cols, VF_RNN_WBUF_BYTES))
-        return vr_fail(VF_FAULT_BUFFER, vr_first_out(mv.wgt_addr, VF_RNN_WBUF_BYTES));
-    if (!vr_fits(mv.vec_addr, cols, VF_RNN_VBUF_BYTES))
-        return vr_fail(VF_FAULT_BUFFER, vr_first_out(mv.vec_addr, VF_RNN_VBUF_BYTES));
-    if (!vr_fits(mv.acc_addr, rows, VF_RNN_ACC_WORDS))
-        return vr_fail(VF_FAULT_BUFFER, vr_first_out(mv.acc_addr, VF_RNN_ACC_WORDS));
-    if (init && !vr_fits(mv.param_addr, rows, VF_RNN_PARAM_ENTRIES))
-        return vr_fail(VF_FAULT_BUFFER, vr_first_out(mv.param_addr, VF_RNN_PARAM_ENTRIES));
+    if (!vf_fits(mv.wgt_addr, vf_mul_sat(rows - 1, ws) + cols, VF_RNN_WBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(mv.wgt_addr, VF_RNN_WBUF_BYTES));
+    if (!vf_fits(mv.vec_addr, cols, VF_RNN_VBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(mv.vec_addr, VF_RNN_VBUF_BYTES));
+    if (!vf_fits(mv.acc_addr, rows, VF_RNN_ACC_WORDS))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(mv.acc_addr, VF_RNN_ACC_WORDS));
+    if (init && !vf_fits(mv.param_addr, rows, VF_RNN_PARAM_ENTRIES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(mv.param_addr, VF_RNN_PARAM_ENTRIES));
 
     const int8_t *w = b->wbuf + mv.wgt_addr;
     const int8_t *v = b->vbuf + mv.vec_addr;
@@ -515,21 +374,21 @@ MV_RB:
         for (uint32_t r = 0; r < VF_RNN_ROWS; ++r) {
 #pragma HLS UNROLL
             if (rb + r < rows)
-                acc[rb + r] = vr_i32(lane[r]);
+                acc[rb + r] = vf_i32(lane[r]);
         }
     }
-    return vr_done(beats, 0, rows * cols);
+    return vf_done(beats, 0, rows * cols);
 #else
     uint32_t lane[256];
     for (uint64_t r0 = 0; r0 < rows; r0 += 256) {
-        const uint64_t nr = vr_min64(256, rows - r0);
+        const uint64_t nr = vf_min64(256, rows - r0);
         for (uint64_t r = 0; r < nr; ++r)
             lane[r] = (uint32_t)(init ? prm[(r0 + r) * VF_PARAM_ENTRY_WORDS] : acc[r0 + r]);
-        vr_dot_rows(lane, nr, w + r0 * ws, ws, v, cols);
+        vf_dot_lanes(lane, nr, v, w + r0 * ws, ws, cols);
         for (uint64_t r = 0; r < nr; ++r)
-            acc[r0 + r] = vr_i32(lane[r]);
+            acc[r0 + r] = vf_i32(lane[r]);
     }
-    return vr_done(vr_ceil_div(rows, VF_RNN_ROWS) * vr_ceil_div(cols, VF_RNN_COLS), 0, rows * cols);
+    return vf_done(vf_ceil_div(rows, VF_RNN_ROWS) * vf_ceil_div(cols, VF_RNN_COLS), 0, rows * cols);
 #endif
 }
 
@@ -576,8 +435,8 @@ inline void vr_gate_unit(const vr_gates_t &g, uint64_t j)
         const int64_t o = vr_act(g.sig, vr_gate(g, VF_RNN_GATE_O, j));
         const int64_t f = vr_act(g.sig, vr_gate(g, VF_RNN_GATE_F, j));
         const int64_t u = vr_act(g.tanh_t, vr_gate(g, VF_RNN_GATE_C, j));
-        const int32_t c = vr_clamp32(vr_rshift_round(f * g.c[j] + i * u, VF_RNN_FRAC_BITS));
-        const int64_t h = vr_rshift_round(o * vr_act(g.tanh_t, vr_clamp_pre(c)), VF_RNN_FRAC_BITS);
+        const int32_t c = vr_clamp32(vf_rshift_round(f * g.c[j] + i * u, VF_RNN_FRAC_BITS));
+        const int64_t h = vf_rshift_round(o * vr_act(g.tanh_t, vr_clamp_pre(c)), VF_RNN_FRAC_BITS);
         g.c[j] = c;
         g.h[j] = (int32_t)h;
         g.out[j] = vr_q8(h, g.mult, g.shift, g.zp);
@@ -590,20 +449,20 @@ inline void vr_gate_unit(const vr_gates_t &g, uint64_t j)
         if (g.cell == VF_RNN_CELL_GRU_LBR) {
             const int64_t r = vr_act(g.sig, vr_gate(g, VF_RNN_GATE_R, j));
             pn = vr_clamp_pre(vr_term_x(g, VF_RNN_GATE_H, j) +
-                              vr_rshift_round(r * vr_term_h(g, VF_RNN_GATE_H, j), VF_RNN_FRAC_BITS));
+                              vf_rshift_round(r * vr_term_h(g, VF_RNN_GATE_H, j), VF_RNN_FRAC_BITS));
         } else {
             pn = vr_gate(g, VF_RNN_GATE_H, j);
         }
         const int64_t n = vr_act(g.tanh_t, pn);
         const int64_t hp = g.h[j];
-        const int32_t h = vr_clamp32(n + vr_rshift_round(z * (hp - n), VF_RNN_FRAC_BITS));
+        const int32_t h = vr_clamp32(n + vf_rshift_round(z * (hp - n), VF_RNN_FRAC_BITS));
         g.h[j] = h;
         g.out[j] = vr_q8(h, g.mult, g.shift, g.zp);
         break;
     }
     default: { /* VF_RNN_CELL_GRU_RH */
         const int64_t r = vr_act(g.sig, vr_gate(g, VF_RNN_GATE_R, j));
-        g.out[j] = vr_q8(vr_rshift_round(r * g.h[j], VF_RNN_FRAC_BITS), g.mult, g.shift, g.zp);
+        g.out[j] = vr_q8(vf_rshift_round(r * g.h[j], VF_RNN_FRAC_BITS), g.mult, g.shift, g.zp);
         break;
     }
     }
@@ -614,7 +473,7 @@ inline bool vr_gate_range(uint64_t base, uint32_t first, uint32_t count, uint64_
                           uint64_t *start)
 {
     *start = base + first * gs;
-    return vr_fits(*start, (count - 1) * gs + n, size);
+    return vf_fits(*start, (count - 1) * gs + n, size);
 }
 
 /* Every PARAM shift of the entries a gate range reads lies in [0, 62]? */
@@ -630,50 +489,50 @@ GATES_CHECK:
     return ok;
 }
 
-vr_exec_t vr_gates(const vf_insn_rnn_gates_t &gi, vf_rnn_buffers_t *b)
+vf_exec_t vr_gates(const vf_insn_rnn_gates_t &gi, vf_rnn_buffers_t *b)
 {
     if (gi.head.flags != 0)
-        return vr_fail(VF_FAULT_FIELD, VR_FLAGS_OFFSET);
+        return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
     if (gi.cell >= VF_RNN_CELL_COUNT)
-        return VR_FIELD(vf_insn_rnn_gates_t, cell);
+        return VF_FIELD(vf_insn_rnn_gates_t, cell);
     if (gi.n == 0)
-        return VR_FIELD(vf_insn_rnn_gates_t, n);
+        return VF_FIELD(vf_insn_rnn_gates_t, n);
     if (gi.gate_stride < gi.n)
-        return VR_FIELD(vf_insn_rnn_gates_t, gate_stride);
+        return VF_FIELD(vf_insn_rnn_gates_t, gate_stride);
     if (gi.out_shift > 62)
-        return VR_FIELD(vf_insn_rnn_gates_t, out_shift);
+        return VF_FIELD(vf_insn_rnn_gates_t, out_shift);
     const bool lstm = gi.cell == VF_RNN_CELL_LSTM;
     const bool rh = gi.cell == VF_RNN_CELL_GRU_RH;
     const uint64_t n = gi.n, gs = gi.gate_stride;
     if (lstm && (uint64_t)gi.state_c < (uint64_t)gi.state_h + n && (uint64_t)gi.state_h < (uint64_t)gi.state_c + n)
-        return VR_FIELD(vf_insn_rnn_gates_t, state_c);
+        return VF_FIELD(vf_insn_rnn_gates_t, state_c);
 
     const uint32_t g0 = rh ? VF_RNN_GATE_R : 0;
     const uint32_t ng = lstm ? VF_RNN_LSTM_GATES : rh ? 1 : VF_RNN_GRU_GATES;
     uint64_t s = 0;
     if (!vr_gate_range(gi.acc_x, g0, ng, gs, n, VF_RNN_ACC_WORDS, &s))
-        return vr_fail(VF_FAULT_BUFFER, vr_first_out(s, VF_RNN_ACC_WORDS));
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(s, VF_RNN_ACC_WORDS));
     if (!vr_gate_range(gi.acc_h, g0, ng, gs, n, VF_RNN_ACC_WORDS, &s))
-        return vr_fail(VF_FAULT_BUFFER, vr_first_out(s, VF_RNN_ACC_WORDS));
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(s, VF_RNN_ACC_WORDS));
     uint64_t spx = 0, sph = 0;
     if (!vr_gate_range(gi.param_x, g0, ng, gs, n, VF_RNN_PARAM_ENTRIES, &spx))
-        return vr_fail(VF_FAULT_BUFFER, vr_first_out(spx, VF_RNN_PARAM_ENTRIES));
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(spx, VF_RNN_PARAM_ENTRIES));
     if (!vr_gate_range(gi.param_h, g0, ng, gs, n, VF_RNN_PARAM_ENTRIES, &sph))
-        return vr_fail(VF_FAULT_BUFFER, vr_first_out(sph, VF_RNN_PARAM_ENTRIES));
-    if (lstm && !vr_fits(gi.state_c, n, VF_RNN_STATE_WORDS))
-        return vr_fail(VF_FAULT_BUFFER, vr_first_out(gi.state_c, VF_RNN_STATE_WORDS));
-    if (!vr_fits(gi.state_h, n, VF_RNN_STATE_WORDS))
-        return vr_fail(VF_FAULT_BUFFER, vr_first_out(gi.state_h, VF_RNN_STATE_WORDS));
-    if (!vr_fits(gi.out_addr, n, VF_RNN_VBUF_BYTES))
-        return vr_fail(VF_FAULT_BUFFER, vr_first_out(gi.out_addr, VF_RNN_VBUF_BYTES));
-    if (!vr_fits(gi.sig_addr, VR_TABLE_WORDS, VF_RNN_ACT_WORDS))
-        return vr_fail(VF_FAULT_BUFFER, vr_first_out(gi.sig_addr, VF_RNN_ACT_WORDS));
-    if (!rh && !vr_fits(gi.tanh_addr, VR_TABLE_WORDS, VF_RNN_ACT_WORDS))
-        return vr_fail(VF_FAULT_BUFFER, vr_first_out(gi.tanh_addr, VF_RNN_ACT_WORDS));
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(sph, VF_RNN_PARAM_ENTRIES));
+    if (lstm && !vf_fits(gi.state_c, n, VF_RNN_STATE_WORDS))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(gi.state_c, VF_RNN_STATE_WORDS));
+    if (!vf_fits(gi.state_h, n, VF_RNN_STATE_WORDS))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(gi.state_h, VF_RNN_STATE_WORDS));
+    if (!vf_fits(gi.out_addr, n, VF_RNN_VBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(gi.out_addr, VF_RNN_VBUF_BYTES));
+    if (!vf_fits(gi.sig_addr, VR_TABLE_WORDS, VF_RNN_ACT_WORDS))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(gi.sig_addr, VF_RNN_ACT_WORDS));
+    if (!rh && !vf_fits(gi.tanh_addr, VR_TABLE_WORDS, VF_RNN_ACT_WORDS))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(gi.tanh_addr, VF_RNN_ACT_WORDS));
     if (!vr_shifts_ok(b->param, spx, ng, gs, n))
-        return VR_FIELD(vf_insn_rnn_gates_t, param_x);
+        return VF_FIELD(vf_insn_rnn_gates_t, param_x);
     if (!vr_shifts_ok(b->param, sph, ng, gs, n))
-        return VR_FIELD(vf_insn_rnn_gates_t, param_h);
+        return VF_FIELD(vf_insn_rnn_gates_t, param_h);
 
     vr_gates_t g;
     g.cell = gi.cell;
@@ -703,133 +562,60 @@ GATES_J:
                 vr_gate_unit(g, j0 + l);
         }
     }
-    return vr_done(beats, 0, 0);
+    return vf_done(beats, 0, 0);
 #else
     for (uint64_t j = 0; j < n; ++j)
         vr_gate_unit(g, j);
-    return vr_done(vr_ceil_div(n, VF_RNN_LANES), 0, 0);
+    return vf_done(vf_ceil_div(n, VF_RNN_LANES), 0, 0);
 #endif
 }
 
 /* The COMPUTE unit: RNN_MATVEC and RNN_GATES. */
-vr_exec_t vr_compute_unit(const vf_rnn_insn_t &insn, vf_rnn_buffers_t *b)
+vf_exec_t vr_compute_unit(const vf_rnn_insn_t &insn, vf_rnn_buffers_t *b)
 {
-    if (insn.head.opcode == VF_RNN_OP_MATVEC) {
-        vf_insn_rnn_matvec_t mv;
-        memcpy(&mv, insn.raw, sizeof mv);
-        return vr_matvec(mv, b);
-    }
-    vf_insn_rnn_gates_t g;
-    memcpy(&g, insn.raw, sizeof g);
-    return vr_gates(g, b);
+    if (insn.head.opcode == VF_RNN_OP_MATVEC)
+        return vr_matvec(vf_format<vf_insn_rnn_matvec_t>(insn), b);
+    return vr_gates(vf_format<vf_insn_rnn_gates_t>(insn), b);
 }
 
 /* ========================================================================== */
-/* Decoder and unit scheduler                                                  */
+/* The RNN kind of core (its units), for vf_unit_step                          */
 /* ========================================================================== */
 
-enum { VR_UNIT_LOAD = 0, VR_UNIT_COMPUTE = 1, VR_UNIT_SAVE = 2, VR_UNIT_NONE = 3 };
+struct vr_kind {
+    typedef vf_rnn_buffers_t buffers_t;
+    typedef vf_rnn_insn_t insn_t;
 
-inline uint32_t vr_unit_of(uint32_t opcode)
-{
-    switch (opcode) {
-    case VF_RNN_OP_LOAD: return VR_UNIT_LOAD;
-    case VF_RNN_OP_MATVEC:
-    case VF_RNN_OP_GATES: return VR_UNIT_COMPUTE;
-    case VF_RNN_OP_SAVE: return VR_UNIT_SAVE;
-    default: return VR_UNIT_NONE;
+    static bool buffers_ok(const vf_rnn_buffers_t *b)
+    {
+        return b->wbuf != NULL && b->vbuf != NULL && b->acc != NULL && b->param != NULL && b->state != NULL &&
+               b->act != NULL;
     }
-}
 
-inline bool vr_is_marker(uint32_t opcode)
-{
-    return opcode == VF_OP_FRAME || opcode == VF_OP_BARRIER || opcode == VF_OP_END;
-}
-
-inline bool vr_opcode_ok(uint32_t opcode)
-{
-    return opcode == VF_OP_NOP || vr_is_marker(opcode) || (opcode >= VF_RNN_OP_FIRST && opcode < VF_RNN_OP_LIMIT);
-}
-
-/* deps bits each unit may use */
-inline uint32_t vr_deps_allowed(uint32_t unit)
-{
-    switch (unit) {
-    case VR_UNIT_LOAD: return VF_DEP_POP_NEXT | VF_DEP_PUSH_NEXT;
-    case VR_UNIT_SAVE: return VF_DEP_POP_PREV | VF_DEP_PUSH_PREV;
-    case VR_UNIT_COMPUTE: return VF_DEP_POP_PREV | VF_DEP_POP_NEXT | VF_DEP_PUSH_PREV | VF_DEP_PUSH_NEXT;
-    default: return 0;
+    static bool opcode_ok(uint32_t opcode)
+    {
+        return opcode == VF_OP_NOP || vf_is_marker(opcode) || (opcode >= VF_RNN_OP_FIRST && opcode < VF_RNN_OP_LIMIT);
     }
-}
 
-/* Token queues of one step. */
-struct vr_tokens_t {
-    uint32_t l2c, c2l, c2s, s2c;
+    static uint32_t unit_of(uint32_t opcode)
+    {
+        switch (opcode) {
+        case VF_RNN_OP_LOAD: return VF_UNIT_LOAD;
+        case VF_RNN_OP_MATVEC:
+        case VF_RNN_OP_GATES: return VF_UNIT_COMPUTE;
+        case VF_RNN_OP_SAVE: return VF_UNIT_SAVE;
+        default: return VF_UNIT_NONE;
+        }
+    }
+
+    static vf_exec_t execute(uint32_t unit, int8_t *seg, uint64_t seg_limit, const vf_rnn_insn_t &insn,
+                             vf_rnn_buffers_t *b)
+    {
+        if (unit == VF_UNIT_COMPUTE)
+            return vr_compute_unit(insn, b);
+        return vr_mem(seg, seg_limit, vf_format<vf_insn_rnn_mem_t>(insn), b, unit == VF_UNIT_SAVE);
+    }
 };
-
-inline uint32_t *vr_pop_queue(vr_tokens_t *t, uint32_t unit, bool prev)
-{
-    if (unit == VR_UNIT_LOAD)
-        return prev ? NULL : &t->c2l;
-    if (unit == VR_UNIT_SAVE)
-        return prev ? &t->c2s : NULL;
-    return prev ? &t->l2c : &t->s2c;
-}
-
-inline uint32_t *vr_push_queue(vr_tokens_t *t, uint32_t unit, bool prev)
-{
-    if (unit == VR_UNIT_LOAD)
-        return prev ? NULL : &t->l2c;
-    if (unit == VR_UNIT_SAVE)
-        return prev ? &t->s2c : NULL;
-    return prev ? &t->c2l : &t->c2s;
-}
-
-inline bool vr_tokens_ready(vr_tokens_t *t, uint32_t unit, uint32_t deps)
-{
-    if ((deps & VF_DEP_POP_PREV) && *vr_pop_queue(t, unit, true) == 0)
-        return false;
-    if ((deps & VF_DEP_POP_NEXT) && *vr_pop_queue(t, unit, false) == 0)
-        return false;
-    return true;
-}
-
-inline bool vr_fetch_ok(uint64_t seg_limit, uint32_t insn_offset, uint32_t idx, uint64_t *first)
-{
-    const uint64_t at = (uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES;
-    if (vr_fits(at, VF_INSN_BYTES, seg_limit))
-        return true;
-    *first = vr_first_out(at, seg_limit);
-    return false;
-}
-
-inline void vr_fetch(const int8_t *seg, uint32_t insn_offset, uint32_t idx, vf_rnn_insn_t *insn)
-{
-    memcpy(insn->raw, seg + (uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES, VF_INSN_BYTES);
-}
-
-inline uint32_t vr_fetch_opcode(const int8_t *seg, uint32_t insn_offset, uint32_t idx)
-{
-    return (uint8_t)seg[(uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES];
-}
-
-uint32_t vr_stop(vf_rnn_state_t *state, uint32_t fault, uint32_t idx, uint32_t opcode, uint64_t addr)
-{
-    state->fault = fault;
-    state->fault_insn = idx;
-    state->fault_opcode = opcode;
-    state->fault_addr = vr_sat32(addr);
-    state->running = 0;
-    state->pc = idx;
-    return VF_RNN_STEP_FAULT;
-}
-
-inline void vr_retire(vf_rnn_counters_t *cnt, uint32_t *iters, uint32_t idx, uint64_t n)
-{
-    cnt->insns += 1;
-    if (iters)
-        iters[idx] = vr_sat32(n);
-}
 
 } /* namespace */
 
@@ -864,142 +650,5 @@ uint32_t vf_rnn_core_step(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset,
                           vf_rnn_buffers_t *buffers, vf_rnn_state_t *state, vf_rnn_counters_t *counters,
                           uint32_t *iters)
 {
-    if (state == NULL)
-        return VF_RNN_STEP_FAULT;
-    if (state->fault != VF_FAULT_NONE)
-        return VF_RNN_STEP_FAULT;
-    if (!state->running && state->pc != 0)
-        return VF_RNN_STEP_END;
-    vf_rnn_counters_t scratch = {0, 0, 0, 0, 0, 0, 0, 0};
-    vf_rnn_counters_t *cnt = counters ? counters : &scratch;
-    if (buffers == NULL || buffers->wbuf == NULL || buffers->vbuf == NULL || buffers->acc == NULL ||
-        buffers->param == NULL || buffers->state == NULL || buffers->act == NULL)
-        return vr_stop(state, VF_FAULT_BUFFER, state->pc, VR_FETCH_NO_OPCODE, 0);
-    const uint64_t limit = seg ? seg_limit : 0;
-    state->running = 1;
-
-    uint32_t idx = state->pc;
-    if (idx >= insn_count) {
-        state->running = 0;
-        return VF_RNN_STEP_END;
-    }
-
-    /* ---- decode: the frame head, then the body up to the ending marker ---- */
-    uint64_t first = 0;
-    if (!vr_fetch_ok(limit, insn_offset, idx, &first))
-        return vr_stop(state, VF_FAULT_FETCH, idx, VR_FETCH_NO_OPCODE, first);
-    if (vr_fetch_opcode(seg, insn_offset, idx) == VF_OP_FRAME) {
-        cnt->frames += 1; /* token queues start empty in every step */
-        vr_retire(cnt, iters, idx, 0);
-        ++idx;
-    }
-    const uint32_t body = idx;
-    uint32_t end_op = VF_OP_COUNT; /* VF_OP_COUNT: stream exhausted */
-DECODE:
-    for (; idx < insn_count; ++idx) {
-        if (!vr_fetch_ok(limit, insn_offset, idx, &first))
-            return vr_stop(state, VF_FAULT_FETCH, idx, VR_FETCH_NO_OPCODE, first);
-        vf_insn_head_t h;
-        memcpy(&h, seg + (uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES, sizeof h);
-        if (!vr_opcode_ok(h.opcode))
-            return vr_stop(state, VF_FAULT_OPCODE, idx, h.opcode, h.opcode);
-        if (vr_is_marker(h.opcode)) {
-            end_op = h.opcode;
-            break;
-        }
-        const uint32_t unit = vr_unit_of(h.opcode);
-        if (unit != VR_UNIT_NONE && (h.deps & ~vr_deps_allowed(unit)) != 0)
-            return vr_stop(state, VF_FAULT_FIELD, idx, h.opcode, VR_DEPS_OFFSET);
-    }
-    const uint32_t stop = idx;
-
-    /* NOPs are retired by the decoder */
-    for (uint32_t i = body; i < stop; ++i)
-        if (vr_fetch_opcode(seg, insn_offset, i) == VF_OP_NOP)
-            vr_retire(cnt, iters, i, 0);
-
-    /* ---- the three units, scheduled by their tokens ---- */
-    vr_tokens_t tok = {0, 0, 0, 0};
-    uint32_t cursor[3] = {body, body, body};
-    static const uint32_t order[3] = {VR_UNIT_SAVE, VR_UNIT_COMPUTE, VR_UNIT_LOAD};
-SCHEDULE:
-    for (;;) {
-        bool progress = false;
-        bool work = false;
-        uint32_t blocked = stop; /* lowest blocked instruction */
-        for (uint32_t u = 0; u < 3; ++u) {
-            const uint32_t unit = order[u];
-            uint32_t &pc = cursor[unit];
-            for (;;) {
-                while (pc < stop && vr_unit_of(vr_fetch_opcode(seg, insn_offset, pc)) != unit)
-                    ++pc;
-                if (pc >= stop)
-                    break;
-                vf_rnn_insn_t insn;
-                vr_fetch(seg, insn_offset, pc, &insn);
-                const uint32_t deps = insn.head.deps;
-                if ((deps & ~vr_deps_allowed(unit)) != 0)
-                    return vr_stop(state, VF_FAULT_FIELD, pc, insn.head.opcode, VR_DEPS_OFFSET);
-                if (!vr_tokens_ready(&tok, unit, deps)) {
-                    work = true;
-                    blocked = pc < blocked ? pc : blocked;
-                    break;
-                }
-                if (deps & VF_DEP_POP_PREV)
-                    *vr_pop_queue(&tok, unit, true) -= 1;
-                if (deps & VF_DEP_POP_NEXT)
-                    *vr_pop_queue(&tok, unit, false) -= 1;
-                vr_exec_t r;
-                if (unit == VR_UNIT_COMPUTE) {
-                    r = vr_compute_unit(insn, buffers);
-                } else {
-                    vf_insn_rnn_mem_t m;
-                    memcpy(&m, insn.raw, sizeof m);
-                    r = vr_mem(seg, limit, m, buffers, unit == VR_UNIT_SAVE);
-                }
-                if (r.fault != VF_FAULT_NONE)
-                    return vr_stop(state, r.fault, pc, insn.head.opcode, r.addr);
-                if (deps & VF_DEP_PUSH_PREV)
-                    *vr_push_queue(&tok, unit, true) += 1;
-                if (deps & VF_DEP_PUSH_NEXT)
-                    *vr_push_queue(&tok, unit, false) += 1;
-                vr_retire(cnt, iters, pc, r.iters);
-                if (unit == VR_UNIT_LOAD) {
-                    cnt->load_iters += r.iters;
-                    cnt->load_bytes += r.bytes;
-                } else if (unit == VR_UNIT_COMPUTE) {
-                    cnt->compute_iters += r.iters;
-                    cnt->macs += r.macs;
-                } else {
-                    cnt->save_iters += r.iters;
-                    cnt->save_bytes += r.bytes;
-                }
-                progress = true;
-                ++pc;
-            }
-        }
-        if (!work)
-            break;
-        if (!progress)
-            return vr_stop(state, VF_FAULT_DEADLOCK, blocked, vr_fetch_opcode(seg, insn_offset, blocked),
-                           VR_DEPS_OFFSET);
-    }
-
-    /* ---- the ending marker ---- */
-    if (end_op == VF_OP_FRAME) {
-        state->pc = stop; /* starts the next step */
-        return VF_RNN_STEP_FRAME;
-    }
-    if (end_op == VF_OP_COUNT) {
-        state->pc = stop;
-        state->running = 0;
-        return VF_RNN_STEP_END;
-    }
-    vr_retire(cnt, iters, stop, 0);
-    state->pc = stop + 1;
-    if (end_op == VF_OP_END || state->pc >= insn_count) {
-        state->running = 0;
-        return VF_RNN_STEP_END;
-    }
-    return VF_RNN_STEP_FRAME;
+    return vf_unit_step<vr_kind>(seg, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
 }

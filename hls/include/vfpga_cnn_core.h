@@ -18,6 +18,7 @@
 
 #include <stdint.h>
 #include "vfpga_isa.h"
+#include "vfpga_core.h"
 
 /* On-chip memories of one core (BRAM/URAM on the board). */
 typedef struct {
@@ -28,27 +29,11 @@ typedef struct {
     int32_t *param;  /* VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS */
 } vf_cnn_buffers_t;
 
-/* Architectural state between steps. */
-typedef struct {
-    uint32_t pc;          /* next instruction index (relative to insn_offset) */
-    uint32_t running;     /* 1 until END or a fault */
-    uint32_t fault;       /* VF_FAULT_* */
-    uint32_t fault_insn;  /* index of the faulting instruction */
-    uint32_t fault_addr;  /* offending segment offset / buffer offset / field */
-    uint32_t fault_opcode; /* 0xffffffff for VF_FAULT_FETCH */
-} vf_cnn_state_t;
-
-/* Pipelined-loop iteration counters, accumulated over steps. */
-typedef struct {
-    uint64_t insns;          /* instructions retired */
-    uint64_t frames;         /* FRAME markers seen */
-    uint64_t load_iters;     /* LOAD_TILE/LOAD_LINEAR bus beats */
-    uint64_t compute_iters;  /* CONV/POOL/ADD pipelined iterations */
-    uint64_t save_iters;     /* SAVE bus beats */
-    uint64_t load_bytes;     /* bytes read from DDR */
-    uint64_t save_bytes;     /* bytes written to DDR */
-    uint64_t macs;           /* useful multiply-accumulates */
-} vf_cnn_counters_t;
+/* State and counters (vfpga_core.h): load = LOAD_TILE/LOAD_LINEAR bus beats,
+ * compute = CONV/POOL/ADD pipelined iterations, save = SAVE bus beats, macs =
+ * useful CONV MACs. */
+typedef vf_core_state_t vf_cnn_state_t;
+typedef vf_core_counters_t vf_cnn_counters_t;
 
 /* Build-time geometry, from the board config macros. */
 typedef struct {
@@ -61,10 +46,6 @@ typedef struct {
     uint32_t obuf_bytes;
     uint32_t param_entries;
 } vf_cnn_geometry_t;
-
-#define VF_STEP_FRAME 0   /* a frame (or barrier) completed, more to run */
-#define VF_STEP_END 1     /* END reached, or the stream is exhausted */
-#define VF_STEP_FAULT 2   /* stopped with state->fault set */
 
 void vf_cnn_core_geometry(vf_cnn_geometry_t *geometry);
 

@@ -289,8 +289,7 @@ typedef struct {
     uint32_t ring_reads;       /* request ring entries read */
     uint32_t scrubs;           /* frames issued with scrub */
     uint32_t core_tenant[VF_POOL_CORES];  /* tenant of each core's last retired frame */
-    vf_cnn_counters_t core[VF_POOL_CORES]; /* counters of the frames retired, per core (an RNN core's
-                                              vf_rnn_counters_t has the same fields) */
+    vf_core_counters_t core[VF_POOL_CORES]; /* counters of the frames retired, per core */
 } vf_disp_report_t;
 
 /* Build-time numbers, from the board config macros. */
@@ -325,19 +324,18 @@ uint32_t vf_dispatch_advance(vf_disp_regs_t *regs, vf_disp_state_t *state, int8_
  * fault. result and counters are this frame's (zeroed first); iters
  * (optional, n_insns entries) gets each instruction's iterations. */
 void vf_dispatch_run_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t *frame,
-                           vf_cnn_buffers_t *buffers, vf_cnn_state_t *result, vf_cnn_counters_t *counters,
+                           vf_cnn_buffers_t *buffers, vf_core_state_t *result, vf_core_counters_t *counters,
                            uint32_t *iters);
 
-/* The same on an RNN core (frame->core >= VF_CNN_CORES): vf_rnn_core_step(),
- * its state and counters reported in the CNN structs (same fields). */
+/* The same on an RNN core (frame->core >= VF_CNN_CORES): vf_rnn_core_step(). */
 void vf_dispatch_run_rnn_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t *frame,
-                               vf_rnn_buffers_t *buffers, vf_cnn_state_t *result, vf_cnn_counters_t *counters,
+                               vf_rnn_buffers_t *buffers, vf_core_state_t *result, vf_core_counters_t *counters,
                                uint32_t *iters);
 
 /* A core finished its frame: result/counters as vf_dispatch_run_frame gave
  * them. A core that is not busy is ignored. */
 void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t core,
-                        const vf_cnn_state_t *result, const vf_cnn_counters_t *counters,
+                        const vf_core_state_t *result, const vf_core_counters_t *counters,
                         vf_disp_report_t *report);
 
 /* One scheduling round: advance, run every issued frame on its core's buffers

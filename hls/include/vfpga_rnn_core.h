@@ -20,6 +20,7 @@
 
 #include <stdint.h>
 #include "vfpga_isa.h"
+#include "vfpga_core.h"
 
 /* On-chip memories of one RNN core (BRAM/URAM on the board). */
 typedef struct {
@@ -31,28 +32,11 @@ typedef struct {
     int32_t *act;   /* VF_RNN_ACT_WORDS */
 } vf_rnn_buffers_t;
 
-/* Architectural state between steps (the vf_cnn_state_t layout). */
-typedef struct {
-    uint32_t pc;           /* next instruction index (relative to insn_offset) */
-    uint32_t running;      /* 1 until END or a fault */
-    uint32_t fault;        /* VF_FAULT_* */
-    uint32_t fault_insn;   /* index of the faulting instruction */
-    uint32_t fault_addr;   /* offending segment offset / buffer offset / field */
-    uint32_t fault_opcode; /* 0xffffffff for VF_FAULT_FETCH */
-} vf_rnn_state_t;
-
-/* Pipelined-loop iteration counters, accumulated over steps (the
- * vf_cnn_counters_t layout; compute = RNN_MATVEC + RNN_GATES). */
-typedef struct {
-    uint64_t insns;         /* instructions retired */
-    uint64_t frames;        /* FRAME markers seen */
-    uint64_t load_iters;    /* RNN_LOAD bus beats */
-    uint64_t compute_iters; /* RNN_MATVEC + RNN_GATES pipelined iterations */
-    uint64_t save_iters;    /* RNN_SAVE bus beats */
-    uint64_t load_bytes;    /* bytes read from DDR */
-    uint64_t save_bytes;    /* bytes written to DDR */
-    uint64_t macs;          /* useful multiply-accumulates (RNN_MATVEC) */
-} vf_rnn_counters_t;
+/* State and counters (vfpga_core.h): load = RNN_LOAD bus beats, compute =
+ * RNN_MATVEC + RNN_GATES pipelined iterations, save = RNN_SAVE bus beats,
+ * macs = useful RNN_MATVEC MACs. */
+typedef vf_core_state_t vf_rnn_state_t;
+typedef vf_core_counters_t vf_rnn_counters_t;
 
 /* Build-time geometry, from the board config macros. */
 typedef struct {
@@ -70,7 +54,7 @@ typedef struct {
     uint32_t act_step_log2; /* STEP: knots 2^STEP Q.15 units apart */
 } vf_rnn_geometry_t;
 
-/* vf_rnn_core_step() results (the values of VF_STEP_* in vfpga_cnn_core.h) */
+/* vf_rnn_core_step() results: the VF_STEP_* of vfpga_core.h under RNN names */
 #define VF_RNN_STEP_FRAME 0 /* a frame (or barrier) completed, more to run */
 #define VF_RNN_STEP_END 1   /* END reached, or the stream is exhausted */
 #define VF_RNN_STEP_FAULT 2 /* stopped with state->fault set */

@@ -24,34 +24,8 @@
 #include "vfpga_cnn_core.h"
 #include "tb_common.h"
 
-
 /* the synthesizable top (hls/cnn_core_top.cpp) */
-void vf_cnn_core_top(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset, uint32_t insn_count, uint32_t *fault,
-                     uint32_t *fault_insn, uint32_t *fault_addr, uint64_t *insns, uint64_t *load_iters,
-                     uint64_t *compute_iters, uint64_t *save_iters);
-
-/* ========================================================================== */
-/* Test bookkeeping                                                            */
-/* ========================================================================== */
-
-
-
-
-
-/* xorshift64*, fixed seed: the same streams on every host */
-
-
-static void fill_random(void *p, size_t bytes)
-{
-    uint8_t *b = (uint8_t *)p;
-    size_t i = 0;
-    for (; i + 8 <= bytes; i += 8) {
-        const uint64_t v = rnd64();
-        memcpy(b + i, &v, 8);
-    }
-    for (; i < bytes; ++i)
-        b[i] = (uint8_t)rnd64();
-}
+tb_core_top_fn vf_cnn_core_top;
 
 /* ========================================================================== */
 /* Instruction builders                                                        */
@@ -59,49 +33,21 @@ static void fill_random(void *p, size_t bytes)
 
 static vf_insn_t blank(uint8_t opcode, uint8_t deps = 0, uint16_t flags = 0)
 {
-    vf_insn_t i;
-    memset(&i, 0, sizeof i);
-    i.head.opcode = opcode;
-    i.head.deps = deps;
-    i.head.flags = flags;
-    i.head.tag = 0x1000u + opcode;
-    return i;
+    return tb_blank<vf_insn_t>(opcode, deps, flags);
 }
 
-static vf_insn_t mk_marker(uint8_t opcode, uint32_t frame_id = 0)
-{
-    vf_insn_t i = blank(opcode);
-    i.marker.frame_id = frame_id;
-    return i;
-}
+static vf_insn_t mk_marker(uint8_t opcode, uint32_t frame_id = 0) { return tb_marker<vf_insn_t>(opcode, frame_id, 0); }
 
 static vf_insn_t mk_mem(uint8_t opcode, uint32_t dram, uint32_t buf, uint32_t h, uint32_t w, uint32_t ps,
                         uint32_t ch, int32_t y0, int32_t x0, uint32_t th, uint32_t tw, int8_t pad = 0,
                         uint8_t deps = 0)
 {
-    vf_insn_t i = blank(opcode, deps);
-    i.mem.dram_addr = dram;
-    i.mem.buf_addr = buf;
-    i.mem.height = (uint16_t)h;
-    i.mem.width = (uint16_t)w;
-    i.mem.pixel_stride = (uint16_t)ps;
-    i.mem.channels = (uint16_t)ch;
-    i.mem.y0 = (int16_t)y0;
-    i.mem.x0 = (int16_t)x0;
-    i.mem.tile_h = (uint16_t)th;
-    i.mem.tile_w = (uint16_t)tw;
-    i.mem.pad_value = pad;
-    return i;
+    return tb_mem(opcode, deps, dram, buf, h, w, ps, ch, y0, x0, th, tw, pad);
 }
 
 static vf_insn_t mk_linear(uint32_t dram, uint32_t buf, uint32_t n, uint8_t buffer, uint8_t deps = 0)
 {
-    vf_insn_t i = blank(VF_OP_LOAD_LINEAR, deps);
-    i.linear.dram_addr = dram;
-    i.linear.buf_addr = buf;
-    i.linear.nbytes = n;
-    i.linear.buffer = buffer;
-    return i;
+    return tb_linear(deps, dram, buf, n, buffer);
 }
 
 struct ConvShape {
@@ -307,12 +253,7 @@ static uint64_t expect_iters(const vf_insn_t &i)
 /* Environment: a segment with guards, the core's buffers, the model           */
 /* ========================================================================== */
 
-static const size_t GUARD = 4096;
-static const int8_t CANARY = (int8_t)0x5a;
-
-struct Env {
-    uint32_t limit;
-    std::vector<int8_t> mem; /* GUARD | segment | GUARD */
+struct Env : TbSegment {
     std::vector<int8_t> ibuf, wbuf, obuf;
     std::vector<int32_t> acc, param;
     vf_cnn_buffers_t bufs;
@@ -322,14 +263,11 @@ struct Env {
     uint32_t insn_offset;
     std::vector<uint32_t> iters;
     Mem model;
-    uint32_t bump; /* data allocator inside the segment */
 
     explicit Env(uint32_t seg_limit)
-        : limit(seg_limit), mem(GUARD + seg_limit + GUARD, CANARY), ibuf(VF_IBUF_BYTES), wbuf(VF_WBUF_BYTES),
-          obuf(VF_OBUF_BYTES), acc(VF_ACC_WORDS), param((size_t)VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS),
-          insn_offset(0), bump(0)
+        : TbSegment(seg_limit), ibuf(VF_IBUF_BYTES), wbuf(VF_WBUF_BYTES), obuf(VF_OBUF_BYTES), acc(VF_ACC_WORDS),
+          param((size_t)VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS), insn_offset(0)
     {
-        fill_random(seg(), limit);
         fill_random(ibuf.data(), ibuf.size());
         fill_random(wbuf.data(), wbuf.size());
         fill_random(obuf.data(), obuf.size());
@@ -342,29 +280,6 @@ struct Env {
         bufs.param = param.data();
         memset(&st, 0, sizeof st);
         memset(&cnt, 0, sizeof cnt);
-        TB_POISON(mem.data(), GUARD);
-        TB_POISON(mem.data() + GUARD + limit, GUARD);
-    }
-    ~Env()
-    {
-        TB_UNPOISON(mem.data(), mem.size());
-    }
-    Env(const Env &) = delete;
-    Env &operator=(const Env &) = delete;
-
-    int8_t *seg() { return mem.data() + GUARD; }
-
-    /* reserve n bytes of segment data (aligned) */
-    uint32_t alloc(uint32_t n, uint32_t align = 64)
-    {
-        bump = (bump + align - 1) / align * align;
-        const uint32_t at = bump;
-        bump += n;
-        if (bump > limit) {
-            printf("tb: segment too small (%u > %u)\n", bump, limit);
-            abort();
-        }
-        return at;
     }
 
     /* place the program at a fresh aligned area */
@@ -407,28 +322,13 @@ struct Env {
         return r;
     }
 
-    bool guards_intact()
-    {
-        TB_UNPOISON(mem.data(), GUARD);
-        TB_UNPOISON(mem.data() + GUARD + limit, GUARD);
-        bool ok = true;
-        for (size_t i = 0; i < GUARD; ++i)
-            ok = ok && mem[i] == CANARY && mem[GUARD + limit + i] == CANARY;
-        TB_POISON(mem.data(), GUARD);
-        TB_POISON(mem.data() + GUARD + limit, GUARD);
-        return ok;
-    }
+    size_t size() const { return prog.size(); }
+    vf_cnn_state_t &state() { return st; }
+    vf_cnn_counters_t &counters() { return cnt; }
 
-    /* first differing index of every memory, -1 when equal */
     bool same_as_model(bool report = true)
     {
-        struct Cmp {
-            const char *name;
-            const void *a;
-            const void *b;
-            size_t n;
-            size_t w;
-        } c[] = {
+        const TbMemPair c[] = {
             {"seg", seg(), model.seg.data(), limit, 1},
             {"ibuf", ibuf.data(), model.ibuf.data(), ibuf.size(), 1},
             {"wbuf", wbuf.data(), model.wbuf.data(), wbuf.size(), 1},
@@ -436,71 +336,51 @@ struct Env {
             {"acc", acc.data(), model.acc.data(), acc.size(), 4},
             {"param", param.data(), model.param.data(), param.size(), 4},
         };
-        bool ok = true;
-        for (const Cmp &x : c) {
-            if (memcmp(x.a, x.b, x.n * x.w) == 0)
-                continue;
-            ok = false;
-            if (report) {
-                size_t i = 0;
-                while (memcmp((const char *)x.a + i * x.w, (const char *)x.b + i * x.w, x.w) == 0)
-                    ++i;
-                long long va, vb;
-                if (x.w == 1) {
-                    va = ((const int8_t *)x.a)[i];
-                    vb = ((const int8_t *)x.b)[i];
-                } else {
-                    va = ((const int32_t *)x.a)[i];
-                    vb = ((const int32_t *)x.b)[i];
-                }
-                printf("    %s differs from the model at %zu: core %lld, model %lld [%s]\n", x.name, i, va, vb,
-                       g_ctx.c_str());
-            }
-        }
-        return ok;
+        return tb_same_memories(c, sizeof c / sizeof c[0], report);
     }
 
     /* iters[] and counters against the formulas, for a run of the whole
      * program up to and including its END */
     void check_counts()
     {
-        uint64_t li = 0, ci = 0, si = 0, n = 0, frames = 0, lb = 0, sb = 0, macs = 0;
+        vf_cnn_counters_t want;
+        memset(&want, 0, sizeof want);
         for (size_t i = 0; i < prog.size(); ++i) {
             const vf_insn_t &p = prog[i];
-            ++n;
+            ++want.insns;
             const uint64_t e = expect_iters(p);
             CHECK_EQ(iters[i], e);
             switch (p.head.opcode) {
             case VF_OP_LOAD_TILE: {
-                li += e;
+                want.load_iters += e;
                 const vf_insn_mem_t &m = p.mem;
                 for (long r = 0; r < m.tile_h; ++r)
                     for (long c = 0; c < m.tile_w; ++c) {
                         const long y = m.y0 + r, x = m.x0 + c;
                         if (y >= 0 && y < m.height && x >= 0 && x < m.width)
-                            lb += m.channels;
+                            want.load_bytes += m.channels;
                     }
                 break;
             }
             case VF_OP_LOAD_LINEAR:
-                li += e;
-                lb += p.linear.nbytes;
+                want.load_iters += e;
+                want.load_bytes += p.linear.nbytes;
                 break;
             case VF_OP_CONV:
-                ci += e;
-                macs += (uint64_t)p.conv.groups * p.conv.out_h * p.conv.out_w * p.conv.kh * p.conv.kw *
-                        p.conv.cin_g * p.conv.cout_g;
+                want.compute_iters += e;
+                want.macs += (uint64_t)p.conv.groups * p.conv.out_h * p.conv.out_w * p.conv.kh * p.conv.kw *
+                             p.conv.cin_g * p.conv.cout_g;
                 break;
             case VF_OP_POOL:
             case VF_OP_ADD:
-                ci += e;
+                want.compute_iters += e;
                 break;
             case VF_OP_SAVE:
-                si += e;
-                sb += (uint64_t)p.mem.tile_h * p.mem.tile_w * p.mem.channels;
+                want.save_iters += e;
+                want.save_bytes += (uint64_t)p.mem.tile_h * p.mem.tile_w * p.mem.channels;
                 break;
             case VF_OP_FRAME:
-                ++frames;
+                ++want.frames;
                 break;
             default:
                 break;
@@ -508,51 +388,13 @@ struct Env {
             if (p.head.opcode == VF_OP_END)
                 break;
         }
-        CHECK_EQ(cnt.insns, n);
-        CHECK_EQ(cnt.frames, frames);
-        CHECK_EQ(cnt.load_iters, li);
-        CHECK_EQ(cnt.compute_iters, ci);
-        CHECK_EQ(cnt.save_iters, si);
-        CHECK_EQ(cnt.load_bytes, lb);
-        CHECK_EQ(cnt.save_bytes, sb);
-        CHECK_EQ(cnt.macs, macs);
+        tb_check_counters(cnt, want);
     }
 
-    /* a valid program: runs to END, equals the model, counts match */
-    void expect_clean_run()
-    {
-        snapshot();
-        const uint32_t r = run();
-        CHECK_EQ(r, VF_STEP_END);
-        CHECK_EQ(st.fault, VF_FAULT_NONE);
-        CHECK_EQ(st.running, 0);
-        model_run(prog.size());
-        CHECK(same_as_model());
-        CHECK(guards_intact());
-        if (st.fault == VF_FAULT_NONE)
-            check_counts();
-    }
-
-    /* a program whose instruction `at` faults; everything before it (in
-     * program order) has run, nothing of it has been written */
+    void expect_clean_run() { tb_expect_clean_run(*this); }
     void expect_fault(uint32_t fault, uint32_t at, uint32_t opcode, uint64_t addr)
     {
-        snapshot();
-        const uint32_t r = run();
-        CHECK_EQ(r, VF_STEP_FAULT);
-        CHECK_EQ(st.fault, fault);
-        CHECK_EQ(st.fault_insn, at);
-        CHECK_EQ(st.fault_opcode, opcode);
-        CHECK_EQ(st.fault_addr, addr);
-        CHECK_EQ(st.running, 0);
-        model_run(at);
-        CHECK(same_as_model());
-        CHECK(guards_intact());
-        /* a faulted core stays faulted and touches nothing */
-        const vf_cnn_counters_t before = cnt;
-        CHECK_EQ(step(), VF_STEP_FAULT);
-        CHECK_EQ(cnt.insns, before.insns);
-        CHECK(same_as_model(false));
+        tb_expect_fault(*this, fault, at, opcode, addr);
     }
 };
 
@@ -575,9 +417,7 @@ static View alloc_view(Env &e, uint32_t h, uint32_t w, uint32_t ch, uint32_t ext
 /* Write params {bias, mult, shift} into the segment. */
 static uint32_t put_params(Env &e, const std::vector<int32_t> &words)
 {
-    const uint32_t at = e.alloc((uint32_t)words.size() * 4, 4);
-    memcpy(e.seg() + at, words.data(), words.size() * 4);
-    return at;
+    return e.put(words.data(), (uint32_t)words.size() * 4, 4);
 }
 
 /* ========================================================================== */
@@ -1680,19 +1520,6 @@ static void test_fault_field()
     }
 }
 
-/* A small value that is usually valid, sometimes an edge. */
-static uint32_t g_edge = 24; /* 1 / probability of an edge value, per program */
-static bool edge() { return rnd(g_edge) == 0; }
-static uint32_t fz(uint32_t lo, uint32_t hi)
-{
-    switch (rnd(g_edge)) {
-    case 0: return 0;
-    case 1: return 0xffff;
-    case 2: return (uint32_t)rnd64();
-    default: return lo + rnd(hi - lo + 1);
-    }
-}
-
 /* deps usually legal for the opcode's unit, sometimes anything */
 static uint8_t fz_deps(uint8_t opcode)
 {
@@ -1715,7 +1542,8 @@ static void test_fuzz()
                                   VF_OP_POOL,      VF_OP_ADD,       VF_OP_SAVE,        VF_OP_SAVE, VF_OP_NOP,
                                   VF_OP_FRAME,     VF_OP_BARRIER};
     const int programs = 1500;
-    uint64_t faults[8] = {0}, clean = 0, retired = 0, executed[VF_OP_COUNT] = {0};
+    TbFuzzTally f;
+    memset(&f, 0, sizeof f);
     for (int t = 0; t < programs; ++t) {
         Env e(1 << 14);
         static const uint32_t levels[] = {6, 24, 100, 1000};
@@ -1822,52 +1650,17 @@ static void test_fuzz()
         for (size_t i = 2; i < e.param.size(); i += 3)
             e.param[i] = (int32_t)(rnd(50 * g_edge) ? rnd(63) : (uint32_t)rnd64());
         /* sometimes the program sticks out of the segment */
-        uint32_t count = n;
-        if (rnd(25) == 0)
-            count = n + 1 + rnd(4);
-        const uint32_t offset = rnd(25) == 0 ? e.limit - 64 * rnd(n + 1) + rnd(64) : e.insn_offset;
-        g_ctx = "program " + std::to_string(t);
-        std::vector<uint32_t> it(count, 0);
-        uint32_t r = VF_STEP_FRAME;
-        size_t steps = 0;
-        while (r == VF_STEP_FRAME && steps <= count + 1) {
-            r = vf_cnn_core_step(e.seg(), e.limit, offset, count, &e.bufs, &e.st, &e.cnt, it.data());
-            ++steps;
-        }
-        CHECK(r != VF_STEP_FRAME);
-        CHECK(e.guards_intact());
-        CHECK(e.st.fault < 8);
-        faults[e.st.fault < 8 ? e.st.fault : 0]++;
-        if (r == VF_STEP_FAULT) {
-            CHECK(e.st.fault != VF_FAULT_NONE);
-            CHECK(e.st.fault_insn < count);
-            CHECK_EQ(vf_cnn_core_step(e.seg(), e.limit, offset, count, &e.bufs, &e.st, &e.cnt, it.data()),
-                     VF_STEP_FAULT);
-        } else {
-            ++clean;
-            CHECK_EQ(e.st.fault, VF_FAULT_NONE);
-        }
-        CHECK(e.cnt.insns <= count);
-        retired += e.cnt.insns;
-        if (offset == e.insn_offset)
-            for (uint32_t i = 0; i < n; ++i)
-                if (e.prog[i].head.opcode < VF_OP_COUNT && it[i] != 0)
-                    executed[e.prog[i].head.opcode]++;
+        tb_fuzz_run(f, e, e.prog, e.insn_offset, VF_OP_COUNT, e.st, e.cnt,
+                    [&e](uint32_t offset, uint32_t count, uint32_t *it) {
+                        return vf_cnn_core_step(e.seg(), e.limit, offset, count, &e.bufs, &e.st, &e.cnt, it);
+                    },
+                    t);
         if (g_checks_failed)
             return;
     }
-    printf("    fuzz: %d programs, %llu instructions retired, %llu clean; faults: segment %llu buffer %llu "
-           "opcode %llu field %llu deadlock %llu fetch %llu\n",
-           programs, (unsigned long long)retired, (unsigned long long)clean, (unsigned long long)faults[1],
-           (unsigned long long)faults[2], (unsigned long long)faults[3], (unsigned long long)faults[4],
-           (unsigned long long)faults[5], (unsigned long long)faults[6]);
-    printf("    fuzz: executed with work: load_tile %llu load_linear %llu conv %llu pool %llu add %llu save %llu\n",
-           (unsigned long long)executed[VF_OP_LOAD_TILE], (unsigned long long)executed[VF_OP_LOAD_LINEAR],
-           (unsigned long long)executed[VF_OP_CONV], (unsigned long long)executed[VF_OP_POOL],
-           (unsigned long long)executed[VF_OP_ADD], (unsigned long long)executed[VF_OP_SAVE]);
-    CHECK(clean > 0);
-    for (int f = 1; f <= 6; ++f)
-        CHECK(faults[f] > 0);
+    static const char *const names[] = {"load_tile", "load_linear", "conv", "pool", "add", "save"};
+    static const uint8_t units[] = {VF_OP_LOAD_TILE, VF_OP_LOAD_LINEAR, VF_OP_CONV, VF_OP_POOL, VF_OP_ADD, VF_OP_SAVE};
+    tb_fuzz_report(f, programs, names, units, sizeof units);
 }
 
 /* The HLS top runs a whole program and reports through its registers. */
@@ -1882,20 +1675,17 @@ static void test_top()
         e.snapshot();
         /* the top's static buffers start with whatever an earlier run left:
          * the program loads everything it reads */
-        uint32_t fault = 77, fi = 77, fa = 77;
-        uint64_t insns = 0, li = 0, ci = 0, si = 0;
-        vf_cnn_core_top(e.seg(), e.limit, e.insn_offset, (uint32_t)e.prog.size(), &fault, &fi, &fa, &insns, &li, &ci,
-                        &si);
-        CHECK_EQ(fault, VF_FAULT_NONE);
-        CHECK_EQ(insns, e.prog.size());
+        const TbTopRun regs = tb_run_top(vf_cnn_core_top, e.seg(), e.limit, e.insn_offset, (uint32_t)e.prog.size());
+        CHECK_EQ(regs.fault, VF_FAULT_NONE);
+        CHECK_EQ(regs.insns, e.prog.size());
         uint64_t el = 0, ec = 0, es = 0;
         for (const vf_insn_t &p : e.prog) {
             const uint32_t u = p.head.opcode;
             (u == VF_OP_LOAD_TILE || u == VF_OP_LOAD_LINEAR ? el : u == VF_OP_SAVE ? es : ec) += expect_iters(p);
         }
-        CHECK_EQ(li, el);
-        CHECK_EQ(ci, ec);
-        CHECK_EQ(si, es);
+        CHECK_EQ(regs.load_iters, el);
+        CHECK_EQ(regs.compute_iters, ec);
+        CHECK_EQ(regs.save_iters, es);
         e.model_run(e.prog.size());
         /* only the segment is visible: the top's buffers are its own */
         CHECK(memcmp(e.seg(), e.model.seg.data(), e.limit) == 0);
@@ -1908,16 +1698,8 @@ static void test_top()
                   mk_mem(VF_OP_SAVE, e.limit - 8, 0, 1, 2, 8, 8, 0, 0, 1, 2), mk_marker(VF_OP_END)};
         e.place_program();
         e.snapshot();
-        uint32_t fault = 0, fi = 0, fa = 0;
-        uint64_t insns = 0, li = 0, ci = 0, si = 0;
-        vf_cnn_core_top(e.seg(), e.limit, e.insn_offset, (uint32_t)e.prog.size(), &fault, &fi, &fa, &insns, &li, &ci,
-                        &si);
-        CHECK_EQ(fault, VF_FAULT_SEGMENT);
-        CHECK_EQ(fi, 3);
-        CHECK_EQ(fa, e.limit);
-        CHECK_EQ(insns, 3);
-        CHECK_EQ(li, expect_iters(e.prog[1]));
-        CHECK_EQ(si, 0);
+        const TbTopRun regs = tb_run_top(vf_cnn_core_top, e.seg(), e.limit, e.insn_offset, (uint32_t)e.prog.size());
+        tb_check_top_fault(regs, e.limit, expect_iters(e.prog[1]));
         CHECK(memcmp(e.seg(), e.model.seg.data(), e.limit) == 0);
         CHECK(e.guards_intact());
     }
@@ -1926,13 +1708,7 @@ static void test_top()
 int main()
 {
     printf("tb_cnn_core: ICP %d OCP %d AXI %d IBUF %d WBUF %d ACC %d OBUF %d PARAM %d%s\n", VF_ICP, VF_OCP,
-           VF_AXI_BYTES, VF_IBUF_BYTES, VF_WBUF_BYTES, VF_ACC_WORDS, VF_OBUF_BYTES, VF_PARAM_ENTRIES,
-#ifdef VF_HLS_LITERAL
-           " (HLS loop nests)"
-#else
-           " (vectorised C-sim bodies)"
-#endif
-    );
+           VF_AXI_BYTES, VF_IBUF_BYTES, VF_WBUF_BYTES, VF_ACC_WORDS, VF_OBUF_BYTES, VF_PARAM_ENTRIES, TB_BODIES);
     run_test("geometry", test_geometry);
     run_test("load_tile", test_load_tile);
     run_test("load_linear", test_load_linear);
@@ -1952,6 +1728,5 @@ int main()
     run_test("fault_field", test_fault_field);
     run_test("fuzz", test_fuzz);
     run_test("top", test_top);
-    printf("tb_cnn_core: %d passed, %d failed\n", g_passed, g_failed);
-    return g_failed == 0 ? 0 : 1;
+    return tb_summary("tb_cnn_core");
 }

@@ -35,29 +35,14 @@
 #include <vector>
 
 #include "vfpga_dispatcher.h"
+#define TB_TAG 0x2000u /* instruction tags of this testbench */
 #include "tb_common.h"
-
 
 /* the synthesizable top (hls/dispatcher_top.cpp) */
 void vf_dispatcher_top(int8_t *mem, uint64_t mem_bytes, uint32_t *file, uint8_t *irq, uint64_t clock);
 
-/* ========================================================================== */
-/* Test bookkeeping                                                            */
-/* ========================================================================== */
-
-
-
-
-
-/* xorshift64*: the same streams on every host */
+/* The same streams on every host, one per seed. */
 static void seed(uint64_t s) { g_rng = s * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull; }
-
-static void fill_random(void *p, size_t bytes)
-{
-    uint8_t *b = (uint8_t *)p;
-    for (size_t i = 0; i < bytes; ++i)
-        b[i] = (uint8_t)rnd64();
-}
 
 static uint32_t popcount(uint32_t m)
 {
@@ -95,49 +80,23 @@ static uint32_t cores_range(uint32_t first, uint32_t n)
 
 static vf_insn_t blank(uint8_t opcode, uint8_t deps = 0, uint16_t flags = 0)
 {
-    vf_insn_t i;
-    memset(&i, 0, sizeof i);
-    i.head.opcode = opcode;
-    i.head.deps = deps;
-    i.head.flags = flags;
-    i.head.tag = 0x2000u + opcode;
-    return i;
+    return tb_blank<vf_insn_t>(opcode, deps, flags);
 }
 
 static vf_insn_t mk_marker(uint8_t opcode, uint32_t frame_id, uint32_t layer)
 {
-    vf_insn_t i = blank(opcode);
-    i.marker.frame_id = frame_id;
-    i.marker.layer = layer;
-    return i;
+    return tb_marker<vf_insn_t>(opcode, frame_id, layer);
 }
 
 static vf_insn_t mk_mem(uint8_t opcode, uint32_t dram, uint32_t buf, uint32_t h, uint32_t w, uint32_t ps, uint32_t ch,
                         int32_t y0, int32_t x0, uint32_t th, uint32_t tw, uint8_t deps)
 {
-    vf_insn_t i = blank(opcode, deps);
-    i.mem.dram_addr = dram;
-    i.mem.buf_addr = buf;
-    i.mem.height = (uint16_t)h;
-    i.mem.width = (uint16_t)w;
-    i.mem.pixel_stride = (uint16_t)ps;
-    i.mem.channels = (uint16_t)ch;
-    i.mem.y0 = (int16_t)y0;
-    i.mem.x0 = (int16_t)x0;
-    i.mem.tile_h = (uint16_t)th;
-    i.mem.tile_w = (uint16_t)tw;
-    i.mem.pad_value = 0;
-    return i;
+    return tb_mem(opcode, deps, dram, buf, h, w, ps, ch, y0, x0, th, tw, 0);
 }
 
 static vf_insn_t mk_linear(uint32_t dram, uint32_t buf, uint32_t n, uint8_t buffer)
 {
-    vf_insn_t i = blank(VF_OP_LOAD_LINEAR);
-    i.linear.dram_addr = dram;
-    i.linear.buf_addr = buf;
-    i.linear.nbytes = n;
-    i.linear.buffer = buffer;
-    return i;
+    return tb_linear(0, dram, buf, n, buffer);
 }
 
 static vf_insn_t mk_conv(uint32_t in_h, uint32_t in_w, uint32_t out_h, uint32_t out_w, uint32_t cin, uint32_t cout,
@@ -305,8 +264,6 @@ static std::vector<int32_t> random_params(uint32_t cout, double n, double in_mag
 /* Device: memory window, cores, dispatcher                                    */
 /* ========================================================================== */
 
-static const size_t GUARD = 4096;
-static const int8_t CANARY = (int8_t)0x5a;
 static const uint64_t MEM_BASE = 0x400000000ull; /* physical address of the window (u200 DDR base) */
 
 static int8_t fill_pattern(uint64_t i) { return (int8_t)(uint8_t)(i * 131u + 7u); }
@@ -336,11 +293,11 @@ struct Dev {
         for (uint64_t i = 0; i < window; ++i)
             raw[GUARD + i] = fill_pattern(i);
         /* power-on garbage in the cores: frames must load what they read */
-        fill_random(ibuf.data(), ibuf.size());
-        fill_random(wbuf.data(), wbuf.size());
-        fill_random(obuf.data(), obuf.size());
-        fill_random(acc.data(), acc.size() * 4);
-        fill_random(param.data(), param.size() * 4);
+        fill_random_bytes(ibuf.data(), ibuf.size());
+        fill_random_bytes(wbuf.data(), wbuf.size());
+        fill_random_bytes(obuf.data(), obuf.size());
+        fill_random_bytes(acc.data(), acc.size() * 4);
+        fill_random_bytes(param.data(), param.size() * 4);
         for (uint32_t c = 0; c < VF_CNN_CORES; ++c) {
             cores[c].ibuf = ibuf.data() + (size_t)c * VF_IBUF_BYTES;
             cores[c].wbuf = wbuf.data() + (size_t)c * VF_WBUF_BYTES;
@@ -358,8 +315,7 @@ struct Dev {
         }
         vf_dispatch_reset(&regs, &st);
         regs.g.mem_base = MEM_BASE;
-        TB_POISON(raw.data(), GUARD);
-        TB_POISON(raw.data() + GUARD + window, GUARD);
+        tb_poison_guards(raw, window);
     }
     ~Dev() { TB_UNPOISON(raw.data(), raw.size()); }
     Dev(const Dev &) = delete;
@@ -398,17 +354,7 @@ struct Dev {
         return n;
     }
 
-    bool guards_intact()
-    {
-        TB_UNPOISON(raw.data(), GUARD);
-        TB_UNPOISON(raw.data() + GUARD + bytes, GUARD);
-        bool ok = true;
-        for (size_t i = 0; i < GUARD; ++i)
-            ok = ok && raw[i] == CANARY && raw[GUARD + bytes + i] == CANARY;
-        TB_POISON(raw.data(), GUARD);
-        TB_POISON(raw.data() + GUARD + bytes, GUARD);
-        return ok;
-    }
+    bool guards_intact() { return tb_guards_intact(raw, bytes); }
 
     std::vector<int8_t> window() { return std::vector<int8_t>(mem(), mem() + bytes); }
 };
@@ -417,12 +363,10 @@ struct Dev {
 /* Tenants: segment layout, driver-side ring operations                        */
 /* ========================================================================== */
 
-struct Ten {
+struct Ten : TbBump { /* limit: the segment's bytes */
     Dev *d;
     uint32_t t;      /* context */
     uint64_t win;    /* segment offset in the window */
-    uint32_t limit;
-    uint32_t bump;
     uint32_t ring_offset, ring_size, cpl_offset;
     uint32_t tail, ack; /* the driver's copies */
     std::map<uint32_t, std::vector<vf_dispatch_t>> prog_at; /* program offset -> entries */
@@ -432,17 +376,6 @@ struct Ten {
     vf_disp_tenant_regs_t &r() { return d->regs.tenant[t]; }
     const vf_disp_tenant_state_t &s() { return d->st.tenant[t]; }
 
-    uint32_t alloc(uint32_t n, uint32_t align = 64)
-    {
-        bump = (bump + align - 1) / align * align;
-        const uint32_t at = bump;
-        bump += n;
-        if (bump > limit) {
-            printf("tb: segment too small (%u > %u)\n", bump, limit);
-            abort();
-        }
-        return at;
-    }
     void put(uint32_t off, const void *p, size_t n) { memcpy(seg() + off, p, n); }
 };
 
@@ -633,7 +566,7 @@ static Inst make_inst(Ten &x, const Net &n, uint32_t id)
     Inst in;
     const uint32_t H2 = s.H / 2, W2 = s.W / 2;
     in.in = x.alloc(s.H * s.W * s.cin);
-    fill_random(x.seg() + in.in, s.H * s.W * s.cin);
+    fill_random_bytes(x.seg() + in.in, s.H * s.W * s.cin);
     in.a = x.alloc(s.H * s.W * s.c1);
     in.b = x.alloc(H2 * W2 * s.c1);
     in.out = x.alloc(H2 * W2 * s.c2);
@@ -2057,7 +1990,7 @@ static void test_scrub()
     const uint32_t cin = 8, cout = 4, px = 4;
     const uint32_t in = b.alloc(px * cin), out = b.alloc(px * cout);
     seed(140);
-    fill_random(b.seg() + in, px * cin);
+    fill_random_bytes(b.seg() + in, px * cin);
     std::vector<int32_t> prm = random_params(cout, cin, 1.0);
     const uint32_t po = put_params(b, prm);
     Frame fb;
@@ -2183,7 +2116,7 @@ static void test_fuzz()
                     case 2: e.n_insns = (uint16_t)(rnd(3) ? e.n_insns + rnd(8) - 4 : rnd64()); break;
                     case 3: e.frame_offset = rnd(3) ? e.frame_offset + 64 * (rnd(9) - 4) : (uint32_t)rnd64(); break;
                     case 4: e.frame_offset = v.limit - 64 * rnd(4); break;
-                    default: fill_random(&e, sizeof e); break;
+                    default: fill_random_bytes(&e, sizeof e); break;
                     }
                 }
         std::vector<uint32_t> offs;
@@ -2380,13 +2313,7 @@ static void test_top()
 int main()
 {
     printf("tb_dispatcher: %d tenants, %d cores, ring max %d, walk budget %d, ICP %d OCP %d%s\n", VF_DISP_TENANTS,
-           VF_CNN_CORES, VF_DISP_RING_MAX, VF_DISP_WALK_BUDGET, VF_ICP, VF_OCP,
-#ifdef VF_HLS_LITERAL
-           " (HLS loop nests)"
-#else
-           " (vectorised C-sim bodies)"
-#endif
-    );
+           VF_CNN_CORES, VF_DISP_RING_MAX, VF_DISP_WALK_BUDGET, VF_ICP, VF_OCP, TB_BODIES);
     run_test("geometry_reset", test_geometry_reset);
     run_test("single_request", test_single_request);
     run_test("multi_slot_equals_single", test_multi_slot_equals_single);
@@ -2404,6 +2331,5 @@ int main()
     run_test("budget_and_quiescence", test_budget_and_quiescence);
     run_test("fuzz", test_fuzz);
     run_test("top", test_top);
-    printf("tb_dispatcher: %d passed, %d failed\n", g_passed, g_failed);
-    return g_failed == 0 ? 0 : 1;
+    return tb_summary("tb_dispatcher");
 }

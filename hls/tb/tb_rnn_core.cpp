@@ -32,34 +32,8 @@
 #define TB_SEED 0x2545f4914f6cdd1dull
 #include "tb_common.h"
 
-
 /* the synthesizable top (hls/rnn_core_top.cpp) */
-void vf_rnn_core_top(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset, uint32_t insn_count, uint32_t *fault,
-                     uint32_t *fault_insn, uint32_t *fault_addr, uint64_t *insns, uint64_t *load_iters,
-                     uint64_t *compute_iters, uint64_t *save_iters);
-
-/* ========================================================================== */
-/* Test bookkeeping                                                            */
-/* ========================================================================== */
-
-
-
-
-
-/* xorshift64*, fixed seed: the same streams on every host */
-
-
-static void fill_random(void *p, size_t bytes)
-{
-    uint8_t *b = (uint8_t *)p;
-    size_t i = 0;
-    for (; i + 8 <= bytes; i += 8) {
-        const uint64_t v = rnd64();
-        memcpy(b + i, &v, 8);
-    }
-    for (; i < bytes; ++i)
-        b[i] = (uint8_t)rnd64();
-}
+tb_core_top_fn vf_rnn_core_top;
 
 /* ========================================================================== */
 /* Constants of the contract                                                   */
@@ -79,20 +53,12 @@ static const uint32_t PARAM_WORDS = VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS;
 
 static vf_rnn_insn_t blank(uint8_t opcode, uint8_t deps = 0, uint16_t flags = 0)
 {
-    vf_rnn_insn_t i;
-    memset(&i, 0, sizeof i);
-    i.head.opcode = opcode;
-    i.head.deps = deps;
-    i.head.flags = flags;
-    i.head.tag = 0x1000u + opcode;
-    return i;
+    return tb_blank<vf_rnn_insn_t>(opcode, deps, flags);
 }
 
 static vf_rnn_insn_t mk_marker(uint8_t opcode, uint32_t frame_id = 0)
 {
-    vf_rnn_insn_t i = blank(opcode);
-    i.marker.frame_id = frame_id;
-    return i;
+    return tb_marker<vf_rnn_insn_t>(opcode, frame_id, 0);
 }
 
 static vf_rnn_insn_t mk_mem(uint8_t opcode, uint8_t buffer, uint32_t dram, uint32_t buf, uint32_t row_bytes,
@@ -349,9 +315,6 @@ static uint64_t expect_iters(const vf_rnn_insn_t &i)
 /* Environment: a segment with guards, cores, the model                        */
 /* ========================================================================== */
 
-static const size_t GUARD = 4096;
-static const int8_t CANARY = (int8_t)0x5a;
-
 struct Core {
     std::vector<int8_t> wbuf, vbuf;
     std::vector<int32_t> acc, param, state, act;
@@ -395,47 +358,18 @@ struct Core {
     }
 };
 
-struct Env {
-    uint32_t limit;
-    std::vector<int8_t> mem; /* GUARD | segment | GUARD */
+struct Env : TbSegment {
     std::vector<std::unique_ptr<Core>> cores;
     Mem model;
-    uint32_t bump; /* data allocator inside the segment */
 
-    explicit Env(uint32_t seg_limit, uint32_t ncores = 1)
-        : limit(seg_limit), mem(GUARD + seg_limit + GUARD, CANARY), bump(0)
+    explicit Env(uint32_t seg_limit, uint32_t ncores = 1) : TbSegment(seg_limit)
     {
-        fill_random(seg(), limit);
         for (uint32_t i = 0; i < ncores; ++i)
             cores.emplace_back(new Core());
-        TB_POISON(mem.data(), GUARD);
-        TB_POISON(mem.data() + GUARD + limit, GUARD);
     }
-    ~Env() { TB_UNPOISON(mem.data(), mem.size()); }
-    Env(const Env &) = delete;
-    Env &operator=(const Env &) = delete;
 
-    int8_t *seg() { return mem.data() + GUARD; }
     Core &core(size_t i = 0) { return *cores[i]; }
     std::vector<vf_rnn_insn_t> &prog() { return cores[0]->prog; }
-
-    uint32_t alloc(uint32_t n, uint32_t align = 64)
-    {
-        bump = (bump + align - 1) / align * align;
-        const uint32_t at = bump;
-        bump += n;
-        if (bump > limit) {
-            printf("tb: segment too small (%u > %u)\n", bump, limit);
-            abort();
-        }
-        return at;
-    }
-    uint32_t put(const void *data, uint32_t n, uint32_t align = 64)
-    {
-        const uint32_t at = alloc(n, align);
-        memcpy(seg() + at, data, n);
-        return at;
-    }
 
     void place_program(size_t c = 0)
     {
@@ -481,18 +415,6 @@ struct Env {
         return ok;
     }
 
-    bool guards_intact()
-    {
-        TB_UNPOISON(mem.data(), GUARD);
-        TB_UNPOISON(mem.data() + GUARD + limit, GUARD);
-        bool ok = true;
-        for (size_t i = 0; i < GUARD; ++i)
-            ok = ok && mem[i] == CANARY && mem[GUARD + limit + i] == CANARY;
-        TB_POISON(mem.data(), GUARD);
-        TB_POISON(mem.data() + GUARD + limit, GUARD);
-        return ok;
-    }
-
     void snapshot()
     {
         Core &k = core();
@@ -514,16 +436,14 @@ struct Env {
         }
     }
 
+    size_t size() { return prog().size(); }
+    vf_rnn_state_t &state() { return core().st; }
+    vf_rnn_counters_t &counters() { return core().cnt; }
+
     bool same_as_model(bool report = true)
     {
         Core &k = core();
-        struct Cmp {
-            const char *name;
-            const void *a;
-            const void *b;
-            size_t n;
-            size_t w;
-        } c[] = {
+        const TbMemPair c[] = {
             {"seg", seg(), model.seg.data(), limit, 1},
             {"wbuf", k.wbuf.data(), model.wbuf.data(), k.wbuf.size(), 1},
             {"vbuf", k.vbuf.data(), model.vbuf.data(), k.vbuf.size(), 1},
@@ -532,102 +452,47 @@ struct Env {
             {"state", k.state.data(), model.state.data(), k.state.size(), 4},
             {"act", k.act.data(), model.act.data(), k.act.size(), 4},
         };
-        bool ok = true;
-        for (const Cmp &x : c) {
-            if (memcmp(x.a, x.b, x.n * x.w) == 0)
-                continue;
-            ok = false;
-            if (report) {
-                size_t i = 0;
-                while (memcmp((const char *)x.a + i * x.w, (const char *)x.b + i * x.w, x.w) == 0)
-                    ++i;
-                long long va, vb;
-                if (x.w == 1) {
-                    va = ((const int8_t *)x.a)[i];
-                    vb = ((const int8_t *)x.b)[i];
-                } else {
-                    va = ((const int32_t *)x.a)[i];
-                    vb = ((const int32_t *)x.b)[i];
-                }
-                printf("    %s differs from the model at %zu: core %lld, model %lld [%s]\n", x.name, i, va, vb,
-                       g_ctx.c_str());
-            }
-        }
-        return ok;
+        return tb_same_memories(c, sizeof c / sizeof c[0], report);
     }
 
     /* iters[] and counters against the formulas, for a whole run of core c */
     void check_counts(size_t c = 0)
     {
         Core &k = core(c);
-        uint64_t li = 0, ci = 0, si = 0, n = 0, frames = 0, lb = 0, sb = 0, macs = 0;
+        vf_rnn_counters_t want;
+        memset(&want, 0, sizeof want);
         for (size_t i = 0; i < k.prog.size(); ++i) {
             const vf_rnn_insn_t &p = k.prog[i];
-            ++n;
+            ++want.insns;
             const uint64_t e = expect_iters(p);
             CHECK_EQ(k.iters[i], e);
             switch (p.head.opcode) {
             case VF_RNN_OP_LOAD:
-                li += e;
-                lb += (uint64_t)p.rnn_mem.planes * p.rnn_mem.rows * p.rnn_mem.row_bytes;
+                want.load_iters += e;
+                want.load_bytes += (uint64_t)p.rnn_mem.planes * p.rnn_mem.rows * p.rnn_mem.row_bytes;
                 break;
             case VF_RNN_OP_SAVE:
-                si += e;
-                sb += (uint64_t)p.rnn_mem.planes * p.rnn_mem.rows * p.rnn_mem.row_bytes;
+                want.save_iters += e;
+                want.save_bytes += (uint64_t)p.rnn_mem.planes * p.rnn_mem.rows * p.rnn_mem.row_bytes;
                 break;
             case VF_RNN_OP_MATVEC:
-                ci += e;
-                macs += (uint64_t)p.matvec.rows * p.matvec.cols;
+                want.compute_iters += e;
+                want.macs += (uint64_t)p.matvec.rows * p.matvec.cols;
                 break;
-            case VF_RNN_OP_GATES: ci += e; break;
-            case VF_OP_FRAME: ++frames; break;
+            case VF_RNN_OP_GATES: want.compute_iters += e; break;
+            case VF_OP_FRAME: ++want.frames; break;
             default: break;
             }
             if (p.head.opcode == VF_OP_END)
                 break;
         }
-        CHECK_EQ(k.cnt.insns, n);
-        CHECK_EQ(k.cnt.frames, frames);
-        CHECK_EQ(k.cnt.load_iters, li);
-        CHECK_EQ(k.cnt.compute_iters, ci);
-        CHECK_EQ(k.cnt.save_iters, si);
-        CHECK_EQ(k.cnt.load_bytes, lb);
-        CHECK_EQ(k.cnt.save_bytes, sb);
-        CHECK_EQ(k.cnt.macs, macs);
+        tb_check_counters(k.cnt, want);
     }
 
-    void expect_clean_run()
-    {
-        snapshot();
-        const uint32_t r = run();
-        CHECK_EQ(r, VF_RNN_STEP_END);
-        CHECK_EQ(core().st.fault, VF_FAULT_NONE);
-        CHECK_EQ(core().st.running, 0);
-        model_run(prog().size());
-        CHECK(same_as_model());
-        CHECK(guards_intact());
-        if (core().st.fault == VF_FAULT_NONE)
-            check_counts();
-    }
-
+    void expect_clean_run() { tb_expect_clean_run(*this); }
     void expect_fault(uint32_t fault, uint32_t at, uint32_t opcode, uint64_t addr)
     {
-        snapshot();
-        const uint32_t r = run();
-        CHECK_EQ(r, VF_RNN_STEP_FAULT);
-        CHECK_EQ(core().st.fault, fault);
-        CHECK_EQ(core().st.fault_insn, at);
-        CHECK_EQ(core().st.fault_opcode, opcode);
-        CHECK_EQ(core().st.fault_addr, addr);
-        CHECK_EQ(core().st.running, 0);
-        CHECK_EQ(core().st.pc, at);
-        model_run(at);
-        CHECK(same_as_model());
-        CHECK(guards_intact());
-        const vf_rnn_counters_t before = core().cnt;
-        CHECK_EQ(step(), VF_RNN_STEP_FAULT);
-        CHECK_EQ(core().cnt.insns, before.insns);
-        CHECK(same_as_model(false));
+        tb_expect_fault(*this, fault, at, opcode, addr);
     }
 };
 
@@ -1667,18 +1532,6 @@ static void test_fault_fetch()
 
 /* Fuzzed instruction streams: never touch memory outside the segment or the
  * buffers (guards + ASan + UBSan), never hang, a fault is sticky. */
-static uint32_t g_edge = 24;
-static bool edge() { return rnd(g_edge) == 0; }
-static uint32_t fz(uint32_t lo, uint32_t hi)
-{
-    switch (rnd(g_edge)) {
-    case 0: return 0;
-    case 1: return 0xffff;
-    case 2: return (uint32_t)rnd64();
-    default: return lo + rnd(hi - lo + 1);
-    }
-}
-
 static uint8_t fz_deps(uint8_t opcode)
 {
     if (edge())
@@ -1696,7 +1549,8 @@ static void test_fuzz()
                                   VF_RNN_OP_GATES, VF_RNN_OP_GATES, VF_RNN_OP_SAVE, VF_RNN_OP_SAVE,   VF_OP_NOP,
                                   VF_OP_FRAME,     VF_OP_BARRIER};
     const int programs = 1500;
-    uint64_t faults[8] = {0}, clean = 0, retired = 0, executed[VF_RNN_OP_LIMIT] = {0};
+    TbFuzzTally f;
+    memset(&f, 0, sizeof f);
     Env e(1 << 14); /* the core's buffers carry over between programs, like the board's */
     const std::vector<int32_t> sig = make_table(false), tnh = make_table(true);
     for (int t = 0; t < programs; ++t) {
@@ -1707,8 +1561,7 @@ static void test_fuzz()
         e.bump = 0;
         TB_UNPOISON(e.mem.data(), e.mem.size());
         fill_random(e.seg(), e.limit);
-        TB_POISON(e.mem.data(), GUARD);
-        TB_POISON(e.mem.data() + GUARD + e.limit, GUARD);
+        tb_poison_guards(e.mem, e.limit);
         if (rnd(4))
             k.sane_shifts();
         if (t % 50 == 0) {
@@ -1774,53 +1627,19 @@ static void test_fuzz()
             }
         }
         e.place_program();
-        uint32_t count = n;
-        if (rnd(25) == 0)
-            count = n + 1 + rnd(4);
-        const uint32_t offset = rnd(25) == 0 ? e.limit - 64 * rnd(n + 1) + rnd(64) : k.insn_offset;
-        g_ctx = "program " + std::to_string(t);
-        std::vector<uint32_t> it(count, 0);
-        uint32_t r = VF_RNN_STEP_FRAME;
-        size_t steps = 0;
-        while (r == VF_RNN_STEP_FRAME && steps <= count + 1) {
-            r = vf_rnn_core_step(e.seg(), e.limit, offset, count, &k.bufs, &k.st, &k.cnt, it.data());
-            ++steps;
-        }
-        CHECK(r != VF_RNN_STEP_FRAME);
-        CHECK(e.guards_intact());
-        CHECK(k.st.fault < 8);
-        faults[k.st.fault < 8 ? k.st.fault : 0]++;
-        if (r == VF_RNN_STEP_FAULT) {
-            CHECK(k.st.fault != VF_FAULT_NONE);
-            CHECK(k.st.fault_insn < count);
-            CHECK_EQ(vf_rnn_core_step(e.seg(), e.limit, offset, count, &k.bufs, &k.st, &k.cnt, it.data()),
-                     VF_RNN_STEP_FAULT);
-        } else {
-            ++clean;
-            CHECK_EQ(k.st.fault, VF_FAULT_NONE);
-        }
-        CHECK(k.cnt.insns <= count);
-        retired += k.cnt.insns;
-        if (offset == k.insn_offset)
-            for (uint32_t i = 0; i < n; ++i)
-                if (k.prog[i].head.opcode < VF_RNN_OP_LIMIT && it[i] != 0)
-                    executed[k.prog[i].head.opcode]++;
+        tb_fuzz_run(f, e, k.prog, k.insn_offset, VF_RNN_OP_LIMIT, k.st, k.cnt,
+                    [&e, &k](uint32_t offset, uint32_t count, uint32_t *it) {
+                        return vf_rnn_core_step(e.seg(), e.limit, offset, count, &k.bufs, &k.st, &k.cnt, it);
+                    },
+                    t);
         if (g_checks_failed)
             return;
     }
-    printf("    fuzz: %d programs, %llu instructions retired, %llu clean; faults: segment %llu buffer %llu "
-           "opcode %llu field %llu deadlock %llu fetch %llu\n",
-           programs, (unsigned long long)retired, (unsigned long long)clean, (unsigned long long)faults[1],
-           (unsigned long long)faults[2], (unsigned long long)faults[3], (unsigned long long)faults[4],
-           (unsigned long long)faults[5], (unsigned long long)faults[6]);
-    printf("    fuzz: executed with work: load %llu matvec %llu gates %llu save %llu\n",
-           (unsigned long long)executed[VF_RNN_OP_LOAD], (unsigned long long)executed[VF_RNN_OP_MATVEC],
-           (unsigned long long)executed[VF_RNN_OP_GATES], (unsigned long long)executed[VF_RNN_OP_SAVE]);
-    CHECK(clean > 0);
-    for (int f = 1; f <= 6; ++f)
-        CHECK(faults[f] > 0);
+    static const char *const names[] = {"load", "matvec", "gates", "save"};
+    static const uint8_t units[] = {VF_RNN_OP_LOAD, VF_RNN_OP_MATVEC, VF_RNN_OP_GATES, VF_RNN_OP_SAVE};
+    tb_fuzz_report(f, programs, names, units, sizeof units);
     for (int op = VF_RNN_OP_FIRST; op < VF_RNN_OP_LIMIT; ++op)
-        CHECK(executed[op] > 0);
+        CHECK(f.executed[op] > 0);
 }
 
 /* The HLS top runs a whole program and reports through its registers. */
@@ -1837,20 +1656,18 @@ static void test_top()
         const LayerOpts o = {false, false, false};
         layer_program(e.prog(), c.L, d, c.T, 0, H, o);
         e.place_program();
-        uint32_t fault = 77, fi = 77, fa = 77;
-        uint64_t insns = 0, li = 0, ci = 0, si = 0;
-        vf_rnn_core_top(e.seg(), e.limit, e.core().insn_offset, (uint32_t)e.prog().size(), &fault, &fi, &fa, &insns,
-                        &li, &ci, &si);
-        CHECK_EQ(fault, VF_FAULT_NONE);
-        CHECK_EQ(insns, e.prog().size());
+        const TbTopRun regs =
+            tb_run_top(vf_rnn_core_top, e.seg(), e.limit, e.core().insn_offset, (uint32_t)e.prog().size());
+        CHECK_EQ(regs.fault, VF_FAULT_NONE);
+        CHECK_EQ(regs.insns, e.prog().size());
         uint64_t el = 0, ec = 0, es = 0;
         for (const vf_rnn_insn_t &p : e.prog()) {
             const uint32_t u = p.head.opcode;
             (u == VF_RNN_OP_LOAD ? el : u == VF_RNN_OP_SAVE ? es : ec) += expect_iters(p);
         }
-        CHECK_EQ(li, el);
-        CHECK_EQ(ci, ec);
-        CHECK_EQ(si, es);
+        CHECK_EQ(regs.load_iters, el);
+        CHECK_EQ(regs.compute_iters, ec);
+        CHECK_EQ(regs.save_iters, es);
         std::vector<int8_t> ry;
         std::vector<int32_t> rh = c.h0, rc = c.c0;
         ref_layer(c.L, c.xs, c.T, ry, rh, rc);
@@ -1864,16 +1681,9 @@ static void test_top()
                     mk_save(VF_RNN_BUF_VEC, e.limit - 8, 0, 16), mk_marker(VF_OP_END)};
         e.place_program();
         e.snapshot();
-        uint32_t fault = 0, fi = 0, fa = 0;
-        uint64_t insns = 0, li = 0, ci = 0, si = 0;
-        vf_rnn_core_top(e.seg(), e.limit, e.core().insn_offset, (uint32_t)e.prog().size(), &fault, &fi, &fa, &insns,
-                        &li, &ci, &si);
-        CHECK_EQ(fault, VF_FAULT_SEGMENT);
-        CHECK_EQ(fi, 3);
-        CHECK_EQ(fa, e.limit);
-        CHECK_EQ(insns, 3);
-        CHECK_EQ(li, expect_iters(e.prog()[1]));
-        CHECK_EQ(si, 0);
+        const TbTopRun regs =
+            tb_run_top(vf_rnn_core_top, e.seg(), e.limit, e.core().insn_offset, (uint32_t)e.prog().size());
+        tb_check_top_fault(regs, e.limit, expect_iters(e.prog()[1]));
         CHECK(memcmp(e.seg(), e.model.seg.data(), e.limit) == 0);
         CHECK(e.guards_intact());
     }
@@ -1885,13 +1695,7 @@ int main()
            "(table %d x 2^%d)%s\n",
            VF_RNN_ROWS, VF_RNN_COLS, VF_RNN_LANES, VF_AXI_BYTES, VF_RNN_WBUF_BYTES, VF_RNN_VBUF_BYTES,
            VF_RNN_ACC_WORDS, VF_RNN_PARAM_ENTRIES, VF_RNN_STATE_WORDS, VF_RNN_ACT_WORDS, VF_RNN_ACT_SEGMENTS,
-           VF_RNN_ACT_STEP_LOG2,
-#ifdef VF_HLS_LITERAL
-           " (HLS loop nests)"
-#else
-           " (vectorised C-sim bodies)"
-#endif
-    );
+           VF_RNN_ACT_STEP_LOG2, TB_BODIES);
     run_test("geometry", test_geometry);
     run_test("activation", test_activation);
     run_test("load_save", test_load_save);
@@ -1909,6 +1713,5 @@ int main()
     run_test("fault_fetch", test_fault_fetch);
     run_test("fuzz", test_fuzz);
     run_test("top", test_top);
-    printf("tb_rnn_core: %d passed, %d failed\n", g_passed, g_failed);
-    return g_failed == 0 ? 0 : 1;
+    return tb_summary("tb_rnn_core");
 }

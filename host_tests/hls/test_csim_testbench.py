@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("mak
 
 def _make(target, board, build_dir):
     proc = subprocess.run(
-        ["make", "-C", HLS, target, f"BOARD={board}", f"BUILD={build_dir}", f"PYTHON={sys.executable}"],
+        ["make", "-C", HLS, f"{target}-cnn", f"{target}-dispatcher", f"BOARD={board}", f"BUILD={build_dir}",
+         f"PYTHON={sys.executable}"],
         capture_output=True, text=True, timeout=1200)
     return proc.returncode, proc.stdout + proc.stderr
 

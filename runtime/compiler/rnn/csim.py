@@ -34,7 +34,8 @@ def core_module(board: str = "u200", build_dir: str | None = None):
         raise RnnCompileError("the RNN core executor needs the repository's hls/ sources")
     macros = overlay.c_macros(overlay.load(board))
     srcs = [os.path.join(hls, "rnn_core.cpp")] + [os.path.join(hls, "include", f) for f in
-                                                  ("vfpga_isa.h", "vfpga_rnn_core.h", "vfpga_cnn_core.h")]
+                                                  ("vfpga_isa.h", "vfpga_core.h", "vfpga_rnn_core.h",
+                                                   "vfpga_unit_scheduler.h")]
     h = hashlib.sha256(repr(sorted(macros.items())).encode())
     for s in srcs:
         with open(s, "rb") as f:

@@ -1,0 +1,79 @@
+/*
+ * What the HLS sources share about the tool (C++ only): the g++ host-build
+ * settings, and the pragma blocks of the synthesizable tops as macros, so
+ * that cnn_core_top.cpp, rnn_core_top.cpp and dispatcher_top.cpp state each
+ * interface and memory partitioning once. Pragmas inside macros are
+ * _Pragma("HLS ..."), with the macro arguments expanded first: register
+ * offsets and partition factors come from the board config macros.
+ */
+#ifndef VFPGA_HLS_H
+#define VFPGA_HLS_H
+
+/* Loop labels name the HLS loops; g++ would call them unused. (HLS pragmas
+ * are unknown to g++: host builds pass -Wno-unknown-pragmas.) */
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__SYNTHESIS__)
+#pragma GCC diagnostic ignored "-Wunused-label"
+#endif
+
+/* Vitis HLS synthesises the cores' literal loop nests ("Two bodies" in
+ * cnn_core.cpp / rnn_core.cpp). */
+#if defined(__SYNTHESIS__) && !defined(VF_HLS_LITERAL)
+#define VF_HLS_LITERAL 1
+#endif
+
+#define VF_PRAGMA_STR(x) _Pragma(#x)
+#define VF_PRAGMA(x) VF_PRAGMA_STR(x)
+#define VF_AXILITE(p, off) VF_PRAGMA(HLS INTERFACE s_axilite port=p offset=off bundle=control)
+
+/* ---- stand-alone core tops (vf_cnn_core_top, vf_rnn_core_top) ---------------
+ * Ports: seg, an m_axi master (bundle gmem) whose base address is the
+ * s_axilite register R##SEG; every scalar and result an s_axilite register
+ * (bundle control) at the offset of the board config's R##* macro, R being
+ * the kind's register prefix (VF_REG_ or VF_RREG_). */
+#define VF_CORE_TOP_PORTS(R)                                        \
+    VF_PRAGMA(HLS INTERFACE m_axi port=seg offset=slave bundle=gmem) \
+    VF_AXILITE(seg, R##SEG)                                         \
+    VF_AXILITE(seg_limit, R##SEG_LIMIT)                             \
+    VF_AXILITE(insn_offset, R##INSN_OFFSET)                         \
+    VF_AXILITE(insn_count, R##INSN_COUNT)                           \
+    VF_AXILITE(fault, R##FAULT)                                     \
+    VF_AXILITE(fault_insn, R##FAULT_INSN)                           \
+    VF_AXILITE(fault_addr, R##FAULT_ADDR)                           \
+    VF_AXILITE(insns, R##INSNS)                                     \
+    VF_AXILITE(load_iters, R##LOAD_ITERS)                           \
+    VF_AXILITE(compute_iters, R##COMPUTE_ITERS)                     \
+    VF_AXILITE(save_iters, R##SAVE_ITERS)                           \
+    VF_PRAGMA(HLS INTERFACE s_axilite port=return bundle=control)
+
+/* The board config's offsets for a core top (at file scope): every one
+ * defined (a missing one is an undeclared name here, where the pragmas,
+ * unknown to g++, would hide it) and word aligned, and the block-level
+ * control registers where Vitis HLS places them. */
+#define VF_CORE_TOP_CHECK(R)                                                                                   \
+    static_assert(((R##SEG | R##SEG_LIMIT | R##INSN_OFFSET | R##INSN_COUNT | R##FAULT | R##FAULT_INSN |       \
+                    R##FAULT_ADDR | R##INSNS | R##LOAD_ITERS | R##COMPUTE_ITERS | R##SAVE_ITERS) & 3) == 0,   \
+                  "board config: core registers missing or not word aligned (compile with the flags printed " \
+                  "by python3 overlay/config.py BOARD)");                                                      \
+    static_assert(R##CTRL == 0x00 && R##GIE == 0x04 && R##IER == 0x08 && R##ISR == 0x0c,                       \
+                  "board config: ap_ctrl_hs registers are fixed by Vitis HLS at 0x00/0x04/0x08/0x0c")
+
+/* ---- a core's memories, partitioned for its lanes -----------------------------
+ * D is the array dimension that holds the words: 1 in a stand-alone core top,
+ * 2 in the dispatcher's per-core arrays (dimension 1 is the core). */
+#define VF_CNN_PARTITIONS(D, ibuf, obuf, acc)                                    \
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=ibuf dim=D cyclic factor=VF_ICP)     \
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=obuf dim=D cyclic factor=VF_OCP)     \
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=acc dim=D cyclic factor=VF_OCP)
+
+/* WBUF and VBUF so that the VF_RNN_ROWS x VF_RNN_COLS array reads a column
+ * block of each row per cycle; ACC and STATE by the gate unit's lanes. */
+#define VF_RNN_PARTITIONS(D, wbuf, vbuf, acc, state)                             \
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=wbuf dim=D cyclic factor=VF_RNN_COLS) \
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=vbuf dim=D cyclic factor=VF_RNN_COLS) \
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=acc dim=D cyclic factor=VF_RNN_LANES) \
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=state dim=D cyclic factor=VF_RNN_LANES)
+
+/* One instance of a memory per core of the pool (dimension 1). */
+#define VF_PER_CORE(var) VF_PRAGMA(HLS ARRAY_PARTITION variable=var dim=1 complete)
+
+#endif /* VFPGA_HLS_H */
