@@ -8,7 +8,7 @@ C++ itself (hls/dispatcher.cpp and hls/cnn_core.cpp through cffi):
 ``vf_dispatch_retire`` accounts it. Time comes from the cycle model: the
 free-running dispatcher is a host thread that advances a modeled clock.
 
-Time is :class:`vfpga.driver.pool_timeline.PoolTimeline` (the same object
+Time is :class:`vfpga.runtime.hw.timeline.PoolTimeline` (the same object
 the timing-only simulator uses): dispatcher latencies per advance, each
 issued frame's cycles from the cycle model with DDR banks shared by demand,
 frames retired one at a time in order of their end, every retirement

@@ -1,9 +1,11 @@
 """Shared fixtures for the host tests (emulation, no board needed)."""
 
+import onnx
 import pytest
 from harness import SMALL_BANK
 
 from vfpga.driver.emulated import EmulatedDevice
+from vfpga.runtime.models import small
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -31,3 +33,11 @@ def make_emulated_device():
 def emulated_device(make_emulated_device):
     """A fresh emulated u200 with small banks."""
     return make_emulated_device("u200")
+
+
+@pytest.fixture(scope="module")
+def small_cnn_path(tmp_path_factory):
+    """The float small_cnn (seed 0) saved as an ONNX file."""
+    path = tmp_path_factory.mktemp("models") / "small_cnn.onnx"
+    onnx.save(small.small_cnn(seed=0), str(path))
+    return path

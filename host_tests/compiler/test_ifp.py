@@ -55,13 +55,6 @@ def assert_same(a, b, path="model"):
 
 
 @pytest.fixture(scope="module")
-def small_cnn_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "small_cnn.onnx"
-    onnx.save(small.small_cnn(seed=0), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
 def compiled():
     qdq = frontend.quantize(small.small_cnn(seed=0), small.calibration_inputs(8, seed=1))
     return static.compile_graph(frontend.to_graph(qdq), "u200")

@@ -1,10 +1,10 @@
-"""The RNN compiler (vfpga.runtime.rnn_compiler) and cycle model
-(vfpga.runtime.rnn_cycle_model), run on the C-simulated RNN core
+"""The RNN compiler (vfpga.runtime.compiler.rnn) and cycle model
+(vfpga.runtime.hw.rnn_cycle_model), run on the C-simulated RNN core
 (hls/rnn_core.cpp built through cffi) and checked against:
 
 * onnxruntime's float LSTM / GRU on the same float weights (the oracle):
   cosine >= 0.999 and max |error| <= ABS_TOL on every output;
-* the numpy golden model (vfpga.runtime.rnn_golden) on the compiler's own
+* the numpy golden model (vfpga.runtime.hw.rnn_golden) on the compiler's own
   integer parameters: the Q.15 hidden states bit for bit, on 1..3 cores,
   resident and streamed weights;
 * the C-sim's per-instruction iteration counts (cycle model contract);

@@ -1,4 +1,4 @@
-"""The board path, register by register: vfpga.runtime.api driven through a
+"""The board path, register by register: vfpga.runtime.tenants driven through a
 recording pynq.Device (vfpga.driver.recording) in front of the emulated
 board. Checks that start, deploy, run, re-allocate and fault recovery issue
 exactly the register writes the HLS interfaces define (names decoded from the

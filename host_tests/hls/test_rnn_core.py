@@ -1,6 +1,6 @@
 """The RNN core (hls/rnn_core.cpp): its C-sim testbench run from pytest, and
 the C++ compiled into a small cffi module here, compared bit for bit with the
-numpy golden model (vfpga.runtime.rnn_golden) on random LSTM and GRU layers,
+numpy golden model (vfpga.runtime.hw.rnn_golden) on random LSTM and GRU layers,
 on one core and split over several cores along the hidden dimension. Also
 prints the fixed-point vs float accuracy figures for hidden 256, sequence 25."""
 

@@ -1,5 +1,5 @@
 """Whole networks: the light model-zoo CNNs shipped inside the onnx wheel, with
-random weights (vfpga.runtime.zoo), through quantization, the front end
+random weights (vfpga.runtime.models.zoo), through quantization, the front end
 (CPU fallback on) and the golden model, against onnxruntime on the same QDQ
 model.
 

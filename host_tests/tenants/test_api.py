@@ -37,13 +37,6 @@ TINY_BANK = 1 << 20  # the isolation tests compare a whole bank, twice per run
 
 
 @pytest.fixture(scope="module")
-def small_cnn_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "small_cnn.onnx"
-    onnx.save(small.small_cnn(seed=0), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
 def deployed(small_cnn_path):
     """small_cnn deployed on an emulated u200 from its float ONNX file."""
     accel = emulated_accelerator("u200")

@@ -18,7 +18,7 @@ disks and loading one must not execute anything).
     data/<path>.bin     every bytes value (constants, CPU-subgraph ONNX models)
 
 The JSON tree encodes the CompiledModel dataclass and everything inside it
-generically: dataclasses of vfpga.runtime.ir and vfpga.runtime.compiler as
+generically: dataclasses of vfpga.runtime.compiler.ir and vfpga.runtime.compiler as
 {"__dc__": "ir.Conv", "fields": {...}}, tuples, dicts, numpy scalars (with
 their dtype), arrays and bytes (as references to members). Only classes of
 those two modules can be named, so a file cannot make the loader build

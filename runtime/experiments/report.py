@@ -273,7 +273,7 @@ def run_bench(out: str, quick: bool = False, echo=print, only: list[str] | None 
         return {"headline": head, "sections": {k: v.data for k, v in sections.items()}}
     parts = [f"# vfpga bench{' (quick)' if quick else ''}\n",
              "All device figures are **modeled**: the real level-1 dispatcher and dispatch programs with the "
-             "cycle model's frame times (see vfpga.runtime.experiments and vfpga.driver.pool_timeline); host "
+             "cycle model's frame times (see vfpga.runtime.experiments and vfpga.runtime.hw.timeline); host "
              "figures are measured on this machine. Models: " + ", ".join(f"{k} = {v}" for k, v in cfg.names.items())
              + " (ONNX zoo architectures, random weights).\n", head, ""]
     for s in sections.values():

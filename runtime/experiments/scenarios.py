@@ -1,7 +1,7 @@
 """The published experiments, on the timing model of the shared board.
 
 Every figure here is **modeled**: requests run through the real level-1
-dispatcher and dispatch programs in :mod:`vfpga.runtime.perfsim`, frames
+dispatcher and dispatch programs in :mod:`vfpga.runtime.sim.simulator`, frames
 take the cycle model's time (per-instruction cycles from the HLS loop
 counts, unit overlap, DDR banks shared by the frames in flight on them,
 dispatcher latencies). Nothing is tuned to the published numbers.

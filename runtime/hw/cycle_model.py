@@ -35,7 +35,7 @@ From the board config:
                               1 = the core has the bank to itself; the pool's
                               timeline passes the summed bandwidth demand of
                               the frames in flight on the bank, see
-                              vfpga.driver.pool_timeline)
+                              vfpga.runtime.hw.timeline)
 
 Vitis HLS / Xilinx primitive numbers (sources in brackets):
   AXI_MAX_BURST_BEATS = 16    m_axi max_read/write_burst_length default [Vitis

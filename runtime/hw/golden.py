@@ -1,6 +1,6 @@
 """Independent numpy golden model of the accelerator's integer semantics.
 
-Layer-level and whole-tensor: it executes the formulas of :mod:`vfpga.runtime.ir`
+Layer-level and whole-tensor: it executes the formulas of :mod:`vfpga.runtime.compiler.ir`
 (and the arithmetic contract at the top of hls/include/vfpga_isa.h) directly on
 int8 HWC arrays, without tiling, instruction lowering or any code shared with
 the compiler or the C++. Tests compare the C-simulation and the compiler's

@@ -1,7 +1,7 @@
 """The modeled clock of the CNN core pool: when each issued frame ends.
 
 Shared by the emulated dispatcher (which also runs frames functionally) and
-the timing-only simulator of the runtime (vfpga.runtime.perfsim), so both
+the timing-only simulator of the runtime (vfpga.runtime.sim.simulator), so both
 give the same figures for the same frames. The rules, with their sources in
 the board config:
 
@@ -9,7 +9,7 @@ the board config:
   issued, ``barrier_cycles`` per barrier passed and ``completion_cycles`` per
   record written (our design estimates; the config says so);
 * a frame issued at time t ends at t + the cycle model's schedule of its
-  instructions (:func:`vfpga.runtime.cycle_model.schedule`: per-instruction
+  instructions (:func:`vfpga.runtime.hw.cycle_model.schedule`: per-instruction
   cycles from the HLS loop counts, load/compute/save overlap through the
   dependency tokens), plus a buffer scrub (buffer bytes /
   ``scrub_bytes_per_cycle``) when the core changes hands;
@@ -27,7 +27,7 @@ the board config:
   need not have run nor been validated, and their unchecked fields must not
   reach the schedule;
 * RNN cores (pool indices from ``cnn_core.count`` on) are timed by
-  :mod:`vfpga.runtime.rnn_cycle_model` the same way.
+  :mod:`vfpga.runtime.hw.rnn_cycle_model` the same way.
 """
 
 from __future__ import annotations

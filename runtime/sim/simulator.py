@@ -8,7 +8,7 @@ everything that decides timing and drops only the arithmetic:
 * the real level-1 dispatcher (hls/dispatcher.cpp through cffi) walks the
   real dispatch programs from the dynamic stage, with the tenants' rings,
   records, masks and barriers in a simulated DDR window;
-* frames take the time :class:`vfpga.driver.pool_timeline.PoolTimeline`
+* frames take the time :class:`vfpga.runtime.hw.timeline.PoolTimeline`
   gives them -- the same object the emulated device uses, so a request takes
   the same modeled cycles here as on the emulated device;
 * the host side is ideal and instantaneous: a request is posted the cycle it

@@ -2,7 +2,7 @@
 
 The request machinery (context, ring, completion, queue, faults, removal)
 is the CNN tenant's; what differs is the model: a
-:class:`vfpga.runtime.rnn_compiler.CompiledRnn`, one dispatch program per
+:class:`vfpga.runtime.compiler.rnn.CompiledRnn`, one dispatch program per
 request (frames per timestep, barriers between them) from
 :func:`plan_rnn`, requests given as ONNX feeds and answered with the
 model's float outputs (heads after the last RNN layer run on the host).

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 
 def open(board: str = "u200", emulate=None):  # noqa: A001 - mirrors the design's vfpga.open
-    """The accelerator for ``board`` (see :func:`vfpga.runtime.api.open`)."""
+    """The accelerator for ``board`` (see :func:`vfpga.runtime.tenants.open`)."""
     from vfpga.runtime import tenants
 
     return tenants.open(board, emulate=emulate)

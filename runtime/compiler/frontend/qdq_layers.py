@@ -307,7 +307,7 @@ class LayerHandlers:
                 raise FrontendError(
                     f"{node.op_type} '{nname}' cannot be folded exactly: it reads the float output of "
                     f"'{p.producer}', which is not a convolution result it can fold into (quantize the "
-                    f"float model with vfpga.runtime.frontend.quantize, which folds it before quantizing)"
+                    f"float model with vfpga.runtime.compiler.frontend.quantize, which folds it before quantizing)"
                 )
             k, c = np.broadcast_to(k, (n,)), np.broadcast_to(c, (n,))
             p = self.take_pending(x, node, nname)
