@@ -60,7 +60,7 @@ def test_compile_info_run(files, tmp_path, capsys, cache_dir):
 
     assert cli.main(["info", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "vfpga IFP format 1" in text and "for board u200" in text and "deployable here" in text
+    assert f"vfpga IFP format {ifp.FORMAT_VERSION}" in text and "for board u200" in text and "deployable here" in text
     assert "ISA 1" in text and "source: small_cnn.onnx" in text
     for word in ("conv1", "pool1", "add1", "dwconv5", "gap", "flatten, fc", "accelerator", "segment:",
                  "activations", "weights+params", "frames"):

@@ -47,17 +47,26 @@ def test_dispatch_program_covers_every_layer_once(small_net, k):
     assert (prog["op"] == BARRIER).sum() == len(layers_with_frames)
     frames = prog[prog["op"] == FRAME]
     assert frames["slot"].max() < k
-    # per layer, exactly the frames of one variant, each once
-    by_offset = {int(o): (int(r["layer"]), int(r["variant"])) for o, r in zip(c.frames["offset"], c.frames)}
-    seen = {}
+    # every entry points at a FRAME marker of the right layer, with the frame's own length
+    insns = c.program.reshape(-1, isa.INSN_BYTES)
+    layer_of = []
     for e in frames:
-        layer, v = by_offset[int(e["frame_offset"])]
-        seen.setdefault(layer, set()).add(v)
-    assert all(len(vs) == 1 for vs in seen.values())
-    for layer, (v,) in seen.items():
-        want = _frames_of_layer(c, layer, v)["offset"]
-        got = frames["frame_offset"][[by_offset[int(o)][0] == layer for o in frames["frame_offset"]]]
-        assert sorted(got.tolist()) == sorted(want.tolist())
+        first = (int(e["frame_offset"]) - c.program_offset) // isa.INSN_BYTES
+        head = isa.decode(insns[first].tobytes())
+        assert head["opcode"] == "FRAME"
+        n = 1
+        while first + n < len(insns) and isa.OPCODE_NAMES[int(insns[first + n][0])] not in ("FRAME", "BARRIER", "END"):
+            n += 1
+        assert int(e["n_insns"]) == n
+        layer_of.append(head["layer"])
+    # the layers in order, each followed by its barrier: per layer, all frames of one of its variants, once
+    entries = [int(o) for o in frames["frame_offset"]]
+    assert len(set(entries)) == len(entries)
+    assert layer_of == sorted(layer_of) and set(layer_of) == {li.index for li in layers_with_frames}
+    for li in layers_with_frames:
+        mine = {o for o, layer in zip(entries, layer_of) if layer == li.index}
+        variants = [set(_frames_of_layer(c, li.index, v)["offset"].tolist()) for v in range(len(li.variants))]
+        assert mine in variants
 
 
 def test_more_cores_never_model_slower_and_lpt_respects_the_bound(small_net):
@@ -67,11 +76,11 @@ def test_more_cores_never_model_slower_and_lpt_respects_the_bound(small_net):
     assert all(a >= b for a, b in zip(spans, spans[1:]))
     assert spans[0] > spans[-1]
     # on one core the plan is never slower than the linear one-core program
-    assert spans[0] <= int(c.frames["cycles"][c.frames["variant"] == 0].sum())
-    v = dynamic._Variant(np.arange(7), np.ones(7, np.int32), np.array([9, 7, 6, 5, 5, 4, 1]), False, 37)
-    slots, span = dynamic._lpt(v, 3)
-    loads = np.bincount(slots, weights=v.cycles, minlength=3)
-    assert span == loads.max() == 13 and span >= max(v.cycles[0], -(-v.total // 3))
+    assert spans[0] <= dynamic.plan(table, 1, variant=0).modeled_cycles
+    cycles = np.array([9, 7, 6, 5, 5, 4, 1])
+    slots, span = dynamic._lpt(cycles, 3)
+    loads = np.bincount(slots, weights=cycles, minlength=3)
+    assert span == loads.max() == 13 and span >= max(cycles[0], -(-cycles.sum() // 3))
 
 
 def test_plans_only_read_the_frame_index(small_net):

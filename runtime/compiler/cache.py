@@ -49,7 +49,7 @@ def enabled_by_env() -> bool:
 @functools.lru_cache(maxsize=1)
 def build_fingerprint() -> str:
     """Hash of the source of everything that shapes a compiled model (the
-    vfpga.runtime, ISA and board-config modules) and of the onnx and
+    compiler, the hardware models, the ISA and board-config modules) and of the onnx and
     onnxruntime versions that quantize it."""
     import onnx
     import onnxruntime
@@ -58,8 +58,12 @@ def build_fingerprint() -> str:
     from vfpga.overlay import config as overlay_config
 
     h = hashlib.sha256()
-    here = os.path.dirname(os.path.abspath(__file__))
-    files = [os.path.join(here, f) for f in sorted(os.listdir(here)) if f.endswith(".py")]
+    runtime = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = []
+    for package in ("compiler", "hw"):  # the compiler and the hardware models its estimates come from
+        for root, dirs, names in os.walk(os.path.join(runtime, package)):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            files += [os.path.join(root, f) for f in sorted(names) if f.endswith(".py")]
     files += [os.path.abspath(isa.__file__), os.path.abspath(overlay_config.__file__)]
     for path in files:
         h.update(os.path.basename(path).encode() + b"\0")

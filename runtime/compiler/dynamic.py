@@ -1,12 +1,16 @@
 """Dynamic stage: re-target a compiled model to the k cores a tenant holds.
 
 The static stage left, per layer, a few tiling variants (more, smaller
-frames for more cores) with a modeled cycle estimate per frame. Given k,
-this stage picks for each layer the variant whose frames balance best over k
-slots, assigns the frames to slots longest-processing-time first, and emits
-the level-1 dispatch program (vf_dispatch_t entries, see vfpga_isa.h). It
-reads only the frame index -- never the frames -- so it runs at deploy and at
-every re-allocation in well under a millisecond.
+frames for more cores) with each frame's modeled cycles alone and at a few
+DDR bank loads, and its DDR bytes. Given k, this stage picks for each layer
+the variant whose estimated time on k cores is smallest, assigns its frames
+to slots longest-processing-time first, and emits the level-1 dispatch
+program (vf_dispatch_t entries, see vfpga_isa.h). The estimate follows the
+pool timeline's rules (:mod:`vfpga.runtime.hw.frame_timing`): frames in
+flight together share the tenant's DDR bank, the dispatcher issues frames
+and passes barriers at its own cost. It reads only the frame index -- never
+the frames -- so it runs at deploy and at every re-allocation in well under
+a millisecond.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.runtime.compiler.static import CompiledModel
+from vfpga.runtime.hw import frame_timing
 
 FRAME, BARRIER, END = (isa.DISPATCH_OPS[k] for k in ("FRAME", "BARRIER", "END"))
 
@@ -26,9 +32,11 @@ FRAME, BARRIER, END = (isa.DISPATCH_OPS[k] for k in ("FRAME", "BARRIER", "END"))
 class _Variant:
     offsets: np.ndarray  # frame offsets, longest frame first
     n_insns: np.ndarray
-    cycles: np.ndarray  # descending
+    cycles: np.ndarray  # alone, descending
+    shared: np.ndarray  # [n, len(SHARING)]: at the profiled bank loads
     uniform: bool
     total: int  # sum of cycles
+    ddr_bytes: int  # sum over the frames
 
 
 class DispatchTable:
@@ -61,39 +69,51 @@ class DispatchTable:
                 continue
             c = f["cycles"][g]
             by_layer.setdefault(int(f["layer"][g[0]]), []).append(
-                _Variant(f["offset"][g].copy(), f["n_insns"][g].copy(), c.copy(), bool(c[0] == c[-1]),
-                         int(c.sum())))
+                _Variant(f["offset"][g].copy(), f["n_insns"][g].copy(), c.copy(), f["shared"][g].copy(),
+                         bool(c[0] == c[-1]), int(c.sum()), int(f["ddr_bytes"][g].sum())))
         self.parts = [[by_layer[i] for i in layers] for layers in part_layers]
-        # per part: [layers, variants] arrays for choosing variants without a Python loop
+        self.config = overlay.load(compiled.board)
+        # per part, [layers, variants] arrays for choosing variants without a Python loop:
+        # longest frame and total cycles at every profiled load, frames, DDR bytes, uniformity
+        levels = 1 + len(frame_timing.SHARING)
         self.stats = []
         for layers in self.parts:
             width = max((len(vs) for vs in layers), default=1)
-            c0 = np.full((len(layers), width), np.iinfo(np.int64).max // 4, np.int64)
-            total, n = np.zeros_like(c0), np.ones_like(c0)
-            uniform = np.zeros(c0.shape, bool)
+            big = np.iinfo(np.int64).max // 64
+            c0 = np.full((len(layers), width, levels), big, np.int64)
+            total = np.full((len(layers), width, levels), big, np.int64)
+            n, nbytes = np.ones((len(layers), width), np.int64), np.zeros((len(layers), width), np.int64)
+            uniform = np.zeros((len(layers), width), bool)
             for i, vs in enumerate(layers):
                 for j, v in enumerate(vs):
-                    c0[i, j], total[i, j], n[i, j], uniform[i, j] = v.cycles[0], v.total, len(v.cycles), v.uniform
-            self.stats.append((c0, total, n, uniform))
+                    c0[i, j] = np.concatenate([[v.cycles[0]], v.shared[0]])
+                    total[i, j] = np.concatenate([[v.total], v.shared.sum(axis=0)])
+                    n[i, j], nbytes[i, j], uniform[i, j] = len(v.cycles), v.ddr_bytes, v.uniform
+            self.stats.append((c0, total, n, nbytes, uniform))
 
 
-def _lpt(v: _Variant, k: int) -> tuple[np.ndarray, int]:
-    """Slots of the frames (longest first, each to the least-loaded slot)
-    and the busiest slot's cycles."""
-    n = len(v.cycles)
+def _lpt(cycles: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    """Slots of the frames (given longest first; each to the least-loaded
+    slot) and the busiest slot's cycles."""
+    n = len(cycles)
     if k == 1:
-        return np.zeros(n, np.int64), v.total
+        return np.zeros(n, np.int64), int(cycles.sum())
     if n <= k:
-        return np.arange(n), int(v.cycles[0])
-    if v.uniform:
-        return np.arange(n) % k, int(-(-n // k) * v.cycles[0])
+        return np.arange(n), int(cycles.max(initial=0))
     heap = [(0, s) for s in range(k)]
     slots = np.empty(n, np.int64)
-    for i, c in enumerate(v.cycles.tolist()):
+    for i, c in enumerate(cycles.tolist()):
         load, s = heap[0]
         slots[i] = s
         heapq.heapreplace(heap, (load + c, s))
-    return slots, max(load for load, _ in heap)
+    return slots, int(max(load for load, _ in heap))
+
+
+def _at_loads(table: np.ndarray, loads: np.ndarray) -> np.ndarray:
+    """Per (layer, variant): cycles interpolated at its bank load from a
+    [layers, variants, 1 + len(SHARING)] table."""
+    flat = table.reshape(-1, table.shape[-1])
+    return frame_timing.cycles_at(flat[:, 0], flat[:, 1:], loads.reshape(-1)).reshape(loads.shape)
 
 
 @dataclass
@@ -107,19 +127,25 @@ class DispatchPlan:
 def plan(compiled: CompiledModel | DispatchTable, k: int, variant: int | None = None) -> DispatchPlan:
     """The dispatch program(s) of ``compiled`` on k cores.
 
-    Per layer the variant with the smallest makespan estimate is taken:
-    exact for variants whose frames are all equal (ceil(n/k) frames on the
-    busiest slot), the lower bound max(longest frame, total/k) otherwise;
-    the chosen variant's frames are then placed by LPT, whose makespan is
-    what ``modeled_cycles`` adds up.
+    Per layer the variant with the smallest estimate is taken: its frames'
+    cycles at the bank load of min(frames, k) of them in flight, then exact
+    for variants whose frames are all equal (ceil(n/k) frames on the busiest
+    slot), the lower bound max(longest frame, total/k) otherwise; plus the
+    dispatcher's issue and barrier cycles. The chosen variant's frames are
+    placed by LPT, whose makespan (with the same costs, and each part's
+    completion record) is what ``modeled_cycles`` adds up.
     ``variant`` forces that variant (or a layer's last) everywhere, to
     compare or test variants."""
     table = compiled if isinstance(compiled, DispatchTable) else DispatchTable(compiled)
     if k < 1 or k > 255:
         raise ValueError(f"a tenant holds 1..255 cores, not {k}")
+    cfg = table.config
     programs, chosen, total = [], [], 0
-    for layers, (c0, tot, n, uniform) in zip(table.parts, table.stats):
-        est = np.where(uniform, np.where(n <= k, c0, -(-n // k) * c0), np.maximum(c0, -(-tot // k)))
+    for layers, (c0, tot, n, nbytes, uniform) in zip(table.parts, table.stats):
+        loads = frame_timing.group_loads(nbytes, tot[..., 0], np.minimum(n, k), cfg)
+        c0_at, tot_at = _at_loads(c0, loads), _at_loads(tot, loads)
+        span = np.where(uniform, -(-n // k) * c0_at, np.maximum(c0_at, tot_at / k))
+        est = span + frame_timing.dispatch_overhead(n, k, cfg)
         if variant is None:
             pick = est.argmin(axis=1)
         else:
@@ -131,12 +157,14 @@ def plan(compiled: CompiledModel | DispatchTable, k: int, variant: int | None = 
         starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
         slots = (np.arange(n_frames) - starts) % k
         rows = np.arange(len(picked))
-        spans = est[rows, pick]
+        spans = est[rows, pick].astype(np.float64)
         for i in np.flatnonzero(~uniform[rows, pick] & (sizes > k)).tolist():
-            s_i, spans[i] = _lpt(picked[i], k)
+            v = picked[i]
+            s_i, spans[i] = _lpt(frame_timing.cycles_at(v.cycles, v.shared, loads[i, pick[i]]), k)
+            spans[i] += frame_timing.dispatch_overhead(sizes[i], k, cfg)
             first = int(sizes[:i].sum())
             slots[first:first + len(s_i)] = s_i
-        total += int(spans.sum())
+        total += int(np.ceil(spans).sum()) + int(cfg["dispatcher"]["completion_cycles"])
         prog = np.zeros(n_frames + len(picked) + 1, isa.DISPATCH)
         # frame entries, each layer followed by its barrier, END last
         barrier_at = np.cumsum(sizes + 1) - 1

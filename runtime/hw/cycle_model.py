@@ -100,6 +100,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vfpga.driver import isa
+from vfpga.runtime.hw import frame_timing
 
 # ---- constants (see the module docstring for their sources) ---------------
 AXI_MAX_BURST_BEATS = 16
@@ -602,3 +603,41 @@ def schedule(program, config, bank_cores: int = 1) -> Schedule:
     return Schedule(int(t), dict(zip(UNITS, busy)), np.array(start, np.int64), np.array(end, np.int64),
                     st, layer_cycles)
 
+
+
+# ---------------------------------------------------------------- frame profiles
+
+_ADDRESS_FIELDS = {fmt: [n for n in dt.names if n.endswith("_addr")] for fmt, dt in isa.FORMATS.items()}
+
+
+def timing_key(program) -> bytes:
+    """A program's bytes with what its timing does not depend on zeroed
+    (buffer and DDR addresses, tags, frame ids): frames that differ only
+    there take the same cycles."""
+    prog = _as_program(program).copy()
+    prog.view(_HEAD_SLOT).reshape(-1)["head"]["tag"] = 0
+    ops = prog[:, 0]
+    for op, fmt in isa.FORMAT_OF.items():
+        sel = ops == op
+        if not sel.any():
+            continue
+        rows = prog.view(isa.FORMATS[fmt]).reshape(-1)
+        for name in _ADDRESS_FIELDS[fmt] + (["frame_id", "layer"] if fmt == "marker" else []):
+            rows[name][sel] = 0
+    return prog.tobytes()
+
+
+def frame_profile(frame, config, cache: dict | None = None) -> tuple[np.ndarray, int]:
+    """(cycles of the frame alone and at each bank load of
+    :data:`frame_timing.SHARING`, its DDR bytes): what the dynamic stage
+    knows of a frame. ``cache`` (a dict) shares the work between frames that
+    differ only in addresses."""
+    key = timing_key(frame)
+    hit = cache.get(key) if cache is not None else None
+    if hit is None:
+        loads = (1,) + frame_timing.SHARING
+        hit = (np.array([schedule(frame, config, load).total_cycles for load in loads], np.int64),
+               ddr_bytes(frame, config))
+        if cache is not None:
+            cache[key] = hit
+    return hit

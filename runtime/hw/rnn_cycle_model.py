@@ -47,6 +47,7 @@ import numpy as np
 
 from vfpga.driver import isa
 from vfpga.runtime.hw import cycle_model as cm
+from vfpga.runtime.hw import frame_timing
 
 L = isa.lib
 MATVEC_FIXED_DEPTH = cm.BRAM_READ_LATENCY + cm.DSP_MAC_LATENCY + cm.ALU_LATENCY + cm.BUF_WRITE_LATENCY
@@ -217,6 +218,30 @@ def frames_cycles(program, offsets, n_insns, cfg: dict, bank_cores: int = 1) -> 
             r = memo[key] = _frame(ops[a:a + n], deps[a:a + n], cyc[a:a + n], f)
         out[i] = r
     return out
+
+
+def frames_ddr_bytes(program, offsets, n_insns, cfg: dict) -> np.ndarray:
+    """DDR bytes each frame moves up to its END: its loads' and saves' bus
+    beats and the fetch of its instructions."""
+    p = _rows(program)
+    it = program_iters(p, cfg)
+    op = p[:, 0].astype(np.int64)
+    moved = np.where((op == L.VF_RNN_OP_LOAD) | (op == L.VF_RNN_OP_SAVE), it, 0) * int(cfg["ddr"]["axi_bytes"])
+    out = np.zeros(len(offsets), np.int64)
+    for i, (off, n) in enumerate(zip(np.asarray(offsets).tolist(), np.asarray(n_insns).tolist())):
+        a = off // isa.INSN_BYTES
+        ends = np.flatnonzero(op[a:a + n] == isa.OPCODES["END"])
+        run = int(ends[0]) + 1 if ends.size else n  # the core stops at END
+        out[i] = int(moved[a:a + run].sum()) + run * isa.INSN_BYTES
+    return out
+
+
+def frames_profile(program, offsets, n_insns, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """What the dynamic stage knows of each frame: (cycles alone and at the
+    bank loads of frame_timing.SHARING [n, 1 + len(SHARING)], DDR bytes [n])."""
+    cycles = np.stack([frames_cycles(program, offsets, n_insns, cfg, load)
+                       for load in (1,) + frame_timing.SHARING], axis=1)
+    return cycles, frames_ddr_bytes(program, offsets, n_insns, cfg)
 
 
 def frame_cycles(frame, cfg: dict, bank_cores: int = 1) -> int:

@@ -149,13 +149,8 @@ class PoolTimeline:
     def _ddr_bytes(self, raw: bytes, rnn: bool) -> int:
         if not rnn:
             return cycle_model.ddr_bytes(raw, self.config)
-        prog = np.frombuffer(raw, np.uint8).reshape(-1, isa.INSN_BYTES)
-        ends = np.flatnonzero(prog[:, 0] == isa.OPCODES["END"])
-        if ends.size:  # the core stops there
-            prog = prog[:int(ends[0]) + 1]
-        iters = rnn_cycle_model.program_iters(prog, self.config)
-        moves = np.isin(prog[:, 0], [isa.RNN_OPCODES["LOAD"], isa.RNN_OPCODES["SAVE"]])
-        return int(iters[moves].sum()) * int(self.config["ddr"]["axi_bytes"]) + len(raw)
+        return int(rnn_cycle_model.frames_ddr_bytes(np.frombuffer(raw, np.uint8), [0],
+                                                    [len(raw) // isa.INSN_BYTES], self.config)[0])
 
     def _bytes(self, mem, mem_bytes: int, frame) -> bytes | None:
         """The frame's instructions, or None when they are not all inside memory."""

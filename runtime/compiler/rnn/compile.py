@@ -194,13 +194,17 @@ def compile_rnn(model, board: str | dict = "u200", calibration=None, input_shape
                             step_frame(em, ctx, tl, kind, s, e, items, fid)
                         fid += 1
                         rows.append(len(frames))
-                        frames.append((v, len(phases), si, start, em.n - start, 0))
+                        frames.append((v, len(phases), si, start, em.n - start))
                     ph.frames[v] = np.array(rows, np.int64)
                 if ph.frames:
                     phases.append(ph)
     program = em.encode()
     program_offset = align(work_end)
-    fr = np.array(frames, dtype=FRAME_DTYPE)
+    fr = np.zeros(len(frames), FRAME_DTYPE)
+    if frames:
+        cols = np.array(frames, np.int64)
+        for j, name in enumerate(("variant", "phase", "slot", "offset", "n_insns")):
+            fr[name] = cols[:, j]
     fr["offset"] = program_offset + fr["offset"] * isa.INSN_BYTES
     seg_size = align(program_offset + program.nbytes)
     bank = int(cfg["ddr"]["bank_bytes"])
@@ -211,7 +215,9 @@ def compile_rnn(model, board: str | dict = "u200", calibration=None, input_shape
         consts_bytes[at:at + len(data)] = data
     from vfpga.runtime.hw import rnn_cycle_model
 
-    fr["cycles"] = rnn_cycle_model.frames_cycles(program, fr["offset"] - program_offset, fr["n_insns"], cfg)
+    profile, fr["ddr_bytes"] = rnn_cycle_model.frames_profile(program, fr["offset"] - program_offset, fr["n_insns"],
+                                                               cfg)
+    fr["cycles"], fr["shared"] = profile[:, 0], profile[:, 1:]
     out_names = [o.name for o in model.graph.output]
     return CompiledRnn(board=cfg.get("name", str(board)), config=cfg, model=model, layers=layers, tilings=tilings,
                        phases=phases, frames=fr, program=program, program_offset=program_offset,

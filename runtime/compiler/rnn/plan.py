@@ -1,5 +1,6 @@
 """The RNN dynamic stage: for k cores, the fastest variant per layer by
-the cycle model and the level-1 dispatch program."""
+the frames' modeled cycles (the pool timeline's rules, see
+:mod:`vfpga.runtime.hw.frame_timing`) and the level-1 dispatch program."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vfpga.driver import isa
+from vfpga.runtime.hw import frame_timing
 
 from .model import CompiledRnn, RnnCompileError
 
@@ -25,7 +27,7 @@ class RnnPlan:
     k: int
     program: np.ndarray  # isa.DISPATCH
     variants: list  # chosen slice count per (layer, direction), in phase order
-    modeled_cycles: int  # sum over phases of the busiest slot (frame estimates, no bank sharing)
+    modeled_cycles: int  # estimate of one request alone: phases by the timeline's rules, and the record
     resident: bool
 
     @property
@@ -34,12 +36,22 @@ class RnnPlan:
         return [self.program]
 
 
-def _makespan(cycles: np.ndarray, k: int) -> int:
-    if len(cycles) <= k:
-        return int(cycles.max()) if len(cycles) else 0
-    load = np.zeros(k, np.int64)
-    np.add.at(load, np.arange(len(cycles)) % k, cycles)
-    return int(load.max())
+def _phase_cycles(fr: np.ndarray, rows: np.ndarray, k: int, cfg: dict) -> int:
+    """Estimate of one phase (its frames, frame i on slot i mod k) on k
+    cores, by the pool timeline's rules (vfpga.runtime.hw.frame_timing):
+    frames in flight together share the DDR bank, the dispatcher issues
+    them and passes the barrier after them."""
+    if not len(rows):
+        return 0
+    load = frame_timing.group_loads(fr["ddr_bytes"][rows].sum(), fr["cycles"][rows].sum(), min(k, len(rows)), cfg)
+    cycles = frame_timing.cycles_at(fr["cycles"][rows], fr["shared"][rows], load)
+    if len(rows) <= k:
+        span = cycles.max()
+    else:
+        slots = np.zeros(k)
+        np.add.at(slots, np.arange(len(rows)) % k, cycles)
+        span = slots.max()
+    return int(np.ceil(span)) + int(frame_timing.dispatch_overhead(len(rows), k, cfg))
 
 
 def plan_rnn(compiled: CompiledRnn, k: int, variant: int | None = None) -> RnnPlan:
@@ -55,7 +67,9 @@ def plan_rnn(compiled: CompiledRnn, k: int, variant: int | None = None) -> RnnPl
     groups: dict = {}
     for ph in compiled.phases:
         groups.setdefault((ph.layer, ph.direction), []).append(ph)
-    entries, chosen, total, resident = [], [], 0, False
+    cfg = compiled.config
+    entries, chosen, resident = [], [], False
+    total = int(cfg["dispatcher"]["completion_cycles"])
     for key, phs in groups.items():
         cands = [variant] if variant is not None else compiled.variants
         # a resident variant keeps one slice's weights per core: never fold it
@@ -65,7 +79,7 @@ def plan_rnn(compiled: CompiledRnn, k: int, variant: int | None = None) -> RnnPl
                              f"{k}")
         best = None
         for v in cands:
-            cost = sum(_makespan(fr["cycles"][ph.frames[v]], k) for ph in phs if v in ph.frames)
+            cost = sum(_phase_cycles(fr, ph.frames[v], k, cfg) for ph in phs if v in ph.frames)
             if best is None or cost < best[0]:
                 best = (cost, v)
         cost, v = best

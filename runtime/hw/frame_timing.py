@@ -1,0 +1,91 @@
+"""What the dynamic stages know of a frame's time, and how they turn it into
+the estimate of a layer (or an RNN phase) on k cores.
+
+The pool timeline (:mod:`vfpga.runtime.hw.timeline`) is the modeled clock:
+a frame issued while the frames in flight on its DDR bank, with it, demand
+more than the bank gives (load L > 1) takes the cycle model's schedule of
+its instructions at bank load L (rounded up to 1/8); each frame issued costs
+the dispatcher ``issue_cycles``, each barrier passed ``barrier_cycles``,
+each record ``completion_cycles``. The static stages therefore profile
+every frame at the loads in :data:`SHARING` besides 1 (and count its DDR
+bytes), and the dynamic stages estimate with the same rules:
+
+* a layer of n frames on k cores runs c = min(n, k) of them at once; their
+  bank load is c times the layer's mean demand (DDR bytes per cycle over the
+  bank's bytes per cycle, at most 2 per frame: a core's load and save units
+  stream one bus word per cycle each), rounded up to 1/8 as the timeline
+  does;
+* a frame's cycles at that load are interpolated between its profiled
+  loads, linearly in log2(load) (beyond the last one, in proportion);
+* the dispatcher issues the first wave of c frames at once (c issue costs
+  before any starts), then one frame each time a core frees; a barrier
+  follows each layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SHARING = (2, 4, 8, 16)  # bank loads each frame is profiled at, besides 1
+MAX_DEMAND = 2.0  # a core's load and save units move one bus word per cycle each
+
+
+def bank_bytes_per_cycle(config: dict) -> float:
+    return float(config["ddr"]["bank_gbytes_per_s"]) * 1e9 / (float(config["clock_mhz"]) * 1e6)
+
+
+def demand(ddr_bytes, cycles, config: dict):
+    """Share of a bank's bandwidth a frame uses when it runs alone (the timeline's rule)."""
+    cycles = np.maximum(np.asarray(cycles, np.float64), 1.0)
+    return np.minimum(MAX_DEMAND, np.asarray(ddr_bytes, np.float64) / bank_bytes_per_cycle(config) / cycles)
+
+
+def rounded_load(load: float) -> float:
+    """The bank load the timeline schedules a frame at: 1 when the bank is
+    not the bottleneck, else rounded up to 1/8."""
+    return 1.0 if load <= 1.0 else math.ceil(load * 8) / 8
+
+
+def cycles_at(cycles1, shared, load) -> np.ndarray:
+    """Cycles of frames (alone: ``cycles1`` [n]; at the loads of SHARING:
+    ``shared`` [n, len(SHARING)]) at bank load ``load`` (one for all, or one
+    per frame)."""
+    c1 = np.asarray(cycles1, np.float64)
+    table = np.column_stack([c1, np.asarray(shared, np.float64).reshape(len(c1), len(SHARING))])
+    levels = np.array((1,) + SHARING, np.float64)
+    load = np.broadcast_to(np.maximum(np.asarray(load, np.float64), 1.0), c1.shape)
+    x = np.log2(load)
+    xs = np.log2(levels)
+    j = np.clip(np.searchsorted(xs, x, side="right") - 1, 0, len(xs) - 2)
+    w = np.clip((x - xs[j]) / (xs[j + 1] - xs[j]), 0.0, 1.0)
+    rows = np.arange(len(c1))
+    inside = table[rows, j] * (1 - w) + table[rows, j + 1] * w
+    beyond = table[:, -1] * (load / levels[-1])  # past the last profiled load: in proportion
+    return np.where(load > levels[-1], beyond, inside)
+
+
+def rounded_loads(loads) -> np.ndarray:
+    """:func:`rounded_load` of an array."""
+    loads = np.asarray(loads, np.float64)
+    return np.where(loads <= 1.0, 1.0, np.ceil(loads * 8) / 8)
+
+
+def group_loads(ddr_bytes, cycles1, concurrent, config: dict) -> np.ndarray:
+    """Rounded bank loads of groups of frames (a layer's variant, an RNN
+    phase) with ``concurrent`` of them in flight at once: their count times
+    the group's mean demand (total bytes over total cycles). Arrays over groups."""
+    cycles1 = np.maximum(np.asarray(cycles1, np.float64), 1.0)
+    mean = np.minimum(MAX_DEMAND, np.asarray(ddr_bytes, np.float64) / bank_bytes_per_cycle(config) / cycles1)
+    return rounded_loads(np.asarray(concurrent, np.float64) * mean)
+
+
+def dispatch_overhead(n_frames, k: int, config: dict):
+    """Dispatcher cycles a layer of ``n_frames`` on k cores adds to its busiest
+    slot: the first wave issued together, one issue per later frame of the
+    slot, and the barrier after it (arrays over layers, or one)."""
+    disp = config["dispatcher"]
+    n = np.asarray(n_frames, np.int64)
+    later = np.maximum(0, -(-n // k) - 1)
+    return int(disp["issue_cycles"]) * (np.minimum(n, k) + later) + int(disp["barrier_cycles"])
