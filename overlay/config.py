@@ -42,6 +42,9 @@ def _ints(node):
 
 _REQUIRED = {
     "clock_mhz": (),
+    "timing": ("axi_max_burst_beats", "axi_outstanding", "bram_read_latency", "dsp_mac_latency", "alu_latency",
+               "requant_mult_latency", "round_shift_latency", "clamp_latency", "div64_latency", "buf_write_latency",
+               "axi_register_latency", "unit_issue_cycles", "token_latency", "decode_latency", "marker_cycles"),
     "ddr": ("banks", "bank_bytes", "bank_gbytes_per_s", "axi_bytes", "burst_latency_cycles",
             "base_address", "bank_stride"),
     "cnn_core": ("count", "icp", "ocp", "ibuf_bytes", "wbuf_bytes", "acc_words", "obuf_bytes",
@@ -91,6 +94,9 @@ def load(board: str) -> dict:
         raise BoardConfigError(f"board config {path}: dispatcher.ring_max_entries must be a power of two <= 2^20")
     if disp["walk_budget"] < 1:
         raise BoardConfigError(f"board config {path}: dispatcher.walk_budget must be >= 1")
+    ports = cfg["ddr"].get("core_ports", 1)
+    if not 1 <= ports <= cfg["ddr"]["banks"]:
+        raise BoardConfigError(f"board config {path}: ddr.core_ports must be 1..banks, not {ports}")
     _check_rnn_core(cfg, path)
     return cfg
 
@@ -119,13 +125,28 @@ def _check_rnn_core(cfg: dict, path: str) -> None:
                                f"(act_segments + 1 = {rnn['act_segments'] + 1} words) and be <= 65536")
 
 
+def core_bus_bytes(cfg: dict) -> int:
+    """Bytes a core moves per cycle on its memory path: ``ddr.core_ports``
+    m_axi ports (default 1) of ``ddr.axi_bytes`` each, its data
+    word-interleaved over that many banks."""
+    return int(cfg["ddr"]["axi_bytes"]) * int(cfg["ddr"].get("core_ports", 1))
+
+
+def core_bytes_per_cycle(cfg: dict) -> float:
+    """DDR bandwidth one core reaches with its banks to itself, in bytes per
+    core clock cycle: ``core_ports`` banks of ``bank_gbytes_per_s`` each."""
+    ddr = cfg["ddr"]
+    return float(ddr["bank_gbytes_per_s"]) * 1e9 * int(ddr.get("core_ports", 1)) / (float(cfg["clock_mhz"]) * 1e6)
+
+
 def c_macros(cfg: dict) -> dict[str, int]:
     """The hardware numbers the C++ sources see, as ``-D`` macros."""
     core = cfg["cnn_core"]
     return {
         "VF_ICP": core["icp"],
         "VF_OCP": core["ocp"],
-        "VF_AXI_BYTES": cfg["ddr"]["axi_bytes"],
+        "VF_AXI_BYTES": core_bus_bytes(cfg),  # a core's memory path: its ports together
+        "VF_CORE_PORTS": cfg["ddr"].get("core_ports", 1),
         "VF_IBUF_BYTES": core["ibuf_bytes"],
         "VF_WBUF_BYTES": core["wbuf_bytes"],
         "VF_ACC_WORDS": core["acc_words"],

@@ -15,6 +15,7 @@ from vfpga.driver import isa
 from vfpga.runtime.hw import cycle_model as cm
 
 U200 = overlay.load("u200")
+LAT = cm.Latencies.of(U200)
 Z2 = overlay.load("pynq_z2")
 DEP = isa.DEP
 PN, PP, SN, SP = DEP["POP_NEXT"], DEP["POP_PREV"], DEP["PUSH_NEXT"], DEP["PUSH_PREV"]
@@ -152,19 +153,42 @@ def test_vectorised_iterations_equal_scalar(cfg):
 
 
 def test_compute_cycles_are_iterations_plus_pipeline():
-    for raw, depth in ((add(100), cm.ADD_PIPELINE_DEPTH), (pool(channels=33), cm.POOL_PIPELINE_DEPTH),
-                       (conv(cin_g=20), cm.conv_pipeline_depth(16, False)),
-                       (conv(groups=16, cin_g=1, cout_g=1), cm.conv_pipeline_depth(16, True))):
+    for raw, depth in ((add(100), LAT.add_depth), (pool(channels=33), LAT.pool_depth),
+                       (conv(cin_g=20), LAT.conv_depth(16, False)),
+                       (conv(groups=16, cin_g=1, cout_g=1), LAT.conv_depth(16, True))):
         d = isa.decode(raw)
-        assert cm.insn_cycles(d, U200) == cm.UNIT_ISSUE_CYCLES + cm.insn_iters(d, U200) + depth - 1
-    assert cm.conv_pipeline_depth(16, False) == cm.conv_pipeline_depth(16, True) + 4  # 4-level adder tree
+        assert cm.insn_cycles(d, U200) == LAT.unit_issue_cycles + cm.insn_iters(d, U200) + depth - 1
+    assert LAT.conv_depth(16, False) == LAT.conv_depth(16, True) + 4  # 4-level adder tree over icp = 16
+    assert LAT.conv_depth(8, False) == LAT.conv_depth(8, True) + 3
     for op in ("NOP", "FRAME", "BARRIER", "END"):
         assert cm.insn_cycles(isa.decode(marker(op)), U200) == 0
 
 
+def with_timing(cfg: dict, **changes) -> dict:
+    return {**cfg, "name": cfg["name"] + "+" + ",".join(f"{k}={v}" for k, v in sorted(changes.items())),
+            "timing": {**cfg["timing"], **changes}}
+
+
+def test_the_model_takes_its_latencies_from_the_board_config():
+    """Every latency comes from the config's timing section: change one there
+    and exactly the instructions whose pipelines hold it change, by that much."""
+    p = prog(add(100), pool(channels=33), conv(cin_g=20), linear(6400), mem("SAVE", ch=16))
+    base = cycles_of(p)
+    assert cycles_of(p, with_timing(U200, div64_latency=LAT.div64_latency + 10)) == [
+        base[0], base[1] + 10, base[2], base[3], base[4]]
+    assert cycles_of(p, with_timing(U200, unit_issue_cycles=LAT.unit_issue_cycles + 3)) == [c + 3 for c in base]
+    assert cycles_of(p, with_timing(U200, dsp_mac_latency=LAT.dsp_mac_latency + 2)) == [
+        base[0] + 2, base[1], base[2] + 2, base[3], base[4]]
+    assert cycles_of(p, with_timing(U200, axi_register_latency=LAT.axi_register_latency + 1)) == [
+        base[0], base[1], base[2], base[3] + 1, base[4] + 1]
+    one = prog(frame(), linear(6400), marker("END"))
+    slower = with_timing(U200, marker_cycles=LAT.marker_cycles + 5, decode_latency=LAT.decode_latency + 7)
+    assert cm.schedule(one, slower).total_cycles == cm.schedule(one, U200).total_cycles + 2 * 5 + 7
+
+
 def test_memory_cycles_latency_bandwidth_and_bursts():
     lat = U200["ddr"]["burst_latency_cycles"]
-    fixed = cm.UNIT_ISSUE_CYCLES + cm.LOAD_PIPELINE_DEPTH - 1
+    fixed = LAT.unit_issue_cycles + LAT.load_depth - 1
     d = isa.decode(linear(64 * 100))
     assert cm.insn_cycles(d, U200) == fixed + lat + 100  # 19.2 GB/s at 300 MHz = 64 B/cycle = the bus
     # four cores streaming from the bank: a quarter of its bandwidth each
@@ -178,12 +202,12 @@ def test_memory_cycles_latency_bandwidth_and_bursts():
     # one short burst per pixel: at most 16 in flight, each waiting lat cycles
     strided = isa.decode(mem("LOAD_TILE", ch=16, ps=64, th=4, tw=8))
     assert cm.insn_iters(strided, U200) == 32
-    assert cm.insn_cycles(strided, U200) == fixed + lat + (-(-32 * lat // cm.AXI_OUTSTANDING) - lat)
+    assert cm.insn_cycles(strided, U200) == fixed + lat + (-(-32 * lat // LAT.axi_outstanding) - lat)
     # a tile entirely in the padding never touches DDR: beats only, no latency
     pad = isa.decode(mem("LOAD_TILE", ch=64, y0=-9, th=2, tw=3))
     assert cm.insn_cycles(pad, U200) == fixed + 6
     save = isa.decode(mem("SAVE", ch=64, th=2, tw=3))
-    assert cm.insn_cycles(save, U200) == cm.UNIT_ISSUE_CYCLES + cm.SAVE_PIPELINE_DEPTH - 1 + lat + 6
+    assert cm.insn_cycles(save, U200) == LAT.unit_issue_cycles + LAT.save_depth - 1 + lat + 6
 
 
 def test_program_cycles_match_insn_cycles():
@@ -220,8 +244,8 @@ def test_double_buffered_loads_overlap_compute():
     )
     s = cm.schedule(p, U200)
     c = cycles_of(p)
-    tok = cm.TOKEN_LATENCY
-    t0 = cm.fetch_cycles(9, U200) + cm.MARKER_CYCLES
+    tok = LAT.token_latency
+    t0 = cm.fetch_cycles(9, U200) + LAT.marker_cycles
     e1 = t0 + c[1]
     e2 = e1 + c[2]
     s3 = e1 + tok
@@ -235,9 +259,9 @@ def test_double_buffered_loads_overlap_compute():
     e7 = e6 + tok + c[7]
     assert s.start[1:8].tolist() == [t0, e1, s3, s4, s5, s6, e6 + tok]
     assert s.end[1:8].tolist() == [e1, e2, e3, e4, e5, e6, e7]
-    assert s.total_cycles == e7 + cm.MARKER_CYCLES
+    assert s.total_cycles == e7 + LAT.marker_cycles
     assert s.start[2] < s.end[3] and s.start[3] < s.end[2]  # load 1 runs during conv 0
-    assert s.total_cycles < t0 + sum(c) + cm.MARKER_CYCLES
+    assert s.total_cycles < t0 + sum(c) + LAT.marker_cycles
     assert s.busy == {"load": c[1] + c[2] + c[4], "compute": c[3] + c[5] + c[6], "save": c[7]}
 
 
@@ -256,11 +280,11 @@ def test_strict_token_chain_does_not_overlap():
     )
     s = cm.schedule(p, U200)
     c = cycles_of(p)
-    t0 = cm.fetch_cycles(9, U200) + cm.MARKER_CYCLES
+    t0 = cm.fetch_cycles(9, U200) + LAT.marker_cycles
     assert s.start[1] == t0
     for k in range(2, 8):
-        assert s.start[k] == s.end[k - 1] + cm.TOKEN_LATENCY
-    assert s.total_cycles == t0 + sum(c) + 6 * cm.TOKEN_LATENCY + cm.MARKER_CYCLES
+        assert s.start[k] == s.end[k - 1] + LAT.token_latency
+    assert s.total_cycles == t0 + sum(c) + 6 * LAT.token_latency + LAT.marker_cycles
 
 
 def test_units_without_tokens_run_concurrently():
@@ -268,8 +292,8 @@ def test_units_without_tokens_run_concurrently():
     p = prog(frame(), *body, marker("END"))
     s = cm.schedule(p, U200)
     c = cycles_of(p)
-    t0 = cm.fetch_cycles(7, U200) + cm.MARKER_CYCLES
-    assert s.total_cycles == t0 + max(c[1] + c[2], c[3] + c[4], c[5]) + cm.MARKER_CYCLES
+    t0 = cm.fetch_cycles(7, U200) + LAT.marker_cycles
+    assert s.total_cycles == t0 + max(c[1] + c[2], c[3] + c[4], c[5]) + LAT.marker_cycles
     assert s.start[3] == s.start[1] == s.start[5] == t0
 
 

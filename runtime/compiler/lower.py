@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.runtime.compiler import ir
 
@@ -39,7 +40,7 @@ class Geometry:
     @classmethod
     def from_config(cls, cfg: dict) -> Geometry:
         core = cfg["cnn_core"]
-        return cls(core["icp"], core["ocp"], cfg["ddr"]["axi_bytes"], core["ibuf_bytes"],
+        return cls(core["icp"], core["ocp"], overlay.config.core_bus_bytes(cfg), core["ibuf_bytes"],
                    core["wbuf_bytes"], core["acc_words"], core["obuf_bytes"], core["param_entries"])
 
 

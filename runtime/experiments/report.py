@@ -23,16 +23,18 @@ from vfpga.runtime.experiments import scenarios as E
 @dataclass
 class Config:
     names: dict  # role -> zoo model
-    requests: int  # per tenant in the saturated runs
+    requests: int  # horizon of the saturated runs, in longest requests
     isolation_levels: tuple
     isolation_requests: int
     serving_s: float
     realloc_models: tuple
+    runs_models: tuple  # models measured alone on 1, 4 and 16 cores
 
 
 FULL = Config({"vgg": "vgg19", "res": "resnet50"}, 6, (0.0, 0.25, 0.5, 0.75, 1.0), 16, 1.0,
-              ("resnet50", "vgg19"))
-QUICK = Config({"vgg": "squeezenet", "res": "resnet50"}, 2, (0.0, 0.5, 1.0), 6, 0.3, ("resnet50",))
+              ("resnet50", "vgg19"), ("resnet50", "vgg19"))
+QUICK = Config({"vgg": "squeezenet", "res": "resnet50"}, 2, (0.0, 0.5, 1.0), 6, 0.3, ("resnet50",),
+               ("resnet50",))
 
 
 @dataclass
@@ -65,17 +67,38 @@ def _plot(path: str, draw) -> str | None:
     return os.path.basename(path)
 
 
-def _split_table(d: dict, first: str, big: str, pool: str, fmt: str) -> str:
-    """The table of a fixed-split comparison (public cloud, RNN)."""
-    rows = [[r["split"], ", ".join(f"{t['tenant']} ({t['model']}, {t['cores']})" for t in r["tenants"]),
-             format(r["vfpga_total"], fmt), format(r["bigcore_total"], fmt), format(r["multicore_total"], fmt),
-             f"{r['vs_bigcore']:.2f}x", f"{r['vs_multicore']:.2f}x"] for r in d["rows"]]
-    return _md_table([first, "tenants (model, cores)", "vfpga req/s", f"{big} TDM", f"{pool} TDM",
+def _split_table(d: dict, first: str, big: str, pool: str) -> str:
+    """The table of a fixed-split comparison (public cloud, RNN): per system
+    GOP/s and MAC utilisation, STP / ANTT / fairness, and vfpga's ratios."""
+    rows = []
+    for r in d["rows"]:
+        v, b, m = r["vfpga"], r["bigcore"], r["multicore"]
+        rows.append([r["split"], ", ".join(f"{t['tenant']} ({t['model']}, {t['cores']})" for t in r["tenants"]),
+                     f"{v['gops']:.0f} ({v['mac_utilization']:.0%})", f"{b['gops']:.0f} ({b['mac_utilization']:.0%})",
+                     f"{m['gops']:.0f} ({m['mac_utilization']:.0%})",
+                     f"{v['stp']:.2f} / {v['antt']:.2f} / {v['fairness']:.2f}",
+                     f"{b['stp']:.2f} / {b['antt']:.2f} / {b['fairness']:.2f}",
+                     f"{r['vs_bigcore']:.2f}x", f"{r['vs_multicore']:.2f}x"])
+    return _md_table([first, "tenants (model, cores)", "vfpga GOP/s (MAC util)", f"{big} TDM GOP/s",
+                      f"{pool} TDM GOP/s", "vfpga STP / ANTT / fairness", f"{big} TDM STP / ANTT / fairness",
                       "vs big core", f"vs {pool}"], rows)
 
 
+def _tenant_table(d: dict) -> str:
+    """Per tenant of every split: requests per second and p99 turnaround, per system."""
+    rows = []
+    for r in d["rows"]:
+        for i, t in enumerate(r["vfpga"]["tenants"]):
+            cells = [r["split"], f"{t['tenant']} ({t['model']})"]
+            for mode in ("vfpga", "bigcore", "multicore"):
+                x = r[mode]["tenants"][i]
+                cells.append(f"{x['req_per_s']:.1f} / {x['p99_ms']:.2f}")
+            rows.append(cells)
+    return _md_table(["split", "tenant", "vfpga req/s / p99 ms", "big core TDM", "pool TDM"], rows)
+
+
 def _split_plot(path: str, d: dict, big: str, pool: str, title: str, log: bool = False) -> str | None:
-    """Grouped bars: total throughput per split, vfpga and the two baselines."""
+    """Grouped bars: work-weighted throughput per split, vfpga and the two baselines."""
 
     def draw(ax):
         import numpy as np
@@ -83,20 +106,32 @@ def _split_plot(path: str, d: dict, big: str, pool: str, title: str, log: bool =
         x = np.arange(len(d["rows"]))
         for i, (mode, label) in enumerate((("vfpga", "vfpga"), ("bigcore", f"static {big} (TDM)"),
                                             ("multicore", f"static {pool} (TDM)"))):
-            ax.bar(x + (i - 1) * 0.27, [r[f"{mode}_total"] for r in d["rows"]], 0.27, label=label)
+            ax.bar(x + (i - 1) * 0.27, [r[mode]["gops"] for r in d["rows"]], 0.27, label=label)
         ax.set_xticks(x, [r["split"] for r in d["rows"]])
         if log:
             ax.set_yscale("log")
-        ax.set_ylabel("total throughput (req/s, modeled)")
+        ax.set_ylabel("throughput (GOP/s, modeled)")
         ax.set_title(title)
         ax.legend()
 
     return _plot(path, draw)
 
 
+def runs_section(models, cfg: Config, out: str, progress) -> Section:
+    if progress:
+        progress("models alone")
+    d = E.runs(models, cfg.runs_models)
+    rows = [[r["model"], r["board"], r["cores"], f"{r['gmac']:.2f}", r["estimate_cycles"], r["modeled_cycles"],
+             f"{r['estimate_cycles'] / r['modeled_cycles']:.3f}",
+             f"{r['modeled_cycles'] / r['clock_mhz'] / 1e3:.2f}", f"{r['mac_utilization']:.1%}"] for r in d["rows"]]
+    table = _md_table(["model", "board", "cores", "GMAC", "estimate cycles", "modeled cycles", "estimate / model",
+                       "ms", "MAC utilisation"], rows)
+    return Section("runs", "Models alone: MAC utilisation and the dynamic stage's estimate", table, d)
+
+
 def public_cloud_section(models, cfg: Config, out: str, progress) -> Section:
     d = E.public_cloud(models, cfg.names, cfg.requests, progress)
-    table = _split_table(d, "split", "big core", "16 cores", ".1f")
+    table = _split_table(d, "split", "big core", "16 cores") + "\n\n" + _tenant_table(d)
     png = _split_plot(os.path.join(out, "public_cloud.png"), d, "big core", "16 cores", "Public cloud: fixed core splits")
     return Section("public_cloud", "Public cloud: fixed splits", table, d, png)
 
@@ -105,13 +140,14 @@ def private_cloud_section(models, cfg: Config, out: str, progress) -> Section:
     d = E.private_cloud(models, cfg.names, cfg.serving_s, progress=progress)
     label = {"fixed": "vfpga, fixed equal split", "adaptive": "vfpga, load-adaptive", "bigcore": "static big core (TDM)",
              "multicore": "static 16 cores (TDM)"}
-    rows = [[label[r["policy"]], r["requests"], f"{r['throughput']:.1f}", f"{r['mean_ms']:.2f}", f"{r['p99_ms']:.2f}"]
+    rows = [[label[r["policy"]], r["requests"], f"{r['gops']:.0f}",
+             ", ".join(f"{n} {v:.1f}" for n, v in r["req_per_s"].items()), f"{r['mean_ms']:.2f}", f"{r['p99_ms']:.2f}"]
             for r in d["rows"]]
-    table = _md_table(["policy", "requests", "req/s", "mean ms", "p99 ms"], rows)
+    table = _md_table(["policy", "requests", "GOP/s", "req/s per tenant", "mean ms", "p99 ms"], rows)
 
     def draw(ax):
-        ax.bar([label[r["policy"]].replace(", ", "\n") for r in d["rows"]], [r["throughput"] for r in d["rows"]])
-        ax.set_ylabel("throughput (req/s, modeled)")
+        ax.bar([label[r["policy"]].replace(", ", "\n") for r in d["rows"]], [r["gops"] for r in d["rows"]])
+        ax.set_ylabel("throughput (GOP/s, modeled)")
         ax.set_title("Private cloud: the hot tenant changes over time")
 
     return Section("private_cloud", "Private cloud: load-adaptive re-allocation on a shifting mix", table, d,
@@ -208,7 +244,7 @@ def serving_section(models, cfg: Config, out: str, progress) -> Section:
 def rnn_section(models, cfg: Config, out: str, progress) -> Section:
     rnn_models = E.load_rnn_models(list(E.RNN_MODELS), progress=progress)
     d = E.rnn_throughput(rnn_models, max(2, cfg.requests), progress)
-    table = _split_table(d, "RNN cores", "big RNN core", "8 RNN cores", ".0f")
+    table = _split_table(d, "RNN cores", "big RNN core", "8 RNN cores") + "\n\n" + _tenant_table(d)
     png = _split_plot(os.path.join(out, "rnn.png"), d, "big RNN core", "8 RNN cores", "RNN tenants (seq 25, batch 1)",
                       log=True)
     notes = ["Hidden 1024 on fewer than 8 cores streams its weights from DDR every timestep (they do not fit the "
@@ -217,29 +253,78 @@ def rnn_section(models, cfg: Config, out: str, progress) -> Section:
                    png, notes)
 
 
-def headline(sections: dict) -> str:
-    rows = []
+def headline_figures(sections: dict) -> dict:
+    """The headline as numbers (report.json's ``headline``)."""
+    out = {}
     if "public_cloud" in sections:
-        shared = [r for r in sections["public_cloud"].data["rows"] if len(r["tenants"]) > 1]
-        vs_big = [r["vs_bigcore"] for r in shared]
-        vs_multi = [r["vs_multicore"] for r in shared]
-        rows += [["CNN throughput vs static single big core", f"{min(vs_big):.2f}-{max(vs_big):.2f}x",
-                  "{:.2f}-{:.2f}x".format(*E.PUBLISHED["cnn_vs_single_core"])],
-                 ["CNN throughput vs static multi-core", f"{min(vs_multi):.2f}-{max(vs_multi):.2f}x",
-                  "{:.2f}-{:.2f}x".format(*E.PUBLISHED["cnn_vs_multi_core"])]]
+        rows = sections["public_cloud"].data["rows"]
+        mixes = [r for r in rows if len(r["tenants"]) > 1]
+        out["cnn_gops_vs_bigcore"] = [min(r["vs_bigcore"] for r in rows), max(r["vs_bigcore"] for r in rows)]
+        out["cnn_gops_vs_multicore"] = [min(r["vs_multicore"] for r in rows), max(r["vs_multicore"] for r in rows)]
+        out["cnn_mix_mac_utilization"] = [min(r["vfpga"]["mac_utilization"] for r in mixes),
+                                          max(r["vfpga"]["mac_utilization"] for r in mixes)]
+        out["cnn_splits"] = {r["split"]: {"vs_bigcore": r["vs_bigcore"], "vs_multicore": r["vs_multicore"],
+                                          "mac_utilization": r["vfpga"]["mac_utilization"]} for r in rows}
+    if "runs" in sections:
+        ratios = [r["estimate_cycles"] / r["modeled_cycles"] for r in sections["runs"].data["rows"]]
+        out["estimate_vs_model"] = [min(ratios), max(ratios)]
     if "realloc" in sections:
         ds = [r["dynamic_stage_ms"] for r in sections["realloc"].data["rows"]]
-        rows.append(["re-targeting (dynamic stage)", f"{min(ds):.2f}-{max(ds):.2f} ms (host)",
-                     f"about {E.PUBLISHED['recompile_ms']:.0f} ms"])
+        out["dynamic_stage_ms"] = [min(ds), max(ds)]
     if "rnn" in sections:
-        best = max(sections["rnn"].data["rows"], key=lambda r: r["vs_bigcore"])
-        worst = min(sections["rnn"].data["rows"], key=lambda r: r["vs_bigcore"])
-        rows.append(["RNN throughput vs static big RNN core", f"{worst['vs_bigcore']:.2f}x ({worst['split']}) to "
-                     f"{best['vs_bigcore']:.2f}x ({best['split']})", f"up to {E.PUBLISHED['rnn_vs_static']}x"])
-    return _md_table(["", "vfpga (modeled, multi-tenant splits)", "published"], rows)
+        rows = sections["rnn"].data["rows"]
+        out["rnn_gops_vs_bigcore"] = {r["split"]: r["vs_bigcore"] for r in rows}
+    out["published"] = dict(E.PUBLISHED)
+    return out
 
 
-SECTIONS = {"public_cloud": public_cloud_section, "private_cloud": private_cloud_section,
+def headline(figures: dict) -> str:
+    """The headline table (markdown) from :func:`headline_figures`."""
+    pub = figures["published"]
+    rows = []
+
+    def rng(key, fmt="{:.2f}x"):
+        lo, hi = figures[key]
+        return (fmt + "-" + fmt).format(lo, hi)
+
+    if "cnn_gops_vs_bigcore" in figures:
+        rows += [["CNN throughput (GOP/s, work-weighted) vs static big core, every split", rng("cnn_gops_vs_bigcore"),
+                  "{:.2f}-{:.2f}x (requests/s)".format(*pub["cnn_vs_single_core"])],
+                 ["CNN throughput (GOP/s) vs static 16-core pool, every split", rng("cnn_gops_vs_multicore"),
+                  "{:.2f}-{:.2f}x (requests/s)".format(*pub["cnn_vs_multi_core"])],
+                 ["MAC utilisation of the pool under the mixed splits", rng("cnn_mix_mac_utilization", "{:.0%}"),
+                  "-"]]
+    if "estimate_vs_model" in figures:
+        rows.append(["dynamic-stage estimate / modeled latency, models alone", rng("estimate_vs_model", "{:.3f}"),
+                     "-"])
+    if "dynamic_stage_ms" in figures:
+        rows.append(["re-targeting (dynamic stage)", rng("dynamic_stage_ms", "{:.2f}") + " ms (host)",
+                     f"about {pub['recompile_ms']:.0f} ms"])
+    if "rnn_gops_vs_bigcore" in figures:
+        r = figures["rnn_gops_vs_bigcore"]
+        rows.append(["RNN throughput (GOP/s) vs static big RNN core",
+                     ", ".join(f"{v:.2f}x ({k})" for k, v in r.items()), f"up to {pub['rnn_vs_static']}x"])
+    return _md_table(["", "vfpga (modeled)", "published (Zeng et al.)"], rows)
+
+
+def report_json(sections: dict, quick: bool, names: dict) -> dict:
+    """Every figure of every table, machine-readable (the README's tables come from it)."""
+    data = {k: v.data for k, v in sections.items()}
+    out = {"quick": quick, "models": names, "modeled": True,
+           "headline": headline_figures(sections)}
+    if "runs" in data:
+        out["runs"] = data["runs"]["rows"]
+    if "public_cloud" in data:
+        out["splits"] = data["public_cloud"]["rows"]
+    if "rnn" in data:
+        out["rnn_splits"] = data["rnn"]["rows"]
+    for key in ("private_cloud", "isolation", "realloc", "serving"):
+        if key in data:
+            out[key] = data[key]
+    return out
+
+
+SECTIONS = {"runs": runs_section, "public_cloud": public_cloud_section, "private_cloud": private_cloud_section,
             "isolation": isolation_section, "realloc": realloc_section, "rnn": rnn_section,
             "serving": serving_section}
 
@@ -255,7 +340,8 @@ def run_bench(out: str, quick: bool = False, echo=print, only: list[str] | None 
     with Progress("vfpga bench", enabled=None) as bar:
         progress = bar.stage
 
-        models = E.load_models(sorted(set(cfg.names.values()) | set(cfg.realloc_models)), progress=progress)
+        models = E.load_models(sorted(set(cfg.names.values()) | set(cfg.realloc_models) | set(cfg.runs_models)),
+                               progress=progress)
         sections = {}
         for name, make in SECTIONS.items():
             if only and name not in only:
@@ -266,16 +352,19 @@ def run_bench(out: str, quick: bool = False, echo=print, only: list[str] | None 
                 f.write(f"## {s.title}\n\n{s.table}\n")
             with open(os.path.join(out, f"{s.name}.json"), "w") as f:
                 json.dump(s.data, f, indent=1, default=float)
-    head = headline(sections)
+    report = report_json(sections, quick, cfg.names)
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(report, f, indent=1, default=float)
+    head = headline(report["headline"])
     if only:
         for sec in sections.values():
             echo(f"## {sec.title}\n\n{sec.table}\n")
-        return {"headline": head, "sections": {k: v.data for k, v in sections.items()}}
+        return report
     parts = [f"# vfpga bench{' (quick)' if quick else ''}\n",
              "All device figures are **modeled**: the real level-1 dispatcher and dispatch programs with the "
              "cycle model's frame times (see vfpga.runtime.experiments and vfpga.runtime.hw.timeline); host "
              "figures are measured on this machine. Models: " + ", ".join(f"{k} = {v}" for k, v in cfg.names.items())
-             + " (ONNX zoo architectures, random weights).\n", head, ""]
+             + " (ONNX zoo architectures, random weights). Every figure is also in report.json.\n", head, ""]
     for s in sections.values():
         parts += [f"## {s.title}\n", s.table, ""]
         if s.png:
@@ -284,8 +373,8 @@ def run_bench(out: str, quick: bool = False, echo=print, only: list[str] | None 
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(parts) + "\n")
     echo(head)
-    echo(f"report: {os.path.join(out, 'report.md')}")
-    return {"headline": head, "sections": {k: v.data for k, v in sections.items()}}
+    echo(f"report: {os.path.join(out, 'report.md')}, {os.path.join(out, 'report.json')}")
+    return report
 
 
 def experiment_main(name: str, argv=None) -> int:
@@ -301,10 +390,10 @@ def experiment_main(name: str, argv=None) -> int:
 
 
 def quick_headline() -> str:
-    """The headline table from the quick public-cloud and re-allocation runs alone."""
+    """The headline table from the quick public-cloud, re-allocation and RNN runs alone."""
     models = E.load_models(sorted(set(QUICK.names.values())))
     out = os.path.join(compile_cache.default_dir(), "demo-bench")  # the plots land beside the compile cache
     os.makedirs(out, exist_ok=True)
     sections = {s.name: s for s in (public_cloud_section(models, QUICK, out, None),
                                     realloc_section(models, QUICK, out, None), rnn_section(models, QUICK, out, None))}
-    return headline(sections)
+    return headline(headline_figures(sections))

@@ -16,11 +16,13 @@ Three ways to run the same tenants (same models, same cycle model):
 * ``multicore`` baseline (b): the 16-core pool serving one request at a
                 time with all 16 cores, tenants time-multiplexed.
 
-Definitions: throughput = completed requests / modeled seconds. A request's
-normalized turnaround = its latency / the latency of the same request alone
-on the whole ``vfpga`` device (16 cores). ANTT = mean normalized turnaround;
-STP = sum over tenants of (throughput shared / throughput alone on the whole
-device). SLO attainment = share of requests within the tenant's latency SLO.
+Figures are the field's (:mod:`vfpga.runtime.experiments.metrics`): work
+counted in MACs per request, GOP/s and MAC utilisation summed over tenants,
+STP / ANTT / fairness from each tenant's throughput normalised to it alone on
+the whole device of the same system, closed-loop turnaround percentiles.
+Requests per second are per tenant only. Every baseline is compiled by the
+same compiler as the pool and has the pool's memory system (the big core
+reaches the same four DDR banks through four ports, ``ddr.core_ports``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vfpga import overlay
 from vfpga.runtime.compiler import cache as compile_cache
 from vfpga.runtime.compiler import dynamic, rnn
+from vfpga.runtime.experiments import metrics
 from vfpga.runtime.models import small, zoo
 from vfpga.runtime.sim.simulator import Simulator
 
@@ -76,11 +80,17 @@ def _hz(sim: Simulator) -> float:
     return float(sim.config["clock_mhz"]) * 1e6
 
 
-def alone_latency(models: Models, name: str) -> int:
-    """Cycles of one request of ``name`` alone on the whole 16-core pool."""
-    sim = Simulator(POOL)
-    sim.deploy(name, models[name, POOL], list(range(sim.n_cores)))
+def alone_latency(models: Models, name: str, board: str = POOL) -> int:
+    """Cycles of one request of ``name`` alone on the whole device (every
+    core of its kind of ``board``)."""
+    c = models[name, board]
+    sim = Simulator(board)
+    sim.deploy(name, c, sim.pool(_kind(c)))
     return sim.run({name: [0]})[name][0].latency
+
+
+def _kind(compiled) -> str:
+    return "rnn" if isinstance(compiled, rnn.CompiledRnn) else "cnn"
 
 
 def _partition(n_cores: int, shares: list[int]) -> list[list[int]]:
@@ -91,27 +101,54 @@ def _partition(n_cores: int, shares: list[int]) -> list[list[int]]:
     return out
 
 
-def saturated(models: Models, tenants: list[tuple[str, str, int]], mode: str, requests: int) -> dict:
-    """Closed loop: every tenant always has a request waiting. ``tenants``:
-    (tenant name, model name, cores in vfpga mode). Returns per-tenant
-    throughput (req/s) and the total."""
+MODES = ("vfpga", "bigcore", "multicore")
+
+
+def saturated(models: Models, tenants: list[tuple[str, str, int]], mode: str, horizon_requests: int) -> dict:
+    """Closed loop: every tenant always has its next request ready.
+    ``tenants``: (tenant name, model name, cores in vfpga mode). ``vfpga``
+    runs them on their own cores of the pool; ``bigcore`` and ``multicore``
+    time-multiplex the whole big core or the whole pool, one request at a
+    time, tenants in turn. The run lasts ``horizon_requests`` times the
+    longest request of any tenant alone on its cores; each tenant's rate is
+    its steady state over that run. Returns the system's figures
+    (:func:`metrics.system_figures`)."""
     board = BIG if mode == "bigcore" else POOL
+    cfg = overlay.load(board)
+    hz = float(cfg["clock_mhz"]) * 1e6
+    kind = _kind(models[tenants[0][1], board])
     sim = Simulator(board)
+    pool = sim.pool(kind)
+    alone = {m: alone_latency(models, m, board) for _, m, _ in tenants}
     if mode == "vfpga":
-        kind = "rnn" if isinstance(models[tenants[0][1], board], rnn.CompiledRnn) else "cnn"
-        pool = sim.pool(kind)
-        for (tname, model, _), cores in zip(tenants, _partition(len(pool), [k for _, _, k in tenants])):
+        parts = _partition(len(pool), [k for _, _, k in tenants])
+        solo = {t: _solo(models, m, len(cores), board) for (t, m, _), cores in zip(tenants, parts)}
+        horizon = horizon_requests * max(solo.values())
+        for (tname, model, _), cores in zip(tenants, parts):
             sim.deploy(tname, models[model, board], [pool[c] for c in cores])
-        done = sim.run({t: [0] * requests for t, _, _ in tenants})
-    else:  # time-multiplexed: round-robin arrival order, one request on the device at a time
+        n = {t: horizon // solo[t] + 2 for t, _, _ in tenants}
+        done = sim.run({t: [0] * n[t] for t, _, _ in tenants}, until=horizon)
+        peak_in_use = metrics.peak_macs_per_cycle(cfg, kind) * sum(k for _, _, k in tenants)
+    else:  # time-multiplexed: tenants in turn, one request on the whole device at a time
+        horizon = horizon_requests * len(tenants) * max(alone.values())
         for tname, model, _ in tenants:
             sim.deploy(tname, models[model, board], [])
-        arrivals = {t: [j * len(tenants) + i for j in range(requests)] for i, (t, _, _) in enumerate(tenants)}
-        done = sim.run(arrivals, serial=True)
-    hz = _hz(sim)
-    # each tenant's rate over its own run (the closed loop's steady state); the total is their sum
-    per = {t: len(rs) / (rs[-1].end / hz) for t, rs in done.items()}
-    return {"per_tenant": per, "total": sum(per.values())}
+        per_turn = max(2, horizon_requests + 2)
+        arrivals = {t: [j * len(tenants) + i for j in range(per_turn)] for i, (t, _, _) in enumerate(tenants)}
+        done = sim.run(arrivals, serial=True, until=horizon)
+        peak_in_use = metrics.peak_macs_per_cycle(cfg, kind) * len(pool)
+    figures = []
+    for tname, model, k in tenants:
+        ends = [r.end for r in done[tname]]
+        rate = metrics.closed_loop_rate(ends, hz, horizon)
+        gmac = metrics.model_macs(models[model, board]) / 1e9
+        turn = metrics.turnarounds_ms(ends, hz)
+        figures.append(metrics.TenantFigures(
+            tname, model, k if mode == "vfpga" else 0, gmac, rate, 2 * gmac * rate,
+            float(np.percentile(turn, 50)) if len(turn) else math.nan,
+            float(np.percentile(turn, 99)) if len(turn) else math.nan,
+            rate * alone[model] / hz))
+    return metrics.system_figures(figures, peak_in_use, metrics.peak_macs_per_cycle(cfg, kind) * len(pool), hz)
 
 
 # ---------------------------------------------------------------------------- experiments
@@ -123,22 +160,49 @@ SPLITS = {  # share of the 16 cores per tenant, with the model each tenant runs
 }
 
 
-def public_cloud(models: Models, names: dict, requests: int = 4, progress=None) -> dict:
-    """Fixed core splits: per-tenant and total throughput of vfpga against
-    both time-multiplexed baselines. ``names`` maps the roles "vgg"/"res"
-    to zoo models."""
+def split_comparison(models: Models, splits: dict, horizon_requests: int, progress=None, label: str = "") -> dict:
+    """Fixed core splits: every system's figures (vfpga and both
+    time-multiplexed baselines) and vfpga's ratios to the baselines in
+    work-weighted throughput (GOP/s)."""
     rows = []
-    for split, spec in SPLITS.items():
-        tenants = [(t, names[role], k) for t, role, k in spec]
+    for split, tenants in splits.items():
         if progress:
-            progress(f"public cloud {split}")
-        result = {mode: saturated(models, tenants, mode, requests) for mode in ("vfpga", "bigcore", "multicore")}
-        rows.append({"split": split, "tenants": [{"tenant": t, "model": m, "cores": k,
-                                                  **{mode: result[mode]["per_tenant"][t] for mode in result}}
-                                                 for t, m, k in tenants],
-                     **{f"{mode}_total": result[mode]["total"] for mode in result},
-                     "vs_bigcore": result["vfpga"]["total"] / result["bigcore"]["total"],
-                     "vs_multicore": result["vfpga"]["total"] / result["multicore"]["total"]})
+            progress(f"{label}{split}")
+        result = {mode: saturated(models, tenants, mode, horizon_requests) for mode in MODES}
+        rows.append({"split": split, "tenants": [{"tenant": t, "model": m, "cores": k} for t, m, k in tenants],
+                     **result,
+                     "vs_bigcore": result["vfpga"]["gops"] / result["bigcore"]["gops"],
+                     "vs_multicore": result["vfpga"]["gops"] / result["multicore"]["gops"]})
+    return {"rows": rows}
+
+
+def public_cloud(models: Models, names: dict, horizon_requests: int = 4, progress=None) -> dict:
+    """Fixed core splits of the 16 CNN cores (``names`` maps the roles
+    "vgg"/"res" to zoo models), the 100% split included."""
+    splits = {split: [(t, names[role], k) for t, role, k in spec] for split, spec in SPLITS.items()}
+    return split_comparison(models, splits, horizon_requests, progress, "public cloud ")
+
+
+def runs(models: Models, names, counts=(1, 4, 16), boards=(POOL, BIG)) -> dict:
+    """Each model alone on k cores of each board: the dynamic stage's
+    estimate, the simulator's modeled cycles, MAC utilisation of the cores used."""
+    rows = []
+    for name in names:
+        for board in boards:
+            c = models[name, board]
+            cfg = overlay.load(board)
+            kind = _kind(c)
+            for k in counts:
+                if k > len(Simulator(board).pool(kind)):
+                    continue
+                est = (rnn.plan_rnn(c, k) if kind == "rnn" else dynamic.plan(c, k)).modeled_cycles
+                cycles = _solo(models, name, k, board)
+                peak = metrics.peak_macs_per_cycle(cfg, kind) * k
+                macs = metrics.model_macs(c)
+                rows.append({"model": name, "board": board, "cores": k, "gmac": macs / 1e9,
+                             "estimate_cycles": int(est), "modeled_cycles": int(cycles),
+                             "clock_mhz": float(cfg["clock_mhz"]), "peak_macs_per_cycle": peak,
+                             "mac_utilization": macs / (cycles * peak)})
     return {"rows": rows}
 
 
@@ -189,9 +253,11 @@ def isolation(models: Models, names: dict, levels=(0.0, 0.25, 0.5, 0.75, 1.0), h
     return {"rows": rows, "a_model": a, "b_model": b}
 
 
-def _solo(models: Models, name: str, k: int) -> int:
-    sim = Simulator(POOL)
-    sim.deploy(name, models[name, POOL], list(range(k)))
+def _solo(models: Models, name: str, k: int, board: str = POOL) -> int:
+    """Cycles of one request of ``name`` alone on the first k cores of its kind."""
+    c = models[name, board]
+    sim = Simulator(board)
+    sim.deploy(name, c, sim.pool(_kind(c))[:k])
     return sim.run({name: [0]})[name][0].latency
 
 
@@ -342,8 +408,8 @@ def private_cloud(models: Models, names: dict, horizon_s: float, seed: int = 0, 
     tenants in turn offers as many requests as the whole device completes for
     its model one at a time, while the others offer 30% of that: more than
     the time-multiplexed device can serve): load-adaptive re-allocation against a fixed equal
-    split and both time-multiplexed baselines. Throughput = requests served /
-    time until the last completes."""
+    split and both time-multiplexed baselines. Throughput = work served (GOP)
+    over the time until the last request completes; requests per second per tenant."""
     hz = float(Simulator(POOL).config["clock_mhz"]) * 1e6
     horizon = int(horizon_s * hz)
     roles = [("A", names["res"]), ("B", names["vgg"]), ("C", names["res"])]
@@ -367,9 +433,12 @@ def private_cloud(models: Models, names: dict, horizon_s: float, seed: int = 0, 
         else:
             done = run_policy(models, tenants, arrivals, policy)
         b_hz = _hz(Simulator(BIG)) if policy == "bigcore" else hz
+        board = BIG if policy == "bigcore" else POOL
         end = max(r.end for rs in done.values() for r in rs) / b_hz
         lat = np.array([r.latency for rs in done.values() for r in rs], float) / b_hz * 1e3
-        rows.append({"policy": policy, "requests": int(len(lat)), "throughput": len(lat) / end,
+        per = {n: len(done[n]) / end for n, _ in roles}  # requests per second, per tenant
+        gops = sum(2 * metrics.model_macs(models[m, board]) / 1e9 * per[n] for n, m in roles)
+        rows.append({"policy": policy, "requests": int(len(lat)), "gops": gops, "req_per_s": per,
                      "mean_ms": float(lat.mean()), "p99_ms": float(np.percentile(lat, 99))})
     return {"rows": rows, "horizon_s": horizon_s, "tenants": {n: m for n, m in roles}}
 
@@ -405,17 +474,8 @@ RNN_SPLITS = {  # the 8 RNN cores of u200
 }
 
 
-def rnn_throughput(models: Models, requests: int = 4, progress=None) -> dict:
+def rnn_throughput(models: Models, horizon_requests: int = 4, progress=None) -> dict:
     """LSTM/GRU tenants: the RNN core pool shared spatially against the static
     big RNN core (u200_bigcore) and the whole pool per request, both
     time-multiplexed."""
-    rows = []
-    for split, tenants in RNN_SPLITS.items():
-        if progress:
-            progress(f"RNN {split}")
-        result = {mode: saturated(models, tenants, mode, requests) for mode in ("vfpga", "bigcore", "multicore")}
-        rows.append({"split": split, "tenants": [{"tenant": t, "model": m, "cores": k} for t, m, k in tenants],
-                     **{f"{mode}_total": result[mode]["total"] for mode in result},
-                     "vs_bigcore": result["vfpga"]["total"] / result["bigcore"]["total"],
-                     "vs_multicore": result["vfpga"]["total"] / result["multicore"]["total"]})
-    return {"rows": rows}
+    return split_comparison(models, RNN_SPLITS, horizon_requests, progress, "RNN ")

@@ -37,7 +37,9 @@ From the board config:
                               the frames in flight on the bank, see
                               vfpga.runtime.hw.timeline)
 
-Vitis HLS / Xilinx primitive numbers (sources in brackets):
+From the board config's ``timing`` section (Vitis HLS / Xilinx primitive
+numbers and our core-control choices; sources in brackets; the names are
+the config keys in upper case):
   AXI_MAX_BURST_BEATS = 16    m_axi max_read/write_burst_length default [Vitis
                               HLS m_axi interface defaults, UG1399]
   AXI_OUTSTANDING = 16        m_axi num_read/write_outstanding default
@@ -78,7 +80,7 @@ n + depth - 1 cycles), sums of the latencies above:
   flattened, every (pixel, channel block) pays it again; the C-sim's beat
   counts cannot tell the two apart.
 
-Core control (our design choices, no vendor source):
+Core control (our design choices, no vendor source; also in ``timing``):
   UNIT_ISSUE_CYCLES = 4       per instruction in a unit: pop its queue (1),
                               validate fields (1), loop-bound products (1),
                               loop exit (1)
@@ -95,35 +97,71 @@ Core control (our design choices, no vendor source):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.runtime.hw import frame_timing
 
-# ---- constants (see the module docstring for their sources) ---------------
-AXI_MAX_BURST_BEATS = 16
-AXI_OUTSTANDING = 16
-BRAM_READ_LATENCY = 2
-DSP_MAC_LATENCY = 3
-ALU_LATENCY = 1  # one 32-bit add, compare or select
-REQUANT_MULT_LATENCY = 5
-ROUND_SHIFT_LATENCY = 1
-CLAMP_LATENCY = 1
-REQUANT_LATENCY = REQUANT_MULT_LATENCY + ROUND_SHIFT_LATENCY + CLAMP_LATENCY
-DIV64_LATENCY = 68
-BUF_WRITE_LATENCY = 1
-AXI_REGISTER_LATENCY = 1
-LOAD_PIPELINE_DEPTH = AXI_REGISTER_LATENCY + ALU_LATENCY + BUF_WRITE_LATENCY
-SAVE_PIPELINE_DEPTH = BRAM_READ_LATENCY + AXI_REGISTER_LATENCY
-POOL_PIPELINE_DEPTH = BRAM_READ_LATENCY + ALU_LATENCY + DIV64_LATENCY + CLAMP_LATENCY + BUF_WRITE_LATENCY
-ADD_PIPELINE_DEPTH = (BRAM_READ_LATENCY + DSP_MAC_LATENCY + ALU_LATENCY + ROUND_SHIFT_LATENCY + CLAMP_LATENCY
-                      + BUF_WRITE_LATENCY)
-UNIT_ISSUE_CYCLES = 4
-TOKEN_LATENCY = 1
-DECODE_LATENCY = 2
-MARKER_CYCLES = 1
+
+# ---- latencies: the board config's "timing" section (see the module docstring)
+@dataclass(frozen=True)
+class Latencies:
+    axi_max_burst_beats: int
+    axi_outstanding: int
+    bram_read_latency: int
+    dsp_mac_latency: int
+    alu_latency: int  # one 32-bit add, compare or select
+    requant_mult_latency: int
+    round_shift_latency: int
+    clamp_latency: int
+    div64_latency: int
+    buf_write_latency: int
+    axi_register_latency: int
+    unit_issue_cycles: int
+    token_latency: int
+    decode_latency: int
+    marker_cycles: int
+
+    @classmethod
+    def of(cls, config: dict) -> Latencies:
+        return _latencies(config["name"], tuple(sorted(config["timing"].items())))
+
+    @property
+    def requant(self) -> int:
+        return self.requant_mult_latency + self.round_shift_latency + self.clamp_latency
+
+    @property
+    def load_depth(self) -> int:
+        return self.axi_register_latency + self.alu_latency + self.buf_write_latency
+
+    @property
+    def save_depth(self) -> int:
+        return self.bram_read_latency + self.axi_register_latency
+
+    @property
+    def pool_depth(self) -> int:
+        return self.bram_read_latency + self.alu_latency + self.div64_latency + self.clamp_latency + self.buf_write_latency
+
+    @property
+    def add_depth(self) -> int:
+        return (self.bram_read_latency + self.dsp_mac_latency + self.alu_latency + self.round_shift_latency
+                + self.clamp_latency + self.buf_write_latency)
+
+    def conv_depth(self, icp: int, lanes: bool) -> int:
+        """CONV pipeline depth; ``lanes``: the cin_g == 1 path (no adder tree)."""
+        tree = 0 if lanes else max(0, int(icp - 1).bit_length())
+        return (self.bram_read_latency + self.dsp_mac_latency + tree + self.alu_latency + self.requant
+                + self.buf_write_latency)
+
+
+@functools.lru_cache(maxsize=64)
+def _latencies(_board: str, items: tuple) -> Latencies:
+    return Latencies(**dict(items))
+
 
 UNITS = ("load", "compute", "save")
 LOAD, COMPUTE, SAVE = 0, 1, 2
@@ -131,12 +169,6 @@ LOAD, COMPUTE, SAVE = 0, 1, 2
 _OP = isa.OPCODES
 _DEP = isa.DEP
 _SAT = 1 << 62  # saturation bound of vectorised products (fields of a valid program stay far below)
-
-
-def conv_pipeline_depth(icp: int, lanes: bool) -> int:
-    """CONV pipeline depth; ``lanes``: the cin_g == 1 path (no adder tree)."""
-    tree = 0 if lanes else max(0, int(icp - 1).bit_length())
-    return BRAM_READ_LATENCY + DSP_MAC_LATENCY + tree + ALU_LATENCY + REQUANT_LATENCY + BUF_WRITE_LATENCY
 
 
 class ScheduleError(ValueError):
@@ -167,7 +199,7 @@ def _geometry(g) -> _Geo:
         return g
     if isinstance(g, dict):
         if "cnn_core" in g:
-            return _Geo(int(g["cnn_core"]["icp"]), int(g["cnn_core"]["ocp"]), int(g["ddr"]["axi_bytes"]))
+            return _Geo(int(g["cnn_core"]["icp"]), int(g["cnn_core"]["ocp"]), overlay.config.core_bus_bytes(g))
         return _Geo(int(g["icp"]), int(g["ocp"]), int(g["axi_bytes"]))
     return _Geo(int(g.icp), int(g.ocp), int(g.axi_bytes))
 
@@ -244,7 +276,8 @@ class _Decoded:
     bursts: np.ndarray  # AXI bursts issued
 
 
-def _decode(prog: np.ndarray, g: _Geo) -> _Decoded:
+def _decode(prog: np.ndarray, g: _Geo, burst_beats: int = 1) -> _Decoded:
+    """``burst_beats``: the m_axi burst length (bursts only count for cycles)."""
     n = prog.shape[0]
     op = prog[:, 0].astype(np.int64)
     iters = np.zeros(n, np.int64)
@@ -262,8 +295,8 @@ def _decode(prog: np.ndarray, g: _Geo) -> _Decoded:
         rows = np.clip(np.minimum(y0 + th, _i64(m["height"])) - np.maximum(y0, 0), 0, None)
         cols = np.clip(np.minimum(x0 + tw, _i64(m["width"])) - np.maximum(x0, 0), 0, None)
         ddr[sel] = rows * cols * ch
-        row_bursts = _vcdiv(_vcdiv(cols * ch, axi), AXI_MAX_BURST_BEATS)
-        pix_bursts = cols * _vcdiv(_vcdiv(ch, axi), AXI_MAX_BURST_BEATS)
+        row_bursts = _vcdiv(_vcdiv(cols * ch, axi), burst_beats)
+        pix_bursts = cols * _vcdiv(_vcdiv(ch, axi), burst_beats)
         bursts[sel] = rows * np.where(dense, row_bursts, pix_bursts)
 
     sel = np.flatnonzero(op == _OP["LOAD_LINEAR"])
@@ -271,7 +304,7 @@ def _decode(prog: np.ndarray, g: _Geo) -> _Decoded:
         nbytes = _i64(_fields(prog, "linear")[sel]["nbytes"])
         iters[sel] = _vcdiv(nbytes, axi)
         ddr[sel] = nbytes
-        bursts[sel] = _vcdiv(iters[sel], AXI_MAX_BURST_BEATS)
+        bursts[sel] = _vcdiv(iters[sel], burst_beats)
 
     sel = np.flatnonzero(op == _OP["CONV"])
     if sel.size:
@@ -316,23 +349,24 @@ def program_iters(program, geometry) -> np.ndarray:
 class _Timing:
     geo: _Geo
     latency: int  # DDR burst latency, cycles
-    bytes_per_cycle: float  # one DDR bank
+    bytes_per_cycle: float  # the core's DDR banks
     clock_hz: float
+    lat: Latencies
 
 
 def _timing(config) -> _Timing:
     clock = float(config["clock_mhz"]) * 1e6
     ddr = config["ddr"]
     return _Timing(_geometry(config), int(ddr["burst_latency_cycles"]),
-                   float(ddr["bank_gbytes_per_s"]) * 1e9 / clock, clock)
+                   overlay.config.core_bytes_per_cycle(config), clock, Latencies.of(config))
 
 
 def _transfer_cycles(beats, nbytes, bursts, tm: _Timing, bank_cores: int):
     """Cycles of a DDR transfer after its first latency: bus beats, bank
     bandwidth or the outstanding-burst limit, whichever is slowest."""
     bw = np.ceil(nbytes * (bank_cores / tm.bytes_per_cycle)).astype(np.int64)
-    # AXI_OUTSTANDING bursts per latency; the first wave's latency is paid separately
-    lat = np.maximum(_vcdiv(bursts * tm.latency, AXI_OUTSTANDING) - tm.latency, 0)
+    # axi_outstanding bursts per latency; the first wave's latency is paid separately
+    lat = np.maximum(_vcdiv(bursts * tm.latency, tm.lat.axi_outstanding) - tm.latency, 0)
     return np.maximum(np.maximum(beats, bw), lat)
 
 
@@ -347,15 +381,15 @@ def _cycles(dec: _Decoded, prog: np.ndarray, tm: _Timing, bank_cores: int) -> np
     if mem.any():
         xfer = _transfer_cycles(dec.iters, dec.ddr_bytes, dec.bursts, tm, bank_cores)
         first = np.where(dec.ddr_bytes > 0, tm.latency, 0)  # an all-padding tile never touches DDR
-        depth = np.where(is_load, LOAD_PIPELINE_DEPTH, SAVE_PIPELINE_DEPTH)
-        cyc = np.where(mem, UNIT_ISSUE_CYCLES + first + xfer + depth - 1, cyc)
+        depth = np.where(is_load, tm.lat.load_depth, tm.lat.save_depth)
+        cyc = np.where(mem, tm.lat.unit_issue_cycles + first + xfer + depth - 1, cyc)
     is_conv = op == _OP["CONV"]
     if is_conv.any():
         lanes = _fields(prog, "conv")["cin_g"] == 1
-        depth = np.where(lanes, conv_pipeline_depth(tm.geo.icp, True), conv_pipeline_depth(tm.geo.icp, False))
-        cyc = np.where(is_conv, UNIT_ISSUE_CYCLES + dec.iters + depth - 1, cyc)
-    for name, depth in (("POOL", POOL_PIPELINE_DEPTH), ("ADD", ADD_PIPELINE_DEPTH)):
-        cyc = np.where(op == _OP[name], UNIT_ISSUE_CYCLES + dec.iters + depth - 1, cyc)
+        depth = np.where(lanes, tm.lat.conv_depth(tm.geo.icp, True), tm.lat.conv_depth(tm.geo.icp, False))
+        cyc = np.where(is_conv, tm.lat.unit_issue_cycles + dec.iters + depth - 1, cyc)
+    for name, depth in (("POOL", tm.lat.pool_depth), ("ADD", tm.lat.add_depth)):
+        cyc = np.where(op == _OP[name], tm.lat.unit_issue_cycles + dec.iters + depth - 1, cyc)
     return cyc
 
 
@@ -364,7 +398,7 @@ def program_cycles(program, config, bank_cores: int = 1) -> np.ndarray:
     which the decoder retires), int64 [n]."""
     prog = _as_program(program)
     tm = _timing(config)
-    return _cycles(_decode(prog, tm.geo), prog, tm, bank_cores)
+    return _cycles(_decode(prog, tm.geo, tm.lat.axi_max_burst_beats), prog, tm, bank_cores)
 
 
 def insn_cycles(insn: dict, config, bank_cores: int = 1) -> int:
@@ -378,8 +412,8 @@ def insn_cycles(insn: dict, config, bank_cores: int = 1) -> int:
 def _fetch(n_insns: int, tm: _Timing, bank_cores: int) -> int:
     beats = n_insns * _cdiv(isa.INSN_BYTES, tm.geo.axi_bytes)
     xfer = _transfer_cycles(np.int64(beats), np.int64(n_insns * isa.INSN_BYTES),
-                            np.int64(_cdiv(beats, AXI_MAX_BURST_BEATS)), tm, bank_cores)
-    return tm.latency + int(xfer) + DECODE_LATENCY
+                            np.int64(_cdiv(beats, tm.lat.axi_max_burst_beats)), tm, bank_cores)
+    return tm.latency + int(xfer) + tm.lat.decode_latency
 
 
 def fetch_cycles(n_insns: int, config, bank_cores: int = 1) -> int:
@@ -457,7 +491,7 @@ def schedule(program, config, bank_cores: int = 1) -> Schedule:
     prog = _as_program(program)
     tm = _timing(config)
     n = prog.shape[0]
-    dec = _decode(prog, tm.geo)
+    dec = _decode(prog, tm.geo, tm.lat.axi_max_burst_beats)
     op = dec.op
     heads = prog.view(_HEAD_SLOT).reshape(-1)["head"]
     deps = heads["deps"].astype(np.int64)
@@ -504,6 +538,7 @@ def schedule(program, config, bank_cores: int = 1) -> Schedule:
     steps = []
     frame_op = _OP["FRAME"]
     fetch_cache: dict[int, int] = {}
+    token = tm.lat.token_latency
 
     t = 0
     i = 0
@@ -520,7 +555,7 @@ def schedule(program, config, bank_cores: int = 1) -> Schedule:
         f = fetch_cache.get(fetched)
         if f is None:
             f = fetch_cache[fetched] = _fetch(fetched, tm, bank_cores)
-        t0 = t + f + (MARKER_CYCLES if is_frame else 0)
+        t0 = t + f + (tm.lat.marker_cycles if is_frame else 0)
 
         # ---- the three units over the body [i, stop) ----
         pend = ([], [], [])
@@ -550,14 +585,14 @@ def schedule(program, config, bank_cores: int = 1) -> Schedule:
                         k = popped[qa]
                         if k >= len(pushes[qa]):
                             break
-                        tk = pushes[qa][k] + TOKEN_LATENCY
+                        tk = pushes[qa][k] + token
                         if tk > ready:
                             ready = tk
                     if qb >= 0:
                         k = popped[qb]
                         if k >= len(pushes[qb]):
                             break
-                        tk = pushes[qb][k] + TOKEN_LATENCY
+                        tk = pushes[qb][k] + token
                         if tk > ready:
                             ready = tk
                     if qa >= 0:
@@ -586,7 +621,7 @@ def schedule(program, config, bank_cores: int = 1) -> Schedule:
 
         # ---- the ending marker ----
         if stop < n_run and op_l[stop] != frame_op:  # BARRIER / END: consumed after the drain
-            t += MARKER_CYCLES
+            t += tm.lat.marker_cycles
             start[stop] = end[stop] = t
             i = stop + 1
         else:

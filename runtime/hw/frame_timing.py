@@ -28,18 +28,16 @@ import math
 
 import numpy as np
 
+from vfpga import overlay
+
 SHARING = (2, 4, 8, 16)  # bank loads each frame is profiled at, besides 1
 MAX_DEMAND = 2.0  # a core's load and save units move one bus word per cycle each
-
-
-def bank_bytes_per_cycle(config: dict) -> float:
-    return float(config["ddr"]["bank_gbytes_per_s"]) * 1e9 / (float(config["clock_mhz"]) * 1e6)
 
 
 def demand(ddr_bytes, cycles, config: dict):
     """Share of a bank's bandwidth a frame uses when it runs alone (the timeline's rule)."""
     cycles = np.maximum(np.asarray(cycles, np.float64), 1.0)
-    return np.minimum(MAX_DEMAND, np.asarray(ddr_bytes, np.float64) / bank_bytes_per_cycle(config) / cycles)
+    return np.minimum(MAX_DEMAND, np.asarray(ddr_bytes, np.float64) / overlay.config.core_bytes_per_cycle(config) / cycles)
 
 
 def rounded_load(load: float) -> float:
@@ -77,7 +75,7 @@ def group_loads(ddr_bytes, cycles1, concurrent, config: dict) -> np.ndarray:
     phase) with ``concurrent`` of them in flight at once: their count times
     the group's mean demand (total bytes over total cycles). Arrays over groups."""
     cycles1 = np.maximum(np.asarray(cycles1, np.float64), 1.0)
-    mean = np.minimum(MAX_DEMAND, np.asarray(ddr_bytes, np.float64) / bank_bytes_per_cycle(config) / cycles1)
+    mean = np.minimum(MAX_DEMAND, np.asarray(ddr_bytes, np.float64) / overlay.config.core_bytes_per_cycle(config) / cycles1)
     return rounded_loads(np.asarray(concurrent, np.float64) * mean)
 
 

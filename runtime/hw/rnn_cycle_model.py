@@ -18,7 +18,8 @@ Three levels:
       RNN_GATES            ceil(n / LANES)
 * :func:`program_cycles` -- iterations plus fixed latencies (issue + DDR
   latency + transfer + pipeline depth - 1 for loads and saves, issue +
-  iterations + depth - 1 for MATVEC and GATES). Pipeline depths:
+  iterations + depth - 1 for MATVEC and GATES). Pipeline depths (latencies
+  from the board config's ``timing`` section, :class:`cycle_model.Latencies`):
       MATVEC  BRAM read (2) + DSP MAC (3) + adder tree ceil(log2(COLS))
               + accumulator add (1) + ACC write (1)
       GATES   ACC/PARAM read (2) + requantization (7) + sum/clamp (1)
@@ -45,16 +46,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.runtime.hw import cycle_model as cm
 from vfpga.runtime.hw import frame_timing
 
 L = isa.lib
-MATVEC_FIXED_DEPTH = cm.BRAM_READ_LATENCY + cm.DSP_MAC_LATENCY + cm.ALU_LATENCY + cm.BUF_WRITE_LATENCY
-ACT_LATENCY = cm.BRAM_READ_LATENCY + cm.DSP_MAC_LATENCY + cm.ROUND_SHIFT_LATENCY + cm.CLAMP_LATENCY
-GATES_PIPELINE_DEPTH = (cm.BRAM_READ_LATENCY + cm.REQUANT_LATENCY + cm.ALU_LATENCY + ACT_LATENCY
-                        + cm.DSP_MAC_LATENCY + cm.ROUND_SHIFT_LATENCY + cm.CLAMP_LATENCY + ACT_LATENCY
-                        + cm.DSP_MAC_LATENCY + cm.ROUND_SHIFT_LATENCY + cm.REQUANT_LATENCY + cm.BUF_WRITE_LATENCY)
+
+
+def matvec_depth(lat: cm.Latencies, cols: int) -> int:
+    """MATVEC pipeline: BRAM read, DSP MAC, adder tree over COLS, accumulator add, ACC write."""
+    return (lat.bram_read_latency + lat.dsp_mac_latency + lat.alu_latency + lat.buf_write_latency
+            + max(1, math.ceil(math.log2(cols))))
+
+
+def gates_depth(lat: cm.Latencies) -> int:
+    """The LSTM gate chain (GRU's is one DSP stage shorter; the longer one is used for both)."""
+    act = lat.bram_read_latency + lat.dsp_mac_latency + lat.round_shift_latency + lat.clamp_latency
+    return (lat.bram_read_latency + lat.requant + lat.alu_latency + act + lat.dsp_mac_latency
+            + lat.round_shift_latency + lat.clamp_latency + act + lat.dsp_mac_latency + lat.round_shift_latency
+            + lat.requant + lat.buf_write_latency)
+
 
 _MEM = isa.RNN_FORMATS["mem"]
 _MV = isa.RNN_FORMATS["matvec"]
@@ -73,15 +85,16 @@ class Timing:
     clock_hz: float
     issue: int  # dispatcher cycles per frame
     barrier: int
+    lat: cm.Latencies
 
     @classmethod
     def of(cls, cfg: dict) -> Timing:
         r, ddr = cfg["rnn_core"], cfg["ddr"]
         clock = float(cfg["clock_mhz"]) * 1e6
         disp = cfg.get("dispatcher", {})
-        return cls(r["rows"], r["cols"], r["lanes"], int(ddr["axi_bytes"]), int(ddr["burst_latency_cycles"]),
-                   float(ddr["bank_gbytes_per_s"]) * 1e9 / clock, clock, int(disp.get("issue_cycles", 0)),
-                   int(disp.get("barrier_cycles", 0)))
+        return cls(r["rows"], r["cols"], r["lanes"], overlay.config.core_bus_bytes(cfg), int(ddr["burst_latency_cycles"]),
+                   overlay.config.core_bytes_per_cycle(cfg), clock, int(disp.get("issue_cycles", 0)),
+                   int(disp.get("barrier_cycles", 0)), cm.Latencies.of(cfg))
 
 
 def _cdiv(a, b):
@@ -117,15 +130,15 @@ def _cycles(p: np.ndarray, it: np.ndarray, tm: Timing, bank_cores: int) -> np.nd
     if m.any():
         nbytes = mem["planes"].astype(np.int64) * mem["rows"] * mem["row_bytes"]
         bursts = mem["planes"].astype(np.int64) * mem["rows"] * _cdiv(_cdiv(mem["row_bytes"].astype(np.int64),
-                                                                            tm.axi), cm.AXI_MAX_BURST_BEATS)
+                                                                            tm.axi), tm.lat.axi_max_burst_beats)
         bw = np.ceil(nbytes * (bank_cores / tm.bytes_per_cycle)).astype(np.int64)
-        lat = np.maximum(_cdiv(bursts * tm.latency, cm.AXI_OUTSTANDING) - tm.latency, 0)
+        lat = np.maximum(_cdiv(bursts * tm.latency, tm.lat.axi_outstanding) - tm.latency, 0)
         xfer = np.maximum(np.maximum(it, bw), lat)
-        depth = np.where(op == L.VF_RNN_OP_LOAD, cm.LOAD_PIPELINE_DEPTH, cm.SAVE_PIPELINE_DEPTH)
-        cyc = np.where(m, cm.UNIT_ISSUE_CYCLES + tm.latency + xfer + depth - 1, cyc)
-    mv_depth = MATVEC_FIXED_DEPTH + max(1, math.ceil(math.log2(tm.cols)))
-    cyc = np.where(op == L.VF_RNN_OP_MATVEC, cm.UNIT_ISSUE_CYCLES + it + mv_depth - 1, cyc)
-    cyc = np.where(op == L.VF_RNN_OP_GATES, cm.UNIT_ISSUE_CYCLES + it + GATES_PIPELINE_DEPTH - 1, cyc)
+        depth = np.where(op == L.VF_RNN_OP_LOAD, tm.lat.load_depth, tm.lat.save_depth)
+        cyc = np.where(m, tm.lat.unit_issue_cycles + tm.latency + xfer + depth - 1, cyc)
+    mv_depth = matvec_depth(tm.lat, tm.cols)
+    cyc = np.where(op == L.VF_RNN_OP_MATVEC, tm.lat.unit_issue_cycles + it + mv_depth - 1, cyc)
+    cyc = np.where(op == L.VF_RNN_OP_GATES, tm.lat.unit_issue_cycles + it + gates_depth(tm.lat) - 1, cyc)
     return cyc
 
 
@@ -151,9 +164,9 @@ _POP = ((-1, _C2L), (_L2C, _S2C), (_C2S, -1))  # [unit] -> (prev queue, next que
 _PUSH = ((-1, _L2C), (_C2L, _C2S), (_S2C, -1))
 
 
-def _frame(ops, deps, cyc, fetch: int) -> int:
+def _frame(ops, deps, cyc, fetch: int, lat: cm.Latencies) -> int:
     """One frame (FRAME marker + body, no inner markers) on one core."""
-    t0 = fetch + cm.MARKER_CYCLES
+    t0 = fetch + lat.marker_cycles
     pend = ([], [], [])
     for j in range(1, len(ops)):
         u = _unit(ops[j])
@@ -179,7 +192,7 @@ def _frame(ops, deps, cyc, fetch: int) -> int:
                 if any(popped[q] >= len(pushes[q]) for q in qs):
                     break
                 for q in qs:
-                    ready = max(ready, pushes[q][popped[q]] + cm.TOKEN_LATENCY)
+                    ready = max(ready, pushes[q][popped[q]] + lat.token_latency)
                     popped[q] += 1
                 fu = ready + cyc[j]
                 if d & isa.DEP["PUSH_PREV"]:
@@ -215,7 +228,7 @@ def frames_cycles(program, offsets, n_insns, cfg: dict, bank_cores: int = 1) -> 
         key = (tuple(ops[a:a + n]), tuple(deps[a:a + n]), tuple(cyc[a:a + n]))
         r = memo.get(key)
         if r is None:
-            r = memo[key] = _frame(ops[a:a + n], deps[a:a + n], cyc[a:a + n], f)
+            r = memo[key] = _frame(ops[a:a + n], deps[a:a + n], cyc[a:a + n], f, tm.lat)
         out[i] = r
     return out
 
@@ -226,7 +239,7 @@ def frames_ddr_bytes(program, offsets, n_insns, cfg: dict) -> np.ndarray:
     p = _rows(program)
     it = program_iters(p, cfg)
     op = p[:, 0].astype(np.int64)
-    moved = np.where((op == L.VF_RNN_OP_LOAD) | (op == L.VF_RNN_OP_SAVE), it, 0) * int(cfg["ddr"]["axi_bytes"])
+    moved = np.where((op == L.VF_RNN_OP_LOAD) | (op == L.VF_RNN_OP_SAVE), it, 0) * overlay.config.core_bus_bytes(cfg)
     out = np.zeros(len(offsets), np.int64)
     for i, (off, n) in enumerate(zip(np.asarray(offsets).tolist(), np.asarray(n_insns).tolist())):
         a = off // isa.INSN_BYTES

@@ -37,6 +37,7 @@ import math
 
 import numpy as np
 
+from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.runtime.hw import cycle_model, rnn_cycle_model
 
@@ -65,12 +66,22 @@ class PoolTimeline:
         self.issue_cycles = int(disp["issue_cycles"])
         self.barrier_cycles = int(disp["barrier_cycles"])
         self.completion_cycles = int(disp["completion_cycles"])
-        buffer_bytes = (core["ibuf_bytes"] + core["wbuf_bytes"] + 4 * core["acc_words"] + core["obuf_bytes"]
-                        + 4 * core["param_entries"] * isa.PARAM_ENTRY_WORDS)
-        self.scrub_cycles = -(-buffer_bytes // int(disp["scrub_bytes_per_cycle"]))
+        # a scrub zeroes every on-chip memory of the core (vf_core_scrub in
+        # hls/include/vfpga_core_kinds.h), each kind its own
+        rnn_core = config["rnn_core"]
+        cnn_bytes = (core["ibuf_bytes"] + core["wbuf_bytes"] + 4 * core["acc_words"] + core["obuf_bytes"]
+                     + 4 * core["param_entries"] * isa.PARAM_ENTRY_WORDS)
+        rnn_bytes = (rnn_core["wbuf_bytes"] + rnn_core["vbuf_bytes"] + 4 * rnn_core["acc_words"]
+                     + 4 * rnn_core["param_entries"] * isa.PARAM_ENTRY_WORDS + 4 * rnn_core["state_words"]
+                     + 4 * rnn_core["act_words"])
+        per_cycle = int(disp["scrub_bytes_per_cycle"])
+        self.scrub_cycles = -(-cnn_bytes // per_cycle)  # a CNN core
+        self.rnn_scrub_cycles = -(-rnn_bytes // per_cycle)
+        self.latencies = cycle_model.Latencies.of(config)
+        self.charge_scrubs = True  # False: hand-overs cost nothing (the time-multiplexed baselines)
         ddr = config["ddr"]
         self.bank_stride, self.n_banks = int(ddr["bank_stride"]), int(ddr["banks"])
-        self.bank_bytes_per_cycle = float(ddr["bank_gbytes_per_s"]) * 1e9 / (float(config["clock_mhz"]) * 1e6)
+        self.core_bytes_per_cycle = overlay.config.core_bytes_per_cycle(config)
         self.now = 0
         self._inflight: list[_Flight] = []
         self._order = 0
@@ -114,9 +125,10 @@ class PoolTimeline:
             cycles = solo
             if load > 1.0:
                 cycles = self.frame_cycles(raw, frame, rnn, math.ceil(load * 8) / 8)
-        if frame.scrub:
-            cycles += self.scrub_cycles
-            solo += self.scrub_cycles
+        if frame.scrub and self.charge_scrubs:
+            scrub = self.rnn_scrub_cycles if rnn else self.scrub_cycles
+            cycles += scrub
+            solo += scrub
         self.core_busy_cycles[core] += cycles
         self.tenant_frame_cycles[frame.tenant] += cycles
         self.tenant_solo_cycles[frame.tenant] += solo
@@ -128,7 +140,7 @@ class PoolTimeline:
 
     def _faulted(self, frame, result, counters) -> int:
         fetched = max(1, min(int(frame.n_insns), int(result.fault_insn) + 1))
-        done = 0 if counters is None else (int(counters.insns) * cycle_model.UNIT_ISSUE_CYCLES
+        done = 0 if counters is None else (int(counters.insns) * self.latencies.unit_issue_cycles
                                            + int(counters.load_iters) + int(counters.compute_iters)
                                            + int(counters.save_iters))
         return cycle_model.fetch_cycles(fetched, self.config, 1) + done
@@ -142,7 +154,7 @@ class PoolTimeline:
         demand = self._cache.get(key)
         if demand is None:
             # a core's load and save units stream at most one bus word per cycle each
-            demand = min(2.0, self._ddr_bytes(raw, rnn) / self.bank_bytes_per_cycle / cycles)
+            demand = min(2.0, self._ddr_bytes(raw, rnn) / self.core_bytes_per_cycle / cycles)
             self._cache[key] = demand
         return cycles, demand
 
@@ -186,7 +198,7 @@ class PoolTimeline:
                 # a program the model cannot schedule (the core faulted on it):
                 # the fetch and each instruction's issue, nothing overlapped
                 n = len(raw) // isa.INSN_BYTES
-                cycles = cycle_model.fetch_cycles(n, self.config, sharing) + n * cycle_model.UNIT_ISSUE_CYCLES
+                cycles = cycle_model.fetch_cycles(n, self.config, sharing) + n * self.latencies.unit_issue_cycles
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = cycles

@@ -22,7 +22,7 @@ fast; their duration depends only on their instructions.
 Modes: spatial sharing (each tenant on its own cores, requests of different
 tenants concurrent) or ``serial=True`` (time-division multiplexing: one
 request on the whole device at a time, in arrival order, the tenant given
-every core for it -- the static baselines).
+every core for it, no buffer scrub between tenants -- the static baselines).
 """
 
 from __future__ import annotations
@@ -302,6 +302,10 @@ class Simulator:
             t = self.tenants[name]
             t.queue.extend(sorted(int(a) for a in times))
             t.done = []
+        # The time-multiplexed baselines are single-tenant designs the host
+        # switches between requests: no buffer scrub when the cores change
+        # hands (it would be charged to every switch), the benefit theirs.
+        self.timeline.charge_scrubs = not serial
         if serial:
             fifo.extend(sorted((a, t.name) for t in self.tenants.values() for a in t.queue))
             for t in self.tenants.values():
