@@ -27,6 +27,7 @@ import pytest
 from harness import REPO_ROOT, emulated_accelerator
 
 from vfpga.runtime.models import small
+from vfpga.runtime.serving import protocol
 
 ADMIN = "admin-token-for-the-serving-tests"
 READY = re.compile(r"ready: http://127\.0\.0\.1:(\d+) (?:grpc 127\.0\.0\.1:(\d+)|no grpc)")
@@ -139,23 +140,14 @@ def infer_json(x: np.ndarray, name: str = "input", datatype: str = "FP32") -> di
 
 def infer_binary(x: np.ndarray) -> tuple[bytes, dict]:
     """(body, headers) of a binary-extension request asking for binary outputs."""
-    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
-                                   "parameters": {"binary_data_size": x.nbytes}}],
-                       "parameters": {"binary_data_output": True}}).encode()
-    return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head)),
-                                "Content-Type": "application/octet-stream"}
+    return protocol.encode_binary_request({"input": x})
 
 
 def output_of(r: httpx.Response) -> np.ndarray:
     """The single output of an inference reply (JSON or binary)."""
     assert r.status_code == 200, r.text
-    n = r.headers.get("inference-header-content-length")
-    if n is None:
-        out = r.json()["outputs"][0]
-        return np.asarray(out["data"], np.float32).reshape(out["shape"])
-    head = json.loads(r.content[:int(n)])
-    out = head["outputs"][0]
-    return np.frombuffer(r.content[int(n):], np.float32).reshape(out["shape"])
+    (y,) = protocol.decode_response(r.content, r.headers.get("inference-header-content-length")).values()
+    return y
 
 
 # ---- the standard client, in its own environment

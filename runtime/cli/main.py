@@ -420,7 +420,10 @@ def _bench(args) -> int:
 def _serve(args) -> int:
     import logging
 
-    from vfpga.runtime.serving import Quota, ServerConfig, config, server
+    try:
+        from vfpga.runtime.serving import Quota, ServerConfig, config, server
+    except ImportError as e:
+        raise RuntimeError(f"serving needs the serve extra (pip install -e \".[serve]\"): {e}") from e
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     base = Quota(args.max_cores, args.max_pending, args.max_request_bytes)

@@ -200,10 +200,10 @@ def create_app(repo: Repository, metrics=None) -> FastAPI:
         ok = s.tenant.fault is None and not repo.draining
         return _json({"name": name, "ready": ok}, 200 if ok else 503)
 
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: str | None = None):
-        _check_version(version)
+    async def infer(request: Request):
+        """A plain Starlette endpoint (no FastAPI parameter handling: the hot path)."""
+        name = request.path_params["name"]
+        _check_version(request.path_params.get("version"))
         token = _token(request)
         limit = repo.served(name, token).max_request_bytes
         body = await read_body(request, limit, f"model {name!r} inference")
@@ -215,6 +215,9 @@ def create_app(repo: Repository, metrics=None) -> FastAPI:
         except asyncio.TimeoutError:
             raise ServingError(503, f"model {name!r}: no result within {timeout} s") from None
         return infer_response(name, doc, results, binary)
+
+    app.router.add_route("/v2/models/{name}/infer", infer, methods=["POST"])
+    app.router.add_route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"])
 
     @app.post("/v2/repository/index")
     async def index(request: Request):

@@ -9,6 +9,7 @@ Every decoding error names the tensor and what was wrong with it.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 
@@ -129,3 +130,32 @@ def datatype_of(arr: np.ndarray) -> str:
 
 def little_endian_bytes(arr: np.ndarray) -> bytes:
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+
+
+# ---- the binary tensor data extension from a client's side (tests, benchmarks, scripts)
+
+
+def encode_binary_request(inputs: dict[str, np.ndarray], binary_output: bool = True) -> tuple[bytes, dict]:
+    """(body, headers) of an inference request with every input as binary tensor data."""
+    head = {"inputs": [{"name": n, "datatype": datatype_of(a), "shape": list(a.shape),
+                        "parameters": {"binary_data_size": a.nbytes}} for n, a in inputs.items()]}
+    if binary_output:
+        head["parameters"] = {"binary_data_output": True}
+    text = json.dumps(head).encode()
+    return b"".join([text, *(little_endian_bytes(a) for a in inputs.values())]), {
+        "Inference-Header-Content-Length": str(len(text)), "Content-Type": "application/octet-stream"}
+
+
+def decode_response(body: bytes, header_length: str | None) -> dict[str, np.ndarray]:
+    """The outputs of an inference reply, JSON or with binary tensor data, by name."""
+    n = len(body) if header_length is None else int(header_length)
+    doc, at, out = json.loads(body[:n]), n, {}
+    for o in doc["outputs"]:
+        dt = DATATYPES[o["datatype"]]
+        size = (o.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            out[o["name"]] = np.asarray(o["data"], dt).reshape(o["shape"])
+        else:
+            out[o["name"]] = np.frombuffer(body[at:at + size], dt).reshape(o["shape"])
+            at += size
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -99,6 +100,8 @@ class Server:
             await asyncio.sleep(0.01)
         if http.done():
             await http  # raises what stopped it
+        gc.collect()
+        gc.freeze()  # the libraries' objects need no more collecting: shorter pauses while serving
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         grpc_at = f"grpc {host}:{self.grpc_port}" if self.grpc is not None else "no grpc"
         log.info("ready: http://%s:%d %s board=%s mode=%s cores=%d", host, self.port, grpc_at, self.accel.board,
