@@ -203,6 +203,9 @@ def test_quotas_come_from_the_server_config(tmp_path):
 
         r = load("small", 3)
         assert r.status_code == 403 and "exceeds the quota of 2 cores" in r.json()["error"]
+        r = s.admin.post("/v2/repository/models/small/load", json={"parameters": {
+            "file:m.onnx": onnx_b64, "config": json.dumps({"max_pending": 65})}})
+        assert r.status_code == 403 and "max_pending 65 exceeds the quota of 64" in r.json()["error"]
         token = load("big", 3).json()["token"]
         r = s.admin.post("/v2/repository/models/big/reallocate", json={"cores": 4})
         assert r.status_code == 403 and "quota of 3 cores" in r.json()["error"]
@@ -318,3 +321,26 @@ def test_unload(server, reference):
     assert server.load("back", MODELS["flat"](), {"cores": 1}, calibration=CALIBRATION)
     assert server.admin.post("/v2/repository/models/back/unload").status_code == 200
     assert ADMIN not in server.log()
+
+
+def test_an_lstm_model_runs_on_the_rnn_cores(server):
+    from harness import emulated_accelerator
+
+    from vfpga.runtime.models import small
+
+    model = small.random_rnn_model("LSTM", hidden=16, input_size=8, steps=4)
+    reply = server.load("speech", model, {"cores": 1})
+    assert len(reply["cores"]) == 1 and reply["cores"][0] >= 16  # an RNN core (after the 16 CNN cores)
+    assert [i["name"] for i in reply["inputs"]] == ["X"]
+    x = np.random.default_rng(0).standard_normal((4, 1, 8)).astype(np.float32)
+    r = server.client(reply["token"]).post("/v2/models/speech/infer", json=infer_json(x, name="X"))
+    assert r.status_code == 200, r.text
+    got = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"]) for o in r.json()["outputs"]}
+    accel = emulated_accelerator()
+    try:
+        want = accel.deploy(model.SerializeToString(), cores=1, name="speech").run(x)
+    finally:
+        accel.close()
+    np.testing.assert_array_equal(got["Y"], want[0])
+    np.testing.assert_array_equal(got["Y_h"], want[1])
+    assert server.admin.post("/v2/repository/models/speech/unload").status_code == 200
