@@ -323,6 +323,7 @@ def test_unload(server, reference):
     assert ADMIN not in server.log()
 
 
+@pytest.mark.filterwarnings("ignore:compile_rnn. no calibration data")  # the in-process deploy's, like the server's
 def test_an_lstm_model_runs_on_the_rnn_cores(server):
     from harness import emulated_accelerator
 
@@ -331,7 +332,9 @@ def test_an_lstm_model_runs_on_the_rnn_cores(server):
     model = small.random_rnn_model("LSTM", hidden=16, input_size=8, steps=4)
     reply = server.load("speech", model, {"cores": 1})
     assert len(reply["cores"]) == 1 and reply["cores"][0] >= 16  # an RNN core (after the 16 CNN cores)
-    assert [i["name"] for i in reply["inputs"]] == ["X"]
+    assert reply["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [4, 1, 8]}]
+    assert reply["outputs"] == [{"name": "Y", "datatype": "FP32", "shape": [4, 1, 1, 16]},
+                                {"name": "Y_h", "datatype": "FP32", "shape": [1, 1, 16]}]
     x = np.random.default_rng(0).standard_normal((4, 1, 8)).astype(np.float32)
     r = server.client(reply["token"]).post("/v2/models/speech/infer", json=infer_json(x, name="X"))
     assert r.status_code == 200, r.text
@@ -344,3 +347,39 @@ def test_an_lstm_model_runs_on_the_rnn_cores(server):
     np.testing.assert_array_equal(got["Y"], want[0])
     np.testing.assert_array_equal(got["Y_h"], want[1])
     assert server.admin.post("/v2/repository/models/speech/unload").status_code == 200
+
+
+def test_a_full_queue_answers_429_and_the_others_are_served(server, reference):
+    """max_pending=1: of simultaneous requests, those beyond the queue are
+    refused with 429 (naming the limit); every one answered is right."""
+    token = server.load("narrow", MODELS["cnn0"](), {"cores": 1, "max_pending": 1},
+                        calibration=CALIBRATION)["token"]
+    xs = inputs(2, seed=18)
+    want = reference("cnn0", xs)
+    statuses, errors = [], []
+    try:
+        for _ in range(10):  # rounds of eight requests fired together, until the queue overflows
+            barrier = threading.Barrier(8)
+
+            def client(i, barrier=barrier):
+                c = server.client(token)
+                body, headers = infer_binary(xs[i % 2])
+                barrier.wait()
+                r = c.post("/v2/models/narrow/infer", content=body, headers=headers)
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    np.testing.assert_array_equal(output_of(r), want[i % 2])
+                elif r.status_code != 429 or "max_pending=1" not in r.json()["error"]:
+                    errors.append(r.text)
+
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            if 429 in statuses:
+                break
+        assert not errors and 429 in statuses and 200 in statuses, statuses
+        assert 'outcome="rejected"' in server.admin.get("/metrics").text
+    finally:
+        assert server.admin.post("/v2/repository/models/narrow/unload").status_code == 200

@@ -270,9 +270,13 @@ class Repository:
             raise bad_request(f"{path[5:]}: not an ONNX model ({type(e).__name__}: {e})") from None
         if not proto.graph.node:
             raise bad_request(f"{path[5:]}: not an ONNX model (no graph nodes)")
+        try:  # fills the outputs' shapes where the graph leaves them out (the metadata shows them)
+            typed = onnx.shape_inference.infer_shapes(proto)
+        except Exception:  # noqa: BLE001 - the compiler names what is wrong with the model
+            typed = proto
         inits = {i.name for i in proto.graph.initializer}
-        inputs = _onnx_specs(proto.graph.input, inits)
-        outputs = _onnx_specs(proto.graph.output)
+        inputs = _onnx_specs(typed.graph.input, inits)
+        outputs = _onnx_specs(typed.graph.output)
         tenant = self._call_deploy(path, blob, cores=cores, name=name, calibration=calibration,
                                    input_shape=input_shape, max_pending=max_pending)
         if not isinstance(tenant, RnnTenant) and len(inputs) == 1:  # the compiled input's exact shape
