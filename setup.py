@@ -13,6 +13,18 @@ from setuptools import find_packages, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 BOARDS = sorted(f[:-5] for f in os.listdir(os.path.join(HERE, "overlay", "configs")) if f.endswith(".json"))
 
+# `vfpga serve` (runtime/serving): the Open Inference Protocol over HTTP and gRPC. grpcio and grpcio-tools
+# also come with pynq (which pins protobuf 5); the server's gRPC stack is that one.
+SERVE = [
+    "fastapi>=0.100",
+    "uvicorn>=0.23",
+    "httptools>=0.5",
+    "uvloop>=0.17; sys_platform != 'win32'",
+    "prometheus-client>=0.17",
+    "grpcio>=1.60",
+    "grpcio-tools>=1.60",
+]
+
 setup(
     name="vfpga",
     version="0.1.0",
@@ -30,7 +42,7 @@ setup(
         "vfpga.notebooks": "notebooks",
     },
     package_data={"vfpga.overlay": ["configs/*.json", "tcl/*.tcl", "Makefile", "*.bit", "*.hwh", "*.xclbin"],
-                  "vfpga.notebooks": ["*.ipynb"]},
+                  "vfpga.notebooks": ["*.ipynb"], "vfpga.runtime.serving": ["*.proto"]},
     cffi_modules=["hls/cffi_build.py:isa"] + [f"hls/cffi_build.py:emu_{b}" for b in BOARDS],
     install_requires=[
         "pynq>=3.1",
@@ -41,7 +53,7 @@ setup(
         "matplotlib>=3.5",  # the plots of `vfpga bench`
         "tqdm>=4.60",  # progress bars (also a pynq dependency)
     ],
-    extras_require={"test": ["pytest>=7", "ruff>=0.4"]},
+    extras_require={"serve": SERVE, "test": ["pytest>=7", "ruff>=0.4", "httpx>=0.24"] + SERVE},
     entry_points={
         "console_scripts": ["vfpga = vfpga.runtime.cli:main"],
         "pynq.notebooks": ["vfpga = vfpga.notebooks"],

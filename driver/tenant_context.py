@@ -18,6 +18,7 @@ callback. Every method is safe to call from several threads.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 
@@ -31,6 +32,7 @@ _STATUS = {name: value for value, name in isa.TENANT_STATUS.items()}
 _MASK = {name: value for value, name in isa.MASK_RESULTS.items()}
 _CPL = {name: value for value, name in isa.RECORD_STATUS.items()}
 NO_CORE = 0xFFFFFFFF
+log = logging.getLogger("vfpga.driver")
 
 
 class QueueFull(RuntimeError):
@@ -254,8 +256,12 @@ class TenantContext:
             self._acked += n
             self._w("cpl_ack", self._acked & 0xFFFFFFFF)
         if self.on_completion is not None:
-            for c in out:
-                self.on_completion(c)
+            for c in out:  # one failing callback must not strand the records after it
+                try:
+                    self.on_completion(c)
+                except Exception:  # noqa: BLE001 - logged; the thread goes on
+                    log.exception("tenant context %d: completion callback failed for request %d", self.index,
+                                  c.request_id)
         return out
 
     @property
@@ -310,17 +316,24 @@ class CompletionHandler:
         status = self.disp.read("irq_status")
         for ctx in contexts:
             if status >> ctx.index & 1 or ctx.pending:
-                ctx.collect()
+                try:
+                    ctx.collect()
+                except Exception:  # noqa: BLE001 - one context's trouble must not starve the others
+                    log.exception("tenant context %d: collecting completion records failed", ctx.index)
 
     def _run(self) -> None:
         seen = 0
         while not self._stop.is_set():
-            with self._lock:
-                busy = any(ctx.pending for ctx in self.contexts.values())
-            seen = self.disp.irq_line.wait(seen, self._poll if busy else self._idle)
-            if self._stop.is_set():
-                return
-            self.service()
+            try:
+                with self._lock:
+                    busy = any(ctx.pending for ctx in self.contexts.values())
+                seen = self.disp.irq_line.wait(seen, self._poll if busy else self._idle)
+                if self._stop.is_set():
+                    return
+                self.service()
+            except Exception:  # noqa: BLE001 - the thread serves every tenant: it must survive
+                log.exception("completion thread: servicing the interrupt failed; retrying")
+                self._stop.wait(self._poll)
 
     def stop(self) -> None:
         """The thread ends at its next wake-up (at most the idle interval)."""

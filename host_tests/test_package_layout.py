@@ -18,6 +18,7 @@ MAX_LINES = 800  # for driver/ and runtime/
 # Top to bottom: a module may import its own group and any group below it.
 ORDER = [
     "vfpga.runtime.cli",
+    "vfpga.runtime.serving",
     "vfpga.runtime.experiments",
     "vfpga.runtime.backend",
     "vfpga.runtime.tenants",

@@ -4,6 +4,7 @@ One subpackage per concept; imports go one way, top to bottom (a module may
 import its own subpackage and anything listed below it, never above):
 
     cli          the ``vfpga`` command line and the demo
+    serving      ``vfpga serve``: tenants over the Open Inference Protocol (HTTP, gRPC)
     experiments  the published experiments and ``vfpga bench``'s report
     backend      the onnx.backend interface (prepare / run)
     tenants      open a board, deploy models as tenants, run, re-allocate

@@ -6,6 +6,8 @@
     vfpga info [model.ifp] [--board u200]
     vfpga cache [--clear]
     vfpga demo [--board u200]
+    vfpga serve [--board u200] [--host 127.0.0.1] [--port 8000] [--grpc-port 8001] [--admin-token T]
+                [--quotas quotas.json] [--max-cores N] [--max-pending N] [--max-request-bytes N]
 
 User errors (missing files, another board, bad arrays) print one message on
 stderr and exit with status 2.
@@ -415,6 +417,25 @@ def _bench(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    import logging
+
+    try:
+        from vfpga.runtime.serving import Quota, ServerConfig, config, server
+    except ImportError as e:
+        raise RuntimeError(f"serving needs the serve extra (pip install -e \".[serve]\"): {e}") from e
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    base = Quota(args.max_cores, args.max_pending, args.max_request_bytes)
+    default, per_model = config.read_quotas(args.quotas, base) if args.quotas else (base, {})
+    cfg = ServerConfig(board=args.board, host=args.host, port=args.port,
+                       grpc_port=None if args.grpc_port < 0 else args.grpc_port, admin_token=args.admin_token,
+                       quota=default, model_quotas=per_model, max_model_bytes=args.max_model_bytes,
+                       shutdown_grace_s=args.grace,
+                       bank_capacity=args.bank_mib << 20 if args.bank_mib else None)
+    return server.run(cfg)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="vfpga", description="Multi-tenant DNN inference on one FPGA.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -459,6 +480,24 @@ def main(argv=None) -> int:
     b.add_argument("--quick", action="store_true", help="a small version (fewer requests, smaller models)")
     b.add_argument("--out", default="vfpga-bench", help="output directory (default ./vfpga-bench)")
     b.set_defaults(func=_bench)
+
+    s = sub.add_parser("serve", help="serve the board's tenants over the Open Inference Protocol (HTTP and gRPC)")
+    s.add_argument("--board", default="u200")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; 0: any free port)")
+    s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0: any free; -1: none)")
+    s.add_argument("--admin-token", default=None, help="token for model control and /metrics (default "
+                                                       "$VFPGA_ADMIN_TOKEN, else one is generated and logged)")
+    s.add_argument("--quotas", help="JSON quota file: {\"default\": {...}, \"models\": {name: {...}}}")
+    s.add_argument("--max-cores", type=int, default=None, help="cores one tenant may hold (default: the pool)")
+    s.add_argument("--max-pending", type=int, default=64, help="requests one tenant may queue (default 64)")
+    s.add_argument("--max-request-bytes", type=int, default=16 << 20,
+                   help="bytes of one inference request (default 16 MiB)")
+    s.add_argument("--max-model-bytes", type=int, default=256 << 20,
+                   help="bytes of one load request (default 256 MiB)")
+    s.add_argument("--grace", type=float, default=30.0, help="SIGTERM: seconds in-flight requests may take")
+    s.add_argument("--bank-mib", type=int, default=None, help="emulated board: MiB per DDR bank (default 1024)")
+    s.set_defaults(func=_serve)
 
     k = sub.add_parser("cache", help="show or clear the compile cache")
     k.add_argument("--clear", action="store_true")

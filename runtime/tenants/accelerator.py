@@ -70,10 +70,10 @@ class TenantStats:
     requests: int  # completed OK (host count)
     failed: int
     source: str
-    latency_ms: float | None  # device latency per request, mean (modeled or measured)
+    latency_ms: float | None  # device latency per request, mean of the recent window (modeled or measured)
     throughput_rps: float | None  # 1 / latency: one request at a time per tenant
     utilisation: float | None  # busy core-cycles / (request cycles x cores held)
-    host_latency_ms: dict  # measured on the host: mean, p50, p99
+    host_latency_ms: dict  # measured on the host: mean, p50, p99 of the last tenant.LATENCY_WINDOW requests
     frames: int
     core_cycles: int
     ddr_slowdown: float | None  # emulation only: frame cycles as run / with the DDR bank to itself
@@ -373,9 +373,10 @@ class Accelerator:
             tenants = list(self.tenants.values())
         for t in tenants:
             regs = t.context.counters()
-            lat = [c / hz for c in t.modeled_latencies]
+            host, modeled = t.latencies()
+            lat = [c / hz for c in modeled]
             mean = statistics.fmean(lat) if lat else None
-            host = sorted(t.host_latencies)
+            host.sort()
             host_ms = ({"mean": statistics.fmean(host) * 1e3, "p50": host[len(host) // 2] * 1e3,
                         "p99": host[min(len(host) - 1, int(0.99 * len(host)))] * 1e3} if host else {})
             util = (regs["core_cycles"] / (regs["request_cycles"] * t.k)

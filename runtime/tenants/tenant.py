@@ -18,6 +18,7 @@ Different tenants run concurrently on their own cores.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import queue
 import threading
@@ -38,6 +39,7 @@ from vfpga.runtime.errors import DeployError, TenantFault, TenantRemoved
 from vfpga.runtime.hw import cycle_model
 
 REQUEST_TIMEOUT_S = 600.0  # a request that gets no record in this long means the dispatcher died
+LATENCY_WINDOW = 4096  # requests whose latencies stats() summarises (the most recent)
 
 
 @dataclass
@@ -110,8 +112,9 @@ class Tenant:
         # host-side figures
         self.requests = 0
         self.failed = 0
-        self.host_latencies: list[float] = []
-        self.modeled_latencies: list[int] = []
+        # the last LATENCY_WINDOW requests' latencies (bounded however long the tenant serves)
+        self.host_latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self.modeled_latencies: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
         self._worker = threading.Thread(target=self._serve, name=f"vfpga-tenant-{name}", daemon=True)
         self._worker.start()
 
@@ -151,6 +154,16 @@ class Tenant:
     @property
     def k(self) -> int:
         return len(self.cores)
+
+    def latencies(self) -> tuple[list[float], list[int]]:
+        """(host seconds, modeled cycles) of the recent requests, copied while no request adds one."""
+        with self._state_lock:
+            return list(self.host_latencies), list(self.modeled_latencies)
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting in the host queue (not yet running)."""
+        return self._pending
 
     @property
     def modeled_cycles(self) -> int:
@@ -253,6 +266,7 @@ class Tenant:
             try:
                 with self._exec_lock:
                     outs, info = self._execute(job.x_q)
+                result = self._result(outs, info, job.float_io)
             except TenantFault as e:
                 with self._state_lock:
                     self.fault = e
@@ -268,7 +282,7 @@ class Tenant:
                 self.requests += 1
                 self.host_latencies.append(info.host_seconds)
                 self.modeled_latencies.append(info.modeled_cycles)
-            job.future.set_result(self._result(outs, info, job.float_io))
+            job.future.set_result(result)
 
     def _result(self, outs, info: RunInfo, float_io: bool):
         """What the future of a request gives: float outputs like
