@@ -10,9 +10,11 @@ import os
 
 import numpy as np
 
+from vfpga.driver import isa
 from vfpga.driver.emulated import EmulatedDevice
 from vfpga.runtime import tenants
 from vfpga.runtime.compiler import ir, static
+from vfpga.runtime.compiler.segment import segment_layout
 from vfpga.runtime.hw import golden
 
 # The repository (the HLS sources, build flows and notebooks the tests read).
@@ -63,3 +65,38 @@ def make_model(name: str, graph: ir.Graph, n_inputs: int = 4, seed: int = 0, boa
     assert [p.kind for p in c.parts] == ["accel"]
     xs = random_inputs(graph, n_inputs, seed)
     return Model(name, graph, c, xs, [golden.run_graph(graph, x)[graph.outputs[0]] for x in xs])
+
+
+def find_instruction(program: np.ndarray, opcode: str, nth_layer: int) -> int:
+    """Index of the first ``opcode`` instruction of layer ``nth_layer``."""
+    words = program.reshape(-1, isa.INSN_BYTES)
+    for i in np.flatnonzero(isa.opcodes_of(program) == isa.OPCODES[opcode]):
+        if isa.decode(words[i])["tag"] == nth_layer:
+            return int(i)
+    raise AssertionError(f"no {opcode} in layer {nth_layer}")
+
+
+def corrupt(compiled: static.CompiledModel, how: str) -> tuple[static.CompiledModel, int, int]:
+    """A copy of ``compiled`` whose first SAVE of layer 1 (or LOAD_LINEAR of
+    layer 2) reaches outside the segment. Returns it, the index of the bad instruction and the
+    fault address the core must report (the lowest offending offset)."""
+    program = compiled.program.copy()
+    limit = segment_layout(compiled).size  # the deployed segment: the model's bytes, then the driver's areas
+    op = "LOAD_LINEAR" if how == "load-neighbour" else "SAVE"
+    i = find_instruction(program, op, 1 if op == "SAVE" else 2)
+    fields = isa.decode(program[i * isa.INSN_BYTES:(i + 1) * isa.INSN_BYTES])
+    if op == "SAVE":
+        origin = (fields["y0"] * fields["width"] + fields["x0"]) * fields["pixel_stride"]
+        assert fields["tile_w"] * fields["channels"] >= 2
+        addr, fault_addr = {
+            "past-end": (limit, limit + origin),  # the next segment's first bytes
+            "straddle": (limit - 1 - origin, limit),  # first byte inside, the rest not
+            "near-4g": (2**32 - 64, min(2**32 - 64 + origin, 2**32 - 1)),  # wraps if offsets were 32-bit
+        }[how]
+    else:
+        addr, fault_addr = limit, limit
+    fields["dram_addr"] = addr
+    head = {k: fields.pop(k) for k in ("deps", "flags", "tag")}
+    program[i * isa.INSN_BYTES:(i + 1) * isa.INSN_BYTES] = np.frombuffer(
+        isa.encode(fields.pop("opcode"), **head, **fields), dtype=np.uint8)
+    return dataclasses.replace(compiled, program=program), i, fault_addr

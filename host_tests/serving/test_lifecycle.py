@@ -126,8 +126,7 @@ def test_grpc_endpoint(server, reference):
 def test_a_faulting_tenant_is_reported_to_its_clients_only(server, tmp_path):
     """An IFP whose program writes outside its segment: its clients get the
     fault with its code, the neighbour runs on, the admin resets it."""
-    from harness import random_inputs
-    from tenants.test_api import corrupt
+    from harness import corrupt, random_inputs
 
     from vfpga.runtime.compiler import ifp, static
     from vfpga.runtime.hw import golden

@@ -9,20 +9,17 @@ same DDR bank keep their bytes and their results.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from harness import assert_runs_correctly, emulated_accelerator, random_inputs
+from harness import assert_runs_correctly, corrupt, emulated_accelerator, random_inputs
 
 import vfpga
 from vfpga.driver import isa
 from vfpga.runtime import tenants
 from vfpga.runtime.compiler import frontend, static
 from vfpga.runtime.compiler.frontend import FrontendError, UnsupportedOperatorError
-from vfpga.runtime.compiler.segment import segment_layout
 from vfpga.runtime.hw import golden
 from vfpga.runtime.models import small
 from vfpga.runtime.tenants import DeployError, TenantFault, TenantRemoved
@@ -260,41 +257,6 @@ def test_segment_larger_than_the_bank_keeps_no_core():
 
 
 # ---------------------------------------------------------------- isolation
-
-
-def _find(program: np.ndarray, opcode: str, nth_layer: int) -> int:
-    """Index of the first ``opcode`` instruction of layer ``nth_layer``."""
-    words = program.reshape(-1, isa.INSN_BYTES)
-    for i in np.flatnonzero(isa.opcodes_of(program) == isa.OPCODES[opcode]):
-        if isa.decode(words[i])["tag"] == nth_layer:
-            return int(i)
-    raise AssertionError(f"no {opcode} in layer {nth_layer}")
-
-
-def corrupt(compiled: static.CompiledModel, how: str) -> tuple[static.CompiledModel, int, int]:
-    """A copy of ``compiled`` whose first SAVE of layer 1 (or LOAD_LINEAR of
-    layer 2) reaches outside the segment. Returns it, the index of the bad instruction and the
-    fault address the core must report (the lowest offending offset)."""
-    program = compiled.program.copy()
-    limit = segment_layout(compiled).size  # the deployed segment: the model's bytes, then the driver's areas
-    op = "LOAD_LINEAR" if how == "load-neighbour" else "SAVE"
-    i = _find(program, op, 1 if op == "SAVE" else 2)
-    fields = isa.decode(program[i * isa.INSN_BYTES:(i + 1) * isa.INSN_BYTES])
-    if op == "SAVE":
-        origin = (fields["y0"] * fields["width"] + fields["x0"]) * fields["pixel_stride"]
-        assert fields["tile_w"] * fields["channels"] >= 2
-        addr, fault_addr = {
-            "past-end": (limit, limit + origin),  # the next segment's first bytes
-            "straddle": (limit - 1 - origin, limit),  # first byte inside, the rest not
-            "near-4g": (2**32 - 64, min(2**32 - 64 + origin, 2**32 - 1)),  # wraps if offsets were 32-bit
-        }[how]
-    else:
-        addr, fault_addr = limit, limit
-    fields["dram_addr"] = addr
-    head = {k: fields.pop(k) for k in ("deps", "flags", "tag")}
-    program[i * isa.INSN_BYTES:(i + 1) * isa.INSN_BYTES] = np.frombuffer(
-        isa.encode(fields.pop("opcode"), **head, **fields), dtype=np.uint8)
-    return dataclasses.replace(compiled, program=program), i, fault_addr
 
 
 def _frame_of(compiled: static.CompiledModel, insn: int) -> int:
