@@ -102,7 +102,7 @@ def test_plans_run_bit_exact_on_k_cores(small_net, k, variant):
         assert tenant.plan.k == k
         rng = np.random.default_rng(k)
         for _ in range(2):
-            x_q = rng.integers(-128, 128, size=c.input.shape, dtype=np.int8)
+            x_q = rng.integers(-128, 128, size=c.input_shape, dtype=np.int8)
             (got,), info = tenant.run_quantized(x_q)
             assert all(r.ok for r in info.completions)
             assert np.array_equal(got, golden.run_graph(graph, x_q)[graph.outputs[0]])

@@ -502,9 +502,13 @@ def _dw_separable(net: Net):
     return net.pool(y, "avg", 2, 2, (0, 0, 1, 1), count_include_pad=False)
 
 
-def _stem(net: Net):
+def _stem(net: Net, input_also_pooled: bool = False):
     y = net.conv("x", 32, 7, 2, (3, 3, 3, 3), clip="relu")
-    return net.pool(y, "max", 3, 2, (1, 1, 1, 1), same_quant=True)
+    y = net.pool(y, "max", 3, 2, (1, 1, 1, 1), same_quant=True)
+    if not input_also_pooled:
+        return y  # the input feeds only the stem: the host folds stride and columns into channels
+    z = net.conv(net.pool("x", "max", 4, 4), 32, 1)
+    return net.add(y, z)
 
 
 def _bottleneck(net: Net):
@@ -528,7 +532,8 @@ NET_CASES = [
     ("conv-pool-conv", "pynq_z2", (20, 20, 3), _conv_pool_conv, ""),
     ("resblock-gap", "zcu104", (12, 12, 17), _resblock_gap, ""),
     ("dw-separable", "u200", (16, 16, 33), _dw_separable, ""),
-    ("stem-pynq", "pynq_z2", (56, 56, 3), _stem, "0:chans"),
+    ("stem-pynq", "pynq_z2", (56, 56, 3), _stem, "0:rows"),
+    ("stem-pynq-unfolded", "pynq_z2", (56, 56, 3), lambda n: _stem(n, input_also_pooled=True), "0:chans"),
     ("bottleneck-pynq", "pynq_z2", (14, 14, 256), _bottleneck, ""),
 ]
 

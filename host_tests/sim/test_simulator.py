@@ -43,7 +43,7 @@ def test_simulator_gives_the_emulated_devices_cycles(compiled, k):
     ov = tenants.open("u200", emulate=True)
     try:
         t = ov.deploy(c, cores=k, name="a")
-        _, info = t.run_quantized(np.zeros(c.input.shape, np.int8))
+        _, info = t.run_quantized(np.zeros(c.input_shape, np.int8))
     finally:
         ov.close()
     sim = simulator.Simulator("u200")

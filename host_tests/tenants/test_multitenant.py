@@ -407,7 +407,7 @@ class DriverTenant:
         """The model's real dispatch program on input i: its output must be right."""
         p = self.model.compiled.input
         assert p.pixel_stride == p.shape[2]
-        self.put(p.addr, self.model.inputs[i].view(np.uint8))
+        self.put(p.addr, self.model.compiled.device_input(self.model.inputs[i]).view(np.uint8))
         prog = self.plan.programs[0].copy()
         prog["slot"] = (prog["slot"].astype(np.int64) + slot_offset) % 256  # slots fold mod k
         self.put(self.progs_at, prog.view(np.uint8))

@@ -131,7 +131,7 @@ def test_cores_never_cross_kinds(lstm):
     assert rnn.context.active_mask == 1 << rnn.cores[0]
     x = _x(2)
     assert all(np.isfinite(np.asarray(y)).all() for y in rnn.run(x))
-    xq = np.zeros(cnn.compiled.input.shape, np.int8)
+    xq = np.zeros(cnn.compiled.input_shape, np.int8)
     (y,), _ = cnn.run_quantized(xq)
     np.testing.assert_array_equal(y, golden.run_graph(cnn.graph, xq)[cnn.graph.outputs[0]])
     ov.close()

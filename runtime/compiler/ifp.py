@@ -42,7 +42,7 @@ import numpy as np
 import vfpga
 from vfpga import overlay
 from vfpga.driver import isa
-from vfpga.runtime.compiler import ir, static
+from vfpga.runtime.compiler import input_fold, ir, static
 
 FORMAT_NAME = "vfpga-ifp"
 FORMAT_VERSION = 2  # 2: frames carry DDR bytes and cycles at shared bank loads
@@ -91,7 +91,7 @@ def _config_of(board) -> dict:
 
 def _registry() -> dict[str, type]:
     out = {}
-    for prefix, module in (("ir", ir), ("compiler", static)):
+    for prefix, module in (("ir", ir), ("compiler", static), ("compiler", input_fold)):
         for name, obj in vars(module).items():
             if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__:
                 out[f"{prefix}.{name}"] = obj

@@ -20,7 +20,7 @@ import numpy as np
 
 from vfpga import overlay
 from vfpga.driver import isa
-from vfpga.runtime.compiler import ir, lower
+from vfpga.runtime.compiler import input_fold, ir, lower
 from vfpga.runtime.hw import cycle_model, frame_timing
 
 ALIGN = 64
@@ -111,6 +111,20 @@ class CompiledModel:
     activation_bytes: int
     segment_size: int
     compile_seconds: float
+    # the first convolution's stride/columns folded into channels by the host (None: not folded)
+    input_fold: input_fold.InputFold | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """HWC shape of a request's int8 input (the graph input)."""
+        return tuple(self.graph.tensors[self.graph.inputs[0]].shape)
+
+    def device_input(self, x_q: np.ndarray) -> np.ndarray:
+        """The int8 tensor a request's input becomes in the segment: the
+        input itself, or rearranged for the folded first convolution."""
+        if self.input_fold is None:
+            return x_q
+        return self.input_fold.apply(x_q, self.input.zero_point)
 
     @property
     def n_insns(self) -> int:
@@ -265,9 +279,18 @@ def core_counts(n_cores: int) -> list[int]:
     return ks + [n_cores]
 
 
+def _macs(layer, tensors) -> int:
+    """Multiply-accumulates of one request of a layer (convolutions only)."""
+    if layer.kind != "conv":
+        return 0
+    oh, ow, _ = tensors[layer.output].shape
+    oc, icg, kh, kw = layer.weight.shape
+    return oh * ow * oc * icg * kh * kw
+
+
 def _lower_layer(layer, index, tensors, graph, const_base, geo, ks):
     """Tiling variants of one layer (frames and description each; the
-    one-core variant first), its constant block and its MACs."""
+    one-core variant first) and its constant block."""
     ins = [tensors[n] for n in graph.layer_inputs(layer)]
     out = tensors[layer.output]
     if layer.kind == "conv":
@@ -279,8 +302,7 @@ def _lower_layer(layer, index, tensors, graph, const_base, geo, ks):
                                             const_base + len(blob), geo, tiling=t, packing=packing)
             blob.extend(b)
             variants.append((frames, t.describe()))
-        oc, icg, kh, kw = layer.weight.shape
-        return variants, bytes(blob), out.shape[0] * out.shape[1] * oc * icg * kh * kw
+        return variants, bytes(blob)
     if layer.kind in ("pool", "add"):
         if layer.kind == "pool":
             def emit(rows):
@@ -298,9 +320,9 @@ def _lower_layer(layer, index, tensors, graph, const_base, geo, ks):
             frames = emit(-(-rows // k))
             if len(frames) > len(variants[-1][0]):
                 variants.append((frames, f"{desc}, rows {-(-rows // k)}"))
-        return variants, b"", 0
+        return variants, b""
     if layer.kind == "concat":
-        return [([], "placement (no copy)")], b"", 0
+        return [([], "placement (no copy)")], b""
     raise CompileError(f"layer {layer.name}: unknown layer kind {layer.kind!r}")
 
 
@@ -317,7 +339,9 @@ def compile_graph(graph: ir.Graph, board: str | dict = "u200", progress=None) ->
     if len(graph.inputs) != 1:
         raise CompileError(f"the accelerator path takes one input tensor, the graph has {len(graph.inputs)}")
     graph, alias = resolve_concats(graph)
-    tensors, arena = place_activations(graph, alias)
+    fold = input_fold.choose(graph, geo.icp)
+    lowered = input_fold.fold_graph(graph, fold) if fold is not None else graph
+    tensors, arena = place_activations(lowered, alias)
     const_offset = _align(arena, 4096)
     consts = bytearray()
     program: list[bytes] = []  # the linear (one-core) program
@@ -336,7 +360,7 @@ def compile_graph(graph: ir.Graph, board: str | dict = "u200", progress=None) ->
             parts.append(("accel", part_start, pos - part_start, -1))
         part_start = pos
 
-    for index, layer in enumerate(graph.layers):
+    for index, layer in enumerate(lowered.layers):
         outs = graph.layer_outputs(layer)
         if layer.kind == "cpu":
             close_part()
@@ -348,7 +372,8 @@ def compile_graph(graph: ir.Graph, board: str | dict = "u200", progress=None) ->
                 progress(index + 1, len(graph.layers), layer.name)
             continue
         try:
-            variants, blob, macs = _lower_layer(layer, index, tensors, graph, const_offset + len(consts), geo, ks)
+            variants, blob = _lower_layer(layer, index, tensors, lowered, const_offset + len(consts), geo, ks)
+            macs = _macs(graph.layers[index], tensors)  # the model's work, not the fold's padding
         except lower.LoweringError as e:
             raise CompileError(str(e)) from e
         consts.extend(blob)
@@ -395,7 +420,7 @@ def compile_graph(graph: ir.Graph, board: str | dict = "u200", progress=None) ->
     return CompiledModel(board=cfg["name"], graph=graph, tensors=tensors, layers=layers, parts=parts_out,
                          frames=frames, program=code, program_offset=program_offset, consts=bytes(consts),
                          const_offset=const_offset, activation_bytes=arena, segment_size=size,
-                         compile_seconds=time.perf_counter() - start)
+                         compile_seconds=time.perf_counter() - start, input_fold=fold)
 
 
 def part_programs(code: np.ndarray, program_offset: int, parts) -> list[np.ndarray]:

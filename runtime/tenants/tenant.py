@@ -209,10 +209,10 @@ class Tenant:
 
     # ---- requests -----------------------------------------------------------------------------------
     def _check_input(self, x_q: np.ndarray) -> np.ndarray:
-        inp = self.compiled.input
+        shape = self.compiled.input_shape
         x_q = np.asarray(x_q)
-        if x_q.dtype != np.int8 or x_q.shape != inp.shape:
-            raise ValueError(f"tenant {self.name!r} expects an int8 HWC input of shape {inp.shape}, "
+        if x_q.dtype != np.int8 or x_q.shape != shape:
+            raise ValueError(f"tenant {self.name!r} expects an int8 HWC input of shape {shape}, "
                              f"got {x_q.dtype} {x_q.shape}")
         return x_q
 
@@ -303,7 +303,7 @@ class Tenant:
 
     def _execute(self, x_q: np.ndarray) -> tuple[list[np.ndarray], RunInfo]:
         t0 = time.perf_counter()
-        self._write(self.compiled.input, x_q)
+        self._write(self.compiled.input, self.compiled.device_input(x_q))
         completions = []
         accel_index = 0
         for part in self.compiled.parts:

@@ -1,0 +1,121 @@
+"""Folding the first convolution's stride and kernel columns into channels.
+
+A network's first convolution reads the image: few channels (3) against the
+ICP input lanes of the core's MAC array (16 on u200's small cores, 64 on its
+big core), so most lanes idle for the whole layer -- on ResNet-50 the 7x7/2
+conv1 is 31% of the big core's time at 5% of its lanes. The host writes the
+input into the segment anyway, so it can write it rearranged, for free:
+
+* space-to-depth by the stride s: x'[I, J, (a, b, c)] = x_pad[s*I + a, s*J + b, c],
+  with the kernel regrouped the same way, w'[o, (a, b, c), U, V] =
+  w[o, c, s*U + a, s*V + b] (zero where s*U + a or s*V + b falls outside
+  the kernel) -- a stride-1 convolution of ceil(KH/s) x ceil(KW/s) over s*s*C
+  channels, no padding (the host pads with the input's zero point, which is
+  what the core's padding means);
+* then, optionally, the kernel's columns into channels too:
+  x''[I, J, (V, a, b, c)] = x'[I, J + V, (a, b, c)] -- a K'H x 1 kernel over
+  K'W * s*s*C channels.
+
+Both are exact: every product of the original convolution appears once and
+the added ones multiply zero weights, so the int32 accumulators -- and the
+outputs -- are bit-identical. The static stage picks, per board, the form
+with the fewest MAC-array steps per output pixel
+(kernel taps x ceil(channels / ICP)); ties keep the simpler form. The graph
+the user compiled is unchanged: the host folds each request's int8 input
+(:meth:`InputFold.apply`) as it writes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from vfpga.runtime.compiler import ir
+
+
+@dataclass(frozen=True)
+class InputFold:
+    """How the host rearranges the graph input for the folded first convolution."""
+
+    shape: tuple  # (H, W, C) of the graph input, as requests give it
+    stride: int  # space-to-depth block (1: none)
+    pads: tuple  # (top, left, bottom, right) of the original convolution
+    kernel: tuple  # (KH, KW) of the original convolution
+    cols: int  # kernel columns folded into channels (1: none)
+    folded_shape: tuple  # (H', W', C') written into the segment
+
+    def apply(self, x_q: np.ndarray, zero_point: int) -> np.ndarray:
+        """The int8 HWC input ``x_q`` (of ``shape``) rearranged for the folded convolution."""
+        s = self.stride
+        h, w, c = self.shape
+        fh, fw, _ = self.folded_shape
+        rows, cols = (fh + 0) * s, (fw + self.cols - 1) * s  # x_pad extent the fold reads
+        top, left = self.pads[0], self.pads[1]
+        pad = np.full((rows, cols, c), zero_point, np.int8)
+        rh, rw = min(h, rows - top), min(w, cols - left)
+        pad[top:top + rh, left:left + rw] = x_q[:rh, :rw]
+        # space-to-depth: [I, J, (a, b, c)]
+        s2d = pad.reshape(rows // s, s, cols // s, s, c).transpose(0, 2, 1, 3, 4).reshape(rows // s, cols // s, s * s * c)
+        if self.cols == 1:
+            return np.ascontiguousarray(s2d[:fh, :fw])
+        return np.ascontiguousarray(np.concatenate([s2d[:fh, v:v + fw] for v in range(self.cols)], axis=2))
+
+
+def _steps(kh: int, kw: int, channels: int, icp: int) -> int:
+    return kh * kw * -(-channels // icp)
+
+
+def choose(graph: ir.Graph, icp: int) -> InputFold | None:
+    """The fold of the graph's first convolution that needs fewest MAC-array
+    steps on cores of ``icp`` input lanes, or None when folding gains nothing
+    (or the input feeds anything else, or the convolution is grouped)."""
+    x = graph.inputs[0]
+    readers = [layer for layer in graph.layers if x in graph.layer_inputs(layer)]
+    if len(readers) != 1 or readers[0].kind != "conv" or x in graph.outputs:
+        return None
+    conv = readers[0]
+    oc, cin, kh, kw = conv.weight.shape
+    sh, sw = conv.stride
+    if conv.groups != 1 or sh != sw:
+        return None
+    h, w, c = graph.tensors[x].shape
+    assert c == cin
+    pt, pl, pb, pr = conv.pads
+    oh, ow = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+    s = sh
+    kh2, kw2 = -(-kh // s), -(-kw // s)
+    best, best_steps = None, _steps(kh, kw, cin, icp)
+    for cols in (1, kw2):
+        channels = cin * s * s * cols
+        steps = _steps(kh2, kw2 // cols, channels, icp)
+        if s == 1 and cols == 1:
+            continue  # the convolution itself
+        if steps < best_steps:
+            best_steps = steps
+            best = InputFold((h, w, c), s, tuple(conv.pads), (kh, kw), cols,
+                             (oh + kh2 - 1, ow + (kw2 - 1 if cols == 1 else 0), channels))
+    return best
+
+
+def fold_graph(graph: ir.Graph, fold: InputFold) -> ir.Graph:
+    """The graph with the input tensor in its folded shape and the first
+    convolution regrouped to read it (stride 1, no padding)."""
+    x = graph.inputs[0]
+    conv = next(layer for layer in graph.layers if x in graph.layer_inputs(layer))
+    oc, cin, kh, kw = conv.weight.shape
+    s = fold.stride
+    kh2, kw2 = -(-kh // s), -(-kw // s)
+    w = np.zeros((oc, cin, kh2 * s, kw2 * s), np.int8)
+    w[:, :, :kh, :kw] = conv.weight
+    # [o, c, U, a, V, b] -> [o, (a, b, c), U, V]
+    w2 = w.reshape(oc, cin, kh2, s, kw2, s).transpose(0, 3, 5, 1, 2, 4).reshape(oc, s * s * cin, kh2, kw2)
+    if fold.cols > 1:  # [o, (a, b, c), U, V] -> [o, (V, a, b, c), U, 1]
+        w2 = w2.transpose(0, 3, 1, 2).reshape(oc, kw2 * s * s * cin, kh2, 1)
+    folded = dataclasses.replace(conv, weight=np.ascontiguousarray(w2), stride=(1, 1), pads=(0, 0, 0, 0))
+    tensors = dict(graph.tensors)
+    tensors[x] = dataclasses.replace(graph.tensors[x], shape=tuple(fold.folded_shape))
+    layers = [folded if layer is conv else layer for layer in graph.layers]
+    out = dataclasses.replace(graph, tensors=tensors, layers=layers)
+    return out
