@@ -18,6 +18,7 @@ from vfpga import overlay
 from vfpga.runtime.compiler import cache as compile_cache
 from vfpga.runtime.compiler.progress import Progress
 from vfpga.runtime.experiments import scenarios as E
+from vfpga.runtime.experiments import tables as T
 
 
 @dataclass
@@ -47,12 +48,6 @@ class Section:
     notes: list[str] = field(default_factory=list)
 
 
-def _md_table(header: list[str], rows: list[list]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
 def _plot(path: str, draw) -> str | None:
     import matplotlib
 
@@ -65,36 +60,6 @@ def _plot(path: str, draw) -> str | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return os.path.basename(path)
-
-
-def _split_table(d: dict, first: str, big: str, pool: str) -> str:
-    """The table of a fixed-split comparison (public cloud, RNN): per system
-    GOP/s and MAC utilisation, STP / ANTT / fairness, and vfpga's ratios."""
-    rows = []
-    for r in d["rows"]:
-        v, b, m = r["vfpga"], r["bigcore"], r["multicore"]
-        rows.append([r["split"], ", ".join(f"{t['tenant']} ({t['model']}, {t['cores']})" for t in r["tenants"]),
-                     f"{v['gops']:.0f} ({v['mac_utilization']:.0%})", f"{b['gops']:.0f} ({b['mac_utilization']:.0%})",
-                     f"{m['gops']:.0f} ({m['mac_utilization']:.0%})",
-                     f"{v['stp']:.2f} / {v['antt']:.2f} / {v['fairness']:.2f}",
-                     f"{b['stp']:.2f} / {b['antt']:.2f} / {b['fairness']:.2f}",
-                     f"{r['vs_bigcore']:.2f}x", f"{r['vs_multicore']:.2f}x"])
-    return _md_table([first, "tenants (model, cores)", "vfpga GOP/s (MAC util)", f"{big} TDM GOP/s",
-                      f"{pool} TDM GOP/s", "vfpga STP / ANTT / fairness", f"{big} TDM STP / ANTT / fairness",
-                      "vs big core", f"vs {pool}"], rows)
-
-
-def _tenant_table(d: dict) -> str:
-    """Per tenant of every split: requests per second and p99 turnaround, per system."""
-    rows = []
-    for r in d["rows"]:
-        for i, t in enumerate(r["vfpga"]["tenants"]):
-            cells = [r["split"], f"{t['tenant']} ({t['model']})"]
-            for mode in ("vfpga", "bigcore", "multicore"):
-                x = r[mode]["tenants"][i]
-                cells.append(f"{x['req_per_s']:.1f} / {x['p99_ms']:.2f}")
-            rows.append(cells)
-    return _md_table(["split", "tenant", "vfpga req/s / p99 ms", "big core TDM", "pool TDM"], rows)
 
 
 def _split_plot(path: str, d: dict, big: str, pool: str, title: str, log: bool = False) -> str | None:
@@ -121,29 +86,21 @@ def runs_section(models, cfg: Config, out: str, progress) -> Section:
     if progress:
         progress("models alone")
     d = E.runs(models, cfg.runs_models)
-    rows = [[r["model"], r["board"], r["cores"], f"{r['gmac']:.2f}", r["estimate_cycles"], r["modeled_cycles"],
-             f"{r['estimate_cycles'] / r['modeled_cycles']:.3f}",
-             f"{r['modeled_cycles'] / r['clock_mhz'] / 1e3:.2f}", f"{r['mac_utilization']:.1%}"] for r in d["rows"]]
-    table = _md_table(["model", "board", "cores", "GMAC", "estimate cycles", "modeled cycles", "estimate / model",
-                       "ms", "MAC utilisation"], rows)
+    table = T.runs(d["rows"])
     return Section("runs", "Models alone: MAC utilisation and the dynamic stage's estimate", table, d)
 
 
 def public_cloud_section(models, cfg: Config, out: str, progress) -> Section:
     d = E.public_cloud(models, cfg.names, cfg.requests, progress)
-    table = _split_table(d, "split", "big core", "16 cores") + "\n\n" + _tenant_table(d)
+    table = T.splits(d["rows"], "split", "big core", "16 cores") + "\n\n" + T.tenants(d["rows"])
     png = _split_plot(os.path.join(out, "public_cloud.png"), d, "big core", "16 cores", "Public cloud: fixed core splits")
     return Section("public_cloud", "Public cloud: fixed splits", table, d, png)
 
 
 def private_cloud_section(models, cfg: Config, out: str, progress) -> Section:
     d = E.private_cloud(models, cfg.names, cfg.serving_s, progress=progress)
-    label = {"fixed": "vfpga, fixed equal split", "adaptive": "vfpga, load-adaptive", "bigcore": "static big core (TDM)",
-             "multicore": "static 16 cores (TDM)"}
-    rows = [[label[r["policy"]], r["requests"], f"{r['gops']:.0f}",
-             ", ".join(f"{n} {v:.1f}" for n, v in r["req_per_s"].items()), f"{r['mean_ms']:.2f}", f"{r['p99_ms']:.2f}"]
-            for r in d["rows"]]
-    table = _md_table(["policy", "requests", "GOP/s", "req/s per tenant", "mean ms", "p99 ms"], rows)
+    label = T.PRIVATE_LABELS
+    table = T.private_cloud(d)
 
     def draw(ax):
         ax.bar([label[r["policy"]].replace(", ", "\n") for r in d["rows"]], [r["gops"] for r in d["rows"]])
@@ -156,10 +113,7 @@ def private_cloud_section(models, cfg: Config, out: str, progress) -> Section:
 
 def isolation_section(models, cfg: Config, out: str, progress) -> Section:
     d = E.isolation(models, cfg.names, cfg.isolation_levels, cfg.isolation_requests, progress=progress)
-    rows = [[f"{r['b_load']:.0%}", f"{r['vfpga']['p50_ms']:.2f}", f"{r['vfpga']['p99_ms']:.2f}",
-             f"{r['multicore']['p50_ms']:.2f}", f"{r['multicore']['p99_ms']:.2f}"] for r in d["rows"]]
-    table = _md_table(["tenant B load", "A p50 ms (vfpga)", "A p99 ms (vfpga)", "A p50 ms (TDM)", "A p99 ms (TDM)"],
-                      rows)
+    table = T.isolation(d)
 
     def draw(ax):
         lv = [r["b_load"] * 100 for r in d["rows"]]
@@ -179,9 +133,7 @@ def realloc_section(models, cfg: Config, out: str, progress) -> Section:
     if progress:
         progress("re-allocation cost")
     d = E.realloc_cost(models, cfg.realloc_models)
-    rows = [[r["model"], r["k"], f"{r['dynamic_stage_ms']:.3f}", r["program_bytes"], f"{r['drain_max_us']:.1f}"]
-            for r in d["rows"]]
-    table = _md_table(["model", "cores", "dynamic stage ms (host)", "program bytes", "drain max us (modeled)"], rows)
+    table = T.realloc(d)
 
     def draw(ax):
         for m in cfg.realloc_models:
@@ -211,17 +163,7 @@ def serving_section(models, cfg: Config, out: str, progress) -> Section:
                E.ServingTenant("batch", vgg, rate(vgg, 0.3), 20e3 * alone_s[vgg], 0),
                E.ServingTenant("search", res, rate(res, 0.2), 10e3 * alone_s[res], 1)]
     d = E.serving(models, tenants, cfg.serving_s, progress=progress)
-    rows = []
-    for policy, p in d["policies"].items():
-        for name, t in p["tenants"].items():
-            if not t["requests"]:
-                rows.append([policy, name, 0, "-", "-", f"{t['slo_ms']:.2f}", "-"])
-                continue
-            rows.append([policy, name, t["requests"], f"{t['p50_ms']:.2f}", f"{t['p99_ms']:.2f}", f"{t['slo_ms']:.2f}",
-                         f"{t['slo_attainment']:.0%}"])
-        rows.append([policy, "**all**", "", "", "", "", f"{p['slo_attainment']:.0%} (STP {p['stp']:.2f}, "
-                     f"ANTT {p['antt']:.2f})"])
-    table = _md_table(["policy", "tenant", "requests", "p50 ms", "p99 ms", "SLO ms", "SLO met"], rows)
+    table = T.serving(d)
 
     def draw(ax):
         import numpy as np
@@ -244,7 +186,7 @@ def serving_section(models, cfg: Config, out: str, progress) -> Section:
 def rnn_section(models, cfg: Config, out: str, progress) -> Section:
     rnn_models = E.load_rnn_models(list(E.RNN_MODELS), progress=progress)
     d = E.rnn_throughput(rnn_models, max(2, cfg.requests), progress)
-    table = _split_table(d, "RNN cores", "big RNN core", "8 RNN cores") + "\n\n" + _tenant_table(d)
+    table = T.splits(d["rows"], "RNN cores", "big RNN core", "8 RNN cores") + "\n\n" + T.tenants(d["rows"])
     png = _split_plot(os.path.join(out, "rnn.png"), d, "big RNN core", "8 RNN cores", "RNN tenants (seq 25, batch 1)",
                       log=True)
     notes = ["Hidden 1024 on fewer than 8 cores streams its weights from DDR every timestep (they do not fit the "
@@ -276,35 +218,6 @@ def headline_figures(sections: dict) -> dict:
         out["rnn_gops_vs_bigcore"] = {r["split"]: r["vs_bigcore"] for r in rows}
     out["published"] = dict(E.PUBLISHED)
     return out
-
-
-def headline(figures: dict) -> str:
-    """The headline table (markdown) from :func:`headline_figures`."""
-    pub = figures["published"]
-    rows = []
-
-    def rng(key, fmt="{:.2f}x"):
-        lo, hi = figures[key]
-        return (fmt + "-" + fmt).format(lo, hi)
-
-    if "cnn_gops_vs_bigcore" in figures:
-        rows += [["CNN throughput (GOP/s, work-weighted) vs static big core, every split", rng("cnn_gops_vs_bigcore"),
-                  "{:.2f}-{:.2f}x (requests/s)".format(*pub["cnn_vs_single_core"])],
-                 ["CNN throughput (GOP/s) vs static 16-core pool, every split", rng("cnn_gops_vs_multicore"),
-                  "{:.2f}-{:.2f}x (requests/s)".format(*pub["cnn_vs_multi_core"])],
-                 ["MAC utilisation of the pool under the mixed splits", rng("cnn_mix_mac_utilization", "{:.0%}"),
-                  "-"]]
-    if "estimate_vs_model" in figures:
-        rows.append(["dynamic-stage estimate / modeled latency, models alone", rng("estimate_vs_model", "{:.3f}"),
-                     "-"])
-    if "dynamic_stage_ms" in figures:
-        rows.append(["re-targeting (dynamic stage)", rng("dynamic_stage_ms", "{:.2f}") + " ms (host)",
-                     f"about {pub['recompile_ms']:.0f} ms"])
-    if "rnn_gops_vs_bigcore" in figures:
-        r = figures["rnn_gops_vs_bigcore"]
-        rows.append(["RNN throughput (GOP/s) vs static big RNN core",
-                     ", ".join(f"{v:.2f}x ({k})" for k, v in r.items()), f"up to {pub['rnn_vs_static']}x"])
-    return _md_table(["", "vfpga (modeled)", "published (Zeng et al.)"], rows)
 
 
 def report_json(sections: dict, quick: bool, names: dict) -> dict:
@@ -355,7 +268,7 @@ def run_bench(out: str, quick: bool = False, echo=print, only: list[str] | None 
     report = report_json(sections, quick, cfg.names)
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=1, default=float)
-    head = headline(report["headline"])
+    head = T.headline(report["headline"])
     if only:
         for sec in sections.values():
             echo(f"## {sec.title}\n\n{sec.table}\n")
@@ -396,4 +309,4 @@ def quick_headline() -> str:
     os.makedirs(out, exist_ok=True)
     sections = {s.name: s for s in (public_cloud_section(models, QUICK, out, None),
                                     realloc_section(models, QUICK, out, None), rnn_section(models, QUICK, out, None))}
-    return headline(headline_figures(sections))
+    return T.headline(headline_figures(sections))
