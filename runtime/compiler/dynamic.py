@@ -158,7 +158,8 @@ def plan(compiled: CompiledModel | DispatchTable, k: int, variant: int | None = 
         slots = (np.arange(n_frames) - starts) % k
         rows = np.arange(len(picked))
         spans = est[rows, pick].astype(np.float64)
-        for i in np.flatnonzero(~uniform[rows, pick] & (sizes > k)).tolist():
+        # one core runs a layer's frames back to back: its span is their sum, no slots to balance
+        for i in np.flatnonzero(~uniform[rows, pick] & (sizes > k)).tolist() if k > 1 else ():
             v = picked[i]
             s_i, spans[i] = _lpt(frame_timing.cycles_at(v.cycles, v.shared, loads[i, pick[i]]), k)
             spans[i] += frame_timing.dispatch_overhead(sizes[i], k, cfg)

@@ -51,6 +51,8 @@ def cycles_at(cycles1, shared, load) -> np.ndarray:
     ``shared`` [n, len(SHARING)]) at bank load ``load`` (one for all, or one
     per frame)."""
     c1 = np.asarray(cycles1, np.float64)
+    if np.all(np.asarray(load) <= 1.0):
+        return c1  # the bank is not the bottleneck
     table = np.column_stack([c1, np.asarray(shared, np.float64).reshape(len(c1), len(SHARING))])
     levels = np.array((1,) + SHARING, np.float64)
     load = np.broadcast_to(np.maximum(np.asarray(load, np.float64), 1.0), c1.shape)
