@@ -20,7 +20,7 @@ import numpy as np
 
 from vfpga import overlay
 from vfpga.driver import isa
-from vfpga.runtime.compiler import ir, lower
+from vfpga.runtime.compiler import ir, lower, lower_ops
 from vfpga.runtime.hw import cycle_model
 
 ALIGN = 64
@@ -278,6 +278,14 @@ def _lower_layer(layer, index, tensors, graph, const_base, geo, ks):
             variants.append((frames, t.describe()))
         oc, icg, kh, kw = layer.weight.shape
         return variants, bytes(blob), out.shape[0] * out.shape[1] * oc * icg * kh * kw
+    if layer.kind == "convtranspose":
+        src = ins[0].view()
+        frames, blob, desc = lower_ops.lower_conv_transpose(layer, index, src, out.view(), ins[0].zero_point,
+                                                            out.zero_point, const_base, geo)
+        ic, ocg, kh, kw = layer.weight.shape
+        return [(frames, desc)], blob, src.height * src.width * ic * ocg * kh * kw
+    if layer.kind in ("lut", "mul", "upsample"):
+        return _lower_elementwise(layer, index, ins, out, const_base, geo, ks)
     if layer.kind in ("pool", "add"):
         if layer.kind == "pool":
             def emit(rows):
@@ -299,6 +307,34 @@ def _lower_layer(layer, index, tensors, graph, const_base, geo, ks):
     if layer.kind == "concat":
         return [([], "placement (no copy)")], b"", 0
     raise CompileError(f"layer {layer.name}: unknown layer kind {layer.kind!r}")
+
+
+def _lower_elementwise(layer, index, ins, out, const_base, geo, ks):
+    """LUT, MUL and upsampling layers: the widest tiles, then row splits for more cores."""
+    blob = b""
+    if layer.kind == "lut":
+        def emit(rows):
+            nonlocal blob
+            frames, blob = lower_ops.lower_lut(layer, index, ins[0].view(), out.view(), const_base, geo, rows)
+            return frames
+        desc = "activation table"
+    elif layer.kind == "mul":
+        def emit(rows):
+            return lower_ops.lower_mul(layer, index, ins[0].view(), ins[1].view(), out.view(), ins[0].zero_point,
+                                       ins[1].zero_point, out.zero_point, geo, rows)
+        desc = "per-channel scale" if layer.broadcast else "element-wise product"
+    else:
+        def emit(rows):
+            return lower_ops.lower_upsample(layer, index, ins[0].view(), out.view(), ins[0].zero_point,
+                                            out.zero_point, geo, rows)
+        desc = f"nearest x{layer.scale[0]}x{layer.scale[1]}"
+    variants = [(emit(None), desc)]
+    rows = ins[0].shape[0]
+    for k in ks[1:]:
+        frames = emit(-(-rows // k))
+        if len(frames) > len(variants[-1][0]):
+            variants.append((frames, f"{desc}, rows {-(-rows // k)}"))
+    return variants, blob, 0
 
 
 def compile_graph(graph: ir.Graph, board: str | dict = "u200", progress=None) -> CompiledModel:

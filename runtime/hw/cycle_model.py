@@ -72,6 +72,9 @@ n + depth - 1 cycles), sums of the latencies above:
   POOL     operand read, max/add, divider, clamp, OBUF write         = 73
   ADD      operand read, two multiplies (parallel DSPs), sum,
            rounding shift, clamp, OBUF write                          = 9
+  LUT      operand read, table read, OBUF write                       = 5
+  MUL      operand read, zero-point subtract, product (DSP), times
+           mult (requantization), rounding shift, clamp, OBUF write   = 14
   These assume the HLS tool flattens each loop nest into one II=1 pipeline
   (accumulator init/store as first/last-iteration predicates), so the fill is
   paid once per instruction. If the literal nest in cnn_core.cpp is not
@@ -119,6 +122,8 @@ SAVE_PIPELINE_DEPTH = BRAM_READ_LATENCY + AXI_REGISTER_LATENCY
 POOL_PIPELINE_DEPTH = BRAM_READ_LATENCY + ALU_LATENCY + DIV64_LATENCY + CLAMP_LATENCY + BUF_WRITE_LATENCY
 ADD_PIPELINE_DEPTH = (BRAM_READ_LATENCY + DSP_MAC_LATENCY + ALU_LATENCY + ROUND_SHIFT_LATENCY + CLAMP_LATENCY
                       + BUF_WRITE_LATENCY)
+LUT_PIPELINE_DEPTH = 2 * BRAM_READ_LATENCY + BUF_WRITE_LATENCY
+MUL_PIPELINE_DEPTH = BRAM_READ_LATENCY + ALU_LATENCY + DSP_MAC_LATENCY + REQUANT_LATENCY + BUF_WRITE_LATENCY
 UNIT_ISSUE_CYCLES = 4
 TOKEN_LATENCY = 1
 DECODE_LATENCY = 2
@@ -183,7 +188,7 @@ def insn_iters(insn: dict, geometry) -> int:
     g = _geometry(geometry)
     op = insn["opcode"]
     if op in ("LOAD_TILE", "SAVE"):
-        if insn["pixel_stride"] == insn["channels"]:
+        if insn["pixel_stride"] == insn["channels"] and insn.get("step_x", 0) <= 1:
             return insn["tile_h"] * _cdiv(insn["tile_w"] * insn["channels"], g.axi_bytes)
         return insn["tile_h"] * insn["tile_w"] * _cdiv(insn["channels"], g.axi_bytes)
     if op == "LOAD_LINEAR":
@@ -195,8 +200,10 @@ def insn_iters(insn: dict, geometry) -> int:
         return insn["groups"] * taps * _cdiv(insn["cin_g"], g.icp) * _cdiv(insn["cout_g"], g.ocp)
     if op == "POOL":
         return insn["out_h"] * insn["out_w"] * insn["kh"] * insn["kw"] * _cdiv(insn["channels"], g.ocp)
-    if op == "ADD":
+    if op in ("ADD", "LUT"):
         return _cdiv(insn["length"], g.ocp)
+    if op == "MUL":
+        return insn["pixels"] * _cdiv(insn["channels"], g.ocp)
     if op in ("NOP", "FRAME", "BARRIER", "END"):
         return 0
     raise ValueError(f"no iteration count for opcode {op!r}")
@@ -255,7 +262,7 @@ def _decode(prog: np.ndarray, g: _Geo) -> _Decoded:
     if sel.size:
         m = _fields(prog, "mem")[sel]
         th, tw, ch = _i64(m["tile_h"]), _i64(m["tile_w"]), _i64(m["channels"])
-        dense = _i64(m["pixel_stride"]) == ch
+        dense = (_i64(m["pixel_stride"]) == ch) & (_i64(m["step_x"]) <= 1)
         iters[sel] = np.where(dense, _smul(th, _vcdiv(tw * ch, axi)), _smul(th, tw, _vcdiv(ch, axi)))
         y0, x0 = _i64(m["y0"]), _i64(m["x0"])
         rows = np.clip(np.minimum(y0 + th, _i64(m["height"])) - np.maximum(y0, 0), 0, None)
@@ -290,6 +297,15 @@ def _decode(prog: np.ndarray, g: _Geo) -> _Decoded:
     sel = np.flatnonzero(op == _OP["ADD"])
     if sel.size:
         iters[sel] = _vcdiv(_i64(_fields(prog, "add")[sel]["length"]), g.ocp)
+
+    sel = np.flatnonzero(op == _OP["LUT"])
+    if sel.size:
+        iters[sel] = _vcdiv(_i64(_fields(prog, "lut")[sel]["length"]), g.ocp)
+
+    sel = np.flatnonzero(op == _OP["MUL"])
+    if sel.size:
+        u = _fields(prog, "mul")[sel]
+        iters[sel] = _smul(_i64(u["pixels"]), _vcdiv(_i64(u["channels"]), g.ocp))
     return _Decoded(op, iters, ddr, bursts)
 
 
@@ -353,7 +369,8 @@ def _cycles(dec: _Decoded, prog: np.ndarray, tm: _Timing, bank_cores: int) -> np
         lanes = _fields(prog, "conv")["cin_g"] == 1
         depth = np.where(lanes, conv_pipeline_depth(tm.geo.icp, True), conv_pipeline_depth(tm.geo.icp, False))
         cyc = np.where(is_conv, UNIT_ISSUE_CYCLES + dec.iters + depth - 1, cyc)
-    for name, depth in (("POOL", POOL_PIPELINE_DEPTH), ("ADD", ADD_PIPELINE_DEPTH)):
+    for name, depth in (("POOL", POOL_PIPELINE_DEPTH), ("ADD", ADD_PIPELINE_DEPTH), ("LUT", LUT_PIPELINE_DEPTH),
+                        ("MUL", MUL_PIPELINE_DEPTH)):
         cyc = np.where(op == _OP[name], UNIT_ISSUE_CYCLES + dec.iters + depth - 1, cyc)
     return cyc
 
@@ -401,7 +418,7 @@ _POP = ((-1, _C2L), (_L2C, _S2C), (_C2S, -1))
 _PUSH = ((-1, _L2C), (_C2L, _C2S), (_S2C, -1))
 _UNIT_OF = np.full(256, -1, np.int64)
 _UNIT_OF[[_OP["LOAD_TILE"], _OP["LOAD_LINEAR"]]] = LOAD
-_UNIT_OF[[_OP["CONV"], _OP["POOL"], _OP["ADD"]]] = COMPUTE
+_UNIT_OF[[_OP["CONV"], _OP["POOL"], _OP["ADD"], _OP["LUT"], _OP["MUL"]]] = COMPUTE
 _UNIT_OF[_OP["SAVE"]] = SAVE
 _ALLOWED = {LOAD: _DEP["POP_NEXT"] | _DEP["PUSH_NEXT"], SAVE: _DEP["POP_PREV"] | _DEP["PUSH_PREV"],
             COMPUTE: _DEP["POP_PREV"] | _DEP["POP_NEXT"] | _DEP["PUSH_PREV"] | _DEP["PUSH_NEXT"]}
