@@ -52,6 +52,9 @@ class Conv:
     # An activation table applied after the clamp (int8 [256], entry q + 128),
     # run by the core's LUT on the tile before it is saved; None: none.
     table: np.ndarray | None = None
+    # With a table: the zero point of the requantized value the table reads
+    # (the output tensor's quantization is the table's own).
+    requant_zp: int | None = None
 
 
 @dataclass
@@ -78,6 +81,7 @@ class ConvTranspose:
     onnx_nodes: list[str] = field(default_factory=list)
     kind: str = "convtranspose"
     table: np.ndarray | None = None
+    requant_zp: int | None = None
 
 
 @dataclass
@@ -199,6 +203,8 @@ class CpuOp:
     model: bytes
     onnx_nodes: list[str] = field(default_factory=list)
     kind: str = "cpu"
+    # compute node -> why it runs on the host (the accelerator's refusal)
+    reasons: dict = field(default_factory=dict)
 
 
 @dataclass

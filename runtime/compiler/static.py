@@ -13,6 +13,7 @@ segment can live anywhere in any bank without patching.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -267,6 +268,8 @@ def _lower_layer(layer, index, tensors, graph, const_base, geo, ks):
     one-core variant first), its constant block and its MACs."""
     ins = [tensors[n] for n in graph.layer_inputs(layer)]
     out = tensors[layer.output]
+    if getattr(layer, "requant_zp", None) is not None:  # requantized to the zero point its table reads
+        out = dataclasses.replace(out, zero_point=layer.requant_zp)
     if layer.kind == "conv":
         src = ins[0].view()
         tilings = lower.conv_variants(layer, (src.height, src.width, src.channels), src.pixel_stride, geo, ks)

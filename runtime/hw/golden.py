@@ -361,13 +361,17 @@ def run_graph(graph, x_q) -> dict[str, np.ndarray]:
     def zp(name):
         return graph.tensors[name].zero_point
 
+    def out_zp(layer):  # a layer with an activation table requantizes to its own zero point
+        z = getattr(layer, "requant_zp", None)
+        return zp(layer.output) if z is None else z
+
     for layer in graph.layers:
         srcs = graph.layer_inputs(layer)
         absent = [s for s in srcs if s not in values]
         if absent:
             raise GoldenError(f"layer {layer.name} reads {', '.join(absent)} before it is produced")
         if layer.kind == "conv":
-            out = conv(values[layer.input], layer, zp(layer.input), zp(layer.output))
+            out = conv(values[layer.input], layer, zp(layer.input), out_zp(layer))
         elif layer.kind == "pool":
             out = pool(values[layer.input], layer, zp(layer.input), zp(layer.output))
         elif layer.kind == "add":
@@ -381,7 +385,7 @@ def run_graph(graph, x_q) -> dict[str, np.ndarray]:
         elif layer.kind == "upsample":
             out = upsample(values[layer.input], layer, zp(layer.input), zp(layer.output))
         elif layer.kind == "convtranspose":
-            out = conv_transpose(values[layer.input], layer, zp(layer.input), zp(layer.output))
+            out = conv_transpose(values[layer.input], layer, zp(layer.input), out_zp(layer))
         elif layer.kind == "concat":
             out = concat([values[i] for i in layer.inputs], layer, [graph.tensors[i] for i in layer.inputs],
                          graph.tensors[layer.output])

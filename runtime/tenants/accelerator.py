@@ -77,6 +77,8 @@ class TenantStats:
     frames: int
     core_cycles: int
     ddr_slowdown: float | None  # emulation only: frame cycles as run / with the DDR bank to itself
+    mac_share: float | None = None  # the model's MACs on the accelerator (the rest on the host)
+    host_cpu_ms: float | None = None  # measured per request: the CPU parts (mean)
 
 
 @dataclass
@@ -384,9 +386,11 @@ class Accelerator:
             if disp is not None:
                 solo = int(disp.timeline.tenant_solo_cycles[t.context.index])
                 slowdown = int(disp.timeline.tenant_frame_cycles[t.context.index]) / solo if solo else None
+            cpu = list(t.host_cpu_seconds)
             out[t.name] = TenantStats(t.name, list(t.cores), t.requests, t.failed, source,
                                       mean * 1e3 if mean else None, 1 / mean if mean else None, util, host_ms,
-                                      regs["frames"], regs["core_cycles"], slowdown)
+                                      regs["frames"], regs["core_cycles"], slowdown, t.mac_share().share,
+                                      statistics.fmean(cpu) * 1e3 if cpu else None)
         return out
 
     # ---- removal -------------------------------------------------------------------------------------------------

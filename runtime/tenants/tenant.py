@@ -49,6 +49,7 @@ class RunInfo:
     modeled_cycles: int  # the accelerator parts' record cycles (dispatcher clock)
     modeled_seconds: float
     cores: int  # cores the tenant held when the request finished
+    host_cpu_seconds: float = 0.0  # measured: the CPU parts (onnxruntime on the host, glue included)
 
     @property
     def ok(self) -> bool:
@@ -111,6 +112,7 @@ class Tenant:
         self.requests = 0
         self.failed = 0
         self.host_latencies: list[float] = []
+        self.host_cpu_seconds: list[float] = []  # per request: the CPU parts, measured
         self.modeled_latencies: list[int] = []
         self._worker = threading.Thread(target=self._serve, name=f"vfpga-tenant-{name}", daemon=True)
         self._worker.start()
@@ -156,6 +158,12 @@ class Tenant:
     def modeled_cycles(self) -> int:
         """One request's modeled cycles on one core (cycle model, no sharing)."""
         return sum(s.total_cycles for s in self.schedules)
+
+    def mac_share(self):
+        """The model's MACs on the accelerator and on the host (placement.MacShare)."""
+        from vfpga.runtime.compiler import placement
+
+        return placement.mac_share(self.compiled)
 
     def layer_cycles(self) -> dict[int, int]:
         """Modeled cycles per layer index on one core (accelerator layers)."""
@@ -267,6 +275,7 @@ class Tenant:
             with self._state_lock:
                 self.requests += 1
                 self.host_latencies.append(info.host_seconds)
+                self.host_cpu_seconds.append(info.host_cpu_seconds)
                 self.modeled_latencies.append(info.modeled_cycles)
             job.future.set_result(self._result(outs, info, job.float_io))
 
@@ -292,16 +301,19 @@ class Tenant:
         self._write(self.compiled.input, x_q)
         completions = []
         accel_index = 0
+        cpu_s = 0.0
         for part in self.compiled.parts:
             if part.kind == "cpu":
+                t_cpu = time.perf_counter()
                 self._run_cpu(part.layer)
+                cpu_s += time.perf_counter() - t_cpu
                 continue
             completions.append(self._run_part(accel_index))
             accel_index += 1
         outs = [self._host.pop(p.name) if p.name in self._host else self._read(p) for p in self.compiled.outputs]
         cycles = sum(c.cycles for c in completions)
         return outs, RunInfo(completions, time.perf_counter() - t0, cycles,
-                             cycle_model.seconds(cycles, self.accel.config), self.k)
+                             cycle_model.seconds(cycles, self.accel.config), self.k, cpu_s)
 
     def _run_part(self, index: int) -> Completion:
         rid = next(self._ids) & 0xFFFFFFFF

@@ -30,6 +30,14 @@ ACCELERATOR_OPS = frozenset(
         "BatchNormalization",  # folded into a Conv, or a depthwise 1x1 Conv
         "Mul",  # by a per-channel constant, likewise
         "Sub",  # minus a per-channel constant
+        "ConvTranspose",  # as one convolution per output phase
+        "Resize",  # nearest, integer factors
+        # element-wise chains of one quantized tensor: activation tables
+        "HardSigmoid",
+        "HardSwish",
+        "Sigmoid",
+        "Tanh",
+        "Div",
     }
 )
 VIEW_OPS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout"})

@@ -377,7 +377,8 @@ class LayerHandlers:
     def on_mul(self, node, nname, idx):
         co = self.const_operand(node)
         if co is None:
-            self.unsupported(node, nname, "only a product with a per-channel constant is supported")
+            self.mul_activations(node, nname, idx)
+            return
         i, v = co
         k = self.per_channel(node, nname, node.input[i], v)
         self.affine(node, nname, idx, node.input[i], k, np.zeros_like(k))

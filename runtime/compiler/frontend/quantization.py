@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from .cleanup import simplify
 from .errors import FrontendError
-from .load import drop_initializer_inputs, is_qdq, load_model, real_inputs, sum_to_add
+from .load import drop_initializer_inputs, is_qdq, load_model, real_inputs, reinfer_shapes, sum_to_add
 from .ops import QOPERATOR_OPS, attrs, consumers, onnx_opset, static_dims
 
 
@@ -136,6 +136,7 @@ def quantize(
     num_random: int = 16,
     extra_options: dict | None = None,
     share_scales: bool = True,
+    calibrate_method: str = "minmax",
 ) -> onnx.ModelProto:
     """Static int8 quantization to QDQ with onnxruntime.
 
@@ -152,16 +153,22 @@ def quantize(
     and per-channel Mul/Add chains folded into the preceding Conv or turned
     into a depthwise 1x1 Conv). share_scales: afterwards give Concat inputs
     the Concat's quantization where that loses no range
-    (:func:`share_concat_scales`), so Concats need no requantizing copies."""
+    (:func:`share_concat_scales`), so Concats need no requantizing copies.
+    calibrate_method: onnxruntime's activation range calibration, "minmax"
+    (default), "percentile" (clips rare outliers: better int8 resolution for
+    models with a few extreme activations) or "entropy"."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
+        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    proto = load_model(model, input_shape=input_shape)
+    if calibration is not None and not isinstance(calibration, (np.ndarray, list, tuple)):
+        calibration = list(calibration)  # read for its shape, then by the quantizer
+    proto = load_model(model, input_shape=input_shape, calibration=calibration)
     if is_qdq(proto):
         return proto
     qop = sorted({n.op_type for n in proto.graph.node if n.op_type in QOPERATOR_OPS})
@@ -182,8 +189,9 @@ def quantize(
     drop_initializer_inputs(proto)
     sum_to_add(proto)
     try:
+        reinfer_shapes(proto)  # the version converter keeps value_info of the old opset
         simplify(proto)
-    except onnx.shape_inference.InferenceError as e:
+    except (onnx.shape_inference.InferenceError, FrontendError) as e:
         raise FrontendError(f"ONNX shape inference failed on the float model: {e}") from e
     inp = real_inputs(proto)[0]
     shape = static_dims(inp)
@@ -206,6 +214,11 @@ def quantize(
         def get_next(self):
             return next(self._it, None)
 
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if calibrate_method not in methods:
+        raise FrontendError(f"calibrate_method {calibrate_method!r} is not one of {sorted(methods)}")
+    method = methods[calibrate_method]
     options = {"ActivationSymmetric": False, "WeightSymmetric": True}
     options.update(extra_options or {})
     with tempfile.TemporaryDirectory(prefix="vfpga-quant-") as tmp:
@@ -226,6 +239,7 @@ def quantize(
                 per_channel=True,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
+                calibrate_method=method,
                 extra_options=options,
             )
         except (AssertionError, ValueError, RuntimeError) as e:  # ORT asserts on NaN/inf ranges
