@@ -189,3 +189,60 @@ def dbnet_style(seed: int = 0, opset: int = 12, quirks: bool = True, width: int 
     h = b.op("Relu", b.name("relu"), [b.bn(deconv(h, w // 4, w // 4), w // 4)])
     prob = b.op("Sigmoid", "prob", [deconv(h, w // 4, 1)])
     return b.finish("dbnet_style", in_shape, prob, 4)
+
+
+def conv1d_lstm(seed: int = 0, features: int = 8, steps: int = 12, channels: int = 16, hidden: int = 24,
+                windows: bool = False, opset: int = 16) -> onnx.ModelProto:
+    """A convolutional front end before an LSTM, as torch.onnx exports it.
+
+    windows=False: one sequence [1, features, steps] -> Conv1d + ReLU (x2)
+    -> Transpose to [steps, 1, channels] -> LSTM -> Y squeezed to
+    [steps, 1, hidden], plus Y_h / Y_c. windows=True (a voice-activity
+    detector's shape): ``steps`` windows [steps, features, 16] -> strided
+    Conv1d + ReLU down to one position each -> Transpose to [steps, 1, C] ->
+    LSTM over the windows with the state as graph inputs h, c -> ReLU ->
+    1x1 Conv1d -> Sigmoid (one probability per window)."""
+    b = ExportBuilder(seed, opset, quirks=False)
+
+    def conv1d(name, x, cin, cout, k, stride=1, pad=None):
+        pad = k // 2 if pad is None else pad
+        w = b.rng.normal(0.0, np.sqrt(2.0 / (cin * k)), size=(cout, cin, k))
+        bias = b.rng.normal(0.0, 0.1, size=(cout,))
+        b.nodes.append(helper.make_node("Conv", [x, b.param(f"{name}.weight", w), b.param(f"{name}.bias", bias)],
+                                        [name], name=name, kernel_shape=[k], strides=[stride], pads=[pad, pad]))
+        return name
+
+    if windows:
+        y = b.op("Relu", "relu1", [conv1d("enc1", "x", features, channels, 4, stride=4, pad=0)])  # 16 -> 4
+        y = b.op("Relu", "relu2", [conv1d("enc2", y, channels, channels, 3, stride=2, pad=1)])  # 4 -> 2
+        y = b.op("Relu", "relu3", [conv1d("enc3", y, channels, channels, 2, stride=1, pad=0)])  # 2 -> 1
+        seq = b.op("Transpose", "to_seq", [y], perm=[2, 0, 1])  # [1, N, C] ... as [T=1?]
+        seq = b.op("Transpose", "to_time", [seq], perm=[1, 0, 2])  # [N, 1, C]: the windows are the sequence
+        in_shape = [steps, features, 16]
+        state_in = ["h", "c"]
+    else:
+        y = b.op("Relu", "relu1", [conv1d("enc1", "x", features, channels, 3)])
+        y = b.op("Relu", "relu2", [conv1d("enc2", y, channels, channels, 3)])
+        seq = b.op("Transpose", "to_seq", [y], perm=[2, 0, 1])  # [steps, 1, channels]
+        in_shape = [1, features, steps]
+        state_in = ["", ""]
+    w = b.rng.normal(0, 1 / np.sqrt(channels), size=(1, 4 * hidden, channels))
+    r = b.rng.normal(0, 1 / np.sqrt(hidden), size=(1, 4 * hidden, hidden))
+    bias = b.rng.normal(0, 0.1, size=(1, 8 * hidden))
+    b.nodes.append(helper.make_node("LSTM", [seq, b.param("W", w), b.param("R", r), b.param("B", bias), "",
+                                             *state_in], ["Y", "Y_h", "Y_c"], name="lstm", hidden_size=hidden))
+    y = b.op("Squeeze", "squeeze", ["Y", b.const(np.array([1]), np.int64)])  # [steps, 1, hidden]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)]
+    if windows:
+        y = b.op("Relu", "relu4", [y])
+        y = b.op("Transpose", "to_channels", [y], perm=[1, 2, 0])  # [1, hidden, steps]
+        y = b.op("Sigmoid", "prob", [conv1d("out", y, hidden, 1, 1, pad=0)])
+        inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, hidden]) for n in ("h", "c")]
+        outputs = [helper.make_tensor_value_info("prob", TensorProto.FLOAT, None)]
+    else:
+        outputs = [helper.make_tensor_value_info("squeeze", TensorProto.FLOAT, None)]
+    outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("Y_h", "Y_c")]
+    graph = helper.make_graph(b.nodes, "conv1d_lstm", inputs, outputs, initializer=b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model

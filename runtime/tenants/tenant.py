@@ -236,6 +236,11 @@ class Tenant:
         x_q = frontend.quantize_input(x, self.graph.tensors[self.graph.inputs[0]])
         return self._enqueue(self._check_input(x_q), True)
 
+    def submit_float_with_info(self, x: np.ndarray) -> Future:
+        """As submit, the Future giving (float output(s), RunInfo)."""
+        x_q = frontend.quantize_input(x, self.graph.tensors[self.graph.inputs[0]])
+        return self._enqueue(self._check_input(x_q), "info")
+
     def run_quantized(self, x_q: np.ndarray) -> tuple[list[np.ndarray], RunInfo]:
         """int8 HWC input -> int8 HWC outputs, as the accelerator computes them."""
         return self.submit_quantized(x_q).result()
@@ -279,14 +284,15 @@ class Tenant:
                 self.modeled_latencies.append(info.modeled_cycles)
             job.future.set_result(self._result(outs, info, job.float_io))
 
-    def _result(self, outs, info: RunInfo, float_io: bool):
+    def _result(self, outs, info: RunInfo, float_io):
         """What the future of a request gives: float outputs like
-        onnxruntime, or (int8 outputs, RunInfo)."""
+        onnxruntime, or (int8 outputs, RunInfo); float_io "info": (float outputs, RunInfo)."""
         if not float_io:
             return outs, info
         tensors = self.graph.tensors
         ys = [frontend.dequantize_output(q, tensors[n]) for q, n in zip(outs, self.graph.outputs)]
-        return ys[0] if len(ys) == 1 else ys
+        y = ys[0] if len(ys) == 1 else ys
+        return (y, info) if float_io == "info" else y
 
     def _refusal(self):
         if self.removed:
