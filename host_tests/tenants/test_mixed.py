@@ -49,7 +49,7 @@ def check(net, sess, make, windows, n=2):
         assert len(got) == len(want)
         for g, w in zip(got, want):
             assert g.shape == w.shape and cosine(g, w) >= 0.99
-        front = net.front.run(mixed.rows_in(f["x"]))
+        front = net.front.run(net.compiled.host_pre()(f["x"]))
         feeds = {k: v for k, v in f.items() if k != "x"}
         feeds[split.x_name] = net.compiled.host_glue()(mixed.rows_out(front))
         for g, w in zip(net.recurrent.run(feeds), rec.run(None, feeds)):
@@ -65,24 +65,41 @@ def test_split_of_a_conv1d_front_end():
     assert list(w.dims) == [16, 8, 1, 3]  # a 1 x 3 kernel over [1, C, N, L]
 
 
-@pytest.mark.parametrize("windows", [False, True])
+def test_split_of_a_spectrogram_front_end():
+    """Reflect padding on the float input runs on the host; the kernel-256
+    stride-128 convolution folds 128 positions into channels (space to depth)."""
+    sp = mixed.split_mixed(mobile.conv1d_lstm(windows="stft"))
+    assert [n.op_type for n in sp.pre.graph.node] == ["Pad", "Unsqueeze"]
+    assert sp.s2d == 128 and sp.length == 640  # (640 - 256) / 128 + 1 = 4 outputs read every position
+    conv = sp.front.graph.node[0]
+    assert [a.ints for a in conv.attribute if a.name == "kernel_shape"][0] == [1, 2]
+    x = np.random.default_rng(0).standard_normal((12, 1, 640)).astype(np.float32)
+    folded = mixed.rows_in(x, sp.s2d, sp.length)
+    assert folded.shape == (1, 128, 12, 5) and folded[0, 5, 3, 2] == x[3, 0, 2 * 128 + 5]
+    cut = mixed.rows_in(x[:, :, :600], 128, 512)  # a length the kernel does not cover to the end
+    assert cut.shape == (1, 128, 12, 4)
+
+
+@pytest.mark.parametrize("windows", [False, True, "stft"])
 def test_conv1d_front_end_before_an_lstm(accel, windows):
     model = mobile.conv1d_lstm(seed=2, windows=windows)
     sess, make = feeds_for(model, 0)
-    net = accel.deploy(model, cores=2, calibration=[make() for _ in range(6)], name=f"vad{int(windows)}")
+    tag = str(windows).lower()
+    net = accel.deploy(model, cores=2, calibration=[make() for _ in range(6)], name=f"vad_{tag}")
     try:
         assert net.kind == "mixed" and net.front.kind == "cnn" and net.recurrent.kind == "rnn"
         assert [layer.kind for layer in net.front.graph.layers] == ["conv"] * (3 if windows else 2)
+        windows = bool(windows)
         check(net, sess, make, windows)
         share = net.mac_share()
         assert share.share >= (0.99 if windows else 1.0)  # the 1x1 head conv after the LSTM runs on the host
         stats = accel.stats()
-        for part in (f"vad{int(windows)}.cnn", f"vad{int(windows)}.rnn"):
+        for part in (f"vad_{tag}.cnn", f"vad_{tag}.rnn"):
             assert stats[part].requests == 4 and stats[part].mac_share is not None  # 2 whole + 2 of the part alone
-        assert stats[f"vad{int(windows)}.rnn"].host_cpu_ms is not None and len(net.host_cpu_seconds) == 2
+        assert stats[f"vad_{tag}.rnn"].host_cpu_ms is not None and len(net.host_cpu_seconds) == 2
     finally:
         accel.remove(net)
-    assert f"vad{int(windows)}.cnn" not in accel.tenants and f"vad{int(windows)}.rnn" not in accel.tenants
+    assert f"vad_{tag}.cnn" not in accel.tenants and f"vad_{tag}.rnn" not in accel.tenants
 
 
 def test_both_parts_reallocate_and_fault_alone(accel):

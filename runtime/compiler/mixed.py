@@ -47,6 +47,10 @@ class MixedSplit:
     glue: onnx.ModelProto | None  # host: F (the model's own layout) -> X
     recurrent: onnx.ModelProto  # X (+ state inputs) -> the graph outputs
     x_name: str
+    pre: onnx.ModelProto | None = None  # host: the main input -> the front end's input (ops before the 1st Conv)
+    front_input: str = ""
+    s2d: int = 1  # the front end's input folded s positions deep (a long strided first kernel)
+    length: int = 0  # rows: the input positions the front end reads
 
 
 def is_mixed(model: onnx.ModelProto) -> bool:
@@ -87,6 +91,10 @@ def _load(model, input_shape) -> tuple[onnx.ModelProto, str]:
     elif dims is None or None in dims:
         raise MixedError(f"input '{main.name}' has dynamic dimensions {dims}; pass input_shape=")
     reinfer_shapes(m)
+    from vfpga.runtime.compiler.frontend.cleanup import fold_constants
+
+    fold_constants(m)  # computed pads, shapes and axes as constants: static shapes downstream
+    reinfer_shapes(m)
     return m, main.name
 
 
@@ -114,29 +122,57 @@ def split_mixed(model, input_shape=None) -> MixedSplit:
     front = ex.extract_model([main], [front_out])
     if any(n.op_type in rnn.CELLS for n in front.graph.node):
         raise MixedError("recurrent nodes feed the convolutional front end; only front ends before them split")
-    shape = _shape(m, main)
-    rows = len(shape) == 3
+    # ops on the float input before the first convolution (padding, reshapes) run on the host
+    first = next((n for n in front.graph.node if n.op_type == "Conv"), None)
+    if first is None:
+        raise MixedError("the front end before the recurrent layers has no convolution")
+    pre, p_in = None, main
+    if first.input[0] != main:
+        p_in = first.input[0]
+        pre = ex.extract_model([main], [p_in])
+        front = ex.extract_model([p_in], [front_out])
+    shape = _shape(m, p_in)
+    rows, s2d, length = len(shape) == 3, 1, 0
     if rows:
-        front = _rows_front(front, main, shape)
+        front, s2d, length = _rows_front(front, p_in, shape)
     elif len(shape) != 4 or shape[0] != 1:
-        raise MixedError(f"input '{main}' has shape {shape}: the front end takes [1, C, H, W] or [N, C, L]")
+        raise MixedError(f"'{p_in}' has shape {shape}: the front end takes [1, C, H, W] or [N, C, L]")
     glue = None
     if glue_nodes:
         glue = ex.extract_model([front_out], [x_name])
     others = [i.name for i in g.input if i.name != main and i.name not in {t.name for t in g.initializer}]
     recurrent = ex.extract_model([x_name] + [o for o in others if any(o in n.input for n in g.node)],
                                  [o.name for o in g.output])
-    return MixedSplit(m, main, front, rows, front_out, glue, recurrent, x_name)
+    return MixedSplit(m, main, front, rows, front_out, glue, recurrent, x_name, pre, p_in, s2d, length)
 
 
-def _rows_front(front: onnx.ModelProto, main: str, shape) -> onnx.ModelProto:
-    """A 1-D front end over [N, C, L] as 2-D over [1, C, N, L] (kernels 1 x k)."""
+AXES_3D_TO_ROWS = {0: 2, 1: 1, 2: 3, -1: -1, -2: 1, -3: 2}  # [N, C, L] axis -> [1, C, N, L] axis
+
+
+def _rows_front(front: onnx.ModelProto, main: str, shape) -> tuple[onnx.ModelProto, int, int]:
+    """A 1-D front end over [N, C, L] as 2-D over [1, C, N, L] (kernels 1 x k);
+    also the depth s its input is folded to when the first kernel is long and
+    strided (space to depth: returns s, 1 if not) and the input positions
+    the front end reads."""
+    from vfpga.runtime.compiler.frontend.cleanup import fold_constants
+
+    fold_constants(front)
     n_rows = shape[0]
     g = front.graph
     inits = {t.name: t for t in g.initializer}
     new_inits = []
+    s2d, reads = 1, shape[2]
     for node in g.node:
         a = attrs(node)
+        if node.op_type == "Slice" and len(node.input) >= 4 and node.input[3] in inits:
+            axes = numpy_helper.to_array(inits[node.input[3]]).astype(np.int64)
+            mapped = np.array([AXES_3D_TO_ROWS[int(x)] for x in axes], np.int64)
+            if 0 in axes and n_rows > 1:
+                raise MixedError(f"Slice {node.name!r} slices the batch of the 1-D front end")
+            nm = f"{node.input[3]}__rows_{node.name}"
+            new_inits.append(numpy_helper.from_array(mapped, nm))
+            node.input[3] = nm
+            continue
         if node.op_type in ("Conv", "ConvTranspose", "MaxPool", "AveragePool"):
             k = a.get("kernel_shape")
             if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in inits:
@@ -152,6 +188,20 @@ def _rows_front(front: onnx.ModelProto, main: str, shape) -> onnx.ModelProto:
                      "dilations": [1, a.get("dilations", [1])[0]]}
             p = a.get("pads", [0, 0])
             fixed["pads"] = [0, p[0], 0, p[1]]
+            st = fixed["strides"][1]
+            if (node.op_type == "Conv" and node.input[0] == main and k[0] > 255 and st > 1 and k[0] % st == 0
+                    and p == [0, 0] and a.get("group", 1) == 1 and shape[2] >= k[0]):
+                # a long strided kernel over the input: fold s = stride positions into channels
+                # (over the positions it reads: the rest of the input is cut off on the host)
+                s2d = st
+                reads = ((shape[2] - k[0]) // st) * st + k[0]
+                w4 = numpy_helper.to_array(next(t for t in new_inits if t.name == node.input[1]))
+                o, c, _, kk = w4.shape
+                w2 = w4.reshape(o, c, kk // st, st).transpose(0, 1, 3, 2).reshape(o, c * st, 1, kk // st)
+                name = f"{node.input[1]}_s2d"
+                new_inits.append(numpy_helper.from_array(np.ascontiguousarray(w2), name))
+                node.input[1] = name
+                fixed.update(kernel_shape=[1, kk // st], strides=[1, 1])
             if "output_padding" in a:
                 fixed["output_padding"] = [0, a["output_padding"][0]]
             for att in list(node.attribute):
@@ -165,7 +215,7 @@ def _rows_front(front: onnx.ModelProto, main: str, shape) -> onnx.ModelProto:
         elif node.op_type == "Concat" and a.get("axis") in (1, -2):
             node.attribute.remove(next(x for x in node.attribute if x.name == "axis"))
             node.attribute.append(helper.make_attribute("axis", 1))
-        elif node.op_type in ROW_SAFE:
+        elif node.op_type in ROW_SAFE or node.op_type == "Slice":
             for i, name in enumerate(node.input):
                 if name in inits and node.op_type not in ("BatchNormalization",) and not node.op_type.endswith(
                         "Linear"):
@@ -192,15 +242,24 @@ def _rows_front(front: onnx.ModelProto, main: str, shape) -> onnx.ModelProto:
     inp = next(i for i in g.input if i.name == main)
     tt = inp.type.tensor_type
     tt.ClearField("shape")
-    for d in (1, shape[1], shape[0], shape[2]):
+    length = reads if s2d > 1 else shape[2]
+    for d in (1, shape[1] * s2d, shape[0], length // s2d):
         tt.shape.dim.add().dim_value = int(d)
     reinfer_shapes(front)
-    return front
+    return front, s2d, length
 
 
-def rows_in(x: np.ndarray) -> np.ndarray:
-    """[N, C, L] -> [1, C, N, L]."""
-    return np.ascontiguousarray(np.asarray(x, np.float32).transpose(1, 0, 2)[None])
+def rows_in(x: np.ndarray, s2d: int = 1, length: int = 0) -> np.ndarray:
+    """[N, C, L] -> [1, C, N, L]; with s2d = s: [1, C * s, N, length / s],
+    channel c * s + j holding positions t * s + j (space to depth) of the
+    first ``length`` positions."""
+    x = np.asarray(x, np.float32)
+    if s2d > 1:
+        x = x[:, :, :length]
+        n, c, length = x.shape
+        x = x.reshape(n, c, length // s2d, s2d).transpose(1, 3, 0, 2).reshape(1, c * s2d, n, length // s2d)
+        return np.ascontiguousarray(x)
+    return np.ascontiguousarray(x.transpose(1, 0, 2)[None])
 
 
 def rows_out(y: np.ndarray) -> np.ndarray:
@@ -217,6 +276,22 @@ class CompiledMixed:
     front: static.CompiledModel
     recurrent: rnn.CompiledRnn
     front_source: dict
+
+    def host_pre(self):
+        """A function main input -> the front end's input array on the cores
+        (the host ops before the first convolution, then the layout)."""
+        sp = self.split
+        sess = None
+        if sp.pre is not None:
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(sp.pre.SerializeToString(), providers=["CPUExecutionProvider"])
+
+        def pre(x):
+            p = sess.run(None, {sp.main_input: np.asarray(x, np.float32)})[0] if sess is not None else x
+            return rows_in(p, sp.s2d, sp.length) if sp.rows else np.asarray(p, np.float32)
+
+        return pre
 
     def host_glue(self):
         """A function F (the front end's output, as the model computes it) -> X."""
@@ -262,11 +337,16 @@ def compile_mixed(model, board="u200", calibration=None, input_shape=None, *, ca
     feeds = _calibration(split, calibration)
     probe = onnx.ModelProto()
     probe.CopyFrom(split.model)
-    probe.graph.output.append(helper.make_empty_tensor_value_info(split.x_name))
+    have = {o.name for o in probe.graph.output}
+    for v in (split.x_name, split.front_input):
+        if v not in have:
+            probe.graph.output.append(helper.make_empty_tensor_value_info(v))
     sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    xs = [dict(zip(names, sess.run(None, f)))[split.x_name] for f in feeds]
-    front_cal = [rows_in(f[split.main_input]) if split.rows else f[split.main_input] for f in feeds]
+    runs = [dict(zip(names, sess.run(None, f))) for f in feeds]
+    xs = [r[split.x_name] for r in runs]
+    front_cal = [rows_in(r[split.front_input], split.s2d, split.length) if split.rows else r[split.front_input]
+                 for r in runs]
     res = compile_cache.compile_with_cache(split.front, cfg, front_cal, cache=cache, progress=False,
                                            fallback=fallback)
     rec_inputs = {i.name for i in split.recurrent.graph.input}

@@ -192,7 +192,7 @@ def dbnet_style(seed: int = 0, opset: int = 12, quirks: bool = True, width: int 
 
 
 def conv1d_lstm(seed: int = 0, features: int = 8, steps: int = 12, channels: int = 16, hidden: int = 24,
-                windows: bool = False, opset: int = 16) -> onnx.ModelProto:
+                windows: bool | str = False, opset: int = 16) -> onnx.ModelProto:
     """A convolutional front end before an LSTM, as torch.onnx exports it.
 
     windows=False: one sequence [1, features, steps] -> Conv1d + ReLU (x2)
@@ -201,7 +201,10 @@ def conv1d_lstm(seed: int = 0, features: int = 8, steps: int = 12, channels: int
     detector's shape): ``steps`` windows [steps, features, 16] -> strided
     Conv1d + ReLU down to one position each -> Transpose to [steps, 1, C] ->
     LSTM over the windows with the state as graph inputs h, c -> ReLU ->
-    1x1 Conv1d -> Sigmoid (one probability per window)."""
+    1x1 Conv1d -> Sigmoid (one probability per window). windows="stft":
+    as silero's VAD, raw windows [steps, 512] reflect-padded and unsqueezed
+    on the float input, then a long strided Conv1d (kernel 256, stride 128)
+    before the same encoder."""
     b = ExportBuilder(seed, opset, quirks=False)
 
     def conv1d(name, x, cin, cout, k, stride=1, pad=None):
@@ -212,7 +215,18 @@ def conv1d_lstm(seed: int = 0, features: int = 8, steps: int = 12, channels: int
                                         [name], name=name, kernel_shape=[k], strides=[stride], pads=[pad, pad]))
         return name
 
-    if windows:
+    if windows == "stft":
+        pads = b.const(np.array([0, 64, 0, 64]), np.int64)
+        b.nodes.append(helper.make_node("Pad", ["x", pads], ["padded"], name="pad", mode="reflect"))
+        u = b.op("Unsqueeze", "unsqueeze", ["padded", b.const(np.array([1]), np.int64)])  # [N, 1, 640]
+        y = b.op("Relu", "relu0", [conv1d("stft", u, 1, features, 256, stride=128, pad=0)])  # 640 -> 4
+        y = b.op("Relu", "relu1", [conv1d("enc1", y, features, channels, 3, stride=2, pad=1)])  # 4 -> 2
+        y = b.op("Relu", "relu3", [conv1d("enc3", y, channels, channels, 2, stride=1, pad=0)])  # 2 -> 1
+        seq = b.op("Transpose", "to_time", [y], perm=[2, 0, 1])
+        seq = b.op("Transpose", "to_seq", [seq], perm=[1, 0, 2])
+        in_shape = [steps, 512]
+        state_in = ["h", "c"]
+    elif windows:
         y = b.op("Relu", "relu1", [conv1d("enc1", "x", features, channels, 4, stride=4, pad=0)])  # 16 -> 4
         y = b.op("Relu", "relu2", [conv1d("enc2", y, channels, channels, 3, stride=2, pad=1)])  # 4 -> 2
         y = b.op("Relu", "relu3", [conv1d("enc3", y, channels, channels, 2, stride=1, pad=0)])  # 2 -> 1

@@ -27,6 +27,7 @@ class MixedTenant:
     def __init__(self, accel, name: str, compiled: mixed.CompiledMixed, front, recurrent):
         self.accel, self.name, self.compiled = accel, name, compiled
         self.front, self.recurrent = front, recurrent
+        self._pre = compiled.host_pre()
         self._glue = compiled.host_glue()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vfpga-mixed-{name}")
         self._lock = threading.Lock()
@@ -51,8 +52,7 @@ class MixedTenant:
     def _run(self, feeds: dict):
         s = self.compiled.split
         t0 = time.perf_counter()
-        x = np.asarray(feeds[s.main_input], np.float32)
-        f_in = mixed.rows_in(x) if s.rows else x
+        f_in = self._pre(feeds[s.main_input])
         host = time.perf_counter() - t0
         f, info = self.front.submit_float_with_info(f_in).result()
         t1 = time.perf_counter()

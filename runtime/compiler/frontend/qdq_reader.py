@@ -230,7 +230,7 @@ class QdqReader(CpuRegions, LayerHandlers, MobileHandlers):
             return
         handler = handlers.get(node.op_type) if node.domain in ("", "ai.onnx", "com.microsoft") else None
         if handler is None or (node.domain == "com.microsoft" and node.op_type not in QDQ_OPS):
-            self.unsupported(node, nname)
+            self.unsupported(node, nname, f"the cores have no {node.op_type} (nor a fusion that absorbs it)")
         handler(node, nname, idx)
 
     # ---- CPU fallback: regions of ONNX nodes cut out into ir.CpuOp layers
