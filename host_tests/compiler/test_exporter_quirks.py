@@ -175,3 +175,21 @@ def test_stale_shapes_are_dropped():
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in loaded.graph.value_info}
     assert shapes["c"] == [1, 4, 8, 8]
     assert onnx.checker.check_model(loaded) is None
+
+
+@pytest.mark.parametrize("mode, ctm", [("linear", "half_pixel"), ("linear", "pytorch_half_pixel"),
+                                       ("linear", "asymmetric"), ("nearest", "half_pixel")])
+def test_resize_on_the_cores(accel, mode, ctm):
+    """Resize x2 (bilinear as depthwise phase convolutions, nearest as stepped SAVEs) between convolutions."""
+    b = mobile.ExportBuilder(1, 13, quirks=False)
+    y = b.op("Relu", "r", [b.conv("c1", "x", 3, 8)])
+    b.nodes.append(helper.make_node("Resize", [y, "", b.const(np.array([1, 1, 2, 2], np.float32))], ["up"],
+                                    name="up", mode=mode, coordinate_transformation_mode=ctm))
+    model = b.finish("resize", (1, 3, 12, 10), b.conv("c2", "up", 8, 4), 4)
+    net, cos = run_against_onnxruntime(accel, model, (1, 3, 12, 10))
+    try:
+        assert cos >= 0.99, cos
+        ups = [layer for layer in net.graph.layers if layer.kind == "upsample"]
+        assert len(ups) == 1 and ups[0].mode == mode and "cpu" not in [layer.kind for layer in net.graph.layers]
+    finally:
+        accel.remove(net)

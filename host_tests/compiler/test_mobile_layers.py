@@ -241,3 +241,40 @@ def test_golden_conv_transpose_is_onnx(case, shape, cout, k, stride, pads, out_p
     (want,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"x": x.transpose(2, 0, 1)[None].astype(np.float32)})
     np.testing.assert_array_equal(got, np.clip(want[0].transpose(1, 2, 0), -128, 127))
+
+
+@pytest.mark.parametrize("board", BOARDS)
+@pytest.mark.parametrize("shape, scale, transform", [((5, 6, 8), (2, 2), "half_pixel"),
+                                                     ((4, 7, 20), (3, 2), "asymmetric"),
+                                                     ((9, 9, 33), (4, 4), "half_pixel"),
+                                                     ((1, 6, 3), (2, 1), "half_pixel")])
+def test_bilinear(accelerators, board, shape, scale, transform):
+    """Bilinear upsampling as depthwise convolutions per phase and edge run,
+    saved with steps, bit for bit against the golden model's direct sum."""
+    b = Builder(f"bi{shape}{scale}{board}", shape)
+    src = b.conv("x", shape[2])
+    den = [2 * f if transform == "half_pixel" else f for f in scale]
+    out = b.out((shape[0] * scale[0], shape[1] * scale[1], shape[2]))
+    mult, shift = fixed_point.quantize_multiplier(b.tensors[src].scale / (b.tensors[out].scale * den[0] * den[1]))
+    b.layers.append(ir.Upsample("bilinear", src, out, scale, mult, shift, mode="linear", transform=transform))
+    run_case(accelerators, board, b.graph([out]), inputs=1)
+
+
+@pytest.mark.parametrize("transform", ["half_pixel", "asymmetric"])
+def test_golden_bilinear_is_onnx(transform):
+    """The golden bilinear sum (before rounding) is onnxruntime's Resize on integer data."""
+    x = np.random.default_rng(0).integers(-20, 20, size=(5, 7, 3), dtype=np.int8)
+    for scale in ((2, 2), (3, 2), (4, 4)):
+        den = [2 * f if transform == "half_pixel" else f for f in scale]
+        layer = ir.Upsample("u", "x", "y", scale, 1, 0, mode="linear", transform=transform)
+        got = golden.upsample(x, layer, 0, 0).astype(np.int64)  # sums of weights * x, clamped to int8
+        node = helper.make_node("Resize", ["x", "", "s"], ["y"], mode="linear",
+                                coordinate_transformation_mode=transform)
+        g = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array([1, 1, *scale], np.float32), "s")])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        (want,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x.transpose(2, 0, 1)[None].astype(np.float32)})
+        want = np.clip(np.rint(want[0].transpose(1, 2, 0) * den[0] * den[1]), -128, 127)
+        np.testing.assert_array_equal(got, want)

@@ -117,9 +117,17 @@ class Mul:
 
 @dataclass
 class Upsample:
-    """Nearest-neighbour upsampling by integer factors (Resize, nearest):
-    out[y, x] = requant(in[y // sy, x // sx]) with the 1x1 requantization of
-    :class:`Pool` (mult, shift, clip; in_zp / out_zp of the tensors)."""
+    """Upsampling by integer factors (Resize).
+    mode "nearest": out[y, x] = requant(in[y // sy, x // sx]) with the 1x1
+    requantization of :class:`Pool` (mult, shift, clip; in_zp / out_zp of
+    the tensors).
+    mode "linear" (bilinear, coordinates ``transform`` "half_pixel" or
+    "asymmetric"): per axis, the source coordinate of output o is clamped to
+    [0, n - 1] (half_pixel: (o + 0.5) / s - 0.5; asymmetric: o / s), its two
+    neighbours i0 = floor, i1 = min(i0 + 1, n - 1) get the integer weights
+    D - a and a (a = frac * D, D = 2s for half_pixel, s for asymmetric);
+    out = clamp(out_zp + rshift_round(sum_{taps} wy * wx * (x - in_zp) * mult, shift), clip),
+    mult / shift the real multiplier in_scale / (out_scale * Dy * Dx)."""
 
     name: str
     input: str
@@ -130,6 +138,8 @@ class Upsample:
     clip: tuple[int, int] = (-128, 127)
     onnx_nodes: list[str] = field(default_factory=list)
     kind: str = "upsample"
+    mode: str = "nearest"
+    transform: str = "half_pixel"
 
 
 @dataclass

@@ -104,14 +104,74 @@ def lower_mul(layer: ir.Mul, index: int, a: View, b: View, dst: View, a_zp: int,
     return frames
 
 
+def _linear_segments(n: int, s: int, transform: str, d: int):
+    """Phase d of a bilinear axis: runs [(q0, q1, offset, weights)] of the
+    input positions q whose output q * s + d reads positions offset + k of q
+    with the integer weights[k] (edge taps merged where the coordinate clamps)."""
+    den = 2 * s if transform == "half_pixel" else s
+    runs = []
+    for q in range(n):
+        # the source coordinate of output q * s + d, times den, inside [0, n - 1]
+        num = min(max(2 * (q * s + d) + 1 - s if transform == "half_pixel" else q * s + d, 0), (n - 1) * den)
+        lo, a = divmod(num, den)
+        taps: dict[int, int] = {}
+        for i, w in ((lo, den - a), (min(lo + 1, n - 1), a)):
+            if w:
+                taps[i - q] = taps.get(i - q, 0) + w
+        off = min(taps)
+        key = (off, tuple(taps.get(off + k, 0) for k in range(max(taps) - off + 1)))
+        if runs and runs[-1][2:] == key and runs[-1][1] == q:
+            runs[-1] = (runs[-1][0], q + 1, *key)
+        else:
+            runs.append((q, q + 1, *key))
+    return runs
+
+
+def bilinear_regions(layer: ir.Upsample, in_shape) -> list[tuple[ir.Conv, tuple[int, int, int, int]]]:
+    """A bilinear upsampling as depthwise convolutions: per output phase
+    (dy, dx) and per run of rows / columns with the same taps (the interior,
+    and the edges where the coordinate clamps), one convolution with the
+    product of the two axes' integer weights, saved with steps."""
+    h, w, c = in_shape
+    sy, sx = layer.scale
+    out = []
+    for dy in range(sy):
+        for ya, yb, offy, wy in _linear_segments(h, sy, layer.transform, dy):
+            for dx in range(sx):
+                for xa, xb, offx, wx in _linear_segments(w, sx, layer.transform, dx):
+                    k = np.outer(wy, wx)
+                    if k.max() > 127:
+                        raise LoweringError(f"{layer.name}: bilinear weights {k.max()} exceed int8 (factor too large)")
+                    ky, kx = k.shape
+                    pt, pl = -(ya + offy), -(xa + offx)
+                    pb, pr = (yb - ya) - 1 + ky - h - pt, (xb - xa) - 1 + kx - w - pl
+                    weight = np.broadcast_to(k.astype(np.int8), (c, 1, ky, kx)).copy()
+                    conv = ir.Conv(f"{layer.name}@{dy},{dx}:{ya},{xa}", layer.input, layer.output, weight,
+                                   np.zeros(c, np.int32), np.full(c, layer.mult, np.int32),
+                                   np.full(c, layer.shift, np.int32), pads=(pt, pl, pb, pr), groups=c,
+                                   clip=layer.clip)
+                    out.append((conv, (sy, sx, dy + ya * sy, dx + xa * sx)))
+    return out
+
+
 def lower_upsample(layer: ir.Upsample, index: int, src: View, dst: View, in_zp: int, out_zp: int,
-                   geo: Geometry, max_rows: int | None = None) -> list[bytes]:
-    """Frames of a nearest-neighbour upsampling: each input tile is
-    requantized once (a 1x1 POOL) and saved sy * sx times with steps."""
+                   geo: Geometry, max_rows: int | None = None, const_base: int = 0) -> tuple[list[bytes], bytes]:
+    """Frames of an upsampling. nearest: each input tile is requantized once
+    (a 1x1 POOL) and saved sy * sx times with steps. linear: the depthwise
+    convolutions of :func:`bilinear_regions` (weights placed at const_base)."""
     h, w, c = src.height, src.width, src.channels
     sy, sx = layer.scale
     if (dst.height, dst.width, dst.channels) != (h * sy, w * sx, c):
         raise LoweringError(f"{layer.name}: output {dst} is not {sy}x{sx} times the input {src}")
+    if layer.mode == "linear":
+        frames, blob = [], bytearray()
+        for conv, where in bilinear_regions(layer, (h, w, c)):
+            t = choose_conv_tiling(conv, (h, w, c), src.pixel_stride, geo)
+            f, b, _ = lower_conv(conv, index, src, dst, in_zp, out_zp, const_base + len(blob), geo, tiling=t,
+                                 phase=where, fid0=len(frames))
+            frames += f
+            blob.extend(b)
+        return frames, bytes(blob)
     if not (1 <= sy <= 255 and 1 <= sx <= 255) or layer.shift > 30:
         raise LoweringError(f"{layer.name}: factors {layer.scale} / shift {layer.shift} not encodable")
     tiling = _tiles(h, w, c, 1, geo.ibuf_bytes, geo.obuf_bytes, geo.ocp, max_rows)
@@ -133,7 +193,7 @@ def lower_upsample(layer: ir.Upsample, index: int, src: View, dst: View, in_zp: 
                 insns.append(_mem("SAVE", out, 0, y0 * sy + dy, x0 * sx + dx, th, tw,
                                   deps=DEP["POP_PREV"] if first else 0, tag=index, step=(sy, sx)))
         frames.append(b"".join(insns))
-    return frames
+    return frames, b""
 
 
 # ---------------------------------------------------------------- transposed convolution

@@ -328,9 +328,13 @@ def _lower_elementwise(layer, index, ins, out, const_base, geo, ks):
         desc = "per-channel scale" if layer.broadcast else "element-wise product"
     else:
         def emit(rows):
-            return lower_ops.lower_upsample(layer, index, ins[0].view(), out.view(), ins[0].zero_point,
-                                            out.zero_point, geo, rows)
-        desc = f"nearest x{layer.scale[0]}x{layer.scale[1]}"
+            nonlocal blob
+            frames, blob = lower_ops.lower_upsample(layer, index, ins[0].view(), out.view(), ins[0].zero_point,
+                                                    out.zero_point, geo, rows, const_base)
+            return frames
+        desc = f"{layer.mode} x{layer.scale[0]}x{layer.scale[1]}"
+        if layer.mode == "linear":
+            return [(emit(None), desc)], blob, 0
     variants = [(emit(None), desc)]
     rows = ins[0].shape[0]
     for k in ks[1:]:

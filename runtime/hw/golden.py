@@ -213,10 +213,32 @@ def mul(a, b, layer, a_zp: int, b_zp: int, out_zp: int) -> np.ndarray:
     return _clamp_int8(out_zp + rshift_round(v, int(layer.shift)), layer.clip)
 
 
+def linear_axis(n: int, s: int, transform: str):
+    """Bilinear taps of one axis upsampled s times: (i0, i1, w0, w1, D) per
+    output index, the source coordinate clamped to [0, n - 1] (ONNX Resize,
+    mode linear)."""
+    d = 2 * s if transform == "half_pixel" else s
+    o = np.arange(n * s, dtype=np.int64)
+    num = 2 * o + 1 - s if transform == "half_pixel" else o  # coordinate * D
+    num = np.clip(num, 0, (n - 1) * d)
+    i0 = num // d
+    a = num - i0 * d
+    return i0, np.minimum(i0 + 1, n - 1), d - a, a, d
+
+
 def upsample(x, layer, in_zp: int, out_zp: int) -> np.ndarray:
-    """Nearest-neighbour upsampling of an ir.Upsample: each input pixel,
-    requantized as a 1x1 pool, repeated sy x sx times."""
+    """Upsampling of an ir.Upsample. nearest: each input pixel, requantized
+    as a 1x1 pool, repeated sy x sx times; linear: the bilinear sum of the
+    ir.Upsample docstring."""
     x = _hwc(x, f"{layer.name} input")
+    if getattr(layer, "mode", "nearest") == "linear":
+        sy, sx = (int(v) for v in layer.scale)
+        y0, y1, wy0, wy1, _ = linear_axis(x.shape[0], sy, layer.transform)
+        x0, x1, wx0, wx1, _ = linear_axis(x.shape[1], sx, layer.transform)
+        v = x.astype(np.int64) - int(in_zp)
+        acc = (wy0[:, None, None] * (wx0[None, :, None] * v[y0][:, x0] + wx1[None, :, None] * v[y0][:, x1])
+               + wy1[:, None, None] * (wx0[None, :, None] * v[y1][:, x0] + wx1[None, :, None] * v[y1][:, x1]))
+        return _clamp_int8(int(out_zp) + rshift_round(acc * int(layer.mult), int(layer.shift)), layer.clip)
     one = pool(x, _OnePixel(layer), in_zp, out_zp)
     sy, sx = (int(v) for v in layer.scale)
     if sy < 1 or sx < 1:

@@ -215,10 +215,13 @@ class MobileHandlers:
         if (n, oc) != (1, c) or oh % h or ow % w:
             self.unsupported(node, nname, f"resize of {h}x{w} to {oh}x{ow}: only integer upsampling factors")
         sy, sx = oh // h, ow // w
+        opset = max((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+        ctm = _s(a.get("coordinate_transformation_mode", b"half_pixel" if opset >= 11 else b"asymmetric"))
+        if mode in ("linear", "bilinear"):
+            self.bilinear(node, nname, idx, ref, t, (oh, ow, c), (sy, sx), ctm)
+            return
         if mode != "nearest":
-            self.unsupported(node, nname, f"mode '{mode}': the cores run nearest-neighbour upsampling; "
-                                          f"interpolating modes run on the host")
-        ctm = _s(a.get("coordinate_transformation_mode", b"half_pixel"))
+            self.unsupported(node, nname, f"mode '{mode}': the cores run nearest and bilinear upsampling")
         nearest = _s(a.get("nearest_mode", b"round_prefer_floor"))
         for n_in, n_out in ((h, oh), (w, ow)):
             src = [_nearest_source(o, n_in, n_out, ctm, nearest) for o in range(n_out)]
@@ -232,6 +235,24 @@ class MobileHandlers:
             return ir.Upsample(name, ref.q, out_t.name, (sy, sx), mult, shift, clip, onnx_nodes=ref.nodes + [nname])
 
         self.pending[out] = Pending(build, (oh, ow, c), [], nname)
+
+    def bilinear(self, node, nname, idx, ref, t, shape, scale, ctm):
+        if ctm == "pytorch_half_pixel" and min(shape[:2]) > 1:
+            ctm = "half_pixel"  # the same for outputs longer than one pixel
+        if ctm not in ("half_pixel", "asymmetric"):
+            self.unsupported(node, nname, f"bilinear with coordinate_transformation_mode '{ctm}' (the cores take "
+                                          f"half_pixel and asymmetric)")
+        den = [2 * f if ctm == "half_pixel" else f for f in scale]
+        if max(scale) > 5:
+            self.unsupported(node, nname, f"bilinear by {scale}: the integer weights exceed int8 beyond 5x")
+        name = self.layer_name(node, idx)
+
+        def build(out_t, clip):
+            mult, shift = fixed_point.quantize_multiplier(t.scale / (out_t.scale * den[0] * den[1]))
+            return ir.Upsample(name, ref.q, out_t.name, scale, mult, shift, clip, onnx_nodes=ref.nodes + [nname],
+                               mode="linear", transform=ctm)
+
+        self.pending[node.output[0]] = Pending(build, shape, [], nname)
 
     # ---- ConvTranspose
 
