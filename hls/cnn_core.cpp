@@ -808,30 +808,11 @@ static vf_exec_t vf_add(const vf_insn_add_t &a, vf_cnn_buffers_t *b)
     const int64_t am = a.a_mult, bm = a.b_mult;
     const int32_t az = a.a_zp, bz = a.b_zp;
     const uint64_t n = a.length;
-#ifdef VF_HLS_LITERAL
-    uint64_t beats = 0;
-ADD_BEAT:
-    for (uint64_t i0 = 0; i0 < n; i0 += VF_OCP) {
-#pragma HLS PIPELINE II=1
-        ++beats;
-    ADD_LANE:
-        for (uint32_t o = 0; o < VF_OCP; ++o) {
-#pragma HLS UNROLL
-            const uint64_t i = i0 + o;
-            if (i < n) {
-                const int64_t v = (int64_t)(pa[i] - az) * am + (int64_t)(pb[i] - bz) * bm;
-                po[i] = vf_clamp8((int64_t)a.out_zp + vf_rshift_round(v, a.shift), a.clip_lo, a.clip_hi);
-            }
-        }
-    }
-    return vf_done(beats, 0, 0);
-#else
-    for (uint64_t i = 0; i < n; ++i) {
+    const uint64_t beats = vf_lane_loop<VF_OCP>(n, [&](uint64_t i) {
         const int64_t v = (int64_t)(pa[i] - az) * am + (int64_t)(pb[i] - bz) * bm;
         po[i] = vf_clamp8((int64_t)a.out_zp + vf_rshift_round(v, a.shift), a.clip_lo, a.clip_hi);
-    }
-    return vf_done(vf_ceil_div(n, VF_OCP), 0, 0);
-#endif
+    });
+    return vf_done(beats, 0, 0);
 }
 
 /* LUT: OBUF[out + i] = WBUF[table + (uint8_t)(src[in + i] + 128)]. */
@@ -857,26 +838,8 @@ static vf_exec_t vf_lut(const vf_insn_lut_t &l, vf_cnn_buffers_t *b)
     const int8_t *src = (from_obuf ? b->obuf : b->ibuf) + l.in_addr;
     const int8_t *table = b->wbuf + l.table_addr;
     int8_t *out = b->obuf + l.out_addr;
-#ifdef VF_HLS_LITERAL
-    uint64_t beats = 0;
-LUT_BEAT:
-    for (uint64_t i0 = 0; i0 < n; i0 += VF_OCP) {
-#pragma HLS PIPELINE II=1
-        ++beats;
-    LUT_LANE:
-        for (uint32_t o = 0; o < VF_OCP; ++o) {
-#pragma HLS UNROLL
-            const uint64_t i = i0 + o;
-            if (i < n)
-                out[i] = table[(uint8_t)(src[i] + 128)];
-        }
-    }
+    const uint64_t beats = vf_lane_loop<VF_OCP>(n, [&](uint64_t i) { out[i] = table[(uint8_t)(src[i] + 128)]; });
     return vf_done(beats, 0, 0);
-#else
-    for (uint64_t i = 0; i < n; ++i)
-        out[i] = table[(uint8_t)(src[i] + 128)];
-    return vf_done(vf_ceil_div(n, VF_OCP), 0, 0);
-#endif
 }
 
 /* MUL: requantized element-wise product, b broadcast per channel with BCAST. */
@@ -908,37 +871,17 @@ static vf_exec_t vf_mul(const vf_insn_mul_t &m, vf_cnn_buffers_t *b)
     const int32_t az = m.a_zp, bz = m.b_zp;
     const int64_t mult = m.mult;
     const uint64_t bstep = bcast ? 0 : C; /* b elements between pixels */
-#ifdef VF_HLS_LITERAL
     uint64_t beats = 0;
 MUL_PIX:
     for (uint64_t p = 0; p < P; ++p) {
-    MUL_BEAT:
-        for (uint64_t c0 = 0; c0 < C; c0 += VF_OCP) {
-#pragma HLS PIPELINE II=1
-            ++beats;
-        MUL_LANE:
-            for (uint32_t o = 0; o < VF_OCP; ++o) {
-#pragma HLS UNROLL
-                const uint64_t c = c0 + o;
-                if (c < C) {
-                    const int64_t v = (int64_t)((pa[p * C + c] - az) * (pb[p * bstep + c] - bz)) * mult;
-                    po[p * C + c] = vf_clamp8((int64_t)m.out_zp + vf_rshift_round(v, m.shift), m.clip_lo, m.clip_hi);
-                }
-            }
-        }
-    }
-    return vf_done(beats, 0, 0);
-#else
-    for (uint64_t p = 0; p < P; ++p) {
         const int8_t *ra = pa + p * C, *rb = pb + p * bstep;
         int8_t *ro = po + p * C;
-        for (uint64_t c = 0; c < C; ++c) {
+        beats += vf_lane_loop<VF_OCP>(C, [&](uint64_t c) {
             const int64_t v = (int64_t)((ra[c] - az) * (rb[c] - bz)) * mult;
             ro[c] = vf_clamp8((int64_t)m.out_zp + vf_rshift_round(v, m.shift), m.clip_lo, m.clip_hi);
-        }
+        });
     }
-    return vf_done(P * vf_ceil_div(C, VF_OCP), 0, 0);
-#endif
+    return vf_done(beats, 0, 0);
 }
 
 /* The COMPUTE unit: CONV, POOL, ADD, LUT, MUL. */

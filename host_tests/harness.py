@@ -63,3 +63,31 @@ def make_model(name: str, graph: ir.Graph, n_inputs: int = 4, seed: int = 0, boa
     assert [p.kind for p in c.parts] == ["accel"]
     xs = random_inputs(graph, n_inputs, seed)
     return Model(name, graph, c, xs, [golden.run_graph(graph, x)[graph.outputs[0]] for x in xs])
+
+
+def compare_with_golden(accel: tenants.Accelerator, graph: ir.Graph, board: str, seed: int,
+                        inputs: int = 1) -> static.CompiledModel:
+    """Compiles ``graph`` for ``board``, deploys it, runs ``inputs`` random
+    int8 inputs and checks every graph output against the golden model bit
+    for bit (the first differing element named). Returns the compiled model."""
+    import pytest
+
+    compiled = static.compile_graph(graph, board)
+    tenant = accel.deploy(compiled)
+    rng = np.random.default_rng(seed)
+    try:
+        for n in range(inputs):
+            x = rng.integers(-128, 128, size=graph.tensors[graph.inputs[0]].shape, dtype=np.int8)
+            outs, info = tenant.run_quantized(x)
+            assert info.ok
+            want = golden.run_graph(graph, x)
+            for name, got in zip(graph.outputs, outs):
+                ref = want[name]
+                if not np.array_equal(got, ref):
+                    bad = np.argwhere(got != ref)
+                    y, xx, ch = bad[0]
+                    pytest.fail(f"input {n}, tensor {name} {ref.shape}: {len(bad)} of {ref.size} values differ; "
+                                f"first at (y={y}, x={xx}, c={ch}): C-sim {got[y, xx, ch]}, golden {ref[y, xx, ch]}")
+    finally:
+        accel.remove(tenant)
+    return compiled

@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 from vfpga.runtime.compiler import rnn, static
 from vfpga.runtime.compiler.frontend.errors import FrontendError
 from vfpga.runtime.compiler.frontend.load import _known_ops, reinfer_shapes, topological_sort
-from vfpga.runtime.compiler.frontend.ops import attrs, static_dims
+from vfpga.runtime.compiler.frontend.ops import attrs, prune_initializers, static_dims
 
 LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 # Ops of a 1-D front end that keep their meaning over [1, C, N, L] (channels on axis 1).
@@ -235,10 +235,7 @@ def _rows_front(front: onnx.ModelProto, main: str, shape) -> tuple[onnx.ModelPro
             raise MixedError(f"{node.op_type} {node.name!r}: the 1-D front end runs on the cores as 2-D "
                              f"convolutions over [1, C, N, L]; this op does not keep its meaning there")
     g.initializer.extend(new_inits)
-    used = {i for n in g.node for i in n.input}
-    keep = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    prune_initializers(g)
     inp = next(i for i in g.input if i.name == main)
     tt = inp.type.tensor_type
     tt.ClearField("shape")

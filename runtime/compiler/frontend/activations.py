@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .ops import attrs, consumers
+from .ops import attrs, consumers, rewrite_nodes
 
 
 def _scalar(name, consts):
@@ -113,16 +113,5 @@ def fuse_hard_activations(model: onnx.ModelProto) -> onnx.ModelProto:
         replace[id(last)] = new
     if not replace:
         return model
-    nodes = []
-    for n in g.node:
-        if id(n) in replace:
-            nodes.extend(replace[id(n)])
-        elif id(n) not in removed:
-            nodes.append(n)
-    del g.node[:]
-    g.node.extend(nodes)
-    used = {i for n in g.node for i in n.input}
-    keep = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    rewrite_nodes(g, replace, removed)
     return model

@@ -110,3 +110,27 @@ def rename_input(graph, old: str, new: str) -> None:
         for k, i in enumerate(n.input):
             if i == old:
                 n.input[k] = new
+
+
+def prune_initializers(graph) -> None:
+    """Drops the initializers no node reads."""
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def rewrite_nodes(graph, replace: dict, removed: set) -> None:
+    """Rebuilds the node list: a node whose id is in ``replace`` becomes the
+    node(s) given there (one node or a list), nodes in ``removed`` go; then
+    unread initializers go too."""
+    nodes = []
+    for n in graph.node:
+        if id(n) in replace:
+            r = replace[id(n)]
+            nodes.extend(r if isinstance(r, list) else [r])
+        elif id(n) not in removed:
+            nodes.append(n)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    prune_initializers(graph)

@@ -257,17 +257,8 @@ class MobileHandlers:
     # ---- ConvTranspose
 
     def on_conv_transpose(self, node, nname, idx):
-        a = attrs(node)
-        ref = self.act(node, nname, 0)
-        self.spatial_ok(ref, node, nname)
-        t = self.tensors[ref.q]
-        w = self.weight(node.input[1], node, nname)
-        if w.values.ndim != 4:
-            self.unsupported(node, nname, f"{w.values.ndim - 2}-D transposed convolution (only 2-D)")
+        a, ref, t, w, g = self.conv_operands(node, nname, "transposed convolution")
         ic, ocg, kh, kw = w.values.shape
-        g = int(a.get("group", 1))
-        if list(a.get("dilations", [1, 1])) != [1, 1]:
-            self.unsupported(node, nname, f"dilations {list(a['dilations'])} (only 1)")
         if "output_shape" in a:
             self.unsupported(node, nname, "output_shape (give pads and output_padding instead)")
         if ic != t.shape[2] or ic % g:

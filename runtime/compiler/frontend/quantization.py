@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from .cleanup import simplify
 from .errors import FrontendError
 from .load import drop_initializer_inputs, is_qdq, load_model, real_inputs, reinfer_shapes, sum_to_add
-from .ops import QOPERATOR_OPS, attrs, consumers, onnx_opset, static_dims
+from .ops import QOPERATOR_OPS, attrs, consumers, onnx_opset, prune_initializers, static_dims
 
 
 def share_concat_scales(model: onnx.ModelProto, float_model: onnx.ModelProto | None = None) -> onnx.ModelProto:
@@ -93,10 +93,7 @@ def share_concat_scales(model: onnx.ModelProto, float_model: onnx.ModelProto | N
                 continue
             for n in [q] + readers_q:
                 n.input[1], n.input[2] = q_out.input[1], q_out.input[2]
-    used = {i for n in g.node for i in n.input}
-    keep = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    prune_initializers(g)
     return model
 
 
