@@ -31,12 +31,12 @@ def cosine(a, b) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def evaluate(ov, name: str, data: bytes, n_inputs: int, seed: int = 0) -> dict:
+def evaluate(ov, name: str, data: bytes, n_inputs: int, seed: int = 0, n_calibration: int = 16) -> dict:
     m = real.MODELS[name]
     proto = onnx.load_from_string(data)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     rng = np.random.default_rng(seed)
-    calibration = [real.inputs(name, rng) for _ in range(8)]
+    calibration = [real.inputs(name, rng) for _ in range(n_calibration)]
     t0 = time.perf_counter()
     net = ov.deploy(data, cores=4, calibration=calibration, input_shape=m.input_shape, name=name)
     deploy_s = time.perf_counter() - t0

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from vfpga.runtime.compiler import ir
 
 from .errors import FrontendError, UnsupportedOperatorError
-from .ops import QDQ_OPS, VIEW_OPS
+from .ops import QDQ_OPS, RANGE_OPS, VIEW_OPS
 from .qdq_values import Ref, hwc, layer_inputs, layer_outputs
 
 
@@ -264,7 +264,9 @@ class CpuRegions:
             model.ir_version = self.model.ir_version
             main = next((n for n, nd in zip(names, nodes) if nd.op_type not in QDQ_OPS | VIEW_OPS), names[-1])
             name = self.layer_name(helper.make_node("CpuOp", [], [], name=f"cpu_{main}"), rid)
-            reasons = {n: self.cpu_reasons.get(n, "reads a value computed on the host (no int8 hand-over)")
+            reasons = {n: self.cpu_reasons.get(n, "kept in float by the quantizer (a square or root: int8 loses "
+                                                  "its range)" if nd.op_type in RANGE_OPS else
+                                                  "reads a value computed on the host (no int8 hand-over)")
                        for n, nd in zip(names, nodes) if nd.op_type not in QDQ_OPS | VIEW_OPS}
             op = ir.CpuOp(name, tuple(inputs), tuple(outs), model.SerializeToString(), onnx_nodes=names,
                           reasons=reasons)

@@ -40,6 +40,9 @@ ACCELERATOR_OPS = frozenset(
         "Div",
     }
 )
+# Ops whose output spans a very different dynamic range than their input
+# (squares, roots): the quantizer leaves them float (see quantization.float_nodes).
+RANGE_OPS = frozenset({"Pow", "Sqrt"})
 VIEW_OPS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 QOPERATOR_OPS = frozenset(

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from .cleanup import simplify
 from .errors import FrontendError
 from .load import drop_initializer_inputs, is_qdq, load_model, real_inputs, reinfer_shapes, sum_to_add
-from .ops import QOPERATOR_OPS, attrs, consumers, onnx_opset, prune_initializers, static_dims
+from .ops import QOPERATOR_OPS, RANGE_OPS, attrs, consumers, onnx_opset, prune_initializers, static_dims
 
 
 def share_concat_scales(model: onnx.ModelProto, float_model: onnx.ModelProto | None = None) -> onnx.ModelProto:
@@ -100,17 +100,12 @@ def share_concat_scales(model: onnx.ModelProto, float_model: onnx.ModelProto | N
 # ---------------------------------------------------------------- quantization
 
 
-# Ops whose output spans a very different dynamic range than their input
-# (squares, roots): an int8 per-tensor scale on either side loses most of the
-# values (a spectrogram's magnitude, sqrt(re^2 + im^2), keeps 0.73 of its
-# cosine quantized, 0.96 in float). They stay float, on the host, with the
-# arithmetic that only combines their results.
-RANGE_OPS = frozenset({"Pow", "Sqrt"})
-
-
 def float_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes the quantizer leaves in float: RANGE_OPS and the
-    element-wise arithmetic whose inputs all come from nodes left in float."""
+    """Names of the nodes the quantizer leaves in float: RANGE_OPS (squares,
+    roots: an int8 per-tensor scale on either side loses most values -- a
+    spectrogram's magnitude sqrt(re^2 + im^2) keeps 0.73 of its cosine
+    quantized, 0.96 in float) and the element-wise arithmetic whose inputs
+    all come from nodes left in float. They run on the host."""
     produced_by = {o: n for n in model.graph.node for o in n.output if o}
     inits = {t.name for t in model.graph.initializer}
     out, floating = [], set()
