@@ -61,6 +61,8 @@ FORMATS = {
     "conv": _insn_dtype("vf_insn_conv_t"),
     "pool": _insn_dtype("vf_insn_pool_t"),
     "add": _insn_dtype("vf_insn_add_t"),
+    "lut": _insn_dtype("vf_insn_lut_t"),
+    "mul": _insn_dtype("vf_insn_mul_t"),
     "marker": _insn_dtype("vf_insn_marker_t"),
 }
 # Which format each opcode uses (mirrors the union members in the header).
@@ -72,6 +74,8 @@ FORMAT_OF = {
     OPCODES["CONV"]: "conv",
     OPCODES["POOL"]: "pool",
     OPCODES["ADD"]: "add",
+    OPCODES["LUT"]: "lut",
+    OPCODES["MUL"]: "mul",
     OPCODES["FRAME"]: "marker",
     OPCODES["BARRIER"]: "marker",
     OPCODES["END"]: "marker",
@@ -84,6 +88,9 @@ CONV_ACC_INIT = lib.VF_CONV_ACC_INIT
 CONV_ACC_FINAL = lib.VF_CONV_ACC_FINAL
 POOL_AVG = lib.VF_POOL_AVG
 POOL_COUNT_PAD = lib.VF_POOL_COUNT_PAD
+LUT_SRC_OBUF = lib.VF_LUT_SRC_OBUF
+LUT_ENTRIES = lib.VF_LUT_ENTRIES
+MUL_BCAST = lib.VF_MUL_BCAST
 BUF_WGT = lib.VF_BUF_WGT
 BUF_PARAM = lib.VF_BUF_PARAM
 PARAM_ENTRY_WORDS = lib.VF_PARAM_ENTRY_WORDS

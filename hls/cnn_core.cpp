@@ -10,7 +10,7 @@
  * ---- Step rule, decode and the unit schedule -------------------------------
  * As include/vfpga_unit_scheduler.h states them (written once for both core
  * kinds). The CNN core's units: LOAD (LOAD_TILE, LOAD_LINEAR), COMPUTE (CONV,
- * POOL, ADD) and SAVE (SAVE); opcodes below VF_OP_COUNT decode (any other is
+ * POOL, ADD, LUT, MUL) and SAVE (SAVE); opcodes below VF_OP_COUNT decode (any other is
  * VF_FAULT_OPCODE).
  *
  * ---- Faults -------------------------------------------------------------------
@@ -39,7 +39,7 @@
  *
  * ---- Pipelined-loop iteration counts (the cycle model's contract) ----------
  * Per retired instruction, iterations of its II=1 pipelined loop:
- *   LOAD_TILE, SAVE  dense (pixel_stride == channels):
+ *   LOAD_TILE, SAVE  dense (pixel_stride == channels, and step_x <= 1):
  *                        tile_h * ceil(tile_w * channels / VF_AXI_BYTES)
  *                    otherwise:
  *                        tile_h * tile_w * ceil(channels / VF_AXI_BYTES)
@@ -50,7 +50,8 @@
  *         otherwise  groups * out_h * out_w * kh * kw
  *                        * ceil(cin_g / VF_ICP) * ceil(cout_g / VF_OCP)
  *   POOL             out_h * out_w * kh * kw * ceil(channels / VF_OCP)
- *   ADD              ceil(length / VF_OCP)
+ *   ADD, LUT         ceil(length / VF_OCP)
+ *   MUL              pixels * ceil(channels / VF_OCP)
  *   NOP, markers     0
  * iters[idx] and the counters as the scheduler keeps them; load_bytes /
  * save_bytes count DDR bytes actually moved (LOAD_TILE padding excluded); macs
@@ -174,6 +175,10 @@ static vf_exec_t vf_load_tile(const int8_t *seg, uint64_t seg_limit, const vf_in
     const vf_exec_t view = vf_view_fields(m);
     if (view.fault != VF_FAULT_NONE)
         return view;
+    if (m.step_y > 1)
+        return VF_FIELD(vf_insn_mem_t, step_y);
+    if (m.step_x > 1)
+        return VF_FIELD(vf_insn_mem_t, step_x);
 
     const uint64_t ch = m.channels, ps = m.pixel_stride, th = m.tile_h, tw = m.tile_w;
     const uint64_t row_bytes = tw * ch; /* < 2^32 */
@@ -803,39 +808,93 @@ static vf_exec_t vf_add(const vf_insn_add_t &a, vf_cnn_buffers_t *b)
     const int64_t am = a.a_mult, bm = a.b_mult;
     const int32_t az = a.a_zp, bz = a.b_zp;
     const uint64_t n = a.length;
-#ifdef VF_HLS_LITERAL
-    uint64_t beats = 0;
-ADD_BEAT:
-    for (uint64_t i0 = 0; i0 < n; i0 += VF_OCP) {
-#pragma HLS PIPELINE II=1
-        ++beats;
-    ADD_LANE:
-        for (uint32_t o = 0; o < VF_OCP; ++o) {
-#pragma HLS UNROLL
-            const uint64_t i = i0 + o;
-            if (i < n) {
-                const int64_t v = (int64_t)(pa[i] - az) * am + (int64_t)(pb[i] - bz) * bm;
-                po[i] = vf_clamp8((int64_t)a.out_zp + vf_rshift_round(v, a.shift), a.clip_lo, a.clip_hi);
-            }
-        }
-    }
-    return vf_done(beats, 0, 0);
-#else
-    for (uint64_t i = 0; i < n; ++i) {
+    const uint64_t beats = vf_lane_loop<VF_OCP>(n, [&](uint64_t i) {
         const int64_t v = (int64_t)(pa[i] - az) * am + (int64_t)(pb[i] - bz) * bm;
         po[i] = vf_clamp8((int64_t)a.out_zp + vf_rshift_round(v, a.shift), a.clip_lo, a.clip_hi);
-    }
-    return vf_done(vf_ceil_div(n, VF_OCP), 0, 0);
-#endif
+    });
+    return vf_done(beats, 0, 0);
 }
 
-/* The COMPUTE unit: CONV, POOL, ADD. */
+/* LUT: OBUF[out + i] = WBUF[table + (uint8_t)(src[in + i] + 128)]. */
+static vf_exec_t vf_lut(const vf_insn_lut_t &l, vf_cnn_buffers_t *b)
+{
+    if ((l.head.flags & ~(uint32_t)VF_LUT_SRC_OBUF) != 0)
+        return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
+    if (l.length == 0)
+        return VF_FIELD(vf_insn_lut_t, length);
+    const bool from_obuf = (l.head.flags & VF_LUT_SRC_OBUF) != 0;
+    const uint64_t n = l.length;
+    if (from_obuf && l.in_addr != l.out_addr && (uint64_t)l.in_addr < (uint64_t)l.out_addr + n &&
+        (uint64_t)l.out_addr < (uint64_t)l.in_addr + n)
+        return VF_FIELD(vf_insn_lut_t, in_addr); /* partly overlapping: order-dependent */
+    const uint64_t src_size = from_obuf ? (uint64_t)VF_OBUF_BYTES : (uint64_t)VF_IBUF_BYTES;
+    if (!vf_fits(l.in_addr, n, src_size))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(l.in_addr, src_size));
+    if (!vf_fits(l.out_addr, n, VF_OBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(l.out_addr, VF_OBUF_BYTES));
+    if (!vf_fits(l.table_addr, VF_LUT_ENTRIES, VF_WBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(l.table_addr, VF_WBUF_BYTES));
+
+    const int8_t *src = (from_obuf ? b->obuf : b->ibuf) + l.in_addr;
+    const int8_t *table = b->wbuf + l.table_addr;
+    int8_t *out = b->obuf + l.out_addr;
+    const uint64_t beats = vf_lane_loop<VF_OCP>(n, [&](uint64_t i) { out[i] = table[(uint8_t)(src[i] + 128)]; });
+    return vf_done(beats, 0, 0);
+}
+
+/* MUL: requantized element-wise product, b broadcast per channel with BCAST. */
+static vf_exec_t vf_mul(const vf_insn_mul_t &m, vf_cnn_buffers_t *b)
+{
+    if ((m.head.flags & ~(uint32_t)VF_MUL_BCAST) != 0)
+        return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
+    if (m.pixels == 0)
+        return VF_FIELD(vf_insn_mul_t, pixels);
+    if (m.channels == 0)
+        return VF_FIELD(vf_insn_mul_t, channels);
+    if (m.shift > 62)
+        return VF_FIELD(vf_insn_mul_t, shift);
+    if (m.clip_lo > m.clip_hi)
+        return VF_FIELD(vf_insn_mul_t, clip_lo);
+    const bool bcast = (m.head.flags & VF_MUL_BCAST) != 0;
+    const uint64_t C = m.channels, P = m.pixels;
+    const uint64_t len = vf_mul_sat(P, C);
+    if (!vf_fits(m.a_addr, len, VF_IBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(m.a_addr, VF_IBUF_BYTES));
+    if (!vf_fits(m.b_addr, bcast ? C : len, VF_IBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(m.b_addr, VF_IBUF_BYTES));
+    if (!vf_fits(m.out_addr, len, VF_OBUF_BYTES))
+        return vf_fail(VF_FAULT_BUFFER, vf_first_out(m.out_addr, VF_OBUF_BYTES));
+
+    const int8_t *pa = b->ibuf + m.a_addr;
+    const int8_t *pb = b->ibuf + m.b_addr;
+    int8_t *po = b->obuf + m.out_addr;
+    const int32_t az = m.a_zp, bz = m.b_zp;
+    const int64_t mult = m.mult;
+    const uint64_t bstep = bcast ? 0 : C; /* b elements between pixels */
+    uint64_t beats = 0;
+MUL_PIX:
+    for (uint64_t p = 0; p < P; ++p) {
+        const int8_t *ra = pa + p * C, *rb = pb + p * bstep;
+        int8_t *ro = po + p * C;
+        beats += vf_lane_loop<VF_OCP>(C, [&](uint64_t c) {
+            const int64_t v = (int64_t)((ra[c] - az) * (rb[c] - bz)) * mult;
+            ro[c] = vf_clamp8((int64_t)m.out_zp + vf_rshift_round(v, m.shift), m.clip_lo, m.clip_hi);
+        });
+    }
+    return vf_done(beats, 0, 0);
+}
+
+/* The COMPUTE unit: CONV, POOL, ADD, LUT, MUL. */
 static vf_exec_t vf_compute_unit(const vf_insn_t &insn, vf_cnn_buffers_t *b)
 {
     if (insn.head.opcode == VF_OP_CONV)
         return vf_conv(vf_format<vf_insn_conv_t>(insn), b);
     if (insn.head.opcode == VF_OP_POOL)
         return vf_pool(vf_format<vf_insn_pool_t>(insn), b);
+    if (insn.head.opcode == VF_OP_LUT)
+        return vf_lut(vf_format<vf_insn_lut_t>(insn), b);
+    if (insn.head.opcode == VF_OP_MUL)
+        return vf_mul(vf_format<vf_insn_mul_t>(insn), b);
     return vf_add(vf_format<vf_insn_add_t>(insn), b);
 }
 
@@ -843,7 +902,8 @@ static vf_exec_t vf_compute_unit(const vf_insn_t &insn, vf_cnn_buffers_t *b)
 /* SAVE unit                                                                   */
 /* ========================================================================== */
 
-/* The SAVE unit: an OBUF tile to pixels that all lie inside the view. */
+/* The SAVE unit: an OBUF tile to pixels that all lie inside the view, rows
+ * sy and pixels sx apart (steps 0 and 1 both mean adjacent). */
 static vf_exec_t vf_save_unit(int8_t *seg, uint64_t seg_limit, const vf_insn_t &insn, const vf_cnn_buffers_t *b)
 {
     if (insn.head.flags != 0)
@@ -856,21 +916,23 @@ static vf_exec_t vf_save_unit(int8_t *seg, uint64_t seg_limit, const vf_insn_t &
         return VF_FIELD(vf_insn_mem_t, y0);
     if (m.x0 < 0)
         return VF_FIELD(vf_insn_mem_t, x0);
-    if ((uint64_t)m.y0 + m.tile_h > m.height)
+    const uint64_t sy = m.step_y > 1 ? m.step_y : 1, sx = m.step_x > 1 ? m.step_x : 1;
+    if ((uint64_t)m.y0 + (uint64_t)(m.tile_h - 1) * sy >= m.height)
         return VF_FIELD(vf_insn_mem_t, tile_h);
-    if ((uint64_t)m.x0 + m.tile_w > m.width)
+    if ((uint64_t)m.x0 + (uint64_t)(m.tile_w - 1) * sx >= m.width)
         return VF_FIELD(vf_insn_mem_t, tile_w);
 
     const uint64_t ch = m.channels, ps = m.pixel_stride, th = m.tile_h, tw = m.tile_w;
     const uint64_t row_bytes = tw * ch;
-    const bool dense = ps == ch;
+    const bool dense = ps == ch && sx == 1;
     if (!vf_fits(m.buf_addr, th * row_bytes, VF_OBUF_BYTES))
         return vf_fail(VF_FAULT_BUFFER, vf_first_out(m.buf_addr, VF_OBUF_BYTES));
-    const uint64_t pitch = (uint64_t)m.width * ps;
-    const uint64_t base = m.dram_addr + (uint64_t)m.y0 * pitch + (uint64_t)m.x0 * ps;
+    const uint64_t pitch = (uint64_t)m.width * ps * sy; /* DDR bytes between tile rows */
+    const uint64_t pstep = ps * sx;                     /* DDR bytes between tile pixels */
+    const uint64_t base = m.dram_addr + (uint64_t)m.y0 * m.width * ps + (uint64_t)m.x0 * ps;
     uint64_t first = 0;
     const bool ok = dense ? vf_seg_check(base, th, pitch, 1, row_bytes, row_bytes, seg_limit, &first)
-                          : vf_seg_check(base, th, pitch, tw, ps, ch, seg_limit, &first);
+                          : vf_seg_check(base, th, pitch, tw, pstep, ch, seg_limit, &first);
     if (!ok)
         return vf_fail(VF_FAULT_SEGMENT, first);
 
@@ -906,7 +968,7 @@ SAVE_ROW:
 #pragma HLS UNROLL
                         const uint64_t k = bt * VF_AXI_BYTES + j;
                         if (k < ch)
-                            drow[c * ps + k] = srow[c * ch + k];
+                            drow[c * pstep + k] = srow[c * ch + k];
                     }
                 }
             }
@@ -921,7 +983,7 @@ SAVE_ROW:
             memcpy(drow, srow, row_bytes);
         else
             for (uint64_t c = 0; c < tw; ++c)
-                memcpy(drow + c * ps, srow + c * ch, ch);
+                memcpy(drow + c * pstep, srow + c * ch, ch);
     }
     const uint64_t iters = dense ? th * vf_ceil_div(row_bytes, VF_AXI_BYTES) : th * tw * vf_ceil_div(ch, VF_AXI_BYTES);
     return vf_done(iters, th * row_bytes, 0);
@@ -952,6 +1014,8 @@ struct vf_cnn_kind {
         case VF_OP_CONV:
         case VF_OP_POOL:
         case VF_OP_ADD:
+        case VF_OP_LUT:
+        case VF_OP_MUL:
             return VF_UNIT_COMPUTE;
         case VF_OP_SAVE:
             return VF_UNIT_SAVE;

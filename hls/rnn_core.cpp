@@ -549,25 +549,8 @@ vf_exec_t vr_gates(const vf_insn_rnn_gates_t &gi, vf_rnn_buffers_t *b)
     g.mult = gi.out_mult;
     g.shift = gi.out_shift;
     g.zp = gi.out_zp;
-#ifdef VF_HLS_LITERAL
-    uint64_t beats = 0;
-GATES_J:
-    for (uint64_t j0 = 0; j0 < n; j0 += VF_RNN_LANES) {
-#pragma HLS PIPELINE II=1
-        ++beats;
-    GATES_LANE:
-        for (uint32_t l = 0; l < VF_RNN_LANES; ++l) {
-#pragma HLS UNROLL
-            if (j0 + l < n)
-                vr_gate_unit(g, j0 + l);
-        }
-    }
+    const uint64_t beats = vf_lane_loop<VF_RNN_LANES>(n, [&](uint64_t j) { vr_gate_unit(g, j); });
     return vf_done(beats, 0, 0);
-#else
-    for (uint64_t j = 0; j < n; ++j)
-        vr_gate_unit(g, j);
-    return vf_done(vf_ceil_div(n, VF_RNN_LANES), 0, 0);
-#endif
 }
 
 /* The COMPUTE unit: RNN_MATVEC and RNN_GATES. */

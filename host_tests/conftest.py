@@ -2,7 +2,7 @@
 
 import onnx
 import pytest
-from harness import SMALL_BANK
+from harness import SMALL_BANK, emulated_accelerator
 
 from vfpga.driver.emulated import EmulatedDevice
 from vfpga.runtime.models import small
@@ -41,3 +41,19 @@ def small_cnn_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "small_cnn.onnx"
     onnx.save(small.small_cnn(seed=0), str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def accelerators():
+    """``accelerators(board)``: one emulated accelerator per board (64 MiB
+    banks), shared by the tests of a module and closed after them."""
+    made = {}
+
+    def get(board: str):
+        if board not in made:
+            made[board] = emulated_accelerator(board, 64 << 20)
+        return made[board]
+
+    yield get
+    for accel in made.values():
+        accel.close()

@@ -100,3 +100,31 @@ def corrupt(compiled: static.CompiledModel, how: str) -> tuple[static.CompiledMo
     program[i * isa.INSN_BYTES:(i + 1) * isa.INSN_BYTES] = np.frombuffer(
         isa.encode(fields.pop("opcode"), **head, **fields), dtype=np.uint8)
     return dataclasses.replace(compiled, program=program), i, fault_addr
+
+
+def compare_with_golden(accel: tenants.Accelerator, graph: ir.Graph, board: str, seed: int,
+                        inputs: int = 1) -> static.CompiledModel:
+    """Compiles ``graph`` for ``board``, deploys it, runs ``inputs`` random
+    int8 inputs and checks every graph output against the golden model bit
+    for bit (the first differing element named). Returns the compiled model."""
+    import pytest
+
+    compiled = static.compile_graph(graph, board)
+    tenant = accel.deploy(compiled)
+    rng = np.random.default_rng(seed)
+    try:
+        for n in range(inputs):
+            x = rng.integers(-128, 128, size=graph.tensors[graph.inputs[0]].shape, dtype=np.int8)
+            outs, info = tenant.run_quantized(x)
+            assert info.ok
+            want = golden.run_graph(graph, x)
+            for name, got in zip(graph.outputs, outs):
+                ref = want[name]
+                if not np.array_equal(got, ref):
+                    bad = np.argwhere(got != ref)
+                    y, xx, ch = bad[0]
+                    pytest.fail(f"input {n}, tensor {name} {ref.shape}: {len(bad)} of {ref.size} values differ; "
+                                f"first at (y={y}, x={xx}, c={ch}): C-sim {got[y, xx, ch]}, golden {ref[y, xx, ch]}")
+    finally:
+        accel.remove(tenant)
+    return compiled

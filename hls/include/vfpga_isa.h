@@ -36,7 +36,7 @@
 
 #include <stdint.h>
 
-#define VF_ISA_VERSION 1
+#define VF_ISA_VERSION 2
 #define VF_INSN_BYTES 64
 
 /* ---- opcodes ---------------------------------------------------------- */
@@ -50,7 +50,9 @@
 #define VF_OP_FRAME 7       /* marker: a frame (one output tile) begins        */
 #define VF_OP_BARRIER 8     /* marker: all units drain before anything after   */
 #define VF_OP_END 9         /* marker: the program (one request) is complete   */
-#define VF_OP_COUNT 10
+#define VF_OP_LUT 10        /* compute unit: IBUF/OBUF -> OBUF through a table */
+#define VF_OP_MUL 11        /* compute unit: IBUF x IBUF -> OBUF (requantized) */
+#define VF_OP_COUNT 12
 
 /* ---- dependency tokens (head.deps) -------------------------------------
  * The load, compute and save units run concurrently and hand over buffer
@@ -69,6 +71,11 @@
 #define VF_CONV_ACC_FINAL 2 /* requantize into OBUF; else keep int32 in ACC    */
 #define VF_POOL_AVG 1       /* average pooling (else max)                     */
 #define VF_POOL_COUNT_PAD 2 /* average divides by kh*kw, padding included     */
+#define VF_LUT_SRC_OBUF 1   /* LUT reads OBUF (after a CONV) instead of IBUF  */
+#define VF_MUL_BCAST 1      /* MUL: b is one pixel, broadcast over all pixels */
+
+/* LUT tables: one int8 output per int8 input code */
+#define VF_LUT_ENTRIES 256
 
 /* LOAD_LINEAR destinations */
 #define VF_BUF_WGT 0
@@ -98,8 +105,12 @@ typedef struct {
  * LOAD_TILE: for r < tile_h, c < tile_w: pixel (y0 + r, x0 + c) of the view
  *   is copied to IBUF[buf_addr + (r * tile_w + c) * channels ...]; pixels
  *   outside [0, height) x [0, width) are filled with pad_value.
- * SAVE: OBUF[buf_addr ...] tile is written to pixels (y0 + r, x0 + c), which
- *   must all lie inside the view (no padding on the way out). */
+ *   step_y and step_x must be 0 or 1.
+ * SAVE: OBUF[buf_addr ...] tile is written to pixels
+ *   (y0 + r * sy, x0 + c * sx), sy = max(step_y, 1), sx = max(step_x, 1),
+ *   which must all lie inside the view (no padding on the way out). Steps
+ *   above 1 interleave tiles: the phases of a nearest-neighbour upsampling
+ *   or of a transposed convolution are saved into one output. */
 typedef struct {
     vf_insn_head_t head;
     uint32_t dram_addr;     /* segment offset of pixel (0, 0) of the view */
@@ -113,7 +124,9 @@ typedef struct {
     uint16_t tile_h;
     uint16_t tile_w;
     int8_t pad_value;       /* load only */
-    uint8_t reserved[3];
+    uint8_t step_y;         /* save only: output rows between tile rows (0 = 1) */
+    uint8_t step_x;         /* save only: output pixels between tile pixels (0 = 1) */
+    uint8_t reserved;
 } vf_insn_mem_t;
 
 /* LOAD_LINEAR: nbytes contiguous bytes to WBUF or PARAM (byte offset,
@@ -224,6 +237,45 @@ typedef struct {
     uint8_t reserved[2];
 } vf_insn_add_t;
 
+/* LUT: element-wise table lookup (activation functions). For i < length:
+ *   OBUF[out_addr + i] = WBUF[table_addr + (uint8_t)(src[in_addr + i] + 128)]
+ * src = OBUF with VF_LUT_SRC_OBUF (a CONV's result, before its SAVE), else
+ * IBUF. The table (VF_LUT_ENTRIES bytes, entry k for input code k - 128) is
+ * data: the compiler fills it with quantize(f(dequantize(q))) for any
+ * element-wise f (hard-swish, HardSigmoid, Sigmoid, SiLU, Clip, ...), so the
+ * core reproduces the quantized graph exactly. With VF_LUT_SRC_OBUF the
+ * input and output ranges must be equal (in place) or disjoint. */
+typedef struct {
+    vf_insn_head_t head;
+    uint32_t in_addr;       /* IBUF (or OBUF) byte offset */
+    uint32_t out_addr;      /* OBUF byte offset */
+    uint32_t table_addr;    /* WBUF byte offset of entry 0 */
+    uint32_t length;        /* elements, >= 1 */
+} vf_insn_lut_t;
+
+/* MUL: element-wise product with requantization; with VF_MUL_BCAST, b holds
+ * one value per channel (the squeeze-and-excitation scale). For p < pixels,
+ * c < channels, i = p * channels + c, j = VF_MUL_BCAST ? c : i:
+ *   OBUF[out_addr + i] = clamp(out_zp + rshift_round(
+ *       (IBUF[a_addr + i] - a_zp) * (IBUF[b_addr + j] - b_zp) * mult, shift),
+ *       clip_lo, clip_hi)
+ * in int64 (|product * mult| < 2^47). Requires shift <= 62. */
+typedef struct {
+    vf_insn_head_t head;
+    uint32_t a_addr;        /* IBUF [pixels][channels] */
+    uint32_t b_addr;        /* IBUF [pixels][channels], or [channels] (BCAST) */
+    uint32_t out_addr;      /* OBUF [pixels][channels] */
+    uint32_t pixels;        /* >= 1 */
+    int32_t mult;
+    uint16_t channels;      /* >= 1 */
+    uint8_t shift;
+    int8_t a_zp;
+    int8_t b_zp;
+    int8_t out_zp;
+    int8_t clip_lo;
+    int8_t clip_hi;
+} vf_insn_mul_t;
+
 /* FRAME / BARRIER / END markers. FRAME starts a frame: token queues are
  * cleared. BARRIER waits until every unit is idle. END stops the core with
  * success. */
@@ -240,6 +292,8 @@ typedef union {
     vf_insn_conv_t conv;
     vf_insn_pool_t pool;
     vf_insn_add_t add;
+    vf_insn_lut_t lut;
+    vf_insn_mul_t mul;
     vf_insn_marker_t marker;
     uint8_t raw[64];
 } vf_insn_t;

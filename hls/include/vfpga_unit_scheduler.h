@@ -189,6 +189,33 @@ static inline int64_t vf_rshift_round(int64_t v, uint32_t s)
     return s == 0 ? v : (v + (int64_t)(1ull << (s - 1))) >> s;
 }
 
+/* An element-wise pipelined loop: body(i) for every i < n, LANES lanes per
+ * II=1 beat. Returns the beats: counted as the literal HLS nest runs them,
+ * ceil(n / LANES) in the vectorised C-sim build (the same number). */
+template <uint32_t LANES, class Body>
+static inline uint64_t vf_lane_loop(uint64_t n, Body body)
+{
+#ifdef VF_HLS_LITERAL
+    uint64_t beats = 0;
+LANE_BEAT:
+    for (uint64_t i0 = 0; i0 < n; i0 += LANES) {
+#pragma HLS PIPELINE II=1
+        ++beats;
+    LANE_BODY:
+        for (uint32_t o = 0; o < LANES; ++o) {
+#pragma HLS UNROLL
+            if (i0 + o < n)
+                body(i0 + o);
+        }
+    }
+    return beats;
+#else
+    for (uint64_t i = 0; i < n; ++i)
+        body(i);
+    return vf_ceil_div(n, LANES);
+#endif
+}
+
 #ifndef VF_HLS_LITERAL
 /* lane[o] += sum_{i < n} x[i] * w[o * wst + i] for o < nl, wrapping (a CNN
  * core's output channels, an RNN core's matrix rows). Partial sums stay exact

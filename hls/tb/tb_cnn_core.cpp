@@ -118,10 +118,12 @@ static void ref_exec(Mem &m, const vf_insn_t &in)
     }
     case VF_OP_SAVE: {
         const vf_insn_mem_t &t = in.mem;
+        const int sy = t.step_y > 1 ? t.step_y : 1, sx = t.step_x > 1 ? t.step_x : 1;
         for (int r = 0; r < t.tile_h; ++r)
             for (int c = 0; c < t.tile_w; ++c)
                 for (int k = 0; k < t.channels; ++k)
-                    m.seg.at(t.dram_addr + ((size_t)(t.y0 + r) * t.width + (size_t)(t.x0 + c)) * t.pixel_stride + k) =
+                    m.seg.at(t.dram_addr +
+                             ((size_t)(t.y0 + r * sy) * t.width + (size_t)(t.x0 + c * sx)) * t.pixel_stride + k) =
                         m.obuf.at(t.buf_addr + ((size_t)r * t.tile_w + c) * t.channels + k);
         break;
     }
@@ -215,6 +217,25 @@ static void ref_exec(Mem &m, const vf_insn_t &in)
         }
         break;
     }
+    case VF_OP_LUT: {
+        const vf_insn_lut_t &l = in.lut;
+        const std::vector<int8_t> src = (l.head.flags & VF_LUT_SRC_OBUF) ? m.obuf : m.ibuf; /* a copy: in place */
+        for (uint32_t i = 0; i < l.length; ++i)
+            m.obuf.at(l.out_addr + i) = m.wbuf.at(l.table_addr + (size_t)(src.at(l.in_addr + i) + 128));
+        break;
+    }
+    case VF_OP_MUL: {
+        const vf_insn_mul_t &u = in.mul;
+        for (uint32_t p = 0; p < u.pixels; ++p)
+            for (uint32_t c = 0; c < u.channels; ++c) {
+                const size_t i = (size_t)p * u.channels + c;
+                const size_t j = (u.head.flags & VF_MUL_BCAST) ? c : i;
+                const int64_t v = (int64_t)(m.ibuf.at(u.a_addr + i) - u.a_zp) * (m.ibuf.at(u.b_addr + j) - u.b_zp);
+                m.obuf.at(u.out_addr + i) =
+                    ref_clamp(u.out_zp + ref_rshift_round(v * u.mult, u.shift), u.clip_lo, u.clip_hi);
+            }
+        break;
+    }
     default:
         break;
     }
@@ -227,7 +248,7 @@ static uint64_t expect_iters(const vf_insn_t &i)
     case VF_OP_LOAD_TILE:
     case VF_OP_SAVE: {
         const vf_insn_mem_t &m = i.mem;
-        if (m.pixel_stride == m.channels)
+        if (m.pixel_stride == m.channels && m.step_x <= 1)
             return (uint64_t)m.tile_h * cdiv((uint64_t)m.tile_w * m.channels, VF_AXI_BYTES);
         return (uint64_t)m.tile_h * m.tile_w * cdiv(m.channels, VF_AXI_BYTES);
     }
@@ -244,6 +265,10 @@ static uint64_t expect_iters(const vf_insn_t &i)
         return (uint64_t)i.pool.out_h * i.pool.out_w * i.pool.kh * i.pool.kw * cdiv(i.pool.channels, VF_OCP);
     case VF_OP_ADD:
         return cdiv(i.add.length, VF_OCP);
+    case VF_OP_LUT:
+        return cdiv(i.lut.length, VF_OCP);
+    case VF_OP_MUL:
+        return (uint64_t)i.mul.pixels * cdiv(i.mul.channels, VF_OCP);
     default:
         return 0;
     }
@@ -373,6 +398,8 @@ struct Env : TbSegment {
                 break;
             case VF_OP_POOL:
             case VF_OP_ADD:
+            case VF_OP_LUT:
+            case VF_OP_MUL:
                 want.compute_iters += e;
                 break;
             case VF_OP_SAVE:
@@ -867,6 +894,156 @@ static void test_save_view()
         e.place_program();
         e.expect_clean_run();
     }
+}
+
+static void expect_single_fault(const char *name, const vf_insn_t &bad, uint32_t fault, uint64_t addr);
+
+/* SAVE with steps: tiles interleaved into a larger view (upsampling and
+ * transposed-convolution phases), dense and inside wider pixels. */
+static void test_save_steps()
+{
+    for (int t = 0; t < 120; ++t) {
+        Env e(1 << 18);
+        const uint32_t ch = 1 + rnd(t % 4 ? 40 : 3), extra = t % 3 ? 0 : 1 + rnd(8);
+        const uint32_t sy = rnd(4), sx = rnd(4); /* 0 and 1 both mean adjacent */
+        const View v = alloc_view(e, 1 + rnd(12), 1 + rnd(12), ch, extra);
+        const uint32_t ey = sy > 1 ? sy : 1, ex = sx > 1 ? sx : 1;
+        const uint32_t y0 = rnd(v.h), x0 = rnd(v.w);
+        const uint32_t th = 1 + rnd((v.h - 1 - y0) / ey + 1), tw = 1 + rnd((v.w - 1 - x0) / ex + 1);
+        const uint32_t ob = rnd(VF_OBUF_BYTES - th * tw * ch + 1);
+        vf_insn_t sv = mk_mem(VF_OP_SAVE, v.addr, ob, v.h, v.w, v.ps, ch, (int32_t)y0, (int32_t)x0, th, tw);
+        sv.mem.step_y = (uint8_t)sy;
+        sv.mem.step_x = (uint8_t)sx;
+        g_ctx = "trial " + std::to_string(t) + " steps " + std::to_string(sy) + "x" + std::to_string(sx);
+        e.prog = {mk_marker(VF_OP_FRAME), sv, mk_marker(VF_OP_END)};
+        e.place_program();
+        e.expect_clean_run();
+        if (g_checks_failed)
+            return;
+    }
+    /* a stepped tile reaching one row past the view is a FIELD fault */
+    {
+        vf_insn_t sv = mk_mem(VF_OP_SAVE, 0, 0, 5, 5, 4, 4, 1, 0, 3, 2);
+        sv.mem.step_y = 2;
+        expect_single_fault("save step_y past the view", sv, VF_FAULT_FIELD, offsetof(vf_insn_mem_t, tile_h));
+        sv.mem.step_y = 0;
+        sv.mem.tile_h = 2;
+        sv.mem.step_x = 5;
+        expect_single_fault("save step_x past the view", sv, VF_FAULT_FIELD, offsetof(vf_insn_mem_t, tile_w));
+        vf_insn_t ld = mk_mem(VF_OP_LOAD_TILE, 0, 0, 5, 5, 4, 4, 0, 0, 2, 2);
+        ld.mem.step_x = 2;
+        expect_single_fault("load with a step", ld, VF_FAULT_FIELD, offsetof(vf_insn_mem_t, step_x));
+    }
+}
+
+/* LUT: random tables from IBUF, and in place on OBUF after a CONV's output. */
+static void test_lut_random()
+{
+    for (int t = 0; t < 150; ++t) {
+        Env e(1 << 18);
+        const uint32_t n = 1 + rnd(t % 5 == 0 ? 5000 : 300);
+        if (n > VF_IBUF_BYTES || n > VF_OBUF_BYTES / 2)
+            continue;
+        std::vector<int8_t> table(VF_LUT_ENTRIES);
+        fill_random(table.data(), table.size());
+        const uint32_t tsrc = e.put(table.data(), VF_LUT_ENTRIES, 1);
+        const bool in_obuf = t % 3 == 0;
+        vf_insn_t l = blank(VF_OP_LUT, VF_DEP_POP_PREV | VF_DEP_PUSH_NEXT, in_obuf ? VF_LUT_SRC_OBUF : 0);
+        l.lut.length = n;
+        l.lut.table_addr = rnd(VF_WBUF_BYTES - VF_LUT_ENTRIES + 1);
+        if (in_obuf && t % 2) { /* in place */
+            l.lut.in_addr = l.lut.out_addr = rnd(VF_OBUF_BYTES - n + 1);
+        } else if (in_obuf) { /* from one half into the other */
+            l.lut.in_addr = rnd(VF_OBUF_BYTES / 2 - n + 1);
+            l.lut.out_addr = VF_OBUF_BYTES / 2 + rnd(VF_OBUF_BYTES / 2 - n + 1);
+        } else {
+            l.lut.in_addr = rnd(VF_IBUF_BYTES - n + 1);
+            l.lut.out_addr = rnd(VF_OBUF_BYTES - n + 1);
+        }
+        const View vi = alloc_view(e, 1, n, 1, 0), vo = alloc_view(e, 1, n, 1, 0);
+        g_ctx = "trial " + std::to_string(t) + " n" + std::to_string(n) + (in_obuf ? " obuf" : " ibuf");
+        e.prog = {mk_linear(tsrc, l.lut.table_addr, VF_LUT_ENTRIES, VF_BUF_WGT)};
+        if (!in_obuf)
+            e.prog.push_back(mk_mem(VF_OP_LOAD_TILE, vi.addr, l.lut.in_addr, 1, n, 1, 1, 0, 0, 1, n));
+        e.prog.back().head.deps = VF_DEP_PUSH_NEXT;
+        e.prog.push_back(l);
+        e.prog.push_back(mk_mem(VF_OP_SAVE, vo.addr, l.lut.out_addr, 1, n, 1, 1, 0, 0, 1, n, 0, VF_DEP_POP_PREV));
+        e.prog.push_back(mk_marker(VF_OP_END));
+        e.place_program();
+        e.expect_clean_run();
+        if (g_checks_failed)
+            return;
+    }
+    /* partly overlapping OBUF ranges would depend on the lane order */
+    vf_insn_t l = blank(VF_OP_LUT, 0, VF_LUT_SRC_OBUF);
+    l.lut.length = 64;
+    l.lut.in_addr = 0;
+    l.lut.out_addr = 32;
+    expect_single_fault("lut overlap", l, VF_FAULT_FIELD, offsetof(vf_insn_lut_t, in_addr));
+    l.lut.out_addr = 0;
+    l.lut.table_addr = VF_WBUF_BYTES - VF_LUT_ENTRIES + 1;
+    expect_single_fault("lut table outside WBUF", l, VF_FAULT_BUFFER, VF_WBUF_BYTES);
+    l.lut.table_addr = 0;
+    l.lut.length = 0;
+    expect_single_fault("lut length 0", l, VF_FAULT_FIELD, offsetof(vf_insn_lut_t, length));
+}
+
+/* MUL: element-wise and per-channel broadcast products. */
+static void test_mul_random()
+{
+    for (int t = 0; t < 150; ++t) {
+        Env e(1 << 18);
+        const bool bcast = t % 2 == 0;
+        const uint32_t C = 1 + rnd(t % 5 == 0 ? 300 : 40), P = 1 + rnd(t % 7 == 0 ? 60 : 12);
+        const uint32_t n = P * C, nb = bcast ? C : n;
+        if (n + nb > VF_IBUF_BYTES || n > VF_OBUF_BYTES)
+            continue;
+        vf_insn_t u = blank(VF_OP_MUL, VF_DEP_POP_PREV | VF_DEP_PUSH_NEXT, bcast ? VF_MUL_BCAST : 0);
+        u.mul.pixels = P;
+        u.mul.channels = (uint16_t)C;
+        u.mul.a_addr = rnd(VF_IBUF_BYTES - n - nb + 1);
+        u.mul.b_addr = u.mul.a_addr + n + rnd(VF_IBUF_BYTES - u.mul.a_addr - n - nb + 1);
+        u.mul.out_addr = rnd(VF_OBUF_BYTES - n + 1);
+        const uint32_t shift = t % 7 == 6 ? rnd(63) : 20 + rnd(16);
+        u.mul.shift = (uint8_t)shift;
+        u.mul.mult = (int32_t)rrange(-(int64_t)INT32_MAX, INT32_MAX);
+        if (t % 11 == 10)
+            u.mul.mult = INT32_MIN;
+        u.mul.a_zp = rnd_i8();
+        u.mul.b_zp = rnd_i8();
+        u.mul.out_zp = rnd_i8();
+        u.mul.clip_lo = -128;
+        u.mul.clip_hi = 127;
+        if (rnd(3) == 0) {
+            u.mul.clip_lo = (int8_t)rrange(-128, 0);
+            u.mul.clip_hi = (int8_t)rrange(u.mul.clip_lo, 127);
+        }
+        const View va = alloc_view(e, P, 1, C, 0), vb = alloc_view(e, bcast ? 1 : P, 1, C, 0);
+        const View vo = alloc_view(e, P, 1, C, 0);
+        g_ctx = "trial " + std::to_string(t) + " P" + std::to_string(P) + " C" + std::to_string(C);
+        e.prog = {mk_mem(VF_OP_LOAD_TILE, va.addr, u.mul.a_addr, P, 1, C, C, 0, 0, P, 1),
+                  mk_mem(VF_OP_LOAD_TILE, vb.addr, u.mul.b_addr, vb.h, 1, C, C, 0, 0, vb.h, 1, 0, VF_DEP_PUSH_NEXT),
+                  u, mk_mem(VF_OP_SAVE, vo.addr, u.mul.out_addr, P, 1, C, C, 0, 0, P, 1, 0, VF_DEP_POP_PREV),
+                  mk_marker(VF_OP_END)};
+        e.place_program();
+        e.expect_clean_run();
+        if (g_checks_failed)
+            return;
+    }
+    vf_insn_t u = blank(VF_OP_MUL, 0, 0);
+    u.mul.pixels = 2;
+    u.mul.channels = 8;
+    u.mul.shift = 63;
+    expect_single_fault("mul shift 63", u, VF_FAULT_FIELD, offsetof(vf_insn_mul_t, shift));
+    u.mul.shift = 10;
+    u.mul.channels = 0;
+    expect_single_fault("mul channels 0", u, VF_FAULT_FIELD, offsetof(vf_insn_mul_t, channels));
+    u.mul.channels = 8;
+    u.head.flags = 2;
+    expect_single_fault("mul flags", u, VF_FAULT_FIELD, offsetof(vf_insn_head_t, flags));
+    u.head.flags = VF_MUL_BCAST;
+    u.mul.b_addr = VF_IBUF_BYTES - 7;
+    expect_single_fault("mul b outside IBUF", u, VF_FAULT_BUFFER, VF_IBUF_BYTES);
 }
 
 /* Dependency tokens: a double-buffered tile pipeline over the three units.
@@ -1540,7 +1717,7 @@ static void test_fuzz()
 {
     static const uint8_t ops[] = {VF_OP_LOAD_TILE, VF_OP_LOAD_TILE, VF_OP_LOAD_LINEAR, VF_OP_CONV, VF_OP_CONV,
                                   VF_OP_POOL,      VF_OP_ADD,       VF_OP_SAVE,        VF_OP_SAVE, VF_OP_NOP,
-                                  VF_OP_FRAME,     VF_OP_BARRIER};
+                                  VF_OP_FRAME,     VF_OP_BARRIER,   VF_OP_LUT,         VF_OP_MUL};
     const int programs = 1500;
     TbFuzzTally f;
     memset(&f, 0, sizeof f);
@@ -1573,6 +1750,8 @@ static void test_fuzz()
                 x.mem.x0 = (int16_t)(!edge() ? (int32_t)rnd(12) - 3 : (int16_t)rnd64());
                 x.mem.tile_h = (uint16_t)fz(1, 9);
                 x.mem.tile_w = (uint16_t)fz(1, 9);
+                x.mem.step_y = (uint8_t)(!edge() ? (rnd(4) ? 0 : rnd(3)) : rnd64());
+                x.mem.step_x = (uint8_t)(!edge() ? (rnd(4) ? 0 : rnd(3)) : rnd64());
                 if (x.head.opcode == VF_OP_SAVE && !edge()) { /* mostly inside the view */
                     x.mem.y0 = (int16_t)rnd(x.mem.height ? x.mem.height : 1);
                     x.mem.x0 = (int16_t)rnd(x.mem.width ? x.mem.width : 1);
@@ -1630,6 +1809,26 @@ static void test_fuzz()
                 x.pool.clip_lo = (int8_t)(!edge() ? -128 : rnd_i8());
                 x.pool.clip_hi = (int8_t)(!edge() ? 127 : rnd_i8());
                 break;
+            case VF_OP_LUT:
+                x.lut.in_addr = !edge() ? rnd(8192) : (uint32_t)rnd64();
+                x.lut.out_addr = !edge() ? (rnd(2) ? x.lut.in_addr : rnd(8192)) : (uint32_t)rnd64();
+                x.lut.table_addr = !edge() ? rnd(4096) : (uint32_t)rnd64();
+                x.lut.length = fz(1, 2000);
+                if (!edge())
+                    x.head.flags &= VF_LUT_SRC_OBUF;
+                break;
+            case VF_OP_MUL:
+                x.mul.a_addr = !edge() ? rnd(8192) : (uint32_t)rnd64();
+                x.mul.b_addr = !edge() ? rnd(8192) : (uint32_t)rnd64();
+                x.mul.out_addr = !edge() ? rnd(8192) : (uint32_t)rnd64();
+                x.mul.pixels = fz(1, 50);
+                x.mul.channels = (uint16_t)fz(1, 60);
+                x.mul.shift = (uint8_t)(!edge() ? rnd(63) : rnd64());
+                x.mul.clip_lo = (int8_t)(!edge() ? -128 : rnd_i8());
+                x.mul.clip_hi = (int8_t)(!edge() ? 127 : rnd_i8());
+                if (!edge())
+                    x.head.flags &= VF_MUL_BCAST;
+                break;
             case VF_OP_ADD:
                 x.add.a_addr = !edge() ? rnd(8192) : (uint32_t)rnd64();
                 x.add.b_addr = !edge() ? rnd(8192) : (uint32_t)rnd64();
@@ -1658,8 +1857,9 @@ static void test_fuzz()
         if (g_checks_failed)
             return;
     }
-    static const char *const names[] = {"load_tile", "load_linear", "conv", "pool", "add", "save"};
-    static const uint8_t units[] = {VF_OP_LOAD_TILE, VF_OP_LOAD_LINEAR, VF_OP_CONV, VF_OP_POOL, VF_OP_ADD, VF_OP_SAVE};
+    static const char *const names[] = {"load_tile", "load_linear", "conv", "pool", "add", "lut", "mul", "save"};
+    static const uint8_t units[] = {VF_OP_LOAD_TILE, VF_OP_LOAD_LINEAR, VF_OP_CONV, VF_OP_POOL,
+                                    VF_OP_ADD,       VF_OP_LUT,         VF_OP_MUL,  VF_OP_SAVE};
     tb_fuzz_report(f, programs, names, units, sizeof units);
 }
 
@@ -1717,6 +1917,9 @@ int main()
     run_test("pool_random", test_pool_random);
     run_test("add_random", test_add_random);
     run_test("save_view", test_save_view);
+    run_test("save_steps", test_save_steps);
+    run_test("lut_random", test_lut_random);
+    run_test("mul_random", test_mul_random);
     run_test("tokens_double_buffer", test_tokens_double_buffer);
     run_test("tokens_missing_give_wrong_order", test_tokens_missing_give_wrong_order);
     run_test("deadlock", test_deadlock);

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
+from vfpga.driver import isa
 from vfpga.runtime import cli
 from vfpga.runtime.compiler import frontend, ifp
 from vfpga.runtime.hw import golden
@@ -61,7 +62,7 @@ def test_compile_info_run(files, tmp_path, capsys, cache_dir):
     assert cli.main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert f"vfpga IFP format {ifp.FORMAT_VERSION}" in text and "for board u200" in text and "deployable here" in text
-    assert "ISA 1" in text and "source: small_cnn.onnx" in text
+    assert f"ISA {isa.ISA_VERSION}" in text and "source: small_cnn.onnx" in text
     for word in ("conv1", "pool1", "add1", "dwconv5", "gap", "flatten, fc", "accelerator", "segment:",
                  "activations", "weights+params", "frames"):
         assert word in text

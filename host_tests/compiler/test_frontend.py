@@ -570,13 +570,25 @@ def _with_tail(op_type, **attrs):
 
 @pytest.mark.parametrize(
     "op_type, attrs",
-    [("LRN", {"size": 3}), ("Softmax", {"axis": 1}), ("Sigmoid", {})],
+    [("LRN", {"size": 3}), ("Softmax", {"axis": 1}), ("LpNormalization", {"axis": 1})],
 )
 def test_unsupported_op_names_op_and_node(op_type, attrs, calib):
     qdq = frontend.quantize(_with_tail(op_type, **attrs), calib[:2])
     with pytest.raises(UnsupportedOperatorError, match=f"{op_type} \\(node 'my_{op_type.lower()}'\\)") as e:
         frontend.to_graph(qdq)
     assert e.value.op_type == op_type and e.value.node_name == f"my_{op_type.lower()}"
+
+
+@pytest.mark.parametrize("op_type", ["Sigmoid", "Tanh", "HardSigmoid"])
+def test_elementwise_ops_are_activation_tables(op_type, calib):
+    """An element-wise op between quantized tensors is the core's activation
+    table, folded into the convolution before it; the table is onnxruntime's
+    own DQ -> op -> Q on the 256 codes."""
+    qdq = frontend.quantize(_with_tail(op_type), calib[:2])
+    g = frontend.to_graph(qdq)
+    fused = [layer for layer in g.layers if getattr(layer, "table", None) is not None]
+    assert len(fused) == 1 and f"my_{op_type.lower()}" in fused[0].onnx_nodes
+    assert "lut" not in [layer.kind for layer in g.layers]
 
 
 def test_dilation_is_unsupported(calib):
@@ -839,7 +851,7 @@ def _assert_end_to_end(qdq, g, inputs, tol=2):
 
 @pytest.mark.parametrize(
     "op_type, attrs",
-    [("LRN", {"size": 3}), ("Softmax", {"axis": 1}), ("Sigmoid", {})],
+    [("LRN", {"size": 3}), ("Softmax", {"axis": 1}), ("LpNormalization", {"axis": 1})],
 )
 def test_fallback_runs_unsupported_ops_on_the_cpu(op_type, attrs, calib, test_inputs):
     qdq = frontend.quantize(_with_tail(op_type, **attrs), calib[:4])
@@ -976,15 +988,15 @@ def test_fallback_on_the_float_input_is_a_clear_error(calib):
 
 
 def test_fallback_regions_never_form_a_cycle(calib, test_inputs):
-    """LRN on the CPU feeds a conv on the accelerator, and a product of two
+    """LRN on the CPU feeds a conv on the accelerator, and a difference of two
     activations (CPU) reads both the LRN result and the conv's: joining the
-    LRN's CpuOp would make the cut cyclic, so the product gets a CpuOp of its
-    own that reads the LRN's int8 result."""
+    LRN's CpuOp would make the cut cyclic, so the difference gets a CpuOp of
+    its own that reads the LRN's int8 result."""
     b = small.GraphBuilder(seed=13)
     x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 8, stride=2)])
     lrn = b.op("LRN", "lrn", [x], size=3)
     c = b.op("Relu", "relu2", [b.conv("conv2", lrn, 8, 8)])
-    m = b.op("Mul", "prod", [lrn, c])
+    m = b.op("Sub", "prod", [lrn, c])
     out = b.op("Flatten", "flatten", [b.op("GlobalAveragePool", "gap", [b.conv("conv3", m, 8, 8)])], axis=1)
     qdq = frontend.quantize(b.model("cyclic", out, (1, 8)), calib[:4])
     g = frontend.to_graph(qdq, fallback=True)

@@ -27,15 +27,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from harness import emulated_accelerator
+from harness import compare_with_golden
 
 from vfpga import overlay
 from vfpga.driver import isa
-from vfpga.runtime import tenants
 from vfpga.runtime.compiler import ir, lower, static
 from vfpga.runtime.hw import fixed_point, golden
 
-BANK = 64 << 20  # emulated bytes per bank: every case's segment fits easily
 SD_INT8 = 74.0  # standard deviation of a uniform int8 value
 
 
@@ -155,21 +153,6 @@ def rng_for(case_id: str) -> np.random.Generator:
 # ---------------------------------------------------------------- running and checking
 
 
-@pytest.fixture(scope="module")
-def accelerators():
-    """One emulated accelerator per board, shared by the cases of this module."""
-    made: dict[str, tenants.Accelerator] = {}
-
-    def get(board: str) -> tenants.Accelerator:
-        if board not in made:
-            made[board] = emulated_accelerator(board, BANK)
-        return made[board]
-
-    yield get
-    for accel in made.values():
-        accel.close()
-
-
 def frames_of(compiled: static.CompiledModel, index: int) -> list[list[dict]]:
     """The decoded instructions of every frame of layer ``index`` in the
     one-core program (the other tiling variants are checked by test_dynamic)."""
@@ -237,26 +220,9 @@ def conv_tiling(compiled: static.CompiledModel, graph: ir.Graph, index: int, boa
 
 def run_and_compare(accelerators, board: str, graph: ir.Graph, seed: int, inputs: int = 1):
     """Compiles, deploys, runs ``inputs`` random int8 inputs and compares every
-    graph output with the golden model bit for bit. Returns the compiled model."""
-    compiled = static.compile_graph(graph, board)
-    accel = accelerators(board)
-    tenant = accel.deploy(compiled)
-    rng = np.random.default_rng(seed)
-    try:
-        for n in range(inputs):
-            x = rng.integers(-128, 128, size=graph.tensors["x"].shape, dtype=np.int8)
-            outs, info = tenant.run_quantized(x)
-            assert info.ok
-            want = golden.run_graph(graph, x)
-            for name, got in zip(graph.outputs, outs):
-                ref = want[name]
-                if not np.array_equal(got, ref):
-                    bad = np.argwhere(got != ref)
-                    y, xx, ch = bad[0]
-                    pytest.fail(f"input {n}, tensor {name} {ref.shape}: {len(bad)} of {ref.size} values differ; "
-                                f"first at (y={y}, x={xx}, c={ch}): C-sim {got[y, xx, ch]}, golden {ref[y, xx, ch]}")
-    finally:
-        accel.remove(tenant)
+    graph output with the golden model bit for bit; checks the SAVE coverage
+    of every layer. Returns the compiled model."""
+    compiled = compare_with_golden(accelerators(board), graph, board, seed, inputs)
     for i in range(len(graph.layers)):
         check_structure(compiled, i)
     return compiled

@@ -440,19 +440,21 @@ def executable_program(rng, geo, n, data_off, data_len, param_off, param_entries
     valid PARAM entries at param_off)."""
     ib, wb, ob, acc_w, pe = geo.ibuf_bytes, geo.wbuf_bytes, geo.obuf_bytes, geo.acc_words, geo.param_entries
     r = lambda lo, hi: int(rng.integers(lo, hi + 1))  # noqa: E731
-    kinds = ["LOAD_TILE", "LOAD_TILE_DENSE", "SAVE", "SAVE_DENSE", "LOAD_LINEAR", "LOAD_PARAM", "CONV",
-             "CONV_DW", "POOL", "ADD", "NOP", "FRAME", "BARRIER"]
+    kinds = ["LOAD_TILE", "LOAD_TILE_DENSE", "SAVE", "SAVE_DENSE", "SAVE_STEP", "SAVE_DENSE_STEP", "LOAD_LINEAR",
+             "LOAD_PARAM", "CONV", "CONV_DW", "POOL", "ADD", "LUT", "LUT_OBUF", "MUL", "MUL_BCAST", "NOP", "FRAME",
+             "BARRIER"]
     insns = []
     for i in range(n - 1):
         kind = kinds[i % len(kinds)] if i < len(kinds) else kinds[r(0, len(kinds) - 1)]
         if kind.startswith(("LOAD_TILE", "SAVE")):
             save = kind.startswith("SAVE")
             ch = r(1, 150)
-            ps = ch if kind.endswith("DENSE") else ch + r(1, 40)
+            ps = ch if "DENSE" in kind else ch + r(1, 40)
             h, w = r(1, 16), r(1, 16)
+            sy, sx = (r(0, 3), r(2, 3)) if kind.endswith("STEP") else (0, 0)
             if save:
-                th, tw = r(1, h), r(1, w)
-                y0, x0 = r(0, h - th), r(0, w - tw)
+                th, tw = r(1, (h - 1) // max(sy, 1) + 1), r(1, (w - 1) // max(sx, 1) + 1)
+                y0, x0 = r(0, h - 1 - (th - 1) * max(sy, 1)), r(0, w - 1 - (tw - 1) * max(sx, 1))
             else:
                 th, tw = r(1, 12), r(1, 12)
                 y0, x0 = r(-4, h), r(-4, w)
@@ -463,7 +465,7 @@ def executable_program(rng, geo, n, data_off, data_len, param_off, param_entries
             addr = data_off + r(0, data_len - h * w * ps)
             insns.append(isa.encode("SAVE" if save else "LOAD_TILE", dram_addr=addr,
                                     buf_addr=r(0, buf - th * tw * ch), height=h, width=w, pixel_stride=ps,
-                                    channels=ch, y0=y0, x0=x0, tile_h=th, tile_w=tw,
+                                    channels=ch, y0=y0, x0=x0, tile_h=th, tile_w=tw, step_y=sy, step_x=sx,
                                     **({} if save else {"pad_value": r(-128, 127)})))
         elif kind == "LOAD_LINEAR":
             nb = r(1, min(wb, 5000))
@@ -507,6 +509,22 @@ def executable_program(rng, geo, n, data_off, data_len, param_off, param_entries
                 "ADD", a_addr=r(0, ib - n_el), b_addr=r(0, ib - n_el), out_addr=r(0, ob - n_el), length=n_el,
                 a_mult=r(-(1 << 31), (1 << 31) - 1), b_mult=r(-(1 << 31), (1 << 31) - 1), shift=r(0, 62),
                 a_zp=r(-128, 127), b_zp=r(-128, 127), out_zp=r(-128, 127), clip_lo=-128, clip_hi=127))
+        elif kind.startswith("LUT"):
+            n_el = r(1, 3000)
+            src = ob if kind == "LUT_OBUF" else ib
+            at = r(0, ob - n_el)
+            insns.append(isa.encode(
+                "LUT", flags=isa.LUT_SRC_OBUF if kind == "LUT_OBUF" else 0,
+                in_addr=at if kind == "LUT_OBUF" else r(0, src - n_el), out_addr=at,
+                table_addr=r(0, wb - isa.LUT_ENTRIES), length=n_el))
+        elif kind.startswith("MUL"):
+            c, px = r(1, 300), r(1, 40)
+            bc = kind == "MUL_BCAST"
+            insns.append(isa.encode(
+                "MUL", flags=isa.MUL_BCAST if bc else 0, a_addr=r(0, ib - px * c),
+                b_addr=r(0, ib - (c if bc else px * c)), out_addr=r(0, ob - px * c), pixels=px, channels=c,
+                mult=r(-(1 << 31), (1 << 31) - 1), shift=r(0, 62), a_zp=r(-128, 127), b_zp=r(-128, 127),
+                out_zp=r(-128, 127), clip_lo=-128, clip_hi=127))
         elif kind == "FRAME":
             insns.append(isa.encode("FRAME", frame_id=i, layer=r(0, 9)))
         else:

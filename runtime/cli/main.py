@@ -85,6 +85,13 @@ def _print_placement(compiled, indent: str = "  ") -> None:
         if where != "folded" and names:
             body = ", ".join(f"{n} ({op})" if typed and where == "cpu" else n for n, op in names)
             print(textwrap.fill(body, width=100, initial_indent=f"{indent}    ", subsequent_indent=f"{indent}    "))
+    from vfpga.runtime.compiler import placement
+
+    share = placement.mac_share(compiled)
+    print(f"{indent}work: {share.describe()}")
+    for node, why in share.reasons.items():
+        print(textwrap.fill(f"{node} on the host: {why}", width=100, initial_indent=f"{indent}    ",
+                            subsequent_indent=f"{indent}      "))
 
 
 def _segment_lines(c) -> list[str]:

@@ -313,9 +313,9 @@ def compile_with_cache(model, board="u200", calibration=None, input_shape=None, 
         store = resolve(cache)
         if cb is not None:
             cb(0, 0, "loading the model")
-        proto = frontend.load_model(model, input_shape=input_shape)
         if calibration is not None and not isinstance(calibration, (np.ndarray, list, tuple)):
             calibration = list(calibration)  # hashed, then read again by the quantizer
+        proto = frontend.load_model(model, input_shape=input_shape, calibration=calibration)
         model_bytes = proto.SerializeToString()
         qdq_given = frontend.is_qdq(proto)
         if qdq_given:

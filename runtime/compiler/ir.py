@@ -49,6 +49,97 @@ class Conv:
     clip: tuple[int, int] = (-128, 127)
     onnx_nodes: list[str] = field(default_factory=list)
     kind: str = "conv"
+    # An activation table applied after the clamp (int8 [256], entry q + 128),
+    # run by the core's LUT on the tile before it is saved; None: none.
+    table: np.ndarray | None = None
+    # With a table: the zero point of the requantized value the table reads
+    # (the output tensor's quantization is the table's own).
+    requant_zp: int | None = None
+
+
+@dataclass
+class ConvTranspose:
+    """Transposed 2-D convolution (ONNX ConvTranspose) with the requantization
+    of :class:`Conv`. weight is in ONNX's [IC, OC // groups, KH, KW] layout;
+    y[oc, oy, ox] = bias + sum over (ic, iy, ix, ky, kx) with
+    oy = iy * sh + ky - pad_top (same for x) of (x - in_zp) * w. The
+    compiler runs it as sh * sw ordinary convolutions (one per output phase)
+    whose tiles the SAVE unit interleaves."""
+
+    name: str
+    input: str
+    output: str
+    weight: np.ndarray  # int8 [IC, OC // groups, KH, KW]
+    bias: np.ndarray  # int32 [OC]
+    mult: np.ndarray
+    shift: np.ndarray
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # cropped from the full output: top, left, bottom, right
+    output_padding: tuple[int, int] = (0, 0)
+    groups: int = 1
+    clip: tuple[int, int] = (-128, 127)
+    onnx_nodes: list[str] = field(default_factory=list)
+    kind: str = "convtranspose"
+    table: np.ndarray | None = None
+    requant_zp: int | None = None
+
+
+@dataclass
+class Lut:
+    """An element-wise function of one int8 tensor as a 256-entry table:
+    out = table[x + 128] (hard-swish, HardSigmoid, Sigmoid, SiLU, Clip, any
+    chain of element-wise ops of one quantized input and its quantization)."""
+
+    name: str
+    input: str
+    output: str
+    table: np.ndarray  # int8 [256]
+    onnx_nodes: list[str] = field(default_factory=list)
+    kind: str = "lut"
+
+
+@dataclass
+class Mul:
+    """Element-wise product with requantization; ``broadcast``: b is [1, 1, C]
+    (one value per channel, the squeeze-and-excitation scale).
+    out = clamp(out_zp + rshift_round((a - a_zp) * (b - b_zp) * mult, shift), lo, hi)"""
+
+    name: str
+    inputs: tuple[str, str]
+    output: str
+    mult: int
+    shift: int
+    broadcast: bool = False
+    clip: tuple[int, int] = (-128, 127)
+    onnx_nodes: list[str] = field(default_factory=list)
+    kind: str = "mul"
+
+
+@dataclass
+class Upsample:
+    """Upsampling by integer factors (Resize).
+    mode "nearest": out[y, x] = requant(in[y // sy, x // sx]) with the 1x1
+    requantization of :class:`Pool` (mult, shift, clip; in_zp / out_zp of
+    the tensors).
+    mode "linear" (bilinear, coordinates ``transform`` "half_pixel" or
+    "asymmetric"): per axis, the source coordinate of output o is clamped to
+    [0, n - 1] (half_pixel: (o + 0.5) / s - 0.5; asymmetric: o / s), its two
+    neighbours i0 = floor, i1 = min(i0 + 1, n - 1) get the integer weights
+    D - a and a (a = frac * D, D = 2s for half_pixel, s for asymmetric);
+    out = clamp(out_zp + rshift_round(sum_{taps} wy * wx * (x - in_zp) * mult, shift), clip),
+    mult / shift the real multiplier in_scale / (out_scale * Dy * Dx)."""
+
+    name: str
+    input: str
+    output: str
+    scale: tuple[int, int]
+    mult: int = 1 << 30
+    shift: int = 30
+    clip: tuple[int, int] = (-128, 127)
+    onnx_nodes: list[str] = field(default_factory=list)
+    kind: str = "upsample"
+    mode: str = "nearest"
+    transform: str = "half_pixel"
 
 
 @dataclass
@@ -122,6 +213,8 @@ class CpuOp:
     model: bytes
     onnx_nodes: list[str] = field(default_factory=list)
     kind: str = "cpu"
+    # compute node -> why it runs on the host (the accelerator's refusal)
+    reasons: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -13,7 +13,7 @@ tilings that fit, the one with the lowest estimated frame cost is kept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -67,10 +67,36 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _mem(op, view: View, buf_addr, y0, x0, tile_h, tile_w, deps=0, tag=0, pad=0) -> bytes:
+def _mem(op, view: View, buf_addr, y0, x0, tile_h, tile_w, deps=0, tag=0, pad=0, step=(0, 0)) -> bytes:
     return isa.encode(op, deps=deps, tag=tag, dram_addr=view.addr, buf_addr=buf_addr,
                       height=view.height, width=view.width, pixel_stride=view.pixel_stride,
-                      channels=view.channels, y0=y0, x0=x0, tile_h=tile_h, tile_w=tile_w, pad_value=pad)
+                      channels=view.channels, y0=y0, x0=x0, tile_h=tile_h, tile_w=tile_w, pad_value=pad,
+                      step_y=step[0], step_x=step[1])
+
+
+TABLE_BYTES = isa.LUT_ENTRIES
+
+
+def table_geometry(layer, geo: Geometry) -> Geometry:
+    """The geometry a layer's tiles may use: with an activation table, the
+    top TABLE_BYTES of WBUF hold the table (at ``wbuf_bytes`` of the result)."""
+    if getattr(layer, "table", None) is None:
+        return geo
+    return replace(geo, wbuf_bytes=geo.wbuf_bytes - TABLE_BYTES)
+
+
+def table_bytes(table) -> np.ndarray:
+    t = np.asarray(table)
+    if t.shape != (TABLE_BYTES,) or t.dtype != np.int8:
+        raise LoweringError(f"an activation table is int8 [{TABLE_BYTES}], got {t.dtype} {t.shape}")
+    return t
+
+
+def lut_insn(length: int, table_addr: int, tag: int, deps: int, in_addr: int = 0, out_addr: int = 0,
+             src_obuf: bool = True) -> bytes:
+    """LUT over ``length`` bytes (in place on OBUF by default)."""
+    return isa.encode("LUT", deps=deps, flags=isa.LUT_SRC_OBUF if src_obuf else 0, tag=tag, in_addr=in_addr,
+                      out_addr=out_addr, table_addr=table_addr, length=length)
 
 
 def _frame(frame_id: int, layer: int) -> bytes:
@@ -140,6 +166,7 @@ def conv_tilings(layer: ir.Conv, in_shape, in_stride: int, geo: Geometry) -> lis
     splits, and for each the widest tiles plus successive halvings (more
     frames, for balancing over more cores)."""
     oh, ow, oc, icg, kh, kw, sh, sw = _conv_dims(layer, in_shape)
+    geo = table_geometry(layer, geo)
     groups = layer.groups
     ocg = oc // groups
     if kh > 255 or kw > 255 or sh > 255 or sw > 255:
@@ -251,18 +278,27 @@ def _pack_params(bias, mult, shift) -> np.ndarray:
 
 def lower_conv(layer: ir.Conv, index: int, src: View, dst: View, in_zp: int, out_zp: int,
                const_base: int, geo: Geometry, tiling: ConvTiling | None = None,
-               packing: dict | None = None) -> tuple[list[bytes], bytes, ConvTiling]:
+               packing: dict | None = None, phase: tuple[int, int, int, int] | None = None,
+               fid0: int = 0) -> tuple[list[bytes], bytes, ConvTiling]:
     """Frames of one convolution. Packed weights and params are returned as
     one byte block that the caller places at segment offset const_base.
     ``packing`` (one dict per layer, kept by the caller) lets tiling variants
-    with the same channel split share their packed weights."""
+    with the same channel split share their packed weights. ``phase``
+    (sy, sx, dy, dx): output pixel (oy, ox) goes to (oy * sy + dy, ox * sx + dx)
+    of ``dst`` (a phase of a transposed convolution); frame ids from ``fid0``."""
     oh, ow, oc, icg, kh, kw, sh, sw = _conv_dims(layer, (src.height, src.width, src.channels))
     pt, pl, _, _ = layer.pads
     groups = layer.groups
     ocg = oc // groups
-    if (dst.height, dst.width, dst.channels) != (oh, ow, oc):
+    psy, psx, pdy, pdx = phase or (1, 1, 0, 0)
+    if phase is None and (dst.height, dst.width, dst.channels) != (oh, ow, oc):
         raise LoweringError(f"{layer.name}: output view {dst} does not match {oh}x{ow}x{oc}")
+    if phase is not None and ((oh - 1) * psy + pdy >= dst.height or (ow - 1) * psx + pdx >= dst.width
+                              or dst.channels != oc or max(psy, psx) > 255):
+        raise LoweringError(f"{layer.name}: phase {phase} of {oh}x{ow}x{oc} does not fit the output view {dst}")
     t = tiling or choose_conv_tiling(layer, (src.height, src.width, src.channels), src.pixel_stride, geo)
+    table = None if getattr(layer, "table", None) is None else table_bytes(layer.table)
+    geo = table_geometry(layer, geo)
     w = layer.weight.astype(np.int8)
     # Padding is loaded as in_zp, so the hardware sums x*w; fold -in_zp*sum(w) into the bias.
     bias = (layer.bias.astype(np.int64) - in_zp * w.reshape(oc, -1).astype(np.int64).sum(axis=1))
@@ -306,8 +342,15 @@ def lower_conv(layer: ir.Conv, index: int, src: View, dst: View, in_zp: int, out
                 jobs.append((g * icg, icg, g * ocg + oc0, noc, 1, chunks, pblk))
     if packing is not None:
         packing[key] = jobs
+    tblk = None
+    if table is not None:
+        tblk = packing.get("table") if packing is not None else None
+        if tblk is None:
+            tblk = place(table)
+            if packing is not None:
+                packing["table"] = tblk
 
-    fid = 0
+    fid = fid0
     for in_c0, _in_n, out_c0, out_n, ng, chunks, pblk in jobs:
         nchunks = len(chunks)
         for oy0 in range(0, oh, t.toh):
@@ -327,6 +370,8 @@ def lower_conv(layer: ir.Conv, index: int, src: View, dst: View, in_zp: int, out
                     linear = [(wblk, half * wbuf_half, out_n * kh * kw * nic, isa.BUF_WGT)]
                     if k == 0:
                         linear.append((pblk, 0, out_n * isa.PARAM_ENTRY_WORDS * 4, isa.BUF_PARAM))
+                        if tblk is not None:
+                            linear.append((tblk, geo.wbuf_bytes, TABLE_BYTES, isa.BUF_WGT))
                     for j, (addr, buf_addr, nbytes, buffer) in enumerate(linear):
                         # the chunk's last load hands the buffers to compute
                         insns.append(isa.encode("LOAD_LINEAR", tag=index, dram_addr=addr, buf_addr=buf_addr,
@@ -336,7 +381,7 @@ def lower_conv(layer: ir.Conv, index: int, src: View, dst: View, in_zp: int, out
                     deps = DEP["POP_PREV"]
                     if k + 2 < nchunks:
                         deps |= DEP["PUSH_PREV"]
-                    if last:
+                    if last and tblk is None:
                         deps |= DEP["PUSH_NEXT"]
                     flags = (isa.CONV_ACC_INIT if first else 0) | (isa.CONV_ACC_FINAL if last else 0)
                     insns.append(isa.encode(
@@ -345,8 +390,11 @@ def lower_conv(layer: ir.Conv, index: int, src: View, dst: View, in_zp: int, out
                         in_h=tih, in_w=tiw, out_h=toh, out_w=tow, groups=ng, cin_g=nic if ng == 1 else icg,
                         cout_g=out_n if ng == 1 else ocg, kh=kh, kw=kw, sh=sh, sw=sw,
                         out_zp=out_zp, clip_lo=lo, clip_hi=hi))
+                if tblk is not None:  # the activation table on the tile, in place, before it is saved
+                    insns.append(lut_insn(toh * tow * out_n, geo.wbuf_bytes, index, DEP["PUSH_NEXT"]))
                 out_view = dst.channel_slice(out_c0, out_n)
-                insns.append(_mem("SAVE", out_view, 0, oy0, ox0, toh, tow, deps=DEP["POP_PREV"], tag=index))
+                insns.append(_mem("SAVE", out_view, 0, oy0 * psy + pdy, ox0 * psx + pdx, toh, tow,
+                                  deps=DEP["POP_PREV"], tag=index, step=(psy, psx) if phase else (0, 0)))
                 frames.append(b"".join(insns))
                 fid += 1
     return frames, bytes(blob), t

@@ -13,6 +13,7 @@ segment can live anywhere in any bank without patching.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from vfpga import overlay
 from vfpga.driver import isa
-from vfpga.runtime.compiler import input_fold, ir, lower
+from vfpga.runtime.compiler import input_fold, ir, lower, lower_ops
 from vfpga.runtime.hw import cycle_model, frame_timing
 
 ALIGN = 64
@@ -281,11 +282,15 @@ def core_counts(n_cores: int) -> list[int]:
 
 def _macs(layer, tensors) -> int:
     """Multiply-accumulates of one request of a layer (convolutions only)."""
-    if layer.kind != "conv":
-        return 0
-    oh, ow, _ = tensors[layer.output].shape
-    oc, icg, kh, kw = layer.weight.shape
-    return oh * ow * oc * icg * kh * kw
+    if layer.kind == "conv":
+        oh, ow, _ = tensors[layer.output].shape
+        oc, icg, kh, kw = layer.weight.shape
+        return oh * ow * oc * icg * kh * kw
+    if layer.kind == "convtranspose":
+        ih, iw, _ = tensors[layer.input].shape
+        ic, ocg, kh, kw = layer.weight.shape
+        return ih * iw * ic * ocg * kh * kw
+    return 0
 
 
 def _lower_layer(layer, index, tensors, graph, const_base, geo, ks):
@@ -293,6 +298,8 @@ def _lower_layer(layer, index, tensors, graph, const_base, geo, ks):
     one-core variant first) and its constant block."""
     ins = [tensors[n] for n in graph.layer_inputs(layer)]
     out = tensors[layer.output]
+    if getattr(layer, "requant_zp", None) is not None:  # requantized to the zero point its table reads
+        out = dataclasses.replace(out, zero_point=layer.requant_zp)
     if layer.kind == "conv":
         src = ins[0].view()
         tilings = lower.conv_variants(layer, (src.height, src.width, src.channels), src.pixel_stride, geo, ks)
@@ -303,6 +310,13 @@ def _lower_layer(layer, index, tensors, graph, const_base, geo, ks):
             blob.extend(b)
             variants.append((frames, t.describe()))
         return variants, bytes(blob)
+    if layer.kind == "convtranspose":
+        src = ins[0].view()
+        frames, blob, desc = lower_ops.lower_conv_transpose(layer, index, src, out.view(), ins[0].zero_point,
+                                                            out.zero_point, const_base, geo)
+        return [(frames, desc)], blob
+    if layer.kind in ("lut", "mul", "upsample"):
+        return _lower_elementwise(layer, index, ins, out, const_base, geo, ks)
     if layer.kind in ("pool", "add"):
         if layer.kind == "pool":
             def emit(rows):
@@ -324,6 +338,38 @@ def _lower_layer(layer, index, tensors, graph, const_base, geo, ks):
     if layer.kind == "concat":
         return [([], "placement (no copy)")], b""
     raise CompileError(f"layer {layer.name}: unknown layer kind {layer.kind!r}")
+
+
+def _lower_elementwise(layer, index, ins, out, const_base, geo, ks):
+    """LUT, MUL and upsampling layers: the widest tiles, then row splits for more cores."""
+    blob = b""
+    if layer.kind == "lut":
+        def emit(rows):
+            nonlocal blob
+            frames, blob = lower_ops.lower_lut(layer, index, ins[0].view(), out.view(), const_base, geo, rows)
+            return frames
+        desc = "activation table"
+    elif layer.kind == "mul":
+        def emit(rows):
+            return lower_ops.lower_mul(layer, index, ins[0].view(), ins[1].view(), out.view(), ins[0].zero_point,
+                                       ins[1].zero_point, out.zero_point, geo, rows)
+        desc = "per-channel scale" if layer.broadcast else "element-wise product"
+    else:
+        def emit(rows):
+            nonlocal blob
+            frames, blob = lower_ops.lower_upsample(layer, index, ins[0].view(), out.view(), ins[0].zero_point,
+                                                    out.zero_point, geo, rows, const_base)
+            return frames
+        desc = f"{layer.mode} x{layer.scale[0]}x{layer.scale[1]}"
+        if layer.mode == "linear":
+            return [(emit(None), desc)], blob
+    variants = [(emit(None), desc)]
+    rows = ins[0].shape[0]
+    for k in ks[1:]:
+        frames = emit(-(-rows // k))
+        if len(frames) > len(variants[-1][0]):
+            variants.append((frames, f"{desc}, rows {-(-rows // k)}"))
+    return variants, blob
 
 
 def compile_graph(graph: ir.Graph, board: str | dict = "u200", progress=None) -> CompiledModel:

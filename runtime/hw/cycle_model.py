@@ -74,6 +74,9 @@ n + depth - 1 cycles), sums of the latencies above:
   POOL     operand read, max/add, divider, clamp, OBUF write         = 73
   ADD      operand read, two multiplies (parallel DSPs), sum,
            rounding shift, clamp, OBUF write                          = 9
+  LUT      operand read, table read, OBUF write                       = 5
+  MUL      operand read, zero-point subtract, product (DSP), times
+           mult (requantization), rounding shift, clamp, OBUF write   = 14
   These assume the HLS tool flattens each loop nest into one II=1 pipeline
   (accumulator init/store as first/last-iteration predicates), so the fill is
   paid once per instruction. If the literal nest in cnn_core.cpp is not
@@ -151,6 +154,17 @@ class Latencies:
         return (self.bram_read_latency + self.dsp_mac_latency + self.alu_latency + self.round_shift_latency
                 + self.clamp_latency + self.buf_write_latency)
 
+    @property
+    def lut_depth(self) -> int:
+        """LUT: operand read, table read, buffer write."""
+        return 2 * self.bram_read_latency + self.buf_write_latency
+
+    @property
+    def mul_depth(self) -> int:
+        """MUL: operand read, zero-point subtraction, product, requantization, buffer write."""
+        return (self.bram_read_latency + self.alu_latency + self.dsp_mac_latency + self.requant
+                + self.buf_write_latency)
+
     def conv_depth(self, icp: int, lanes: bool) -> int:
         """CONV pipeline depth; ``lanes``: the cin_g == 1 path (no adder tree)."""
         tree = 0 if lanes else max(0, int(icp - 1).bit_length())
@@ -216,7 +230,7 @@ def insn_iters(insn: dict, geometry) -> int:
     g = _geometry(geometry)
     op = insn["opcode"]
     if op in ("LOAD_TILE", "SAVE"):
-        if insn["pixel_stride"] == insn["channels"]:
+        if insn["pixel_stride"] == insn["channels"] and insn.get("step_x", 0) <= 1:
             return insn["tile_h"] * _cdiv(insn["tile_w"] * insn["channels"], g.axi_bytes)
         return insn["tile_h"] * insn["tile_w"] * _cdiv(insn["channels"], g.axi_bytes)
     if op == "LOAD_LINEAR":
@@ -228,8 +242,10 @@ def insn_iters(insn: dict, geometry) -> int:
         return insn["groups"] * taps * _cdiv(insn["cin_g"], g.icp) * _cdiv(insn["cout_g"], g.ocp)
     if op == "POOL":
         return insn["out_h"] * insn["out_w"] * insn["kh"] * insn["kw"] * _cdiv(insn["channels"], g.ocp)
-    if op == "ADD":
+    if op in ("ADD", "LUT"):
         return _cdiv(insn["length"], g.ocp)
+    if op == "MUL":
+        return insn["pixels"] * _cdiv(insn["channels"], g.ocp)
     if op in ("NOP", "FRAME", "BARRIER", "END"):
         return 0
     raise ValueError(f"no iteration count for opcode {op!r}")
@@ -289,7 +305,7 @@ def _decode(prog: np.ndarray, g: _Geo, burst_beats: int = 1) -> _Decoded:
     if sel.size:
         m = _fields(prog, "mem")[sel]
         th, tw, ch = _i64(m["tile_h"]), _i64(m["tile_w"]), _i64(m["channels"])
-        dense = _i64(m["pixel_stride"]) == ch
+        dense = (_i64(m["pixel_stride"]) == ch) & (_i64(m["step_x"]) <= 1)
         iters[sel] = np.where(dense, _smul(th, _vcdiv(tw * ch, axi)), _smul(th, tw, _vcdiv(ch, axi)))
         y0, x0 = _i64(m["y0"]), _i64(m["x0"])
         rows = np.clip(np.minimum(y0 + th, _i64(m["height"])) - np.maximum(y0, 0), 0, None)
@@ -324,6 +340,15 @@ def _decode(prog: np.ndarray, g: _Geo, burst_beats: int = 1) -> _Decoded:
     sel = np.flatnonzero(op == _OP["ADD"])
     if sel.size:
         iters[sel] = _vcdiv(_i64(_fields(prog, "add")[sel]["length"]), g.ocp)
+
+    sel = np.flatnonzero(op == _OP["LUT"])
+    if sel.size:
+        iters[sel] = _vcdiv(_i64(_fields(prog, "lut")[sel]["length"]), g.ocp)
+
+    sel = np.flatnonzero(op == _OP["MUL"])
+    if sel.size:
+        u = _fields(prog, "mul")[sel]
+        iters[sel] = _smul(_i64(u["pixels"]), _vcdiv(_i64(u["channels"]), g.ocp))
     return _Decoded(op, iters, ddr, bursts)
 
 
@@ -388,7 +413,8 @@ def _cycles(dec: _Decoded, prog: np.ndarray, tm: _Timing, bank_cores: int) -> np
         lanes = _fields(prog, "conv")["cin_g"] == 1
         depth = np.where(lanes, tm.lat.conv_depth(tm.geo.icp, True), tm.lat.conv_depth(tm.geo.icp, False))
         cyc = np.where(is_conv, tm.lat.unit_issue_cycles + dec.iters + depth - 1, cyc)
-    for name, depth in (("POOL", tm.lat.pool_depth), ("ADD", tm.lat.add_depth)):
+    for name, depth in (("POOL", tm.lat.pool_depth), ("ADD", tm.lat.add_depth), ("LUT", tm.lat.lut_depth),
+                        ("MUL", tm.lat.mul_depth)):
         cyc = np.where(op == _OP[name], tm.lat.unit_issue_cycles + dec.iters + depth - 1, cyc)
     return cyc
 
@@ -436,7 +462,7 @@ _POP = ((-1, _C2L), (_L2C, _S2C), (_C2S, -1))
 _PUSH = ((-1, _L2C), (_C2L, _C2S), (_S2C, -1))
 _UNIT_OF = np.full(256, -1, np.int64)
 _UNIT_OF[[_OP["LOAD_TILE"], _OP["LOAD_LINEAR"]]] = LOAD
-_UNIT_OF[[_OP["CONV"], _OP["POOL"], _OP["ADD"]]] = COMPUTE
+_UNIT_OF[[_OP["CONV"], _OP["POOL"], _OP["ADD"], _OP["LUT"], _OP["MUL"]]] = COMPUTE
 _UNIT_OF[_OP["SAVE"]] = SAVE
 _ALLOWED = {LOAD: _DEP["POP_NEXT"] | _DEP["PUSH_NEXT"], SAVE: _DEP["POP_PREV"] | _DEP["PUSH_PREV"],
             COMPUTE: _DEP["POP_PREV"] | _DEP["POP_NEXT"] | _DEP["PUSH_PREV"] | _DEP["PUSH_NEXT"]}

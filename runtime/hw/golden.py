@@ -142,7 +142,116 @@ def conv(x, layer, in_zp: int, out_zp: int) -> np.ndarray:
 
     acc32 = wrap_int32(sums + bias)
     y = out_zp + rshift_round(acc32.astype(np.int64) * mult, shift)
-    return _clamp_int8(y, layer.clip)
+    return _apply_table(_clamp_int8(y, layer.clip), getattr(layer, "table", None))
+
+
+def _apply_table(y: np.ndarray, table) -> np.ndarray:
+    """An activation table after the clamp: table[y + 128] (None: y)."""
+    if table is None:
+        return y
+    t = np.asarray(table)
+    if t.shape != (256,) or t.dtype != np.int8:
+        raise GoldenError(f"an activation table is int8 [256], got {t.dtype} {t.shape}")
+    return t[y.astype(np.int64) + 128]
+
+
+def conv_transpose(x, layer, in_zp: int, out_zp: int) -> np.ndarray:
+    """Transposed convolution of an ir.ConvTranspose on int8 HWC x, by its
+    definition (every input pixel scatters its kernel-sized contribution):
+    full[oc, iy*sh + ky, ix*sw + kx] += (x - in_zp)[ic, iy, ix] * w[ic, oc_g, ky, kx],
+    cropped by pads (output_padding adds rows/columns at the bottom/right),
+    then bias, int32 wrap, requantization and clamp as conv."""
+    x = _hwc(x, f"{layer.name} input")
+    in_zp, out_zp = _zp(in_zp, "in_zp"), _zp(out_zp, "out_zp")
+    w = np.asarray(layer.weight).astype(np.int64)
+    ic, ocg, kh, kw = w.shape
+    g = int(layer.groups)
+    h, wd, c = x.shape
+    if c != ic or ic % g:
+        raise GoldenError(f"{layer.name}: {c} input channels, weight {w.shape} and groups {g} disagree")
+    oc = ocg * g
+    icg = ic // g
+    sh, sw = (int(v) for v in layer.stride)
+    pt, pl, pb, pr = (int(v) for v in layer.pads)
+    oph, opw = (int(v) for v in layer.output_padding)
+    fh, fw = (h - 1) * sh + kh + oph, (wd - 1) * sw + kw + opw
+    full = np.zeros((fh, fw, oc), dtype=np.int64)
+    xs = x.astype(np.int64) - in_zp
+    for gi in range(g):
+        xg = xs[:, :, gi * icg:(gi + 1) * icg].reshape(h * wd, icg)
+        for ky in range(kh):
+            for kx in range(kw):
+                contrib = (xg @ w[gi * icg:(gi + 1) * icg, :, ky, kx]).reshape(h, wd, ocg)
+                full[ky:ky + (h - 1) * sh + 1:sh, kx:kx + (wd - 1) * sw + 1:sw, gi * ocg:(gi + 1) * ocg] += contrib
+    oh, ow = fh - pt - pb, fw - pl - pr
+    if oh < 1 or ow < 1:
+        raise GoldenError(f"{layer.name}: pads {layer.pads} leave no output")
+    sums = full[pt:pt + oh, pl:pl + ow]
+    bias = np.asarray(layer.bias, dtype=np.int64).reshape(oc)
+    mult = np.asarray(layer.mult, dtype=np.int64).reshape(oc)
+    shift = np.asarray(layer.shift, dtype=np.int64).reshape(oc)
+    acc32 = wrap_int32(sums + bias)
+    y = out_zp + rshift_round(acc32.astype(np.int64) * mult, shift)
+    return _apply_table(_clamp_int8(y, layer.clip), getattr(layer, "table", None))
+
+
+def lut(x, layer) -> np.ndarray:
+    """An ir.Lut: table[x + 128]."""
+    return _apply_table(_hwc(x, f"{layer.name} input"), layer.table)
+
+
+def mul(a, b, layer, a_zp: int, b_zp: int, out_zp: int) -> np.ndarray:
+    """Element-wise product of an ir.Mul (b [1, 1, C] broadcast when layer.broadcast):
+    clamp(out_zp + rshift_round((a - a_zp) * (b - b_zp) * mult, shift), clip)."""
+    a = _hwc(a, f"{layer.name} input a")
+    b = _hwc(b, f"{layer.name} input b")
+    want = (1, 1, a.shape[2]) if layer.broadcast else a.shape
+    if b.shape != want:
+        raise GoldenError(f"{layer.name}: operand b has shape {b.shape}, expected {want}")
+    a_zp, b_zp, out_zp = _zp(a_zp, "a_zp"), _zp(b_zp, "b_zp"), _zp(out_zp, "out_zp")
+    v = (a.astype(np.int64) - a_zp) * (b.astype(np.int64) - b_zp) * int(layer.mult)
+    return _clamp_int8(out_zp + rshift_round(v, int(layer.shift)), layer.clip)
+
+
+def linear_axis(n: int, s: int, transform: str):
+    """Bilinear taps of one axis upsampled s times: (i0, i1, w0, w1, D) per
+    output index, the source coordinate clamped to [0, n - 1] (ONNX Resize,
+    mode linear)."""
+    d = 2 * s if transform == "half_pixel" else s
+    o = np.arange(n * s, dtype=np.int64)
+    num = 2 * o + 1 - s if transform == "half_pixel" else o  # coordinate * D
+    num = np.clip(num, 0, (n - 1) * d)
+    i0 = num // d
+    a = num - i0 * d
+    return i0, np.minimum(i0 + 1, n - 1), d - a, a, d
+
+
+def upsample(x, layer, in_zp: int, out_zp: int) -> np.ndarray:
+    """Upsampling of an ir.Upsample. nearest: each input pixel, requantized
+    as a 1x1 pool, repeated sy x sx times; linear: the bilinear sum of the
+    ir.Upsample docstring."""
+    x = _hwc(x, f"{layer.name} input")
+    if getattr(layer, "mode", "nearest") == "linear":
+        sy, sx = (int(v) for v in layer.scale)
+        y0, y1, wy0, wy1, _ = linear_axis(x.shape[0], sy, layer.transform)
+        x0, x1, wx0, wx1, _ = linear_axis(x.shape[1], sx, layer.transform)
+        v = x.astype(np.int64) - int(in_zp)
+        acc = (wy0[:, None, None] * (wx0[None, :, None] * v[y0][:, x0] + wx1[None, :, None] * v[y0][:, x1])
+               + wy1[:, None, None] * (wx0[None, :, None] * v[y1][:, x0] + wx1[None, :, None] * v[y1][:, x1]))
+        return _clamp_int8(int(out_zp) + rshift_round(acc * int(layer.mult), int(layer.shift)), layer.clip)
+    one = pool(x, _OnePixel(layer), in_zp, out_zp)
+    sy, sx = (int(v) for v in layer.scale)
+    if sy < 1 or sx < 1:
+        raise GoldenError(f"{layer.name}: upsampling factors {layer.scale} must be >= 1")
+    return np.repeat(np.repeat(one, sy, axis=0), sx, axis=1)
+
+
+class _OnePixel:
+    """The 1x1 max pool that requantizes one pixel (upsample's arithmetic)."""
+
+    def __init__(self, layer):
+        self.name, self.mode, self.kernel, self.stride, self.pads = layer.name, "max", (1, 1), (1, 1), (0, 0, 0, 0)
+        self.count_include_pad, self.mult, self.shift, self.clip = False, layer.mult, layer.shift, layer.clip
 
 
 def pool(x, layer, in_zp: int, out_zp: int) -> np.ndarray:
@@ -274,18 +383,31 @@ def run_graph(graph, x_q) -> dict[str, np.ndarray]:
     def zp(name):
         return graph.tensors[name].zero_point
 
+    def out_zp(layer):  # a layer with an activation table requantizes to its own zero point
+        z = getattr(layer, "requant_zp", None)
+        return zp(layer.output) if z is None else z
+
     for layer in graph.layers:
         srcs = graph.layer_inputs(layer)
         absent = [s for s in srcs if s not in values]
         if absent:
             raise GoldenError(f"layer {layer.name} reads {', '.join(absent)} before it is produced")
         if layer.kind == "conv":
-            out = conv(values[layer.input], layer, zp(layer.input), zp(layer.output))
+            out = conv(values[layer.input], layer, zp(layer.input), out_zp(layer))
         elif layer.kind == "pool":
             out = pool(values[layer.input], layer, zp(layer.input), zp(layer.output))
         elif layer.kind == "add":
             a, b = layer.inputs
             out = add(values[a], values[b], layer, zp(a), zp(b), zp(layer.output))
+        elif layer.kind == "mul":
+            a, b = layer.inputs
+            out = mul(values[a], values[b], layer, zp(a), zp(b), zp(layer.output))
+        elif layer.kind == "lut":
+            out = lut(values[layer.input], layer)
+        elif layer.kind == "upsample":
+            out = upsample(values[layer.input], layer, zp(layer.input), zp(layer.output))
+        elif layer.kind == "convtranspose":
+            out = conv_transpose(values[layer.input], layer, zp(layer.input), out_zp(layer))
         elif layer.kind == "concat":
             out = concat([values[i] for i in layer.inputs], layer, [graph.tensors[i] for i in layer.inputs],
                          graph.tensors[layer.output])

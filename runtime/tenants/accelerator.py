@@ -31,7 +31,7 @@ from vfpga.driver.dispatcher import Dispatcher
 from vfpga.driver.tenant_context import CompletionHandler
 from vfpga.overlay.vfpga_overlay import OverlayError, VfpgaOverlay, find_dispatcher
 from vfpga.runtime.compiler import cache as compile_cache
-from vfpga.runtime.compiler import rnn, static
+from vfpga.runtime.compiler import mixed, rnn, static
 from vfpga.runtime.errors import (  # noqa: F401
     ContextError,
     DeployError,
@@ -40,6 +40,7 @@ from vfpga.runtime.errors import (  # noqa: F401
     TenantFault,
     TenantRemoved,
 )
+from vfpga.runtime.tenants.mixed_tenant import MixedTenant
 from vfpga.runtime.tenants.rnn_tenant import RnnTenant
 from vfpga.runtime.tenants.tenant import RunInfo, Tenant, _mask  # noqa: F401 - RunInfo is part of the API
 
@@ -77,6 +78,8 @@ class TenantStats:
     frames: int
     core_cycles: int
     ddr_slowdown: float | None  # emulation only: frame cycles as run / with the DDR bank to itself
+    mac_share: float | None = None  # the model's MACs on the accelerator (the rest on the host)
+    host_cpu_ms: float | None = None  # measured per request: the CPU parts (mean)
 
 
 @dataclass
@@ -130,6 +133,7 @@ class Accelerator:
         self._owner: dict[int, str] = {}
         self._contexts: dict[int, str] = {}
         self.tenants: dict[str, Tenant] = {}
+        self.mixed: dict[str, MixedTenant] = {}  # CNN + RNN models: their parts are in tenants
         self._reserved: set[str] = set()  # names of tenants being deployed
         self.closed = False
 
@@ -201,6 +205,8 @@ class Accelerator:
         with ONNX LSTM/GRU nodes get RNN cores (an RnnTenant: ``run`` takes
         the ONNX feeds). Ops the CNN cores lack run on the host through
         onnxruntime unless ``fallback=False``, which rejects them instead."""
+        if isinstance(model, mixed.CompiledMixed) or mixed_model(model):
+            return self._deploy_mixed(model, cores, name, calibration, input_shape, fallback, max_pending)
         if not isinstance(cores, int) or cores < 1:
             raise DeployError(f"cores must be a positive integer, not {cores!r}")
         kind = "rnn" if rnn_model(model) else "cnn"
@@ -246,6 +252,33 @@ class Accelerator:
             self._reserved.discard(name)
             self.tenants[name] = tenant
         return tenant
+
+    def _deploy_mixed(self, model, cores, name, calibration, input_shape, fallback, max_pending) -> MixedTenant:
+        """Convolutions before LSTM/GRU layers: the front end on ``cores``
+        CNN cores (tenant ``<name>.cnn``), the recurrent part on as many RNN
+        cores as are free up to ``cores`` (``<name>.rnn``); ``cores`` may
+        also be {"cnn": a, "rnn": b}."""
+        kc, kr = (cores.get("cnn", 1), cores.get("rnn", 1)) if isinstance(cores, dict) else (cores, None)
+        if not isinstance(kc, int) or kc < 1:
+            raise DeployError(f"cores must be a positive integer, not {cores!r}")
+        if kr is None:
+            kr = max(1, min(kc, len(self.free_rnn_cores)))
+        compiled = model if isinstance(model, mixed.CompiledMixed) else mixed.compile_mixed(
+            model, self.config, calibration, input_shape, fallback=fallback)
+        if compiled.board != self.board:
+            raise DeployError(f"model compiled for {compiled.board}, this accelerator is {self.board}")
+        name = name or f"tenant{len(self.tenants)}"
+        if name in self.mixed:
+            raise DeployError(f"a tenant named {name!r} is already deployed")
+        front = self.deploy(compiled.front, cores=kc, name=f"{name}.cnn", fallback=fallback, max_pending=max_pending)
+        try:
+            recurrent = self.deploy(compiled.recurrent, cores=kr, name=f"{name}.rnn", max_pending=max_pending)
+        except BaseException:
+            self.remove(front)
+            raise
+        t = MixedTenant(self, name, compiled, front, recurrent)
+        self.mixed[name] = t
+        return t
 
     def _release(self, name: str) -> None:
         self._owner = {c: n for c, n in self._owner.items() if n != name}
@@ -385,15 +418,25 @@ class Accelerator:
             if disp is not None:
                 solo = int(disp.timeline.tenant_solo_cycles[t.context.index])
                 slowdown = int(disp.timeline.tenant_frame_cycles[t.context.index]) / solo if solo else None
+            cpu = list(t.host_cpu_seconds)
             out[t.name] = TenantStats(t.name, list(t.cores), t.requests, t.failed, source,
                                       mean * 1e3 if mean else None, 1 / mean if mean else None, util, host_ms,
-                                      regs["frames"], regs["core_cycles"], slowdown)
+                                      regs["frames"], regs["core_cycles"], slowdown, t.mac_share().share,
+                                      statistics.fmean(cpu) * 1e3 if cpu else None)
         return out
 
     # ---- removal -------------------------------------------------------------------------------------------------
     def remove(self, tenant) -> None:
         """Removes a tenant: queued requests fail with TenantRemoved, the one
-        in flight finishes, its cores, context and memory are freed."""
+        in flight finishes, its cores, context and memory are freed. A
+        mixed (CNN + RNN) tenant removes both its parts."""
+        key = tenant if isinstance(tenant, str) else getattr(tenant, "name", None)
+        if isinstance(tenant, MixedTenant) or key in self.mixed:
+            m = self.mixed.pop(key)
+            m._shutdown()
+            for p in m.parts:
+                self.remove(p)
+            return
         with self._lock:
             t = self._tenant(tenant)
         try:
@@ -406,6 +449,8 @@ class Accelerator:
         """Removes every tenant and stops the dispatcher."""
         if self.closed:
             return
+        for name in list(self.mixed):
+            self.remove(name)
         for name in list(self.tenants):
             self.remove(name)
         self.closed = True
@@ -419,6 +464,19 @@ class Accelerator:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def mixed_model(model) -> bool:
+    """Whether ``model`` (path, bytes or proto) has convolutions (more than
+    layout ops) before its first LSTM/GRU node."""
+    if not rnn_model(model) or isinstance(model, rnn.CompiledRnn):
+        return False
+    try:
+        proto = model if isinstance(model, onnx.ModelProto) else (
+            onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model))
+    except Exception:  # noqa: BLE001 - rnn_model read it already
+        return False
+    return mixed.is_mixed(proto)
 
 
 def rnn_model(model) -> bool:

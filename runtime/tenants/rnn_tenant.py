@@ -59,6 +59,16 @@ class RnnTenant(Tenant):
     def layer_cycles(self) -> dict[int, int]:
         return {}
 
+    def mac_share(self):
+        """RNN MACs (every gate's input and recurrent products, per step) on
+        the RNN cores; the host head's MACs on the host."""
+        from vfpga.runtime.compiler import placement
+
+        c: rnn.CompiledRnn = self.compiled
+        accel = sum(lay.directions * lay.gates * lay.hidden * (lay.input_size + lay.hidden) for lay in c.layers)
+        cpu = sum(placement.onnx_macs(c.post).values()) if c.post is not None else 0
+        return placement.MacShare(accel * c.steps * c.batch, cpu)
+
     # ---- requests ----------------------------------------------------------------------------------
     def _feeds(self, x) -> dict:
         c: rnn.CompiledRnn = self.compiled
@@ -90,9 +100,11 @@ class RnnTenant(Tenant):
             self.segment.sync_to_device(at, len(data))
         done = self._run_part(0)
         self.segment.sync_from_device(0, c.segment_size)
-        outs = rnn.read_outputs(c, self.segment.read(0, c.segment_size))
+        t_cpu = time.perf_counter()
+        outs = rnn.read_outputs(c, self.segment.read(0, c.segment_size))  # the host head runs here
         return outs, RunInfo([done], time.perf_counter() - t0, done.cycles,
-                             done.cycles / (float(self.accel.config["clock_mhz"]) * 1e6), self.k)
+                             done.cycles / (float(self.accel.config["clock_mhz"]) * 1e6), self.k,
+                             time.perf_counter() - t_cpu)
 
     def _result(self, outs, info: RunInfo, float_io: bool):
         if not float_io:

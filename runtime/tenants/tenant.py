@@ -51,6 +51,7 @@ class RunInfo:
     modeled_cycles: int  # the accelerator parts' record cycles (dispatcher clock)
     modeled_seconds: float
     cores: int  # cores the tenant held when the request finished
+    host_cpu_seconds: float = 0.0  # measured: the CPU parts (onnxruntime on the host, glue included)
 
     @property
     def ok(self) -> bool:
@@ -114,6 +115,7 @@ class Tenant:
         self.failed = 0
         # the last LATENCY_WINDOW requests' latencies (bounded however long the tenant serves)
         self.host_latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self.host_cpu_seconds: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)  # CPU parts
         self.modeled_latencies: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
         self._worker = threading.Thread(target=self._serve, name=f"vfpga-tenant-{name}", daemon=True)
         self._worker.start()
@@ -169,6 +171,12 @@ class Tenant:
     def modeled_cycles(self) -> int:
         """One request's modeled cycles on one core (cycle model, no sharing)."""
         return sum(s.total_cycles for s in self.schedules)
+
+    def mac_share(self):
+        """The model's MACs on the accelerator and on the host (placement.MacShare)."""
+        from vfpga.runtime.compiler import placement
+
+        return placement.mac_share(self.compiled)
 
     def layer_cycles(self) -> dict[int, int]:
         """Modeled cycles per layer index on one core (accelerator layers)."""
@@ -241,6 +249,11 @@ class Tenant:
         x_q = frontend.quantize_input(x, self.graph.tensors[self.graph.inputs[0]])
         return self._enqueue(self._check_input(x_q), True)
 
+    def submit_float_with_info(self, x: np.ndarray) -> Future:
+        """As submit, the Future giving (float output(s), RunInfo)."""
+        x_q = frontend.quantize_input(x, self.graph.tensors[self.graph.inputs[0]])
+        return self._enqueue(self._check_input(x_q), "info")
+
     def run_quantized(self, x_q: np.ndarray) -> tuple[list[np.ndarray], RunInfo]:
         """int8 HWC input -> int8 HWC outputs, as the accelerator computes them."""
         return self.submit_quantized(x_q).result()
@@ -281,17 +294,19 @@ class Tenant:
             with self._state_lock:
                 self.requests += 1
                 self.host_latencies.append(info.host_seconds)
+                self.host_cpu_seconds.append(info.host_cpu_seconds)
                 self.modeled_latencies.append(info.modeled_cycles)
             job.future.set_result(result)
 
-    def _result(self, outs, info: RunInfo, float_io: bool):
+    def _result(self, outs, info: RunInfo, float_io):
         """What the future of a request gives: float outputs like
-        onnxruntime, or (int8 outputs, RunInfo)."""
+        onnxruntime, or (int8 outputs, RunInfo); float_io "info": (float outputs, RunInfo)."""
         if not float_io:
             return outs, info
         tensors = self.graph.tensors
         ys = [frontend.dequantize_output(q, tensors[n]) for q, n in zip(outs, self.graph.outputs)]
-        return ys[0] if len(ys) == 1 else ys
+        y = ys[0] if len(ys) == 1 else ys
+        return (y, info) if float_io == "info" else y
 
     def _refusal(self):
         if self.removed:
@@ -306,16 +321,19 @@ class Tenant:
         self._write(self.compiled.input, self.compiled.device_input(x_q))
         completions = []
         accel_index = 0
+        cpu_s = 0.0
         for part in self.compiled.parts:
             if part.kind == "cpu":
+                t_cpu = time.perf_counter()
                 self._run_cpu(part.layer)
+                cpu_s += time.perf_counter() - t_cpu
                 continue
             completions.append(self._run_part(accel_index))
             accel_index += 1
         outs = [self._host.pop(p.name) if p.name in self._host else self._read(p) for p in self.compiled.outputs]
         cycles = sum(c.cycles for c in completions)
         return outs, RunInfo(completions, time.perf_counter() - t0, cycles,
-                             cycle_model.seconds(cycles, self.accel.config), self.k)
+                             cycle_model.seconds(cycles, self.accel.config), self.k, cpu_s)
 
     def _run_part(self, index: int) -> Completion:
         rid = next(self._ids) & 0xFFFFFFFF

@@ -24,14 +24,14 @@ Imports: :mod:`vfpga.runtime.compiler.ir` and :mod:`vfpga.runtime.hw` only.
 from .affine import fold_affine
 from .cleanup import fold_constants, remove_no_ops, simplify
 from .errors import FrontendError, UnsupportedOperatorError
-from .load import is_qdq, load_model
+from .load import OPSETS, is_qdq, load_model
 from .marshal import dequantize_output, from_onnx_layout, quantize_input, to_hwc, to_onnx_layout
 from .ops import ACCELERATOR_OPS, QDQ_OPS, QOPERATOR_OPS, VIEW_OPS, resolve_pads
 from .qdq_reader import placement_report, to_graph
 from .quantization import quantize, share_concat_scales
 
 __all__ = [
-    "ACCELERATOR_OPS", "QDQ_OPS", "QOPERATOR_OPS", "VIEW_OPS", "FrontendError", "UnsupportedOperatorError",
+    "ACCELERATOR_OPS", "OPSETS", "QDQ_OPS", "QOPERATOR_OPS", "VIEW_OPS", "FrontendError", "UnsupportedOperatorError",
     "dequantize_output", "fold_affine", "fold_constants", "from_onnx_layout", "is_qdq", "load_model",
     "placement_report", "quantize", "quantize_input", "remove_no_ops", "resolve_pads", "share_concat_scales",
     "simplify", "to_graph", "to_hwc", "to_onnx_layout",

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .ops import attrs, consumers, static_dims
+from .ops import attrs, consumers, rewrite_nodes, static_dims
 
 
 def per_channel_const(v: np.ndarray, c: int) -> np.ndarray | None:
@@ -149,17 +149,6 @@ def fold_affine(model: onnx.ModelProto) -> onnx.ModelProto:
             )
             replace[id(chain[0])] = dw
             removed.discard(id(chain[0]))
-    nodes = []
-    for n in g.node:
-        if id(n) in replace:
-            nodes.append(replace[id(n)])
-        elif id(n) not in removed:
-            nodes.append(n)
-    del g.node[:]
-    g.node.extend(nodes)
     g.initializer.extend(new_inits)
-    used = {i for n in g.node for i in n.input}
-    keep = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    rewrite_nodes(g, replace, removed)
     return model

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .activations import fuse_hard_activations
 from .affine import fold_affine
 from .ops import attrs, onnx_opset, rename_input, static_dims
 
@@ -115,6 +116,9 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
         else:
             g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(v), name))
     inits = {t.name for t in g.initializer}
+    stale = [v for v in g.value_info if v.name in inits]  # constants carry their own shape now
+    for v in stale:
+        g.value_info.remove(v)
     real = [i for i in g.input if i.name not in inits]
     if len(real) != len(g.input):
         del g.input[:]
@@ -160,8 +164,10 @@ def remove_no_ops(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     """The float-model clean-up before quantization, in place: constants
-    folded, no-ops dropped, affine chains folded (see the functions used)."""
+    folded, no-ops dropped, decomposed hard-sigmoid/hard-swish recognised,
+    affine chains folded (see the functions used)."""
     fold_constants(model)
     remove_no_ops(model)
+    fuse_hard_activations(model)
     fold_affine(model)
     return model

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from vfpga.runtime.compiler import ir
 
 from .errors import FrontendError, UnsupportedOperatorError
-from .ops import QDQ_OPS, VIEW_OPS
+from .ops import QDQ_OPS, RANGE_OPS, VIEW_OPS
 from .qdq_values import Ref, hwc, layer_inputs, layer_outputs
 
 
@@ -72,8 +72,8 @@ class CpuRegions:
             try:
                 self.dispatch(node, nname, idx, handlers)
                 return
-            except UnsupportedOperatorError:
-                pass
+            except UnsupportedOperatorError as e:
+                self.cpu_reasons[nname] = e.reason or "no accelerator mapping"
         self.to_cpu(node, nname, idx)
 
     def chain_to(self, value: str, out: list) -> None:
@@ -184,6 +184,9 @@ class CpuRegions:
             elif i in self.cpu_val:
                 rids.add(self.find(self.cpu_val[i]))
                 self.chain_to(i, chain)
+            elif i in self.ewise and not (i in self.ewise_q and i in self.tensors):
+                boundary.add(self.ewise[i])  # the element-wise chain joins the CPU subgraph
+                self.chain_to(i, chain)
             elif i in self.fref or i in self.qref:
                 ref = self.fref.get(i) or self.qref[i]
                 boundary.add(ref.q)
@@ -261,7 +264,12 @@ class CpuRegions:
             model.ir_version = self.model.ir_version
             main = next((n for n, nd in zip(names, nodes) if nd.op_type not in QDQ_OPS | VIEW_OPS), names[-1])
             name = self.layer_name(helper.make_node("CpuOp", [], [], name=f"cpu_{main}"), rid)
-            op = ir.CpuOp(name, tuple(inputs), tuple(outs), model.SerializeToString(), onnx_nodes=names)
+            reasons = {n: self.cpu_reasons.get(n, "kept in float by the quantizer (a square or root: int8 loses "
+                                                  "its range)" if nd.op_type in RANGE_OPS else
+                                                  "reads a value computed on the host (no int8 hand-over)")
+                       for n, nd in zip(names, nodes) if nd.op_type not in QDQ_OPS | VIEW_OPS}
+            op = ir.CpuOp(name, tuple(inputs), tuple(outs), model.SerializeToString(), onnx_nodes=names,
+                          reasons=reasons)
             ops.append((self.region_seq[rid], op))
         return ops
 

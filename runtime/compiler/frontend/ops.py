@@ -30,8 +30,19 @@ ACCELERATOR_OPS = frozenset(
         "BatchNormalization",  # folded into a Conv, or a depthwise 1x1 Conv
         "Mul",  # by a per-channel constant, likewise
         "Sub",  # minus a per-channel constant
+        "ConvTranspose",  # as one convolution per output phase
+        "Resize",  # nearest, integer factors
+        # element-wise chains of one quantized tensor: activation tables
+        "HardSigmoid",
+        "HardSwish",
+        "Sigmoid",
+        "Tanh",
+        "Div",
     }
 )
+# Ops whose output spans a very different dynamic range than their input
+# (squares, roots): the quantizer leaves them float (see quantization.float_nodes).
+RANGE_OPS = frozenset({"Pow", "Sqrt"})
 VIEW_OPS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 QOPERATOR_OPS = frozenset(
@@ -102,3 +113,27 @@ def rename_input(graph, old: str, new: str) -> None:
         for k, i in enumerate(n.input):
             if i == old:
                 n.input[k] = new
+
+
+def prune_initializers(graph) -> None:
+    """Drops the initializers no node reads."""
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def rewrite_nodes(graph, replace: dict, removed: set) -> None:
+    """Rebuilds the node list: a node whose id is in ``replace`` becomes the
+    node(s) given there (one node or a list), nodes in ``removed`` go; then
+    unread initializers go too."""
+    nodes = []
+    for n in graph.node:
+        if id(n) in replace:
+            r = replace[id(n)]
+            nodes.extend(r if isinstance(r, list) else [r])
+        elif id(n) not in removed:
+            nodes.append(n)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    prune_initializers(graph)

@@ -26,18 +26,22 @@ from .qdq_values import (
 class LayerHandlers:
     """The compute-node part of :class:`~vfpga.runtime.compiler.frontend.qdq_reader.QdqReader`."""
 
-    def on_conv(self, node, nname, idx):
+    def conv_operands(self, node, nname, what: str):
+        """(attributes, input ref, its tensor, weight, groups) of a 2-D
+        convolution or transposed convolution, its shared checks done."""
         a = attrs(node)
         ref = self.act(node, nname, 0)
         self.spatial_ok(ref, node, nname)
-        t = self.tensors[ref.q]
         w = self.weight(node.input[1], node, nname)
         if w.values.ndim != 4:
-            self.unsupported(node, nname, f"{w.values.ndim - 2}-D convolution (only 2-D is supported)")
-        oc, icg, kh, kw = w.values.shape
-        groups = int(a.get("group", 1))
+            self.unsupported(node, nname, f"{w.values.ndim - 2}-D {what} (only 2-D is supported)")
         if list(a.get("dilations", [1, 1])) != [1, 1]:
             self.unsupported(node, nname, f"dilations {list(a['dilations'])} (only 1 is supported)")
+        return a, ref, self.tensors[ref.q], w, int(a.get("group", 1))
+
+    def on_conv(self, node, nname, idx):
+        a, ref, t, w, groups = self.conv_operands(node, nname, "convolution")
+        oc, icg, kh, kw = w.values.shape
         if icg * groups != t.shape[2] or oc % groups:
             raise FrontendError(
                 f"Conv '{nname}': weight {w.values.shape} with group {groups} does not fit input channels {t.shape[2]}"
@@ -377,7 +381,8 @@ class LayerHandlers:
     def on_mul(self, node, nname, idx):
         co = self.const_operand(node)
         if co is None:
-            self.unsupported(node, nname, "only a product with a per-channel constant is supported")
+            self.mul_activations(node, nname, idx)
+            return
         i, v = co
         k = self.per_channel(node, nname, node.input[i], v)
         self.affine(node, nname, idx, node.input[i], k, np.zeros_like(k))

@@ -17,6 +17,7 @@ from .errors import FrontendError, UnsupportedOperatorError
 from .load import drop_initializer_inputs, is_qdq, load_model, real_inputs, static_dims
 from .ops import QDQ_OPS, VIEW_OPS, attrs
 from .qdq_layers import LayerHandlers
+from .qdq_mobile import MobileHandlers
 from .qdq_values import (
     INT32_MAX,
     INT32_MIN,
@@ -32,7 +33,7 @@ from .qdq_values import (
 )
 
 
-class QdqReader(CpuRegions, LayerHandlers):
+class QdqReader(CpuRegions, LayerHandlers, MobileHandlers):
     """One pass over the (topologically ordered) QDQ graph."""
 
     def __init__(self, model: onnx.ModelProto, fallback: bool = False):
@@ -80,6 +81,10 @@ class QdqReader(CpuRegions, LayerHandlers):
         self.materialized: dict[str, int] = {}  # region int8 values that are IR tensors
         self.cpu_node: dict[str, int] = {}  # Q/DQ on region values -> node index
         self.float_outputs: dict[str, int] = {}  # float graph outputs computed on the CPU
+        # element-wise chains: value -> the one int8 IR tensor it is a function of
+        self.ewise: dict[str, str] = {}
+        self.ewise_q: dict[str, tuple] = {}  # int8 values in chains -> (scale, zp)
+        self.cpu_reasons: dict[str, str] = {}  # node -> why it runs on the host
 
     # ---- helpers
 
@@ -107,6 +112,8 @@ class QdqReader(CpuRegions, LayerHandlers):
     def act(self, node, nname, i) -> Ref:
         """The IR tensor behind activation input i of a compute node."""
         name = node.input[i]
+        if name in self.ewise:
+            return self.ewise_ref(name, node, nname)
         if name in self.fref:
             return self.fref[name]
         if name in self.pending or name == self.input_name:
@@ -197,6 +204,8 @@ class QdqReader(CpuRegions, LayerHandlers):
             "Concat": self.on_concat,
             "Relu": self.on_activation,
             "Clip": self.on_activation,
+            "Resize": self.on_resize,
+            "ConvTranspose": self.on_conv_transpose,
         }
         for v in VIEW_OPS:
             handlers[v] = self.on_view
@@ -209,16 +218,19 @@ class QdqReader(CpuRegions, LayerHandlers):
                 continue
             try:
                 self.dispatch(node, nname, idx, handlers)
-            except UnsupportedOperatorError:
+            except UnsupportedOperatorError as e:
                 if not self.fallback:
                     raise
+                self.cpu_reasons[nname] = e.reason or "no accelerator mapping"
                 self.to_cpu(node, nname, idx)
         return self.finish()
 
     def dispatch(self, node, nname, idx, handlers):
+        if self.ewise_step(node, nname, idx):
+            return
         handler = handlers.get(node.op_type) if node.domain in ("", "ai.onnx", "com.microsoft") else None
         if handler is None or (node.domain == "com.microsoft" and node.op_type not in QDQ_OPS):
-            self.unsupported(node, nname)
+            self.unsupported(node, nname, f"the cores have no {node.op_type} (nor a fusion that absorbs it)")
         handler(node, nname, idx)
 
     # ---- CPU fallback: regions of ONNX nodes cut out into ir.CpuOp layers
@@ -296,6 +308,12 @@ class QdqReader(CpuRegions, LayerHandlers):
 
     def on_view(self, node, nname, idx):
         x, out = node.input[0], node.output[0]
+        if x in self.ewise:  # a reshape of an element-wise result: its table first
+            if x in self.ewise_q:
+                if x not in self.tensors:
+                    self.build_lut(x)
+            else:
+                self.fref[x] = self.ewise_ref(x, node, nname)
         if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
             self.unsupported(node, nname, "Dropout mask output")
         if out not in self.shapes:
@@ -422,6 +440,7 @@ class QdqReader(CpuRegions, LayerHandlers):
         if self.region_nodes:
             self.layers = self.order(self.build_cpu_ops(outputs))
         self.fold_activations(outputs)
+        self.fold_tables(outputs)
         used = {self.input_q, *outputs}
         for layer in self.layers:
             used.update(layer_inputs(layer))
@@ -435,6 +454,17 @@ class QdqReader(CpuRegions, LayerHandlers):
 
     def graph_output(self, name: str) -> str:
         """The IR tensor holding graph output `name`."""
+        if name in self.ewise:
+            dq = self.producer.get(name)
+            v = dq.input[0] if dq is not None and dq.op_type == "DequantizeLinear" else name
+            if v in self.ewise_q:
+                if v not in self.tensors:
+                    self.build_lut(v)
+                return v
+            if not self.fallback:
+                raise FrontendError(f"graph output '{name}' is a float result of element-wise ops that is not "
+                                    f"quantized; the accelerator's outputs are int8 (fallback=True runs it on the host)")
+            self.ewise_to_cpu(name)
         if name in self.cpu_val:
             q = self.cpu_dq.get(name, name)
             if self.materializable(q):  # int8 from the CPU, dequantized on the host
@@ -479,7 +509,7 @@ class QdqReader(CpuRegions, LayerHandlers):
                     continue
                 src, dst = self.tensors[p.input], self.tensors[p.output]
                 prod = producers.get(p.input)
-                if prod is None or prod.kind not in ("conv", "pool", "add"):
+                if prod is None or prod.kind not in ("conv", "pool", "add") or getattr(prod, "table", None) is not None:
                     continue
                 if readers.get(p.input) != 1 or p.input in outputs:
                     continue

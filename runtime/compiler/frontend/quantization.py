@@ -13,8 +13,8 @@ from onnx import numpy_helper
 
 from .cleanup import simplify
 from .errors import FrontendError
-from .load import drop_initializer_inputs, is_qdq, load_model, real_inputs, sum_to_add
-from .ops import QOPERATOR_OPS, attrs, consumers, onnx_opset, static_dims
+from .load import drop_initializer_inputs, is_qdq, load_model, real_inputs, reinfer_shapes, sum_to_add
+from .ops import QOPERATOR_OPS, RANGE_OPS, attrs, consumers, onnx_opset, prune_initializers, static_dims
 
 
 def share_concat_scales(model: onnx.ModelProto, float_model: onnx.ModelProto | None = None) -> onnx.ModelProto:
@@ -93,14 +93,32 @@ def share_concat_scales(model: onnx.ModelProto, float_model: onnx.ModelProto | N
                 continue
             for n in [q] + readers_q:
                 n.input[1], n.input[2] = q_out.input[1], q_out.input[2]
-    used = {i for n in g.node for i in n.input}
-    keep = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    prune_initializers(g)
     return model
 
 
 # ---------------------------------------------------------------- quantization
+
+
+def float_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes the quantizer leaves in float: RANGE_OPS (squares,
+    roots: an int8 per-tensor scale on either side loses most values -- a
+    spectrogram's magnitude sqrt(re^2 + im^2) keeps 0.73 of its cosine
+    quantized, 0.96 in float) and the element-wise arithmetic whose inputs
+    all come from nodes left in float. They run on the host."""
+    produced_by = {o: n for n in model.graph.node for o in n.output if o}
+    inits = {t.name for t in model.graph.initializer}
+    out, floating = [], set()
+    for n in model.graph.node:
+        acts = [i for i in n.input if i and i not in inits]
+        joins = n.op_type in ("Add", "Sub", "Mul", "Div") and acts and all(
+            i in produced_by and produced_by[i].name in floating for i in acts)
+        if n.op_type in RANGE_OPS or joins:
+            if not n.name:
+                n.name = f"{n.op_type}__{n.output[0]}"
+            floating.add(n.name)
+            out.append(n.name)
+    return out
 
 
 def _calibration_samples(calibration, name: str, shape: list[int]) -> list[dict]:
@@ -136,6 +154,7 @@ def quantize(
     num_random: int = 16,
     extra_options: dict | None = None,
     share_scales: bool = True,
+    calibrate_method: str = "minmax",
 ) -> onnx.ModelProto:
     """Static int8 quantization to QDQ with onnxruntime.
 
@@ -152,16 +171,22 @@ def quantize(
     and per-channel Mul/Add chains folded into the preceding Conv or turned
     into a depthwise 1x1 Conv). share_scales: afterwards give Concat inputs
     the Concat's quantization where that loses no range
-    (:func:`share_concat_scales`), so Concats need no requantizing copies."""
+    (:func:`share_concat_scales`), so Concats need no requantizing copies.
+    calibrate_method: onnxruntime's activation range calibration, "minmax"
+    (default), "percentile" (clips rare outliers: better int8 resolution for
+    models with a few extreme activations) or "entropy"."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
+        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    proto = load_model(model, input_shape=input_shape)
+    if calibration is not None and not isinstance(calibration, (np.ndarray, list, tuple)):
+        calibration = list(calibration)  # read for its shape, then by the quantizer
+    proto = load_model(model, input_shape=input_shape, calibration=calibration)
     if is_qdq(proto):
         return proto
     qop = sorted({n.op_type for n in proto.graph.node if n.op_type in QOPERATOR_OPS})
@@ -182,8 +207,9 @@ def quantize(
     drop_initializer_inputs(proto)
     sum_to_add(proto)
     try:
+        reinfer_shapes(proto)  # the version converter keeps value_info of the old opset
         simplify(proto)
-    except onnx.shape_inference.InferenceError as e:
+    except (onnx.shape_inference.InferenceError, FrontendError) as e:
         raise FrontendError(f"ONNX shape inference failed on the float model: {e}") from e
     inp = real_inputs(proto)[0]
     shape = static_dims(inp)
@@ -206,6 +232,11 @@ def quantize(
         def get_next(self):
             return next(self._it, None)
 
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if calibrate_method not in methods:
+        raise FrontendError(f"calibrate_method {calibrate_method!r} is not one of {sorted(methods)}")
+    method = methods[calibrate_method]
     options = {"ActivationSymmetric": False, "WeightSymmetric": True}
     options.update(extra_options or {})
     with tempfile.TemporaryDirectory(prefix="vfpga-quant-") as tmp:
@@ -215,6 +246,9 @@ def quantize(
         # Conv+BatchNorm folding, Identity/Dropout removal); symbolic shape
         # inference is for transformers and would need sympy.
         quant_pre_process(src, pre, skip_symbolic_shape=True)
+        named = onnx.load(pre)
+        keep_float = float_nodes(named)  # (names the nodes it picks when they have none)
+        onnx.save(named, pre)
         if not os.path.isfile(pre):
             raise FrontendError("onnxruntime quantization pre-processing failed (see the log above)")
         try:
@@ -226,6 +260,8 @@ def quantize(
                 per_channel=True,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                nodes_to_exclude=keep_float,
                 extra_options=options,
             )
         except (AssertionError, ValueError, RuntimeError) as e:  # ORT asserts on NaN/inf ranges
