@@ -340,6 +340,7 @@ class EmulatedDevice(Device):
         self.config = overlay.load(board)
         module = host_isa.emulation_module(board)
         self.ffi, self.lib = module.ffi, module.lib
+        self.build = host_isa.build_name(module)  # "portable" or the host's ISA level
         self.capabilities = {"REGISTER_RW": True}
         self.cross_bank = cross_bank
 

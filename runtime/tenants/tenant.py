@@ -52,6 +52,10 @@ class RunInfo:
     modeled_seconds: float
     cores: int  # cores the tenant held when the request finished
     host_cpu_seconds: float = 0.0  # measured: the CPU parts (onnxruntime on the host, glue included)
+    # measured host overhead (the driver's path, as on a board): submit() to the first doorbell, and the
+    # last completion record read by the driver to the result handed to the future
+    submit_to_doorbell_s: float | None = None
+    completion_to_result_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -63,7 +67,7 @@ class _Job:
     x_q: np.ndarray
     future: Future
     float_io: bool
-    submitted: float = field(default_factory=time.perf_counter)
+    submitted: float = field(default_factory=time.perf_counter)  # host clock when submit() was called
 
 
 class Tenant:
@@ -117,6 +121,10 @@ class Tenant:
         self.host_latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.host_cpu_seconds: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)  # CPU parts
         self.modeled_latencies: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
+        # (submit -> doorbell, completion -> result) seconds: perf_counter stamps of the request thread
+        self.host_overheads: collections.deque[tuple[float, float]] = collections.deque(maxlen=LATENCY_WINDOW)
+        self._doorbell_at: float | None = None  # the request in flight: its first doorbell
+        self._completed_at = 0.0  # and its last completion record, read by the driver
         self._worker = threading.Thread(target=self._serve, name=f"vfpga-tenant-{name}", daemon=True)
         self._worker.start()
 
@@ -161,6 +169,11 @@ class Tenant:
         """(host seconds, modeled cycles) of the recent requests, copied while no request adds one."""
         with self._state_lock:
             return list(self.host_latencies), list(self.modeled_latencies)
+
+    def overheads(self) -> list[tuple[float, float]]:
+        """(submit -> doorbell, completion -> result) host seconds of the recent requests."""
+        with self._state_lock:
+            return list(self.host_overheads)
 
     @property
     def pending(self) -> int:
@@ -224,7 +237,7 @@ class Tenant:
                              f"got {x_q.dtype} {x_q.shape}")
         return x_q
 
-    def _enqueue(self, x_q: np.ndarray, float_io: bool) -> Future:
+    def _enqueue(self, x_q: np.ndarray, float_io: bool, submitted: float | None = None) -> Future:
         with self._state_lock:
             if self.removed:
                 raise TenantRemoved(f"tenant {self.name!r} has been removed")
@@ -236,23 +249,26 @@ class Tenant:
                                 f"(max_pending={self.max_pending}); wait for results or raise max_pending")
             self._pending += 1
             fut: Future = Future()
-            self._queue.put(_Job(x_q, fut, float_io))
+            self._queue.put(_Job(x_q, fut, float_io, submitted or time.perf_counter()))
         return fut
 
     def submit_quantized(self, x_q: np.ndarray) -> Future:
         """int8 HWC input -> a Future of (int8 HWC outputs, RunInfo)."""
-        return self._enqueue(self._check_input(x_q), False)
+        t0 = time.perf_counter()
+        return self._enqueue(self._check_input(x_q), False, t0)
 
     def submit(self, x: np.ndarray) -> Future:
         """Float input in the model's own layout -> a Future of the float
         output(s), like onnxruntime's run."""
+        t0 = time.perf_counter()
         x_q = frontend.quantize_input(x, self.graph.tensors[self.graph.inputs[0]])
-        return self._enqueue(self._check_input(x_q), True)
+        return self._enqueue(self._check_input(x_q), True, t0)
 
     def submit_float_with_info(self, x: np.ndarray) -> Future:
         """As submit, the Future giving (float output(s), RunInfo)."""
+        t0 = time.perf_counter()
         x_q = frontend.quantize_input(x, self.graph.tensors[self.graph.inputs[0]])
-        return self._enqueue(self._check_input(x_q), "info")
+        return self._enqueue(self._check_input(x_q), "info", t0)
 
     def run_quantized(self, x_q: np.ndarray) -> tuple[list[np.ndarray], RunInfo]:
         """int8 HWC input -> int8 HWC outputs, as the accelerator computes them."""
@@ -278,8 +294,10 @@ class Tenant:
                 continue
             try:
                 with self._exec_lock:
+                    self._doorbell_at = None
                     outs, info = self._execute(job.x_q)
                 result = self._result(outs, info, job.float_io)
+                done = time.perf_counter()
             except TenantFault as e:
                 with self._state_lock:
                     self.fault = e
@@ -291,11 +309,16 @@ class Tenant:
                     self.failed += 1
                 job.future.set_exception(e)
                 continue
+            if self._doorbell_at is not None:
+                info.submit_to_doorbell_s = self._doorbell_at - job.submitted
+                info.completion_to_result_s = done - self._completed_at
             with self._state_lock:
                 self.requests += 1
                 self.host_latencies.append(info.host_seconds)
                 self.host_cpu_seconds.append(info.host_cpu_seconds)
                 self.modeled_latencies.append(info.modeled_cycles)
+                if info.submit_to_doorbell_s is not None:
+                    self.host_overheads.append((info.submit_to_doorbell_s, info.completion_to_result_s))
             job.future.set_result(result)
 
     def _result(self, outs, info: RunInfo, float_io):
@@ -344,6 +367,8 @@ class Tenant:
                 offset, entries = self._program(index)
                 self._inflight_half = self._active_half
                 self.context.post(offset, entries, rid)
+            if self._doorbell_at is None:
+                self._doorbell_at = time.perf_counter()
             if not done.wait(REQUEST_TIMEOUT_S):
                 raise ContextError(f"tenant {self.name!r}: no completion record after {REQUEST_TIMEOUT_S} s "
                                    f"(context status {self.context.status})")
@@ -352,6 +377,7 @@ class Tenant:
             with self._prog_lock:
                 self._inflight_half = None
         c = box[0]
+        self._completed_at = c.collected_at
         if not c.ok:
             raise TenantFault(self.name, c.describe(), self.context.fault(), c)
         return c
