@@ -66,7 +66,7 @@ setup(
         "matplotlib>=3.5",  # the plots of `vfpga bench`
         "tqdm>=4.60",  # progress bars (also a pynq dependency)
     ],
-    extras_require={"serve": SERVE, "test": ["pytest>=7", "ruff>=0.4", "httpx>=0.24"] + SERVE},
+    extras_require={"serve": SERVE, "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "httpx>=0.24"] + SERVE},
     entry_points={
         "console_scripts": ["vfpga = vfpga.runtime.cli:main"],
         "pynq.notebooks": ["vfpga = vfpga.notebooks"],
