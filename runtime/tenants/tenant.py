@@ -53,7 +53,8 @@ class RunInfo:
     cores: int  # cores the tenant held when the request finished
     host_cpu_seconds: float = 0.0  # measured: the CPU parts (onnxruntime on the host, glue included)
     # measured host overhead (the driver's path, as on a board): submit() to the first doorbell, and the
-    # last completion record read by the driver to the result handed to the future
+    # last completion record read by the driver to the result handed to the future; the model's CPU
+    # parts (host_cpu_seconds) in between are not counted
     submit_to_doorbell_s: float | None = None
     completion_to_result_s: float | None = None
 
@@ -125,6 +126,7 @@ class Tenant:
         self.host_overheads: collections.deque[tuple[float, float]] = collections.deque(maxlen=LATENCY_WINDOW)
         self._doorbell_at: float | None = None  # the request in flight: its first doorbell
         self._completed_at = 0.0  # and its last completion record, read by the driver
+        self._cpu_s = self._cpu_at_bell = self._cpu_at_done = 0.0  # its CPU parts' seconds: so far, at those
         self._worker = threading.Thread(target=self._serve, name=f"vfpga-tenant-{name}", daemon=True)
         self._worker.start()
 
@@ -294,7 +296,7 @@ class Tenant:
                 continue
             try:
                 with self._exec_lock:
-                    self._doorbell_at = None
+                    self._doorbell_at, self._cpu_s = None, 0.0
                     outs, info = self._execute(job.x_q)
                 result = self._result(outs, info, job.float_io)
                 done = time.perf_counter()
@@ -310,8 +312,8 @@ class Tenant:
                 job.future.set_exception(e)
                 continue
             if self._doorbell_at is not None:
-                info.submit_to_doorbell_s = self._doorbell_at - job.submitted
-                info.completion_to_result_s = done - self._completed_at
+                info.submit_to_doorbell_s = self._doorbell_at - job.submitted - self._cpu_at_bell
+                info.completion_to_result_s = done - self._completed_at - (info.host_cpu_seconds - self._cpu_at_done)
             with self._state_lock:
                 self.requests += 1
                 self.host_latencies.append(info.host_seconds)
@@ -350,6 +352,7 @@ class Tenant:
                 t_cpu = time.perf_counter()
                 self._run_cpu(part.layer)
                 cpu_s += time.perf_counter() - t_cpu
+                self._cpu_s = cpu_s
                 continue
             completions.append(self._run_part(accel_index))
             accel_index += 1
@@ -368,7 +371,7 @@ class Tenant:
                 self._inflight_half = self._active_half
                 self.context.post(offset, entries, rid)
             if self._doorbell_at is None:
-                self._doorbell_at = time.perf_counter()
+                self._doorbell_at, self._cpu_at_bell = time.perf_counter(), self._cpu_s
             if not done.wait(REQUEST_TIMEOUT_S):
                 raise ContextError(f"tenant {self.name!r}: no completion record after {REQUEST_TIMEOUT_S} s "
                                    f"(context status {self.context.status})")
@@ -377,7 +380,7 @@ class Tenant:
             with self._prog_lock:
                 self._inflight_half = None
         c = box[0]
-        self._completed_at = c.collected_at
+        self._completed_at, self._cpu_at_done = c.collected_at, self._cpu_s
         if not c.ok:
             raise TenantFault(self.name, c.describe(), self.context.fault(), c)
         return c
