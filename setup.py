@@ -48,6 +48,7 @@ setup(
         "pynq>=3.1",
         "numpy>=1.23,<2",  # pynq 3.1+ needs numpy 1.x
         "cffi>=1.15",
+        "pycparser<3",  # as pynq pins it; without it pip may take pycparser 3 for cffi first and backtrack pynq
         "onnx>=1.14,<1.23",  # 1.23 needs protobuf 6, pynq's grpcio-tools pins protobuf 5
         "onnxruntime>=1.16",
         "matplotlib>=3.5",  # the plots of `vfpga bench`
