@@ -13,16 +13,15 @@ from setuptools import find_packages, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 BOARDS = sorted(f[:-5] for f in os.listdir(os.path.join(HERE, "overlay", "configs")) if f.endswith(".json"))
 
-# `vfpga serve` (runtime/serving): the Open Inference Protocol over HTTP and gRPC. grpcio and grpcio-tools
-# also come with pynq (which pins protobuf 5); the server's gRPC stack is that one.
+# `vfpga serve` (runtime/serving): the Open Inference Protocol over HTTP and gRPC. Its gRPC stack is the
+# grpcio and grpcio-tools pynq pins (with protobuf 5): naming them here too, unpinned, would let pip take
+# newer ones first and backtrack pynq to releases it cannot install.
 SERVE = [
     "fastapi>=0.100",
     "uvicorn>=0.23",
     "httptools>=0.5",
     "uvloop>=0.17; sys_platform != 'win32'",
     "prometheus-client>=0.17",
-    "grpcio>=1.60",
-    "grpcio-tools>=1.60",
 ]
 
 setup(
