@@ -20,6 +20,23 @@ bytes), and the dynamic stages estimate with the same rules:
 * the dispatcher issues the first wave of c frames at once (c issue costs
   before any starts), then one frame each time a core frees; a barrier
   follows each layer.
+
+HLS constructs
+--------------
+The timeline's (:mod:`.timeline`; host_tests/hw/test_model_constructs.py checks them):
+
+* A layer's frames share their segment's bank: one m_axi port per bank
+  [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"] [hls include/vfpga_ddr.h vf_ddr_segment]
+  [hls-gap core_bank_decode]
+* The first wave: one advance issues a frame to every idle core of the
+  tenant's mask, in order [hls dispatcher.cpp WALK] [hls dispatcher.cpp "if (core.busy)"];
+  a core that frees gets the next frame in the dispatcher's next iteration
+  [hls include/vfpga_pool.h RETIRE_ENDED]
+* A barrier after each layer: BARRIER passes when the tenant has no frame
+  in flight [hls dispatcher.cpp VF_DISPATCH_BARRIER]
+* A frame streams at most two bus words per cycle (load and save units on
+  an m_axi port's independent read and write channels)
+  [hls include/vfpga_hls.h "max_widen_bitwidth=VF_DDR_PORT_BITS"]
 """
 
 from __future__ import annotations

@@ -37,6 +37,36 @@ Three levels:
   between two barriers) the busiest slot, each frame paying the
   dispatcher's issue cost, plus the barrier; frames of a phase share the
   segment's DDR bank (bank_cores = frames in flight).
+
+The RNN classes are not calibrated (``vfpga calibrate`` fits the CNN
+model); they use the board config's numbers.
+
+HLS constructs
+--------------
+As in :mod:`.cycle_model` (host_tests/hw/test_model_constructs.py checks them):
+
+* Iterations are the C-sim's counts, one beat loop pipelined at II=1 per
+  instruction [hls rnn_core.cpp MEM_BEAT pipelined] [hls rnn_core.cpp MV_CB pipelined]
+  [hls rnn_core.cpp GATES_J pipelined] with its lanes in one beat
+  [hls rnn_core.cpp MEM_LANE unrolled] [hls rnn_core.cpp MV_ROW unrolled]
+  [hls rnn_core.cpp MV_COL unrolled] [hls rnn_core.cpp GATES_LANE unrolled]
+* The array's accumulators start and end around the beat loop, once per
+  row block [hls rnn_core.cpp MV_INIT unrolled] [hls rnn_core.cpp MV_STORE unrolled]
+* A beat reads a COLS-wide block of VBUF and of the weight rows, and the
+  gate lanes' ACC and STATE words: partitions in both tops
+  [hls rnn_core_top.cpp "VF_RNN_PARTITIONS(1, wbuf, vbuf, acc, state_words)"]
+  [hls dispatcher_top.cpp "VF_RNN_PARTITIONS(2, rnn_wbuf, rnn_vbuf, rnn_acc, rnn_state)"];
+  the ROWS weight rows of a beat likewise [hls-gap rnn_wbuf_rows]
+* The gate chain's depth: the LSTM/GRU cell of one lane
+  [hls rnn_core.cpp vr_gate_unit], its tables read by every lane at once
+  [hls-gap rnn_act_lanes]
+* RNN_LOAD / RNN_SAVE move one bus word per beat [hls-gap rnn_wide_mem]
+  through the bank ports of the CNN model's DDR numbers
+  [hls include/vfpga_hls.h "latency=VF_DDR_LATENCY"]
+  [hls include/vfpga_hls.h "num_read_outstanding=VF_AXI_OUTSTANDING"]
+* The units overlap through their tokens, the fetch is one transfer
+  [hls include/vfpga_unit_scheduler.h vf_tokens_ready] [hls-gap units_concurrent]
+  [hls-gap fetch_burst]
 """
 
 from __future__ import annotations
