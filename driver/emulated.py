@@ -406,7 +406,9 @@ class EmulatedDevice(Device):
             "gpio": {},
             "interrupts": {},
             "parameters": {},
-            "registers": {name: {"address_offset": off, "size": 64 if name in ("mem", "mem_bytes") else 32,
+            "registers": {name: {"address_offset": off,
+                                 "size": 64 if name in ("mem_bytes", *overlay.config.bank_port_registers(self.config))
+                                 else 32,
                                  "access": "read-write", "description": _DESCRIPTIONS.get(name, name),
                                  "fields": {}}
                           for name, off in disp["registers"].items() if name != "file"},

@@ -8,6 +8,7 @@
     vfpga demo [--board u200]
     vfpga serve [--board u200] [--host 127.0.0.1] [--port 8000] [--grpc-port 8001] [--admin-token T]
                 [--quotas quotas.json] [--max-cores N] [--max-pending N] [--max-request-bytes N]
+    vfpga calibrate --board u200 [--out FILE] [--core N]
 
 User errors (missing files, another board, bad arrays) print one message on
 stderr and exit with status 2.
@@ -424,6 +425,12 @@ def _bench(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    from vfpga.runtime.cli.calibrate import run
+
+    return run(args.board, args.out, args.core)
+
+
 def _serve(args) -> int:
     import logging
 
@@ -505,6 +512,14 @@ def main(argv=None) -> int:
     s.add_argument("--grace", type=float, default=30.0, help="SIGTERM: seconds in-flight requests may take")
     s.add_argument("--bank-mib", type=int, default=None, help="emulated board: MiB per DDR bank (default 1024)")
     s.set_defaults(func=_serve)
+
+    cal = sub.add_parser("calibrate", help="fit the cycle model to a board's counters (microbenchmarks per "
+                                           "instruction class) and write the calibration file it loads")
+    cal.add_argument("--board", required=True)
+    cal.add_argument("--out", default=None, help="calibration file (default $VFPGA_CALIBRATION, else "
+                                                 "overlay/configs/<board>.calibration.json)")
+    cal.add_argument("--core", type=int, default=0, help="CNN core to run on (default 0)")
+    cal.set_defaults(func=_calibrate)
 
     k = sub.add_parser("cache", help="show or clear the compile cache")
     k.add_argument("--clear", action="store_true")

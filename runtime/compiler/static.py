@@ -480,7 +480,7 @@ def frame_profiles(code: np.ndarray, first: np.ndarray, n_insns: np.ndarray, cfg
     index ``code`` in instructions)."""
     insns = np.asarray(code, np.uint8).reshape(-1, isa.INSN_BYTES)
     cache: dict = {}
-    rows = [cycle_model.frame_profile(insns[f:f + n], cfg, cache)
+    rows = [frame_timing.frame_profile(insns[f:f + n], cfg, cache)
             for f, n in zip(np.asarray(first).tolist(), np.asarray(n_insns).tolist())]
     if not rows:
         return np.zeros((0, 1 + len(frame_timing.SHARING)), np.int64), np.zeros(0, np.int64)
