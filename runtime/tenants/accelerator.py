@@ -44,11 +44,16 @@ from vfpga.runtime.tenants.rnn_tenant import RnnTenant
 from vfpga.runtime.tenants.tenant import RunInfo, Tenant, _mask  # noqa: F401 - RunInfo is part of the API
 
 
+def board_present() -> bool:
+    """Whether this host has a real PYNQ device (not only the emulated one)."""
+    return any(not isinstance(d, emulated.EmulatedDevice) for d in pynq.Device.devices)
+
+
 def _pick_device(board: str, emulate: bool | None):
     """The emulated device, or the real board's device with the vfpga overlay
     loaded (``emulate=None``: a real PYNQ device if there is one). Says which."""
     if emulate is None:
-        emulate = not [d for d in pynq.Device.devices if not isinstance(d, emulated.EmulatedDevice)]
+        emulate = not board_present()
     if emulate:
         return emulated.EmulatedDevice(board)
     try:
