@@ -24,7 +24,7 @@ from vfpga import overlay
 from vfpga.runtime.compiler import frontend, rnn, static
 from vfpga.runtime.errors import DeployError, TenantRemoved
 from vfpga.runtime.tenants import compile_model
-from vfpga.runtime.tenants.accelerator import rnn_model
+from vfpga.runtime.tenants.accelerator import find_tenant, rnn_model
 from vfpga.runtime.tenants.rnn_tenant import rnn_feeds
 from vfpga.runtime.tenants.tenant import quantized_input
 
@@ -232,11 +232,7 @@ class Cluster:
         return dict(self._tenants)
 
     def _tenant(self, tenant) -> ClusterTenant:
-        name = tenant if isinstance(tenant, str) else tenant.name
-        t = self._tenants.get(name)
-        if t is None:
-            raise DeployError(f"no tenant named {name!r}; deployed: {sorted(self._tenants)}")
-        return t
+        return find_tenant(self._tenants, tenant)
 
     # ---- tenants ---------------------------------------------------------------------------------------
     def compile(self, model, board: str, calibration=None, input_shape=None, fallback: bool = True):

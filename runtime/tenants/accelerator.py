@@ -263,11 +263,7 @@ class Accelerator:
             raise DeployError("this accelerator has been closed")
 
     def _tenant(self, tenant) -> Tenant:
-        name = tenant if isinstance(tenant, str) else tenant.name
-        t = self.tenants.get(name)
-        if t is None:
-            raise DeployError(f"no tenant named {name!r}; deployed: {sorted(self.tenants)}")
-        return t
+        return find_tenant(self.tenants, tenant)
 
     # ---- re-allocation ------------------------------------------------------------------------------
     def _targets(self, allocation: dict) -> dict[str, list[int]]:
@@ -424,6 +420,15 @@ class Accelerator:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def find_tenant(tenants: dict, tenant):
+    """``tenant`` (a name, or an object with one) among ``tenants``; DeployError naming those there are."""
+    name = tenant if isinstance(tenant, str) else tenant.name
+    t = tenants.get(name)
+    if t is None:
+        raise DeployError(f"no tenant named {name!r}; deployed: {sorted(tenants)}")
+    return t
 
 
 def rnn_model(model) -> bool:
