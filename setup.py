@@ -14,20 +14,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BOARDS = sorted(f[:-5] for f in os.listdir(os.path.join(HERE, "overlay", "configs")) if f.endswith(".json"))
 
 # `vfpga serve` (runtime/serving): the Open Inference Protocol over HTTP and gRPC. grpcio and grpcio-tools
-# also come with pynq (which pins protobuf 5); the server's gRPC stack is that one.
+# also come with pynq (which pins protobuf 5); the server's gRPC stack is that one. pynq 4.0 pins both at
+# 1.64.0: allowing newer ones here sends pip's resolver back into pynq 3.1's sdists, which cannot install.
 SERVE = [
     "fastapi>=0.100",
     "uvicorn>=0.23",
     "httptools>=0.5",
     "uvloop>=0.17; sys_platform != 'win32'",
     "prometheus-client>=0.17",
-    "grpcio>=1.60",
-    "grpcio-tools>=1.60",
+    "grpcio>=1.60,<=1.64.0",
+    "grpcio-tools>=1.60,<=1.64.0",
 ]
 
 # Many boards as Ray actors (runtime/cluster): `vfpga.cluster`, `vfpga serve --ray`. Ray's core wheel brings its
 # own gRPC; it sits beside pynq's protobuf 5 and grpcio pins (the test extra installs both, and the suite runs).
-CLUSTER = ["ray>=2.40"]
+CLUSTER = ["ray>=2.60"]  # the version tested
 
 setup(
     name="vfpga",
