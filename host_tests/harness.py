@@ -127,9 +127,9 @@ class ServerProcess:
     """`vfpga serve` in a subprocess (an emulated u200 with small banks unless
     ``args`` say otherwise); its log goes to a file."""
 
-    def __init__(self, log_path, *args: str, timeout: float = 60.0):
+    def __init__(self, log_path, *args: str, timeout: float = 60.0, env: dict | None = None):
         self.log_path = str(log_path)
-        env = {**os.environ, "VFPGA_ADMIN_TOKEN": ADMIN}
+        env = {**os.environ, "VFPGA_ADMIN_TOKEN": ADMIN, **(env or {})}
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "import sys; from vfpga.runtime.cli import main; sys.exit(main())", "serve",

@@ -6,9 +6,12 @@ replicas; /metrics per board; the same tokens; SIGTERM stops it all."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 
 import numpy as np
 import onnx
@@ -26,7 +29,8 @@ def test_the_endpoint_in_front_of_a_cluster(tmp_path, triton_python):
     onnx.save(model, str(tmp_path / "model.onnx"))
     np.save(tmp_path / "calibration.npy", calibration)
     np.save(tmp_path / "inputs.npy", xs)
-    s = ServerProcess(tmp_path / "serve.log", "--ray", "--boards", "u200:2", timeout=180)
+    ray_tmp = tempfile.mkdtemp(prefix="vfpga-ray-", dir="/tmp")  # the server's own Ray keeps its files here
+    s = ServerProcess(tmp_path / "serve.log", "--ray", "--boards", "u200:2", timeout=180, env={"RAY_TMPDIR": ray_tmp})
     try:
         r = subprocess.run([triton_python, os.path.join(HERE, "triton_cluster_client.py"), f"127.0.0.1:{s.port}",
                             f"127.0.0.1:{s.grpc_port}", ADMIN, str(tmp_path)],
@@ -64,10 +68,11 @@ def test_the_endpoint_in_front_of_a_cluster(tmp_path, triton_python):
             assert c.get("/metrics").status_code == 403
         r = s.admin.post("/v2/repository/models/more/load", json={"parameters": {
             "config": json.dumps({"replicas": 3, "cores": 16}),
-            "file:1/model.onnx": __import__("base64").b64encode(model.SerializeToString()).decode()}})
+            "file:1/model.onnx": base64.b64encode(model.SerializeToString()).decode()}})
         assert r.status_code == 409 and "room for 1" in r.json()["error"], r.text
     finally:
         rc = s.stop(timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert rc == 0, s.log()[-3000:]
     log = s.log()
     assert "load model=pooled" in log and "stopped: every tenant unloaded, the boards released" in log
