@@ -24,6 +24,10 @@ SERVE = [
     "prometheus-client>=0.17",
 ]
 
+# Many boards as Ray actors (runtime/cluster): `vfpga.cluster`, `vfpga serve --ray`. Ray's core wheel brings its
+# own gRPC; it sits beside pynq's protobuf 5 and grpcio pins (the test extra installs both, and the suite runs).
+CLUSTER = ["ray>=2.60"]  # the version tested
+
 setup(
     name="vfpga",
     version="0.1.0",
@@ -53,7 +57,8 @@ setup(
         "matplotlib>=3.5",  # the plots of `vfpga bench`
         "tqdm>=4.60",  # progress bars (also a pynq dependency)
     ],
-    extras_require={"serve": SERVE, "test": ["pytest>=7", "ruff>=0.4", "httpx>=0.24"] + SERVE},
+    extras_require={"serve": SERVE, "cluster": CLUSTER,
+                    "test": ["pytest>=7", "ruff>=0.4", "httpx>=0.24"] + SERVE + CLUSTER},
     entry_points={
         "console_scripts": ["vfpga = vfpga.runtime.cli:main"],
         "pynq.notebooks": ["vfpga = vfpga.notebooks"],

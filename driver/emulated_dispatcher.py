@@ -23,7 +23,9 @@ different tenants' disjoint segments), several at once on a host thread pool
 (cffi releases the GIL). The clock the C++ stamps requests with
 (``regs.g.cycles``) is the modeled time, so completion records, the
 tenants' core_cycles / request_cycles registers and everything the driver
-derives from them are modeled figures.
+derives from them are modeled figures. On the timing-only board (an
+``EmulatedDevice`` made with ``compute=False``) frames are timed and retired
+without running: the same modeled clock, no arithmetic.
 
 When nothing is in flight and an advance makes no progress, the thread
 sleeps until the host writes a register, as the hardware would spin idle.
@@ -264,7 +266,8 @@ class EmulatedDispatcher:
                 if self.timeline.busy:  # the frame ending next retires, then the dispatcher advances
                     core, result, counters = self.timeline.pop()
                     self.regs.g.cycles = self.now
-                    lib.vf_dispatch_retire(self.regs, self.state, core, result, counters, ffi.NULL)
+                    lib.vf_dispatch_retire(self.regs, self.state, core, ffi.NULL if result is None else result,
+                                           ffi.NULL if counters is None else counters, ffi.NULL)
                     continue
                 if self.regs.g.irq:
                     self.irq_line.raise_()
@@ -274,6 +277,11 @@ class EmulatedDispatcher:
     def _issue(self, frames, mem, mem_bytes) -> None:
         """Runs the issued frames (concurrently) and schedules their ends."""
         ffi, lib = self.ffi, self.lib
+        if not self.device.compute:  # the timing-only board: frames are timed, never run
+            with self.lock:
+                for core, frame in frames:
+                    self.timeline.issue(core, frame, mem, mem_bytes, None, None)
+            return
 
         def run(item):
             core, frame = item
