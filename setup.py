@@ -25,17 +25,20 @@ def _cffi_modules():
     return [f"hls/cffi_build.py:{name}" for name in build.module_names()]
 
 
-# `vfpga serve` (runtime/serving): the Open Inference Protocol over HTTP and gRPC. grpcio and grpcio-tools
-# also come with pynq (which pins protobuf 5); the server's gRPC stack is that one.
+# `vfpga serve` (runtime/serving): the Open Inference Protocol over HTTP and gRPC. Its gRPC stack is the
+# grpcio and grpcio-tools pynq pins (with protobuf 5): naming them here too, unpinned, would let pip take
+# newer ones first and backtrack pynq to releases it cannot install.
 SERVE = [
     "fastapi>=0.100",
     "uvicorn>=0.23",
     "httptools>=0.5",
     "uvloop>=0.17; sys_platform != 'win32'",
     "prometheus-client>=0.17",
-    "grpcio>=1.60",
-    "grpcio-tools>=1.60",
 ]
+
+# Many boards as Ray actors (runtime/cluster): `vfpga.cluster`, `vfpga serve --ray`. Ray's core wheel brings its
+# own gRPC; it sits beside pynq's protobuf 5 and grpcio pins (the test extra installs both, and the suite runs).
+CLUSTER = ["ray>=2.60"]  # the version tested
 
 setup(
     name="vfpga",
@@ -61,12 +64,14 @@ setup(
         "pynq>=3.1",
         "numpy>=1.23,<2",  # pynq 3.1+ needs numpy 1.x
         "cffi>=1.15",
+        "pycparser<3",  # as pynq pins it; without it pip may take pycparser 3 for cffi first and backtrack pynq
         "onnx>=1.14,<1.23",  # 1.23 needs protobuf 6, pynq's grpcio-tools pins protobuf 5
         "onnxruntime>=1.16",
         "matplotlib>=3.5",  # the plots of `vfpga bench`
         "tqdm>=4.60",  # progress bars (also a pynq dependency)
     ],
-    extras_require={"serve": SERVE, "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "httpx>=0.24"] + SERVE},
+    extras_require={"serve": SERVE, "cluster": CLUSTER,
+                    "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "httpx>=0.24"] + SERVE + CLUSTER},
     entry_points={
         "console_scripts": ["vfpga = vfpga.runtime.cli:main"],
         "pynq.notebooks": ["vfpga = vfpga.notebooks"],

@@ -134,3 +134,20 @@ def test_cycle_counters_against_the_cycle_model(accel):
     err = abs(measured - modeled) / modeled
     print(f"request: measured {measured} cycles, modeled {modeled}: error {err:.1%}")
     assert err <= CYCLE_MODEL_TOLERANCE
+
+
+def test_resnet50_per_layer_model_against_counters(accel):
+    """The cycle model against the board's cycle stamps per layer of
+    ResNet-50 on one core: each layer's frames run as one request (table
+    printed; run with -s). Its per-request accuracy is the bound asserted;
+    `vfpga calibrate --board <board>` fits the model where it is off."""
+    from vfpga.runtime.cli.calibrate import format_layer_table, layer_table
+    from vfpga.runtime.models import zoo
+
+    model = zoo.load("resnet50")
+    compiled = accel.compile(model, calibration=zoo.random_inputs(model, 2, seed=1))
+    rows = layer_table(accel, compiled)
+    print(f"ResNet-50 on {accel.board}, one core (cycles measured by the dispatcher's stamps):")
+    print(format_layer_table(rows))
+    modeled, measured = sum(r.modeled for r in rows), sum(r.measured for r in rows)
+    assert abs(modeled - measured) / measured <= CYCLE_MODEL_TOLERANCE

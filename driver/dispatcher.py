@@ -1,8 +1,9 @@
 """PYNQ driver of the level-1 dispatcher (the Vitis HLS kernel ``vf_dispatcher_top``).
 
-The kernel is free-running (ap_ctrl_hs with auto-restart). Its AXI-Lite slave
-holds the kernel scalars (``mem``: the DDR window's base, ``mem_bytes``) and
-the register file of hls/include/vfpga_dispatcher.h at ``registers.file``:
+The kernel is free-running (started once; its processes never return). Its
+AXI-Lite slave holds the kernel scalars -- the base registers of its m_axi
+ports, one per DDR bank (``mem``, ``mem1`` ..., each set to the DDR window's
+base), and ``mem_bytes`` -- and the register file of hls/include/vfpga_dispatcher.h at ``registers.file``:
 a global block and one block per tenant context. Offsets come from the board
 config (``dispatcher`` section), which the C++ checks field by field at
 compile time, so the driver and the hardware agree by construction.
@@ -10,7 +11,8 @@ compile time, so the driver and the hardware agree by construction.
 Like the CNN core driver this is the board code; the emulated device sits
 beneath ``pynq.MMIO``. Completion is signalled by the kernel's ``irq``
 output: where the device offers the line (``device.irq_line``) the
-completion thread sleeps on it, elsewhere it polls ``irq_status``.
+completion thread sleeps on it, elsewhere (and always with the Vitis kernel,
+which has no interrupt port) it polls the ``irq`` register.
 """
 
 from __future__ import annotations
@@ -120,9 +122,11 @@ class Dispatcher(DefaultIP):
         return bool(self.mmio.read(self._scalars["ctrl"]) & AP_START)
 
     def start(self, mem_base: int, mem_bytes: int) -> None:
-        """Points the kernel at the DDR window [mem_base, mem_base + mem_bytes),
-        enables the interrupt line for every tenant and starts it free-running."""
-        self._put(self._scalars["mem"], mem_base, True)
+        """Points the kernel's bank ports at the DDR window [mem_base,
+        mem_base + mem_bytes), enables the interrupt line for every tenant
+        and starts it free-running."""
+        for name in overlay.config.bank_port_registers(self.config):
+            self._put(self._scalars[name], mem_base, True)
         self._put(self._scalars["mem_bytes"], mem_bytes, True)
         self.write("mem_base", mem_base)
         self.write("irq_mask", 0xFFFFFFFF)

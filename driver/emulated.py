@@ -320,6 +320,9 @@ class EmulatedDevice(Device):
     ``cross_bank``: by default a core reaches only the bank it is wired to
     (config ``cnn_core.banks``, one m_axi port per core as the board build
     connects it); True lets a core address every bank.
+    ``compute=False`` makes it the timing-only board: the dispatcher issues,
+    times (cycle model) and retires every frame as usual, but no frame runs,
+    so no arithmetic is done and outputs in device memory are never written.
     """
 
     _probe_priority_ = 900  # after every real PYNQ device (they use 40..200)
@@ -330,7 +333,7 @@ class EmulatedDevice(Device):
         return [cls(os.environ.get("VFPGA_BOARD", "u200"))]
 
     def __init__(self, board: str = "u200", bank_capacity: int = DEFAULT_BANK_CAPACITY,
-                 cross_bank: bool = False):
+                 cross_bank: bool = False, compute: bool = True):
         if board not in overlay.available():
             raise overlay.BoardConfigError(
                 f"unknown board {board!r}; known boards: {', '.join(overlay.available())}")
@@ -343,6 +346,7 @@ class EmulatedDevice(Device):
         self.build = host_isa.build_name(module)  # "portable" or the host's ISA level
         self.capabilities = {"REGISTER_RW": True}
         self.cross_bank = cross_bank
+        self.compute = compute
 
         ddr, core_cfg = self.config["ddr"], self.config["cnn_core"]
         capacity = min(ddr["bank_bytes"], int(bank_capacity)) // ALIGN * ALIGN
@@ -407,7 +411,9 @@ class EmulatedDevice(Device):
             "gpio": {},
             "interrupts": {},
             "parameters": {},
-            "registers": {name: {"address_offset": off, "size": 64 if name in ("mem", "mem_bytes") else 32,
+            "registers": {name: {"address_offset": off,
+                                 "size": 64 if name in ("mem_bytes", *overlay.config.bank_port_registers(self.config))
+                                 else 32,
                                  "access": "read-write", "description": _DESCRIPTIONS.get(name, name),
                                  "fields": {}}
                           for name, off in disp["registers"].items() if name != "file"},

@@ -10,10 +10,12 @@ free-running dispatcher is a host thread that advances a modeled clock.
 
 Time is :class:`vfpga.runtime.hw.timeline.PoolTimeline` (the same object
 the timing-only simulator uses): dispatcher latencies per advance, each
-issued frame's cycles from the cycle model with DDR banks shared by demand,
-frames retired one at a time in order of their end, every retirement
-followed by an advance (a freed core may take the next frame). The pool is
-the board's CNN cores followed by its RNN cores.
+issued frame's cycles from the cycle model with DDR banks shared by demand.
+The schedule is the free-running top's (hls/include/vfpga_pool.h), as the
+simulator's: the dispatcher advances until an advance does nothing, then the
+clock moves to the earliest frame end, that frame retires and the
+dispatcher advances again (a freed core may take the next frame). The pool
+is the board's CNN cores followed by its RNN cores.
 
 Frames are executed functionally when they are issued (frames in flight at
 the same time are independent: a tenant's frames between two barriers, or
@@ -21,7 +23,9 @@ different tenants' disjoint segments), several at once on a host thread pool
 (cffi releases the GIL). The clock the C++ stamps requests with
 (``regs.g.cycles``) is the modeled time, so completion records, the
 tenants' core_cycles / request_cycles registers and everything the driver
-derives from them are modeled figures.
+derives from them are modeled figures. On the timing-only board (an
+``EmulatedDevice`` made with ``compute=False``) frames are timed and retired
+without running: the same modeled clock, no arithmetic.
 
 When nothing is in flight and an advance makes no progress, the thread
 sleeps until the host writes a register, as the hardware would spin idle.
@@ -35,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from vfpga import overlay
 from vfpga.driver.cnn_core import AP_IDLE, AP_START, AUTO_RESTART
 from vfpga.runtime.hw.timeline import PoolTimeline
 
@@ -82,8 +87,8 @@ class EmulatedDispatcher:
         self.n_cnn = int(self.config["cnn_core"]["count"])
         self.n_cores = self.n_cnn + int(self.config["rnn_core"]["count"])  # the pool: CNN cores, then RNN
 
-        # AXI-Lite scalars of the kernel (ap_ctrl_hs, mem, mem_bytes)
-        self.scalars = {"mem": 0, "mem_bytes": 0}
+        # AXI-Lite scalars of the kernel: its bank ports' base registers (mem, mem1, ...) and mem_bytes
+        self.scalars = {name: 0 for name in (*overlay.config.bank_port_registers(self.config), "mem_bytes")}
         self.gie = self.ier = self.isr = 0
         self.running = False
 
@@ -141,7 +146,7 @@ class EmulatedDispatcher:
                 return self.ier
             if off == regs["isr"]:
                 return self.isr
-            for name in ("mem", "mem_bytes"):
+            for name in self.scalars:
                 base = regs[name]
                 if off in (base, base + 4):
                     return (self.scalars[name] >> (8 * (off - base))) & 0xFFFFFFFF
@@ -166,7 +171,7 @@ class EmulatedDispatcher:
             elif off == regs["isr"]:
                 self.isr ^= value & 3
             else:
-                for name in ("mem", "mem_bytes"):
+                for name in self.scalars:
                     base = regs[name]
                     if off in (base, base + 4):
                         shift = 8 * (off - base)
@@ -203,7 +208,14 @@ class EmulatedDispatcher:
 
     # ---- the hardware thread ------------------------------------------------------------
     def _window(self):
-        """(mem pointer, bytes) of the window the mem/mem_bytes registers name."""
+        """(mem pointer, bytes) of the window the mem/mem_bytes registers name.
+        The bank ports are one window here (hls/include/vfpga_ddr.h): every
+        port's base register must hold the same base, else the window is
+        empty and no tenant can be enabled (on the board, a port pointed
+        elsewhere would reach other memory)."""
+        bases = {self.scalars[n] for n in self.scalars if n != "mem_bytes"}
+        if len(bases) != 1:
+            return self.device.window_pointer(self.scalars["mem"], 0)
         return self.device.window_pointer(self.scalars["mem"], self.scalars["mem_bytes"])
 
     def _buffers_of(self, core: int):
@@ -248,21 +260,28 @@ class EmulatedDispatcher:
                     self.irq_line.raise_()
             if frames:
                 self._issue(frames, mem, mem_bytes)
+            if progress or frames:
+                continue  # the dispatcher iterates until an iteration does nothing
             with self.lock:
-                if self.timeline.busy:
+                if self.timeline.busy:  # the frame ending next retires, then the dispatcher advances
                     core, result, counters = self.timeline.pop()
                     self.regs.g.cycles = self.now
-                    lib.vf_dispatch_retire(self.regs, self.state, core, result, counters, ffi.NULL)
+                    lib.vf_dispatch_retire(self.regs, self.state, core, ffi.NULL if result is None else result,
+                                           ffi.NULL if counters is None else counters, ffi.NULL)
                     continue
-                if progress == 0 and not frames:
-                    if self.regs.g.irq:
-                        self.irq_line.raise_()
-                    while not self._dirty and not self._stop and self.running:
-                        self._wake.wait()
+                if self.regs.g.irq:
+                    self.irq_line.raise_()
+                while not self._dirty and not self._stop and self.running:
+                    self._wake.wait()
 
     def _issue(self, frames, mem, mem_bytes) -> None:
         """Runs the issued frames (concurrently) and schedules their ends."""
         ffi, lib = self.ffi, self.lib
+        if not self.device.compute:  # the timing-only board: frames are timed, never run
+            with self.lock:
+                for core, frame in frames:
+                    self.timeline.issue(core, frame, mem, mem_bytes, None, None)
+            return
 
         def run(item):
             core, frame = item

@@ -24,6 +24,7 @@ import threading
 
 from pynq.pl_server.device import Device
 
+from vfpga import overlay
 from vfpga.driver.emulated import EmulatedDevice
 
 
@@ -54,9 +55,9 @@ class RegisterMap:
         self.names: dict[int, tuple[str, str]] = {}
         disp = cfg["dispatcher"]
         base = disp["base_address"]
-        wide = {"mem", "mem_bytes", "mem_base", "steps", "frames", "cycles", "seg_base", "requests", "failed",
-                "barriers", "insns", "load_iters", "compute_iters", "save_iters", "core_cycles",
-                "request_cycles"}
+        wide = {*overlay.config.bank_port_registers(cfg), "mem_bytes", "mem_base", "steps", "frames", "cycles",
+                "seg_base", "requests", "failed", "barriers", "insns", "load_iters", "compute_iters", "save_iters",
+                "core_cycles", "request_cycles"}
 
         def add(address, ip, name, prefix=""):
             if name in wide:

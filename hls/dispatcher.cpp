@@ -38,8 +38,11 @@
  * The dispatcher itself touches device memory only at: request ring entries
  * and completion records (areas checked inside the segment at enable, the
  * segment checked inside the window), and dispatch entries (each read checked
- * against seg_limit). Frames run on the core with seg = mem + seg_win and
- * seg_limit, and the core checks every access. All offset arithmetic is 64-bit
+ * against seg_limit). Frames run on the core with seg = the segment's
+ * window offset through its bank's port (vf_ddr_segment) and seg_limit, and
+ * the core checks every access. The dispatcher's own accesses go through
+ * the bank port of the address they touch (vf_ddr_read / vf_ddr_write,
+ * vfpga_ddr.h). All offset arithmetic is 64-bit
  * on 32-bit fields, so nothing wraps. Out-of-range indices in the state
  * (a corrupted vf_disp_state_t) are ignored rather than followed.
  */
@@ -49,7 +52,9 @@
 
 #include "vfpga_dispatcher.h"
 #include "vfpga_core_kinds.h"
+#include "vfpga_ddr.h"
 #include "vfpga_hls.h"
+#include "vfpga_pool.h"
 
 #if !defined(VF_DISP_RING_MAX) || !defined(VF_DISP_WALK_BUDGET) || !defined(VF_DREG_TENANT_BASE) || \
     !defined(VF_DREG_TENANT_STRIDE)
@@ -208,14 +213,15 @@ static inline uint64_t vf_ring_addr(const vf_disp_tenant_state_t &s, uint32_t se
     return s.seg_win + s.ring_offset + (uint64_t)(seq & (s.ring_size - 1u)) * VF_DISP_REQUEST_BYTES;
 }
 
-static void vf_read_request(const int8_t *mem, const vf_disp_tenant_state_t &s, uint32_t seq, vf_disp_request_t *q)
+static void vf_read_request(const vf_ddr_t &ddr, const vf_disp_tenant_state_t &s, uint32_t seq,
+                            vf_disp_request_t *q)
 {
-    memcpy(q, mem + vf_ring_addr(s, seq), sizeof *q);
+    vf_ddr_read(ddr, vf_ring_addr(s, seq), q, sizeof *q);
 }
 
 /* The record of request s.head; s.ring_ok is required. status VF_CPL_*;
  * started: the request ran (its counters are reported). */
-static void vf_write_record(int8_t *mem, const vf_disp_tenant_state_t &s, const vf_disp_tenant_regs_t &r,
+static void vf_write_record(const vf_ddr_t &ddr, const vf_disp_tenant_state_t &s, const vf_disp_tenant_regs_t &r,
                             uint32_t request_id, uint32_t status, bool started, uint64_t now)
 {
     vf_disp_completion_t c;
@@ -246,7 +252,7 @@ static void vf_write_record(int8_t *mem, const vf_disp_tenant_state_t &s, const 
         c.cycles = vf_sat32(now >= s.req_start ? now - s.req_start : 0);
     }
     const uint64_t at = s.seg_win + s.cpl_offset + (uint64_t)(s.head & (s.ring_size - 1u)) * VF_DISP_RECORD_BYTES;
-    memcpy(mem + at, &c, sizeof c);
+    vf_ddr_write(ddr, at, &c, sizeof c);
 }
 
 /* core_mask -> active_mask, or a rejection. */
@@ -334,6 +340,13 @@ static void vf_enable(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t t, uin
         vf_tenant_fault(regs, st, t, VF_DFAULT_WINDOW, VF_DISP_NO_CORE, first, 0, 0, 0, rep);
         return;
     }
+    /* ... inside one bank: its frames reach it through that bank's port */
+    const uint32_t bank = vf_ddr_bank(s.seg_win);
+    if (vf_ddr_bank(s.seg_win + s.seg_limit - 1u) != bank) {
+        const uint64_t next = (uint64_t)(bank + 1u) * (uint64_t)VF_DDR_BANK_STRIDE;
+        vf_tenant_fault(regs, st, t, VF_DFAULT_WINDOW, VF_DISP_NO_CORE, next - s.seg_win, 0, 0, 0, rep);
+        return;
+    }
     /* ... and apart from every live tenant's segment */
 OVERLAP:
     for (uint32_t u = 0; u < VF_DISP_TENANTS; ++u) {
@@ -394,10 +407,10 @@ static void vf_mirror_tenant(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t
     r.inflight = s.inflight;
 }
 
-static void vf_advance_tenant(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t t, int8_t *mem,
-                              uint64_t win_bytes, vf_disp_frame_t *issued, uint32_t *issued_mask,
-                              vf_disp_report_t *rep)
+static void vf_advance_tenant(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t t, const vf_ddr_t &ddr,
+                              vf_disp_frame_t *issued, uint32_t *issued_mask, vf_disp_report_t *rep)
 {
+    const uint64_t win_bytes = ddr.bytes;
     vf_disp_tenant_state_t &s = st->tenant[t];
     vf_disp_tenant_regs_t &r = regs->tenant[t];
     const bool enable = (r.control & VF_TENANT_ENABLE) != 0;
@@ -447,12 +460,12 @@ WALK:
             if (!s.ring_ok || s.head == r.ring_tail)
                 break;
             vf_disp_request_t q;
-            vf_read_request(mem, s, s.head, &q);
+            vf_read_request(ddr, s, s.head, &q);
             rep->ring_reads += 1;
             --budget;
             if (vf_stopped(s)) {
                 /* the tenant is stopped: every posted request is reported */
-                vf_write_record(mem, s, r, q.request_id, VF_CPL_ABORTED, false, regs->g.cycles);
+                vf_write_record(ddr, s, r, q.request_id, VF_CPL_ABORTED, false, regs->g.cycles);
                 s.head += 1;
                 r.failed += 1;
                 rep->requests_aborted += 1;
@@ -487,7 +500,7 @@ WALK:
             --budget;
             if (s.ring_ok) {
                 const uint32_t status = s.req_failed ? VF_CPL_FAULT : VF_CPL_ABORTED;
-                vf_write_record(mem, s, r, s.request_id, status, true, regs->g.cycles);
+                vf_write_record(ddr, s, r, s.request_id, status, true, regs->g.cycles);
                 s.head += 1;
                 r.failed += 1;
                 if (status == VF_CPL_FAULT)
@@ -515,7 +528,7 @@ WALK:
                                 0, rep);
                 continue;
             }
-            memcpy(&e, mem + s.seg_win + at, sizeof e);
+            vf_ddr_read(ddr, s.seg_win + at, &e, sizeof e);
             rep->entries += 1;
         }
 
@@ -576,7 +589,7 @@ WALK:
         } else if (e.op == VF_DISPATCH_END) {
             if (s.inflight != 0)
                 break;
-            vf_write_record(mem, s, r, s.request_id, VF_CPL_OK, true, regs->g.cycles);
+            vf_write_record(ddr, s, r, s.request_id, VF_CPL_OK, true, regs->g.cycles);
             r.request_cycles += regs->g.cycles >= s.req_start ? regs->g.cycles - s.req_start : 0;
             s.head += 1;
             s.req_active = 0;
@@ -652,8 +665,8 @@ void vf_dispatch_reset(vf_disp_regs_t *regs, vf_disp_state_t *state)
     vf_update_globals(regs, state);
 }
 
-uint32_t vf_dispatch_advance(vf_disp_regs_t *regs, vf_disp_state_t *state, int8_t *mem, uint64_t mem_bytes,
-                             vf_disp_frame_t *issued, vf_disp_report_t *report)
+uint32_t vf_dispatch_advance_ddr(vf_disp_regs_t *regs, vf_disp_state_t *state, const vf_ddr_t &ddr,
+                                 vf_disp_frame_t *issued, vf_disp_report_t *report)
 {
     if (regs == 0 || state == 0)
         return 0;
@@ -663,13 +676,12 @@ uint32_t vf_dispatch_advance(vf_disp_regs_t *regs, vf_disp_state_t *state, int8_
         memset(&scratch, 0, sizeof scratch);
         rep = &scratch;
     }
-    const uint64_t win_bytes = mem != 0 ? mem_bytes : 0;
     uint32_t issued_mask = 0;
     const uint32_t first = state->rr < VF_DISP_TENANTS ? state->rr : 0;
 TENANTS:
     for (uint32_t i = 0; i < VF_DISP_TENANTS; ++i) {
         const uint32_t t = (first + i) % VF_DISP_TENANTS;
-        vf_advance_tenant(regs, state, t, mem, win_bytes, issued, &issued_mask, rep);
+        vf_advance_tenant(regs, state, t, ddr, issued, &issued_mask, rep);
     }
     state->rr = (first + 1u) % VF_DISP_TENANTS;
     regs->g.steps += 1;
@@ -678,20 +690,28 @@ TENANTS:
     return issued_mask;
 }
 
+uint32_t vf_dispatch_advance(vf_disp_regs_t *regs, vf_disp_state_t *state, int8_t *mem, uint64_t mem_bytes,
+                             vf_disp_frame_t *issued, vf_disp_report_t *report)
+{
+    return vf_dispatch_advance_ddr(regs, state, vf_ddr_window(mem, mem_bytes), issued, report);
+}
+
 /* Runs an issued frame on a core of either kind (the type of its buffers):
  * scrubs them if asked, then steps the frame's instructions until END or a
  * fault. */
 template <class Buffers>
-static void vf_run_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t *frame, Buffers *buffers,
+static void vf_run_frame(const vf_ddr_t &ddr, const vf_disp_frame_t *frame, Buffers *buffers,
                          vf_core_state_t *result, vf_core_counters_t *counters, uint32_t *iters)
 {
     vf_core_state_t s = {0, 0, VF_FAULT_NONE, 0, 0, 0};
     vf_core_counters_t n = {0, 0, 0, 0, 0, 0, 0, 0};
     if (frame != 0) {
-        /* a descriptor whose segment is not inside the window gets an empty
-         * segment: the core faults on its first fetch */
-        const bool inside = mem != 0 && vf_fits(frame->seg_win, frame->seg_limit, mem_bytes);
-        int8_t *seg = inside ? mem + frame->seg_win : 0;
+        /* a descriptor whose segment is not inside one bank of the window
+         * gets an empty segment: the core faults on its first fetch */
+        const bool inside = ddr.bytes != 0 && frame->seg_limit != 0 &&
+                            vf_fits(frame->seg_win, frame->seg_limit, ddr.bytes) &&
+                            vf_ddr_bank(frame->seg_win) == vf_ddr_bank(frame->seg_win + frame->seg_limit - 1u);
+        int8_t *seg = inside ? vf_ddr_segment(ddr, frame->seg_win) : 0;
         const uint32_t limit = inside ? frame->seg_limit : 0;
         if (frame->scrub && buffers != 0)
             vf_core_scrub(buffers);
@@ -713,19 +733,30 @@ static void vf_run_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t 
         *counters = n;
 }
 
+void vf_dispatch_run_frame_ddr(const vf_ddr_t &ddr, const vf_disp_frame_t *frame, vf_cnn_buffers_t *buffers,
+                               vf_core_state_t *result, vf_core_counters_t *counters, uint32_t *iters)
+{
+    vf_run_frame(ddr, frame, buffers, result, counters, iters);
+}
+
+void vf_dispatch_run_frame_ddr(const vf_ddr_t &ddr, const vf_disp_frame_t *frame, vf_rnn_buffers_t *buffers,
+                               vf_core_state_t *result, vf_core_counters_t *counters, uint32_t *iters)
+{
+    vf_run_frame(ddr, frame, buffers, result, counters, iters);
+}
+
 void vf_dispatch_run_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t *frame, vf_cnn_buffers_t *buffers,
                            vf_core_state_t *result, vf_core_counters_t *counters, uint32_t *iters)
 {
-    vf_run_frame(mem, mem_bytes, frame, buffers, result, counters, iters);
+    vf_run_frame(vf_ddr_window(mem, mem_bytes), frame, buffers, result, counters, iters);
 }
 
 void vf_dispatch_run_rnn_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t *frame,
                                vf_rnn_buffers_t *buffers, vf_core_state_t *result, vf_core_counters_t *counters,
                                uint32_t *iters)
 {
-    vf_run_frame(mem, mem_bytes, frame, buffers, result, counters, iters);
+    vf_run_frame(vf_ddr_window(mem, mem_bytes), frame, buffers, result, counters, iters);
 }
-
 void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t core, const vf_core_state_t *result,
                         const vf_core_counters_t *counters, vf_disp_report_t *report)
 {
@@ -785,22 +816,23 @@ uint32_t vf_dispatch_step(vf_disp_regs_t *regs, vf_disp_state_t *state, int8_t *
     vf_disp_report_t scratch;
     vf_disp_report_t *rep = report != 0 ? report : &scratch;
     memset(rep, 0, sizeof *rep);
+    const vf_ddr_t ddr = vf_ddr_window(mem, mem_bytes);
     vf_disp_frame_t issued[VF_POOL_CORES];
     memset(issued, 0, sizeof issued);
-    const uint32_t mask = vf_dispatch_advance(regs, state, mem, mem_bytes, issued, rep);
+    const uint32_t mask = vf_dispatch_advance_ddr(regs, state, ddr, issued, rep);
     vf_core_state_t result[VF_POOL_CORES];
     vf_core_counters_t count[VF_POOL_CORES];
-    /* the cores of the pool run their frames concurrently (one instance per
-     * core in hardware), then the dispatcher retires them in core order */
+    /* the issued frames run, then retire in pool order (the testbench's
+     * round-based reference; the top retires one ended frame per dispatcher
+     * iteration, vfpga_pool.h) */
 RUN:
     for (uint32_t c = 0; c < VF_POOL_CORES; ++c) {
-#pragma HLS UNROLL
         if (((mask >> c) & 1u) == 0)
             continue;
         if (c < VF_CNN_CORES)
-            vf_run_frame(mem, mem_bytes, &issued[c], cores != 0 ? &cores[c] : 0, &result[c], &count[c], 0);
+            vf_run_frame(ddr, &issued[c], cores != 0 ? &cores[c] : 0, &result[c], &count[c], 0);
         else
-            vf_run_frame(mem, mem_bytes, &issued[c], rnn_cores != 0 ? &rnn_cores[c - VF_CNN_CORES] : 0, &result[c],
+            vf_run_frame(ddr, &issued[c], rnn_cores != 0 ? &rnn_cores[c - VF_CNN_CORES] : 0, &result[c],
                          &count[c], 0);
     }
 RETIRE:

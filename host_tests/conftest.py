@@ -1,8 +1,13 @@
 """Shared fixtures for the host tests (emulation, no board needed)."""
 
+import os
+import subprocess
+import sys
+import time
+
 import onnx
 import pytest
-from harness import SMALL_BANK, emulated_accelerator
+from harness import CLIENT_PACKAGES, CLIENT_VENV, SMALL_BANK, emulated_accelerator
 
 from vfpga.driver.emulated import EmulatedDevice
 from vfpga.runtime.models import small
@@ -57,3 +62,23 @@ def accelerators():
     yield get
     for accel in made.values():
         accel.close()
+
+
+@pytest.fixture(scope="session")
+def triton_python():
+    """The python of .venv-client with tritonclient[http,grpc] (created on
+    first use, about 20 s; skips, saying why, where it cannot)."""
+    py = os.path.join(CLIENT_VENV, "bin", "python")
+    probe = [py, "-c", "import tritonclient.http, tritonclient.grpc"]
+    if os.path.exists(py) and subprocess.run(probe, capture_output=True).returncode == 0:
+        return py
+    t0 = time.monotonic()
+    steps = [[sys.executable, "-m", "venv", "--clear", CLIENT_VENV],
+             [py, "-m", "pip", "install", "--quiet", *CLIENT_PACKAGES]]
+    for cmd in steps:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            pytest.skip(f"cannot create the tritonclient environment ({' '.join(cmd[:4])}): "
+                        f"{(r.stderr or r.stdout)[-500:]}")
+    print(f"created {CLIENT_VENV} in {time.monotonic() - t0:.1f} s")
+    return py

@@ -1,14 +1,25 @@
 """What the host tests share beyond fixtures (conftest.py): small emulated
 boards and accelerators on them, random int8 inputs, quantized test models
-with their golden outputs, and the check that a tenant computes what the
-golden model does. Test graphs themselves live in vfpga.runtime.models.small."""
+with their golden outputs, the check that a tenant computes what the
+golden model does, and a `vfpga serve` process (serving and cluster tests).
+Test graphs themselves live in vfpga.runtime.models.small."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
+import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
+import httpx
 import numpy as np
+import onnx
 
 from vfpga.driver import isa
 from vfpga.driver.emulated import EmulatedDevice
@@ -128,3 +139,78 @@ def compare_with_golden(accel: tenants.Accelerator, graph: ir.Graph, board: str,
     finally:
         accel.remove(tenant)
     return compiled
+
+
+# ---- `vfpga serve` in a subprocess (the serving and the cluster tests)
+
+ADMIN = "admin-token-for-the-serving-tests"
+READY = re.compile(r"ready: http://127\.0\.0\.1:(\d+) (?:grpc 127\.0\.0\.1:(\d+)|no grpc)")
+# tritonclient (the standard client) lives in an environment of its own, .venv-client/ at the
+# repository's root (its gRPC extra needs a newer grpcio and protobuf than pynq allows here)
+CLIENT_VENV = os.path.join(REPO_ROOT, ".venv-client")
+CLIENT_PACKAGES = ["tritonclient[http,grpc]"]
+
+
+class ServerProcess:
+    """`vfpga serve` in a subprocess (an emulated u200 with small banks unless
+    ``args`` say otherwise); its log goes to a file."""
+
+    def __init__(self, log_path, *args: str, timeout: float = 60.0, env: dict | None = None):
+        self.log_path = str(log_path)
+        env = {**os.environ, "VFPGA_ADMIN_TOKEN": ADMIN, **(env or {})}
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from vfpga.runtime.cli import main; sys.exit(main())", "serve",
+                 "--port", "0", "--grpc-port", "0",
+                 "--bank-mib", "16", *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = READY.search(self.log())
+            if m:
+                self.port, self.grpc_port = int(m[1]), m[2] and int(m[2])
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"vfpga serve did not come up:\n{self.log()}")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120)
+
+    def log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return int(next(line.split()[1] for line in f if line.startswith("VmRSS:")))
+
+    def load(self, name: str, model: onnx.ModelProto | bytes, config: dict | None = None,
+             calibration: np.ndarray | None = None) -> dict:
+        """Loads through the repository extension as Triton's HTTP client does; returns the reply."""
+        params = {"file:1/model.onnx": base64.b64encode(
+            model if isinstance(model, bytes) else model.SerializeToString()).decode()}
+        config = dict(config or {})
+        if calibration is not None:
+            buf = io.BytesIO()
+            np.save(buf, calibration)
+            params["file:calibration.npy"] = base64.b64encode(buf.getvalue()).decode()
+            config["calibration"] = "calibration.npy"
+        params["config"] = json.dumps(config)
+        r = self.admin.post(f"/v2/repository/models/{name}/load", json={"parameters": params})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        finally:
+            self.admin.close()

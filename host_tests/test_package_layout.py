@@ -19,6 +19,7 @@ MAX_LINES = 800  # for driver/ and runtime/
 ORDER = [
     "vfpga.runtime.cli",
     "vfpga.runtime.serving",
+    "vfpga.runtime.cluster",
     "vfpga.runtime.experiments",
     "vfpga.runtime.backend",
     "vfpga.runtime.tenants",

@@ -26,13 +26,14 @@ import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-# The HLS kernels: top function, design sources and C-sim testbench (paths
-# relative to hls/), and the board config section holding the kernel's VLNV.
+# The HLS kernels: top function, design sources (every .cpp the top's call
+# graph reaches) and C-sim testbench (paths relative to hls/), and the board
+# config section holding the kernel's VLNV.
 KERNELS = {
     "cnn_core": {"top": "vf_cnn_core_top", "sources": ["cnn_core.cpp", "cnn_core_top.cpp"],
                  "tb": "tb/tb_cnn_core.cpp", "section": "cnn_core"},
     "dispatcher": {"top": "vf_dispatcher_top",
-                   "sources": ["cnn_core.cpp", "dispatcher.cpp", "dispatcher_top.cpp"],
+                   "sources": ["cnn_core.cpp", "rnn_core.cpp", "dispatcher.cpp", "dispatcher_top.cpp"],
                    "tb": "tb/tb_dispatcher.cpp", "section": "dispatcher"},
     "rnn_core": {"top": "vf_rnn_core_top", "sources": ["rnn_core.cpp", "rnn_core_top.cpp"],
                  "tb": "tb/tb_rnn_core.cpp", "section": "rnn_core"},
@@ -99,6 +100,14 @@ def _tcl_quote(s) -> str:
     return "{" + s + "}" if s and not any(c in s for c in "{}\\") else '"' + s.replace('"', '\\"') + '"'
 
 
+def variant(cfg: dict) -> str:
+    """Which form of the dispatcher top a board gets: ``vitis`` (an Alveo
+    kernel, compiled with VF_VITIS_KERNEL: AXI interfaces only, ap_ctrl_chain,
+    an internal clock) or ``vivado`` (a Zynq IP: ap_ctrl_hs, the ``irq`` line
+    and the ``clock`` input from the block design)."""
+    return "vitis" if flow(cfg) == "alveo" else "vivado"
+
+
 def hls_tcl(cfg: dict) -> str:
     """``set`` commands for hls/tcl/vfpga_hls.tcl."""
     lines = [
@@ -106,6 +115,7 @@ def hls_tcl(cfg: dict) -> str:
         f"set vf_board {_tcl_quote(cfg['name'])}",
         f"set vf_part {_tcl_quote(cfg['part'])}",
         f"set vf_flow {flow(cfg)}",
+        f"set vf_variant {variant(cfg)}",
         f"set vf_clock_ns {clock_period_ns(cfg)}",
         f"set vf_axi_bits {8 * cfg['ddr']['axi_bytes']}",
         f"set vf_cflags {_tcl_quote(cflags(cfg))}",
@@ -140,6 +150,7 @@ def bd_tcl(cfg: dict) -> str:
         f"set vf_flow {f}",
         f"set vf_clock_mhz {cfg['clock_mhz']}",
         f"set vf_axi_bits {8 * ddr['axi_bytes']}",
+        f"set vf_banks {ddr['banks']}",
         f"set vf_disp_vlnv {_tcl_quote(disp['vlnv'])}",
         f"set vf_disp_ipname {_tcl_quote(name)}",
         f"set vf_disp_base 0x{disp['base_address']:X}",
@@ -169,24 +180,23 @@ def _is_hbm(cfg: dict) -> bool:
     return any(card in cfg.get("platform", "") for card in ("_u50_", "_u55c_", "_u280_"))
 
 
+def bank_ports(cfg: dict) -> list[str]:
+    """The dispatcher's AXI master ports, bank 0 first: one m_axi bundle per
+    DDR bank (``bank<b>`` in hls/dispatcher_top.cpp, VF_DDR_PORT)."""
+    return [f"m_axi_bank{b}" for b in range(int(cfg["ddr"]["banks"]))]
+
+
 def vpp_cfg(cfg: dict) -> str:
     """The v++ --config file for an Alveo link: one dispatcher compute unit
-    (the core pool is inside it), its ``gmem`` master on every bank (the
-    dispatcher's ``mem`` window spans them all), kernel clock. The core ->
-    bank wiring of ``cnn_core.banks`` is recorded as a comment: with one
-    m_axi port per kernel it is the cycle model's business, not the link's."""
+    (the core pool is inside it), each of its bank ports linked to its bank
+    alone, kernel clock. Every core reaches every bank through these ports
+    (hls/include/vfpga_ddr.h); ``cnn_core.banks`` is where a core's own
+    traffic would go if its tenants' segments are placed by it (recorded as
+    a comment: the link does not depend on it)."""
     if flow(cfg) != "alveo":
         raise BuildConfigError(f"board {cfg['name']!r} is a Zynq board: build its block design (bd-tcl), "
                                "it has no v++ link")
     top = KERNELS["dispatcher"]["top"]
-    banks = cfg["ddr"]["banks"]
-    first, last = memory_resource(cfg, 0), memory_resource(cfg, banks - 1)
-    if banks == 1:
-        sp = first
-    elif _is_hbm(cfg):
-        sp = f"HBM[{first[4:].split(':')[0]}:{last[:-1].split(':')[1]}]"
-    else:
-        sp = f"DDR[0:{banks - 1}]"
     by_bank = {}
     for core, bank in enumerate(cfg["cnn_core"]["banks"]):
         by_bank.setdefault(bank, []).append(core)
@@ -199,8 +209,8 @@ def vpp_cfg(cfg: dict) -> str:
         "",
         "[connectivity]",
         f"nk={top}:1:dispatcher",
-        f"sp=dispatcher.m_axi_gmem:{sp}",
-        f"# config cnn_core.banks (cycle model): {wiring}",
+        *(f"sp=dispatcher.{port}:{memory_resource(cfg, b)}" for b, port in enumerate(bank_ports(cfg))),
+        f"# config cnn_core.banks: {wiring}",
         "",
     ])
 

@@ -26,7 +26,8 @@ class BoardConfigError(ValueError):
 
 def available() -> list[str]:
     """Names of the boards that have a config file."""
-    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
+    # (<board>.calibration.json beside a config is the cycle model's calibration, no board)
+    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json") and "." not in f[:-5])
 
 
 def _ints(node):
@@ -97,8 +98,38 @@ def load(board: str) -> dict:
     ports = cfg["ddr"].get("core_ports", 1)
     if not 1 <= ports <= cfg["ddr"]["banks"]:
         raise BoardConfigError(f"board config {path}: ddr.core_ports must be 1..banks, not {ports}")
+    _check_bank_ports(cfg, path)
     _check_rnn_core(cfg, path)
     return cfg
+
+
+MAX_BANKS = 4  # m_axi bank ports the dispatcher top declares (hls/dispatcher_top.cpp)
+
+
+def bank_port_registers(cfg: dict) -> list[str]:
+    """Names of the dispatcher's bank-port base registers, bank 0 first:
+    ``mem`` (bank 0's m_axi port) and ``mem1`` .. ``mem<banks-1>``. Each
+    holds the DDR window's base (``ddr.base_address``); port b only ever
+    carries addresses of bank b."""
+    return ["mem"] + [f"mem{b}" for b in range(1, int(cfg["ddr"]["banks"]))]
+
+
+def _check_bank_ports(cfg: dict, path: str) -> None:
+    """One m_axi port per DDR bank on the dispatcher top, each with its base
+    register in the config's register map, and nothing more."""
+    ddr, regs = cfg["ddr"], cfg["dispatcher"]["registers"]
+    if not 1 <= ddr["banks"] <= MAX_BANKS:
+        raise BoardConfigError(f"board config {path}: ddr.banks must be 1..{MAX_BANKS}, not {ddr['banks']}")
+    if ddr["banks"] > 1 and ddr["bank_stride"] < ddr["bank_bytes"]:
+        raise BoardConfigError(f"board config {path}: ddr.bank_stride is smaller than ddr.bank_bytes")
+    want = set(bank_port_registers(cfg))
+    have = {k for k in regs if re.fullmatch(r"mem\d*", k)}
+    if have != want:
+        raise BoardConfigError(f"board config {path}: dispatcher.registers must name one bank port per DDR bank "
+                               f"({', '.join(sorted(want))}), not {', '.join(sorted(have))}")
+    for key in ("axi_max_burst_beats", "axi_outstanding"):
+        if not 1 <= cfg["timing"][key] <= 256:
+            raise BoardConfigError(f"board config {path}: timing.{key} must be 1..256 (an m_axi pragma value)")
 
 
 def _check_rnn_core(cfg: dict, path: str) -> None:
@@ -139,14 +170,30 @@ def core_bytes_per_cycle(cfg: dict) -> float:
     return float(ddr["bank_gbytes_per_s"]) * 1e9 * int(ddr.get("core_ports", 1)) / (float(cfg["clock_mhz"]) * 1e6)
 
 
+def port_depth(cfg: dict) -> int:
+    """The m_axi ``depth`` of a bank port: the DDR window's bytes, capped at
+    the largest count the pragma takes (it sizes only the C/RTL
+    co-simulation's memory model)."""
+    ddr = cfg["ddr"]
+    return min((int(ddr["banks"]) - 1) * int(ddr["bank_stride"]) + int(ddr["bank_bytes"]), (1 << 31) - 1)
+
+
 def c_macros(cfg: dict) -> dict[str, int]:
     """The hardware numbers the C++ sources see, as ``-D`` macros."""
-    core = cfg["cnn_core"]
+    core, ddr, timing = cfg["cnn_core"], cfg["ddr"], cfg["timing"]
     return {
         "VF_ICP": core["icp"],
         "VF_OCP": core["ocp"],
         "VF_AXI_BYTES": core_bus_bytes(cfg),  # a core's memory path: its ports together
-        "VF_CORE_PORTS": cfg["ddr"].get("core_ports", 1),
+        "VF_CORE_PORTS": ddr.get("core_ports", 1),
+        # the m_axi bank ports of the dispatcher top (the cycle model's DDR numbers, one source)
+        "VF_DDR_BANKS": ddr["banks"],
+        "VF_DDR_BANK_STRIDE": ddr["bank_stride"],
+        "VF_DDR_PORT_BITS": 8 * ddr["axi_bytes"],
+        "VF_DDR_PORT_DEPTH": port_depth(cfg),
+        "VF_AXI_MAX_BURST_BEATS": timing["axi_max_burst_beats"],
+        "VF_AXI_OUTSTANDING": timing["axi_outstanding"],
+        "VF_DDR_LATENCY": ddr["burst_latency_cycles"],
         "VF_IBUF_BYTES": core["ibuf_bytes"],
         "VF_WBUF_BYTES": core["wbuf_bytes"],
         "VF_ACC_WORDS": core["acc_words"],

@@ -5,6 +5,7 @@ import its own subpackage and anything listed below it, never above):
 
     cli          the ``vfpga`` command line and the demo
     serving      ``vfpga serve``: tenants over the Open Inference Protocol (HTTP, gRPC)
+    cluster      many boards as Ray actors: placement, replicas, migration, failover
     experiments  the published experiments and ``vfpga bench``'s report
     backend      the onnx.backend interface (prepare / run)
     tenants      open a board, deploy models as tenants, run, re-allocate

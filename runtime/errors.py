@@ -10,12 +10,23 @@ from vfpga.runtime.compiler.ifp import IfpError
 from vfpga.runtime.compiler.rnn.model import RnnCompileError
 from vfpga.runtime.compiler.static import CompileError
 
-__all__ = ["CompileError", "ContextError", "DeployError", "FrontendError", "IfpError", "MaskRejected", "QueueFull",
-           "RnnCompileError", "TenantFault", "TenantRemoved", "UnsupportedOperatorError"]
+__all__ = ["ClusterError", "CompileError", "ContextError", "DeployError", "FrontendError", "IfpError", "MaskRejected",
+           "PlacementError", "QueueFull", "RnnCompileError", "TenantFault", "TenantRemoved", "UnsupportedOperatorError"]
 
 
 class DeployError(RuntimeError):
     """The accelerator cannot host this tenant (cores, contexts, memory, names)."""
+
+
+class PlacementError(DeployError):
+    """A cluster cannot hold this request; the message says why (what was
+    asked, what each board of that kind has free, which boards are down)."""
+
+
+class ClusterError(RuntimeError):
+    """A cluster could not serve a request or an operation: no live replica
+    (its board died and the survivors lack room), a board that does not
+    start or answer, Ray missing or unreachable. The message says which."""
 
 
 class TenantRemoved(RuntimeError):

@@ -112,12 +112,16 @@
  * before it runs. No data crosses tenants through a core.
  *
  * ---- Stepping (C-simulation of the free-running dispatcher) --------------------
- * vf_dispatch_step() is one scheduling round: vf_dispatch_advance() (register
- * handling, walking, records, issue to idle cores), then every issued frame
- * runs to completion (vf_dispatch_run_frame: vf_cnn_core_step on the frame's
- * instructions until END or a fault) and retires (vf_dispatch_retire). The
- * three parts are exported so that a cycle model can retire frames in their
- * modeled completion order with several frames in flight across calls.
+ * The dispatcher and its cores are free-running processes (vfpga_pool.h
+ * states the machine): each dispatcher iteration retires one ended frame
+ * (vf_dispatch_retire), then advances (vf_dispatch_advance: register
+ * handling, walking, records, issue to idle cores); each core runs the frame
+ * it is sent (vf_dispatch_run_frame: vf_cnn_core_step on the frame's
+ * instructions until END or a fault). These parts are exported so that the
+ * emulator and the simulator run the same machine with the cycle model's
+ * schedule, several frames in flight across calls. vf_dispatch_step() is the
+ * testbench's round-based reference: an advance, then every frame it issued
+ * runs and retires.
  * All state is in vf_disp_regs_t and vf_disp_state_t; all-zero is the reset
  * state (vf_dispatch_reset() zeroes both).
  */
@@ -338,9 +342,9 @@ void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t c
                         const vf_core_state_t *result, const vf_core_counters_t *counters,
                         vf_disp_report_t *report);
 
-/* One scheduling round: advance, run every issued frame on its core's buffers
- * (cores: VF_CNN_CORES entries, rnn_cores: VF_RNN_CORES), retire them.
- * Returns report->progress. */
+/* A round (the testbench's reference schedule): advance, run every issued
+ * frame on its core's buffers (cores: VF_CNN_CORES entries, rnn_cores:
+ * VF_RNN_CORES), retire them. Returns report->progress. */
 uint32_t vf_dispatch_step(vf_disp_regs_t *regs, vf_disp_state_t *state, int8_t *mem, uint64_t mem_bytes,
                           vf_cnn_buffers_t *cores, vf_rnn_buffers_t *rnn_cores, vf_disp_report_t *report);
 

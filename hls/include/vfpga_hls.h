@@ -73,6 +73,30 @@
     VF_PRAGMA(HLS ARRAY_PARTITION variable=acc dim=D cyclic factor=VF_RNN_LANES) \
     VF_PRAGMA(HLS ARRAY_PARTITION variable=state dim=D cyclic factor=VF_RNN_LANES)
 
+/* ---- the dispatcher top's DDR bank ports ------------------------------------
+ * Port p is bank b's m_axi master (bundle bank<b>, AXI port m_axi_bank<b>),
+ * its base address the s_axilite register R (offset=slave); the burst,
+ * outstanding, latency and width options are the cycle model's numbers
+ * (the board config's timing.axi_max_burst_beats, timing.axi_outstanding,
+ * ddr.burst_latency_cycles, ddr.axi_bytes: one source). */
+#define VF_DDR_PORT(p, b, R)                                                                                  \
+    VF_PRAGMA(HLS INTERFACE m_axi port=p offset=slave bundle=bank##b depth=VF_DDR_PORT_DEPTH                 \
+              latency=VF_DDR_LATENCY max_read_burst_length=VF_AXI_MAX_BURST_BEATS                             \
+              max_write_burst_length=VF_AXI_MAX_BURST_BEATS num_read_outstanding=VF_AXI_OUTSTANDING           \
+              num_write_outstanding=VF_AXI_OUTSTANDING max_widen_bitwidth=VF_DDR_PORT_BITS)                   \
+    VF_AXILITE(p, R)
+
+/* ---- free-running processes ------------------------------------------------
+ * A process of the free-running dispatcher top runs its body forever in
+ * hardware; in the C-simulation one call runs one iteration (a bounded unit
+ * of work), and the testbench, the emulator and the simulator call it as
+ * often as their schedule says. */
+#ifdef __SYNTHESIS__
+#define VF_HARDWARE_LOOP for (;;)
+#else
+#define VF_HARDWARE_LOOP for (int vf_once_ = 0; vf_once_ < 1; ++vf_once_)
+#endif
+
 /* One instance of a memory per core of the pool (dimension 1). */
 #define VF_PER_CORE(var) VF_PRAGMA(HLS ARRAY_PARTITION variable=var dim=1 complete)
 

@@ -14,12 +14,15 @@
  * every byte of the window outside the segments that may change is compared
  * with its initial value.
  *
- * Two ways to run the dispatcher: vf_dispatch_step() (a frame runs within the
- * step), and an asynchronous harness that calls vf_dispatch_advance(), keeps
+ * Schedules of the one free-running machine (include/vfpga_pool.h):
+ * vf_dispatch_step() (every frame issued by an advance ends before the
+ * next), an asynchronous harness that calls vf_dispatch_advance(), keeps
  * frames in flight across calls and retires them in random order (running
- * each on its core when it retires), as a cycle model would. The harness
- * checks at every issue: the core was idle, it is the core the mapping rule
- * names, and no frame before the last BARRIER is still in flight.
+ * each on its core when it retires), as a cycle model would, the processes'
+ * own iterations with some cores held busy for many dispatcher iterations,
+ * and the synthesizable top itself. The harness checks at every issue: the
+ * core was idle, it is the core the mapping rule names, and no frame before
+ * the last BARRIER is still in flight.
  *
  * Runs with fixed seeds; prints "tb_dispatcher: N passed, M failed"; exit
  * status 0 when every test passes.
@@ -35,11 +38,20 @@
 #include <vector>
 
 #include "vfpga_dispatcher.h"
+#include "vfpga_pool.h" /* the processes and the synthesizable top (hls/dispatcher_top.cpp) */
 #define TB_TAG 0x2000u /* instruction tags of this testbench */
 #include "tb_common.h"
 
-/* the synthesizable top (hls/dispatcher_top.cpp) */
-void vf_dispatcher_top(int8_t *mem, uint64_t mem_bytes, uint32_t *file, uint8_t *irq, uint64_t clock);
+/* the window through every bank port of the top */
+#if VF_DDR_BANKS == 1
+#define TB_PORTS(p) (p)
+#elif VF_DDR_BANKS == 2
+#define TB_PORTS(p) (p), (p)
+#elif VF_DDR_BANKS == 3
+#define TB_PORTS(p) (p), (p), (p)
+#else
+#define TB_PORTS(p) (p), (p), (p), (p)
+#endif
 
 /* The same streams on every host, one per seed. */
 static void seed(uint64_t s) { g_rng = s * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull; }
@@ -2239,7 +2251,99 @@ static void test_fuzz()
     CHECK(faults[VF_DFAULT_ENTRY] + faults[VF_DFAULT_FRAME] > 0);
 }
 
-/* The HLS top, driven through its register words only. */
+/* The processes of the free-running top under a schedule where core 0 is
+ * slow: its core process runs one iteration in HOLD dispatcher iterations,
+ * every other core one per iteration. A tenant on core 1 completes all its
+ * requests while core 0 still runs the other tenant's frames (cores
+ * progress independently; a core whose frame retires gets its next one in
+ * the same iteration), and every result is the golden model's. */
+static void test_free_running()
+{
+    const uint32_t HOLD = 37;
+    const bool two = VF_CNN_CORES >= 2;
+    Dev d(window_for(2));
+    const std::vector<int8_t> before = d.window();
+    Ten a = make_ten(d, 2, seg_win(0), SEG), b = make_ten(d, 5, seg_win(1), SEG);
+    const NetTenant ta = build_net_tenant(a, 301, 2, 1);
+    const NetTenant tb = build_net_tenant(b, 302, 3, 1);
+    enable(a, 1u);
+    enable(b, two ? 2u : 1u);
+    for (uint32_t q = 0; q < 2; ++q)
+        post_prog(a, ta.progs[q], q);
+    if (two)
+        for (uint32_t q = 0; q < 3; ++q)
+            post_prog(b, tb.progs[q], q);
+    vf_issue_stream_t issue[VF_POOL_CORES];
+    vf_done_stream_t done[VF_POOL_CORES];
+    const vf_ddr_t ddr = vf_ddr_window(d.mem(), d.bytes);
+    uint32_t b_done_while_a_busy = 0, a_busy_iterations = 0, retire_before_advance = 0;
+    uint32_t n = 0;
+    for (; n < 200000; ++n) {
+        d.regs.g.cycles = n;
+        vf_disp_report_t r;
+        memset(&r, 0, sizeof r);
+        const uint32_t p = vf_dispatcher_iteration(&d.regs, &d.st, ddr, issue, done, &r);
+        /* a core whose frame retired in this iteration may have its next one already */
+        for (uint32_t c = 0; c < VF_CNN_CORES; ++c)
+            retire_before_advance += r.core[c].frames != 0 && ((r.issued_cores >> c) & 1u);
+        bool ran = false;
+        for (uint32_t c = 0; c < VF_CNN_CORES; ++c)
+            if (c != 0 || n % HOLD == 0)
+                ran |= vf_core_iteration(ddr, issue[c], done[c], &d.cores[c]);
+        a_busy_iterations += d.st.core[0].busy;
+        if (two && d.st.core[0].busy && b.r().ring_head == 3 && b_done_while_a_busy == 0)
+            b_done_while_a_busy = n;
+        bool pending = false;
+        for (uint32_t c = 0; c < VF_POOL_CORES; ++c)
+            pending |= !issue[c].empty() || !done[c].empty();
+        if (p == 0 && !ran && !pending && d.regs.g.busy_cores == 0)
+            break;
+    }
+    CHECK(n < 200000);
+    CHECK(a_busy_iterations > HOLD);
+    CHECK(retire_before_advance > 0);
+    if (two)
+        CHECK(b_done_while_a_busy > 0);
+    for (uint32_t q = 0; q < 2; ++q) {
+        CHECK(out_equals(a, ta.n, ta.ins[q], ta.want[q]));
+        CHECK_EQ(record(a, q).status, VF_CPL_OK);
+    }
+    if (two)
+        for (uint32_t q = 0; q < 3; ++q) {
+            CHECK(out_equals(b, tb.n, tb.ins[q], tb.want[q]));
+            CHECK_EQ(record(b, q).status, VF_CPL_OK);
+        }
+    CHECK(untouched_outside(d, before, {&a, &b}));
+    CHECK(d.guards_intact());
+}
+
+/* A segment across a bank boundary is refused at enable: its frames could
+ * reach it through one bank's port only. */
+static void test_segment_in_one_bank()
+{
+#if VF_DDR_BANKS > 1
+    /* a window reaching just into bank 1, without its 16 GiB of bank 0 */
+    Dev d(window_for(1));
+    seed(310);
+    Ten x = make_ten(d, 0, seg_win(0), SEG);
+    d.regs.g.mem_base = MEM_BASE;
+    enable(x, 1u);
+    x.r().seg_base = MEM_BASE + (uint64_t)VF_DDR_BANK_STRIDE - 4096; /* the last page of bank 0 and more */
+    const uint64_t big = (uint64_t)VF_DDR_BANK_STRIDE + SEG;
+    vf_disp_frame_t is[VF_POOL_CORES];
+    vf_disp_report_t r;
+    memset(&r, 0, sizeof r);
+    vf_dispatch_advance(&d.regs, &d.st, d.mem(), big, is, &r); /* a window that covers it (never read) */
+    CHECK_EQ(x.r().status, VF_TENANT_FAULTED);
+    CHECK_EQ(x.r().fault, VF_DFAULT_WINDOW);
+    CHECK_EQ(x.r().fault_addr, 4096u);
+#endif
+    CHECK_EQ(vf_ddr_bank(0), 0u);
+    CHECK_EQ(vf_ddr_bank((uint64_t)VF_DDR_BANK_STRIDE * VF_DDR_BANKS + 1), VF_DDR_BANKS - 1u);
+}
+
+/* The HLS top, driven through its register words only: one call is one
+ * iteration of every process (the dispatcher's, then the cores'). */
 static void test_top()
 {
     Dev d(window_for(1));
@@ -2247,7 +2351,7 @@ static void test_top()
     Ten x = make_ten(d, 1, seg_win(0), SEG);
     const NetTenant t = build_net_tenant(x, 171, 2, 2);
     const std::vector<int8_t> before = d.window();
-    std::vector<uint32_t> file((VF_DREG_TENANT_BASE + VF_DISP_TENANTS * VF_DREG_TENANT_STRIDE) / 4, 0);
+    std::vector<uint32_t> file(VF_DREG_FILE_WORDS, 0);
     auto w32 = [&](uint32_t off, uint32_t v) { file[off / 4] = v; };
     auto w64 = [&](uint32_t off, uint64_t v) {
         file[off / 4] = (uint32_t)v;
@@ -2267,25 +2371,51 @@ static void test_top()
     w32(tb + VF_DREG_T_CPL_ACK, 0);
     w32(tb + VF_DREG_T_CORE_MASK, cores_range(0, 2));
     w32(tb + VF_DREG_T_CONTROL, VF_TENANT_ENABLE);
-    uint8_t irq = 7;
-    uint64_t clock = 1000; /* the overlay's cycle counter: 100 cycles a step here */
-    vf_dispatcher_top(d.mem(), d.bytes, file.data(), &irq, clock += 100);
+#ifdef VF_VITIS_KERNEL
+    /* no interrupt line and no clock input: the driver polls, the kernel counts */
+    uint64_t calls = 0;
+    auto top = [&]() {
+        vf_dispatcher_top(TB_PORTS(d.mem()), d.bytes, file.data());
+        ++calls;
+    };
+    auto irq_line = [&]() { return r32(VF_DREG_G_IRQ); };
+#else
+    volatile uint8_t irq = 7;
+    volatile uint64_t clock = 1000; /* the overlay's cycle counter: 100 cycles an iteration here */
+    auto top = [&]() {
+        clock += 100;
+        vf_dispatcher_top(TB_PORTS(d.mem()), d.bytes, file.data(), &irq, &clock);
+    };
+    auto irq_line = [&]() { return (uint32_t)irq; };
+#endif
+    top();
     CHECK_EQ(r32(VF_DREG_G_ID), VF_DISP_ID);
     CHECK_EQ(r32(VF_DREG_G_TENANTS), VF_DISP_TENANTS);
     CHECK_EQ(r32(VF_DREG_G_CORES), VF_CNN_CORES);
     CHECK_EQ(r32(tb + VF_DREG_T_STATUS), VF_TENANT_IDLE);
     CHECK_EQ(r32(tb + VF_DREG_T_ACTIVE_MASK), cores_range(0, 2));
-    CHECK_EQ(irq, 0);
+    CHECK_EQ(irq_line(), 0);
     /* post both requests (the ring entries in DDR), ring the doorbell */
     post_prog(x, t.progs[0], 5);
     post_prog(x, t.progs[1], 6);
     w32(tb + VF_DREG_T_RING_TAIL, x.tail);
     int n = 0;
-    for (; n < 10000 && r32(tb + VF_DREG_T_RING_HEAD) != x.tail; ++n)
-        vf_dispatcher_top(d.mem(), d.bytes, file.data(), &irq, clock += 100);
+    uint32_t in_flight_seen = 0; /* iterations that ended with frames in flight */
+    for (; n < 10000 && r32(tb + VF_DREG_T_RING_HEAD) != x.tail; ++n) {
+        top();
+        in_flight_seen += r32(VF_DREG_G_BUSY_CORES) != 0;
+    }
     CHECK(n < 10000);
+    CHECK(in_flight_seen > 0); /* frames retire in the iteration after their issue */
+#ifdef VF_VITIS_KERNEL
+    /* the ticker answers each iteration's request in that call: the next
+     * iteration's clock is the count of calls before it */
+    CHECK_EQ(r64(VF_DREG_G_CYCLES), calls - 1);
+    CHECK(record(x, 0).cycles > 0);
+#else
     CHECK_EQ(r64(VF_DREG_G_CYCLES), clock);
     CHECK(record(x, 0).cycles > 0 && record(x, 0).cycles % 100 == 0);
+#endif
     CHECK_EQ(r64(tb + VF_DREG_T_REQUEST_CYCLES), (uint64_t)record(x, 0).cycles + record(x, 1).cycles);
     for (uint32_t q = 0; q < 2; ++q) {
         CHECK(out_equals(x, t.n, t.ins[q], t.want[q]));
@@ -2298,22 +2428,28 @@ static void test_top()
     CHECK_EQ(r64(VF_DREG_G_FRAMES), frames);
     CHECK_EQ(r64(VF_DREG_G_STEPS), (uint64_t)n + 1);
     CHECK_EQ(r32(VF_DREG_G_IRQ_STATUS), 1u << x.t);
-    CHECK_EQ(irq, 1);
+    CHECK_EQ(irq_line(), 1);
     CHECK_EQ(r32(VF_DREG_G_IRQ), 1);
     /* the host's words are never overwritten by the kernel */
     CHECK_EQ(r32(tb + VF_DREG_T_RING_TAIL), x.tail);
     CHECK_EQ(r32(tb + VF_DREG_T_CORE_MASK), cores_range(0, 2));
     w32(tb + VF_DREG_T_CPL_ACK, x.tail);
-    vf_dispatcher_top(d.mem(), d.bytes, file.data(), &irq, clock += 100);
-    CHECK_EQ(irq, 0);
+    top();
+    CHECK_EQ(irq_line(), 0);
     CHECK(untouched_outside(d, before, {&x}));
     CHECK(d.guards_intact());
 }
 
 int main()
 {
-    printf("tb_dispatcher: %d tenants, %d cores, ring max %d, walk budget %d, ICP %d OCP %d%s\n", VF_DISP_TENANTS,
-           VF_CNN_CORES, VF_DISP_RING_MAX, VF_DISP_WALK_BUDGET, VF_ICP, VF_OCP, TB_BODIES);
+#ifdef VF_VITIS_KERNEL
+#define TB_TOP " (Vitis kernel top)"
+#else
+#define TB_TOP ""
+#endif
+    printf("tb_dispatcher: %d tenants, %d cores, %d DDR bank ports, ring max %d, walk budget %d, ICP %d OCP %d%s%s\n",
+           VF_DISP_TENANTS, VF_CNN_CORES, VF_DDR_BANKS, VF_DISP_RING_MAX, VF_DISP_WALK_BUDGET, VF_ICP, VF_OCP,
+           TB_BODIES, TB_TOP);
     run_test("geometry_reset", test_geometry_reset);
     run_test("single_request", test_single_request);
     run_test("multi_slot_equals_single", test_multi_slot_equals_single);
@@ -2330,6 +2466,8 @@ int main()
     run_test("scrub", test_scrub);
     run_test("budget_and_quiescence", test_budget_and_quiescence);
     run_test("fuzz", test_fuzz);
+    run_test("free_running", test_free_running);
+    run_test("segment_in_one_bank", test_segment_in_one_bank);
     run_test("top", test_top);
     return tb_summary("tb_dispatcher");
 }

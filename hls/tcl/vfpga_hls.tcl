@@ -35,10 +35,11 @@ foreach s $steps {
 }
 
 set top $vf_kernel($kernel,top)
-# The design sees the board macros and its headers; Alveo kernels also see
-# VF_VITIS_KERNEL=1 (the Vitis kernel flow takes AXI interfaces only).
+# The design sees the board macros and its headers; the Vitis kernel variant
+# (Alveo boards) also sees VF_VITIS_KERNEL=1: the dispatcher top without its
+# ap_none ports (the Vitis kernel flow takes AXI interfaces only).
 set cflags "-std=c++14 -I$hls_dir/include $vf_cflags"
-if {$vf_flow eq "alveo"} { append cflags " -DVF_VITIS_KERNEL=1" }
+if {$vf_variant eq "vitis"} { append cflags " -DVF_VITIS_KERNEL=1" }
 set tb_cflags "$cflags -I$hls_dir/tb -Wno-unknown-pragmas"
 
 file mkdir $build_dir
@@ -50,7 +51,7 @@ foreach src $vf_kernel($kernel,sources) {
 }
 add_files -tb [file join $hls_dir $vf_kernel($kernel,tb)] -cflags $tb_cflags
 
-if {$vf_flow eq "alveo"} {
+if {$vf_variant eq "vitis"} {
     open_solution -reset $vf_board -flow_target vitis
 } else {
     open_solution -reset $vf_board -flow_target vivado
@@ -75,7 +76,7 @@ if {[lsearch -exact $steps cosim] >= 0} {
 }
 if {[lsearch -exact $steps export] >= 0} {
     file mkdir [file join $build_dir export]
-    if {$vf_flow eq "alveo"} {
+    if {$vf_variant eq "vitis"} {
         set out [file join $build_dir export $top.xo]
         export_design -format xo -output $out
     } else {

@@ -26,8 +26,8 @@ from vfpga.runtime.models import small
 SMALL_BANK = 16 << 20
 
 # Registers the host may write (everything else in the file is the dispatcher's)
-HOST_WRITES = {"ctrl", "mem.lo", "mem.hi", "mem_bytes.lo", "mem_bytes.hi", "file.irq_enable", "file.irq_mask",
-               "file.mem_base.lo", "file.mem_base.hi"}
+HOST_WRITES = {"ctrl", "mem_bytes.lo", "mem_bytes.hi", "file.irq_enable", "file.irq_mask", "file.mem_base.lo",
+               "file.mem_base.hi", *(f"{p}.{h}" for p in ("mem", "mem1", "mem2", "mem3") for h in ("lo", "hi"))}
 TENANT_HOST_WRITES = {"control", "seg_limit", "seg_base.lo", "seg_base.hi", "ring_offset", "ring_size", "cpl_offset",
                       "ring_tail", "cpl_ack", "core_mask", "mask_seq"}
 ENABLE_ORDER = ["seg_base.lo", "seg_base.hi", "seg_limit", "ring_offset", "ring_size", "cpl_offset", "cpl_ack",
@@ -89,11 +89,14 @@ def test_start_points_the_kernel_at_the_ddr_window_then_starts_it(board_name):
         window = (ddr["banks"] - 1) * ddr["bank_stride"] + ddr["bank_bytes"]
         w = [(e.register, e.value) for e in rec.writes()]
         base = cfg["dispatcher"]["base_address"]
-        assert [e.address - base for e in rec.writes()][:4] == [cfg["dispatcher"]["registers"]["mem"] + i
-                                                                for i in (0, 4)] + [
-            cfg["dispatcher"]["registers"]["mem_bytes"] + i for i in (0, 4)]
+        ports = overlay.config.bank_port_registers(cfg)  # one m_axi port per bank, each at the window's base
+        assert ports == ["mem"] + [f"mem{b}" for b in range(1, ddr["banks"])]
+        regs = cfg["dispatcher"]["registers"]
+        assert [e.address - base for e in rec.writes()][:2 * len(ports) + 2] == [
+            regs[p] + i for p in ports + ["mem_bytes"] for i in (0, 4)]
         assert w == [
-            ("mem.lo", ddr["base_address"] & 0xFFFFFFFF), ("mem.hi", ddr["base_address"] >> 32),
+            *((f"{p}.{h}", v) for p in ports for h, v in (("lo", ddr["base_address"] & 0xFFFFFFFF),
+                                                          ("hi", ddr["base_address"] >> 32))),
             ("mem_bytes.lo", window & 0xFFFFFFFF), ("mem_bytes.hi", window >> 32),
             ("file.mem_base.lo", ddr["base_address"] & 0xFFFFFFFF), ("file.mem_base.hi", ddr["base_address"] >> 32),
             ("file.irq_mask", 0xFFFFFFFF), ("file.irq_enable", 1),

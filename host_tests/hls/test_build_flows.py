@@ -89,6 +89,10 @@ def test_hls_tcl_runs_every_step_with_the_config_numbers(board, kernel, tmp_path
     assert [os.path.basename(c.split()[1]) for c in sources] == k["sources"]
     assert all(f"-DVF_ICP={cfg['cnn_core']['icp']}" in c and f"-DVF_CNN_CORES={cfg['cnn_core']['count']}" in c
                for c in sources)
+    # the two variants of the top: the Vitis kernel (Alveo) is compiled with VF_VITIS_KERNEL, the Vivado IP without
+    vitis = board_build.variant(cfg) == "vitis"
+    assert vitis == (board_build.flow(cfg) == "alveo")
+    assert all(("-DVF_VITIS_KERNEL=1" in c) == vitis for c in sources)
     steps = [c.split()[0] for c in calls if c.split()[0] in ("csim_design", "csynth_design", "cosim_design",
                                                              "export_design")]
     assert steps == ["csim_design", "csynth_design", "cosim_design", "export_design"]
@@ -132,7 +136,9 @@ def test_block_design_tcl_wires_ps_dispatcher_memory_and_interrupt(board, tmp_pa
     assert f"create_bd_cell -type ip -vlnv {cfg['dispatcher']['vlnv']} dispatcher" in calls
     assert any(c.startswith("create_project") and cfg["part"] in c for c in calls)
     nets = [c for c in calls if c.startswith("connect_bd")]
-    assert any("dispatcher/m_axi_gmem" in c for c in nets) and any("dispatcher/irq" in c for c in nets)
+    assert [c for c in nets if "dispatcher/m_axi_bank" in c] == [
+        f"connect_bd_intf_net dispatcher/m_axi_bank{b} mem_ic/S{b:02d}_AXI" for b in range(cfg["ddr"]["banks"])]
+    assert any("dispatcher/irq" in c for c in nets)
     assert any("intc/irq" in c and ("IRQ_F2P" in c or "pl_ps_irq0" in c) for c in nets)
     assert any("cycle_counter/Q" in c and "dispatcher/clock" in c for c in nets)
     assert f"set_property offset 0x{cfg['dispatcher']['base_address']:X} SEG_dispatcher_Reg" in calls
@@ -147,11 +153,47 @@ def test_block_design_is_refused_for_alveo_and_vpp_for_zynq():
         board_build.vpp_cfg(overlay.load("zcu104"))
 
 
-@pytest.mark.parametrize("board, sp", [("u200", "DDR[0:3]"), ("u200_bigcore", "DDR[0:3]"), ("u50", "HBM[0:31]")])
+@pytest.mark.parametrize("board, sp", [
+    ("u200", ["DDR[0]", "DDR[1]", "DDR[2]", "DDR[3]"]), ("u200_bigcore", ["DDR[0]", "DDR[1]", "DDR[2]", "DDR[3]"]),
+    ("u50", ["HBM[0:7]", "HBM[8:15]", "HBM[16:23]", "HBM[24:31]"])])
 def test_vpp_connectivity_from_the_config(board, sp):
+    """One m_axi port per DDR bank (HBM group), each linked to its bank alone."""
     text = board_build.vpp_cfg(overlay.load(board))
     assert f"platform={overlay.load(board)['platform']}" in text
-    assert "nk=vf_dispatcher_top:1:dispatcher" in text and f"sp=dispatcher.m_axi_gmem:{sp}" in text
+    assert "nk=vf_dispatcher_top:1:dispatcher" in text
+    assert [line for line in text.splitlines() if line.startswith("sp=")] == [
+        f"sp=dispatcher.m_axi_bank{b}:{res}" for b, res in enumerate(sp)]
+
+
+def _top_pragmas(board: str, *defines: str) -> list[str]:
+    """The HLS pragmas of the dispatcher top as the preprocessor leaves them for a board."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not installed")
+    flags = board_build.cflags(overlay.load(board)).split()
+    r = subprocess.run([gxx, "-std=c++14", "-E", "-P", f"-I{os.path.join(ROOT, 'hls', 'include')}", *flags,
+                        *defines, os.path.join(ROOT, "hls", "dispatcher_top.cpp")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return [" ".join(line.split()) for line in r.stdout.splitlines() if line.lstrip().startswith("#pragma HLS")]
+
+
+@pytest.mark.parametrize("board", ["u200", "zcu104"])
+def test_both_variants_of_the_dispatcher_top(board):
+    """The Vivado IP has the irq line and the clock input (ap_none); the
+    Vitis kernel has neither (v++ takes AXI interfaces only) and the
+    XRT-managed ap_ctrl_chain protocol. Both: one m_axi bundle per bank."""
+    cfg = overlay.load(board)
+    for defines, vitis in (((), False), (("-DVF_VITIS_KERNEL=1",), True)):
+        pragmas = _top_pragmas(board, *defines)
+        ap_none = [p for p in pragmas if "ap_none" in p]
+        if vitis:
+            assert ap_none == [] and "#pragma HLS INTERFACE ap_ctrl_chain port=return bundle=control" in pragmas
+        else:
+            assert sorted(ap_none) == ["#pragma HLS INTERFACE ap_none port=clock",
+                                       "#pragma HLS INTERFACE ap_none port=irq"]
+        bundles = sorted(p.split("bundle=")[1].split()[0] for p in pragmas if "m_axi" in p)
+        assert bundles == [f"bank{b}" for b in range(cfg["ddr"]["banks"])]
 
 
 def _path_without(*tools):

@@ -13,9 +13,10 @@ import pytest
 from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.runtime.hw import cycle_model as cm
+from vfpga.runtime.hw import parameters
 
 U200 = overlay.load("u200")
-LAT = cm.Latencies.of(U200)
+LAT = parameters.Latencies.of(U200)
 Z2 = overlay.load("pynq_z2")
 DEP = isa.DEP
 PN, PP, SN, SP = DEP["POP_NEXT"], DEP["POP_PREV"], DEP["PUSH_NEXT"], DEP["PUSH_PREV"]

@@ -8,13 +8,15 @@ other, and re-allocate without losing requests.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 import pytest
 
 from vfpga.runtime import tenants
 from vfpga.runtime.compiler import ir, static
 from vfpga.runtime.experiments import metrics, scenarios
-from vfpga.runtime.hw import fixed_point
+from vfpga.runtime.hw import fixed_point, timeline
 from vfpga.runtime.sim import simulator
 
 
@@ -50,6 +52,19 @@ def test_simulator_gives_the_emulated_devices_cycles(compiled, k):
     sim.deploy("a", c, list(range(k)))
     (r,) = sim.run({"a": [0]})["a"]
     assert r.device_cycles == info.modeled_cycles > 0
+
+
+def test_frames_retire_one_at_a_time_the_earliest_issued_first():
+    """The free-running dispatcher's rule (hls/include/vfpga_pool.h): one
+    ended frame retires per iteration; of frames ending at the same cycle,
+    the one issued first (issue order: issue cycle, then pool order)."""
+    t = simulator.Simulator("u200").timeline
+    for order, (end, core) in enumerate([(50, 7), (30, 9), (30, 2), (30, 5), (40, 1)]):
+        heapq.heappush(t._inflight, timeline._Flight(end, order, core, None, None, 0, 0.0))
+    got = []
+    while t.busy:
+        got.append((t.pop()[0], t.now))
+    assert got == [(9, 30), (2, 30), (5, 30), (1, 40), (7, 50)]
 
 
 def test_more_cores_are_faster_and_serial_mode_never_overlaps(compiled):

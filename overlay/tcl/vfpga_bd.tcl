@@ -9,8 +9,9 @@
 #
 # The design: the processing system (board preset), the level-1 dispatcher kernel (the
 # CNN core pool is inside it), its AXI-Lite slave on the PS's general-purpose master at
-# the board config's dispatcher.base_address, its m_axi `gmem` master through a
-# SmartConnect to a high-performance slave port of the PS (the DDR), its `irq` line through
+# the board config's dispatcher.base_address, its m_axi bank ports (`bank0`, one per DDR
+# bank of the config: the Zynq boards have one) through a SmartConnect to a
+# high-performance slave port of the PS (the DDR), its `irq` line through
 # an AXI interrupt controller (what PYNQ's Interrupt class expects) to the PS, and a
 # 64-bit free-running cycle counter on the kernel clock driving its `clock` input.
 # overlay/Makefile drives this script.
@@ -82,7 +83,7 @@ set rst [create_bd_cell -type ip -vlnv xilinx.com:ip:proc_sys_reset rst]
 set ctrl_ic [create_bd_cell -type ip -vlnv xilinx.com:ip:smartconnect ctrl_ic]
 set_property -dict [list CONFIG.NUM_SI 1 CONFIG.NUM_MI 2] $ctrl_ic
 set mem_ic [create_bd_cell -type ip -vlnv xilinx.com:ip:smartconnect mem_ic]
-set_property -dict [list CONFIG.NUM_SI 1 CONFIG.NUM_MI 1] $mem_ic
+set_property -dict [list CONFIG.NUM_SI $vf_banks CONFIG.NUM_MI 1] $mem_ic
 set intc [create_bd_cell -type ip -vlnv xilinx.com:ip:axi_intc intc]
 set_property -dict [list CONFIG.C_IRQ_CONNECTION 1 CONFIG.C_KIND_OF_INTR 0xFFFFFFFF] $intc
 # the dispatcher's irq port is 8 bits wide (uint8_t, ap_none); bit 0 is the level
@@ -106,8 +107,10 @@ connect_bd_net [get_bd_pins rst/interconnect_aresetn] [get_bd_pins ctrl_ic/arese
 connect_bd_intf_net [get_bd_intf_pins $ps_master] [get_bd_intf_pins ctrl_ic/S00_AXI]
 connect_bd_intf_net [get_bd_intf_pins ctrl_ic/M00_AXI] [get_bd_intf_pins dispatcher/s_axi_control]
 connect_bd_intf_net [get_bd_intf_pins ctrl_ic/M01_AXI] [get_bd_intf_pins intc/s_axi]
-# memory: the dispatcher's window onto the DDR through an HP port
-connect_bd_intf_net [get_bd_intf_pins dispatcher/m_axi_gmem] [get_bd_intf_pins mem_ic/S00_AXI]
+# memory: the dispatcher's bank ports onto the DDR through an HP port
+for {set b 0} {$b < $vf_banks} {incr b} {
+    connect_bd_intf_net [get_bd_intf_pins dispatcher/m_axi_bank$b] [get_bd_intf_pins mem_ic/[format S%02d_AXI $b]]
+}
 connect_bd_intf_net [get_bd_intf_pins mem_ic/M00_AXI] [get_bd_intf_pins $ps_hp]
 # interrupt: irq[0] -> axi_intc -> PS
 connect_bd_net [get_bd_pins dispatcher/irq] [get_bd_pins irq_bit/Din]

@@ -8,6 +8,8 @@
     vfpga demo [--board u200]
     vfpga serve [--board u200] [--host 127.0.0.1] [--port 8000] [--grpc-port 8001] [--admin-token T]
                 [--quotas quotas.json] [--max-cores N] [--max-pending N] [--max-request-bytes N]
+                [--ray [ADDRESS|auto] --boards u200:3[,zcu104:1]]
+    vfpga calibrate --board u200 [--out FILE] [--core N]
 
 User errors (missing files, another board, bad arrays) print one message on
 stderr and exit with status 2.
@@ -424,6 +426,12 @@ def _bench(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    from vfpga.runtime.cli.calibrate import run
+
+    return run(args.board, args.out, args.core)
+
+
 def _serve(args) -> int:
     import logging
 
@@ -433,13 +441,23 @@ def _serve(args) -> int:
         raise RuntimeError(f"serving needs the serve extra (pip install -e \".[serve]\"): {e}") from e
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.boards is not None and args.ray is None:
+        raise UsageError("--boards needs --ray (a cluster of boards, each a Ray actor)")
+    boards = None
+    if args.ray is not None:
+        if args.boards is None:
+            raise UsageError("--ray needs --boards KIND:COUNT[,KIND:COUNT...], e.g. --boards u200:3")
+        from vfpga.runtime.cluster.pool import parse_boards
+
+        boards = parse_boards(args.boards)
     base = Quota(args.max_cores, args.max_pending, args.max_request_bytes)
     default, per_model = config.read_quotas(args.quotas, base) if args.quotas else (base, {})
     cfg = ServerConfig(board=args.board, host=args.host, port=args.port,
                        grpc_port=None if args.grpc_port < 0 else args.grpc_port, admin_token=args.admin_token,
                        quota=default, model_quotas=per_model, max_model_bytes=args.max_model_bytes,
                        shutdown_grace_s=args.grace,
-                       bank_capacity=args.bank_mib << 20 if args.bank_mib else None)
+                       bank_capacity=args.bank_mib << 20 if args.bank_mib else None,
+                       boards=boards, ray_address=args.ray or None)
     return server.run(cfg)
 
 
@@ -504,7 +522,21 @@ def main(argv=None) -> int:
                    help="bytes of one load request (default 256 MiB)")
     s.add_argument("--grace", type=float, default=30.0, help="SIGTERM: seconds in-flight requests may take")
     s.add_argument("--bank-mib", type=int, default=None, help="emulated board: MiB per DDR bank (default 1024)")
+    s.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="front a cluster of boards, each a Ray actor: without ADDRESS start Ray here (the boards "
+                        "emulated where no card is), 'auto' or HOST:PORT join a running Ray cluster")
+    s.add_argument("--boards", default=None, metavar="KIND:COUNT[,...]",
+                   help="the cluster's boards with --ray, e.g. u200:3,zcu104:1 (hosts declare vfpga_<kind> "
+                        "resources)")
     s.set_defaults(func=_serve)
+
+    cal = sub.add_parser("calibrate", help="fit the cycle model to a board's counters (microbenchmarks per "
+                                           "instruction class) and write the calibration file it loads")
+    cal.add_argument("--board", required=True)
+    cal.add_argument("--out", default=None, help="calibration file (default $VFPGA_CALIBRATION, else "
+                                                 "overlay/configs/<board>.calibration.json)")
+    cal.add_argument("--core", type=int, default=0, help="CNN core to run on (default 0)")
+    cal.set_defaults(func=_calibrate)
 
     k = sub.add_parser("cache", help="show or clear the compile cache")
     k.add_argument("--clear", action="store_true")

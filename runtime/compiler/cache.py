@@ -3,7 +3,8 @@
 A key hashes the model's content (the serialized ONNX model as loaded, with
 any input-shape override applied), the quantization inputs that matter (a
 hash of the calibration data, or "generated" with the seed and sample count),
-the input shape, the board config (its content hash) and the compiler: the
+the input shape, the board config (its content hash), the cycle model's
+calibration in force (the frames' profiles depend on it) and the compiler: the
 vfpga and ISA versions plus a fingerprint of the compiler's own source files
 and the onnx/onnxruntime versions (so an edited compiler, or another
 quantizer, never reuses a stale program).
@@ -30,6 +31,7 @@ import numpy as np
 
 from vfpga import overlay
 from vfpga.runtime.compiler import frontend, ifp, ir, static
+from vfpga.runtime.hw import parameters
 
 DEFAULT_MAX_BYTES = 2048 << 20
 _OFF = {"0", "false", "no", "off"}
@@ -109,6 +111,7 @@ def compile_key(model_bytes: bytes, calibration: str, input_shape, cfg: dict, fa
         "input_shape": None if input_shape is None else [int(d) for d in input_shape],
         "fallback": bool(fallback),
         "board": ifp.config_hash(cfg),
+        "timing": parameters.digest(cfg),  # a calibration file changes the frames' profiles
         "compiler": ifp.compiler_version(),
         "build": build_fingerprint(),
         "ifp": ifp.FORMAT_VERSION,

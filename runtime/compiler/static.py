@@ -21,7 +21,7 @@ import numpy as np
 
 from vfpga import overlay
 from vfpga.driver import isa
-from vfpga.runtime.compiler import input_fold, ir, lower, lower_ops
+from vfpga.runtime.compiler import input_fold, ir, lower, lower_ops, placement
 from vfpga.runtime.hw import cycle_model, frame_timing
 
 ALIGN = 64
@@ -280,19 +280,6 @@ def core_counts(n_cores: int) -> list[int]:
     return ks + [n_cores]
 
 
-def _macs(layer, tensors) -> int:
-    """Multiply-accumulates of one request of a layer (convolutions only)."""
-    if layer.kind == "conv":
-        oh, ow, _ = tensors[layer.output].shape
-        oc, icg, kh, kw = layer.weight.shape
-        return oh * ow * oc * icg * kh * kw
-    if layer.kind == "convtranspose":
-        ih, iw, _ = tensors[layer.input].shape
-        ic, ocg, kh, kw = layer.weight.shape
-        return ih * iw * ic * ocg * kh * kw
-    return 0
-
-
 def _lower_layer(layer, index, tensors, graph, const_base, geo, ks):
     """Tiling variants of one layer (frames and description each; the
     one-core variant first) and its constant block."""
@@ -419,7 +406,7 @@ def compile_graph(graph: ir.Graph, board: str | dict = "u200", progress=None) ->
             continue
         try:
             variants, blob = _lower_layer(layer, index, tensors, lowered, const_offset + len(consts), geo, ks)
-            macs = _macs(graph.layers[index], tensors)  # the model's work, not the fold's padding
+            macs = placement.layer_macs(graph.layers[index], tensors)  # the model's work, not the fold's padding
         except lower.LoweringError as e:
             raise CompileError(str(e)) from e
         consts.extend(blob)
@@ -493,7 +480,7 @@ def frame_profiles(code: np.ndarray, first: np.ndarray, n_insns: np.ndarray, cfg
     index ``code`` in instructions)."""
     insns = np.asarray(code, np.uint8).reshape(-1, isa.INSN_BYTES)
     cache: dict = {}
-    rows = [cycle_model.frame_profile(insns[f:f + n], cfg, cache)
+    rows = [frame_timing.frame_profile(insns[f:f + n], cfg, cache)
             for f, n in zip(np.asarray(first).tolist(), np.asarray(n_insns).tolist())]
     if not rows:
         return np.zeros((0, 1 + len(frame_timing.SHARING)), np.int64), np.zeros(0, np.int64)

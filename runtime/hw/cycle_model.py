@@ -96,6 +96,62 @@ Core control (our design choices, no vendor source; also in ``timing``):
                               are read in one transfer: L + its beats
                               (ceil(64 / axi_bytes) per instruction), bandwidth
                               bound like a load
+
+The fixed cost and the per-iteration cost of each instruction class, the
+DDR latency L and the bank bandwidth B are the model's parameters
+(:mod:`vfpga.runtime.hw.parameters`): the numbers above unless a calibration
+file fitted to a board's counters (``vfpga calibrate``) replaces them.
+
+HLS constructs
+--------------
+Each assumption with the construct of the HLS sources (hls/) that makes it
+true. host_tests/hw/test_model_constructs.py checks that every "hls"
+construct is there, and keeps every "hls-gap" -- an assumption the literal
+loop nests do not make true yet -- as an expected failure.
+
+* Iterations are the C-sim's counts: each instruction runs one beat loop
+  pipelined at II=1 [hls cnn_core.cpp LOAD_BEAT_DENSE pipelined]
+  [hls cnn_core.cpp LOAD_BEAT pipelined] [hls cnn_core.cpp LINEAR_BEAT pipelined]
+  [hls cnn_core.cpp CONV_IB pipelined] [hls cnn_core.cpp DW_KX pipelined]
+  [hls cnn_core.cpp POOL_KX pipelined]
+  [hls include/vfpga_unit_scheduler.h LANE_BEAT pipelined] (ADD, LUT, MUL: vf_lane_loop)
+  [hls cnn_core.cpp SAVE_BEAT_DENSE pipelined] [hls cnn_core.cpp SAVE_BEAT pipelined]
+* ... whose lanes (axi_bytes bytes, ICP x OCP MACs, OCP channels) are all
+  in one beat [hls cnn_core.cpp LOAD_LANE_DENSE unrolled] [hls cnn_core.cpp LOAD_LANE unrolled]
+  [hls cnn_core.cpp LINEAR_LANE unrolled] [hls cnn_core.cpp CONV_OL unrolled]
+  [hls cnn_core.cpp CONV_IL unrolled] [hls cnn_core.cpp DW_LANE unrolled]
+  [hls cnn_core.cpp POOL_LANE unrolled] [hls include/vfpga_unit_scheduler.h LANE_BODY unrolled]
+  [hls cnn_core.cpp SAVE_LANE_DENSE unrolled] [hls cnn_core.cpp SAVE_LANE unrolled]
+* The beat reads ICP input bytes and writes OCP accumulators or outputs in
+  one cycle: IBUF cyclic by ICP, ACC and OBUF by OCP, in both tops
+  [hls include/vfpga_hls.h "ARRAY_PARTITION variable=ibuf dim=D cyclic factor=VF_ICP"]
+  [hls cnn_core_top.cpp "VF_CNN_PARTITIONS(1, ibuf, obuf, acc)"]
+  [hls dispatcher_top.cpp "VF_CNN_PARTITIONS(2, ibuf, obuf, acc)"]; the
+  ICP x OCP weights of a beat likewise [hls-gap wbuf_lanes]
+* The adder tree's ceil(log2(icp)) levels: the unrolled sum of CONV_IL
+  [hls cnn_core.cpp "s += (int32_t)x[i] * wb[o * k.WST + i]"]; REQUANT_LATENCY:
+  vf_requant [hls cnn_core.cpp vf_requant]; DIV64_LATENCY: POOL's vf_rdiv
+  [hls cnn_core.cpp vf_rdiv]
+* The pipeline fill is paid once per instruction (each nest one flattened
+  pipeline) [hls-gap conv_nest_flat] [hls-gap dw_nest_flat] [hls-gap pool_nest_flat]
+* LOAD and SAVE move one bus word per beat in bursts [hls-gap load_wide_words]
+  through m_axi ports whose burst length, outstanding transactions, latency
+  and width are AXI_MAX_BURST_BEATS, AXI_OUTSTANDING, L and axi_bytes
+  [hls include/vfpga_hls.h "max_read_burst_length=VF_AXI_MAX_BURST_BEATS"]
+  [hls include/vfpga_hls.h "num_read_outstanding=VF_AXI_OUTSTANDING"]
+  [hls include/vfpga_hls.h "latency=VF_DDR_LATENCY"]
+  [hls include/vfpga_hls.h "max_widen_bitwidth=VF_DDR_PORT_BITS"]
+* B is a bank's: one m_axi bundle per DDR bank on the dispatcher top
+  [hls include/vfpga_hls.h "bundle=bank##b"] [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"],
+  a frame on the port of its segment's bank [hls include/vfpga_ddr.h vf_ddr_segment],
+  each of the core's accesses decoding its bank [hls-gap core_bank_decode];
+  ``ddr.core_ports`` ports of one core, word-interleaved [hls-gap core_ports_interleave]
+* The units overlap, ordered only by their tokens [hls include/vfpga_unit_scheduler.h vf_tokens_ready]
+  as concurrent units [hls-gap units_concurrent]
+* The instruction fetch is one transfer per step [hls-gap fetch_burst];
+  DECODE_LATENCY and UNIT_ISSUE_CYCLES: the decoder's DECODE loop and each
+  unit's issue [hls include/vfpga_unit_scheduler.h DECODE]
+  [hls include/vfpga_unit_scheduler.h SCHEDULE]
 """
 
 from __future__ import annotations
@@ -107,75 +163,7 @@ import numpy as np
 
 from vfpga import overlay
 from vfpga.driver import isa
-from vfpga.runtime.hw import frame_timing
-
-
-# ---- latencies: the board config's "timing" section (see the module docstring)
-@dataclass(frozen=True)
-class Latencies:
-    axi_max_burst_beats: int
-    axi_outstanding: int
-    bram_read_latency: int
-    dsp_mac_latency: int
-    alu_latency: int  # one 32-bit add, compare or select
-    requant_mult_latency: int
-    round_shift_latency: int
-    clamp_latency: int
-    div64_latency: int
-    buf_write_latency: int
-    axi_register_latency: int
-    unit_issue_cycles: int
-    token_latency: int
-    decode_latency: int
-    marker_cycles: int
-
-    @classmethod
-    def of(cls, config: dict) -> Latencies:
-        return _latencies(config["name"], tuple(sorted(config["timing"].items())))
-
-    @property
-    def requant(self) -> int:
-        return self.requant_mult_latency + self.round_shift_latency + self.clamp_latency
-
-    @property
-    def load_depth(self) -> int:
-        return self.axi_register_latency + self.alu_latency + self.buf_write_latency
-
-    @property
-    def save_depth(self) -> int:
-        return self.bram_read_latency + self.axi_register_latency
-
-    @property
-    def pool_depth(self) -> int:
-        return self.bram_read_latency + self.alu_latency + self.div64_latency + self.clamp_latency + self.buf_write_latency
-
-    @property
-    def add_depth(self) -> int:
-        return (self.bram_read_latency + self.dsp_mac_latency + self.alu_latency + self.round_shift_latency
-                + self.clamp_latency + self.buf_write_latency)
-
-    @property
-    def lut_depth(self) -> int:
-        """LUT: operand read, table read, buffer write."""
-        return 2 * self.bram_read_latency + self.buf_write_latency
-
-    @property
-    def mul_depth(self) -> int:
-        """MUL: operand read, zero-point subtraction, product, requantization, buffer write."""
-        return (self.bram_read_latency + self.alu_latency + self.dsp_mac_latency + self.requant
-                + self.buf_write_latency)
-
-    def conv_depth(self, icp: int, lanes: bool) -> int:
-        """CONV pipeline depth; ``lanes``: the cin_g == 1 path (no adder tree)."""
-        tree = 0 if lanes else max(0, int(icp - 1).bit_length())
-        return (self.bram_read_latency + self.dsp_mac_latency + tree + self.alu_latency + self.requant
-                + self.buf_write_latency)
-
-
-@functools.lru_cache(maxsize=64)
-def _latencies(_board: str, items: tuple) -> Latencies:
-    return Latencies(**dict(items))
-
+from vfpga.runtime.hw import parameters
 
 UNITS = ("load", "compute", "save")
 LOAD, COMPUTE, SAVE = 0, 1, 2
@@ -373,61 +361,115 @@ def program_iters(program, geometry) -> np.ndarray:
 @dataclass(frozen=True)
 class _Timing:
     geo: _Geo
-    latency: int  # DDR burst latency, cycles
-    bytes_per_cycle: float  # the core's DDR banks
     clock_hz: float
-    lat: Latencies
+    lat: parameters.Latencies
+    par: parameters.Parameters  # per class fixed / per-iteration cycles, DDR latency and bandwidth
+
+    @property
+    def latency(self) -> float:  # DDR first-data latency, cycles
+        return self.par.latency
+
+    @property
+    def bytes_per_cycle(self) -> float:  # the core's DDR banks
+        return self.par.bytes_per_cycle
 
 
-def _timing(config) -> _Timing:
+def default_parameters(config) -> parameters.Parameters:
+    """The model's parameters from the board config alone: per class, fixed
+    = unit_issue_cycles + pipeline depth - 1 and per_iter = 1; the DDR's
+    burst latency and bandwidth."""
+    lat = parameters.Latencies.of(config)
+    return _default_parameters(lat, int(config["cnn_core"]["icp"]), float(config["ddr"]["burst_latency_cycles"]),
+                               overlay.config.core_bytes_per_cycle(config))
+
+
+@functools.lru_cache(maxsize=64)
+def _default_parameters(lat: parameters.Latencies, icp: int, latency: float, bpc: float) -> parameters.Parameters:
+    depth = {"LOAD": lat.load_depth, "SAVE": lat.save_depth, "CONV": lat.conv_depth(icp, False),
+             "CONV_LANES": lat.conv_depth(icp, True), "POOL": lat.pool_depth, "ADD": lat.add_depth,
+             "LUT": lat.lut_depth, "MUL": lat.mul_depth}
+    fixed = tuple(float(lat.unit_issue_cycles + depth[c] - 1) for c in parameters.CLASSES)
+    return parameters.Parameters(fixed, (1.0,) * len(parameters.CLASSES), latency, bpc)
+
+
+def model_parameters(config) -> parameters.Parameters:
+    """The parameters in force: a calibration file's (vfpga.runtime.hw.parameters), else the config's."""
+    return parameters.load(config) or default_parameters(config)
+
+
+def _timing(config, params: parameters.Parameters | None = None) -> _Timing:
     clock = float(config["clock_mhz"]) * 1e6
-    ddr = config["ddr"]
-    return _Timing(_geometry(config), int(ddr["burst_latency_cycles"]),
-                   overlay.config.core_bytes_per_cycle(config), clock, Latencies.of(config))
+    return _Timing(_geometry(config), clock, parameters.Latencies.of(config),
+                   params if params is not None else model_parameters(config))
 
 
-def _transfer_cycles(beats, nbytes, bursts, tm: _Timing, bank_cores: int):
+def _transfer_cycles(beats, nbytes, bursts, tm: _Timing, bank_cores: float, per_beat=1.0, exact: bool = False):
     """Cycles of a DDR transfer after its first latency: bus beats, bank
-    bandwidth or the outstanding-burst limit, whichever is slowest."""
-    bw = np.ceil(nbytes * (bank_cores / tm.bytes_per_cycle)).astype(np.int64)
+    bandwidth or the outstanding-burst limit, whichever is slowest (each
+    rounded up to whole cycles, unless ``exact``)."""
+    bw = nbytes * (bank_cores / tm.bytes_per_cycle)
     # axi_outstanding bursts per latency; the first wave's latency is paid separately
-    lat = np.maximum(_vcdiv(bursts * tm.latency, tm.lat.axi_outstanding) - tm.latency, 0)
-    return np.maximum(np.maximum(beats, bw), lat)
+    lat = np.maximum(bursts * tm.latency / tm.lat.axi_outstanding - tm.latency, 0.0)
+    beat = per_beat * beats
+    if not exact:
+        bw, lat, beat = np.ceil(bw), np.ceil(lat), np.ceil(beat)
+    return np.maximum(np.maximum(beat, bw), lat)
 
 
-def _cycles(dec: _Decoded, prog: np.ndarray, tm: _Timing, bank_cores: int) -> np.ndarray:
+# instruction class of each opcode (parameters.CLASSES index; CONV: CONV_LANES when cin_g == 1)
+_CLASS_OF = np.full(256, -1, np.int64)
+for _name, _cls in (("LOAD_TILE", "LOAD"), ("LOAD_LINEAR", "LOAD"), ("SAVE", "SAVE"), ("CONV", "CONV"),
+                    ("POOL", "POOL"), ("ADD", "ADD"), ("LUT", "LUT"), ("MUL", "MUL")):
+    _CLASS_OF[_OP[_name]] = parameters.CLASSES.index(_cls)
+
+
+def insn_classes(program) -> np.ndarray:
+    """Class index (parameters.CLASSES) of every instruction, -1 for markers and NOP."""
+    prog = _as_program(program)
+    cls = _CLASS_OF[prog[:, 0]]
+    lanes = (prog[:, 0] == _OP["CONV"]) & (_fields(prog, "conv")["cin_g"] == 1)
+    return np.where(lanes, parameters.CLASSES.index("CONV_LANES"), cls)
+
+
+def _exact_cycles(dec: _Decoded, prog: np.ndarray, tm: _Timing, bank_cores: float, exact: bool = True) -> np.ndarray:
+    """Cycles each instruction occupies its unit, before rounding up (float;
+    the transfer's terms rounded unless ``exact``)."""
     if bank_cores < 1:
         raise ValueError(f"bank_cores must be >= 1, got {bank_cores}")
-    op = dec.op
-    cyc = np.zeros(op.shape[0], np.int64)
-    is_load = (op == _OP["LOAD_TILE"]) | (op == _OP["LOAD_LINEAR"])
-    is_save = op == _OP["SAVE"]
-    mem = is_load | is_save
+    cls = insn_classes(prog)
+    known = cls >= 0
+    fixed = np.where(known, np.take(tm.par.fixed, np.maximum(cls, 0)), 0.0)
+    per_iter = np.where(known, np.take(tm.par.per_iter, np.maximum(cls, 0)), 0.0)
+    cyc = fixed + per_iter * dec.iters
+    mem = (cls == parameters.CLASSES.index("LOAD")) | (cls == parameters.CLASSES.index("SAVE"))
     if mem.any():
-        xfer = _transfer_cycles(dec.iters, dec.ddr_bytes, dec.bursts, tm, bank_cores)
-        first = np.where(dec.ddr_bytes > 0, tm.latency, 0)  # an all-padding tile never touches DDR
-        depth = np.where(is_load, tm.lat.load_depth, tm.lat.save_depth)
-        cyc = np.where(mem, tm.lat.unit_issue_cycles + first + xfer + depth - 1, cyc)
-    is_conv = op == _OP["CONV"]
-    if is_conv.any():
-        lanes = _fields(prog, "conv")["cin_g"] == 1
-        depth = np.where(lanes, tm.lat.conv_depth(tm.geo.icp, True), tm.lat.conv_depth(tm.geo.icp, False))
-        cyc = np.where(is_conv, tm.lat.unit_issue_cycles + dec.iters + depth - 1, cyc)
-    for name, depth in (("POOL", tm.lat.pool_depth), ("ADD", tm.lat.add_depth), ("LUT", tm.lat.lut_depth),
-                        ("MUL", tm.lat.mul_depth)):
-        cyc = np.where(op == _OP[name], tm.lat.unit_issue_cycles + dec.iters + depth - 1, cyc)
+        xfer = _transfer_cycles(dec.iters, dec.ddr_bytes, dec.bursts, tm, bank_cores, per_iter, exact)
+        first = np.where(dec.ddr_bytes > 0, tm.latency, 0.0)  # an all-padding tile never touches DDR
+        cyc = np.where(mem, fixed + first + xfer, cyc)
     return cyc
 
 
-def program_cycles(program, config, bank_cores: int = 1) -> np.ndarray:
+def _cycles(dec: _Decoded, prog: np.ndarray, tm: _Timing, bank_cores: float) -> np.ndarray:
+    return np.ceil(_exact_cycles(dec, prog, tm, bank_cores, exact=False)).astype(np.int64)
+
+
+def program_cycles(program, config, bank_cores: float = 1, params: parameters.Parameters | None = None) -> np.ndarray:
     """Cycles each instruction occupies its unit (0 for markers and NOP,
     which the decoder retires), int64 [n]."""
     prog = _as_program(program)
-    tm = _timing(config)
+    tm = _timing(config, params)
     return _cycles(_decode(prog, tm.geo, tm.lat.axi_max_burst_beats), prog, tm, bank_cores)
 
 
-def insn_cycles(insn: dict, config, bank_cores: int = 1) -> int:
+def program_cycles_exact(program, config, params: parameters.Parameters, bank_cores: float = 1) -> np.ndarray:
+    """:func:`program_cycles` before rounding up (float [n]): what the
+    calibration fits, its parameters varying continuously."""
+    prog = _as_program(program)
+    tm = _timing(config, params)
+    return _exact_cycles(_decode(prog, tm.geo, tm.lat.axi_max_burst_beats), prog, tm, bank_cores)
+
+
+def insn_cycles(insn: dict, config, bank_cores: float = 1) -> int:
     """Cycles one decoded instruction (isa.decode dict) occupies its unit."""
     f = {k: v for k, v in insn.items() if k not in ("opcode", "deps", "flags", "tag")}
     raw = isa.encode(insn["opcode"], deps=insn.get("deps", 0), flags=insn.get("flags", 0),
@@ -435,16 +477,25 @@ def insn_cycles(insn: dict, config, bank_cores: int = 1) -> int:
     return int(program_cycles(raw, config, bank_cores)[0])
 
 
-def _fetch(n_insns: int, tm: _Timing, bank_cores: int) -> int:
+def _fetch_exact(n_insns: int, tm: _Timing, bank_cores: float, exact: bool = True) -> float:
     beats = n_insns * _cdiv(isa.INSN_BYTES, tm.geo.axi_bytes)
     xfer = _transfer_cycles(np.int64(beats), np.int64(n_insns * isa.INSN_BYTES),
-                            np.int64(_cdiv(beats, tm.lat.axi_max_burst_beats)), tm, bank_cores)
-    return tm.latency + int(xfer) + tm.lat.decode_latency
+                            np.int64(_cdiv(beats, tm.lat.axi_max_burst_beats)), tm, bank_cores, exact=exact)
+    return tm.latency + float(xfer) + tm.lat.decode_latency
 
 
-def fetch_cycles(n_insns: int, config, bank_cores: int = 1) -> int:
+def _fetch(n_insns: int, tm: _Timing, bank_cores: float) -> int:
+    return int(np.ceil(_fetch_exact(n_insns, tm, bank_cores, exact=False)))
+
+
+def fetch_cycles(n_insns: int, config, bank_cores: float = 1) -> int:
     """Decoder time to fetch and check the n instructions of one step."""
     return _fetch(n_insns, _timing(config), bank_cores)
+
+
+def fetch_cycles_exact(n_insns: int, config, params: parameters.Parameters, bank_cores: float = 1) -> float:
+    """:func:`fetch_cycles` before rounding up, with ``params``."""
+    return _fetch_exact(n_insns, _timing(config, params), bank_cores)
 
 
 def seconds(cycles, config) -> float:
@@ -509,13 +560,13 @@ def _describe(op: int, idx: int, tag: int) -> str:
     return f"instruction {idx} ({isa.OPCODE_NAMES.get(op, f'opcode {op}')}, tag {tag})"
 
 
-def schedule(program, config, bank_cores: int = 1) -> Schedule:
+def schedule(program, config, bank_cores: float = 1, params: parameters.Parameters | None = None) -> Schedule:
     """Overlap of the load, compute and save units of one core over a whole
     program (uint8 [n, 64] or bytes), following its dependency tokens.
     Raises DeadlockError (naming the lowest blocked instruction, as the core
     reports it) or ScheduleError for a bad opcode or deps bits."""
     prog = _as_program(program)
-    tm = _timing(config)
+    tm = _timing(config, params)
     n = prog.shape[0]
     dec = _decode(prog, tm.geo, tm.lat.axi_max_burst_beats)
     op = dec.op
@@ -663,42 +714,3 @@ def schedule(program, config, bank_cores: int = 1) -> Schedule:
         layer_cycles = {int(k): int(v) for k, v in zip(uniq, sums)}
     return Schedule(int(t), dict(zip(UNITS, busy)), np.array(start, np.int64), np.array(end, np.int64),
                     st, layer_cycles)
-
-
-
-# ---------------------------------------------------------------- frame profiles
-
-_ADDRESS_FIELDS = {fmt: [n for n in dt.names if n.endswith("_addr")] for fmt, dt in isa.FORMATS.items()}
-
-
-def timing_key(program) -> bytes:
-    """A program's bytes with what its timing does not depend on zeroed
-    (buffer and DDR addresses, tags, frame ids): frames that differ only
-    there take the same cycles."""
-    prog = _as_program(program).copy()
-    prog.view(_HEAD_SLOT).reshape(-1)["head"]["tag"] = 0
-    ops = prog[:, 0]
-    for op, fmt in isa.FORMAT_OF.items():
-        sel = ops == op
-        if not sel.any():
-            continue
-        rows = prog.view(isa.FORMATS[fmt]).reshape(-1)
-        for name in _ADDRESS_FIELDS[fmt] + (["frame_id", "layer"] if fmt == "marker" else []):
-            rows[name][sel] = 0
-    return prog.tobytes()
-
-
-def frame_profile(frame, config, cache: dict | None = None) -> tuple[np.ndarray, int]:
-    """(cycles of the frame alone and at each bank load of
-    :data:`frame_timing.SHARING`, its DDR bytes): what the dynamic stage
-    knows of a frame. ``cache`` (a dict) shares the work between frames that
-    differ only in addresses."""
-    key = timing_key(frame)
-    hit = cache.get(key) if cache is not None else None
-    if hit is None:
-        loads = (1,) + frame_timing.SHARING
-        hit = (np.array([schedule(frame, config, load).total_cycles for load in loads], np.int64),
-               ddr_bytes(frame, config))
-        if cache is not None:
-            cache[key] = hit
-    return hit

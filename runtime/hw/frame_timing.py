@@ -20,6 +20,23 @@ bytes), and the dynamic stages estimate with the same rules:
 * the dispatcher issues the first wave of c frames at once (c issue costs
   before any starts), then one frame each time a core frees; a barrier
   follows each layer.
+
+HLS constructs
+--------------
+The timeline's (:mod:`.timeline`; host_tests/hw/test_model_constructs.py checks them):
+
+* A layer's frames share their segment's bank: one m_axi port per bank
+  [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"] [hls include/vfpga_ddr.h vf_ddr_segment]
+  [hls-gap core_bank_decode]
+* The first wave: one advance issues a frame to every idle core of the
+  tenant's mask, in order [hls dispatcher.cpp WALK] [hls dispatcher.cpp "if (core.busy)"];
+  a core that frees gets the next frame in the dispatcher's next iteration
+  [hls include/vfpga_pool.h RETIRE_ENDED]
+* A barrier after each layer: BARRIER passes when the tenant has no frame
+  in flight [hls dispatcher.cpp VF_DISPATCH_BARRIER]
+* A frame streams at most two bus words per cycle (load and save units on
+  an m_axi port's independent read and write channels)
+  [hls include/vfpga_hls.h "max_widen_bitwidth=VF_DDR_PORT_BITS"]
 """
 
 from __future__ import annotations
@@ -29,6 +46,8 @@ import math
 import numpy as np
 
 from vfpga import overlay
+from vfpga.driver import isa
+from vfpga.runtime.hw import cycle_model
 
 SHARING = (2, 4, 8, 16)  # bank loads each frame is profiled at, besides 1
 MAX_DEMAND = 2.0  # a core's load and save units move one bus word per cycle each
@@ -89,3 +108,41 @@ def dispatch_overhead(n_frames, k: int, config: dict):
     n = np.asarray(n_frames, np.int64)
     later = np.maximum(0, -(-n // k) - 1)
     return int(disp["issue_cycles"]) * (np.minimum(n, k) + later) + int(disp["barrier_cycles"])
+
+
+# ---------------------------------------------------------------- CNN frame profiles
+
+_ADDRESS_FIELDS = {fmt: [n for n in dt.names if n.endswith("_addr")] for fmt, dt in isa.FORMATS.items()}
+
+
+def timing_key(program) -> bytes:
+    """A program's bytes with what its timing does not depend on zeroed
+    (buffer and DDR addresses, tags, frame ids): frames that differ only
+    there take the same cycles."""
+    prog = cycle_model._as_program(program).copy()
+    prog.view(cycle_model._HEAD_SLOT).reshape(-1)["head"]["tag"] = 0
+    ops = prog[:, 0]
+    for op, fmt in isa.FORMAT_OF.items():
+        sel = ops == op
+        if not sel.any():
+            continue
+        rows = prog.view(isa.FORMATS[fmt]).reshape(-1)
+        for name in _ADDRESS_FIELDS[fmt] + (["frame_id", "layer"] if fmt == "marker" else []):
+            rows[name][sel] = 0
+    return prog.tobytes()
+
+
+def frame_profile(frame, config, cache: dict | None = None) -> tuple[np.ndarray, int]:
+    """(cycles of the frame alone and at each bank load of
+    :data:`SHARING`, its DDR bytes): what the dynamic stage
+    knows of a frame. ``cache`` (a dict) shares the work between frames that
+    differ only in addresses."""
+    key = timing_key(frame)
+    hit = cache.get(key) if cache is not None else None
+    if hit is None:
+        loads = (1,) + SHARING
+        hit = (np.array([cycle_model.schedule(frame, config, load).total_cycles for load in loads], np.int64),
+               cycle_model.ddr_bytes(frame, config))
+        if cache is not None:
+            cache[key] = hit
+    return hit

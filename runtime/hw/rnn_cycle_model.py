@@ -19,7 +19,7 @@ Three levels:
 * :func:`program_cycles` -- iterations plus fixed latencies (issue + DDR
   latency + transfer + pipeline depth - 1 for loads and saves, issue +
   iterations + depth - 1 for MATVEC and GATES). Pipeline depths (latencies
-  from the board config's ``timing`` section, :class:`cycle_model.Latencies`):
+  from the board config's ``timing`` section, :class:`parameters.Latencies`):
       MATVEC  BRAM read (2) + DSP MAC (3) + adder tree ceil(log2(COLS))
               + accumulator add (1) + ACC write (1)
       GATES   ACC/PARAM read (2) + requantization (7) + sum/clamp (1)
@@ -37,6 +37,36 @@ Three levels:
   between two barriers) the busiest slot, each frame paying the
   dispatcher's issue cost, plus the barrier; frames of a phase share the
   segment's DDR bank (bank_cores = frames in flight).
+
+The RNN classes are not calibrated (``vfpga calibrate`` fits the CNN
+model); they use the board config's numbers.
+
+HLS constructs
+--------------
+As in :mod:`.cycle_model` (host_tests/hw/test_model_constructs.py checks them):
+
+* Iterations are the C-sim's counts, one beat loop pipelined at II=1 per
+  instruction [hls rnn_core.cpp MEM_BEAT pipelined] [hls rnn_core.cpp MV_CB pipelined]
+  [hls include/vfpga_unit_scheduler.h LANE_BEAT pipelined] (GATES: vf_lane_loop) with its lanes in one beat
+  [hls rnn_core.cpp MEM_LANE unrolled] [hls rnn_core.cpp MV_ROW unrolled]
+  [hls rnn_core.cpp MV_COL unrolled] [hls include/vfpga_unit_scheduler.h LANE_BODY unrolled]
+* The array's accumulators start and end around the beat loop, once per
+  row block [hls rnn_core.cpp MV_INIT unrolled] [hls rnn_core.cpp MV_STORE unrolled]
+* A beat reads a COLS-wide block of VBUF and of the weight rows, and the
+  gate lanes' ACC and STATE words: partitions in both tops
+  [hls rnn_core_top.cpp "VF_RNN_PARTITIONS(1, wbuf, vbuf, acc, state_words)"]
+  [hls dispatcher_top.cpp "VF_RNN_PARTITIONS(2, rnn_wbuf, rnn_vbuf, rnn_acc, rnn_state)"];
+  the ROWS weight rows of a beat likewise [hls-gap rnn_wbuf_rows]
+* The gate chain's depth: the LSTM/GRU cell of one lane
+  [hls rnn_core.cpp vr_gate_unit], its tables read by every lane at once
+  [hls-gap rnn_act_lanes]
+* RNN_LOAD / RNN_SAVE move one bus word per beat [hls-gap rnn_wide_mem]
+  through the bank ports of the CNN model's DDR numbers
+  [hls include/vfpga_hls.h "latency=VF_DDR_LATENCY"]
+  [hls include/vfpga_hls.h "num_read_outstanding=VF_AXI_OUTSTANDING"]
+* The units overlap through their tokens, the fetch is one transfer
+  [hls include/vfpga_unit_scheduler.h vf_tokens_ready] [hls-gap units_concurrent]
+  [hls-gap fetch_burst]
 """
 
 from __future__ import annotations
@@ -49,18 +79,18 @@ import numpy as np
 from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.runtime.hw import cycle_model as cm
-from vfpga.runtime.hw import frame_timing
+from vfpga.runtime.hw import frame_timing, parameters
 
 L = isa.lib
 
 
-def matvec_depth(lat: cm.Latencies, cols: int) -> int:
+def matvec_depth(lat: parameters.Latencies, cols: int) -> int:
     """MATVEC pipeline: BRAM read, DSP MAC, adder tree over COLS, accumulator add, ACC write."""
     return (lat.bram_read_latency + lat.dsp_mac_latency + lat.alu_latency + lat.buf_write_latency
             + max(1, math.ceil(math.log2(cols))))
 
 
-def gates_depth(lat: cm.Latencies) -> int:
+def gates_depth(lat: parameters.Latencies) -> int:
     """The LSTM gate chain (GRU's is one DSP stage shorter; the longer one is used for both)."""
     act = lat.bram_read_latency + lat.dsp_mac_latency + lat.round_shift_latency + lat.clamp_latency
     return (lat.bram_read_latency + lat.requant + lat.alu_latency + act + lat.dsp_mac_latency
@@ -85,7 +115,7 @@ class Timing:
     clock_hz: float
     issue: int  # dispatcher cycles per frame
     barrier: int
-    lat: cm.Latencies
+    lat: parameters.Latencies
 
     @classmethod
     def of(cls, cfg: dict) -> Timing:
@@ -94,7 +124,7 @@ class Timing:
         disp = cfg.get("dispatcher", {})
         return cls(r["rows"], r["cols"], r["lanes"], overlay.config.core_bus_bytes(cfg), int(ddr["burst_latency_cycles"]),
                    overlay.config.core_bytes_per_cycle(cfg), clock, int(disp.get("issue_cycles", 0)),
-                   int(disp.get("barrier_cycles", 0)), cm.Latencies.of(cfg))
+                   int(disp.get("barrier_cycles", 0)), parameters.Latencies.of(cfg))
 
 
 def _cdiv(a, b):
@@ -164,7 +194,7 @@ _POP = ((-1, _C2L), (_L2C, _S2C), (_C2S, -1))  # [unit] -> (prev queue, next que
 _PUSH = ((-1, _L2C), (_C2L, _C2S), (_S2C, -1))
 
 
-def _frame(ops, deps, cyc, fetch: int, lat: cm.Latencies) -> int:
+def _frame(ops, deps, cyc, fetch: int, lat: parameters.Latencies) -> int:
     """One frame (FRAME marker + body, no inner markers) on one core."""
     t0 = fetch + lat.marker_cycles
     pend = ([], [], [])

@@ -27,7 +27,55 @@ the board config:
   need not have run nor been validated, and their unchecked fields must not
   reach the schedule;
 * RNN cores (pool indices from ``cnn_core.count`` on) are timed by
-  :mod:`vfpga.runtime.hw.rnn_cycle_model` the same way.
+  :mod:`vfpga.runtime.hw.rnn_cycle_model` the same way;
+* the dispatcher is free-running and its cores progress independently
+  (hls/include/vfpga_pool.h): it advances until an advance does nothing;
+  then the clock moves to the earliest frame end, that frame retires (of
+  frames ending together, the one issued first) and the dispatcher advances
+  again (:meth:`PoolTimeline.pop`).
+
+Memory: a tenant's segment lies in one DDR bank; every core reaches every
+bank, through one m_axi port per bank on the dispatcher top, and a frame's
+traffic goes to its segment's bank. A tenant whose cores the board config
+wires to several banks (``cnn_core.banks``) still has one segment, in one
+bank: its frames all load that bank, whichever core runs them (no weight
+copies per bank; the config's wiring only guides which cores a deploy picks
+first). ``ddr.core_ports`` > 1 (u200_bigcore) gives one core that many
+banks' bandwidth, its data word-interleaved over them: the timeline treats
+them as one bank of that bandwidth.
+
+HLS constructs
+--------------
+Each rule with the construct that makes it true (host_tests/hw/test_model_constructs.py):
+
+* A segment lies in one bank: the dispatcher refuses one across a bank
+  boundary at enable [hls dispatcher.cpp "vf_ddr_bank(s.seg_win + s.seg_limit - 1u) != bank"]
+* One m_axi bundle per bank, each linked to its bank alone, shared by every
+  core: a bank's bandwidth divides among the frames in flight on it
+  [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"] [hls include/vfpga_hls.h "bundle=bank##b"];
+  the dispatcher's own accesses on the port of their bank
+  [hls include/vfpga_ddr.h vf_ddr_read] [hls include/vfpga_ddr.h vf_ddr_write];
+  a frame's on its segment's bank port [hls include/vfpga_ddr.h vf_ddr_segment],
+  decoded by each access of the core's units [hls-gap core_bank_decode];
+  ``core_ports`` banks of one core interleaved [hls-gap core_ports_interleave]
+* At most two bus words per cycle per frame: an m_axi port's read and write
+  channels are independent, one word each per beat
+  [hls include/vfpga_hls.h "max_widen_bitwidth=VF_DDR_PORT_BITS"]
+* Free-running, cores independent: the dispatcher and every core are
+  processes looping forever in a DATAFLOW region, joined by streams
+  [hls dispatcher_top.cpp "VF_PRAGMA(HLS DATAFLOW)"] [hls dispatcher_top.cpp DISPATCH_LOOP]
+  [hls dispatcher_top.cpp CORE_LOOP] [hls include/vfpga_hls.h VF_HARDWARE_LOOP]
+  [hls include/vfpga_pool.h vf_issue_stream_t]; each iteration retires one
+  ended frame, the one issued first, before it advances
+  [hls include/vfpga_pool.h RETIRE_ENDED]
+* issue_cycles, barrier_cycles, completion_cycles: the walk's work per
+  frame, barrier and record [hls dispatcher.cpp WALK], its DDR reads
+  prefetched [hls-gap dispatch_prefetch]
+* Scrubs: every memory of the core zeroed when it changes hands
+  [hls include/vfpga_core_kinds.h vf_core_scrub], scrub_bytes_per_cycle bytes
+  a cycle [hls-gap scrub_width]
+* A faulting frame is charged its counters: the units count iterations as
+  they retire instructions [hls include/vfpga_unit_scheduler.h vf_count]
 """
 
 from __future__ import annotations
@@ -39,7 +87,7 @@ import numpy as np
 
 from vfpga import overlay
 from vfpga.driver import isa
-from vfpga.runtime.hw import cycle_model, rnn_cycle_model
+from vfpga.runtime.hw import cycle_model, parameters, rnn_cycle_model
 
 _CACHE_LIMIT = 1 << 16  # frame timings kept (a deployment's frames repeat every request)
 
@@ -77,7 +125,7 @@ class PoolTimeline:
         per_cycle = int(disp["scrub_bytes_per_cycle"])
         self.scrub_cycles = -(-cnn_bytes // per_cycle)  # a CNN core
         self.rnn_scrub_cycles = -(-rnn_bytes // per_cycle)
-        self.latencies = cycle_model.Latencies.of(config)
+        self.latencies = parameters.Latencies.of(config)
         self.charge_scrubs = True  # False: hand-overs cost nothing (the time-multiplexed baselines)
         ddr = config["ddr"]
         self.bank_stride, self.n_banks = int(ddr["bank_stride"]), int(ddr["banks"])
@@ -173,7 +221,11 @@ class PoolTimeline:
         return bytes(self.ffi.buffer(mem + start, n * isa.INSN_BYTES))
 
     def pop(self):
-        """The frame that ends first: (core, result, counters); the clock moves to its end."""
+        """The frame that ends first: (core, result, counters); the clock
+        moves to its end. Of frames ending at the same cycle, the one issued
+        first (issue cycle, then pool order within an advance) -- the
+        dispatcher's pick among the cores that reported their end
+        (hls/include/vfpga_pool.h)."""
         end, _, core, result, counters, _, _ = heapq.heappop(self._inflight)
         self.now = max(self.now, end)
         return core, result, counters

@@ -11,8 +11,12 @@ transport), :mod:`.http_api` the REST endpoint (FastAPI), :mod:`.grpc_api` the
 :mod:`.metrics` the Prometheus metrics and :mod:`.server` the process: both
 endpoints, signals and graceful shutdown.
 
-Imports: tenants, the compiler, models, errors and the driver; nothing below
-it imports serving.
+It fronts one board, or a cluster of boards (``vfpga serve --ray``: the
+same repository over :mod:`vfpga.runtime.cluster`, with replicas and
+per-board metrics).
+
+Imports: cluster (lazily, when it fronts one), tenants, the compiler,
+models, errors and the driver; nothing below it imports serving.
 """
 
 from .config import Quota, ServerConfig

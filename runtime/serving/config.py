@@ -46,6 +46,12 @@ class ServerConfig:
     shutdown_grace_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
     emulate: bool | None = None  # None: a real board where there is one
     bank_capacity: int | None = None  # emulated boards: bytes per DDR bank (None: the default)
+    boards: dict[str, int] | None = None  # a cluster of boards ({kind: count}); None: the one board above
+    ray_address: str | None = None  # the cluster's Ray: None (start one here), "auto" or HOST:PORT
+
+    @property
+    def cluster(self) -> bool:
+        return self.boards is not None
 
     def quota_for(self, model: str) -> Quota:
         return self.model_quotas.get(model, self.quota)

@@ -250,9 +250,10 @@ def create_app(repo: Repository, metrics=None) -> FastAPI:
         token = _token(request)
         repo.tokens.require_admin(token)
         doc = _parse_json(await read_body(request, 1 << 16, f"reallocation of {name!r}"), "the reallocate request")
-        if "cores" not in doc:
-            raise bad_request('the reallocate request needs "cores": a count or a list of core indices')
-        return _json(await run_in_threadpool(repo.reallocate, name, token, doc["cores"]))
+        if "cores" not in doc and "replicas" not in doc:
+            raise bad_request('the reallocate request needs "cores": a count or a list of core indices (and, in '
+                              'front of a cluster, or instead, "replicas")')
+        return _json(await run_in_threadpool(repo.reallocate, name, token, doc.get("cores"), doc.get("replicas")))
 
     @app.post("/v2/repository/models/{name}/reset")
     async def reset(name: str, request: Request):

@@ -10,6 +10,10 @@ layout; LSTM/GRU models run on the RNN cores) or an IFP file from
 
     {"cores": 2, "token": "...", "max_pending": 16, "calibration": "calib.npz", "input_shape": [1, 3, 32, 32]}
 
+In front of a cluster (``vfpga serve --ray``) it may also give ``"replicas"``
+(copies of the model, each on ``cores`` cores of some board; requests go to
+the least loaded) and ``"board"`` (the board kind, default the first one).
+
 Every state change (load, unload, re-allocation, fault, reset) is one log
 line on the ``vfpga.serving`` logger.
 """
@@ -29,8 +33,10 @@ from concurrent.futures import Future
 import numpy as np
 import onnx
 
+from vfpga import overlay
 from vfpga.runtime.compiler import ifp
 from vfpga.runtime.errors import (
+    ClusterError,
     CompileError,
     ContextError,
     DeployError,
@@ -42,7 +48,7 @@ from vfpga.runtime.errors import (
     TenantFault,
     TenantRemoved,
 )
-from vfpga.runtime.tenants import Accelerator, RnnTenant, Tenant
+from vfpga.runtime.tenants import Accelerator, Tenant
 
 from .auth import Tokens, new_token, not_yours
 from .config import ServerConfig
@@ -50,7 +56,7 @@ from .protocol import ServingError, Tensor, TensorSpec, bad_request, datatype_of
 
 log = logging.getLogger("vfpga.serving")
 
-CONFIG_KEYS = {"cores", "token", "max_pending", "calibration", "input_shape"}
+CONFIG_KEYS = {"cores", "token", "max_pending", "calibration", "input_shape", "replicas", "board"}
 ONNX_DATATYPES = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.DOUBLE: "FP64", onnx.TensorProto.FLOAT16: "FP16",
                   onnx.TensorProto.INT8: "INT8", onnx.TensorProto.UINT8: "UINT8", onnx.TensorProto.INT32: "INT32",
                   onnx.TensorProto.INT64: "INT64", onnx.TensorProto.BOOL: "BOOL"}
@@ -60,10 +66,10 @@ MODEL_ERRORS = (FrontendError, CompileError, IfpError, RnnCompileError, onnx.che
 
 @dataclasses.dataclass
 class Served:
-    """A loaded model: its tenant and what it looks like on the wire."""
+    """A loaded model: its tenant (of the board, or of the cluster) and what it looks like on the wire."""
 
     name: str
-    tenant: Tenant
+    tenant: Tenant  # or a vfpga.runtime.cluster.ClusterTenant
     platform: str  # "onnx" | "vfpga_ifp"
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -159,7 +165,8 @@ def _onnx_specs(values, init_names=()) -> list[TensorSpec]:
 
 
 class Repository:
-    """The models served from one accelerator."""
+    """The models served from one accelerator, or from a cluster of boards
+    (a vfpga.runtime.cluster.Cluster: the same deploy, remove, reallocate and stats)."""
 
     def __init__(self, accel: Accelerator, config: ServerConfig, metrics=None):
         self.accel = accel
@@ -219,6 +226,7 @@ class Repository:
         max_pending = _int(config, "max_pending", quota.max_pending)
         if max_pending > quota.max_pending:
             raise ServingError(403, f"config.max_pending {max_pending} exceeds the quota of {quota.max_pending}")
+        placement = self._placement(config)
         tenant_token = config.get("token") or new_token()
         if not isinstance(tenant_token, str):
             raise bad_request("config.token must be a string")
@@ -233,7 +241,7 @@ class Repository:
             self.tokens.add(name, tenant_token)
             try:
                 served = self._deploy(name, files[model_key], model_key, cores, calibration, input_shape,
-                                      max_pending, quota.max_request_bytes)
+                                      max_pending, quota.max_request_bytes, placement)
             except BaseException:
                 self.tokens.remove(name)
                 raise
@@ -247,7 +255,22 @@ class Repository:
                  t.cores, max_pending, "given" if config.get("token") else "generated")
         if self.metrics is not None:
             self.metrics.loaded(name)
-        return {"name": name, "token": tenant_token, "cores": list(t.cores), **served.metadata()}
+        reply = {"name": name, "token": tenant_token, "cores": list(t.cores), **served.metadata()}
+        if self.config.cluster:
+            reply["replicas"] = t.placement
+        return reply
+
+    def _placement(self, config: dict) -> dict:
+        """The cluster's load options (replicas, board kind), refused on one board."""
+        replicas, board = _int(config, "replicas", 1), config.get("board")
+        if not self.config.cluster:
+            if replicas != 1 or board is not None:
+                raise bad_request("config.replicas and config.board need a cluster of boards "
+                                  "(vfpga serve --ray ... --boards KIND:COUNT)")
+            return {}
+        if board is not None and board not in self.accel.kinds:
+            raise bad_request(f"config.board {board!r}: this cluster has {self.accel.board}")
+        return {"replicas": replicas, "board": board}
 
     @staticmethod
     def _model_file(files: dict[str, bytes], calibration) -> str:
@@ -261,9 +284,9 @@ class Repository:
         return models[0]
 
     def _deploy(self, name, blob: bytes, path: str, cores, calibration, input_shape, max_pending,
-                max_request_bytes) -> Served:
+                max_request_bytes, placement: dict) -> Served:
         if blob[:4] == ifp.ZIP_MAGIC:
-            return self._deploy_ifp(name, blob, path, cores, max_pending, max_request_bytes)
+            return self._deploy_ifp(name, blob, path, cores, max_pending, max_request_bytes, placement)
         try:
             proto = onnx.load_from_string(blob)
         except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
@@ -278,26 +301,27 @@ class Repository:
         inputs = _onnx_specs(typed.graph.input, inits)
         outputs = _onnx_specs(typed.graph.output)
         tenant = self._call_deploy(path, blob, cores=cores, name=name, calibration=calibration,
-                                   input_shape=input_shape, max_pending=max_pending)
-        if not isinstance(tenant, RnnTenant) and len(inputs) == 1:  # the compiled input's exact shape
+                                   input_shape=input_shape, max_pending=max_pending, **placement)
+        if tenant.kind != "rnn" and len(inputs) == 1:  # the compiled input's exact shape
             shape = tenant.graph.tensors[tenant.graph.inputs[0]].onnx_shape
             if shape is not None:
                 inputs = [dataclasses.replace(inputs[0], shape=tuple(shape))]
         return Served(name, tenant, "onnx", inputs, outputs, max_request_bytes)
 
-    def _deploy_ifp(self, name, blob, path, cores, max_pending, max_request_bytes) -> Served:
+    def _deploy_ifp(self, name, blob, path, cores, max_pending, max_request_bytes, placement: dict) -> Served:
         with tempfile.TemporaryDirectory() as d:
             f = os.path.join(d, "model.ifp")
             with open(f, "wb") as fh:
                 fh.write(blob)
             try:
-                compiled = ifp.load(f, self.accel.config)
+                compiled = ifp.load(f, overlay.load(placement["board"]) if placement.get("board")
+                                    else self.accel.config)
             except IfpError as e:
                 raise bad_request(f"{path[5:]}: {e}") from None
         g = compiled.graph
         inputs = [TensorSpec(n, "INT8", tuple(g.tensors[n].shape)) for n in g.inputs]
         outputs = [TensorSpec(n, "INT8", tuple(g.tensors[n].shape)) for n in g.outputs]
-        tenant = self._call_deploy(path, compiled, cores=cores, name=name, max_pending=max_pending)
+        tenant = self._call_deploy(path, compiled, cores=cores, name=name, max_pending=max_pending, **placement)
         return Served(name, tenant, "vfpga_ifp", inputs, outputs, max_request_bytes)
 
     def _call_deploy(self, path, model, **kw) -> Tenant:
@@ -305,6 +329,8 @@ class Repository:
             return self.accel.deploy(model, **kw)
         except DeployError as e:
             raise ServingError(409, str(e)) from None
+        except ClusterError as e:
+            raise ServingError(503, str(e)) from None
         except MODEL_ERRORS as e:
             raise bad_request(f"{path[5:]}: unsupported model: {e}") from None
 
@@ -320,8 +346,12 @@ class Repository:
                 self.metrics.unloaded(name)
             log.info("unload model=%s (its queued requests were refused, the one in flight finished)", name)
 
-    def reallocate(self, name: str, token: str | None, cores) -> dict:
+    def reallocate(self, name: str, token: str | None, cores, replicas=None) -> dict:
         self._admin_model(name, token)
+        if self.config.cluster:
+            return self._reallocate_cluster(name, cores, replicas)
+        if replicas is not None:
+            raise bad_request("replicas need a cluster of boards (vfpga serve --ray ... --boards KIND:COUNT)")
         if isinstance(cores, list):
             if not cores or not all(isinstance(c, int) and not isinstance(c, bool) for c in cores):
                 raise bad_request(f"cores must be a count or a non-empty list of core indices, not {cores!r}")
@@ -341,6 +371,24 @@ class Repository:
             raise ServingError(500, str(e)) from None
         log.info("reallocate model=%s cores %s -> %s (%s)", name, r.before[name], r.after[name], r.describe())
         return {"name": name, "cores": r.after[name], "before": r.before[name], "total_ms": r.total_s * 1e3}
+
+    def _reallocate_cluster(self, name: str, cores, replicas) -> dict:
+        for what, v in (("cores", cores), ("replicas", replicas)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise bad_request(f"{what} must be a count >= 1 in front of a cluster, not {v!r}")
+        if cores is None and replicas is None:
+            raise bad_request('the reallocate request needs "cores" (per replica) and/or "replicas"')
+        quota = self.config.quota_for(name)
+        if cores is not None and quota.max_cores is not None and cores > quota.max_cores:
+            raise ServingError(403, f"{cores} cores exceed the quota of {quota.max_cores} cores per tenant")
+        try:
+            r = self.accel.reallocate({name: {"cores": cores, "replicas": replicas}})
+        except DeployError as e:
+            raise ServingError(409, str(e)) from None
+        except ClusterError as e:
+            raise ServingError(503, str(e)) from None
+        log.info("reallocate model=%s (%s)", name, r.describe())
+        return {"name": name, "replicas": r.after[name], "before": r.before[name], "total_ms": r.total_s * 1e3}
 
     def reset(self, name: str, token: str | None) -> dict:
         s = self._admin_model(name, token)
@@ -374,7 +422,7 @@ class Repository:
         except QueueFull as e:
             self._count(s, "rejected", t0)
             raise ServingError(429, str(e)) from None
-        except (TenantFault, TenantRemoved) as e:
+        except (TenantFault, TenantRemoved, ClusterError) as e:
             self._count(s, "failed", t0)
             raise self._refusal(s, e) from None
         except ValueError as e:
@@ -398,7 +446,7 @@ class Repository:
             if not spec.fits(t.shape):
                 raise bad_request(f"input {t.name!r}: shape {list(t.shape)}, the model takes {list(spec.shape)}")
             by_name[t.name] = t.array
-        if isinstance(s.tenant, RnnTenant):
+        if s.tenant.kind == "rnn":
             first = s.inputs[0].name
             if first not in by_name:
                 raise bad_request(f"model {s.name!r} needs input {first!r}; its inputs: {s.describe_inputs()}")
@@ -429,6 +477,8 @@ class Repository:
             return ServingError(500, f"{e}; the model is stopped until the admin resets it")
         if isinstance(e, TenantFault):
             return ServingError(409, f"{e}; the admin resets it (POST /v2/repository/models/{s.name}/reset)")
+        if isinstance(e, ClusterError):
+            return ServingError(503, f"model {s.name!r}: {e}")
         if isinstance(e, ServingError):
             return e
         log.error("model=%s: request failed: %s: %s", s.name, type(e).__name__, e)

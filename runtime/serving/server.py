@@ -1,5 +1,6 @@
-"""`vfpga serve`: one process that owns one board and serves its tenants
-over HTTP (uvicorn) and gRPC (grpcio) until SIGTERM or SIGINT.
+"""`vfpga serve`: one process that owns one board (or fronts a cluster of
+boards, each a Ray actor: ``--ray``) and serves its tenants over HTTP
+(uvicorn) and gRPC (grpcio) until SIGTERM or SIGINT.
 
 Shutdown is graceful: the server stops taking new requests (new
 connections are refused, new requests on open connections answer 503),
@@ -42,7 +43,13 @@ class _Uvicorn(uvicorn.Server):
         pass
 
 
-def open_board(config: ServerConfig) -> Accelerator:
+def open_board(config: ServerConfig):
+    """The accelerator the server fronts: one board, or a cluster of boards (Ray actors)."""
+    if config.cluster:
+        from vfpga.runtime.cluster import Cluster
+
+        mode = "emulated" if config.emulate else "board" if config.emulate is False else "auto"
+        return Cluster(config.boards, config.ray_address, mode=mode, bank_capacity=config.bank_capacity)
     if config.bank_capacity is not None and config.emulate is not False:
         return Accelerator(config.board, device=EmulatedDevice(config.board, bank_capacity=config.bank_capacity))
     return Accelerator(config.board, emulate=config.emulate)
@@ -59,7 +66,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 class Server:
-    """The board, the repository, the HTTP and gRPC endpoints of one `vfpga serve`."""
+    """The board (or cluster), the repository, the HTTP and gRPC endpoints of one `vfpga serve`."""
 
     def __init__(self, config: ServerConfig):
         if not config.resolved_admin_token():
@@ -121,7 +128,7 @@ class Server:
         if stopped is not None:
             await asyncio.get_running_loop().run_in_executor(None, stopped.wait, grace + 5)
         await asyncio.get_running_loop().run_in_executor(None, self.repo.close)
-        log.info("stopped: every tenant unloaded, the board released")
+        log.info("stopped: every tenant unloaded, the board%s released", "s" if self.config.cluster else "")
 
 
 def run(config: ServerConfig) -> int:

@@ -45,11 +45,16 @@ from vfpga.runtime.tenants.rnn_tenant import RnnTenant
 from vfpga.runtime.tenants.tenant import RunInfo, Tenant, _mask  # noqa: F401 - RunInfo is part of the API
 
 
+def board_present() -> bool:
+    """Whether this host has a real PYNQ device (not only the emulated one)."""
+    return any(not isinstance(d, emulated.EmulatedDevice) for d in pynq.Device.devices)
+
+
 def _pick_device(board: str, emulate: bool | None):
     """The emulated device, or the real board's device with the vfpga overlay
     loaded (``emulate=None``: a real PYNQ device if there is one). Says which."""
     if emulate is None:
-        emulate = not [d for d in pynq.Device.devices if not isinstance(d, emulated.EmulatedDevice)]
+        emulate = not board_present()
     if emulate:
         return emulated.EmulatedDevice(board)
     try:
@@ -294,11 +299,7 @@ class Accelerator:
             raise DeployError("this accelerator has been closed")
 
     def _tenant(self, tenant) -> Tenant:
-        name = tenant if isinstance(tenant, str) else tenant.name
-        t = self.tenants.get(name)
-        if t is None:
-            raise DeployError(f"no tenant named {name!r}; deployed: {sorted(self.tenants)}")
-        return t
+        return find_tenant(self.tenants, tenant)
 
     # ---- re-allocation ------------------------------------------------------------------------------
     def _targets(self, allocation: dict) -> dict[str, list[int]]:
@@ -491,6 +492,15 @@ def mixed_model(model) -> bool:
     except Exception:  # noqa: BLE001 - rnn_model read it already
         return False
     return mixed.is_mixed(proto)
+
+
+def find_tenant(tenants: dict, tenant):
+    """``tenant`` (a name, or an object with one) among ``tenants``; DeployError naming those there are."""
+    name = tenant if isinstance(tenant, str) else tenant.name
+    t = tenants.get(name)
+    if t is None:
+        raise DeployError(f"no tenant named {name!r}; deployed: {sorted(tenants)}")
+    return t
 
 
 def rnn_model(model) -> bool:

@@ -71,11 +71,7 @@ class RnnTenant(Tenant):
 
     # ---- requests ----------------------------------------------------------------------------------
     def _feeds(self, x) -> dict:
-        c: rnn.CompiledRnn = self.compiled
-        feeds = dict(x) if isinstance(x, dict) else {c.input_name: x}
-        # checks shapes and names now, in the caller's thread
-        rnn.request_image(c, feeds)
-        return feeds
+        return rnn_feeds(self.compiled, x)
 
     def submit(self, x) -> object:
         """The model's input (array, or a dict of ONNX feeds with initial
@@ -89,10 +85,14 @@ class RnnTenant(Tenant):
     def run(self, x):
         return self.submit(x).result()
 
+    def submit_with_info(self, x):
+        """A Future of (float outputs, RunInfo): what the request did too."""
+        t0 = time.perf_counter()
+        return self._enqueue(self._feeds(x), False, t0)
+
     def run_with_info(self, x) -> tuple[list[np.ndarray], RunInfo]:
         """Float outputs and what the request did."""
-        t0 = time.perf_counter()
-        return self._enqueue(self._feeds(x), False, t0).result()
+        return self.submit_with_info(x).result()
 
     def _execute(self, feeds: dict):
         t0 = time.perf_counter()
@@ -112,3 +112,11 @@ class RnnTenant(Tenant):
         if not float_io:
             return outs, info
         return outs[0] if len(outs) == 1 else outs
+
+
+def rnn_feeds(compiled: rnn.CompiledRnn, x) -> dict:
+    """A request's input (array, or a dict of ONNX feeds) as feeds, its shapes
+    and names checked now, in the caller's thread (ValueError otherwise)."""
+    feeds = dict(x) if isinstance(x, dict) else {compiled.input_name: x}
+    rnn.request_image(compiled, feeds)
+    return feeds

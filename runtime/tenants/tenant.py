@@ -232,12 +232,7 @@ class Tenant:
 
     # ---- requests -----------------------------------------------------------------------------------
     def _check_input(self, x_q: np.ndarray) -> np.ndarray:
-        shape = self.compiled.input_shape
-        x_q = np.asarray(x_q)
-        if x_q.dtype != np.int8 or x_q.shape != shape:
-            raise ValueError(f"tenant {self.name!r} expects an int8 HWC input of shape {shape}, "
-                             f"got {x_q.dtype} {x_q.shape}")
-        return x_q
+        return quantized_input(self.compiled, x_q, self.name)
 
     def _enqueue(self, x_q: np.ndarray, float_io: bool, submitted: float | None = None) -> Future:
         with self._state_lock:
@@ -328,9 +323,7 @@ class Tenant:
         onnxruntime, or (int8 outputs, RunInfo); float_io "info": (float outputs, RunInfo)."""
         if not float_io:
             return outs, info
-        tensors = self.graph.tensors
-        ys = [frontend.dequantize_output(q, tensors[n]) for q, n in zip(outs, self.graph.outputs)]
-        y = ys[0] if len(ys) == 1 else ys
+        y = float_outputs(self.graph, outs)
         return (y, info) if float_io == "info" else y
 
     def _refusal(self):
@@ -472,6 +465,22 @@ class Tenant:
         finally:
             self.accel.completions.detach(self.context)
             self.segment.free()
+
+
+def quantized_input(compiled: static.CompiledModel, x_q, name: str) -> np.ndarray:
+    """``x_q`` checked as tenant ``name``'s int8 HWC input (ValueError otherwise)."""
+    shape = compiled.input_shape
+    x_q = np.asarray(x_q)
+    if x_q.dtype != np.int8 or x_q.shape != shape:
+        raise ValueError(f"tenant {name!r} expects an int8 HWC input of shape {shape}, got {x_q.dtype} {x_q.shape}")
+    return x_q
+
+
+def float_outputs(graph: ir.Graph, outs: list[np.ndarray]):
+    """A request's int8 HWC outputs -> the float output(s) in the ONNX layout, as
+    ``run`` gives them (one array, or a list for several outputs)."""
+    ys = [frontend.dequantize_output(q, graph.tensors[n]) for q, n in zip(outs, graph.outputs)]
+    return ys[0] if len(ys) == 1 else ys
 
 
 def _mask(cores) -> int:

@@ -12,3 +12,11 @@ def open(board: str = "u200", emulate=None):  # noqa: A001 - mirrors the design'
     from vfpga.runtime import tenants
 
     return tenants.open(board, emulate=emulate)
+
+
+def cluster(boards, address=None, **kwargs):
+    """Boards pooled over Ray (see :func:`vfpga.runtime.cluster.cluster`):
+    ``vfpga.cluster(boards={"u200": 3}, address=None)``."""
+    from vfpga.runtime import cluster as _cluster
+
+    return _cluster.cluster(boards, address, **kwargs)

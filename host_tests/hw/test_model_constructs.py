@@ -1,0 +1,298 @@
+"""Every assumption of the cycle models is tied to the HLS construct that
+makes it true, and this test fails when such a construct is removed.
+
+The models' docstrings (runtime/hw/cycle_model.py, rnn_cycle_model.py,
+timeline.py, frame_timing.py) carry a section "HLS constructs" whose every
+bullet names its construct with a tag:
+
+  [hls FILE LABEL pipelined]   the loop labelled LABEL carries PIPELINE II=1
+  [hls FILE LABEL unrolled]    ... carries UNROLL
+  [hls FILE NAME]              the identifier NAME (label, function, macro) occurs
+  [hls FILE "TEXT"]            the text occurs (whitespace normalised)
+  [hls-gap NAME]               an assumption the literal HLS does not make true
+                               yet: GAPS[NAME] is the check that will pass once
+                               it does (a strict xfail until then)
+
+FILE is relative to hls/. The checks read the sources, the pragmas the
+preprocessor leaves for a board (macros expanded) and the board configs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from harness import REPO_ROOT
+
+from vfpga import overlay
+from vfpga.runtime.hw import cycle_model, frame_timing, parameters, rnn_cycle_model, timeline
+
+HLS = os.path.join(REPO_ROOT, "hls")
+MODELS = {"cycle_model": cycle_model, "rnn_cycle_model": rnn_cycle_model, "timeline": timeline,
+          "frame_timing": frame_timing}
+TAG = re.compile(r"\[(hls|hls-gap) ([^\]]+)\]")
+
+
+def source(name: str) -> str:
+    with open(os.path.join(HLS, name)) as f:
+        return f.read()
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def loop_head(text: str, label: str) -> str | None:
+    """The loop labelled ``label``: from its header to its first nested loop
+    (or the end of its body's first block): where its pragmas stand."""
+    m = re.search(rf"^\s*{re.escape(label)}:\s*$", text, re.M) or re.search(rf"\b{re.escape(label)}:", text)
+    if m is None:
+        return None
+    brace = text.find("{", m.end())
+    if brace < 0:
+        return None
+    rest = text[brace + 1:]
+    stop = re.search(r"^\s*[A-Z][A-Z0-9_]*:\s*$|\bfor\s*\(|VF_HARDWARE_LOOP", rest, re.M)
+    return rest[:stop.start()] if stop else rest
+
+
+def loop_body(text: str, label: str) -> str | None:
+    """The whole body (braces matched) of the loop labelled ``label``."""
+    m = re.search(rf"\b{re.escape(label)}:", text)
+    if m is None:
+        return None
+    start = text.find("{", m.end())
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i + 1]
+    return None
+
+
+def check_tag(spec: str) -> tuple[bool, str]:
+    """(holds, what) for the body of an [hls ...] tag."""
+    parts = spec.split(None, 1)
+    if len(parts) != 2:
+        return False, f"malformed tag [hls {spec}]"
+    name, what = parts
+    path = os.path.join(HLS, name)
+    if not os.path.isfile(path):
+        return False, f"no file hls/{name}"
+    text = source(name)
+    what = what.strip()
+    if what.startswith('"'):
+        needle = what.strip('"')
+        return _squash(needle) in _squash(text), f'hls/{name} contains "{needle}"'
+    words = what.split()
+    if len(words) == 2 and words[1] in ("pipelined", "unrolled"):
+        head = loop_head(text, words[0])
+        pragma = "#pragma HLS PIPELINE II=1" if words[1] == "pipelined" else "#pragma HLS UNROLL"
+        return head is not None and pragma in head, f"hls/{name}: loop {words[0]} has {pragma}"
+    if len(words) == 1:
+        return re.search(rf"\b{re.escape(words[0])}\b", text) is not None, f"hls/{name} has {words[0]}"
+    return False, f"malformed tag [hls {spec}]"
+
+
+def tags(module) -> list[tuple[str, str]]:
+    return TAG.findall(module.__doc__ or "")
+
+
+def constructs_section(module) -> list[str]:
+    """The bullets of the docstring's "HLS constructs" section."""
+    doc = module.__doc__ or ""
+    m = re.search(r"^HLS constructs\n-+\n(.*?)(?:\n\S[^\n]*\n-+\n|\Z)", doc, re.S | re.M)
+    assert m, f"{module.__name__}: no 'HLS constructs' section in the docstring"
+    bullets, current = [], None
+    for line in m.group(1).splitlines():
+        if line.startswith("* "):
+            current = line
+            bullets.append(current)
+        elif current is not None and line.strip():
+            bullets[-1] += " " + line.strip()
+    return bullets
+
+
+# ---------------------------------------------------------------- the phase-B gaps
+
+def _between(text: str, a: str, b: str) -> str:
+    i, j = text.find(f"{a}:"), text.find(f"{b}:")
+    return text[i:j] if 0 <= i < j else ""
+
+
+def _partitions_wbuf() -> bool:
+    return "variable=wbuf" in _squash(source("include/vfpga_hls.h").split("#define VF_CNN_PARTITIONS", 1)[1]
+                                      .split("#define", 1)[0])
+
+
+GAPS = {
+    "wbuf_lanes": (
+        "WBUF is not partitioned (VF_CNN_PARTITIONS covers IBUF, OBUF, ACC) and the CONV beat reads ICP x OCP "
+        "weight bytes at the run-time stride o * WST: Vitis HLS cannot schedule the MAC beat at II=1",
+        _partitions_wbuf),
+    "conv_nest_flat": (
+        "the dense CONV nest is not one pipeline: CONV_INIT and CONV_STORE sit between the output-block loop "
+        "CONV_OB and the kernel loops, so the pipeline drains and refills per output pixel and block",
+        lambda: "CONV_INIT:" not in _between(source("cnn_core.cpp"), "CONV_OB", "CONV_IB")
+        and "CONV_STORE:" not in (loop_body(source("cnn_core.cpp"), "CONV_OB") or "")),
+    "dw_nest_flat": (
+        "the depthwise CONV nest is not one pipeline: DW_INIT and DW_STORE sit inside DW_OB around DW_KY/DW_KX",
+        lambda: "DW_INIT:" not in _between(source("cnn_core.cpp"), "DW_OB", "DW_KX")
+        and "DW_STORE:" not in (loop_body(source("cnn_core.cpp"), "DW_OB") or "")),
+    "pool_nest_flat": (
+        "the POOL nest is not one pipeline: POOL_INIT/POOL_STORE sit inside POOL_CB, and POOL_STORE runs its "
+        "OCP 64-bit divisions one after the other (neither pipelined nor unrolled)",
+        lambda: "POOL_STORE:" not in (loop_body(source("cnn_core.cpp"), "POOL_CB") or "")),
+    "load_wide_words": (
+        "the dense LOAD beat gathers its bytes with a per-byte division and modulo by the channel count "
+        "(k / ch, k % ch) across the unrolled lanes: no wide-word burst read",
+        lambda: not re.search(r"[/%]\s*ch\b", loop_body(source("cnn_core.cpp"), "LOAD_LANE_DENSE") or "/ ch")),
+    "core_bank_decode": (
+        "the cores' LOAD/SAVE (and the instruction fetch) access the segment through one int8_t pointer: a "
+        "frame-level choice among the m_axi bank ports (vf_ddr_segment) is a pointer select Vitis HLS cannot "
+        "bind; each access has to decode its bank (vf_ddr_read/vf_ddr_write) inside the units",
+        lambda: "vf_ddr_t" in source("cnn_core.cpp") and "vf_ddr_t" in source("include/vfpga_unit_scheduler.h")),
+    "core_ports_interleave": (
+        "ddr.core_ports (u200_bigcore: one core on 4 banks, data word-interleaved) is only the beat width "
+        "VF_AXI_BYTES: the LOAD/SAVE beat is not split over VF_CORE_PORTS bank ports",
+        lambda: "VF_CORE_PORTS" in source("cnn_core.cpp")),
+    "units_concurrent": (
+        "the LOAD, COMPUTE and SAVE units run one after the other in vf_unit_step's SCHEDULE rounds; the model "
+        "overlaps them (they need to be concurrent processes with token streams)",
+        lambda: "DATAFLOW" in source("include/vfpga_unit_scheduler.h")),
+    "fetch_burst": (
+        "the decoder reads each instruction head from DDR and the units read each instruction again when they "
+        "run it (vf_fetch in SCHEDULE): the model charges one burst per step",
+        lambda: "vf_fetch(seg" not in (loop_body(source("include/vfpga_unit_scheduler.h"), "SCHEDULE") or "")),
+    "scrub_width": (
+        "vf_core_scrub zeroes one element per iteration of an unpipelined loop (SCRUB); the timeline charges "
+        "buffer bytes / dispatcher.scrub_bytes_per_cycle",
+        lambda: "PIPELINE" in (loop_head(source("include/vfpga_core_kinds.h"), "SCRUB") or "")),
+    "dispatch_prefetch": (
+        "the dispatcher reads every dispatch entry, ring entry and record through the bank port one at a time "
+        "(an AXI round trip of ddr.burst_latency_cycles each); issue_cycles / barrier_cycles / completion_cycles "
+        "assume them prefetched on chip",
+        lambda: "PREFETCH" in source("dispatcher.cpp")),
+    "rnn_wbuf_rows": (
+        "the RNN MATVEC beat reads ROWS x COLS weight bytes at the run-time stride wgt_stride; WBUF is "
+        "partitioned by COLS only (VF_RNN_PARTITIONS), so the beat cannot be II=1",
+        lambda: "VF_RNN_ROWS" in source("include/vfpga_hls.h").split("#define VF_RNN_PARTITIONS", 1)[1]
+        .split("#define", 1)[0]),
+    "rnn_wide_mem": (
+        "RNN_LOAD/RNN_SAVE of the int32 buffers (ACC, PARAM, STATE, ACT) read-modify-write one byte per lane "
+        "(MEM_LANE), four writes to a word per beat",
+        lambda: "old & ~(0xffu << sh)" not in (loop_body(source("rnn_core.cpp"), "MEM_LANE") or "")),
+    "rnn_act_lanes": (
+        "RNN_GATES runs LANES gate units per beat, each reading the activation tables (ACT) twice; ACT is not "
+        "partitioned",
+        lambda: "variable=act" in _squash(source("include/vfpga_hls.h"))),
+}
+
+
+# ---------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_assumption_names_its_construct(name):
+    module = MODELS[name]
+    bullets = constructs_section(module)
+    assert len(bullets) >= 3
+    for b in bullets:
+        assert TAG.search(b), f"{name}: assumption without an HLS construct: {b[:100]}"
+    for kind, spec in tags(module):
+        if kind == "hls-gap":
+            assert spec.strip() in GAPS, f"{name}: unknown gap [hls-gap {spec}]"
+
+
+PRESENT = sorted({(name, spec) for name, m in MODELS.items() for kind, spec in tags(m) if kind == "hls"})
+
+
+@pytest.mark.parametrize("model, spec", PRESENT, ids=[f"{m}:{s}" for m, s in PRESENT])
+def test_the_construct_is_in_the_hls(model, spec):
+    holds, what = check_tag(spec)
+    assert holds, f"{model} relies on a construct the HLS no longer has: {what}"
+
+
+GAP_NAMES = sorted({spec.strip() for m in MODELS.values() for kind, spec in tags(m) if kind == "hls-gap"})
+
+
+@pytest.mark.parametrize("gap", [
+    pytest.param(g, marks=pytest.mark.xfail(strict=True, reason=GAPS[g][0])) for g in GAP_NAMES])
+def test_phase_b_gap(gap):
+    """A model assumption the literal loop nests do not make true yet: fails
+    (xfail) until the construct is there, then XPASSes, and the docstring's
+    [hls-gap] tag becomes an [hls] tag."""
+    assert GAPS[gap][1]()
+
+
+def test_every_gap_is_named_in_a_docstring():
+    assert set(GAP_NAMES) == set(GAPS)
+
+
+def test_checks_see_removed_constructs(tmp_path, monkeypatch):
+    """The checks themselves: a copy of the sources without a pragma fails them."""
+    text = source("cnn_core.cpp")
+    assert check_tag("cnn_core.cpp CONV_IB pipelined")[0]
+    assert check_tag("cnn_core.cpp CONV_OL unrolled")[0]
+    at = text.index("CONV_IB:")
+    pragma = text.index("#pragma HLS PIPELINE II=1", at)
+    stripped = text[:pragma] + text[pragma + len("#pragma HLS PIPELINE II=1"):]
+    shutil.copytree(HLS, tmp_path / "hls", ignore=shutil.ignore_patterns("build"))
+    (tmp_path / "hls" / "cnn_core.cpp").write_text(stripped)
+    monkeypatch.setattr(sys.modules[__name__], "HLS", str(tmp_path / "hls"))
+    assert not check_tag("cnn_core.cpp CONV_IB pipelined")[0]
+    assert check_tag("cnn_core.cpp LOAD_BEAT pipelined")[0]
+
+
+# ---------------------------------------------------------------- the top, as the preprocessor leaves it
+
+def top_pragmas(board: str, *defines: str) -> list[str]:
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not installed")
+    flags = [f"-D{k}={v}" for k, v in overlay.config.c_macros(overlay.load(board)).items()]
+    r = subprocess.run([gxx, "-std=c++14", "-E", "-P", f"-I{os.path.join(HLS, 'include')}", *flags, *defines,
+                        os.path.join(HLS, "dispatcher_top.cpp")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return [_squash(line) for line in r.stdout.splitlines() if line.lstrip().startswith("#pragma HLS")]
+
+
+@pytest.mark.parametrize("board", overlay.available())
+def test_bank_ports_carry_the_models_ddr_numbers(board):
+    """One m_axi bundle per DDR bank with the burst length, outstanding
+    transactions, latency and width the cycle model uses (its config keys)."""
+    cfg = overlay.load(board)
+    timing, ddr = cfg["timing"], cfg["ddr"]
+    ports = {p.split("bundle=")[1].split()[0]: p for p in top_pragmas(board) if " m_axi " in p}
+    assert sorted(ports) == [f"bank{b}" for b in range(ddr["banks"])]
+    for p in ports.values():
+        opts = dict(o.split("=", 1) for o in p.split() if "=" in o)
+        assert int(opts["max_read_burst_length"]) == int(opts["max_write_burst_length"]) == \
+            timing["axi_max_burst_beats"] == parameters.Latencies.of(cfg).axi_max_burst_beats
+        assert int(opts["num_read_outstanding"]) == int(opts["num_write_outstanding"]) == \
+            timing["axi_outstanding"] == parameters.Latencies.of(cfg).axi_outstanding
+        assert int(opts["latency"]) == ddr["burst_latency_cycles"]
+        assert int(opts["max_widen_bitwidth"]) == 8 * ddr["axi_bytes"]
+        assert opts["offset"] == "slave"
+
+
+@pytest.mark.parametrize("board", ["u200", "pynq_z2"])
+def test_the_top_partitions_every_cores_memories(board):
+    cfg = overlay.load(board)
+    pragmas = set(top_pragmas(board))
+    icp, ocp, rnn = cfg["cnn_core"]["icp"], cfg["cnn_core"]["ocp"], cfg["rnn_core"]
+    want = {f"#pragma HLS ARRAY_PARTITION variable=ibuf dim=2 cyclic factor={icp}",
+            f"#pragma HLS ARRAY_PARTITION variable=obuf dim=2 cyclic factor={ocp}",
+            f"#pragma HLS ARRAY_PARTITION variable=acc dim=2 cyclic factor={ocp}",
+            f"#pragma HLS ARRAY_PARTITION variable=rnn_wbuf dim=2 cyclic factor={rnn['cols']}",
+            f"#pragma HLS ARRAY_PARTITION variable=rnn_vbuf dim=2 cyclic factor={rnn['cols']}",
+            f"#pragma HLS ARRAY_PARTITION variable=rnn_acc dim=2 cyclic factor={rnn['lanes']}",
+            f"#pragma HLS ARRAY_PARTITION variable=rnn_state dim=2 cyclic factor={rnn['lanes']}",
+            *(f"#pragma HLS ARRAY_PARTITION variable={v} dim=1 complete"
+              for v in ("ibuf", "wbuf", "acc", "obuf", "param", "rnn_wbuf", "rnn_vbuf", "rnn_acc", "rnn_param",
+                        "rnn_state", "rnn_act"))}
+    assert want <= pragmas, sorted(want - pragmas)
+    assert "#pragma HLS DATAFLOW" in pragmas
