@@ -3,15 +3,27 @@
 Installs the single namespace ``vfpga`` (driver/ -> vfpga.driver, runtime/ ->
 vfpga.runtime, overlay/ -> vfpga.overlay, notebooks/ -> vfpga.notebooks, found
 by `pynq get-notebooks` through the pynq.notebooks entry point) and builds the emulation libraries
-from the HLS C++ in hls/ with cffi, one per board config.
+from the HLS C++ in hls/ with cffi, per board config a portable one and one for the installing host's
+ISA level (VFPGA_PORTABLE=1: the portable ones only; driver/host_isa.py).
 """
 
+import importlib.util
 import os
 
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BOARDS = sorted(f[:-5] for f in os.listdir(os.path.join(HERE, "overlay", "configs")) if f.endswith(".json"))
+
+
+def _cffi_modules():
+    """hls/cffi_build.py's builders: the ISA module, and per board the portable
+    emulation library and the one for this host's ISA level (none with
+    VFPGA_PORTABLE=1; driver/host_isa.py says which one runs)."""
+    spec = importlib.util.spec_from_file_location("_vfpga_cffi_build", os.path.join(HERE, "hls", "cffi_build.py"))
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    return [f"hls/cffi_build.py:{name}" for name in build.module_names()]
+
 
 # `vfpga serve` (runtime/serving): the Open Inference Protocol over HTTP and gRPC. Its gRPC stack is the
 # grpcio and grpcio-tools pynq pins (with protobuf 5): naming them here too, unpinned, would let pip take
@@ -46,7 +58,8 @@ setup(
     },
     package_data={"vfpga.overlay": ["configs/*.json", "tcl/*.tcl", "Makefile", "*.bit", "*.hwh", "*.xclbin"],
                   "vfpga.notebooks": ["*.ipynb"], "vfpga.runtime.serving": ["*.proto"]},
-    cffi_modules=["hls/cffi_build.py:isa"] + [f"hls/cffi_build.py:emu_{b}" for b in BOARDS],
+    cffi_modules=_cffi_modules(),
+    options={"build_ext": {"parallel": os.cpu_count() or 1}},  # the libraries compile side by side
     install_requires=[
         "pynq>=3.1",
         "numpy>=1.23,<2",  # pynq 3.1+ needs numpy 1.x
@@ -58,7 +71,7 @@ setup(
         "tqdm>=4.60",  # progress bars (also a pynq dependency)
     ],
     extras_require={"serve": SERVE, "cluster": CLUSTER,
-                    "test": ["pytest>=7", "ruff>=0.4", "httpx>=0.24"] + SERVE + CLUSTER},
+                    "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "httpx>=0.24"] + SERVE + CLUSTER},
     entry_points={
         "console_scripts": ["vfpga = vfpga.runtime.cli:main"],
         "pynq.notebooks": ["vfpga = vfpga.notebooks"],

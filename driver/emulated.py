@@ -16,7 +16,8 @@ runtime) runs the code it runs on a board:
   ``sync_to_device`` / ``sync_from_device`` really copy (so a missing sync is a
   bug here as it is on a board);
 * execution: ap_start runs the core's HLS C++ (``vf_cnn_core_step``, compiled
-  for the host into ``vfpga.driver._emu_<board>``) on the tenant segment
+  for the host into ``vfpga.driver._emu_<board>[_<level>]``, see
+  :mod:`vfpga.driver.host_isa`) on the tenant segment
   [seg, seg + seg_limit). A segment that is not inside one emulated bank the
   core is wired to ends the run with VF_FAULT_SEGMENT before any instruction
   (fault_addr: 0 if its start is unreachable, else its first offset past the
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import importlib
 import mmap
 import os
 import sys
@@ -54,7 +54,7 @@ from pynq.buffer import PynqBuffer
 from pynq.pl_server.device import Device
 
 from vfpga import overlay
-from vfpga.driver import isa
+from vfpga.driver import host_isa, isa
 from vfpga.driver.cnn_core import (
     AP_DONE,
     AP_IDLE,
@@ -341,8 +341,9 @@ class EmulatedDevice(Device):
         self.board = board
         self.name = f"vfpga emulated {board}"
         self.config = overlay.load(board)
-        module = importlib.import_module(f"vfpga.driver._emu_{board}")
+        module = host_isa.emulation_module(board)
         self.ffi, self.lib = module.ffi, module.lib
+        self.build = host_isa.build_name(module)  # "portable" or the host's ISA level
         self.capabilities = {"REGISTER_RW": True}
         self.cross_bank = cross_bank
         self.compute = compute

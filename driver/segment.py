@@ -49,6 +49,8 @@ class Segment:
         self.bank = bank
         self.device = device
         self._buf = pynq.allocate((self.size,), np.uint8, target=bank_memory(device, bank))
+        # the host copy as a plain array: slicing a PynqBuffer makes a buffer object per slice
+        self._host = self._buf.view(np.ndarray)
 
     # ---- properties ------------------------------------------------------------
     @property
@@ -74,12 +76,14 @@ class Segment:
         else:
             src = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
         self._check(offset, src.size)
-        self._live()[offset:offset + src.size] = src
+        self._live()
+        self._host[offset:offset + src.size] = src
 
     def read(self, offset: int, nbytes: int) -> np.ndarray:
         """A copy of ``nbytes`` host-copy bytes at ``offset`` (uint8). Does not sync."""
         self._check(offset, nbytes)
-        return np.array(self._live()[offset:offset + nbytes], dtype=np.uint8, copy=True)
+        self._live()
+        return self._host[offset:offset + nbytes].copy()
 
     # ---- device copy ----------------------------------------------------------------
     def sync_to_device(self, offset: int = 0, nbytes: int | None = None) -> None:
@@ -98,7 +102,7 @@ class Segment:
     def free(self) -> None:
         """Returns the memory to its bank; the segment is unusable afterwards."""
         if self._buf is not None:
-            buf, self._buf = self._buf, None
+            buf, self._buf, self._host = self._buf, None, None
             buf.freebuffer()
 
     def __enter__(self):

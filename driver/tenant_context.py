@@ -31,6 +31,7 @@ from vfpga.driver.segment import Segment
 _STATUS = {name: value for value, name in isa.TENANT_STATUS.items()}
 _MASK = {name: value for value, name in isa.MASK_RESULTS.items()}
 _CPL = {name: value for value, name in isa.RECORD_STATUS.items()}
+_CPL_FIELDS = isa.COMPLETION.names
 NO_CORE = 0xFFFFFFFF
 log = logging.getLogger("vfpga.driver")
 
@@ -78,6 +79,7 @@ class Completion:
     frames: int
     barriers: int
     insns: int
+    collected_at: float = dataclasses.field(default=0.0, compare=False)  # host perf_counter when read
 
     @property
     def ok(self) -> bool:
@@ -137,6 +139,7 @@ class TenantContext:
         self.on_completion = on_completion
         self._lock = threading.RLock()
         self._tail = 0  # next sequence number to post
+        self._entry = np.zeros((), isa.REQUEST)  # the ring entry being posted (under _lock)
         self._acked = 0  # records consumed
         self._mask_seq = 0
 
@@ -221,10 +224,10 @@ class TenantContext:
             if self.free_entries <= 0:
                 raise QueueFull(f"tenant context {self.index}: request ring full ({self.ring_size} requests "
                                 "awaiting completion)")
-            entry = np.zeros((), isa.REQUEST)
+            entry = self._entry
             entry["prog_offset"], entry["prog_entries"], entry["request_id"] = prog_offset, prog_entries, request_id
             at = self.ring_offset + (self._tail % self.ring_size) * isa.REQUEST.itemsize
-            self.segment.write(at, entry.tobytes())
+            self.segment.write(at, entry)
             self.segment.sync_to_device(at, isa.REQUEST.itemsize)  # the entry is in DDR before the doorbell
             seq = self._tail
             self._tail += 1
@@ -239,20 +242,22 @@ class TenantContext:
             n = (head - self._acked) & 0xFFFFFFFF
             if n == 0 or n > self.ring_size:
                 return []
+            now = time.perf_counter()
             out = []
             for s in range(self._acked, self._acked + n):
                 at = self.cpl_offset + (s % self.ring_size) * isa.COMPLETION.itemsize
                 self.segment.sync_from_device(at, isa.COMPLETION.itemsize)
-                rec = np.frombuffer(self.segment.read(at, isa.COMPLETION.itemsize).tobytes(), isa.COMPLETION)[0]
-                core = int(rec["fault_core"])
+                # one record as Python ints by field name (item() converts them all at once)
+                rec = dict(zip(_CPL_FIELDS, self.segment.read(at, isa.COMPLETION.itemsize).view(isa.COMPLETION)[0]
+                               .item()))
+                core = rec["fault_core"]
                 out.append(Completion(
-                    seq=s, request_id=int(rec["request_id"]),
-                    status=isa.RECORD_STATUS.get(int(rec["status"]), f"UNKNOWN({int(rec['status'])})"),
-                    fault=int(rec["fault"]), fault_core=None if core == NO_CORE else core,
-                    fault_addr=int(rec["fault_addr"]), fault_insn=int(rec["fault_insn"]),
-                    fault_entry=int(rec["fault_entry"]), fault_opcode=int(rec["fault_opcode"]),
-                    cycles=int(rec["cycles"]), frames=int(rec["frames"]), barriers=int(rec["barriers"]),
-                    insns=int(rec["insns"])))
+                    seq=s, request_id=rec["request_id"],
+                    status=isa.RECORD_STATUS.get(rec["status"], f"UNKNOWN({rec['status']})"),
+                    fault=rec["fault"], fault_core=None if core == NO_CORE else core,
+                    fault_addr=rec["fault_addr"], fault_insn=rec["fault_insn"], fault_entry=rec["fault_entry"],
+                    fault_opcode=rec["fault_opcode"], cycles=rec["cycles"], frames=rec["frames"],
+                    barriers=rec["barriers"], insns=rec["insns"], collected_at=now))
             self._acked += n
             self._w("cpl_ack", self._acked & 0xFFFFFFFF)
         if self.on_completion is not None:

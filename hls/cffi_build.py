@@ -4,12 +4,20 @@
   check every struct layout Python derives from the header.
 * ``vfpga.driver._emu_<board>``: the CNN and RNN cores' and the level-1
   dispatcher's HLS C++ compiled for the host with that board's macros -- the
-  C-simulation the emulated device runs.
+  C-simulation the emulated device runs -- for the compiler's default target
+  (portable);
+* ``vfpga.driver._emu_<board>_<level>``: the same for the installing host's
+  ISA level (driver/host_isa.py: which level, and which build is loaded),
+  unless VFPGA_PORTABLE=1 or the compiler does not take the level's flags.
 """
 
+import functools
 import importlib.util
 import os
 import re
+import subprocess
+import sysconfig
+import tempfile
 
 from cffi import FFI
 
@@ -21,17 +29,63 @@ ROOT = os.path.dirname(HLS_DIR)
 _REL_HLS = os.path.relpath(HLS_DIR, os.getcwd())
 CORE_SOURCES = [os.path.join(_REL_HLS, name) for name in ("cnn_core.cpp", "rnn_core.cpp", "dispatcher.cpp")]
 CXXFLAGS = ["-std=c++14", "-O3", "-Wno-unknown-pragmas"]
+# g++'s static branch guesses mark the element-wise loops inside the unit
+# scheduler cold, which leaves them scalar; without the guesses they vectorise.
+OPTIONAL_CXXFLAGS = ["-fno-guess-branch-probability"]
 
 _DEFINE_WITH_VALUE = re.compile(r"^\s*#\s*define\s+\w+\s+(0x[0-9a-fA-F]+|\d+)\s*(/\*.*)?$")
 _LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 
 
-def _board_config():
-    spec = importlib.util.spec_from_file_location(
-        "_vfpga_board_config", os.path.join(ROOT, "overlay", "config.py"))
+def _load_by_path(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _compiler_takes(flags):
+    """Whether the C++ compiler cffi builds with compiles (and assembles) with ``flags``."""
+    cxx = (os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++").split()
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.cpp")
+        with open(src, "w") as f:
+            f.write("int vf_probe(const signed char *a, const unsigned char *b, int n)"
+                    " { int s = 0; for (int i = 0; i < n; ++i) s += a[i] * b[i]; return s; }\n")
+        try:
+            proc = subprocess.run(cxx + ["-O3", "-Werror", *flags, "-c", src, "-o", os.path.join(tmp, "probe.o")],
+                                  capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return proc.returncode == 0
+
+
+@functools.cache
+def _base_flags():
+    return CXXFLAGS + [f for f in OPTIONAL_CXXFLAGS if _compiler_takes([f])]
+
+
+def _host_isa():
+    return _load_by_path("_vfpga_host_isa", os.path.join(ROOT, "driver", "host_isa.py"))
+
+
+def level_flags(level):
+    """Compiler flags of a build for ISA ``level`` (driver/host_isa.py's LEVELS), tuned for this host."""
+    return [*next(f for n, f, _ in _host_isa().LEVELS if n == level), "-mtune=native"]
+
+
+def host_level():
+    """The installing host's ISA level, or None: VFPGA_PORTABLE=1, a CPU
+    without any level, or a compiler that does not take the level's flags."""
+    host_isa = _host_isa()
+    if host_isa.portable_requested():
+        return None
+    level = host_isa.host_level()
+    return level if level is not None and _compiler_takes(level_flags(level)) else None
+
+
+def _board_config():
+    return _load_by_path("_vfpga_board_config", os.path.join(ROOT, "overlay", "config.py"))
 
 
 def cdef_text(*headers, macros=()):
@@ -68,7 +122,8 @@ def isa_builder():
     return ffi
 
 
-def emu_builder(board):
+def emu_builder(board, level=None, flags=()):
+    """The emulation library of ``board``: portable, or for ISA ``level`` with ``flags``."""
     config = _board_config()
     macros = config.c_macros(config.load(board))
     ffi = FFI()
@@ -77,13 +132,13 @@ def emu_builder(board):
     ffi.cdef(cdef_text("vfpga_isa.h", "vfpga_cnn_core.h", "vfpga_rnn_core.h", "vfpga_dispatcher.h",
                        macros=board_sizes))
     ffi.set_source(
-        f"vfpga.driver._emu_{board}",
+        f"vfpga.driver._emu_{board}" + (f"_{level}" if level else ""),
         '#include "vfpga_dispatcher.h"',
         sources=CORE_SOURCES,
         source_extension=".cpp",
         include_dirs=[INCLUDE_DIR],
         define_macros=[(k, str(v)) for k, v in macros.items()],
-        extra_compile_args=CXXFLAGS,
+        extra_compile_args=[*_base_flags(), *flags],
     )
     return ffi
 
@@ -92,6 +147,15 @@ def boards():
     return _board_config().available()
 
 
-isa = isa_builder()
+def module_names():
+    """The builders setup.py lists (``cffi_modules``): isa, and per board the
+    portable and (where the host has a level) the host-level emulation library."""
+    level = host_level()
+    return ["isa"] + [f"emu_{b}" for b in boards()] + ([f"emu_{b}_{level}" for b in boards()] if level else [])
+
+
+isa = isa_builder
 for _board in boards():
-    globals()[f"emu_{_board}"] = emu_builder(_board)
+    globals()[f"emu_{_board}"] = functools.partial(emu_builder, _board)
+    for _level, _, _ in _host_isa().LEVELS:
+        globals()[f"emu_{_board}_{_level}"] = functools.partial(emu_builder, _board, _level, level_flags(_level))

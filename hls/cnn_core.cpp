@@ -61,16 +61,20 @@
  * The HLS loop nests (pipelined beat loops with VF_ICP x VF_OCP / VF_AXI_BYTES
  * unrolled lane bodies) are compiled when VF_HLS_LITERAL is defined, which is
  * automatic under __SYNTHESIS__; they count their beats as they run. The
- * default g++ build (the emulator) keeps the same validation, lanes and
+ * default g++ build (the emulator) keeps the same validation and
  * requantization but executes each beat sequence as contiguous int8 runs that
- * g++ -O3 vectorises: dense CONV reduces (kx, cin_g) as one dot product per
- * output channel (four channels share each input load), depthwise CONV runs
- * channel blocks outermost with a lane-major weight copy, POOL visits only
- * the valid window, LOAD/SAVE move rows with memcpy. It takes the counts from
- * the formulas above. int32 wrapping addition is associative and commutative
+ * g++ -O3 vectorises: dense CONV is a blocked int8 GEMM (vf_conv_gemm: im2col
+ * rows of a pixel block against weight-stationary blocks of output channels,
+ * reduced to the host's byte dot-product instructions where it has them),
+ * depthwise CONV runs channel blocks outermost with a lane-major weight copy,
+ * POOL visits only the valid window, ADD / LUT / MUL run over whole rows,
+ * LOAD/SAVE move rows with memcpy. It takes the counts from the formulas
+ * above. int32 wrapping addition is associative and commutative
  * and every output is written once from the same inputs, so both builds are
  * bit-identical; `make -C hls csim` runs the testbench on both and checks the
- * counted beats against the formulas.
+ * counted beats against the formulas, and host_tests/hls/
+ * test_csim_bodies_agree.py runs random programs on both (and on the
+ * emulator's portable and host-ISA builds) comparing every byte and count.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -79,6 +83,10 @@
 #include "vfpga_isa.h"
 #include "vfpga_cnn_core.h"
 #include "vfpga_unit_scheduler.h"
+
+#ifndef VF_HLS_LITERAL
+#include <vector>
+#endif
 
 #if !defined(VF_ICP) || !defined(VF_OCP) || !defined(VF_AXI_BYTES) || !defined(VF_IBUF_BYTES) || \
     !defined(VF_WBUF_BYTES) || !defined(VF_ACC_WORDS) || !defined(VF_OBUF_BYTES) ||                \
@@ -376,10 +384,183 @@ static inline void vf_conv_last(const vf_conv_t &k, uint64_t oc, uint64_t pix, u
     }
 }
 
+#ifndef VF_HLS_LITERAL
+/* ---- The vectorised CONV body for cin_g > 1: a blocked int8 GEMM -----------
+ * Per group, out[pix][oc] = first(oc, pix) + sum_j A[pix][j] * W[oc][j] over
+ * the WST = kh * kw * cin_g taps, A[pix] being the pixel's window (im2col row)
+ * in the order of the weights (ky, kx, cin). Blocks: the im2col rows of a
+ * block of pixels sit in a per-thread buffer sized for L2, with an int32 tile
+ * of their outputs; for each block of VF_GEMM_NO output channels, whose weight
+ * rows stay in L1 (weight-stationary), VF_GEMM_NP pixels at a time are reduced
+ * against them into NP x NO int32 accumulators. g++ -O3 vectorises that
+ * reduction as a dot product (usdot_prod), one instruction per 4 byte pairs
+ * where the host has one (x86 VNNI vpdpbusd; hls/cffi_build.py builds the
+ * emulator for the installing host). It multiplies unsigned by signed bytes,
+ * so A holds x + 128 (x ^ 0x80) and each output channel adds
+ * -128 * sum_j W[oc][j]: equal modulo 2^32, as every lane is (wrapping uint32,
+ * in both bodies). Partial sums stay exact in int32 for runs of VF_GEMM_RUN
+ * products (|(x + 128) * w| <= 255 * 128). The first values (bias or the
+ * accumulator) and the requantization run over contiguous channels of the
+ * tile, vectorised too.
+ */
+#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
+#define VF_GEMM_NP 4 /* pixels per register block (4 x 4 dot products in registers) */
+#else
+#define VF_GEMM_NP 2 /* without a byte dot product, 2 x 4 keeps the widened operands in registers */
+#endif
+#define VF_GEMM_NO 4                /* output channels per register block */
+#define VF_GEMM_RUN 65536u          /* products per exact int32 partial sum */
+#define VF_GEMM_A_BYTES (96u << 10) /* im2col rows of one pixel block (L2) */
+
+/* c[p * ldc + o] += sum_{j < n} a[p * lda + j] * w[o * ldw + j], wrapping. */
+template <int NP, int NO>
+static inline void vf_gemm_block(uint32_t *c, uint64_t ldc, const uint8_t *a, uint64_t lda, const int8_t *w,
+                                 uint64_t ldw, uint64_t n)
+{
+    for (uint64_t j0 = 0; j0 < n; j0 += VF_GEMM_RUN) {
+        const uint32_t m = (uint32_t)vf_min64(n - j0, VF_GEMM_RUN);
+        int32_t s[NP][NO] = {};
+        for (uint32_t j = 0; j < m; ++j) {
+            for (int p = 0; p < NP; ++p) {
+                const int32_t x = a[p * lda + j0 + j];
+                for (int o = 0; o < NO; ++o)
+                    s[p][o] += x * w[o * ldw + j0 + j];
+            }
+        }
+        for (int p = 0; p < NP; ++p)
+            for (int o = 0; o < NO; ++o)
+                c[p * ldc + o] += (uint32_t)s[p][o];
+    }
+}
+
+/* The im2col row of output pixel pix of group g, as unsigned bytes x + 128. */
+static inline void vf_gemm_row(const vf_conv_t &k, uint32_t g, uint64_t pix, uint8_t *dst)
+{
+    const uint64_t oy = pix / k.OW, ox = pix % k.OW;
+    const uint64_t in_row = (uint64_t)k.IW * k.ICT;
+    const int8_t *win = k.in + oy * k.SH * in_row + ox * k.SW * k.ICT + (uint64_t)g * k.CIN;
+    /* with one group, the (kx, cin) run of a kernel row is contiguous */
+    const uint64_t run = k.G == 1 ? (uint64_t)k.KW * k.CIN : k.CIN;
+    const uint64_t runs = k.G == 1 ? k.KH : (uint64_t)k.KH * k.KW;
+    for (uint64_t r = 0; r < runs; ++r, dst += run) {
+        const uint64_t ky = k.G == 1 ? r : r / k.KW, kx = k.G == 1 ? 0 : r % k.KW;
+        const int8_t *src = win + ky * in_row + kx * k.ICT;
+        for (uint64_t i = 0; i < run; ++i)
+            dst[i] = (uint8_t)src[i] ^ 0x80u;
+    }
+}
+
+/* Per-thread scratch of the GEMM body (frames of several cores run at once). */
+struct vf_gemm_scratch {
+    std::vector<uint8_t> rows;  /* im2col rows of a pixel block */
+    std::vector<uint32_t> tile; /* their outputs, [pixel][cout_g] */
+    std::vector<uint32_t> bias; /* per output channel: first value (ACC_INIT) + correction */
+    std::vector<uint32_t> corr; /* per output channel: -128 * sum of its weights */
+    std::vector<int64_t> mult, rnd, shift; /* requantization per output channel */
+};
+
+/* noinline: inlined into the unit scheduler, g++ costs these loops cold and leaves them scalar. */
+static __attribute__((noinline)) void vf_conv_gemm(const vf_conv_t &k)
+{
+    static thread_local vf_gemm_scratch sc;
+    const uint64_t K = k.WST, N = k.COUT, pixels = (uint64_t)k.OH * k.OW;
+    sc.corr.resize(k.OCT);
+    sc.bias.resize(k.OCT);
+    for (uint64_t oc = 0; oc < k.OCT; ++oc) {
+        const int8_t *w = k.w + oc * K;
+        uint32_t sum = 0;
+        for (uint64_t j = 0; j < K; ++j)
+            sum += (uint32_t)(int32_t)w[j];
+        sc.corr[oc] = 0u - (sum << 7);
+        sc.bias[oc] = sc.corr[oc] + (k.init ? (uint32_t)k.prm[oc * VF_PARAM_ENTRY_WORDS] : 0u);
+    }
+    if (k.final) {
+        sc.mult.resize(k.OCT);
+        sc.rnd.resize(k.OCT);
+        sc.shift.resize(k.OCT);
+        for (uint64_t oc = 0; oc < k.OCT; ++oc) {
+            const int32_t sh = k.prm[oc * VF_PARAM_ENTRY_WORDS + 2]; /* in [0, 62]: checked */
+            sc.mult[oc] = k.prm[oc * VF_PARAM_ENTRY_WORDS + 1];
+            sc.rnd[oc] = sh == 0 ? 0 : (int64_t)1 << (sh - 1);
+            sc.shift[oc] = sh;
+        }
+    }
+    uint64_t block = VF_GEMM_A_BYTES / K;
+    block = block < VF_GEMM_NP ? VF_GEMM_NP : block - block % VF_GEMM_NP;
+    block = vf_min64(block, pixels);
+    if (sc.rows.size() < block * K)
+        sc.rows.resize(block * K);
+    if (sc.tile.size() < block * N)
+        sc.tile.resize(block * N);
+    uint8_t *rows = sc.rows.data();
+    uint32_t *tile = sc.tile.data();
+    const int64_t zp = k.zp, lo = k.lo, hi = k.hi;
+    for (uint32_t g = 0; g < k.G; ++g) {
+        const uint64_t oc0 = (uint64_t)g * N;
+        const int8_t *wg = k.w + oc0 * K;
+        const uint32_t *bias = sc.bias.data() + oc0, *corr = sc.corr.data() + oc0;
+        for (uint64_t p0 = 0; p0 < pixels; p0 += block) {
+            const uint64_t np = vf_min64(block, pixels - p0);
+            for (uint64_t p = 0; p < np; ++p) {
+                vf_gemm_row(k, g, p0 + p, rows + p * K);
+                uint32_t *c = tile + p * N;
+                if (k.init) {
+                    for (uint64_t o = 0; o < N; ++o)
+                        c[o] = bias[o];
+                } else {
+                    const int32_t *a = k.acc + (p0 + p) * k.OCT + oc0;
+                    for (uint64_t o = 0; o < N; ++o)
+                        c[o] = (uint32_t)a[o] + corr[o];
+                }
+            }
+            uint64_t o = 0;
+            for (; o + VF_GEMM_NO <= N; o += VF_GEMM_NO) {
+                uint64_t p = 0;
+                for (; p + VF_GEMM_NP <= np; p += VF_GEMM_NP)
+                    vf_gemm_block<VF_GEMM_NP, VF_GEMM_NO>(tile + p * N + o, N, rows + p * K, K, wg + o * K, K, K);
+                for (; p < np; ++p)
+                    vf_gemm_block<1, VF_GEMM_NO>(tile + p * N + o, N, rows + p * K, K, wg + o * K, K, K);
+            }
+            for (; o < N; ++o) {
+                uint64_t p = 0;
+                for (; p + VF_GEMM_NP <= np; p += VF_GEMM_NP)
+                    vf_gemm_block<VF_GEMM_NP, 1>(tile + p * N + o, N, rows + p * K, K, wg + o * K, K, K);
+                for (; p < np; ++p)
+                    vf_gemm_block<1, 1>(tile + p * N + o, N, rows + p * K, K, wg + o * K, K, K);
+            }
+            for (uint64_t p = 0; p < np; ++p) {
+                const uint64_t at = (p0 + p) * k.OCT + oc0;
+                if (!k.final) {
+                    const uint32_t *c = tile + p * N;
+                    int32_t *acc = k.acc + at;
+                    for (uint64_t q = 0; q < N; ++q)
+                        acc[q] = vf_i32(c[q]);
+                    continue;
+                }
+                /* vf_requant in two vectorisable passes: clamped values in place, then bytes */
+                const int64_t *mult = sc.mult.data() + oc0, *rnd = sc.rnd.data() + oc0, *sh = sc.shift.data() + oc0;
+                uint32_t *r = tile + p * N;
+                for (uint64_t q = 0; q < N; ++q) {
+                    const int64_t v = zp + (((int64_t)vf_i32(r[q]) * mult[q] + rnd[q]) >> sh[q]);
+                    r[q] = (uint32_t)(v < lo ? lo : (v > hi ? hi : v));
+                }
+                int8_t *out = k.out + at;
+                for (uint64_t q = 0; q < N; ++q)
+                    out[q] = (int8_t)vf_i32(r[q]);
+            }
+        }
+    }
+}
+#endif
+
 /* CONV with cin_g > 1: lanes = VF_OCP output channels of one group, beats =
  * (ky, kx, VF_ICP input channels). Returns the beats run (literal build). */
 static uint64_t vf_conv_dense(const vf_conv_t &k)
 {
+#ifndef VF_HLS_LITERAL
+    vf_conv_gemm(k);
+    return 0;
+#else
     uint64_t beats = 0;
     const uint64_t in_row = (uint64_t)k.IW * k.ICT;
 CONV_G:
@@ -403,7 +584,6 @@ CONV_G:
 #pragma HLS UNROLL
                         lane[o] = o < nO ? vf_conv_first(k, oc0 + o, pix) : 0u;
                     }
-#ifdef VF_HLS_LITERAL
                 CONV_KY:
                     for (uint32_t ky = 0; ky < k.KH; ++ky) {
                     CONV_KX:
@@ -429,17 +609,6 @@ CONV_G:
                             }
                         }
                     }
-#else
-                    for (uint32_t ky = 0; ky < k.KH; ++ky) {
-                        const int8_t *xr = xwin + ky * in_row;
-                        const int8_t *wr = w0 + (uint64_t)ky * k.KW * k.CIN;
-                        if (k.G == 1) /* (kx, i) is contiguous in IBUF and WBUF */
-                            vf_dot_lanes(lane, nO, xr, wr, k.WST, (uint64_t)k.KW * k.CIN);
-                        else
-                            for (uint32_t kx = 0; kx < k.KW; ++kx)
-                                vf_dot_lanes(lane, nO, xr + kx * k.ICT, wr + (uint64_t)kx * k.CIN, k.WST, k.CIN);
-                    }
-#endif
                 CONV_STORE:
                     for (uint32_t o = 0; o < nO; ++o)
                         vf_conv_last(k, oc0 + o, pix, lane[o]);
@@ -448,6 +617,7 @@ CONV_G:
         }
     }
     return beats;
+#endif
 }
 
 /* Depthwise-style CONV (cin_g == 1): lanes = VF_OCP output channels across

@@ -1,5 +1,8 @@
 """The HLS C-simulation testbench (hls/tb) run from pytest, as `make csim`
-runs it: both the vectorised C-sim bodies and the literal HLS loop nests."""
+runs it: both the vectorised C-sim bodies and the literal HLS loop nests.
+The default run builds them for the u200; the slow run for the pynq_z2
+too (test_csim_bodies_agree.py compares the CNN core's two bodies on random
+programs for u200 and pynq_z2 in the default run)."""
 
 import os
 import shutil
@@ -17,8 +20,8 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("mak
 
 def _make(target, board, build_dir):
     proc = subprocess.run(
-        ["make", "-C", HLS, f"{target}-cnn", f"{target}-dispatcher", f"BOARD={board}", f"BUILD={build_dir}",
-         f"PYTHON={sys.executable}"],
+        ["make", "-C", HLS, f"-j{os.cpu_count() or 1}", "-O", f"{target}-cnn", f"{target}-dispatcher",
+         f"BOARD={board}", f"BUILD={build_dir}", f"PYTHON={sys.executable}"],
         capture_output=True, text=True, timeout=1200)
     return proc.returncode, proc.stdout + proc.stderr
 
@@ -27,7 +30,7 @@ def _summaries(output, bench="tb_cnn_core"):
     return [line for line in output.splitlines() if line.startswith(f"{bench}:") and "passed" in line]
 
 
-@pytest.mark.parametrize("board", ["u200", "pynq_z2"])
+@pytest.mark.parametrize("board", ["u200", pytest.param("pynq_z2", marks=pytest.mark.slow)])
 def test_csim_testbench_passes(board, tmp_path):
     rc, out = _make("csim", board, tmp_path)
     assert rc == 0, out[-4000:]

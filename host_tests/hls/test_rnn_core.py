@@ -27,8 +27,8 @@ needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to
 
 def _make(target, board, build_dir):
     proc = subprocess.run(
-        ["make", "-C", HLS, f"{target}-rnn", f"BOARD={board}", f"BUILD={build_dir}",
-         f"PYTHON={sys.executable}"],
+        ["make", "-C", HLS, f"-j{os.cpu_count() or 1}", "-O", f"{target}-rnn", f"BOARD={board}",
+         f"BUILD={build_dir}", f"PYTHON={sys.executable}"],
         capture_output=True, text=True, timeout=1200)
     return proc.returncode, proc.stdout + proc.stderr
 

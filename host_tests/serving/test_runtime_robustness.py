@@ -98,6 +98,12 @@ def test_latency_statistics_are_bounded(accel, monkeypatch):
     for x in random_inputs(t.graph, 8, seed=5):
         t.run_quantized(x)
     host, modeled = t.latencies()
-    assert len(host) == len(modeled) == 5 and t.requests == 8
+    assert len(host) == len(modeled) == 5 and len(t.overheads()) == 5 and t.requests == 8
     s = accel.stats()["a"]
     assert s.requests == 8 and s.latency_ms > 0 and s.host_latency_ms["p99"] >= s.host_latency_ms["p50"] > 0
+    # the host overhead on the driver's path: submit -> doorbell, completion record read -> result
+    for key in ("submit_to_doorbell", "completion_to_result"):
+        assert s.host_overhead_us[key]["p99"] >= s.host_overhead_us[key]["p50"] > 0
+    (x,) = random_inputs(t.graph, 1, seed=6)
+    _, info = t.run_quantized(x)
+    assert 0 < info.submit_to_doorbell_s and 0 < info.completion_to_result_s

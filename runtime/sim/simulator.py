@@ -28,7 +28,6 @@ every core for it, no buffer scrub between tenants -- the static baselines).
 from __future__ import annotations
 
 import collections
-import importlib
 import mmap
 import sys
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vfpga import overlay
-from vfpga.driver import isa
+from vfpga.driver import host_isa, isa
 from vfpga.runtime.compiler import dynamic, rnn, static
 from vfpga.runtime.compiler.segment import PAGE, RING_SIZE, rnn_segment_layout, segment_layout
 from vfpga.runtime.hw.timeline import PoolTimeline
@@ -89,7 +88,7 @@ class Simulator:
     def __init__(self, board, bank_bytes: int = 1 << 30):
         self.config = overlay.load(board) if isinstance(board, str) else board
         name = self.config["name"]
-        module = importlib.import_module(f"vfpga.driver._emu_{name}")
+        module = host_isa.emulation_module(name)
         self.ffi, self.lib = ffi, lib = module.ffi, module.lib
         ddr = self.config["ddr"]
         self.bank_stride, self.n_banks = int(ddr["bank_stride"]), int(ddr["banks"])

@@ -20,7 +20,7 @@ import os
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx
 import pynq
@@ -85,6 +85,9 @@ class TenantStats:
     ddr_slowdown: float | None  # emulation only: frame cycles as run / with the DDR bank to itself
     mac_share: float | None = None  # the model's MACs on the accelerator (the rest on the host)
     host_cpu_ms: float | None = None  # measured per request: the CPU parts (mean)
+    # measured host overhead per request on the driver's path, p50 / p99 in microseconds of the recent window:
+    # {"submit_to_doorbell": {...}, "completion_to_result": {...}}
+    host_overhead_us: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -410,9 +413,10 @@ class Accelerator:
             host, modeled = t.latencies()
             lat = [c / hz for c in modeled]
             mean = statistics.fmean(lat) if lat else None
-            host.sort()
-            host_ms = ({"mean": statistics.fmean(host) * 1e3, "p50": host[len(host) // 2] * 1e3,
-                        "p99": host[min(len(host) - 1, int(0.99 * len(host)))] * 1e3} if host else {})
+            host_ms = _percentiles(host, 1e3, mean=True)
+            overheads = t.overheads()
+            host_us = {key: _percentiles([o[i] for o in overheads], 1e6)
+                       for i, key in enumerate(("submit_to_doorbell", "completion_to_result"))} if overheads else {}
             util = (regs["core_cycles"] / (regs["request_cycles"] * t.k)
                     if regs["request_cycles"] else None)
             slowdown = None
@@ -423,7 +427,7 @@ class Accelerator:
             out[t.name] = TenantStats(t.name, list(t.cores), t.requests, t.failed, source,
                                       mean * 1e3 if mean else None, 1 / mean if mean else None, util, host_ms,
                                       regs["frames"], regs["core_cycles"], slowdown, t.mac_share().share,
-                                      statistics.fmean(cpu) * 1e3 if cpu else None)
+                                      statistics.fmean(cpu) * 1e3 if cpu else None, host_us)
         return out
 
     # ---- removal -------------------------------------------------------------------------------------------------
@@ -465,6 +469,16 @@ class Accelerator:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _percentiles(values: list[float], scale: float, mean: bool = False) -> dict[str, float]:
+    """p50 and p99 (and the mean) of ``values`` times ``scale``; {} for none."""
+    if not values:
+        return {}
+    v = sorted(values)
+    out = {"mean": statistics.fmean(v) * scale} if mean else {}
+    out.update(p50=v[len(v) // 2] * scale, p99=v[min(len(v) - 1, int(0.99 * len(v)))] * scale)
+    return out
 
 
 def mixed_model(model) -> bool:

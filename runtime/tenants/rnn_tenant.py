@@ -76,7 +76,8 @@ class RnnTenant(Tenant):
     def submit(self, x) -> object:
         """The model's input (array, or a dict of ONNX feeds with initial
         states) -> a Future of the model's float output(s), like onnxruntime."""
-        return self._enqueue(self._feeds(x), True)
+        t0 = time.perf_counter()
+        return self._enqueue(self._feeds(x), True, t0)
 
     def submit_quantized(self, x):
         raise TypeError(f"tenant {self.name!r} is an RNN tenant: submit(feeds) takes float inputs")
@@ -86,7 +87,8 @@ class RnnTenant(Tenant):
 
     def submit_with_info(self, x):
         """A Future of (float outputs, RunInfo): what the request did too."""
-        return self._enqueue(self._feeds(x), False)
+        t0 = time.perf_counter()
+        return self._enqueue(self._feeds(x), False, t0)
 
     def run_with_info(self, x) -> tuple[list[np.ndarray], RunInfo]:
         """Float outputs and what the request did."""

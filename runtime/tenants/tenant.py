@@ -52,6 +52,11 @@ class RunInfo:
     modeled_seconds: float
     cores: int  # cores the tenant held when the request finished
     host_cpu_seconds: float = 0.0  # measured: the CPU parts (onnxruntime on the host, glue included)
+    # measured host overhead (the driver's path, as on a board): submit() to the first doorbell, and the
+    # last completion record read by the driver to the result handed to the future; the model's CPU
+    # parts (host_cpu_seconds) in between are not counted
+    submit_to_doorbell_s: float | None = None
+    completion_to_result_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -63,7 +68,7 @@ class _Job:
     x_q: np.ndarray
     future: Future
     float_io: bool
-    submitted: float = field(default_factory=time.perf_counter)
+    submitted: float = field(default_factory=time.perf_counter)  # host clock when submit() was called
 
 
 class Tenant:
@@ -117,6 +122,11 @@ class Tenant:
         self.host_latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.host_cpu_seconds: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)  # CPU parts
         self.modeled_latencies: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
+        # (submit -> doorbell, completion -> result) seconds: perf_counter stamps of the request thread
+        self.host_overheads: collections.deque[tuple[float, float]] = collections.deque(maxlen=LATENCY_WINDOW)
+        self._doorbell_at: float | None = None  # the request in flight: its first doorbell
+        self._completed_at = 0.0  # and its last completion record, read by the driver
+        self._cpu_s = self._cpu_at_bell = self._cpu_at_done = 0.0  # its CPU parts' seconds: so far, at those
         self._worker = threading.Thread(target=self._serve, name=f"vfpga-tenant-{name}", daemon=True)
         self._worker.start()
 
@@ -161,6 +171,11 @@ class Tenant:
         """(host seconds, modeled cycles) of the recent requests, copied while no request adds one."""
         with self._state_lock:
             return list(self.host_latencies), list(self.modeled_latencies)
+
+    def overheads(self) -> list[tuple[float, float]]:
+        """(submit -> doorbell, completion -> result) host seconds of the recent requests."""
+        with self._state_lock:
+            return list(self.host_overheads)
 
     @property
     def pending(self) -> int:
@@ -219,7 +234,7 @@ class Tenant:
     def _check_input(self, x_q: np.ndarray) -> np.ndarray:
         return quantized_input(self.compiled, x_q, self.name)
 
-    def _enqueue(self, x_q: np.ndarray, float_io: bool) -> Future:
+    def _enqueue(self, x_q: np.ndarray, float_io: bool, submitted: float | None = None) -> Future:
         with self._state_lock:
             if self.removed:
                 raise TenantRemoved(f"tenant {self.name!r} has been removed")
@@ -231,23 +246,26 @@ class Tenant:
                                 f"(max_pending={self.max_pending}); wait for results or raise max_pending")
             self._pending += 1
             fut: Future = Future()
-            self._queue.put(_Job(x_q, fut, float_io))
+            self._queue.put(_Job(x_q, fut, float_io, submitted or time.perf_counter()))
         return fut
 
     def submit_quantized(self, x_q: np.ndarray) -> Future:
         """int8 HWC input -> a Future of (int8 HWC outputs, RunInfo)."""
-        return self._enqueue(self._check_input(x_q), False)
+        t0 = time.perf_counter()
+        return self._enqueue(self._check_input(x_q), False, t0)
 
     def submit(self, x: np.ndarray) -> Future:
         """Float input in the model's own layout -> a Future of the float
         output(s), like onnxruntime's run."""
+        t0 = time.perf_counter()
         x_q = frontend.quantize_input(x, self.graph.tensors[self.graph.inputs[0]])
-        return self._enqueue(self._check_input(x_q), True)
+        return self._enqueue(self._check_input(x_q), True, t0)
 
     def submit_float_with_info(self, x: np.ndarray) -> Future:
         """As submit, the Future giving (float output(s), RunInfo)."""
+        t0 = time.perf_counter()
         x_q = frontend.quantize_input(x, self.graph.tensors[self.graph.inputs[0]])
-        return self._enqueue(self._check_input(x_q), "info")
+        return self._enqueue(self._check_input(x_q), "info", t0)
 
     def run_quantized(self, x_q: np.ndarray) -> tuple[list[np.ndarray], RunInfo]:
         """int8 HWC input -> int8 HWC outputs, as the accelerator computes them."""
@@ -273,8 +291,10 @@ class Tenant:
                 continue
             try:
                 with self._exec_lock:
+                    self._doorbell_at, self._cpu_s = None, 0.0
                     outs, info = self._execute(job.x_q)
                 result = self._result(outs, info, job.float_io)
+                done = time.perf_counter()
             except TenantFault as e:
                 with self._state_lock:
                     self.fault = e
@@ -286,11 +306,16 @@ class Tenant:
                     self.failed += 1
                 job.future.set_exception(e)
                 continue
+            if self._doorbell_at is not None:
+                info.submit_to_doorbell_s = self._doorbell_at - job.submitted - self._cpu_at_bell
+                info.completion_to_result_s = done - self._completed_at - (info.host_cpu_seconds - self._cpu_at_done)
             with self._state_lock:
                 self.requests += 1
                 self.host_latencies.append(info.host_seconds)
                 self.host_cpu_seconds.append(info.host_cpu_seconds)
                 self.modeled_latencies.append(info.modeled_cycles)
+                if info.submit_to_doorbell_s is not None:
+                    self.host_overheads.append((info.submit_to_doorbell_s, info.completion_to_result_s))
             job.future.set_result(result)
 
     def _result(self, outs, info: RunInfo, float_io):
@@ -320,6 +345,7 @@ class Tenant:
                 t_cpu = time.perf_counter()
                 self._run_cpu(part.layer)
                 cpu_s += time.perf_counter() - t_cpu
+                self._cpu_s = cpu_s
                 continue
             completions.append(self._run_part(accel_index))
             accel_index += 1
@@ -337,6 +363,8 @@ class Tenant:
                 offset, entries = self._program(index)
                 self._inflight_half = self._active_half
                 self.context.post(offset, entries, rid)
+            if self._doorbell_at is None:
+                self._doorbell_at, self._cpu_at_bell = time.perf_counter(), self._cpu_s
             if not done.wait(REQUEST_TIMEOUT_S):
                 raise ContextError(f"tenant {self.name!r}: no completion record after {REQUEST_TIMEOUT_S} s "
                                    f"(context status {self.context.status})")
@@ -345,6 +373,7 @@ class Tenant:
             with self._prog_lock:
                 self._inflight_half = None
         c = box[0]
+        self._completed_at, self._cpu_at_done = c.collected_at, self._cpu_s
         if not c.ok:
             raise TenantFault(self.name, c.describe(), self.context.fault(), c)
         return c

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Emulation speed against onnxruntime, and the host overhead per request.
+
+For ResNet-50, VGG-19 and SqueezeNet of the ONNX light model zoo (random
+weights, quantized to QDQ by onnxruntime on two inputs), in one run on this
+machine:
+
+  * onnxruntime on the QDQ model, its default threads and one thread;
+  * the emulated board (the HLS C++ as C-simulation, the driver and runtime
+    as on a board) running the same model on k = 1, 2 and all host threads'
+    worth of cores: the tenant holds k cores, frames of a layer in flight at
+    once run on up to min(k, host threads) host threads;
+  * ms per image (median of --runs) and the ratio to both onnxruntime
+    figures; the process CPU time per image beside it (on a shared machine
+    the wall time also counts the other processes);
+  * the host overhead per request on the driver's path (stats()): submit to
+    doorbell and completion record to result, p50 / p99 in microseconds, for
+    each model and for a small CNN over --requests requests.
+
+With --suite it also times the default test suite (python -m pytest -q).
+
+    python scripts/bench_emulation.py [--models resnet50,vgg19,squeezenet] [--runs 5] [--suite]
+
+Every figure is measured on this host; none is modeled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+
+MODELS = ("resnet50", "vgg19", "squeezenet")
+
+
+def _timed(fn, runs: int) -> tuple[float, float]:
+    """(median wall seconds, mean process CPU seconds) of ``runs`` calls after a warm-up."""
+    fn()
+    wall = []
+    c0 = time.process_time()
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        wall.append(time.perf_counter() - t0)
+    return statistics.median(wall), (time.process_time() - c0) / runs
+
+
+def _ort(qdq, x, runs: int) -> dict[str, float]:
+    import onnxruntime as ort
+
+    out = {}
+    for label, threads in (("default", 0), ("1 thread", 1)):
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(qdq.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+        out[label] = _timed(lambda s=sess, f=feed: s.run(None, f), runs)[0]
+    return out
+
+
+def _overhead(stats) -> str:
+    o = stats.host_overhead_us
+    if not o:
+        return "n/a"
+    return (f"submit->doorbell p50 {o['submit_to_doorbell']['p50']:.0f} / p99 {o['submit_to_doorbell']['p99']:.0f} us, "
+            f"completion->result p50 {o['completion_to_result']['p50']:.0f} / "
+            f"p99 {o['completion_to_result']['p99']:.0f} us")
+
+
+def bench_model(ov, name: str, runs: int, ks: list[int]) -> list[str]:
+    from vfpga.runtime.compiler import frontend
+    from vfpga.runtime.models import zoo
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = zoo.load(name, seed=0)
+        xs = zoo.random_inputs(model, 3, seed=1)
+        qdq = frontend.quantize(model, xs[:2])
+    ort_s = _ort(qdq, xs[2], runs)
+    t0 = time.perf_counter()
+    tenant = ov.deploy(qdq, cores=ks[0], name=name)  # the compile cache makes a second run skip compiling
+    deploy_s = time.perf_counter() - t0
+    x_q = frontend.quantize_input(xs[2], tenant.graph.tensors[tenant.graph.inputs[0]])
+    macs = tenant.mac_share()
+    lines = [f"{name}: {macs.accel_macs / 1e9:.2f} GMAC on the accelerator ({macs.share * 100:.1f} %), deploy "
+             f"{deploy_s:.1f} s; onnxruntime {ort_s['default'] * 1e3:.1f} ms (default threads), "
+             f"{ort_s['1 thread'] * 1e3:.1f} ms (1 thread)"]
+    ref = None
+    for k in ks:
+        if k != tenant.k:
+            ov.reallocate({name: k})
+        wall, cpu = _timed(lambda: tenant.run_quantized(x_q), runs)
+        outs, _ = tenant.run_quantized(x_q)
+        ref = ref or outs
+        assert all(np.array_equal(a, b) for a, b in zip(outs, ref)), f"{name}: k={k} output differs from k={ks[0]}"
+        threads = min(k, os.cpu_count() or 1)
+        lines.append(f"  k={k:<2} ({threads} host thread{'s' if threads > 1 else ''}): {wall * 1e3:7.1f} ms/image "
+                     f"= {wall / ort_s['default']:4.1f}x onnxruntime default, {wall / ort_s['1 thread']:4.1f}x "
+                     f"1 thread   (process CPU {cpu * 1e3:.0f} ms/image)")
+    lines.append(f"  host overhead per request ({tenant.requests} requests): {_overhead(ov.stats()[name])}")
+    ov.remove(name)
+    return lines
+
+
+def small_cnn_overhead(ov, requests: int) -> str:
+    from vfpga.runtime.compiler import frontend
+    from vfpga.runtime.models import small
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = small.small_cnn(seed=0)
+        rng = np.random.default_rng(0)
+        shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        calib = [rng.standard_normal(shape).astype(np.float32) for _ in range(2)]
+        tenant = ov.deploy(model, cores=1, name="small_cnn", calibration=calib)
+    x_q = frontend.quantize_input(calib[0], tenant.graph.tensors[tenant.graph.inputs[0]])
+    t0 = time.perf_counter()
+    for _ in range(requests):
+        tenant.run_quantized(x_q)
+    per = (time.perf_counter() - t0) / requests
+    line = (f"small_cnn, {requests} requests one at a time ({per * 1e6:.0f} us each end to end): "
+            f"{_overhead(ov.stats()['small_cnn'])}")
+    ov.remove("small_cnn")
+    return line
+
+
+def suite_time() -> str:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    summary = next((ln for ln in reversed(proc.stdout.splitlines()) if " passed" in ln), "no summary")
+    return f"default test suite (python -m pytest -q): {wall:.0f} s wall, {summary.strip()}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--board", default="u200")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per figure (median)")
+    p.add_argument("--requests", type=int, default=500, help="small-CNN requests for the overhead figure")
+    p.add_argument("--suite", action="store_true", help="also time the default test suite")
+    a = p.parse_args(argv)
+
+    import onnxruntime
+
+    from vfpga.runtime import tenants
+
+    threads = os.cpu_count() or 1
+    ks = sorted({1, 2, threads})
+    ov = tenants.open(a.board)
+    build = getattr(ov.device, "build", "board")
+    print(f"host: {threads} threads, load average {os.getloadavg()[0]:.1f} at start (a shared machine's wall "
+          f"times vary from run to run); emulation library: {build}; onnxruntime {onnxruntime.__version__}")
+    print(f"board {a.board}; k = cores the tenant holds (all = {threads} host threads); median of {a.runs} runs")
+    for name in a.models.split(","):
+        for line in bench_model(ov, name, a.runs, ks):
+            print(line, flush=True)
+    print(small_cnn_overhead(ov, a.requests), flush=True)
+    ov.close()
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    if a.suite:
+        print(suite_time(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
