@@ -52,6 +52,8 @@ class RunInfo:
     modeled_seconds: float
     cores: int  # cores the tenant held when the request finished
     host_cpu_seconds: float = 0.0  # measured: the CPU parts (onnxruntime on the host, glue included)
+    batch: int = 1  # requests that ran together in this run (dynamic batching; RNN tenants)
+    batch_size: int = 1  # the compiled batch size they ran on (the rest padding)
 
     @property
     def ok(self) -> bool:
@@ -85,7 +87,7 @@ class Tenant:
             raise DeployError(f"tenant {name!r} needs a {size}-byte segment in DDR bank {bank}, which cannot "
                               f"hold it: {e}") from e
         try:
-            for offset, data in compiled.segment_image().items():
+            for offset, data in self._segment_image().items():
                 self.segment.write(offset, np.frombuffer(data, dtype=np.uint8))
             # The whole segment goes down once, so no earlier tenant's bytes remain in it.
             self.segment.sync_to_device()
@@ -129,6 +131,10 @@ class Tenant:
         self.ring_offset, self.cpl_offset = layout.ring_offset, layout.cpl_offset
         self.part_entries, self.program_halves = layout.part_entries, layout.program_halves
         return layout.size
+
+    def _segment_image(self) -> dict[int, bytes]:
+        """The bytes uploaded once at deploy: {segment offset: bytes}."""
+        return self.compiled.segment_image()
 
     def _after_deploy(self) -> None:
         self.schedules = static.schedule_parts(self.compiled, self.accel.config)
@@ -258,40 +264,57 @@ class Tenant:
         return self.submit(x).result()
 
     # ---- the request thread -------------------------------------------------------------------------
+    def _take(self) -> list[_Job] | None:
+        """The next requests to run together (one here; RnnTenant batches), None to stop."""
+        job = self._queue.get()
+        return None if job is None else [job]
+
+    def _execute_jobs(self, jobs: list[_Job]) -> list[tuple]:
+        """(outputs, RunInfo) of each of ``jobs``, run on the device."""
+        return [self._execute(job.x_q) for job in jobs]
+
     def _serve(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
+        self._stop = False  # set by _take when it meets the sentinel after some requests
+        while not self._stop:
+            jobs = self._take()
+            if jobs is None:
                 return
-            with self._state_lock:
-                self._pending -= 1
-                reason = self._refusal()
-            if reason is not None:
-                job.future.set_exception(reason)
-                continue
-            if not job.future.set_running_or_notify_cancel():
+            live = []
+            for job in jobs:
+                with self._state_lock:
+                    self._pending -= 1
+                    reason = self._refusal()
+                if reason is not None:
+                    job.future.set_exception(reason)
+                elif job.future.set_running_or_notify_cancel():
+                    live.append(job)
+            if not live:
                 continue
             try:
                 with self._exec_lock:
-                    outs, info = self._execute(job.x_q)
-                result = self._result(outs, info, job.float_io)
-            except TenantFault as e:
-                with self._state_lock:
-                    self.fault = e
-                    self.failed += 1
-                job.future.set_exception(e)
+                    results = self._execute_jobs(live)
+            except BaseException as e:  # noqa: BLE001 - handed to the callers through the futures
+                with self._state_lock:  # a fault fails the whole batch and stops the tenant
+                    if isinstance(e, TenantFault):
+                        self.fault = e
+                    self.failed += len(live)
+                for job in live:
+                    job.future.set_exception(e)
                 continue
-            except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            for job, (outs, info) in zip(live, results):
+                try:
+                    result = self._result(outs, info, job.float_io)
+                except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+                    with self._state_lock:
+                        self.failed += 1
+                    job.future.set_exception(e)
+                    continue
                 with self._state_lock:
-                    self.failed += 1
-                job.future.set_exception(e)
-                continue
-            with self._state_lock:
-                self.requests += 1
-                self.host_latencies.append(info.host_seconds)
-                self.host_cpu_seconds.append(info.host_cpu_seconds)
-                self.modeled_latencies.append(info.modeled_cycles)
-            job.future.set_result(result)
+                    self.requests += 1
+                    self.host_latencies.append(info.host_seconds)
+                    self.host_cpu_seconds.append(info.host_cpu_seconds)
+                    self.modeled_latencies.append(info.modeled_cycles)
+                job.future.set_result(result)
 
     def _result(self, outs, info: RunInfo, float_io):
         """What the future of a request gives: float outputs like
