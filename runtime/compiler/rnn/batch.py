@@ -101,6 +101,7 @@ class BatchedRnn:
 
     sizes: list[int]
     variants: dict[int, CompiledRnn]  # batch size -> its program at its place
+    compiled: dict[int, CompiledRnn]  # batch size -> as compiled (frames right after its own work area)
 
     @property
     def base(self) -> CompiledRnn:
@@ -122,7 +123,7 @@ class BatchedRnn:
 
     def upto(self, max_batch: int) -> BatchedRnn:
         """The variants of sizes <= max_batch, as :func:`compile_batched` would place them."""
-        return place([self.variants[b] for b in self.sizes if b <= max_batch])
+        return place([self.compiled[b] for b in self.sizes if b <= max_batch])
 
 
 def place(variants: list[CompiledRnn]) -> BatchedRnn:
@@ -136,7 +137,7 @@ def place(variants: list[CompiledRnn]) -> BatchedRnn:
     for v in variants:
         out[v.batch] = relocate(v, at)
         at = out[v.batch].segment_size
-    return BatchedRnn([v.batch for v in variants], out)
+    return BatchedRnn([v.batch for v in variants], out, {v.batch: v for v in variants})
 
 
 def compile_batched(base: CompiledRnn, max_batch: int) -> BatchedRnn:
