@@ -503,10 +503,12 @@ def batched_rnn_models(models: Models, names, batches=BATCHES, boards=(POOL, BIG
 
 
 def _weight_reads(compiled, k: int) -> tuple[int, int]:
-    """(batch group, weight reads per timestep) of the first layer in its plan on k cores."""
+    """(batch group, times a timestep reads the first layer's weights from
+    DDR) in its plan on k cores: once per group when they stream, 0 when
+    they stay resident in the cores."""
     v = rnn.plan_rnn(compiled, k).variants[0]
-    bg = compiled.tilings[0][v].bg
-    return bg, -(-compiled.batch // bg)
+    t = compiled.tilings[0][v]
+    return t.bg, 0 if t.resident else -(-compiled.batch // t.bg)
 
 
 def batching(per_batch: dict[int, Models], tenants=BATCH_TENANTS, horizon_requests: int = 4,

@@ -58,14 +58,18 @@ def batching(rows_in: list) -> str:
     against the big core time-multiplexed with the same batches."""
     rows = []
     for r in rows_in:
-        reads = (f"{r['weight_reads']} (bg {r['batch_group']}) / {r['bigcore_weight_reads']} "
-                 f"(bg {r['bigcore_batch_group']})" if "weight_reads" in r else "")
+        reads = (f"{_reads(r['weight_reads'], r['batch_group'])} / "
+                 f"{_reads(r['bigcore_weight_reads'], r['bigcore_batch_group'])}" if "weight_reads" in r else "")
         rows.append([r["batch"], f"{r['tenant']} ({r['model']})", r["cores"], r["inflight"], f"{r['gops']:.0f}",
                      f"{r['p99_ms']:.2f}", f"{r['bigcore_gops']:.0f}", f"{r['bigcore_p99_ms']:.2f}",
                      f"{r['vs_bigcore']:.2f}x", reads])
     return md_table(["batch", "tenant (model)", "cores", "in flight", "vfpga GOP/s", "vfpga p99 ms",
                      "big RNN core TDM GOP/s", "big core p99 ms", "vs big core",
-                     "weight reads per step: pool / big core"], rows)
+                     "weights from DDR per step (batch group): pool / big core"], rows)
+
+
+def _reads(n: int, bg: int) -> str:
+    return f"{n}x (bg {bg})" if n else f"resident (bg {bg})"
 
 
 def private_cloud(d: dict) -> str:
