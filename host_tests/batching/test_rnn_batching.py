@@ -100,6 +100,10 @@ def test_each_request_of_a_batch_equals_its_unbatched_run(models, name):
                 got, info = f.result(120)
                 assert info.batch == len(group) and info.batch_size == batch.batched.size_for(len(group))
                 assert _same(got, want[s]), f"request {s} in a batch of {len(group)} differs from its run alone"
+        st = ov.stats()["batch"]  # a run's device time is shared by the requests batched in it
+        assert st.requests == len(seeds)
+        per_request = sum(1 / len(g) for g in (seeds[:4], seeds[4:7], seeds[7:8], seeds[8:]) for _ in g) / len(seeds)
+        assert st.throughput_rps == pytest.approx(1e3 / st.latency_ms / per_request, rel=0.2)
     finally:
         ov.close()
 

@@ -77,7 +77,7 @@ class TenantStats:
     failed: int
     source: str
     latency_ms: float | None  # device latency per request, mean of the recent window (modeled or measured)
-    throughput_rps: float | None  # 1 / latency: one request at a time per tenant
+    throughput_rps: float | None  # 1 / device time per request: one run at a time, a batch's run shared by its requests
     utilisation: float | None  # busy core-cycles / (request cycles x cores held)
     host_latency_ms: dict  # measured on the host: mean, p50, p99 of the last tenant.LATENCY_WINDOW requests
     frames: int
@@ -427,6 +427,7 @@ class Accelerator:
             host, modeled = t.latencies()
             lat = [c / hz for c in modeled]
             mean = statistics.fmean(lat) if lat else None
+            per = t.device_cycles_per_request()
             host.sort()
             host_ms = ({"mean": statistics.fmean(host) * 1e3, "p50": host[len(host) // 2] * 1e3,
                         "p99": host[min(len(host) - 1, int(0.99 * len(host)))] * 1e3} if host else {})
@@ -438,7 +439,7 @@ class Accelerator:
                 slowdown = int(disp.timeline.tenant_frame_cycles[t.context.index]) / solo if solo else None
             cpu = list(t.host_cpu_seconds)
             out[t.name] = TenantStats(t.name, list(t.cores), t.requests, t.failed, source,
-                                      mean * 1e3 if mean else None, 1 / mean if mean else None, util, host_ms,
+                                      mean * 1e3 if mean else None, hz / per if per else None, util, host_ms,
                                       regs["frames"], regs["core_cycles"], slowdown, t.mac_share().share,
                                       statistics.fmean(cpu) * 1e3 if cpu else None)
         return out

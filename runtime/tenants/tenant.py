@@ -12,7 +12,9 @@ flight keeps walking its program; the dispatcher folds its slots onto
 whatever mask the tenant holds (slot mod k), so nothing is re-issued or lost.
 
 Requests run one at a time per tenant (its activations have one place in
-the segment); submit() queues them on the host, bounded by ``max_pending``.
+the segment; an RNN tenant deployed with ``max_batch`` runs the requests
+that arrive together as one batch); submit() queues them on the host,
+bounded by ``max_pending``.
 Different tenants run concurrently on their own cores.
 """
 
@@ -119,6 +121,7 @@ class Tenant:
         self.host_latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.host_cpu_seconds: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)  # CPU parts
         self.modeled_latencies: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
+        self.run_batches: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)  # requests per run
         self._worker = threading.Thread(target=self._serve, name=f"vfpga-tenant-{name}", daemon=True)
         self._worker.start()
 
@@ -167,6 +170,13 @@ class Tenant:
         """(host seconds, modeled cycles) of the recent requests, copied while no request adds one."""
         with self._state_lock:
             return list(self.host_latencies), list(self.modeled_latencies)
+
+    def device_cycles_per_request(self) -> float | None:
+        """Mean modeled (or measured) device cycles per recent request: a
+        run's cycles shared by the requests batched in it."""
+        with self._state_lock:
+            runs = list(zip(self.modeled_latencies, self.run_batches))
+        return sum(c / n for c, n in runs) / len(runs) if runs else None
 
     @property
     def pending(self) -> int:
@@ -314,6 +324,7 @@ class Tenant:
                     self.host_latencies.append(info.host_seconds)
                     self.host_cpu_seconds.append(info.host_cpu_seconds)
                     self.modeled_latencies.append(info.modeled_cycles)
+                    self.run_batches.append(info.batch)
                 job.future.set_result(result)
 
     def _result(self, outs, info: RunInfo, float_io):
