@@ -225,6 +225,9 @@ def test_batching_is_refused_where_it_is_not_built(models):
             ov.deploy(small.conv_graph(2), cores=1, max_batch=2)
         with pytest.raises(DeployError, match="max_batch must be a positive integer"):
             ov.deploy(models["gru"], cores=1, max_batch=0)
+        with pytest.raises(DeployError, match="max_delay_us must be a number >= 0"):
+            ov.deploy(models["gru"], cores=1, max_batch=2, max_delay_us=-1)
+        assert ov.free_rnn_cores == ov.rnn_cores
         batch2 = rnn.compile_rnn(small.random_rnn_model("GRU", H, IN, T, batch=2, seed=2), "u200",
                                  calibration=[{"X": np.ones((T, 2, IN), np.float32)}])
         with pytest.raises(DeployError, match="batching needs a batch-1 model"):

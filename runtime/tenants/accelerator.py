@@ -215,6 +215,8 @@ class Accelerator:
         ``max_delay_us`` of each other run together, up to max_batch."""
         if not isinstance(max_batch, int) or max_batch < 1:
             raise DeployError(f"max_batch must be a positive integer, not {max_batch!r}")
+        if not isinstance(max_delay_us, (int, float)) or isinstance(max_delay_us, bool) or max_delay_us < 0:
+            raise DeployError(f"max_delay_us must be a number >= 0, not {max_delay_us!r}")
         if isinstance(model, mixed.CompiledMixed) or mixed_model(model):
             if max_batch > 1:
                 raise DeployError("dynamic batching is implemented for RNN tenants only (not CNN + RNN models)")
