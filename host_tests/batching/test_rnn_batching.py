@@ -47,12 +47,28 @@ def lstm_with_states(seed: int = 0) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
 
 
+def gru_batchwise(seed: int = 0) -> onnx.ModelProto:
+    """A layout-1 GRU (X [B, T, I]) with a constant initial h and sequence_lens
+    shorter than the sequence: batching repeats both per item."""
+    rng = np.random.default_rng(seed)
+    u = lambda *s: rng.uniform(-0.3, 0.3, s).astype(np.float32)  # noqa: E731
+    inits = [numpy_helper.from_array(u(1, 3 * H, IN), "W"), numpy_helper.from_array(u(1, 3 * H, H), "R"),
+             numpy_helper.from_array(u(1, 6 * H), "B"), numpy_helper.from_array(np.array([T - 1], np.int32), "lens"),
+             numpy_helper.from_array(u(1, 1, H), "h0")]
+    node = helper.make_node("GRU", ["X", "W", "R", "B", "lens", "h0"], ["Y", "Y_h"], name="gru", hidden_size=H,
+                            layout=1, linear_before_reset=1)
+    f = onnx.TensorProto.FLOAT
+    graph = helper.make_graph([node], "gru_l1", [helper.make_tensor_value_info("X", f, [1, T, IN])],
+                              [helper.make_tensor_value_info(o, f, None) for o in ("Y", "Y_h")], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
 def _calib(model, n=3, seed=9):
     rng = np.random.default_rng(seed)
     names = {i.name for i in model.graph.input}
     out = []
     for _ in range(n):
-        f = {"X": rng.uniform(-1, 1, (T, 1, IN)).astype(np.float32)}
+        f = {"X": rng.uniform(-1, 1, _x_shape(model)).astype(np.float32)}
         if "h0" in names:
             f["h0"] = rng.uniform(-0.5, 0.5, (1, 1, H)).astype(np.float32)
             f["c0"] = rng.uniform(-0.5, 0.5, (1, 1, H)).astype(np.float32)
@@ -64,13 +80,20 @@ def _calib(model, n=3, seed=9):
 def models():
     lstm = lstm_with_states(1)
     gru = small.random_rnn_model("GRU", hidden=H, input_size=IN, steps=T, lbr=0, seed=2)
+    gru_l1 = gru_batchwise(3)
     return {"lstm": rnn.compile_rnn(lstm, "u200", calibration=_calib(lstm)),
-            "gru": rnn.compile_rnn(gru, "u200", calibration=_calib(gru))}
+            "gru": rnn.compile_rnn(gru, "u200", calibration=_calib(gru)),
+            "gru_l1": rnn.compile_rnn(gru_l1, "u200", calibration=_calib(gru_l1))}
+
+
+def _x_shape(model_or_name) -> tuple:
+    name = model_or_name if isinstance(model_or_name, str) else model_or_name.graph.name
+    return (1, T, IN) if name in ("gru_l1",) else (T, 1, IN)
 
 
 def _feeds(name: str, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    f = {"X": rng.uniform(-1, 1, (T, 1, IN)).astype(np.float32)}
+    f = {"X": rng.uniform(-1, 1, _x_shape(name)).astype(np.float32)}
     if name == "lstm" and seed % 3:  # some requests give initial states, others leave them zero
         f["h0"] = rng.uniform(-0.5, 0.5, (1, 1, H)).astype(np.float32)
         f["c0"] = rng.uniform(-0.5, 0.5, (1, 1, H)).astype(np.float32)
@@ -83,7 +106,7 @@ def _same(got, want) -> bool:
     return len(got) == len(want) and all(g.dtype == w.dtype and np.array_equal(g, w) for g, w in zip(got, want))
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.parametrize("name", ["lstm", "gru", "gru_l1"])
 def test_each_request_of_a_batch_equals_its_unbatched_run(models, name):
     compiled = models[name]
     ov = emulated_accelerator("u200", 64 << 20)
@@ -91,6 +114,9 @@ def test_each_request_of_a_batch_equals_its_unbatched_run(models, name):
         alone = ov.deploy(compiled, cores=1, name="alone")
         batch = ov.deploy(compiled, cores=2, name="batch", max_batch=4, max_delay_us=WAIT)
         assert batch.batched.sizes == [1, 2, 4]
+        if name == "gru_l1":  # the constants of batch 1 repeated per item
+            lay = batch.batched.variants[4].layers[0]
+            assert lay.seq_lens.tolist() == [T - 1] * 4 and lay.h0.shape == (4, 1, H)
         seeds = list(range(11))
         want = {s: alone.run(_feeds(name, s)) for s in seeds}
         assert not any(_same(want[0], want[s]) for s in seeds[1:])  # the inputs differ, so must the results
