@@ -207,6 +207,7 @@ def batching_section(models, cfg: Config, out: str, progress) -> Section:
         ax.plot([r["batch"] for r in total], [r["bigcore_gops"] for r in total], marker="o",
                 label="big RNN core (TDM)")
         ax.set_xscale("log", base=2)
+        ax.set_xticks([r["batch"] for r in total], [str(r["batch"]) for r in total])
         ax.set_xlabel("batch size")
         ax.set_ylabel("throughput (GOP/s, modeled)")
         ax.set_title("Dynamic batching: hidden-1024 LSTM + GRU tenants")
