@@ -349,6 +349,46 @@ def test_an_lstm_model_runs_on_the_rnn_cores(server):
     assert server.admin.post("/v2/repository/models/speech/unload").status_code == 200
 
 
+@pytest.mark.filterwarnings("ignore:compile_rnn. no calibration data")
+def test_an_lstm_model_batches_its_concurrent_requests(server):
+    """config.max_batch: requests that arrive together run as one batch; each
+    answer equals the model's unbatched run."""
+    from harness import emulated_accelerator
+
+    from vfpga.runtime.models import small
+
+    model = small.random_rnn_model("LSTM", hidden=16, input_size=8, steps=4, seed=5)
+    bad = server.admin.post("/v2/repository/models/batched/load", json={"parameters": {
+        "file:1/model.onnx": base64.b64encode(model.SerializeToString()).decode(),
+        "config": json.dumps({"cores": 1, "max_batch": 4, "max_delay_us": "soon"})}})
+    assert bad.status_code == 400 and "max_delay_us must be a number" in bad.json()["error"]
+    reply = server.load("batched", model, {"cores": 1, "max_batch": 4, "max_delay_us": 50000})
+    xs = [np.random.default_rng(s).standard_normal((4, 1, 8)).astype(np.float32) for s in range(6)]
+    got: dict = {}
+
+    def call(i):
+        r = server.client(reply["token"]).post("/v2/models/batched/infer", json=infer_json(xs[i], name="X"))
+        got[i] = r
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    accel = emulated_accelerator()
+    try:
+        alone = accel.deploy(model.SerializeToString(), cores=1, name="alone")
+        for i, x in enumerate(xs):
+            assert got[i].status_code == 200, got[i].text
+            out = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"]) for o in got[i].json()["outputs"]}
+            want = alone.run(x)
+            np.testing.assert_array_equal(out["Y"], want[0])
+            np.testing.assert_array_equal(out["Y_h"], want[1])
+    finally:
+        accel.close()
+    assert server.admin.post("/v2/repository/models/batched/unload").status_code == 200
+
+
 def test_a_full_queue_answers_429_and_the_others_are_served(server, reference):
     """max_pending=1: of simultaneous requests, those beyond the queue are
     refused with 429 (naming the limit); every one answered is right."""

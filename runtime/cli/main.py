@@ -422,7 +422,11 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     from vfpga.runtime.experiments.report import run_bench
 
-    run_bench(args.out, quick=args.quick)
+    try:
+        run_bench(args.out, quick=args.quick, only=[s for s in args.only.split(",") if s] if args.only else None)
+    except ValueError as e:  # an unknown experiment name
+        print(f"vfpga bench: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -504,6 +508,8 @@ def main(argv=None) -> int:
     b = sub.add_parser("bench", help="run the experiments (modeled) and write a report with tables and plots")
     b.add_argument("--quick", action="store_true", help="a small version (fewer requests, smaller models)")
     b.add_argument("--out", default="vfpga-bench", help="output directory (default ./vfpga-bench)")
+    b.add_argument("--only", default=None, help="comma-separated experiments to run (e.g. rnn,batching); "
+                                                "prints their tables")
     b.set_defaults(func=_bench)
 
     s = sub.add_parser("serve", help="serve the board's tenants over the Open Inference Protocol (HTTP and gRPC)")

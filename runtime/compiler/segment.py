@@ -59,3 +59,12 @@ def rnn_segment_layout(compiled: rnn.CompiledRnn, n_rnn: int) -> SegmentLayout:
     two halves holding the longest dispatch program over 1..n_rnn cores."""
     longest = max(len(rnn.plan_rnn(compiled, k).program) for k in range(1, n_rnn + 1))
     return driver_areas(compiled.segment_size, [longest])
+
+
+def rnn_batch_layout(batched: rnn.BatchedRnn, n_rnn: int) -> SegmentLayout:
+    """A batching RNN tenant's segment: every variant's bytes (see
+    :mod:`vfpga.runtime.compiler.rnn.batch`), the ring, the records and two
+    halves holding, per batch size, its longest dispatch program over 1..n_rnn cores."""
+    longest = [max(len(rnn.plan_rnn(v, k).program) for k in range(1, n_rnn + 1))
+               for v in (batched.variants[b] for b in batched.sizes)]
+    return driver_areas(batched.segment_size, longest)

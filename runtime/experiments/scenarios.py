@@ -479,3 +479,65 @@ def rnn_throughput(models: Models, horizon_requests: int = 4, progress=None) -> 
     big RNN core (u200_bigcore) and the whole pool per request, both
     time-multiplexed."""
     return split_comparison(models, RNN_SPLITS, horizon_requests, progress, "RNN ")
+
+
+# ---------------------------------------------------------------------------- dynamic batching
+BATCH_TENANTS = [("lstm-a", "lstm1024", 4), ("gru-a", "gru1024", 4)]  # 2 x 4 of the 8 RNN cores
+BATCHES = (1, 2, 4, 8)
+
+
+def batched_rnn_models(models: Models, names, batches=BATCHES, boards=(POOL, BIG)) -> dict[int, Models]:
+    """Per batch size B, each model compiled with batch B and its batch-1
+    program's scales (what a tenant deployed with max_batch runs; the frames
+    group batch items per weight tile as far as the core's buffers allow)."""
+    sizes = rnn.batch_sizes(max(batches))
+    if set(batches) - set(sizes):
+        raise ValueError(f"batches {sorted(batches)}: only {sizes} are compiled for max_batch {max(batches)}")
+    out: dict[int, dict] = {b: {} for b in batches}
+    for name in names:
+        for board in boards:
+            variants = rnn.compile_batched(models[name, board], max(batches)).compiled
+            for b in batches:
+                out[b][name, board] = variants[b]
+    return {b: Models(d) for b, d in out.items()}
+
+
+def _weight_reads(compiled, k: int) -> tuple[int, int]:
+    """(batch group, times a timestep reads the first layer's weights from
+    DDR) in its plan on k cores: once per group when they stream, 0 when
+    they stay resident in the cores."""
+    v = rnn.plan_rnn(compiled, k).variants[0]
+    t = compiled.tilings[0][v]
+    return t.bg, 0 if t.resident else -(-compiled.batch // t.bg)
+
+
+def batching(per_batch: dict[int, Models], tenants=BATCH_TENANTS, horizon_requests: int = 4,
+             progress=None) -> dict:
+    """RNN tenants batched B at a time on their pool cores against the big
+    RNN core time-multiplexed with the same batches. One simulated request
+    is one batch of B requests: GOP/s count the batch's MACs (B times a
+    request's); p99 is of the closed-loop turnaround of a batch, which is
+    every request's turnaround when B clients submit together. One batch in
+    flight per tenant (in-flight slots are not built), hence ``inflight`` 1."""
+    rows = []
+    for b, models in sorted(per_batch.items()):
+        if progress:
+            progress(f"batching, batch {b}")
+        res = {mode: saturated(models, tenants, mode, horizon_requests) for mode in ("vfpga", "bigcore")}
+        v, big = res["vfpga"], res["bigcore"]
+        for i, (tname, model, k) in enumerate(tenants):
+            tv, tb = v["tenants"][i], big["tenants"][i]
+            bg, reads = _weight_reads(models[model, POOL], k)
+            big_bg, big_reads = _weight_reads(models[model, BIG], 1)
+            rows.append({"model": model, "tenant": tname, "cores": k, "batch": b, "inflight": 1,
+                         "gops": tv["gops"], "p99_ms": tv["p99_ms"], "req_per_s": b * tv["req_per_s"],
+                         "bigcore_gops": tb["gops"], "bigcore_p99_ms": tb["p99_ms"],
+                         "vs_bigcore": tv["gops"] / tb["gops"], "batch_group": bg, "weight_reads": reads,
+                         "bigcore_batch_group": big_bg, "bigcore_weight_reads": big_reads})
+        mine = rows[-len(tenants):]
+        rows.append({"model": "+".join(m for _, m, _ in tenants), "tenant": "all",
+                     "cores": sum(k for _, _, k in tenants), "batch": b, "inflight": 1, "gops": v["gops"],
+                     "p99_ms": max(r["p99_ms"] for r in mine), "req_per_s": sum(r["req_per_s"] for r in mine),
+                     "bigcore_gops": big["gops"], "bigcore_p99_ms": max(r["bigcore_p99_ms"] for r in mine),
+                     "vs_bigcore": v["gops"] / big["gops"]})
+    return {"rows": rows}

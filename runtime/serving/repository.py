@@ -10,6 +10,9 @@ layout; LSTM/GRU models run on the RNN cores) or an IFP file from
 
     {"cores": 2, "token": "...", "max_pending": 16, "calibration": "calib.npz", "input_shape": [1, 3, 32, 32]}
 
+LSTM/GRU models may ask for dynamic batching on one board: ``"max_batch"``
+and ``"max_delay_us"`` (see :meth:`Accelerator.deploy`).
+
 In front of a cluster (``vfpga serve --ray``) it may also give ``"replicas"``
 (copies of the model, each on ``cores`` cores of some board; requests go to
 the least loaded) and ``"board"`` (the board kind, default the first one).
@@ -56,7 +59,8 @@ from .protocol import ServingError, Tensor, TensorSpec, bad_request, datatype_of
 
 log = logging.getLogger("vfpga.serving")
 
-CONFIG_KEYS = {"cores", "token", "max_pending", "calibration", "input_shape", "replicas", "board"}
+CONFIG_KEYS = {"cores", "token", "max_pending", "calibration", "input_shape", "replicas", "board", "max_batch",
+               "max_delay_us"}
 ONNX_DATATYPES = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.DOUBLE: "FP64", onnx.TensorProto.FLOAT16: "FP16",
                   onnx.TensorProto.INT8: "INT8", onnx.TensorProto.UINT8: "UINT8", onnx.TensorProto.INT32: "INT32",
                   onnx.TensorProto.INT64: "INT64", onnx.TensorProto.BOOL: "BOOL"}
@@ -227,6 +231,7 @@ class Repository:
         if max_pending > quota.max_pending:
             raise ServingError(403, f"config.max_pending {max_pending} exceeds the quota of {quota.max_pending}")
         placement = self._placement(config)
+        placement.update(self._batching(config))
         tenant_token = config.get("token") or new_token()
         if not isinstance(tenant_token, str):
             raise bad_request("config.token must be a string")
@@ -271,6 +276,18 @@ class Repository:
         if board is not None and board not in self.accel.kinds:
             raise bad_request(f"config.board {board!r}: this cluster has {self.accel.board}")
         return {"replicas": replicas, "board": board}
+
+    def _batching(self, config: dict) -> dict:
+        """Dynamic batching (RNN models on one board): deploy's max_batch and max_delay_us, when asked for."""
+        max_batch = _int(config, "max_batch", 1)
+        delay = config.get("max_delay_us", 0)
+        if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
+            raise bad_request(f"config.max_delay_us must be a number >= 0, not {delay!r}")
+        if max_batch == 1:
+            return {}
+        if self.config.cluster:
+            raise bad_request("config.max_batch > 1 is served on one board (not yet through the cluster)")
+        return {"max_batch": max_batch, "max_delay_us": float(delay)}
 
     @staticmethod
     def _model_file(files: dict[str, bytes], calibration) -> str:

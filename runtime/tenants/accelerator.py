@@ -77,7 +77,7 @@ class TenantStats:
     failed: int
     source: str
     latency_ms: float | None  # device latency per request, mean of the recent window (modeled or measured)
-    throughput_rps: float | None  # 1 / latency: one request at a time per tenant
+    throughput_rps: float | None  # 1 / device time per request: one run at a time, a batch's run shared by its requests
     utilisation: float | None  # busy core-cycles / (request cycles x cores held)
     host_latency_ms: dict  # measured on the host: mean, p50, p99 of the last tenant.LATENCY_WINDOW requests
     frames: int
@@ -207,13 +207,22 @@ class Accelerator:
         return sorted(sorted(free, key=lambda c: (self._core_bank(c) != bank, c))[:k])
 
     def deploy(self, model, cores: int = 1, name: str | None = None, calibration=None,
-               input_shape=None, fallback: bool = True, max_pending: int = 64) -> Tenant:
+               input_shape=None, fallback: bool = True, max_pending: int = 64, max_batch: int = 1,
+               max_delay_us: float = 0.0) -> Tenant:
         """Compiles ``model`` (or takes it compiled), gives it ``cores``
         cores, a dispatcher context and a segment. CNNs get CNN cores; models
         with ONNX LSTM/GRU nodes get RNN cores (an RnnTenant: ``run`` takes
         the ONNX feeds). Ops the CNN cores lack run on the host through
-        onnxruntime unless ``fallback=False``, which rejects them instead."""
+        onnxruntime unless ``fallback=False``, which rejects them instead.
+        ``max_batch`` > 1 (RNN models of batch 1): requests arriving within
+        ``max_delay_us`` of each other run together, up to max_batch."""
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise DeployError(f"max_batch must be a positive integer, not {max_batch!r}")
+        if not isinstance(max_delay_us, (int, float)) or isinstance(max_delay_us, bool) or max_delay_us < 0:
+            raise DeployError(f"max_delay_us must be a number >= 0, not {max_delay_us!r}")
         if isinstance(model, mixed.CompiledMixed) or mixed_model(model):
+            if max_batch > 1:
+                raise DeployError("dynamic batching is implemented for RNN tenants only (not CNN + RNN models)")
             return self._deploy_mixed(model, cores, name, calibration, input_shape, fallback, max_pending)
         if not isinstance(cores, int) or cores < 1:
             raise DeployError(f"cores must be a positive integer, not {cores!r}")
@@ -226,7 +235,14 @@ class Accelerator:
                 model, self.config, calibration, input_shape)
             if compiled.board != self.board:
                 raise DeployError(f"model compiled for {compiled.board}, this accelerator is {self.board}")
+            try:  # every batch size compiled now, before any core is taken
+                batched = rnn.compile_batched(compiled, max_batch) if max_batch > 1 else None
+            except rnn.RnnCompileError as e:
+                raise DeployError(f"cannot batch this model (max_batch={max_batch}): {e}") from e
         else:
+            if max_batch > 1:
+                raise DeployError("dynamic batching is implemented for RNN tenants only; deploy CNNs with "
+                                  "max_batch=1")
             compiled = self.compile(model, calibration, input_shape, fallback=fallback)
         with self._lock:
             self._check_open()
@@ -250,8 +266,11 @@ class Accelerator:
             self._contexts[contexts[0]] = name
             self._reserved.add(name)
         try:
-            make = RnnTenant if kind == "rnn" else Tenant
-            tenant = make(self, name, compiled, contexts[0], chosen, bank, max_pending=max_pending)
+            if kind == "rnn":
+                tenant = RnnTenant(self, name, compiled, contexts[0], chosen, bank, max_pending=max_pending,
+                                   batched=batched, max_delay_us=max_delay_us)
+            else:
+                tenant = Tenant(self, name, compiled, contexts[0], chosen, bank, max_pending=max_pending)
         except BaseException:
             with self._lock:
                 self._release(name)
@@ -413,6 +432,7 @@ class Accelerator:
             host, modeled = t.latencies()
             lat = [c / hz for c in modeled]
             mean = statistics.fmean(lat) if lat else None
+            per = t.device_cycles_per_request()
             host_ms = _percentiles(host, 1e3, mean=True)
             overheads = t.overheads()
             host_us = {key: _percentiles([o[i] for o in overheads], 1e6)
@@ -425,7 +445,7 @@ class Accelerator:
                 slowdown = int(disp.timeline.tenant_frame_cycles[t.context.index]) / solo if solo else None
             cpu = list(t.host_cpu_seconds)
             out[t.name] = TenantStats(t.name, list(t.cores), t.requests, t.failed, source,
-                                      mean * 1e3 if mean else None, 1 / mean if mean else None, util, host_ms,
+                                      mean * 1e3 if mean else None, hz / per if per else None, util, host_ms,
                                       regs["frames"], regs["core_cycles"], slowdown, t.mac_share().share,
                                       statistics.fmean(cpu) * 1e3 if cpu else None, host_us)
         return out

@@ -11,17 +11,55 @@ Plans that keep weights resident in their cores between frames tie a slot to
 a physical core for a whole request, so their cores change only between
 requests (:meth:`needs_hold`; the accelerator waits for the request in
 flight before it re-allocates such a tenant).
+
+Dynamic batching (``max_batch`` > 1): the segment holds a variant of the
+model per batch size (:mod:`vfpga.runtime.compiler.rnn.batch`), and each
+size is one "part" of the dispatch programs, so re-allocation re-plans and
+double-buffers them all as it does a CNN's parts. The request thread takes
+the requests that arrive within ``max_delay_us`` of the first, up to
+``max_batch``, runs them as one batch on the smallest size that holds them
+and answers them in submission order. Requests in flight are still one run
+(one batch) at a time.
 """
 
 from __future__ import annotations
 
+import queue
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
+from vfpga.driver.segment import Segment
 from vfpga.runtime.compiler import rnn
-from vfpga.runtime.compiler.segment import rnn_segment_layout
+from vfpga.runtime.compiler.segment import rnn_batch_layout, rnn_segment_layout
+from vfpga.runtime.errors import DeployError
 from vfpga.runtime.tenants.tenant import RunInfo, Tenant
+
+
+@dataclass
+class BatchPlan:
+    """A batching tenant's dispatch programs on k cores: one per batch size."""
+
+    plans: dict  # batch size -> rnn.RnnPlan
+    sizes: list
+
+    @property
+    def programs(self) -> list[np.ndarray]:
+        return [self.plans[b].program for b in self.sizes]
+
+    @property
+    def resident(self) -> bool:
+        return any(p.resident for p in self.plans.values())
+
+    @property
+    def modeled_cycles(self) -> int:
+        """One request alone (batch 1)."""
+        return self.plans[1].modeled_cycles
+
+    @property
+    def k(self) -> int:
+        return self.plans[1].k
 
 
 class RnnTenant(Tenant):
@@ -29,19 +67,58 @@ class RnnTenant(Tenant):
 
     kind = "rnn"
 
+    def __init__(self, accel, name: str, compiled, context_index: int, cores: list[int], bank: int,
+                 max_pending: int = 64, batched: rnn.BatchedRnn | None = None, max_delay_us: float = 0.0):
+        """``batched``: the model's variants for dynamic batching
+        (:func:`rnn.compile_batched`; None: one request per run)."""
+        if max_delay_us < 0:
+            raise DeployError(f"max_delay_us must be >= 0, not {max_delay_us!r}")
+        self.batched = batched if batched is not None and batched.sizes[-1] > 1 else None
+        self.max_batch = self.batched.sizes[-1] if self.batched else 1
+        self.max_delay_us = float(max_delay_us)
+        try:
+            super().__init__(accel, name, self.batched.base if self.batched else compiled, context_index, cores,
+                             bank, max_pending)
+        except DeployError as e:
+            if self.batched is None or not isinstance(e.__cause__, MemoryError):
+                raise
+            raise DeployError(f"{e}; {self._what_fits(bank)}") from e
+
+    def _what_fits(self, bank: int) -> str:
+        """Which smaller max_batch would fit the bank now (tried by allocating its segment)."""
+        n = int(self.accel.config["rnn_core"]["count"])
+        for b in reversed(self.batched.sizes[:-1]):
+            size = rnn_batch_layout(self.batched.upto(b), n).size
+            try:
+                Segment(size, bank=bank, device=self.accel.device).free()
+            except MemoryError:
+                continue
+            return f"max_batch={b} would fit ({size} bytes)"
+        return "not even max_batch=1 fits"
+
     # ---- the model's kind ------------------------------------------------------------------------
     def _prepare(self) -> int:
-        layout = rnn_segment_layout(self.compiled, int(self.accel.config["rnn_core"]["count"]))
-        self.plan = rnn.plan_rnn(self.compiled, len(self.cores))
+        n = int(self.accel.config["rnn_core"]["count"])
+        if self.batched is None:
+            layout = rnn_segment_layout(self.compiled, n)
+        else:
+            layout = rnn_batch_layout(self.batched, n)
+        self.plan = self._new_plan(len(self.cores))
         self.ring_offset, self.cpl_offset = layout.ring_offset, layout.cpl_offset
         self.part_entries, self.program_halves = layout.part_entries, layout.program_halves
         return layout.size
+
+    def _segment_image(self) -> dict[int, bytes]:
+        return self.batched.segment_image() if self.batched else self.compiled.segment_image()
 
     def _after_deploy(self) -> None:
         self.schedules = []
 
     def _new_plan(self, k: int, variant: int | None = None):
-        return rnn.plan_rnn(self.compiled, k, variant)
+        if self.batched is None:
+            return rnn.plan_rnn(self.compiled, k, variant)
+        return BatchPlan({b: rnn.plan_rnn(self.batched.variants[b], k, variant) for b in self.batched.sizes},
+                         list(self.batched.sizes))
 
     @property
     def needs_hold(self) -> bool:
@@ -93,6 +170,55 @@ class RnnTenant(Tenant):
     def run_with_info(self, x) -> tuple[list[np.ndarray], RunInfo]:
         """Float outputs and what the request did."""
         return self.submit_with_info(x).result()
+
+    # ---- the request thread: batches -------------------------------------------------------------
+    def _take(self):
+        """The first request waiting, then those that arrive within
+        max_delay_us of taking it, up to max_batch."""
+        if self.batched is None:
+            return super()._take()
+        first = self._queue.get()
+        if first is None:
+            return None
+        jobs = [first]
+        deadline = time.monotonic() + self.max_delay_us * 1e-6
+        while len(jobs) < self.max_batch:
+            wait = deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:  # removal: run what was taken, then stop
+                self._stop = True
+                break
+            jobs.append(job)
+        return jobs
+
+    def _execute_jobs(self, jobs) -> list[tuple]:
+        if self.batched is None:
+            return super()._execute_jobs(jobs)
+        t0 = time.perf_counter()
+        self._doorbell_at, self._cpu_s = None, 0.0
+        n, b = len(jobs), self.batched.size_for(len(jobs))
+        v = self.batched.variants[b]
+        for at, data in rnn.request_image(v, rnn.stack_feeds(self.compiled, [j.x_q for j in jobs], b)).items():
+            self.segment.write(at, np.frombuffer(data, np.uint8))
+            self.segment.sync_to_device(at, len(data))
+        done = self._run_part(self.batched.sizes.index(b))
+        work_end = self.compiled.program_offset  # the frames of every variant start here
+        self.segment.sync_from_device(0, work_end)
+        t_cpu = time.perf_counter()
+        values = rnn.rnn_values(v, self.segment.read(0, work_end))
+        outs = [rnn.head_outputs(self.compiled, item) for item in rnn.split_values(v, values, n)]
+        t1 = time.perf_counter()
+        seconds = done.cycles / (float(self.accel.config["clock_mhz"]) * 1e6)
+        results = [(o, RunInfo([done], t1 - t0, done.cycles, seconds, self.k, (t1 - t_cpu) / n, batch=n, batch_size=b))
+                   for o in outs]
+        for _, info in results:  # a batch's overhead counts from when it was formed, not the batching wait
+            self._mark_overhead(info, t0)
+            if info.collected_at is not None:  # the host head ran once for the whole batch
+                info.collected_at = self._completed_at + (t1 - t_cpu)
+        return results
 
     def _execute(self, feeds: dict):
         t0 = time.perf_counter()

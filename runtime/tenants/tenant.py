@@ -12,7 +12,9 @@ flight keeps walking its program; the dispatcher folds its slots onto
 whatever mask the tenant holds (slot mod k), so nothing is re-issued or lost.
 
 Requests run one at a time per tenant (its activations have one place in
-the segment); submit() queues them on the host, bounded by ``max_pending``.
+the segment; an RNN tenant deployed with ``max_batch`` runs the requests
+that arrive together as one batch); submit() queues them on the host,
+bounded by ``max_pending``.
 Different tenants run concurrently on their own cores.
 """
 
@@ -57,6 +59,10 @@ class RunInfo:
     # parts (host_cpu_seconds) in between are not counted
     submit_to_doorbell_s: float | None = None
     completion_to_result_s: float | None = None
+    # perf_counter at the last completion record's read, less the CPU parts after it (the second half's start)
+    collected_at: float | None = field(default=None, repr=False)
+    batch: int = 1  # requests that ran together in this run (dynamic batching; RNN tenants)
+    batch_size: int = 1  # the compiled batch size they ran on (the rest padding)
 
     @property
     def ok(self) -> bool:
@@ -90,7 +96,7 @@ class Tenant:
             raise DeployError(f"tenant {name!r} needs a {size}-byte segment in DDR bank {bank}, which cannot "
                               f"hold it: {e}") from e
         try:
-            for offset, data in compiled.segment_image().items():
+            for offset, data in self._segment_image().items():
                 self.segment.write(offset, np.frombuffer(data, dtype=np.uint8))
             # The whole segment goes down once, so no earlier tenant's bytes remain in it.
             self.segment.sync_to_device()
@@ -127,6 +133,7 @@ class Tenant:
         self._doorbell_at: float | None = None  # the request in flight: its first doorbell
         self._completed_at = 0.0  # and its last completion record, read by the driver
         self._cpu_s = self._cpu_at_bell = self._cpu_at_done = 0.0  # its CPU parts' seconds: so far, at those
+        self.run_batches: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)  # requests per run
         self._worker = threading.Thread(target=self._serve, name=f"vfpga-tenant-{name}", daemon=True)
         self._worker.start()
 
@@ -139,6 +146,10 @@ class Tenant:
         self.ring_offset, self.cpl_offset = layout.ring_offset, layout.cpl_offset
         self.part_entries, self.program_halves = layout.part_entries, layout.program_halves
         return layout.size
+
+    def _segment_image(self) -> dict[int, bytes]:
+        """The bytes uploaded once at deploy: {segment offset: bytes}."""
+        return self.compiled.segment_image()
 
     def _after_deploy(self) -> None:
         self.schedules = static.schedule_parts(self.compiled, self.accel.config)
@@ -176,6 +187,13 @@ class Tenant:
         """(submit -> doorbell, completion -> result) host seconds of the recent requests."""
         with self._state_lock:
             return list(self.host_overheads)
+
+    def device_cycles_per_request(self) -> float | None:
+        """Mean modeled (or measured) device cycles per recent request: a
+        run's cycles shared by the requests batched in it."""
+        with self._state_lock:
+            runs = list(zip(self.modeled_latencies, self.run_batches))
+        return sum(c / n for c, n in runs) / len(runs) if runs else None
 
     @property
     def pending(self) -> int:
@@ -276,47 +294,75 @@ class Tenant:
         return self.submit(x).result()
 
     # ---- the request thread -------------------------------------------------------------------------
+    def _take(self) -> list[_Job] | None:
+        """The next requests to run together (one here; RnnTenant batches), None to stop."""
+        job = self._queue.get()
+        return None if job is None else [job]
+
+    def _execute_jobs(self, jobs: list[_Job]) -> list[tuple]:
+        """(outputs, RunInfo) of each of ``jobs``, run on the device."""
+        results = []
+        for job in jobs:
+            self._doorbell_at, self._cpu_s = None, 0.0
+            outs, info = self._execute(job.x_q)
+            self._mark_overhead(info, job.submitted)
+            results.append((outs, info))
+        return results
+
+    def _mark_overhead(self, info: RunInfo, since: float) -> None:
+        """The host overhead's first half (``since`` -> the first doorbell) and
+        the start of its second; the model's CPU parts in between are left out."""
+        if self._doorbell_at is not None:
+            info.submit_to_doorbell_s = self._doorbell_at - since - self._cpu_at_bell
+            info.collected_at = self._completed_at + (info.host_cpu_seconds - self._cpu_at_done)
+
     def _serve(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
+        self._stop = False  # set by _take when it meets the sentinel after some requests
+        while not self._stop:
+            jobs = self._take()
+            if jobs is None:
                 return
-            with self._state_lock:
-                self._pending -= 1
-                reason = self._refusal()
-            if reason is not None:
-                job.future.set_exception(reason)
-                continue
-            if not job.future.set_running_or_notify_cancel():
+            live = []
+            for job in jobs:
+                with self._state_lock:
+                    self._pending -= 1
+                    reason = self._refusal()
+                if reason is not None:
+                    job.future.set_exception(reason)
+                elif job.future.set_running_or_notify_cancel():
+                    live.append(job)
+            if not live:
                 continue
             try:
                 with self._exec_lock:
-                    self._doorbell_at, self._cpu_s = None, 0.0
-                    outs, info = self._execute(job.x_q)
-                result = self._result(outs, info, job.float_io)
-                done = time.perf_counter()
-            except TenantFault as e:
-                with self._state_lock:
-                    self.fault = e
-                    self.failed += 1
-                job.future.set_exception(e)
+                    results = self._execute_jobs(live)
+            except BaseException as e:  # noqa: BLE001 - handed to the callers through the futures
+                with self._state_lock:  # a fault fails the whole batch and stops the tenant
+                    if isinstance(e, TenantFault):
+                        self.fault = e
+                    self.failed += len(live)
+                for job in live:
+                    job.future.set_exception(e)
                 continue
-            except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            for job, (outs, info) in zip(live, results):
+                try:
+                    result = self._result(outs, info, job.float_io)
+                except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+                    with self._state_lock:
+                        self.failed += 1
+                    job.future.set_exception(e)
+                    continue
+                if info.collected_at is not None:
+                    info.completion_to_result_s = time.perf_counter() - info.collected_at
                 with self._state_lock:
-                    self.failed += 1
-                job.future.set_exception(e)
-                continue
-            if self._doorbell_at is not None:
-                info.submit_to_doorbell_s = self._doorbell_at - job.submitted - self._cpu_at_bell
-                info.completion_to_result_s = done - self._completed_at - (info.host_cpu_seconds - self._cpu_at_done)
-            with self._state_lock:
-                self.requests += 1
-                self.host_latencies.append(info.host_seconds)
-                self.host_cpu_seconds.append(info.host_cpu_seconds)
-                self.modeled_latencies.append(info.modeled_cycles)
-                if info.submit_to_doorbell_s is not None:
-                    self.host_overheads.append((info.submit_to_doorbell_s, info.completion_to_result_s))
-            job.future.set_result(result)
+                    self.requests += 1
+                    self.host_latencies.append(info.host_seconds)
+                    self.host_cpu_seconds.append(info.host_cpu_seconds)
+                    self.modeled_latencies.append(info.modeled_cycles)
+                    self.run_batches.append(info.batch)
+                    if info.submit_to_doorbell_s is not None:
+                        self.host_overheads.append((info.submit_to_doorbell_s, info.completion_to_result_s))
+                job.future.set_result(result)
 
     def _result(self, outs, info: RunInfo, float_io):
         """What the future of a request gives: float outputs like

@@ -53,16 +53,19 @@ clip, input_forget, ops before the first layer.
 Where things are: :mod:`.graph` reads the ONNX graph, :mod:`.frames` tiles
 and emits the frames (:mod:`.emit` encodes them), :mod:`.compile` is the
 static stage, :mod:`.plan` the dynamic stage, :mod:`.host` the request image
-and outputs, :mod:`.csim` runs a model on the RNN core's C-simulation.
+and outputs, :mod:`.csim` runs a model on the RNN core's C-simulation,
+:mod:`.batch` the batched variants one tenant's dynamic batching runs on.
 """
 
-from .compile import compile_rnn
+from .batch import BatchedRnn, batch_sizes, compile_batched, split_values, stack_feeds
+from .compile import compile_rnn, scales_of
 from .csim import RnnCoreSim, core_module
 from .graph import layout0_equivalent, random_feeds
-from .host import read_outputs, request_image
+from .host import head_outputs, read_outputs, request_image, rnn_values
 from .model import CELLS, FRAME_DTYPE, CompiledRnn, Geometry, RnnCompileError, RnnLayer, Tiling
 from .plan import RnnPlan, plan_rnn
 
-__all__ = ["CELLS", "FRAME_DTYPE", "CompiledRnn", "Geometry", "RnnCompileError", "RnnCoreSim", "RnnLayer", "RnnPlan",
-           "Tiling", "compile_rnn", "core_module", "layout0_equivalent", "plan_rnn", "random_feeds", "read_outputs",
-           "request_image"]
+__all__ = ["CELLS", "FRAME_DTYPE", "BatchedRnn", "CompiledRnn", "Geometry", "RnnCompileError", "RnnCoreSim", "RnnLayer",
+           "RnnPlan", "Tiling", "batch_sizes", "compile_batched", "compile_rnn", "core_module", "head_outputs",
+           "layout0_equivalent", "plan_rnn", "random_feeds", "read_outputs", "request_image", "rnn_values", "scales_of",
+           "split_values", "stack_feeds"]

@@ -39,12 +39,15 @@ def _load_model(model) -> onnx.ModelProto:
 
 
 def compile_rnn(model, board: str | dict = "u200", calibration=None, input_shape=None, resident: bool = True,
-                variants=None) -> CompiledRnn:
+                variants=None, scales=None) -> CompiledRnn:
     """Static stage: ``model`` (path or ModelProto) with LSTM/GRU nodes ->
     CompiledRnn for ``board``. ``calibration``: list of feed dicts for the
     float model (default: 4 runs of U(-1, 1) inputs, with a warning);
     ``input_shape``: the data input's shape when the model leaves it dynamic;
-    ``variants``: slice counts to prepare (default core_counts(RNN cores))."""
+    ``variants``: slice counts to prepare (default core_counts(RNN cores));
+    ``scales``: (x scale, [h scale per layer]) to use instead of calibrating
+    (:func:`scales_of` of another compile: batched variants of a model must
+    quantize exactly as its batch-1 program does)."""
     model = _load_model(model)
     cfg = overlay.load(board) if isinstance(board, str) else board
     geo = Geometry.of(cfg)
@@ -95,11 +98,16 @@ def compile_rnn(model, board: str | dict = "u200", calibration=None, input_shape
         if shp is None or any(v is None for v in shp):
             raise RnnCompileError(f"graph input {i.name!r} needs a static shape")
         shapes[i.name] = shp
-    if calibration is None:
+    if scales is not None:
+        x_scale, h_scales = float(scales[0]), [float(h) for h in scales[1]]
+        if len(h_scales) != len(layers):
+            raise RnnCompileError(f"scales give {len(h_scales)} h scales for {len(layers)} layers")
+    elif calibration is None:
         warnings.warn("compile_rnn: no calibration data; scales come from U(-1, 1) inputs", UserWarning,
                       stacklevel=2)
         calibration = [random_feeds(model, shapes, seed) for seed in range(4)]
-    x_scale, h_scales = calibrate(model, layers, calibration)
+    if scales is None:
+        x_scale, h_scales = calibrate(model, layers, calibration)
     for i, lay in enumerate(layers):
         lay.x_scale = x_scale if i == 0 else layers[i - 1].h_scale
         lay.h_scale = h_scales[i]
@@ -224,3 +232,8 @@ def compile_rnn(model, board: str | dict = "u200", calibration=None, input_shape
                        consts=bytes(consts_bytes), const_offset=0, addr=addr, steps=steps, batch=batch,
                        input_name=x_name, input_scale=layers[0].x_scale, post=post, post_inputs=post_inputs,
                        outputs=out_names, segment_size=seg_size, variants=usable)
+
+
+def scales_of(compiled: CompiledRnn) -> tuple[float, list[float]]:
+    """The quantization scales ``compiled`` was built with, as compile_rnn's ``scales`` takes them."""
+    return compiled.input_scale, [lay.h_scale for lay in compiled.layers]

@@ -20,23 +20,39 @@ def _to_dev_states(val, lay: RnnLayer, batch):
     return v if lay.layout == 0 else v.transpose(1, 0, 2)
 
 
+def state_shape(lay: RnnLayer, batch: int) -> tuple[int, int, int]:
+    """An initial state's ONNX shape: [D, B, H] (layout 1: [B, D, H])."""
+    return (lay.directions, batch, lay.hidden) if lay.layout == 0 else (batch, lay.directions, lay.hidden)
+
+
+def _feed(feeds: dict, name: str, want: tuple) -> np.ndarray:
+    """A float feed checked against its compiled shape: the model's inputs are
+    FP32, so integer, boolean or object arrays are refused, not guessed at."""
+    v = np.asarray(feeds[name])
+    if v.dtype.kind != "f":
+        raise RnnCompileError(f"input {name!r} has dtype {v.dtype}; the model takes floating-point values")
+    if v.shape != want:
+        raise RnnCompileError(f"input {name!r} has shape {v.shape}, the model was compiled for {want}")
+    return v.astype(np.float64)
+
+
 def request_image(compiled: CompiledRnn, feeds: dict) -> dict[int, bytes]:
     """The per-request bytes: quantized input, initial states (Q.15 and int8)."""
     lay0 = compiled.layers[0]
     if compiled.input_name not in feeds:
         raise RnnCompileError(f"missing input {compiled.input_name!r}")
-    x = np.asarray(feeds[compiled.input_name], dtype=np.float64)
     want = ((compiled.steps, compiled.batch, lay0.input_size) if lay0.layout == 0
             else (compiled.batch, compiled.steps, lay0.input_size))
-    if x.shape != want:
-        raise RnnCompileError(f"input {compiled.input_name!r} has shape {x.shape}, the model was compiled for {want}")
+    x = _feed(feeds, compiled.input_name, want)
     if lay0.layout == 1:
         x = x.transpose(1, 0, 2)
     img = {compiled.addr["x"]: rg.quantize_input(x, lay0.x_scale).tobytes()}
     for lay in compiled.layers:
         a = lay.addr
-        h0 = feeds.get(lay.h0_name) if lay.h0_name else lay.h0
-        c0 = feeds.get(lay.c0_name) if lay.c0_name else lay.c0
+        states = [_feed(feeds, n, state_shape(lay, compiled.batch)) if n and feeds.get(n) is not None else None
+                  for n in (lay.h0_name, lay.c0_name)]
+        h0 = states[0] if lay.h0_name else lay.h0
+        c0 = states[1] if lay.c0_name else lay.c0
         h = _to_dev_states(h0, lay, compiled.batch)
         hq = np.clip(np.round(h * rg.ONE), rg.INT32_MIN, rg.INT32_MAX).astype("<i4")
         img[a["hs"]] = hq.tobytes()
@@ -47,9 +63,9 @@ def request_image(compiled: CompiledRnn, feeds: dict) -> dict[int, bytes]:
     return img
 
 
-def read_outputs(compiled: CompiledRnn, seg: np.ndarray) -> list[np.ndarray]:
-    """The graph outputs from a segment after the request: RNN outputs
-    dequantized (Y masked past sequence_lens), heads run on onnxruntime."""
+def rnn_values(compiled: CompiledRnn, seg: np.ndarray) -> dict[str, np.ndarray]:
+    """The RNN layers' outputs (ONNX names and layouts) from a segment after
+    the request: dequantized, Y masked past sequence_lens."""
     steps, batch = compiled.steps, compiled.batch
     mem = np.asarray(seg).view(np.int8)
     values = {}
@@ -70,7 +86,13 @@ def read_outputs(compiled: CompiledRnn, seg: np.ndarray) -> list[np.ndarray]:
                 s = mem[a[key]:a[key] + 4 * nd * batch * hh].view("<i4").astype(np.float64) / rg.ONE
                 s = s.reshape(nd, batch, hh)
                 values[name] = s if lay.layout == 0 else s.transpose(1, 0, 2)
-    values = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in values.items() if k}
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in values.items() if k}
+
+
+def head_outputs(compiled: CompiledRnn, values: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The graph outputs from the RNN layers' outputs: the host head (if
+    any) runs on onnxruntime."""
+    values = dict(values)
     if compiled.post is not None:
         import onnxruntime as ort
 
@@ -81,3 +103,9 @@ def read_outputs(compiled: CompiledRnn, seg: np.ndarray) -> list[np.ndarray]:
         names = [o.name for o in sess.get_outputs()]
         values.update(zip(names, sess.run(None, {k: values[k] for k in compiled.post_inputs})))
     return [values[o] for o in compiled.outputs]
+
+
+def read_outputs(compiled: CompiledRnn, seg: np.ndarray) -> list[np.ndarray]:
+    """The graph outputs from a segment after the request: RNN outputs
+    dequantized (Y masked past sequence_lens), heads run on onnxruntime."""
+    return head_outputs(compiled, rnn_values(compiled, seg))

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Dynamic batching of RNN tenants, modeled: the hidden-1024 LSTM and GRU
+tenants on 2 x 4 RNN cores of u200 at batch 1, 2, 4 and 8, against the big
+RNN core (u200_bigcore) serving both time-multiplexed with the same batches.
+
+Each batch size is the model compiled at that batch with its batch-1
+program's quantization scales (what ``deploy(..., max_batch=8)`` runs), and
+timed by the simulator (real dispatcher, frame cycle estimates, shared DDR
+banks). GOP/s count 2 operations per MAC of every request of a batch; p99 is
+of the closed-loop turnaround of a batch. The table is what ``vfpga bench``
+writes to report.json under ``batching``.
+
+    python scripts/bench_batching.py [--batches 1,2,4,8] [--requests 6] [--json OUT.json] [--into REPORT.json]
+    python scripts/bench_batching.py --what-if
+
+``--what-if`` asks what the RNN core's buffers bound: the dynamic stage's
+estimate (frame cycle estimates, one tenant alone on 4 cores, no simulator)
+of the hidden-1024 LSTM at batch 8 with u200 as configured, with larger
+vector buffers (bigger batch groups, fewer weight reads) and with a weight
+buffer that keeps the layer resident in 4 cores -- hypothetical configs
+for this estimate only, not hardware vfpga builds.
+
+``--into`` replaces the ``batching`` rows (and the headline's
+``rnn_batching_vs_bigcore``) of an existing report.json, e.g.
+scripts/results/report.json, then ``python scripts/readme_figures.py``
+renders the README's table from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def what_if() -> None:
+    import copy
+
+    import numpy as np
+
+    from vfpga import overlay
+    from vfpga.runtime.compiler import rnn
+    from vfpga.runtime.experiments import metrics
+    from vfpga.runtime.experiments import scenarios as E
+    from vfpga.runtime.experiments import tables as T
+    from vfpga.runtime.models import small
+
+    cell, hidden, steps = E.RNN_MODELS["lstm1024"]
+    model = small.random_rnn_model(cell, hidden, hidden, steps, seed=len("lstm1024"))
+    rng = np.random.default_rng(1)
+    calib = [{"X": rng.uniform(-1, 1, (steps, 1, hidden)).astype(np.float32)} for _ in range(2)]
+    rows = []
+    big = overlay.load(E.BIG)
+    cases = [("u200_bigcore (as configured)", big, 1, {})] + [
+        (f"u200 {label}", overlay.load(E.POOL), 4, change) for label, change in (
+            ("(as configured)", {}), ("vbuf_bytes 32 KB", {"vbuf_bytes": 32 << 10}),
+            ("vbuf_bytes 64 KB", {"vbuf_bytes": 64 << 10}), ("wbuf_bytes 2 MB", {"wbuf_bytes": 2 << 20}))]
+    for label, cfg, k, change in cases:
+        cfg = copy.deepcopy(cfg)
+        cfg["rnn_core"].update(change)
+        hz = float(cfg["clock_mhz"]) * 1e6
+        one = rnn.compile_rnn(model, cfg, calibration=calib)
+        b8 = rnn.compile_batched(one, 8).compiled[8]
+        plan = rnn.plan_rnn(b8, k)
+        t = b8.tilings[0][plan.variants[0]]
+        s8 = plan.modeled_cycles / hz
+        rows.append([label, k, t.bg, 0 if t.resident else -(-8 // t.bg), "yes" if t.resident else "no",
+                     f"{rnn.plan_rnn(one, k).modeled_cycles / hz * 1e3:.2f}", f"{s8 * 1e3:.2f}",
+                     f"{2 * metrics.model_macs(b8) / s8 / 1e9:.0f}"])
+    print(T.md_table(["lstm1024, batch 8", "cores", "batch group", "weights from DDR per step", "weights resident",
+                      "batch 1 ms", "batch 8 ms", "GOP/s (one tenant alone)"], rows))
+    print("\nestimates of the dynamic stage (modeled, one tenant alone); hypothetical configs, not built hardware")
+
+
+def main(argv=None) -> int:
+    from vfpga.runtime.experiments import scenarios as E
+    from vfpga.runtime.experiments import tables as T
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batches", default="1,2,4,8")
+    p.add_argument("--requests", type=int, default=6, help="horizon of each closed-loop run, in longest requests")
+    p.add_argument("--json", default=None, help="write the rows here")
+    p.add_argument("--into", default=None, help="put the rows into this report.json")
+    p.add_argument("--what-if", action="store_true", help="estimates with larger RNN core buffers (see above)")
+    a = p.parse_args(argv)
+    if a.what_if:
+        what_if()
+        return 0
+    batches = tuple(int(b) for b in a.batches.split(","))
+    t0 = time.perf_counter()
+    names = sorted({m for _, m, _ in E.BATCH_TENANTS})
+    models = E.load_rnn_models(names)
+    rows = E.batching(E.batched_rnn_models(models, names, batches), horizon_requests=a.requests)["rows"]
+    print(T.batching(rows))
+    print(f"\nmodeled (simulator); {time.perf_counter() - t0:.0f} s on this machine")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1, default=float)
+    if a.into:
+        with open(a.into) as f:
+            report = json.load(f)
+        report["batching"] = rows
+        report["headline"]["rnn_batching_vs_bigcore"] = {str(r["batch"]): r["vs_bigcore"] for r in rows
+                                                         if r["tenant"] == "all"}
+        with open(a.into, "w") as f:
+            json.dump(report, f, indent=1, default=float)
+        print("batching rows written into", a.into)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
