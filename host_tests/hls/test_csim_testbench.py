@@ -2,7 +2,12 @@
 runs it: both the vectorised C-sim bodies and the literal HLS loop nests.
 The default run builds them for the u200; the slow run for the pynq_z2
 too (test_csim_bodies_agree.py compares the CNN core's two bodies on random
-programs for u200 and pynq_z2 in the default run)."""
+programs for u200 and pynq_z2 in the default run).
+
+The objects and binaries go to pytest's cache directory, so a run after
+no change to hls/ rebuilds nothing (make's dependencies: every source and
+header) and only runs the testbenches; without the cache plugin
+(-p no:cacheprovider) they go to a fresh temporary directory."""
 
 import os
 import shutil
@@ -31,8 +36,9 @@ def _summaries(output, bench="tb_cnn_core"):
 
 
 @pytest.mark.parametrize("board", ["u200", pytest.param("pynq_z2", marks=pytest.mark.slow)])
-def test_csim_testbench_passes(board, tmp_path):
-    rc, out = _make("csim", board, tmp_path)
+def test_csim_testbench_passes(board, request, tmp_path):
+    cache = getattr(request.config, "cache", None)
+    rc, out = _make("csim", board, cache.mkdir("hls-csim") if cache is not None else tmp_path)
     assert rc == 0, out[-4000:]
     lines = _summaries(out) + _summaries(out, "tb_dispatcher")
     # both testbenches, vectorised and literal-HLS builds, and the dispatcher's Vitis kernel top
