@@ -30,15 +30,25 @@ static inline uint32_t vf_core_step(int8_t *seg, uint32_t seg_limit, uint32_t in
     return vf_rnn_core_step(seg, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
 }
 
-/* Zeroes one on-chip memory of n elements (nothing when it is absent). */
+/* Zeroes one on-chip memory of n elements (nothing when it is absent):
+ * VF_DISP_SCRUB_BYTES_PER_CYCLE bytes a beat, the rate the timeline charges
+ * (W writes a beat spread over the memory's cyclic banks, two ports each). */
 template <class T>
 static inline void vf_scrub_memory(T *p, uint32_t n)
 {
+    enum { W = VF_DISP_SCRUB_BYTES_PER_CYCLE / sizeof(T) > 0 ? VF_DISP_SCRUB_BYTES_PER_CYCLE / sizeof(T) : 1 };
     if (p == 0)
         return;
 SCRUB:
-    for (uint32_t i = 0; i < n; ++i)
-        p[i] = 0;
+    for (uint32_t i = 0; i < n; i += W) {
+#pragma HLS PIPELINE II=1
+    SCRUB_LANE:
+        for (uint32_t j = 0; j < W; ++j) {
+#pragma HLS UNROLL
+            if (i + j < n)
+                p[i + j] = 0;
+        }
+    }
 }
 
 /* Zeroes every on-chip memory of a core: no data crosses tenants through it. */

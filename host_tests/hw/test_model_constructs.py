@@ -168,10 +168,6 @@ GAPS = {
         "the decoder reads each instruction head from DDR and the units read each instruction again when they "
         "run it (vf_fetch in SCHEDULE): the model charges one burst per step",
         lambda: "vf_fetch(seg" not in (loop_body(source("include/vfpga_unit_scheduler.h"), "SCHEDULE") or "")),
-    "scrub_width": (
-        "vf_core_scrub zeroes one element per iteration of an unpipelined loop (SCRUB); the timeline charges "
-        "buffer bytes / dispatcher.scrub_bytes_per_cycle",
-        lambda: "PIPELINE" in (loop_head(source("include/vfpga_core_kinds.h"), "SCRUB") or "")),
     "dispatch_prefetch": (
         "the dispatcher reads every dispatch entry, ring entry and record through the bank port one at a time "
         "(an AXI round trip of ddr.burst_latency_cycles each); issue_cycles / barrier_cycles / completion_cycles "
