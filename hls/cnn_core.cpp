@@ -206,6 +206,8 @@ static vf_exec_t vf_load_tile(const int8_t *seg, uint64_t seg_limit, const vf_in
 
     int8_t *dst = ibuf + m.buf_addr;
     const int8_t pad = m.pad_value;
+    const uint64_t left = any ? (uint64_t)(xs - x0) * ch : row_bytes; /* padding bytes before a row's data */
+    const uint64_t mid = any ? (uint64_t)(xe - xs) * ch : 0;          /* a row's data bytes */
 #ifdef VF_HLS_LITERAL
     uint64_t beats = 0;
 LOAD_ROW:
@@ -214,6 +216,10 @@ LOAD_ROW:
         const bool row_in = any && y >= ys && y < ye;
         int8_t *drow = dst + r * row_bytes;
         if (dense) {
+            /* a dense row's data is one DDR run: tile byte k in [left, left + mid)
+             * is run byte k - left, so a beat reads consecutive bytes (no
+             * per-lane division by the channel count) */
+            const uint64_t run = row_in ? m.dram_addr + (uint64_t)y * pitch + (uint64_t)xs * ps : 0;
         LOAD_BEAT_DENSE:
             for (uint64_t b = 0; b < vf_ceil_div(row_bytes, VF_AXI_BYTES); ++b) {
 #pragma HLS PIPELINE II=1
@@ -222,11 +228,8 @@ LOAD_ROW:
                 for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
                     const uint64_t k = b * VF_AXI_BYTES + j;
-                    if (k < row_bytes) {
-                        const int64_t x = x0 + (int64_t)(k / ch);
-                        const bool in = row_in && x >= xs && x < xe;
-                        drow[k] = in ? seg[m.dram_addr + (uint64_t)y * pitch + (uint64_t)x * ps + k % ch] : pad;
-                    }
+                    if (k < row_bytes)
+                        drow[k] = row_in && k >= left && k < left + mid ? seg[run + (k - left)] : pad;
                 }
             }
         } else {
@@ -252,8 +255,6 @@ LOAD_ROW:
     }
     return vf_done(beats, moved, 0);
 #else
-    const uint64_t left = any ? (uint64_t)(xs - x0) * ch : row_bytes;
-    const uint64_t mid = any ? (uint64_t)(xe - xs) * ch : 0;
     const uint64_t right = row_bytes - left - mid;
     for (uint64_t r = 0; r < th; ++r, dst += row_bytes) {
         const int64_t y = y0 + (int64_t)r;

@@ -147,10 +147,6 @@ GAPS = {
         "the POOL nest is not one pipeline: POOL_INIT/POOL_STORE sit inside POOL_CB, and POOL_STORE runs its "
         "OCP 64-bit divisions one after the other (neither pipelined nor unrolled)",
         lambda: "POOL_STORE:" not in (loop_body(source("cnn_core.cpp"), "POOL_CB") or "")),
-    "load_wide_words": (
-        "the dense LOAD beat gathers its bytes with a per-byte division and modulo by the channel count "
-        "(k / ch, k % ch) across the unrolled lanes: no wide-word burst read",
-        lambda: not re.search(r"[/%]\s*ch\b", loop_body(source("cnn_core.cpp"), "LOAD_LANE_DENSE") or "/ ch")),
     "core_bank_decode": (
         "the cores' LOAD/SAVE (and the instruction fetch) access the segment through one int8_t pointer: a "
         "frame-level choice among the m_axi bank ports (vf_ddr_segment) is a pointer select Vitis HLS cannot "

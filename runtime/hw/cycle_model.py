@@ -134,7 +134,8 @@ loop nests do not make true yet -- as an expected failure.
   [hls cnn_core.cpp vf_rdiv]
 * The pipeline fill is paid once per instruction (each nest one flattened
   pipeline) [hls-gap conv_nest_flat] [hls-gap dw_nest_flat] [hls-gap pool_nest_flat]
-* LOAD and SAVE move one bus word per beat in bursts [hls-gap load_wide_words]
+* LOAD and SAVE move one bus word per beat in bursts, a dense row as one run
+  [hls cnn_core.cpp "seg[run + (k - left)]"]
   through m_axi ports whose burst length, outstanding transactions, latency
   and width are AXI_MAX_BURST_BEATS, AXI_OUTSTANDING, L and axi_bytes
   [hls include/vfpga_hls.h "max_read_burst_length=VF_AXI_MAX_BURST_BEATS"]
