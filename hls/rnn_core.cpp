@@ -251,6 +251,7 @@ vf_exec_t vr_mem(int8_t *seg, uint64_t seg_limit, const vf_insn_rnn_mem_t &m, vf
     }
     const uint64_t beats_per_row = vf_ceil_div(rb, VF_AXI_BYTES);
 #ifdef VF_HLS_LITERAL
+    static_assert(VF_AXI_BYTES % 4 == 0, "a bus word holds whole int32 words");
     uint64_t beats = 0;
 MEM_PLANE:
     for (uint64_t p = 0; p < planes; ++p) {
@@ -262,24 +263,29 @@ MEM_PLANE:
             for (uint64_t bt = 0; bt < beats_per_row; ++bt) {
 #pragma HLS PIPELINE II=1
                 ++beats;
-            MEM_LANE:
-                for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
+                if (!wide) {
+                MEM_LANE:
+                    for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
-                    const uint64_t k = bt * VF_AXI_BYTES + j;
-                    if (k < rb) {
-                        const uint64_t at = o + k;
-                        if (!wide) {
+                        const uint64_t k = bt * VF_AXI_BYTES + j;
+                        if (k < rb) {
                             if (save)
-                                d[k] = bytes[at];
+                                d[k] = bytes[o + k];
                             else
-                                bytes[at] = d[k];
-                        } else {
-                            const uint32_t sh = 8u * (uint32_t)(at & 3u);
-                            const uint32_t old = (uint32_t)words[at >> 2];
+                                bytes[o + k] = d[k];
+                        }
+                    }
+                } else {
+                    /* the int32 buffers move whole words (o and rb are multiples of 4) */
+                MEM_WORD:
+                    for (uint32_t j = 0; j < VF_AXI_BYTES / 4; ++j) {
+#pragma HLS UNROLL
+                        const uint64_t k = bt * VF_AXI_BYTES + 4 * j;
+                        if (k < rb) {
                             if (save)
-                                d[k] = (int8_t)(uint8_t)(old >> sh);
+                                vr_put_word(d + k, words[(o + k) >> 2]);
                             else
-                                words[at >> 2] = vf_i32((old & ~(0xffu << sh)) | ((uint32_t)(uint8_t)d[k] << sh));
+                                words[(o + k) >> 2] = vf_word(d + k);
                         }
                     }
                 }

@@ -174,10 +174,6 @@ GAPS = {
         "partitioned by COLS only (VF_RNN_PARTITIONS), so the beat cannot be II=1",
         lambda: "VF_RNN_ROWS" in source("include/vfpga_hls.h").split("#define VF_RNN_PARTITIONS", 1)[1]
         .split("#define", 1)[0]),
-    "rnn_wide_mem": (
-        "RNN_LOAD/RNN_SAVE of the int32 buffers (ACC, PARAM, STATE, ACT) read-modify-write one byte per lane "
-        "(MEM_LANE), four writes to a word per beat",
-        lambda: "old & ~(0xffu << sh)" not in (loop_body(source("rnn_core.cpp"), "MEM_LANE") or "")),
     "rnn_act_lanes": (
         "RNN_GATES runs LANES gate units per beat, each reading the activation tables (ACT) twice; ACT is not "
         "partitioned",

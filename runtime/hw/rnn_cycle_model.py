@@ -60,7 +60,8 @@ As in :mod:`.cycle_model` (host_tests/hw/test_model_constructs.py checks them):
 * The gate chain's depth: the LSTM/GRU cell of one lane
   [hls rnn_core.cpp vr_gate_unit], its tables read by every lane at once
   [hls-gap rnn_act_lanes]
-* RNN_LOAD / RNN_SAVE move one bus word per beat [hls-gap rnn_wide_mem]
+* RNN_LOAD / RNN_SAVE move one bus word per beat, the int32 buffers whole
+  words [hls rnn_core.cpp MEM_WORD unrolled]
   through the bank ports of the CNN model's DDR numbers
   [hls include/vfpga_hls.h "latency=VF_DDR_LATENCY"]
   [hls include/vfpga_hls.h "num_read_outstanding=VF_AXI_OUTSTANDING"]
