@@ -379,58 +379,99 @@ static inline void vf_conv_last(const vf_conv_t &k, uint64_t oc, uint64_t pix, u
 
 /* CONV with cin_g > 1: lanes = VF_OCP output channels of one group, beats =
  * (ky, kx, VF_ICP input channels). Returns the beats run (literal build). */
+#ifdef VF_HLS_LITERAL
+/* One pipelined loop over every beat, in the order (g, oy, ox, output block,
+ * ky, kx, input block): a block's first beat loads its lanes (bias or ACC)
+ * and its last stores them, as predicates, so the pipeline fills once per
+ * CONV. */
 static uint64_t vf_conv_dense(const vf_conv_t &k)
 {
+    const uint64_t nIB = vf_ceil_div(k.CIN, VF_ICP), nOB = vf_ceil_div(k.COUT, VF_OCP);
+    const uint64_t total = (uint64_t)k.G * k.OH * k.OW * nOB * k.KH * k.KW * nIB;
+    uint32_t g = 0, oy = 0, ox = 0, ob = 0, ky = 0, kx = 0, ib = 0; /* ob, ib: first channel of the block */
+    uint32_t lane[VF_OCP];
+#pragma HLS ARRAY_PARTITION variable=lane complete
     uint64_t beats = 0;
+CONV_BEAT:
+    for (uint64_t t = 0; t < total; ++t) {
+#pragma HLS PIPELINE II=1
+        /* a block reads and writes only its own (pixel, channel) ACC words */
+#pragma HLS DEPENDENCE class=pointer type=inter dependent=false
+        ++beats;
+        const uint64_t pix = (uint64_t)oy * k.OW + ox;
+        const uint64_t oc0 = (uint64_t)g * k.COUT + ob;
+        const uint32_t nO = (uint32_t)vf_min64(VF_OCP, k.COUT - ob);
+        const bool first = ky == 0 && kx == 0 && ib == 0;
+        const bool last = ky + 1 == k.KH && kx + 1 == k.KW && (uint64_t)ib + VF_ICP >= k.CIN;
+        const int8_t *x = k.in + (((uint64_t)oy * k.SH + ky) * k.IW + (uint64_t)ox * k.SW + kx) * k.ICT +
+                          (uint64_t)g * k.CIN + ib;
+        const int8_t *wb = k.w + oc0 * k.WST + ((uint64_t)ky * k.KW + kx) * k.CIN + ib;
+    CONV_INIT:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+            if (first)
+                lane[o] = o < nO ? vf_conv_first(k, oc0 + o, pix) : 0u;
+        }
+    CONV_OL:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+            int32_t s = 0;
+        CONV_IL:
+            for (uint32_t i = 0; i < VF_ICP; ++i) {
+#pragma HLS UNROLL
+                if (o < nO && ib + i < k.CIN)
+                    s += (int32_t)x[i] * wb[o * k.WST + i];
+            }
+            lane[o] += (uint32_t)s;
+        }
+    CONV_STORE:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+            if (last && o < nO)
+                vf_conv_last(k, oc0 + o, pix, lane[o]);
+        }
+        /* the next beat's coordinates */
+        ib += VF_ICP;
+        if (ib >= k.CIN) {
+            ib = 0;
+            if (++kx == k.KW) {
+                kx = 0;
+                if (++ky == k.KH) {
+                    ky = 0;
+                    ob += VF_OCP;
+                    if (ob >= k.COUT) {
+                        ob = 0;
+                        if (++ox == k.OW) {
+                            ox = 0;
+                            if (++oy == k.OH) {
+                                oy = 0;
+                                ++g;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return beats;
+}
+#else
+static uint64_t vf_conv_dense(const vf_conv_t &k)
+{
     const uint64_t in_row = (uint64_t)k.IW * k.ICT;
-CONV_G:
     for (uint32_t g = 0; g < k.G; ++g) {
-    CONV_OY:
         for (uint32_t oy = 0; oy < k.OH; ++oy) {
-        CONV_OX:
             for (uint32_t ox = 0; ox < k.OW; ++ox) {
                 const uint64_t pix = (uint64_t)oy * k.OW + ox;
                 const int8_t *xwin = k.in + ((uint64_t)oy * k.SH * k.IW + (uint64_t)ox * k.SW) * k.ICT +
                                      (uint64_t)g * k.CIN;
-            CONV_OB:
                 for (uint32_t ob = 0; ob < k.COUT; ob += VF_OCP) {
                     const uint32_t nO = (uint32_t)vf_min64(VF_OCP, k.COUT - ob);
                     const uint64_t oc0 = (uint64_t)g * k.COUT + ob;
                     const int8_t *w0 = k.w + oc0 * k.WST;
                     uint32_t lane[VF_OCP];
-#pragma HLS ARRAY_PARTITION variable=lane complete
-                CONV_INIT:
-                    for (uint32_t o = 0; o < VF_OCP; ++o) {
-#pragma HLS UNROLL
+                    for (uint32_t o = 0; o < VF_OCP; ++o)
                         lane[o] = o < nO ? vf_conv_first(k, oc0 + o, pix) : 0u;
-                    }
-#ifdef VF_HLS_LITERAL
-                CONV_KY:
-                    for (uint32_t ky = 0; ky < k.KH; ++ky) {
-                    CONV_KX:
-                        for (uint32_t kx = 0; kx < k.KW; ++kx) {
-                        CONV_IB:
-                            for (uint32_t ib = 0; ib < k.CIN; ib += VF_ICP) {
-#pragma HLS PIPELINE II=1
-                                ++beats;
-                                const int8_t *x = xwin + ky * in_row + kx * k.ICT + ib;
-                                const int8_t *wb = w0 + ((uint64_t)ky * k.KW + kx) * k.CIN + ib;
-                            CONV_OL:
-                                for (uint32_t o = 0; o < VF_OCP; ++o) {
-#pragma HLS UNROLL
-                                    int32_t s = 0;
-                                CONV_IL:
-                                    for (uint32_t i = 0; i < VF_ICP; ++i) {
-#pragma HLS UNROLL
-                                        if (o < nO && ib + i < k.CIN)
-                                            s += (int32_t)x[i] * wb[o * k.WST + i];
-                                    }
-                                    lane[o] += (uint32_t)s;
-                                }
-                            }
-                        }
-                    }
-#else
                     for (uint32_t ky = 0; ky < k.KH; ++ky) {
                         const int8_t *xr = xwin + ky * in_row;
                         const int8_t *wr = w0 + (uint64_t)ky * k.KW * k.CIN;
@@ -440,16 +481,15 @@ CONV_G:
                             for (uint32_t kx = 0; kx < k.KW; ++kx)
                                 vf_dot_lanes(lane, nO, xr + kx * k.ICT, wr + (uint64_t)kx * k.CIN, k.WST, k.CIN);
                     }
-#endif
-                CONV_STORE:
                     for (uint32_t o = 0; o < nO; ++o)
                         vf_conv_last(k, oc0 + o, pix, lane[o]);
                 }
             }
         }
     }
-    return beats;
+    return 0;
 }
+#endif
 
 /* Depthwise-style CONV (cin_g == 1): lanes = VF_OCP output channels across
  * groups, output channel oc reads input channel oc / cout_g; beats = (ky, kx). */
@@ -459,42 +499,55 @@ static uint64_t vf_conv_lanes(const vf_conv_t &k)
     uint64_t beats = 0;
     const uint64_t taps = (uint64_t)k.KH * k.KW;
 #ifdef VF_HLS_LITERAL
-DW_OY:
-    for (uint32_t oy = 0; oy < k.OH; ++oy) {
-    DW_OX:
-        for (uint32_t ox = 0; ox < k.OW; ++ox) {
-            const uint64_t pix = (uint64_t)oy * k.OW + ox;
-        DW_OB:
-            for (uint64_t ob = 0; ob < k.OCT; ob += VF_OCP) {
-                uint32_t lane[VF_OCP];
+    /* one pipelined loop over every beat (oy, ox, channel block, ky, kx); a
+     * block's first beat loads its lanes, its last stores them */
+    const uint64_t total = (uint64_t)k.OH * k.OW * vf_ceil_div(k.OCT, VF_OCP) * taps;
+    uint32_t oy = 0, ox = 0, ky = 0, kx = 0;
+    uint64_t ob = 0; /* first channel of the block */
+    uint32_t lane[VF_OCP];
 #pragma HLS ARRAY_PARTITION variable=lane complete
-            DW_INIT:
-                for (uint32_t o = 0; o < VF_OCP; ++o) {
-#pragma HLS UNROLL
-                    lane[o] = ob + o < k.OCT ? vf_conv_first(k, ob + o, pix) : 0u;
-                }
-            DW_KY:
-                for (uint32_t ky = 0; ky < k.KH; ++ky) {
-                DW_KX:
-                    for (uint32_t kx = 0; kx < k.KW; ++kx) {
+DW_BEAT:
+    for (uint64_t t = 0; t < total; ++t) {
 #pragma HLS PIPELINE II=1
-                        ++beats;
-                        const int8_t *xp =
-                            k.in + (((uint64_t)oy * k.SH + ky) * k.IW + (uint64_t)ox * k.SW + kx) * k.ICT;
-                    DW_LANE:
-                        for (uint32_t o = 0; o < VF_OCP; ++o) {
+        /* a block reads and writes only its own (pixel, channel) ACC words */
+#pragma HLS DEPENDENCE class=pointer type=inter dependent=false
+        ++beats;
+        const uint64_t pix = (uint64_t)oy * k.OW + ox;
+        const bool first = ky == 0 && kx == 0;
+        const bool last = ky + 1 == k.KH && kx + 1 == k.KW;
+        const int8_t *xp = k.in + (((uint64_t)oy * k.SH + ky) * k.IW + (uint64_t)ox * k.SW + kx) * k.ICT;
+    DW_INIT:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
 #pragma HLS UNROLL
-                            const uint64_t oc = ob + o;
-                            if (oc < k.OCT)
-                                lane[o] += (uint32_t)((int32_t)xp[oc / k.COUT] *
-                                                      k.w[oc * taps + (uint64_t)ky * k.KW + kx]);
-                        }
+            if (first)
+                lane[o] = ob + o < k.OCT ? vf_conv_first(k, ob + o, pix) : 0u;
+        }
+    DW_LANE:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+            const uint64_t oc = ob + o;
+            if (oc < k.OCT)
+                lane[o] += (uint32_t)((int32_t)xp[oc / k.COUT] * k.w[oc * taps + (uint64_t)ky * k.KW + kx]);
+        }
+    DW_STORE:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+            if (last && ob + o < k.OCT)
+                vf_conv_last(k, ob + o, pix, lane[o]);
+        }
+        /* the next beat's coordinates */
+        if (++kx == k.KW) {
+            kx = 0;
+            if (++ky == k.KH) {
+                ky = 0;
+                ob += VF_OCP;
+                if (ob >= k.OCT) {
+                    ob = 0;
+                    if (++ox == k.OW) {
+                        ox = 0;
+                        ++oy;
                     }
                 }
-            DW_STORE:
-                for (uint32_t o = 0; o < VF_OCP; ++o)
-                    if (ob + o < k.OCT)
-                        vf_conv_last(k, ob + o, pix, lane[o]);
             }
         }
     }
@@ -699,54 +752,72 @@ static vf_exec_t vf_pool(const vf_insn_pool_t &p, vf_cnn_buffers_t *b)
     const uint64_t taps = (uint64_t)p.kh * p.kw;
     const int32_t zp = p.in_zp;
     uint64_t beats = 0;
-POOL_OY:
-    for (uint32_t oy = 0; oy < p.out_h; ++oy) {
-    POOL_OX:
-        for (uint32_t ox = 0; ox < p.out_w; ++ox) {
-            const uint64_t pix = (uint64_t)oy * p.out_w + ox;
-            const uint64_t by = (uint64_t)oy * p.sh, bx = (uint64_t)ox * p.sw;
 #ifdef VF_HLS_LITERAL
-        POOL_CB:
-            for (uint64_t cb = 0; cb < C; cb += VF_OCP) {
-                int32_t lane[VF_OCP];
+    /* one pipelined loop over every beat (oy, ox, channel block, ky, kx); a
+     * block's first beat resets its lanes, its last divides and stores all
+     * VF_OCP lanes at once */
+    const uint64_t total = pixels * vf_ceil_div(C, VF_OCP) * taps;
+    uint32_t oy = 0, ox = 0, ky = 0, kx = 0;
+    uint64_t cb = 0; /* first channel of the block */
+    int32_t lane[VF_OCP];
 #pragma HLS ARRAY_PARTITION variable=lane complete
-                uint64_t nvalid = 0;
-            POOL_INIT:
-                for (uint32_t o = 0; o < VF_OCP; ++o) {
-#pragma HLS UNROLL
-                    lane[o] = avg ? 0 : INT8_MIN;
-                }
-            POOL_KY:
-                for (uint32_t ky = 0; ky < p.kh; ++ky) {
-                POOL_KX:
-                    for (uint32_t kx = 0; kx < p.kw; ++kx) {
+    uint64_t nvalid = 0;
+POOL_BEAT:
+    for (uint64_t t = 0; t < total; ++t) {
 #pragma HLS PIPELINE II=1
-                        ++beats;
-                        const uint64_t iy = by + ky, ix = bx + kx;
-                        const bool valid = iy >= p.valid_y0 && iy < p.valid_y1 && ix >= p.valid_x0 && ix < p.valid_x1;
-                        nvalid += valid ? 1 : 0;
-                        const int8_t *xp = in + (iy * p.in_w + ix) * C + cb;
-                    POOL_LANE:
-                        for (uint32_t o = 0; o < VF_OCP; ++o) {
+        ++beats;
+        const uint64_t pix = (uint64_t)oy * p.out_w + ox;
+        const uint64_t iy = (uint64_t)oy * p.sh + ky, ix = (uint64_t)ox * p.sw + kx;
+        const bool first = ky == 0 && kx == 0;
+        const bool last = ky + 1 == p.kh && kx + 1 == p.kw;
+        const bool valid = iy >= p.valid_y0 && iy < p.valid_y1 && ix >= p.valid_x0 && ix < p.valid_x1;
+        nvalid = (first ? 0 : nvalid) + (valid ? 1 : 0);
+        const int8_t *xp = in + (iy * p.in_w + ix) * C + cb;
+    POOL_INIT:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
 #pragma HLS UNROLL
-                            if (valid && cb + o < C) {
-                                const int32_t x = xp[o];
-                                lane[o] = avg ? lane[o] + x : (x > lane[o] ? x : lane[o]);
-                            }
-                        }
-                    }
-                }
-                const uint64_t count = avg ? (count_pad ? taps : nvalid) : 1;
-            POOL_STORE:
-                for (uint32_t o = 0; o < VF_OCP; ++o) {
-                    if (cb + o < C) {
-                        const int64_t v = avg ? (int64_t)lane[o] - (int64_t)nvalid * zp
-                                              : (nvalid ? (int64_t)lane[o] - zp : 0);
-                        out[pix * C + cb + o] = vf_pool_out(v, count, p);
+            if (first)
+                lane[o] = avg ? 0 : INT8_MIN;
+        }
+    POOL_LANE:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+            if (valid && cb + o < C) {
+                const int32_t x = xp[o];
+                lane[o] = avg ? lane[o] + x : (x > lane[o] ? x : lane[o]);
+            }
+        }
+        const uint64_t count = avg ? (count_pad ? taps : nvalid) : 1;
+    POOL_STORE:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+            if (last && cb + o < C) {
+                const int64_t v = avg ? (int64_t)lane[o] - (int64_t)nvalid * zp
+                                      : (nvalid ? (int64_t)lane[o] - zp : 0);
+                out[pix * C + cb + o] = vf_pool_out(v, count, p);
+            }
+        }
+        /* the next beat's coordinates */
+        if (++kx == p.kw) {
+            kx = 0;
+            if (++ky == p.kh) {
+                ky = 0;
+                cb += VF_OCP;
+                if (cb >= C) {
+                    cb = 0;
+                    if (++ox == p.out_w) {
+                        ox = 0;
+                        ++oy;
                     }
                 }
             }
+        }
+    }
 #else
+    for (uint32_t oy = 0; oy < p.out_h; ++oy) {
+        for (uint32_t ox = 0; ox < p.out_w; ++ox) {
+            const uint64_t pix = (uint64_t)oy * p.out_w + ox;
+            const uint64_t by = (uint64_t)oy * p.sh, bx = (uint64_t)ox * p.sw;
             /* only the valid part of the window is visited */
             const uint64_t ky0 = p.valid_y0 > by ? p.valid_y0 - by : 0;
             const uint64_t ky1 = vf_min64(p.kh, p.valid_y1 > by ? p.valid_y1 - by : 0);
@@ -777,10 +848,8 @@ POOL_OY:
                     op[o] = vf_pool_out(v, count, p);
                 }
             }
-#endif
         }
     }
-#ifndef VF_HLS_LITERAL
     beats = pixels * taps * vf_ceil_div(C, VF_OCP);
 #endif
     return vf_done(beats, 0, 0);

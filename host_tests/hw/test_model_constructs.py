@@ -134,19 +134,6 @@ GAPS = {
         "WBUF is not partitioned (VF_CNN_PARTITIONS covers IBUF, OBUF, ACC) and the CONV beat reads ICP x OCP "
         "weight bytes at the run-time stride o * WST: Vitis HLS cannot schedule the MAC beat at II=1",
         _partitions_wbuf),
-    "conv_nest_flat": (
-        "the dense CONV nest is not one pipeline: CONV_INIT and CONV_STORE sit between the output-block loop "
-        "CONV_OB and the kernel loops, so the pipeline drains and refills per output pixel and block",
-        lambda: "CONV_INIT:" not in _between(source("cnn_core.cpp"), "CONV_OB", "CONV_IB")
-        and "CONV_STORE:" not in (loop_body(source("cnn_core.cpp"), "CONV_OB") or "")),
-    "dw_nest_flat": (
-        "the depthwise CONV nest is not one pipeline: DW_INIT and DW_STORE sit inside DW_OB around DW_KY/DW_KX",
-        lambda: "DW_INIT:" not in _between(source("cnn_core.cpp"), "DW_OB", "DW_KX")
-        and "DW_STORE:" not in (loop_body(source("cnn_core.cpp"), "DW_OB") or "")),
-    "pool_nest_flat": (
-        "the POOL nest is not one pipeline: POOL_INIT/POOL_STORE sit inside POOL_CB, and POOL_STORE runs its "
-        "OCP 64-bit divisions one after the other (neither pipelined nor unrolled)",
-        lambda: "POOL_STORE:" not in (loop_body(source("cnn_core.cpp"), "POOL_CB") or "")),
     "core_bank_decode": (
         "the cores' LOAD/SAVE (and the instruction fetch) access the segment through one int8_t pointer: a "
         "frame-level choice among the m_axi bank ports (vf_ddr_segment) is a pointer select Vitis HLS cannot "
@@ -223,15 +210,15 @@ def test_every_gap_is_named_in_a_docstring():
 def test_checks_see_removed_constructs(tmp_path, monkeypatch):
     """The checks themselves: a copy of the sources without a pragma fails them."""
     text = source("cnn_core.cpp")
-    assert check_tag("cnn_core.cpp CONV_IB pipelined")[0]
+    assert check_tag("cnn_core.cpp CONV_BEAT pipelined")[0]
     assert check_tag("cnn_core.cpp CONV_OL unrolled")[0]
-    at = text.index("CONV_IB:")
+    at = text.index("CONV_BEAT:")
     pragma = text.index("#pragma HLS PIPELINE II=1", at)
     stripped = text[:pragma] + text[pragma + len("#pragma HLS PIPELINE II=1"):]
     shutil.copytree(HLS, tmp_path / "hls", ignore=shutil.ignore_patterns("build"))
     (tmp_path / "hls" / "cnn_core.cpp").write_text(stripped)
     monkeypatch.setattr(sys.modules[__name__], "HLS", str(tmp_path / "hls"))
-    assert not check_tag("cnn_core.cpp CONV_IB pipelined")[0]
+    assert not check_tag("cnn_core.cpp CONV_BEAT pipelined")[0]
     assert check_tag("cnn_core.cpp LOAD_BEAT pipelined")[0]
 
 

@@ -112,8 +112,8 @@ loop nests do not make true yet -- as an expected failure.
 * Iterations are the C-sim's counts: each instruction runs one beat loop
   pipelined at II=1 [hls cnn_core.cpp LOAD_BEAT_DENSE pipelined]
   [hls cnn_core.cpp LOAD_BEAT pipelined] [hls cnn_core.cpp LINEAR_BEAT pipelined]
-  [hls cnn_core.cpp CONV_IB pipelined] [hls cnn_core.cpp DW_KX pipelined]
-  [hls cnn_core.cpp POOL_KX pipelined]
+  [hls cnn_core.cpp CONV_BEAT pipelined] [hls cnn_core.cpp DW_BEAT pipelined]
+  [hls cnn_core.cpp POOL_BEAT pipelined]
   [hls include/vfpga_unit_scheduler.h LANE_BEAT pipelined] (ADD, LUT, MUL: vf_lane_loop)
   [hls cnn_core.cpp SAVE_BEAT_DENSE pipelined] [hls cnn_core.cpp SAVE_BEAT pipelined]
 * ... whose lanes (axi_bytes bytes, ICP x OCP MACs, OCP channels) are all
@@ -133,7 +133,9 @@ loop nests do not make true yet -- as an expected failure.
   vf_requant [hls cnn_core.cpp vf_requant]; DIV64_LATENCY: POOL's vf_rdiv
   [hls cnn_core.cpp vf_rdiv]
 * The pipeline fill is paid once per instruction (each nest one flattened
-  pipeline) [hls-gap conv_nest_flat] [hls-gap dw_nest_flat] [hls-gap pool_nest_flat]
+  pipeline, a block's lane loads and stores predicates of its first and last
+  beat) [hls cnn_core.cpp CONV_STORE unrolled] [hls cnn_core.cpp DW_STORE unrolled]
+  [hls cnn_core.cpp POOL_STORE unrolled]
 * LOAD and SAVE move one bus word per beat in bursts, a dense row as one run
   [hls cnn_core.cpp "seg[run + (k - left)]"]
   through m_axi ports whose burst length, outstanding transactions, latency
