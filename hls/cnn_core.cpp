@@ -170,7 +170,8 @@ static vf_exec_t vf_view_fields(const vf_insn_mem_t &m)
     return vf_fail(VF_FAULT_NONE, 0);
 }
 
-static vf_exec_t vf_load_tile(const int8_t *seg, uint64_t seg_limit, const vf_insn_mem_t &m, int8_t *ibuf)
+static vf_exec_t vf_load_tile(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_limit, const vf_insn_mem_t &m,
+                              int8_t *ibuf)
 {
     const vf_exec_t view = vf_view_fields(m);
     if (view.fault != VF_FAULT_NONE)
@@ -217,19 +218,24 @@ LOAD_ROW:
         int8_t *drow = dst + r * row_bytes;
         if (dense) {
             /* a dense row's data is one DDR run: tile byte k in [left, left + mid)
-             * is run byte k - left, so a beat reads consecutive bytes (no
-             * per-lane division by the channel count) */
+             * is run byte k - left, so a beat reads one span of consecutive
+             * bytes (no per-lane division by the channel count) */
             const uint64_t run = row_in ? m.dram_addr + (uint64_t)y * pitch + (uint64_t)xs * ps : 0;
         LOAD_BEAT_DENSE:
             for (uint64_t b = 0; b < vf_ceil_div(row_bytes, VF_AXI_BYTES); ++b) {
 #pragma HLS PIPELINE II=1
                 ++beats;
+                const uint64_t k0 = b * VF_AXI_BYTES;
+                const uint64_t lo = vf_max64(k0, left), hi = vf_min64(k0 + VF_AXI_BYTES, left + mid);
+                int8_t word[VF_AXI_BYTES] = {0};
+                if (row_in && lo < hi)
+                    vf_ddr_read(ddr, win + run + (lo - left), word + (lo - k0), (uint32_t)(hi - lo));
             LOAD_LANE_DENSE:
                 for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
-                    const uint64_t k = b * VF_AXI_BYTES + j;
+                    const uint64_t k = k0 + j;
                     if (k < row_bytes)
-                        drow[k] = row_in && k >= left && k < left + mid ? seg[run + (k - left)] : pad;
+                        drow[k] = row_in && k >= left && k < left + mid ? word[j] : pad;
                 }
             }
         } else {
@@ -241,13 +247,17 @@ LOAD_ROW:
                 for (uint64_t b = 0; b < vf_ceil_div(ch, VF_AXI_BYTES); ++b) {
 #pragma HLS PIPELINE II=1
                     ++beats;
+                    const uint64_t k0 = b * VF_AXI_BYTES;
+                    int8_t word[VF_AXI_BYTES] = {0};
+                    if (in)
+                        vf_ddr_read(ddr, win + m.dram_addr + (uint64_t)y * pitch + (uint64_t)x * ps + k0, word,
+                                    (uint32_t)vf_min64(VF_AXI_BYTES, ch - k0));
                 LOAD_LANE:
                     for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
-                        const uint64_t k = b * VF_AXI_BYTES + j;
+                        const uint64_t k = k0 + j;
                         if (k < ch)
-                            drow[c * ch + k] =
-                                in ? seg[m.dram_addr + (uint64_t)y * pitch + (uint64_t)x * ps + k] : pad;
+                            drow[c * ch + k] = in ? word[j] : pad;
                     }
                 }
             }
@@ -263,7 +273,7 @@ LOAD_ROW:
             continue;
         }
         memset(dst, pad, left);
-        const int8_t *src = seg + m.dram_addr + (uint64_t)y * pitch + (uint64_t)xs * ps;
+        const int8_t *src = vf_ddr_segment(ddr, win) + m.dram_addr + (uint64_t)y * pitch + (uint64_t)xs * ps;
         if (dense) {
             memcpy(dst + left, src, mid);
         } else {
@@ -278,8 +288,8 @@ LOAD_ROW:
 #endif
 }
 
-static vf_exec_t vf_load_linear(const int8_t *seg, uint64_t seg_limit, const vf_insn_linear_t &l, int8_t *wbuf,
-                                int32_t *param)
+static vf_exec_t vf_load_linear(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_limit, const vf_insn_linear_t &l,
+                                int8_t *wbuf, int32_t *param)
 {
     if (l.buffer != VF_BUF_WGT && l.buffer != VF_BUF_PARAM)
         return VF_FIELD(vf_insn_linear_t, buffer);
@@ -296,7 +306,6 @@ static vf_exec_t vf_load_linear(const int8_t *seg, uint64_t seg_limit, const vf_
     if (!vf_fits(l.dram_addr, l.nbytes, seg_limit))
         return vf_fail(VF_FAULT_SEGMENT, vf_first_out(l.dram_addr, seg_limit));
 
-    const int8_t *src = seg + l.dram_addr;
     const uint64_t n = l.nbytes;
 #ifdef VF_HLS_LITERAL
     uint64_t beats = 0;
@@ -304,6 +313,9 @@ LINEAR_BEAT:
     for (uint64_t b = 0; b < vf_ceil_div(n, VF_AXI_BYTES); ++b) {
 #pragma HLS PIPELINE II=1
         ++beats;
+        int8_t word[VF_AXI_BYTES] = {0};
+        vf_ddr_read(ddr, win + l.dram_addr + b * VF_AXI_BYTES, word,
+                    (uint32_t)vf_min64(VF_AXI_BYTES, n - b * VF_AXI_BYTES));
     LINEAR_LANE:
         for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
@@ -313,16 +325,17 @@ LINEAR_BEAT:
                     const uint64_t a = l.buf_addr + k;
                     const uint32_t sh = 8u * (uint32_t)(a & 3u);
                     const uint32_t old = (uint32_t)param[a >> 2];
-                    const uint32_t byte = (uint32_t)(uint8_t)src[k];
+                    const uint32_t byte = (uint32_t)(uint8_t)word[j];
                     param[a >> 2] = vf_i32((old & ~(0xffu << sh)) | (byte << sh));
                 } else {
-                    wbuf[l.buf_addr + k] = src[k];
+                    wbuf[l.buf_addr + k] = word[j];
                 }
             }
         }
     }
     return vf_done(beats, n, 0);
 #else
+    const int8_t *src = vf_ddr_segment(ddr, win) + l.dram_addr;
     if (to_param) {
         int32_t *dst = param + (l.buf_addr >> 2);
         for (uint64_t w = 0; w < n / 4; ++w)
@@ -335,13 +348,14 @@ LINEAR_BEAT:
 }
 
 /* The LOAD unit: LOAD_TILE and LOAD_LINEAR. */
-static vf_exec_t vf_load_unit(const int8_t *seg, uint64_t seg_limit, const vf_insn_t &insn, vf_cnn_buffers_t *b)
+static vf_exec_t vf_load_unit(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_limit, const vf_insn_t &insn,
+                              vf_cnn_buffers_t *b)
 {
     if (insn.head.flags != 0)
         return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
     if (insn.head.opcode == VF_OP_LOAD_TILE)
-        return vf_load_tile(seg, seg_limit, vf_format<vf_insn_mem_t>(insn), b->ibuf);
-    return vf_load_linear(seg, seg_limit, vf_format<vf_insn_linear_t>(insn), b->wbuf, b->param);
+        return vf_load_tile(ddr, win, seg_limit, vf_format<vf_insn_mem_t>(insn), b->ibuf);
+    return vf_load_linear(ddr, win, seg_limit, vf_format<vf_insn_linear_t>(insn), b->wbuf, b->param);
 }
 
 /* ========================================================================== */
@@ -974,7 +988,8 @@ static vf_exec_t vf_compute_unit(const vf_insn_t &insn, vf_cnn_buffers_t *b)
 
 /* The SAVE unit: an OBUF tile to pixels that all lie inside the view, rows
  * sy and pixels sx apart (steps 0 and 1 both mean adjacent). */
-static vf_exec_t vf_save_unit(int8_t *seg, uint64_t seg_limit, const vf_insn_t &insn, const vf_cnn_buffers_t *b)
+static vf_exec_t vf_save_unit(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_limit, const vf_insn_t &insn,
+                              const vf_cnn_buffers_t *b)
 {
     if (insn.head.flags != 0)
         return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
@@ -1011,20 +1026,22 @@ static vf_exec_t vf_save_unit(int8_t *seg, uint64_t seg_limit, const vf_insn_t &
     uint64_t beats = 0;
 SAVE_ROW:
     for (uint64_t r = 0; r < th; ++r) {
-        int8_t *drow = seg + base + r * pitch;
+        const uint64_t drow = win + base + r * pitch; /* window offset of the DDR row */
         const int8_t *srow = src + r * row_bytes;
         if (dense) {
         SAVE_BEAT_DENSE:
             for (uint64_t bt = 0; bt < vf_ceil_div(row_bytes, VF_AXI_BYTES); ++bt) {
 #pragma HLS PIPELINE II=1
                 ++beats;
+                int8_t word[VF_AXI_BYTES];
             SAVE_LANE_DENSE:
                 for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
                     const uint64_t k = bt * VF_AXI_BYTES + j;
-                    if (k < row_bytes)
-                        drow[k] = srow[k];
+                    word[j] = k < row_bytes ? srow[k] : 0;
                 }
+                vf_ddr_write(ddr, drow + bt * VF_AXI_BYTES, word,
+                             (uint32_t)vf_min64(VF_AXI_BYTES, row_bytes - bt * VF_AXI_BYTES));
             }
         } else {
         SAVE_PIXEL:
@@ -1033,19 +1050,22 @@ SAVE_ROW:
                 for (uint64_t bt = 0; bt < vf_ceil_div(ch, VF_AXI_BYTES); ++bt) {
 #pragma HLS PIPELINE II=1
                     ++beats;
+                    int8_t word[VF_AXI_BYTES];
                 SAVE_LANE:
                     for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
                         const uint64_t k = bt * VF_AXI_BYTES + j;
-                        if (k < ch)
-                            drow[c * pstep + k] = srow[c * ch + k];
+                        word[j] = k < ch ? srow[c * ch + k] : 0;
                     }
+                    vf_ddr_write(ddr, drow + c * pstep + bt * VF_AXI_BYTES, word,
+                                 (uint32_t)vf_min64(VF_AXI_BYTES, ch - bt * VF_AXI_BYTES));
                 }
             }
         }
     }
     return vf_done(beats, th * row_bytes, 0);
 #else
+    int8_t *seg = vf_ddr_segment(ddr, win);
     for (uint64_t r = 0; r < th; ++r) {
         int8_t *drow = seg + base + r * pitch;
         const int8_t *srow = src + r * row_bytes;
@@ -1094,14 +1114,14 @@ struct vf_cnn_kind {
         }
     }
 
-    static vf_exec_t execute(uint32_t unit, int8_t *seg, uint64_t seg_limit, const vf_insn_t &insn,
-                             vf_cnn_buffers_t *b)
+    static vf_exec_t execute(uint32_t unit, const vf_ddr_t &ddr, uint64_t win, uint64_t seg_limit,
+                             const vf_insn_t &insn, vf_cnn_buffers_t *b)
     {
         if (unit == VF_UNIT_LOAD)
-            return vf_load_unit(seg, seg_limit, insn, b);
+            return vf_load_unit(ddr, win, seg_limit, insn, b);
         if (unit == VF_UNIT_COMPUTE)
             return vf_compute_unit(insn, b);
-        return vf_save_unit(seg, seg_limit, insn, b);
+        return vf_save_unit(ddr, win, seg_limit, insn, b);
     }
 };
 
@@ -1121,5 +1141,14 @@ uint32_t vf_cnn_core_step(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset,
                           vf_cnn_buffers_t *buffers, vf_cnn_state_t *state, vf_cnn_counters_t *counters,
                           uint32_t *iters)
 {
-    return vf_unit_step<vf_cnn_kind>(seg, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
+    return vf_unit_step<vf_cnn_kind>(vf_ddr_window(seg, seg_limit), 0, seg_limit, insn_offset, insn_count, buffers,
+                                     state, counters, iters);
+}
+
+uint32_t vf_cnn_core_step_ddr(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg_limit, uint32_t insn_offset,
+                              uint32_t insn_count, vf_cnn_buffers_t *buffers, vf_cnn_state_t *state,
+                              vf_cnn_counters_t *counters, uint32_t *iters)
+{
+    return vf_unit_step<vf_cnn_kind>(ddr, seg_win, seg_limit, insn_offset, insn_count, buffers, state, counters,
+                                     iters);
 }

@@ -38,9 +38,9 @@
  * The dispatcher itself touches device memory only at: request ring entries
  * and completion records (areas checked inside the segment at enable, the
  * segment checked inside the window), and dispatch entries (each read checked
- * against seg_limit). Frames run on the core with seg = the segment's
- * window offset through its bank's port (vf_ddr_segment) and seg_limit, and
- * the core checks every access. The dispatcher's own accesses go through
+ * against seg_limit). Frames run on the core with the bank ports, the
+ * segment's window offset and seg_limit; the core checks every access and
+ * issues it on the port of its bank. The dispatcher's own accesses go through
  * the bank port of the address they touch (vf_ddr_read / vf_ddr_write,
  * vfpga_ddr.h). All offset arithmetic is 64-bit
  * on 32-bit fields, so nothing wraps. Out-of-range indices in the state
@@ -711,7 +711,6 @@ static void vf_run_frame(const vf_ddr_t &ddr, const vf_disp_frame_t *frame, Buff
         const bool inside = ddr.bytes != 0 && frame->seg_limit != 0 &&
                             vf_fits(frame->seg_win, frame->seg_limit, ddr.bytes) &&
                             vf_ddr_bank(frame->seg_win) == vf_ddr_bank(frame->seg_win + frame->seg_limit - 1u);
-        int8_t *seg = inside ? vf_ddr_segment(ddr, frame->seg_win) : 0;
         const uint32_t limit = inside ? frame->seg_limit : 0;
         if (frame->scrub && buffers != 0)
             vf_core_scrub(buffers);
@@ -719,7 +718,7 @@ static void vf_run_frame(const vf_ddr_t &ddr, const vf_disp_frame_t *frame, Buff
     FRAME_STEPS:
         for (uint32_t k = 0; k <= frame->n_insns; ++k) {
             const uint32_t r =
-                vf_core_step(seg, limit, frame->frame_offset, frame->n_insns, buffers, &s, &n, iters);
+                vf_core_step(ddr, frame->seg_win, limit, frame->frame_offset, frame->n_insns, buffers, &s, &n, iters);
             if (r != VF_STEP_FRAME)
                 break;
         }

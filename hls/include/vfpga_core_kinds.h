@@ -14,20 +14,30 @@
 
 #include "vfpga_cnn_core.h"
 #include "vfpga_rnn_core.h"
+#include "vfpga_ddr.h"
 #include "vfpga_hls.h"
 
-static inline uint32_t vf_core_step(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset, uint32_t insn_count,
-                                    vf_cnn_buffers_t *buffers, vf_core_state_t *state, vf_core_counters_t *counters,
-                                    uint32_t *iters)
+/* vf_cnn_core_step() / vf_rnn_core_step() on a segment reached through the
+ * bank ports (hls/cnn_core.cpp, hls/rnn_core.cpp). */
+uint32_t vf_cnn_core_step_ddr(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg_limit, uint32_t insn_offset,
+                              uint32_t insn_count, vf_cnn_buffers_t *buffers, vf_cnn_state_t *state,
+                              vf_cnn_counters_t *counters, uint32_t *iters);
+uint32_t vf_rnn_core_step_ddr(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg_limit, uint32_t insn_offset,
+                              uint32_t insn_count, vf_rnn_buffers_t *buffers, vf_rnn_state_t *state,
+                              vf_rnn_counters_t *counters, uint32_t *iters);
+
+static inline uint32_t vf_core_step(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg_limit, uint32_t insn_offset,
+                                    uint32_t insn_count, vf_cnn_buffers_t *buffers, vf_core_state_t *state,
+                                    vf_core_counters_t *counters, uint32_t *iters)
 {
-    return vf_cnn_core_step(seg, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
+    return vf_cnn_core_step_ddr(ddr, seg_win, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
 }
 
-static inline uint32_t vf_core_step(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset, uint32_t insn_count,
-                                    vf_rnn_buffers_t *buffers, vf_core_state_t *state, vf_core_counters_t *counters,
-                                    uint32_t *iters)
+static inline uint32_t vf_core_step(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg_limit, uint32_t insn_offset,
+                                    uint32_t insn_count, vf_rnn_buffers_t *buffers, vf_core_state_t *state,
+                                    vf_core_counters_t *counters, uint32_t *iters)
 {
-    return vf_rnn_core_step(seg, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
+    return vf_rnn_core_step_ddr(ddr, seg_win, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
 }
 
 /* Zeroes one on-chip memory of n elements (nothing when it is absent):
@@ -83,9 +93,10 @@ static inline void vf_core_run_program(int8_t *seg, uint32_t seg_limit, uint32_t
 {
     vf_core_state_t state = {0, 1, VF_FAULT_NONE, 0, 0, 0};
     vf_core_counters_t counters = {0, 0, 0, 0, 0, 0, 0, 0};
+    const vf_ddr_t ddr = vf_ddr_window(seg, seg_limit); /* every port is seg */
 RUN:
     for (;;) {
-        const uint32_t r = vf_core_step(seg, seg_limit, insn_offset, insn_count, buffers, &state, &counters, 0);
+        const uint32_t r = vf_core_step(ddr, 0, seg_limit, insn_offset, insn_count, buffers, &state, &counters, 0);
         if (r != VF_STEP_FRAME)
             break;
     }

@@ -134,11 +134,6 @@ GAPS = {
         "WBUF is not partitioned (VF_CNN_PARTITIONS covers IBUF, OBUF, ACC) and the CONV beat reads ICP x OCP "
         "weight bytes at the run-time stride o * WST: Vitis HLS cannot schedule the MAC beat at II=1",
         _partitions_wbuf),
-    "core_bank_decode": (
-        "the cores' LOAD/SAVE (and the instruction fetch) access the segment through one int8_t pointer: a "
-        "frame-level choice among the m_axi bank ports (vf_ddr_segment) is a pointer select Vitis HLS cannot "
-        "bind; each access has to decode its bank (vf_ddr_read/vf_ddr_write) inside the units",
-        lambda: "vf_ddr_t" in source("cnn_core.cpp") and "vf_ddr_t" in source("include/vfpga_unit_scheduler.h")),
     "core_ports_interleave": (
         "ddr.core_ports (u200_bigcore: one core on 4 banks, data word-interleaved) is only the beat width "
         "VF_AXI_BYTES: the LOAD/SAVE beat is not split over VF_CORE_PORTS bank ports",
@@ -150,7 +145,7 @@ GAPS = {
     "fetch_burst": (
         "the decoder reads each instruction head from DDR and the units read each instruction again when they "
         "run it (vf_fetch in SCHEDULE): the model charges one burst per step",
-        lambda: "vf_fetch(seg" not in (loop_body(source("include/vfpga_unit_scheduler.h"), "SCHEDULE") or "")),
+        lambda: "vf_fetch(" not in (loop_body(source("include/vfpga_unit_scheduler.h"), "SCHEDULE") or "")),
     "dispatch_prefetch": (
         "the dispatcher reads every dispatch entry, ring entry and record through the bank port one at a time "
         "(an AXI round trip of ddr.burst_latency_cycles each); issue_cycles / barrier_cycles / completion_cycles "

@@ -137,7 +137,7 @@ loop nests do not make true yet -- as an expected failure.
   beat) [hls cnn_core.cpp CONV_STORE unrolled] [hls cnn_core.cpp DW_STORE unrolled]
   [hls cnn_core.cpp POOL_STORE unrolled]
 * LOAD and SAVE move one bus word per beat in bursts, a dense row as one run
-  [hls cnn_core.cpp "seg[run + (k - left)]"]
+  [hls cnn_core.cpp "vf_ddr_read(ddr, win + run + (lo - left), word + (lo - k0)"]
   through m_axi ports whose burst length, outstanding transactions, latency
   and width are AXI_MAX_BURST_BEATS, AXI_OUTSTANDING, L and axi_bytes
   [hls include/vfpga_hls.h "max_read_burst_length=VF_AXI_MAX_BURST_BEATS"]
@@ -147,7 +147,8 @@ loop nests do not make true yet -- as an expected failure.
 * B is a bank's: one m_axi bundle per DDR bank on the dispatcher top
   [hls include/vfpga_hls.h "bundle=bank##b"] [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"],
   a frame on the port of its segment's bank [hls include/vfpga_ddr.h vf_ddr_segment],
-  each of the core's accesses decoding its bank [hls-gap core_bank_decode];
+  each of the core's accesses decoding its bank
+  [hls rnn_core.cpp "vf_ddr_read(ddr, d + bt * VF_AXI_BYTES, word, n)"] [hls include/vfpga_unit_scheduler.h "vf_fetch(ddr, seg_win, insn_offset, pc, &insn)"] [hls cnn_core.cpp "vf_ddr_write(ddr, drow + bt * VF_AXI_BYTES"];
   ``ddr.core_ports`` ports of one core, word-interleaved [hls-gap core_ports_interleave]
 * The units overlap, ordered only by their tokens [hls include/vfpga_unit_scheduler.h vf_tokens_ready]
   as concurrent units [hls-gap units_concurrent]
