@@ -127,7 +127,9 @@ loop nests do not make true yet -- as an expected failure.
   [hls include/vfpga_hls.h "ARRAY_PARTITION variable=ibuf dim=D cyclic factor=VF_ICP"]
   [hls cnn_core_top.cpp "VF_CNN_PARTITIONS(1, ibuf, obuf, acc)"]
   [hls dispatcher_top.cpp "VF_CNN_PARTITIONS(2, ibuf, obuf, acc)"]; the
-  ICP x OCP weights of a beat likewise [hls-gap wbuf_lanes]
+  ICP x OCP weights of a beat likewise [hls-gap wbuf_lanes] (the HLS reads
+  them from an unpartitioned WBUF at the run-time strides o * WST; no cyclic
+  partition serves every WST, so the beat as written is not II=1)
 * The adder tree's ceil(log2(icp)) levels: the unrolled sum of CONV_IL
   [hls cnn_core.cpp "s += (int32_t)x[i] * wb[o * k.WST + i]"]; REQUANT_LATENCY:
   vf_requant [hls cnn_core.cpp vf_requant]; DIV64_LATENCY: POOL's vf_rdiv
