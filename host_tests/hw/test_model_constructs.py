@@ -146,11 +146,6 @@ GAPS = {
         "the decoder reads each instruction head from DDR and the units read each instruction again when they "
         "run it (vf_fetch in SCHEDULE): the model charges one burst per step",
         lambda: "vf_fetch(" not in (loop_body(source("include/vfpga_unit_scheduler.h"), "SCHEDULE") or "")),
-    "dispatch_prefetch": (
-        "the dispatcher reads every dispatch entry, ring entry and record through the bank port one at a time "
-        "(an AXI round trip of ddr.burst_latency_cycles each); issue_cycles / barrier_cycles / completion_cycles "
-        "assume them prefetched on chip",
-        lambda: "PREFETCH" in source("dispatcher.cpp")),
     "rnn_wbuf_rows": (
         "the RNN MATVEC beat reads ROWS x COLS weight bytes at the run-time stride wgt_stride; WBUF is "
         "partitioned by COLS only (VF_RNN_PARTITIONS), so the beat cannot be II=1",

@@ -71,7 +71,9 @@ Each rule with the construct that makes it true (host_tests/hw/test_model_constr
   [hls include/vfpga_pool.h RETIRE_ENDED]
 * issue_cycles, barrier_cycles, completion_cycles: the walk's work per
   frame, barrier and record [hls dispatcher.cpp WALK], its DDR reads
-  prefetched [hls-gap dispatch_prefetch]
+  prefetched: ring and dispatch entries come a burst at a time into on-chip
+  buffers [hls dispatcher.cpp VF_DISP_PREFETCH] [hls dispatcher.cpp VF_DISP_PREFETCH_REQUESTS]
+  (one round trip per burst), records are posted writes
 * Scrubs: every memory of the core zeroed when it changes hands
   [hls include/vfpga_core_kinds.h vf_core_scrub], scrub_bytes_per_cycle bytes
   a cycle [hls include/vfpga_core_kinds.h SCRUB pipelined]
