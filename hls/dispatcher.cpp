@@ -459,8 +459,9 @@ static void vf_advance_tenant(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_
     }
 
     /* 4. the walk; its ring and dispatch entries come from on-chip buffers
-     * filled a burst at a time (nothing but its own records changes DDR
-     * during a walk, and a record write empties the buffers) */
+     * filled a burst at a time, kept for this walk only and emptied by its
+     * own record writes: a frame that rewrites its request's entries is seen
+     * from the next walk on (C-sim runs no frame during a walk) */
     vf_dispatch_t pf[VF_DISP_PREFETCH];
     uint64_t pf_at = 0; /* segment offset of pf[0] */
     uint32_t pf_n = 0;  /* entries held */
