@@ -178,7 +178,8 @@ static vf_exec_t vf_view_fields(const vf_insn_mem_t &m)
     return vf_fail(VF_FAULT_NONE, 0);
 }
 
-static vf_exec_t vf_load_tile(const int8_t *seg, uint64_t seg_limit, const vf_insn_mem_t &m, int8_t *ibuf)
+static vf_exec_t vf_load_tile(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_limit, const vf_insn_mem_t &m,
+                              int8_t *ibuf)
 {
     const vf_exec_t view = vf_view_fields(m);
     if (view.fault != VF_FAULT_NONE)
@@ -214,6 +215,8 @@ static vf_exec_t vf_load_tile(const int8_t *seg, uint64_t seg_limit, const vf_in
 
     int8_t *dst = ibuf + m.buf_addr;
     const int8_t pad = m.pad_value;
+    const uint64_t left = any ? (uint64_t)(xs - x0) * ch : row_bytes; /* padding bytes before a row's data */
+    const uint64_t mid = any ? (uint64_t)(xe - xs) * ch : 0;          /* a row's data bytes */
 #ifdef VF_HLS_LITERAL
     uint64_t beats = 0;
 LOAD_ROW:
@@ -222,19 +225,25 @@ LOAD_ROW:
         const bool row_in = any && y >= ys && y < ye;
         int8_t *drow = dst + r * row_bytes;
         if (dense) {
+            /* a dense row's data is one DDR run: tile byte k in [left, left + mid)
+             * is run byte k - left, so a beat reads one span of consecutive
+             * bytes (no per-lane division by the channel count) */
+            const uint64_t run = row_in ? m.dram_addr + (uint64_t)y * pitch + (uint64_t)xs * ps : 0;
         LOAD_BEAT_DENSE:
             for (uint64_t b = 0; b < vf_ceil_div(row_bytes, VF_AXI_BYTES); ++b) {
 #pragma HLS PIPELINE II=1
                 ++beats;
+                const uint64_t k0 = b * VF_AXI_BYTES;
+                const uint64_t lo = vf_max64(k0, left), hi = vf_min64(k0 + VF_AXI_BYTES, left + mid);
+                int8_t word[VF_AXI_BYTES] = {0};
+                if (row_in && lo < hi)
+                    vf_ddr_read(ddr, win + run + (lo - left), word + (lo - k0), (uint32_t)(hi - lo));
             LOAD_LANE_DENSE:
                 for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
-                    const uint64_t k = b * VF_AXI_BYTES + j;
-                    if (k < row_bytes) {
-                        const int64_t x = x0 + (int64_t)(k / ch);
-                        const bool in = row_in && x >= xs && x < xe;
-                        drow[k] = in ? seg[m.dram_addr + (uint64_t)y * pitch + (uint64_t)x * ps + k % ch] : pad;
-                    }
+                    const uint64_t k = k0 + j;
+                    if (k < row_bytes)
+                        drow[k] = row_in && k >= left && k < left + mid ? word[j] : pad;
                 }
             }
         } else {
@@ -246,13 +255,17 @@ LOAD_ROW:
                 for (uint64_t b = 0; b < vf_ceil_div(ch, VF_AXI_BYTES); ++b) {
 #pragma HLS PIPELINE II=1
                     ++beats;
+                    const uint64_t k0 = b * VF_AXI_BYTES;
+                    int8_t word[VF_AXI_BYTES] = {0};
+                    if (in)
+                        vf_ddr_read(ddr, win + m.dram_addr + (uint64_t)y * pitch + (uint64_t)x * ps + k0, word,
+                                    (uint32_t)vf_min64(VF_AXI_BYTES, ch - k0));
                 LOAD_LANE:
                     for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
-                        const uint64_t k = b * VF_AXI_BYTES + j;
+                        const uint64_t k = k0 + j;
                         if (k < ch)
-                            drow[c * ch + k] =
-                                in ? seg[m.dram_addr + (uint64_t)y * pitch + (uint64_t)x * ps + k] : pad;
+                            drow[c * ch + k] = in ? word[j] : pad;
                     }
                 }
             }
@@ -260,8 +273,6 @@ LOAD_ROW:
     }
     return vf_done(beats, moved, 0);
 #else
-    const uint64_t left = any ? (uint64_t)(xs - x0) * ch : row_bytes;
-    const uint64_t mid = any ? (uint64_t)(xe - xs) * ch : 0;
     const uint64_t right = row_bytes - left - mid;
     for (uint64_t r = 0; r < th; ++r, dst += row_bytes) {
         const int64_t y = y0 + (int64_t)r;
@@ -270,7 +281,7 @@ LOAD_ROW:
             continue;
         }
         memset(dst, pad, left);
-        const int8_t *src = seg + m.dram_addr + (uint64_t)y * pitch + (uint64_t)xs * ps;
+        const int8_t *src = vf_ddr_segment(ddr, win) + m.dram_addr + (uint64_t)y * pitch + (uint64_t)xs * ps;
         if (dense) {
             memcpy(dst + left, src, mid);
         } else {
@@ -285,8 +296,8 @@ LOAD_ROW:
 #endif
 }
 
-static vf_exec_t vf_load_linear(const int8_t *seg, uint64_t seg_limit, const vf_insn_linear_t &l, int8_t *wbuf,
-                                int32_t *param)
+static vf_exec_t vf_load_linear(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_limit, const vf_insn_linear_t &l,
+                                int8_t *wbuf, int32_t *param)
 {
     if (l.buffer != VF_BUF_WGT && l.buffer != VF_BUF_PARAM)
         return VF_FIELD(vf_insn_linear_t, buffer);
@@ -303,7 +314,6 @@ static vf_exec_t vf_load_linear(const int8_t *seg, uint64_t seg_limit, const vf_
     if (!vf_fits(l.dram_addr, l.nbytes, seg_limit))
         return vf_fail(VF_FAULT_SEGMENT, vf_first_out(l.dram_addr, seg_limit));
 
-    const int8_t *src = seg + l.dram_addr;
     const uint64_t n = l.nbytes;
 #ifdef VF_HLS_LITERAL
     uint64_t beats = 0;
@@ -311,6 +321,9 @@ LINEAR_BEAT:
     for (uint64_t b = 0; b < vf_ceil_div(n, VF_AXI_BYTES); ++b) {
 #pragma HLS PIPELINE II=1
         ++beats;
+        int8_t word[VF_AXI_BYTES] = {0};
+        vf_ddr_read(ddr, win + l.dram_addr + b * VF_AXI_BYTES, word,
+                    (uint32_t)vf_min64(VF_AXI_BYTES, n - b * VF_AXI_BYTES));
     LINEAR_LANE:
         for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
@@ -320,16 +333,17 @@ LINEAR_BEAT:
                     const uint64_t a = l.buf_addr + k;
                     const uint32_t sh = 8u * (uint32_t)(a & 3u);
                     const uint32_t old = (uint32_t)param[a >> 2];
-                    const uint32_t byte = (uint32_t)(uint8_t)src[k];
+                    const uint32_t byte = (uint32_t)(uint8_t)word[j];
                     param[a >> 2] = vf_i32((old & ~(0xffu << sh)) | (byte << sh));
                 } else {
-                    wbuf[l.buf_addr + k] = src[k];
+                    wbuf[l.buf_addr + k] = word[j];
                 }
             }
         }
     }
     return vf_done(beats, n, 0);
 #else
+    const int8_t *src = vf_ddr_segment(ddr, win) + l.dram_addr;
     if (to_param) {
         int32_t *dst = param + (l.buf_addr >> 2);
         for (uint64_t w = 0; w < n / 4; ++w)
@@ -342,13 +356,14 @@ LINEAR_BEAT:
 }
 
 /* The LOAD unit: LOAD_TILE and LOAD_LINEAR. */
-static vf_exec_t vf_load_unit(const int8_t *seg, uint64_t seg_limit, const vf_insn_t &insn, vf_cnn_buffers_t *b)
+static vf_exec_t vf_load_unit(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_limit, const vf_insn_t &insn,
+                              vf_cnn_buffers_t *b)
 {
     if (insn.head.flags != 0)
         return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
     if (insn.head.opcode == VF_OP_LOAD_TILE)
-        return vf_load_tile(seg, seg_limit, vf_format<vf_insn_mem_t>(insn), b->ibuf);
-    return vf_load_linear(seg, seg_limit, vf_format<vf_insn_linear_t>(insn), b->wbuf, b->param);
+        return vf_load_tile(ddr, win, seg_limit, vf_format<vf_insn_mem_t>(insn), b->ibuf);
+    return vf_load_linear(ddr, win, seg_limit, vf_format<vf_insn_linear_t>(insn), b->wbuf, b->param);
 }
 
 /* ========================================================================== */
@@ -555,70 +570,90 @@ static __attribute__((noinline)) void vf_conv_gemm(const vf_conv_t &k)
 
 /* CONV with cin_g > 1: lanes = VF_OCP output channels of one group, beats =
  * (ky, kx, VF_ICP input channels). Returns the beats run (literal build). */
+#ifdef VF_HLS_LITERAL
+/* One pipelined loop over every beat, in the order (g, oy, ox, output block,
+ * ky, kx, input block): a block's first beat loads its lanes (bias or ACC)
+ * and its last stores them, as predicates, so the pipeline fills once per
+ * CONV. */
 static uint64_t vf_conv_dense(const vf_conv_t &k)
 {
-#ifndef VF_HLS_LITERAL
-    vf_conv_gemm(k);
-    return 0;
-#else
-    uint64_t beats = 0;
-    const uint64_t in_row = (uint64_t)k.IW * k.ICT;
-CONV_G:
-    for (uint32_t g = 0; g < k.G; ++g) {
-    CONV_OY:
-        for (uint32_t oy = 0; oy < k.OH; ++oy) {
-        CONV_OX:
-            for (uint32_t ox = 0; ox < k.OW; ++ox) {
-                const uint64_t pix = (uint64_t)oy * k.OW + ox;
-                const int8_t *xwin = k.in + ((uint64_t)oy * k.SH * k.IW + (uint64_t)ox * k.SW) * k.ICT +
-                                     (uint64_t)g * k.CIN;
-            CONV_OB:
-                for (uint32_t ob = 0; ob < k.COUT; ob += VF_OCP) {
-                    const uint32_t nO = (uint32_t)vf_min64(VF_OCP, k.COUT - ob);
-                    const uint64_t oc0 = (uint64_t)g * k.COUT + ob;
-                    const int8_t *w0 = k.w + oc0 * k.WST;
-                    uint32_t lane[VF_OCP];
+    const uint64_t nIB = vf_ceil_div(k.CIN, VF_ICP), nOB = vf_ceil_div(k.COUT, VF_OCP);
+    const uint64_t total = (uint64_t)k.G * k.OH * k.OW * nOB * k.KH * k.KW * nIB;
+    uint32_t g = 0, oy = 0, ox = 0, ob = 0, ky = 0, kx = 0, ib = 0; /* ob, ib: first channel of the block */
+    uint32_t lane[VF_OCP];
 #pragma HLS ARRAY_PARTITION variable=lane complete
-                CONV_INIT:
-                    for (uint32_t o = 0; o < VF_OCP; ++o) {
-#pragma HLS UNROLL
-                        lane[o] = o < nO ? vf_conv_first(k, oc0 + o, pix) : 0u;
-                    }
-                CONV_KY:
-                    for (uint32_t ky = 0; ky < k.KH; ++ky) {
-                    CONV_KX:
-                        for (uint32_t kx = 0; kx < k.KW; ++kx) {
-                        CONV_IB:
-                            for (uint32_t ib = 0; ib < k.CIN; ib += VF_ICP) {
+    uint64_t beats = 0;
+CONV_BEAT:
+    for (uint64_t t = 0; t < total; ++t) {
 #pragma HLS PIPELINE II=1
-                                ++beats;
-                                const int8_t *x = xwin + ky * in_row + kx * k.ICT + ib;
-                                const int8_t *wb = w0 + ((uint64_t)ky * k.KW + kx) * k.CIN + ib;
-                            CONV_OL:
-                                for (uint32_t o = 0; o < VF_OCP; ++o) {
+        /* a block reads and writes only its own (pixel, channel) ACC words */
+#pragma HLS DEPENDENCE class=pointer type=inter dependent=false
+        ++beats;
+        const uint64_t pix = (uint64_t)oy * k.OW + ox;
+        const uint64_t oc0 = (uint64_t)g * k.COUT + ob;
+        const uint32_t nO = (uint32_t)vf_min64(VF_OCP, k.COUT - ob);
+        const bool first = ky == 0 && kx == 0 && ib == 0;
+        const bool last = ky + 1 == k.KH && kx + 1 == k.KW && (uint64_t)ib + VF_ICP >= k.CIN;
+        const int8_t *x = k.in + (((uint64_t)oy * k.SH + ky) * k.IW + (uint64_t)ox * k.SW + kx) * k.ICT +
+                          (uint64_t)g * k.CIN + ib;
+        const int8_t *wb = k.w + oc0 * k.WST + ((uint64_t)ky * k.KW + kx) * k.CIN + ib;
+    CONV_INIT:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
 #pragma HLS UNROLL
-                                    int32_t s = 0;
-                                CONV_IL:
-                                    for (uint32_t i = 0; i < VF_ICP; ++i) {
+            if (first)
+                lane[o] = o < nO ? vf_conv_first(k, oc0 + o, pix) : 0u;
+        }
+    CONV_OL:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
 #pragma HLS UNROLL
-                                        if (o < nO && ib + i < k.CIN)
-                                            s += (int32_t)x[i] * wb[o * k.WST + i];
-                                    }
-                                    lane[o] += (uint32_t)s;
-                                }
+            int32_t s = 0;
+        CONV_IL:
+            for (uint32_t i = 0; i < VF_ICP; ++i) {
+#pragma HLS UNROLL
+                if (o < nO && ib + i < k.CIN)
+                    s += (int32_t)x[i] * wb[o * k.WST + i];
+            }
+            lane[o] += (uint32_t)s;
+        }
+    CONV_STORE:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+            if (last && o < nO)
+                vf_conv_last(k, oc0 + o, pix, lane[o]);
+        }
+        /* the next beat's coordinates */
+        ib += VF_ICP;
+        if (ib >= k.CIN) {
+            ib = 0;
+            if (++kx == k.KW) {
+                kx = 0;
+                if (++ky == k.KH) {
+                    ky = 0;
+                    ob += VF_OCP;
+                    if (ob >= k.COUT) {
+                        ob = 0;
+                        if (++ox == k.OW) {
+                            ox = 0;
+                            if (++oy == k.OH) {
+                                oy = 0;
+                                ++g;
                             }
                         }
                     }
-                CONV_STORE:
-                    for (uint32_t o = 0; o < nO; ++o)
-                        vf_conv_last(k, oc0 + o, pix, lane[o]);
                 }
             }
         }
     }
     return beats;
-#endif
 }
+#else
+/* the vectorised body: the blocked GEMM above */
+static uint64_t vf_conv_dense(const vf_conv_t &k)
+{
+    vf_conv_gemm(k);
+    return 0;
+}
+#endif
 
 /* Depthwise-style CONV (cin_g == 1): lanes = VF_OCP output channels across
  * groups, output channel oc reads input channel oc / cout_g; beats = (ky, kx). */
@@ -628,42 +663,55 @@ static uint64_t vf_conv_lanes(const vf_conv_t &k)
     uint64_t beats = 0;
     const uint64_t taps = (uint64_t)k.KH * k.KW;
 #ifdef VF_HLS_LITERAL
-DW_OY:
-    for (uint32_t oy = 0; oy < k.OH; ++oy) {
-    DW_OX:
-        for (uint32_t ox = 0; ox < k.OW; ++ox) {
-            const uint64_t pix = (uint64_t)oy * k.OW + ox;
-        DW_OB:
-            for (uint64_t ob = 0; ob < k.OCT; ob += VF_OCP) {
-                uint32_t lane[VF_OCP];
+    /* one pipelined loop over every beat (oy, ox, channel block, ky, kx); a
+     * block's first beat loads its lanes, its last stores them */
+    const uint64_t total = (uint64_t)k.OH * k.OW * vf_ceil_div(k.OCT, VF_OCP) * taps;
+    uint32_t oy = 0, ox = 0, ky = 0, kx = 0;
+    uint64_t ob = 0; /* first channel of the block */
+    uint32_t lane[VF_OCP];
 #pragma HLS ARRAY_PARTITION variable=lane complete
-            DW_INIT:
-                for (uint32_t o = 0; o < VF_OCP; ++o) {
-#pragma HLS UNROLL
-                    lane[o] = ob + o < k.OCT ? vf_conv_first(k, ob + o, pix) : 0u;
-                }
-            DW_KY:
-                for (uint32_t ky = 0; ky < k.KH; ++ky) {
-                DW_KX:
-                    for (uint32_t kx = 0; kx < k.KW; ++kx) {
+DW_BEAT:
+    for (uint64_t t = 0; t < total; ++t) {
 #pragma HLS PIPELINE II=1
-                        ++beats;
-                        const int8_t *xp =
-                            k.in + (((uint64_t)oy * k.SH + ky) * k.IW + (uint64_t)ox * k.SW + kx) * k.ICT;
-                    DW_LANE:
-                        for (uint32_t o = 0; o < VF_OCP; ++o) {
+        /* a block reads and writes only its own (pixel, channel) ACC words */
+#pragma HLS DEPENDENCE class=pointer type=inter dependent=false
+        ++beats;
+        const uint64_t pix = (uint64_t)oy * k.OW + ox;
+        const bool first = ky == 0 && kx == 0;
+        const bool last = ky + 1 == k.KH && kx + 1 == k.KW;
+        const int8_t *xp = k.in + (((uint64_t)oy * k.SH + ky) * k.IW + (uint64_t)ox * k.SW + kx) * k.ICT;
+    DW_INIT:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
 #pragma HLS UNROLL
-                            const uint64_t oc = ob + o;
-                            if (oc < k.OCT)
-                                lane[o] += (uint32_t)((int32_t)xp[oc / k.COUT] *
-                                                      k.w[oc * taps + (uint64_t)ky * k.KW + kx]);
-                        }
+            if (first)
+                lane[o] = ob + o < k.OCT ? vf_conv_first(k, ob + o, pix) : 0u;
+        }
+    DW_LANE:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+            const uint64_t oc = ob + o;
+            if (oc < k.OCT)
+                lane[o] += (uint32_t)((int32_t)xp[oc / k.COUT] * k.w[oc * taps + (uint64_t)ky * k.KW + kx]);
+        }
+    DW_STORE:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+            if (last && ob + o < k.OCT)
+                vf_conv_last(k, ob + o, pix, lane[o]);
+        }
+        /* the next beat's coordinates */
+        if (++kx == k.KW) {
+            kx = 0;
+            if (++ky == k.KH) {
+                ky = 0;
+                ob += VF_OCP;
+                if (ob >= k.OCT) {
+                    ob = 0;
+                    if (++ox == k.OW) {
+                        ox = 0;
+                        ++oy;
                     }
                 }
-            DW_STORE:
-                for (uint32_t o = 0; o < VF_OCP; ++o)
-                    if (ob + o < k.OCT)
-                        vf_conv_last(k, ob + o, pix, lane[o]);
             }
         }
     }
@@ -868,54 +916,72 @@ static vf_exec_t vf_pool(const vf_insn_pool_t &p, vf_cnn_buffers_t *b)
     const uint64_t taps = (uint64_t)p.kh * p.kw;
     const int32_t zp = p.in_zp;
     uint64_t beats = 0;
-POOL_OY:
-    for (uint32_t oy = 0; oy < p.out_h; ++oy) {
-    POOL_OX:
-        for (uint32_t ox = 0; ox < p.out_w; ++ox) {
-            const uint64_t pix = (uint64_t)oy * p.out_w + ox;
-            const uint64_t by = (uint64_t)oy * p.sh, bx = (uint64_t)ox * p.sw;
 #ifdef VF_HLS_LITERAL
-        POOL_CB:
-            for (uint64_t cb = 0; cb < C; cb += VF_OCP) {
-                int32_t lane[VF_OCP];
+    /* one pipelined loop over every beat (oy, ox, channel block, ky, kx); a
+     * block's first beat resets its lanes, its last divides and stores all
+     * VF_OCP lanes at once */
+    const uint64_t total = pixels * vf_ceil_div(C, VF_OCP) * taps;
+    uint32_t oy = 0, ox = 0, ky = 0, kx = 0;
+    uint64_t cb = 0; /* first channel of the block */
+    int32_t lane[VF_OCP];
 #pragma HLS ARRAY_PARTITION variable=lane complete
-                uint64_t nvalid = 0;
-            POOL_INIT:
-                for (uint32_t o = 0; o < VF_OCP; ++o) {
-#pragma HLS UNROLL
-                    lane[o] = avg ? 0 : INT8_MIN;
-                }
-            POOL_KY:
-                for (uint32_t ky = 0; ky < p.kh; ++ky) {
-                POOL_KX:
-                    for (uint32_t kx = 0; kx < p.kw; ++kx) {
+    uint64_t nvalid = 0;
+POOL_BEAT:
+    for (uint64_t t = 0; t < total; ++t) {
 #pragma HLS PIPELINE II=1
-                        ++beats;
-                        const uint64_t iy = by + ky, ix = bx + kx;
-                        const bool valid = iy >= p.valid_y0 && iy < p.valid_y1 && ix >= p.valid_x0 && ix < p.valid_x1;
-                        nvalid += valid ? 1 : 0;
-                        const int8_t *xp = in + (iy * p.in_w + ix) * C + cb;
-                    POOL_LANE:
-                        for (uint32_t o = 0; o < VF_OCP; ++o) {
+        ++beats;
+        const uint64_t pix = (uint64_t)oy * p.out_w + ox;
+        const uint64_t iy = (uint64_t)oy * p.sh + ky, ix = (uint64_t)ox * p.sw + kx;
+        const bool first = ky == 0 && kx == 0;
+        const bool last = ky + 1 == p.kh && kx + 1 == p.kw;
+        const bool valid = iy >= p.valid_y0 && iy < p.valid_y1 && ix >= p.valid_x0 && ix < p.valid_x1;
+        nvalid = (first ? 0 : nvalid) + (valid ? 1 : 0);
+        const int8_t *xp = in + (iy * p.in_w + ix) * C + cb;
+    POOL_INIT:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
 #pragma HLS UNROLL
-                            if (valid && cb + o < C) {
-                                const int32_t x = xp[o];
-                                lane[o] = avg ? lane[o] + x : (x > lane[o] ? x : lane[o]);
-                            }
-                        }
-                    }
-                }
-                const uint64_t count = avg ? (count_pad ? taps : nvalid) : 1;
-            POOL_STORE:
-                for (uint32_t o = 0; o < VF_OCP; ++o) {
-                    if (cb + o < C) {
-                        const int64_t v = avg ? (int64_t)lane[o] - (int64_t)nvalid * zp
-                                              : (nvalid ? (int64_t)lane[o] - zp : 0);
-                        out[pix * C + cb + o] = vf_pool_out(v, count, p);
+            if (first)
+                lane[o] = avg ? 0 : INT8_MIN;
+        }
+    POOL_LANE:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+            if (valid && cb + o < C) {
+                const int32_t x = xp[o];
+                lane[o] = avg ? lane[o] + x : (x > lane[o] ? x : lane[o]);
+            }
+        }
+        const uint64_t count = avg ? (count_pad ? taps : nvalid) : 1;
+    POOL_STORE:
+        for (uint32_t o = 0; o < VF_OCP; ++o) {
+#pragma HLS UNROLL
+            if (last && cb + o < C) {
+                const int64_t v = avg ? (int64_t)lane[o] - (int64_t)nvalid * zp
+                                      : (nvalid ? (int64_t)lane[o] - zp : 0);
+                out[pix * C + cb + o] = vf_pool_out(v, count, p);
+            }
+        }
+        /* the next beat's coordinates */
+        if (++kx == p.kw) {
+            kx = 0;
+            if (++ky == p.kh) {
+                ky = 0;
+                cb += VF_OCP;
+                if (cb >= C) {
+                    cb = 0;
+                    if (++ox == p.out_w) {
+                        ox = 0;
+                        ++oy;
                     }
                 }
             }
+        }
+    }
 #else
+    for (uint32_t oy = 0; oy < p.out_h; ++oy) {
+        for (uint32_t ox = 0; ox < p.out_w; ++ox) {
+            const uint64_t pix = (uint64_t)oy * p.out_w + ox;
+            const uint64_t by = (uint64_t)oy * p.sh, bx = (uint64_t)ox * p.sw;
             /* only the valid part of the window is visited */
             const uint64_t ky0 = p.valid_y0 > by ? p.valid_y0 - by : 0;
             const uint64_t ky1 = vf_min64(p.kh, p.valid_y1 > by ? p.valid_y1 - by : 0);
@@ -946,10 +1012,8 @@ POOL_OY:
                     op[o] = vf_pool_out(v, count, p);
                 }
             }
-#endif
         }
     }
-#ifndef VF_HLS_LITERAL
     beats = pixels * taps * vf_ceil_div(C, VF_OCP);
 #endif
     return vf_done(beats, 0, 0);
@@ -1074,7 +1138,8 @@ static vf_exec_t vf_compute_unit(const vf_insn_t &insn, vf_cnn_buffers_t *b)
 
 /* The SAVE unit: an OBUF tile to pixels that all lie inside the view, rows
  * sy and pixels sx apart (steps 0 and 1 both mean adjacent). */
-static vf_exec_t vf_save_unit(int8_t *seg, uint64_t seg_limit, const vf_insn_t &insn, const vf_cnn_buffers_t *b)
+static vf_exec_t vf_save_unit(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_limit, const vf_insn_t &insn,
+                              const vf_cnn_buffers_t *b)
 {
     if (insn.head.flags != 0)
         return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
@@ -1111,20 +1176,22 @@ static vf_exec_t vf_save_unit(int8_t *seg, uint64_t seg_limit, const vf_insn_t &
     uint64_t beats = 0;
 SAVE_ROW:
     for (uint64_t r = 0; r < th; ++r) {
-        int8_t *drow = seg + base + r * pitch;
+        const uint64_t drow = win + base + r * pitch; /* window offset of the DDR row */
         const int8_t *srow = src + r * row_bytes;
         if (dense) {
         SAVE_BEAT_DENSE:
             for (uint64_t bt = 0; bt < vf_ceil_div(row_bytes, VF_AXI_BYTES); ++bt) {
 #pragma HLS PIPELINE II=1
                 ++beats;
+                int8_t word[VF_AXI_BYTES];
             SAVE_LANE_DENSE:
                 for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
                     const uint64_t k = bt * VF_AXI_BYTES + j;
-                    if (k < row_bytes)
-                        drow[k] = srow[k];
+                    word[j] = k < row_bytes ? srow[k] : 0;
                 }
+                vf_ddr_write(ddr, drow + bt * VF_AXI_BYTES, word,
+                             (uint32_t)vf_min64(VF_AXI_BYTES, row_bytes - bt * VF_AXI_BYTES));
             }
         } else {
         SAVE_PIXEL:
@@ -1133,19 +1200,22 @@ SAVE_ROW:
                 for (uint64_t bt = 0; bt < vf_ceil_div(ch, VF_AXI_BYTES); ++bt) {
 #pragma HLS PIPELINE II=1
                     ++beats;
+                    int8_t word[VF_AXI_BYTES];
                 SAVE_LANE:
                     for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
                         const uint64_t k = bt * VF_AXI_BYTES + j;
-                        if (k < ch)
-                            drow[c * pstep + k] = srow[c * ch + k];
+                        word[j] = k < ch ? srow[c * ch + k] : 0;
                     }
+                    vf_ddr_write(ddr, drow + c * pstep + bt * VF_AXI_BYTES, word,
+                                 (uint32_t)vf_min64(VF_AXI_BYTES, ch - bt * VF_AXI_BYTES));
                 }
             }
         }
     }
     return vf_done(beats, th * row_bytes, 0);
 #else
+    int8_t *seg = vf_ddr_segment(ddr, win);
     for (uint64_t r = 0; r < th; ++r) {
         int8_t *drow = seg + base + r * pitch;
         const int8_t *srow = src + r * row_bytes;
@@ -1194,14 +1264,14 @@ struct vf_cnn_kind {
         }
     }
 
-    static vf_exec_t execute(uint32_t unit, int8_t *seg, uint64_t seg_limit, const vf_insn_t &insn,
-                             vf_cnn_buffers_t *b)
+    static vf_exec_t execute(uint32_t unit, const vf_ddr_t &ddr, uint64_t win, uint64_t seg_limit,
+                             const vf_insn_t &insn, vf_cnn_buffers_t *b)
     {
         if (unit == VF_UNIT_LOAD)
-            return vf_load_unit(seg, seg_limit, insn, b);
+            return vf_load_unit(ddr, win, seg_limit, insn, b);
         if (unit == VF_UNIT_COMPUTE)
             return vf_compute_unit(insn, b);
-        return vf_save_unit(seg, seg_limit, insn, b);
+        return vf_save_unit(ddr, win, seg_limit, insn, b);
     }
 };
 
@@ -1221,5 +1291,14 @@ uint32_t vf_cnn_core_step(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset,
                           vf_cnn_buffers_t *buffers, vf_cnn_state_t *state, vf_cnn_counters_t *counters,
                           uint32_t *iters)
 {
-    return vf_unit_step<vf_cnn_kind>(seg, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
+    return vf_unit_step<vf_cnn_kind>(vf_ddr_window(seg, seg_limit), 0, seg_limit, insn_offset, insn_count, buffers,
+                                     state, counters, iters);
+}
+
+uint32_t vf_cnn_core_step_ddr(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg_limit, uint32_t insn_offset,
+                              uint32_t insn_count, vf_cnn_buffers_t *buffers, vf_cnn_state_t *state,
+                              vf_cnn_counters_t *counters, uint32_t *iters)
+{
+    return vf_unit_step<vf_cnn_kind>(ddr, seg_win, seg_limit, insn_offset, insn_count, buffers, state, counters,
+                                     iters);
 }

@@ -38,9 +38,9 @@
  * The dispatcher itself touches device memory only at: request ring entries
  * and completion records (areas checked inside the segment at enable, the
  * segment checked inside the window), and dispatch entries (each read checked
- * against seg_limit). Frames run on the core with seg = the segment's
- * window offset through its bank's port (vf_ddr_segment) and seg_limit, and
- * the core checks every access. The dispatcher's own accesses go through
+ * against seg_limit). Frames run on the core with the bank ports, the
+ * segment's window offset and seg_limit; the core checks every access and
+ * issues it on the port of its bank. The dispatcher's own accesses go through
  * the bank port of the address they touch (vf_ddr_read / vf_ddr_write,
  * vfpga_ddr.h). All offset arithmetic is 64-bit
  * on 32-bit fields, so nothing wraps. Out-of-range indices in the state
@@ -128,6 +128,11 @@ VF_CHECK_T(save_iters, VF_DREG_T_SAVE_ITERS);
 VF_CHECK_T(core_cycles, VF_DREG_T_CORE_CYCLES);
 VF_CHECK_T(request_cycles, VF_DREG_T_REQUEST_CYCLES);
 
+/* Dispatch entries and request ring entries a walk reads in one burst
+ * (32 x 8 and 16 x 16 bytes). */
+#define VF_DISP_PREFETCH 32
+#define VF_DISP_PREFETCH_REQUESTS 16
+
 #define VF_ALL_CORES (VF_POOL_CORES == 32 ? 0xffffffffu : ((1u << (VF_POOL_CORES % 32)) - 1u))
 #define VF_CNN_MASK (VF_CNN_CORES == 32 ? 0xffffffffu : ((1u << (VF_CNN_CORES % 32)) - 1u))
 #define VF_RNN_MASK (VF_ALL_CORES & ~(uint32_t)VF_CNN_MASK)
@@ -213,10 +218,11 @@ static inline uint64_t vf_ring_addr(const vf_disp_tenant_state_t &s, uint32_t se
     return s.seg_win + s.ring_offset + (uint64_t)(seq & (s.ring_size - 1u)) * VF_DISP_REQUEST_BYTES;
 }
 
-static void vf_read_request(const vf_ddr_t &ddr, const vf_disp_tenant_state_t &s, uint32_t seq,
-                            vf_disp_request_t *q)
+/* n ring entries from seq on (not past the ring's end). */
+static void vf_read_requests(const vf_ddr_t &ddr, const vf_disp_tenant_state_t &s, uint32_t seq,
+                             vf_disp_request_t *q, uint32_t n)
 {
-    vf_ddr_read(ddr, vf_ring_addr(s, seq), q, sizeof *q);
+    vf_ddr_read(ddr, vf_ring_addr(s, seq), q, n * VF_DISP_REQUEST_BYTES);
 }
 
 /* The record of request s.head; s.ring_ok is required. status VF_CPL_*;
@@ -452,20 +458,38 @@ static void vf_advance_tenant(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_
         }
     }
 
-    /* 4. the walk */
+    /* 4. the walk; its ring and dispatch entries come from on-chip buffers
+     * filled a burst at a time, kept for this walk only and emptied by its
+     * own record writes: a frame that rewrites its request's entries is seen
+     * from the next walk on (C-sim runs no frame during a walk) */
+    vf_dispatch_t pf[VF_DISP_PREFETCH];
+    uint64_t pf_at = 0; /* segment offset of pf[0] */
+    uint32_t pf_n = 0;  /* entries held */
+    vf_disp_request_t pq[VF_DISP_PREFETCH_REQUESTS];
+    uint32_t pq_seq = 0; /* ring sequence number of pq[0] */
+    uint32_t pq_n = 0;   /* requests held */
     uint32_t budget = VF_DISP_WALK_BUDGET;
 WALK:
     while (budget > 0) {
         if (!s.req_active) {
             if (!s.ring_ok || s.head == r.ring_tail)
                 break;
-            vf_disp_request_t q;
-            vf_read_request(ddr, s, s.head, &q);
+            if (pq_n == 0 || s.head - pq_seq >= pq_n) {
+                /* one burst: the posted requests from head up to the tail or the ring's end */
+                const uint32_t posted = r.ring_tail - s.head, to_end = s.ring_size - (s.head & (s.ring_size - 1u));
+                const uint32_t n = posted < to_end ? posted : to_end;
+                pq_n = n < VF_DISP_PREFETCH_REQUESTS ? n : VF_DISP_PREFETCH_REQUESTS;
+                pq_seq = s.head;
+                vf_read_requests(ddr, s, s.head, pq, pq_n);
+            }
+            const vf_disp_request_t q = pq[s.head - pq_seq];
             rep->ring_reads += 1;
             --budget;
             if (vf_stopped(s)) {
                 /* the tenant is stopped: every posted request is reported */
                 vf_write_record(ddr, s, r, q.request_id, VF_CPL_ABORTED, false, regs->g.cycles);
+                pf_n = 0;
+                pq_n = 0;
                 s.head += 1;
                 r.failed += 1;
                 rep->requests_aborted += 1;
@@ -501,6 +525,8 @@ WALK:
             if (s.ring_ok) {
                 const uint32_t status = s.req_failed ? VF_CPL_FAULT : VF_CPL_ABORTED;
                 vf_write_record(ddr, s, r, s.request_id, status, true, regs->g.cycles);
+                pf_n = 0;
+                pq_n = 0;
                 s.head += 1;
                 r.failed += 1;
                 if (status == VF_CPL_FAULT)
@@ -528,7 +554,17 @@ WALK:
                                 0, rep);
                 continue;
             }
-            vf_ddr_read(ddr, s.seg_win + at, &e, sizeof e);
+            const bool held = pf_n != 0 && at >= pf_at && (at - pf_at) % VF_DISP_ENTRY_BYTES == 0 &&
+                              (at - pf_at) / VF_DISP_ENTRY_BYTES < pf_n;
+            if (!held) {
+                /* one burst: this entry and the next ones of the program inside the segment */
+                const uint64_t fit = (s.seg_limit - at) / VF_DISP_ENTRY_BYTES, left = s.prog_entries - s.pc;
+                const uint64_t n = fit < left ? fit : left;
+                pf_n = n < VF_DISP_PREFETCH ? (uint32_t)n : VF_DISP_PREFETCH;
+                pf_at = at;
+                vf_ddr_read(ddr, s.seg_win + at, pf, pf_n * VF_DISP_ENTRY_BYTES);
+            }
+            e = pf[(at - pf_at) / VF_DISP_ENTRY_BYTES];
             rep->entries += 1;
         }
 
@@ -590,6 +626,8 @@ WALK:
             if (s.inflight != 0)
                 break;
             vf_write_record(ddr, s, r, s.request_id, VF_CPL_OK, true, regs->g.cycles);
+            pf_n = 0;
+            pq_n = 0;
             r.request_cycles += regs->g.cycles >= s.req_start ? regs->g.cycles - s.req_start : 0;
             s.head += 1;
             s.req_active = 0;
@@ -711,7 +749,6 @@ static void vf_run_frame(const vf_ddr_t &ddr, const vf_disp_frame_t *frame, Buff
         const bool inside = ddr.bytes != 0 && frame->seg_limit != 0 &&
                             vf_fits(frame->seg_win, frame->seg_limit, ddr.bytes) &&
                             vf_ddr_bank(frame->seg_win) == vf_ddr_bank(frame->seg_win + frame->seg_limit - 1u);
-        int8_t *seg = inside ? vf_ddr_segment(ddr, frame->seg_win) : 0;
         const uint32_t limit = inside ? frame->seg_limit : 0;
         if (frame->scrub && buffers != 0)
             vf_core_scrub(buffers);
@@ -719,7 +756,7 @@ static void vf_run_frame(const vf_ddr_t &ddr, const vf_disp_frame_t *frame, Buff
     FRAME_STEPS:
         for (uint32_t k = 0; k <= frame->n_insns; ++k) {
             const uint32_t r =
-                vf_core_step(seg, limit, frame->frame_offset, frame->n_insns, buffers, &s, &n, iters);
+                vf_core_step(ddr, frame->seg_win, limit, frame->frame_offset, frame->n_insns, buffers, &s, &n, iters);
             if (r != VF_STEP_FRAME)
                 break;
         }

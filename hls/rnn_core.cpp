@@ -208,7 +208,8 @@ SEG_SCAN:
     return false;
 }
 
-vf_exec_t vr_mem(int8_t *seg, uint64_t seg_limit, const vf_insn_rnn_mem_t &m, vf_rnn_buffers_t *b, bool save)
+vf_exec_t vr_mem(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_limit, const vf_insn_rnn_mem_t &m,
+                 vf_rnn_buffers_t *b, bool save)
 {
     if (m.head.flags != 0)
         return vf_fail(VF_FAULT_FIELD, VF_FLAGS_OFFSET);
@@ -251,38 +252,50 @@ vf_exec_t vr_mem(int8_t *seg, uint64_t seg_limit, const vf_insn_rnn_mem_t &m, vf
     }
     const uint64_t beats_per_row = vf_ceil_div(rb, VF_AXI_BYTES);
 #ifdef VF_HLS_LITERAL
+    static_assert(VF_AXI_BYTES % 4 == 0, "a bus word holds whole int32 words");
     uint64_t beats = 0;
 MEM_PLANE:
     for (uint64_t p = 0; p < planes; ++p) {
     MEM_ROW:
         for (uint64_t r = 0; r < rows; ++r) {
-            int8_t *d = seg + m.dram_addr + p * ps + r * rs;
-            const uint64_t o = (p * rows + r) * rb; /* byte offset of the row in the buffer run */
+            const uint64_t d = win + m.dram_addr + p * ps + r * rs; /* window offset of the DDR row */
+            const uint64_t o = (p * rows + r) * rb;                  /* byte offset of the row in the buffer run */
         MEM_BEAT:
             for (uint64_t bt = 0; bt < beats_per_row; ++bt) {
 #pragma HLS PIPELINE II=1
                 ++beats;
-            MEM_LANE:
-                for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
+                const uint32_t n = (uint32_t)vf_min64(VF_AXI_BYTES, rb - bt * VF_AXI_BYTES);
+                int8_t word[VF_AXI_BYTES] = {0};
+                if (!save)
+                    vf_ddr_read(ddr, d + bt * VF_AXI_BYTES, word, n);
+                if (!wide) {
+                MEM_LANE:
+                    for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
-                    const uint64_t k = bt * VF_AXI_BYTES + j;
-                    if (k < rb) {
-                        const uint64_t at = o + k;
-                        if (!wide) {
+                        const uint64_t k = bt * VF_AXI_BYTES + j;
+                        if (k < rb) {
                             if (save)
-                                d[k] = bytes[at];
+                                word[j] = bytes[o + k];
                             else
-                                bytes[at] = d[k];
-                        } else {
-                            const uint32_t sh = 8u * (uint32_t)(at & 3u);
-                            const uint32_t old = (uint32_t)words[at >> 2];
+                                bytes[o + k] = word[j];
+                        }
+                    }
+                } else {
+                    /* the int32 buffers move whole words (o and rb are multiples of 4) */
+                MEM_WORD:
+                    for (uint32_t j = 0; j < VF_AXI_BYTES / 4; ++j) {
+#pragma HLS UNROLL
+                        const uint64_t k = bt * VF_AXI_BYTES + 4 * j;
+                        if (k < rb) {
                             if (save)
-                                d[k] = (int8_t)(uint8_t)(old >> sh);
+                                vr_put_word(word + 4 * j, words[(o + k) >> 2]);
                             else
-                                words[at >> 2] = vf_i32((old & ~(0xffu << sh)) | ((uint32_t)(uint8_t)d[k] << sh));
+                                words[(o + k) >> 2] = vf_word(word + 4 * j);
                         }
                     }
                 }
+                if (save)
+                    vf_ddr_write(ddr, d + bt * VF_AXI_BYTES, word, n);
             }
         }
     }
@@ -290,7 +303,7 @@ MEM_PLANE:
 #else
     for (uint64_t p = 0; p < planes; ++p) {
         for (uint64_t r = 0; r < rows; ++r) {
-            int8_t *d = seg + m.dram_addr + p * ps + r * rs;
+            int8_t *d = vf_ddr_segment(ddr, win) + m.dram_addr + p * ps + r * rs;
             const uint64_t o = (p * rows + r) * rb;
             if (!wide) {
                 if (save)
@@ -591,12 +604,12 @@ struct vr_kind {
         }
     }
 
-    static vf_exec_t execute(uint32_t unit, int8_t *seg, uint64_t seg_limit, const vf_rnn_insn_t &insn,
-                             vf_rnn_buffers_t *b)
+    static vf_exec_t execute(uint32_t unit, const vf_ddr_t &ddr, uint64_t win, uint64_t seg_limit,
+                             const vf_rnn_insn_t &insn, vf_rnn_buffers_t *b)
     {
         if (unit == VF_UNIT_COMPUTE)
             return vr_compute_unit(insn, b);
-        return vr_mem(seg, seg_limit, vf_format<vf_insn_rnn_mem_t>(insn), b, unit == VF_UNIT_SAVE);
+        return vr_mem(ddr, win, seg_limit, vf_format<vf_insn_rnn_mem_t>(insn), b, unit == VF_UNIT_SAVE);
     }
 };
 
@@ -633,5 +646,13 @@ uint32_t vf_rnn_core_step(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset,
                           vf_rnn_buffers_t *buffers, vf_rnn_state_t *state, vf_rnn_counters_t *counters,
                           uint32_t *iters)
 {
-    return vf_unit_step<vr_kind>(seg, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
+    return vf_unit_step<vr_kind>(vf_ddr_window(seg, seg_limit), 0, seg_limit, insn_offset, insn_count, buffers, state,
+                                 counters, iters);
+}
+
+uint32_t vf_rnn_core_step_ddr(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg_limit, uint32_t insn_offset,
+                              uint32_t insn_count, vf_rnn_buffers_t *buffers, vf_rnn_state_t *state,
+                              vf_rnn_counters_t *counters, uint32_t *iters)
+{
+    return vf_unit_step<vr_kind>(ddr, seg_win, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
 }

@@ -14,31 +14,51 @@
 
 #include "vfpga_cnn_core.h"
 #include "vfpga_rnn_core.h"
+#include "vfpga_ddr.h"
 #include "vfpga_hls.h"
 
-static inline uint32_t vf_core_step(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset, uint32_t insn_count,
-                                    vf_cnn_buffers_t *buffers, vf_core_state_t *state, vf_core_counters_t *counters,
-                                    uint32_t *iters)
+/* vf_cnn_core_step() / vf_rnn_core_step() on a segment reached through the
+ * bank ports (hls/cnn_core.cpp, hls/rnn_core.cpp). */
+uint32_t vf_cnn_core_step_ddr(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg_limit, uint32_t insn_offset,
+                              uint32_t insn_count, vf_cnn_buffers_t *buffers, vf_cnn_state_t *state,
+                              vf_cnn_counters_t *counters, uint32_t *iters);
+uint32_t vf_rnn_core_step_ddr(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg_limit, uint32_t insn_offset,
+                              uint32_t insn_count, vf_rnn_buffers_t *buffers, vf_rnn_state_t *state,
+                              vf_rnn_counters_t *counters, uint32_t *iters);
+
+static inline uint32_t vf_core_step(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg_limit, uint32_t insn_offset,
+                                    uint32_t insn_count, vf_cnn_buffers_t *buffers, vf_core_state_t *state,
+                                    vf_core_counters_t *counters, uint32_t *iters)
 {
-    return vf_cnn_core_step(seg, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
+    return vf_cnn_core_step_ddr(ddr, seg_win, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
 }
 
-static inline uint32_t vf_core_step(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset, uint32_t insn_count,
-                                    vf_rnn_buffers_t *buffers, vf_core_state_t *state, vf_core_counters_t *counters,
-                                    uint32_t *iters)
+static inline uint32_t vf_core_step(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg_limit, uint32_t insn_offset,
+                                    uint32_t insn_count, vf_rnn_buffers_t *buffers, vf_core_state_t *state,
+                                    vf_core_counters_t *counters, uint32_t *iters)
 {
-    return vf_rnn_core_step(seg, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
+    return vf_rnn_core_step_ddr(ddr, seg_win, seg_limit, insn_offset, insn_count, buffers, state, counters, iters);
 }
 
-/* Zeroes one on-chip memory of n elements (nothing when it is absent). */
+/* Zeroes one on-chip memory of n elements (nothing when it is absent):
+ * VF_DISP_SCRUB_BYTES_PER_CYCLE bytes a beat, the rate the timeline charges
+ * (W writes a beat spread over the memory's cyclic banks, two ports each). */
 template <class T>
 static inline void vf_scrub_memory(T *p, uint32_t n)
 {
+    enum { W = VF_DISP_SCRUB_BYTES_PER_CYCLE / sizeof(T) > 0 ? VF_DISP_SCRUB_BYTES_PER_CYCLE / sizeof(T) : 1 };
     if (p == 0)
         return;
 SCRUB:
-    for (uint32_t i = 0; i < n; ++i)
-        p[i] = 0;
+    for (uint32_t i = 0; i < n; i += W) {
+#pragma HLS PIPELINE II=1
+    SCRUB_LANE:
+        for (uint32_t j = 0; j < W; ++j) {
+#pragma HLS UNROLL
+            if (i + j < n)
+                p[i + j] = 0;
+        }
+    }
 }
 
 /* Zeroes every on-chip memory of a core: no data crosses tenants through it. */
@@ -73,9 +93,10 @@ static inline void vf_core_run_program(int8_t *seg, uint32_t seg_limit, uint32_t
 {
     vf_core_state_t state = {0, 1, VF_FAULT_NONE, 0, 0, 0};
     vf_core_counters_t counters = {0, 0, 0, 0, 0, 0, 0, 0};
+    const vf_ddr_t ddr = vf_ddr_window(seg, seg_limit); /* every port is seg */
 RUN:
     for (;;) {
-        const uint32_t r = vf_core_step(seg, seg_limit, insn_offset, insn_count, buffers, &state, &counters, 0);
+        const uint32_t r = vf_core_step(ddr, 0, seg_limit, insn_offset, insn_count, buffers, &state, &counters, 0);
         if (r != VF_STEP_FRAME)
             break;
     }

@@ -14,9 +14,12 @@
  *    records, dispatch entries) decode the bank of each access and issue it
  *    on that bank's port (vf_ddr_read / vf_ddr_write: one statically bound
  *    access per port, selected by the bank);
- *  - a frame reaches its tenant's segment through the port of the segment's
- *    bank (vf_ddr_segment). A segment never crosses a bank boundary: the
- *    dispatcher refuses such a segment at enable (VF_DFAULT_WINDOW).
+ *  - a frame's core reaches its tenant's segment the same way: the literal
+ *    units and the instruction fetch decode the bank of each access
+ *    (vf_ddr_read / vf_ddr_write at the segment's window offset); the
+ *    vectorised C-sim bodies use the segment's pointer (vf_ddr_segment).
+ *    A segment never crosses a bank boundary: the dispatcher refuses such a
+ *    segment at enable (VF_DFAULT_WINDOW).
  * A bank's port is therefore shared by every core whose frame in flight
  * holds a segment in that bank, and its bandwidth is divided between them:
  * what the pool timeline charges (vfpga.runtime.hw.timeline).

@@ -78,8 +78,9 @@
  *       static bool buffers_ok(const buffers_t *b);   // every memory present
  *       static bool opcode_ok(uint32_t opcode);       // decodable (NOP, markers included)
  *       static uint32_t unit_of(uint32_t opcode);     // VF_UNIT_*
- *       static vf_exec_t execute(uint32_t unit, int8_t *seg, uint64_t seg_limit,
- *                                const insn_t &insn, buffers_t *b);  // validate, run, count
+ *       static vf_exec_t execute(uint32_t unit, const vf_ddr_t &ddr, uint64_t seg_win,
+ *                                uint64_t seg_limit, const insn_t &insn,
+ *                                buffers_t *b);  // validate, run, count
  *   };
  */
 #ifndef VFPGA_UNIT_SCHEDULER_H
@@ -91,6 +92,7 @@
 
 #include "vfpga_isa.h"
 #include "vfpga_core.h"
+#include "vfpga_ddr.h"
 #include "vfpga_hls.h"
 
 #if !defined(VF_AXI_BYTES)
@@ -326,15 +328,19 @@ static inline bool vf_fetch_ok(uint64_t seg_limit, uint32_t insn_offset, uint32_
     return false;
 }
 
+/* The segment (window offset seg_win) is reached through the bank ports:
+ * every access decodes its bank (vf_ddr_read / vf_ddr_write). */
 template <class Insn>
-static inline void vf_fetch(const int8_t *seg, uint32_t insn_offset, uint32_t idx, Insn *insn)
+static inline void vf_fetch(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t insn_offset, uint32_t idx, Insn *insn)
 {
-    memcpy(insn->raw, seg + (uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES, VF_INSN_BYTES);
+    vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, insn->raw, VF_INSN_BYTES);
 }
 
-static inline uint32_t vf_fetch_opcode(const int8_t *seg, uint32_t insn_offset, uint32_t idx)
+static inline uint32_t vf_fetch_opcode(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t insn_offset, uint32_t idx)
 {
-    return (uint8_t)seg[(uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES];
+    uint8_t op = 0;
+    vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, &op, 1);
+    return op;
 }
 
 /* Records a fault and stops the core at instruction idx. */
@@ -371,11 +377,12 @@ static inline void vf_count(vf_core_counters_t *cnt, uint32_t unit, const vf_exe
     }
 }
 
-/* One step of a core of kind K (the step rule above). */
+/* One step of a core of kind K (the step rule above); no window
+ * (ddr.bytes == 0) is an empty segment. */
 template <class K>
-static uint32_t vf_unit_step(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset, uint32_t insn_count,
-                             typename K::buffers_t *buffers, vf_core_state_t *state, vf_core_counters_t *counters,
-                             uint32_t *iters)
+static uint32_t vf_unit_step(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg_limit, uint32_t insn_offset,
+                             uint32_t insn_count, typename K::buffers_t *buffers, vf_core_state_t *state,
+                             vf_core_counters_t *counters, uint32_t *iters)
 {
     static_assert(sizeof(typename K::insn_t) == VF_INSN_BYTES, "instruction size");
     if (state == NULL)
@@ -388,7 +395,7 @@ static uint32_t vf_unit_step(int8_t *seg, uint32_t seg_limit, uint32_t insn_offs
     vf_core_counters_t *cnt = counters ? counters : &scratch;
     if (buffers == NULL || !K::buffers_ok(buffers))
         return vf_stop(state, VF_FAULT_BUFFER, state->pc, VF_FETCH_NO_OPCODE, 0);
-    const uint64_t limit = seg ? seg_limit : 0;
+    const uint64_t limit = ddr.bytes != 0 ? seg_limit : 0;
     state->running = 1;
 
     uint32_t idx = state->pc;
@@ -401,7 +408,7 @@ static uint32_t vf_unit_step(int8_t *seg, uint32_t seg_limit, uint32_t insn_offs
     uint64_t first = 0;
     if (!vf_fetch_ok(limit, insn_offset, idx, &first))
         return vf_stop(state, VF_FAULT_FETCH, idx, VF_FETCH_NO_OPCODE, first);
-    if (vf_fetch_opcode(seg, insn_offset, idx) == VF_OP_FRAME) {
+    if (vf_fetch_opcode(ddr, seg_win, insn_offset, idx) == VF_OP_FRAME) {
         cnt->frames += 1; /* token queues start empty in every step */
         vf_retire(cnt, iters, idx, 0);
         ++idx;
@@ -413,7 +420,7 @@ DECODE:
         if (!vf_fetch_ok(limit, insn_offset, idx, &first))
             return vf_stop(state, VF_FAULT_FETCH, idx, VF_FETCH_NO_OPCODE, first);
         vf_insn_head_t h;
-        memcpy(&h, seg + (uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES, sizeof h);
+        vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, &h, sizeof h);
         if (!K::opcode_ok(h.opcode))
             return vf_stop(state, VF_FAULT_OPCODE, idx, h.opcode, h.opcode);
         if (vf_is_marker(h.opcode)) {
@@ -428,7 +435,7 @@ DECODE:
 
     /* NOPs are retired by the decoder */
     for (uint32_t i = body; i < stop; ++i)
-        if (vf_fetch_opcode(seg, insn_offset, i) == VF_OP_NOP)
+        if (vf_fetch_opcode(ddr, seg_win, insn_offset, i) == VF_OP_NOP)
             vf_retire(cnt, iters, i, 0);
 
     /* ---- the three units, scheduled by their tokens ---- */
@@ -444,12 +451,12 @@ SCHEDULE:
             const uint32_t unit = order[u];
             uint32_t &pc = cursor[unit];
             for (;;) {
-                while (pc < stop && K::unit_of(vf_fetch_opcode(seg, insn_offset, pc)) != unit)
+                while (pc < stop && K::unit_of(vf_fetch_opcode(ddr, seg_win, insn_offset, pc)) != unit)
                     ++pc;
                 if (pc >= stop)
                     break;
                 typename K::insn_t insn;
-                vf_fetch(seg, insn_offset, pc, &insn);
+                vf_fetch(ddr, seg_win, insn_offset, pc, &insn);
                 const uint32_t deps = insn.head.deps;
                 if ((deps & ~vf_deps_allowed(unit)) != 0)
                     return vf_stop(state, VF_FAULT_FIELD, pc, insn.head.opcode, VF_DEPS_OFFSET);
@@ -462,7 +469,7 @@ SCHEDULE:
                     *vf_pop_queue(&tok, unit, true) -= 1;
                 if (deps & VF_DEP_POP_NEXT)
                     *vf_pop_queue(&tok, unit, false) -= 1;
-                const vf_exec_t r = K::execute(unit, seg, limit, insn, buffers);
+                const vf_exec_t r = K::execute(unit, ddr, seg_win, limit, insn, buffers);
                 if (r.fault != VF_FAULT_NONE)
                     return vf_stop(state, r.fault, pc, insn.head.opcode, r.addr);
                 if (deps & VF_DEP_PUSH_PREV)
@@ -478,7 +485,7 @@ SCHEDULE:
         if (!work)
             break;
         if (!progress)
-            return vf_stop(state, VF_FAULT_DEADLOCK, blocked, vf_fetch_opcode(seg, insn_offset, blocked),
+            return vf_stop(state, VF_FAULT_DEADLOCK, blocked, vf_fetch_opcode(ddr, seg_win, insn_offset, blocked),
                            VF_DEPS_OFFSET);
     }
 

@@ -134,28 +134,6 @@ GAPS = {
         "WBUF is not partitioned (VF_CNN_PARTITIONS covers IBUF, OBUF, ACC) and the CONV beat reads ICP x OCP "
         "weight bytes at the run-time stride o * WST: Vitis HLS cannot schedule the MAC beat at II=1",
         _partitions_wbuf),
-    "conv_nest_flat": (
-        "the dense CONV nest is not one pipeline: CONV_INIT and CONV_STORE sit between the output-block loop "
-        "CONV_OB and the kernel loops, so the pipeline drains and refills per output pixel and block",
-        lambda: "CONV_INIT:" not in _between(source("cnn_core.cpp"), "CONV_OB", "CONV_IB")
-        and "CONV_STORE:" not in (loop_body(source("cnn_core.cpp"), "CONV_OB") or "")),
-    "dw_nest_flat": (
-        "the depthwise CONV nest is not one pipeline: DW_INIT and DW_STORE sit inside DW_OB around DW_KY/DW_KX",
-        lambda: "DW_INIT:" not in _between(source("cnn_core.cpp"), "DW_OB", "DW_KX")
-        and "DW_STORE:" not in (loop_body(source("cnn_core.cpp"), "DW_OB") or "")),
-    "pool_nest_flat": (
-        "the POOL nest is not one pipeline: POOL_INIT/POOL_STORE sit inside POOL_CB, and POOL_STORE runs its "
-        "OCP 64-bit divisions one after the other (neither pipelined nor unrolled)",
-        lambda: "POOL_STORE:" not in (loop_body(source("cnn_core.cpp"), "POOL_CB") or "")),
-    "load_wide_words": (
-        "the dense LOAD beat gathers its bytes with a per-byte division and modulo by the channel count "
-        "(k / ch, k % ch) across the unrolled lanes: no wide-word burst read",
-        lambda: not re.search(r"[/%]\s*ch\b", loop_body(source("cnn_core.cpp"), "LOAD_LANE_DENSE") or "/ ch")),
-    "core_bank_decode": (
-        "the cores' LOAD/SAVE (and the instruction fetch) access the segment through one int8_t pointer: a "
-        "frame-level choice among the m_axi bank ports (vf_ddr_segment) is a pointer select Vitis HLS cannot "
-        "bind; each access has to decode its bank (vf_ddr_read/vf_ddr_write) inside the units",
-        lambda: "vf_ddr_t" in source("cnn_core.cpp") and "vf_ddr_t" in source("include/vfpga_unit_scheduler.h")),
     "core_ports_interleave": (
         "ddr.core_ports (u200_bigcore: one core on 4 banks, data word-interleaved) is only the beat width "
         "VF_AXI_BYTES: the LOAD/SAVE beat is not split over VF_CORE_PORTS bank ports",
@@ -167,25 +145,12 @@ GAPS = {
     "fetch_burst": (
         "the decoder reads each instruction head from DDR and the units read each instruction again when they "
         "run it (vf_fetch in SCHEDULE): the model charges one burst per step",
-        lambda: "vf_fetch(seg" not in (loop_body(source("include/vfpga_unit_scheduler.h"), "SCHEDULE") or "")),
-    "scrub_width": (
-        "vf_core_scrub zeroes one element per iteration of an unpipelined loop (SCRUB); the timeline charges "
-        "buffer bytes / dispatcher.scrub_bytes_per_cycle",
-        lambda: "PIPELINE" in (loop_head(source("include/vfpga_core_kinds.h"), "SCRUB") or "")),
-    "dispatch_prefetch": (
-        "the dispatcher reads every dispatch entry, ring entry and record through the bank port one at a time "
-        "(an AXI round trip of ddr.burst_latency_cycles each); issue_cycles / barrier_cycles / completion_cycles "
-        "assume them prefetched on chip",
-        lambda: "PREFETCH" in source("dispatcher.cpp")),
+        lambda: "vf_fetch(" not in (loop_body(source("include/vfpga_unit_scheduler.h"), "SCHEDULE") or "")),
     "rnn_wbuf_rows": (
         "the RNN MATVEC beat reads ROWS x COLS weight bytes at the run-time stride wgt_stride; WBUF is "
         "partitioned by COLS only (VF_RNN_PARTITIONS), so the beat cannot be II=1",
         lambda: "VF_RNN_ROWS" in source("include/vfpga_hls.h").split("#define VF_RNN_PARTITIONS", 1)[1]
         .split("#define", 1)[0]),
-    "rnn_wide_mem": (
-        "RNN_LOAD/RNN_SAVE of the int32 buffers (ACC, PARAM, STATE, ACT) read-modify-write one byte per lane "
-        "(MEM_LANE), four writes to a word per beat",
-        lambda: "old & ~(0xffu << sh)" not in (loop_body(source("rnn_core.cpp"), "MEM_LANE") or "")),
     "rnn_act_lanes": (
         "RNN_GATES runs LANES gate units per beat, each reading the activation tables (ACT) twice; ACT is not "
         "partitioned",
@@ -235,15 +200,15 @@ def test_every_gap_is_named_in_a_docstring():
 def test_checks_see_removed_constructs(tmp_path, monkeypatch):
     """The checks themselves: a copy of the sources without a pragma fails them."""
     text = source("cnn_core.cpp")
-    assert check_tag("cnn_core.cpp CONV_IB pipelined")[0]
+    assert check_tag("cnn_core.cpp CONV_BEAT pipelined")[0]
     assert check_tag("cnn_core.cpp CONV_OL unrolled")[0]
-    at = text.index("CONV_IB:")
+    at = text.index("CONV_BEAT:")
     pragma = text.index("#pragma HLS PIPELINE II=1", at)
     stripped = text[:pragma] + text[pragma + len("#pragma HLS PIPELINE II=1"):]
     shutil.copytree(HLS, tmp_path / "hls", ignore=shutil.ignore_patterns("build"))
     (tmp_path / "hls" / "cnn_core.cpp").write_text(stripped)
     monkeypatch.setattr(sys.modules[__name__], "HLS", str(tmp_path / "hls"))
-    assert not check_tag("cnn_core.cpp CONV_IB pipelined")[0]
+    assert not check_tag("cnn_core.cpp CONV_BEAT pipelined")[0]
     assert check_tag("cnn_core.cpp LOAD_BEAT pipelined")[0]
 
 

@@ -112,8 +112,8 @@ loop nests do not make true yet -- as an expected failure.
 * Iterations are the C-sim's counts: each instruction runs one beat loop
   pipelined at II=1 [hls cnn_core.cpp LOAD_BEAT_DENSE pipelined]
   [hls cnn_core.cpp LOAD_BEAT pipelined] [hls cnn_core.cpp LINEAR_BEAT pipelined]
-  [hls cnn_core.cpp CONV_IB pipelined] [hls cnn_core.cpp DW_KX pipelined]
-  [hls cnn_core.cpp POOL_KX pipelined]
+  [hls cnn_core.cpp CONV_BEAT pipelined] [hls cnn_core.cpp DW_BEAT pipelined]
+  [hls cnn_core.cpp POOL_BEAT pipelined]
   [hls include/vfpga_unit_scheduler.h LANE_BEAT pipelined] (ADD, LUT, MUL: vf_lane_loop)
   [hls cnn_core.cpp SAVE_BEAT_DENSE pipelined] [hls cnn_core.cpp SAVE_BEAT pipelined]
 * ... whose lanes (axi_bytes bytes, ICP x OCP MACs, OCP channels) are all
@@ -127,14 +127,19 @@ loop nests do not make true yet -- as an expected failure.
   [hls include/vfpga_hls.h "ARRAY_PARTITION variable=ibuf dim=D cyclic factor=VF_ICP"]
   [hls cnn_core_top.cpp "VF_CNN_PARTITIONS(1, ibuf, obuf, acc)"]
   [hls dispatcher_top.cpp "VF_CNN_PARTITIONS(2, ibuf, obuf, acc)"]; the
-  ICP x OCP weights of a beat likewise [hls-gap wbuf_lanes]
+  ICP x OCP weights of a beat likewise [hls-gap wbuf_lanes] (the HLS reads
+  them from an unpartitioned WBUF at the run-time strides o * WST; no cyclic
+  partition serves every WST, so the beat as written is not II=1)
 * The adder tree's ceil(log2(icp)) levels: the unrolled sum of CONV_IL
   [hls cnn_core.cpp "s += (int32_t)x[i] * wb[o * k.WST + i]"]; REQUANT_LATENCY:
   vf_requant [hls cnn_core.cpp vf_requant]; DIV64_LATENCY: POOL's vf_rdiv
   [hls cnn_core.cpp vf_rdiv]
 * The pipeline fill is paid once per instruction (each nest one flattened
-  pipeline) [hls-gap conv_nest_flat] [hls-gap dw_nest_flat] [hls-gap pool_nest_flat]
-* LOAD and SAVE move one bus word per beat in bursts [hls-gap load_wide_words]
+  pipeline, a block's lane loads and stores predicates of its first and last
+  beat) [hls cnn_core.cpp CONV_STORE unrolled] [hls cnn_core.cpp DW_STORE unrolled]
+  [hls cnn_core.cpp POOL_STORE unrolled]
+* LOAD and SAVE move one bus word per beat in bursts, a dense row as one run
+  [hls cnn_core.cpp "vf_ddr_read(ddr, win + run + (lo - left), word + (lo - k0)"]
   through m_axi ports whose burst length, outstanding transactions, latency
   and width are AXI_MAX_BURST_BEATS, AXI_OUTSTANDING, L and axi_bytes
   [hls include/vfpga_hls.h "max_read_burst_length=VF_AXI_MAX_BURST_BEATS"]
@@ -144,7 +149,8 @@ loop nests do not make true yet -- as an expected failure.
 * B is a bank's: one m_axi bundle per DDR bank on the dispatcher top
   [hls include/vfpga_hls.h "bundle=bank##b"] [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"],
   a frame on the port of its segment's bank [hls include/vfpga_ddr.h vf_ddr_segment],
-  each of the core's accesses decoding its bank [hls-gap core_bank_decode];
+  each of the core's accesses decoding its bank
+  [hls rnn_core.cpp "vf_ddr_read(ddr, d + bt * VF_AXI_BYTES, word, n)"] [hls include/vfpga_unit_scheduler.h "vf_fetch(ddr, seg_win, insn_offset, pc, &insn)"] [hls cnn_core.cpp "vf_ddr_write(ddr, drow + bt * VF_AXI_BYTES"];
   ``ddr.core_ports`` ports of one core, word-interleaved [hls-gap core_ports_interleave]
 * The units overlap, ordered only by their tokens [hls include/vfpga_unit_scheduler.h vf_tokens_ready]
   as concurrent units [hls-gap units_concurrent]

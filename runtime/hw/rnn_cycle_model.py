@@ -56,11 +56,16 @@ As in :mod:`.cycle_model` (host_tests/hw/test_model_constructs.py checks them):
   gate lanes' ACC and STATE words: partitions in both tops
   [hls rnn_core_top.cpp "VF_RNN_PARTITIONS(1, wbuf, vbuf, acc, state_words)"]
   [hls dispatcher_top.cpp "VF_RNN_PARTITIONS(2, rnn_wbuf, rnn_vbuf, rnn_acc, rnn_state)"];
-  the ROWS weight rows of a beat likewise [hls-gap rnn_wbuf_rows]
+  the ROWS weight rows of a beat likewise [hls-gap rnn_wbuf_rows] (the HLS
+  reads the ROWS rows at the run-time stride wgt_stride from one COLS-cyclic
+  WBUF; no partition serves every stride)
 * The gate chain's depth: the LSTM/GRU cell of one lane
   [hls rnn_core.cpp vr_gate_unit], its tables read by every lane at once
-  [hls-gap rnn_act_lanes]
-* RNN_LOAD / RNN_SAVE move one bus word per beat [hls-gap rnn_wide_mem]
+  [hls-gap rnn_act_lanes] (the HLS looks up one unpartitioned ACT at
+  data-dependent addresses, two words per lookup; one beat for all lanes
+  needs a copy of the tables per lane)
+* RNN_LOAD / RNN_SAVE move one bus word per beat, the int32 buffers whole
+  words [hls rnn_core.cpp MEM_WORD unrolled]
   through the bank ports of the CNN model's DDR numbers
   [hls include/vfpga_hls.h "latency=VF_DDR_LATENCY"]
   [hls include/vfpga_hls.h "num_read_outstanding=VF_AXI_OUTSTANDING"]

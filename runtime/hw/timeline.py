@@ -56,7 +56,8 @@ Each rule with the construct that makes it true (host_tests/hw/test_model_constr
   the dispatcher's own accesses on the port of their bank
   [hls include/vfpga_ddr.h vf_ddr_read] [hls include/vfpga_ddr.h vf_ddr_write];
   a frame's on its segment's bank port [hls include/vfpga_ddr.h vf_ddr_segment],
-  decoded by each access of the core's units [hls-gap core_bank_decode];
+  decoded by each access of the core's units
+  [hls include/vfpga_unit_scheduler.h "vf_fetch(ddr, seg_win, insn_offset, pc, &insn)"] [hls cnn_core.cpp "vf_ddr_write(ddr, drow + bt * VF_AXI_BYTES"];
   ``core_ports`` banks of one core interleaved [hls-gap core_ports_interleave]
 * At most two bus words per cycle per frame: an m_axi port's read and write
   channels are independent, one word each per beat
@@ -70,10 +71,13 @@ Each rule with the construct that makes it true (host_tests/hw/test_model_constr
   [hls include/vfpga_pool.h RETIRE_ENDED]
 * issue_cycles, barrier_cycles, completion_cycles: the walk's work per
   frame, barrier and record [hls dispatcher.cpp WALK], its DDR reads
-  prefetched [hls-gap dispatch_prefetch]
+  prefetched: ring and dispatch entries come a burst at a time into on-chip
+  buffers [hls dispatcher.cpp VF_DISP_PREFETCH] [hls dispatcher.cpp VF_DISP_PREFETCH_REQUESTS]
+  (one round trip per burst), records are posted writes
 * Scrubs: every memory of the core zeroed when it changes hands
   [hls include/vfpga_core_kinds.h vf_core_scrub], scrub_bytes_per_cycle bytes
-  a cycle [hls-gap scrub_width]
+  a cycle [hls include/vfpga_core_kinds.h SCRUB pipelined]
+  [hls include/vfpga_core_kinds.h "VF_DISP_SCRUB_BYTES_PER_CYCLE / sizeof(T)"]
 * A faulting frame is charged its counters: the units count iterations as
   they retire instructions [hls include/vfpga_unit_scheduler.h vf_count]
 """
