@@ -66,6 +66,7 @@ def test_the_committed_report_has_the_inflight_rows():
         assert r["vs_bigcore"] == pytest.approx(r["gops"] / r["bigcore_gops"])
     assert rows[0]["mac_utilization"] == pytest.approx(0.73, abs=0.01)
     assert rows[0]["vs_one"] < rows[1]["vs_one"] < rows[2]["vs_one"]
+    assert rows[0]["cores_busy"] < rows[1]["cores_busy"] < rows[2]["cores_busy"] <= 1
     assert set(report["headline"]["cnn_inflight_vs_one"]) == {"1", "2", "4"}
 
 
@@ -86,4 +87,5 @@ def test_inflight_rows_on_a_small_model():
     assert [r["inflight"] for r in rows] == [1, 2]
     for r in rows:
         assert KEYS <= set(r) and r["gops"] > 0 and r["p99_ms"] > 0 and 0 < r["mac_utilization"] <= 1
+        assert r["mac_utilization"] < r["cores_busy"] <= 1 and r["frame_stretch"] >= 1
     assert rows[0]["vs_one"] == 1.0 and rows[1]["vs_one"] > 1.0

@@ -222,8 +222,10 @@ def batching_section(models, cfg: Config, out: str, progress) -> Section:
              "the core's vector buffer (u200 vbuf_bytes 16 KB: 3 items of x, h and the output slice), so a batch of "
              "8 still reads them 3 times per step. The big core keeps them resident (8 MB WBUF).",
              "Requests in flight: each on its own activation slot; the dispatcher walks them oldest first, so a "
-             "younger request's frames only take the cores an older one leaves idle at its barriers, and each "
-             "frame stays on the core its virtual slot names. p99 is from a request's post to its result."]
+             "younger request's frames take the cores an older one leaves idle at its barriers. One at a time, the "
+             "cores already have a frame in flight most of the time (the MAC utilization is lost inside the "
+             "frames' load and save phases), which bounds the gain; more frames at once also share the DDR "
+             "bank. p99 is from a request's post to its result."]
     return Section("batching", "Dynamic batching: RNN tenants against the big RNN core, same batches",
                    table + "\n\n" + "\n\n".join(notes), d, _plot(os.path.join(out, "batching.png"), draw), notes)
 
