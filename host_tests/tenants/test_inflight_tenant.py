@@ -11,8 +11,9 @@ import pytest
 from harness import emulated_accelerator
 from test_multitenant import BOARD, _reallocation_stress, accel, result, tiny  # noqa: F401 - fixtures
 
+from vfpga.driver import isa
 from vfpga.runtime.compiler.segment import segment_layout
-from vfpga.runtime.tenants import DeployError
+from vfpga.runtime.tenants import DeployError, TenantFault
 
 
 def test_results_are_bit_identical_to_one_at_a_time(accel, tiny):  # noqa: F811
@@ -48,3 +49,44 @@ def test_a_deploy_that_does_not_fit_says_how_many_slots_would(tiny):  # noqa: F8
         assert a.deploy(tiny.compiled, cores=2, name="ok", max_inflight=2).max_inflight == 2
     finally:
         a.close()
+
+
+def test_a_fault_in_one_slot_fails_its_request_and_stops_the_tenant_alone(accel, tiny):  # noqa: F811
+    """Slot 1's instruction copy loads past the segment: the request on it
+    is FAULT, the tenant's other requests in flight or queued fail with the
+    fault (ABORTED) unless they were recorded before it; another tenant's
+    requests all complete correctly; reset() brings the tenant back."""
+    other = accel.deploy(tiny.compiled, cores=4, name="other", max_inflight=2)
+    t = accel.deploy(tiny.compiled, cores=4, name="t", max_inflight=3)
+    at, n = t.slots.program(1), len(tiny.compiled.program)
+    good = t.segment.read(at, n).copy()
+    bad = good.copy().reshape(-1, isa.INSN_BYTES)
+    loads = isa.opcodes_of(bad) == isa.OPCODES["LOAD_TILE"]  # every variant's
+    rows = bad[loads].copy().view(isa.FORMATS["mem"])
+    rows["dram_addr"] = t.segment.size  # the first byte past the segment
+    bad[loads] = rows.view(np.uint8).reshape(-1, isa.INSN_BYTES)
+    t.segment.write(at, bad.reshape(-1))
+    t.segment.sync_to_device(at, n)
+    futs = [t.submit_quantized(tiny.inputs[j % len(tiny.inputs)]) for j in range(9)]
+    theirs = [other.submit_quantized(tiny.inputs[j % len(tiny.inputs)]) for j in range(9)]
+    statuses = []
+    for f in futs:
+        e = f.exception(timeout=60)
+        if e is None:
+            statuses.append("OK")
+            continue
+        assert isinstance(e, TenantFault)
+        statuses.append(e.completion.status if e.completion is not None else "refused")
+        if e.completion is not None and e.completion.status != "OK":
+            assert e.completion.fault_name == "SEGMENT"
+    assert statuses.count("FAULT") == 1
+    assert "ABORTED" in statuses or "refused" in statuses
+    assert t.fault is not None and t.context.status == "FAULTED"
+    for j, f in enumerate(theirs):
+        tiny.check(result(f)[0], j % len(tiny.inputs))
+    # fixed and reset: every slot runs again
+    t.segment.write(at, good)
+    t.segment.sync_to_device(at, n)
+    t.reset()
+    for j, f in enumerate([t.submit_quantized(tiny.inputs[j % len(tiny.inputs)]) for j in range(6)]):
+        tiny.check(result(f)[0], j % len(tiny.inputs))
