@@ -28,6 +28,10 @@
  *         FRAME: core = (slot mod k)-th set bit of the active mask; issued if
  *                that core is idle, else the walk stops (in order);
  *         BARRIER / END: wait for no frame in flight, then pass / complete.
+ *     With several requests active they are walked oldest first, each until
+ *     it waits. A fault in a younger request leaves the tenant RUNNING
+ *     ("stopping") until the older ones are recorded: the faulting request
+ *     and those behind it neither issue nor start meanwhile.
  *  5. DRAINING with nothing in flight and every posted request recorded:
  *     DISABLED.
  * Then the global read-only registers (irq_status, irq, busy/owned cores) are
@@ -211,12 +215,27 @@ static void vf_tenant_fault(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t 
     }
     rep->faults += 1;
     rep->progress += 1;
-    if (vf_req_active(s, seq))
+    const bool active = vf_req_active(s, seq);
+    if (active)
         vf_req(s, seq).failed = 1;
-    if (vf_enabled_phase(s)) {
-        s.phase = VF_TENANT_FAULTED;
-        s.active_mask = 0;
+    if (!vf_enabled_phase(s))
+        return;
+    if (active && seq != s.head) {
+        /* older requests finish first; the tenant stops when it is the oldest */
+        if (!s.stopping || seq - s.head < s.stop_seq - s.head)
+            s.stop_seq = seq;
+        s.stopping = 1;
+        return;
     }
+    s.phase = VF_TENANT_FAULTED;
+    s.active_mask = 0;
+    s.stopping = 0;
+}
+
+/* Requests at or behind a pending stop neither issue nor start. */
+static inline bool vf_behind_stop(const vf_disp_tenant_state_t &s, uint32_t seq)
+{
+    return s.stopping && seq - s.head >= s.stop_seq - s.head;
 }
 
 static inline uint64_t vf_ring_addr(const vf_disp_tenant_state_t &s, uint32_t seq)
@@ -470,9 +489,16 @@ static void vf_advance_tenant(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_
     uint32_t i = 0;
 WALK:
     while (budget > 0) {
+        if (s.stopping && s.head == s.stop_seq && vf_enabled_phase(s)) {
+            /* every request older than the faulting one is recorded: stop */
+            s.phase = VF_TENANT_FAULTED;
+            s.active_mask = 0;
+            s.stopping = 0;
+            rep->progress += 1;
+        }
         if (i >= s.nreq) {
             /* a stopped tenant with requests active records them first, in order */
-            if (s.nreq >= s.max_inflight || (vf_stopped(s) && s.nreq != 0))
+            if (s.nreq >= s.max_inflight || ((vf_stopped(s) || s.stopping) && s.nreq != 0))
                 break;
             const uint32_t seq = s.head + s.nreq;
             if (!s.ring_ok || seq == r.ring_tail)
@@ -507,6 +533,8 @@ WALK:
 
         const uint32_t seq = s.head + i;
         vf_disp_req_state_t &q = vf_req(s, seq);
+        if (vf_behind_stop(s, seq))
+            break; /* the older requests go on; this one and those behind it wait for the stop */
         if (vf_stopped(s) || q.failed) {
             /* records in order: the oldest ends once its frames in flight
              * have retired */

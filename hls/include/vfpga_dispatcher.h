@@ -115,9 +115,12 @@
  * With M = 1 this is the single cursor of one request at a time.
  * A tenant reads at most VF_DISP_WALK_BUDGET entries/records per step.
  * Tenants are visited round-robin, starting one further every step.
- * A fault stops the whole tenant (its cores are released): the request that
- * hit it is recorded FAULT, every other active or posted request ABORTED,
- * all with the fault, in sequence order.
+ * A fault fails the request that hit it and every request behind it: the
+ * requests older than it keep running and are recorded as usual, then the
+ * tenant stops (FAULTED, cores released); the faulting request is recorded
+ * FAULT, the ones behind it ABORTED, with the fault, in sequence order. (A
+ * fault of the oldest request, or one not tied to a request, stops the
+ * tenant at once, as with one request in flight.)
  *
  * ---- On-chip buffers between tenants ---------------------------------------------
  * A frame issued to a core whose buffers may hold another tenant's data (the
@@ -264,6 +267,8 @@ typedef struct {
     uint32_t max_inflight;  /* latched, 1..VF_DISP_INFLIGHT */
     uint32_t nreq;          /* active requests: head .. head + nreq - 1 */
     uint32_t inflight;      /* frames issued, not retired (all its requests) */
+    uint32_t stopping;      /* a fault hit request stop_seq while older ones were active: they finish first */
+    uint32_t stop_seq;
     uint32_t reserved;
     vf_disp_req_state_t req[VF_DISP_INFLIGHT];
 } vf_disp_tenant_state_t;

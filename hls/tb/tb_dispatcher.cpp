@@ -2581,9 +2581,10 @@ static void test_inflight_in_order()
     CHECK(cells_equal(x, fast, (int)(reqs / 2)));
 }
 
-/* A core fault in request 1 of a tenant with requests in flight: request 1 is
- * FAULT, the others of the tenant ABORTED with the fault (the tenant stops
- * and its cores are released), in order; another tenant is unaffected. */
+/* A core fault in request 1 of a tenant with requests in flight: request 0
+ * (older) completes, request 1 is FAULT, the ones behind it ABORTED with the
+ * fault, in order; the tenant stops (cores released) once request 0 is
+ * recorded; another tenant is unaffected. */
 static void test_inflight_fault()
 {
     if (VF_DISP_INFLIGHT < 2 || VF_CNN_CORES < 4)
@@ -2625,7 +2626,17 @@ static void test_inflight_fault()
         Async h(d);
         h.add(x);
         h.add(y);
-        h.drain(20 + 10 * (uint32_t)trial);
+        uint32_t stopping = 0;
+        for (uint32_t n = 0; n < 100000; ++n) {
+            if (x.s().stopping) { /* request 0 still runs on the tenant's cores */
+                ++stopping;
+                CHECK(x.r().active_mask != 0);
+                CHECK_EQ(x.r().status, VF_TENANT_RUNNING);
+            }
+            if (h.tick(20 + 10 * (uint32_t)trial) == 0 && !h.any_busy())
+                break;
+        }
+        CHECK(stopping > 0);
         CHECK_EQ(h.order_violations, 0);
         CHECK_EQ(h.double_issue, 0);
         CHECK_EQ(x.r().status, VF_TENANT_FAULTED);
@@ -2637,9 +2648,12 @@ static void test_inflight_fault()
             const vf_disp_completion_t c = record(x, i);
             CHECK_EQ(c.seq, i);
             CHECK_EQ(c.request_id, 900 + i);
-            CHECK_EQ(c.status, i == 1 ? VF_CPL_FAULT : VF_CPL_ABORTED);
-            CHECK_EQ(c.fault, VF_FAULT_SEGMENT);
+            CHECK_EQ(c.status, i == 0 ? VF_CPL_OK : i == 1 ? VF_CPL_FAULT : VF_CPL_ABORTED);
+            CHECK_EQ(c.fault, i == 0 ? VF_FAULT_NONE : VF_FAULT_SEGMENT);
         }
+        CHECK(cells_equal(x, cs[0], 12)); /* request 0 ran to its end */
+        CHECK_EQ(x.r().requests, 1);
+        CHECK_EQ(x.r().failed, reqs - 1);
         CHECK_EQ(y.r().status, VF_TENANT_IDLE);
         CHECK_EQ(y.r().requests, 3);
         for (uint32_t i = 0; i < 3; ++i) {

@@ -53,9 +53,9 @@ def test_a_deploy_that_does_not_fit_says_how_many_slots_would(tiny):  # noqa: F8
 
 def test_a_fault_in_one_slot_fails_its_request_and_stops_the_tenant_alone(accel, tiny):  # noqa: F811
     """Slot 1's instruction copy loads past the segment: the request on it
-    is FAULT, the tenant's other requests in flight or queued fail with the
-    fault (ABORTED) unless they were recorded before it; another tenant's
-    requests all complete correctly; reset() brings the tenant back."""
+    is FAULT, the ones behind it in flight ABORTED with the fault (older ones
+    complete), the queued ones refused; another tenant's requests all
+    complete correctly; reset() brings the tenant back."""
     other = accel.deploy(tiny.compiled, cores=4, name="other", max_inflight=2)
     t = accel.deploy(tiny.compiled, cores=4, name="t", max_inflight=3)
     at, n = t.slots.program(1), len(tiny.compiled.program)
@@ -80,6 +80,9 @@ def test_a_fault_in_one_slot_fails_its_request_and_stops_the_tenant_alone(accel,
         if e.completion is not None and e.completion.status != "OK":
             assert e.completion.fault_name == "SEGMENT"
     assert statuses.count("FAULT") == 1
+    for j, (f, st) in enumerate(zip(futs, statuses)):
+        if st == "OK":  # recorded before the fault's stop: correct
+            tiny.check(f.result()[0], j % len(tiny.inputs))
     assert "ABORTED" in statuses or "refused" in statuses
     assert t.fault is not None and t.context.status == "FAULTED"
     for j, f in enumerate(theirs):
