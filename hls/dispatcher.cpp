@@ -235,7 +235,8 @@ static void vf_tenant_fault(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t 
 /* Requests at or behind a pending stop neither issue nor start. */
 static inline bool vf_behind_stop(const vf_disp_tenant_state_t &s, uint32_t seq)
 {
-    return s.stopping && seq - s.head >= s.stop_seq - s.head;
+    /* a disable while stopping drains every request as usual */
+    return s.stopping && vf_enabled_phase(s) && seq - s.head >= s.stop_seq - s.head;
 }
 
 static inline uint64_t vf_ring_addr(const vf_disp_tenant_state_t &s, uint32_t seq)

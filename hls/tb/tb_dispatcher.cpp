@@ -2590,8 +2590,10 @@ static void test_inflight_fault()
     if (VF_DISP_INFLIGHT < 2 || VF_CNN_CORES < 4)
         return;
     /* frames retiring within their round would let request 0 finish first:
-     * only the asynchronous harness overlaps them */
-    for (int trial = 0; trial < 4; ++trial) {
+     * only the asynchronous harness overlaps them. Trials 4, 5: the driver
+     * disables the tenant while it is stopping; it drains. */
+    for (int trial = 0; trial < 6; ++trial) {
+        const bool disable = trial >= 4;
         g_ctx = "trial " + std::to_string(trial);
         Dev d(window_for(2));
         Ten x = make_ten(d, 3, seg_win(0), SEG, 8);
@@ -2628,10 +2630,12 @@ static void test_inflight_fault()
         h.add(y);
         uint32_t stopping = 0;
         for (uint32_t n = 0; n < 100000; ++n) {
-            if (x.s().stopping) { /* request 0 still runs on the tenant's cores */
+            if (x.s().stopping && x.s().phase == VF_TENANT_RUNNING) { /* request 0 still runs on its cores */
                 ++stopping;
                 CHECK(x.r().active_mask != 0);
                 CHECK_EQ(x.r().status, VF_TENANT_RUNNING);
+                if (disable)
+                    x.r().control = 0;
             }
             if (h.tick(20 + 10 * (uint32_t)trial) == 0 && !h.any_busy())
                 break;
@@ -2639,7 +2643,7 @@ static void test_inflight_fault()
         CHECK(stopping > 0);
         CHECK_EQ(h.order_violations, 0);
         CHECK_EQ(h.double_issue, 0);
-        CHECK_EQ(x.r().status, VF_TENANT_FAULTED);
+        CHECK_EQ(x.r().status, disable ? VF_TENANT_DISABLED : VF_TENANT_FAULTED);
         CHECK_EQ(x.r().fault, VF_FAULT_SEGMENT);
         CHECK_EQ(x.r().fault_seq, 1);
         CHECK_EQ(x.r().ring_head, reqs);
@@ -2648,12 +2652,14 @@ static void test_inflight_fault()
             const vf_disp_completion_t c = record(x, i);
             CHECK_EQ(c.seq, i);
             CHECK_EQ(c.request_id, 900 + i);
-            CHECK_EQ(c.status, i == 0 ? VF_CPL_OK : i == 1 ? VF_CPL_FAULT : VF_CPL_ABORTED);
-            CHECK_EQ(c.fault, i == 0 ? VF_FAULT_NONE : VF_FAULT_SEGMENT);
+            const uint32_t first = disable ? VF_CPL_ABORTED : VF_CPL_OK; /* the disable aborts request 0 */
+            CHECK_EQ(c.status, i == 0 ? first : i == 1 ? VF_CPL_FAULT : VF_CPL_ABORTED);
+            CHECK_EQ(c.fault, i == 0 && !disable ? VF_FAULT_NONE : VF_FAULT_SEGMENT);
         }
-        CHECK(cells_equal(x, cs[0], 12)); /* request 0 ran to its end */
-        CHECK_EQ(x.r().requests, 1);
-        CHECK_EQ(x.r().failed, reqs - 1);
+        if (!disable)
+            CHECK(cells_equal(x, cs[0], 12)); /* request 0 ran to its end */
+        CHECK_EQ(x.r().requests, disable ? 0 : 1);
+        CHECK_EQ(x.r().failed, disable ? reqs : reqs - 1);
         CHECK_EQ(y.r().status, VF_TENANT_IDLE);
         CHECK_EQ(y.r().requests, 3);
         for (uint32_t i = 0; i < 3; ++i) {
