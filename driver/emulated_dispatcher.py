@@ -47,7 +47,7 @@ from vfpga.runtime.hw.timeline import PoolTimeline
 # is the dispatcher's). The same list as vf_load_host() in hls/dispatcher_top.cpp.
 HOST_GLOBAL_REGISTERS = ("irq_enable", "irq_mask", "mem_base")
 HOST_TENANT_REGISTERS = ("control", "seg_limit", "seg_base", "ring_offset", "ring_size", "cpl_offset",
-                         "ring_tail", "cpl_ack", "core_mask", "mask_seq")
+                         "ring_tail", "cpl_ack", "core_mask", "mask_seq", "max_inflight")
 
 
 class IrqLine:

@@ -129,9 +129,10 @@ class TenantContext:
     ``ring_offset`` and records at ``cpl_offset`` (segment offsets)."""
 
     def __init__(self, dispatcher: Dispatcher, index: int, segment: Segment, ring_offset: int, cpl_offset: int,
-                 ring_size: int, on_completion=None):
+                 ring_size: int, on_completion=None, max_inflight: int = 1):
         if ring_size < 1 or ring_size & (ring_size - 1):
             raise ValueError(f"ring_size must be a power of two, not {ring_size}")
+        self.max_inflight = max_inflight  # requests the dispatcher holds in flight (each on its own slot)
         self.disp = dispatcher
         self.index = index
         self.segment = segment
@@ -196,6 +197,8 @@ class TenantContext:
             self._w("cpl_ack", self._acked & 0xFFFFFFFF)
             self._w("ring_tail", self._tail & 0xFFFFFFFF)
             self._w("core_mask", mask)
+            if self.max_inflight != 1:  # 0 (reset) means one: contexts of one request write nothing new
+                self._w("max_inflight", self.max_inflight)
             self._w("control", 1)
             self._wait("enable", lambda: self.status != "DISABLED", timeout)
             if self.status == "FAULTED":

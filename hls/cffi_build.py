@@ -127,7 +127,8 @@ def emu_builder(board, level=None, flags=()):
     config = _board_config()
     macros = config.c_macros(config.load(board))
     ffi = FFI()
-    board_sizes = [(name, macros[name]) for name in ("VF_DISP_TENANTS", "VF_CNN_CORES", "VF_RNN_CORES")]
+    board_sizes = [(name, macros[name])
+                   for name in ("VF_DISP_TENANTS", "VF_CNN_CORES", "VF_RNN_CORES", "VF_DISP_INFLIGHT")]
     board_sizes.append(("VF_POOL_CORES", macros["VF_CNN_CORES"] + macros["VF_RNN_CORES"]))
     ffi.cdef(cdef_text("vfpga_isa.h", "vfpga_cnn_core.h", "vfpga_rnn_core.h", "vfpga_dispatcher.h",
                        macros=board_sizes))

@@ -28,6 +28,10 @@
  *         FRAME: core = (slot mod k)-th set bit of the active mask; issued if
  *                that core is idle, else the walk stops (in order);
  *         BARRIER / END: wait for no frame in flight, then pass / complete.
+ *     With several requests active they are walked oldest first, each until
+ *     it waits. A fault in a younger request leaves the tenant RUNNING
+ *     ("stopping") until the older ones are recorded: the faulting request
+ *     and those behind it neither issue nor start meanwhile.
  *  5. DRAINING with nothing in flight and every posted request recorded:
  *     DISABLED.
  * Then the global read-only registers (irq_status, irq, busy/owned cores) are
@@ -66,6 +70,7 @@ static_assert(VF_CNN_CORES >= 1 && VF_RNN_CORES >= 0 && VF_POOL_CORES <= 32, "a 
 static_assert(VF_DISP_RING_MAX >= 1 && VF_DISP_RING_MAX <= (1 << 20) && (VF_DISP_RING_MAX & (VF_DISP_RING_MAX - 1)) == 0,
               "VF_DISP_RING_MAX must be a power of two <= 2^20");
 static_assert(VF_DISP_WALK_BUDGET >= 1 && VF_DISP_WALK_BUDGET <= 65536, "VF_DISP_WALK_BUDGET out of range");
+static_assert(VF_DISP_INFLIGHT >= 1 && VF_DISP_INFLIGHT <= 16, "VF_DISP_INFLIGHT out of range");
 
 /* DDR formats */
 static_assert(sizeof(vf_dispatch_t) == VF_DISP_ENTRY_BYTES, "dispatch entry size");
@@ -103,6 +108,7 @@ VF_CHECK_T(ring_tail, VF_DREG_T_RING_TAIL);
 VF_CHECK_T(cpl_ack, VF_DREG_T_CPL_ACK);
 VF_CHECK_T(core_mask, VF_DREG_T_CORE_MASK);
 VF_CHECK_T(mask_seq, VF_DREG_T_MASK_SEQ);
+VF_CHECK_T(max_inflight, VF_DREG_T_MAX_INFLIGHT);
 VF_CHECK_T(status, VF_DREG_T_STATUS);
 VF_CHECK_T(ring_head, VF_DREG_T_RING_HEAD);
 VF_CHECK_T(active_mask, VF_DREG_T_ACTIVE_MASK);
@@ -186,10 +192,19 @@ static inline bool vf_enabled_phase(const vf_disp_tenant_state_t &s)
 /* Faults, records, masks                                                      */
 /* ========================================================================== */
 
-/* The first fault since enable is kept; any fault fails the request in
- * progress and stops the tenant, releasing its cores. */
+static inline vf_disp_req_state_t &vf_req(vf_disp_tenant_state_t &s, uint32_t seq)
+{
+    return s.req[seq % VF_DISP_INFLIGHT];
+}
+
+/* Is request seq active? */
+static inline bool vf_req_active(const vf_disp_tenant_state_t &s, uint32_t seq) { return seq - s.head < s.nreq; }
+
+/* The first fault since enable is kept; any fault fails request seq (when
+ * it is active) and stops the tenant, releasing its cores. */
 static void vf_tenant_fault(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t t, uint32_t code, uint32_t core,
-                            uint64_t addr, uint32_t insn, uint32_t entry, uint32_t opcode, vf_disp_report_t *rep)
+                            uint64_t addr, uint32_t insn, uint32_t entry, uint32_t opcode, uint32_t seq,
+                            vf_disp_report_t *rep)
 {
     vf_disp_tenant_state_t &s = st->tenant[t];
     vf_disp_tenant_regs_t &r = regs->tenant[t];
@@ -200,17 +215,33 @@ static void vf_tenant_fault(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t 
         r.fault_addr = vf_sat32(addr);
         r.fault_insn = insn;
         r.fault_entry = entry;
-        r.fault_seq = s.head;
+        r.fault_seq = seq;
         r.fault_opcode = opcode;
     }
     rep->faults += 1;
     rep->progress += 1;
-    if (s.req_active)
-        s.req_failed = 1;
-    if (vf_enabled_phase(s)) {
-        s.phase = VF_TENANT_FAULTED;
-        s.active_mask = 0;
+    const bool active = vf_req_active(s, seq);
+    if (active)
+        vf_req(s, seq).failed = 1;
+    if (!vf_enabled_phase(s))
+        return;
+    if (active && seq != s.head) {
+        /* older requests finish first; the tenant stops when it is the oldest */
+        if (!s.stopping || seq - s.head < s.stop_seq - s.head)
+            s.stop_seq = seq;
+        s.stopping = 1;
+        return;
     }
+    s.phase = VF_TENANT_FAULTED;
+    s.active_mask = 0;
+    s.stopping = 0;
+}
+
+/* Requests at or behind a pending stop neither issue nor start. */
+static inline bool vf_behind_stop(const vf_disp_tenant_state_t &s, uint32_t seq)
+{
+    /* a disable while stopping drains every request as usual */
+    return s.stopping && vf_enabled_phase(s) && seq - s.head >= s.stop_seq - s.head;
 }
 
 static inline uint64_t vf_ring_addr(const vf_disp_tenant_state_t &s, uint32_t seq)
@@ -226,9 +257,9 @@ static void vf_read_requests(const vf_ddr_t &ddr, const vf_disp_tenant_state_t &
 }
 
 /* The record of request s.head; s.ring_ok is required. status VF_CPL_*;
- * started: the request ran (its counters are reported). */
+ * q: the request ran (its counters are reported), else 0. */
 static void vf_write_record(const vf_ddr_t &ddr, const vf_disp_tenant_state_t &s, const vf_disp_tenant_regs_t &r,
-                            uint32_t request_id, uint32_t status, bool started, uint64_t now)
+                            uint32_t request_id, uint32_t status, const vf_disp_req_state_t *q, uint64_t now)
 {
     vf_disp_completion_t c;
     memset(&c, 0, sizeof c);
@@ -248,14 +279,14 @@ static void vf_write_record(const vf_ddr_t &ddr, const vf_disp_tenant_state_t &s
             c.fault = VF_DFAULT_DISABLED;
         }
     }
-    if (started) {
-        c.frames = s.req_frames;
-        c.barriers = s.req_barriers;
-        c.insns = vf_sat32(s.req_insns);
-        c.load_iters = vf_sat32(s.req_load_iters);
-        c.compute_iters = vf_sat32(s.req_compute_iters);
-        c.save_iters = vf_sat32(s.req_save_iters);
-        c.cycles = vf_sat32(now >= s.req_start ? now - s.req_start : 0);
+    if (q != 0) {
+        c.frames = q->frames;
+        c.barriers = q->barriers;
+        c.insns = vf_sat32(q->insns);
+        c.load_iters = vf_sat32(q->load_iters);
+        c.compute_iters = vf_sat32(q->compute_iters);
+        c.save_iters = vf_sat32(q->save_iters);
+        c.cycles = vf_sat32(now >= q->start ? now - q->start : 0);
     }
     const uint64_t at = s.seg_win + s.cpl_offset + (uint64_t)(s.head & (s.ring_size - 1u)) * VF_DISP_RECORD_BYTES;
     vf_ddr_write(ddr, at, &c, sizeof c);
@@ -313,6 +344,7 @@ static void vf_enable(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t t, uin
     s.ring_offset = r.ring_offset;
     s.ring_size = r.ring_size;
     s.cpl_offset = r.cpl_offset;
+    s.max_inflight = r.max_inflight == 0 ? 1u : r.max_inflight > VF_DISP_INFLIGHT ? VF_DISP_INFLIGHT : r.max_inflight;
     r.fault = VF_FAULT_NONE;
     r.fault_core = VF_DISP_NO_CORE;
     r.fault_addr = 0;
@@ -337,20 +369,20 @@ static void vf_enable(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t t, uin
     /* the segment inside the window */
     const uint64_t base = r.seg_base, mem_base = regs->g.mem_base;
     if (base < mem_base) {
-        vf_tenant_fault(regs, st, t, VF_DFAULT_WINDOW, VF_DISP_NO_CORE, 0, 0, 0, 0, rep);
+        vf_tenant_fault(regs, st, t, VF_DFAULT_WINDOW, VF_DISP_NO_CORE, 0, 0, 0, 0, s.head, rep);
         return;
     }
     s.seg_win = base - mem_base;
     if (s.seg_limit == 0 || !vf_fits(s.seg_win, s.seg_limit, win_bytes)) {
         const uint64_t first = s.seg_limit == 0 || s.seg_win >= win_bytes ? 0 : win_bytes - s.seg_win;
-        vf_tenant_fault(regs, st, t, VF_DFAULT_WINDOW, VF_DISP_NO_CORE, first, 0, 0, 0, rep);
+        vf_tenant_fault(regs, st, t, VF_DFAULT_WINDOW, VF_DISP_NO_CORE, first, 0, 0, 0, s.head, rep);
         return;
     }
     /* ... inside one bank: its frames reach it through that bank's port */
     const uint32_t bank = vf_ddr_bank(s.seg_win);
     if (vf_ddr_bank(s.seg_win + s.seg_limit - 1u) != bank) {
         const uint64_t next = (uint64_t)(bank + 1u) * (uint64_t)VF_DDR_BANK_STRIDE;
-        vf_tenant_fault(regs, st, t, VF_DFAULT_WINDOW, VF_DISP_NO_CORE, next - s.seg_win, 0, 0, 0, rep);
+        vf_tenant_fault(regs, st, t, VF_DFAULT_WINDOW, VF_DISP_NO_CORE, next - s.seg_win, 0, 0, 0, s.head, rep);
         return;
     }
     /* ... and apart from every live tenant's segment */
@@ -360,7 +392,7 @@ OVERLAP:
         if (u == t || o.phase == VF_TENANT_DISABLED || !o.seg_ok)
             continue;
         if (s.seg_win < o.seg_win + o.seg_limit && o.seg_win < s.seg_win + s.seg_limit) {
-            vf_tenant_fault(regs, st, t, VF_DFAULT_OVERLAP, VF_DISP_NO_CORE, 0, 0, u, 0, rep);
+            vf_tenant_fault(regs, st, t, VF_DFAULT_OVERLAP, VF_DISP_NO_CORE, 0, 0, u, 0, s.head, rep);
             return;
         }
     }
@@ -369,25 +401,25 @@ OVERLAP:
     /* the ring and the records inside the segment */
     const uint64_t n = s.ring_size, limit = s.seg_limit;
     if (n == 0 || n > VF_DISP_RING_MAX || (n & (n - 1)) != 0) {
-        vf_tenant_fault(regs, st, t, VF_DFAULT_RING, VF_DISP_NO_CORE, n, 0, 0, 0, rep);
+        vf_tenant_fault(regs, st, t, VF_DFAULT_RING, VF_DISP_NO_CORE, n, 0, 0, 0, s.head, rep);
         return;
     }
     if (s.ring_offset % VF_DISP_REQUEST_BYTES != 0) {
-        vf_tenant_fault(regs, st, t, VF_DFAULT_RING, VF_DISP_NO_CORE, s.ring_offset, 0, 0, 0, rep);
+        vf_tenant_fault(regs, st, t, VF_DFAULT_RING, VF_DISP_NO_CORE, s.ring_offset, 0, 0, 0, s.head, rep);
         return;
     }
     if (!vf_fits(s.ring_offset, n * VF_DISP_REQUEST_BYTES, limit)) {
         vf_tenant_fault(regs, st, t, VF_DFAULT_RING, VF_DISP_NO_CORE, vf_max64(s.ring_offset, limit), 0, 0, 0,
-                        rep);
+                        s.head, rep);
         return;
     }
     if (s.cpl_offset % VF_DISP_RECORD_BYTES != 0) {
-        vf_tenant_fault(regs, st, t, VF_DFAULT_RING, VF_DISP_NO_CORE, s.cpl_offset, 0, 0, 0, rep);
+        vf_tenant_fault(regs, st, t, VF_DFAULT_RING, VF_DISP_NO_CORE, s.cpl_offset, 0, 0, 0, s.head, rep);
         return;
     }
     if (!vf_fits(s.cpl_offset, n * VF_DISP_RECORD_BYTES, limit)) {
         vf_tenant_fault(regs, st, t, VF_DFAULT_RING, VF_DISP_NO_CORE, vf_max64(s.cpl_offset, limit), 0, 0, 0,
-                        rep);
+                        s.head, rep);
         return;
     }
     s.ring_ok = 1;
@@ -403,7 +435,7 @@ static void vf_mirror_tenant(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t
     vf_disp_tenant_state_t &s = st->tenant[t];
     vf_disp_tenant_regs_t &r = regs->tenant[t];
     if (vf_enabled_phase(s)) {
-        const bool busy = s.req_active || s.inflight != 0 || (s.ring_ok && s.head != r.ring_tail);
+        const bool busy = s.nreq != 0 || s.inflight != 0 || (s.ring_ok && s.head != r.ring_tail);
         s.phase = busy ? VF_TENANT_RUNNING : VF_TENANT_IDLE;
     }
     r.status = s.phase;
@@ -438,7 +470,7 @@ static void vf_advance_tenant(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_
      * latched segment out of it */
     if (s.phase != VF_TENANT_DISABLED && s.seg_ok && !vf_fits(s.seg_win, s.seg_limit, win_bytes)) {
         vf_tenant_fault(regs, st, t, VF_DFAULT_WINDOW, VF_DISP_NO_CORE,
-                        s.seg_win >= win_bytes ? 0 : win_bytes - s.seg_win, 0, 0, 0, rep);
+                        s.seg_win >= win_bytes ? 0 : win_bytes - s.seg_win, 0, 0, 0, s.head, rep);
         s.seg_ok = 0;
         s.ring_ok = 0;
     }
@@ -453,15 +485,17 @@ static void vf_advance_tenant(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_
     if (s.ring_ok) {
         const uint32_t span_tail = r.ring_tail - r.cpl_ack, span_head = s.head - r.cpl_ack;
         if (span_tail > s.ring_size || span_head > span_tail) {
-            vf_tenant_fault(regs, st, t, VF_DFAULT_DOORBELL, VF_DISP_NO_CORE, r.ring_tail, 0, r.cpl_ack, 0, rep);
+            vf_tenant_fault(regs, st, t, VF_DFAULT_DOORBELL, VF_DISP_NO_CORE, r.ring_tail, 0, r.cpl_ack, 0, s.head, rep);
             s.ring_ok = 0;
         }
     }
 
-    /* 4. the walk; its ring and dispatch entries come from on-chip buffers
-     * filled a burst at a time, kept for this walk only and emptied by its
-     * own record writes: a frame that rewrites its request's entries is seen
-     * from the next walk on (C-sim runs no frame during a walk) */
+    /* 4. the walk: active requests oldest first (i indexes them from head),
+     * each until it waits; then the next posted request, if there is room.
+     * Its ring and dispatch entries come from on-chip buffers filled a burst
+     * at a time, kept for this walk only and emptied by its own record
+     * writes: a frame that rewrites its request's entries is seen from the
+     * next walk on (C-sim runs no frame during a walk) */
     vf_dispatch_t pf[VF_DISP_PREFETCH];
     uint64_t pf_at = 0; /* segment offset of pf[0] */
     uint32_t pf_n = 0;  /* entries held */
@@ -469,25 +503,37 @@ static void vf_advance_tenant(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_
     uint32_t pq_seq = 0; /* ring sequence number of pq[0] */
     uint32_t pq_n = 0;   /* requests held */
     uint32_t budget = VF_DISP_WALK_BUDGET;
+    uint32_t i = 0;
 WALK:
     while (budget > 0) {
-        if (!s.req_active) {
-            if (!s.ring_ok || s.head == r.ring_tail)
+        if (s.stopping && s.head == s.stop_seq && vf_enabled_phase(s)) {
+            /* every request older than the faulting one is recorded: stop */
+            s.phase = VF_TENANT_FAULTED;
+            s.active_mask = 0;
+            s.stopping = 0;
+            rep->progress += 1;
+        }
+        if (i >= s.nreq) {
+            /* a stopped tenant with requests active records them first, in order */
+            if (s.nreq >= s.max_inflight || ((vf_stopped(s) || s.stopping) && s.nreq != 0))
                 break;
-            if (pq_n == 0 || s.head - pq_seq >= pq_n) {
-                /* one burst: the posted requests from head up to the tail or the ring's end */
-                const uint32_t posted = r.ring_tail - s.head, to_end = s.ring_size - (s.head & (s.ring_size - 1u));
+            const uint32_t seq = s.head + s.nreq;
+            if (!s.ring_ok || seq == r.ring_tail)
+                break;
+            if (pq_n == 0 || seq - pq_seq >= pq_n) {
+                /* one burst: the posted requests from seq up to the tail or the ring's end */
+                const uint32_t posted = r.ring_tail - seq, to_end = s.ring_size - (seq & (s.ring_size - 1u));
                 const uint32_t n = posted < to_end ? posted : to_end;
                 pq_n = n < VF_DISP_PREFETCH_REQUESTS ? n : VF_DISP_PREFETCH_REQUESTS;
-                pq_seq = s.head;
-                vf_read_requests(ddr, s, s.head, pq, pq_n);
+                pq_seq = seq;
+                vf_read_requests(ddr, s, seq, pq, pq_n);
             }
-            const vf_disp_request_t q = pq[s.head - pq_seq];
+            const vf_disp_request_t q = pq[seq - pq_seq];
             rep->ring_reads += 1;
             --budget;
             if (vf_stopped(s)) {
                 /* the tenant is stopped: every posted request is reported */
-                vf_write_record(ddr, s, r, q.request_id, VF_CPL_ABORTED, false, regs->g.cycles);
+                vf_write_record(ddr, s, r, q.request_id, VF_CPL_ABORTED, 0, regs->g.cycles);
                 pf_n = 0;
                 pq_n = 0;
                 s.head += 1;
@@ -496,35 +542,44 @@ WALK:
                 rep->progress += 1;
                 continue;
             }
-            s.req_active = 1;
-            s.req_failed = 0;
-            s.request_id = q.request_id;
-            s.prog_offset = q.prog_offset;
-            s.prog_entries = q.prog_entries;
-            s.pc = 0;
-            s.req_frames = 0;
-            s.req_barriers = 0;
-            s.req_insns = 0;
-            s.req_load_iters = 0;
-            s.req_compute_iters = 0;
-            s.req_save_iters = 0;
-            s.req_start = regs->g.cycles;
+            vf_disp_req_state_t &n = vf_req(s, seq);
+            memset(&n, 0, sizeof n);
+            n.request_id = q.request_id;
+            n.prog_offset = q.prog_offset;
+            n.prog_entries = q.prog_entries;
+            n.start = regs->g.cycles;
+            s.nreq += 1;
             rep->requests_started += 1;
             rep->progress += 1;
             if (q.prog_offset % VF_DISP_ENTRY_BYTES != 0 || q.flags != 0)
-                vf_tenant_fault(regs, st, t, VF_DFAULT_REQUEST, VF_DISP_NO_CORE, vf_ring_addr(s, s.head) - s.seg_win,
-                                0, 0, 0, rep);
+                vf_tenant_fault(regs, st, t, VF_DFAULT_REQUEST, VF_DISP_NO_CORE, vf_ring_addr(s, seq) - s.seg_win,
+                                0, 0, 0, seq, rep);
             continue;
         }
 
-        if (vf_stopped(s) || s.req_failed) {
-            /* the request ends once its frames in flight have retired */
-            if (s.inflight != 0)
+        const uint32_t seq = s.head + i;
+        vf_disp_req_state_t &q = vf_req(s, seq);
+        if (vf_behind_stop(s, seq))
+            break; /* the older requests go on; this one and those behind it wait for the stop */
+        if (vf_stopped(s) || q.failed) {
+            /* records in order: the oldest ends once its frames in flight
+             * have retired */
+            if (i != 0 || q.inflight != 0)
                 break;
+            if (!s.ring_ok) {
+                /* no record can be written: the active requests are dropped
+                 * once nothing of the tenant is in flight */
+                if (s.inflight != 0)
+                    break;
+                --budget;
+                s.nreq = 0;
+                rep->progress += 1;
+                continue;
+            }
             --budget;
-            if (s.ring_ok) {
-                const uint32_t status = s.req_failed ? VF_CPL_FAULT : VF_CPL_ABORTED;
-                vf_write_record(ddr, s, r, s.request_id, status, true, regs->g.cycles);
+            {
+                const uint32_t status = q.failed ? VF_CPL_FAULT : VF_CPL_ABORTED;
+                vf_write_record(ddr, s, r, q.request_id, status, &q, regs->g.cycles);
                 pf_n = 0;
                 pq_n = 0;
                 s.head += 1;
@@ -534,8 +589,25 @@ WALK:
                 else
                     rep->requests_aborted += 1;
             }
-            s.req_active = 0;
-            s.req_failed = 0;
+            s.nreq -= 1;
+            rep->progress += 1;
+            continue;
+        }
+        if (q.done) {
+            /* passed END: recorded when it is the oldest */
+            if (i != 0) {
+                ++i;
+                continue;
+            }
+            --budget;
+            vf_write_record(ddr, s, r, q.request_id, VF_CPL_OK, &q, regs->g.cycles);
+            pf_n = 0;
+            pq_n = 0;
+            r.request_cycles += regs->g.cycles >= q.start ? regs->g.cycles - q.start : 0;
+            s.head += 1;
+            s.nreq -= 1;
+            r.requests += 1;
+            rep->requests_ok += 1;
             rep->progress += 1;
             continue;
         }
@@ -546,19 +618,19 @@ WALK:
         e.n_insns = 0;
         e.slot = 0;
         e.op = VF_DISPATCH_END;
-        const uint64_t at = (uint64_t)s.prog_offset + (uint64_t)s.pc * VF_DISP_ENTRY_BYTES;
+        const uint64_t at = (uint64_t)q.prog_offset + (uint64_t)q.pc * VF_DISP_ENTRY_BYTES;
         --budget;
-        if (s.pc < s.prog_entries) {
+        if (q.pc < q.prog_entries) {
             if (!vf_fits(at, VF_DISP_ENTRY_BYTES, s.seg_limit)) {
-                vf_tenant_fault(regs, st, t, VF_DFAULT_PROGRAM, VF_DISP_NO_CORE, vf_max64(at, s.seg_limit), 0, s.pc,
-                                0, rep);
+                vf_tenant_fault(regs, st, t, VF_DFAULT_PROGRAM, VF_DISP_NO_CORE, vf_max64(at, s.seg_limit), 0, q.pc,
+                                0, seq, rep);
                 continue;
             }
             const bool held = pf_n != 0 && at >= pf_at && (at - pf_at) % VF_DISP_ENTRY_BYTES == 0 &&
                               (at - pf_at) / VF_DISP_ENTRY_BYTES < pf_n;
             if (!held) {
                 /* one burst: this entry and the next ones of the program inside the segment */
-                const uint64_t fit = (s.seg_limit - at) / VF_DISP_ENTRY_BYTES, left = s.prog_entries - s.pc;
+                const uint64_t fit = (s.seg_limit - at) / VF_DISP_ENTRY_BYTES, left = q.prog_entries - q.pc;
                 const uint64_t n = fit < left ? fit : left;
                 pf_n = n < VF_DISP_PREFETCH ? (uint32_t)n : VF_DISP_PREFETCH;
                 pf_at = at;
@@ -570,12 +642,12 @@ WALK:
 
         if (e.op == VF_DISPATCH_FRAME) {
             if (e.n_insns == 0) {
-                vf_tenant_fault(regs, st, t, VF_DFAULT_ENTRY, VF_DISP_NO_CORE, at, 0, s.pc, 0, rep);
+                vf_tenant_fault(regs, st, t, VF_DFAULT_ENTRY, VF_DISP_NO_CORE, at, 0, q.pc, 0, seq, rep);
                 continue;
             }
             if (!vf_fits(e.frame_offset, (uint64_t)e.n_insns * VF_INSN_BYTES, s.seg_limit)) {
                 vf_tenant_fault(regs, st, t, VF_DFAULT_FRAME, VF_DISP_NO_CORE, vf_max64(e.frame_offset, s.seg_limit),
-                                0, s.pc, 0, rep);
+                                0, q.pc, 0, seq, rep);
                 continue;
             }
             const uint32_t k = vf_popcount(s.active_mask);
@@ -585,8 +657,10 @@ WALK:
             if (c >= VF_POOL_CORES)
                 break;
             vf_disp_core_state_t &core = st->core[c];
-            if (core.busy)
-                break; /* in order: wait for this core */
+            if (core.busy) {
+                ++i; /* in order: this request waits for the core, a younger one may go on */
+                continue;
+            }
             const bool scrub = core.last_owner != 0 && (core.last_owner != t + 1u || core.last_gen != s.gen);
             vf_disp_frame_t &f = issued[c];
             f.seg_win = s.seg_win;
@@ -595,52 +669,64 @@ WALK:
             f.n_insns = e.n_insns;
             f.tenant = t;
             f.core = c;
-            f.seq = s.head;
-            f.entry = s.pc;
+            f.seq = seq;
+            f.entry = q.pc;
             f.scrub = scrub ? 1u : 0u;
             core.busy = 1;
             core.tenant = t;
             core.gen = s.gen;
-            core.entry = s.pc;
+            core.entry = q.pc;
+            core.seq = seq;
             core.last_owner = t + 1u;
             core.last_gen = s.gen;
             core.issued_at = regs->g.cycles;
             *issued_mask |= 1u << c;
             s.inflight += 1;
-            s.req_frames += 1;
-            s.pc += 1;
+            q.inflight += 1;
+            q.frames += 1;
+            q.pc += 1;
             r.frames += 1;
             regs->g.frames += 1;
             rep->frames_issued += 1;
             rep->scrubs += scrub ? 1u : 0u;
             rep->progress += 1;
         } else if (e.op == VF_DISPATCH_BARRIER) {
-            if (s.inflight != 0)
-                break;
-            s.pc += 1;
-            s.req_barriers += 1;
+            if (q.inflight != 0) {
+                ++i;
+                continue;
+            }
+            q.pc += 1;
+            q.barriers += 1;
             r.barriers += 1;
             rep->barriers += 1;
             rep->progress += 1;
         } else if (e.op == VF_DISPATCH_END) {
-            if (s.inflight != 0)
-                break;
-            vf_write_record(ddr, s, r, s.request_id, VF_CPL_OK, true, regs->g.cycles);
+            if (q.inflight != 0) {
+                ++i;
+                continue;
+            }
+            if (i != 0) {
+                q.done = 1; /* a younger request finished first: it waits to be recorded */
+                ++i;
+                rep->progress += 1;
+                continue;
+            }
+            vf_write_record(ddr, s, r, q.request_id, VF_CPL_OK, &q, regs->g.cycles);
             pf_n = 0;
             pq_n = 0;
-            r.request_cycles += regs->g.cycles >= s.req_start ? regs->g.cycles - s.req_start : 0;
+            r.request_cycles += regs->g.cycles >= q.start ? regs->g.cycles - q.start : 0;
             s.head += 1;
-            s.req_active = 0;
+            s.nreq -= 1;
             r.requests += 1;
             rep->requests_ok += 1;
             rep->progress += 1;
         } else {
-            vf_tenant_fault(regs, st, t, VF_DFAULT_ENTRY, VF_DISP_NO_CORE, at, 0, s.pc, 0, rep);
+            vf_tenant_fault(regs, st, t, VF_DFAULT_ENTRY, VF_DISP_NO_CORE, at, 0, q.pc, 0, seq, rep);
         }
     }
 
     /* 5. a disable completes */
-    if (s.phase == VF_TENANT_DRAINING && s.inflight == 0 && !s.req_active && (!s.ring_ok || s.head == r.ring_tail)) {
+    if (s.phase == VF_TENANT_DRAINING && s.inflight == 0 && s.nreq == 0 && (!s.ring_ok || s.head == r.ring_tail)) {
         s.phase = VF_TENANT_DISABLED;
         rep->progress += 1;
     }
@@ -692,6 +778,7 @@ void vf_dispatch_geometry(vf_disp_geometry_t *geometry)
     geometry->tenant_stride = VF_DREG_TENANT_STRIDE;
     geometry->request_bytes = VF_DISP_REQUEST_BYTES;
     geometry->record_bytes = VF_DISP_RECORD_BYTES;
+    geometry->inflight = VF_DISP_INFLIGHT;
 }
 
 void vf_dispatch_reset(vf_disp_regs_t *regs, vf_disp_state_t *state)
@@ -817,16 +904,22 @@ void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t c
         vf_disp_tenant_regs_t &r = regs->tenant[t];
         if (c.gen == s.gen && s.inflight != 0) {
             s.inflight -= 1;
+            /* its request (not active any more only after a ring fault dropped it) */
+            vf_disp_req_state_t scratch_req;
+            memset(&scratch_req, 0, sizeof scratch_req);
+            vf_disp_req_state_t &q = vf_req_active(s, c.seq) ? vf_req(s, c.seq) : scratch_req;
+            if (vf_req_active(s, c.seq) && q.inflight != 0)
+                q.inflight -= 1;
             r.core_cycles += regs->g.cycles >= c.issued_at ? regs->g.cycles - c.issued_at : 0;
             if (counters != 0) {
                 r.insns += counters->insns;
                 r.load_iters += counters->load_iters;
                 r.compute_iters += counters->compute_iters;
                 r.save_iters += counters->save_iters;
-                s.req_insns += counters->insns;
-                s.req_load_iters += counters->load_iters;
-                s.req_compute_iters += counters->compute_iters;
-                s.req_save_iters += counters->save_iters;
+                q.insns += counters->insns;
+                q.load_iters += counters->load_iters;
+                q.compute_iters += counters->compute_iters;
+                q.save_iters += counters->save_iters;
                 vf_core_counters_t &k = rep->core[core];
                 k.insns += counters->insns;
                 k.frames += counters->frames;
@@ -840,7 +933,7 @@ void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t c
             rep->core_tenant[core] = t;
             if (result != 0 && result->fault != VF_FAULT_NONE)
                 vf_tenant_fault(regs, state, t, result->fault, core, result->fault_addr, result->fault_insn, c.entry,
-                                result->fault_opcode, rep);
+                                result->fault_opcode, c.seq, rep);
         }
         vf_mirror_tenant(regs, state, t);
     }

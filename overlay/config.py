@@ -51,7 +51,7 @@ _REQUIRED = {
     "cnn_core": ("count", "icp", "ocp", "ibuf_bytes", "wbuf_bytes", "acc_words", "obuf_bytes",
                  "param_entries", "banks", "vlnv", "base_address", "address_stride",
                  "address_range", "registers"),
-    "dispatcher": ("tenants", "ring_max_entries", "walk_budget", "issue_cycles", "barrier_cycles",
+    "dispatcher": ("tenants", "ring_max_entries", "walk_budget", "inflight_max", "issue_cycles", "barrier_cycles",
                    "completion_cycles", "scrub_bytes_per_cycle", "vlnv", "base_address", "address_range",
                    "registers", "file_registers", "tenant_base", "tenant_stride", "tenant_registers"),
     "rnn_core": ("count", "rows", "cols", "lanes", "wbuf_bytes", "vbuf_bytes", "acc_words", "param_entries",
@@ -95,6 +95,8 @@ def load(board: str) -> dict:
         raise BoardConfigError(f"board config {path}: dispatcher.ring_max_entries must be a power of two <= 2^20")
     if disp["walk_budget"] < 1:
         raise BoardConfigError(f"board config {path}: dispatcher.walk_budget must be >= 1")
+    if not 1 <= disp["inflight_max"] <= 16:
+        raise BoardConfigError(f"board config {path}: dispatcher.inflight_max must be 1..16")
     ports = cfg["ddr"].get("core_ports", 1)
     if not 1 <= ports <= cfg["ddr"]["banks"]:
         raise BoardConfigError(f"board config {path}: ddr.core_ports must be 1..banks, not {ports}")
@@ -228,7 +230,7 @@ def _rnn_macros(cfg: dict) -> dict[str, int]:
 
 def _dispatcher_macros(cfg: dict) -> dict[str, int]:
     """The level-1 dispatcher's numbers: pool size, tenant contexts, ring and
-    walk limits, modeled latencies, and its register map (VF_DREG_* top-level
+    walk limits, requests in flight per tenant, modeled latencies, and its register map (VF_DREG_* top-level
     s_axilite registers, VF_DREG_G_* global and VF_DREG_T_* per-tenant
     registers of the register file; byte offsets)."""
     disp = cfg["dispatcher"]
@@ -237,6 +239,7 @@ def _dispatcher_macros(cfg: dict) -> dict[str, int]:
         "VF_DISP_TENANTS": disp["tenants"],
         "VF_DISP_RING_MAX": disp["ring_max_entries"],
         "VF_DISP_WALK_BUDGET": disp["walk_budget"],
+        "VF_DISP_INFLIGHT": disp["inflight_max"],
         "VF_DISP_ISSUE_CYCLES": disp["issue_cycles"],
         "VF_DISP_BARRIER_CYCLES": disp["barrier_cycles"],
         "VF_DISP_COMPLETION_CYCLES": disp["completion_cycles"],

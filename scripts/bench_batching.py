@@ -8,9 +8,12 @@ program's quantization scales (what ``deploy(..., max_batch=8)`` runs), and
 timed by the simulator (real dispatcher, frame cycle estimates, shared DDR
 banks). GOP/s count 2 operations per MAC of every request of a batch; p99 is
 of the closed-loop turnaround of a batch. The table is what ``vfpga bench``
-writes to report.json under ``batching``.
+writes to report.json under ``batching``, followed by the requests-in-flight
+rows (tenant ``solo``): ResNet-50 alone on 16 u200 cores, closed loop with
+1, 2 and 4 requests in flight, each on its own activation slot.
 
     python scripts/bench_batching.py [--batches 1,2,4,8] [--requests 6] [--json OUT.json] [--into REPORT.json]
+        [--inflight 1,2,4] [--skip-rnn]
     python scripts/bench_batching.py --what-if
 
 ``--what-if`` asks what the RNN core's buffers bound: the dynamic stage's
@@ -82,16 +85,27 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the rows here")
     p.add_argument("--into", default=None, help="put the rows into this report.json")
     p.add_argument("--what-if", action="store_true", help="estimates with larger RNN core buffers (see above)")
+    p.add_argument("--inflight", default="1,2,4",
+                   help="requests in flight of ResNet-50 alone on 16 cores ('' to skip)")
+    p.add_argument("--skip-rnn", action="store_true", help="only the in-flight rows (--into keeps the RNN rows)")
     a = p.parse_args(argv)
     if a.what_if:
         what_if()
         return 0
     batches = tuple(int(b) for b in a.batches.split(","))
     t0 = time.perf_counter()
-    names = sorted({m for _, m, _ in E.BATCH_TENANTS})
-    models = E.load_rnn_models(names)
-    rows = E.batching(E.batched_rnn_models(models, names, batches), horizon_requests=a.requests)["rows"]
-    print(T.batching(rows))
+    rows = []
+    if not a.skip_rnn:
+        names = sorted({m for _, m, _ in E.BATCH_TENANTS})
+        models = E.load_rnn_models(names)
+        rows = E.batching(E.batched_rnn_models(models, names, batches), horizon_requests=a.requests)["rows"]
+        print(T.batching(rows))
+    if a.inflight:
+        levels = tuple(int(m) for m in a.inflight.split(","))
+        solo = E.inflight(E.load_models(["resnet50"]), levels=levels)["rows"]
+        print("\nRequests in flight, ResNet-50 alone on 16 u200 cores (closed loop):\n")
+        print(T.inflight(solo))
+        rows += solo
     print(f"\nmodeled (simulator); {time.perf_counter() - t0:.0f} s on this machine")
     if a.json:
         with open(a.json, "w") as f:
@@ -99,9 +113,14 @@ def main(argv=None) -> int:
     if a.into:
         with open(a.into) as f:
             report = json.load(f)
-        report["batching"] = rows
+        kept = [r for r in report.get("batching", [])
+                if (r["tenant"] == "solo" and not a.inflight) or (r["tenant"] != "solo" and a.skip_rnn)]
+        report["batching"] = rows = [r for r in kept if r["tenant"] != "solo"] + rows + \
+            [r for r in kept if r["tenant"] == "solo"]
         report["headline"]["rnn_batching_vs_bigcore"] = {str(r["batch"]): r["vs_bigcore"] for r in rows
                                                          if r["tenant"] == "all"}
+        report["headline"]["cnn_inflight_vs_one"] = {str(r["inflight"]): r["vs_one"] for r in rows
+                                                     if r["tenant"] == "solo"}
         with open(a.into, "w") as f:
             json.dump(report, f, indent=1, default=float)
         print("batching rows written into", a.into)

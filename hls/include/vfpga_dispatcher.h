@@ -2,8 +2,8 @@
  * Level-1 dispatcher: the C API shared by the HLS top (hls/dispatcher_top.cpp),
  * the C-sim testbench and the emulator (through cffi). Same cdef-friendly
  * subset as vfpga_isa.h: fixed-width fields, typedef'd structs, integer
- * #defines. Array sizes use two board macros from overlay/config.py
- * (VF_DISP_TENANTS, VF_CNN_CORES): a cffi builder prepends them to the cdef as
+ * #defines. Array sizes use board macros from overlay/config.py
+ * (VF_DISP_TENANTS, VF_CNN_CORES, VF_RNN_CORES, VF_DISP_INFLIGHT): a cffi builder prepends them to the cdef as
  * "#define VF_DISP_TENANTS 16" lines (cffi folds integer #defines into array
  * lengths). All multi-byte values are little-endian, in registers and in DDR.
  *
@@ -93,17 +93,34 @@
  * frame is issued twice or skipped by a change. Cores may be handed over only
  * release-then-acquire (shrink one tenant, then grow the other).
  *
- * ---- Walking (one cursor per tenant, in order) ---------------------------------
+ * ---- Walking (one cursor per active request, in order) -------------------------
+ * A tenant holds up to M = max_inflight (latched at enable, 1..VF_DISP_INFLIGHT)
+ * requests active: ring_head .. ring_head + M - 1. The driver gives each
+ * request in flight its own activation slot (its program's frames address
+ * that slot; seq mod M when every request is one ring entry), so two active
+ * requests never share activations. Each active request has its own cursor,
+ * frames-in-flight count and counters:
  *  FRAME    validated (n_insns >= 1, the frame's instructions inside the
  *           segment; every slot value is valid, it folds mod k); issued when
- *           its slot's core is idle, else the tenant waits (in-order issue, a
- *           core gets at most one frame per step); with k = 0 (empty mask)
- *           the tenant waits for a mask;
- *  BARRIER  passes when the tenant has no frame in flight;
- *  END      (or the end of the program) completes the request once the
- *           tenant has no frame in flight: record, ring_head + 1, interrupt.
+ *           its slot's core is idle, else the request waits (in-order issue
+ *           within a request, a core gets at most one frame per step); with
+ *           k = 0 (empty mask) the tenant waits for a mask;
+ *  BARRIER  passes when the request has no frame in flight;
+ *  END      (or the end of the program) completes the request once it has
+ *           no frame in flight and every older request is recorded: record,
+ *           ring_head + 1, interrupt (records stay in submission order).
+ * Active requests are walked oldest first, each until it waits; then the
+ * next posted request is started if fewer than M are active. So a younger
+ * request's frames take the cores an older one leaves idle at its barriers.
+ * With M = 1 this is the single cursor of one request at a time.
  * A tenant reads at most VF_DISP_WALK_BUDGET entries/records per step.
  * Tenants are visited round-robin, starting one further every step.
+ * A fault fails the request that hit it and every request behind it: the
+ * requests older than it keep running and are recorded as usual, then the
+ * tenant stops (FAULTED, cores released); the faulting request is recorded
+ * FAULT, the ones behind it ABORTED, with the fault, in sequence order. (A
+ * fault of the oldest request, or one not tied to a request, stops the
+ * tenant at once, as with one request in flight.)
  *
  * ---- On-chip buffers between tenants ---------------------------------------------
  * A frame issued to a core whose buffers may hold another tenant's data (the
@@ -133,7 +150,7 @@
 #include "vfpga_cnn_core.h"
 #include "vfpga_rnn_core.h"
 
-#if !defined(VF_DISP_TENANTS) || !defined(VF_CNN_CORES) || !defined(VF_RNN_CORES)
+#if !defined(VF_DISP_TENANTS) || !defined(VF_CNN_CORES) || !defined(VF_RNN_CORES) || !defined(VF_DISP_INFLIGHT)
 #error "board macros missing: compile with the flags printed by python3 overlay/config.py BOARD"
 #endif
 
@@ -178,7 +195,8 @@ typedef struct {
     uint32_t cpl_ack;       /* host: records consumed */
     uint32_t core_mask;     /* host: requested mask */
     uint32_t mask_seq;      /* host: increment to request core_mask */
-    uint32_t reserved0;
+    uint32_t max_inflight;  /* host: requests of the tenant in flight at once (latched; 0 or 1: one,
+                               above VF_DISP_INFLIGHT: VF_DISP_INFLIGHT) */
     uint32_t status;        /* ro VF_TENANT_* */
     uint32_t ring_head;     /* ro */
     uint32_t active_mask;   /* ro: cores the tenant holds */
@@ -213,6 +231,25 @@ typedef struct {
 
 /* ---- Internal state (registers and BRAM of the dispatcher) ---------------- */
 
+/* One active request of a tenant (request seq lives in req[seq % VF_DISP_INFLIGHT]). */
+typedef struct {
+    uint32_t request_id;
+    uint32_t prog_offset;
+    uint32_t prog_entries;
+    uint32_t pc;            /* next dispatch entry */
+    uint32_t inflight;      /* its frames issued, not retired */
+    uint32_t frames;
+    uint32_t barriers;
+    uint32_t failed;        /* it hit the tenant's fault */
+    uint32_t done;          /* passed END, waits for the older requests to be recorded */
+    uint32_t reserved;
+    uint64_t start;         /* clock when it was started */
+    uint64_t insns;
+    uint64_t load_iters;
+    uint64_t compute_iters;
+    uint64_t save_iters;
+} vf_disp_req_state_t;
+
 typedef struct {
     uint64_t seg_win;       /* latched: segment offset in the window */
     uint32_t seg_limit;     /* latched */
@@ -223,25 +260,17 @@ typedef struct {
     uint32_t ring_ok;       /* ring and record areas valid: records can be written */
     uint32_t phase;         /* VF_TENANT_* */
     uint32_t gen;           /* enable count (tells contexts' buffer contents apart) */
-    uint32_t head;          /* sequence number of the request being walked / next */
+    uint32_t head;          /* sequence number of the oldest active request / the next one */
     uint32_t active_mask;
     uint32_t mask_done;
     uint32_t fault;
-    uint32_t req_active;    /* request `head` is being walked */
-    uint32_t req_failed;    /* ... and hit the tenant's fault */
-    uint32_t request_id;
-    uint32_t prog_offset;
-    uint32_t prog_entries;
-    uint32_t pc;            /* next dispatch entry */
-    uint32_t inflight;      /* frames issued, not retired */
-    uint32_t req_frames;
-    uint32_t req_barriers;
+    uint32_t max_inflight;  /* latched, 1..VF_DISP_INFLIGHT */
+    uint32_t nreq;          /* active requests: head .. head + nreq - 1 */
+    uint32_t inflight;      /* frames issued, not retired (all its requests) */
+    uint32_t stopping;      /* a fault hit request stop_seq while older ones were active: they finish first */
+    uint32_t stop_seq;
     uint32_t reserved;
-    uint64_t req_start;     /* clock when the request was started */
-    uint64_t req_insns;
-    uint64_t req_load_iters;
-    uint64_t req_compute_iters;
-    uint64_t req_save_iters;
+    vf_disp_req_state_t req[VF_DISP_INFLIGHT];
 } vf_disp_tenant_state_t;
 
 typedef struct {
@@ -249,6 +278,8 @@ typedef struct {
     uint32_t tenant;        /* its tenant */
     uint32_t gen;           /* its tenant's generation */
     uint32_t entry;         /* its dispatch entry index */
+    uint32_t seq;           /* its request's sequence number */
+    uint32_t reserved;
     uint32_t last_owner;    /* 1 + tenant of the last frame issued here, 0: none since reset */
     uint32_t last_gen;
     uint64_t issued_at;     /* clock when the frame in flight was issued */
@@ -308,6 +339,7 @@ typedef struct {
     uint32_t request_bytes;
     uint32_t record_bytes;
     uint32_t rnn_cores;        /* RNN cores, after the CNN cores in the pool */
+    uint32_t inflight;         /* VF_DISP_INFLIGHT: requests of a tenant in flight at most */
 } vf_disp_geometry_t;
 
 void vf_dispatch_geometry(vf_disp_geometry_t *geometry);

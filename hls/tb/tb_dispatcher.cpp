@@ -747,6 +747,7 @@ struct Async {
     vf_disp_frame_t fl[VF_POOL_CORES];
     vf_disp_report_t rep;
     uint64_t issued = 0, retired = 0, order_violations = 0, map_errors = 0, double_issue = 0;
+    uint32_t max_seqs = 0; /* most requests of one tenant with frames in flight at once */
     uint64_t issued_at[VF_POOL_CORES];
     std::map<uint32_t, uint64_t> core_cycles; /* expected core_cycles register per tenant */
 
@@ -825,6 +826,16 @@ struct Async {
                 issued_at[c] = d.regs.g.cycles;
                 ++issued;
             }
+        for (uint32_t c = 0; c < VF_POOL_CORES; ++c) {
+            uint32_t seqs = 0;
+            for (uint32_t o = 0; o < VF_POOL_CORES; ++o) {
+                bool first = busy[o] && fl[o].tenant == fl[c].tenant;
+                for (uint32_t e = 0; first && e < o; ++e)
+                    first = !(busy[e] && fl[e].tenant == fl[o].tenant && fl[e].seq == fl[o].seq);
+                seqs += busy[c] && first ? 1u : 0u;
+            }
+            max_seqs = seqs > max_seqs ? seqs : max_seqs;
+        }
         uint32_t perm[VF_POOL_CORES];
         for (uint32_t c = 0; c < VF_POOL_CORES; ++c)
             perm[c] = c;
@@ -873,6 +884,7 @@ static void test_geometry_reset()
     CHECK_EQ(g.cores, VF_CNN_CORES);
     CHECK_EQ(g.ring_max, VF_DISP_RING_MAX);
     CHECK_EQ(g.walk_budget, VF_DISP_WALK_BUDGET);
+    CHECK_EQ(g.inflight, VF_DISP_INFLIGHT);
     CHECK_EQ(g.regs_bytes, VF_DREG_TENANT_BASE + VF_DISP_TENANTS * VF_DREG_TENANT_STRIDE);
     CHECK_EQ(g.tenant_stride, VF_DREG_TENANT_STRIDE);
     CHECK_EQ(g.record_bytes, sizeof(vf_disp_completion_t));
@@ -2440,6 +2452,293 @@ static void test_top()
     CHECK(d.guards_intact());
 }
 
+/* ========================================================================== */
+/* Several requests of a tenant in flight                                      */
+/* ========================================================================== */
+
+static uint32_t min_u32(uint32_t a, uint32_t b) { return a < b ? a : b; }
+
+/* A tenant whose requests each have their own activations (instance i is
+ * request i's slot) runs the same with max_inflight M as one at a time: same
+ * outputs, same segment bytes (records included), records in order. With
+ * M > 1 requests overlap (frames of two requests in flight at once) and never
+ * more than M are active. */
+static std::vector<int8_t> run_inflight(uint32_t m, uint32_t p_percent, uint32_t *max_active, uint32_t *max_seqs,
+                                        uint32_t *ticks)
+{
+    Dev d(window_for(1));
+    Ten x = make_ten(d, 5, seg_win(0), SEG, 8);
+    const uint32_t k = min_u32(VF_CNN_CORES, 4), reqs = 5;
+    NetTenant t = build_net_tenant(x, 91, reqs, k);
+    memset(x.seg() + x.cpl_offset, 0, x.ring_size * VF_DISP_RECORD_BYTES);
+    x.r().max_inflight = m;
+    enable(x, cores_range(0, k));
+    for (uint32_t i = 0; i < reqs; ++i)
+        post_prog(x, t.progs[i], 300 + i);
+    Async h(d);
+    h.add(x);
+    *max_active = 0;
+    uint32_t n = 0;
+    for (; n < 100000; ++n) {
+        const uint32_t p = h.tick(p_percent);
+        *max_active = x.s().nreq > *max_active ? x.s().nreq : *max_active;
+        /* records stay in submission order: only requests before ring_head have one */
+        for (uint32_t i = 0; i < reqs; ++i)
+            if (i >= x.r().ring_head)
+                CHECK_EQ(record(x, i).request_id, 0);
+        if (p == 0 && !h.any_busy())
+            break;
+    }
+    CHECK(n < 100000);
+    *ticks = n;
+    *max_seqs = h.max_seqs;
+    CHECK_EQ(h.order_violations, 0);
+    CHECK_EQ(h.map_errors, 0);
+    CHECK_EQ(h.double_issue, 0);
+    CHECK_EQ(x.r().ring_head, reqs);
+    CHECK_EQ(x.r().requests, reqs);
+    CHECK_EQ(x.r().inflight, 0);
+    for (uint32_t i = 0; i < reqs; ++i) {
+        CHECK(out_equals(x, t.n, t.ins[i], t.want[i]));
+        const vf_disp_completion_t c = record(x, i);
+        CHECK_EQ(c.status, VF_CPL_OK);
+        CHECK_EQ(c.seq, i);
+        CHECK_EQ(c.request_id, 300 + i);
+        CHECK_EQ(c.frames, frames_of(t.ins[i].layers));
+        CHECK_EQ(c.barriers, 3);
+    }
+    return seg_bytes(x);
+}
+
+static void test_inflight_equals_single()
+{
+    uint32_t act = 0, seqs = 0, ticks1 = 0, ticks = 0;
+    for (uint32_t p : {100u, 35u}) {
+        g_ctx = "M=1 p=" + std::to_string(p);
+        const std::vector<int8_t> one = run_inflight(1, p, &act, &seqs, &ticks1);
+        CHECK_EQ(act, 1);
+        CHECK_EQ(seqs, 1);
+        for (uint32_t m = 2; m <= VF_DISP_INFLIGHT + 1; ++m) {
+            g_ctx = "M=" + std::to_string(m) + " p=" + std::to_string(p);
+            CHECK(run_inflight(m, p, &act, &seqs, &ticks) == one);
+            CHECK(act <= min_u32(m, VF_DISP_INFLIGHT)); /* above VF_DISP_INFLIGHT: clamped */
+            /* with every frame ending within its round (p = 100) a barrier
+             * never idles a core, so only the uneven schedule gains */
+            if (VF_DISP_INFLIGHT >= 2 && VF_CNN_CORES >= 2 && p != 100) {
+                CHECK(act >= 2);
+                CHECK(seqs >= 2);   /* two requests' frames in flight at once */
+                CHECK(ticks < ticks1); /* and that saves rounds */
+            }
+        }
+    }
+}
+
+/* A younger request that finishes first waits to be recorded; a slot is
+ * reused only once the request before it on that slot is recorded (request
+ * s and s + M are never active together), so counters on per-slot cells lose
+ * nothing. */
+static void test_inflight_in_order()
+{
+    if (VF_DISP_INFLIGHT < 2 || VF_CNN_CORES < 2)
+        return;
+    Dev d(window_for(1));
+    Ten x = make_ten(d, 6, seg_win(0), SEG, 8);
+    seed(93);
+    const uint32_t layers = 6, k = min_u32(VF_CNN_CORES, 4);
+    Counter slow = make_counter(x, 2 * k, layers); /* slot 0: long requests */
+    Counter fast = make_counter(x, 1, 1);          /* slot 1: one frame */
+    const uint32_t ps = place_program(x, program_for(slow.layers, k));
+    const uint32_t pf = place_program(x, program_for(fast.layers, k, true, 1));
+    memset(x.seg() + x.cpl_offset, 0, x.ring_size * VF_DISP_RECORD_BYTES);
+    x.r().max_inflight = 2;
+    enable(x, cores_range(0, k));
+    const uint32_t reqs = 6;
+    for (uint32_t i = 0; i < reqs; ++i)
+        post_prog(x, i % 2 ? pf : ps, 700 + i);
+    uint32_t waited = 0, last_head = 0;
+    Async h(d);
+    h.add(x);
+    for (uint32_t n = 0; n < 20000; ++n) {
+        const uint32_t head = x.s().head;
+        if (x.s().nreq == 2 && x.s().req[(head + 1) % VF_DISP_INFLIGHT].done)
+            ++waited;
+        for (uint32_t i = x.r().ring_head; i < reqs; ++i)
+            CHECK_EQ(record(x, i).request_id, 0); /* not recorded before the older ones */
+        CHECK(x.r().ring_head >= last_head);
+        last_head = x.r().ring_head;
+        if (h.tick(30) == 0 && !h.any_busy())
+            break;
+    }
+    CHECK(waited > 0);
+    CHECK_EQ(h.order_violations, 0);
+    CHECK_EQ(x.r().ring_head, reqs);
+    for (uint32_t i = 0; i < reqs; ++i) {
+        CHECK_EQ(record(x, i).status, VF_CPL_OK);
+        CHECK_EQ(record(x, i).seq, i);
+        CHECK_EQ(record(x, i).request_id, 700 + i);
+    }
+    CHECK(cells_equal(x, slow, (int)(layers * reqs / 2)));
+    CHECK(cells_equal(x, fast, (int)(reqs / 2)));
+}
+
+/* A core fault in request 1 of a tenant with requests in flight: request 0
+ * (older) completes, request 1 is FAULT, the ones behind it ABORTED with the
+ * fault, in order; the tenant stops (cores released) once request 0 is
+ * recorded; another tenant is unaffected. */
+static void test_inflight_fault()
+{
+    if (VF_DISP_INFLIGHT < 2 || VF_CNN_CORES < 4)
+        return;
+    /* frames retiring within their round would let request 0 finish first:
+     * only the asynchronous harness overlaps them. Trials 4, 5: the driver
+     * disables the tenant while it is stopping; it drains. */
+    for (int trial = 0; trial < 6; ++trial) {
+        const bool disable = trial >= 4;
+        g_ctx = "trial " + std::to_string(trial);
+        Dev d(window_for(2));
+        Ten x = make_ten(d, 3, seg_win(0), SEG, 8);
+        Ten y = make_ten(d, 9, seg_win(1), SEG, 8);
+        const uint32_t m = min_u32(VF_DISP_INFLIGHT, 4), k = VF_CNN_CORES / 2, reqs = m + 2;
+        seed(95 + trial);
+        std::vector<Counter> cs;
+        std::vector<uint32_t> ps;
+        for (uint32_t i = 0; i < m; ++i) {
+            /* request 0 is long: it is still running when request 1 faults */
+            cs.push_back(make_counter(x, k + rnd(k), i == 0 ? 12 : 3 + rnd(3)));
+            std::vector<vf_dispatch_t> p = program_for(cs.back().layers, k);
+            if (i == 1) {
+                /* a frame that loads past the segment, after the first layer */
+                Frame f;
+                f.insns = {mk_marker(VF_OP_FRAME, 1, 1),
+                           mk_mem(VF_OP_LOAD_TILE, x.limit - 8, 0, 1, 1, 16, 16, 0, 0, 1, 1, 0)};
+                place_frame(x, f);
+                vf_dispatch_t e = {f.off, (uint16_t)f.n, 0, VF_DISPATCH_FRAME};
+                p.insert(p.begin() + (long)cs.back().layers[0].size() + 1, e);
+            }
+            ps.push_back(place_program(x, p));
+        }
+        NetTenant other = build_net_tenant(y, 97 + trial, 3, k);
+        x.r().max_inflight = m;
+        enable(x, cores_range(0, k));
+        enable(y, cores_range(k, k));
+        for (uint32_t i = 0; i < reqs; ++i)
+            post_prog(x, ps[i % m], 900 + i);
+        for (uint32_t i = 0; i < 3; ++i)
+            post_prog(y, other.progs[i], 50 + i);
+        Async h(d);
+        h.add(x);
+        h.add(y);
+        uint32_t stopping = 0;
+        for (uint32_t n = 0; n < 100000; ++n) {
+            if (x.s().stopping && x.s().phase == VF_TENANT_RUNNING) { /* request 0 still runs on its cores */
+                ++stopping;
+                CHECK(x.r().active_mask != 0);
+                CHECK_EQ(x.r().status, VF_TENANT_RUNNING);
+                if (disable)
+                    x.r().control = 0;
+            }
+            if (h.tick(20 + 10 * (uint32_t)trial) == 0 && !h.any_busy())
+                break;
+        }
+        CHECK(stopping > 0);
+        CHECK_EQ(h.order_violations, 0);
+        CHECK_EQ(h.double_issue, 0);
+        CHECK_EQ(x.r().status, disable ? VF_TENANT_DISABLED : VF_TENANT_FAULTED);
+        CHECK_EQ(x.r().fault, VF_FAULT_SEGMENT);
+        CHECK_EQ(x.r().fault_seq, 1);
+        CHECK_EQ(x.r().ring_head, reqs);
+        CHECK_EQ(x.r().active_mask, 0);
+        for (uint32_t i = 0; i < reqs; ++i) {
+            const vf_disp_completion_t c = record(x, i);
+            CHECK_EQ(c.seq, i);
+            CHECK_EQ(c.request_id, 900 + i);
+            const uint32_t first = disable ? VF_CPL_ABORTED : VF_CPL_OK; /* the disable aborts request 0 */
+            CHECK_EQ(c.status, i == 0 ? first : i == 1 ? VF_CPL_FAULT : VF_CPL_ABORTED);
+            CHECK_EQ(c.fault, i == 0 && !disable ? VF_FAULT_NONE : VF_FAULT_SEGMENT);
+        }
+        if (!disable)
+            CHECK(cells_equal(x, cs[0], 12)); /* request 0 ran to its end */
+        CHECK_EQ(x.r().requests, disable ? 0 : 1);
+        CHECK_EQ(x.r().failed, disable ? reqs : reqs - 1);
+        CHECK_EQ(y.r().status, VF_TENANT_IDLE);
+        CHECK_EQ(y.r().requests, 3);
+        for (uint32_t i = 0; i < 3; ++i) {
+            CHECK(out_equals(y, other.n, other.ins[i], other.want[i]));
+            CHECK_EQ(record(y, i).status, VF_CPL_OK);
+        }
+    }
+}
+
+/* Two tenants with requests in flight on per-slot counters while their masks
+ * change (release, then acquire): every frame runs exactly once, records OK
+ * and in order, frames only on the mapped core, barriers per request. */
+static void test_inflight_mask_changes()
+{
+    if (VF_DISP_INFLIGHT < 2 || VF_CNN_CORES < 2)
+        return;
+    for (int trial = 0; trial < (TB_SANITIZED ? 2 : 4); ++trial) {
+        g_ctx = "trial " + std::to_string(trial);
+        Dev d(window_for(2));
+        std::vector<Ten> xs;
+        xs.push_back(make_ten(d, 1, seg_win(0), SEG, 16));
+        xs.push_back(make_ten(d, 12, seg_win(1), SEG, 16));
+        const uint32_t m = VF_DISP_INFLIGHT, layers = 3, reqs = 16;
+        std::vector<std::vector<Counter>> cs(2);
+        std::vector<std::vector<uint32_t>> ps(2);
+        seed(300 + trial);
+        for (uint32_t t = 0; t < 2; ++t)
+            for (uint32_t i = 0; i < m; ++i) {
+                cs[t].push_back(make_counter(xs[t], 3 + rnd(6), layers));
+                ps[t].push_back(place_program(xs[t], program_for(cs[t].back().layers, 1 + rnd(6), true, rnd(4))));
+            }
+        for (uint32_t t = 0; t < 2; ++t) {
+            xs[t].r().max_inflight = m;
+            enable(xs[t], t == 0 ? cores_range(0, VF_CNN_CORES / 2) : 0);
+            for (uint32_t i = 0; i < reqs; ++i)
+                post_prog(xs[t], ps[t][i % m], 100 * t + i);
+        }
+        Async h(d);
+        h.add(xs[0]);
+        h.add(xs[1]);
+        uint32_t changes = 0;
+        for (int n = 0; n < 200000; ++n) {
+            if (rnd(6) == 0) {
+                /* release-then-acquire: one tenant shrinks, the other grows into free cores */
+                Ten &a = xs[rnd(2)];
+                Ten &b = &a == &xs[0] ? xs[1] : xs[0];
+                if (rnd(2) == 0)
+                    set_mask(a, a.r().active_mask & (uint32_t)rnd64());
+                else
+                    set_mask(a, a.r().active_mask | (all_cores() & ~b.r().active_mask & (uint32_t)rnd64()));
+                ++changes;
+            }
+            const uint32_t p = h.tick(30);
+            CHECK((xs[0].r().active_mask & xs[1].r().active_mask) == 0);
+            CHECK(xs[0].s().nreq <= m && xs[1].s().nreq <= m);
+            if (xs[0].r().ring_head == reqs && xs[1].r().ring_head == reqs && p == 0 && !h.any_busy())
+                break;
+            /* nobody starves: give an empty-handed tenant a free core now and then */
+            for (Ten &x : xs)
+                if (x.r().active_mask == 0 && rnd(8) == 0)
+                    set_mask(x, all_cores() & ~(xs[0].r().active_mask | xs[1].r().active_mask) & (uint32_t)rnd64());
+        }
+        CHECK(changes > 10);
+        CHECK(h.max_seqs >= 2);
+        CHECK_EQ(h.order_violations, 0);
+        CHECK_EQ(h.map_errors, 0);
+        CHECK_EQ(h.double_issue, 0);
+        for (uint32_t t = 0; t < 2; ++t) {
+            CHECK_EQ(xs[t].r().ring_head, reqs);
+            for (uint32_t i = 0; i < reqs; ++i) {
+                CHECK_EQ(record(xs[t], i).status, VF_CPL_OK);
+                CHECK_EQ(record(xs[t], i).request_id, 100 * t + i);
+            }
+            for (uint32_t i = 0; i < m; ++i)
+                CHECK(cells_equal(xs[t], cs[t][i], (int)(layers * (reqs / m))));
+        }
+    }
+}
+
 int main()
 {
 #ifdef VF_VITIS_KERNEL
@@ -2469,5 +2768,9 @@ int main()
     run_test("free_running", test_free_running);
     run_test("segment_in_one_bank", test_segment_in_one_bank);
     run_test("top", test_top);
+    run_test("inflight_equals_single", test_inflight_equals_single);
+    run_test("inflight_in_order", test_inflight_in_order);
+    run_test("inflight_fault", test_inflight_fault);
+    run_test("inflight_mask_changes", test_inflight_mask_changes);
     return tb_summary("tb_dispatcher");
 }

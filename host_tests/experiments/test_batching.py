@@ -43,10 +43,49 @@ def test_small_tenants_batched(monkeypatch):
 def test_the_committed_report_has_the_batching_rows():
     with open(os.path.join(REPO_ROOT, "scripts", "results", "report.json")) as f:
         report = json.load(f)
-    rows = report["batching"]
+    rows = [r for r in report["batching"] if r["tenant"] != "solo"]
     assert {(r["batch"], r["model"], r["cores"]) for r in rows} == {
         (b, m, k) for b in (1, 2, 4, 8) for m, k in (("lstm1024", 4), ("gru1024", 4), ("lstm1024+gru1024", 8))}
     for r in rows:
         assert KEYS <= set(r)
         assert abs(r["vs_bigcore"] - r["gops"] / r["bigcore_gops"]) < 1e-9
     assert set(report["headline"]["rnn_batching_vs_bigcore"]) == {"1", "2", "4", "8"}
+
+
+def test_the_committed_report_has_the_inflight_rows():
+    """ResNet-50 alone on 16 u200 cores with 1, 2 and 4 requests in flight;
+    one at a time is the pool's known 73% MAC utilization."""
+    with open(os.path.join(REPO_ROOT, "scripts", "results", "report.json")) as f:
+        report = json.load(f)
+    rows = [r for r in report["batching"] if r["tenant"] == "solo"]
+    assert [(r["model"], r["cores"], r["batch"], r["inflight"]) for r in rows] == [
+        ("resnet50", 16, 1, m) for m in (1, 2, 4)]
+    for r in rows:
+        assert KEYS <= set(r)
+        assert r["vs_one"] == pytest.approx(r["gops"] / rows[0]["gops"])
+        assert r["vs_bigcore"] == pytest.approx(r["gops"] / r["bigcore_gops"])
+    assert rows[0]["mac_utilization"] == pytest.approx(0.73, abs=0.01)
+    assert rows[0]["vs_one"] < rows[1]["vs_one"] < rows[2]["vs_one"]
+    assert rows[0]["cores_busy"] < rows[1]["cores_busy"] < rows[2]["cores_busy"] <= 1
+    assert set(report["headline"]["cnn_inflight_vs_one"]) == {"1", "2", "4"}
+
+
+def test_inflight_rows_on_a_small_model():
+    import numpy as np
+
+    from vfpga.runtime.compiler import ir, static
+    from vfpga.runtime.hw import fixed_point
+
+    rng = np.random.default_rng(7)
+    t = {f"t{i}": ir.Tensor(f"t{i}", (16, 16, 32), 0.05, 0) for i in range(4)}
+    mult, shift = fixed_point.quantize_multipliers(np.full(32, 0.002))
+    convs = [ir.Conv(f"c{i}", f"t{i}", f"t{i + 1}", rng.integers(-100, 100, (32, 32, 3, 3), dtype=np.int8),
+                     rng.integers(-500, 500, 32).astype(np.int32), mult, shift, pads=(1, 1, 1, 1)) for i in range(3)]
+    g = ir.Graph(t, convs, ["t0"], ["t3"], name="convs7")
+    models = E.Models({("small", b): static.compile_graph(g, b) for b in (E.POOL, E.BIG)})
+    rows = E.inflight(models, "small", cores=16, levels=(1, 2), horizon_requests=4)["rows"]
+    assert [r["inflight"] for r in rows] == [1, 2]
+    for r in rows:
+        assert KEYS <= set(r) and r["gops"] > 0 and r["p99_ms"] > 0 and 0 < r["mac_utilization"] <= 1
+        assert r["mac_utilization"] < r["cores_busy"] <= 1 and r["frame_stretch"] >= 1
+    assert rows[0]["vs_one"] == 1.0 and rows[1]["vs_one"] > 1.0

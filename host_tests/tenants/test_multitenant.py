@@ -211,9 +211,9 @@ def _random_allocation(rng, a: tenants.Accelerator, names: list[str]):
     return kind, out
 
 
-def _reallocation_stress(a: tenants.Accelerator, tiny: Model, n_reallocs: int, seed: int):
+def _reallocation_stress(a: tenants.Accelerator, tiny: Model, n_reallocs: int, seed: int, max_inflight: int = 1):
     names = ["p", "q", "r"]
-    tenants = {n: a.deploy(tiny.compiled, cores=4, name=n) for n in names}
+    tenants = {n: a.deploy(tiny.compiled, cores=4, name=n, max_inflight=max_inflight) for n in names}
     stop = threading.Event()
     records: dict[str, list] = {n: [] for n in names}  # (input index, future, done-callback count)
     errors: list = []

@@ -1,7 +1,9 @@
 """A tenant segment's whole layout: the static stage's image (constants,
-activations, I/O, frames) followed by the areas the driver needs -- the
-request ring, the completion records and two halves for dispatch programs
-(re-allocation writes the half no request in flight is walking).
+activations, I/O, frames), the extra activation slots of a tenant with
+several requests in flight (:mod:`vfpga.runtime.compiler.slots`), then the
+areas the driver needs -- the request ring, the completion records and two
+halves for dispatch programs (re-allocation writes the half no request in
+flight is walking; each half holds every slot's programs).
 
 Every figure here is a segment offset; the tenant's cores check each
 address against the segment's limit.
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 from vfpga.driver import isa
 from vfpga.driver.tenant_context import ring_bytes
-from vfpga.runtime.compiler import dynamic, rnn, static
+from vfpga.runtime.compiler import dynamic, rnn, slots, static
 
 RING_SIZE = 16  # ring entries per tenant: a request posts its accelerator parts one at a time
 ALIGN = 64
@@ -35,23 +37,44 @@ class SegmentLayout:
     size: int  # whole pages
 
 
-def driver_areas(model_bytes: int, part_entries: list[int]) -> SegmentLayout:
+def driver_areas(model_bytes: int, part_entries: list[int], copies: int = 1) -> SegmentLayout:
     """Ring, records and two program halves (``part_entries`` dispatch
-    entries per accelerator part) after ``model_bytes`` of compiled model."""
+    entries per accelerator part, ``copies`` times: one per slot) after
+    ``model_bytes`` of compiled model."""
     ring, records = ring_bytes(RING_SIZE)
     ring_offset = _align(model_bytes)
     cpl_offset = _align(ring_offset + ring)
-    half = _align(sum(part_entries) * isa.DISPATCH.itemsize)
+    half = _align(copies * sum(part_entries) * isa.DISPATCH.itemsize)
     first = _align(cpl_offset + records)
     size = -(-(first + 2 * half) // PAGE) * PAGE  # DMA buffers are whole pages
     return SegmentLayout(ring_offset, cpl_offset, list(part_entries), (first, first + half), size)
 
 
-def segment_layout(compiled: static.CompiledModel, table: dynamic.DispatchTable | None = None) -> SegmentLayout:
-    """A CNN tenant's segment: per part, room for the largest variant mix."""
+def _part_entries(table: dynamic.DispatchTable) -> list[int]:
+    return [sum(max(len(v.cycles) for v in layer) for layer in part) + len(part) + 1 for part in table.parts]
+
+
+def segment_layout(compiled: static.CompiledModel, table: dynamic.DispatchTable | None = None,
+                   max_inflight: int = 1) -> SegmentLayout:
+    """A CNN tenant's segment: per part, room for the largest variant mix;
+    with ``max_inflight`` > 1 that many activation slots."""
     table = table or dynamic.DispatchTable(compiled)
-    return driver_areas(compiled.segment_size, [sum(max(len(v.cycles) for v in layer) for layer in part) + len(part) + 1
-                                                for part in table.parts])
+    return driver_areas(slots.slots(compiled, max_inflight).end, _part_entries(table), max_inflight)
+
+
+def check_fits(compiled: static.CompiledModel, limit: int, max_inflight: int,
+               table: dynamic.DispatchTable | None = None) -> None:
+    """Raises MemoryError when ``max_inflight`` slots do not fit in a
+    segment of ``limit`` bytes, saying how many would."""
+    table = table or dynamic.DispatchTable(compiled)
+    if segment_layout(compiled, table, max_inflight).size <= limit:
+        return
+    fit = 0
+    while fit < max_inflight and segment_layout(compiled, table, fit + 1).size <= limit:
+        fit += 1
+    raise MemoryError(f"max_inflight {max_inflight} needs a segment of "
+                      f"{segment_layout(compiled, table, max_inflight).size} bytes, {limit} are available: "
+                      + (f"{fit} slot{'s' if fit > 1 else ''} would fit" if fit else "not even one slot fits"))
 
 
 def rnn_segment_layout(compiled: rnn.CompiledRnn, n_rnn: int) -> SegmentLayout:

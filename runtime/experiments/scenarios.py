@@ -541,3 +541,49 @@ def batching(per_batch: dict[int, Models], tenants=BATCH_TENANTS, horizon_reques
                      "bigcore_gops": big["gops"], "bigcore_p99_ms": max(r["bigcore_p99_ms"] for r in mine),
                      "vs_bigcore": v["gops"] / big["gops"]})
     return {"rows": rows}
+
+
+# ---------------------------------------------------------------------------- requests in flight
+INFLIGHT = (1, 2, 4)
+
+
+def inflight(models: Models, model: str = "resnet50", cores: int = 16, levels=INFLIGHT, horizon_requests: int = 16,
+             progress=None) -> dict:
+    """One CNN tenant alone on ``cores`` pool cores, closed loop with up to
+    ``inflight`` requests in flight (each on its own activation slot), against
+    one at a time and against the big core (one request at a time). p99 is of
+    a request's turnaround from its post to its result (one at a time: the
+    closed-loop turnaround). ``cores_busy``: share of the cores' time with a
+    frame in flight; ``frame_stretch``: frames' modeled time over their time
+    alone (shared DDR banks)."""
+    cfg = overlay.load(POOL)
+    hz = float(cfg["clock_mhz"]) * 1e6
+    compiled = models[model, POOL]
+    gmac = metrics.model_macs(compiled) / 1e9
+    solo = _solo(models, model, cores)
+    horizon = horizon_requests * solo
+    big = saturated(models, [("solo", model, cores)], "bigcore", horizon_requests)
+    rows = []
+    for m in levels:
+        if progress:
+            progress(f"in flight {m}, {model} on {cores} cores")
+        sim = Simulator(POOL)
+        held = sim.pool(_kind(compiled))[:cores]
+        sim.deploy("solo", compiled, held, max_inflight=m)
+        done = sim.run({"solo": [0] * (m * (horizon_requests + 2))}, until=horizon)["solo"]
+        # share of the cores' time with a frame in flight, and frames' time over their time alone (DDR sharing)
+        busy = sum(sim.timeline.core_busy_cycles[c] for c in held) / (cores * sim.now)
+        stretch = sim.timeline.tenant_frame_cycles[0] / sim.timeline.tenant_solo_cycles[0]
+        rate = metrics.closed_loop_rate([r.end for r in done], hz, horizon)
+        turn = np.array([(r.end - r.start) / hz * 1e3 for r in done])
+        gops = 2 * gmac * rate
+        rows.append({"model": model, "tenant": "solo", "cores": cores, "batch": 1, "inflight": m, "gops": gops,
+                     "p99_ms": float(np.percentile(turn, 99)) if len(turn) else math.nan,
+                     "p50_ms": float(np.percentile(turn, 50)) if len(turn) else math.nan, "req_per_s": rate,
+                     "mac_utilization": gops / 2 * 1e9 / (metrics.peak_macs_per_cycle(cfg) * cores * hz),
+                     "cores_busy": busy, "frame_stretch": stretch,
+                     "bigcore_gops": big["gops"], "bigcore_p99_ms": big["tenants"][0]["p99_ms"],
+                     "vs_bigcore": gops / big["gops"]})
+    for r in rows:
+        r["vs_one"] = r["gops"] / rows[0]["gops"]
+    return {"rows": rows}

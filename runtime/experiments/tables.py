@@ -58,6 +58,8 @@ def batching(rows_in: list) -> str:
     against the big core time-multiplexed with the same batches."""
     rows = []
     for r in rows_in:
+        if r["tenant"] == "solo":  # requests in flight: their own table
+            continue
         reads = (f"{_reads(r['weight_reads'], r['batch_group'])} / "
                  f"{_reads(r['bigcore_weight_reads'], r['bigcore_batch_group'])}" if "weight_reads" in r else "")
         rows.append([r["batch"], f"{r['tenant']} ({r['model']})", r["cores"], r["inflight"], f"{r['gops']:.0f}",
@@ -66,6 +68,16 @@ def batching(rows_in: list) -> str:
     return md_table(["batch", "tenant (model)", "cores", "in flight", "vfpga GOP/s", "vfpga p99 ms",
                      "big RNN core TDM GOP/s", "big core p99 ms", "vs big core",
                      "weights from DDR per step (batch group): pool / big core"], rows)
+
+
+def inflight(rows_in: list) -> str:
+    """Requests in flight: one CNN tenant alone, against one at a time."""
+    rows = [[r["inflight"], f"{r['model']}", r["cores"], f"{r['gops']:.0f}", f"{r['vs_one']:.2f}x",
+             f"{r['mac_utilization']:.0%}", f"{r['cores_busy']:.0%}", f"{r['frame_stretch']:.2f}x",
+             f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['vs_bigcore']:.2f}x"]
+            for r in rows_in if r["tenant"] == "solo"]
+    return md_table(["in flight", "model", "cores", "GOP/s", "vs one at a time", "MAC utilization", "cores busy",
+                     "frame time vs alone", "p50 ms", "p99 ms", "vs big core"], rows)
 
 
 def _reads(n: int, bg: int) -> str:
@@ -163,6 +175,10 @@ def readme_block(report: dict) -> str:
                   "of B requests: GOP/s count all B, p99 is the closed-loop turnaround of a batch; the big RNN core "
                   "serves both tenants time-multiplexed with the same batches):", "", batching(report["batching"]),
                   ""]
+        if any(r["tenant"] == "solo" for r in report["batching"]):
+            parts += ["**Requests in flight** (one CNN tenant alone, closed loop; each request on its own "
+                      "activation slot; p50/p99 from a request's post to its result):", "",
+                      inflight(report["batching"]), ""]
     if "private_cloud" in report:
         parts += ["**Private cloud** (the hot tenant changes over time):", "", private_cloud(report["private_cloud"]),
                   ""]

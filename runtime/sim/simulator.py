@@ -36,8 +36,8 @@ import numpy as np
 
 from vfpga import overlay
 from vfpga.driver import host_isa, isa
-from vfpga.runtime.compiler import dynamic, rnn, static
-from vfpga.runtime.compiler.segment import PAGE, RING_SIZE, rnn_segment_layout, segment_layout
+from vfpga.runtime.compiler import dynamic, rnn, slots, static
+from vfpga.runtime.compiler.segment import PAGE, RING_SIZE, check_fits, rnn_segment_layout, segment_layout
 from vfpga.runtime.hw.timeline import PoolTimeline
 
 _NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
@@ -72,14 +72,23 @@ class SimTenant:
     half: int = 0
     new_cores: list = field(default_factory=list)
     kind: str = "cnn"
-    # request in progress
+    # requests in progress: up to max_inflight, each on its own activation slot
     queue: collections.deque = field(default_factory=collections.deque)
-    current: RequestTiming | None = None
-    part: int = 0
+    max_inflight: int = 1
+    slots: object = None  # slots.Slots of a CNN tenant
+    active: list = field(default_factory=list)  # [RequestTiming, part, slot]
+    ring: collections.deque = field(default_factory=collections.deque)  # per posted entry: (its request, its half)
     posted: int = 0  # ring sequence numbers
     acked: int = 0
-    inflight_half: int | None = None
     done: list = field(default_factory=list)
+
+    @property
+    def current(self) -> RequestTiming | None:
+        """The oldest request in progress."""
+        return self.active[0][0] if self.active else None
+
+    def half_in_use(self, half: int) -> bool:
+        return any(h == half for _, h in self.ring)
 
 
 class Simulator:
@@ -121,19 +130,29 @@ class Simulator:
         return list(range(self.n_cores)) if kind == "cnn" else list(range(self.n_cores, self.n_cores + self.n_rnn))
 
     # ---- deployment ------------------------------------------------------------------------
-    def deploy(self, name: str, compiled: static.CompiledModel, cores: list[int], bank: int | None = None) -> SimTenant:
+    def deploy(self, name: str, compiled: static.CompiledModel, cores: list[int], bank: int | None = None,
+               max_inflight: int = 1) -> SimTenant:
         """Places the tenant's segment (compiled bytes, ring, records, two
         program halves) in ``bank`` (the emptiest by default) and enables its
-        context on ``cores``."""
+        context on ``cores``. A CNN tenant with ``max_inflight`` > 1 gets
+        that many activation slots and has as many requests in flight."""
         if name in self.tenants:
             raise ValueError(f"a tenant named {name!r} is already deployed")
         index = len(self.tenants)
         if index >= self.n_contexts:
             raise ValueError(f"all {self.n_contexts} dispatcher contexts are in use")
         is_rnn = isinstance(compiled, rnn.CompiledRnn)
-        layout = rnn_segment_layout(compiled, self.n_rnn) if is_rnn else segment_layout(compiled)
+        limit = int(self.config["dispatcher"]["inflight_max"])
+        if not 1 <= max_inflight <= limit or (is_rnn and max_inflight != 1):
+            raise ValueError(f"max_inflight {max_inflight}: 1..{limit} for a CNN tenant on {self.config['name']}, "
+                             "1 for an RNN tenant")
+        table = None if is_rnn else dynamic.DispatchTable(compiled)
+        layout = (rnn_segment_layout(compiled, self.n_rnn) if is_rnn
+                  else segment_layout(compiled, table, max_inflight=max_inflight))
         if bank is None:
             bank = min(range(self.n_banks), key=lambda b: (self._cursor[b], b))
+        if max_inflight > 1:  # says how many slots would fit
+            check_fits(compiled, self.bank_bytes - self._cursor[bank], max_inflight, table)
         if self._cursor[bank] + layout.size > self.bank_bytes:
             raise MemoryError(f"bank {bank} cannot hold {layout.size} more bytes")
         seg_win = bank * self.bank_stride + self._cursor[bank]
@@ -142,15 +161,19 @@ class Simulator:
         prog = np.asarray(compiled.program, np.uint8).reshape(-1)
         at = seg_win + compiled.program_offset
         self.window[at:at + prog.size] = prog
-        t = SimTenant(name, index, compiled, None if is_rnn else dynamic.DispatchTable(compiled), seg_win, layout.size,
+        lay = None if is_rnn else slots.slots(compiled, max_inflight)
+        for off, raw in (slots.slot_image(compiled, lay) if lay else {}).items():
+            self.window[seg_win + off:seg_win + off + len(raw)] = np.frombuffer(raw, np.uint8)
+        t = SimTenant(name, index, compiled, table, seg_win, layout.size,
                       layout, sorted(cores), 1 if is_rnn else sum(p.kind == "accel" for p in compiled.parts),
-                      kind="rnn" if is_rnn else "cnn")
+                      kind="rnn" if is_rnn else "cnn", max_inflight=max_inflight, slots=lay)
         self.tenants[name] = t
         self._write_plan(t, max(len(cores), 1))  # without cores: a one-slot program that waits for a mask
         r = self.regs.tenant[index]
         r.seg_base, r.seg_limit = seg_win, layout.size
         r.ring_offset, r.ring_size, r.cpl_offset = layout.ring_offset, RING_SIZE, layout.cpl_offset
         r.cpl_ack = r.ring_tail = 0
+        r.max_inflight = max_inflight
         r.core_mask = _mask(t.cores)
         r.control = 1
         self._advance()
@@ -165,13 +188,19 @@ class Simulator:
         return t.plans[k]
 
     def _write_plan(self, t: SimTenant, k: int) -> None:
-        """The dynamic stage's programs for k cores into the half no request walks."""
-        half = 1 - t.inflight_half if t.inflight_half is not None else 1 - t.half
+        """The dynamic stage's programs for k cores (every slot's) into a half
+        no request in flight walks (the other one than the last, if free)."""
+        half = next((h for h in (1 - t.half, t.half) if not t.half_in_use(h)), None)
+        if half is None:
+            raise RuntimeError(f"tenant {t.name!r}: re-allocation while requests walk both program halves")
         at = t.seg_win + t.layout.program_halves[half]
-        for prog, cap in zip(self._plan(t, k).programs, t.layout.part_entries):
-            raw = prog.view(np.uint8)
-            self.window[at:at + raw.size] = raw
-            at += cap * isa.DISPATCH.itemsize
+        programs = self._plan(t, k).programs
+        for s in range(t.max_inflight):
+            for prog, cap in zip(programs if t.slots is None else slots.slot_programs(programs, t.slots, s),
+                                 t.layout.part_entries):
+                raw = prog.view(np.uint8)
+                self.window[at:at + raw.size] = raw
+                at += cap * isa.DISPATCH.itemsize
         t.half = half
         t.k = k
 
@@ -204,18 +233,20 @@ class Simulator:
             raise RuntimeError(f"tenant {t.name!r}: mask {cores} rejected ({isa.MASK_RESULTS.get(r.mask_result)})")
 
     # ---- requests ------------------------------------------------------------------------------
-    def _post(self, t: SimTenant) -> None:
-        off, entries = self._program(t, t.part)
+    def _post(self, t: SimTenant, item: list) -> None:
+        """Posts the next part of the request in progress ``item`` ([timing, part, slot])."""
+        off, entries = self._program(t, item[1], item[2])
         at = t.seg_win + t.layout.ring_offset + (t.posted % RING_SIZE) * isa.REQUEST.itemsize
         entry = np.zeros((), isa.REQUEST)
         entry["prog_offset"], entry["prog_entries"], entry["request_id"] = off, entries, t.posted
         self.window[at:at + isa.REQUEST.itemsize] = np.frombuffer(entry.tobytes(), np.uint8)
         t.posted += 1
-        t.inflight_half = t.half
+        t.ring.append((item, t.half))
         self.regs.tenant[t.index].ring_tail = t.posted & 0xFFFFFFFF
 
-    def _program(self, t: SimTenant, part: int) -> tuple[int, int]:
-        at = t.layout.program_halves[t.half] + sum(t.layout.part_entries[:part]) * isa.DISPATCH.itemsize
+    def _program(self, t: SimTenant, part: int, slot: int = 0) -> tuple[int, int]:
+        first = slot * sum(t.layout.part_entries) + sum(t.layout.part_entries[:part])
+        at = t.layout.program_halves[t.half] + first * isa.DISPATCH.itemsize
         return at, len(self._plan(t, t.k).programs[part])
 
     def _collect(self) -> bool:
@@ -232,17 +263,17 @@ class Simulator:
                                        f"({isa.FAULT_NAMES.get(int(rec['fault']))})")
                 t.acked += 1
                 self.regs.tenant[t.index].cpl_ack = t.acked & 0xFFFFFFFF
-                t.inflight_half = None
-                req = t.current
+                item, _ = t.ring.popleft()
+                req = item[0]
                 req.device_cycles += int(rec["cycles"])
-                t.part += 1
+                item[1] += 1
                 any_done = True
-                if t.part < t.accel_parts:
-                    self._post(t)
+                if item[1] < t.accel_parts:
+                    self._post(t, item)
                 else:
                     req.end = self.now
                     t.done.append(req)
-                    t.current = None
+                    t.active.remove(item)  # its slot is free again
         return any_done
 
     def _advance(self) -> int:
@@ -277,18 +308,19 @@ class Simulator:
                 return
             return
         for t in self.tenants.values():
-            if t.current is None and t.queue and t.queue[0] <= self.now:
+            while len(t.active) < t.max_inflight and t.queue and t.queue[0] <= self.now:
                 self._begin(t, t.queue.popleft())
 
     def _begin(self, t: SimTenant, arrival: int) -> None:
-        t.current = RequestTiming(t.name, arrival, self.now, -1, 0)
-        t.part = 0
+        req = RequestTiming(t.name, arrival, self.now, -1, 0)
         if t.accel_parts == 0:
-            t.current.end = self.now
-            t.done.append(t.current)
-            t.current = None
+            req.end = self.now
+            t.done.append(req)
             return
-        self._post(t)
+        used = {item[2] for item in t.active}
+        item = [req, 0, next(s for s in range(t.max_inflight) if s not in used)]
+        t.active.append(item)
+        self._post(t, item)
 
     def run(self, arrivals: dict[str, list[int]], until: int | None = None, serial: bool = False,
             epoch: int | None = None, on_epoch=None) -> dict[str, list[RequestTiming]]:
@@ -321,7 +353,7 @@ class Simulator:
             if self.timeline.busy:
                 self._retire()
                 continue
-            waiting = [t.queue[0] for t in self.tenants.values() if t.queue and t.current is None]
+            waiting = [t.queue[0] for t in self.tenants.values() if t.queue and len(t.active) < t.max_inflight]
             if serial and fifo:
                 waiting.append(fifo[0][0])
             if not waiting:

@@ -208,18 +208,23 @@ class Accelerator:
 
     def deploy(self, model, cores: int = 1, name: str | None = None, calibration=None,
                input_shape=None, fallback: bool = True, max_pending: int = 64, max_batch: int = 1,
-               max_delay_us: float = 0.0) -> Tenant:
+               max_delay_us: float = 0.0, max_inflight: int = 1) -> Tenant:
         """Compiles ``model`` (or takes it compiled), gives it ``cores``
         cores, a dispatcher context and a segment. CNNs get CNN cores; models
         with ONNX LSTM/GRU nodes get RNN cores (an RnnTenant: ``run`` takes
         the ONNX feeds). Ops the CNN cores lack run on the host through
         onnxruntime unless ``fallback=False``, which rejects them instead.
         ``max_batch`` > 1 (RNN models of batch 1): requests arriving within
-        ``max_delay_us`` of each other run together, up to max_batch."""
+        ``max_delay_us`` of each other run together, up to max_batch.
+        ``max_inflight`` > 1 (CNN models): up to that many requests in flight,
+        each on its own activation slot of the segment."""
         if not isinstance(max_batch, int) or max_batch < 1:
             raise DeployError(f"max_batch must be a positive integer, not {max_batch!r}")
         if not isinstance(max_delay_us, (int, float)) or isinstance(max_delay_us, bool) or max_delay_us < 0:
             raise DeployError(f"max_delay_us must be a number >= 0, not {max_delay_us!r}")
+        if isinstance(model, mixed.CompiledMixed) or mixed_model(model) or rnn_model(model):
+            if max_inflight != 1:
+                raise DeployError("max_inflight is implemented for CNN tenants only")
         if isinstance(model, mixed.CompiledMixed) or mixed_model(model):
             if max_batch > 1:
                 raise DeployError("dynamic batching is implemented for RNN tenants only (not CNN + RNN models)")
@@ -270,7 +275,8 @@ class Accelerator:
                 tenant = RnnTenant(self, name, compiled, contexts[0], chosen, bank, max_pending=max_pending,
                                    batched=batched, max_delay_us=max_delay_us)
             else:
-                tenant = Tenant(self, name, compiled, contexts[0], chosen, bank, max_pending=max_pending)
+                tenant = Tenant(self, name, compiled, contexts[0], chosen, bank, max_pending=max_pending,
+                                max_inflight=max_inflight)
         except BaseException:
             with self._lock:
                 self._release(name)

@@ -13,8 +13,12 @@ whatever mask the tenant holds (slot mod k), so nothing is re-issued or lost.
 
 Requests run one at a time per tenant (its activations have one place in
 the segment; an RNN tenant deployed with ``max_batch`` runs the requests
-that arrive together as one batch); submit() queues them on the host,
-bounded by ``max_pending``.
+that arrive together as one batch), or, for a CNN tenant deployed with
+``max_inflight`` M > 1, up to M at a time: each request thread owns an
+activation slot (runtime/compiler/slots.py) and posts that slot's programs,
+the dispatcher walks the requests in flight oldest first and records them
+in submission order. submit() queues them on the host, bounded by
+``max_pending``.
 Different tenants run concurrently on their own cores.
 """
 
@@ -33,7 +37,7 @@ import numpy as np
 from vfpga.driver import isa
 from vfpga.driver.segment import Segment
 from vfpga.driver.tenant_context import Completion, ContextError, QueueFull, TenantContext
-from vfpga.runtime.compiler import dynamic, frontend, ir, static
+from vfpga.runtime.compiler import dynamic, frontend, ir, slots, static
 from vfpga.runtime.compiler.frontend.marshal import from_onnx_layout, to_onnx_layout
 from vfpga.runtime.compiler.frontend.reference import OrtReference
 from vfpga.runtime.compiler.segment import RING_SIZE, segment_layout
@@ -77,43 +81,76 @@ class _Job:
     submitted: float = field(default_factory=time.perf_counter)  # host clock when submit() was called
 
 
+class _PerRequest(threading.local):
+    """What a request thread keeps about the request it runs."""
+
+    def __init__(self):
+        self.slot = 0  # its activation slot
+        self.host: dict[str, np.ndarray] = {}  # float CPU results of the current request
+        self.doorbell_at: float | None = None  # its first doorbell
+        self.completed_at = 0.0  # its last completion record, read by the driver
+        self.cpu_s = self.cpu_at_bell = self.cpu_at_done = 0.0  # its CPU parts' seconds: so far, at those
+
+
+def _per_request(name: str) -> property:
+    return property(lambda self: getattr(self._req, name), lambda self, v: setattr(self._req, name, v))
+
+
 class Tenant:
     """A model deployed on ``cores`` (physical core indices) of an accelerator."""
 
     kind = "cnn"  # the cores it runs on
+    max_inflight = 1
+    slots = None  # slots.Slots with max_inflight > 1
+    _host = _per_request("host")
+    _doorbell_at = _per_request("doorbell_at")
+    _completed_at = _per_request("completed_at")
+    _cpu_s = _per_request("cpu_s")
+    _cpu_at_bell = _per_request("cpu_at_bell")
+    _cpu_at_done = _per_request("cpu_at_done")
 
     def __init__(self, accel, name: str, compiled, context_index: int, cores: list[int],
-                 bank: int, max_pending: int = 64):
+                 bank: int, max_pending: int = 64, max_inflight: int = 1):
         self.accel = accel
         self.name = name
         self.compiled = compiled
         self.cores = sorted(cores)
         self.max_pending = max_pending
+        self._req = _PerRequest()
+        limit = int(accel.config["dispatcher"]["inflight_max"])
+        if max_inflight != 1 and (self.kind != "cnn" or not isinstance(max_inflight, int)
+                                  or not 1 <= max_inflight <= limit):
+            raise DeployError(f"max_inflight must be 1..{limit} on {accel.board} for a CNN tenant "
+                              f"(1 for RNN tenants), not {max_inflight!r}")
+        self.max_inflight = max_inflight
         size = self._prepare()
         try:
             self.segment = Segment(size, bank=bank, device=accel.device)
         except MemoryError as e:
             raise DeployError(f"tenant {name!r} needs a {size}-byte segment in DDR bank {bank}, which cannot "
-                              f"hold it: {e}") from e
+                              f"hold it: {e}" + self._slots_that_fit(bank)) from e
         try:
             for offset, data in self._segment_image().items():
                 self.segment.write(offset, np.frombuffer(data, dtype=np.uint8))
             # The whole segment goes down once, so no earlier tenant's bytes remain in it.
             self.segment.sync_to_device()
             self._prog_lock = threading.Lock()
-            self._exec_lock = threading.Lock()  # held while a request runs (see hold())
+            self._halves_free = threading.Condition(self._prog_lock)
+            # one per request thread, held while it runs a request (see hold())
+            self._exec_locks = [threading.Lock() for _ in range(self.max_inflight)]
+            self._exec_lock = self._exec_locks[0]
             self._active_half = 0
-            self._inflight_half: int | None = None
+            self._half_users = [0, 0]  # requests posted on each program half, not recorded yet
             self._write_programs(0, self.plan)
             self.context = TenantContext(accel.dispatcher, context_index, self.segment, self.ring_offset,
-                                         self.cpl_offset, RING_SIZE, on_completion=self._on_completion)
+                                         self.cpl_offset, RING_SIZE, on_completion=self._on_completion,
+                                         max_inflight=self.max_inflight)
             accel.completions.attach(self.context)
             self.context.enable(_mask(self.cores))
         except BaseException:
             self.segment.free()
             raise
         self._after_deploy()
-        self._host: dict[str, np.ndarray] = {}  # float CPU results of the current request
         self._waiting: dict[int, tuple[threading.Event, list]] = {}
         self._ids = itertools.count(1)
         self._queue: queue.Queue = queue.Queue()
@@ -130,26 +167,43 @@ class Tenant:
         self.modeled_latencies: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
         # (submit -> doorbell, completion -> result) seconds: perf_counter stamps of the request thread
         self.host_overheads: collections.deque[tuple[float, float]] = collections.deque(maxlen=LATENCY_WINDOW)
-        self._doorbell_at: float | None = None  # the request in flight: its first doorbell
-        self._completed_at = 0.0  # and its last completion record, read by the driver
-        self._cpu_s = self._cpu_at_bell = self._cpu_at_done = 0.0  # its CPU parts' seconds: so far, at those
         self.run_batches: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)  # requests per run
-        self._worker = threading.Thread(target=self._serve, name=f"vfpga-tenant-{name}", daemon=True)
-        self._worker.start()
+        # one request thread per slot
+        self._workers = [threading.Thread(target=self._serve, args=(s,), name=f"vfpga-tenant-{name}-{s}",
+                                          daemon=True) for s in range(self.max_inflight)]
+        self._worker = self._workers[0]
+        for w in self._workers:
+            w.start()
 
     # ---- the model's kind (overridden by RnnTenant) -------------------------------------------
     def _prepare(self) -> int:
         """Dynamic stage for the cores held and the segment layout; returns the segment size."""
         self.table = dynamic.DispatchTable(self.compiled)
         self.plan = dynamic.plan(self.table, len(self.cores))
-        layout = segment_layout(self.compiled, self.table)
+        layout = segment_layout(self.compiled, self.table, self.max_inflight)
+        self.slots = slots.slots(self.compiled, self.max_inflight) if self.max_inflight > 1 else None
         self.ring_offset, self.cpl_offset = layout.ring_offset, layout.cpl_offset
         self.part_entries, self.program_halves = layout.part_entries, layout.program_halves
         return layout.size
 
     def _segment_image(self) -> dict[int, bytes]:
         """The bytes uploaded once at deploy: {segment offset: bytes}."""
-        return self.compiled.segment_image()
+        image = self.compiled.segment_image()
+        if self.slots is not None:
+            image.update(slots.slot_image(self.compiled, self.slots))
+        return image
+
+    def _slots_that_fit(self, bank: int) -> str:
+        """How many activation slots a segment in ``bank`` could hold now."""
+        if self.max_inflight == 1:
+            return ""
+        for m in range(self.max_inflight - 1, 0, -1):
+            try:
+                Segment(segment_layout(self.compiled, self.table, m).size, bank=bank, device=self.accel.device).free()
+            except MemoryError:
+                continue
+            return f"; max_inflight {m} would fit"
+        return "; not even max_inflight 1 fits"
 
     def _after_deploy(self) -> None:
         self.schedules = static.schedule_parts(self.compiled, self.accel.config)
@@ -167,7 +221,9 @@ class Tenant:
 
     def hold(self):
         """Context manager: no request runs while it is held."""
-        return self._exec_lock
+        if len(self._exec_locks) == 1:
+            return self._exec_lock
+        return _AllLocks(self._exec_locks)
 
     # ---- properties -------------------------------------------------------------------------
     @property
@@ -222,17 +278,20 @@ class Tenant:
     # ---- dispatch programs ------------------------------------------------------------------------
     def _write_programs(self, half: int, plan: dynamic.DispatchPlan) -> None:
         at = self.program_halves[half]
-        for prog, cap in zip(plan.programs, self.part_entries):
-            if len(prog) > cap:
-                raise AssertionError(f"dispatch program of {len(prog)} entries exceeds its {cap}-entry area")
-            self.segment.write(at, prog.view(np.uint8))
-            at += cap * isa.DISPATCH.itemsize
+        for s in range(self.max_inflight):  # every slot's programs, slot 0 first
+            programs = plan.programs if self.slots is None else slots.slot_programs(plan.programs, self.slots, s)
+            for prog, cap in zip(programs, self.part_entries):
+                if len(prog) > cap:
+                    raise AssertionError(f"dispatch program of {len(prog)} entries exceeds its {cap}-entry area")
+                self.segment.write(at, prog.view(np.uint8))
+                at += cap * isa.DISPATCH.itemsize
         start = self.program_halves[half]
         self.segment.sync_to_device(start, at - start)
 
     def _program(self, part_index: int) -> tuple[int, int]:
         """(segment offset, entries) of accelerator part ``part_index`` in the active half."""
-        at = self.program_halves[self._active_half] + sum(self.part_entries[:part_index]) * isa.DISPATCH.itemsize
+        first = self._req.slot * sum(self.part_entries) + sum(self.part_entries[:part_index])
+        at = self.program_halves[self._active_half] + first * isa.DISPATCH.itemsize
         return at, len(self.plan.programs[part_index])
 
     def retarget(self, k: int, variant: int | None = None) -> float:
@@ -241,9 +300,11 @@ class Tenant:
         ``variant`` forces a tiling variant (see :func:`dynamic.plan`)."""
         t0 = time.perf_counter()
         plan = self._new_plan(k, variant)
-        with self._prog_lock:
-            busy = self._inflight_half
-            half = 1 - busy if busy is not None else 1 - self._active_half
+        with self._halves_free:
+            # a half no posted request walks: the other one, or (several in
+            # flight) once the requests on it have their records
+            self._halves_free.wait_for(lambda: 0 in self._half_users)
+            half = 1 - self._active_half if self._half_users[1 - self._active_half] == 0 else self._active_half
             self._write_programs(half, plan)
             self._active_half, self.plan = half, plan
         return time.perf_counter() - t0
@@ -316,7 +377,8 @@ class Tenant:
             info.submit_to_doorbell_s = self._doorbell_at - since - self._cpu_at_bell
             info.collected_at = self._completed_at + (info.host_cpu_seconds - self._cpu_at_done)
 
-    def _serve(self) -> None:
+    def _serve(self, slot: int = 0) -> None:
+        self._req.slot = slot
         self._stop = False  # set by _take when it meets the sentinel after some requests
         while not self._stop:
             jobs = self._take()
@@ -334,7 +396,7 @@ class Tenant:
             if not live:
                 continue
             try:
-                with self._exec_lock:
+                with self._exec_locks[slot]:
                     results = self._execute_jobs(live)
             except BaseException as e:  # noqa: BLE001 - handed to the callers through the futures
                 with self._state_lock:  # a fault fails the whole batch and stops the tenant
@@ -403,12 +465,14 @@ class Tenant:
     def _run_part(self, index: int) -> Completion:
         rid = next(self._ids) & 0xFFFFFFFF
         done, box = threading.Event(), []
+        half = None
         self._waiting[rid] = (done, box)
         try:
             with self._prog_lock:
                 offset, entries = self._program(index)
-                self._inflight_half = self._active_half
                 self.context.post(offset, entries, rid)
+                half = self._active_half
+                self._half_users[half] += 1
             if self._doorbell_at is None:
                 self._doorbell_at, self._cpu_at_bell = time.perf_counter(), self._cpu_s
             if not done.wait(REQUEST_TIMEOUT_S):
@@ -416,8 +480,10 @@ class Tenant:
                                    f"(context status {self.context.status})")
         finally:
             self._waiting.pop(rid, None)
-            with self._prog_lock:
-                self._inflight_half = None
+            with self._halves_free:
+                if half is not None:
+                    self._half_users[half] -= 1
+                    self._halves_free.notify_all()
         c = box[0]
         self._completed_at, self._cpu_at_done = c.collected_at, self._cpu_s
         if not c.ok:
@@ -432,31 +498,37 @@ class Tenant:
             waiter[0].set()
 
     # ---- device memory ------------------------------------------------------------------------------
+    def _arena(self) -> int:
+        """Where this request thread's activation slot starts (0: slot 0)."""
+        return 0 if self.slots is None else self.slots.arena(self._req.slot)
+
     def _read(self, p: static.Placement) -> np.ndarray:
         """A tensor's int8 HWC value from device memory (slices of a wider
         concat tensor included)."""
         h, w, c = p.shape
+        addr = p.addr + self._arena()
         span = (h * w - 1) * p.pixel_stride + c
-        self.segment.sync_from_device(p.addr, span)
+        self.segment.sync_from_device(addr, span)
         raw = np.zeros(h * w * p.pixel_stride, np.uint8)
-        raw[:span] = self.segment.read(p.addr, span)
+        raw[:span] = self.segment.read(addr, span)
         return raw.view(np.int8).reshape(h, w, p.pixel_stride)[:, :, :c].copy()
 
     def _write(self, p: static.Placement, value: np.ndarray) -> None:
         """Writes a tensor's int8 HWC value into device memory (as a channel
         slice of a wider tensor where it is one)."""
         h, w, c = p.shape
+        addr = p.addr + self._arena()
         if p.pixel_stride == c:
-            self.segment.write(p.addr, value)
-            self.segment.sync_to_device(p.addr, value.nbytes)
+            self.segment.write(addr, value)
+            self.segment.sync_to_device(addr, value.nbytes)
             return
         span = (h * w - 1) * p.pixel_stride + c
-        self.segment.sync_from_device(p.addr, span)
+        self.segment.sync_from_device(addr, span)
         raw = np.zeros(h * w * p.pixel_stride, np.uint8)
-        raw[:span] = self.segment.read(p.addr, span)
+        raw[:span] = self.segment.read(addr, span)
         raw.view(np.int8).reshape(h, w, p.pixel_stride)[:, :, :c] = value
-        self.segment.write(p.addr, raw[:span])
-        self.segment.sync_to_device(p.addr, span)
+        self.segment.write(addr, raw[:span])
+        self.segment.sync_to_device(addr, span)
 
     def _run_cpu(self, index: int) -> None:
         layer = self.graph.layers[index]
@@ -496,8 +568,10 @@ class Tenant:
         flight finish, disables the context and frees the segment."""
         with self._state_lock:
             self.removed = True
-        self._queue.put(None)
-        self._worker.join(timeout)
+        for _ in self._workers:
+            self._queue.put(None)
+        for w in self._workers:
+            w.join(timeout)
         while True:  # anything still queued behind the sentinel
             try:
                 job = self._queue.get_nowait()
@@ -511,6 +585,21 @@ class Tenant:
         finally:
             self.accel.completions.detach(self.context)
             self.segment.free()
+
+
+class _AllLocks:
+    """Holds every lock of a list (in order) while entered."""
+
+    def __init__(self, locks):
+        self.locks = locks
+
+    def __enter__(self):
+        for lk in self.locks:
+            lk.acquire()
+
+    def __exit__(self, *exc):
+        for lk in reversed(self.locks):
+            lk.release()
 
 
 def quantized_input(compiled: static.CompiledModel, x_q, name: str) -> np.ndarray:
