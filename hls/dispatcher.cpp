@@ -292,6 +292,19 @@ static void vf_write_record(const vf_ddr_t &ddr, const vf_disp_tenant_state_t &s
     vf_ddr_write(ddr, at, &c, sizeof c);
 }
 
+/* The oldest request (q, at s.head) ran to its END: its OK record and accounting. */
+static void vf_record_ok(const vf_ddr_t &ddr, vf_disp_tenant_state_t &s, vf_disp_tenant_regs_t &r,
+                         const vf_disp_req_state_t &q, uint64_t now, vf_disp_report_t *rep)
+{
+    vf_write_record(ddr, s, r, q.request_id, VF_CPL_OK, &q, now);
+    r.request_cycles += now >= q.start ? now - q.start : 0;
+    s.head += 1;
+    s.nreq -= 1;
+    r.requests += 1;
+    rep->requests_ok += 1;
+    rep->progress += 1;
+}
+
 /* core_mask -> active_mask, or a rejection. */
 static void vf_apply_mask(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t t, vf_disp_report_t *rep)
 {
@@ -600,15 +613,9 @@ WALK:
                 continue;
             }
             --budget;
-            vf_write_record(ddr, s, r, q.request_id, VF_CPL_OK, &q, regs->g.cycles);
+            vf_record_ok(ddr, s, r, q, regs->g.cycles, rep);
             pf_n = 0;
             pq_n = 0;
-            r.request_cycles += regs->g.cycles >= q.start ? regs->g.cycles - q.start : 0;
-            s.head += 1;
-            s.nreq -= 1;
-            r.requests += 1;
-            rep->requests_ok += 1;
-            rep->progress += 1;
             continue;
         }
 
@@ -711,15 +718,9 @@ WALK:
                 rep->progress += 1;
                 continue;
             }
-            vf_write_record(ddr, s, r, q.request_id, VF_CPL_OK, &q, regs->g.cycles);
+            vf_record_ok(ddr, s, r, q, regs->g.cycles, rep);
             pf_n = 0;
             pq_n = 0;
-            r.request_cycles += regs->g.cycles >= q.start ? regs->g.cycles - q.start : 0;
-            s.head += 1;
-            s.nreq -= 1;
-            r.requests += 1;
-            rep->requests_ok += 1;
-            rep->progress += 1;
         } else {
             vf_tenant_fault(regs, st, t, VF_DFAULT_ENTRY, VF_DISP_NO_CORE, at, 0, q.pc, 0, seq, rep);
         }
