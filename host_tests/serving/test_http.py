@@ -389,6 +389,36 @@ def test_an_lstm_model_batches_its_concurrent_requests(server):
     assert server.admin.post("/v2/repository/models/batched/unload").status_code == 200
 
 
+def test_a_cnn_model_keeps_several_requests_in_flight(server, reference):
+    """config.max_inflight: concurrent requests of one CNN tenant are in flight
+    together, each answer equal to the in-process run; a value the board
+    cannot take is refused at load (409, as a deploy the board cannot
+    hold), naming the limit."""
+    too_many = server.admin.post("/v2/repository/models/wide/load", json={"parameters": {
+        "file:1/model.onnx": base64.b64encode(MODELS["cnn0"]().SerializeToString()).decode(),
+        "config": json.dumps({"cores": 2, "max_inflight": 1000})}})
+    assert too_many.status_code == 409 and "max_inflight" in too_many.json()["error"], too_many.text
+    token = server.load("wide", MODELS["cnn0"](), {"cores": 2, "max_inflight": 3},
+                        calibration=CALIBRATION)["token"]
+    xs = inputs(6, seed=23)
+    want = reference("cnn0", xs)
+    got: dict = {}
+
+    def call(i):
+        got[i] = server.client(token).post("/v2/models/wide/infer", json=infer_json(xs[i]))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for i in range(len(xs)):
+        assert got[i].status_code == 200, got[i].text
+        out = got[i].json()["outputs"][0]
+        np.testing.assert_array_equal(np.asarray(out["data"], np.float32).reshape(out["shape"]), want[i])
+    assert server.admin.post("/v2/repository/models/wide/unload").status_code == 200
+
+
 def test_a_full_queue_answers_429_and_the_others_are_served(server, reference):
     """max_pending=1: of simultaneous requests, those beyond the queue are
     refused with 429 (naming the limit); every one answered is right."""

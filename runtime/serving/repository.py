@@ -11,7 +11,8 @@ layout; LSTM/GRU models run on the RNN cores) or an IFP file from
     {"cores": 2, "token": "...", "max_pending": 16, "calibration": "calib.npz", "input_shape": [1, 3, 32, 32]}
 
 LSTM/GRU models may ask for dynamic batching on one board: ``"max_batch"``
-and ``"max_delay_us"`` (see :meth:`Accelerator.deploy`).
+and ``"max_delay_us"``; CNN models for several requests in flight:
+``"max_inflight"`` (see :meth:`Accelerator.deploy`).
 
 In front of a cluster (``vfpga serve --ray``) it may also give ``"replicas"``
 (copies of the model, each on ``cores`` cores of some board; requests go to
@@ -60,7 +61,7 @@ from .protocol import ServingError, Tensor, TensorSpec, bad_request, datatype_of
 log = logging.getLogger("vfpga.serving")
 
 CONFIG_KEYS = {"cores", "token", "max_pending", "calibration", "input_shape", "replicas", "board", "max_batch",
-               "max_delay_us"}
+               "max_delay_us", "max_inflight"}
 ONNX_DATATYPES = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.DOUBLE: "FP64", onnx.TensorProto.FLOAT16: "FP16",
                   onnx.TensorProto.INT8: "INT8", onnx.TensorProto.UINT8: "UINT8", onnx.TensorProto.INT32: "INT32",
                   onnx.TensorProto.INT64: "INT64", onnx.TensorProto.BOOL: "BOOL"}
@@ -278,16 +279,20 @@ class Repository:
         return {"replicas": replicas, "board": board}
 
     def _batching(self, config: dict) -> dict:
-        """Dynamic batching (RNN models on one board): deploy's max_batch and max_delay_us, when asked for."""
-        max_batch = _int(config, "max_batch", 1)
+        """Throughput options on one board: deploy's max_batch and max_delay_us
+        (dynamic batching, RNN models) and max_inflight (CNN models), when asked for."""
+        max_batch, max_inflight = _int(config, "max_batch", 1), _int(config, "max_inflight", 1)
         delay = config.get("max_delay_us", 0)
         if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
             raise bad_request(f"config.max_delay_us must be a number >= 0, not {delay!r}")
-        if max_batch == 1:
-            return {}
-        if self.config.cluster:
-            raise bad_request("config.max_batch > 1 is served on one board (not yet through the cluster)")
-        return {"max_batch": max_batch, "max_delay_us": float(delay)}
+        out = {}
+        if max_batch > 1:
+            out.update(max_batch=max_batch, max_delay_us=float(delay))
+        if max_inflight > 1:
+            out["max_inflight"] = max_inflight
+        if out and self.config.cluster:
+            raise bad_request(f"config.{next(iter(out))} > 1 is served on one board (not yet through the cluster)")
+        return out
 
     @staticmethod
     def _model_file(files: dict[str, bytes], calibration) -> str:
