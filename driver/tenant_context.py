@@ -197,8 +197,8 @@ class TenantContext:
             self._w("cpl_ack", self._acked & 0xFFFFFFFF)
             self._w("ring_tail", self._tail & 0xFFFFFFFF)
             self._w("core_mask", mask)
-            if self.max_inflight != 1:  # 0 (reset) means one: contexts of one request write nothing new
-                self._w("max_inflight", self.max_inflight)
+            # always written: the register keeps what an earlier tenant of this context set
+            self._w("max_inflight", self.max_inflight)
             self._w("control", 1)
             self._wait("enable", lambda: self.status != "DISABLED", timeout)
             if self.status == "FAULTED":

@@ -29,9 +29,9 @@ SMALL_BANK = 16 << 20
 HOST_WRITES = {"ctrl", "mem_bytes.lo", "mem_bytes.hi", "file.irq_enable", "file.irq_mask", "file.mem_base.lo",
                "file.mem_base.hi", *(f"{p}.{h}" for p in ("mem", "mem1", "mem2", "mem3") for h in ("lo", "hi"))}
 TENANT_HOST_WRITES = {"control", "seg_limit", "seg_base.lo", "seg_base.hi", "ring_offset", "ring_size", "cpl_offset",
-                      "ring_tail", "cpl_ack", "core_mask", "mask_seq"}
+                      "ring_tail", "cpl_ack", "core_mask", "mask_seq", "max_inflight"}
 ENABLE_ORDER = ["seg_base.lo", "seg_base.hi", "seg_limit", "ring_offset", "ring_size", "cpl_offset", "cpl_ack",
-                "ring_tail", "core_mask", "control"]
+                "ring_tail", "core_mask", "max_inflight", "control"]
 
 
 def tiny_graph(seed: int):

@@ -34,6 +34,20 @@ def test_results_are_bit_identical_to_one_at_a_time(accel, tiny):  # noqa: F811
     assert regs["requests"] == len(xs) and regs["failed"] == 0
 
 
+def test_a_context_reused_after_several_in_flight_holds_one_again(accel, tiny):  # noqa: F811
+    """The dispatcher latches max_inflight at enable from a register that
+    outlives the tenant: the next tenant on the context sets it again."""
+    many = accel.deploy(tiny.compiled, cores=2, name="many", max_inflight=3)
+    index = many.context.index
+    assert accel.dispatcher.tenant_read(index, "max_inflight") == 3
+    accel.remove(many)
+    one = accel.deploy(tiny.compiled, cores=2, name="one")
+    assert one.context.index == index
+    assert accel.dispatcher.tenant_read(index, "max_inflight") == 1
+    (y,), _ = result(one.submit_quantized(tiny.inputs[0]))
+    tiny.check((y,), 0)
+
+
 def test_live_reallocations_with_requests_in_flight_lose_nothing(accel, tiny):  # noqa: F811
     assert _reallocation_stress(accel, tiny, 30, seed=3, max_inflight=3) >= 50
 
