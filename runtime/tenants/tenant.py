@@ -90,6 +90,7 @@ class _PerRequest(threading.local):
         self.doorbell_at: float | None = None  # its first doorbell
         self.completed_at = 0.0  # its last completion record, read by the driver
         self.cpu_s = self.cpu_at_bell = self.cpu_at_done = 0.0  # its CPU parts' seconds: so far, at those
+        self.stop = False  # the removal sentinel was met after some requests (RnnTenant._take)
 
 
 def _per_request(name: str) -> property:
@@ -108,6 +109,7 @@ class Tenant:
     _cpu_s = _per_request("cpu_s")
     _cpu_at_bell = _per_request("cpu_at_bell")
     _cpu_at_done = _per_request("cpu_at_done")
+    _stop = _per_request("stop")
 
     def __init__(self, accel, name: str, compiled, context_index: int, cores: list[int],
                  bank: int, max_pending: int = 64, max_inflight: int = 1):
@@ -379,7 +381,6 @@ class Tenant:
 
     def _serve(self, slot: int = 0) -> None:
         self._req.slot = slot
-        self._stop = False  # set by _take when it meets the sentinel after some requests
         while not self._stop:
             jobs = self._take()
             if jobs is None:
