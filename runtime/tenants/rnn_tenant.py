@@ -205,10 +205,10 @@ class RnnTenant(Tenant):
             self.segment.write(at, np.frombuffer(data, np.uint8))
             self.segment.sync_to_device(at, len(data))
         done = self._run_part(self.batched.sizes.index(b))
-        work_end = self.compiled.program_offset  # the frames of every variant start here
-        self.segment.sync_from_device(0, work_end)
+        at, nbytes = rnn.output_span(v)  # the outputs only, not the weights
+        self.segment.sync_from_device(at, nbytes)
         t_cpu = time.perf_counter()
-        values = rnn.rnn_values(v, self.segment.read(0, work_end))
+        values = rnn.rnn_values(v, self.segment.read(at, nbytes), at)
         outs = [rnn.head_outputs(self.compiled, item) for item in rnn.split_values(v, values, n)]
         t1 = time.perf_counter()
         seconds = done.cycles / (float(self.accel.config["clock_mhz"]) * 1e6)
@@ -227,9 +227,10 @@ class RnnTenant(Tenant):
             self.segment.write(at, np.frombuffer(data, np.uint8))
             self.segment.sync_to_device(at, len(data))
         done = self._run_part(0)
-        self.segment.sync_from_device(0, c.segment_size)
+        at, nbytes = rnn.output_span(c)  # the outputs only, not the weights
+        self.segment.sync_from_device(at, nbytes)
         t_cpu = time.perf_counter()
-        outs = rnn.read_outputs(c, self.segment.read(0, c.segment_size))  # the host head runs here
+        outs = rnn.read_outputs(c, self.segment.read(at, nbytes), at)  # the host head runs here
         return outs, RunInfo([done], time.perf_counter() - t0, done.cycles,
                              done.cycles / (float(self.accel.config["clock_mhz"]) * 1e6), self.k,
                              time.perf_counter() - t_cpu)

@@ -61,11 +61,11 @@ from .batch import BatchedRnn, batch_sizes, compile_batched, split_values, stack
 from .compile import compile_rnn, scales_of
 from .csim import RnnCoreSim, core_module
 from .graph import layout0_equivalent, random_feeds
-from .host import head_outputs, read_outputs, request_image, rnn_values
+from .host import head_outputs, output_span, read_outputs, request_image, rnn_values
 from .model import CELLS, FRAME_DTYPE, CompiledRnn, Geometry, RnnCompileError, RnnLayer, Tiling
 from .plan import RnnPlan, plan_rnn
 
 __all__ = ["CELLS", "FRAME_DTYPE", "BatchedRnn", "CompiledRnn", "Geometry", "RnnCompileError", "RnnCoreSim", "RnnLayer",
            "RnnPlan", "Tiling", "batch_sizes", "compile_batched", "compile_rnn", "core_module", "head_outputs",
-           "layout0_equivalent", "plan_rnn", "random_feeds", "read_outputs", "request_image", "rnn_values", "scales_of",
+           "layout0_equivalent", "output_span", "plan_rnn", "random_feeds", "read_outputs", "request_image", "rnn_values", "scales_of",
            "split_values", "stack_feeds"]

@@ -63,19 +63,38 @@ def request_image(compiled: CompiledRnn, feeds: dict) -> dict[int, bytes]:
     return img
 
 
-def rnn_values(compiled: CompiledRnn, seg: np.ndarray) -> dict[str, np.ndarray]:
-    """The RNN layers' outputs (ONNX names and layouts) from a segment after
-    the request: dequantized, Y masked past sequence_lens."""
+def output_span(compiled: CompiledRnn) -> tuple[int, int]:
+    """(offset, bytes) of the segment range holding every RNN layer's outputs
+    (Y or its int32 history, final states): what the host reads back after a
+    request, rather than the whole segment with its weights."""
+    steps, batch = compiled.steps, compiled.batch
+    ranges = []
+    for lay in compiled.layers:
+        a, dbh = lay.addr, lay.directions * batch * lay.hidden
+        ranges.append((a["hh"], 4 * steps * dbh) if lay.history else (a["y"], steps * dbh))
+        ranges += [(a["hs"], 4 * dbh), (a["c"], 4 * dbh)]
+    lo = min(at for at, _ in ranges)
+    return lo, max(at + n for at, n in ranges) - lo
+
+
+def rnn_values(compiled: CompiledRnn, seg: np.ndarray, base: int = 0) -> dict[str, np.ndarray]:
+    """The RNN layers' outputs (ONNX names and layouts) from segment bytes
+    after the request, ``seg[0]`` being segment offset ``base`` (see
+    :func:`output_span`): dequantized, Y masked past sequence_lens."""
     steps, batch = compiled.steps, compiled.batch
     mem = np.asarray(seg).view(np.int8)
     values = {}
     for lay in compiled.layers:
         a, nd, hh = lay.addr, lay.directions, lay.hidden
         n = steps * batch * nd * hh
+
+        def at(key, nbytes, a=a):
+            return mem[a[key] - base:a[key] - base + nbytes]
+
         if lay.history:
-            y = mem[a["hh"]:a["hh"] + 4 * n].view("<i4").astype(np.float64) / rg.ONE
+            y = at("hh", 4 * n).view("<i4").astype(np.float64) / rg.ONE
         else:
-            y = mem[a["y"]:a["y"] + n].astype(np.float64) * lay.h_scale
+            y = at("y", n).astype(np.float64) * lay.h_scale
         y = y.reshape(steps, batch, nd, hh)
         if lay.seq_lens is not None:
             t = np.arange(steps)[:, None]
@@ -83,7 +102,7 @@ def rnn_values(compiled: CompiledRnn, seg: np.ndarray) -> dict[str, np.ndarray]:
         values[lay.outputs[0]] = dev_to_onnx_y(y, lay.layout)
         for name, key in ((lay.outputs[1], "hs"), (lay.outputs[2] if lay.op == "LSTM" else "", "c")):
             if name:
-                s = mem[a[key]:a[key] + 4 * nd * batch * hh].view("<i4").astype(np.float64) / rg.ONE
+                s = at(key, 4 * nd * batch * hh).view("<i4").astype(np.float64) / rg.ONE
                 s = s.reshape(nd, batch, hh)
                 values[name] = s if lay.layout == 0 else s.transpose(1, 0, 2)
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in values.items() if k}
@@ -105,7 +124,8 @@ def head_outputs(compiled: CompiledRnn, values: dict[str, np.ndarray]) -> list[n
     return [values[o] for o in compiled.outputs]
 
 
-def read_outputs(compiled: CompiledRnn, seg: np.ndarray) -> list[np.ndarray]:
+def read_outputs(compiled: CompiledRnn, seg: np.ndarray, base: int = 0) -> list[np.ndarray]:
     """The graph outputs from a segment after the request: RNN outputs
-    dequantized (Y masked past sequence_lens), heads run on onnxruntime."""
-    return head_outputs(compiled, rnn_values(compiled, seg))
+    dequantized (Y masked past sequence_lens), heads run on onnxruntime;
+    ``seg[0]`` is segment offset ``base``."""
+    return head_outputs(compiled, rnn_values(compiled, seg, base))
