@@ -547,43 +547,50 @@ def batching(per_batch: dict[int, Models], tenants=BATCH_TENANTS, horizon_reques
 INFLIGHT = (1, 2, 4)
 
 
+def _inflight_run(models: Models, model: str, board: str, cores: int, m: int, horizon_requests: int) -> dict:
+    """One CNN tenant alone on the first ``cores`` cores of ``board``, closed
+    loop with ``m`` requests in flight, over ``horizon_requests`` times its
+    request alone: GOP/s, turnarounds (ms) and how busy its cores were."""
+    cfg = overlay.load(board)
+    hz = float(cfg["clock_mhz"]) * 1e6
+    compiled = models[model, board]
+    horizon = horizon_requests * _solo(models, model, cores, board)
+    sim = Simulator(board)
+    held = sim.pool(_kind(compiled))[:cores]
+    sim.deploy("solo", compiled, held, max_inflight=m)
+    done = sim.run({"solo": [0] * (m * (horizon_requests + 2))}, until=horizon)["solo"]
+    rate = metrics.closed_loop_rate([r.end for r in done], hz, horizon)
+    gops = 2 * metrics.model_macs(compiled) / 1e9 * rate
+    return {"gops": gops, "rate": rate, "turn_ms": np.array([(r.end - r.start) / hz * 1e3 for r in done]),
+            "mac_utilization": gops / 2 * 1e9 / (metrics.peak_macs_per_cycle(cfg) * cores * hz),
+            # share of the cores' time with a frame in flight; frames' time over their time alone (DDR sharing)
+            "cores_busy": sum(sim.timeline.core_busy_cycles[c] for c in held) / (cores * sim.now),
+            "frame_stretch": sim.timeline.tenant_frame_cycles[0] / sim.timeline.tenant_solo_cycles[0]}
+
+
 def inflight(models: Models, model: str = "resnet50", cores: int = 16, levels=INFLIGHT, horizon_requests: int = 16,
              progress=None) -> dict:
     """One CNN tenant alone on ``cores`` pool cores, closed loop with up to
     ``inflight`` requests in flight (each on its own activation slot), against
-    one at a time and against the big core (one request at a time). p99 is of
-    a request's turnaround from its post to its result (one at a time: the
-    closed-loop turnaround). ``cores_busy``: share of the cores' time with a
-    frame in flight; ``frame_stretch``: frames' modeled time over their time
-    alone (shared DDR banks)."""
-    cfg = overlay.load(POOL)
-    hz = float(cfg["clock_mhz"]) * 1e6
-    compiled = models[model, POOL]
-    gmac = metrics.model_macs(compiled) / 1e9
-    solo = _solo(models, model, cores)
-    horizon = horizon_requests * solo
-    big = saturated(models, [("solo", model, cores)], "bigcore", horizon_requests)
+    one at a time and against the big core given the same number in flight.
+    p99 is of a request's turnaround from its post to its result (one at a
+    time: the closed-loop turnaround). ``cores_busy``: share of the cores'
+    time with a frame in flight; ``frame_stretch``: frames' modeled time over
+    their time alone (shared DDR banks)."""
     rows = []
     for m in levels:
         if progress:
-            progress(f"in flight {m}, {model} on {cores} cores")
-        sim = Simulator(POOL)
-        held = sim.pool(_kind(compiled))[:cores]
-        sim.deploy("solo", compiled, held, max_inflight=m)
-        done = sim.run({"solo": [0] * (m * (horizon_requests + 2))}, until=horizon)["solo"]
-        # share of the cores' time with a frame in flight, and frames' time over their time alone (DDR sharing)
-        busy = sum(sim.timeline.core_busy_cycles[c] for c in held) / (cores * sim.now)
-        stretch = sim.timeline.tenant_frame_cycles[0] / sim.timeline.tenant_solo_cycles[0]
-        rate = metrics.closed_loop_rate([r.end for r in done], hz, horizon)
-        turn = np.array([(r.end - r.start) / hz * 1e3 for r in done])
-        gops = 2 * gmac * rate
-        rows.append({"model": model, "tenant": "solo", "cores": cores, "batch": 1, "inflight": m, "gops": gops,
+            progress(f"in flight {m}, {model} on {cores} cores and on the big core")
+        v = _inflight_run(models, model, POOL, cores, m, horizon_requests)
+        big = _inflight_run(models, model, BIG, 1, m, horizon_requests)
+        turn = v["turn_ms"]
+        rows.append({"model": model, "tenant": "solo", "cores": cores, "batch": 1, "inflight": m, "gops": v["gops"],
                      "p99_ms": float(np.percentile(turn, 99)) if len(turn) else math.nan,
-                     "p50_ms": float(np.percentile(turn, 50)) if len(turn) else math.nan, "req_per_s": rate,
-                     "mac_utilization": gops / 2 * 1e9 / (metrics.peak_macs_per_cycle(cfg) * cores * hz),
-                     "cores_busy": busy, "frame_stretch": stretch,
-                     "bigcore_gops": big["gops"], "bigcore_p99_ms": big["tenants"][0]["p99_ms"],
-                     "vs_bigcore": gops / big["gops"]})
+                     "p50_ms": float(np.percentile(turn, 50)) if len(turn) else math.nan, "req_per_s": v["rate"],
+                     "mac_utilization": v["mac_utilization"], "cores_busy": v["cores_busy"],
+                     "frame_stretch": v["frame_stretch"], "bigcore_gops": big["gops"],
+                     "bigcore_p99_ms": float(np.percentile(big["turn_ms"], 99)) if len(big["turn_ms"]) else math.nan,
+                     "vs_bigcore": v["gops"] / big["gops"]})
     for r in rows:
         r["vs_one"] = r["gops"] / rows[0]["gops"]
     return {"rows": rows}

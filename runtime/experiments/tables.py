@@ -77,7 +77,7 @@ def inflight(rows_in: list) -> str:
              f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['vs_bigcore']:.2f}x"]
             for r in rows_in if r["tenant"] == "solo"]
     return md_table(["in flight", "model", "cores", "GOP/s", "vs one at a time", "MAC utilization", "cores busy",
-                     "frame time vs alone", "p50 ms", "p99 ms", "vs big core"], rows)
+                     "frame time vs alone", "p50 ms", "p99 ms", "vs big core (same in flight)"], rows)
 
 
 def _reads(n: int, bg: int) -> str:
