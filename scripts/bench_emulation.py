@@ -8,8 +8,10 @@ machine:
   * onnxruntime on the QDQ model, its default threads and one thread;
   * the emulated board (the HLS C++ as C-simulation, the driver and runtime
     as on a board) running the same model on k = 1, 2 and all host threads'
-    worth of cores: the tenant holds k cores, frames of a layer in flight at
-    once run on up to min(k, host threads) host threads;
+    worth of cores: the tenant holds k cores; frames the dispatcher issues
+    in one advance run on up to min(k, host threads) host threads at once
+    (a frame issued later waits for the earlier ones' results, see the
+    README's Emulation speed);
   * ms per image (median of --runs) and the ratio to both onnxruntime
     figures; the process CPU time per image beside it (on a shared machine
     the wall time also counts the other processes);
@@ -102,7 +104,7 @@ def bench_model(ov, name: str, runs: int, ks: list[int]) -> list[str]:
         ref = ref or outs
         assert all(np.array_equal(a, b) for a, b in zip(outs, ref)), f"{name}: k={k} output differs from k={ks[0]}"
         threads = min(k, os.cpu_count() or 1)
-        lines.append(f"  k={k:<2} ({threads} host thread{'s' if threads > 1 else ''}): {wall * 1e3:7.1f} ms/image "
+        lines.append(f"  k={k:<2} (up to {threads} host thread{'s' if threads > 1 else ''}): {wall * 1e3:7.1f} ms/image "
                      f"= {wall / ort_s['default']:4.1f}x onnxruntime default, {wall / ort_s['1 thread']:4.1f}x "
                      f"1 thread   (process CPU {cpu * 1e3:.0f} ms/image)")
     lines.append(f"  host overhead per request ({tenant.requests} requests): {_overhead(ov.stats()[name])}")
