@@ -34,7 +34,7 @@ from vfpga.runtime.compiler.segment import segment_layout
 from vfpga.runtime.hw import calibration, cycle_model, parameters
 
 RING = 8
-PAGE = 4096
+PAGE = static.PAGE
 
 
 class ProgramRunner:
@@ -110,8 +110,8 @@ def measure(accel, benches: list[calibration.Bench], core: int = 0) -> np.ndarra
     request cycles of its two repetition counts."""
     prog_area = PAGE
     insn_area = 2 * PAGE
-    data_area = insn_area + -(-(max(calibration.REPEATS) + 2) * isa.INSN_BYTES // PAGE) * PAGE
-    size = data_area + -(-max([b.data_bytes for b in benches] + [1]) // PAGE) * PAGE
+    data_area = insn_area + static.align((max(calibration.REPEATS) + 2) * isa.INSN_BYTES, PAGE)
+    size = data_area + static.align(max([b.data_bytes for b in benches] + [1]), PAGE)
     runner = ProgramRunner(accel, size, prog_area + PAGE // 2, core)
     try:
         cycles = []
@@ -205,7 +205,7 @@ def layer_table(accel, compiled: static.CompiledModel, core: int = 0) -> list[La
     charges them on one core)."""
     cfg = accel.config
     layout = segment_layout(compiled)
-    scratch = -(-layout.size // PAGE) * PAGE  # a page beyond the model's segment
+    scratch = static.align(layout.size, PAGE)  # a page beyond the model's segment
     runner = ProgramRunner(accel, scratch + PAGE, scratch, core, layout.ring_offset, layout.cpl_offset)
     issue = int(cfg["dispatcher"]["issue_cycles"])
     code = np.asarray(compiled.program, np.uint8).reshape(-1)

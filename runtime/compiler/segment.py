@@ -18,12 +18,8 @@ from vfpga.driver.tenant_context import ring_bytes
 from vfpga.runtime.compiler import dynamic, rnn, slots, static
 
 RING_SIZE = 16  # ring entries per tenant: a request posts its accelerator parts one at a time
-ALIGN = 64
-PAGE = 4096
-
-
-def _align(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+PAGE = static.PAGE
+_align = static.align
 
 
 @dataclass(frozen=True)
@@ -46,7 +42,7 @@ def driver_areas(model_bytes: int, part_entries: list[int], copies: int = 1) -> 
     cpl_offset = _align(ring_offset + ring)
     half = _align(copies * sum(part_entries) * isa.DISPATCH.itemsize)
     first = _align(cpl_offset + records)
-    size = -(-(first + 2 * half) // PAGE) * PAGE  # DMA buffers are whole pages
+    size = _align(first + 2 * half, PAGE)  # DMA buffers are whole pages
     return SegmentLayout(ring_offset, cpl_offset, list(part_entries), (first, first + half), size)
 
 

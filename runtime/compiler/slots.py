@@ -23,12 +23,11 @@ import numpy as np
 from vfpga.driver import isa
 from vfpga.runtime.compiler import static
 
-PAGE = 4096
 _ADDR_OPS = ("LOAD_TILE", "SAVE", "LOAD_LINEAR")
 
 
 def _pages(n: int) -> int:
-    return -(-n // PAGE) * PAGE
+    return static.align(n, static.PAGE)
 
 
 @dataclass(frozen=True)

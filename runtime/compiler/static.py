@@ -25,9 +25,10 @@ from vfpga.runtime.compiler import input_fold, ir, lower, lower_ops, placement
 from vfpga.runtime.hw import cycle_model, frame_timing
 
 ALIGN = 64
+PAGE = 4096  # segment areas that the host allocates or copies whole start on a page
 
 
-def _align(n: int, a: int = ALIGN) -> int:
+def align(n: int, a: int = ALIGN) -> int:
     return -(-n // a) * a
 
 
@@ -248,14 +249,14 @@ def place_activations(graph: ir.Graph, alias: dict | None = None) -> tuple[dict[
     arena = 0
     for root in sorted(span, key=lambda n: (span[n][0], n)):
         h, w, c = graph.tensors[root].shape
-        size = _align(h * w * c)
+        size = align(h * w * c)
         first, last = span[root]
         busy = sorted((a, a + s) for f, l_, a, s in placed if not (l_ < first or f > last))
         addr = 0
         for lo, hi in busy:
             if addr + size <= lo:
                 break
-            addr = max(addr, _align(hi))
+            addr = max(addr, align(hi))
         placed.append((first, last, addr, size))
         arena = max(arena, addr + size)
         base[root] = addr
@@ -375,7 +376,7 @@ def compile_graph(graph: ir.Graph, board: str | dict = "u200", progress=None) ->
     fold = input_fold.choose(graph, geo.icp)
     lowered = input_fold.fold_graph(graph, fold) if fold is not None else graph
     tensors, arena = place_activations(lowered, alias)
-    const_offset = _align(arena, 4096)
+    const_offset = align(arena, PAGE)
     consts = bytearray()
     program: list[bytes] = []  # the linear (one-core) program
     alt: list[bytes] = []  # frames of the other variants
@@ -433,8 +434,8 @@ def compile_graph(graph: ir.Graph, board: str | dict = "u200", progress=None) ->
             progress(index + 1, len(graph.layers), layer.name)
     close_part()
     code = np.frombuffer(b"".join(program + alt), dtype=np.uint8)
-    program_offset = _align(const_offset + len(consts), 4096)
-    size = _align(program_offset + len(code), 4096)
+    program_offset = align(const_offset + len(consts), PAGE)
+    size = align(program_offset + len(code), PAGE)
     if size >= 1 << 32:
         raise CompileError(f"the segment would be {size} bytes; segment offsets are 32-bit")
     if size > cfg["ddr"]["bank_bytes"]:

@@ -156,7 +156,7 @@ class Simulator:
         if self._cursor[bank] + layout.size > self.bank_bytes:
             raise MemoryError(f"bank {bank} cannot hold {layout.size} more bytes")
         seg_win = bank * self.bank_stride + self._cursor[bank]
-        self._cursor[bank] += -(-layout.size // PAGE) * PAGE
+        self._cursor[bank] += static.align(layout.size, PAGE)
         # only the instructions: timing never reads weights or activations
         prog = np.asarray(compiled.program, np.uint8).reshape(-1)
         at = seg_win + compiled.program_offset
