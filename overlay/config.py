@@ -102,6 +102,11 @@ def load(board: str) -> dict:
         raise BoardConfigError(f"board config {path}: ddr.core_ports must be 1..banks, not {ports}")
     _check_bank_ports(cfg, path)
     _check_rnn_core(cfg, path)
+    device = cfg.get("device")  # the part's resources (overlay/resources.py); optional
+    if device is not None and (not isinstance(device, dict) or sorted(device) != ["bram36", "dsp", "lut", "uram"]
+                               or any(not isinstance(v, int) or v < 0 for v in device.values())):
+        raise BoardConfigError(f"board config {path}: device must give the part's lut, bram36, uram and dsp "
+                               f"as counts >= 0, not {device!r}")
     return cfg
 
 

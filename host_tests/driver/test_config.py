@@ -56,3 +56,20 @@ def test_bad_configs_are_named(tmp_path):
     partial.write_text(json.dumps(cfg))
     with pytest.raises(overlay.BoardConfigError, match="cnn_core lacks icp"):
         overlay.load(str(partial))
+
+
+@pytest.mark.parametrize("device", [{"lut": 1, "bram36": 2, "uram": 3}, {"lut": 1, "bram36": 2, "uram": -3, "dsp": 4},
+                                    {"lut": 1, "bram36": "2", "uram": 3, "dsp": 4}, [1, 2, 3, 4]])
+def test_a_malformed_device_section_is_named(tmp_path, device):
+    cfg = json.loads(open(overlay.config.os.path.join(overlay.config.CONFIG_DIR, "u200.json")).read())
+    cfg["device"] = device
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(overlay.BoardConfigError, match="device must give the part's lut, bram36, uram and dsp"):
+        overlay.load(str(path))
+
+
+@pytest.mark.parametrize("board", overlay.available())
+def test_every_board_names_its_parts_resources(board):
+    dev = overlay.load(board)["device"]
+    assert dev["lut"] > 0 and dev["bram36"] > 0 and dev["dsp"] > 0 and dev["uram"] >= 0

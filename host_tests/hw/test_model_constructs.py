@@ -29,6 +29,7 @@ import pytest
 from harness import REPO_ROOT
 
 from vfpga import overlay
+from vfpga.overlay import resources
 from vfpga.runtime.hw import cycle_model, frame_timing, parameters, rnn_cycle_model, timeline
 
 HLS = os.path.join(REPO_ROOT, "hls")
@@ -151,6 +152,11 @@ GAPS = {
         "partitioned by COLS only (VF_RNN_PARTITIONS), so the beat cannot be II=1",
         lambda: "VF_RNN_ROWS" in source("include/vfpga_hls.h").split("#define VF_RNN_PARTITIONS", 1)[1]
         .split("#define", 1)[0]),
+    "device_fit": (
+        "the top's memories as its pragmas shape them (no URAM binding: everything in block RAM) and the MAC "
+        "arrays at one DSP48 per int8 multiply exceed u200, u200_bigcore, u50 and zcu104's block RAM and "
+        "u200, u200_bigcore, pynq_z2 and ultra96v2's DSP slices (python -m vfpga.overlay.resources)",
+        lambda: all(not resources.estimate(b).over() for b in overlay.available())),
     "rnn_act_lanes": (
         "RNN_GATES runs LANES gate units per beat, each reading the activation tables (ACT) twice; ACT is not "
         "partitioned",

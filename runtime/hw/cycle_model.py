@@ -146,6 +146,10 @@ loop nests do not make true yet -- as an expected failure.
   [hls include/vfpga_hls.h "num_read_outstanding=VF_AXI_OUTSTANDING"]
   [hls include/vfpga_hls.h "latency=VF_DDR_LATENCY"]
   [hls include/vfpga_hls.h "max_widen_bitwidth=VF_DDR_PORT_BITS"]
+* Every core of the config exists at once: its memories, as the top's
+  pragmas shape them, and its MAC array, one DSP48 per int8 multiply, fit
+  the part (vfpga.overlay.resources; ``python -m vfpga.overlay.resources``)
+  [hls-gap device_fit]
 * B is a bank's: one m_axi bundle per DDR bank on the dispatcher top
   [hls include/vfpga_hls.h "bundle=bank##b"] [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"],
   a frame on the port of its segment's bank [hls include/vfpga_ddr.h vf_ddr_segment],

@@ -1,0 +1,101 @@
+"""The on-chip resource estimate of a board's pool (vfpga.overlay.resources)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from vfpga import overlay
+from vfpga.overlay import resources as R
+
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
+
+
+@pytest.mark.parametrize("depth, width, want", [
+    (512, 72, 1), (1024, 36, 1), (2048, 9, 0.5), (1024, 18, 0.5), (4096, 8, 1),
+    (131072, 8, 32), (100, 8, 0.5), (513, 72, 2), (8196, 32, 8.5)])
+def test_block_ram_aspect_ratios(depth, width, want):
+    assert R.bram36(depth, width) == want
+
+
+@pytest.mark.parametrize("depth, width, want", [(4096, 72, 1), (4097, 72, 2), (4096, 73, 2), (8192, 128, 4),
+                                                (512, 2048, 29)])
+def test_ultraram_blocks(depth, width, want):
+    assert R.uram(depth, width) == want
+
+
+SOURCE = """
+static int8_t a[4][4096];
+static int32_t b[1024];
+static int8_t c[8][256];
+static int16_t tiny[16];
+static int8_t d[2][8192];
+#pragma HLS ARRAY_PARTITION variable=a dim=1 complete
+#pragma HLS ARRAY_PARTITION variable=a dim=2 cyclic factor=8
+#pragma HLS ARRAY_RESHAPE variable=b dim=1 cyclic factor=4
+#pragma HLS BIND_STORAGE variable=d type=ram_2p impl=uram
+#pragma HLS ARRAY_RESHAPE variable=d dim=2 cyclic factor=9
+#pragma HLS ARRAY_PARTITION variable=stream_not_an_array dim=1 complete
+"""
+
+
+def test_pragmas_shape_the_arrays():
+    got = {a.name: a for a in R.arrays(SOURCE)}
+    assert sorted(got) == ["a", "b", "c", "d", "tiny"]
+    assert got["a"].memories() == (32, 512, 8)  # 4 x 8 banks of 512 bytes
+    assert got["b"].memories() == (1, 256, 128)  # 4 words of 32 bits side by side
+    assert got["c"].memories() == (1, 2048, 8)  # no pragma: one memory
+    assert got["d"].memories() == (1, 2 * 911, 72)
+    rows = {a.name: R.row(a) for a in got.values()}
+    assert rows["a"].bram36 == 32 * 0.5 and rows["a"].uram == 0
+    assert rows["b"].bram36 == 2  # 256 x 128: two 512 x 72 RAMB36 side by side
+    assert rows["tiny"].impl == "lutram" and rows["tiny"].bram36 == 0
+    assert rows["d"].impl == "uram" and rows["d"].uram == 1 and rows["d"].bram36 == 0
+
+
+def test_unsupported_pragma_is_named():
+    with pytest.raises(R.ResourceError, match="dim=0 on a"):
+        R.arrays("static int8_t a[64];\n#pragma HLS ARRAY_PARTITION variable=a dim=0 complete\n")
+    with pytest.raises(R.ResourceError, match="not a constant"):
+        R.arrays("static int8_t a[N];\n")
+
+
+def test_a_config_without_device_is_refused():
+    cfg = overlay.load("u200")
+    del cfg["device"]
+    with pytest.raises(overlay.BoardConfigError, match="no 'device' section"):
+        R.estimate(cfg)
+
+
+@needs_gxx
+@pytest.mark.parametrize("board", overlay.available())
+def test_the_estimate_covers_every_configured_buffer(board):
+    """Each core memory of the config is an array of the top, of the configured size."""
+    cfg = overlay.load(board)
+    e = R.estimate(board)
+    by_name = {r.name: r.bytes for r in e.rows}
+    cnn, rnn = cfg["cnn_core"], cfg["rnn_core"]
+    want = {"ibuf": cnn["ibuf_bytes"], "wbuf": cnn["wbuf_bytes"], "acc": 4 * cnn["acc_words"],
+            "obuf": cnn["obuf_bytes"], "rnn_wbuf": rnn["wbuf_bytes"], "rnn_vbuf": rnn["vbuf_bytes"],
+            "rnn_acc": 4 * rnn["acc_words"], "rnn_state": 4 * rnn["state_words"]}
+    for name, size in want.items():
+        per_core = size * (cnn["count"] if not name.startswith("rnn_") else rnn["count"])
+        assert by_name[name] >= per_core, (name, by_name.get(name), per_core)
+    assert e.dsp == cnn["count"] * cnn["icp"] * cnn["ocp"] + rnn["count"] * rnn["rows"] * rnn["cols"]
+    assert all(r.bram36 > 0 or r.uram > 0 or r.impl == "lutram" for r in e.rows)
+    text = R.table(e)
+    assert board in text and ("fits the device" in text or "exceeds the device" in text)
+
+
+def test_main_prints_each_board(capsys):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not installed")
+    assert R.main(["pynq_z2"]) == 0
+    out = capsys.readouterr().out
+    assert "pynq_z2" in out and "RAMB36" in out
+
+
+def test_missing_sources_are_named(tmp_path):
+    with pytest.raises(R.ResourceError, match="no HLS source at"):
+        R.estimate("u200", hls_dir=str(tmp_path))
