@@ -195,3 +195,51 @@ def test_an_lstm_tenant_on_the_rnn_cores_of_two_boards(cl):
         t.submit(np.zeros((2, 2), np.float32))
     assert sum(r.requests for r in cl.stats()["lstm"].replicas) == 4
     _clear(cl)
+
+
+def _throughput(ray, board: int) -> dict:
+    return ray.get(ray.get_actor(actor_name(board), namespace=NAMESPACE).info.remote())["throughput"]
+
+
+def test_batching_and_requests_in_flight_reach_every_replica(cl, models, ray_session):
+    """max_batch (RNN) and max_inflight (CNN) are each replica's, kept by a
+    migrated replica; batched results equal the single-board unbatched run."""
+    _clear(cl)
+    model = small.random_rnn_model("GRU", hidden=32, input_size=16, steps=5, batch=1, seed=8)
+    rng = np.random.default_rng(9)
+    compiled = rnn.compile_rnn(model, "u200", calibration=[{"X": rng.uniform(-1, 1, (5, 1, 16)).astype(np.float32)}])
+    with pytest.raises(DeployError, match="dynamic batching is implemented for RNN tenants only"):
+        cl.deploy(models["conv"].compiled, cores=1, name="nope", max_batch=4)
+    with pytest.raises(DeployError, match="max_inflight is implemented for CNN tenants only"):
+        cl.deploy(compiled, cores=1, name="nope", max_inflight=2)
+    with pytest.raises(DeployError, match="max_inflight must be 1..4"):
+        cl.deploy(models["conv"].compiled, cores=1, name="nope", max_inflight=99)
+    assert "nope" not in cl.tenants
+    gru = cl.deploy(compiled, cores=4, replicas=2, name="gru", max_batch=4, max_delay_us=200_000, spread=True)
+    boards = [p["board"] for p in gru.placement]
+    assert all(_throughput(ray_session, b)[f"gru#{i + 1}"]["max_batch"] == 4 for i, b in enumerate(boards))
+    xs = [rng.uniform(-1, 1, (5, 1, 16)).astype(np.float32) for _ in range(12)]
+    accel = emulated_accelerator("u200", 64 << 20)
+    try:
+        alone = accel.deploy(compiled, cores=1, name="alone")
+        want = [alone.run(x) for x in xs]
+    finally:
+        accel.close()
+    futs = [gru.submit(x) for x in xs]
+    for f, w in zip(futs, want):
+        for got, exp in zip(f.result(timeout=120), w):
+            np.testing.assert_array_equal(got, exp)
+    st = cl.stats()["gru"]
+    assert sum(r.requests for r in st.replicas) == 12 and sum(r.batched for r in st.replicas) >= 2
+    m = models["conv"]
+    cnn = cl.deploy(m.compiled, cores=2, name="wide", max_inflight=2)
+    (board,) = [p["board"] for p in cnn.placement]
+    assert _throughput(ray_session, board)["wide#1"] == {"max_batch": 1, "max_inflight": 2}
+    cl.migrate("wide", from_board=board)
+    (moved,) = [p["board"] for p in cnn.placement]
+    assert moved != board and _throughput(ray_session, moved)["wide#2"]["max_inflight"] == 2
+    futs = [cnn.submit_quantized(x) for x in m.inputs * 2]
+    for i, f in enumerate(futs):
+        (y,), info = f.result(timeout=120)
+        m.check([y], i % len(m.inputs))
+    _clear(cl)

@@ -1,5 +1,5 @@
 """Runs in the tritonclient environment (.venv-client), not under pytest:
-loads a model with replicas into a `vfpga serve --ray` cluster with
+loads a model with replicas (two requests in flight each) into a `vfpga serve --ray` cluster with
 Triton's standard HTTP client, infers over HTTP and gRPC, and reports what
 happened as JSON on stdout (outputs into WORKDIR/outputs.npz).
 
@@ -25,7 +25,8 @@ def main():
         model = f.read()
     with open(os.path.join(work, "calibration.npy"), "rb") as f:
         calibration = f.read()
-    config = json.dumps({"cores": 2, "replicas": 2, "token": token, "calibration": "calibration.npy"})
+    config = json.dumps({"cores": 2, "replicas": 2, "token": token, "calibration": "calibration.npy",
+                         "max_inflight": 2})  # each replica holds two requests in flight
     h.load_model(name, headers={"Authorization": f"Bearer {admin}"}, config=config,
                  files={"file:1/model.onnx": model, "file:calibration.npy": calibration})
     report = {"ready": h.is_model_ready(name, headers={"Authorization": f"Bearer {token}"}),

@@ -24,7 +24,7 @@ from vfpga import overlay
 from vfpga.runtime.compiler import frontend, rnn, static
 from vfpga.runtime.errors import DeployError, TenantRemoved
 from vfpga.runtime.tenants import compile_model
-from vfpga.runtime.tenants.accelerator import find_tenant, rnn_model
+from vfpga.runtime.tenants.accelerator import check_throughput_options, find_tenant, rnn_model
 from vfpga.runtime.tenants.rnn_tenant import rnn_feeds
 from vfpga.runtime.tenants.tenant import quantized_input
 
@@ -42,6 +42,7 @@ class ReplicaStats:
     outstanding: int
     latency_ms: float | None  # device latency per request on its board (modeled or measured)
     utilisation: float | None
+    batched: int = 0  # of its requests, those that ran in a batch of more than one (dynamic batching)
 
 
 @dataclasses.dataclass
@@ -252,11 +253,15 @@ class Cluster:
 
     def deploy(self, model, cores: int = 1, replicas: int = 1, name: str | None = None, calibration=None,
                input_shape=None, fallback: bool = True, max_pending: int = 64, board: str | None = None,
-               spread: bool = False) -> ClusterTenant:
+               spread: bool = False, max_batch: int = 1, max_delay_us: float = 0.0,
+               max_inflight: int = 1) -> ClusterTenant:
         """Compiles ``model`` once for board kind ``board`` (default: the first
         kind) and deploys ``replicas`` replicas of ``cores`` cores, fewest
         boards touched first (``spread``: each on its own board).
-        ``max_pending``: requests it may have outstanding per replica."""
+        ``max_pending``: requests it may have outstanding per replica.
+        ``max_batch``, ``max_delay_us`` (RNN models) and ``max_inflight`` (CNN
+        models) are each replica's, as in Accelerator.deploy: a replica
+        batches, or holds in flight, the requests the controller sends it."""
         self._check_open()
         board = board or self.kinds[0]
         if board not in self.spec:
@@ -270,8 +275,10 @@ class Cluster:
                               else f"tenant name {name!r}: '#' is kept for replica names")
         compiled = self.compile(model, board, calibration, input_shape, fallback)
         kind = "rnn" if isinstance(compiled, rnn.CompiledRnn) else "cnn"
+        check_throughput_options(kind, overlay.load(board), max_batch, max_delay_us, max_inflight)
+        options = {"max_batch": max_batch, "max_delay_us": float(max_delay_us), "max_inflight": max_inflight}
         ref = pool.ray_module().put(compiled)
-        state = TenantState(name, kind, board, compiled, ref, cores, replicas, max_pending, spread)
+        state = TenantState(name, kind, board, compiled, ref, cores, replicas, max_pending, spread, options=options)
         self.controller.call(self.controller.deploy(state))
         self._tenants[name] = t = ClusterTenant(self, state)
         return t
@@ -331,7 +338,8 @@ class Cluster:
             for r in list(s.replicas):
                 st = boards.get(r.board.index, {}).get("tenants", {}).get(r.name)
                 reps.append(ReplicaStats(r.board.index, list(r.core_list), r.state, r.requests, r.outstanding,
-                                         st.latency_ms if st else None, st.utilisation if st else None))
+                                         st.latency_ms if st else None, st.utilisation if st else None,
+                                         r.batched))
             lat = [r.latency_ms for r in reps if r.latency_ms]
             util = [r.utilisation for r in reps if r.utilisation is not None]
             host = sorted(s.host_latencies)

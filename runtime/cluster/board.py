@@ -121,17 +121,20 @@ class Board:
         return {"index": self.index, "kind": self.kind, "mode": self.mode, "boot": self.boot, "pid": os.getpid(),
                 "actor_id": _actor_id(),
                 "host": socket.gethostname(), "cores": {"cnn": a.n_cores, "rnn": a.n_rnn},
-                "contexts": a.dispatcher.n_tenants, "tenants": {n: list(t.cores) for n, t in a.tenants.items()}}
+                "contexts": a.dispatcher.n_tenants, "tenants": {n: list(t.cores) for n, t in a.tenants.items()},
+                "throughput": {n: {"max_batch": getattr(t, "max_batch", 1), "max_inflight": getattr(t, "max_inflight", 1)}
+                               for n, t in a.tenants.items()}}
 
     async def _blocking(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
-    async def deploy(self, name: str, compiled, cores: int, max_pending: int) -> dict:
+    async def deploy(self, name: str, compiled, cores: int, max_pending: int, options: dict | None = None) -> dict:
         """Deploys replica ``name`` of a compiled model (shipped from the object
-        store): the dynamic stage for ``cores`` cores, a context, a segment."""
+        store): the dynamic stage for ``cores`` cores, a context, a segment;
+        ``options``: the tenant's max_batch, max_delay_us, max_inflight."""
         t0 = time.perf_counter()
         tenant = await self._blocking(lambda: self.accel.deploy(compiled, cores=cores, name=name,
-                                                                max_pending=max_pending))
+                                                                max_pending=max_pending, **(options or {})))
         return {"cores": list(tenant.cores), "seconds": time.perf_counter() - t0}
 
     async def infer_batch(self, name: str, items: list, quantized: bool) -> list:

@@ -199,6 +199,7 @@ class Controller:
                 self.late += 1
             elif ok:
                 r.requests += 1
+                r.batched += value[1].batch > 1
                 b.served += 1
                 self._answer(q, self._value(q, value))
             else:
@@ -338,7 +339,7 @@ class Controller:
     async def _deploy_replica(self, r: Replica) -> Replica:
         b, t = r.board, r.tenant
         try:
-            info = await b.handle.deploy.remote(r.name, t.ref, r.cores, BOARD_PENDING)
+            info = await b.handle.deploy.remote(r.name, t.ref, r.cores, BOARD_PENDING, t.options)
         except self.ray.exceptions.RayActorError as e:
             self._board_down(b, f"its actor died during a deploy ({type(e).__name__})")
             self._detach(r)

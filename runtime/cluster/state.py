@@ -60,6 +60,7 @@ class Replica:
         self.sent: set[Call] = set()  # those calls
         self.fault = None  # a TenantFault that stopped it (until reset)
         self.requests = 0  # answered OK
+        self.batched = 0  # of those, run in a batch of more than one
         self.idle = None  # asyncio.Event a drain waits on
 
     @property
@@ -88,6 +89,7 @@ class TenantState:
     wanted: int  # replicas
     max_pending: int  # per replica, at the controller
     spread: bool = False
+    options: dict = field(default_factory=dict)  # each replica's deploy options (max_batch, max_inflight, ...)
     replicas: list = field(default_factory=list)
     waiting: collections.deque = field(default_factory=collections.deque)  # no replica to take them yet
     problem: str | None = None  # why it has no replica (capacity short after a failure)

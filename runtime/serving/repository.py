@@ -279,8 +279,9 @@ class Repository:
         return {"replicas": replicas, "board": board}
 
     def _batching(self, config: dict) -> dict:
-        """Throughput options on one board: deploy's max_batch and max_delay_us
-        (dynamic batching, RNN models) and max_inflight (CNN models), when asked for."""
+        """Throughput options: deploy's max_batch and max_delay_us (dynamic
+        batching, RNN models) and max_inflight (CNN models), when asked for; in
+        front of a cluster, each replica's."""
         max_batch, max_inflight = _int(config, "max_batch", 1), _int(config, "max_inflight", 1)
         delay = config.get("max_delay_us", 0)
         if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
@@ -290,8 +291,6 @@ class Repository:
             out.update(max_batch=max_batch, max_delay_us=float(delay))
         if max_inflight > 1:
             out["max_inflight"] = max_inflight
-        if out and self.config.cluster:
-            raise bad_request(f"config.{next(iter(out))} > 1 is served on one board (not yet through the cluster)")
         return out
 
     @staticmethod

@@ -218,16 +218,10 @@ class Accelerator:
         ``max_delay_us`` of each other run together, up to max_batch.
         ``max_inflight`` > 1 (CNN models): up to that many requests in flight,
         each on its own activation slot of the segment."""
-        if not isinstance(max_batch, int) or max_batch < 1:
-            raise DeployError(f"max_batch must be a positive integer, not {max_batch!r}")
-        if not isinstance(max_delay_us, (int, float)) or isinstance(max_delay_us, bool) or max_delay_us < 0:
-            raise DeployError(f"max_delay_us must be a number >= 0, not {max_delay_us!r}")
-        if isinstance(model, mixed.CompiledMixed) or mixed_model(model) or rnn_model(model):
-            if max_inflight != 1:
-                raise DeployError("max_inflight is implemented for CNN tenants only")
-        if isinstance(model, mixed.CompiledMixed) or mixed_model(model):
-            if max_batch > 1:
-                raise DeployError("dynamic batching is implemented for RNN tenants only (not CNN + RNN models)")
+        is_mixed = isinstance(model, mixed.CompiledMixed) or mixed_model(model)
+        check_throughput_options("mixed" if is_mixed else "rnn" if rnn_model(model) else "cnn", self.config,
+                                 max_batch, max_delay_us, max_inflight)
+        if is_mixed:
             return self._deploy_mixed(model, cores, name, calibration, input_shape, fallback, max_pending)
         if not isinstance(cores, int) or cores < 1:
             raise DeployError(f"cores must be a positive integer, not {cores!r}")
@@ -245,9 +239,6 @@ class Accelerator:
             except rnn.RnnCompileError as e:
                 raise DeployError(f"cannot batch this model (max_batch={max_batch}): {e}") from e
         else:
-            if max_batch > 1:
-                raise DeployError("dynamic batching is implemented for RNN tenants only; deploy CNNs with "
-                                  "max_batch=1")
             compiled = self.compile(model, calibration, input_shape, fallback=fallback)
         with self._lock:
             self._check_open()
@@ -505,6 +496,28 @@ def _percentiles(values: list[float], scale: float, mean: bool = False) -> dict[
     out = {"mean": statistics.fmean(v) * scale} if mean else {}
     out.update(p50=v[len(v) // 2] * scale, p99=v[min(len(v) - 1, int(0.99 * len(v)))] * scale)
     return out
+
+
+def check_throughput_options(kind: str, config: dict, max_batch, max_delay_us, max_inflight) -> None:
+    """Refuses deploy options a tenant of ``kind`` ("cnn", "rnn", "mixed") on
+    a board of ``config`` cannot have: dynamic batching (max_batch,
+    max_delay_us) is built for RNN tenants, requests in flight (max_inflight,
+    up to the dispatcher's inflight_max) for CNN tenants. One check for a
+    board's deploy and a cluster's."""
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+        raise DeployError(f"max_batch must be a positive integer, not {max_batch!r}")
+    if not isinstance(max_delay_us, (int, float)) or isinstance(max_delay_us, bool) or max_delay_us < 0:
+        raise DeployError(f"max_delay_us must be a number >= 0, not {max_delay_us!r}")
+    if max_batch > 1 and kind != "rnn":
+        raise DeployError("dynamic batching is implemented for RNN tenants only"
+                          + ("; deploy CNNs with max_batch=1" if kind == "cnn" else " (not CNN + RNN models)"))
+    if max_inflight != 1:
+        limit = int(config["dispatcher"]["inflight_max"])
+        if kind != "cnn":
+            raise DeployError("max_inflight is implemented for CNN tenants only")
+        if not isinstance(max_inflight, int) or isinstance(max_inflight, bool) or not 1 <= max_inflight <= limit:
+            raise DeployError(f"max_inflight must be 1..{limit} on {config['name']} for a CNN tenant "
+                              f"(1 for RNN tenants), not {max_inflight!r}")
 
 
 def mixed_model(model) -> bool:
