@@ -282,6 +282,11 @@ def test_other_board_and_changed_config(saved, compiled, tmp_path):
     changed["cnn_core"]["wbuf_bytes"] //= 2
     with pytest.raises(ifp.IfpBoardError, match="changed since"):
         ifp.load(saved, board=changed)
+    # the part's resources and the prose are not the program's: a file stays deployable when they change
+    resized = copy.deepcopy(compiled_config("u200"))
+    resized["device"]["uram"] += 1
+    resized["description"] += " (revised)"
+    assert ifp.load(saved, board=resized).segment_size == compiled.segment_size
 
     def rehash(m):
         m["board"]["config_sha256"] = "0" * 64

@@ -75,10 +75,15 @@ def compiler_version() -> str:
     return f"vfpga {vfpga.__version__}, ISA {isa.ISA_VERSION}"
 
 
+# Sections of a board config no program depends on: the part's resources and the prose.
+_NOT_HASHED = ("device", "description")
+
+
 def config_hash(cfg: dict) -> str:
     """SHA-256 of a board config's content (canonical JSON of the parsed
-    config, so formatting of the file does not matter)."""
-    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+    config, so formatting of the file does not matter), less the sections
+    no compiled program depends on (_NOT_HASHED)."""
+    text = json.dumps({k: v for k, v in cfg.items() if k not in _NOT_HASHED}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
