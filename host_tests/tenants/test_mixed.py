@@ -13,7 +13,7 @@ from harness import emulated_accelerator
 
 from vfpga.driver import isa
 from vfpga.runtime.compiler import mixed
-from vfpga.runtime.errors import TenantFault
+from vfpga.runtime.errors import DeployError, TenantFault, TenantRemoved
 from vfpga.runtime.models import mobile
 
 
@@ -128,3 +128,40 @@ def test_both_parts_reallocate_and_fault_alone(accel):
         check(net, sess, make, False, 1)
     finally:
         accel.remove(net)
+
+
+def test_a_pipeline_through_both_parts(accel):
+    """max_inflight=2: a request's front end runs while the one before it is in
+    the RNN part; results equal the one-at-a-time tenant's bit for bit, in
+    submission order; removal answers every request it leaves."""
+    model = mobile.conv1d_lstm(seed=5)
+    sess, make = feeds_for(model, 2)
+    calib = [make() for _ in range(6)]
+    seq = accel.deploy(model, cores={"cnn": 1, "rnn": 1}, calibration=calib, name="seq")
+    pipe = accel.deploy(model, cores={"cnn": 2, "rnn": 1}, calibration=calib, name="pipe", max_inflight=2,
+                        max_batch=2, max_delay_us=1000)
+    try:
+        assert pipe.front.max_inflight == 2 and pipe.recurrent.max_batch == 2
+        xs = [make()["x"] for _ in range(8)]
+        want = [seq.run(x) for x in xs]
+        futs = [pipe.submit(x) for x in xs]
+        for f, w in zip(futs, want):
+            got = f.result(timeout=120)
+            assert all(np.array_equal(g, e) for g, e in zip(got, w))
+        assert pipe.inflight_peak == 2 and seq.inflight_peak == 1 and pipe.requests == 8
+        with pytest.raises(ValueError, match="missing input"):
+            pipe.submit({"not_x": xs[0]})
+        futs = [pipe.submit(x) for x in xs[:5]]
+    finally:
+        accel.remove(pipe)
+        accel.remove(seq)
+    for f in futs:  # each one either ran or was refused with TenantRemoved; none is left waiting
+        try:
+            assert len(f.result(timeout=60)) == len(want[0])
+        except TenantRemoved:
+            pass
+    with pytest.raises(TenantRemoved):
+        pipe.submit(xs[0])
+    with pytest.raises(DeployError, match="max_inflight must be 1..4"):
+        accel.deploy(model, cores=1, calibration=calib, name="wide", max_inflight=9)
+    assert "wide.cnn" not in accel.tenants

@@ -222,7 +222,8 @@ class Accelerator:
         check_throughput_options("mixed" if is_mixed else "rnn" if rnn_model(model) else "cnn", self.config,
                                  max_batch, max_delay_us, max_inflight)
         if is_mixed:
-            return self._deploy_mixed(model, cores, name, calibration, input_shape, fallback, max_pending)
+            return self._deploy_mixed(model, cores, name, calibration, input_shape, fallback, max_pending,
+                                      max_batch, max_delay_us, max_inflight)
         if not isinstance(cores, int) or cores < 1:
             raise DeployError(f"cores must be a positive integer, not {cores!r}")
         kind = "rnn" if rnn_model(model) else "cnn"
@@ -277,11 +278,14 @@ class Accelerator:
             self.tenants[name] = tenant
         return tenant
 
-    def _deploy_mixed(self, model, cores, name, calibration, input_shape, fallback, max_pending) -> MixedTenant:
+    def _deploy_mixed(self, model, cores, name, calibration, input_shape, fallback, max_pending, max_batch=1,
+                      max_delay_us=0.0, max_inflight=1) -> MixedTenant:
         """Convolutions before LSTM/GRU layers: the front end on ``cores``
         CNN cores (tenant ``<name>.cnn``), the recurrent part on as many RNN
         cores as are free up to ``cores`` (``<name>.rnn``); ``cores`` may
-        also be {"cnn": a, "rnn": b}."""
+        also be {"cnn": a, "rnn": b}. ``max_inflight``: requests in the
+        pipeline through both parts (and in flight on the front end's
+        cores); ``max_batch``, ``max_delay_us``: the RNN part's batching."""
         kc, kr = (cores.get("cnn", 1), cores.get("rnn", 1)) if isinstance(cores, dict) else (cores, None)
         if not isinstance(kc, int) or kc < 1:
             raise DeployError(f"cores must be a positive integer, not {cores!r}")
@@ -294,13 +298,15 @@ class Accelerator:
         name = name or f"tenant{len(self.tenants)}"
         if name in self.mixed:
             raise DeployError(f"a tenant named {name!r} is already deployed")
-        front = self.deploy(compiled.front, cores=kc, name=f"{name}.cnn", fallback=fallback, max_pending=max_pending)
+        front = self.deploy(compiled.front, cores=kc, name=f"{name}.cnn", fallback=fallback, max_pending=max_pending,
+                            max_inflight=max_inflight)
         try:
-            recurrent = self.deploy(compiled.recurrent, cores=kr, name=f"{name}.rnn", max_pending=max_pending)
+            recurrent = self.deploy(compiled.recurrent, cores=kr, name=f"{name}.rnn", max_pending=max_pending,
+                                    max_batch=max_batch, max_delay_us=max_delay_us)
         except BaseException:
             self.remove(front)
             raise
-        t = MixedTenant(self, name, compiled, front, recurrent)
+        t = MixedTenant(self, name, compiled, front, recurrent, max_inflight=max_inflight)
         self.mixed[name] = t
         return t
 
@@ -501,23 +507,25 @@ def _percentiles(values: list[float], scale: float, mean: bool = False) -> dict[
 def check_throughput_options(kind: str, config: dict, max_batch, max_delay_us, max_inflight) -> None:
     """Refuses deploy options a tenant of ``kind`` ("cnn", "rnn", "mixed") on
     a board of ``config`` cannot have: dynamic batching (max_batch,
-    max_delay_us) is built for RNN tenants, requests in flight (max_inflight,
-    up to the dispatcher's inflight_max) for CNN tenants. One check for a
-    board's deploy and a cluster's."""
+    max_delay_us) is built for RNN tenants and a mixed tenant's RNN part,
+    requests in flight (max_inflight, up to the dispatcher's inflight_max)
+    for CNN tenants and mixed tenants (a pipeline through both parts). One
+    check for a board's deploy and a cluster's."""
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
         raise DeployError(f"max_batch must be a positive integer, not {max_batch!r}")
     if not isinstance(max_delay_us, (int, float)) or isinstance(max_delay_us, bool) or max_delay_us < 0:
         raise DeployError(f"max_delay_us must be a number >= 0, not {max_delay_us!r}")
-    if max_batch > 1 and kind != "rnn":
-        raise DeployError("dynamic batching is implemented for RNN tenants only"
-                          + ("; deploy CNNs with max_batch=1" if kind == "cnn" else " (not CNN + RNN models)"))
+    if max_batch > 1 and kind == "cnn":
+        raise DeployError("dynamic batching is implemented for RNN tenants (and the RNN part of CNN + RNN "
+                          "models) only; deploy CNNs with max_batch=1")
     if max_inflight != 1:
         limit = int(config["dispatcher"]["inflight_max"])
-        if kind != "cnn":
-            raise DeployError("max_inflight is implemented for CNN tenants only")
+        if kind == "rnn":
+            raise DeployError("max_inflight is implemented for CNN tenants and CNN + RNN models only (RNN "
+                              "tenants batch: max_batch)")
         if not isinstance(max_inflight, int) or isinstance(max_inflight, bool) or not 1 <= max_inflight <= limit:
-            raise DeployError(f"max_inflight must be 1..{limit} on {config['name']} for a CNN tenant "
-                              f"(1 for RNN tenants), not {max_inflight!r}")
+            raise DeployError(f"max_inflight must be 1..{limit} on {config['name']} for a CNN or CNN + RNN "
+                              f"tenant, not {max_inflight!r}")
 
 
 def mixed_model(model) -> bool:

@@ -6,6 +6,12 @@ has its own dispatcher context, segment, cores, queue and fault state, so
 ``reallocate``, ``stats`` and faults cover both under their names; this
 object runs requests through both in order, like onnxruntime on the whole
 model.
+
+With ``max_inflight`` > 1 the two parts form a pipeline: up to that many
+requests are between submit and result at once, so one request's front end
+runs while the previous one's recurrent part does (and the front end holds
+as many requests in flight on its cores, the RNN part batches them when
+deployed with ``max_batch``). Results come in submission order either way.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from vfpga.runtime.compiler import mixed, placement
+from vfpga.runtime.errors import TenantRemoved
 from vfpga.runtime.tenants.tenant import LATENCY_WINDOW
 
 
@@ -26,13 +33,19 @@ class MixedTenant:
 
     kind = "mixed"
 
-    def __init__(self, accel, name: str, compiled: mixed.CompiledMixed, front, recurrent):
+    def __init__(self, accel, name: str, compiled: mixed.CompiledMixed, front, recurrent, max_inflight: int = 1):
         self.accel, self.name, self.compiled = accel, name, compiled
         self.front, self.recurrent = front, recurrent
+        self.max_inflight = max_inflight
         self._pre = compiled.host_pre()
         self._glue = compiled.host_glue()
+        # the host steps (input preparation, the glue between the parts), one at a time in request order
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vfpga-mixed-{name}")
         self._lock = threading.Lock()
+        self._waiting: collections.deque = collections.deque()  # (feeds, future) not started: max_inflight reached
+        self._running = 0  # requests started and not answered
+        self.inflight_peak = 0  # the most requests that were in the pipeline at once
+        self.removed = False
         # per request (the last LATENCY_WINDOW): glue and both parts' host work, measured
         self.host_cpu_seconds: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.requests = 0
@@ -52,28 +65,74 @@ class MixedTenant:
             raise ValueError(f"tenant {self.name!r}: missing input {s.main_input!r}")
         return feeds
 
-    def _run(self, feeds: dict):
+    # ---- the pipeline: front end, glue, recurrent part --------------------------------------------------
+    def _start(self, feeds: dict, result: Future) -> None:
+        """Host step 1 (on the pool): the input to the front end."""
         s = self.compiled.split
         t0 = time.perf_counter()
-        f_in = self._pre(feeds[s.main_input])
+        try:
+            front = self.front.submit_float_with_info(self._pre(feeds[s.main_input]))
+        except BaseException as e:  # noqa: BLE001 - the request's error, through its future
+            self._finish(result, error=e)
+            return
         host = time.perf_counter() - t0
-        f, info = self.front.submit_float_with_info(f_in).result()
-        t1 = time.perf_counter()
-        f = mixed.rows_out(f) if s.rows else f
-        xs = self._glue(np.asarray(f, np.float32))
-        rec = {k: v for k, v in feeds.items() if k != s.main_input}
-        rec[s.x_name] = xs
-        host += time.perf_counter() - t1
-        outs, rinfo = self.recurrent.run_with_info(rec)
+        front.add_done_callback(lambda f: self._later(self._glue_step, feeds, f, result, host))
+
+    def _glue_step(self, feeds: dict, front: Future, result: Future, host: float) -> None:
+        """Host step 2 (on the pool, in front-end completion order = submission order): the recurrent feeds."""
+        s = self.compiled.split
+        try:
+            f, info = front.result()
+            t1 = time.perf_counter()
+            f = mixed.rows_out(f) if s.rows else f
+            rec = {k: v for k, v in feeds.items() if k != s.main_input}
+            rec[s.x_name] = self._glue(np.asarray(f, np.float32))
+            host += time.perf_counter() - t1
+            recurrent = self.recurrent.submit_with_info(rec)
+        except BaseException as e:  # noqa: BLE001
+            self._finish(result, error=e)
+            return
+        recurrent.add_done_callback(lambda r: self._done(r, result, host + info.host_cpu_seconds))
+
+    def _done(self, recurrent: Future, result: Future, host: float) -> None:
+        try:
+            outs, rinfo = recurrent.result()
+        except BaseException as e:  # noqa: BLE001
+            self._finish(result, error=e)
+            return
         with self._lock:
             self.requests += 1
-            self.host_cpu_seconds.append(host + info.host_cpu_seconds + rinfo.host_cpu_seconds)
-        return outs[0] if len(outs) == 1 else outs
+            self.host_cpu_seconds.append(host + rinfo.host_cpu_seconds)
+        self._finish(result, value=outs[0] if len(outs) == 1 else outs)
+
+    def _finish(self, result: Future, value=None, error: BaseException | None = None) -> None:
+        """Answers a request and starts the next waiting one."""
+        with self._lock:
+            nxt = self._waiting.popleft() if self._waiting else None
+            if nxt is None:
+                self._running -= 1
+        if nxt is not None:
+            self._later(self._start, *nxt)
+        if error is not None:
+            result.set_exception(error)
+        else:
+            result.set_result(value)
 
     def submit(self, x) -> Future:
         """The model's input (array, or a dict of ONNX feeds with initial
         states) -> a Future of its float output(s), like onnxruntime."""
-        return self._pool.submit(self._run, self._feeds(x))
+        feeds, result = self._feeds(x), Future()
+        result.set_running_or_notify_cancel()
+        with self._lock:
+            if self.removed:
+                raise TenantRemoved(f"tenant {self.name!r} has been removed")
+            if self._running >= self.max_inflight:
+                self._waiting.append((feeds, result))
+                return result
+            self._running += 1
+            self.inflight_peak = max(self.inflight_peak, self._running)
+        self._pool.submit(self._start, feeds, result)
+        return result
 
     def run(self, x):
         return self.submit(x).result()
@@ -87,5 +146,21 @@ class MixedTenant:
             if p.fault is not None:
                 p.reset()
 
+    def _later(self, step, *args) -> None:
+        """A host step on the pool; inline once the tenant is being removed
+        (its parts then answer with TenantRemoved, which the step hands on)."""
+        try:
+            self._pool.submit(step, *args)
+        except RuntimeError:  # the pool is shut down
+            step(*args)
+
     def _shutdown(self) -> None:
+        """Requests not started fail with TenantRemoved; those in the pipeline
+        finish or fail with their parts' removal."""
+        with self._lock:
+            self.removed = True
+            waiting, self._waiting = self._waiting, collections.deque()
+        gone = TenantRemoved(f"tenant {self.name!r} was removed before this request ran")
+        for _, result in waiting:
+            result.set_exception(gone)
         self._pool.shutdown(wait=True)
