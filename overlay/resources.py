@@ -21,12 +21,12 @@ ceil(width / 72) x ceil(depth / 4096) blocks. Memories of at most
 ``LUTRAM_BITS`` go to LUTs or registers, as Vitis HLS does with small
 arrays, and are not counted.
 
-DSP slices: the MAC arrays' multipliers, one DSP48 per int8 multiply as the
-C++ writes them (the CONV beat's VF_ICP x VF_OCP products, the RNN MATVEC
-beat's rows x cols). Two int8 products that share an operand fit one
-DSP48E2 when written as one wide multiply (packed weights); the HLS does not
-do that, so this figure is what it would take as written. The
-requantization and gate multipliers (a few dozen per core) are left out.
+DSP slices: the MAC arrays' multipliers (the CONV beat's VF_ICP x VF_OCP
+products, the RNN MATVEC beat's rows x cols), one DSP48 per int8 multiply,
+or VF_MACS_PER_DSP (hls/include/vfpga_mac.h) per slice for a core kind
+whose source multiplies through vf_mul2, two products that share an operand
+in one 27 x 8 multiply. The requantization and gate multipliers (a few
+dozen per core) are left out.
 
 The device's capacity comes from the board config's ``device`` section
 (the whole part; an Alveo shell keeps part of it).
@@ -211,10 +211,24 @@ def row(a: Array) -> Row:
     return Row(a.name, a.bytes, count, depth, width, "bram", count * bram36(depth, width), 0)
 
 
-def mac_dsps(cfg: dict) -> int:
-    """DSP48 slices of the MAC arrays at one int8 multiply per slice."""
+def macs_per_dsp(source: str, hls_dir: str = HLS_DIR) -> int:
+    """Int8 multiplies per DSP48 in the MAC beat of ``source`` (cnn_core.cpp,
+    rnn_core.cpp): VF_MACS_PER_DSP when it multiplies through vf_mul2, else 1."""
+    with open(os.path.join(hls_dir, source)) as f:
+        if "vf_mul2(" not in f.read():
+            return 1
+    with open(os.path.join(hls_dir, "include", "vfpga_mac.h")) as f:
+        m = re.search(r"#define\s+VF_MACS_PER_DSP\s+(\d+)", f.read())
+    if m is None:
+        raise ResourceError("include/vfpga_mac.h does not define VF_MACS_PER_DSP")
+    return int(m.group(1))
+
+
+def mac_dsps(cfg: dict, hls_dir: str = HLS_DIR) -> int:
+    """DSP48 slices of the MAC arrays."""
     cnn, rnn = cfg["cnn_core"], cfg.get("rnn_core", {"count": 0, "rows": 0, "cols": 0})
-    return cnn["count"] * cnn["icp"] * cnn["ocp"] + rnn["count"] * rnn["rows"] * rnn["cols"]
+    return (math.ceil(cnn["count"] * cnn["icp"] * cnn["ocp"] / macs_per_dsp("cnn_core.cpp", hls_dir))
+            + math.ceil(rnn["count"] * rnn["rows"] * rnn["cols"] / macs_per_dsp("rnn_core.cpp", hls_dir)))
 
 
 def estimate(board: str | dict, hls_dir: str = HLS_DIR) -> Estimate:
@@ -222,7 +236,7 @@ def estimate(board: str | dict, hls_dir: str = HLS_DIR) -> Estimate:
     if "device" not in cfg:
         raise BoardConfigError(f"board config {cfg.get('name')!r} has no 'device' section (the part's resources)")
     rows = tuple(row(a) for a in arrays(preprocess(cfg, TOP, hls_dir)))
-    return Estimate(cfg["name"], rows, mac_dsps(cfg), dict(cfg["device"]))
+    return Estimate(cfg["name"], rows, mac_dsps(cfg, hls_dir), dict(cfg["device"]))
 
 
 def table(e: Estimate) -> str:

@@ -82,7 +82,8 @@ def test_the_estimate_covers_every_configured_buffer(board):
     for name, size in want.items():
         per_core = size * (cnn["count"] if not name.startswith("rnn_") else rnn["count"])
         assert by_name[name] >= per_core, (name, by_name.get(name), per_core)
-    assert e.dsp == cnn["count"] * cnn["icp"] * cnn["ocp"] + rnn["count"] * rnn["rows"] * rnn["cols"]
+    assert e.dsp == (-(-cnn["count"] * cnn["icp"] * cnn["ocp"] // R.macs_per_dsp("cnn_core.cpp"))
+                     - (-rnn["count"] * rnn["rows"] * rnn["cols"] // R.macs_per_dsp("rnn_core.cpp")))
     assert all(r.bram36 > 0 or r.uram > 0 or r.impl == "lutram" for r in e.rows)
     text = R.table(e)
     assert board in text and ("fits the device" in text or "exceeds the device" in text)
@@ -99,3 +100,18 @@ def test_main_prints_each_board(capsys):
 def test_missing_sources_are_named(tmp_path):
     with pytest.raises(R.ResourceError, match="no HLS source at"):
         R.estimate("u200", hls_dir=str(tmp_path))
+
+
+def test_packed_multiplies_halve_a_kinds_dsps(tmp_path):
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "vfpga_mac.h").write_text("#define VF_MACS_PER_DSP 2\n")
+    (tmp_path / "cnn_core.cpp").write_text("s += p_hi; vf_mul2(x, w0, w1, &p_hi, &p_lo);\n")
+    (tmp_path / "rnn_core.cpp").write_text("acc += (int32_t)w * v;\n")
+    assert R.macs_per_dsp("cnn_core.cpp", str(tmp_path)) == 2 and R.macs_per_dsp("rnn_core.cpp", str(tmp_path)) == 1
+    cfg = overlay.load("u200")
+    cnn, rnn = cfg["cnn_core"], cfg["rnn_core"]
+    assert R.mac_dsps(cfg, str(tmp_path)) == cnn["count"] * cnn["icp"] * cnn["ocp"] // 2 + \
+        rnn["count"] * rnn["rows"] * rnn["cols"]
+    (tmp_path / "include" / "vfpga_mac.h").write_text("/* nothing */\n")
+    with pytest.raises(R.ResourceError, match="VF_MACS_PER_DSP"):
+        R.mac_dsps(cfg, str(tmp_path))
