@@ -162,3 +162,42 @@ def decode(raw) -> dict:
 def opcodes_of(program: np.ndarray) -> np.ndarray:
     """Opcode of every instruction of a program given as uint8 [n, 64]."""
     return program.reshape(-1, INSN_BYTES)[:, 0]
+
+
+# ---- CONV weights: beat-major words (the CONV comment in vfpga_isa.h) ----------
+
+def conv_word_bytes(icp: int, ocp: int) -> int:
+    """One MAC beat's weights, ICP * OCP bytes: the alignment of a CONV's
+    wgt_addr and the WBUF partition factor."""
+    return icp * ocp
+
+
+def conv_weight_bytes(groups: int, cin_g: int, cout_g: int, kh: int, kw: int, icp: int, ocp: int) -> int:
+    """WBUF bytes of a CONV's beat-major weights, padding included."""
+    if cin_g == 1:
+        return -(-groups * cout_g // ocp) * ocp * kh * kw
+    return groups * -(-cout_g // ocp) * kh * kw * -(-cin_g // icp) * icp * ocp
+
+
+def pack_conv_weights(w: np.ndarray, groups: int, icp: int, ocp: int) -> np.ndarray:
+    """The int8 weights ``w[oc][ky][kx][cin_g]`` (oc = g * cout_g + o) of one
+    CONV as the core reads them: beat-major words, zero in the padding.
+    Returns a flat int8 array of :func:`conv_weight_bytes` bytes."""
+    w = np.asarray(w, dtype=np.int8)
+    if w.ndim != 4 or groups < 1 or w.shape[0] % groups:
+        raise ValueError(f"CONV weights of shape {w.shape} are not [groups * cout_g][kh][kw][cin_g] "
+                         f"for {groups} groups")
+    oct_, kh, kw, cin_g = w.shape
+    cout_g = oct_ // groups
+    if cin_g == 1:
+        # lanes across groups: per block of ocp channels, per tap, one row of ocp bytes
+        nb = -(-oct_ // ocp)
+        rows = np.zeros((nb * ocp, kh * kw), np.int8)
+        rows[:oct_] = w.reshape(oct_, kh * kw)
+        return np.ascontiguousarray(rows.reshape(nb, ocp, kh * kw).transpose(0, 2, 1)).reshape(-1)
+    nob, nib = -(-cout_g // ocp), -(-cin_g // icp)
+    full = np.zeros((groups, nob * ocp, kh, kw, nib * icp), np.int8)
+    full[:, :cout_g, :, :, :cin_g] = w.reshape(groups, cout_g, kh, kw, cin_g)
+    # [g][ob][o][ky][kx][ib][i] -> [g][ob][ky][kx][ib][o][i]
+    words = full.reshape(groups, nob, ocp, kh, kw, nib, icp).transpose(0, 1, 3, 4, 5, 2, 6)
+    return np.ascontiguousarray(words).reshape(-1)

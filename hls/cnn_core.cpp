@@ -20,7 +20,8 @@
  *                       pixel_stride, SAVE tile outside its view, PARAM
  *                       alignment, POOL valid window outside the tile,
  *                       clip_lo > clip_hi, undefined flag/deps bits, a PARAM
- *                       shift outside [0, 62] for CONV ACC_FINAL).
+ *                       shift outside [0, 62] for CONV ACC_FINAL, a CONV
+ *                       wgt_addr that is not a multiple of VF_CONV_WORD).
  *                       fault_addr = byte offset of the offending field inside
  *                       the 64-byte instruction (a bad PARAM shift reports the
  *                       param_addr field).
@@ -65,8 +66,9 @@
  * requantization but executes each beat sequence as contiguous int8 runs that
  * g++ -O3 vectorises: dense CONV is a blocked int8 GEMM (vf_conv_gemm: im2col
  * rows of a pixel block against weight-stationary blocks of output channels,
- * reduced to the host's byte dot-product instructions where it has them),
- * depthwise CONV runs channel blocks outermost with a lane-major weight copy,
+ * reduced to the host's byte dot-product instructions where it has them, the
+ * beat-major weight words unpacked into rows once per CONV), depthwise CONV
+ * runs channel blocks outermost reading the lane rows of the words in place,
  * POOL visits only the valid window, ADD / LUT / MUL run over whole rows,
  * LOAD/SAVE move rows with memcpy. It takes the counts from the formulas
  * above. int32 wrapping addition is associative and commutative
@@ -90,12 +92,13 @@
 
 #if !defined(VF_ICP) || !defined(VF_OCP) || !defined(VF_AXI_BYTES) || !defined(VF_IBUF_BYTES) || \
     !defined(VF_WBUF_BYTES) || !defined(VF_ACC_WORDS) || !defined(VF_OBUF_BYTES) ||                \
-    !defined(VF_PARAM_ENTRIES)
+    !defined(VF_PARAM_ENTRIES) || !defined(VF_CONV_WORD)
 #error "board macros missing: compile with the flags printed by python3 overlay/config.py BOARD"
 #endif
 
 static_assert(VF_ICP >= 1 && VF_ICP <= 256, "VF_ICP out of range");
 static_assert(VF_OCP >= 1 && VF_OCP <= 256, "VF_OCP out of range");
+static_assert(VF_CONV_WORD == VF_ICP * VF_OCP, "VF_CONV_WORD is one MAC beat's weights: ICP * OCP bytes");
 /* POOL: |sum * mult| <= 255 * IBUF * 2^31 must stay below 2^63. */
 static_assert(VF_IBUF_BYTES >= 1 && VF_IBUF_BYTES <= (1u << 23), "VF_IBUF_BYTES out of range");
 static_assert(VF_WBUF_BYTES >= 1 && VF_WBUF_BYTES <= (1u << 30), "VF_WBUF_BYTES out of range");
@@ -375,6 +378,7 @@ static vf_exec_t vf_load_unit(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_li
 typedef struct {
     uint32_t G, CIN, COUT, KH, KW, SH, SW, IW, OH, OW;
     uint64_t ICT, OCT, WST; /* input/output channels of the tile, weights per output channel */
+    uint64_t NIB, NOB;      /* input/output channel blocks (of a group; NOB across groups when CIN == 1) */
     bool init, final;
     int8_t zp, lo, hi;
     const int8_t *in;
@@ -471,18 +475,48 @@ struct vf_gemm_scratch {
     std::vector<uint32_t> tile; /* their outputs, [pixel][cout_g] */
     std::vector<uint32_t> bias; /* per output channel: first value (ACC_INIT) + correction */
     std::vector<uint32_t> corr; /* per output channel: -128 * sum of its weights */
+    std::vector<int8_t> panel;  /* the weights unpacked from their beat words: [oc][ky][kx][cin_g] */
     std::vector<int64_t> mult, rnd, shift; /* requantization per output channel */
 };
+
+/* The beat-major weight words (vfpga_isa.h) as GEMM rows: w[oc * K + (ky *
+ * kw + kx) * cin_g + i], K = WST. One pass over the weights per CONV, small
+ * against the MACs (each weight meets every pixel of the tile). */
+static void vf_gemm_panel(const vf_conv_t &k, int8_t *w)
+{
+    const uint64_t K = k.WST, taps = (uint64_t)k.KH * k.KW;
+    const int8_t *word = k.w;
+    for (uint64_t g = 0; g < k.G; ++g)
+        for (uint64_t ob = 0; ob < k.COUT; ob += VF_OCP) {
+            const uint64_t nO = vf_min64(VF_OCP, k.COUT - ob);
+            int8_t *rows = w + (g * k.COUT + ob) * K;
+            for (uint64_t t = 0; t < taps; ++t)
+                for (uint64_t ib = 0; ib < k.CIN; ib += VF_ICP, word += VF_CONV_WORD) {
+                    int8_t *dst = rows + t * k.CIN + ib;
+                    if (ib + VF_ICP <= k.CIN) {
+                        for (uint64_t o = 0; o < nO; ++o)
+                            memcpy(dst + o * K, word + o * VF_ICP, VF_ICP);
+                    } else {
+                        for (uint64_t o = 0; o < nO; ++o)
+                            memcpy(dst + o * K, word + o * VF_ICP, k.CIN - ib);
+                    }
+                }
+        }
+}
 
 /* noinline: inlined into the unit scheduler, g++ costs these loops cold and leaves them scalar. */
 static __attribute__((noinline)) void vf_conv_gemm(const vf_conv_t &k)
 {
     static thread_local vf_gemm_scratch sc;
     const uint64_t K = k.WST, N = k.COUT, pixels = (uint64_t)k.OH * k.OW;
+    if (sc.panel.size() < k.OCT * K)
+        sc.panel.resize(k.OCT * K);
+    vf_gemm_panel(k, sc.panel.data());
+    const int8_t *const wp = sc.panel.data();
     sc.corr.resize(k.OCT);
     sc.bias.resize(k.OCT);
     for (uint64_t oc = 0; oc < k.OCT; ++oc) {
-        const int8_t *w = k.w + oc * K;
+        const int8_t *w = wp + oc * K;
         uint32_t sum = 0;
         for (uint64_t j = 0; j < K; ++j)
             sum += (uint32_t)(int32_t)w[j];
@@ -512,7 +546,7 @@ static __attribute__((noinline)) void vf_conv_gemm(const vf_conv_t &k)
     const int64_t zp = k.zp, lo = k.lo, hi = k.hi;
     for (uint32_t g = 0; g < k.G; ++g) {
         const uint64_t oc0 = (uint64_t)g * N;
-        const int8_t *wg = k.w + oc0 * K;
+        const int8_t *wg = wp + oc0 * K;
         const uint32_t *bias = sc.bias.data() + oc0, *corr = sc.corr.data() + oc0;
         for (uint64_t p0 = 0; p0 < pixels; p0 += block) {
             const uint64_t np = vf_min64(block, pixels - p0);
@@ -574,12 +608,17 @@ static __attribute__((noinline)) void vf_conv_gemm(const vf_conv_t &k)
 /* One pipelined loop over every beat, in the order (g, oy, ox, output block,
  * ky, kx, input block): a block's first beat loads its lanes (bias or ACC)
  * and its last stores them, as predicates, so the pipeline fills once per
- * CONV. */
+ * CONV. The beat's weights are WBUF word wi (beat-major, vfpga_isa.h): its
+ * byte o * VF_ICP + i is MAC (o, i), a fixed bank of the VF_CONV_WORD-cyclic
+ * WBUF, so the whole word is one read of every bank. wi steps with the beat
+ * and rewinds to the group's first word at each pixel. */
 static uint64_t vf_conv_dense(const vf_conv_t &k)
 {
-    const uint64_t nIB = vf_ceil_div(k.CIN, VF_ICP), nOB = vf_ceil_div(k.COUT, VF_OCP);
+    const uint64_t nIB = k.NIB, nOB = k.NOB;
     const uint64_t total = (uint64_t)k.G * k.OH * k.OW * nOB * k.KH * k.KW * nIB;
+    const uint64_t group_words = nOB * k.KH * k.KW * nIB;
     uint32_t g = 0, oy = 0, ox = 0, ob = 0, ky = 0, kx = 0, ib = 0; /* ob, ib: first channel of the block */
+    uint64_t wi = 0, wg = 0; /* the beat's weight word, the group's first */
     uint32_t lane[VF_OCP];
 #pragma HLS ARRAY_PARTITION variable=lane complete
     uint64_t beats = 0;
@@ -596,7 +635,7 @@ CONV_BEAT:
         const bool last = ky + 1 == k.KH && kx + 1 == k.KW && (uint64_t)ib + VF_ICP >= k.CIN;
         const int8_t *x = k.in + (((uint64_t)oy * k.SH + ky) * k.IW + (uint64_t)ox * k.SW + kx) * k.ICT +
                           (uint64_t)g * k.CIN + ib;
-        const int8_t *wb = k.w + oc0 * k.WST + ((uint64_t)ky * k.KW + kx) * k.CIN + ib;
+        const int8_t *wb = k.w + wi * VF_CONV_WORD;
     CONV_INIT:
         for (uint32_t o = 0; o < VF_OCP; ++o) {
 #pragma HLS UNROLL
@@ -611,7 +650,7 @@ CONV_BEAT:
             for (uint32_t i = 0; i < VF_ICP; ++i) {
 #pragma HLS UNROLL
                 if (o < nO && ib + i < k.CIN)
-                    s += (int32_t)x[i] * wb[o * k.WST + i];
+                    s += (int32_t)x[i] * wb[o * VF_ICP + i];
             }
             lane[o] += (uint32_t)s;
         }
@@ -622,6 +661,7 @@ CONV_BEAT:
                 vf_conv_last(k, oc0 + o, pix, lane[o]);
         }
         /* the next beat's coordinates */
+        ++wi;
         ib += VF_ICP;
         if (ib >= k.CIN) {
             ib = 0;
@@ -637,8 +677,10 @@ CONV_BEAT:
                             if (++oy == k.OH) {
                                 oy = 0;
                                 ++g;
+                                wg += group_words;
                             }
                         }
+                        wi = wg;
                     }
                 }
             }
@@ -656,20 +698,28 @@ static uint64_t vf_conv_dense(const vf_conv_t &k)
 #endif
 
 /* Depthwise-style CONV (cin_g == 1): lanes = VF_OCP output channels across
- * groups, output channel oc reads input channel oc / cout_g; beats = (ky, kx). */
-#define VF_DW_TAPS 64 /* kernels up to this many taps use a lane-major weight copy */
+ * groups, output channel oc reads input channel oc / cout_g; beats = (ky, kx).
+ * The weights of beat (channel block, ky, kx) are one lane row of VF_OCP
+ * bytes, VF_ICP rows to a WBUF word (vfpga_isa.h). */
 static uint64_t vf_conv_lanes(const vf_conv_t &k)
 {
     uint64_t beats = 0;
     const uint64_t taps = (uint64_t)k.KH * k.KW;
 #ifdef VF_HLS_LITERAL
     /* one pipelined loop over every beat (oy, ox, channel block, ky, kx); a
-     * block's first beat loads its lanes, its last stores them */
-    const uint64_t total = (uint64_t)k.OH * k.OW * vf_ceil_div(k.OCT, VF_OCP) * taps;
+     * block's first beat loads its lanes, its last stores them. The beat
+     * reads its word wr (row wsel of it) from every bank of the
+     * VF_CONV_WORD-cyclic WBUF and picks the row with constant bank indices;
+     * (wr, wsel) step with the beat and rewind at each pixel. */
+    const uint64_t total = (uint64_t)k.OH * k.OW * k.NOB * taps;
     uint32_t oy = 0, ox = 0, ky = 0, kx = 0;
     uint64_t ob = 0; /* first channel of the block */
+    uint64_t wr = 0;
+    uint32_t wsel = 0;
     uint32_t lane[VF_OCP];
 #pragma HLS ARRAY_PARTITION variable=lane complete
+    int8_t wl[VF_OCP];
+#pragma HLS ARRAY_PARTITION variable=wl complete
 DW_BEAT:
     for (uint64_t t = 0; t < total; ++t) {
 #pragma HLS PIPELINE II=1
@@ -680,6 +730,13 @@ DW_BEAT:
         const bool first = ky == 0 && kx == 0;
         const bool last = ky + 1 == k.KH && kx + 1 == k.KW;
         const int8_t *xp = k.in + (((uint64_t)oy * k.SH + ky) * k.IW + (uint64_t)ox * k.SW + kx) * k.ICT;
+        const int8_t *ww = k.w + wr * VF_CONV_WORD;
+    DW_PICK:
+        for (uint32_t b = 0; b < VF_CONV_WORD; ++b) {
+#pragma HLS UNROLL
+            if (b / VF_OCP == wsel)
+                wl[b % VF_OCP] = ww[b];
+        }
     DW_INIT:
         for (uint32_t o = 0; o < VF_OCP; ++o) {
 #pragma HLS UNROLL
@@ -691,7 +748,7 @@ DW_BEAT:
 #pragma HLS UNROLL
             const uint64_t oc = ob + o;
             if (oc < k.OCT)
-                lane[o] += (uint32_t)((int32_t)xp[oc / k.COUT] * k.w[oc * taps + (uint64_t)ky * k.KW + kx]);
+                lane[o] += (uint32_t)((int32_t)xp[oc / k.COUT] * wl[o]);
         }
     DW_STORE:
         for (uint32_t o = 0; o < VF_OCP; ++o) {
@@ -700,6 +757,10 @@ DW_BEAT:
                 vf_conv_last(k, ob + o, pix, lane[o]);
         }
         /* the next beat's coordinates */
+        if (++wsel == VF_ICP) {
+            wsel = 0;
+            ++wr;
+        }
         if (++kx == k.KW) {
             kx = 0;
             if (++ky == k.KH) {
@@ -707,6 +768,8 @@ DW_BEAT:
                 ob += VF_OCP;
                 if (ob >= k.OCT) {
                     ob = 0;
+                    wr = 0;
+                    wsel = 0;
                     if (++ox == k.OW) {
                         ox = 0;
                         ++oy;
@@ -716,17 +779,12 @@ DW_BEAT:
         }
     }
 #else
-    int8_t wl[VF_DW_TAPS][VF_OCP]; /* lane-major weights of one channel block */
-    uint64_t src[VF_OCP];          /* input channel of each lane */
-    const bool staged = taps <= VF_DW_TAPS;
+    uint64_t src[VF_OCP]; /* input channel of each lane */
     for (uint64_t ob = 0; ob < k.OCT; ob += VF_OCP) {
         const uint32_t nO = (uint32_t)vf_min64(VF_OCP, k.OCT - ob);
         for (uint32_t o = 0; o < nO; ++o)
             src[o] = (ob + o) / k.COUT;
-        if (staged)
-            for (uint64_t t = 0; t < taps; ++t)
-                for (uint32_t o = 0; o < nO; ++o)
-                    wl[t][o] = k.w[(ob + o) * taps + t];
+        const int8_t *wl = k.w + ob * taps; /* the block's lane rows, [tap][VF_OCP] */
         const bool straight = k.COUT == 1; /* lane o reads input channel ob + o */
         for (uint32_t oy = 0; oy < k.OH; ++oy) {
             for (uint32_t ox = 0; ox < k.OW; ++ox) {
@@ -739,17 +797,14 @@ DW_BEAT:
                         const uint64_t t = (uint64_t)ky * k.KW + kx;
                         const int8_t *xp =
                             k.in + (((uint64_t)oy * k.SH + ky) * k.IW + (uint64_t)ox * k.SW + kx) * k.ICT;
-                        if (staged && straight) {
+                        const int8_t *ws = wl + t * VF_OCP;
+                        if (straight) {
                             const int8_t *xs = xp + ob;
-                            const int8_t *ws = wl[t];
                             for (uint32_t o = 0; o < nO; ++o)
                                 lane[o] += (uint32_t)((int32_t)xs[o] * ws[o]);
-                        } else if (staged) {
-                            for (uint32_t o = 0; o < nO; ++o)
-                                lane[o] += (uint32_t)((int32_t)xp[src[o]] * wl[t][o]);
                         } else {
                             for (uint32_t o = 0; o < nO; ++o)
-                                lane[o] += (uint32_t)((int32_t)xp[src[o]] * k.w[(ob + o) * taps + t]);
+                                lane[o] += (uint32_t)((int32_t)xp[src[o]] * ws[o]);
                         }
                     }
                 }
@@ -790,6 +845,8 @@ static vf_exec_t vf_conv(const vf_insn_conv_t &c, vf_cnn_buffers_t *b)
         return VF_FIELD(vf_insn_conv_t, in_w);
     if (c.clip_lo > c.clip_hi)
         return VF_FIELD(vf_insn_conv_t, clip_lo);
+    if (c.wgt_addr % VF_CONV_WORD != 0) /* beat-major words start on a word */
+        return VF_FIELD(vf_insn_conv_t, wgt_addr);
 
     vf_conv_t k;
     k.G = c.groups;
@@ -805,6 +862,8 @@ static vf_exec_t vf_conv(const vf_insn_conv_t &c, vf_cnn_buffers_t *b)
     k.ICT = (uint64_t)k.G * k.CIN;
     k.OCT = (uint64_t)k.G * k.COUT;
     k.WST = (uint64_t)k.KH * k.KW * k.CIN;
+    k.NIB = vf_ceil_div(k.CIN, VF_ICP);
+    k.NOB = vf_ceil_div(k.CIN == 1 ? k.OCT : k.COUT, VF_OCP);
     k.init = (c.head.flags & VF_CONV_ACC_INIT) != 0;
     k.final = (c.head.flags & VF_CONV_ACC_FINAL) != 0;
     k.zp = c.out_zp;
@@ -813,7 +872,10 @@ static vf_exec_t vf_conv(const vf_insn_conv_t &c, vf_cnn_buffers_t *b)
 
     const uint64_t pixels = (uint64_t)k.OH * k.OW;
     const uint64_t in_len = vf_mul_sat((uint64_t)c.in_h * c.in_w, k.ICT);
-    const uint64_t w_len = vf_mul_sat(k.OCT, k.WST);
+    /* beat-major words (vfpga_isa.h): one lane row per beat on the channel-lane path */
+    const uint64_t w_len = k.CIN == 1 ? vf_mul_sat(k.NOB * VF_OCP, (uint64_t)k.KH * k.KW)
+                                      : vf_mul_sat(vf_mul_sat((uint64_t)k.G * k.NOB, (uint64_t)k.KH * k.KW),
+                                                   k.NIB * VF_CONV_WORD);
     const uint64_t out_len = vf_mul_sat(pixels, k.OCT);
     if (!vf_fits(c.in_addr, in_len, VF_IBUF_BYTES))
         return vf_fail(VF_FAULT_BUFFER, vf_first_out(c.in_addr, VF_IBUF_BYTES));

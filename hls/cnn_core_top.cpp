@@ -40,7 +40,7 @@ void vf_cnn_core_top(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset, uint
     static int32_t acc[VF_ACC_WORDS];
     static int8_t obuf[VF_OBUF_BYTES];
     static int32_t param[VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS];
-    VF_CNN_PARTITIONS(1, ibuf, obuf, acc)
+    VF_CNN_PARTITIONS(1, ibuf, wbuf, obuf, acc)
 
     vf_cnn_buffers_t buffers = {ibuf, wbuf, acc, obuf, param};
     vf_core_run_program(seg, seg_limit, insn_offset, insn_count, &buffers, fault, fault_insn, fault_addr, insns,

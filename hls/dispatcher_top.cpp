@@ -301,7 +301,7 @@ void vf_dispatcher_top(VF_DISPATCHER_TOP_PARAMS)
     VF_PER_CORE(acc)
     VF_PER_CORE(obuf)
     VF_PER_CORE(param)
-    VF_CNN_PARTITIONS(2, ibuf, obuf, acc)
+    VF_CNN_PARTITIONS(2, ibuf, wbuf, obuf, acc)
 
     static int8_t rnn_wbuf[VF_RNN_CORES][VF_RNN_WBUF_BYTES];
     static int8_t rnn_vbuf[VF_RNN_CORES][VF_RNN_VBUF_BYTES];

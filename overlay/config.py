@@ -191,6 +191,7 @@ def c_macros(cfg: dict) -> dict[str, int]:
     return {
         "VF_ICP": core["icp"],
         "VF_OCP": core["ocp"],
+        "VF_CONV_WORD": core["icp"] * core["ocp"],  # one MAC beat's weights (the WBUF partition factor)
         "VF_AXI_BYTES": core_bus_bytes(cfg),  # a core's memory path: its ports together
         "VF_CORE_PORTS": ddr.get("core_ports", 1),
         # the m_axi bank ports of the dispatcher top (the cycle model's DDR numbers, one source)

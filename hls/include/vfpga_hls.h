@@ -59,9 +59,13 @@
 
 /* ---- a core's memories, partitioned for its lanes -----------------------------
  * D is the array dimension that holds the words: 1 in a stand-alone core top,
- * 2 in the dispatcher's per-core arrays (dimension 1 is the core). */
-#define VF_CNN_PARTITIONS(D, ibuf, obuf, acc)                                    \
+ * 2 in the dispatcher's per-core arrays (dimension 1 is the core). WBUF
+ * cyclic by VF_CONV_WORD = ICP * OCP: CONV weights are beat-major words
+ * (vfpga_isa.h) at word-aligned addresses, so byte j of every word sits in
+ * bank j and a MAC beat reads its word from all banks at once. */
+#define VF_CNN_PARTITIONS(D, ibuf, wbuf, obuf, acc)                              \
     VF_PRAGMA(HLS ARRAY_PARTITION variable=ibuf dim=D cyclic factor=VF_ICP)     \
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=wbuf dim=D cyclic factor=VF_CONV_WORD) \
     VF_PRAGMA(HLS ARRAY_PARTITION variable=obuf dim=D cyclic factor=VF_OCP)     \
     VF_PRAGMA(HLS ARRAY_PARTITION variable=acc dim=D cyclic factor=VF_OCP)
 

@@ -36,7 +36,7 @@
 
 #include <stdint.h>
 
-#define VF_ISA_VERSION 2
+#define VF_ISA_VERSION 3
 #define VF_INSN_BYTES 64
 
 /* ---- opcodes ---------------------------------------------------------- */
@@ -146,20 +146,39 @@ typedef struct {
  *   acc = ACC_INIT ? PARAM[param_addr + oc].bias : ACC[acc_addr + (oy*out_w+ox)*oct + oc]
  *   acc += sum_{ky<kh, kx<kw, i<cin_g}
  *            IBUF[in_addr + ((oy*sh+ky)*in_w + ox*sw+kx)*ict + g*cin_g + i]
- *          * WBUF[wgt_addr + (((g*cout_g + o)*kh + ky)*kw + kx)*cin_g + i]
+ *          * W(oc, ky, kx, i)
  *   ACC_FINAL: OBUF[out_addr + (oy*out_w+ox)*oct + oc] =
  *                clamp(out_zp + rshift_round(acc * mult, shift), clip_lo, clip_hi)
  *   else:      ACC[...] = acc
  * where ict = groups*cin_g, oct = groups*cout_g and mult/shift come from
  * PARAM[param_addr + oc]. Requires (out_h-1)*sh + kh <= in_h (same for w),
  * shift in [0, 62].
+ * Weights are beat-major: WBUF holds one word of WORD = ICP * OCP bytes
+ * (the board's VF_ICP, VF_OCP) per MAC beat, in the order the core visits
+ * the beats, so a beat reads word wgt_addr / WORD + beat whole, each byte
+ * from its own bank. wgt_addr must be a multiple of WORD (else
+ * VF_FAULT_FIELD on wgt_addr). Blocks are ceil-divided; bytes of a partial
+ * block are padding (the compiler writes 0, the core never uses them).
+ *   cin_g > 1: per group g, per output block ob < ceil(cout_g / OCP), per
+ *     (ky, kx), per input block ib < ceil(cin_g / ICP), one word [o][i]:
+ *       W(oc, ky, kx, i) = WBUF[wgt_addr + WORD * (((g*nob + ob)*kh + ky)*kw
+ *                          + kx)*nib + ib) + (o % OCP)*ICP + i % ICP]
+ *     with ob = o / OCP, ib = i / ICP, nob/nib the block counts; a group
+ *     owns its blocks (a beat never mixes groups). Length WORD * groups *
+ *     nob * kh * kw * nib bytes.
+ *   cin_g == 1 (depthwise style, lanes across groups): per block of OCP
+ *     output channels cb < ceil(oct / OCP), per (ky, kx), one lane row of
+ *     OCP bytes, ICP rows to a word:
+ *       W(oc, ky, kx, 0) = WBUF[wgt_addr + OCP * ((cb*kh + ky)*kw + kx)
+ *                          + oc % OCP],  cb = oc / OCP
+ *     Length OCP * ceil(oct / OCP) * kh * kw bytes.
  * The input zero point never reaches the core: the compiler loads padding as
  * in_zp and folds -in_zp * sum(w) into the bias (mod 2^32), which equals
  * summing (x - in_zp) * w over a zero-padded input. */
 typedef struct {
     vf_insn_head_t head;
     uint32_t in_addr;       /* IBUF byte offset */
-    uint32_t wgt_addr;      /* WBUF byte offset */
+    uint32_t wgt_addr;      /* WBUF byte offset, a multiple of ICP * OCP */
     uint32_t out_addr;      /* OBUF byte offset (ACC_FINAL) */
     uint32_t acc_addr;      /* ACC word offset */
     uint16_t param_addr;    /* PARAM entry of output channel 0 of the tile */

@@ -85,6 +85,23 @@ static vf_insn_t mk_conv(const ConvShape &s, uint16_t flags, uint32_t in_addr, u
 /* Reference model (from the text of vfpga_isa.h, program order)               */
 /* ========================================================================== */
 
+/* CONV weights: beat-major words (tb_common.h) */
+static size_t ref_wgt_offset(uint32_t groups, uint32_t cin_g, uint32_t cout_g, uint32_t kh, uint32_t kw, size_t oc,
+                             size_t ky, size_t kx, size_t i)
+{
+    (void)groups;
+    return tb_conv_wgt_offset(cin_g, cout_g, kh, kw, oc, ky, kx, i);
+}
+
+static size_t wgt_bytes(const ConvShape &s) { return tb_conv_wgt_bytes(s.groups, s.cin_g, s.cout_g, s.kh, s.kw); }
+
+static std::vector<int8_t> pack_wgt(const ConvShape &s, const std::vector<int8_t> &w)
+{
+    return tb_pack_conv_wgt(s.groups, s.cin_g, s.cout_g, s.kh, s.kw, w);
+}
+
+static uint32_t word_align(uint32_t a) { return (a + VF_CONV_WORD - 1) / VF_CONV_WORD * VF_CONV_WORD; }
+
 static int64_t ref_rshift_round(int64_t v, int s) { return s == 0 ? v : (v + ((int64_t)1 << (s - 1))) >> s; }
 static int64_t ref_rdiv(int64_t n, int64_t d)
 {
@@ -161,7 +178,8 @@ static void ref_exec(Mem &m, const vf_insn_t &in)
                                                               (((size_t)oy * c.sh + ky) * c.in_w + (size_t)ox * c.sw +
                                                                kx) * ict +
                                                               (size_t)g * c.cin_g + i) *
-                                           m.wbuf.at(c.wgt_addr + ((oc * c.kh + ky) * c.kw + kx) * c.cin_g + i);
+                                           m.wbuf.at(c.wgt_addr + ref_wgt_offset(c.groups, c.cin_g, c.cout_g, c.kh,
+                                                                                 c.kw, oc, ky, kx, i));
                         const int32_t a = wrap32(acc);
                         if (c.head.flags & VF_CONV_ACC_FINAL) {
                             const int32_t mult = m.param.at((c.param_addr + oc) * 3 + 1);
@@ -526,7 +544,9 @@ struct ConvCase {
 static bool conv_fits(const ConvShape &s)
 {
     const uint64_t ict = (uint64_t)s.groups * s.cin_g, oct = (uint64_t)s.groups * s.cout_g;
-    return (uint64_t)s.in_h * s.in_w * ict <= VF_IBUF_BYTES / 2 && oct * s.kh * s.kw * s.cin_g <= VF_WBUF_BYTES / 2 &&
+    /* padded weights under 256 KiB: the tests' segments hold them (the big core's 4 KiB beat words) */
+    return (uint64_t)s.in_h * s.in_w * ict <= VF_IBUF_BYTES / 2 && wgt_bytes(s) <= VF_WBUF_BYTES / 2 &&
+           wgt_bytes(s) <= (1u << 18) &&
            (uint64_t)s.out_h * s.out_w * oct <= VF_OBUF_BYTES / 2 &&
            (uint64_t)s.out_h * s.out_w * oct <= VF_ACC_WORDS / 2 && oct <= VF_PARAM_ENTRIES / 2;
 }
@@ -611,15 +631,17 @@ static View build_conv_program(Env &e, const ConvCase &c, uint16_t conv_flags_ex
     const int32_t y0 = -(int32_t)rnd(3), x0 = -(int32_t)rnd(3);
     const uint32_t vh = 1 + rnd(s.in_h + 2), vw = 1 + rnd(s.in_w + 2);
     const View in = alloc_view(e, vh, vw, ict, rnd(2) ? rnd(5) : 0);
-    const uint32_t wsrc = e.alloc((uint32_t)c.wgt.size(), 1);
-    memcpy(e.seg() + wsrc, c.wgt.data(), c.wgt.size());
+    const std::vector<int8_t> packed = pack_wgt(s, c.wgt);
+    const uint32_t wsrc = e.alloc((uint32_t)packed.size(), 1);
+    memcpy(e.seg() + wsrc, packed.data(), packed.size());
     const uint32_t psrc = put_params(e, c.prm);
     const View out = alloc_view(e, s.out_h + rnd(3), s.out_w + rnd(3), oct, rnd(2) ? rnd(5) : 0);
     const uint32_t oy = rnd(out.h - s.out_h + 1), ox = rnd(out.w - s.out_w + 1);
 
-    const uint32_t in_bytes = s.in_h * s.in_w * ict, w_bytes = (uint32_t)c.wgt.size();
+    const uint32_t in_bytes = s.in_h * s.in_w * ict, w_bytes = (uint32_t)packed.size();
     const uint32_t out_n = s.out_h * s.out_w * oct;
-    const uint32_t ib = rnd(VF_IBUF_BYTES - in_bytes + 1), wb = rnd(VF_WBUF_BYTES - w_bytes + 1);
+    const uint32_t ib = rnd(VF_IBUF_BYTES - in_bytes + 1);
+    const uint32_t wb = VF_CONV_WORD * rnd((VF_WBUF_BYTES - w_bytes) / VF_CONV_WORD + 1); /* word aligned */
     const uint32_t ob = rnd(VF_OBUF_BYTES - out_n + 1), ab = rnd(VF_ACC_WORDS - out_n + 1);
     const uint32_t pb = rnd(VF_PARAM_ENTRIES - oct + 1);
     e.prog = {mk_marker(VF_OP_FRAME),
@@ -681,7 +703,7 @@ static void test_conv_split_accumulation()
         const ConvShape s = c.s;
         const uint32_t parts = 2 + rnd(s.cin_g >= 4 ? 2 : 1);
         g_ctx = "trial " + std::to_string(t) + " cin" + std::to_string(s.cin_g) + " parts " + std::to_string(parts);
-        Env e(1 << 19);
+        Env e(1 << 21); /* each slice's weights are padded to whole beat words */
         const uint32_t oct = s.cout_g, out_n = s.out_h * s.out_w * oct;
         std::vector<uint32_t> cut(parts + 1);
         cut[0] = 0;
@@ -692,11 +714,12 @@ static void test_conv_split_accumulation()
         const int8_t pad = rnd_i8();
         const View in = alloc_view(e, s.in_h, s.in_w, s.cin_g, rnd(3));
         const uint32_t psrc = put_params(e, c.prm);
-        const uint32_t wsrc = e.alloc((uint32_t)c.wgt.size(), 1);
-        memcpy(e.seg() + wsrc, c.wgt.data(), c.wgt.size());
+        const std::vector<int8_t> packed = pack_wgt(s, c.wgt);
+        const uint32_t wsrc = e.alloc((uint32_t)packed.size(), 1);
+        memcpy(e.seg() + wsrc, packed.data(), packed.size());
         const View whole = alloc_view(e, s.out_h, s.out_w, oct, 0);
         const View split = alloc_view(e, s.out_h, s.out_w, oct, 0);
-        const uint32_t in_n = s.in_h * s.in_w * s.cin_g, w_n = (uint32_t)c.wgt.size();
+        const uint32_t in_n = s.in_h * s.in_w * s.cin_g, w_n = (uint32_t)packed.size();
         const uint32_t ab = rnd(VF_ACC_WORDS - out_n + 1);
 
         /* frame 1: the whole conv (IBUF/WBUF/OBUF first halves) */
@@ -708,19 +731,36 @@ static void test_conv_split_accumulation()
                   mk_mem(VF_OP_SAVE, whole.addr, 0, whole.h, whole.w, whole.ps, whole.ch, 0, 0, s.out_h, s.out_w, 0,
                          VF_DEP_POP_PREV),
                   mk_marker(VF_OP_FRAME)};
-        /* frame 2: the same conv over input-channel slices (second halves) */
-        uint32_t ib = in_n, wb = w_n;
+        /* frame 2: the same conv over input-channel slices (second halves;
+         * WBUF from 0 again when the slices' padded words do not fit after
+         * the whole conv's: frame 1 is over by then) */
+        uint32_t ib = in_n, wb = word_align(w_n);
+        {
+            size_t need = 0;
+            for (uint32_t p = 0; p < parts; ++p) {
+                ConvShape ps = s;
+                ps.cin_g = cut[p + 1] - cut[p];
+                need += word_align((uint32_t)wgt_bytes(ps));
+            }
+            if (need > VF_WBUF_BYTES) {
+                --t;
+                continue;
+            }
+            if (wb + need > VF_WBUF_BYTES)
+                wb = 0;
+        }
         for (uint32_t p = 0; p < parts; ++p) {
             const uint32_t n = cut[p + 1] - cut[p];
-            std::vector<int8_t> w; /* [oc][ky][kx][n] */
+            std::vector<int8_t> slice; /* [oc][ky][kx][n] */
             for (uint32_t oc = 0; oc < oct; ++oc)
                 for (uint32_t k = 0; k < s.kh * s.kw; ++k)
                     for (uint32_t i = cut[p]; i < cut[p + 1]; ++i)
-                        w.push_back(c.wgt[((size_t)oc * s.kh * s.kw + k) * s.cin_g + i]);
-            const uint32_t src = e.alloc((uint32_t)w.size(), 1);
-            memcpy(e.seg() + src, w.data(), w.size());
+                        slice.push_back(c.wgt[((size_t)oc * s.kh * s.kw + k) * s.cin_g + i]);
             ConvShape ps = s;
             ps.cin_g = n;
+            const std::vector<int8_t> w = pack_wgt(ps, slice);
+            const uint32_t src = e.alloc((uint32_t)w.size(), 1);
+            memcpy(e.seg() + src, w.data(), w.size());
             uint16_t flags = 0;
             if (p == 0)
                 flags |= VF_CONV_ACC_INIT;
@@ -732,7 +772,7 @@ static void test_conv_split_accumulation()
             e.prog.push_back(mk_conv(ps, flags, ib, wb, out_n, ab, 0, c.zp, c.lo, c.hi,
                                      (uint8_t)(VF_DEP_POP_PREV | (p == parts - 1 ? VF_DEP_PUSH_NEXT : 0))));
             ib += s.in_h * s.in_w * n;
-            wb += (uint32_t)w.size();
+            wb = word_align(wb + (uint32_t)w.size());
         }
         e.prog.push_back(mk_mem(VF_OP_SAVE, split.addr, out_n, split.h, split.w, split.ps, split.ch, 0, 0, s.out_h,
                                 s.out_w, 0, VF_DEP_POP_PREV));
@@ -1076,13 +1116,14 @@ static void build_pipeline(Env &e, Pipeline &pl, uint32_t drop)
     pl.tiles = 4 + rnd(4);
     pl.in = alloc_view(e, pl.tiles, c.s.in_w, c.s.cin_g, 0);
     pl.out = alloc_view(e, pl.tiles, c.s.out_w, c.s.cout_g, 0);
-    const uint32_t wsrc = e.alloc((uint32_t)c.wgt.size(), 1);
-    memcpy(e.seg() + wsrc, c.wgt.data(), c.wgt.size());
+    const std::vector<int8_t> packed = pack_wgt(c.s, c.wgt);
+    const uint32_t wsrc = e.alloc((uint32_t)packed.size(), 1);
+    memcpy(e.seg() + wsrc, packed.data(), packed.size());
     const uint32_t psrc = put_params(e, c.prm);
     const uint32_t ihalf = VF_IBUF_BYTES / 2, ohalf = VF_OBUF_BYTES / 2;
     /* weights and params in a frame of their own: the units of the next
      * frame can only race on the IBUF/OBUF halves */
-    e.prog = {mk_marker(VF_OP_FRAME), mk_linear(wsrc, 0, (uint32_t)c.wgt.size(), VF_BUF_WGT),
+    e.prog = {mk_marker(VF_OP_FRAME), mk_linear(wsrc, 0, (uint32_t)packed.size(), VF_BUF_WGT),
               mk_linear(psrc, 0, (uint32_t)c.prm.size() * 4, VF_BUF_PARAM), mk_marker(VF_OP_FRAME)};
     for (uint32_t t = 0; t < pl.tiles; ++t) {
         const uint32_t h = t % 2;
@@ -1495,7 +1536,8 @@ static void test_fault_buffer()
                         mk_linear(0, VF_PARAM_ENTRIES * 12 - 8, 16, VF_BUF_PARAM), VF_FAULT_BUFFER,
                         VF_PARAM_ENTRIES * 12);
     expect_single_fault("conv ibuf", mk_conv(s, F, VF_IBUF_BYTES - 100, 0, 0, 0, 0), VF_FAULT_BUFFER, VF_IBUF_BYTES);
-    expect_single_fault("conv wbuf", mk_conv(s, F, 0, VF_WBUF_BYTES - 100, 0, 0, 0), VF_FAULT_BUFFER, VF_WBUF_BYTES);
+    expect_single_fault("conv wbuf", mk_conv(s, F, 0, VF_WBUF_BYTES - VF_CONV_WORD, 0, 0, 0), VF_FAULT_BUFFER,
+                        VF_WBUF_BYTES);
     expect_single_fault("conv obuf", mk_conv(s, F, 0, 0, VF_OBUF_BYTES - 100, 0, 0), VF_FAULT_BUFFER, VF_OBUF_BYTES);
     expect_single_fault("conv acc", mk_conv(s, VF_CONV_ACC_INIT, 0, 0, 0, VF_ACC_WORDS - 100, 0), VF_FAULT_BUFFER,
                         VF_ACC_WORDS);
@@ -1660,6 +1702,16 @@ static void test_fault_field()
         x.conv.clip_lo = 5;
         x.conv.clip_hi = 4;
         cases.push_back({"conv clip_lo > clip_hi", x, offsetof(vf_insn_conv_t, clip_lo)});
+        /* weights start on a beat word; a misaligned wgt_addr is a field fault even where it is also out of WBUF */
+        x = cv;
+        x.conv.wgt_addr = VF_CONV_WORD / 2;
+        cases.push_back({"conv wgt_addr not word aligned", x, offsetof(vf_insn_conv_t, wgt_addr)});
+        x.conv.wgt_addr = VF_WBUF_BYTES + 1;
+        cases.push_back({"conv wgt_addr misaligned past WBUF", x, offsetof(vf_insn_conv_t, wgt_addr)});
+        x = cv;
+        x.conv.cin_g = 1;
+        x.conv.wgt_addr = 1;
+        cases.push_back({"depthwise wgt_addr not word aligned", x, offsetof(vf_insn_conv_t, wgt_addr)});
         x = pl;
         x.pool.clip_lo = 0;
         x.pool.clip_hi = -1;
@@ -1771,7 +1823,7 @@ static void test_fuzz()
                 break;
             case VF_OP_CONV:
                 x.conv.in_addr = !edge() ? rnd(4096) : (uint32_t)rnd64();
-                x.conv.wgt_addr = !edge() ? rnd(4096) : (uint32_t)rnd64();
+                x.conv.wgt_addr = !edge() ? VF_CONV_WORD * rnd(4096 / VF_CONV_WORD + 1) : (uint32_t)rnd64();
                 x.conv.out_addr = !edge() ? rnd(4096) : (uint32_t)rnd64();
                 x.conv.acc_addr = !edge() ? rnd(1024) : (uint32_t)rnd64();
                 x.conv.param_addr = (uint16_t)fz(0, 64);

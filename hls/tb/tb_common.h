@@ -109,6 +109,45 @@ static inline uint64_t rnd64()
 static inline uint32_t rnd(uint32_t n) { return n ? (uint32_t)(rnd64() % n) : 0; } /* [0, n) */
 static inline int64_t rrange(int64_t lo, int64_t hi) { return lo + (int64_t)(rnd64() % (uint64_t)(hi - lo + 1)); }
 static inline int8_t rnd_i8() { return (int8_t)(uint8_t)rnd64(); }
+
+/* CONV weights are beat-major words (the CONV comment of vfpga_isa.h, written
+ * out again here from its text): the offset of W(oc, ky, kx, i) from wgt_addr,
+ * the bytes a CONV reads, and w[oc][ky][kx][cin_g] packed that way, with
+ * random padding (which the core must never use) or zeros (the compiler's,
+ * without drawing from the tb's random sequence). */
+static inline size_t tb_conv_wgt_offset(size_t cin_g, size_t cout_g, size_t kh, size_t kw, size_t oc, size_t ky,
+                                        size_t kx, size_t i)
+{
+    if (cin_g == 1)
+        return (size_t)VF_OCP * (((oc / VF_OCP) * kh + ky) * kw + kx) + oc % VF_OCP;
+    const size_t g = oc / cout_g, o = oc % cout_g;
+    const size_t nob = (cout_g + VF_OCP - 1) / VF_OCP, nib = (cin_g + VF_ICP - 1) / VF_ICP;
+    return (size_t)VF_CONV_WORD * ((((g * nob + o / VF_OCP) * kh + ky) * kw + kx) * nib + i / VF_ICP) +
+           (o % VF_OCP) * VF_ICP + i % VF_ICP;
+}
+
+static inline size_t tb_conv_wgt_bytes(size_t groups, size_t cin_g, size_t cout_g, size_t kh, size_t kw)
+{
+    if (cin_g == 1)
+        return (groups * cout_g + VF_OCP - 1) / VF_OCP * VF_OCP * kh * kw;
+    return groups * ((cout_g + VF_OCP - 1) / VF_OCP) * kh * kw * ((cin_g + VF_ICP - 1) / VF_ICP) * VF_CONV_WORD;
+}
+
+static inline std::vector<int8_t> tb_pack_conv_wgt(size_t groups, size_t cin_g, size_t cout_g, size_t kh, size_t kw,
+                                                   const std::vector<int8_t> &w, bool random_pad = true)
+{
+    std::vector<int8_t> out(tb_conv_wgt_bytes(groups, cin_g, cout_g, kh, kw), 0);
+    if (random_pad)
+        for (auto &b : out)
+            b = rnd_i8();
+    for (size_t oc = 0; oc < groups * cout_g; ++oc)
+        for (size_t ky = 0; ky < kh; ++ky)
+            for (size_t kx = 0; kx < kw; ++kx)
+                for (size_t i = 0; i < cin_g; ++i)
+                    out.at(tb_conv_wgt_offset(cin_g, cout_g, kh, kw, oc, ky, kx, i)) =
+                        w.at(((oc * kh + ky) * kw + kx) * cin_g + i);
+    return out;
+}
 static inline uint64_t cdiv(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
 /* Random bytes, one draw per byte. */

@@ -518,7 +518,8 @@ struct NetShape {
 
 struct Net {
     NetShape s;
-    std::vector<int8_t> w1, w3;
+    std::vector<int8_t> w1, w3; /* [oc][ky][kx][cin] */
+    std::vector<int8_t> w1p, w3p; /* as the core reads them (beat-major words) */
     std::vector<int32_t> p1, p3;
     int8_t zp3;
     uint32_t w1_off, p1_off, w3_off, p3_off;
@@ -563,10 +564,12 @@ static Net make_net(Ten &x, const NetShape &s)
         v = rnd_i8();
     n.p3 = random_params(s.c2, s.c1, 0.5);
     n.zp3 = (int8_t)rrange(-5, 5);
-    n.w1_off = x.alloc((uint32_t)n.w1.size());
-    x.put(n.w1_off, n.w1.data(), n.w1.size());
-    n.w3_off = x.alloc((uint32_t)n.w3.size());
-    x.put(n.w3_off, n.w3.data(), n.w3.size());
+    n.w1p = tb_pack_conv_wgt(1, s.cin, s.c1, 3, 3, n.w1, false);
+    n.w3p = tb_pack_conv_wgt(1, s.c1, s.c2, 1, 1, n.w3, false);
+    n.w1_off = x.alloc((uint32_t)n.w1p.size());
+    x.put(n.w1_off, n.w1p.data(), n.w1p.size());
+    n.w3_off = x.alloc((uint32_t)n.w3p.size());
+    x.put(n.w3_off, n.w3p.data(), n.w3p.size());
     n.p1_off = put_params(x, n.p1);
     n.p3_off = put_params(x, n.p3);
     return n;
@@ -589,7 +592,7 @@ static Inst make_inst(Ten &x, const Net &n, uint32_t id)
         const uint32_t th = s.rt1 < s.H - r0 ? s.rt1 : s.H - r0;
         Frame f;
         f.insns = {mk_marker(VF_OP_FRAME, fid++, 1),
-                   mk_linear(n.w1_off, 0, (uint32_t)n.w1.size(), VF_BUF_WGT),
+                   mk_linear(n.w1_off, 0, (uint32_t)n.w1p.size(), VF_BUF_WGT),
                    mk_linear(n.p1_off, 0, (uint32_t)n.p1.size() * 4, VF_BUF_PARAM),
                    mk_mem(VF_OP_LOAD_TILE, in.in, 0, s.H, s.W, s.cin, s.cin, (int32_t)r0 - 1, -1, th + 2, s.W + 2,
                           VF_DEP_PUSH_NEXT),
@@ -615,7 +618,7 @@ static Inst make_inst(Ten &x, const Net &n, uint32_t id)
         const uint32_t th = s.rt3 < H2 - r0 ? s.rt3 : H2 - r0;
         Frame f;
         f.insns = {mk_marker(VF_OP_FRAME, fid++, 3),
-                   mk_linear(n.w3_off, 0, (uint32_t)n.w3.size(), VF_BUF_WGT),
+                   mk_linear(n.w3_off, 0, (uint32_t)n.w3p.size(), VF_BUF_WGT),
                    mk_linear(n.p3_off, 0, (uint32_t)n.p3.size() * 4, VF_BUF_PARAM),
                    mk_mem(VF_OP_LOAD_TILE, in.b, 0, H2, W2, s.c1, s.c1, (int32_t)r0, 0, th, W2, VF_DEP_PUSH_NEXT),
                    mk_conv(th, W2, th, W2, s.c1, s.c2, 1, n.zp3, -128, 127),

@@ -16,6 +16,8 @@ SEG_BYTES = 64 << 10
 # segment layout (offsets)
 INSNS, INPUT, WEIGHTS, PARAMS, OUTPUT = 0x0, 0x1000, 0x2000, 0x3000, 0x4000
 DEP = isa.DEP
+GEO = overlay.load("u200")["cnn_core"]  # the emulated_device fixture's board
+WEIGHT_BYTES = isa.conv_weight_bytes(1, C, C, 1, 1, GEO["icp"], GEO["ocp"])  # beat-major words
 
 
 def _tile(opcode, dram_addr, **extra):
@@ -23,16 +25,16 @@ def _tile(opcode, dram_addr, **extra):
                       channels=C, y0=0, x0=0, tile_h=H, tile_w=W, **extra)
 
 
-def conv1x1_program(save_addr=OUTPUT, extra_save=None):
+def conv1x1_program(save_addr=OUTPUT, extra_save=None, wgt_addr=0):
     """LOAD weights/params/input, a 1x1 CONV, SAVE, END."""
     prog = [
-        isa.encode("LOAD_LINEAR", dram_addr=WEIGHTS, buf_addr=0, nbytes=C * C, buffer=isa.BUF_WGT),
+        isa.encode("LOAD_LINEAR", dram_addr=WEIGHTS, buf_addr=0, nbytes=WEIGHT_BYTES, buffer=isa.BUF_WGT),
         isa.encode("LOAD_LINEAR", dram_addr=PARAMS, buf_addr=0, nbytes=C * 4 * isa.PARAM_ENTRY_WORDS,
                    buffer=isa.BUF_PARAM),
         _tile("LOAD_TILE", INPUT, deps=DEP["PUSH_NEXT"]),
         isa.encode("CONV", deps=DEP["POP_PREV"] | DEP["PUSH_NEXT"],
                    flags=isa.CONV_ACC_INIT | isa.CONV_ACC_FINAL,
-                   in_addr=0, wgt_addr=0, out_addr=0, acc_addr=0, param_addr=0, in_h=H, in_w=W,
+                   in_addr=0, wgt_addr=wgt_addr, out_addr=0, acc_addr=0, param_addr=0, in_h=H, in_w=W,
                    out_h=H, out_w=W, groups=1, cin_g=C, cout_g=C, kh=1, kw=1, sh=1, sw=1,
                    out_zp=0, clip_lo=-128, clip_hi=127),
         _tile("SAVE", save_addr, deps=DEP["POP_PREV"]),
@@ -55,7 +57,7 @@ def load_conv1x1(seg, seed):
     params[:, 1] = 1  # mult
     params[:, 2] = 0  # shift
     seg.write(INPUT, x)
-    seg.write(WEIGHTS, wgt)
+    seg.write(WEIGHTS, isa.pack_conv_weights(wgt.reshape(C, 1, 1, C), 1, GEO["icp"], GEO["ocp"]))
     seg.write(PARAMS, params)
     return np.clip(x[:, :, (np.arange(C) + 1) % C].astype(int) + np.arange(C), -128, 127).astype(np.int8)
 
@@ -130,6 +132,25 @@ def test_conv1x1_program_computes_in_ddr(emulated_device):
         assert rec.iters.sum(where=loads) == res.load_iters > 0
         assert rec.iters[ops == isa.OPCODES["CONV"]].sum() == res.compute_iters > 0
         assert rec.iters[ops == isa.OPCODES["SAVE"]].sum() == res.save_iters > 0
+
+
+@pytest.mark.parametrize("wgt_addr", [GEO["icp"] * GEO["ocp"] // 2, 1, 0xFFFFFFFF])
+def test_conv_weights_off_their_word_fault_on_the_field(emulated_device, wgt_addr):
+    """CONV weights start on a beat word (ICP x OCP bytes): anything else is
+    VF_FAULT_FIELD naming wgt_addr (even where the range is also outside
+    WBUF), and the CONV writes nothing."""
+    dev = emulated_device
+    core = cores(dev)[0]
+    seg, n, _ = prepare(dev, core.bank, seed=4, wgt_addr=wgt_addr)
+    seg.write(OUTPUT, np.full(H * W * C, 0x5A, np.uint8))
+    seg.sync_to_device()
+    with seg:
+        res = core.run(seg.physical_address, seg.size, INSNS, n)
+        assert res.fault_name == "FIELD"
+        assert isa.decode(conv1x1_program()[res.fault_insn * isa.INSN_BYTES:][:isa.INSN_BYTES])["opcode"] == "CONV"
+        assert res.fault_addr == isa.FORMATS["conv"].fields["wgt_addr"][1]
+        seg.sync_from_device(OUTPUT, H * W * C)
+        assert (seg.read(OUTPUT, H * W * C) == 0x5A).all()
 
 
 @pytest.mark.parametrize("where", ["straddles_limit", "far_outside"])

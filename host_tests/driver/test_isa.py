@@ -70,3 +70,44 @@ def test_decode_names_invalid_opcodes():
     assert isa.decode(bytes([200]) + bytes(63))["opcode"] == "<invalid 200>"
     with pytest.raises(ValueError, match="64 bytes"):
         isa.decode(bytes(10))
+
+
+# ---- CONV weights: beat-major words ----------------------------------------------------
+
+def _word_offset(groups, cin_g, cout_g, kh, kw, icp, ocp, oc, ky, kx, i):
+    """The CONV comment of vfpga_isa.h, term by term."""
+    if cin_g == 1:
+        return ocp * (((oc // ocp) * kh + ky) * kw + kx) + oc % ocp
+    g, o = divmod(oc, cout_g)
+    nob, nib = -(-cout_g // ocp), -(-cin_g // icp)
+    word = (((g * nob + o // ocp) * kh + ky) * kw + kx) * nib + i // icp
+    return icp * ocp * word + (o % ocp) * icp + i % icp
+
+
+@pytest.mark.parametrize("groups, cin_g, cout_g, kh, kw, icp, ocp", [
+    (1, 3, 64, 3, 3, 16, 16),    # a first conv: 3 input channels padded to a block of 16
+    (1, 20, 9, 2, 3, 8, 16),     # partial blocks both ways, icp != ocp
+    (3, 5, 18, 1, 2, 16, 16),    # grouped: each group its own blocks
+    (40, 1, 1, 3, 3, 16, 16),    # depthwise: lanes across groups, 40 = 2.5 blocks
+    (4, 1, 3, 2, 2, 8, 16),      # channel multiplier
+])
+def test_pack_conv_weights_follows_the_isa(groups, cin_g, cout_g, kh, kw, icp, ocp):
+    rng = np.random.default_rng(groups * 100 + cin_g)
+    w = rng.integers(-128, 128, size=(groups * cout_g, kh, kw, cin_g), dtype=np.int8)
+    packed = isa.pack_conv_weights(w, groups, icp, ocp)
+    assert packed.dtype == np.int8 and packed.size == isa.conv_weight_bytes(groups, cin_g, cout_g, kh, kw, icp, ocp)
+    used = np.zeros(packed.size, bool)
+    for oc, ky, kx, i in np.ndindex(*w.shape):
+        at = _word_offset(groups, cin_g, cout_g, kh, kw, icp, ocp, oc, ky, kx, i)
+        assert packed[at] == w[oc, ky, kx, i]
+        used[at] = True
+    assert used.sum() == w.size and not packed[~used].any()  # padding is zero
+    if cin_g > 1:
+        assert packed.size % isa.conv_word_bytes(icp, ocp) == 0
+
+
+def test_pack_conv_weights_rejects_a_bad_shape():
+    with pytest.raises(ValueError, match="not .*groups \\* cout_g.* for 3 groups"):
+        isa.pack_conv_weights(np.zeros((4, 1, 1, 2), np.int8), 3, 16, 16)
+    with pytest.raises(ValueError, match="shape"):
+        isa.pack_conv_weights(np.zeros((4, 2), np.int8), 1, 16, 16)

@@ -104,6 +104,14 @@ class Gen:
             return self.u(bits)
         return self.r(0, max(0, size - length)) if length <= size else self.r(0, size)
 
+    def word_addr(self, size, length):
+        """A CONV weight offset: a multiple of the beat word where ``length``
+        fits (sometimes anything, mostly misaligned then)."""
+        word = isa.conv_word_bytes(self.geo["icp"], self.geo["ocp"])
+        if self.wild():
+            return self.u(32)
+        return word * self.r(0, max(0, size - length) // word)
+
     def deps(self, opcode):
         if self.wild():
             return self.u(8)
@@ -170,7 +178,8 @@ class Gen:
             oh, ow = self.r(1, 9), self.r(1, 9)
             ih, iw = (oh - 1) * sh + kh, (ow - 1) * sw + kw
             ict, oct_ = groups * cin, groups * cout
-            lens = (ih * iw * ict, oct_ * kh * kw * cin, oh * ow * oct_)
+            lens = (ih * iw * ict, isa.conv_weight_bytes(groups, cin, cout, kh, kw, g["icp"], g["ocp"]),
+                    oh * ow * oct_)
             if (lens[0] <= g["ibuf_bytes"] and lens[1] <= g["wbuf_bytes"] and lens[2] <= g["obuf_bytes"]
                     and lens[2] <= g["acc_words"] and oct_ <= g["param_entries"]):
                 break
@@ -179,7 +188,7 @@ class Gen:
         f = dict(groups=groups, cin_g=cin, cout_g=cout, kh=kh, kw=kw, sh=sh, sw=sw, out_h=oh, out_w=ow,
                  in_h=ih + (self.r(0, 2) if self.rng.random() < 0.2 else 0),
                  in_w=iw + (self.r(0, 2) if self.rng.random() < 0.2 else 0),
-                 in_addr=self.addr(g["ibuf_bytes"], lens[0]), wgt_addr=self.addr(g["wbuf_bytes"], lens[1]),
+                 in_addr=self.addr(g["ibuf_bytes"], lens[0]), wgt_addr=self.word_addr(g["wbuf_bytes"], lens[1]),
                  out_addr=self.addr(g["obuf_bytes"], lens[2]), acc_addr=self.addr(g["acc_words"], lens[2]),
                  param_addr=self.addr(g["param_entries"], oct_, bits=16), out_zp=self.r(-128, 127),
                  clip_lo=lo, clip_hi=hi)

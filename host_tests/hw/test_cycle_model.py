@@ -440,6 +440,7 @@ def executable_program(rng, geo, n, data_off, data_len, param_off, param_entries
     on a core of geometry geo (segment data at [data_off, data_off + data_len),
     valid PARAM entries at param_off)."""
     ib, wb, ob, acc_w, pe = geo.ibuf_bytes, geo.wbuf_bytes, geo.obuf_bytes, geo.acc_words, geo.param_entries
+    word = isa.conv_word_bytes(geo.icp, geo.ocp)  # CONV weights start on a beat word
     r = lambda lo, hi: int(rng.integers(lo, hi + 1))  # noqa: E731
     kinds = ["LOAD_TILE", "LOAD_TILE_DENSE", "SAVE", "SAVE_DENSE", "SAVE_STEP", "SAVE_DENSE_STEP", "LOAD_LINEAR",
              "LOAD_PARAM", "CONV", "CONV_DW", "POOL", "ADD", "LUT", "LUT_OBUF", "MUL", "MUL_BCAST", "NOP", "FRAME",
@@ -485,11 +486,12 @@ def executable_program(rng, geo, n, data_off, data_len, param_off, param_entries
                 oh, ow = r(1, 6), r(1, 6)
                 ih, iw = (oh - 1) * sh + kh + r(0, 2), (ow - 1) * sw + kw + r(0, 2)
                 ict, oct_ = groups * cin_g, groups * cout_g
-                in_len, w_len, out_len = ih * iw * ict, oct_ * kh * kw * cin_g, oh * ow * oct_
+                in_len, out_len = ih * iw * ict, oh * ow * oct_
+                w_len = isa.conv_weight_bytes(groups, cin_g, cout_g, kh, kw, geo.icp, geo.ocp)
                 if in_len <= ib and w_len <= wb and out_len <= min(ob, acc_w) and oct_ <= pe:
                     break
             insns.append(isa.encode(
-                "CONV", flags=r(0, 3), in_addr=r(0, ib - in_len), wgt_addr=r(0, wb - w_len),
+                "CONV", flags=r(0, 3), in_addr=r(0, ib - in_len), wgt_addr=word * r(0, (wb - w_len) // word),
                 out_addr=r(0, ob - out_len), acc_addr=r(0, acc_w - out_len), param_addr=r(0, pe - oct_),
                 in_h=ih, in_w=iw, out_h=oh, out_w=ow, groups=groups, cin_g=cin_g, cout_g=cout_g, kh=kh, kw=kw,
                 sh=sh, sw=sw, out_zp=r(-128, 127), clip_lo=-128, clip_hi=127))

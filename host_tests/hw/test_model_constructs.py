@@ -125,16 +125,20 @@ def _between(text: str, a: str, b: str) -> str:
     return text[i:j] if 0 <= i < j else ""
 
 
-def _partitions_wbuf() -> bool:
-    return "variable=wbuf" in _squash(source("include/vfpga_hls.h").split("#define VF_CNN_PARTITIONS", 1)[1]
-                                      .split("#define", 1)[0])
+def wbuf_words() -> bool:
+    """A MAC beat's ICP x OCP weights are one WBUF word (the closed gap
+    "wbuf_lanes"): WBUF cyclic by VF_CONV_WORD in VF_CNN_PARTITIONS, and the
+    CONV and depthwise beats read their word at constant byte offsets, with
+    no run-time stride (k.WST) or per-lane weight index (k.w[...])."""
+    macro = _squash(source("include/vfpga_hls.h").split("#define VF_CNN_PARTITIONS", 1)[1].split("#define", 1)[0])
+    core = source("cnn_core.cpp")
+    conv, dw = _squash(loop_body(core, "CONV_BEAT") or ""), _squash(loop_body(core, "DW_BEAT") or "")
+    return ("ARRAY_PARTITION variable=wbuf dim=D cyclic factor=VF_CONV_WORD" in macro
+            and "k.w + wi * VF_CONV_WORD" in conv and "wb[o * VF_ICP + i]" in conv and "WST" not in conv
+            and "k.w + wr * VF_CONV_WORD" in dw and "wl[b % VF_OCP] = ww[b]" in dw and "k.w[" not in dw)
 
 
 GAPS = {
-    "wbuf_lanes": (
-        "WBUF is not partitioned (VF_CNN_PARTITIONS covers IBUF, OBUF, ACC) and the CONV beat reads ICP x OCP "
-        "weight bytes at the run-time stride o * WST: Vitis HLS cannot schedule the MAC beat at II=1",
-        _partitions_wbuf),
     "core_ports_interleave": (
         "ddr.core_ports (u200_bigcore: one core on 4 banks, data word-interleaved) is only the beat width "
         "VF_AXI_BYTES: the LOAD/SAVE beat is not split over VF_CORE_PORTS bank ports",
@@ -218,6 +222,25 @@ def test_checks_see_removed_constructs(tmp_path, monkeypatch):
     assert check_tag("cnn_core.cpp LOAD_BEAT pipelined")[0]
 
 
+def test_wbuf_words_check_sees_removed_constructs(tmp_path, monkeypatch):
+    """The beat's weights as one word, and the check that fails without it:
+    the WBUF partition removed, or a beat reading at the old run-time stride."""
+    assert wbuf_words()
+    hls_h, core = source("include/vfpga_hls.h"), source("cnn_core.cpp")
+    shutil.copytree(HLS, tmp_path / "hls", ignore=shutil.ignore_patterns("build"))
+    monkeypatch.setattr(sys.modules[__name__], "HLS", str(tmp_path / "hls"))
+    pragma = "    VF_PRAGMA(HLS ARRAY_PARTITION variable=wbuf dim=D cyclic factor=VF_CONV_WORD) \\\n"
+    assert pragma in hls_h
+    original = {"include/vfpga_hls.h": hls_h, "cnn_core.cpp": core}
+    for name, text in (("include/vfpga_hls.h", hls_h.replace(pragma, "")),
+                       ("cnn_core.cpp", core.replace("wb[o * VF_ICP + i]", "wb[o * k.WST + i]")),
+                       ("cnn_core.cpp", core.replace("wl[b % VF_OCP] = ww[b];", "wl[b % VF_OCP] = 0;"))):
+        (tmp_path / "hls" / name).write_text(text)
+        assert not wbuf_words(), name
+        (tmp_path / "hls" / name).write_text(original[name])
+    assert wbuf_words()
+
+
 # ---------------------------------------------------------------- the top, as the preprocessor leaves it
 
 def top_pragmas(board: str, *defines: str) -> list[str]:
@@ -256,6 +279,7 @@ def test_the_top_partitions_every_cores_memories(board):
     pragmas = set(top_pragmas(board))
     icp, ocp, rnn = cfg["cnn_core"]["icp"], cfg["cnn_core"]["ocp"], cfg["rnn_core"]
     want = {f"#pragma HLS ARRAY_PARTITION variable=ibuf dim=2 cyclic factor={icp}",
+            f"#pragma HLS ARRAY_PARTITION variable=wbuf dim=2 cyclic factor={icp * ocp}",
             f"#pragma HLS ARRAY_PARTITION variable=obuf dim=2 cyclic factor={ocp}",
             f"#pragma HLS ARRAY_PARTITION variable=acc dim=2 cyclic factor={ocp}",
             f"#pragma HLS ARRAY_PARTITION variable=rnn_wbuf dim=2 cyclic factor={rnn['cols']}",

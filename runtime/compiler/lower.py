@@ -99,6 +99,18 @@ def lut_insn(length: int, table_addr: int, tag: int, deps: int, in_addr: int = 0
                       out_addr=out_addr, table_addr=table_addr, length=length)
 
 
+def wbuf_half(geo: Geometry) -> int:
+    """Start of WBUF's second half (chunked convolutions alternate halves):
+    half the bytes, rounded down to a CONV weight word (wgt_addr alignment)."""
+    word = isa.conv_word_bytes(geo.icp, geo.ocp)
+    return geo.wbuf_bytes // 2 // word * word
+
+
+def conv_weight_bytes(groups: int, cin_g: int, cout_g: int, kh: int, kw: int, geo: Geometry) -> int:
+    """WBUF (and DDR) bytes of one CONV instruction's weights, padded to its beat words."""
+    return isa.conv_weight_bytes(groups, cin_g, cout_g, kh, kw, geo.icp, geo.ocp)
+
+
 def _frame(frame_id: int, layer: int) -> bytes:
     return isa.encode("FRAME", tag=layer, frame_id=frame_id, layer=layer)
 
@@ -173,7 +185,7 @@ def conv_tilings(layer: ir.Conv, in_shape, in_stride: int, geo: Geometry) -> lis
         raise LoweringError(f"{layer.name}: kernel/stride above 255 is not encodable")
     # one group at a time (every ordinary conv), chunked over input channels
     per_group = [(1, toc, tic) for toc in _channel_options(ocg, geo.ocp) for tic in _channel_options(icg, geo.icp)]
-    if groups > 1 and (icg == 1 or icg * ocg * kh * kw * 2 <= geo.wbuf_bytes):
+    if groups > 1 and (icg == 1 or conv_weight_bytes(1, icg, ocg, kh, kw, geo) * 2 <= geo.wbuf_bytes):
         # whole groups per tile: depthwise and small grouped convolutions; one
         # group at a time when no number of whole groups fits the buffers
         # (a few groups with a large kernel)
@@ -187,8 +199,10 @@ def conv_tilings(layer: ir.Conv, in_shape, in_stride: int, geo: Geometry) -> lis
             in_ch = tg * tic if tg > 1 else tic
             out_ch = tg * toc if tg > 1 else toc
             ibuf = geo.ibuf_bytes // 2 if chunks > 1 else geo.ibuf_bytes
-            wbuf = geo.wbuf_bytes // 2 if chunks > 1 else geo.wbuf_bytes
-            if out_ch * kh * kw * (tic if tg == 1 else icg) > wbuf or out_ch > geo.param_entries:
+            wbuf = wbuf_half(geo) if chunks > 1 else geo.wbuf_bytes
+            wbytes = conv_weight_bytes(1, tic, toc, kh, kw, geo) if tg == 1 else \
+                conv_weight_bytes(tg, icg, ocg, kh, kw, geo)
+            if wbytes > wbuf or out_ch > geo.param_entries:
                 continue
             fit = (oh, kh, kw, sh, sw, in_ch, out_ch, ibuf, chunks > 1, geo)
             widest = next((t for t in _spatial_options(ow) if _most_rows(t, *fit) >= 1), 0)
@@ -260,13 +274,15 @@ def _conv_cost(oh, ow, oc, icg, kh, kw, sh, sw, groups, tg, toc, tic, toh, tow, 
         frames = spatial * _ceil(groups, tg)
         lanes = _ceil(tg * toc, geo.ocp) if icg == 1 else tg * _ceil(icg, geo.icp) * _ceil(toc, geo.ocp)
         compute = toh * tow * kh * kw * lanes
-        load = _load_beats(tih, tiw, tg * icg, in_stride, geo.axi_bytes) + _ceil(tg * toc * kh * kw * icg, geo.axi_bytes)
+        load = (_load_beats(tih, tiw, tg * icg, in_stride, geo.axi_bytes)
+                + _ceil(conv_weight_bytes(tg, icg, toc, kh, kw, geo), geo.axi_bytes))
         chunks = 1
     else:
         frames = spatial * _ceil(oc // groups, toc) * groups
         chunks = _ceil(icg, tic)
         compute = chunks * toh * tow * kh * kw * _ceil(tic, geo.icp) * _ceil(toc, geo.ocp)
-        load = chunks * (_load_beats(tih, tiw, tic, in_stride, geo.axi_bytes) + _ceil(toc * kh * kw * tic, geo.axi_bytes))
+        load = chunks * (_load_beats(tih, tiw, tic, in_stride, geo.axi_bytes)
+                         + _ceil(conv_weight_bytes(1, tic, toc, kh, kw, geo), geo.axi_bytes))
     save = toh * _ceil(tow * toc * tg, geo.axi_bytes)
     fixed = 64 * (2 * chunks + 3)  # per-instruction start-up, dominated by DDR latency
     return frames * (max(compute, load) + save + fixed)
@@ -315,7 +331,7 @@ def lower_conv(layer: ir.Conv, index: int, src: View, dst: View, in_zp: int, out
     frames = []
     lo, hi = layer.clip
     ibuf_half = geo.ibuf_bytes // 2
-    wbuf_half = geo.wbuf_bytes // 2
+    whalf = wbuf_half(geo)
     tg = t.group_tile
     key = (t.group_tile, t.toc, t.tic)
     if packing is not None and key in packing:
@@ -325,9 +341,11 @@ def lower_conv(layer: ir.Conv, index: int, src: View, dst: View, in_zp: int, out
         jobs = []
         for g0 in range(0, groups, tg):
             ng = min(tg, groups - g0)
-            wblk = place(w[g0 * ocg:(g0 + ng) * ocg].transpose(0, 2, 3, 1))  # [oc][kh][kw][icg]
+            wblk = place(isa.pack_conv_weights(w[g0 * ocg:(g0 + ng) * ocg].transpose(0, 2, 3, 1), ng,
+                                               geo.icp, geo.ocp))
             pblk = place(params[g0 * ocg:(g0 + ng) * ocg])
-            jobs.append((g0 * icg, ng * icg, g0 * ocg, ng * ocg, ng, [(0, icg, wblk)], pblk))
+            nbytes = conv_weight_bytes(ng, icg, ocg, kh, kw, geo)
+            jobs.append((g0 * icg, ng * icg, g0 * ocg, ng * ocg, ng, [(0, icg, wblk, nbytes)], pblk))
     else:
         jobs = []
         for g in range(groups):
@@ -337,7 +355,8 @@ def lower_conv(layer: ir.Conv, index: int, src: View, dst: View, in_zp: int, out
                 for ic0 in range(0, icg, t.tic):
                     nic = min(t.tic, icg - ic0)
                     blk = w[g * ocg + oc0:g * ocg + oc0 + noc, ic0:ic0 + nic].transpose(0, 2, 3, 1)
-                    chunks.append((ic0, nic, place(blk)))
+                    chunks.append((ic0, nic, place(isa.pack_conv_weights(blk, 1, geo.icp, geo.ocp)),
+                                   conv_weight_bytes(1, nic, noc, kh, kw, geo)))
                 pblk = place(params[g * ocg + oc0:g * ocg + oc0 + noc])
                 jobs.append((g * icg, icg, g * ocg + oc0, noc, 1, chunks, pblk))
     if packing is not None:
@@ -360,14 +379,14 @@ def lower_conv(layer: ir.Conv, index: int, src: View, dst: View, in_zp: int, out
                 tow = min(t.tow, ow - ox0)
                 tiw = (tow - 1) * sw + kw
                 insns = [_frame(fid, index)]
-                for k, (ic0, nic, wblk) in enumerate(chunks):
+                for k, (ic0, nic, wblk, wbytes) in enumerate(chunks):
                     half = k % 2 if nchunks > 1 else 0
                     in_ch = ng * nic if ng > 1 else nic
                     view = src.channel_slice(in_c0 + (ic0 if ng == 1 else 0), in_ch)
                     load_deps = DEP["POP_NEXT"] if k >= 2 else 0
                     insns.append(_mem("LOAD_TILE", view, half * ibuf_half, oy0 * sh - pt, ox0 * sw - pl,
                                       tih, tiw, deps=load_deps, tag=index, pad=in_zp))
-                    linear = [(wblk, half * wbuf_half, out_n * kh * kw * nic, isa.BUF_WGT)]
+                    linear = [(wblk, half * whalf, wbytes, isa.BUF_WGT)]
                     if k == 0:
                         linear.append((pblk, 0, out_n * isa.PARAM_ENTRY_WORDS * 4, isa.BUF_PARAM))
                         if tblk is not None:
@@ -386,7 +405,7 @@ def lower_conv(layer: ir.Conv, index: int, src: View, dst: View, in_zp: int, out
                     flags = (isa.CONV_ACC_INIT if first else 0) | (isa.CONV_ACC_FINAL if last else 0)
                     insns.append(isa.encode(
                         "CONV", deps=deps, flags=flags, tag=index, in_addr=half * ibuf_half,
-                        wgt_addr=half * wbuf_half, out_addr=0, acc_addr=0, param_addr=0,
+                        wgt_addr=half * whalf, out_addr=0, acc_addr=0, param_addr=0,
                         in_h=tih, in_w=tiw, out_h=toh, out_w=tow, groups=ng, cin_g=nic if ng == 1 else icg,
                         cout_g=out_n if ng == 1 else ocg, kh=kh, kw=kw, sh=sh, sw=sw,
                         out_zp=out_zp, clip_lo=lo, clip_hi=hi))

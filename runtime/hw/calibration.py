@@ -86,11 +86,12 @@ def microbenchmarks(config: dict) -> list[Bench]:
                            y0=0, x0=0, tile_h=th, tile_w=tw), th * tw * ch)
     for oh, k, cin, cout in ((2, 1, icp, ocp), (4, 3, 2 * icp, ocp), (4, 3, 2 * icp, 2 * ocp), (8, 3, icp, 2 * ocp)):
         ih = oh + k - 1
-        if ih * ih * cin <= ibuf and cin * cout * k * k <= wbuf and oh * oh * cout <= acc:
+        if ih * ih * cin <= ibuf and isa.conv_weight_bytes(1, cin, cout, k, k, icp, ocp) <= wbuf \
+                and oh * oh * cout <= acc:
             add("CONV", f"{oh}x{oh} k{k} {cin}->{cout}", _conv(ih, oh, k, 1, cin, cout))
     for oh, k, ch in ((2, 1, ocp), (4, 3, 2 * ocp), (8, 3, ocp)):
         ih = oh + k - 1
-        if ih * ih * ch <= ibuf and ch * k * k <= wbuf and oh * oh * ch <= acc:
+        if ih * ih * ch <= ibuf and isa.conv_weight_bytes(ch, 1, 1, k, k, icp, ocp) <= wbuf and oh * oh * ch <= acc:
             add("CONV_LANES", f"{oh}x{oh} k{k} dw{ch}", _conv(ih, oh, k, ch, 1, 1))
     for oh, ch in ((2, ocp), (4, 2 * ocp), (8, ocp)):
         ih = 2 * oh

@@ -125,13 +125,18 @@ loop nests do not make true yet -- as an expected failure.
 * The beat reads ICP input bytes and writes OCP accumulators or outputs in
   one cycle: IBUF cyclic by ICP, ACC and OBUF by OCP, in both tops
   [hls include/vfpga_hls.h "ARRAY_PARTITION variable=ibuf dim=D cyclic factor=VF_ICP"]
-  [hls cnn_core_top.cpp "VF_CNN_PARTITIONS(1, ibuf, obuf, acc)"]
-  [hls dispatcher_top.cpp "VF_CNN_PARTITIONS(2, ibuf, obuf, acc)"]; the
-  ICP x OCP weights of a beat likewise [hls-gap wbuf_lanes] (the HLS reads
-  them from an unpartitioned WBUF at the run-time strides o * WST; no cyclic
-  partition serves every WST, so the beat as written is not II=1)
+  [hls dispatcher_top.cpp "VF_CNN_PARTITIONS(2, ibuf, wbuf, obuf, acc)"]; the
+  ICP x OCP weights of a beat likewise: CONV weights are beat-major words of
+  ICP x OCP bytes at word-aligned addresses, WBUF is cyclic by that word
+  [hls include/vfpga_hls.h "ARRAY_PARTITION variable=wbuf dim=D cyclic factor=VF_CONV_WORD"]
+  [hls cnn_core_top.cpp "VF_CNN_PARTITIONS(1, ibuf, wbuf, obuf, acc)"],
+  and a dense beat reads its word with constant bank offsets
+  [hls cnn_core.cpp "const int8_t *wb = k.w + wi * VF_CONV_WORD;"]
+  [hls cnn_core.cpp "s += (int32_t)x[i] * wb[o * VF_ICP + i]"], a channel-lane
+  beat its lane row of one word [hls cnn_core.cpp DW_PICK unrolled]
+  [hls cnn_core.cpp "wl[b % VF_OCP] = ww[b];"]
 * The adder tree's ceil(log2(icp)) levels: the unrolled sum of CONV_IL
-  [hls cnn_core.cpp "s += (int32_t)x[i] * wb[o * k.WST + i]"]; REQUANT_LATENCY:
+  [hls cnn_core.cpp "s += (int32_t)x[i] * wb[o * VF_ICP + i]"]; REQUANT_LATENCY:
   vf_requant [hls cnn_core.cpp vf_requant]; DIV64_LATENCY: POOL's vf_rdiv
   [hls cnn_core.cpp vf_rdiv]
 * The pipeline fill is paid once per instruction (each nest one flattened
