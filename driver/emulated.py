@@ -620,7 +620,7 @@ class EmulatedDevice(Device):
             "acc": ffi.new("int32_t[]", geo.acc_words),
             "param": ffi.new("int32_t[]", geo.param_entries * isa.PARAM_ENTRY_WORDS),
             "state": ffi.new("int32_t[]", geo.state_words),
-            "act": ffi.new("int32_t[]", geo.act_words),
+            "act": ffi.new("int32_t[]", geo.act_buffer_words),  # a table copy per gate lane
         }
         return ffi.new("vf_rnn_buffers_t *", keep), keep
 

@@ -308,14 +308,14 @@ void vf_dispatcher_top(VF_DISPATCHER_TOP_PARAMS)
     static int32_t rnn_acc[VF_RNN_CORES][VF_RNN_ACC_WORDS];
     static int32_t rnn_param[VF_RNN_CORES][VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS];
     static int32_t rnn_state[VF_RNN_CORES][VF_RNN_STATE_WORDS];
-    static int32_t rnn_act[VF_RNN_CORES][VF_RNN_ACT_WORDS];
+    static int32_t rnn_act[VF_RNN_CORES][VF_RNN_LANES][VF_RNN_ACT_WORDS]; /* a copy per gate lane */
     VF_PER_CORE(rnn_wbuf)
     VF_PER_CORE(rnn_vbuf)
     VF_PER_CORE(rnn_acc)
     VF_PER_CORE(rnn_param)
     VF_PER_CORE(rnn_state)
     VF_PER_CORE(rnn_act)
-    VF_RNN_PARTITIONS(2, rnn_wbuf, rnn_vbuf, rnn_acc, rnn_state)
+    VF_RNN_PARTITIONS(2, rnn_wbuf, rnn_vbuf, rnn_acc, rnn_state, rnn_act)
 
     vf_ddr_t ddr;
     ddr.port[0] = mem;
@@ -345,7 +345,7 @@ CNN_PROCESSES:
 RNN_PROCESSES:
     for (uint32_t c = 0; c < VF_RNN_CORES; ++c) {
 #pragma HLS UNROLL
-        const vf_rnn_buffers_t b = {rnn_wbuf[c], rnn_vbuf[c], rnn_acc[c], rnn_param[c], rnn_state[c], rnn_act[c]};
+        const vf_rnn_buffers_t b = {rnn_wbuf[c], rnn_vbuf[c], rnn_acc[c], rnn_param[c], rnn_state[c], &rnn_act[c][0][0]};
         vf_core_process(ddr, issue[VF_CNN_CORES + c], done[VF_CNN_CORES + c], b);
     }
 }

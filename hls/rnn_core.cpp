@@ -26,7 +26,9 @@
  * ---- Faults -------------------------------------------------------------------
  * Each instruction is validated completely before it moves any byte:
  *   1. VF_FAULT_FIELD   undefined flag bits, zero sizes, RNN_MATVEC
- *                       wgt_stride < cols (rows > 1), a bad buffer or cell
+ *                       wgt_addr not a multiple of the tile (ROWS x COLS
+ *                       bytes) or wgt_stride < ceil(cols / COLS) tiles
+ *                       (rows > ROWS), a bad buffer or cell
  *                       code, int32 buffer rows not a multiple of 4 bytes,
  *                       overlapping RNN_SAVE rows/planes, gate_stride < n,
  *                       out_shift > 62, overlapping LSTM c/h state ranges,
@@ -66,11 +68,25 @@
  * HLS ones -- beat loops with VF_AXI_BYTES lanes, the VF_RNN_ROWS x
  * VF_RNN_COLS matrix-vector array, VF_RNN_LANES gate lanes -- and count their
  * iterations as they run. The default g++ build (the emulator) moves rows
- * with memcpy and reduces each matrix row as a contiguous int8 dot product
- * (four rows share each vector load, g++ -O3 vectorises it), and takes the
- * counts from the formulas. int32 wrapping addition is associative and the
- * gate unit runs the same per-unit function in both builds, so they are
- * bit-identical; `make -C hls csim-rnn` runs the testbench on both.
+ * with memcpy and reduces each tile row as a COLS-byte int8 dot product of
+ * compile-time length (g++ -O3 vectorises it), and takes the counts from the
+ * formulas. int32 wrapping addition is associative and the gate unit runs the
+ * same per-unit function in both builds, so they are bit-identical;
+ * `make -C hls csim-rnn` runs the testbench on both.
+ *
+ * ---- Memories for one beat per cycle ------------------------------------------
+ * RNN_MATVEC's weights are beat-major tiles (vfpga_isa.h): beat (rb, cb)
+ * reads the one WBUF word wgt_addr / T + rb * wgt_stride + cb, T = ROWS x
+ * COLS bytes, wgt_addr a multiple of T; WBUF is partitioned cyclically by T
+ * (VF_RNN_PARTITIONS in include/vfpga_hls.h), so tile byte r * COLS + c
+ * always lies in bank r * COLS + c. The gate unit's LANES lanes each read
+ * the activation tables twice per unit: ACT is held as VF_RNN_LANES copies
+ * (vfpga_rnn_core.h, VF_RNN_ACT_BUFFER_WORDS), one memory per lane (the
+ * tops partition the lane dimension completely), RNN_LOAD into ACT writes
+ * all copies in the same beat and lane l reads copy l. That costs LANES x
+ * act_words x 4 bytes of on-chip memory per core instead of act_words x 4
+ * (u200: 16 x 8196 words = 512 KiB; u200_bigcore: 128 x 8196 = 4 MiB;
+ * pynq_z2: 8 x 4098 = 128 KiB).
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -83,7 +99,7 @@
 #if !defined(VF_AXI_BYTES) || !defined(VF_RNN_ROWS) || !defined(VF_RNN_COLS) || !defined(VF_RNN_LANES) ||      \
     !defined(VF_RNN_WBUF_BYTES) || !defined(VF_RNN_VBUF_BYTES) || !defined(VF_RNN_ACC_WORDS) ||                 \
     !defined(VF_RNN_PARAM_ENTRIES) || !defined(VF_RNN_STATE_WORDS) || !defined(VF_RNN_ACT_WORDS) ||             \
-    !defined(VF_RNN_ACT_SEGMENTS) || !defined(VF_RNN_ACT_STEP_LOG2)
+    !defined(VF_RNN_ACT_SEGMENTS) || !defined(VF_RNN_ACT_STEP_LOG2) || !defined(VF_RNN_TILE_BYTES)
 #error "board macros missing: compile with the flags printed by python3 overlay/config.py BOARD"
 #endif
 
@@ -106,6 +122,8 @@ static_assert(VF_RNN_ACT_WORDS >= 1 && VF_RNN_ACT_WORDS <= (1u << 16), "VF_RNN_A
 static_assert(VF_RNN_ACT_STEP_LOG2 >= 1 && VF_RNN_ACT_STEP_LOG2 <= 20, "VF_RNN_ACT_STEP_LOG2 out of range");
 static_assert(VF_RNN_ACT_SEGMENTS >= 2 && VF_RNN_ACT_SEGMENTS <= (1u << 16), "VF_RNN_ACT_SEGMENTS out of range");
 static_assert(VF_RNN_ACT_SEGMENTS + 1 <= VF_RNN_ACT_WORDS, "ACT must hold one table");
+static_assert(VF_RNN_TILE_BYTES == VF_RNN_ROWS * VF_RNN_COLS, "a tile is ROWS x COLS bytes");
+static_assert(VF_RNN_WBUF_BYTES % VF_RNN_TILE_BYTES == 0, "WBUF holds whole tile words");
 
 namespace {
 
@@ -115,6 +133,8 @@ const int64_t VR_PRE_MAX = VF_RNN_PRE_MAX;
 const int64_t VR_PRE_MIN = -(int64_t)VF_RNN_PRE_MAX - 1;
 const int64_t VR_ONE = VF_RNN_ONE;
 const int64_t VR_HALF = (int64_t)VF_RNN_ACT_SEGMENTS << (VF_RNN_ACT_STEP_LOG2 - 1);
+/* One MATVEC beat's weights: a ROWS x COLS tile, one WBUF word. */
+const uint64_t VR_TILE = VF_RNN_TILE_BYTES;
 
 /* ========================================================================== */
 /* Small helpers (the shared ones are in vfpga_unit_scheduler.h)               */
@@ -287,10 +307,18 @@ MEM_PLANE:
 #pragma HLS UNROLL
                         const uint64_t k = bt * VF_AXI_BYTES + 4 * j;
                         if (k < rb) {
-                            if (save)
+                            if (save) {
                                 vr_put_word(word + 4 * j, words[(o + k) >> 2]);
-                            else
+                            } else if (m.buffer == VF_RNN_BUF_ACT) {
+                                /* every lane's copy of the tables, one write port each */
+                            MEM_ACT_COPY:
+                                for (uint32_t l = 0; l < VF_RNN_LANES; ++l) {
+#pragma HLS UNROLL
+                                    words[l * (uint64_t)VF_RNN_ACT_WORDS + ((o + k) >> 2)] = vf_word(word + 4 * j);
+                                }
+                            } else {
                                 words[(o + k) >> 2] = vf_word(word + 4 * j);
+                            }
                         }
                     }
                 }
@@ -321,6 +349,9 @@ MEM_PLANE:
             }
         }
     }
+    if (!save && m.buffer == VF_RNN_BUF_ACT) /* the other lanes' copies of the run */
+        for (uint32_t l = 1; l < VF_RNN_LANES; ++l)
+            memcpy(words + l * (uint64_t)VF_RNN_ACT_WORDS, words, total);
     return vf_done(planes * rows * beats_per_row, planes * rows * rb, 0);
 #endif
 }
@@ -337,11 +368,15 @@ vf_exec_t vr_matvec(const vf_insn_rnn_matvec_t &mv, vf_rnn_buffers_t *b)
         return VF_FIELD(vf_insn_rnn_matvec_t, rows);
     if (mv.cols == 0)
         return VF_FIELD(vf_insn_rnn_matvec_t, cols);
-    if (mv.rows > 1 && mv.wgt_stride < mv.cols)
+    if (mv.wgt_addr % VR_TILE != 0)
+        return VF_FIELD(vf_insn_rnn_matvec_t, wgt_addr);
+    const uint64_t rows = mv.rows, cols = mv.cols, ws = mv.wgt_stride;
+    const uint64_t nrb = vf_ceil_div(rows, VF_RNN_ROWS), ncb = vf_ceil_div(cols, VF_RNN_COLS);
+    if (nrb > 1 && ws < ncb)
         return VF_FIELD(vf_insn_rnn_matvec_t, wgt_stride);
     const bool init = (mv.head.flags & VF_RNN_MV_INIT) != 0;
-    const uint64_t rows = mv.rows, cols = mv.cols, ws = mv.wgt_stride;
-    if (!vf_fits(mv.wgt_addr, vf_mul_sat(rows - 1, ws) + cols, VF_RNN_WBUF_BYTES))
+    /* the tiles span words 0 .. (nrb - 1) * ws + ncb - 1 from wgt_addr */
+    if (!vf_fits(mv.wgt_addr, vf_mul_sat(vf_mul_sat(nrb - 1, ws) + ncb, VR_TILE), VF_RNN_WBUF_BYTES))
         return vf_fail(VF_FAULT_BUFFER, vf_first_out(mv.wgt_addr, VF_RNN_WBUF_BYTES));
     if (!vf_fits(mv.vec_addr, cols, VF_RNN_VBUF_BYTES))
         return vf_fail(VF_FAULT_BUFFER, vf_first_out(mv.vec_addr, VF_RNN_VBUF_BYTES));
@@ -357,19 +392,21 @@ vf_exec_t vr_matvec(const vf_insn_rnn_matvec_t &mv, vf_rnn_buffers_t *b)
 #ifdef VF_HLS_LITERAL
     uint64_t beats = 0;
 MV_RB:
-    for (uint64_t rb = 0; rb < rows; rb += VF_RNN_ROWS) {
+    for (uint64_t rb = 0; rb < nrb; ++rb) {
         uint32_t lane[VF_RNN_ROWS];
 #pragma HLS ARRAY_PARTITION variable=lane complete
     MV_INIT:
         for (uint32_t r = 0; r < VF_RNN_ROWS; ++r) {
 #pragma HLS UNROLL
-            const uint64_t row = rb + r;
+            const uint64_t row = rb * VF_RNN_ROWS + r;
             lane[r] = row < rows ? (uint32_t)(init ? prm[row * VF_PARAM_ENTRY_WORDS] : acc[row]) : 0u;
         }
     MV_CB:
-        for (uint64_t cb = 0; cb < cols; cb += VF_RNN_COLS) {
+        for (uint64_t cb = 0; cb < ncb; ++cb) {
 #pragma HLS PIPELINE II=1
             ++beats;
+            /* the beat's tile: one WBUF word, its byte r * COLS + c in bank r * COLS + c */
+            const int8_t *tile = w + (rb * ws + cb) * VR_TILE;
         MV_ROW:
             for (uint32_t r = 0; r < VF_RNN_ROWS; ++r) {
 #pragma HLS UNROLL
@@ -377,8 +414,8 @@ MV_RB:
             MV_COL:
                 for (uint32_t c = 0; c < VF_RNN_COLS; ++c) {
 #pragma HLS UNROLL
-                    if (rb + r < rows && cb + c < cols)
-                        s += (int32_t)w[(rb + r) * ws + cb + c] * v[cb + c];
+                    if (rb * VF_RNN_ROWS + r < rows && cb * VF_RNN_COLS + c < cols)
+                        s += (int32_t)tile[r * VF_RNN_COLS + c] * v[cb * VF_RNN_COLS + c];
                 }
                 lane[r] += (uint32_t)s;
             }
@@ -386,22 +423,45 @@ MV_RB:
     MV_STORE:
         for (uint32_t r = 0; r < VF_RNN_ROWS; ++r) {
 #pragma HLS UNROLL
-            if (rb + r < rows)
-                acc[rb + r] = vf_i32(lane[r]);
+            if (rb * VF_RNN_ROWS + r < rows)
+                acc[rb * VF_RNN_ROWS + r] = vf_i32(lane[r]);
         }
     }
     return vf_done(beats, 0, rows * cols);
 #else
-    uint32_t lane[256];
-    for (uint64_t r0 = 0; r0 < rows; r0 += 256) {
-        const uint64_t nr = vf_min64(256, rows - r0);
+    /* a row block at a time; each tile row is a COLS-byte dot product of
+     * compile-time length (g++ vectorises it), the last column block cut */
+    const uint64_t full = cols / VF_RNN_COLS, tail = cols % VF_RNN_COLS;
+    for (uint64_t rb = 0; rb < nrb; ++rb) {
+        const uint64_t r0 = rb * VF_RNN_ROWS, nr = vf_min64(VF_RNN_ROWS, rows - r0);
+        const int8_t *t = w + rb * ws * VR_TILE;
+        uint32_t lane[VF_RNN_ROWS];
         for (uint64_t r = 0; r < nr; ++r)
             lane[r] = (uint32_t)(init ? prm[(r0 + r) * VF_PARAM_ENTRY_WORDS] : acc[r0 + r]);
-        vf_dot_lanes(lane, nr, v, w + r0 * ws, ws, cols);
+        for (uint64_t cb = 0; cb < full; ++cb) {
+            const int8_t *tile = t + cb * VR_TILE, *vc = v + cb * VF_RNN_COLS;
+            for (uint64_t r = 0; r < nr; ++r) {
+                const int8_t *tr = tile + r * VF_RNN_COLS;
+                int32_t s = 0;
+                for (uint32_t c = 0; c < VF_RNN_COLS; ++c)
+                    s += (int32_t)tr[c] * vc[c];
+                lane[r] += (uint32_t)s;
+            }
+        }
+        if (tail != 0) {
+            const int8_t *tile = t + full * VR_TILE, *vc = v + full * VF_RNN_COLS;
+            for (uint64_t r = 0; r < nr; ++r) {
+                const int8_t *tr = tile + r * VF_RNN_COLS;
+                int32_t s = 0;
+                for (uint64_t c = 0; c < tail; ++c)
+                    s += (int32_t)tr[c] * vc[c];
+                lane[r] += (uint32_t)s;
+            }
+        }
         for (uint64_t r = 0; r < nr; ++r)
             acc[r0 + r] = vf_i32(lane[r]);
     }
-    return vf_done(vf_ceil_div(rows, VF_RNN_ROWS) * vf_ceil_div(cols, VF_RNN_COLS), 0, rows * cols);
+    return vf_done(nrb * ncb, 0, rows * cols);
 #endif
 }
 
@@ -439,17 +499,23 @@ inline int64_t vr_gate(const vr_gates_t &g, uint32_t k, uint64_t j)
     return vr_clamp_pre(vr_term_x(g, k, j) + vr_term_h(g, k, j));
 }
 
-/* One hidden unit of RNN_GATES: the lane body, the same in both builds. */
+/* One hidden unit of RNN_GATES: the lane body, the same in both builds. Unit
+ * j runs on lane j % LANES and looks its activations up in that lane's copy
+ * of the tables (vf_lane_loop's beats start at multiples of LANES, so the
+ * copy is the unrolled lane's own, a compile-time index). */
 inline void vr_gate_unit(const vr_gates_t &g, uint64_t j)
 {
+    const uint64_t copy = (j % VF_RNN_LANES) * (uint64_t)VF_RNN_ACT_WORDS;
+    const int32_t *sig = g.sig + copy;
+    const int32_t *tanh_t = g.tanh_t + copy; /* unused (and not a table) for GRU_RH */
     switch (g.cell) {
     case VF_RNN_CELL_LSTM: {
-        const int64_t i = vr_act(g.sig, vr_gate(g, VF_RNN_GATE_I, j));
-        const int64_t o = vr_act(g.sig, vr_gate(g, VF_RNN_GATE_O, j));
-        const int64_t f = vr_act(g.sig, vr_gate(g, VF_RNN_GATE_F, j));
-        const int64_t u = vr_act(g.tanh_t, vr_gate(g, VF_RNN_GATE_C, j));
+        const int64_t i = vr_act(sig, vr_gate(g, VF_RNN_GATE_I, j));
+        const int64_t o = vr_act(sig, vr_gate(g, VF_RNN_GATE_O, j));
+        const int64_t f = vr_act(sig, vr_gate(g, VF_RNN_GATE_F, j));
+        const int64_t u = vr_act(tanh_t, vr_gate(g, VF_RNN_GATE_C, j));
         const int32_t c = vr_clamp32(vf_rshift_round(f * g.c[j] + i * u, VF_RNN_FRAC_BITS));
-        const int64_t h = vf_rshift_round(o * vr_act(g.tanh_t, vr_clamp_pre(c)), VF_RNN_FRAC_BITS);
+        const int64_t h = vf_rshift_round(o * vr_act(tanh_t, vr_clamp_pre(c)), VF_RNN_FRAC_BITS);
         g.c[j] = c;
         g.h[j] = (int32_t)h;
         g.out[j] = vr_q8(h, g.mult, g.shift, g.zp);
@@ -457,16 +523,16 @@ inline void vr_gate_unit(const vr_gates_t &g, uint64_t j)
     }
     case VF_RNN_CELL_GRU:
     case VF_RNN_CELL_GRU_LBR: {
-        const int64_t z = vr_act(g.sig, vr_gate(g, VF_RNN_GATE_Z, j));
+        const int64_t z = vr_act(sig, vr_gate(g, VF_RNN_GATE_Z, j));
         int64_t pn;
         if (g.cell == VF_RNN_CELL_GRU_LBR) {
-            const int64_t r = vr_act(g.sig, vr_gate(g, VF_RNN_GATE_R, j));
+            const int64_t r = vr_act(sig, vr_gate(g, VF_RNN_GATE_R, j));
             pn = vr_clamp_pre(vr_term_x(g, VF_RNN_GATE_H, j) +
                               vf_rshift_round(r * vr_term_h(g, VF_RNN_GATE_H, j), VF_RNN_FRAC_BITS));
         } else {
             pn = vr_gate(g, VF_RNN_GATE_H, j);
         }
-        const int64_t n = vr_act(g.tanh_t, pn);
+        const int64_t n = vr_act(tanh_t, pn);
         const int64_t hp = g.h[j];
         const int32_t h = vr_clamp32(n + vf_rshift_round(z * (hp - n), VF_RNN_FRAC_BITS));
         g.h[j] = h;
@@ -474,7 +540,7 @@ inline void vr_gate_unit(const vr_gates_t &g, uint64_t j)
         break;
     }
     default: { /* VF_RNN_CELL_GRU_RH */
-        const int64_t r = vr_act(g.sig, vr_gate(g, VF_RNN_GATE_R, j));
+        const int64_t r = vr_act(sig, vr_gate(g, VF_RNN_GATE_R, j));
         g.out[j] = vr_q8(vf_rshift_round(r * g.h[j], VF_RNN_FRAC_BITS), g.mult, g.shift, g.zp);
         break;
     }
@@ -557,8 +623,8 @@ vf_exec_t vr_gates(const vf_insn_rnn_gates_t &gi, vf_rnn_buffers_t *b)
     g.c = lstm ? b->state + gi.state_c : NULL;
     g.h = b->state + gi.state_h;
     g.out = b->vbuf + gi.out_addr;
-    g.sig = b->act + gi.sig_addr;
-    g.tanh_t = rh ? NULL : b->act + gi.tanh_addr;
+    g.sig = b->act + gi.sig_addr; /* lane 0's copy; vr_gate_unit picks the lane's */
+    g.tanh_t = b->act + (rh ? 0 : gi.tanh_addr);
     g.mult = gi.out_mult;
     g.shift = gi.out_shift;
     g.zp = gi.out_zp;
@@ -631,6 +697,7 @@ void vf_rnn_core_geometry(vf_rnn_geometry_t *geometry)
     geometry->act_words = VF_RNN_ACT_WORDS;
     geometry->act_segments = VF_RNN_ACT_SEGMENTS;
     geometry->act_step_log2 = VF_RNN_ACT_STEP_LOG2;
+    geometry->act_buffer_words = (uint32_t)VF_RNN_ACT_BUFFER_WORDS;
 }
 
 void vf_rnn_activation(const int32_t *table, const int32_t *pre, int32_t *out, uint32_t n)

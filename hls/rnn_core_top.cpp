@@ -20,7 +20,7 @@
  *  - the on-chip buffers are static arrays sized by the board macros: they
  *    keep their contents between invocations (resident weights, activation
  *    tables, state), like the BRAM/URAM they become, partitioned for the
- *    array and the gate lanes (VF_RNN_PARTITIONS).
+ *    array and the gate lanes, ACT a copy per lane (VF_RNN_PARTITIONS).
  *
  * Compiles unchanged with g++ (the HLS pragmas are unknown pragmas there) and
  * is exercised by the C-sim testbench.
@@ -44,10 +44,10 @@ void vf_rnn_core_top(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset, uint
     static int32_t acc[VF_RNN_ACC_WORDS];
     static int32_t param[VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS];
     static int32_t state_words[VF_RNN_STATE_WORDS];
-    static int32_t act[VF_RNN_ACT_WORDS];
-    VF_RNN_PARTITIONS(1, wbuf, vbuf, acc, state_words)
+    static int32_t act[VF_RNN_LANES][VF_RNN_ACT_WORDS]; /* a copy per gate lane */
+    VF_RNN_PARTITIONS(1, wbuf, vbuf, acc, state_words, act)
 
-    vf_rnn_buffers_t buffers = {wbuf, vbuf, acc, param, state_words, act};
+    vf_rnn_buffers_t buffers = {wbuf, vbuf, acc, param, state_words, &act[0][0]};
     vf_core_run_program(seg, seg_limit, insn_offset, insn_count, &buffers, fault, fault_insn, fault_addr, insns,
                         load_iters, compute_iters, save_iters);
 }

@@ -161,6 +161,9 @@ def _check_rnn_core(cfg: dict, path: str) -> None:
     if not rnn["act_segments"] + 1 <= rnn["act_words"] <= 1 << 16:
         raise BoardConfigError(f"board config {path}: rnn_core.act_words must hold one table "
                                f"(act_segments + 1 = {rnn['act_segments'] + 1} words) and be <= 65536")
+    if rnn["wbuf_bytes"] % (rnn["rows"] * rnn["cols"]):
+        raise BoardConfigError(f"board config {path}: rnn_core.wbuf_bytes must be whole MATVEC tiles of rows x cols "
+                               f"= {rnn['rows'] * rnn['cols']} bytes")
 
 
 def core_bus_bytes(cfg: dict) -> int:
@@ -222,6 +225,7 @@ def _rnn_macros(cfg: dict) -> dict[str, int]:
         "VF_RNN_ROWS": rnn["rows"],
         "VF_RNN_COLS": rnn["cols"],
         "VF_RNN_LANES": rnn["lanes"],
+        "VF_RNN_TILE_BYTES": rnn["rows"] * rnn["cols"],  # one MATVEC beat's weights, a WBUF word
         "VF_RNN_WBUF_BYTES": rnn["wbuf_bytes"],
         "VF_RNN_VBUF_BYTES": rnn["vbuf_bytes"],
         "VF_RNN_ACC_WORDS": rnn["acc_words"],

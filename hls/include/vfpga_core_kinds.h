@@ -78,7 +78,7 @@ static inline void vf_core_scrub(vf_rnn_buffers_t *b)
     vf_scrub_memory(b->acc, VF_RNN_ACC_WORDS);
     vf_scrub_memory(b->param, VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS);
     vf_scrub_memory(b->state, VF_RNN_STATE_WORDS);
-    vf_scrub_memory(b->act, VF_RNN_ACT_WORDS);
+    vf_scrub_memory(b->act, VF_RNN_ACT_BUFFER_WORDS); /* every lane's copy */
 }
 
 /* A stand-alone core top's invocation: its program from instruction 0 until

@@ -69,13 +69,18 @@
     VF_PRAGMA(HLS ARRAY_PARTITION variable=obuf dim=D cyclic factor=VF_OCP)     \
     VF_PRAGMA(HLS ARRAY_PARTITION variable=acc dim=D cyclic factor=VF_OCP)
 
-/* WBUF and VBUF so that the VF_RNN_ROWS x VF_RNN_COLS array reads a column
- * block of each row per cycle; ACC and STATE by the gate unit's lanes. */
-#define VF_RNN_PARTITIONS(D, wbuf, vbuf, acc, state)                             \
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=wbuf dim=D cyclic factor=VF_RNN_COLS) \
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=vbuf dim=D cyclic factor=VF_RNN_COLS) \
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=acc dim=D cyclic factor=VF_RNN_LANES) \
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=state dim=D cyclic factor=VF_RNN_LANES)
+/* WBUF by the tile (VF_RNN_TILE_BYTES = VF_RNN_ROWS x VF_RNN_COLS): a
+ * MATVEC beat reads one tile-aligned word of beat-major weights, its byte
+ * r * COLS + c in bank r * COLS + c; VBUF so that the array reads a column
+ * block of the vector per cycle; ACC and STATE by the gate unit's lanes. ACT
+ * is declared [VF_RNN_LANES][VF_RNN_ACT_WORDS] (dimension D the lane): one
+ * memory per lane's copy of the tables, so the lanes look them up at once. */
+#define VF_RNN_PARTITIONS(D, wbuf, vbuf, acc, state, act)                             \
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=wbuf dim=D cyclic factor=VF_RNN_TILE_BYTES) \
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=vbuf dim=D cyclic factor=VF_RNN_COLS)       \
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=acc dim=D cyclic factor=VF_RNN_LANES)       \
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=state dim=D cyclic factor=VF_RNN_LANES)     \
+    VF_PRAGMA(HLS ARRAY_PARTITION variable=act dim=D complete)
 
 /* ---- the dispatcher top's DDR bank ports ------------------------------------
  * Port p is bank b's m_axi master (bundle bank<b>, AXI port m_axi_bank<b>),

@@ -568,16 +568,27 @@ typedef struct {
     uint8_t reserved[3];
 } vf_insn_rnn_mem_t;
 
-/* RNN_MATVEC: int8 matrix x int8 vector, int32 accumulators. For r < rows:
+/* RNN_MATVEC: int8 matrix x int8 vector, int32 accumulators, the matrix in
+ * WBUF as beat-major tiles. A tile is one WBUF word of T = VF_RNN_ROWS *
+ * VF_RNN_COLS bytes holding a ROWS x COLS block of the matrix row-major
+ * ([r][c]: byte r * COLS + c), the block the array consumes in one beat. For
+ * row r < rows and column c < cols, with R = VF_RNN_ROWS, C = VF_RNN_COLS:
+ *   W(r, c) = WBUF[wgt_addr + ((r / R) * wgt_stride + c / C) * T + (r % R) * C + c % C]
+ * i.e. row block rb's tiles are column blocks 0, 1, ... in consecutive words,
+ * and row blocks lie wgt_stride words apart. For r < rows:
  *   acc = INIT ? PARAM[param_addr + r].bias : ACC[acc_addr + r]
- *   acc += sum_{c < cols} WBUF[wgt_addr + r * wgt_stride + c] * VBUF[vec_addr + c]
+ *   acc += sum_{c < cols} W(r, c) * VBUF[vec_addr + c]
  *   ACC[acc_addr + r] = acc                    (int32, wraps on overflow)
- * Requires rows, cols >= 1 and wgt_stride >= cols when rows > 1. A matrix
- * wider than a tile is summed by several RNN_MATVECs without INIT. */
+ * The bytes of a partial tile outside rows x cols are never read (the
+ * compiler writes zeros there). Requires rows, cols >= 1, wgt_addr a
+ * multiple of T (a tile's bytes sit at fixed offsets of a word) and
+ * wgt_stride >= ceil(cols / C) when rows > R (row blocks do not overlap).
+ * A matrix wider than a tile row is summed by several RNN_MATVECs without
+ * INIT. */
 typedef struct {
     vf_insn_head_t head;
-    uint32_t wgt_addr;   /* WBUF byte offset of row 0 */
-    uint32_t wgt_stride; /* WBUF bytes between rows */
+    uint32_t wgt_addr;   /* WBUF byte offset of tile (0, 0), a multiple of T */
+    uint32_t wgt_stride; /* WBUF tile words between row blocks */
     uint32_t vec_addr;   /* VBUF byte offset of element 0 */
     uint32_t acc_addr;   /* ACC word offset of row 0 */
     uint32_t param_addr; /* PARAM entry of row 0 (INIT only) */

@@ -29,8 +29,14 @@ typedef struct {
     int32_t *acc;   /* VF_RNN_ACC_WORDS */
     int32_t *param; /* VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS */
     int32_t *state; /* VF_RNN_STATE_WORDS */
-    int32_t *act;   /* VF_RNN_ACT_WORDS */
+    int32_t *act;   /* VF_RNN_LANES copies of VF_RNN_ACT_WORDS (see below) */
 } vf_rnn_buffers_t;
+
+/* ACT is held once per gate lane: copy l (words l * VF_RNN_ACT_WORDS ..) is
+ * the one lane l reads, so every lane has its own table read ports. RNN_LOAD
+ * into ACT writes every copy, so they are always equal and the copies are
+ * not observable; the buffer is VF_RNN_LANES * VF_RNN_ACT_WORDS words. */
+#define VF_RNN_ACT_BUFFER_WORDS ((uint64_t)VF_RNN_LANES * VF_RNN_ACT_WORDS)
 
 /* State and counters (vfpga_core.h): load = RNN_LOAD bus beats, compute =
  * RNN_MATVEC + RNN_GATES pipelined iterations, save = RNN_SAVE bus beats,
@@ -52,6 +58,7 @@ typedef struct {
     uint32_t act_words;
     uint32_t act_segments;  /* SEG: a table is act_segments + 1 words */
     uint32_t act_step_log2; /* STEP: knots 2^STEP Q.15 units apart */
+    uint32_t act_buffer_words; /* the ACT array to allocate: lanes copies of act_words */
 } vf_rnn_geometry_t;
 
 /* vf_rnn_core_step() results: the VF_STEP_* of vfpga_core.h under RNN names */

@@ -300,7 +300,7 @@ struct Dev {
           rnn_w((size_t)VF_RNN_CORES * VF_RNN_WBUF_BYTES), rnn_v((size_t)VF_RNN_CORES * VF_RNN_VBUF_BYTES),
           rnn_a((size_t)VF_RNN_CORES * VF_RNN_ACC_WORDS),
           rnn_p((size_t)VF_RNN_CORES * VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS),
-          rnn_s((size_t)VF_RNN_CORES * VF_RNN_STATE_WORDS), rnn_t((size_t)VF_RNN_CORES * VF_RNN_ACT_WORDS)
+          rnn_s((size_t)VF_RNN_CORES * VF_RNN_STATE_WORDS), rnn_t((size_t)VF_RNN_CORES * VF_RNN_ACT_BUFFER_WORDS)
     {
         for (uint64_t i = 0; i < window; ++i)
             raw[GUARD + i] = fill_pattern(i);
@@ -323,7 +323,7 @@ struct Dev {
             rnn[c].acc = rnn_a.data() + (size_t)c * VF_RNN_ACC_WORDS;
             rnn[c].param = rnn_p.data() + (size_t)c * VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS;
             rnn[c].state = rnn_s.data() + (size_t)c * VF_RNN_STATE_WORDS;
-            rnn[c].act = rnn_t.data() + (size_t)c * VF_RNN_ACT_WORDS;
+            rnn[c].act = rnn_t.data() + (size_t)c * VF_RNN_ACT_BUFFER_WORDS;
         }
         vf_dispatch_reset(&regs, &st);
         regs.g.mem_base = MEM_BASE;

@@ -46,6 +46,7 @@ static const uint32_t TSEG = VF_RNN_ACT_SEGMENTS;
 static const uint32_t TSTEP = VF_RNN_ACT_STEP_LOG2;
 static const uint32_t TW = VF_RNN_ACT_SEGMENTS + 1; /* words per table */
 static const uint32_t PARAM_WORDS = VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS;
+static const uint32_t TR = VF_RNN_ROWS, TC = VF_RNN_COLS, TB = VF_RNN_TILE_BYTES; /* a MATVEC tile */
 
 /* ========================================================================== */
 /* Instruction builders                                                        */
@@ -217,7 +218,11 @@ static void buf_put(Mem &m, uint32_t buffer, uint64_t at, uint8_t b)
                                   : buffer == VF_RNN_BUF_STATE ? m.state
                                                                : m.act;
         const uint32_t sh = 8 * (uint32_t)(at % 4);
-        v[at / 4] = (int32_t)(((uint32_t)v[at / 4] & ~(0xffu << sh)) | ((uint32_t)b << sh));
+        const uint32_t copies = buffer == VF_RNN_BUF_ACT ? VF_RNN_LANES : 1; /* every lane's copy */
+        for (uint64_t l = 0; l < copies; ++l) {
+            int32_t &w = v[l * VF_RNN_ACT_WORDS + at / 4];
+            w = (int32_t)(((uint32_t)w & ~(0xffu << sh)) | ((uint32_t)b << sh));
+        }
     }
     }
 }
@@ -246,17 +251,20 @@ static void ref_exec(Mem &m, const vf_rnn_insn_t &in)
         const vf_insn_rnn_matvec_t &x = in.matvec;
         for (uint64_t r = 0; r < x.rows; ++r) {
             int64_t acc = (in.head.flags & VF_RNN_MV_INIT) ? m.param[(x.param_addr + r) * 3] : m.acc[x.acc_addr + r];
-            for (uint64_t c = 0; c < x.cols; ++c)
-                acc += (int64_t)m.wbuf[x.wgt_addr + r * x.wgt_stride + c] * m.vbuf[x.vec_addr + c];
+            for (uint64_t c = 0; c < x.cols; ++c) /* beat-major tiles (vfpga_isa.h) */
+                acc += (int64_t)m.wbuf[x.wgt_addr + ((r / TR) * x.wgt_stride + c / TC) * TB + (r % TR) * TC + c % TC] *
+                       m.vbuf[x.vec_addr + c];
             m.acc[x.acc_addr + r] = wrap32(acc);
         }
         break;
     }
     case VF_RNN_OP_GATES: {
         const vf_insn_rnn_gates_t &g = in.gates;
-        const int32_t *sig = &m.act[g.sig_addr];
-        const int32_t *tnh = g.cell == VF_RNN_CELL_GRU_RH ? NULL : &m.act[g.tanh_addr];
         for (uint64_t j = 0; j < g.n; ++j) {
+            /* unit j runs on lane j % LANES, which reads its own copy of ACT */
+            const uint64_t copy = (j % VF_RNN_LANES) * VF_RNN_ACT_WORDS;
+            const int32_t *sig = &m.act[copy + g.sig_addr];
+            const int32_t *tnh = g.cell == VF_RNN_CELL_GRU_RH ? NULL : &m.act[copy + g.tanh_addr];
             auto tx = [&](int k) {
                 const uint64_t i = (uint64_t)k * g.gate_stride + j;
                 return ref_pre(m.acc[g.acc_x + i], &m.param[(g.param_x + i) * 3]);
@@ -327,14 +335,15 @@ struct Core {
 
     Core()
         : wbuf(VF_RNN_WBUF_BYTES), vbuf(VF_RNN_VBUF_BYTES), acc(VF_RNN_ACC_WORDS), param(PARAM_WORDS),
-          state(VF_RNN_STATE_WORDS), act(VF_RNN_ACT_WORDS), insn_offset(0)
+          state(VF_RNN_STATE_WORDS), act(VF_RNN_ACT_BUFFER_WORDS), insn_offset(0)
     {
         fill_random(wbuf.data(), wbuf.size());
         fill_random(vbuf.data(), vbuf.size());
         fill_random(acc.data(), acc.size() * 4);
         fill_random(param.data(), param.size() * 4);
         fill_random(state.data(), state.size() * 4);
-        fill_random(act.data(), act.size() * 4);
+        fill_random(act.data(), VF_RNN_ACT_WORDS * 4);
+        sync_act();
         bufs.wbuf = wbuf.data();
         bufs.vbuf = vbuf.data();
         bufs.acc = acc.data();
@@ -342,6 +351,13 @@ struct Core {
         bufs.state = state.data();
         bufs.act = act.data();
         reset();
+    }
+    /* copy 0 of ACT into the other lanes' copies (after a direct write; the
+     * core's RNN_LOAD writes them all itself) */
+    void sync_act()
+    {
+        for (uint64_t l = 1; l < VF_RNN_LANES; ++l)
+            memcpy(&act[l * VF_RNN_ACT_WORDS], act.data(), VF_RNN_ACT_WORDS * 4);
     }
     Core(const Core &) = delete;
     Core &operator=(const Core &) = delete;
@@ -602,7 +618,7 @@ static void ref_layer(const Layer &L, const std::vector<int8_t> &xs, uint32_t T,
 /* ========================================================================== */
 
 struct LayerDdr {
-    uint32_t W, R, PX, PH, TAB, X, Y, C, HS, RH;
+    uint32_t PX, PH, TAB, X, Y, C, HS, RH; /* the weights: per slice, packed by slice_weights */
 };
 
 struct LayerOpts {
@@ -616,8 +632,6 @@ static LayerDdr place_layer(Env &e, const Layer &L, const std::vector<int8_t> &x
                             const std::vector<int32_t> &h0, const std::vector<int32_t> &c0)
 {
     LayerDdr d;
-    d.W = e.put(L.W.data(), (uint32_t)L.W.size(), 1 + rnd(64));
-    d.R = e.put(L.R.data(), (uint32_t)L.R.size(), 1 + rnd(64));
     d.PX = e.put(L.px.data(), (uint32_t)L.px.size() * 4, 4);
     d.PH = e.put(L.ph.data(), (uint32_t)L.ph.size() * 4, 4);
     std::vector<int32_t> tabs(L.sig);
@@ -633,27 +647,73 @@ static LayerDdr place_layer(Env &e, const Layer &L, const std::vector<int8_t> &x
     return d;
 }
 
-/* MATVEC over [rows x cols], optionally as 1..3 column tiles */
-static void emit_mv(std::vector<vf_rnn_insn_t> &p, bool tile, uint32_t wgt, uint32_t ws, uint32_t vec, uint32_t acc,
+/* Rows `rows` of the K-column matrix M as RNN_MATVEC's beat-major tiles
+ * (vfpga_isa.h): row blocks of TR rows, each its ceil(K / TC) tiles, every
+ * tile [r][c] and zero-padded. */
+static std::vector<int8_t> pack_tiles(const std::vector<int8_t> &M, uint32_t K, const std::vector<uint32_t> &rows)
+{
+    const uint64_t nr = rows.size(), ncb = cdiv(K, TC);
+    std::vector<int8_t> t(cdiv(nr, TR) * ncb * TB, 0);
+    for (uint64_t r = 0; r < nr; ++r)
+        for (uint64_t c = 0; c < K; ++c)
+            t[((r / TR) * ncb + c / TC) * TB + (r % TR) * TC + c % TC] = M[(uint64_t)rows[r] * K + c];
+    return t;
+}
+
+/* A slice's weights in DDR, packed for its products: W (G gates x n rows),
+ * R (gates 0..G-1, or for GRU gates 0..1) and R2 (GRU: gate 2). */
+struct SliceDdr {
+    uint32_t W, R, R2, wbytes, rbytes, r2bytes;
+};
+
+static SliceDdr slice_weights(Env &e, const Layer &L, uint32_t s, uint32_t n)
+{
+    auto rows = [&](uint32_t g0, uint32_t g1) {
+        std::vector<uint32_t> r;
+        for (uint32_t g = g0; g < g1; ++g)
+            for (uint32_t j = 0; j < n; ++j)
+                r.push_back(g * L.H + s + j);
+        return r;
+    };
+    const bool gru = L.cell == VF_RNN_CELL_GRU;
+    const std::vector<int8_t> w = pack_tiles(L.W, L.I, rows(0, L.G));
+    const std::vector<int8_t> r = pack_tiles(L.R, L.H, rows(0, gru ? 2 : L.G));
+    const std::vector<int8_t> r2 = gru ? pack_tiles(L.R, L.H, rows(2, 3)) : std::vector<int8_t>();
+    SliceDdr d;
+    d.wbytes = (uint32_t)w.size();
+    d.rbytes = (uint32_t)r.size();
+    d.r2bytes = (uint32_t)r2.size();
+    d.W = e.put(w.data(), d.wbytes, 1 + rnd(64));
+    d.R = e.put(r.data(), d.rbytes, 1 + rnd(64));
+    d.R2 = gru ? e.put(r2.data(), d.r2bytes, 1 + rnd(64)) : 0;
+    return d;
+}
+
+/* MATVEC over [rows x cols] tiles at WBUF wgt, optionally as 1..3 column
+ * pieces of whole column blocks (wgt_stride then exceeds a piece's blocks) */
+static void emit_mv(std::vector<vf_rnn_insn_t> &p, bool tile, uint32_t wgt, uint32_t vec, uint32_t acc,
                     uint32_t param, uint32_t rows, uint32_t cols, uint8_t deps)
 {
+    const uint32_t ws = (uint32_t)cdiv(cols, TC);
     uint32_t c0 = 0;
     bool first = true;
     while (c0 < cols) {
-        const uint32_t w = tile && cols - c0 > 1 ? 1 + rnd(cols - c0) : cols - c0;
-        p.push_back(mk_mv(wgt + c0, ws, vec + c0, acc, param, rows, w, first, first ? deps : 0));
+        const uint32_t left = (uint32_t)cdiv(cols - c0, TC);
+        const uint32_t w = tile && left > 1 ? TC * (1 + rnd(left - 1)) : cols - c0;
+        p.push_back(mk_mv(wgt + c0 / TC * TB, ws, vec + c0, acc, param, rows, w, first, first ? deps : 0));
         first = false;
         c0 += w;
     }
 }
 
 /* The program of the core that owns hidden units [s, s + n). */
-static void layer_program(std::vector<vf_rnn_insn_t> &p, const Layer &L, const LayerDdr &d, uint32_t T, uint32_t s,
-                          uint32_t n, const LayerOpts &o)
+static void layer_program(Env &e, std::vector<vf_rnn_insn_t> &p, const Layer &L, const LayerDdr &d, uint32_t T,
+                          uint32_t s, uint32_t n, const LayerOpts &o)
 {
     const uint32_t H = L.H, I = L.I, G = L.G;
+    const SliceDdr sw = slice_weights(e, L, s, n);
     /* on-chip layout */
-    const uint32_t wW = 0, wR = G * n * I;                  /* WBUF */
+    const uint32_t wW = 0, wR = sw.wbytes, wR2 = wR + sw.rbytes; /* WBUF, whole tiles */
     const uint32_t vX = 0, vH = I, vRH = I + H, vO = I + 2 * H; /* VBUF */
     const uint32_t aX = 0, aH = G * n;                      /* ACC, PARAM */
     const uint32_t sC = 0, sH = n;                          /* STATE */
@@ -665,8 +725,10 @@ static void layer_program(std::vector<vf_rnn_insn_t> &p, const Layer &L, const L
     for (uint32_t t = 0; t < T; ++t) {
         p.push_back(mk_marker(VF_OP_FRAME, frame++));
         if (t == 0 || o.reload) {
-            p.push_back(mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_WGT, d.W + s * I, wW, I, n, G, I, H * I));
-            p.push_back(mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_WGT, d.R + s * H, wR, H, n, G, H, H * H));
+            p.push_back(mk_load(VF_RNN_BUF_WGT, sw.W, wW, sw.wbytes));
+            p.push_back(mk_load(VF_RNN_BUF_WGT, sw.R, wR, sw.rbytes));
+            if (sw.r2bytes)
+                p.push_back(mk_load(VF_RNN_BUF_WGT, sw.R2, wR2, sw.r2bytes));
             p.push_back(mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_PARAM, d.PX + 12 * s, 3 * aX, 12 * n, 1, G, 0, 12 * H));
             p.push_back(mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_PARAM, d.PH + 12 * s, 3 * aH, 12 * n, 1, G, 0, 12 * H));
             p.push_back(mk_load(VF_RNN_BUF_ACT, d.TAB, tS, 8 * TW));
@@ -678,9 +740,9 @@ static void layer_program(std::vector<vf_rnn_insn_t> &p, const Layer &L, const L
         }
         p.push_back(mk_load(VF_RNN_BUF_VEC, d.X + t * I, vX, I));
         p.push_back(mk_load(VF_RNN_BUF_VEC, d.Y + t * H, vH, H, PN));
-        emit_mv(p, o.tile_cols, wW, I, vX, aX, aX, G * n, I, PP);
+        emit_mv(p, o.tile_cols, wW, vX, aX, aX, G * n, I, PP);
         if (L.cell == VF_RNN_CELL_GRU) {
-            emit_mv(p, o.tile_cols, wR, H, vH, aH, aH, 2 * n, H, 0);
+            emit_mv(p, o.tile_cols, wR, vH, aH, aH, 2 * n, H, 0);
             GatesArgs rh = ga;
             rh.cell = VF_RNN_CELL_GRU_RH;
             rh.tanh_t = 0xffff; /* not read */
@@ -689,9 +751,9 @@ static void layer_program(std::vector<vf_rnn_insn_t> &p, const Layer &L, const L
             p.push_back(mk_marker(VF_OP_BARRIER));
             p.push_back(mk_marker(VF_OP_FRAME, frame++));
             p.push_back(mk_load(VF_RNN_BUF_VEC, d.RH, vRH, H, PN));
-            emit_mv(p, o.tile_cols, wR + 2 * n * H, H, vRH, aH + 2 * n, aH + 2 * n, n, H, PP);
+            emit_mv(p, o.tile_cols, wR2, vRH, aH + 2 * n, aH + 2 * n, n, H, PP);
         } else {
-            emit_mv(p, o.tile_cols, wR, H, vH, aH, aH, G * n, H, 0);
+            emit_mv(p, o.tile_cols, wR, vH, aH, aH, G * n, H, 0);
         }
         p.push_back(mk_gates(ga, PN));
         p.push_back(mk_save(VF_RNN_BUF_VEC, d.Y + (t + 1) * H + s, vO, n, PP));
@@ -737,7 +799,7 @@ static bool run_layer(const LayerCase &c, const std::vector<uint32_t> &cuts, con
     Env e(1u << 21, k);
     const LayerDdr d = place_layer(e, c.L, c.xs, c.T, c.h0, c.c0);
     for (uint32_t i = 0; i < k; ++i) {
-        layer_program(e.core(i).prog, c.L, d, c.T, cuts[i], cuts[i + 1] - cuts[i], o);
+        layer_program(e, e.core(i).prog, c.L, d, c.T, cuts[i], cuts[i + 1] - cuts[i], o);
         e.place_program(i);
     }
     const bool ok = e.run_all();
@@ -759,7 +821,8 @@ static void fit_layer(uint8_t cell, uint32_t &H, uint32_t &I, uint32_t cores)
     const uint32_t G = cell == VF_RNN_CELL_LSTM ? 4 : 3;
     for (;;) {
         const uint32_t n = cdiv(H, cores) + 2; /* largest slice, uneven cuts */
-        const bool fits = (uint64_t)G * n * (I + H) <= VF_RNN_WBUF_BYTES && I + 3 * H <= VF_RNN_VBUF_BYTES &&
+        const uint64_t tiled = (uint64_t)G * cdiv(n, TR) * TR * (cdiv(I, TC) + cdiv(H, TC)) * TC; /* padded */
+        const bool fits = tiled <= VF_RNN_WBUF_BYTES && I + 3 * H <= VF_RNN_VBUF_BYTES &&
                           2 * G * n <= VF_RNN_ACC_WORDS && 2 * G * n <= VF_RNN_PARAM_ENTRIES &&
                           2 * n <= VF_RNN_STATE_WORDS && 2 * TW <= VF_RNN_ACT_WORDS;
         if (fits || H <= 2)
@@ -928,11 +991,12 @@ static void test_matvec()
                 cols = VF_RNN_VBUF_BYTES;
             if (rows > VF_RNN_ACC_WORDS)
                 rows = VF_RNN_ACC_WORDS;
-            uint32_t ws = rows == 1 && rnd(4) == 0 ? rnd(5) : cols + rnd(9);
-            while (rows > 1 && (uint64_t)(rows - 1) * ws + cols > VF_RNN_WBUF_BYTES)
+            const uint32_t ncb = (uint32_t)cdiv(cols, TC); /* tile words per row block */
+            uint32_t ws = rows <= TR && rnd(4) == 0 ? rnd(5) : ncb + rnd(3);
+            while (rows > TR && (cdiv(rows, TR) - 1) * ws + ncb > VF_RNN_WBUF_BYTES / TB)
                 rows /= 2;
-            const uint64_t span = (uint64_t)(rows - 1) * ws + cols;
-            const uint32_t wgt = rnd((uint32_t)(VF_RNN_WBUF_BYTES - span + 1));
+            const uint64_t words = (cdiv(rows, TR) - 1) * ws + ncb;
+            const uint32_t wgt = TB * rnd((uint32_t)(VF_RNN_WBUF_BYTES / TB - words + 1));
             const uint32_t vec = rnd(VF_RNN_VBUF_BYTES - cols + 1);
             const uint32_t acc = rnd(VF_RNN_ACC_WORDS - rows + 1);
             const uint32_t prm = rows <= VF_RNN_PARAM_ENTRIES ? rnd(VF_RNN_PARAM_ENTRIES - rows + 1) : 0;
@@ -965,6 +1029,11 @@ static void test_gates()
                 memcpy(&k.act[a + TW], t.data(), TW * 4);
             }
         }
+        k.sync_act();
+        if (trial % 5 == 2) /* lanes' copies made to differ: each lane must read its own */
+            for (uint64_t l = 1; l < VF_RNN_LANES; ++l)
+                for (uint64_t i = 0; i < VF_RNN_ACT_WORDS; ++i)
+                    k.act[l * VF_RNN_ACT_WORDS + i] += (int32_t)(37 * l);
         if (trial % 4 == 1) /* extreme accumulators and multipliers */
             for (size_t i = 0; i < 256 && i < k.acc.size(); ++i) {
                 k.acc[i] = i % 2 ? INT32_MIN : INT32_MAX;
@@ -1229,6 +1298,16 @@ static void expect_single_fault(const char *name, const vf_rnn_insn_t &bad, uint
     e.expect_fault(fault, 3, bad.head.opcode, addr);
 }
 
+static void expect_clean_single(const char *name, const vf_rnn_insn_t &good)
+{
+    Env e(1 << 14);
+    g_ctx = name;
+    e.core().sane_shifts();
+    e.prog() = {mk_marker(VF_OP_FRAME), good, mk_marker(VF_OP_END)};
+    e.place_program();
+    e.expect_clean_run();
+}
+
 static GatesArgs good_gates(uint8_t cell)
 {
     GatesArgs a = {cell, 8, 8, 0, 64, 0, 64, 0, 16, 0, 0, (uint16_t)TW, 1 << 30, 38, 0};
@@ -1252,12 +1331,13 @@ static void test_fault_buffer()
     expect_single_fault("save vbuf", mk_save(VF_RNN_BUF_VEC, 0, V - 3, 4), VF_FAULT_BUFFER, V);
     expect_single_fault("save state", mk_save(VF_RNN_BUF_STATE, 0, S, 4), VF_FAULT_BUFFER, S);
     /* RNN_MATVEC */
-    expect_single_fault("mv wgt", mk_mv(W - 100, 100, 0, 0, 0, 2, 100, false), VF_FAULT_BUFFER, W);
-    expect_single_fault("mv wgt stride", mk_mv(0, 0x80000000u, 0, 0, 0, 3, 4, false), VF_FAULT_BUFFER, W);
+    expect_single_fault("mv wgt", mk_mv(W - TB, 1, 0, 0, 0, 2, TC + 1, false), VF_FAULT_BUFFER, W);
+    expect_single_fault("mv wgt stride", mk_mv(0, 0x80000000u, 0, 0, 0, TR + 1, 4, false), VF_FAULT_BUFFER, W);
     expect_single_fault("mv vec", mk_mv(0, 8, V - 7, 0, 0, 2, 8, false), VF_FAULT_BUFFER, V);
     expect_single_fault("mv acc", mk_mv(0, 8, 0, A - 1, 0, 2, 8, false), VF_FAULT_BUFFER, A);
     expect_single_fault("mv param", mk_mv(0, 8, 0, 0, P - 1, 2, 8, true), VF_FAULT_BUFFER, P);
     expect_single_fault("mv rows", mk_mv(0, 1, 0, 0, 0, 0xffffffffu, 1, false), VF_FAULT_BUFFER, W);
+    expect_single_fault("mv wgt past a word", mk_mv(W - TB, 1, 0, 0, 0, TR + 1, 1, false), VF_FAULT_BUFFER, W);
     /* RNN_GATES: each range; GRU_RH ranges start at gate 1 */
     GatesArgs a = good_gates(VF_RNN_CELL_LSTM);
     a.acc_x = A - 30;
@@ -1324,7 +1404,9 @@ static void test_buffer_bounds()
                   mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_ACT, 0, T - 5, 4, 3, 2), T});
     cs.push_back({"save state", mk_save(VF_RNN_BUF_STATE, 0, S - 2, 8), mk_save(VF_RNN_BUF_STATE, 0, S - 1, 8), S});
     cs.push_back({"save vbuf", mk_save(VF_RNN_BUF_VEC, 0, V - 8, 8), mk_save(VF_RNN_BUF_VEC, 0, V - 7, 8), V});
-    cs.push_back({"mv wgt", mk_mv(W - 30, 10, 0, 0, 0, 3, 10, false), mk_mv(W - 29, 10, 0, 0, 0, 3, 10, false), W});
+    /* three row blocks of two tiles, 3 words apart: ends at wgt + 8 tiles */
+    cs.push_back({"mv wgt", mk_mv(W - 8 * TB, 3, 0, 0, 0, 2 * TR + 1, TC + 1, false),
+                  mk_mv(W - 7 * TB, 3, 0, 0, 0, 2 * TR + 1, TC + 1, false), W});
     cs.push_back({"mv vec", mk_mv(0, 8, V - 8, 0, 0, 2, 8, false), mk_mv(0, 8, V - 7, 0, 0, 2, 8, false), V});
     cs.push_back({"mv acc", mk_mv(0, 8, 0, A - 2, 0, 2, 8, false), mk_mv(0, 8, 0, A - 1, 0, 2, 8, false), A});
     cs.push_back({"mv param", mk_mv(0, 8, 0, 0, P - 2, 2, 8, true), mk_mv(0, 8, 0, 0, P - 1, 2, 8, true), P});
@@ -1436,8 +1518,16 @@ static void test_fault_field()
     expect_single_fault("mv flags", i, VF_FAULT_FIELD, F);
     expect_single_fault("mv rows 0", mk_mv(0, 8, 0, 0, 0, 0, 8, false), VF_FAULT_FIELD, OFF(vf_insn_rnn_matvec_t, rows));
     expect_single_fault("mv cols 0", mk_mv(0, 8, 0, 0, 0, 2, 0, false), VF_FAULT_FIELD, OFF(vf_insn_rnn_matvec_t, cols));
-    expect_single_fault("mv stride", mk_mv(0, 7, 0, 0, 0, 2, 8, false), VF_FAULT_FIELD,
+    /* row blocks overlap: stride below the column blocks of a row block */
+    expect_single_fault("mv stride", mk_mv(0, 1, 0, 0, 0, TR + 1, TC + 1, false), VF_FAULT_FIELD,
                         OFF(vf_insn_rnn_matvec_t, wgt_stride));
+    /* one row block: the stride is not read */
+    expect_clean_single("mv stride one block", mk_mv(0, 0, 0, 0, 0, TR, TC + 1, false));
+    /* a tile's bytes sit at fixed offsets of a word: wgt_addr on a tile */
+    expect_single_fault("mv wgt unaligned", mk_mv(1, 1, 0, 0, 0, 2, 8, false), VF_FAULT_FIELD,
+                        OFF(vf_insn_rnn_matvec_t, wgt_addr));
+    expect_single_fault("mv wgt unaligned before stride", mk_mv(TB / 2 + 1, 0, 0, 0, 0, TR + 1, TC + 1, false),
+                        VF_FAULT_FIELD, OFF(vf_insn_rnn_matvec_t, wgt_addr));
     /* RNN_GATES */
     i = mk_gates(good_gates(VF_RNN_CELL_LSTM));
     i.head.flags = 1;
@@ -1568,6 +1658,7 @@ static void test_fuzz()
             memcpy(&k.act[0], sig.data(), TW * 4);
             if (VF_RNN_ACT_WORDS >= 2 * TW)
                 memcpy(&k.act[TW], tnh.data(), TW * 4);
+            k.sync_act();
         }
         const uint32_t n = 1 + rnd(24);
         k.prog.resize(n);
@@ -1601,8 +1692,8 @@ static void test_fuzz()
                 x.head.flags = (uint16_t)(!edge() ? rnd(2) : rnd64());
                 x.matvec.rows = fz(1, 80);
                 x.matvec.cols = fz(1, 200);
-                x.matvec.wgt_stride = !edge() ? x.matvec.cols + rnd(8) : (uint32_t)rnd64();
-                x.matvec.wgt_addr = !edge() ? rnd(1 << 14) : (uint32_t)rnd64();
+                x.matvec.wgt_stride = !edge() ? (uint32_t)cdiv(x.matvec.cols, TC) + rnd(3) : (uint32_t)rnd64();
+                x.matvec.wgt_addr = !edge() ? TB * rnd((1 << 14) / TB) : (uint32_t)rnd64();
                 x.matvec.vec_addr = !edge() ? rnd(2048) : (uint32_t)rnd64();
                 x.matvec.acc_addr = !edge() ? rnd(1024) : (uint32_t)rnd64();
                 x.matvec.param_addr = !edge() ? rnd(1024) : (uint32_t)rnd64();
@@ -1654,7 +1745,7 @@ static void test_top()
         g_ctx = "top lstm";
         const LayerDdr d = place_layer(e, c.L, c.xs, c.T, c.h0, c.c0);
         const LayerOpts o = {false, false, false};
-        layer_program(e.prog(), c.L, d, c.T, 0, H, o);
+        layer_program(e, e.prog(), c.L, d, c.T, 0, H, o);
         e.place_program();
         const TbTopRun regs =
             tb_run_top(vf_rnn_core_top, e.seg(), e.limit, e.core().insn_offset, (uint32_t)e.prog().size());

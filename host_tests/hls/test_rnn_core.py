@@ -15,6 +15,7 @@ import pytest
 from harness import REPO_ROOT as ROOT
 
 from vfpga import overlay
+from vfpga.runtime.compiler.rnn.frames import pack_tiles
 from vfpga.runtime.hw import rnn_golden as rg
 
 HLS = os.path.join(ROOT, "hls")
@@ -104,8 +105,10 @@ class Core:
             "acc": rng.integers(-2**31, 2**31, geo.acc_words, dtype=np.int32),
             "param": rng.integers(-2**31, 2**31, geo.param_entries * 3, dtype=np.int32),
             "state": rng.integers(-2**31, 2**31, geo.state_words, dtype=np.int32),
-            "act": rng.integers(-2**31, 2**31, geo.act_words, dtype=np.int32),
+            # a copy of the tables per gate lane, equal as RNN_LOAD keeps them
+            "act": np.tile(rng.integers(-2**31, 2**31, geo.act_words, dtype=np.int32), geo.lanes),
         }
+        assert self.arrays["act"].size == geo.act_buffer_words
         self.bufs = self.ffi.new("vf_rnn_buffers_t *")
         self.keep = []
         for field, arr in self.arrays.items():
@@ -188,12 +191,34 @@ class Program:
         return b"".join(bytes(self.ffi.buffer(i)) for i in self.insns)
 
 
-def _layer_program(lib, ffi, p: rg.RnnParams, d, steps, s, n, table_words, state_ddr, tile):
+def _slice_weights(seg, p: rg.RnnParams, geo, s, n):
+    """The slice's weights as RNN_MATVEC tiles in the segment: W (all gates),
+    R (all gates, or gates 0..1 for GRU) and R2 (GRU: gate 2), each a
+    product's own tiles. {name: (address, bytes)}."""
+    g, hh = p.gates, p.hidden
+    gru = p.cell == "gru" and not p.linear_before_reset
+
+    def rows(mat, g0, g1):
+        return np.concatenate([mat[k * hh + s:k * hh + s + n] for k in range(g0, g1)])
+
+    parts = {"W": rows(p.w, 0, g), "R": rows(p.r, 0, 2 if gru else g)}
+    if gru:
+        parts["R2"] = rows(p.r, 2, 3)
+    out = {}
+    for name, mat in parts.items():
+        t = pack_tiles(mat, geo.rows, geo.cols).tobytes()
+        out[name] = (seg.put(t, 1), len(t))
+    return out
+
+
+def _layer_program(lib, ffi, p: rg.RnnParams, d, sw, geo, steps, s, n, table_words, state_ddr, tile):
     """The program of the core that owns hidden units [s, s + n): per
     timestep one frame (two for GRU with linear_before_reset = 0, whose
     r * h_{t-1} slices are exchanged through DDR), as in tb_rnn_core.cpp."""
     g, hh, ii = p.gates, p.hidden, p.input_size
-    w_w, w_r = 0, g * n * ii
+    w_w, w_r = 0, sw["W"][1]
+    w_r2 = w_r + sw["R"][1]
+    tb = geo.rows * geo.cols
     v_x, v_h, v_rh, v_o = 0, ii, ii + hh, ii + 2 * hh
     a_x, a_h = 0, g * n
     s_c, s_h = 0, n
@@ -207,17 +232,21 @@ def _layer_program(lib, ffi, p: rg.RnnParams, d, steps, s, n, table_words, state
     pr = Program(ffi, lib)
     buf = {k: getattr(lib, f"VF_RNN_BUF_{k}") for k in ("WGT", "VEC", "PARAM", "STATE", "ACT")}
 
-    def mv(wgt, ws, vec, acc, rows, cols, deps):
-        cut = cols // 2 if tile and cols > 1 else cols  # two column tiles: INIT, then accumulate
+    def mv(wgt, vec, acc, rows, cols, deps):
+        ws = -(-cols // geo.cols)  # tile words per row block
+        # two column pieces of whole column blocks: INIT, then accumulate
+        cut = ws // 2 * geo.cols if tile and ws > 1 else cols
         pr.matvec(wgt, ws, vec, acc, acc, rows, cut, True, deps)
         if cut < cols:
-            pr.matvec(wgt + cut, ws, vec + cut, acc, acc, rows, cols - cut, False)
+            pr.matvec(wgt + cut // geo.cols * tb, ws, vec + cut, acc, acc, rows, cols - cut, False)
 
     for t in range(steps):
         pr.marker(lib.VF_OP_FRAME)
         if t == 0:
-            pr.load(buf["WGT"], d["W"] + s * ii, w_w, ii, rows=n, planes=g, row_stride=ii, plane_stride=hh * ii)
-            pr.load(buf["WGT"], d["R"] + s * hh, w_r, hh, rows=n, planes=g, row_stride=hh, plane_stride=hh * hh)
+            pr.load(buf["WGT"], sw["W"][0], w_w, sw["W"][1])
+            pr.load(buf["WGT"], sw["R"][0], w_r, sw["R"][1])
+            if "R2" in sw:
+                pr.load(buf["WGT"], sw["R2"][0], w_r2, sw["R2"][1])
             pr.load(buf["PARAM"], d["PX"] + 12 * s, 3 * a_x, 12 * n, planes=g, plane_stride=12 * hh)
             pr.load(buf["PARAM"], d["PH"] + 12 * s, 3 * a_h, 12 * n, planes=g, plane_stride=12 * hh)
             pr.load(buf["ACT"], d["TAB"], 0, 8 * table_words)
@@ -227,17 +256,17 @@ def _layer_program(lib, ffi, p: rg.RnnParams, d, steps, s, n, table_words, state
             pr.load(buf["STATE"], d["HS"] + 4 * s, s_h, 4 * n)
         pr.load(buf["VEC"], d["X"] + t * ii, v_x, ii)
         pr.load(buf["VEC"], d["Y"] + t * hh, v_h, hh, deps=push)
-        mv(w_w, ii, v_x, a_x, g * n, ii, pop)
+        mv(w_w, v_x, a_x, g * n, ii, pop)
         if cell == lib.VF_RNN_CELL_GRU:
-            mv(w_r, hh, v_h, a_h, 2 * n, hh, 0)
+            mv(w_r, v_h, a_h, 2 * n, hh, 0)
             pr.gates(deps=push, **{**gates, "cell": lib.VF_RNN_CELL_GRU_RH})
             pr.save(buf["VEC"], d["RH"] + s, v_o, n, deps=pop)
             pr.marker(lib.VF_OP_BARRIER)
             pr.marker(lib.VF_OP_FRAME)
             pr.load(buf["VEC"], d["RH"], v_rh, hh, deps=push)
-            mv(w_r + 2 * n * hh, hh, v_rh, a_h + 2 * n, n, hh, pop)
+            mv(w_r2, v_rh, a_h + 2 * n, n, hh, pop)
         else:
-            mv(w_r, hh, v_h, a_h, g * n, hh, 0)
+            mv(w_r, v_h, a_h, g * n, hh, 0)
         pr.gates(deps=push, **gates)
         pr.save(buf["VEC"], d["Y"] + (t + 1) * hh + s, v_o, n, deps=pop)
         if state_ddr or t + 1 == steps:
@@ -263,11 +292,12 @@ def run_layer_on_cores(module, geo, p: rg.RnnParams, xs, h0, c0, cuts, state_ddr
     table_words = geo.act_segments + 1
     assert p.sig.size == table_words and p.tanh.size == table_words
     ncores = len(cuts) - 1
-    data = (p.w.size + p.r.size + 24 * p.gates * hh + 8 * table_words + xs.size + (steps + 10) * hh
+    blocks = sum(-(-(e - s) // geo.rows) + 1 for s, e in zip(cuts[:-1], cuts[1:]))  # per gate, GRU split included
+    tiles = blocks * p.gates * geo.rows * geo.cols * (-(-p.input_size // geo.cols) - (-hh // geo.cols))
+    data = (p.w.size + p.r.size + tiles + 24 * p.gates * hh + 8 * table_words + xs.size + (steps + 10) * hh
             + 64 * 24 * (2 * steps + 2) * ncores)
     seg = Segment(module, data + (1 << 16), rng)
     d = {
-        "W": seg.put(p.w.tobytes(), 1), "R": seg.put(p.r.tobytes(), 1),
         "PX": seg.put(_entries(p.bias_x, p.mult_x, p.shift_x), 4),
         "PH": seg.put(_entries(p.bias_h, p.mult_h, p.shift_h), 4),
         "TAB": seg.put(np.concatenate([p.sig, p.tanh]).astype("<i4").tobytes(), 4),
@@ -278,7 +308,8 @@ def run_layer_on_cores(module, geo, p: rg.RnnParams, xs, h0, c0, cuts, state_ddr
     }
     cores = []
     for s, e in zip(cuts[:-1], cuts[1:]):
-        prog = _layer_program(lib, ffi, p, d, steps, s, e - s, table_words, state_ddr, tile)
+        sw = _slice_weights(seg, p, geo, s, e - s)
+        prog = _layer_program(lib, ffi, p, d, sw, geo, steps, s, e - s, table_words, state_ddr, tile)
         c = Core(module, geo, rng)
         c.insn_offset = seg.put(prog.tobytes())
         c.count = len(prog.insns)

@@ -151,20 +151,11 @@ GAPS = {
         "the decoder reads each instruction head from DDR and the units read each instruction again when they "
         "run it (vf_fetch in SCHEDULE): the model charges one burst per step",
         lambda: "vf_fetch(" not in (loop_body(source("include/vfpga_unit_scheduler.h"), "SCHEDULE") or "")),
-    "rnn_wbuf_rows": (
-        "the RNN MATVEC beat reads ROWS x COLS weight bytes at the run-time stride wgt_stride; WBUF is "
-        "partitioned by COLS only (VF_RNN_PARTITIONS), so the beat cannot be II=1",
-        lambda: "VF_RNN_ROWS" in source("include/vfpga_hls.h").split("#define VF_RNN_PARTITIONS", 1)[1]
-        .split("#define", 1)[0]),
     "device_fit": (
         "the top's memories as its pragmas shape them (no URAM binding: everything in block RAM) and the MAC "
         "arrays at one DSP48 per int8 multiply exceed u200, u200_bigcore, u50 and zcu104's block RAM and "
         "u200, u200_bigcore, pynq_z2 and ultra96v2's DSP slices (python -m vfpga.overlay.resources)",
         lambda: all(not resources.estimate(b).over() for b in overlay.available())),
-    "rnn_act_lanes": (
-        "RNN_GATES runs LANES gate units per beat, each reading the activation tables (ACT) twice; ACT is not "
-        "partitioned",
-        lambda: "variable=act" in _squash(source("include/vfpga_hls.h"))),
 }
 
 
@@ -282,10 +273,11 @@ def test_the_top_partitions_every_cores_memories(board):
             f"#pragma HLS ARRAY_PARTITION variable=wbuf dim=2 cyclic factor={icp * ocp}",
             f"#pragma HLS ARRAY_PARTITION variable=obuf dim=2 cyclic factor={ocp}",
             f"#pragma HLS ARRAY_PARTITION variable=acc dim=2 cyclic factor={ocp}",
-            f"#pragma HLS ARRAY_PARTITION variable=rnn_wbuf dim=2 cyclic factor={rnn['cols']}",
+            f"#pragma HLS ARRAY_PARTITION variable=rnn_wbuf dim=2 cyclic factor={rnn['rows'] * rnn['cols']}",
             f"#pragma HLS ARRAY_PARTITION variable=rnn_vbuf dim=2 cyclic factor={rnn['cols']}",
             f"#pragma HLS ARRAY_PARTITION variable=rnn_acc dim=2 cyclic factor={rnn['lanes']}",
             f"#pragma HLS ARRAY_PARTITION variable=rnn_state dim=2 cyclic factor={rnn['lanes']}",
+            "#pragma HLS ARRAY_PARTITION variable=rnn_act dim=2 complete",
             *(f"#pragma HLS ARRAY_PARTITION variable={v} dim=1 complete"
               for v in ("ibuf", "wbuf", "acc", "obuf", "param", "rnn_wbuf", "rnn_vbuf", "rnn_acc", "rnn_param",
                         "rnn_state", "rnn_act"))}

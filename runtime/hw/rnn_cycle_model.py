@@ -52,18 +52,28 @@ As in :mod:`.cycle_model` (host_tests/hw/test_model_constructs.py checks them):
   [hls rnn_core.cpp MV_COL unrolled] [hls include/vfpga_unit_scheduler.h LANE_BODY unrolled]
 * The array's accumulators start and end around the beat loop, once per
   row block [hls rnn_core.cpp MV_INIT unrolled] [hls rnn_core.cpp MV_STORE unrolled]
-* A beat reads a COLS-wide block of VBUF and of the weight rows, and the
-  gate lanes' ACC and STATE words: partitions in both tops
-  [hls rnn_core_top.cpp "VF_RNN_PARTITIONS(1, wbuf, vbuf, acc, state_words)"]
-  [hls dispatcher_top.cpp "VF_RNN_PARTITIONS(2, rnn_wbuf, rnn_vbuf, rnn_acc, rnn_state)"];
-  the ROWS weight rows of a beat likewise [hls-gap rnn_wbuf_rows] (the HLS
-  reads the ROWS rows at the run-time stride wgt_stride from one COLS-cyclic
-  WBUF; no partition serves every stride)
+* A beat reads a COLS-wide block of VBUF, and the gate lanes' ACC and STATE
+  words: partitions in both tops
+  [hls rnn_core_top.cpp "VF_RNN_PARTITIONS(1, wbuf, vbuf, acc, state_words, act)"]
+  [hls dispatcher_top.cpp "VF_RNN_PARTITIONS(2, rnn_wbuf, rnn_vbuf, rnn_acc, rnn_state, rnn_act)"];
+  its ROWS x COLS weights are one WBUF word: the compiler packs them
+  beat-major (runtime/compiler/rnn/frames.py pack_tiles), the beat reads
+  the tile at wgt_addr (tile aligned) + (rb * wgt_stride + cb) words
+  [hls rnn_core.cpp "const int8_t *tile = w + (rb * ws + cb) * VR_TILE;"]
+  [hls rnn_core.cpp "return VF_FIELD(vf_insn_rnn_matvec_t, wgt_addr);"]
+  from a WBUF cyclic by the tile, every byte in its own bank
+  [hls include/vfpga_hls.h "variable=wbuf dim=D cyclic factor=VF_RNN_TILE_BYTES"]
 * The gate chain's depth: the LSTM/GRU cell of one lane
-  [hls rnn_core.cpp vr_gate_unit], its tables read by every lane at once
-  [hls-gap rnn_act_lanes] (the HLS looks up one unpartitioned ACT at
-  data-dependent addresses, two words per lookup; one beat for all lanes
-  needs a copy of the tables per lane)
+  [hls rnn_core.cpp vr_gate_unit], its tables read by every lane at once:
+  ACT is held once per lane, [VF_RNN_LANES][act_words] with the lane
+  dimension partitioned completely
+  [hls include/vfpga_hls.h "variable=act dim=D complete"]
+  [hls rnn_core_top.cpp "static int32_t act[VF_RNN_LANES][VF_RNN_ACT_WORDS];"],
+  lane l looking up copy l
+  [hls rnn_core.cpp "const uint64_t copy = (j % VF_RNN_LANES) * (uint64_t)VF_RNN_ACT_WORDS;"]
+  and RNN_LOAD writing every copy in the same beat [hls rnn_core.cpp MEM_ACT_COPY unrolled]
+  (on-chip cost: lanes x act_words x 4 bytes per core, e.g. u200 16 x 8196
+  words = 512 KiB, u200_bigcore 128 x 8196 = 4 MiB)
 * RNN_LOAD / RNN_SAVE move one bus word per beat, the int32 buffers whole
   words [hls rnn_core.cpp MEM_WORD unrolled]
   through the bank ports of the CNN model's DDR numbers

@@ -14,7 +14,7 @@ from vfpga.runtime.compiler.static import core_counts
 from vfpga.runtime.hw import rnn_golden as rg
 
 from .emit import Emitter
-from .frames import FrameContext, preload_frame, step_frame, tiling_for
+from .frames import FrameContext, pack_gates, preload_frame, step_frame, tiling_for
 from .graph import (
     calibrate,
     check_glue,
@@ -144,8 +144,9 @@ def compile_rnn(model, board: str | dict = "u200", calibration=None, input_shape
     for lay in layers:
         a = lay.addr = {"tab": addr["tab"], "w": [], "r": [], "px": [], "ph": []}
         for p in lay.params:
-            a["w"].append(put(p.w.tobytes()))
-            a["r"].append(put(p.r.tobytes()))
+            # RNN_MATVEC's beat-major tiles, per gate (frames.pack_gates)
+            a["w"].append(put(pack_gates(p.w, lay.gates, geo).tobytes()))
+            a["r"].append(put(pack_gates(p.r, lay.gates, geo).tobytes()))
             a["px"].append(put(np.stack([p.bias_x, p.mult_x, p.shift_x], 1).astype("<i4").tobytes()))
             a["ph"].append(put(np.stack([p.bias_h, p.mult_h, p.shift_h], 1).astype("<i4").tobytes()))
     const_end = top

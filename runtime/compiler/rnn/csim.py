@@ -88,7 +88,7 @@ class RnnCoreSim:
                   "acc": rng.integers(-2**31, 2**31, g.acc_words, dtype=np.int32),
                   "param": rng.integers(-2**31, 2**31, g.param_entries * 3, dtype=np.int32),
                   "state": rng.integers(-2**31, 2**31, g.state_words, dtype=np.int32),
-                  "act": rng.integers(-2**31, 2**31, g.act_words, dtype=np.int32)}
+                  "act": rng.integers(-2**31, 2**31, g.act_buffer_words, dtype=np.int32)}
         bufs = self.ffi.new("vf_rnn_buffers_t *")
         keep = []
         for name, arr in arrays.items():

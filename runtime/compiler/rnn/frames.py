@@ -5,18 +5,62 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from vfpga.driver import isa
 from vfpga.runtime.hw import rnn_golden as rg
 
 from .emit import Emitter
 from .model import Geometry, L, RnnCompileError, RnnLayer, Tiling
 
+# ------------------------------------------------------------------ weight tiles
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def tile_bytes(geo: Geometry) -> int:
+    """One RNN_MATVEC beat's weights, a WBUF word: ROWS x COLS bytes (vfpga_isa.h, RNN_MATVEC)."""
+    return geo.rows * geo.cols
+
+
+def block_bytes(geo: Geometry, cols: int) -> int:
+    """A row block of a matrix with ``cols`` columns: its ceil(cols / COLS) tiles."""
+    return _cdiv(cols, geo.cols) * tile_bytes(geo)
+
+
+def pack_tiles(mat: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """``mat`` [R, K] int8 in RNN_MATVEC's beat-major order: its rows x cols
+    tiles row block by row block, column blocks in order, each tile row-major
+    and zero-padded where partial (int8, ceil(R / rows) * ceil(K / cols)
+    tiles)."""
+    mat = np.asarray(mat, np.int8)
+    r, k = mat.shape
+    nrb, ncb = _cdiv(r, rows), _cdiv(k, cols)
+    out = np.zeros((nrb * rows, ncb * cols), np.int8)
+    out[:r, :k] = mat
+    return np.ascontiguousarray(out.reshape(nrb, rows, ncb, cols).transpose(0, 2, 1, 3)).ravel()
+
+
+def pack_gates(mat: np.ndarray, gates: int, geo: Geometry) -> np.ndarray:
+    """A gate-major weight matrix [gates * H, K] as the segment holds it: per
+    gate, its H rows packed (:func:`pack_tiles`), so the row blocks of any
+    unit range [u, u') with u a multiple of ROWS are one contiguous run and
+    the gates lie ceil(H / ROWS) row blocks apart."""
+    hh = mat.shape[0] // gates
+    return np.concatenate([pack_tiles(mat[k * hh:(k + 1) * hh], geo.rows, geo.cols) for k in range(gates)])
+
 
 def tiling_for(layer: RnnLayer, geo: Geometry, v: int, batch: int, resident_ok: bool) -> Tiling | None:
+    """Slice cuts, sub-slice size, batch group and residency of a v-slice
+    variant, or None if the hidden units do not split into v slices. Every
+    unit range a frame multiplies starts at a multiple of ROWS (slice cuts,
+    sub-slices and streamed chunks), where the packed weights' row blocks
+    start, so its tiles are one contiguous run of each gate's."""
     hh, ii, g = layer.hidden, layer.input_size, layer.gates
     if v > hh:
         return None
-    unit = geo.rows if hh >= geo.rows * v else 1
+    unit = geo.rows
     cuts = sorted({min(hh, round(i * hh / (v * unit)) * unit) for i in range(v)} | {hh})
     if len(cuts) != v + 1 or cuts[0] != 0 or cuts[-1] != hh:
         return None
@@ -30,17 +74,20 @@ def tiling_for(layer: RnnLayer, geo: Geometry, v: int, batch: int, resident_ok: 
         return (param <= geo.param and 4 * g * m * bg <= geo.acc and 4 * m * bg <= geo.state
                 and 2 * bg * (ii + hh + m) <= geo.vbuf)
 
-    if resident_ok and g * n * (ii + hh) <= geo.wbuf:
+    blocks = _cdiv(n, geo.rows)
+    if resident_ok and g * blocks * (block_bytes(geo, ii) + block_bytes(geo, hh)) <= geo.wbuf:
         for bg in range(batch, 0, -1):
             if fits(n, bg, True):
                 return Tiling(v, cuts, n, bg, True)
-    if max(ii, hh) > geo.wbuf // 2:
-        raise RnnCompileError(f"{layer.op} node {layer.node!r}: a weight row of {max(ii, hh)} bytes does not fit "
-                              f"half of WBUF ({geo.wbuf // 2})")
+    widest = max(block_bytes(geo, ii), block_bytes(geo, hh))
+    if widest > _half(geo):
+        raise RnnCompileError(f"{layer.op} node {layer.node!r}: a row block of weights ({geo.rows} rows of "
+                              f"{max(ii, hh)} bytes, {widest} bytes as tiles) does not fit half of WBUF "
+                              f"({_half(geo)})")
     for bg in range(batch, 0, -1):
-        m = n
+        m = n  # sub-slices below n are whole row blocks
         while m > 0 and not fits(m, bg, False):
-            m = m - geo.rows if m > geo.rows else m - 1
+            m = (m - 1) // geo.rows * geo.rows
         if m > 0 and (m >= min(n, 4 * geo.rows) or bg == 1):
             return Tiling(v, cuts, m, bg, False)
     raise RnnCompileError(f"{layer.op} node {layer.node!r}: input {ii} + hidden {hh} does not fit the RNN core's "
@@ -132,37 +179,64 @@ def preload_frame(em: Emitter, ctx: FrameContext, s: int, e: int, fid: int):
            tag=t)
     em.mem(L.VF_RNN_OP_LOAD, L.VF_RNN_BUF_PARAM, a["ph"][d] + 12 * s, 3 * g * ns, 12 * ns, planes=g,
            plane_stride=12 * hh, tag=t)
-    em.mem(L.VF_RNN_OP_LOAD, L.VF_RNN_BUF_WGT, a["w"][d] + s * ii, 0, ii, rows=ns, planes=g, row_stride=ii,
-           plane_stride=hh * ii, tag=t)
-    em.mem(L.VF_RNN_OP_LOAD, L.VF_RNN_BUF_WGT, a["r"][d] + s * hh, g * ns * ii, hh, rows=ns, planes=g, row_stride=hh,
-           plane_stride=hh * hh, tag=t)
+    nb, hb = _cdiv(ns, geo.rows), _cdiv(hh, geo.rows)  # the slice's row blocks, a gate's
+    bi, bh = block_bytes(geo, ii), block_bytes(geo, hh)
+    em.mem(L.VF_RNN_OP_LOAD, L.VF_RNN_BUF_WGT, a["w"][d] + s // geo.rows * bi, 0, nb * bi, planes=g,
+           plane_stride=hb * bi, tag=t)
+    em.mem(L.VF_RNN_OP_LOAD, L.VF_RNN_BUF_WGT, a["r"][d] + s // geo.rows * bh, g * nb * bi, nb * bh, planes=g,
+           plane_stride=hb * bh, tag=t)
 
 
-def _chunks(pieces, mm, half):
-    """Streams the pieces' rows (gate-major) through WBUF halves: a list of
-    chunks, each a list of (piece, gate, gates, u0, u1, wbuf offset)."""
+def _half(geo: Geometry) -> int:
+    """A streaming half of WBUF, whole tiles (a MATVEC's weights start on a tile)."""
+    return geo.wbuf // 2 // tile_bytes(geo) * tile_bytes(geo)
+
+
+def _chunks(pieces, mm, half, geo):
+    """Streams the pieces' row blocks (gate-major) through WBUF halves: a list
+    of chunks, each a list of (piece, gate, gates, u0, u1, wbuf offset); u0 is
+    a multiple of ROWS and each gate's rows [u0, u1) take ceil((u1 - u0) /
+    ROWS) row blocks."""
     chunks, free, at = [[]], half, 0
     for pc in pieces:
         _, g0, gn, cols, _, _ = pc
-        if gn * mm * cols <= free:
+        blk = block_bytes(geo, cols)
+        size = gn * _cdiv(mm, geo.rows) * blk
+        if size <= free:
             chunks[-1].append((pc, g0, gn, 0, mm, at))
-            free -= gn * mm * cols
-            at += gn * mm * cols
+            free -= size
+            at += size
             continue
         for gate in range(g0, g0 + gn):
             u = 0
             while u < mm:
-                fit = free // cols
+                fit = free // blk * geo.rows
                 if fit == 0:
                     chunks.append([])
                     free, at = half, 0
                     continue
                 take = min(mm - u, fit)
                 chunks[-1].append((pc, gate, 1, u, u + take, at))
-                free -= take * cols
-                at += take * cols
+                free -= _cdiv(take, geo.rows) * blk
+                at += _cdiv(take, geo.rows) * blk
                 u += take
     return [c for c in chunks if c]
+
+
+def _products(grp, geo, wgt, cols, gate, gn, ua, ub, mm, vec, accb, parb):
+    """The RNN_MATVECs of gates [gate, gate + gn), units [ua, ub) of the
+    sub-slice, whose tiles start at WBUF ``wgt`` (gate after gate,
+    ceil((ub - ua) / ROWS) row blocks each): one over all gates when their
+    rows meet at row-block boundaries, else one per gate."""
+    n, ncb = ub - ua, _cdiv(cols, geo.cols)
+    if gn == 1 or n % geo.rows == 0:
+        grp.computes.append(("matvec", (wgt, ncb, vec, accb + gate * mm + ua, parb + gate * mm + ua, gn * n, cols),
+                             {}))
+        return
+    step = _cdiv(n, geo.rows) * block_bytes(geo, cols)
+    for k in range(gn):
+        grp.computes.append(("matvec", (wgt + k * step, ncb, vec, accb + (gate + k) * mm + ua,
+                                        parb + (gate + k) * mm + ua, n, cols), {}))
 
 
 def step_frame(em: Emitter, ctx: FrameContext, tl: Tiling, kind: str, s: int, e: int, items: list, fid: int):
@@ -174,7 +248,8 @@ def step_frame(em: Emitter, ctx: FrameContext, tl: Tiling, kind: str, s: int, e:
     em.marker(L.VF_OP_FRAME, fid, ctx.li)
     m = tl.m
     vstride = ii + hh + m
-    half = geo.wbuf // 2
+    half = _half(geo)
+    hb = _cdiv(hh, geo.rows)  # row blocks of a gate in the packed weights
     cell = {"step": L.VF_RNN_CELL_LSTM if lstm else L.VF_RNN_CELL_GRU_LBR if lay.lbr else L.VF_RNN_CELL_GRU,
             "rh": L.VF_RNN_CELL_GRU_RH, "gru2": L.VF_RNN_CELL_GRU}[kind]
     if kind == "rh":
@@ -222,27 +297,25 @@ def step_frame(em: Emitter, ctx: FrameContext, tl: Tiling, kind: str, s: int, e:
                 if lstm:
                     first.loads.append(_load(L.VF_RNN_BUF_STATE, a["c"] + 4 * (db * hh + u0), sv["c"], 4 * mm))
             # products
-            if tl.resident:
-                ns = e - s
-                chunk_list = [[(pc, pc[1], pc[2], 0, mm, (0 if pc[0] == "W" else g * ns * ii) + pc[1] * ns * pc[3])
-                               for pc in pieces]]
+            if tl.resident:  # preload_frame's WBUF layout: W's gates, then R's
+                sb = _cdiv(e - s, geo.rows)  # the slice's row blocks per gate
+                chunk_list = [[(pc, pc[1], pc[2], 0, mm, (0 if pc[0] == "W" else g * sb * block_bytes(geo, ii))
+                                + pc[1] * sb * block_bytes(geo, pc[3])) for pc in pieces]]
             else:
-                chunk_list = _chunks(pieces, mm, half)
+                chunk_list = _chunks(pieces, mm, half, geo)
             for ci, chunk in enumerate(chunk_list):
                 grp = first if ci == 0 else _Group()
                 wbase = 0 if tl.resident else (len(groups) % 2) * half
                 if not tl.resident:
                     for (mat, _, _, cols, _, _), gate, gn, ua, ub, at in chunk:
-                        src = a["w" if mat == "W" else "r"][d] + (gate * hh + u0 + ua) * cols
-                        grp.loads.append(_load(L.VF_RNN_BUF_WGT, src, wbase + at, cols, rows=ub - ua, planes=gn,
-                                               row_stride=cols, plane_stride=hh * cols))
+                        blk = block_bytes(geo, cols)
+                        src = a["w" if mat == "W" else "r"][d] + (gate * hb + (u0 + ua) // geo.rows) * blk
+                        grp.loads.append(_load(L.VF_RNN_BUF_WGT, src, wbase + at, _cdiv(ub - ua, geo.rows) * blk,
+                                               planes=gn, plane_stride=hb * blk))
                 for (_, _, _, cols, vec, part), gate, gn, ua, ub, at in chunk:
                     for sv in slots:
-                        accb = sv["acc_x"] if part == "x" else sv["acc_h"]
-                        parb = px if part == "x" else ph
-                        rows = gn * (ub - ua) if gn > 1 else ub - ua
-                        grp.computes.append(("matvec", (wbase + at, cols, sv[vec], accb + gate * mm + ua,
-                                                        parb + gate * mm + ua, rows, cols), {}))
+                        _products(grp, geo, wbase + at, cols, gate, gn, ua, ub, mm, sv[vec],
+                                  sv["acc_x"] if part == "x" else sv["acc_h"], px if part == "x" else ph)
                 groups.append(grp)
             last = groups[-1]
             for (b, t, _), sv in zip(grp_items, slots):
