@@ -349,6 +349,19 @@ struct vf_step_streams_t {
     vf_stream<vf_queued_t<typename K::insn_t>, K::FRAME_INSNS> queue[3];
     vf_stream<vf_unit_plan_t, 1> plan[3];
     vf_stream<uint8_t, K::FRAME_INSNS> l2c, c2l, c2s, s2c;
+#ifndef __SYNTHESIS__
+    void clear()
+    {
+        for (int u = 0; u < 3; ++u) {
+            queue[u].clear();
+            plan[u].clear();
+        }
+        l2c.clear();
+        c2l.clear();
+        c2s.clear();
+        s2c.clear();
+    }
+#endif
 };
 
 /* The token stream a unit pops for POP_PREV / POP_NEXT, pushes for
@@ -572,9 +585,10 @@ struct vf_unit_ctx_t {
  * faulting unit executes nothing more but still passes the tokens its plan
  * says, so its neighbours run the step to its end (their later writes stay
  * inside the segment) and every stream ends empty. */
-template <class K, uint32_t UNIT>
-static bool vf_unit_process(const vf_ddr_t &ddr, uint64_t seg_win, uint64_t limit, vf_step_streams_t<K> &s,
-                            typename K::buffers_t *b, vf_unit_ctx_t<typename K::insn_t> &c, uint32_t *iters)
+template <class K>
+static bool vf_unit_process(uint32_t UNIT, const vf_ddr_t &ddr, uint64_t seg_win, uint64_t limit,
+                            vf_step_streams_t<K> &s, typename K::buffers_t *b, vf_unit_ctx_t<typename K::insn_t> &c,
+                            uint32_t *iters)
 {
     if (c.finished)
         return true;
@@ -659,25 +673,32 @@ static void vf_step_region(const vf_ddr_t &ddr, uint64_t seg_win, uint64_t limit
                            vf_unit_ctx_t<typename K::insn_t> *ctx, uint32_t *iters)
 {
     VF_PRAGMA(HLS DATAFLOW)
+#ifdef __SYNTHESIS__
     vf_step_streams_t<K> s;
+#else
+    /* the C-simulation reuses one set per thread: a step's streams (about
+     * 3 * FRAME_INSNS instructions) would cost a fresh stack frame each */
+    static thread_local vf_step_streams_t<K> s;
+    s.clear();
+#endif
     vf_decode_process<K>(ddr, seg_win, limit, insn_offset, insn_count, pc, s, d, iters);
 #ifdef __SYNTHESIS__
-    vf_unit_process<K, VF_UNIT_SAVE>(ddr, seg_win, limit, s, b, ctx[VF_UNIT_SAVE], iters);
-    vf_unit_process<K, VF_UNIT_COMPUTE>(ddr, seg_win, limit, s, b, ctx[VF_UNIT_COMPUTE], iters);
-    vf_unit_process<K, VF_UNIT_LOAD>(ddr, seg_win, limit, s, b, ctx[VF_UNIT_LOAD], iters);
+    vf_unit_process<K>(VF_UNIT_SAVE, ddr, seg_win, limit, s, b, ctx[VF_UNIT_SAVE], iters);
+    vf_unit_process<K>(VF_UNIT_COMPUTE, ddr, seg_win, limit, s, b, ctx[VF_UNIT_COMPUTE], iters);
+    vf_unit_process<K>(VF_UNIT_LOAD, ddr, seg_win, limit, s, b, ctx[VF_UNIT_LOAD], iters);
 #else
     if (d->fault != VF_FAULT_NONE && d->fault != VF_FAULT_DEADLOCK)
         return; /* nothing of a step that fails to decode runs */
 SCHEDULE:
     for (;;) {
         const uint64_t before = vf_unit_progress(ctx[0]) + vf_unit_progress(ctx[1]) + vf_unit_progress(ctx[2]);
-        bool done = vf_unit_process<K, VF_UNIT_SAVE>(ddr, seg_win, limit, s, b, ctx[VF_UNIT_SAVE], iters);
+        bool done = vf_unit_process<K>(VF_UNIT_SAVE, ddr, seg_win, limit, s, b, ctx[VF_UNIT_SAVE], iters);
         if (ctx[VF_UNIT_SAVE].fault != VF_FAULT_NONE)
             return;
-        done &= vf_unit_process<K, VF_UNIT_COMPUTE>(ddr, seg_win, limit, s, b, ctx[VF_UNIT_COMPUTE], iters);
+        done &= vf_unit_process<K>(VF_UNIT_COMPUTE, ddr, seg_win, limit, s, b, ctx[VF_UNIT_COMPUTE], iters);
         if (ctx[VF_UNIT_COMPUTE].fault != VF_FAULT_NONE)
             return;
-        done &= vf_unit_process<K, VF_UNIT_LOAD>(ddr, seg_win, limit, s, b, ctx[VF_UNIT_LOAD], iters);
+        done &= vf_unit_process<K>(VF_UNIT_LOAD, ddr, seg_win, limit, s, b, ctx[VF_UNIT_LOAD], iters);
         if (ctx[VF_UNIT_LOAD].fault != VF_FAULT_NONE || done)
             return;
         if (vf_unit_progress(ctx[0]) + vf_unit_progress(ctx[1]) + vf_unit_progress(ctx[2]) == before) {
