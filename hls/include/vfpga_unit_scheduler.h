@@ -1,8 +1,9 @@
 /*
  * The unit scheduler of a vfpga core (Vitis HLS C++14), written once for the
  * CNN core (hls/cnn_core.cpp) and the RNN core (hls/rnn_core.cpp): the
- * decoder (level-2 dispatch), the LOAD / COMPUTE / SAVE queues and their
- * dependency tokens, fault recording and the counters. A core instantiates
+ * decoder (level-2 dispatch), the LOAD / COMPUTE / SAVE processes, their
+ * instruction queues and dependency-token streams, fault recording and the
+ * counters. A core instantiates
  * vf_unit_step<Kind>() with its kind (below); its units stay in its own file.
  * Also the helpers both cores' units share: an instruction's outcome, bounds
  * and saturating arithmetic, the int8 dot-product lanes of the C-sim bodies.
@@ -20,9 +21,9 @@
  *      END      : consumed; running = 0; returns VF_STEP_END
  *      no marker: the stream is exhausted; running = 0; returns VF_STEP_END.
  * Every step retires at least one instruction, so the loop "step until not
- * VF_STEP_FRAME" always terminates. The token queues live inside one step
+ * VF_STEP_FRAME" always terminates. The token streams live inside one step
  * (vf_core_state_t has no room for them): they are empty when a step starts
- * and whatever is left in them when it ends is discarded, so tokens never
+ * and whatever is left in them when it ends is drained, so tokens never
  * cross a FRAME (nor a BARRIER). Markers and NOP ignore their deps/flags and
  * are retired by the decoder with 0 iterations.
  * A state with fault != 0 returns VF_STEP_FAULT at once. A state with
@@ -30,39 +31,49 @@
  * returns VF_STEP_END at once; running == 0 with pc == 0 (a zeroed, fresh
  * state) starts the program. Missing buffers are VF_FAULT_BUFFER at pc.
  *
- * ---- Decode, dispatch and the unit schedule ---------------------------------
- * The decoder first fetches the heads of the whole step (pc .. the ending
- * marker), checking each fetch against seg_limit (VF_FAULT_FETCH), the opcode
- * (the kind's opcode_ok, else VF_FAULT_OPCODE) and the deps bits the opcode's
- * unit may use (load: only *_NEXT, save: only *_PREV, compute: all four;
- * otherwise VF_FAULT_FIELD). A decode fault stops the core before any
- * instruction of the step runs. The body is then dispatched in program order
- * to the three units' queues (the kind's unit_of), which run as the
- * concurrent hardware units do: in-order within a unit, ordered between units
- * only by the dependency tokens (queues load->compute, compute->load,
- * compute->save, save->compute; counters, not data).
- * An instruction pops its tokens (waiting while one is missing), executes,
- * then pushes its tokens. The C-simulation runs rounds over the units in the
- * order SAVE, COMPUTE, LOAD (consumers first); in its turn a unit runs
- * instructions until it blocks on a token or its queue is empty. A round in
- * which no unit makes progress while work is left is VF_FAULT_DEADLOCK. This
- * schedule is adversarial on purpose: a consumer that does not wait for its
- * producer's token runs before the producer, and a producer that does not wait
- * for its consumer's "buffer free" token runs ahead, so a wrong token program
- * produces a wrong result in C-simulation as it could on the board.
- * Units read their instruction again from the segment when they execute it;
- * an instruction stream that overwrites its own not-yet-executed instructions
- * within a step is deterministic here but its effect is unspecified.
- *
- * ---- Faults recorded here -----------------------------------------------------
- * VF_FAULT_FETCH reports fault_addr = first instruction byte outside the
- * segment and fault_opcode = 0xffffffff; VF_FAULT_OPCODE reports the opcode;
- * VF_FAULT_DEADLOCK reports the lowest-indexed blocked instruction with
- * fault_addr = 1 (the deps field); a unit's fault (FIELD, BUFFER, SEGMENT:
- * the core's rules) reports the unit's address. fault_addr saturates at
- * 0xffffffff. On a fault: running = 0, pc = fault_insn, nothing of the
- * faulting instruction is written, VF_STEP_FAULT is returned.
- *
+ * ---- Decode, dispatch and the unit processes -------------------------------
+ * A step is a DATAFLOW region (vf_step_region) of four processes joined only
+ * by streams: the decoder and the LOAD, COMPUTE and SAVE units.
+ * The decoder (vf_decode_process) reads the step's instructions once, each
+ * whole and at consecutive addresses (one m_axi burst: its FETCH loop), from
+ * pc to the ending marker, checking each as it arrives: the fetch against
+ * seg_limit (VF_FAULT_FETCH), the opcode (the kind's opcode_ok, else
+ * VF_FAULT_OPCODE), the body's length against the core's instruction queues
+ * (Kind::FRAME_INSNS, the board config's frame_insns: a body of more
+ * instructions is VF_FAULT_FRAME_SIZE at the first one that does not fit)
+ * and the deps bits the opcode's unit may use (load: only *_NEXT, save:
+ * only *_PREV, compute: all four; otherwise VF_FAULT_FIELD). It queues each
+ * body instruction for its unit (the kind's unit_of) in program order. A
+ * decode fault stops the core before any instruction of the step runs.
+ * The decoder then plans the tokens (its PLAN loop): it replays the units'
+ * token exchange on the deps bits alone -- tokens are counters, not data,
+ * and in-order units that wait only for counters end in the same state
+ * whatever their schedule -- and tells each unit how many of its queued
+ * instructions will get their tokens and how many leftover tokens to drain.
+ * A token program that cannot finish is VF_FAULT_DEADLOCK at the lowest
+ * blocked instruction, after the units ran everything before it; no unit
+ * waits forever.
+ * The units (vf_unit_process) run their queues as the concurrent hardware
+ * units do: in order within a unit, ordered between units only by the token
+ * streams (load->compute, compute->load, compute->save, save->compute). An
+ * instruction pops its tokens (waiting while one is missing), executes, then
+ * pushes its tokens. The queues and token streams hold FRAME_INSNS entries,
+ * so no write ever waits.
+ * The C-simulation runs the decoder, then rounds over the units in the order
+ * SAVE, COMPUTE, LOAD (consumers first); in its turn a unit runs until it
+ * would wait for a token or its queue is done. This schedule is adversarial
+ * on purpose: a consumer that does not wait for its producer's token runs
+ * before the producer, and a producer that does not wait for its consumer's
+ * "buffer free" token runs ahead, so a wrong token program produces a wrong
+ * result in C-simulation as it could on the board. The first unit fault
+ * stops the C-simulation at once; on the board the other units finish the
+ * step's plan (inside the segment) and the faulting unit executes nothing
+ * more but passes its tokens, so the region ends with every stream empty.
+ * The units run the instructions as the decoder fetched them: an instruction
+ * stream that overwrites instructions of its own step (a SAVE over the
+ * program) changes nothing in that step; the new bytes run when a later step
+ * fetches them.
+
  * ---- Counters -----------------------------------------------------------------
  * iters[idx] (optional) receives each retired instruction's pipelined-loop
  * iterations (saturated to 0xffffffff); counters->load_iters / compute_iters
@@ -75,6 +86,7 @@
  *   struct Kind {
  *       typedef ... buffers_t;  // its on-chip memories
  *       typedef ... insn_t;     // its instruction union: head, raw[VF_INSN_BYTES]
+ *       enum { FRAME_INSNS = ... };  // a step body's most instructions (board config)
  *       static bool buffers_ok(const buffers_t *b);   // every memory present
  *       static bool opcode_ok(uint32_t opcode);       // decodable (NOP, markers included)
  *       static uint32_t unit_of(uint32_t opcode);     // VF_UNIT_*
