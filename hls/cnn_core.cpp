@@ -1299,6 +1299,7 @@ SAVE_ROW:
 struct vf_cnn_kind {
     typedef vf_cnn_buffers_t buffers_t;
     typedef vf_insn_t insn_t;
+    enum { FRAME_INSNS = VF_FRAME_INSNS };
 
     static bool buffers_ok(const vf_cnn_buffers_t *b)
     {

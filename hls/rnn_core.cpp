@@ -647,6 +647,7 @@ vf_exec_t vr_compute_unit(const vf_rnn_insn_t &insn, vf_rnn_buffers_t *b)
 struct vr_kind {
     typedef vf_rnn_buffers_t buffers_t;
     typedef vf_rnn_insn_t insn_t;
+    enum { FRAME_INSNS = VF_RNN_FRAME_INSNS };
 
     static bool buffers_ok(const vf_rnn_buffers_t *b)
     {

@@ -49,13 +49,13 @@ _REQUIRED = {
     "ddr": ("banks", "bank_bytes", "bank_gbytes_per_s", "axi_bytes", "burst_latency_cycles",
             "base_address", "bank_stride"),
     "cnn_core": ("count", "icp", "ocp", "ibuf_bytes", "wbuf_bytes", "acc_words", "obuf_bytes",
-                 "param_entries", "banks", "vlnv", "base_address", "address_stride",
+                 "param_entries", "frame_insns", "banks", "vlnv", "base_address", "address_stride",
                  "address_range", "registers"),
     "dispatcher": ("tenants", "ring_max_entries", "walk_budget", "inflight_max", "issue_cycles", "barrier_cycles",
                    "completion_cycles", "scrub_bytes_per_cycle", "vlnv", "base_address", "address_range",
                    "registers", "file_registers", "tenant_base", "tenant_stride", "tenant_registers"),
     "rnn_core": ("count", "rows", "cols", "lanes", "wbuf_bytes", "vbuf_bytes", "acc_words", "param_entries",
-                 "state_words", "act_words", "act_segments", "act_step_log2", "banks", "vlnv", "base_address",
+                 "state_words", "act_words", "act_segments", "act_step_log2", "frame_insns", "banks", "vlnv", "base_address",
                  "address_stride", "address_range", "registers"),
 }
 
@@ -107,6 +107,11 @@ def load(board: str) -> dict:
                                or any(not isinstance(v, int) or v < 0 for v in device.values())):
         raise BoardConfigError(f"board config {path}: device must give the part's lut, bram36, uram and dsp "
                                f"as counts >= 0, not {device!r}")
+    # a step's body must fit the core's on-chip instruction queues (hls/include/vfpga_unit_scheduler.h)
+    for section in ("cnn_core", "rnn_core"):
+        if not 1 <= cfg[section]["frame_insns"] <= 65536:
+            raise BoardConfigError(f"board config {path}: {section}.frame_insns must be 1..65536, "
+                                   f"not {cfg[section]['frame_insns']}")
     return cfg
 
 
@@ -210,6 +215,7 @@ def c_macros(cfg: dict) -> dict[str, int]:
         "VF_ACC_WORDS": core["acc_words"],
         "VF_OBUF_BYTES": core["obuf_bytes"],
         "VF_PARAM_ENTRIES": core["param_entries"],
+        "VF_FRAME_INSNS": core["frame_insns"],
         **{f"VF_REG_{name.upper()}": off for name, off in core["registers"].items()},
         **_dispatcher_macros(cfg),
         **_rnn_macros(cfg),
@@ -234,6 +240,7 @@ def _rnn_macros(cfg: dict) -> dict[str, int]:
         "VF_RNN_ACT_WORDS": rnn["act_words"],
         "VF_RNN_ACT_SEGMENTS": rnn["act_segments"],
         "VF_RNN_ACT_STEP_LOG2": rnn["act_step_log2"],
+        "VF_RNN_FRAME_INSNS": rnn["frame_insns"],
         **{f"VF_RREG_{name.upper()}": off for name, off in rnn["registers"].items()},
     }
 

@@ -92,6 +92,7 @@
 #define VF_FAULT_FIELD 4    /* inconsistent fields (shapes, shifts, strides)  */
 #define VF_FAULT_DEADLOCK 5 /* a unit waits for a token nobody will push      */
 #define VF_FAULT_FETCH 6    /* instruction fetch outside the segment          */
+#define VF_FAULT_FRAME_SIZE 7 /* a step longer than the core's instruction queue */
 
 /* ---- instruction formats ---------------------------------------------- */
 typedef struct {

@@ -66,6 +66,14 @@ public:
             stall("write to a full");
     }
 
+    /* C-simulation only: empties the shim, so that a caller can reuse one
+     * (the unit scheduler's per-thread streams, a step after a fault). */
+    void clear()
+    {
+        head_ = 0;
+        count_ = 0;
+    }
+
 private:
     static void stall(const char *what)
     {

@@ -1,8 +1,9 @@
 /*
  * The unit scheduler of a vfpga core (Vitis HLS C++14), written once for the
  * CNN core (hls/cnn_core.cpp) and the RNN core (hls/rnn_core.cpp): the
- * decoder (level-2 dispatch), the LOAD / COMPUTE / SAVE queues and their
- * dependency tokens, fault recording and the counters. A core instantiates
+ * decoder (level-2 dispatch), the LOAD / COMPUTE / SAVE processes, their
+ * instruction queues and dependency-token streams, fault recording and the
+ * counters. A core instantiates
  * vf_unit_step<Kind>() with its kind (below); its units stay in its own file.
  * Also the helpers both cores' units share: an instruction's outcome, bounds
  * and saturating arithmetic, the int8 dot-product lanes of the C-sim bodies.
@@ -20,9 +21,9 @@
  *      END      : consumed; running = 0; returns VF_STEP_END
  *      no marker: the stream is exhausted; running = 0; returns VF_STEP_END.
  * Every step retires at least one instruction, so the loop "step until not
- * VF_STEP_FRAME" always terminates. The token queues live inside one step
+ * VF_STEP_FRAME" always terminates. The token streams live inside one step
  * (vf_core_state_t has no room for them): they are empty when a step starts
- * and whatever is left in them when it ends is discarded, so tokens never
+ * and whatever is left in them when it ends is drained, so tokens never
  * cross a FRAME (nor a BARRIER). Markers and NOP ignore their deps/flags and
  * are retired by the decoder with 0 iterations.
  * A state with fault != 0 returns VF_STEP_FAULT at once. A state with
@@ -30,39 +31,49 @@
  * returns VF_STEP_END at once; running == 0 with pc == 0 (a zeroed, fresh
  * state) starts the program. Missing buffers are VF_FAULT_BUFFER at pc.
  *
- * ---- Decode, dispatch and the unit schedule ---------------------------------
- * The decoder first fetches the heads of the whole step (pc .. the ending
- * marker), checking each fetch against seg_limit (VF_FAULT_FETCH), the opcode
- * (the kind's opcode_ok, else VF_FAULT_OPCODE) and the deps bits the opcode's
- * unit may use (load: only *_NEXT, save: only *_PREV, compute: all four;
- * otherwise VF_FAULT_FIELD). A decode fault stops the core before any
- * instruction of the step runs. The body is then dispatched in program order
- * to the three units' queues (the kind's unit_of), which run as the
- * concurrent hardware units do: in-order within a unit, ordered between units
- * only by the dependency tokens (queues load->compute, compute->load,
- * compute->save, save->compute; counters, not data).
- * An instruction pops its tokens (waiting while one is missing), executes,
- * then pushes its tokens. The C-simulation runs rounds over the units in the
- * order SAVE, COMPUTE, LOAD (consumers first); in its turn a unit runs
- * instructions until it blocks on a token or its queue is empty. A round in
- * which no unit makes progress while work is left is VF_FAULT_DEADLOCK. This
- * schedule is adversarial on purpose: a consumer that does not wait for its
- * producer's token runs before the producer, and a producer that does not wait
- * for its consumer's "buffer free" token runs ahead, so a wrong token program
- * produces a wrong result in C-simulation as it could on the board.
- * Units read their instruction again from the segment when they execute it;
- * an instruction stream that overwrites its own not-yet-executed instructions
- * within a step is deterministic here but its effect is unspecified.
- *
- * ---- Faults recorded here -----------------------------------------------------
- * VF_FAULT_FETCH reports fault_addr = first instruction byte outside the
- * segment and fault_opcode = 0xffffffff; VF_FAULT_OPCODE reports the opcode;
- * VF_FAULT_DEADLOCK reports the lowest-indexed blocked instruction with
- * fault_addr = 1 (the deps field); a unit's fault (FIELD, BUFFER, SEGMENT:
- * the core's rules) reports the unit's address. fault_addr saturates at
- * 0xffffffff. On a fault: running = 0, pc = fault_insn, nothing of the
- * faulting instruction is written, VF_STEP_FAULT is returned.
- *
+ * ---- Decode, dispatch and the unit processes -------------------------------
+ * A step is a DATAFLOW region (vf_step_region) of four processes joined only
+ * by streams: the decoder and the LOAD, COMPUTE and SAVE units.
+ * The decoder (vf_decode_process) reads the step's instructions once, each
+ * whole and at consecutive addresses (one m_axi burst: its FETCH loop), from
+ * pc to the ending marker, checking each as it arrives: the fetch against
+ * seg_limit (VF_FAULT_FETCH), the opcode (the kind's opcode_ok, else
+ * VF_FAULT_OPCODE), the body's length against the core's instruction queues
+ * (Kind::FRAME_INSNS, the board config's frame_insns: a body of more
+ * instructions is VF_FAULT_FRAME_SIZE at the first one that does not fit)
+ * and the deps bits the opcode's unit may use (load: only *_NEXT, save:
+ * only *_PREV, compute: all four; otherwise VF_FAULT_FIELD). It queues each
+ * body instruction for its unit (the kind's unit_of) in program order. A
+ * decode fault stops the core before any instruction of the step runs.
+ * The decoder then plans the tokens (its PLAN loop): it replays the units'
+ * token exchange on the deps bits alone -- tokens are counters, not data,
+ * and in-order units that wait only for counters end in the same state
+ * whatever their schedule -- and tells each unit how many of its queued
+ * instructions will get their tokens and how many leftover tokens to drain.
+ * A token program that cannot finish is VF_FAULT_DEADLOCK at the lowest
+ * blocked instruction, after the units ran everything before it; no unit
+ * waits forever.
+ * The units (vf_unit_process) run their queues as the concurrent hardware
+ * units do: in order within a unit, ordered between units only by the token
+ * streams (load->compute, compute->load, compute->save, save->compute). An
+ * instruction pops its tokens (waiting while one is missing), executes, then
+ * pushes its tokens. The queues and token streams hold FRAME_INSNS entries,
+ * so no write ever waits.
+ * The C-simulation runs the decoder, then rounds over the units in the order
+ * SAVE, COMPUTE, LOAD (consumers first); in its turn a unit runs until it
+ * would wait for a token or its queue is done. This schedule is adversarial
+ * on purpose: a consumer that does not wait for its producer's token runs
+ * before the producer, and a producer that does not wait for its consumer's
+ * "buffer free" token runs ahead, so a wrong token program produces a wrong
+ * result in C-simulation as it could on the board. The first unit fault
+ * stops the C-simulation at once; on the board the other units finish the
+ * step's plan (inside the segment) and the faulting unit executes nothing
+ * more but passes its tokens, so the region ends with every stream empty.
+ * The units run the instructions as the decoder fetched them: an instruction
+ * stream that overwrites instructions of its own step (a SAVE over the
+ * program) changes nothing in that step; the new bytes run when a later step
+ * fetches them.
+
  * ---- Counters -----------------------------------------------------------------
  * iters[idx] (optional) receives each retired instruction's pipelined-loop
  * iterations (saturated to 0xffffffff); counters->load_iters / compute_iters
@@ -75,6 +86,7 @@
  *   struct Kind {
  *       typedef ... buffers_t;  // its on-chip memories
  *       typedef ... insn_t;     // its instruction union: head, raw[VF_INSN_BYTES]
+ *       enum { FRAME_INSNS = ... };  // a step body's most instructions (board config)
  *       static bool buffers_ok(const buffers_t *b);   // every memory present
  *       static bool opcode_ok(uint32_t opcode);       // decodable (NOP, markers included)
  *       static uint32_t unit_of(uint32_t opcode);     // VF_UNIT_*
@@ -94,6 +106,7 @@
 #include "vfpga_core.h"
 #include "vfpga_ddr.h"
 #include "vfpga_hls.h"
+#include "vfpga_stream.h"
 
 #if !defined(VF_AXI_BYTES)
 #error "board macros missing: compile with the flags printed by python3 overlay/config.py BOARD"
@@ -285,64 +298,6 @@ static inline uint32_t vf_deps_allowed(uint32_t unit)
     }
 }
 
-/* Token queues of one step. */
-typedef struct {
-    uint32_t l2c, c2l, c2s, s2c;
-} vf_tokens_t;
-
-/* The queue a unit pops for POP_PREV / POP_NEXT (NULL: none). */
-static inline uint32_t *vf_pop_queue(vf_tokens_t *t, uint32_t unit, bool prev)
-{
-    if (unit == VF_UNIT_LOAD)
-        return prev ? NULL : &t->c2l;
-    if (unit == VF_UNIT_SAVE)
-        return prev ? &t->c2s : NULL;
-    return prev ? &t->l2c : &t->s2c;
-}
-
-static inline uint32_t *vf_push_queue(vf_tokens_t *t, uint32_t unit, bool prev)
-{
-    if (unit == VF_UNIT_LOAD)
-        return prev ? NULL : &t->l2c;
-    if (unit == VF_UNIT_SAVE)
-        return prev ? &t->s2c : NULL;
-    return prev ? &t->c2l : &t->c2s;
-}
-
-static inline bool vf_tokens_ready(vf_tokens_t *t, uint32_t unit, uint32_t deps)
-{
-    if ((deps & VF_DEP_POP_PREV) && *vf_pop_queue(t, unit, true) == 0)
-        return false;
-    if ((deps & VF_DEP_POP_NEXT) && *vf_pop_queue(t, unit, false) == 0)
-        return false;
-    return true;
-}
-
-/* Instruction idx lies inside the segment (else *first = first byte outside). */
-static inline bool vf_fetch_ok(uint64_t seg_limit, uint32_t insn_offset, uint32_t idx, uint64_t *first)
-{
-    const uint64_t at = (uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES;
-    if (vf_fits(at, VF_INSN_BYTES, seg_limit))
-        return true;
-    *first = vf_first_out(at, seg_limit);
-    return false;
-}
-
-/* The segment (window offset seg_win) is reached through the bank ports:
- * every access decodes its bank (vf_ddr_read / vf_ddr_write). */
-template <class Insn>
-static inline void vf_fetch(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t insn_offset, uint32_t idx, Insn *insn)
-{
-    vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, insn->raw, VF_INSN_BYTES);
-}
-
-static inline uint32_t vf_fetch_opcode(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t insn_offset, uint32_t idx)
-{
-    uint8_t op = 0;
-    vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, &op, 1);
-    return op;
-}
-
 /* Records a fault and stops the core at instruction idx. */
 static inline uint32_t vf_stop(vf_core_state_t *state, uint32_t fault, uint32_t idx, uint32_t opcode, uint64_t addr)
 {
@@ -377,6 +332,408 @@ static inline void vf_count(vf_core_counters_t *cnt, uint32_t unit, const vf_exe
     }
 }
 
+/* ---- the streams of one step ------------------------------------------------ */
+
+/* An instruction in its unit's queue: its 64 bytes as fetched, its index. */
+template <class Insn>
+struct vf_queued_t {
+    Insn insn;
+    uint32_t idx;
+};
+
+/* What the decoder tells a unit once the step is decoded: it dequeues
+ * `queued` instructions, executes the first `run` of them (the token plan:
+ * those its tokens will let run; all of them unless the step deadlocks or
+ * failed to decode) and drops the rest, then drains the tokens the plan
+ * leaves in its input streams (the token queues are empty in every step). */
+typedef struct {
+    uint32_t queued, run;
+    uint32_t left_prev, left_next;
+} vf_unit_plan_t;
+
+/* One step's channels: the decoder's instruction queue and plan word for each
+ * unit, and the four dependency-token streams between neighbouring units
+ * (load->compute, compute->load, compute->save, save->compute). A step holds
+ * at most FRAME_INSNS instructions, so no queue or token stream ever fills:
+ * a write never waits, as the unbounded counters of the C model never did. */
+template <class K>
+struct vf_step_streams_t {
+    vf_stream<vf_queued_t<typename K::insn_t>, K::FRAME_INSNS> queue[3];
+    vf_stream<vf_unit_plan_t, 1> plan[3];
+    vf_stream<uint8_t, K::FRAME_INSNS> l2c, c2l, c2s, s2c;
+#ifndef __SYNTHESIS__
+    void clear()
+    {
+        for (int u = 0; u < 3; ++u) {
+            queue[u].clear();
+            plan[u].clear();
+        }
+        l2c.clear();
+        c2l.clear();
+        c2s.clear();
+        s2c.clear();
+    }
+#endif
+};
+
+/* The token stream a unit pops for POP_PREV / POP_NEXT, pushes for
+ * PUSH_PREV / PUSH_NEXT (NULL: none; the decoder rejects such deps bits). */
+template <class K>
+static inline vf_stream<uint8_t, K::FRAME_INSNS> *vf_token_in(vf_step_streams_t<K> &s, uint32_t unit, bool prev)
+{
+    if (unit == VF_UNIT_LOAD)
+        return prev ? NULL : &s.c2l;
+    if (unit == VF_UNIT_SAVE)
+        return prev ? &s.c2s : NULL;
+    return prev ? &s.l2c : &s.s2c;
+}
+
+template <class K>
+static inline vf_stream<uint8_t, K::FRAME_INSNS> *vf_token_out(vf_step_streams_t<K> &s, uint32_t unit, bool prev)
+{
+    if (unit == VF_UNIT_LOAD)
+        return prev ? NULL : &s.l2c;
+    if (unit == VF_UNIT_SAVE)
+        return prev ? &s.s2c : NULL;
+    return prev ? &s.c2l : &s.c2s;
+}
+
+/* Every token an instruction pops is there. */
+template <class K>
+static inline bool vf_tokens_ready(vf_step_streams_t<K> &s, uint32_t unit, uint32_t deps)
+{
+    if ((deps & VF_DEP_POP_PREV) && vf_token_in(s, unit, true)->empty())
+        return false;
+    if ((deps & VF_DEP_POP_NEXT) && vf_token_in(s, unit, false)->empty())
+        return false;
+    return true;
+}
+
+/* ---- the decoder ---------------------------------------------------------------- */
+
+/* Instruction idx lies inside the segment (else *first = first byte outside). */
+static inline bool vf_fetch_ok(uint64_t seg_limit, uint32_t insn_offset, uint32_t idx, uint64_t *first)
+{
+    const uint64_t at = (uint64_t)insn_offset + (uint64_t)idx * VF_INSN_BYTES;
+    if (vf_fits(at, VF_INSN_BYTES, seg_limit))
+        return true;
+    *first = vf_first_out(at, seg_limit);
+    return false;
+}
+
+/* The decoder's outcome: where the step stopped and how, its fault (the
+ * first it met, or the plan's deadlock) and what it retired itself. */
+typedef struct {
+    uint32_t stop;   /* index of the ending marker (insn_count: none) */
+    uint32_t end_op; /* FRAME, BARRIER, END, or VF_OP_COUNT: stream exhausted */
+    uint32_t fault, fault_insn, fault_opcode;
+    uint64_t fault_addr;
+    uint64_t insns, frames;
+} vf_decode_t;
+
+/* Fetch and decode: reads the step's instructions once, each whole, at
+ * consecutive addresses (the m_axi burst), from state pc up to the ending
+ * marker; checks each as it arrives (fetch, opcode, size, deps) and queues it
+ * for its unit. Then the token plan: the units' token exchange replayed on
+ * the deps bits alone (tokens are counters, not data, and in-order units
+ * that only wait for counters reach the same final state in any schedule),
+ * which tells each unit how many of its instructions will get their tokens
+ * -- a deadlocked token program runs what it can and faults at the lowest
+ * blocked instruction, no unit waits forever -- and how many tokens are left
+ * over to drain. One PLAN iteration tries each unit once, so it takes at
+ * most one iteration per body instruction, plus one. */
+template <class K>
+static void vf_decode_process(const vf_ddr_t &ddr, uint64_t seg_win, uint64_t limit, uint32_t insn_offset,
+                              uint32_t insn_count, uint32_t pc, vf_step_streams_t<K> &s, vf_decode_t *d,
+                              uint32_t *iters)
+{
+    /* each unit's instructions for the plan: deps, index, opcode; the NOPs */
+    uint8_t pdeps[3][K::FRAME_INSNS];
+    uint32_t pidx[3][K::FRAME_INSNS];
+    uint8_t pop[3][K::FRAME_INSNS];
+    uint32_t nops[K::FRAME_INSNS];
+    uint32_t queued[3] = {0, 0, 0};
+    uint32_t n = 0, n_nops = 0; /* body instructions, NOPs among them */
+    d->end_op = VF_OP_COUNT;
+    d->fault = VF_FAULT_NONE;
+    d->insns = 0;
+    d->frames = 0;
+    uint32_t idx = pc;
+FETCH:
+    for (; idx < insn_count; ++idx) {
+#pragma HLS PIPELINE II=1
+        uint64_t first = 0;
+        if (!vf_fetch_ok(limit, insn_offset, idx, &first)) {
+            d->fault = VF_FAULT_FETCH, d->fault_opcode = VF_FETCH_NO_OPCODE, d->fault_addr = first;
+            break;
+        }
+        vf_queued_t<typename K::insn_t> q;
+        q.idx = idx;
+        vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, q.insn.raw, VF_INSN_BYTES);
+        const uint32_t op = q.insn.head.opcode, deps = q.insn.head.deps;
+        if (idx == pc && op == VF_OP_FRAME) {
+            d->frames += 1; /* retired: the token streams start empty in every step */
+            d->insns += 1;
+            if (iters)
+                iters[idx] = 0;
+            continue;
+        }
+        if (!K::opcode_ok(op)) {
+            d->fault = VF_FAULT_OPCODE, d->fault_opcode = op, d->fault_addr = op;
+            break;
+        }
+        if (vf_is_marker(op)) {
+            d->end_op = op;
+            break;
+        }
+        if (n >= (uint32_t)K::FRAME_INSNS) {
+            d->fault = VF_FAULT_FRAME_SIZE, d->fault_opcode = op, d->fault_addr = K::FRAME_INSNS;
+            break;
+        }
+        const uint32_t unit = K::unit_of(op);
+        if (unit != VF_UNIT_NONE && (deps & ~vf_deps_allowed(unit)) != 0) {
+            d->fault = VF_FAULT_FIELD, d->fault_opcode = op, d->fault_addr = VF_DEPS_OFFSET;
+            break;
+        }
+        ++n;
+        if (unit != VF_UNIT_NONE) {
+            const uint32_t k = queued[unit]++;
+            pdeps[unit][k] = (uint8_t)deps;
+            pidx[unit][k] = idx;
+            pop[unit][k] = (uint8_t)op;
+            s.queue[unit].write(q);
+        } else if (op == VF_OP_NOP) {
+            nops[n_nops++] = idx;
+        }
+    }
+    d->stop = idx;
+    d->fault_insn = idx;
+
+    uint32_t cur[3] = {0, 0, 0};    /* instructions of each unit that get their tokens */
+    uint32_t tok[4] = {0, 0, 0, 0}; /* l2c, c2l, c2s, s2c */
+    if (d->fault == VF_FAULT_NONE) {
+        /* NOPs are retired by the decoder */
+    RETIRE_NOP:
+        for (uint32_t i = 0; i < n_nops; ++i) {
+            d->insns += 1;
+            if (iters)
+                iters[nops[i]] = 0;
+        }
+        static const uint32_t order[3] = {VF_UNIT_SAVE, VF_UNIT_COMPUTE, VF_UNIT_LOAD};
+        /* the tok[] a unit pops for PREV / NEXT and pushes for PREV / NEXT
+         * (the decoder rejected the deps bits of the missing ones) */
+        static const uint8_t in_prev[3] = {0, 0, 2}, in_next[3] = {1, 3, 0};
+        static const uint8_t out_prev[3] = {0, 1, 3}, out_next[3] = {0, 2, 0};
+    PLAN:
+        for (;;) {
+#pragma HLS PIPELINE II=1
+            bool progress = false;
+        PLAN_UNIT:
+            for (uint32_t k = 0; k < 3; ++k) {
+#pragma HLS UNROLL
+                const uint32_t u = order[k];
+                if (cur[u] >= queued[u])
+                    continue;
+                const uint32_t deps = pdeps[u][cur[u]];
+                if (((deps & VF_DEP_POP_PREV) && tok[in_prev[u]] == 0) ||
+                    ((deps & VF_DEP_POP_NEXT) && tok[in_next[u]] == 0))
+                    continue;
+                if (deps & VF_DEP_POP_PREV)
+                    --tok[in_prev[u]];
+                if (deps & VF_DEP_POP_NEXT)
+                    --tok[in_next[u]];
+                if (deps & VF_DEP_PUSH_PREV)
+                    ++tok[out_prev[u]];
+                if (deps & VF_DEP_PUSH_NEXT)
+                    ++tok[out_next[u]];
+                ++cur[u];
+                progress = true;
+            }
+            if (!progress)
+                break;
+        }
+        uint32_t blocked = insn_count;
+        for (uint32_t u = 0; u < 3; ++u)
+            if (cur[u] < queued[u] && pidx[u][cur[u]] < blocked) {
+                blocked = pidx[u][cur[u]];
+                d->fault_opcode = pop[u][cur[u]];
+            }
+        if (blocked != insn_count)
+            d->fault = VF_FAULT_DEADLOCK, d->fault_insn = blocked, d->fault_addr = VF_DEPS_OFFSET;
+    }
+    /* after a decode fault nothing runs: the units drop what was queued */
+    const bool decoded = d->fault == VF_FAULT_NONE || d->fault == VF_FAULT_DEADLOCK;
+    for (uint32_t u = 0; u < 3; ++u) {
+        vf_unit_plan_t p = {queued[u], decoded ? cur[u] : 0, 0, 0};
+        if (decoded) {
+            p.left_prev = u == VF_UNIT_COMPUTE ? tok[0] : u == VF_UNIT_SAVE ? tok[2] : 0;
+            p.left_next = u == VF_UNIT_LOAD ? tok[1] : u == VF_UNIT_COMPUTE ? tok[3] : 0;
+        }
+        s.plan[u].write(p);
+    }
+}
+
+/* ---- the units --------------------------------------------------------------- */
+
+/* A unit process's registers: its plan, where it is in its queue, its fault
+ * and its counters (the caller keeps them between the C-simulation's calls
+ * and sums the counters after the step). */
+template <class Insn>
+struct vf_unit_ctx_t {
+    bool started, have, finished;
+    vf_unit_plan_t plan;
+    uint32_t taken, drained_prev, drained_next;
+    vf_queued_t<Insn> cur;
+    uint32_t fault, fault_insn, fault_opcode, fault_addr;
+    vf_core_counters_t cnt;
+};
+
+/* One unit, a process of the step's DATAFLOW region: it runs its queue in
+ * order; an instruction pops its tokens (waiting for them), executes, then
+ * pushes its tokens. In hardware it runs its whole queue, each blocking read
+ * waiting for its producer. In the C-simulation one call runs it until it
+ * would wait for a token (false: call again after the others) or to its end
+ * (true); a faulting unit returns at once (the core stops). On the board a
+ * faulting unit executes nothing more but still passes the tokens its plan
+ * says, so its neighbours run the step to its end (their later writes stay
+ * inside the segment) and every stream ends empty. */
+template <class K>
+static bool vf_unit_process(uint32_t UNIT, const vf_ddr_t &ddr, uint64_t seg_win, uint64_t limit,
+                            vf_step_streams_t<K> &s, typename K::buffers_t *b, vf_unit_ctx_t<typename K::insn_t> &c,
+                            uint32_t *iters)
+{
+    if (c.finished)
+        return true;
+    if (!c.started) {
+        c.plan = s.plan[UNIT].read();
+        c.started = true;
+    }
+UNIT_QUEUE:
+    while (c.taken < c.plan.queued) {
+        if (!c.have) {
+            c.cur = s.queue[UNIT].read();
+            c.have = true;
+        }
+        if (c.taken < c.plan.run) {
+            const uint32_t deps = c.cur.insn.head.deps;
+#ifndef __SYNTHESIS__
+            if (!vf_tokens_ready(s, UNIT, deps))
+                return false; /* the other units run first */
+#endif
+            if (deps & VF_DEP_POP_PREV)
+                (void)vf_token_in(s, UNIT, true)->read();
+            if (deps & VF_DEP_POP_NEXT)
+                (void)vf_token_in(s, UNIT, false)->read();
+            if (c.fault == VF_FAULT_NONE) {
+                const vf_exec_t r = K::execute(UNIT, ddr, seg_win, limit, c.cur.insn, b);
+                if (r.fault != VF_FAULT_NONE) {
+                    c.fault = r.fault;
+                    c.fault_insn = c.cur.idx;
+                    c.fault_opcode = c.cur.insn.head.opcode;
+                    c.fault_addr = r.addr;
+#ifndef __SYNTHESIS__
+                    c.finished = true;
+                    return true;
+#endif
+                } else {
+                    vf_retire(&c.cnt, iters, c.cur.idx, r.iters);
+                    vf_count(&c.cnt, UNIT, r);
+                }
+            }
+            if (deps & VF_DEP_PUSH_PREV)
+                vf_token_out(s, UNIT, true)->write(1);
+            if (deps & VF_DEP_PUSH_NEXT)
+                vf_token_out(s, UNIT, false)->write(1);
+        }
+        c.have = false;
+        ++c.taken;
+    }
+    /* the tokens the plan leaves behind: every stream ends the step empty */
+UNIT_DRAIN:
+    while (c.drained_prev < c.plan.left_prev || c.drained_next < c.plan.left_next) {
+        const bool prev = c.drained_prev < c.plan.left_prev;
+        vf_stream<uint8_t, K::FRAME_INSNS> *t = vf_token_in(s, UNIT, prev);
+#ifndef __SYNTHESIS__
+        if (t->empty())
+            return false;
+#endif
+        (void)t->read();
+        ++(prev ? c.drained_prev : c.drained_next);
+    }
+    c.finished = true;
+    return true;
+}
+
+template <class Insn>
+static inline uint64_t vf_unit_progress(const vf_unit_ctx_t<Insn> &c)
+{
+    return (uint64_t)c.taken + c.drained_prev + c.drained_next + c.finished;
+}
+
+/* The step's DATAFLOW region: the decoder and the three units, connected
+ * only by the streams of s. In hardware the four processes run concurrently.
+ * The C-simulation runs the decoder, then rounds over the units in the order
+ * SAVE, COMPUTE, LOAD (consumers first), each until it would wait for a token
+ * -- adversarial on purpose: a consumer that does not wait for its
+ * producer's token runs before the producer, a producer that does not wait
+ * for its consumer's "buffer free" token runs ahead, so a wrong token program
+ * gives a wrong result here as it could on the board -- and stops at the
+ * first unit fault. */
+template <class K>
+static void vf_step_region(const vf_ddr_t &ddr, uint64_t seg_win, uint64_t limit, uint32_t insn_offset,
+                           uint32_t insn_count, uint32_t pc, typename K::buffers_t *b, vf_decode_t *d,
+                           vf_unit_ctx_t<typename K::insn_t> *ctx, uint32_t *iters)
+{
+    VF_PRAGMA(HLS DATAFLOW)
+#ifdef __SYNTHESIS__
+    vf_step_streams_t<K> s;
+#else
+    /* the C-simulation reuses one set per thread: a step's streams (about
+     * 3 * FRAME_INSNS instructions) would cost a fresh stack frame each */
+    static thread_local vf_step_streams_t<K> s;
+    s.clear();
+#endif
+    vf_decode_process<K>(ddr, seg_win, limit, insn_offset, insn_count, pc, s, d, iters);
+#ifdef __SYNTHESIS__
+    vf_unit_process<K>(VF_UNIT_SAVE, ddr, seg_win, limit, s, b, ctx[VF_UNIT_SAVE], iters);
+    vf_unit_process<K>(VF_UNIT_COMPUTE, ddr, seg_win, limit, s, b, ctx[VF_UNIT_COMPUTE], iters);
+    vf_unit_process<K>(VF_UNIT_LOAD, ddr, seg_win, limit, s, b, ctx[VF_UNIT_LOAD], iters);
+#else
+    if (d->fault != VF_FAULT_NONE && d->fault != VF_FAULT_DEADLOCK)
+        return; /* nothing of a step that fails to decode runs */
+SCHEDULE:
+    for (;;) {
+        const uint64_t before = vf_unit_progress(ctx[0]) + vf_unit_progress(ctx[1]) + vf_unit_progress(ctx[2]);
+        bool done = vf_unit_process<K>(VF_UNIT_SAVE, ddr, seg_win, limit, s, b, ctx[VF_UNIT_SAVE], iters);
+        if (ctx[VF_UNIT_SAVE].fault != VF_FAULT_NONE)
+            return;
+        done &= vf_unit_process<K>(VF_UNIT_COMPUTE, ddr, seg_win, limit, s, b, ctx[VF_UNIT_COMPUTE], iters);
+        if (ctx[VF_UNIT_COMPUTE].fault != VF_FAULT_NONE)
+            return;
+        done &= vf_unit_process<K>(VF_UNIT_LOAD, ddr, seg_win, limit, s, b, ctx[VF_UNIT_LOAD], iters);
+        if (ctx[VF_UNIT_LOAD].fault != VF_FAULT_NONE || done)
+            return;
+        if (vf_unit_progress(ctx[0]) + vf_unit_progress(ctx[1]) + vf_unit_progress(ctx[2]) == before) {
+            /* cannot happen: the plan runs only what gets its tokens */
+            fprintf(stderr, "vf_unit_step: the units stalled on the decoder's token plan\n");
+            abort();
+        }
+    }
+#endif
+}
+
+static inline void vf_add_counters(vf_core_counters_t *to, const vf_core_counters_t &c)
+{
+    to->insns += c.insns;
+    to->frames += c.frames;
+    to->load_iters += c.load_iters;
+    to->compute_iters += c.compute_iters;
+    to->save_iters += c.save_iters;
+    to->load_bytes += c.load_bytes;
+    to->save_bytes += c.save_bytes;
+    to->macs += c.macs;
+}
+
 /* One step of a core of kind K (the step rule above); no window
  * (ddr.bytes == 0) is an empty segment. */
 template <class K>
@@ -385,6 +742,7 @@ static uint32_t vf_unit_step(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg
                              vf_core_counters_t *counters, uint32_t *iters)
 {
     static_assert(sizeof(typename K::insn_t) == VF_INSN_BYTES, "instruction size");
+    static_assert(K::FRAME_INSNS >= 1 && K::FRAME_INSNS <= 65536, "instruction queue size out of range");
     if (state == NULL)
         return VF_STEP_FAULT;
     if (state->fault != VF_FAULT_NONE)
@@ -398,110 +756,44 @@ static uint32_t vf_unit_step(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg
     const uint64_t limit = ddr.bytes != 0 ? seg_limit : 0;
     state->running = 1;
 
-    uint32_t idx = state->pc;
-    if (idx >= insn_count) {
+    if (state->pc >= insn_count) {
         state->running = 0;
         return VF_STEP_END;
     }
 
-    /* ---- decode: the frame head, then the body up to the ending marker ---- */
-    uint64_t first = 0;
-    if (!vf_fetch_ok(limit, insn_offset, idx, &first))
-        return vf_stop(state, VF_FAULT_FETCH, idx, VF_FETCH_NO_OPCODE, first);
-    if (vf_fetch_opcode(ddr, seg_win, insn_offset, idx) == VF_OP_FRAME) {
-        cnt->frames += 1; /* token queues start empty in every step */
-        vf_retire(cnt, iters, idx, 0);
-        ++idx;
-    }
-    const uint32_t body = idx;
-    uint32_t end_op = VF_OP_COUNT; /* VF_OP_COUNT: stream exhausted */
-DECODE:
-    for (; idx < insn_count; ++idx) {
-        if (!vf_fetch_ok(limit, insn_offset, idx, &first))
-            return vf_stop(state, VF_FAULT_FETCH, idx, VF_FETCH_NO_OPCODE, first);
-        vf_insn_head_t h;
-        vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, &h, sizeof h);
-        if (!K::opcode_ok(h.opcode))
-            return vf_stop(state, VF_FAULT_OPCODE, idx, h.opcode, h.opcode);
-        if (vf_is_marker(h.opcode)) {
-            end_op = h.opcode;
-            break;
-        }
-        const uint32_t unit = K::unit_of(h.opcode);
-        if (unit != VF_UNIT_NONE && (h.deps & ~vf_deps_allowed(unit)) != 0)
-            return vf_stop(state, VF_FAULT_FIELD, idx, h.opcode, VF_DEPS_OFFSET);
-    }
-    const uint32_t stop = idx;
+    vf_decode_t d;
+    vf_unit_ctx_t<typename K::insn_t> ctx[3];
+    memset(ctx, 0, sizeof ctx);
+    vf_step_region<K>(ddr, seg_win, limit, insn_offset, insn_count, state->pc, buffers, &d, ctx, iters);
 
-    /* NOPs are retired by the decoder */
-    for (uint32_t i = body; i < stop; ++i)
-        if (vf_fetch_opcode(ddr, seg_win, insn_offset, i) == VF_OP_NOP)
-            vf_retire(cnt, iters, i, 0);
-
-    /* ---- the three units, scheduled by their tokens ---- */
-    vf_tokens_t tok = {0, 0, 0, 0};
-    uint32_t cursor[3] = {body, body, body};
-    static const uint32_t order[3] = {VF_UNIT_SAVE, VF_UNIT_COMPUTE, VF_UNIT_LOAD};
-SCHEDULE:
-    for (;;) {
-        bool progress = false;
-        bool work = false;
-        uint32_t blocked = stop; /* lowest blocked instruction */
-        for (uint32_t u = 0; u < 3; ++u) {
-            const uint32_t unit = order[u];
-            uint32_t &pc = cursor[unit];
-            for (;;) {
-                while (pc < stop && K::unit_of(vf_fetch_opcode(ddr, seg_win, insn_offset, pc)) != unit)
-                    ++pc;
-                if (pc >= stop)
-                    break;
-                typename K::insn_t insn;
-                vf_fetch(ddr, seg_win, insn_offset, pc, &insn);
-                const uint32_t deps = insn.head.deps;
-                if ((deps & ~vf_deps_allowed(unit)) != 0)
-                    return vf_stop(state, VF_FAULT_FIELD, pc, insn.head.opcode, VF_DEPS_OFFSET);
-                if (!vf_tokens_ready(&tok, unit, deps)) {
-                    work = true;
-                    blocked = pc < blocked ? pc : blocked;
-                    break;
-                }
-                if (deps & VF_DEP_POP_PREV)
-                    *vf_pop_queue(&tok, unit, true) -= 1;
-                if (deps & VF_DEP_POP_NEXT)
-                    *vf_pop_queue(&tok, unit, false) -= 1;
-                const vf_exec_t r = K::execute(unit, ddr, seg_win, limit, insn, buffers);
-                if (r.fault != VF_FAULT_NONE)
-                    return vf_stop(state, r.fault, pc, insn.head.opcode, r.addr);
-                if (deps & VF_DEP_PUSH_PREV)
-                    *vf_push_queue(&tok, unit, true) += 1;
-                if (deps & VF_DEP_PUSH_NEXT)
-                    *vf_push_queue(&tok, unit, false) += 1;
-                vf_retire(cnt, iters, pc, r.iters);
-                vf_count(cnt, unit, r);
-                progress = true;
-                ++pc;
-            }
-        }
-        if (!work)
-            break;
-        if (!progress)
-            return vf_stop(state, VF_FAULT_DEADLOCK, blocked, vf_fetch_opcode(ddr, seg_win, insn_offset, blocked),
-                           VF_DEPS_OFFSET);
+    cnt->insns += d.insns;
+    cnt->frames += d.frames;
+    const vf_unit_ctx_t<typename K::insn_t> *failed = NULL;
+    for (uint32_t u = 0; u < 3; ++u) {
+        vf_add_counters(cnt, ctx[u].cnt);
+        if (ctx[u].fault != VF_FAULT_NONE && (failed == NULL || ctx[u].fault_insn < failed->fault_insn))
+            failed = &ctx[u];
     }
+    /* a unit's fault comes before the deadlock its step would reach */
+    if (failed != NULL)
+        return vf_stop(state, failed->fault, failed->fault_insn, failed->fault_opcode, failed->fault_addr);
+    if (d.fault != VF_FAULT_NONE)
+        return vf_stop(state, d.fault, d.fault_insn, d.fault_opcode, d.fault_addr);
 
     /* ---- the ending marker ---- */
-    if (end_op == VF_OP_FRAME) {
+    const uint32_t stop = d.stop;
+    if (d.end_op == VF_OP_FRAME) {
         state->pc = stop; /* starts the next step */
         return VF_STEP_FRAME;
     }
-    if (end_op == VF_OP_COUNT) {
+    if (d.end_op == VF_OP_COUNT) {
         state->pc = stop;
         state->running = 0;
         return VF_STEP_END;
     }
     vf_retire(cnt, iters, stop, 0);
     state->pc = stop + 1;
-    if (end_op == VF_OP_END || state->pc >= insn_count) {
+    if (d.end_op == VF_OP_END || state->pc >= insn_count) {
         state->running = 0;
         return VF_STEP_END;
     }

@@ -143,20 +143,76 @@ GAPS = {
         "ddr.core_ports (u200_bigcore: one core on 4 banks, data word-interleaved) is only the beat width "
         "VF_AXI_BYTES: the LOAD/SAVE beat is not split over VF_CORE_PORTS bank ports",
         lambda: "VF_CORE_PORTS" in source("cnn_core.cpp")),
-    "units_concurrent": (
-        "the LOAD, COMPUTE and SAVE units run one after the other in vf_unit_step's SCHEDULE rounds; the model "
-        "overlaps them (they need to be concurrent processes with token streams)",
-        lambda: "DATAFLOW" in source("include/vfpga_unit_scheduler.h")),
-    "fetch_burst": (
-        "the decoder reads each instruction head from DDR and the units read each instruction again when they "
-        "run it (vf_fetch in SCHEDULE): the model charges one burst per step",
-        lambda: "vf_fetch(" not in (loop_body(source("include/vfpga_unit_scheduler.h"), "SCHEDULE") or "")),
     "device_fit": (
         "the top's memories as its pragmas shape them (no URAM binding: everything in block RAM) and the MAC "
         "arrays at one DSP48 per int8 multiply exceed u200, u200_bigcore, u50 and zcu104's block RAM and "
         "u200, u200_bigcore, pynq_z2 and ultra96v2's DSP slices (python -m vfpga.overlay.resources)",
         lambda: all(not resources.estimate(b).over() for b in overlay.available())),
 }
+
+
+# ---------------------------------------------------------------- the unit scheduler's structure
+
+def function_body(text: str, name: str) -> str:
+    """The body (braces matched) of the function ``name`` defined in ``text``."""
+    m = re.search(rf"^static [^;{{]*\b{re.escape(name)}\(", text, re.M)
+    if m is None:
+        return ""
+    start = text.find("{", m.end())
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i + 1]
+    return ""
+
+
+def units_are_dataflow_processes(text: str) -> bool:
+    """The step is a DATAFLOW region of the decoder and the three unit
+    processes, which talk only through streams: a unit takes its instruction
+    from its queue and its tokens from the token streams (no shared counters)."""
+    region, unit = function_body(text, "vf_step_region"), function_body(text, "vf_unit_process")
+    return ("VF_PRAGMA(HLS DATAFLOW)" in region and "vf_decode_process<K>(" in region
+            and all(f"vf_unit_process<K>(VF_UNIT_{u}," in region for u in ("LOAD", "COMPUTE", "SAVE"))
+            and "vf_token_in(s, UNIT, true)->read()" in unit and "vf_token_out(s, UNIT, false)->write(1)" in unit
+            and "vf_stream<uint8_t, K::FRAME_INSNS> l2c, c2l, c2s, s2c;" in text)
+
+
+def instructions_are_fetched_once(text: str) -> bool:
+    """The scheduler reads DDR in one place, the decoder's pipelined FETCH
+    loop, a whole instruction at consecutive addresses; the units run what
+    the decoder queued."""
+    fetch = loop_body(text, "FETCH") or ""
+    head = loop_head(text, "FETCH") or ""
+    return (text.count("vf_ddr_read(") == 1 and "#pragma HLS PIPELINE II=1" in head
+            and "(uint64_t)idx * VF_INSN_BYTES, q.insn.raw, VF_INSN_BYTES);" in fetch
+            and "s.queue[unit].write(q);" in fetch
+            and "c.cur = s.queue[UNIT].read();" in function_body(text, "vf_unit_process"))
+
+
+def test_the_units_are_concurrent_processes():
+    """units_concurrent: the model overlaps LOAD, COMPUTE and SAVE."""
+    assert units_are_dataflow_processes(source("include/vfpga_unit_scheduler.h"))
+
+
+def test_each_instruction_is_fetched_once():
+    """fetch_burst: the model charges one transfer per step."""
+    assert instructions_are_fetched_once(source("include/vfpga_unit_scheduler.h"))
+
+
+def test_scheduler_checks_see_removed_constructs():
+    text = source("include/vfpga_unit_scheduler.h")
+    assert not units_are_dataflow_processes(text.replace("VF_PRAGMA(HLS DATAFLOW)", ""))
+    # units scheduled one after another by shared counters again
+    assert not units_are_dataflow_processes(text.replace("vf_token_in(s, UNIT, true)->read()", "--tok.l2c"))
+    assert not instructions_are_fetched_once(text.replace("#pragma HLS PIPELINE II=1\n        uint64_t first",
+                                                          "uint64_t first"))
+    # a unit reading its instruction from DDR again when it runs it
+    unit = function_body(text, "vf_unit_process")
+    reread = unit.replace("c.cur = s.queue[UNIT].read();", "c.cur = s.queue[UNIT].read();\n"
+                          "vf_ddr_read(ddr, seg_win + insn_offset + c.cur.idx * 64, c.cur.insn.raw, 64);")
+    assert not instructions_are_fetched_once(text.replace(unit, reread))
+    assert check_tag("include/vfpga_unit_scheduler.h FETCH pipelined")[0]
 
 
 # ---------------------------------------------------------------- tests

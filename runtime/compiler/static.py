@@ -21,7 +21,7 @@ import numpy as np
 
 from vfpga import overlay
 from vfpga.driver import isa
-from vfpga.runtime.compiler import input_fold, ir, lower, lower_ops, placement
+from vfpga.runtime.compiler import input_fold, ir, lower, lower_ops, placement, steps
 from vfpga.runtime.hw import cycle_model, frame_timing
 
 ALIGN = 64
@@ -434,6 +434,10 @@ def compile_graph(graph: ir.Graph, board: str | dict = "u200", progress=None) ->
             progress(index + 1, len(graph.layers), layer.name)
     close_part()
     code = np.frombuffer(b"".join(program + alt), dtype=np.uint8)
+    # every step fits the core's instruction queues (else it faults FRAME_SIZE)
+    frame_starts = [r[3] + r[2] * pos for r in frame_rows]
+    steps.check_steps(code, cfg["cnn_core"]["frame_insns"], f"{cfg['name']} CNN program", CompileError,
+                      starts=frame_starts)
     program_offset = align(const_offset + len(consts), PAGE)
     size = align(program_offset + len(code), PAGE)
     if size >= 1 << 32:

@@ -93,9 +93,12 @@ Core control (our design choices, no vendor source; also in ``timing``):
                               its last instruction arrived
   MARKER_CYCLES = 1           retiring FRAME (token reset), BARRIER or END
   instruction fetch           a step's instructions (FRAME .. ending marker)
-                              are read in one transfer: L + its beats
+                              are read once, in one transfer: L + its beats
                               (ceil(64 / axi_bytes) per instruction), bandwidth
-                              bound like a load
+                              bound like a load; then the decoder's token plan,
+                              one cycle per fetched instruction (an upper
+                              bound: one PLAN iteration per body instruction,
+                              plus the last)
 
 The fixed cost and the per-iteration cost of each instruction class, the
 DDR latency L and the bank bandwidth B are the model's parameters
@@ -159,14 +162,21 @@ loop nests do not make true yet -- as an expected failure.
   [hls include/vfpga_hls.h "bundle=bank##b"] [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"],
   a frame on the port of its segment's bank [hls include/vfpga_ddr.h vf_ddr_segment],
   each of the core's accesses decoding its bank
-  [hls rnn_core.cpp "vf_ddr_read(ddr, d + bt * VF_AXI_BYTES, word, n)"] [hls include/vfpga_unit_scheduler.h "vf_fetch(ddr, seg_win, insn_offset, pc, &insn)"] [hls cnn_core.cpp "vf_ddr_write(ddr, drow + bt * VF_AXI_BYTES"];
+  [hls rnn_core.cpp "vf_ddr_read(ddr, d + bt * VF_AXI_BYTES, word, n)"] [hls include/vfpga_unit_scheduler.h "vf_ddr_read(ddr, seg_win + insn_offset"] [hls cnn_core.cpp "vf_ddr_write(ddr, drow + bt * VF_AXI_BYTES"];
   ``ddr.core_ports`` ports of one core, word-interleaved [hls-gap core_ports_interleave]
 * The units overlap, ordered only by their tokens [hls include/vfpga_unit_scheduler.h vf_tokens_ready]
-  as concurrent units [hls-gap units_concurrent]
-* The instruction fetch is one transfer per step [hls-gap fetch_burst];
-  DECODE_LATENCY and UNIT_ISSUE_CYCLES: the decoder's DECODE loop and each
-  unit's issue [hls include/vfpga_unit_scheduler.h DECODE]
-  [hls include/vfpga_unit_scheduler.h SCHEDULE]
+  as concurrent processes of the step's DATAFLOW region, joined by token
+  streams [hls include/vfpga_unit_scheduler.h "VF_PRAGMA(HLS DATAFLOW)"]
+  [hls include/vfpga_unit_scheduler.h "vf_stream<uint8_t, K::FRAME_INSNS> l2c, c2l, c2s, s2c;"]
+* The instruction fetch is one transfer per step: the decoder reads each
+  instruction once, whole, at consecutive addresses, and the units run from
+  its queues [hls include/vfpga_unit_scheduler.h FETCH pipelined]
+  [hls include/vfpga_unit_scheduler.h "vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, q.insn.raw, VF_INSN_BYTES);"]
+  [hls include/vfpga_unit_scheduler.h "c.cur = s.queue[UNIT].read();"];
+  the token plan [hls include/vfpga_unit_scheduler.h PLAN pipelined];
+  DECODE_LATENCY and UNIT_ISSUE_CYCLES: the decoder's dispatch and each
+  unit's issue [hls include/vfpga_unit_scheduler.h vf_decode_process]
+  [hls include/vfpga_unit_scheduler.h UNIT_QUEUE]
 """
 
 from __future__ import annotations
@@ -496,7 +506,8 @@ def _fetch_exact(n_insns: int, tm: _Timing, bank_cores: float, exact: bool = Tru
     beats = n_insns * _cdiv(isa.INSN_BYTES, tm.geo.axi_bytes)
     xfer = _transfer_cycles(np.int64(beats), np.int64(n_insns * isa.INSN_BYTES),
                             np.int64(_cdiv(beats, tm.lat.axi_max_burst_beats)), tm, bank_cores, exact=exact)
-    return tm.latency + float(xfer) + tm.lat.decode_latency
+    # + the decoder's token PLAN: at most one iteration per fetched instruction
+    return tm.latency + float(xfer) + n_insns + tm.lat.decode_latency
 
 
 def _fetch(n_insns: int, tm: _Timing, bank_cores: float) -> int:

@@ -80,8 +80,10 @@ As in :mod:`.cycle_model` (host_tests/hw/test_model_constructs.py checks them):
   [hls include/vfpga_hls.h "latency=VF_DDR_LATENCY"]
   [hls include/vfpga_hls.h "num_read_outstanding=VF_AXI_OUTSTANDING"]
 * The units overlap through their tokens, the fetch is one transfer
-  [hls include/vfpga_unit_scheduler.h vf_tokens_ready] [hls-gap units_concurrent]
-  [hls-gap fetch_burst]
+  [hls include/vfpga_unit_scheduler.h vf_tokens_ready]
+  [hls include/vfpga_unit_scheduler.h "VF_PRAGMA(HLS DATAFLOW)"]
+  [hls include/vfpga_unit_scheduler.h FETCH pipelined] (the CNN model's fetch
+  and token plan, cycle_model.fetch_cycles)
 """
 
 from __future__ import annotations

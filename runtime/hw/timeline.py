@@ -57,7 +57,7 @@ Each rule with the construct that makes it true (host_tests/hw/test_model_constr
   [hls include/vfpga_ddr.h vf_ddr_read] [hls include/vfpga_ddr.h vf_ddr_write];
   a frame's on its segment's bank port [hls include/vfpga_ddr.h vf_ddr_segment],
   decoded by each access of the core's units
-  [hls include/vfpga_unit_scheduler.h "vf_fetch(ddr, seg_win, insn_offset, pc, &insn)"] [hls cnn_core.cpp "vf_ddr_write(ddr, drow + bt * VF_AXI_BYTES"];
+  [hls include/vfpga_unit_scheduler.h "vf_ddr_read(ddr, seg_win + insn_offset"] [hls cnn_core.cpp "vf_ddr_write(ddr, drow + bt * VF_AXI_BYTES"];
   ``core_ports`` banks of one core interleaved [hls-gap core_ports_interleave]
 * At most two bus words per cycle per frame: an m_axi port's read and write
   channels are independent, one word each per beat

@@ -11,6 +11,7 @@ from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.runtime.compiler.frontend.ops import attrs
 from vfpga.runtime.compiler.static import core_counts
+from vfpga.runtime.compiler.steps import check_steps
 from vfpga.runtime.hw import rnn_golden as rg
 
 from .emit import Emitter
@@ -208,6 +209,9 @@ def compile_rnn(model, board: str | dict = "u200", calibration=None, input_shape
                 if ph.frames:
                     phases.append(ph)
     program = em.encode()
+    # every step fits the core's instruction queues (else it faults FRAME_SIZE)
+    check_steps(program, cfg["rnn_core"]["frame_insns"], f"{cfg['name']} RNN program", RnnCompileError,
+                starts=[f[3] for f in frames])
     program_offset = align(work_end)
     fr = np.zeros(len(frames), FRAME_DTYPE)
     if frames:
