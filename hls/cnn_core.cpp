@@ -84,6 +84,7 @@
 
 #include "vfpga_isa.h"
 #include "vfpga_cnn_core.h"
+#include "vfpga_mac.h"
 #include "vfpga_unit_scheduler.h"
 
 #ifndef VF_HLS_LITERAL
@@ -97,6 +98,7 @@
 #endif
 
 static_assert(VF_ICP >= 1 && VF_ICP <= 256, "VF_ICP out of range");
+static_assert(VF_OCP % 2 == 0, "the CONV beat packs its output lanes in pairs (vfpga_mac.h): ocp must be even");
 static_assert(VF_OCP >= 1 && VF_OCP <= 256, "VF_OCP out of range");
 static_assert(VF_CONV_WORD == VF_ICP * VF_OCP, "VF_CONV_WORD is one MAC beat's weights: ICP * OCP bytes");
 /* POOL: |sum * mult| <= 255 * IBUF * 2^31 must stay below 2^63. */
@@ -642,17 +644,24 @@ CONV_BEAT:
             if (first)
                 lane[o] = o < nO ? vf_conv_first(k, oc0 + o, pix) : 0u;
         }
+        /* lanes o and o + 1 multiply the same x[i]: one DSP slice gives both
+         * products (vf_mul2, vfpga_mac.h) */
     CONV_OL:
-        for (uint32_t o = 0; o < VF_OCP; ++o) {
+        for (uint32_t o = 0; o < VF_OCP; o += 2) {
 #pragma HLS UNROLL
-            int32_t s = 0;
+            int32_t s0 = 0, s1 = 0;
         CONV_IL:
             for (uint32_t i = 0; i < VF_ICP; ++i) {
 #pragma HLS UNROLL
-                if (o < nO && ib + i < k.CIN)
-                    s += (int32_t)x[i] * wb[o * VF_ICP + i];
+                if (ib + i < k.CIN) {
+                    int32_t p1, p0;
+                    vf_mul2(x[i], wb[(o + 1) * VF_ICP + i], wb[o * VF_ICP + i], &p1, &p0);
+                    s0 += o < nO ? p0 : 0;
+                    s1 += o + 1 < nO ? p1 : 0;
+                }
             }
-            lane[o] += (uint32_t)s;
+            lane[o] += (uint32_t)s0;
+            lane[o + 1] += (uint32_t)s1;
         }
     CONV_STORE:
         for (uint32_t o = 0; o < VF_OCP; ++o) {

@@ -93,6 +93,7 @@
 #include <string.h>
 
 #include "vfpga_isa.h"
+#include "vfpga_mac.h"
 #include "vfpga_rnn_core.h"
 #include "vfpga_unit_scheduler.h"
 
@@ -107,6 +108,7 @@ static_assert(sizeof(vf_insn_rnn_mem_t) <= VF_INSN_BYTES && sizeof(vf_insn_rnn_m
                   sizeof(vf_insn_rnn_gates_t) <= VF_INSN_BYTES,
               "RNN instruction formats fit a slot");
 static_assert(VF_RNN_OP_FIRST >= VF_OP_COUNT, "RNN opcodes must stay outside the CNN range");
+static_assert(VF_RNN_ROWS % 2 == 0, "the MATVEC beat packs its rows in pairs (vfpga_mac.h): rows must be even");
 static_assert(VF_RNN_STEP_FRAME == VF_STEP_FRAME && VF_RNN_STEP_END == VF_STEP_END &&
                   VF_RNN_STEP_FAULT == VF_STEP_FAULT,
               "step codes");
@@ -407,17 +409,25 @@ MV_RB:
             ++beats;
             /* the beat's tile: one WBUF word, its byte r * COLS + c in bank r * COLS + c */
             const int8_t *tile = w + (rb * ws + cb) * VR_TILE;
+            /* rows r and r + 1 multiply the same vector byte: one DSP slice
+             * gives both products (vf_mul2, vfpga_mac.h) */
         MV_ROW:
-            for (uint32_t r = 0; r < VF_RNN_ROWS; ++r) {
+            for (uint32_t r = 0; r < VF_RNN_ROWS; r += 2) {
 #pragma HLS UNROLL
-                int32_t s = 0;
+                int32_t s0 = 0, s1 = 0;
             MV_COL:
                 for (uint32_t c = 0; c < VF_RNN_COLS; ++c) {
 #pragma HLS UNROLL
-                    if (rb * VF_RNN_ROWS + r < rows && cb * VF_RNN_COLS + c < cols)
-                        s += (int32_t)tile[r * VF_RNN_COLS + c] * v[cb * VF_RNN_COLS + c];
+                    if (cb * VF_RNN_COLS + c < cols) {
+                        int32_t p1, p0;
+                        vf_mul2(v[cb * VF_RNN_COLS + c], tile[(r + 1) * VF_RNN_COLS + c], tile[r * VF_RNN_COLS + c],
+                                &p1, &p0);
+                        s0 += rb * VF_RNN_ROWS + r < rows ? p0 : 0;
+                        s1 += rb * VF_RNN_ROWS + r + 1 < rows ? p1 : 0;
+                    }
                 }
-                lane[r] += (uint32_t)s;
+                lane[r] += (uint32_t)s0;
+                lane[r + 1] += (uint32_t)s1;
             }
         }
     MV_STORE:

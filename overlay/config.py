@@ -100,6 +100,11 @@ def load(board: str) -> dict:
     ports = cfg["ddr"].get("core_ports", 1)
     if not 1 <= ports <= cfg["ddr"]["banks"]:
         raise BoardConfigError(f"board config {path}: ddr.core_ports must be 1..banks, not {ports}")
+    # the MAC beats pack their lanes in pairs, two int8 products per DSP slice (hls/include/vfpga_mac.h)
+    for section, key in (("cnn_core", "ocp"), ("rnn_core", "rows")):
+        if cfg[section][key] % 2:
+            raise BoardConfigError(f"board config {path}: {section}.{key} must be even (the MAC beat packs its "
+                                   f"lanes in pairs, two int8 products per DSP slice), not {cfg[section][key]}")
     _check_bank_ports(cfg, path)
     _check_rnn_core(cfg, path)
     device = cfg.get("device")  # the part's resources (overlay/resources.py); optional

@@ -73,3 +73,13 @@ def test_a_malformed_device_section_is_named(tmp_path, device):
 def test_every_board_names_its_parts_resources(board):
     dev = overlay.load(board)["device"]
     assert dev["lut"] > 0 and dev["bram36"] > 0 and dev["dsp"] > 0 and dev["uram"] >= 0
+
+
+@pytest.mark.parametrize("section, key", [("cnn_core", "ocp"), ("rnn_core", "rows")])
+def test_an_odd_lane_count_is_refused(tmp_path, section, key):
+    cfg = json.loads(open(overlay.config.os.path.join(overlay.config.CONFIG_DIR, "u200.json")).read())
+    cfg[section][key] = 15
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(overlay.BoardConfigError, match=f"{section}.{key} must be even"):
+        overlay.load(str(path))

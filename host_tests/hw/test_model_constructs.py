@@ -144,9 +144,9 @@ GAPS = {
         "VF_AXI_BYTES: the LOAD/SAVE beat is not split over VF_CORE_PORTS bank ports",
         lambda: "VF_CORE_PORTS" in source("cnn_core.cpp")),
     "device_fit": (
-        "the top's memories as its pragmas shape them (no URAM binding: everything in block RAM) and the MAC "
-        "arrays at one DSP48 per int8 multiply exceed u200, u200_bigcore, u50 and zcu104's block RAM and "
-        "u200, u200_bigcore, pynq_z2 and ultra96v2's DSP slices (python -m vfpga.overlay.resources)",
+        "the top's memories as its pragmas shape them (byte-wide partitions of the weight buffers, nothing "
+        "bound to UltraRAM) exceed every board's block RAM (python -m vfpga.overlay.resources); the MAC "
+        "arrays fit their DSP slices, two int8 products per slice",
         lambda: all(not resources.estimate(b).over() for b in overlay.available())),
 }
 

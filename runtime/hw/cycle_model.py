@@ -135,11 +135,13 @@ loop nests do not make true yet -- as an expected failure.
   [hls cnn_core_top.cpp "VF_CNN_PARTITIONS(1, ibuf, wbuf, obuf, acc)"],
   and a dense beat reads its word with constant bank offsets
   [hls cnn_core.cpp "const int8_t *wb = k.w + wi * VF_CONV_WORD;"]
-  [hls cnn_core.cpp "s += (int32_t)x[i] * wb[o * VF_ICP + i]"], a channel-lane
+  [hls cnn_core.cpp "vf_mul2(x[i], wb[(o + 1) * VF_ICP + i], wb[o * VF_ICP + i], &p1, &p0);"], a channel-lane
   beat its lane row of one word [hls cnn_core.cpp DW_PICK unrolled]
   [hls cnn_core.cpp "wl[b % VF_OCP] = ww[b];"]
-* The adder tree's ceil(log2(icp)) levels: the unrolled sum of CONV_IL
-  [hls cnn_core.cpp "s += (int32_t)x[i] * wb[o * VF_ICP + i]"]; REQUANT_LATENCY:
+* The adder tree's ceil(log2(icp)) levels: the unrolled sums of CONV_IL
+  [hls cnn_core.cpp "s0 += o < nO ? p0 : 0;"]; DSP_MAC_LATENCY: one 27 x 8
+  multiply gives two lanes' products (one DSP48E2 for two MACs)
+  [hls include/vfpga_mac.h vf_mul2] [hls cnn_core.cpp CONV_OL unrolled]; REQUANT_LATENCY:
   vf_requant [hls cnn_core.cpp vf_requant]; DIV64_LATENCY: POOL's vf_rdiv
   [hls cnn_core.cpp vf_rdiv]
 * The pipeline fill is paid once per instruction (each nest one flattened
@@ -155,8 +157,9 @@ loop nests do not make true yet -- as an expected failure.
   [hls include/vfpga_hls.h "latency=VF_DDR_LATENCY"]
   [hls include/vfpga_hls.h "max_widen_bitwidth=VF_DDR_PORT_BITS"]
 * Every core of the config exists at once: its memories, as the top's
-  pragmas shape them, and its MAC array, one DSP48 per int8 multiply, fit
-  the part (vfpga.overlay.resources; ``python -m vfpga.overlay.resources``)
+  pragmas shape them, and its MAC array, two int8 multiplies per DSP48
+  [hls include/vfpga_mac.h "#define VF_MACS_PER_DSP 2"], fit the part
+  (vfpga.overlay.resources; ``python -m vfpga.overlay.resources``)
   [hls-gap device_fit]
 * B is a bank's: one m_axi bundle per DDR bank on the dispatcher top
   [hls include/vfpga_hls.h "bundle=bank##b"] [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"],

@@ -49,7 +49,9 @@ As in :mod:`.cycle_model` (host_tests/hw/test_model_constructs.py checks them):
   instruction [hls rnn_core.cpp MEM_BEAT pipelined] [hls rnn_core.cpp MV_CB pipelined]
   [hls include/vfpga_unit_scheduler.h LANE_BEAT pipelined] (GATES: vf_lane_loop) with its lanes in one beat
   [hls rnn_core.cpp MEM_LANE unrolled] [hls rnn_core.cpp MV_ROW unrolled]
-  [hls rnn_core.cpp MV_COL unrolled] [hls include/vfpga_unit_scheduler.h LANE_BODY unrolled]
+  [hls rnn_core.cpp MV_COL unrolled] [hls include/vfpga_unit_scheduler.h LANE_BODY unrolled];
+  two rows' products from one DSP48E2 multiply
+  [hls rnn_core.cpp "vf_mul2(v[cb * VF_RNN_COLS + c], tile[(r + 1) * VF_RNN_COLS + c]"]
 * The array's accumulators start and end around the beat loop, once per
   row block [hls rnn_core.cpp MV_INIT unrolled] [hls rnn_core.cpp MV_STORE unrolled]
 * A beat reads a COLS-wide block of VBUF, and the gate lanes' ACC and STATE
