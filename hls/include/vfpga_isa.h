@@ -444,6 +444,7 @@ typedef struct {
  *
  * On-chip buffers (sizes from the board config, "rnn_core" section):
  *   WBUF  int8 weights, byte addressed            (VF_RNN_BUF_WGT)
+ *         (RNN_MATVEC reads them as ROWS x COLS tiles)
  *   VBUF  int8 vectors: x_t, h_{t-1}, r*h, h_t     (VF_RNN_BUF_VEC)
  *   ACC   int32 matrix-vector accumulators, words  (VF_RNN_BUF_ACC)
  *   PARAM int32 words; entry e = words 3e..3e+2 = {bias, mult, shift}

@@ -482,3 +482,41 @@ def test_cnn_core_rejects_the_rnn_opcodes(opcode):
     assert r == lib.VF_STEP_FAULT
     assert (state.fault, state.fault_insn, state.fault_opcode) == (isa.FAULTS["OPCODE"], 1, opcode)
     assert not arrays[1].any()  # the LOAD_LINEAR of the same frame never ran
+
+
+@pytest.mark.parametrize("case", ["wgt_addr", "wgt_stride", "ok"])
+def test_matvec_tile_rules_fault_the_field(core, case):
+    """RNN_MATVEC's beat-major weights: wgt_addr must start a tile (ROWS x
+    COLS bytes) and, over more than one row block, wgt_stride must cover a
+    row block's column tiles; a broken rule is VF_FAULT_FIELD at the field's
+    offset, before anything runs."""
+    module, geo = core
+    ffi, lib = module.ffi, module.lib
+    rng = np.random.default_rng(9)
+    c = Core(module, geo, rng)
+    acc_before = c.arrays["acc"].copy()
+    tile, rows, cols = geo.rows * geo.cols, geo.rows + 1, geo.cols + 1  # two row blocks of two tiles
+    wgt, ws = {"wgt_addr": (tile + 1, 2), "wgt_stride": (tile, 1), "ok": (tile, 2)}[case]
+    pr = Program(ffi, lib)
+    pr.marker(lib.VF_OP_FRAME)
+    pr.matvec(wgt, ws, 0, 0, 0, rows, cols, False)
+    pr.marker(lib.VF_OP_END)
+    seg = Segment(module, 1 << 12, rng)
+    c.insn_offset = seg.put(pr.tobytes())
+    c.count = len(pr.insns)
+    r = c.step(seg.ptr, seg.mem.size)
+    if case == "ok":
+        assert r != lib.VF_RNN_STEP_FAULT and c.state.fault == lib.VF_FAULT_NONE
+        w = c.arrays["wbuf"]
+        for row in (0, rows - 1):  # the ISA's W(r, c) addressing, two rows spot-checked
+            want = int(acc_before[row])
+            for col in range(cols):
+                at = wgt + ((row // geo.rows) * ws + col // geo.cols) * tile + (row % geo.rows) * geo.cols \
+                    + col % geo.cols
+                want += int(w[at]) * int(c.arrays["vbuf"][col])
+            assert c.arrays["acc"][row] == np.array(want, np.int64).astype(np.int32)  # int32, wrapping
+        return
+    assert r == lib.VF_RNN_STEP_FAULT
+    assert (c.state.fault, c.state.fault_insn) == (lib.VF_FAULT_FIELD, 1)
+    assert c.state.fault_addr == ffi.offsetof("vf_insn_rnn_matvec_t", case)
+    np.testing.assert_array_equal(c.arrays["acc"], acc_before)
