@@ -28,6 +28,13 @@ whose source multiplies through vf_mul2, two products that share an operand
 in one 27 x 8 multiply. The requantization and gate multipliers (a few
 dozen per core) are left out.
 
+Each core's step channels (``vf_step_streams_t`` in
+hls/include/vfpga_unit_scheduler.h) are FIFOs, not arrays of the top: three
+instruction queues of ``frame_insns`` entries of an instruction and its
+index (VF_INSN_BYTES + 4 bytes) and four token FIFOs of ``frame_insns``
+bytes per core; they are counted the same way, as ``step_queues`` and
+``step_tokens``. The decoder's token-plan registers are left out.
+
 The device's capacity comes from the board config's ``device`` section
 (the whole part; an Alveo shell keeps part of it).
 ``python -m vfpga.overlay.resources [BOARD ...]`` prints the table.
@@ -235,8 +242,37 @@ def estimate(board: str | dict, hls_dir: str = HLS_DIR) -> Estimate:
     cfg = load(board) if isinstance(board, str) else board
     if "device" not in cfg:
         raise BoardConfigError(f"board config {cfg.get('name')!r} has no 'device' section (the part's resources)")
-    rows = tuple(row(a) for a in arrays(preprocess(cfg, TOP, hls_dir)))
+    rows = tuple(row(a) for a in arrays(preprocess(cfg, TOP, hls_dir))) + step_channels(cfg, hls_dir)
     return Estimate(cfg["name"], rows, mac_dsps(cfg, hls_dir), dict(cfg["device"]))
+
+
+def step_channels(cfg: dict, hls_dir: str = HLS_DIR) -> tuple[Row, ...]:
+    """The step's instruction queues and token FIFOs of every core (see the module docstring)."""
+    with open(os.path.join(hls_dir, "include", "vfpga_isa.h")) as f:
+        m = re.search(r"#define\s+VF_INSN_BYTES\s+(\d+)", f.read())
+    if m is None:
+        raise ResourceError("include/vfpga_isa.h does not define VF_INSN_BYTES")
+    entry_bits = 8 * (int(m.group(1)) + 4)
+    queues, tokens = [], []
+    for section in ("cnn_core", "rnn_core"):
+        core = cfg.get(section)
+        if not core or "frame_insns" not in core:
+            continue
+        depth = int(core["frame_insns"])
+        q = Array("step_queues", entry_bits, [core["count"], 3, depth])
+        q.banks[:2] = [core["count"], 3]
+        t = Array("step_tokens", 8, [core["count"], 4, depth])
+        t.banks[:2] = [core["count"], 4]
+        queues.append(row(q))
+        tokens.append(row(t))
+    return tuple(_merged(rs) for rs in (queues, tokens) if rs)
+
+
+def _merged(rows: list[Row]) -> Row:
+    """One row for the same channel of both core kinds (depth and width of the first)."""
+    r0 = rows[0]
+    return Row(r0.name, sum(r.bytes for r in rows), sum(r.count for r in rows), r0.depth, r0.width, r0.impl,
+               sum(r.bram36 for r in rows), sum(r.uram for r in rows))
 
 
 def table(e: Estimate) -> str:

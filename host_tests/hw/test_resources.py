@@ -85,6 +85,10 @@ def test_the_estimate_covers_every_configured_buffer(board):
     assert e.dsp == (-(-cnn["count"] * cnn["icp"] * cnn["ocp"] // R.macs_per_dsp("cnn_core.cpp"))
                      - (-rnn["count"] * rnn["rows"] * rnn["cols"] // R.macs_per_dsp("rnn_core.cpp")))
     assert all(r.bram36 > 0 or r.uram > 0 or r.impl == "lutram" for r in e.rows)
+    steps = {r.name: r for r in e.rows if r.name.startswith("step_")}
+    assert steps["step_queues"].count == 3 * (cnn["count"] + rnn["count"])
+    assert steps["step_queues"].depth == cnn["frame_insns"] and steps["step_queues"].width == 8 * (64 + 4)
+    assert steps["step_tokens"].count == 4 * (cnn["count"] + rnn["count"])
     text = R.table(e)
     assert board in text and ("fits the device" in text or "exceeds the device" in text)
 
