@@ -206,6 +206,21 @@ def check_structure(compiled: static.CompiledModel, index: int) -> Splits:
         saves.append(s)
         max_chunks = max(max_chunks, sum(i["opcode"] == "CONV" for i in f))
     assert (written == 1).all(), f"layer {index}: output elements saved {written.min()}..{written.max()} times"
+    # every CONV reads beat-major words (vfpga_isa.h) at a word-aligned WBUF offset, loaded in its
+    # frame with their padding: the bytes the cycle model and the frame profiles count
+    core = overlay.load(compiled.board)["cnn_core"]
+    word = isa.conv_word_bytes(core["icp"], core["ocp"])
+    for f in frames:
+        loaded = {}  # WBUF offset -> bytes of the latest load there, in program order
+        for cv in f:
+            if cv["opcode"] == "LOAD_LINEAR" and cv["buffer"] == isa.BUF_WGT:
+                loaded[cv["buf_addr"]] = cv["nbytes"]
+            if cv["opcode"] != "CONV":
+                continue
+            assert cv["wgt_addr"] % word == 0, f"layer {index}: CONV weights at {cv['wgt_addr']}"
+            want = isa.conv_weight_bytes(cv["groups"], cv["cin_g"], cv["cout_g"], cv["kh"], cv["kw"], core["icp"],
+                                         core["ocp"])
+            assert loaded.get(cv["wgt_addr"]) == want <= core["wbuf_bytes"] - cv["wgt_addr"], (index, cv, loaded)
     return Splits(len(frames), any(s["tile_h"] < h for s in saves), any(s["tile_w"] < w for s in saves),
                   any(s["channels"] < c for s in saves), max_chunks, saves)
 
