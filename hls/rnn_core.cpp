@@ -450,7 +450,24 @@ MV_RB:
             lane[r] = (uint32_t)(init ? prm[(r0 + r) * VF_PARAM_ENTRY_WORDS] : acc[r0 + r]);
         for (uint64_t cb = 0; cb < full; ++cb) {
             const int8_t *tile = t + cb * VR_TILE, *vc = v + cb * VF_RNN_COLS;
-            for (uint64_t r = 0; r < nr; ++r) {
+            uint64_t r = 0;
+            for (; r + 4 <= nr; r += 4) { /* four rows share each vector load */
+                const int8_t *t0 = tile + r * VF_RNN_COLS, *t1 = t0 + VF_RNN_COLS, *t2 = t1 + VF_RNN_COLS,
+                             *t3 = t2 + VF_RNN_COLS;
+                int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+                for (uint32_t c = 0; c < VF_RNN_COLS; ++c) {
+                    const int32_t x = vc[c];
+                    s0 += x * t0[c];
+                    s1 += x * t1[c];
+                    s2 += x * t2[c];
+                    s3 += x * t3[c];
+                }
+                lane[r] += (uint32_t)s0;
+                lane[r + 1] += (uint32_t)s1;
+                lane[r + 2] += (uint32_t)s2;
+                lane[r + 3] += (uint32_t)s3;
+            }
+            for (; r < nr; ++r) {
                 const int8_t *tr = tile + r * VF_RNN_COLS;
                 int32_t s = 0;
                 for (uint32_t c = 0; c < VF_RNN_COLS; ++c)
