@@ -33,7 +33,7 @@ hls/include/vfpga_unit_scheduler.h) are FIFOs, not arrays of the top: three
 instruction queues of ``frame_insns`` entries of an instruction and its
 index (VF_INSN_BYTES + 4 bytes) and four token FIFOs of ``frame_insns``
 bytes per core; they are counted the same way, as ``step_queues`` and
-``step_tokens``. The decoder's token-plan registers are left out.
+``step_tokens`` (``rnn_``: the RNN cores'). The decoder's token-plan registers are left out.
 
 The device's capacity comes from the board config's ``device`` section
 (the whole part; an Alveo shell keeps part of it).
@@ -253,33 +253,24 @@ def step_channels(cfg: dict, hls_dir: str = HLS_DIR) -> tuple[Row, ...]:
     if m is None:
         raise ResourceError("include/vfpga_isa.h does not define VF_INSN_BYTES")
     entry_bits = 8 * (int(m.group(1)) + 4)
-    queues, tokens = [], []
-    for section in ("cnn_core", "rnn_core"):
+    rows = []
+    for section, prefix in (("cnn_core", ""), ("rnn_core", "rnn_")):
         core = cfg.get(section)
         if not core or "frame_insns" not in core:
             continue
         depth = int(core["frame_insns"])
-        q = Array("step_queues", entry_bits, [core["count"], 3, depth])
-        q.banks[:2] = [core["count"], 3]
-        t = Array("step_tokens", 8, [core["count"], 4, depth])
-        t.banks[:2] = [core["count"], 4]
-        queues.append(row(q))
-        tokens.append(row(t))
-    return tuple(_merged(rs) for rs in (queues, tokens) if rs)
-
-
-def _merged(rows: list[Row]) -> Row:
-    """One row for the same channel of both core kinds (depth and width of the first)."""
-    r0 = rows[0]
-    return Row(r0.name, sum(r.bytes for r in rows), sum(r.count for r in rows), r0.depth, r0.width, r0.impl,
-               sum(r.bram36 for r in rows), sum(r.uram for r in rows))
+        for name, bits, n in (("step_queues", entry_bits, 3), ("step_tokens", 8, 4)):
+            a = Array(prefix + name, bits, [core["count"], n, depth])
+            a.banks[:2] = [core["count"], n]
+            rows.append(row(a))
+    return tuple(rows)
 
 
 def table(e: Estimate) -> str:
     lines = [f"{e.board}: on-chip memories of {TOP} (per array, all cores)",
-             f"  {'array':<12} {'KiB':>8} {'memories':>9} {'depth x width':>15} {'impl':>6} {'RAMB36':>8} {'URAM':>6}"]
+             f"  {'array':<16} {'KiB':>8} {'memories':>9} {'depth x width':>15} {'impl':>6} {'RAMB36':>8} {'URAM':>6}"]
     for r in e.rows:
-        lines.append(f"  {r.name:<12} {r.bytes / 1024:>8.0f} {r.count:>9} {f'{r.depth} x {r.width}':>15} "
+        lines.append(f"  {r.name:<16} {r.bytes / 1024:>8.0f} {r.count:>9} {f'{r.depth} x {r.width}':>15} "
                      f"{r.impl:>6} {r.bram36:>8g} {r.uram:>6}")
     dev = e.device
     lines.append(f"  total: {e.bytes / 2**20:.2f} MiB in {e.bram36:g} of {dev['bram36']} RAMB36 "

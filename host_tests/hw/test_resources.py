@@ -85,10 +85,11 @@ def test_the_estimate_covers_every_configured_buffer(board):
     assert e.dsp == (-(-cnn["count"] * cnn["icp"] * cnn["ocp"] // R.macs_per_dsp("cnn_core.cpp"))
                      - (-rnn["count"] * rnn["rows"] * rnn["cols"] // R.macs_per_dsp("rnn_core.cpp")))
     assert all(r.bram36 > 0 or r.uram > 0 or r.impl == "lutram" for r in e.rows)
-    steps = {r.name: r for r in e.rows if r.name.startswith("step_")}
-    assert steps["step_queues"].count == 3 * (cnn["count"] + rnn["count"])
-    assert steps["step_queues"].depth == cnn["frame_insns"] and steps["step_queues"].width == 8 * (64 + 4)
-    assert steps["step_tokens"].count == 4 * (cnn["count"] + rnn["count"])
+    steps = {r.name: r for r in e.rows if "step_" in r.name}
+    for prefix, core in (("", cnn), ("rnn_", rnn)):
+        q, t = steps[prefix + "step_queues"], steps[prefix + "step_tokens"]
+        assert (q.count, q.depth, q.width) == (3 * core["count"], core["frame_insns"], 8 * (64 + 4))
+        assert (t.count, t.depth, t.width) == (4 * core["count"], core["frame_insns"], 8)
     text = R.table(e)
     assert board in text and ("fits the device" in text or "exceeds the device" in text)
 
