@@ -61,18 +61,20 @@ def loop_head(text: str, label: str) -> str | None:
     return rest[:stop.start()] if stop else rest
 
 
-def loop_body(text: str, label: str) -> str | None:
-    """The whole body (braces matched) of the loop labelled ``label``."""
-    m = re.search(rf"\b{re.escape(label)}:", text)
-    if m is None:
-        return None
-    start = text.find("{", m.end())
+def _braced(text: str, start: int) -> str | None:
+    """The text from the brace at ``start`` to its matching brace."""
     depth = 0
     for i in range(start, len(text)):
         depth += {"{": 1, "}": -1}.get(text[i], 0)
         if depth == 0:
             return text[start:i + 1]
     return None
+
+
+def loop_body(text: str, label: str) -> str | None:
+    """The whole body (braces matched) of the loop labelled ``label``."""
+    m = re.search(rf"\b{re.escape(label)}:", text)
+    return None if m is None else _braced(text, text.find("{", m.end()))
 
 
 def check_tag(spec: str) -> tuple[bool, str]:
@@ -156,15 +158,7 @@ GAPS = {
 def function_body(text: str, name: str) -> str:
     """The body (braces matched) of the function ``name`` defined in ``text``."""
     m = re.search(rf"^static [^;{{]*\b{re.escape(name)}\(", text, re.M)
-    if m is None:
-        return ""
-    start = text.find("{", m.end())
-    depth = 0
-    for i in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[start:i + 1]
-    return ""
+    return (_braced(text, text.find("{", m.end())) or "") if m else ""
 
 
 def units_are_dataflow_processes(text: str) -> bool:
