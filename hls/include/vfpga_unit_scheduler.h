@@ -625,7 +625,10 @@ UNIT_QUEUE:
             if (deps & VF_DEP_POP_NEXT)
                 (void)vf_token_in(s, UNIT, false)->read();
             if (c.fault == VF_FAULT_NONE) {
-                const vf_exec_t r = K::execute(UNIT, ddr, seg_win, limit, c.cur.insn, b);
+                /* a local copy: the units' byte stores may alias the context, a local they cannot
+                 * (the C-sim's loops then keep the fields in registers and vectorise) */
+                const typename K::insn_t insn = c.cur.insn;
+                const vf_exec_t r = K::execute(UNIT, ddr, seg_win, limit, insn, b);
                 if (r.fault != VF_FAULT_NONE) {
                     c.fault = r.fault;
                     c.fault_insn = c.cur.idx;
