@@ -42,7 +42,7 @@ from vfpga.runtime.errors import (  # noqa: F401
 )
 from vfpga.runtime.tenants.mixed_tenant import MixedTenant
 from vfpga.runtime.tenants.rnn_tenant import RnnTenant
-from vfpga.runtime.tenants.tenant import RunInfo, Tenant, _mask  # noqa: F401 - RunInfo is part of the API
+from vfpga.runtime.tenants.tenant import RunInfo, Tenant, _mask, check_throughput_options  # noqa: F401 - RunInfo is part of the API
 
 
 def board_present() -> bool:
@@ -502,30 +502,6 @@ def _percentiles(values: list[float], scale: float, mean: bool = False) -> dict[
     out = {"mean": statistics.fmean(v) * scale} if mean else {}
     out.update(p50=v[len(v) // 2] * scale, p99=v[min(len(v) - 1, int(0.99 * len(v)))] * scale)
     return out
-
-
-def check_throughput_options(kind: str, config: dict, max_batch, max_delay_us, max_inflight) -> None:
-    """Refuses deploy options a tenant of ``kind`` ("cnn", "rnn", "mixed") on
-    a board of ``config`` cannot have: dynamic batching (max_batch,
-    max_delay_us) is built for RNN tenants and a mixed tenant's RNN part,
-    requests in flight (max_inflight, up to the dispatcher's inflight_max)
-    for CNN tenants and mixed tenants (a pipeline through both parts). One
-    check for a board's deploy and a cluster's."""
-    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-        raise DeployError(f"max_batch must be a positive integer, not {max_batch!r}")
-    if not isinstance(max_delay_us, (int, float)) or isinstance(max_delay_us, bool) or max_delay_us < 0:
-        raise DeployError(f"max_delay_us must be a number >= 0, not {max_delay_us!r}")
-    if max_batch > 1 and kind == "cnn":
-        raise DeployError("dynamic batching is implemented for RNN tenants (and the RNN part of CNN + RNN "
-                          "models) only; deploy CNNs with max_batch=1")
-    if max_inflight != 1:
-        limit = int(config["dispatcher"]["inflight_max"])
-        if kind == "rnn":
-            raise DeployError("max_inflight is implemented for CNN tenants and CNN + RNN models only (RNN "
-                              "tenants batch: max_batch)")
-        if not isinstance(max_inflight, int) or isinstance(max_inflight, bool) or not 1 <= max_inflight <= limit:
-            raise DeployError(f"max_inflight must be 1..{limit} on {config['name']} for a CNN or CNN + RNN "
-                              f"tenant, not {max_inflight!r}")
 
 
 def mixed_model(model) -> bool:

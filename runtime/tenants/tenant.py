@@ -48,6 +48,29 @@ REQUEST_TIMEOUT_S = 600.0  # a request that gets no record in this long means th
 LATENCY_WINDOW = 4096  # requests whose latencies stats() summarises (the most recent)
 
 
+def check_throughput_options(kind: str, config: dict, max_batch, max_delay_us, max_inflight) -> None:
+    """Refuses deploy options a tenant of ``kind`` ("cnn", "rnn", "mixed") on
+    a board of ``config`` cannot have: dynamic batching (max_batch,
+    max_delay_us) is built for RNN tenants and a mixed tenant's RNN part,
+    requests in flight (max_inflight, up to the dispatcher's inflight_max)
+    for CNN tenants and mixed tenants (a pipeline through both parts). One
+    check for a board's deploy and a cluster's."""
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+        raise DeployError(f"max_batch must be a positive integer, not {max_batch!r}")
+    if not isinstance(max_delay_us, (int, float)) or isinstance(max_delay_us, bool) or max_delay_us < 0:
+        raise DeployError(f"max_delay_us must be a number >= 0, not {max_delay_us!r}")
+    if max_batch > 1 and kind == "cnn":
+        raise DeployError("dynamic batching is implemented for RNN tenants (and the RNN part of CNN + RNN "
+                          "models) only; deploy CNNs with max_batch=1")
+    if max_inflight != 1:
+        limit = int(config["dispatcher"]["inflight_max"])
+        if kind == "rnn":
+            raise DeployError("max_inflight is implemented for CNN tenants and CNN + RNN models only (RNN "
+                              "tenants batch: max_batch)")
+        if not isinstance(max_inflight, int) or isinstance(max_inflight, bool) or not 1 <= max_inflight <= limit:
+            raise DeployError(f"max_inflight must be 1..{limit} on {config['name']} for a CNN or CNN + RNN "
+                              f"tenant, not {max_inflight!r}")
+
 @dataclass
 class RunInfo:
     """What one request did."""
@@ -119,11 +142,7 @@ class Tenant:
         self.cores = sorted(cores)
         self.max_pending = max_pending
         self._req = _PerRequest()
-        limit = int(accel.config["dispatcher"]["inflight_max"])
-        if max_inflight != 1 and (self.kind != "cnn" or not isinstance(max_inflight, int)
-                                  or not 1 <= max_inflight <= limit):
-            raise DeployError(f"max_inflight must be 1..{limit} on {accel.board} for a CNN tenant "
-                              f"(1 for RNN tenants), not {max_inflight!r}")
+        check_throughput_options(self.kind, accel.config, 1, 0.0, max_inflight)
         self.max_inflight = max_inflight
         size = self._prepare()
         try:
