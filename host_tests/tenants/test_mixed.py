@@ -6,6 +6,8 @@ the stats and MAC share of both."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -130,25 +132,53 @@ def test_both_parts_reallocate_and_fault_alone(accel):
         accel.remove(net)
 
 
+def _watch_parts(net) -> dict:
+    """Records (start, end) host times of each front-end and RNN-part request of ``net``."""
+    spans = {"front": [], "rnn": []}
+
+    def watch(part, method, key):
+        inner = getattr(part, method)
+
+        def submit(x):
+            t0 = time.perf_counter()
+            fut = inner(x)
+            fut.add_done_callback(lambda _: spans[key].append((t0, time.perf_counter())))
+            return fut
+        setattr(part, method, submit)
+
+    watch(net.front, "submit_float_with_info", "front")
+    watch(net.recurrent, "submit_with_info", "rnn")
+    return spans
+
+
+def _overlaps(spans) -> int:
+    """Front-end runs that overlap an RNN-part run of an earlier request."""
+    return sum(1 for fs, fe in spans["front"] for rs, re_ in spans["rnn"] if fs < re_ and rs < fe and rs < fs)
+
+
 def test_a_pipeline_through_both_parts(accel):
-    """max_inflight=2: a request's front end runs while the one before it is in
-    the RNN part; results equal the one-at-a-time tenant's bit for bit, in
+    """max_inflight=4 (2 in the front end): a request's front end runs while an
+    earlier one is in the RNN part; results equal the one-at-a-time tenant's bit for bit, in
     submission order; removal answers every request it leaves."""
     model = mobile.conv1d_lstm(seed=5)
     sess, make = feeds_for(model, 2)
     calib = [make() for _ in range(6)]
     seq = accel.deploy(model, cores={"cnn": 1, "rnn": 1}, calibration=calib, name="seq")
-    pipe = accel.deploy(model, cores={"cnn": 2, "rnn": 1}, calibration=calib, name="pipe", max_inflight=2,
+    pipe = accel.deploy(model, cores={"cnn": 2, "rnn": 1}, calibration=calib, name="pipe", max_inflight=4,
                         max_batch=2, max_delay_us=1000)
     try:
-        assert pipe.front.max_inflight == 2 and pipe.recurrent.max_batch == 2
+        assert pipe.front.max_inflight == 2 and pipe.front_limit == 2 and pipe.recurrent.max_batch == 2
         xs = [make()["x"] for _ in range(8)]
-        want = [seq.run(x) for x in xs]
+        spans = {n: _watch_parts(t) for n, t in (("seq", seq), ("pipe", pipe))}
+        want = [f.result(timeout=120) for f in [seq.submit(x) for x in xs]]
         futs = [pipe.submit(x) for x in xs]
         for f, w in zip(futs, want):
             got = f.result(timeout=120)
             assert all(np.array_equal(g, e) for g, e in zip(got, w))
-        assert pipe.inflight_peak == 2 and seq.inflight_peak == 1 and pipe.requests == 8
+        assert pipe.inflight_peak == 4 and seq.inflight_peak == 1 and pipe.requests == 8
+        # the pipeline: some request's front end ran while an earlier one was in the RNN part;
+        # one at a time, never (both submitted all 8 at once)
+        assert _overlaps(spans["pipe"]) > 0 and _overlaps(spans["seq"]) == 0
         with pytest.raises(ValueError, match="missing input"):
             pipe.submit({"not_x": xs[0]})
         futs = [pipe.submit(x) for x in xs[:5]]

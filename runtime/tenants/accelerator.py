@@ -40,7 +40,7 @@ from vfpga.runtime.errors import (  # noqa: F401
     TenantFault,
     TenantRemoved,
 )
-from vfpga.runtime.tenants.mixed_tenant import MixedTenant
+from vfpga.runtime.tenants.mixed_tenant import MixedTenant, front_slots
 from vfpga.runtime.tenants.rnn_tenant import RnnTenant
 from vfpga.runtime.tenants.tenant import RunInfo, Tenant, _mask, check_throughput_options  # noqa: F401 - RunInfo is part of the API
 
@@ -284,8 +284,9 @@ class Accelerator:
         CNN cores (tenant ``<name>.cnn``), the recurrent part on as many RNN
         cores as are free up to ``cores`` (``<name>.rnn``); ``cores`` may
         also be {"cnn": a, "rnn": b}. ``max_inflight``: requests in the
-        pipeline through both parts (and in flight on the front end's
-        cores); ``max_batch``, ``max_delay_us``: the RNN part's batching."""
+        pipeline through both parts, half of them (rounded up) in flight on
+        the front end's cores; ``max_batch``, ``max_delay_us``: the RNN
+        part's batching."""
         kc, kr = (cores.get("cnn", 1), cores.get("rnn", 1)) if isinstance(cores, dict) else (cores, None)
         if not isinstance(kc, int) or kc < 1:
             raise DeployError(f"cores must be a positive integer, not {cores!r}")
@@ -299,7 +300,7 @@ class Accelerator:
         if name in self.mixed:
             raise DeployError(f"a tenant named {name!r} is already deployed")
         front = self.deploy(compiled.front, cores=kc, name=f"{name}.cnn", fallback=fallback, max_pending=max_pending,
-                            max_inflight=max_inflight)
+                            max_inflight=front_slots(max_inflight))
         try:
             recurrent = self.deploy(compiled.recurrent, cores=kr, name=f"{name}.rnn", max_pending=max_pending,
                                     max_batch=max_batch, max_delay_us=max_delay_us)

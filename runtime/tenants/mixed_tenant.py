@@ -8,10 +8,11 @@ object runs requests through both in order, like onnxruntime on the whole
 model.
 
 With ``max_inflight`` > 1 the two parts form a pipeline: up to that many
-requests are between submit and result at once, so one request's front end
-runs while the previous one's recurrent part does (and the front end holds
-as many requests in flight on its cores, the RNN part batches them when
-deployed with ``max_batch``). Results come in submission order either way.
+requests are between submit and result at once, at most half of them
+(rounded up) in the front end, so the front end takes the next requests
+while earlier ones are in the recurrent part (the front end holds its share
+in flight on its cores; the RNN part batches when deployed with
+``max_batch``). Results come in submission order either way.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from vfpga.runtime.errors import TenantRemoved
 from vfpga.runtime.tenants.tenant import LATENCY_WINDOW
 
 
+def front_slots(max_inflight: int) -> int:
+    """Requests a mixed tenant's front end holds at once: half its pipeline, rounded up."""
+    return -(-max_inflight // 2)
+
+
 class MixedTenant:
     """The user's handle on a CNN + RNN model (see the module docstring)."""
 
@@ -42,8 +48,12 @@ class MixedTenant:
         # the host steps (input preparation, the glue between the parts), one at a time in request order
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vfpga-mixed-{name}")
         self._lock = threading.Lock()
-        self._waiting: collections.deque = collections.deque()  # (feeds, future) not started: max_inflight reached
-        self._running = 0  # requests started and not answered
+        self._waiting: collections.deque = collections.deque()  # (feeds, future) not started yet
+        # a request is in the pipeline from its start to its answer, and in the front end until the
+        # front end's result is taken: at most max_inflight and ceil(max_inflight / 2) of them, so the
+        # front end takes new requests while earlier ones are in the RNN part
+        self.front_limit = front_slots(max_inflight)
+        self._in_pipe = self._in_front = 0
         self.inflight_peak = 0  # the most requests that were in the pipeline at once
         self.removed = False
         # per request (the last LATENCY_WINDOW): glue and both parts' host work, measured
@@ -73,6 +83,7 @@ class MixedTenant:
         try:
             front = self.front.submit_float_with_info(self._pre(feeds[s.main_input]))
         except BaseException as e:  # noqa: BLE001 - the request's error, through its future
+            self._leave_front()
             self._finish(result, error=e)
             return
         host = time.perf_counter() - t0
@@ -81,6 +92,7 @@ class MixedTenant:
     def _glue_step(self, feeds: dict, front: Future, result: Future, host: float) -> None:
         """Host step 2 (on the pool, in front-end completion order = submission order): the recurrent feeds."""
         s = self.compiled.split
+        self._leave_front()
         try:
             f, info = front.result()
             t1 = time.perf_counter()
@@ -105,14 +117,30 @@ class MixedTenant:
             self.host_cpu_seconds.append(host + rinfo.host_cpu_seconds)
         self._finish(result, value=outs[0] if len(outs) == 1 else outs)
 
-    def _finish(self, result: Future, value=None, error: BaseException | None = None) -> None:
-        """Answers a request and starts the next waiting one."""
+    def _admitted(self) -> list:
+        """Waiting requests the limits now let start (call with the lock held)."""
+        out = []
+        while self._waiting and self._in_front < self.front_limit and self._in_pipe < self.max_inflight:
+            self._in_front += 1
+            self._in_pipe += 1
+            self.inflight_peak = max(self.inflight_peak, self._in_pipe)
+            out.append(self._waiting.popleft())
+        return out
+
+    def _leave_front(self) -> None:
         with self._lock:
-            nxt = self._waiting.popleft() if self._waiting else None
-            if nxt is None:
-                self._running -= 1
-        if nxt is not None:
-            self._later(self._start, *nxt)
+            self._in_front -= 1
+            start = self._admitted()
+        for job in start:
+            self._later(self._start, *job)
+
+    def _finish(self, result: Future, value=None, error: BaseException | None = None) -> None:
+        """Answers a request and starts the next waiting ones."""
+        with self._lock:
+            self._in_pipe -= 1
+            start = self._admitted()
+        for job in start:
+            self._later(self._start, *job)
         if error is not None:
             result.set_exception(error)
         else:
@@ -126,12 +154,10 @@ class MixedTenant:
         with self._lock:
             if self.removed:
                 raise TenantRemoved(f"tenant {self.name!r} has been removed")
-            if self._running >= self.max_inflight:
-                self._waiting.append((feeds, result))
-                return result
-            self._running += 1
-            self.inflight_peak = max(self.inflight_peak, self._running)
-        self._pool.submit(self._start, feeds, result)
+            self._waiting.append((feeds, result))
+            start = self._admitted()
+        for job in start:
+            self._pool.submit(self._start, *job)
         return result
 
     def run(self, x):
