@@ -77,9 +77,9 @@ class Array:
     name: str
     elem_bits: int
     dims: list[int]
-    banks: list[int] = field(default_factory=list)  # per dimension: separate memories
-    packs: list[int] = field(default_factory=list)  # per dimension: elements per word
     impl: str = "bram"
+    banks: list[int] = field(init=False)  # per dimension: separate memories
+    packs: list[int] = field(init=False)  # per dimension: elements per word
 
     def __post_init__(self):
         self.banks = [1] * len(self.dims)

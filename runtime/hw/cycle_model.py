@@ -139,9 +139,12 @@ loop nests do not make true yet -- as an expected failure.
   beat its lane row of one word [hls cnn_core.cpp DW_PICK unrolled]
   [hls cnn_core.cpp "wl[b % VF_OCP] = ww[b];"]
 * The adder tree's ceil(log2(icp)) levels: the unrolled sums of CONV_IL
-  [hls cnn_core.cpp "s0 += o < nO ? p0 : 0;"]; DSP_MAC_LATENCY: one 27 x 8
-  multiply gives two lanes' products (one DSP48E2 for two MACs)
-  [hls include/vfpga_mac.h vf_mul2] [hls cnn_core.cpp CONV_OL unrolled]; REQUANT_LATENCY:
+  [hls cnn_core.cpp "s0 += o < nO ? p0 : 0;"]; two lanes' products come
+  from one 27 x 8 multiply (one DSP48E2 for two MACs)
+  [hls include/vfpga_mac.h vf_mul2] [hls cnn_core.cpp CONV_OL unrolled]; the
+  split of its product into the two lanes is adder logic the model counts
+  in neither DSP_MAC_LATENCY nor the tree (one more pipeline stage per
+  instruction's fill at most); REQUANT_LATENCY:
   vf_requant [hls cnn_core.cpp vf_requant]; DIV64_LATENCY: POOL's vf_rdiv
   [hls cnn_core.cpp vf_rdiv]
 * The pipeline fill is paid once per instruction (each nest one flattened
