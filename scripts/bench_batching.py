@@ -18,10 +18,12 @@ rows (tenant ``solo``): ResNet-50 alone on 16 u200 cores, closed loop with
 
 ``--what-if`` asks what the RNN core's buffers bound: the dynamic stage's
 estimate (frame cycle estimates, one tenant alone on 4 cores, no simulator)
-of the hidden-1024 LSTM at batch 8 with u200 as configured, with larger
-vector buffers (bigger batch groups, fewer weight reads) and with a weight
-buffer that keeps the layer resident in 4 cores -- hypothetical configs
-for this estimate only, not hardware vfpga builds.
+of the hidden-1024 LSTM at batch 8 with u200 as configured (2 MB weight
+buffers: the layer stays resident in 4 cores), with the earlier 1 MB weight
+buffers (weights streamed every timestep, once per batch group, alone and
+with a vector buffer large enough for a group of 8) and with accumulator
+and state buffers large enough for a group of 8 -- hypothetical configs for
+this estimate only, not hardware vfpga builds.
 
 ``--into`` replaces the ``batching`` rows (and the headline's
 ``rnn_batching_vs_bigcore``) of an existing report.json, e.g.
@@ -56,8 +58,9 @@ def what_if() -> None:
     big = overlay.load(E.BIG)
     cases = [("u200_bigcore (as configured)", big, 1, {})] + [
         (f"u200 {label}", overlay.load(E.POOL), 4, change) for label, change in (
-            ("(as configured)", {}), ("vbuf_bytes 32 KB", {"vbuf_bytes": 32 << 10}),
-            ("vbuf_bytes 64 KB", {"vbuf_bytes": 64 << 10}), ("wbuf_bytes 2 MB", {"wbuf_bytes": 2 << 20}))]
+            ("(as configured)", {}), ("wbuf_bytes 1 MB", {"wbuf_bytes": 1 << 20}),
+            ("wbuf_bytes 1 MB, vbuf_bytes 64 KB", {"wbuf_bytes": 1 << 20, "vbuf_bytes": 64 << 10}),
+            ("acc_words 32768, state_words 8192", {"acc_words": 32768, "state_words": 8192}))]
     for label, cfg, k, change in cases:
         cfg = copy.deepcopy(cfg)
         cfg["rnn_core"].update(change)
