@@ -40,7 +40,6 @@ def _check_profiles(c, cfg):
         frame = insns[a:a + int(row["n_insns"])]
         assert isa.decode(frame[0].tobytes())["opcode"] == "FRAME"
         assert row["cycles"] == cycle_model.schedule(frame, cfg).total_cycles
-        assert list(row["shared"]) == [cycle_model.schedule(frame, cfg, s).total_cycles for s in frame_timing.SHARING]
         assert row["ddr_bytes"] == cycle_model.ddr_bytes(frame, cfg)
 
 
@@ -97,8 +96,6 @@ def test_rnn_frame_estimates_are_the_rnn_cycle_model(rnns, cell):
     f = c.frames
     offsets = f["offset"] - c.program_offset
     assert list(f["cycles"]) == list(rnn_cycle_model.frames_cycles(c.program, offsets, f["n_insns"], cfg))
-    for j, s in enumerate(frame_timing.SHARING):
-        assert list(f["shared"][:, j]) == list(rnn_cycle_model.frames_cycles(c.program, offsets, f["n_insns"], cfg, s))
     insns = c.program.reshape(-1, isa.INSN_BYTES)
     for row, off in zip(f, offsets.tolist()):
         frame = insns[off // isa.INSN_BYTES:off // isa.INSN_BYTES + int(row["n_insns"])]
@@ -114,13 +111,33 @@ def test_rnn_estimate_agrees_with_the_simulator(rnns, cell, k):
     assert abs(est - got) <= AGREEMENT * got, (cell, k, est, got)
 
 
-def test_bank_load_interpolation_is_exact_at_the_profiled_loads():
-    c1 = np.array([100, 200])
-    shared = np.array([[150, 250, 400, 700], [210, 230, 300, 500]])
-    for j, s in enumerate(frame_timing.SHARING):
-        assert list(frame_timing.cycles_at(c1, shared, s)) == list(shared[:, j])
-    assert list(frame_timing.cycles_at(c1, shared, 1.0)) == [100, 200]
-    assert list(frame_timing.cycles_at(c1, shared, 32)) == [1400, 1000]  # beyond: in proportion
-    mid = frame_timing.cycles_at(c1, shared, 3.0)
-    assert 150 < mid[0] < 250 and 210 < mid[1] < 230  # between the loads 2 and 4
-    assert frame_timing.rounded_load(1.01) == 1.125 and frame_timing.rounded_load(0.7) == 1.0
+def test_bank_shares_are_max_min_fair_and_add_up_to_the_bank():
+    assert frame_timing.bank_stretches([0.3, 0.5]) == [1.0, 1.0]  # the bank is not the bottleneck
+    assert frame_timing.bank_stretches([0.5] * 4) == [2.0] * 4  # equal demands: equal shares
+    # a small demand gets all it asks; the others split the rest equally
+    s = frame_timing.bank_stretches([0.1, 0.9, 0.9])
+    assert s[0] == 1.0 and s[1] == s[2] == pytest.approx(0.9 / 0.45)
+    assert frame_timing.bank_stretches([1.5]) == [1.5]  # one frame alone can ask for more than the bank
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        d = rng.uniform(0, 2, rng.integers(1, 20))
+        got = np.array(frame_timing.bank_stretches(d))
+        assert (got >= 1).all()
+        assert sum(d / got) <= 1 + 1e-9 or (got == 1).all()  # never more than the bank
+        if d.sum() > 1:
+            assert sum(d / got) == pytest.approx(1.0)  # and all of it when it is the bottleneck
+    assert list(frame_timing.stretched([100, 200], 0.5)) == [100, 200]
+    assert list(frame_timing.stretched([100, 200], 2.5)) == [250, 500]
+
+
+@pytest.mark.parametrize("k", [4, 16])
+def test_a_bank_never_moves_more_than_its_bandwidth(squeezenet, k):
+    """The simulated tenant's DDR bytes over its modeled time stay within its
+    bank's bytes per cycle, however many cores it runs on."""
+    c = squeezenet["u200"]
+    cfg = overlay.load("u200")
+    got = _simulated(c, "u200", k, "cnn")
+    plan = dynamic.plan(c, k)
+    table = dynamic.DispatchTable(c)
+    moved = sum(vs[vi].ddr_bytes for part, vis in zip(table.parts, plan.variants) for vs, vi in zip(part, vis))
+    assert moved / got <= overlay.config.core_bytes_per_cycle(cfg)

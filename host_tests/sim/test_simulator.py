@@ -8,8 +8,6 @@ other, and re-allocate without losing requests.
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 import pytest
 
@@ -60,11 +58,34 @@ def test_frames_retire_one_at_a_time_the_earliest_issued_first():
     the one issued first (issue order: issue cycle, then pool order)."""
     t = simulator.Simulator("u200").timeline
     for order, (end, core) in enumerate([(50, 7), (30, 9), (30, 2), (30, 5), (40, 1)]):
-        heapq.heappush(t._inflight, timeline._Flight(end, order, core, None, None, 0, 0.0))
+        # issued at cycle 0, each taking ``end`` cycles, no DDR demand
+        t._inflight.append(timeline._Flight(0, order, core, None, None, 0, 0.0, 0, end))
     got = []
     while t.busy:
         got.append((t.pop()[0], t.now))
     assert got == [(9, 30), (2, 30), (5, 30), (1, 40), (7, 50)]
+
+
+def test_frames_on_one_bank_share_it_and_their_ends_move():
+    """Two frames that each use the whole bank alone (demand 1, 100 cycles):
+    the second, issued at cycle 50, halves the first's rate until the first
+    ends; then it runs alone. The bank moves exactly its bandwidth all along:
+    both frames' work (2 x 100 cycles of a full bank) ends at cycle 200. A
+    frame on another bank is not touched."""
+    t = simulator.Simulator("u200").timeline
+    t._inflight.append(timeline._Flight(0, 1, 0, None, None, 0, 1.0, 0, 100))
+    t._inflight.append(timeline._Flight(0, 2, 5, None, None, 1, 1.0, 0, 80))  # bank 1
+    t._share(0)
+    assert [f.end for f in t._inflight] == [100, 80]
+    t.now = 50
+    t._inflight.append(timeline._Flight(50, 3, 1, None, None, 0, 1.0, 0, 100))
+    t._share(0)
+    assert [f.end for f in t._inflight] == [150, 80, 250]
+    got = []
+    while t.busy:
+        got.append((t.pop()[0], t.now))
+    assert got == [(5, 80), (0, 150), (1, 200)]
+    assert list(t.core_busy_cycles[[0, 1, 5]]) == [150, 150, 80]
 
 
 def test_more_cores_are_faster_and_serial_mode_never_overlaps(compiled):

@@ -1001,12 +1001,13 @@ def test_performance_isolation(stream_model, same_bank):
     dispatcher itself, one serial issue path (dispatcher.issue_cycles = 8 per
     frame issued, barrier/completion cycles, charged to the one clock).
 
-    Own banks: A's frames take exactly the cycles they take with B idle, so
-    the DDR ratio (A's frame cycles as run / with the bank to itself, the
-    quantity behind stats().ddr_slowdown) is identical in both phases, and so
-    is A's typical (median) request latency; a request can still be delayed
-    by the dispatcher's serial issue when B's frames are issued in the same
-    advance (+2 x 8 cycles observed): we bound that at 1% of the latency.
+    Own banks: B takes nothing of A's bank, so the DDR ratio (A's frame
+    cycles as run / with the bank to itself, the quantity behind
+    stats().ddr_slowdown) is the same in both phases within 0.1% (A's own
+    frames still share A's bank, and the dispatcher's serial issue of B's
+    frames shifts them against each other by a few cycles); a request can be
+    delayed by that serial issue when B's frames are issued in the same
+    advance: we bound that at 1% of the latency.
     Same bank: B's frames slow A's; the ratio and the mean latency rise
     visibly, and stats() shows it. The model is DDR-bound (add_graph)."""
     m = stream_model
@@ -1061,9 +1062,11 @@ def test_performance_isolation(stream_model, same_bank):
         assert min(excess) >= 0
         assert busy_stats.source == "modeled" and busy_stats.requests == 32
         if not same_bank:
-            # own banks: A's frames run exactly as fast; what remains is the one dispatcher
-            # issuing both tenants' frames (issue_cycles each), bounded at 1%
-            assert busy_ratio == idle_ratio and busy_stats.ddr_slowdown == idle_stats.ddr_slowdown
+            # own banks: B takes nothing of A's bank; what remains is the one dispatcher issuing
+            # both tenants' frames (issue_cycles each), which shifts A's frames against each other
+            # by a few cycles (so their own sharing of A's bank moves by as little), bounded at 1%
+            assert busy_ratio == pytest.approx(idle_ratio, rel=1e-3)
+            assert busy_stats.ddr_slowdown == pytest.approx(idle_stats.ddr_slowdown, rel=1e-3)
             assert max(excess) <= 0.01 * idle, excess
         else:
             assert busy_ratio > idle_ratio + 0.02

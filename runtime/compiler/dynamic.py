@@ -1,8 +1,8 @@
 """Dynamic stage: re-target a compiled model to the k cores a tenant holds.
 
 The static stage left, per layer, a few tiling variants (more, smaller
-frames for more cores) with each frame's modeled cycles alone and at a few
-DDR bank loads, and its DDR bytes. Given k, this stage picks for each layer
+frames for more cores) with each frame's modeled cycles alone and its DDR
+bytes. Given k, this stage picks for each layer
 the variant whose estimated time on k cores is smallest, assigns its frames
 to slots longest-processing-time first, and emits the level-1 dispatch
 program (vf_dispatch_t entries, see vfpga_isa.h). The estimate follows the
@@ -33,7 +33,6 @@ class _Variant:
     offsets: np.ndarray  # frame offsets, longest frame first
     n_insns: np.ndarray
     cycles: np.ndarray  # alone, descending
-    shared: np.ndarray  # [n, len(SHARING)]: at the profiled bank loads
     uniform: bool
     total: int  # sum of cycles
     ddr_bytes: int  # sum over the frames
@@ -69,25 +68,23 @@ class DispatchTable:
                 continue
             c = f["cycles"][g]
             by_layer.setdefault(int(f["layer"][g[0]]), []).append(
-                _Variant(f["offset"][g].copy(), f["n_insns"][g].copy(), c.copy(), f["shared"][g].copy(),
+                _Variant(f["offset"][g].copy(), f["n_insns"][g].copy(), c.copy(),
                          bool(c[0] == c[-1]), int(c.sum()), int(f["ddr_bytes"][g].sum())))
         self.parts = [[by_layer[i] for i in layers] for layers in part_layers]
         self.config = overlay.load(compiled.board)
         # per part, [layers, variants] arrays for choosing variants without a Python loop:
-        # longest frame and total cycles at every profiled load, frames, DDR bytes, uniformity
-        levels = 1 + len(frame_timing.SHARING)
+        # longest frame and total cycles alone, frames, DDR bytes, uniformity
         self.stats = []
         for layers in self.parts:
             width = max((len(vs) for vs in layers), default=1)
             big = np.iinfo(np.int64).max // 64
-            c0 = np.full((len(layers), width, levels), big, np.int64)
-            total = np.full((len(layers), width, levels), big, np.int64)
+            c0 = np.full((len(layers), width), big, np.int64)
+            total = np.full((len(layers), width), big, np.int64)
             n, nbytes = np.ones((len(layers), width), np.int64), np.zeros((len(layers), width), np.int64)
             uniform = np.zeros((len(layers), width), bool)
             for i, vs in enumerate(layers):
                 for j, v in enumerate(vs):
-                    c0[i, j] = np.concatenate([[v.cycles[0]], v.shared[0]])
-                    total[i, j] = np.concatenate([[v.total], v.shared.sum(axis=0)])
+                    c0[i, j], total[i, j] = v.cycles[0], v.total
                     n[i, j], nbytes[i, j], uniform[i, j] = len(v.cycles), v.ddr_bytes, v.uniform
             self.stats.append((c0, total, n, nbytes, uniform))
 
@@ -109,13 +106,6 @@ def _lpt(cycles: np.ndarray, k: int) -> tuple[np.ndarray, int]:
     return slots, int(max(load for load, _ in heap))
 
 
-def _at_loads(table: np.ndarray, loads: np.ndarray) -> np.ndarray:
-    """Per (layer, variant): cycles interpolated at its bank load from a
-    [layers, variants, 1 + len(SHARING)] table."""
-    flat = table.reshape(-1, table.shape[-1])
-    return frame_timing.cycles_at(flat[:, 0], flat[:, 1:], loads.reshape(-1)).reshape(loads.shape)
-
-
 @dataclass
 class DispatchPlan:
     k: int
@@ -128,7 +118,8 @@ def plan(compiled: CompiledModel | DispatchTable, k: int, variant: int | None = 
     """The dispatch program(s) of ``compiled`` on k cores.
 
     Per layer the variant with the smallest estimate is taken: its frames'
-    cycles at the bank load of min(frames, k) of them in flight, then exact
+    cycles with min(frames, k) of them in flight sharing the bank (each
+    stretched by their summed demand when it exceeds the bank), then exact
     for variants whose frames are all equal (ceil(n/k) frames on the busiest
     slot), the lower bound max(longest frame, total/k) otherwise; plus the
     dispatcher's issue and barrier cycles. The chosen variant's frames are
@@ -142,8 +133,8 @@ def plan(compiled: CompiledModel | DispatchTable, k: int, variant: int | None = 
     cfg = table.config
     programs, chosen, total = [], [], 0
     for layers, (c0, tot, n, nbytes, uniform) in zip(table.parts, table.stats):
-        loads = frame_timing.group_loads(nbytes, tot[..., 0], np.minimum(n, k), cfg)
-        c0_at, tot_at = _at_loads(c0, loads), _at_loads(tot, loads)
+        loads = frame_timing.group_loads(nbytes, tot, np.minimum(n, k), cfg)
+        c0_at, tot_at = frame_timing.stretched(c0, loads), frame_timing.stretched(tot, loads)
         span = np.where(uniform, -(-n // k) * c0_at, np.maximum(c0_at, tot_at / k))
         est = span + frame_timing.dispatch_overhead(n, k, cfg)
         if variant is None:
@@ -161,7 +152,7 @@ def plan(compiled: CompiledModel | DispatchTable, k: int, variant: int | None = 
         # one core runs a layer's frames back to back: its span is their sum, no slots to balance
         for i in np.flatnonzero(~uniform[rows, pick] & (sizes > k)).tolist() if k > 1 else ():
             v = picked[i]
-            s_i, spans[i] = _lpt(frame_timing.cycles_at(v.cycles, v.shared, loads[i, pick[i]]), k)
+            s_i, spans[i] = _lpt(frame_timing.stretched(v.cycles, loads[i, pick[i]]), k)
             spans[i] += frame_timing.dispatch_overhead(sizes[i], k, cfg)
             first = int(sizes[:i].sum())
             slots[first:first + len(s_i)] = s_i

@@ -45,7 +45,7 @@ from vfpga.driver import isa
 from vfpga.runtime.compiler import input_fold, ir, static
 
 FORMAT_NAME = "vfpga-ifp"
-FORMAT_VERSION = 2  # 2: frames carry DDR bytes and cycles at shared bank loads
+FORMAT_VERSION = 3  # 2: frames carry DDR bytes and cycles at shared bank loads; 3: cycles alone only
 MIMETYPE = "application/vnd.vfpga.ifp"
 MANIFEST = "manifest.json"
 ZIP_MAGIC = b"PK\x03\x04"

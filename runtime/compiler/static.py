@@ -91,11 +91,11 @@ class Part:
 # One row per frame, in program order: what the dynamic stage schedules.
 # Variant 0 of every layer is the one-core tiling, in the linear program;
 # the others live after it and are reached only through dispatch programs.
-# ``cycles``: the frame alone on a core; ``shared``: at the bank loads of
-# frame_timing.SHARING; ``ddr_bytes``: what it moves (all from the cycle model).
+# ``cycles``: the frame alone on a core; ``ddr_bytes``: what it moves (both
+# from the cycle model; the pool timeline and the dynamic stage derive its
+# bank sharing from them, vfpga.runtime.hw.frame_timing).
 FRAME_DTYPE = np.dtype([("layer", np.int32), ("variant", np.int16), ("offset", np.int64),
-                        ("n_insns", np.int32), ("cycles", np.int64), ("ddr_bytes", np.int64),
-                        ("shared", np.int64, (len(frame_timing.SHARING),))])
+                        ("n_insns", np.int32), ("cycles", np.int64), ("ddr_bytes", np.int64)])
 
 
 @dataclass
@@ -453,8 +453,7 @@ def compile_graph(graph: ir.Graph, board: str | dict = "u200", progress=None) ->
         frames["layer"], frames["variant"], frames["n_insns"] = rows[:, 0], rows[:, 1], rows[:, 4]
         first = rows[:, 3] + rows[:, 2] * pos  # alternative frames follow the linear program
         frames["offset"] = program_offset + first * isa.INSN_BYTES
-        profile, frames["ddr_bytes"] = frame_profiles(code, first, frames["n_insns"], cfg)
-        frames["cycles"], frames["shared"] = profile[:, 0], profile[:, 1:]
+        frames["cycles"], frames["ddr_bytes"] = frame_profiles(code, first, frames["n_insns"], cfg)
     return CompiledModel(board=cfg["name"], graph=graph, tensors=tensors, layers=layers, parts=parts_out,
                          frames=frames, program=code, program_offset=program_offset, consts=bytes(consts),
                          const_offset=const_offset, activation_bytes=arena, segment_size=size,
@@ -478,15 +477,12 @@ def schedule_parts(compiled: CompiledModel, cfg: dict) -> list:
 
 
 def frame_profiles(code: np.ndarray, first: np.ndarray, n_insns: np.ndarray, cfg: dict) -> tuple:
-    """The dynamic stage's knowledge of each frame: (cycles alone and at the
-    bank loads of frame_timing.SHARING [n, 1 + len(SHARING)], DDR bytes
-    [n]). Alone, that is exactly what the pool timeline charges the frame:
-    the cycle model's schedule of its own instructions (``first``/``n_insns``
-    index ``code`` in instructions)."""
+    """The dynamic stage's knowledge of each frame: (cycles alone [n], DDR
+    bytes [n]). The cycles are exactly what the pool timeline charges the
+    frame alone: the cycle model's schedule of its own instructions
+    (``first``/``n_insns`` index ``code`` in instructions)."""
     insns = np.asarray(code, np.uint8).reshape(-1, isa.INSN_BYTES)
     cache: dict = {}
     rows = [frame_timing.frame_profile(insns[f:f + n], cfg, cache)
             for f, n in zip(np.asarray(first).tolist(), np.asarray(n_insns).tolist())]
-    if not rows:
-        return np.zeros((0, 1 + len(frame_timing.SHARING)), np.int64), np.zeros(0, np.int64)
-    return np.stack([r[0] for r in rows]), np.array([r[1] for r in rows], np.int64)
+    return np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int64)

@@ -2,21 +2,26 @@
 the estimate of a layer (or an RNN phase) on k cores.
 
 The pool timeline (:mod:`vfpga.runtime.hw.timeline`) is the modeled clock:
-a frame issued while the frames in flight on its DDR bank, with it, demand
-more than the bank gives (load L > 1) takes the cycle model's schedule of
-its instructions at bank load L (rounded up to 1/8); each frame issued costs
-the dispatcher ``issue_cycles``, each barrier passed ``barrier_cycles``,
-each record ``completion_cycles``. The static stages therefore profile
-every frame at the loads in :data:`SHARING` besides 1 (and count its DDR
-bytes), and the dynamic stages estimate with the same rules:
+each frame has its time alone (the cycle model's schedule of its
+instructions) and its *demand*, the share of its DDR bank's bandwidth it
+uses alone (its DDR bytes / the bank's bytes per cycle / its cycles alone).
+While the frames in flight on a bank demand more than the bank gives, the
+bank is the bottleneck and is shared max-min fairly (:func:`bank_stretches`):
+a frame progresses at 1 / stretch of its rate alone, so no bank ever moves
+more than its bytes per cycle; the stretches are revised whenever a frame
+on the bank starts or ends. Each frame issued costs the dispatcher
+``issue_cycles``, each barrier passed ``barrier_cycles``, each record
+``completion_cycles``. The static stages therefore profile every frame's
+cycles alone and its DDR bytes, and the dynamic stages estimate with the
+same rules:
 
 * a layer of n frames on k cores runs c = min(n, k) of them at once; their
   bank load is c times the layer's mean demand (DDR bytes per cycle over the
   bank's bytes per cycle, at most 2 per frame: a core's load and save units
-  stream one bus word per cycle each), rounded up to 1/8 as the timeline
-  does;
-* a frame's cycles at that load are interpolated between its profiled
-  loads, linearly in log2(load) (beyond the last one, in proportion);
+  stream one bus word per cycle each);
+* at load L > 1 frames of equal demand share the bank equally, so each takes
+  L times its time alone (:func:`stretched`): the bank moves exactly its
+  bandwidth;
 * the dispatcher issues the first wave of c frames at once (c issue costs
   before any starts), then one frame each time a core frees; a barrier
   follows each layer.
@@ -25,7 +30,8 @@ HLS constructs
 --------------
 The timeline's (:mod:`.timeline`; host_tests/hw/test_model_constructs.py checks them):
 
-* A layer's frames share their segment's bank: one m_axi port per bank
+* A layer's frames share their segment's bank, no more than its bandwidth
+  between them: one m_axi port per bank, its bursts taken in turn
   [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"] [hls include/vfpga_ddr.h vf_ddr_segment]
   [hls include/vfpga_unit_scheduler.h "vf_ddr_read(ddr, seg_win + insn_offset"] [hls cnn_core.cpp "vf_ddr_write(ddr, drow + bt * VF_AXI_BYTES"]
 * The first wave: one advance issues a frame to every idle core of the
@@ -41,15 +47,12 @@ The timeline's (:mod:`.timeline`; host_tests/hw/test_model_constructs.py checks 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.runtime.hw import cycle_model
 
-SHARING = (2, 4, 8, 16)  # bank loads each frame is profiled at, besides 1
 MAX_DEMAND = 2.0  # a core's load and save units move one bus word per cycle each
 
 
@@ -59,45 +62,41 @@ def demand(ddr_bytes, cycles, config: dict):
     return np.minimum(MAX_DEMAND, np.asarray(ddr_bytes, np.float64) / overlay.config.core_bytes_per_cycle(config) / cycles)
 
 
-def rounded_load(load: float) -> float:
-    """The bank load the timeline schedules a frame at: 1 when the bank is
-    not the bottleneck, else rounded up to 1/8."""
-    return 1.0 if load <= 1.0 else math.ceil(load * 8) / 8
+def bank_stretches(demands) -> list[float]:
+    """How much slower than alone each frame in flight on one bank runs,
+    given their demands: max-min fair shares of the bank (round-robin
+    arbitration between the ports' bursts), by water-filling. A frame that
+    asks for less than an equal share of what is left gets all it asks
+    (stretch 1); the others split the rest equally, each stretched by its
+    demand over that share. Their bandwidths then add up to the bank's."""
+    demands = [float(d) for d in demands]
+    if sum(demands) <= 1.0:
+        return [1.0] * len(demands)
+    left, share = 1.0, 0.0
+    ranked = sorted(demands)
+    for i, d in enumerate(ranked):
+        share = left / (len(ranked) - i)
+        if d > share:
+            break
+        left -= d
+    return [max(1.0, d / share) for d in demands]
 
 
-def cycles_at(cycles1, shared, load) -> np.ndarray:
-    """Cycles of frames (alone: ``cycles1`` [n]; at the loads of SHARING:
-    ``shared`` [n, len(SHARING)]) at bank load ``load`` (one for all, or one
-    per frame)."""
-    c1 = np.asarray(cycles1, np.float64)
-    if np.all(np.asarray(load) <= 1.0):
-        return c1  # the bank is not the bottleneck
-    table = np.column_stack([c1, np.asarray(shared, np.float64).reshape(len(c1), len(SHARING))])
-    levels = np.array((1,) + SHARING, np.float64)
-    load = np.broadcast_to(np.maximum(np.asarray(load, np.float64), 1.0), c1.shape)
-    x = np.log2(load)
-    xs = np.log2(levels)
-    j = np.clip(np.searchsorted(xs, x, side="right") - 1, 0, len(xs) - 2)
-    w = np.clip((x - xs[j]) / (xs[j + 1] - xs[j]), 0.0, 1.0)
-    rows = np.arange(len(c1))
-    inside = table[rows, j] * (1 - w) + table[rows, j + 1] * w
-    beyond = table[:, -1] * (load / levels[-1])  # past the last profiled load: in proportion
-    return np.where(load > levels[-1], beyond, inside)
-
-
-def rounded_loads(loads) -> np.ndarray:
-    """:func:`rounded_load` of an array."""
-    loads = np.asarray(loads, np.float64)
-    return np.where(loads <= 1.0, 1.0, np.ceil(loads * 8) / 8)
+def stretched(cycles1, load) -> np.ndarray:
+    """Cycles of frames of equal demand (alone: ``cycles1``) in flight
+    together at bank load ``load`` (their summed demand): each gets an equal
+    share of the bank, i.e. ``load`` times its time alone when the bank is
+    the bottleneck (:func:`bank_stretches` of equal demands)."""
+    return np.asarray(cycles1, np.float64) * np.maximum(np.asarray(load, np.float64), 1.0)
 
 
 def group_loads(ddr_bytes, cycles1, concurrent, config: dict) -> np.ndarray:
-    """Rounded bank loads of groups of frames (a layer's variant, an RNN
-    phase) with ``concurrent`` of them in flight at once: their count times
-    the group's mean demand (total bytes over total cycles). Arrays over groups."""
+    """Bank loads of groups of frames (a layer's variant, an RNN phase) with
+    ``concurrent`` of them in flight at once: their count times the group's
+    mean demand (total bytes over total cycles). Arrays over groups."""
     cycles1 = np.maximum(np.asarray(cycles1, np.float64), 1.0)
     mean = np.minimum(MAX_DEMAND, np.asarray(ddr_bytes, np.float64) / overlay.config.core_bytes_per_cycle(config) / cycles1)
-    return rounded_loads(np.asarray(concurrent, np.float64) * mean)
+    return np.asarray(concurrent, np.float64) * mean
 
 
 def dispatch_overhead(n_frames, k: int, config: dict):
@@ -132,17 +131,14 @@ def timing_key(program) -> bytes:
     return prog.tobytes()
 
 
-def frame_profile(frame, config, cache: dict | None = None) -> tuple[np.ndarray, int]:
-    """(cycles of the frame alone and at each bank load of
-    :data:`SHARING`, its DDR bytes): what the dynamic stage
+def frame_profile(frame, config, cache: dict | None = None) -> tuple[int, int]:
+    """(cycles of the frame alone, its DDR bytes): what the dynamic stage
     knows of a frame. ``cache`` (a dict) shares the work between frames that
     differ only in addresses."""
     key = timing_key(frame)
     hit = cache.get(key) if cache is not None else None
     if hit is None:
-        loads = (1,) + SHARING
-        hit = (np.array([cycle_model.schedule(frame, config, load).total_cycles for load in loads], np.int64),
-               cycle_model.ddr_bytes(frame, config))
+        hit = (int(cycle_model.schedule(frame, config).total_cycles), cycle_model.ddr_bytes(frame, config))
         if cache is not None:
             cache[key] = hit
     return hit

@@ -98,7 +98,7 @@ import numpy as np
 from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.runtime.hw import cycle_model as cm
-from vfpga.runtime.hw import frame_timing, parameters
+from vfpga.runtime.hw import parameters
 
 L = isa.lib
 
@@ -299,11 +299,8 @@ def frames_ddr_bytes(program, offsets, n_insns, cfg: dict) -> np.ndarray:
 
 
 def frames_profile(program, offsets, n_insns, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
-    """What the dynamic stage knows of each frame: (cycles alone and at the
-    bank loads of frame_timing.SHARING [n, 1 + len(SHARING)], DDR bytes [n])."""
-    cycles = np.stack([frames_cycles(program, offsets, n_insns, cfg, load)
-                       for load in (1,) + frame_timing.SHARING], axis=1)
-    return cycles, frames_ddr_bytes(program, offsets, n_insns, cfg)
+    """What the dynamic stage knows of each frame: (cycles alone [n], DDR bytes [n])."""
+    return frames_cycles(program, offsets, n_insns, cfg), frames_ddr_bytes(program, offsets, n_insns, cfg)
 
 
 def frame_cycles(frame, cfg: dict, bank_cores: int = 1) -> int:

@@ -14,13 +14,14 @@ the board config:
   dependency tokens), plus a buffer scrub (buffer bytes /
   ``scrub_bytes_per_cycle``) when the core changes hands;
 * DDR: a frame's *demand* is the share of its bank's bandwidth it uses when
-  it runs alone (its DDR bytes / bank bytes per cycle / its cycles alone).
-  A frame issued while the frames in flight on the bank that holds its
-  tenant's segment, with it, demand more than the bank gives (summed demand
-  L > 1) is scheduled with its transfers slowed by L (``bank_cores`` = L,
-  rounded up to 1/8); below that the bank is not the bottleneck and nothing
-  slows. The load is taken at issue and not revised when other frames start
-  or end (a frame's transfers are spread over its run);
+  it runs alone (its DDR bytes / bank bytes per cycle / its cycles alone,
+  scrub included). While the frames in flight on the bank that holds their
+  tenants' segments demand more than the bank gives, they share it max-min
+  fairly (:func:`vfpga.runtime.hw.frame_timing.bank_stretches`): each
+  progresses at 1 / its stretch of its rate alone, so the bank never moves
+  more than its bytes per cycle. Stretches are revised whenever a frame on
+  the bank is issued or ends, and each frame's end moves with them (a
+  frame's transfers are taken as spread evenly over its run);
 * a faulting frame is charged what the core's counters say it did, nothing
   overlapped (fetch, issue per retired instruction, the units' iterations):
   its units run out of program order, so the instructions before the fault
@@ -84,28 +85,31 @@ Each rule with the construct that makes it true (host_tests/hw/test_model_constr
 
 from __future__ import annotations
 
-import heapq
 import math
 
 import numpy as np
 
 from vfpga import overlay
 from vfpga.driver import isa
-from vfpga.runtime.hw import cycle_model, parameters, rnn_cycle_model
+from vfpga.runtime.hw import cycle_model, frame_timing, parameters, rnn_cycle_model
 
 _CACHE_LIMIT = 1 << 16  # frame timings kept (a deployment's frames repeat every request)
 
 
-class _Flight(tuple):
-    """(end, order, core, result, counters, bank, demand): a frame in flight, ordered by end."""
+class _Flight:
+    """A frame in flight: its core and outcome, its bank and demand, and its
+    progress (``left``: cycles of work alone still to do at cycle ``at``,
+    done at 1 / ``stretch`` per cycle; ``end``: when it ends at the current
+    stretch)."""
 
-    __slots__ = ()
+    __slots__ = ("end", "order", "core", "result", "counters", "bank", "demand", "tenant", "start", "solo", "left",
+                 "at", "stretch")
 
-    def __new__(cls, end, order, core, result, counters, bank, demand):
-        return super().__new__(cls, (end, order, core, result, counters, bank, demand))
-
-    def __lt__(self, other):  # cffi objects are not comparable: order by (end, order) only
-        return (self[0], self[1]) < (other[0], other[1])
+    def __init__(self, now, order, core, result, counters, bank, demand, tenant, cycles):
+        self.end, self.order, self.core, self.result, self.counters = now + cycles, order, core, result, counters
+        self.bank, self.demand, self.tenant = bank, demand, tenant
+        self.start = self.at = now
+        self.solo, self.left, self.stretch = cycles, float(cycles), 1.0
 
 
 class PoolTimeline:
@@ -151,7 +155,7 @@ class PoolTimeline:
 
     @property
     def next_end(self) -> int | None:
-        return self._inflight[0][0] if self._inflight else None
+        return min(f.end for f in self._inflight) if self._inflight else None
 
     def after_advance(self, report) -> None:
         """Charges an advance's dispatcher latencies (a vf_disp_report_t)."""
@@ -164,31 +168,35 @@ class PoolTimeline:
 
     def issue(self, core: int, frame, mem, mem_bytes: int, result, counters) -> int:
         """Schedules the end of a frame issued now (vf_disp_frame_t) with the
-        core's result; returns its modeled cycles."""
+        core's result; returns its modeled cycles as the bank is shared now
+        (they change as frames on its bank start and end)."""
         bank = self.bank_of(frame.seg_win)
         rnn = core >= self.n_cnn
         if result is not None and result.fault:
-            solo, demand = self._faulted(frame, result, counters), 0.0
-            cycles = solo
+            solo, nbytes = self._faulted(frame, result, counters), 0
         else:
             raw = self._bytes(mem, mem_bytes, frame)
-            solo, demand = self._solo(raw, frame, rnn)
-            load = demand + sum(f[6] for f in self._inflight if f[5] == bank)
-            cycles = solo
-            if load > 1.0:
-                cycles = self.frame_cycles(raw, frame, rnn, math.ceil(load * 8) / 8)
+            solo, nbytes = self._solo(raw, frame, rnn)
         if frame.scrub and self.charge_scrubs:
-            scrub = self.rnn_scrub_cycles if rnn else self.scrub_cycles
-            cycles += scrub
-            solo += scrub
-        self.core_busy_cycles[core] += cycles
-        self.tenant_frame_cycles[frame.tenant] += cycles
-        self.tenant_solo_cycles[frame.tenant] += solo
+            solo += self.rnn_scrub_cycles if rnn else self.scrub_cycles
+        demand = float(frame_timing.demand(nbytes, solo, self.config)) if solo > 0 else 0.0
         self.frames += 1
         self._order += 1
-        heapq.heappush(self._inflight,
-                       _Flight(self.now + cycles, self._order, core, result, counters, bank, demand))
-        return cycles
+        flight = _Flight(self.now, self._order, core, result, counters, bank, demand, frame.tenant, solo)
+        self._inflight.append(flight)
+        if demand > 0:
+            self._share(bank)
+        return flight.end - self.now
+
+    def _share(self, bank: int) -> None:
+        """Brings the progress of the frames on ``bank`` up to now and gives
+        them the stretches of the bank's current sharing."""
+        on_bank = [f for f in self._inflight if f.bank == bank]
+        stretches = frame_timing.bank_stretches([f.demand for f in on_bank])
+        for f, s in zip(on_bank, stretches):
+            f.left = max(0.0, f.left - (self.now - f.at) / f.stretch)
+            f.at, f.stretch = self.now, s
+            f.end = self.now + math.ceil(f.left * s - 1e-9)
 
     def _faulted(self, frame, result, counters) -> int:
         fetched = max(1, min(int(frame.n_insns), int(result.fault_insn) + 1))
@@ -197,18 +205,16 @@ class PoolTimeline:
                                            + int(counters.save_iters))
         return cycle_model.fetch_cycles(fetched, self.config, 1) + done
 
-    def _solo(self, raw: bytes | None, frame, rnn: bool) -> tuple[int, float]:
-        """(cycles alone, bandwidth demand) of a frame with instructions ``raw``."""
-        cycles = self.frame_cycles(raw, frame, rnn, 1)
+    def _solo(self, raw: bytes | None, frame, rnn: bool) -> tuple[int, int]:
+        """(cycles alone, DDR bytes) of a frame with instructions ``raw``."""
+        cycles = self.frame_cycles(raw, frame, rnn)
         if raw is None or cycles <= 0:
-            return cycles, 0.0
-        key = ("demand", rnn, raw)
-        demand = self._cache.get(key)
-        if demand is None:
-            # a core's load and save units stream at most one bus word per cycle each
-            demand = min(2.0, self._ddr_bytes(raw, rnn) / self.core_bytes_per_cycle / cycles)
-            self._cache[key] = demand
-        return cycles, demand
+            return cycles, 0
+        key = ("bytes", rnn, raw)
+        nbytes = self._cache.get(key)
+        if nbytes is None:
+            nbytes = self._cache[key] = self._ddr_bytes(raw, rnn)
+        return cycles, nbytes
 
     def _ddr_bytes(self, raw: bytes, rnn: bool) -> int:
         if not rnn:
@@ -226,35 +232,41 @@ class PoolTimeline:
 
     def pop(self):
         """The frame that ends first: (core, result, counters); the clock
-        moves to its end. Of frames ending at the same cycle, the one issued
-        first (issue cycle, then pool order within an advance) -- the
-        dispatcher's pick among the cores that reported their end
-        (hls/include/vfpga_pool.h)."""
-        end, _, core, result, counters, _, _ = heapq.heappop(self._inflight)
-        self.now = max(self.now, end)
-        return core, result, counters
+        moves to its end, and the frames left on its bank share the bank
+        anew. Of frames ending at the same cycle, the one issued first (issue
+        cycle, then pool order within an advance) -- the dispatcher's pick
+        among the cores that reported their end (hls/include/vfpga_pool.h)."""
+        f = min(self._inflight, key=lambda x: (x.end, x.order))
+        self._inflight.remove(f)
+        self.now = max(self.now, f.end)
+        self.core_busy_cycles[f.core] += f.end - f.start
+        self.tenant_frame_cycles[f.tenant] += f.end - f.start
+        self.tenant_solo_cycles[f.tenant] += f.solo
+        if f.demand > 0:
+            self._share(f.bank)
+        return f.core, f.result, f.counters
 
-    def frame_cycles(self, raw: bytes | None, frame, rnn: bool, sharing: float) -> int:
+    def frame_cycles(self, raw: bytes | None, frame, rnn: bool) -> int:
         """Modeled cycles of a frame that ran to its end: the cycle model's
-        schedule of its instructions ``raw`` (None: not all inside memory) at
-        bank load ``sharing``."""
+        schedule of its instructions ``raw`` (None: not all inside memory),
+        alone on its bank."""
         # the timing models live with the compiler that also uses them
         if raw is None:
-            return cycle_model.fetch_cycles(max(int(frame.n_insns), 1), self.config, sharing)
-        key = (rnn, raw, sharing)
+            return cycle_model.fetch_cycles(max(int(frame.n_insns), 1), self.config)
+        key = (rnn, raw)
         cycles = self._cache.get(key)
         if cycles is None:
             try:
                 if rnn:
                     prog = np.frombuffer(raw, np.uint8).reshape(-1, isa.INSN_BYTES)
-                    cycles = rnn_cycle_model.frame_cycles(prog, self.config, sharing)
+                    cycles = rnn_cycle_model.frame_cycles(prog, self.config)
                 else:
-                    cycles = int(cycle_model.schedule(raw, self.config, sharing).total_cycles)
+                    cycles = int(cycle_model.schedule(raw, self.config).total_cycles)
             except cycle_model.ScheduleError:
                 # a program the model cannot schedule (the core faulted on it):
                 # the fetch and each instruction's issue, nothing overlapped
                 n = len(raw) // isa.INSN_BYTES
-                cycles = cycle_model.fetch_cycles(n, self.config, sharing) + n * self.latencies.unit_issue_cycles
+                cycles = cycle_model.fetch_cycles(n, self.config) + n * self.latencies.unit_issue_cycles
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = cycles

@@ -228,9 +228,8 @@ def compile_rnn(model, board: str | dict = "u200", calibration=None, input_shape
         consts_bytes[at:at + len(data)] = data
     from vfpga.runtime.hw import rnn_cycle_model
 
-    profile, fr["ddr_bytes"] = rnn_cycle_model.frames_profile(program, fr["offset"] - program_offset, fr["n_insns"],
-                                                               cfg)
-    fr["cycles"], fr["shared"] = profile[:, 0], profile[:, 1:]
+    fr["cycles"], fr["ddr_bytes"] = rnn_cycle_model.frames_profile(program, fr["offset"] - program_offset,
+                                                                    fr["n_insns"], cfg)
     out_names = [o.name for o in model.graph.output]
     return CompiledRnn(board=cfg.get("name", str(board)), config=cfg, model=model, layers=layers, tilings=tilings,
                        phases=phases, frames=fr, program=program, program_offset=program_offset,

@@ -10,18 +10,16 @@ import numpy as np
 import onnx
 
 from vfpga.driver import isa
-from vfpga.runtime.hw import frame_timing
 from vfpga.runtime.hw import rnn_golden as rg
 
 ALIGN = 64
 L = isa.lib
 CELLS = {"LSTM": "lstm", "GRU": "gru"}
 DEFAULT_ACTIVATIONS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"]}
-# ``cycles``: the frame alone on a core; ``shared``: at the bank loads of
-# frame_timing.SHARING; ``ddr_bytes``: what it moves (all from the RNN cycle model).
+# ``cycles``: the frame alone on a core; ``ddr_bytes``: what it moves (both
+# from the RNN cycle model).
 FRAME_DTYPE = np.dtype([("variant", np.int16), ("phase", np.int32), ("slot", np.int16), ("offset", np.int64),
-                        ("n_insns", np.int32), ("cycles", np.int64), ("ddr_bytes", np.int64),
-                        ("shared", np.int64, (len(frame_timing.SHARING),))])
+                        ("n_insns", np.int32), ("cycles", np.int64), ("ddr_bytes", np.int64)])
 
 
 class RnnCompileError(ValueError):

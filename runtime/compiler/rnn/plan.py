@@ -44,7 +44,7 @@ def _phase_cycles(fr: np.ndarray, rows: np.ndarray, k: int, cfg: dict) -> int:
     if not len(rows):
         return 0
     load = frame_timing.group_loads(fr["ddr_bytes"][rows].sum(), fr["cycles"][rows].sum(), min(k, len(rows)), cfg)
-    cycles = frame_timing.cycles_at(fr["cycles"][rows], fr["shared"][rows], load)
+    cycles = frame_timing.stretched(fr["cycles"][rows], load)
     if len(rows) <= k:
         span = cycles.max()
     else:
