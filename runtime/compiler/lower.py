@@ -133,11 +133,15 @@ class ConvTiling:
     cost: float  # estimated cycles of the whole layer on one core
     frames: int
     widest: bool = False  # the largest tiles of its channel split (what one core runs)
+    ddr_beats: int = 0  # estimated bus words the whole layer moves (loads and saves)
 
     def makespan(self, k: int) -> float:
         """Estimated cycles on k cores: frames are near-uniform, so the
-        busiest core runs ceil(frames / k) of them."""
-        return _ceil(self.frames, k) * self.cost / self.frames
+        busiest core runs ceil(frames / k) of them; and no faster than the
+        tenant's DDR bank moves the layer's words (one a cycle), which
+        bounds it on many cores: tiles narrow enough to keep 16 cores busy
+        can read the layer's weights once per tile."""
+        return max(_ceil(self.frames, k) * self.cost / self.frames, float(self.ddr_beats))
 
     def describe(self) -> str:
         return f"oc {self.toc * self.group_tile} ic {self.tic} rows {self.toh} cols {self.tow}"
@@ -208,11 +212,12 @@ def conv_tilings(layer: ir.Conv, in_shape, in_stride: int, geo: Geometry) -> lis
             widest = next((t for t in _spatial_options(ow) if _most_rows(t, *fit) >= 1), 0)
             for i, tow in enumerate(_splits(ow, widest) if widest else []):
                 for j, toh in enumerate(_splits(oh, _most_rows(tow, *fit))):
-                    cost = _conv_cost(oh, ow, oc, icg, kh, kw, sh, sw, groups, tg, toc, tic, toh, tow,
-                                      in_stride, geo)
+                    cost, beats = _conv_cost(oh, ow, oc, icg, kh, kw, sh, sw, groups, tg, toc, tic, toh, tow,
+                                             in_stride, geo)
                     per_job = _ceil(oh, toh) * _ceil(ow, tow)
                     jobs = _ceil(groups, tg) if tg > 1 else groups * _ceil(ocg, toc)
-                    found.append(ConvTiling(tg, toc, tic, toh, tow, cost, per_job * jobs, i == 0 and j == 0))
+                    found.append(ConvTiling(tg, toc, tic, toh, tow, cost, per_job * jobs, i == 0 and j == 0,
+                                            beats))
         if found:
             break
     if not found:
@@ -267,7 +272,8 @@ def _spatial_options(n: int) -> list[int]:
 
 
 def _conv_cost(oh, ow, oc, icg, kh, kw, sh, sw, groups, tg, toc, tic, toh, tow, in_stride, geo):
-    """Estimated cycles of the whole layer: per frame, loads overlap compute."""
+    """(Estimated cycles of the whole layer on one core: per frame, loads
+    overlap compute; bus words it moves)."""
     tih, tiw = (toh - 1) * sh + kh, (tow - 1) * sw + kw
     spatial = _ceil(oh, toh) * _ceil(ow, tow)
     if tg > 1:
@@ -285,7 +291,7 @@ def _conv_cost(oh, ow, oc, icg, kh, kw, sh, sw, groups, tg, toc, tic, toh, tow, 
                          + _ceil(conv_weight_bytes(1, tic, toc, kh, kw, geo), geo.axi_bytes))
     save = toh * _ceil(tow * toc * tg, geo.axi_bytes)
     fixed = 64 * (2 * chunks + 3)  # per-instruction start-up, dominated by DDR latency
-    return frames * (max(compute, load) + save + fixed)
+    return frames * (max(compute, load) + save + fixed), frames * (load + save)
 
 
 def _pack_params(bias, mult, shift) -> np.ndarray:
