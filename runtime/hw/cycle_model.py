@@ -29,12 +29,10 @@ From the board config:
                               write, once per LOAD/SAVE/LOAD_LINEAR and once per
                               instruction fetch of a step
   ddr.bank_gbytes_per_s       bank bandwidth; per cycle B = GB/s / clock. A
-                              transfer takes at least bytes * bank_cores / B
-                              cycles when that is slower than its bus beats
-                              (``bank_cores`` >= 1: the bank's load factor --
-                              1 = the core has the bank to itself; the pool's
-                              timeline passes the summed bandwidth demand of
-                              the frames in flight on the bank, see
+                              transfer takes at least bytes / B cycles when
+                              that is slower than its bus beats (the core
+                              has the bank to itself; frames sharing a bank
+                              are stretched by the pool's timeline, see
                               vfpga.runtime.hw.timeline)
 
 From the board config's ``timing`` section (Vitis HLS / Xilinx primitive
@@ -434,11 +432,11 @@ def _timing(config, params: parameters.Parameters | None = None) -> _Timing:
                    params if params is not None else model_parameters(config))
 
 
-def _transfer_cycles(beats, nbytes, bursts, tm: _Timing, bank_cores: float, per_beat=1.0, exact: bool = False):
+def _transfer_cycles(beats, nbytes, bursts, tm: _Timing, per_beat=1.0, exact: bool = False):
     """Cycles of a DDR transfer after its first latency: bus beats, bank
     bandwidth or the outstanding-burst limit, whichever is slowest (each
     rounded up to whole cycles, unless ``exact``)."""
-    bw = nbytes * (bank_cores / tm.bytes_per_cycle)
+    bw = nbytes / tm.bytes_per_cycle
     # axi_outstanding bursts per latency; the first wave's latency is paid separately
     lat = np.maximum(bursts * tm.latency / tm.lat.axi_outstanding - tm.latency, 0.0)
     beat = per_beat * beats
@@ -462,11 +460,9 @@ def insn_classes(program) -> np.ndarray:
     return np.where(lanes, parameters.CLASSES.index("CONV_LANES"), cls)
 
 
-def _exact_cycles(dec: _Decoded, prog: np.ndarray, tm: _Timing, bank_cores: float, exact: bool = True) -> np.ndarray:
+def _exact_cycles(dec: _Decoded, prog: np.ndarray, tm: _Timing, exact: bool = True) -> np.ndarray:
     """Cycles each instruction occupies its unit, before rounding up (float;
     the transfer's terms rounded unless ``exact``)."""
-    if bank_cores < 1:
-        raise ValueError(f"bank_cores must be >= 1, got {bank_cores}")
     cls = insn_classes(prog)
     known = cls >= 0
     fixed = np.where(known, np.take(tm.par.fixed, np.maximum(cls, 0)), 0.0)
@@ -474,60 +470,60 @@ def _exact_cycles(dec: _Decoded, prog: np.ndarray, tm: _Timing, bank_cores: floa
     cyc = fixed + per_iter * dec.iters
     mem = (cls == parameters.CLASSES.index("LOAD")) | (cls == parameters.CLASSES.index("SAVE"))
     if mem.any():
-        xfer = _transfer_cycles(dec.iters, dec.ddr_bytes, dec.bursts, tm, bank_cores, per_iter, exact)
+        xfer = _transfer_cycles(dec.iters, dec.ddr_bytes, dec.bursts, tm, per_iter, exact)
         first = np.where(dec.ddr_bytes > 0, tm.latency, 0.0)  # an all-padding tile never touches DDR
         cyc = np.where(mem, fixed + first + xfer, cyc)
     return cyc
 
 
-def _cycles(dec: _Decoded, prog: np.ndarray, tm: _Timing, bank_cores: float) -> np.ndarray:
-    return np.ceil(_exact_cycles(dec, prog, tm, bank_cores, exact=False)).astype(np.int64)
+def _cycles(dec: _Decoded, prog: np.ndarray, tm: _Timing) -> np.ndarray:
+    return np.ceil(_exact_cycles(dec, prog, tm, exact=False)).astype(np.int64)
 
 
-def program_cycles(program, config, bank_cores: float = 1, params: parameters.Parameters | None = None) -> np.ndarray:
+def program_cycles(program, config, params: parameters.Parameters | None = None) -> np.ndarray:
     """Cycles each instruction occupies its unit (0 for markers and NOP,
     which the decoder retires), int64 [n]."""
     prog = _as_program(program)
     tm = _timing(config, params)
-    return _cycles(_decode(prog, tm.geo, tm.lat.axi_max_burst_beats), prog, tm, bank_cores)
+    return _cycles(_decode(prog, tm.geo, tm.lat.axi_max_burst_beats), prog, tm)
 
 
-def program_cycles_exact(program, config, params: parameters.Parameters, bank_cores: float = 1) -> np.ndarray:
+def program_cycles_exact(program, config, params: parameters.Parameters) -> np.ndarray:
     """:func:`program_cycles` before rounding up (float [n]): what the
     calibration fits, its parameters varying continuously."""
     prog = _as_program(program)
     tm = _timing(config, params)
-    return _exact_cycles(_decode(prog, tm.geo, tm.lat.axi_max_burst_beats), prog, tm, bank_cores)
+    return _exact_cycles(_decode(prog, tm.geo, tm.lat.axi_max_burst_beats), prog, tm)
 
 
-def insn_cycles(insn: dict, config, bank_cores: float = 1) -> int:
+def insn_cycles(insn: dict, config) -> int:
     """Cycles one decoded instruction (isa.decode dict) occupies its unit."""
     f = {k: v for k, v in insn.items() if k not in ("opcode", "deps", "flags", "tag")}
     raw = isa.encode(insn["opcode"], deps=insn.get("deps", 0), flags=insn.get("flags", 0),
                      tag=insn.get("tag", 0), **f)
-    return int(program_cycles(raw, config, bank_cores)[0])
+    return int(program_cycles(raw, config)[0])
 
 
-def _fetch_exact(n_insns: int, tm: _Timing, bank_cores: float, exact: bool = True) -> float:
+def _fetch_exact(n_insns: int, tm: _Timing, exact: bool = True) -> float:
     beats = n_insns * _cdiv(isa.INSN_BYTES, tm.geo.axi_bytes)
     xfer = _transfer_cycles(np.int64(beats), np.int64(n_insns * isa.INSN_BYTES),
-                            np.int64(_cdiv(beats, tm.lat.axi_max_burst_beats)), tm, bank_cores, exact=exact)
+                            np.int64(_cdiv(beats, tm.lat.axi_max_burst_beats)), tm, exact=exact)
     # + the decoder's token PLAN: at most one iteration per fetched instruction
     return tm.latency + float(xfer) + n_insns + tm.lat.decode_latency
 
 
-def _fetch(n_insns: int, tm: _Timing, bank_cores: float) -> int:
-    return int(np.ceil(_fetch_exact(n_insns, tm, bank_cores, exact=False)))
+def _fetch(n_insns: int, tm: _Timing) -> int:
+    return int(np.ceil(_fetch_exact(n_insns, tm, exact=False)))
 
 
-def fetch_cycles(n_insns: int, config, bank_cores: float = 1) -> int:
+def fetch_cycles(n_insns: int, config) -> int:
     """Decoder time to fetch and check the n instructions of one step."""
-    return _fetch(n_insns, _timing(config), bank_cores)
+    return _fetch(n_insns, _timing(config))
 
 
-def fetch_cycles_exact(n_insns: int, config, params: parameters.Parameters, bank_cores: float = 1) -> float:
+def fetch_cycles_exact(n_insns: int, config, params: parameters.Parameters) -> float:
     """:func:`fetch_cycles` before rounding up, with ``params``."""
-    return _fetch_exact(n_insns, _timing(config, params), bank_cores)
+    return _fetch_exact(n_insns, _timing(config, params))
 
 
 def seconds(cycles, config) -> float:
@@ -592,7 +588,7 @@ def _describe(op: int, idx: int, tag: int) -> str:
     return f"instruction {idx} ({isa.OPCODE_NAMES.get(op, f'opcode {op}')}, tag {tag})"
 
 
-def schedule(program, config, bank_cores: float = 1, params: parameters.Parameters | None = None) -> Schedule:
+def schedule(program, config, params: parameters.Parameters | None = None) -> Schedule:
     """Overlap of the load, compute and save units of one core over a whole
     program (uint8 [n, 64] or bytes), following its dependency tokens.
     Raises DeadlockError (naming the lowest blocked instruction, as the core
@@ -623,7 +619,7 @@ def schedule(program, config, bank_cores: float = 1, params: parameters.Paramete
         raise ScheduleError(f"{_describe(int(op[i]), i, int(tags[i]))}: deps bits {int(deps[i]):#x} "
                             f"not allowed for its unit", i)
 
-    cyc = _cycles(dec, prog, tm, bank_cores)
+    cyc = _cycles(dec, prog, tm)
     frame_ids = _fields(prog, "marker")["frame_id"].astype(np.int64)
     # per instruction: queue popped for PREV / NEXT, queue pushed for PREV / NEXT (-1: none)
     pop_p = np.full(n, -1, np.int64)
@@ -663,7 +659,7 @@ def schedule(program, config, bank_cores: float = 1, params: parameters.Paramete
         fetched = stop - first + (1 if stop < n_run else 0)
         f = fetch_cache.get(fetched)
         if f is None:
-            f = fetch_cache[fetched] = _fetch(fetched, tm, bank_cores)
+            f = fetch_cache[fetched] = _fetch(fetched, tm)
         t0 = t + f + (tm.lat.marker_cycles if is_frame else 0)
 
         # ---- the three units over the body [i, stop) ----

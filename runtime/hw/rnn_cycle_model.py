@@ -29,14 +29,14 @@ Three levels:
               + q8 requantization (7) + VBUF write (1) = 44, the LSTM chain,
               used for every cell (GRU's is one DSP stage shorter).
   A transfer takes at least its bus beats, its bytes at the bank bandwidth
-  shared by ``bank_cores`` cores, and its bursts over the outstanding limit.
+  and its bursts over the outstanding limit.
 * :func:`frame_cycles` / :func:`frames_cycles` -- one frame on one core:
   instruction fetch, then the load / compute / save units in order within a
   unit and ordered between units by the dependency tokens, as the core
   steps; and :func:`plan_timing` -- a plan on k cores: per phase (the frames
   between two barriers) the busiest slot, each frame paying the
   dispatcher's issue cost, plus the barrier; frames of a phase share the
-  segment's DDR bank (bank_cores = frames in flight).
+  segment's DDR bank by the pool timeline's rule (vfpga.runtime.hw.frame_timing).
 
 The RNN classes are not calibrated (``vfpga calibrate`` fits the CNN
 model); they use the board config's numbers.
@@ -98,7 +98,7 @@ import numpy as np
 from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.runtime.hw import cycle_model as cm
-from vfpga.runtime.hw import parameters
+from vfpga.runtime.hw import frame_timing, parameters
 
 L = isa.lib
 
@@ -171,7 +171,7 @@ def program_iters(program, cfg: dict) -> np.ndarray:
     return it
 
 
-def _cycles(p: np.ndarray, it: np.ndarray, tm: Timing, bank_cores: int) -> np.ndarray:
+def _cycles(p: np.ndarray, it: np.ndarray, tm: Timing) -> np.ndarray:
     op = p[:, 0].astype(np.int64)
     mem = p.view(_MEM).reshape(-1)
     cyc = np.zeros(len(p), np.int64)
@@ -180,7 +180,7 @@ def _cycles(p: np.ndarray, it: np.ndarray, tm: Timing, bank_cores: int) -> np.nd
         nbytes = mem["planes"].astype(np.int64) * mem["rows"] * mem["row_bytes"]
         bursts = mem["planes"].astype(np.int64) * mem["rows"] * _cdiv(_cdiv(mem["row_bytes"].astype(np.int64),
                                                                             tm.axi), tm.lat.axi_max_burst_beats)
-        bw = np.ceil(nbytes * (bank_cores / tm.bytes_per_cycle)).astype(np.int64)
+        bw = np.ceil(nbytes / tm.bytes_per_cycle).astype(np.int64)
         lat = np.maximum(_cdiv(bursts * tm.latency, tm.lat.axi_outstanding) - tm.latency, 0)
         xfer = np.maximum(np.maximum(it, bw), lat)
         depth = np.where(op == L.VF_RNN_OP_LOAD, tm.lat.load_depth, tm.lat.save_depth)
@@ -191,10 +191,10 @@ def _cycles(p: np.ndarray, it: np.ndarray, tm: Timing, bank_cores: int) -> np.nd
     return cyc
 
 
-def program_cycles(program, cfg: dict, bank_cores: int = 1) -> np.ndarray:
+def program_cycles(program, cfg: dict) -> np.ndarray:
     """Cycles each instruction occupies its unit (0 for markers)."""
     p = _rows(program)
-    return _cycles(p, program_iters(p, cfg), Timing.of(cfg), bank_cores)
+    return _cycles(p, program_iters(p, cfg), Timing.of(cfg))
 
 
 def _unit(op: int) -> int:
@@ -258,12 +258,13 @@ def _frame(ops, deps, cyc, fetch: int, lat: parameters.Latencies) -> int:
     return max(t0, *free)
 
 
-def frames_cycles(program, offsets, n_insns, cfg: dict, bank_cores: int = 1) -> np.ndarray:
-    """Modeled cycles of each frame: ``offsets`` are byte offsets of the
-    frames inside ``program`` (uint8 [n, 64]), ``n_insns`` their lengths."""
+def frames_cycles(program, offsets, n_insns, cfg: dict) -> np.ndarray:
+    """Modeled cycles of each frame alone on its bank: ``offsets`` are byte
+    offsets of the frames inside ``program`` (uint8 [n, 64]), ``n_insns``
+    their lengths."""
     p = _rows(program)
     tm = Timing.of(cfg)
-    cyc = _cycles(p, program_iters(p, cfg), tm, bank_cores).tolist()
+    cyc = _cycles(p, program_iters(p, cfg), tm).tolist()
     ops = p[:, 0].astype(np.int64).tolist()
     deps = p[:, 1].astype(np.int64).tolist()
     out = np.zeros(len(offsets), np.int64)
@@ -273,7 +274,7 @@ def frames_cycles(program, offsets, n_insns, cfg: dict, bank_cores: int = 1) -> 
         a = off // isa.INSN_BYTES
         f = fetch_cache.get(n)
         if f is None:
-            f = fetch_cache[n] = cm.fetch_cycles(n, cfg, bank_cores)
+            f = fetch_cache[n] = cm.fetch_cycles(n, cfg)
         key = (tuple(ops[a:a + n]), tuple(deps[a:a + n]), tuple(cyc[a:a + n]))
         r = memo.get(key)
         if r is None:
@@ -303,10 +304,10 @@ def frames_profile(program, offsets, n_insns, cfg: dict) -> tuple[np.ndarray, np
     return frames_cycles(program, offsets, n_insns, cfg), frames_ddr_bytes(program, offsets, n_insns, cfg)
 
 
-def frame_cycles(frame, cfg: dict, bank_cores: int = 1) -> int:
+def frame_cycles(frame, cfg: dict) -> int:
     """Modeled cycles of one frame (uint8 [n, 64], FRAME marker first)."""
     p = _rows(frame)
-    return int(frames_cycles(p, [0], [len(p)], cfg, bank_cores)[0])
+    return int(frames_cycles(p, [0], [len(p)], cfg)[0])
 
 
 @dataclass
@@ -334,12 +335,14 @@ def plan_timing(compiled, plan, cfg: dict | None = None) -> PlanTiming:
     cache: dict = {}
     out = []
     for ph in phases:
-        bank = min(plan.k, len(ph))
-        key = (bank, tuple(x[:2] for x in ph))
+        key = tuple(x[:2] for x in ph)
         if key not in cache:
-            c = frames_cycles(compiled.program, [x[0] for x in ph], [x[1] for x in ph], cfg, bank)
+            offs, lens = [x[0] for x in ph], [x[1] for x in ph]
+            c = frames_cycles(compiled.program, offs, lens, cfg)
+            bank = frame_timing.group_loads(frames_ddr_bytes(compiled.program, offs, lens, cfg).sum(), c.sum(),
+                                            min(plan.k, len(ph)), cfg)
             load = np.zeros(plan.k, np.int64)
-            for (_, _, slot), ci in zip(ph, c.tolist()):
+            for (_, _, slot), ci in zip(ph, np.ceil(frame_timing.stretched(c, bank)).astype(np.int64).tolist()):
                 load[slot] += ci + tm.issue
             cache[key] = int(load.max()) + tm.barrier
         out.append(cache[key])

@@ -203,7 +203,7 @@ class PoolTimeline:
         done = 0 if counters is None else (int(counters.insns) * self.latencies.unit_issue_cycles
                                            + int(counters.load_iters) + int(counters.compute_iters)
                                            + int(counters.save_iters))
-        return cycle_model.fetch_cycles(fetched, self.config, 1) + done
+        return cycle_model.fetch_cycles(fetched, self.config) + done
 
     def _solo(self, raw: bytes | None, frame, rnn: bool) -> tuple[int, int]:
         """(cycles alone, DDR bytes) of a frame with instructions ``raw``."""
