@@ -247,8 +247,8 @@ def test_a_deploy_that_does_not_fit_names_the_batch_that_would(models):
 def test_batching_is_refused_where_it_is_not_built(models):
     ov = emulated_accelerator("u200", 64 << 20)
     try:
-        with pytest.raises(DeployError, match="dynamic batching is implemented for RNN tenants"):
-            ov.deploy(small.conv_graph(2), cores=1, max_batch=2)
+        with pytest.raises(DeployError, match="batches .* or keeps requests in flight"):
+            ov.deploy(small.conv_graph(2), cores=1, max_batch=2, max_inflight=2)
         with pytest.raises(DeployError, match="max_batch must be a positive integer"):
             ov.deploy(models["gru"], cores=1, max_batch=0)
         with pytest.raises(DeployError, match="max_delay_us must be a number >= 0"):

@@ -208,8 +208,8 @@ def test_batching_and_requests_in_flight_reach_every_replica(cl, models, ray_ses
     model = small.random_rnn_model("GRU", hidden=32, input_size=16, steps=5, batch=1, seed=8)
     rng = np.random.default_rng(9)
     compiled = rnn.compile_rnn(model, "u200", calibration=[{"X": rng.uniform(-1, 1, (5, 1, 16)).astype(np.float32)}])
-    with pytest.raises(DeployError, match="dynamic batching is implemented for RNN tenants"):
-        cl.deploy(models["conv"].compiled, cores=1, name="nope", max_batch=4)
+    with pytest.raises(DeployError, match="batches .* or keeps requests in flight"):
+        cl.deploy(models["conv"].compiled, cores=1, name="nope", max_batch=4, max_inflight=2)
     with pytest.raises(DeployError, match=r"max_inflight is implemented for CNN tenants and CNN \+ RNN models only"):
         cl.deploy(compiled, cores=1, name="nope", max_inflight=2)
     with pytest.raises(DeployError, match="max_inflight must be 1..4"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from vfpga.driver import isa
 from vfpga.driver.tenant_context import ring_bytes
-from vfpga.runtime.compiler import dynamic, rnn, slots, static
+from vfpga.runtime.compiler import cnn_batch, dynamic, rnn, slots, static
 
 RING_SIZE = 16  # ring entries per tenant: a request posts its accelerator parts one at a time
 PAGE = static.PAGE
@@ -87,3 +87,12 @@ def rnn_batch_layout(batched: rnn.BatchedRnn, n_rnn: int) -> SegmentLayout:
     longest = [max(len(rnn.plan_rnn(v, k).program) for k in range(1, n_rnn + 1))
                for v in (batched.variants[b] for b in batched.sizes)]
     return driver_areas(batched.segment_size, longest)
+
+
+def cnn_batch_layout(batched: cnn_batch.BatchedCnn, tables: dict | None = None) -> SegmentLayout:
+    """A batching CNN tenant's segment: the model, the items' arenas and
+    every batch size's program (see :mod:`vfpga.runtime.compiler.cnn_batch`),
+    then the ring, the records and two halves holding, per batch size, room
+    for its largest variant mix of each part (sizes in order)."""
+    tables = tables or {b: dynamic.DispatchTable(batched.variants[b]) for b in batched.sizes}
+    return driver_areas(batched.end, [e for b in batched.sizes for e in _part_entries(tables[b])])

@@ -10,8 +10,8 @@ layout; LSTM/GRU models run on the RNN cores) or an IFP file from
 
     {"cores": 2, "token": "...", "max_pending": 16, "calibration": "calib.npz", "input_shape": [1, 3, 32, 32]}
 
-LSTM/GRU models may ask for dynamic batching on one board: ``"max_batch"``
-and ``"max_delay_us"``; CNN models for several requests in flight:
+Models may ask for dynamic batching: ``"max_batch"`` and
+``"max_delay_us"``; CNN models, instead, for several requests in flight:
 ``"max_inflight"`` (see :meth:`Accelerator.deploy`).
 
 In front of a cluster (``vfpga serve --ray``) it may also give ``"replicas"``
@@ -280,8 +280,8 @@ class Repository:
 
     def _batching(self, config: dict) -> dict:
         """Throughput options: deploy's max_batch and max_delay_us (dynamic
-        batching, RNN models) and max_inflight (CNN models), when asked for; in
-        front of a cluster, each replica's."""
+        batching) and max_inflight (CNN models), when asked for; in front of
+        a cluster, each replica's."""
         max_batch, max_inflight = _int(config, "max_batch", 1), _int(config, "max_inflight", 1)
         delay = config.get("max_delay_us", 0)
         if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:

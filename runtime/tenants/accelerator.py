@@ -31,7 +31,7 @@ from vfpga.driver.dispatcher import Dispatcher
 from vfpga.driver.tenant_context import CompletionHandler
 from vfpga.overlay.vfpga_overlay import OverlayError, VfpgaOverlay, find_dispatcher
 from vfpga.runtime.compiler import cache as compile_cache
-from vfpga.runtime.compiler import mixed, rnn, static
+from vfpga.runtime.compiler import cnn_batch, mixed, rnn, static
 from vfpga.runtime.errors import (  # noqa: F401
     ContextError,
     DeployError,
@@ -40,6 +40,7 @@ from vfpga.runtime.errors import (  # noqa: F401
     TenantFault,
     TenantRemoved,
 )
+from vfpga.runtime.tenants.cnn_batch_tenant import CnnBatchTenant
 from vfpga.runtime.tenants.mixed_tenant import MixedTenant, front_slots
 from vfpga.runtime.tenants.rnn_tenant import RnnTenant
 from vfpga.runtime.tenants.tenant import RunInfo, Tenant, _mask, check_throughput_options  # noqa: F401 - RunInfo is part of the API
@@ -214,8 +215,9 @@ class Accelerator:
         with ONNX LSTM/GRU nodes get RNN cores (an RnnTenant: ``run`` takes
         the ONNX feeds). Ops the CNN cores lack run on the host through
         onnxruntime unless ``fallback=False``, which rejects them instead.
-        ``max_batch`` > 1 (RNN models of batch 1): requests arriving within
-        ``max_delay_us`` of each other run together, up to max_batch.
+        ``max_batch`` > 1 (CNN models, RNN models of batch 1): requests
+        arriving within ``max_delay_us`` of each other run together, up to
+        max_batch (a CNN's convolutions load their weights once per batch).
         ``max_inflight`` > 1 (CNN models): up to that many requests in flight,
         each on its own activation slot of the segment."""
         is_mixed = isinstance(model, mixed.CompiledMixed) or mixed_model(model)
@@ -241,6 +243,10 @@ class Accelerator:
                 raise DeployError(f"cannot batch this model (max_batch={max_batch}): {e}") from e
         else:
             compiled = self.compile(model, calibration, input_shape, fallback=fallback)
+            try:  # every batch size compiled now, before any core is taken
+                batched = cnn_batch.compile_batched(compiled, max_batch, self.config) if max_batch > 1 else None
+            except (cnn_batch.BatchError, static.CompileError) as e:
+                raise DeployError(f"cannot batch this model (max_batch={max_batch}): {e}") from e
         with self._lock:
             self._check_open()
             name = name or f"tenant{len(self.tenants)}"
@@ -266,6 +272,9 @@ class Accelerator:
             if kind == "rnn":
                 tenant = RnnTenant(self, name, compiled, contexts[0], chosen, bank, max_pending=max_pending,
                                    batched=batched, max_delay_us=max_delay_us)
+            elif batched is not None:
+                tenant = CnnBatchTenant(self, name, batched, contexts[0], chosen, bank, max_pending=max_pending,
+                                        max_delay_us=max_delay_us)
             else:
                 tenant = Tenant(self, name, compiled, contexts[0], chosen, bank, max_pending=max_pending,
                                 max_inflight=max_inflight)

@@ -24,7 +24,6 @@ and answers them in submission order. Requests in flight are still one run
 
 from __future__ import annotations
 
-import queue
 import time
 from dataclasses import dataclass
 
@@ -173,26 +172,9 @@ class RnnTenant(Tenant):
 
     # ---- the request thread: batches -------------------------------------------------------------
     def _take(self):
-        """The first request waiting, then those that arrive within
-        max_delay_us of taking it, up to max_batch."""
         if self.batched is None:
             return super()._take()
-        first = self._queue.get()
-        if first is None:
-            return None
-        jobs = [first]
-        deadline = time.monotonic() + self.max_delay_us * 1e-6
-        while len(jobs) < self.max_batch:
-            wait = deadline - time.monotonic()
-            try:
-                job = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:  # removal: run what was taken, then stop
-                self._stop = True
-                break
-            jobs.append(job)
-        return jobs
+        return self._take_batch(self.max_batch, self.max_delay_us)
 
     def _execute_jobs(self, jobs) -> list[tuple]:
         if self.batched is None:

@@ -51,17 +51,18 @@ LATENCY_WINDOW = 4096  # requests whose latencies stats() summarises (the most r
 def check_throughput_options(kind: str, config: dict, max_batch, max_delay_us, max_inflight) -> None:
     """Refuses deploy options a tenant of ``kind`` ("cnn", "rnn", "mixed") on
     a board of ``config`` cannot have: dynamic batching (max_batch,
-    max_delay_us) is built for RNN tenants and a mixed tenant's RNN part,
-    requests in flight (max_inflight, up to the dispatcher's inflight_max)
-    for CNN tenants and mixed tenants (a pipeline through both parts). One
-    check for a board's deploy and a cluster's."""
+    max_delay_us) is built for RNN and CNN tenants and a mixed tenant's RNN
+    part, requests in flight (max_inflight, up to the dispatcher's
+    inflight_max) for CNN tenants and mixed tenants (a pipeline through both
+    parts); a CNN tenant has one or the other. One check for a board's
+    deploy and a cluster's."""
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
         raise DeployError(f"max_batch must be a positive integer, not {max_batch!r}")
     if not isinstance(max_delay_us, (int, float)) or isinstance(max_delay_us, bool) or max_delay_us < 0:
         raise DeployError(f"max_delay_us must be a number >= 0, not {max_delay_us!r}")
-    if max_batch > 1 and kind == "cnn":
-        raise DeployError("dynamic batching is implemented for RNN tenants (and the RNN part of CNN + RNN "
-                          "models) only; deploy CNNs with max_batch=1")
+    if max_batch > 1 and max_inflight != 1 and kind == "cnn":
+        raise DeployError("a CNN tenant batches (max_batch) or keeps requests in flight (max_inflight), not "
+                          "both: one batch is in flight at a time")
     if max_inflight != 1:
         limit = int(config["dispatcher"]["inflight_max"])
         if kind == "rnn":
@@ -377,9 +378,30 @@ class Tenant:
 
     # ---- the request thread -------------------------------------------------------------------------
     def _take(self) -> list[_Job] | None:
-        """The next requests to run together (one here; RnnTenant batches), None to stop."""
+        """The next requests to run together (one here; batching tenants take
+        several, :meth:`_take_batch`), None to stop."""
         job = self._queue.get()
         return None if job is None else [job]
+
+    def _take_batch(self, max_batch: int, max_delay_us: float) -> list[_Job] | None:
+        """The first request waiting, then those that arrive within
+        ``max_delay_us`` of taking it, up to ``max_batch``; None to stop."""
+        first = self._queue.get()
+        if first is None:
+            return None
+        jobs = [first]
+        deadline = time.monotonic() + max_delay_us * 1e-6
+        while len(jobs) < max_batch:
+            wait = deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:  # removal: run what was taken, then stop
+                self._stop = True
+                break
+            jobs.append(job)
+        return jobs
 
     def _execute_jobs(self, jobs: list[_Job]) -> list[tuple]:
         """(outputs, RunInfo) of each of ``jobs``, run on the device."""

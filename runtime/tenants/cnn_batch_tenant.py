@@ -1,0 +1,143 @@
+"""A CNN tenant that batches its requests (deploy with ``max_batch`` > 1).
+
+The segment holds the model, an activation arena per batch item and a
+program per batch size (:mod:`vfpga.runtime.compiler.cnn_batch`): each
+convolution frame whose weights fit the core loads them once for the whole
+batch. The request thread takes the first request waiting and those that
+arrive within ``max_delay_us``, up to ``max_batch``, writes item b's input
+into item b's arena and posts the smallest size that holds them (padding
+items compute on whatever their arenas hold; their results are dropped).
+Layers on the host (onnxruntime) run once per item between the accelerator
+parts. One batch is in flight at a time; re-allocation re-plans every size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from vfpga.driver.segment import Segment
+from vfpga.runtime.compiler import cnn_batch, dynamic
+from vfpga.runtime.compiler.segment import cnn_batch_layout
+from vfpga.runtime.errors import DeployError
+from vfpga.runtime.tenants.tenant import RunInfo, Tenant
+
+
+@dataclass
+class CnnBatchPlan:
+    """A batching CNN tenant's dispatch programs on k cores: per batch size,
+    one per accelerator part (sizes in order, parts in order)."""
+
+    plans: dict  # batch size -> dynamic.DispatchPlan
+    sizes: list
+
+    @property
+    def programs(self) -> list[np.ndarray]:
+        return [p for b in self.sizes for p in self.plans[b].programs]
+
+    @property
+    def modeled_cycles(self) -> int:
+        """One request alone (batch 1)."""
+        return self.plans[1].modeled_cycles
+
+    @property
+    def k(self) -> int:
+        return self.plans[1].k
+
+    @property
+    def variants(self):
+        return self.plans[1].variants
+
+
+class CnnBatchTenant(Tenant):
+    """A CNN model on ``cores`` that runs requests arriving together as one batch."""
+
+    def __init__(self, accel, name: str, batched: cnn_batch.BatchedCnn, context_index: int, cores: list[int],
+                 bank: int, max_pending: int = 64, max_delay_us: float = 0.0):
+        self.batched = batched
+        self.max_batch = batched.sizes[-1]
+        self.max_delay_us = float(max_delay_us)
+        self._item = 0  # the batch item whose arena the host reads and writes
+        try:
+            super().__init__(accel, name, batched.base, context_index, cores, bank, max_pending)
+        except DeployError as e:
+            if not isinstance(e.__cause__, MemoryError):
+                raise
+            raise DeployError(f"{e}; {self._what_fits(bank)}") from e
+
+    def _what_fits(self, bank: int) -> str:
+        """Which smaller max_batch would fit the bank now (tried by allocating its segment)."""
+        for b in reversed(self.batched.sizes[:-1]):
+            size = cnn_batch_layout(cnn_batch.compile_batched(self.batched.base, b, self.accel.config)).size
+            try:
+                Segment(size, bank=bank, device=self.accel.device).free()
+            except MemoryError:
+                continue
+            return f"max_batch={b} would fit ({size} bytes)"
+        return "not even max_batch=1 fits"
+
+    # ---- the segment and the plans ------------------------------------------------------------------
+    def _prepare(self) -> int:
+        self.tables = {b: dynamic.DispatchTable(self.batched.variants[b]) for b in self.batched.sizes}
+        self.table = self.tables[1]
+        self.plan = self._new_plan(len(self.cores))
+        layout = cnn_batch_layout(self.batched, self.tables)
+        self.ring_offset, self.cpl_offset = layout.ring_offset, layout.cpl_offset
+        self.part_entries, self.program_halves = layout.part_entries, layout.program_halves
+        return layout.size
+
+    def _segment_image(self) -> dict[int, bytes]:
+        return self.batched.segment_image()
+
+    def _new_plan(self, k: int, variant: int | None = None):
+        return CnnBatchPlan({b: dynamic.plan(self.tables[b], k, variant) for b in self.batched.sizes},
+                            list(self.batched.sizes))
+
+    def _arena(self) -> int:
+        return self.batched.arena(self._item)
+
+    # ---- the request thread: batches -------------------------------------------------------------------
+    def _take(self):
+        return self._take_batch(self.max_batch, self.max_delay_us)
+
+    def _execute_jobs(self, jobs) -> list[tuple]:
+        if len(jobs) == 1:
+            return super()._execute_jobs(jobs)
+        t0 = time.perf_counter()
+        self._doorbell_at, self._cpu_s = None, 0.0
+        c = self.compiled
+        n, b = len(jobs), self.batched.size_for(len(jobs))
+        first = self.batched.sizes.index(b) * sum(p.kind == "accel" for p in c.parts)
+        hosts: list[dict] = [{} for _ in range(n)]  # each item's float outputs of host layers
+        for i, job in enumerate(jobs):
+            self._item = i
+            self._write(c.input, c.device_input(job.x_q))
+        completions, cpu_s, accel_index = [], 0.0, 0
+        try:
+            for part in c.parts:
+                if part.kind == "cpu":
+                    t_cpu = time.perf_counter()
+                    for i in range(n):
+                        self._item, self._host = i, hosts[i]
+                        self._run_cpu(part.layer)
+                    cpu_s += time.perf_counter() - t_cpu
+                    self._cpu_s = cpu_s
+                    continue
+                completions.append(self._run_part(first + accel_index))
+                accel_index += 1
+            outs = []
+            for i in range(n):
+                self._item = i
+                outs.append([hosts[i].pop(p.name) if p.name in hosts[i] else self._read(p) for p in c.outputs])
+        finally:
+            self._item, self._host = 0, {}
+        t1 = time.perf_counter()
+        cycles = sum(x.cycles for x in completions)
+        seconds = cycles / (float(self.accel.config["clock_mhz"]) * 1e6)
+        results = [(o, RunInfo(completions, t1 - t0, cycles, seconds, self.k, cpu_s / n, batch=n, batch_size=b))
+                   for o in outs]
+        for _, info in results:  # a batch's overhead counts from when it was formed, not the batching wait
+            self._mark_overhead(info, t0)
+        return results
