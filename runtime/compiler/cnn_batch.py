@@ -162,6 +162,93 @@ def _batched_frame(parts, items: Items, batch: int) -> np.ndarray:
     return np.stack(rows[1:])
 
 
+def _with(insn: np.ndarray, deps: int, **fields) -> np.ndarray:
+    """A copy of ``insn`` with its deps byte and the named fields set."""
+    out = _deps(insn, deps)
+    rec = out.view(isa.FORMATS[isa.FORMAT_OF[int(out[0])]])
+    for name, value in fields.items():
+        rec[0][name] = value
+    return out
+
+
+def _chunked(frame: np.ndarray, arena_bytes: int):
+    """(chunks [(input load, constant loads, conv)], LUT or None, save) of a
+    convolution frame chunked over its input channels (the tiles and weights
+    double-buffered in IBUF and WBUF halves, one accumulation over the
+    chunks), else None."""
+    ops = isa.opcodes_of(frame)
+    if len(ops) < 2 or ops[0] != _OP["FRAME"]:
+        return None
+    chunks, cur, lut, save = [], None, None, None
+    for row, op in zip(frame[1:], ops[1:].tolist()):
+        if save is not None:
+            return None
+        if op == _OP["LOAD_TILE"] and lut is None:
+            if cur is not None:
+                return None
+            cur = [row, []]
+        elif op == _OP["LOAD_LINEAR"] and cur is not None and _dram_addr(row) >= arena_bytes:
+            cur[1].append(row)
+        elif op == _OP["CONV"] and cur is not None and cur[1]:
+            chunks.append((cur[0], cur[1], row))
+            cur = None
+        elif op == _OP["LUT"] and cur is None and chunks and lut is None:
+            lut = row
+        elif op == _OP["SAVE"] and cur is None and chunks:
+            save = row
+        else:
+            return None
+    if len(chunks) < 2 or save is None:
+        return None
+    conv = isa.FORMATS["conv"]
+    flags = [int(isa.decode(c.tobytes())["flags"]) for _, _, c in chunks]
+    first, last = flags[0], flags[-1]
+    if not (first & isa.CONV_ACC_INIT and last & isa.CONV_ACC_FINAL
+            and all(f & (isa.CONV_ACC_INIT | isa.CONV_ACC_FINAL) == 0 for f in flags[1:-1])
+            and not first & isa.CONV_ACC_FINAL and not last & isa.CONV_ACC_INIT):
+        return None
+    if any(c.view(conv)[0]["acc_addr"] or c.view(conv)[0]["out_addr"] for _, _, c in chunks):
+        return None
+    return chunks, lut, save
+
+
+def _batched_chunks(parts, items: Items, batch: int, geo: dict):
+    """The frame of a chunked convolution for ``batch`` items, or None when
+    the items' accumulators or outputs do not fit side by side: per chunk,
+    its weights loaded once and every item's tile convolved into the item's
+    own accumulators (ACC and OBUF regions of their own, tiles alternating
+    over the IBUF halves as the chunks do)."""
+    chunks, lut, save = parts
+    c0 = chunks[0][2].view(isa.FORMATS["conv"])[0]
+    tile = int(c0["out_h"]) * int(c0["out_w"]) * int(c0["groups"]) * int(c0["cout_g"])
+    stride = -(-tile // 64) * 64
+    if batch * stride > min(geo["acc_words"], geo["obuf_bytes"]):
+        return None
+    half = geo["ibuf_bytes"] // 2
+    arena = items.arena_bytes
+    n, steps = len(chunks), len(chunks) * batch
+    rows = []
+    for k, (load, consts, conv) in enumerate(chunks):
+        for b in range(batch):
+            s = k * batch + b
+            at = (s % 2) * half
+            loads = [slots.relocate(load, arena, items.arena(b)).reshape(-1)] + (list(consts) if b == 0 else [])
+            for j, ld in enumerate(loads):
+                deps = (_DEP["POP_NEXT"] if j == 0 and s >= 2 else 0) | (_DEP["PUSH_NEXT"] if j == len(loads) - 1
+                                                                       else 0)
+                rows.append(_with(ld, deps, buf_addr=at) if j == 0 else _deps(ld, deps))
+            final = k == n - 1
+            deps = _DEP["POP_PREV"] | (_DEP["PUSH_PREV"] if s + 2 < steps else 0) | \
+                (_DEP["PUSH_NEXT"] if final and lut is None else 0)
+            rows.append(_with(conv, deps, in_addr=at, acc_addr=b * stride, out_addr=b * stride))
+    for b in range(batch):
+        if lut is not None:
+            rows.append(_with(lut, _DEP["PUSH_NEXT"], in_addr=b * stride, out_addr=b * stride))
+        rows.append(_with(slots.relocate(save, arena, items.arena(b)).reshape(-1), _DEP["POP_PREV"],
+                          buf_addr=b * stride))
+    return np.stack(rows)
+
+
 def compile_batched(compiled: static.CompiledModel, max_batch: int, config: dict | None = None) -> BatchedCnn:
     """The programs that run batches of ``compiled``: one per size of
     :func:`vfpga.runtime.compiler.rnn.batch_sizes` (powers of two below
@@ -225,11 +312,18 @@ def _batch_program(compiled: static.CompiledModel, batch: int, items: Items, pro
             a = (int(f["offset"][i]) - compiled.program_offset) // isa.INSN_BYTES
             frame = insns[a:a + int(f["n_insns"][i])]
             v = int(f["variant"][i])
-            pieces = _shared_weights(frame, items.arena_bytes) if batch > 1 else None
-            out = [_batched_frame(pieces, items, batch)] if pieces is not None else \
+            one = None
+            if batch > 1:
+                pieces = _shared_weights(frame, items.arena_bytes)
+                if pieces is not None:
+                    one = _batched_frame(pieces, items, batch)
+                else:
+                    pieces = _chunked(frame, items.arena_bytes)
+                    one = _batched_chunks(pieces, items, batch, cfg["cnn_core"]) if pieces is not None else None
+            out = [one] if one is not None else \
                 [slots.relocate(frame, items.arena_bytes, items.arena(b)).reshape(-1, isa.INSN_BYTES)
                  for b in range(batch)]
-            shared += pieces is not None and v == 0
+            shared += one is not None and v == 0
             for fr in out:
                 counts[v] = counts.get(v, 0) + 1
                 if v == 0:

@@ -545,12 +545,16 @@ def batching(per_batch: dict[int, Models], tenants=BATCH_TENANTS, horizon_reques
 
 # ---------------------------------------------------------------------------- requests in flight
 INFLIGHT = (1, 2, 4)
+CNN_BATCHES = (2, 4)
 
 
-def _inflight_run(models: Models, model: str, board: str, cores: int, m: int, horizon_requests: int) -> dict:
+def _inflight_run(models: Models, model: str, board: str, cores: int, m: int, horizon_requests: int,
+                  items: int = 1) -> dict:
     """One CNN tenant alone on the first ``cores`` cores of ``board``, closed
     loop with ``m`` requests in flight, over ``horizon_requests`` times its
-    request alone: GOP/s, turnarounds (ms) and how busy its cores were."""
+    request alone: GOP/s, turnarounds (ms) and how busy its cores were. A
+    request of a batched model (:mod:`vfpga.runtime.compiler.cnn_batch`) is
+    ``items`` requests of the model."""
     cfg = overlay.load(board)
     hz = float(cfg["clock_mhz"]) * 1e6
     compiled = models[model, board]
@@ -560,8 +564,8 @@ def _inflight_run(models: Models, model: str, board: str, cores: int, m: int, ho
     sim.deploy("solo", compiled, held, max_inflight=m)
     done = sim.run({"solo": [0] * (m * (horizon_requests + 2))}, until=horizon)["solo"]
     rate = metrics.closed_loop_rate([r.end for r in done], hz, horizon)
-    gops = 2 * metrics.model_macs(compiled) / 1e9 * rate
-    return {"gops": gops, "rate": rate, "turn_ms": np.array([(r.end - r.start) / hz * 1e3 for r in done]),
+    gops = 2 * items * metrics.model_macs(compiled) / 1e9 * rate
+    return {"gops": gops, "rate": items * rate, "turn_ms": np.array([(r.end - r.start) / hz * 1e3 for r in done]),
             "mac_utilization": gops / 2 * 1e9 / (metrics.peak_macs_per_cycle(cfg) * cores * hz),
             # share of the cores' time with a frame in flight; frames' time over their time alone (DDR sharing)
             "cores_busy": sum(sim.timeline.core_busy_cycles[c] for c in held) / (cores * sim.now),
@@ -569,22 +573,30 @@ def _inflight_run(models: Models, model: str, board: str, cores: int, m: int, ho
 
 
 def inflight(models: Models, model: str = "resnet50", cores: int = 16, levels=INFLIGHT, horizon_requests: int = 16,
-             progress=None) -> dict:
+             progress=None, batches=CNN_BATCHES) -> dict:
     """One CNN tenant alone on ``cores`` pool cores, closed loop with up to
-    ``inflight`` requests in flight (each on its own activation slot), against
-    one at a time and against the big core given the same number in flight.
-    p99 is of a request's turnaround from its post to its result (one at a
-    time: the closed-loop turnaround). ``cores_busy``: share of the cores'
-    time with a frame in flight; ``frame_stretch``: frames' modeled time over
-    their time alone (shared DDR banks)."""
+    ``inflight`` requests in flight (each on its own activation slot), and
+    batched ``batches`` at a time (one batch in flight), against one at a
+    time and against the big core given the same number in flight or the
+    same batches. p99 is of a request's turnaround from its post to its
+    result (one at a time: the closed-loop turnaround; batched: the batch's).
+    ``cores_busy``: share of the cores' time with a frame in flight;
+    ``frame_stretch``: frames' modeled time over their time alone (shared
+    DDR banks)."""
+    from vfpga.runtime.compiler import cnn_batch
+
+    runs = [(1, m, models) for m in levels]
+    for b in batches:
+        runs.append((b, 1, Models({(model, brd): cnn_batch.compile_batched(models[model, brd], b).variants[b]
+                                   for brd in (POOL, BIG)})))
     rows = []
-    for m in levels:
+    for b, m, ms in runs:
         if progress:
-            progress(f"in flight {m}, {model} on {cores} cores and on the big core")
-        v = _inflight_run(models, model, POOL, cores, m, horizon_requests)
-        big = _inflight_run(models, model, BIG, 1, m, horizon_requests)
+            progress(f"batch {b}, in flight {m}, {model} on {cores} cores and on the big core")
+        v = _inflight_run(ms, model, POOL, cores, m, horizon_requests, b)
+        big = _inflight_run(ms, model, BIG, 1, m, horizon_requests, b)
         turn = v["turn_ms"]
-        rows.append({"model": model, "tenant": "solo", "cores": cores, "batch": 1, "inflight": m, "gops": v["gops"],
+        rows.append({"model": model, "tenant": "solo", "cores": cores, "batch": b, "inflight": m, "gops": v["gops"],
                      "p99_ms": float(np.percentile(turn, 99)) if len(turn) else math.nan,
                      "p50_ms": float(np.percentile(turn, 50)) if len(turn) else math.nan, "req_per_s": v["rate"],
                      "mac_utilization": v["mac_utilization"], "cores_busy": v["cores_busy"],
