@@ -83,9 +83,12 @@ def test_inflight_rows_on_a_small_model():
                      rng.integers(-500, 500, 32).astype(np.int32), mult, shift, pads=(1, 1, 1, 1)) for i in range(3)]
     g = ir.Graph(t, convs, ["t0"], ["t3"], name="convs7")
     models = E.Models({("small", b): static.compile_graph(g, b) for b in (E.POOL, E.BIG)})
-    rows = E.inflight(models, "small", cores=16, levels=(1, 2), horizon_requests=4)["rows"]
-    assert [r["inflight"] for r in rows] == [1, 2]
+    rows = E.inflight(models, "small", cores=16, levels=(1, 2), horizon_requests=4, batches=(2,))["rows"]
+    assert [(r["batch"], r["inflight"]) for r in rows] == [(1, 1), (1, 2), (2, 1)]
     for r in rows:
         assert KEYS <= set(r) and r["gops"] > 0 and r["p99_ms"] > 0 and 0 < r["mac_utilization"] <= 1
         assert r["mac_utilization"] < r["cores_busy"] <= 1 and r["frame_stretch"] >= 1
     assert rows[0]["vs_one"] == 1.0 and rows[1]["vs_one"] > 1.0
+    # a batch of 2 counts both requests' work: its GOP/s are of 2 requests per run
+    assert rows[2]["req_per_s"] == pytest.approx(rows[2]["gops"] / (2 * metrics.model_macs(models["small", E.POOL])
+                                                                     / 1e9))
