@@ -217,15 +217,18 @@ def batching_section(models, cfg: Config, out: str, progress) -> Section:
         ax.set_title("Dynamic batching: hidden-1024 LSTM + GRU tenants")
         ax.legend()
 
-    notes = ["On 4 cores a hidden-1024 layer's weights (8 MB LSTM, 6 MB GRU) exceed the cores' weight buffers "
-             "(4 x 1 MB), so they stream from DDR every timestep, once per batch group; the group is bounded by "
-             "the core's vector buffer (u200 vbuf_bytes 16 KB: 3 items of x, h and the output slice), so a batch of "
-             "8 still reads them 3 times per step. The big core keeps them resident (8 MB WBUF).",
+    pool, big = overlay.load(E.POOL)["rnn_core"], overlay.load(E.BIG)["rnn_core"]
+    notes = [f"RNN weights: a hidden-1024 layer (8 MB LSTM, 6 MB GRU) on 4 cores of {pool['wbuf_bytes'] >> 20} MB "
+             "weight buffers each; where they do not fit they stream from DDR every timestep, once per batch group "
+             f"(the last column). The big RNN core has {big['wbuf_bytes'] >> 20} MB, the pool's total, and is "
+             "time-multiplexed between the tenants with the same batches.",
              "Requests in flight: each on its own activation slot; the dispatcher walks them oldest first, so a "
-             "younger request's frames take the cores an older one leaves idle at its barriers. One at a time, the "
-             "cores already have a frame in flight most of the time (the MAC utilization is lost inside the "
-             "frames' load and save phases), which bounds the gain; more frames at once also share the DDR "
-             "bank. p99 is from a request's post to its result."]
+             "younger request's frames take the cores an older one leaves idle at its barriers. ResNet-50 alone on "
+             "16 cores is bound by its segment's one DDR bank (its frames' time over their time alone: the frame "
+             "time column), which in-flight requests share too, so they gain little. Batches read each shared "
+             "convolution's weights once for all items (frames chunked over input channels only where the items' "
+             "accumulators fit side by side), which is what lowers the bytes per request. p99 is from a request's "
+             "post to its result (batched: the batch's)."]
     return Section("batching", "Dynamic batching: RNN tenants against the big RNN core, same batches",
                    table + "\n\n" + "\n\n".join(notes), d, _plot(os.path.join(out, "batching.png"), draw), notes)
 
