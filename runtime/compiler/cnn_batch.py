@@ -5,10 +5,14 @@ A compiled model's convolution frames each load their weights (and
 parameters, and the activation table where there is one) with every input
 tile, so a request reads a layer's weights once per spatial tile; on many
 cores that is about half of what a request moves through its DDR bank. A
-batch of B runs every such frame once with its weights loaded once and its
-input tile, convolution and save repeated for each item; the other frames
-(pooling, additions, convolutions chunked over input channels, whose
-weights do not stay in WBUF across items) run once per item.
+batch runs every such frame once with its weights loaded once and its
+input tile, convolution and save repeated for each item. A convolution
+chunked over its input channels (tiles and weights double-buffered in IBUF
+and WBUF halves) is batched per chunk -- the chunk's weights once, then
+every item's tile into the item's own accumulators -- where the items'
+accumulators and outputs fit side by side in ACC and OBUF; other frames
+(pooling, additions, chunked convolutions whose tiles are too large) run
+once per item.
 
 Item b's activations live in an arena of their own (:class:`Items`, after
 the model's bytes): the instructions of item b are item 0's with their
@@ -18,8 +22,9 @@ unbatched run. Each size's program follows the arenas in the segment; it
 has the same layers, variants and parts as the model, so the dynamic stage
 plans it as it plans the model.
 
-The items of a batched frame share the core's buffers in turn, ordered by
-the dependency tokens (the frame's own buffer handovers, per item):
+The items of a batched single-chunk frame share the core's buffers in
+turn, ordered by the dependency tokens (the frame's own buffer handovers,
+per item):
 
 * LOAD: the frame's constant loads, then item b's input tile, pushing
   load->compute; from b = 1 it first pops compute->load (the convolution of
