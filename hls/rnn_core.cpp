@@ -83,9 +83,10 @@
  * (VF_RNN_PARTITIONS in include/vfpga_hls.h): one memory of T-byte words, a
  * tile per word, read whole by a beat. RNN_LOAD writes it a whole tile at
  * a time (buf_addr and row_bytes multiples of T, MEM_TILE), never bytes
- * into a wide word (a read-modify-write that would break II=1). The gate unit's LANES lanes each read
- * the activation tables twice per unit: ACT is held as VF_RNN_LANES copies
- * (vfpga_rnn_core.h, VF_RNN_ACT_BUFFER_WORDS), one memory per lane (the
+ * into a wide word (a read-modify-write that would break II=1). The gate
+ * unit's LANES lanes each read the activation tables twice per unit: ACT
+ * is held as VF_RNN_LANES copies (vfpga_rnn_core.h,
+ * VF_RNN_ACT_BUFFER_WORDS), one memory per lane (the
  * tops partition the lane dimension completely), RNN_LOAD into ACT writes
  * all copies in the same beat and lane l reads copy l. That costs LANES x
  * act_words x 4 bytes of on-chip memory per core instead of act_words x 4

@@ -251,8 +251,9 @@ def estimate(board: str | dict, hls_dir: str = HLS_DIR) -> Estimate:
 
 def _header_bits(text: str, pattern: str, what: str) -> int:
     m = re.search(pattern, text)
-    if m is None:
-        raise ResourceError(f"include/vfpga_unit_scheduler.h: no {what} (the estimate reads its declaration)")
+    if m is None or m.group(1) not in _ELEM_BITS:
+        raise ResourceError(f"include/vfpga_unit_scheduler.h: no {what} of a fixed-width integer type "
+                            "(the estimate reads its declaration)")
     return _ELEM_BITS[m.group(1)]
 
 

@@ -151,6 +151,21 @@ def test_main_prints_each_board(capsys):
     assert "pynq_z2" in out and "RAMB36" in out
 
 
+@needs_gxx
+def test_the_step_memories_are_read_from_the_scheduler(tmp_path):
+    """The store and the queues' entries are what the header declares; a header without them is named."""
+    shutil.copytree(R.HLS_DIR, tmp_path / "hls", ignore=shutil.ignore_patterns("build"))
+    path = tmp_path / "hls" / "include" / "vfpga_unit_scheduler.h"
+    text = path.read_text()
+    path.write_text(text.replace("vf_stream<uint16_t, K::FRAME_INSNS> queue[3];",
+                                 "vf_stream<uint32_t, K::FRAME_INSNS> queue[3];"))
+    rows = {r.name: r for r in R.step_channels(overlay.load("u200"), str(tmp_path / "hls"))}
+    assert rows["step_queues"].width == 32
+    path.write_text(text.replace("typename K::insn_t store[K::FRAME_INSNS];", ""))
+    with pytest.raises(R.ResourceError, match="no step instruction store"):
+        R.step_channels(overlay.load("u200"), str(tmp_path / "hls"))
+
+
 def test_missing_sources_are_named(tmp_path):
     with pytest.raises(R.ResourceError, match="no HLS source at"):
         R.estimate("u200", hls_dir=str(tmp_path))
