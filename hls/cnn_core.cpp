@@ -21,7 +21,9 @@
  *                       alignment, POOL valid window outside the tile,
  *                       clip_lo > clip_hi, undefined flag/deps bits, a PARAM
  *                       shift outside [0, 62] for CONV ACC_FINAL, a CONV
- *                       wgt_addr that is not a multiple of VF_CONV_WORD).
+ *                       wgt_addr that is not a multiple of VF_CONV_WORD, a
+ *                       LOAD_LINEAR into WBUF whose buf_addr is not a
+ *                       multiple of VF_AXI_BYTES).
  *                       fault_addr = byte offset of the offending field inside
  *                       the 64-byte instruction (a bad PARAM shift reports the
  *                       param_addr field).
@@ -85,6 +87,7 @@
 #include "vfpga_isa.h"
 #include "vfpga_cnn_core.h"
 #include "vfpga_mac.h"
+#define VF_STEP_STORE_URAM VF_URAM_STEP_STORE /* this kind's step instruction store (board config storage.uram) */
 #include "vfpga_unit_scheduler.h"
 
 #ifndef VF_HLS_LITERAL
@@ -101,6 +104,7 @@ static_assert(VF_ICP >= 1 && VF_ICP <= 256, "VF_ICP out of range");
 static_assert(VF_OCP % 2 == 0, "the CONV beat packs its output lanes in pairs (vfpga_mac.h): ocp must be even");
 static_assert(VF_OCP >= 1 && VF_OCP <= 256, "VF_OCP out of range");
 static_assert(VF_CONV_WORD == VF_ICP * VF_OCP, "VF_CONV_WORD is one MAC beat's weights: ICP * OCP bytes");
+static_assert(VF_CONV_WORD % VF_AXI_BYTES == 0, "LOAD_LINEAR writes WBUF words whole: a bus beat lies in one word");
 /* POOL: |sum * mult| <= 255 * IBUF * 2^31 must stay below 2^63. */
 static_assert(VF_IBUF_BYTES >= 1 && VF_IBUF_BYTES <= (1u << 23), "VF_IBUF_BYTES out of range");
 static_assert(VF_WBUF_BYTES >= 1 && VF_WBUF_BYTES <= (1u << 30), "VF_WBUF_BYTES out of range");
@@ -313,6 +317,10 @@ static vf_exec_t vf_load_linear(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_
         return VF_FIELD(vf_insn_linear_t, buf_addr);
     if (to_param && (l.nbytes & 3u) != 0)
         return VF_FIELD(vf_insn_linear_t, nbytes);
+    /* WBUF is one memory of VF_CONV_WORD-byte words (VF_CNN_PARTITIONS): a bus
+     * beat must land inside one word, so the run starts on a bus word */
+    if (!to_param && (l.buf_addr % VF_AXI_BYTES) != 0)
+        return VF_FIELD(vf_insn_linear_t, buf_addr);
     const uint64_t size = to_param ? VF_PARAM_BYTES : (uint64_t)VF_WBUF_BYTES;
     if (!vf_fits(l.buf_addr, l.nbytes, size))
         return vf_fail(VF_FAULT_BUFFER, vf_first_out(l.buf_addr, size));
@@ -322,6 +330,20 @@ static vf_exec_t vf_load_linear(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_
     const uint64_t n = l.nbytes;
 #ifdef VF_HLS_LITERAL
     uint64_t beats = 0;
+    /* WBUF words are assembled in wword and written whole (no byte writes into a wide word). The bytes of
+     * the first and the last word outside the run keep their contents: both words are read once before
+     * the beats, on the LOAD unit's port while the first DDR beat is on its way, and merged. */
+    const uint64_t ws = to_param ? 0 : l.buf_addr % VF_CONV_WORD; /* run byte 0's offset in its word */
+    int8_t wword[VF_CONV_WORD], wlast[VF_CONV_WORD];
+    if (!to_param) {
+        const uint64_t w0 = l.buf_addr / VF_CONV_WORD, wl = (l.buf_addr + n - 1) / VF_CONV_WORD;
+    LINEAR_MERGE:
+        for (uint32_t j = 0; j < VF_CONV_WORD; ++j) {
+#pragma HLS UNROLL
+            wword[j] = wbuf[w0 * VF_CONV_WORD + j];
+            wlast[j] = wbuf[wl * VF_CONV_WORD + j];
+        }
+    }
 LINEAR_BEAT:
     for (uint64_t b = 0; b < vf_ceil_div(n, VF_AXI_BYTES); ++b) {
 #pragma HLS PIPELINE II=1
@@ -341,8 +363,20 @@ LINEAR_BEAT:
                     const uint32_t byte = (uint32_t)(uint8_t)word[j];
                     param[a >> 2] = vf_i32((old & ~(0xffu << sh)) | (byte << sh));
                 } else {
-                    wbuf[l.buf_addr + k] = word[j];
+                    /* the beat's bytes into the word being assembled (the beat lies inside it) */
+                    wword[(ws + k) % VF_CONV_WORD] = word[j];
                 }
+            }
+        }
+        /* a WBUF word is written whole, once: at the beat that completes it or at the run's last beat */
+        const uint64_t end = vf_min64((b + 1) * VF_AXI_BYTES, n); /* run bytes so far */
+        if (!to_param && ((ws + end) % VF_CONV_WORD == 0 || end == n)) {
+            const uint64_t wi = (l.buf_addr + end - 1) / VF_CONV_WORD;
+        LINEAR_WORD:
+            for (uint32_t j = 0; j < VF_CONV_WORD; ++j) {
+#pragma HLS UNROLL
+                wbuf[wi * VF_CONV_WORD + j] = wword[j];
+                wword[j] = wlast[j]; /* the next word: whole if it is not the last, else merged */
             }
         }
     }

@@ -19,7 +19,8 @@
  *
  * The cores' on-chip buffers are static arrays here (one instance per core,
  * VF_PER_CORE), partitioned for their lanes as in the stand-alone core tops
- * (VF_CNN_PARTITIONS, VF_RNN_PARTITIONS).
+ * (VF_CNN_PARTITIONS, VF_RNN_PARTITIONS), in UltraRAM where the board
+ * config's storage.uram says so (VF_URAM_IF), else in block RAM.
  *
  * Interfaces (offsets from the board config, checked or pinned here):
  *  - mem, mem1 .. mem<VF_DDR_BANKS-1>: one m_axi master per DDR bank
@@ -302,6 +303,11 @@ void vf_dispatcher_top(VF_DISPATCHER_TOP_PARAMS)
     VF_PER_CORE(obuf)
     VF_PER_CORE(param)
     VF_CNN_PARTITIONS(2, ibuf, wbuf, obuf, acc)
+    VF_URAM_IF(VF_URAM_IBUF, ibuf)
+    VF_URAM_IF(VF_URAM_WBUF, wbuf)
+    VF_URAM_IF(VF_URAM_ACC, acc)
+    VF_URAM_IF(VF_URAM_OBUF, obuf)
+    VF_URAM_IF(VF_URAM_PARAM, param)
 
     static int8_t rnn_wbuf[VF_RNN_CORES][VF_RNN_WBUF_BYTES];
     static int8_t rnn_vbuf[VF_RNN_CORES][VF_RNN_VBUF_BYTES];
@@ -316,6 +322,12 @@ void vf_dispatcher_top(VF_DISPATCHER_TOP_PARAMS)
     VF_PER_CORE(rnn_state)
     VF_PER_CORE(rnn_act)
     VF_RNN_PARTITIONS(2, rnn_wbuf, rnn_vbuf, rnn_acc, rnn_state, rnn_act)
+    VF_URAM_IF(VF_URAM_RNN_WBUF, rnn_wbuf)
+    VF_URAM_IF(VF_URAM_RNN_VBUF, rnn_vbuf)
+    VF_URAM_IF(VF_URAM_RNN_ACC, rnn_acc)
+    VF_URAM_IF(VF_URAM_RNN_PARAM, rnn_param)
+    VF_URAM_IF(VF_URAM_RNN_STATE, rnn_state)
+    VF_URAM_IF(VF_URAM_RNN_ACT, rnn_act)
 
     vf_ddr_t ddr;
     ddr.port[0] = mem;

@@ -30,6 +30,8 @@
  *                       bytes) or wgt_stride < ceil(cols / COLS) tiles
  *                       (rows > ROWS), a bad buffer or cell
  *                       code, int32 buffer rows not a multiple of 4 bytes,
+ *                       an RNN_LOAD into WBUF whose buf_addr or row_bytes
+ *                       is not a multiple of the tile,
  *                       overlapping RNN_SAVE rows/planes, gate_stride < n,
  *                       out_shift > 62, overlapping LSTM c/h state ranges,
  *                       then (after the buffer checks) a PARAM shift outside
@@ -77,16 +79,19 @@
  * ---- Memories for one beat per cycle ------------------------------------------
  * RNN_MATVEC's weights are beat-major tiles (vfpga_isa.h): beat (rb, cb)
  * reads the one WBUF word wgt_addr / T + rb * wgt_stride + cb, T = ROWS x
- * COLS bytes, wgt_addr a multiple of T; WBUF is partitioned cyclically by T
- * (VF_RNN_PARTITIONS in include/vfpga_hls.h), so tile byte r * COLS + c
- * always lies in bank r * COLS + c. The gate unit's LANES lanes each read
- * the activation tables twice per unit: ACT is held as VF_RNN_LANES copies
- * (vfpga_rnn_core.h, VF_RNN_ACT_BUFFER_WORDS), one memory per lane (the
+ * COLS bytes, wgt_addr a multiple of T; WBUF is reshaped cyclically by T
+ * (VF_RNN_PARTITIONS in include/vfpga_hls.h): one memory of T-byte words, a
+ * tile per word, read whole by a beat. RNN_LOAD writes it a whole tile at
+ * a time (buf_addr and row_bytes multiples of T, MEM_TILE), never bytes
+ * into a wide word (a read-modify-write that would break II=1). The gate
+ * unit's LANES lanes each read the activation tables twice per unit: ACT
+ * is held as VF_RNN_LANES copies (vfpga_rnn_core.h,
+ * VF_RNN_ACT_BUFFER_WORDS), one memory per lane (the
  * tops partition the lane dimension completely), RNN_LOAD into ACT writes
  * all copies in the same beat and lane l reads copy l. That costs LANES x
  * act_words x 4 bytes of on-chip memory per core instead of act_words x 4
- * (u200: 16 x 8196 words = 512 KiB; u200_bigcore: 128 x 8196 = 4 MiB;
- * pynq_z2: 8 x 4098 = 128 KiB).
+ * (u200: 16 x 4098 words = 256 KiB; u200_bigcore: 128 x 4098 = 2 MiB;
+ * pynq_z2: 4 x 4098 = 64 KiB).
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -95,6 +100,7 @@
 #include "vfpga_isa.h"
 #include "vfpga_mac.h"
 #include "vfpga_rnn_core.h"
+#define VF_STEP_STORE_URAM VF_URAM_RNN_STEP_STORE /* this kind's step instruction store (board config storage.uram) */
 #include "vfpga_unit_scheduler.h"
 
 #if !defined(VF_AXI_BYTES) || !defined(VF_RNN_ROWS) || !defined(VF_RNN_COLS) || !defined(VF_RNN_LANES) ||      \
@@ -126,6 +132,7 @@ static_assert(VF_RNN_ACT_SEGMENTS >= 2 && VF_RNN_ACT_SEGMENTS <= (1u << 16), "VF
 static_assert(VF_RNN_ACT_SEGMENTS + 1 <= VF_RNN_ACT_WORDS, "ACT must hold one table");
 static_assert(VF_RNN_TILE_BYTES == VF_RNN_ROWS * VF_RNN_COLS, "a tile is ROWS x COLS bytes");
 static_assert(VF_RNN_WBUF_BYTES % VF_RNN_TILE_BYTES == 0, "WBUF holds whole tile words");
+static_assert(VF_RNN_TILE_BYTES % VF_AXI_BYTES == 0, "RNN_LOAD writes WBUF tiles whole: a bus beat lies in one tile");
 
 namespace {
 
@@ -247,6 +254,11 @@ vf_exec_t vr_mem(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_limit, const vf
     const bool wide = vr_wide(m.buffer);
     if (wide && (m.row_bytes & 3u) != 0)
         return VF_FIELD(vf_insn_rnn_mem_t, row_bytes);
+    /* WBUF is one memory of tile words (VF_RNN_PARTITIONS): RNN_LOAD writes whole tiles */
+    if (m.buffer == VF_RNN_BUF_WGT && m.buf_addr % VF_RNN_TILE_BYTES != 0)
+        return VF_FIELD(vf_insn_rnn_mem_t, buf_addr);
+    if (m.buffer == VF_RNN_BUF_WGT && m.row_bytes % VF_RNN_TILE_BYTES != 0)
+        return VF_FIELD(vf_insn_rnn_mem_t, row_bytes);
     const uint64_t rb = m.row_bytes, rows = m.rows, planes = m.planes, rs = m.row_stride, ps = m.plane_stride;
     if (save && rows > 1 && rs < rb)
         return VF_FIELD(vf_insn_rnn_mem_t, row_stride);
@@ -276,6 +288,8 @@ vf_exec_t vr_mem(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_limit, const vf
 #ifdef VF_HLS_LITERAL
     static_assert(VF_AXI_BYTES % 4 == 0, "a bus word holds whole int32 words");
     uint64_t beats = 0;
+    const bool wgt = m.buffer == VF_RNN_BUF_WGT;
+    int8_t tword[VF_RNN_TILE_BYTES]; /* the WBUF tile word being assembled, written whole */
 MEM_PLANE:
     for (uint64_t p = 0; p < planes; ++p) {
     MEM_ROW:
@@ -298,8 +312,19 @@ MEM_PLANE:
                         if (k < rb) {
                             if (save)
                                 word[j] = bytes[o + k];
+                            else if (wgt)
+                                tword[(o + k) % VF_RNN_TILE_BYTES] = word[j]; /* the beat lies in one tile */
                             else
                                 bytes[o + k] = word[j];
+                        }
+                    }
+                    /* a tile goes into WBUF whole, at the beat that completes it (rows are whole tiles) */
+                    const uint64_t end = vf_min64((bt + 1) * VF_AXI_BYTES, rb);
+                    if (wgt && end % VF_RNN_TILE_BYTES == 0) {
+                    MEM_TILE:
+                        for (uint32_t j = 0; j < VF_RNN_TILE_BYTES; ++j) {
+#pragma HLS UNROLL
+                            bytes[o + end - VF_RNN_TILE_BYTES + j] = tword[j];
                         }
                     }
                 } else {

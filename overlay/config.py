@@ -112,6 +112,7 @@ def load(board: str) -> dict:
                                or any(not isinstance(v, int) or v < 0 for v in device.values())):
         raise BoardConfigError(f"board config {path}: device must give the part's lut, bram36, uram and dsp "
                                f"as counts >= 0, not {device!r}")
+    _check_storage(cfg, path)
     # a step's body must fit the core's on-chip instruction queues (hls/include/vfpga_unit_scheduler.h)
     for section in ("cnn_core", "rnn_core"):
         if not 1 <= cfg[section]["frame_insns"] <= 65536:
@@ -121,6 +122,32 @@ def load(board: str) -> dict:
 
 
 MAX_BANKS = 4  # m_axi bank ports the dispatcher top declares (hls/dispatcher_top.cpp)
+
+# The on-chip memories a config may bind to UltraRAM (its "storage": {"uram": [...]} list): the per-core
+# arrays of hls/dispatcher_top.cpp and each core kind's step instruction store
+# (hls/include/vfpga_unit_scheduler.h). Each becomes a VF_URAM_<NAME> macro, 1 or 0.
+STORAGE_ARRAYS = ("ibuf", "wbuf", "acc", "obuf", "param", "step_store",
+                  "rnn_wbuf", "rnn_vbuf", "rnn_acc", "rnn_param", "rnn_state", "rnn_act", "rnn_step_store")
+
+
+def uram_arrays(cfg: dict) -> list[str]:
+    """The memories the config binds to UltraRAM (none without a ``storage`` section)."""
+    return list(cfg.get("storage", {}).get("uram", []))
+
+
+def _check_storage(cfg: dict, path: str) -> None:
+    storage = cfg.get("storage", {})
+    if not isinstance(storage, dict) or sorted(storage) not in ([], ["uram"]) or \
+            not isinstance(storage.get("uram", []), list):
+        raise BoardConfigError(f"board config {path}: storage must be {{\"uram\": [memory names]}}, not {storage!r}")
+    uram = uram_arrays(cfg)
+    unknown = sorted(set(uram) - set(STORAGE_ARRAYS))
+    if unknown:
+        raise BoardConfigError(f"board config {path}: storage.uram names unknown memories {', '.join(unknown)} "
+                               f"(known: {', '.join(STORAGE_ARRAYS)})")
+    if uram and cfg.get("device", {}).get("uram", 0) == 0:
+        raise BoardConfigError(f"board config {path}: storage.uram binds {', '.join(uram)} to UltraRAM, but the "
+                               f"part has none (device.uram is 0 or missing)")
 
 
 def bank_port_registers(cfg: dict) -> list[str]:
@@ -222,6 +249,8 @@ def c_macros(cfg: dict) -> dict[str, int]:
         "VF_PARAM_ENTRIES": core["param_entries"],
         "VF_FRAME_INSNS": core["frame_insns"],
         **{f"VF_REG_{name.upper()}": off for name, off in core["registers"].items()},
+        # where each on-chip memory goes: 1 = UltraRAM (a BIND_STORAGE pragma of the top), 0 = block RAM
+        **{f"VF_URAM_{name.upper()}": int(name in uram_arrays(cfg)) for name in STORAGE_ARRAYS},
         **_dispatcher_macros(cfg),
         **_rnn_macros(cfg),
     }

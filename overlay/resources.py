@@ -28,12 +28,15 @@ whose source multiplies through vf_mul2, two products that share an operand
 in one 27 x 8 multiply. The requantization and gate multipliers (a few
 dozen per core) are left out.
 
-Each core's step channels (``vf_step_streams_t`` in
-hls/include/vfpga_unit_scheduler.h) are FIFOs, not arrays of the top: three
-instruction queues of ``frame_insns`` entries of an instruction and its
-index (VF_INSN_BYTES + 4 bytes) and four token FIFOs of ``frame_insns``
-bytes per core; they are counted the same way, as ``step_queues`` and
-``step_tokens`` (``rnn_``: the RNN cores'). The decoder's token-plan registers are left out.
+Each core's step memories (hls/include/vfpga_unit_scheduler.h) are not
+arrays of the top: the instruction store of ``vf_step_region`` (one per
+core, ``frame_insns`` instructions of VF_INSN_BYTES), the three slot queues
+and four token FIFOs of ``vf_step_streams_t`` (``frame_insns`` entries of
+the element type the header declares). They are counted the same way, as
+``step_store``, ``step_queues`` and ``step_tokens`` (``rnn_``: the RNN
+cores'), the store in UltraRAM when the config's ``storage.uram`` names it
+and the header binds it (VF_URAM_IF). The decoder's token-plan registers
+are left out.
 
 The device's capacity comes from the board config's ``device`` section
 (the whole part; an Alveo shell keeps part of it).
@@ -50,7 +53,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from .config import BoardConfigError, available, c_macros, load
+from .config import BoardConfigError, available, c_macros, load, uram_arrays
 
 HLS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hls")
 TOP = "dispatcher_top.cpp"
@@ -246,20 +249,41 @@ def estimate(board: str | dict, hls_dir: str = HLS_DIR) -> Estimate:
     return Estimate(cfg["name"], rows, mac_dsps(cfg, hls_dir), dict(cfg["device"]))
 
 
+def _header_bits(text: str, pattern: str, what: str) -> int:
+    m = re.search(pattern, text)
+    if m is None or m.group(1) not in _ELEM_BITS:
+        raise ResourceError(f"include/vfpga_unit_scheduler.h: no {what} of a fixed-width integer type "
+                            "(the estimate reads its declaration)")
+    return _ELEM_BITS[m.group(1)]
+
+
 def step_channels(cfg: dict, hls_dir: str = HLS_DIR) -> tuple[Row, ...]:
-    """The step's instruction queues and token FIFOs of every core (see the module docstring)."""
+    """The step's instruction store, slot queues and token FIFOs of every core (see the module docstring)."""
     with open(os.path.join(hls_dir, "include", "vfpga_isa.h")) as f:
         m = re.search(r"#define\s+VF_INSN_BYTES\s+(\d+)", f.read())
     if m is None:
         raise ResourceError("include/vfpga_isa.h does not define VF_INSN_BYTES")
-    entry_bits = 8 * (int(m.group(1)) + 4)
+    insn_bits = 8 * int(m.group(1))
+    with open(os.path.join(hls_dir, "include", "vfpga_unit_scheduler.h")) as f:
+        sched = f.read()
+    if not re.search(r"typename K::insn_t store\[K::FRAME_INSNS\];", sched):
+        raise ResourceError("include/vfpga_unit_scheduler.h: no step instruction store "
+                            "(typename K::insn_t store[K::FRAME_INSNS])")
+    slot_bits = _header_bits(sched, r"vf_stream<(\w+), K::FRAME_INSNS> queue\[3\];", "slot queues (queue[3])")
+    token_bits = _header_bits(sched, r"vf_stream<(\w+), K::FRAME_INSNS> l2c, c2l, c2s, s2c;", "token streams")
+    store_bound = "VF_URAM_IF(VF_STEP_STORE_URAM, store)" in sched
     rows = []
     for section, prefix in (("cnn_core", ""), ("rnn_core", "rnn_")):
         core = cfg.get(section)
         if not core or "frame_insns" not in core:
             continue
         depth = int(core["frame_insns"])
-        for name, bits, n in (("step_queues", entry_bits, 3), ("step_tokens", 8, 4)):
+        store = Array(prefix + "step_store", insn_bits, [core["count"], depth])
+        store.banks[0] = core["count"]
+        if store_bound and store.name in uram_arrays(cfg):
+            store.impl = "uram"
+        rows.append(row(store))
+        for name, bits, n in (("step_queues", slot_bits, 3), ("step_tokens", token_bits, 4)):
             a = Array(prefix + name, bits, [core["count"], n, depth])
             a.banks[:2] = [core["count"], n]
             rows.append(row(a))

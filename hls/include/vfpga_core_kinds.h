@@ -61,11 +61,37 @@ SCRUB:
     }
 }
 
+/* A weight buffer reshaped into WORD-byte words (VF_CNN_PARTITIONS,
+ * VF_RNN_PARTITIONS): the same beats as vf_scrub_memory, but each word is
+ * written whole, once, on the beat that completes it (a beat's share of a
+ * wide word would be a read-modify-write). */
+template <uint32_t WORD>
+static inline void vf_scrub_words(int8_t *p, uint32_t n)
+{
+    enum { B = VF_DISP_SCRUB_BYTES_PER_CYCLE };
+    static_assert(WORD % B == 0, "a scrub beat lies inside one weight word");
+    if (p == 0)
+        return;
+SCRUB_WORDS:
+    for (uint32_t i = 0; i < n; i += B) {
+#pragma HLS PIPELINE II=1
+        const uint32_t end = i + B; /* n is whole words */
+        if (end % WORD == 0) {
+        SCRUB_WORD:
+            for (uint32_t j = 0; j < WORD; ++j) {
+#pragma HLS UNROLL
+                p[end - WORD + j] = 0;
+            }
+        }
+    }
+}
+
 /* Zeroes every on-chip memory of a core: no data crosses tenants through it. */
 static inline void vf_core_scrub(vf_cnn_buffers_t *b)
 {
+    static_assert(VF_WBUF_BYTES % VF_CONV_WORD == 0, "WBUF holds whole words");
     vf_scrub_memory(b->ibuf, VF_IBUF_BYTES);
-    vf_scrub_memory(b->wbuf, VF_WBUF_BYTES);
+    vf_scrub_words<VF_CONV_WORD>(b->wbuf, VF_WBUF_BYTES);
     vf_scrub_memory(b->acc, VF_ACC_WORDS);
     vf_scrub_memory(b->obuf, VF_OBUF_BYTES);
     vf_scrub_memory(b->param, VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS);
@@ -73,7 +99,7 @@ static inline void vf_core_scrub(vf_cnn_buffers_t *b)
 
 static inline void vf_core_scrub(vf_rnn_buffers_t *b)
 {
-    vf_scrub_memory(b->wbuf, VF_RNN_WBUF_BYTES);
+    vf_scrub_words<VF_RNN_TILE_BYTES>(b->wbuf, VF_RNN_WBUF_BYTES);
     vf_scrub_memory(b->vbuf, VF_RNN_VBUF_BYTES);
     vf_scrub_memory(b->acc, VF_RNN_ACC_WORDS);
     vf_scrub_memory(b->param, VF_RNN_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS);

@@ -60,27 +60,40 @@
 /* ---- a core's memories, partitioned for its lanes -----------------------------
  * D is the array dimension that holds the words: 1 in a stand-alone core top,
  * 2 in the dispatcher's per-core arrays (dimension 1 is the core). WBUF
- * cyclic by VF_CONV_WORD = ICP * OCP: CONV weights are beat-major words
- * (vfpga_isa.h) at word-aligned addresses, so byte j of every word sits in
- * bank j and a MAC beat reads its word from all banks at once. */
+ * reshaped cyclically by VF_CONV_WORD = ICP * OCP: one memory whose word is
+ * a MAC beat's weights. CONV weights are beat-major words (vfpga_isa.h) at
+ * word-aligned addresses, so a beat reads one word whole; LOAD_LINEAR
+ * assembles each word from its bus beats and writes it whole (byte writes
+ * into a wide word would be read-modify-writes). One wide memory instead
+ * of ICP * OCP byte-wide banks: 512 x 8 banks fill an eighth of a RAMB36. */
 #define VF_CNN_PARTITIONS(D, ibuf, wbuf, obuf, acc)                              \
     VF_PRAGMA(HLS ARRAY_PARTITION variable=ibuf dim=D cyclic factor=VF_ICP)     \
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=wbuf dim=D cyclic factor=VF_CONV_WORD) \
+    VF_PRAGMA(HLS ARRAY_RESHAPE variable=wbuf dim=D cyclic factor=VF_CONV_WORD) \
     VF_PRAGMA(HLS ARRAY_PARTITION variable=obuf dim=D cyclic factor=VF_OCP)     \
     VF_PRAGMA(HLS ARRAY_PARTITION variable=acc dim=D cyclic factor=VF_OCP)
 
-/* WBUF by the tile (VF_RNN_TILE_BYTES = VF_RNN_ROWS x VF_RNN_COLS): a
- * MATVEC beat reads one tile-aligned word of beat-major weights, its byte
- * r * COLS + c in bank r * COLS + c; VBUF so that the array reads a column
+/* WBUF reshaped by the tile (VF_RNN_TILE_BYTES = VF_RNN_ROWS x VF_RNN_COLS):
+ * one memory of tile words; a MATVEC beat reads one tile-aligned word of
+ * beat-major weights whole, RNN_LOAD writes whole tiles; VBUF so that the array reads a column
  * block of the vector per cycle; ACC and STATE by the gate unit's lanes. ACT
  * is declared [VF_RNN_LANES][VF_RNN_ACT_WORDS] (dimension D the lane): one
  * memory per lane's copy of the tables, so the lanes look them up at once. */
 #define VF_RNN_PARTITIONS(D, wbuf, vbuf, acc, state, act)                             \
-    VF_PRAGMA(HLS ARRAY_PARTITION variable=wbuf dim=D cyclic factor=VF_RNN_TILE_BYTES) \
+    VF_PRAGMA(HLS ARRAY_RESHAPE variable=wbuf dim=D cyclic factor=VF_RNN_TILE_BYTES)   \
     VF_PRAGMA(HLS ARRAY_PARTITION variable=vbuf dim=D cyclic factor=VF_RNN_COLS)       \
     VF_PRAGMA(HLS ARRAY_PARTITION variable=acc dim=D cyclic factor=VF_RNN_LANES)       \
     VF_PRAGMA(HLS ARRAY_PARTITION variable=state dim=D cyclic factor=VF_RNN_LANES)     \
     VF_PRAGMA(HLS ARRAY_PARTITION variable=act dim=D complete)
+
+/* ---- UltraRAM where the board config puts a memory ---------------------------
+ * VF_URAM_IF(VF_URAM_<NAME>, var): the config's storage.uram list makes
+ * VF_URAM_<NAME> 1 (overlay/config.py) and var a true dual-port UltraRAM
+ * (4096 x 72 blocks, cascaded), else nothing (block RAM, the tool's
+ * default). The flag is expanded before it selects the branch. */
+#define VF_URAM_IF(flag, var) VF_URAM_IF_(flag, var)
+#define VF_URAM_IF_(flag, var) VF_URAM_IF_##flag(var)
+#define VF_URAM_IF_0(var)
+#define VF_URAM_IF_1(var) VF_PRAGMA(HLS BIND_STORAGE variable=var type=ram_t2p impl=uram)
 
 /* ---- the dispatcher top's DDR bank ports ------------------------------------
  * Port p is bank b's m_axi master (bundle bank<b>, AXI port m_axi_bank<b>),

@@ -131,7 +131,9 @@ typedef struct {
 } vf_insn_mem_t;
 
 /* LOAD_LINEAR: nbytes contiguous bytes to WBUF or PARAM (byte offset,
- * multiple of 4 for PARAM). */
+ * multiple of 4 for PARAM, of the core's bus word VF_AXI_BYTES for WBUF:
+ * WBUF is one memory of ICP * OCP-byte words, written a whole word at a
+ * time; else VF_FAULT_FIELD on buf_addr). */
 typedef struct {
     vf_insn_head_t head;
     uint32_t dram_addr;
@@ -553,7 +555,10 @@ typedef struct {
  * corresponds to byte (p * rows + r) * row_bytes + b of a dense run in the
  * buffer that starts at element buf_addr (bytes for WBUF/VBUF, int32 words
  * for ACC/PARAM/STATE/ACT; int32 buffers need row_bytes % 4 == 0 and take
- * little-endian words). LOAD: any buffer, any strides (0 repeats a row).
+ * little-endian words). LOAD: any buffer, any strides (0 repeats a row);
+ *   into WBUF (one memory of T-byte tile words, T = VF_RNN_ROWS *
+ *   VF_RNN_COLS, written a whole word at a time) buf_addr and row_bytes
+ *   must be multiples of T (else VF_FAULT_FIELD on the field).
  * SAVE: VBUF, ACC or STATE, rows that do not overlap in DDR
  *   (rows == 1 or row_stride >= row_bytes, and planes == 1 or
  *    plane_stride >= (rows - 1) * row_stride + row_bytes). */

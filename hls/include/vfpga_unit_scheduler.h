@@ -42,8 +42,11 @@
  * (Kind::FRAME_INSNS, the board config's frame_insns: a body of more
  * instructions is VF_FAULT_FRAME_SIZE at the first one that does not fit)
  * and the deps bits the opcode's unit may use (load: only *_NEXT, save:
- * only *_PREV, compute: all four; otherwise VF_FAULT_FIELD). It queues each
- * body instruction for its unit (the kind's unit_of) in program order. A
+ * only *_PREV, compute: all four; otherwise VF_FAULT_FIELD). It writes each
+ * body instruction into the step's instruction store (one per core,
+ * FRAME_INSNS instructions, slot = position in the body) and queues its
+ * slot for its unit (the kind's unit_of) in program order; a unit reads
+ * the instruction from the store when it takes the slot. A
  * decode fault stops the core before any instruction of the step runs.
  * The decoder then plans the tokens (its PLAN loop): it replays the units'
  * token exchange on the deps bits alone -- tokens are counters, not data,
@@ -114,6 +117,12 @@
 static_assert(VF_AXI_BYTES >= 1 && VF_AXI_BYTES <= 4096, "VF_AXI_BYTES out of range");
 
 #define VF_FETCH_NO_OPCODE 0xffffffffu
+
+/* The including core names its kind's UltraRAM flag for the step's
+ * instruction store (VF_URAM_STEP_STORE, VF_URAM_RNN_STEP_STORE). */
+#ifndef VF_STEP_STORE_URAM
+#define VF_STEP_STORE_URAM 0
+#endif
 
 /* ========================================================================== */
 /* Helpers of the units                                                        */
@@ -334,7 +343,7 @@ static inline void vf_count(vf_core_counters_t *cnt, uint32_t unit, const vf_exe
 
 /* ---- the streams of one step ------------------------------------------------ */
 
-/* An instruction in its unit's queue: its 64 bytes as fetched, its index. */
+/* The instruction a unit runs: its 64 bytes as fetched, its index. */
 template <class Insn>
 struct vf_queued_t {
     Insn insn;
@@ -349,16 +358,20 @@ struct vf_queued_t {
 typedef struct {
     uint32_t queued, run;
     uint32_t left_prev, left_next;
+    uint32_t first; /* index of the body's first instruction (store slot 0) */
 } vf_unit_plan_t;
 
-/* One step's channels: the decoder's instruction queue and plan word for each
- * unit, and the four dependency-token streams between neighbouring units
- * (load->compute, compute->load, compute->save, save->compute). A step holds
- * at most FRAME_INSNS instructions, so no queue or token stream ever fills:
- * a write never waits, as the unbounded counters of the C model never did. */
+/* One step's channels: the decoder's queue of store slots and plan word for
+ * each unit, and the four dependency-token streams between neighbouring units
+ * (load->compute, compute->load, compute->save, save->compute). The
+ * instructions themselves wait in the step's instruction store (one per
+ * core, vf_step_region), slot = position in the body, so a queue entry is
+ * 16 bits, not an instruction. A step holds at most FRAME_INSNS
+ * instructions, so no queue or token stream ever fills: a write never
+ * waits, as the unbounded counters of the C model never did. */
 template <class K>
 struct vf_step_streams_t {
-    vf_stream<vf_queued_t<typename K::insn_t>, K::FRAME_INSNS> queue[3];
+    vf_stream<uint16_t, K::FRAME_INSNS> queue[3];
     vf_stream<vf_unit_plan_t, 1> plan[3];
     vf_stream<uint8_t, K::FRAME_INSNS> l2c, c2l, c2s, s2c;
 #ifndef __SYNTHESIS__
@@ -444,8 +457,8 @@ typedef struct {
  * most one iteration per body instruction, plus one. */
 template <class K>
 static void vf_decode_process(const vf_ddr_t &ddr, uint64_t seg_win, uint64_t limit, uint32_t insn_offset,
-                              uint32_t insn_count, uint32_t pc, vf_step_streams_t<K> &s, vf_decode_t *d,
-                              uint32_t *iters)
+                              uint32_t insn_count, uint32_t pc, vf_step_streams_t<K> &s,
+                              typename K::insn_t store[K::FRAME_INSNS], vf_decode_t *d, uint32_t *iters)
 {
     /* each unit's instructions for the plan: deps, index, opcode; the NOPs */
     uint8_t pdeps[3][K::FRAME_INSNS];
@@ -459,6 +472,7 @@ static void vf_decode_process(const vf_ddr_t &ddr, uint64_t seg_win, uint64_t li
     d->insns = 0;
     d->frames = 0;
     uint32_t idx = pc;
+    uint32_t body = pc; /* the body's first instruction (after a FRAME at pc): store slot 0 */
 FETCH:
     for (; idx < insn_count; ++idx) {
 #pragma HLS PIPELINE II=1
@@ -467,11 +481,11 @@ FETCH:
             d->fault = VF_FAULT_FETCH, d->fault_opcode = VF_FETCH_NO_OPCODE, d->fault_addr = first;
             break;
         }
-        vf_queued_t<typename K::insn_t> q;
-        q.idx = idx;
-        vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, q.insn.raw, VF_INSN_BYTES);
-        const uint32_t op = q.insn.head.opcode, deps = q.insn.head.deps;
+        typename K::insn_t insn;
+        vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, insn.raw, VF_INSN_BYTES);
+        const uint32_t op = insn.head.opcode, deps = insn.head.deps;
         if (idx == pc && op == VF_OP_FRAME) {
+            body = pc + 1;
             d->frames += 1; /* retired: the token streams start empty in every step */
             d->insns += 1;
             if (iters)
@@ -495,13 +509,14 @@ FETCH:
             d->fault = VF_FAULT_FIELD, d->fault_opcode = op, d->fault_addr = VF_DEPS_OFFSET;
             break;
         }
-        ++n;
+        const uint16_t slot = (uint16_t)n++; /* idx - body */
         if (unit != VF_UNIT_NONE) {
             const uint32_t k = queued[unit]++;
             pdeps[unit][k] = (uint8_t)deps;
             pidx[unit][k] = idx;
             pop[unit][k] = (uint8_t)op;
-            s.queue[unit].write(q);
+            store[slot] = insn;
+            s.queue[unit].write(slot);
         } else if (op == VF_OP_NOP) {
             nops[n_nops++] = idx;
         }
@@ -564,7 +579,7 @@ FETCH:
     /* after a decode fault nothing runs: the units drop what was queued */
     const bool decoded = d->fault == VF_FAULT_NONE || d->fault == VF_FAULT_DEADLOCK;
     for (uint32_t u = 0; u < 3; ++u) {
-        vf_unit_plan_t p = {queued[u], decoded ? cur[u] : 0, 0, 0};
+        vf_unit_plan_t p = {queued[u], decoded ? cur[u] : 0, 0, 0, body};
         if (decoded) {
             p.left_prev = u == VF_UNIT_COMPUTE ? tok[0] : u == VF_UNIT_SAVE ? tok[2] : 0;
             p.left_next = u == VF_UNIT_LOAD ? tok[1] : u == VF_UNIT_COMPUTE ? tok[3] : 0;
@@ -599,8 +614,8 @@ struct vf_unit_ctx_t {
  * inside the segment) and every stream ends empty. */
 template <class K>
 static bool vf_unit_process(uint32_t UNIT, const vf_ddr_t &ddr, uint64_t seg_win, uint64_t limit,
-                            vf_step_streams_t<K> &s, typename K::buffers_t *b, vf_unit_ctx_t<typename K::insn_t> &c,
-                            uint32_t *iters)
+                            vf_step_streams_t<K> &s, const typename K::insn_t store[K::FRAME_INSNS],
+                            typename K::buffers_t *b, vf_unit_ctx_t<typename K::insn_t> &c, uint32_t *iters)
 {
     if (c.finished)
         return true;
@@ -611,7 +626,11 @@ static bool vf_unit_process(uint32_t UNIT, const vf_ddr_t &ddr, uint64_t seg_win
 UNIT_QUEUE:
     while (c.taken < c.plan.queued) {
         if (!c.have) {
-            c.cur = s.queue[UNIT].read();
+            /* the next slot, then its instruction from the store (the units share its read port: each
+             * takes at most one instruction per UNIT_ISSUE_CYCLES >= 3 cycles) */
+            const uint16_t slot = s.queue[UNIT].read();
+            c.cur.insn = store[slot];
+            c.cur.idx = c.plan.first + slot;
             c.have = true;
         }
         if (c.taken < c.plan.run) {
@@ -690,30 +709,35 @@ static void vf_step_region(const vf_ddr_t &ddr, uint64_t seg_win, uint64_t limit
     VF_PRAGMA(HLS DATAFLOW)
 #ifdef __SYNTHESIS__
     vf_step_streams_t<K> s;
+    typename K::insn_t store[K::FRAME_INSNS];
 #else
-    /* the C-simulation reuses one set per thread: a step's streams (about
-     * 3 * FRAME_INSNS instructions) would cost a fresh stack frame each */
+    /* the C-simulation reuses one set per thread: a step's streams and store
+     * (FRAME_INSNS instructions) would cost a fresh stack frame each */
     static thread_local vf_step_streams_t<K> s;
+    static thread_local typename K::insn_t store[K::FRAME_INSNS];
     s.clear();
 #endif
-    vf_decode_process<K>(ddr, seg_win, limit, insn_offset, insn_count, pc, s, d, iters);
+    /* the step's instruction store: one per core, FRAME_INSNS x 512 bits, in UltraRAM where the board
+     * config says so (storage.uram: step_store, rnn_step_store) */
+    VF_URAM_IF(VF_STEP_STORE_URAM, store)
+    vf_decode_process<K>(ddr, seg_win, limit, insn_offset, insn_count, pc, s, store, d, iters);
 #ifdef __SYNTHESIS__
-    vf_unit_process<K>(VF_UNIT_SAVE, ddr, seg_win, limit, s, b, ctx[VF_UNIT_SAVE], iters);
-    vf_unit_process<K>(VF_UNIT_COMPUTE, ddr, seg_win, limit, s, b, ctx[VF_UNIT_COMPUTE], iters);
-    vf_unit_process<K>(VF_UNIT_LOAD, ddr, seg_win, limit, s, b, ctx[VF_UNIT_LOAD], iters);
+    vf_unit_process<K>(VF_UNIT_SAVE, ddr, seg_win, limit, s, store, b, ctx[VF_UNIT_SAVE], iters);
+    vf_unit_process<K>(VF_UNIT_COMPUTE, ddr, seg_win, limit, s, store, b, ctx[VF_UNIT_COMPUTE], iters);
+    vf_unit_process<K>(VF_UNIT_LOAD, ddr, seg_win, limit, s, store, b, ctx[VF_UNIT_LOAD], iters);
 #else
     if (d->fault != VF_FAULT_NONE && d->fault != VF_FAULT_DEADLOCK)
         return; /* nothing of a step that fails to decode runs */
 SCHEDULE:
     for (;;) {
         const uint64_t before = vf_unit_progress(ctx[0]) + vf_unit_progress(ctx[1]) + vf_unit_progress(ctx[2]);
-        bool done = vf_unit_process<K>(VF_UNIT_SAVE, ddr, seg_win, limit, s, b, ctx[VF_UNIT_SAVE], iters);
+        bool done = vf_unit_process<K>(VF_UNIT_SAVE, ddr, seg_win, limit, s, store, b, ctx[VF_UNIT_SAVE], iters);
         if (ctx[VF_UNIT_SAVE].fault != VF_FAULT_NONE)
             return;
-        done &= vf_unit_process<K>(VF_UNIT_COMPUTE, ddr, seg_win, limit, s, b, ctx[VF_UNIT_COMPUTE], iters);
+        done &= vf_unit_process<K>(VF_UNIT_COMPUTE, ddr, seg_win, limit, s, store, b, ctx[VF_UNIT_COMPUTE], iters);
         if (ctx[VF_UNIT_COMPUTE].fault != VF_FAULT_NONE)
             return;
-        done &= vf_unit_process<K>(VF_UNIT_LOAD, ddr, seg_win, limit, s, b, ctx[VF_UNIT_LOAD], iters);
+        done &= vf_unit_process<K>(VF_UNIT_LOAD, ddr, seg_win, limit, s, store, b, ctx[VF_UNIT_LOAD], iters);
         if (ctx[VF_UNIT_LOAD].fault != VF_FAULT_NONE || done)
             return;
         if (vf_unit_progress(ctx[0]) + vf_unit_progress(ctx[1]) + vf_unit_progress(ctx[2]) == before) {

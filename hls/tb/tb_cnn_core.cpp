@@ -522,7 +522,9 @@ static void test_load_linear()
         g_ctx = "trial " + std::to_string(t);
         const uint32_t nw = 1 + rnd(t % 4 == 0 ? (VF_WBUF_BYTES < (1u << 18) ? VF_WBUF_BYTES : (1u << 18)) : 5000);
         const uint32_t wsrc = e.alloc(nw, 1);
-        const uint32_t wdst = rnd(VF_WBUF_BYTES - nw + 1);
+        /* WBUF runs start on a bus word (VF_FAULT_FIELD otherwise); any length, so the first and the
+         * last WBUF word are merged with what they held */
+        const uint32_t wdst = VF_AXI_BYTES * rnd((VF_WBUF_BYTES - nw) / VF_AXI_BYTES + 1);
         const uint32_t pwords = 1 + rnd(VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS);
         const uint32_t psrc = e.alloc(pwords * 4, 1); /* unaligned DDR source is fine */
         const uint32_t pdst = 4 * rnd(VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS - pwords + 1);
@@ -990,7 +992,7 @@ static void test_lut_random()
         const bool in_obuf = t % 3 == 0;
         vf_insn_t l = blank(VF_OP_LUT, VF_DEP_POP_PREV | VF_DEP_PUSH_NEXT, in_obuf ? VF_LUT_SRC_OBUF : 0);
         l.lut.length = n;
-        l.lut.table_addr = rnd(VF_WBUF_BYTES - VF_LUT_ENTRIES + 1);
+        l.lut.table_addr = VF_AXI_BYTES * rnd((VF_WBUF_BYTES - VF_LUT_ENTRIES) / VF_AXI_BYTES + 1); /* loadable */
         if (in_obuf && t % 2) { /* in place */
             l.lut.in_addr = l.lut.out_addr = rnd(VF_OBUF_BYTES - n + 1);
         } else if (in_obuf) { /* from one half into the other */
@@ -1530,8 +1532,8 @@ static void test_fault_buffer()
                         VF_FAULT_BUFFER, 0xfffffff0u);
     expect_single_fault("save obuf", mk_mem(VF_OP_SAVE, 0, VF_OBUF_BYTES - 1, 4, 4, 4, 4, 0, 0, 1, 1),
                         VF_FAULT_BUFFER, VF_OBUF_BYTES);
-    expect_single_fault("linear wbuf", mk_linear(0, VF_WBUF_BYTES - 8, 16, VF_BUF_WGT), VF_FAULT_BUFFER,
-                        VF_WBUF_BYTES);
+    expect_single_fault("linear wbuf", mk_linear(0, VF_WBUF_BYTES - VF_AXI_BYTES, VF_AXI_BYTES + 8, VF_BUF_WGT),
+                        VF_FAULT_BUFFER, VF_WBUF_BYTES);
     expect_single_fault("linear param",
                         mk_linear(0, VF_PARAM_ENTRIES * 12 - 8, 16, VF_BUF_PARAM), VF_FAULT_BUFFER,
                         VF_PARAM_ENTRIES * 12);
@@ -1684,6 +1686,8 @@ static void test_fault_field()
         cases.push_back({"param nbytes % 4", l, offsetof(vf_insn_linear_t, nbytes)});
         l = mk_linear(0, 0, 0, VF_BUF_WGT);
         cases.push_back({"linear nbytes 0", l, offsetof(vf_insn_linear_t, nbytes)});
+        l = mk_linear(0, VF_AXI_BYTES / 2, 16, VF_BUF_WGT);
+        cases.push_back({"wbuf buf_addr % VF_AXI_BYTES", l, offsetof(vf_insn_linear_t, buf_addr)});
     }
     /* deps a unit cannot use */
     {

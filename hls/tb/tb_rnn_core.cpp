@@ -934,18 +934,19 @@ static void test_load_save()
     static const uint32_t sizes[] = {VF_RNN_WBUF_BYTES, VF_RNN_VBUF_BYTES, VF_RNN_ACC_WORDS,
                                      PARAM_WORDS,       VF_RNN_STATE_WORDS, VF_RNN_ACT_WORDS};
     for (int trial = 0; trial < 60; ++trial) {
-        Env e(1 << 16);
+        Env e(1 << 16 > 80 * TB ? 1 << 16 : 80 * TB); /* room for WBUF rows of whole tiles */
         g_ctx = "load/save trial " + std::to_string(trial);
         std::vector<vf_rnn_insn_t> &p = e.prog();
         p.push_back(mk_marker(VF_OP_FRAME));
         for (int i = 0; i < 4; ++i) {
             const uint32_t b = rnd(6);
-            const bool wide = bufs[b] >= VF_RNN_BUF_ACC;
-            const uint32_t rb = wide ? 4 * (1 + rnd(40)) : 1 + rnd(150);
+            const bool wide = bufs[b] >= VF_RNN_BUF_ACC, wgt = bufs[b] == VF_RNN_BUF_WGT;
+            /* WBUF takes whole tiles at tile offsets (VF_FAULT_FIELD otherwise) */
+            const uint32_t rb = wgt ? TB * (1 + rnd(2)) : wide ? 4 * (1 + rnd(40)) : 1 + rnd(150);
             const uint32_t rows = 1 + rnd(5), planes = 1 + rnd(3);
             const uint32_t rs = rnd(4) ? rb + rnd(20) : rnd(rb + 1), ps = rnd(4) ? rows * (rb + 20) + rnd(50) : rnd(100);
             const uint32_t elems = planes * rows * (wide ? rb / 4 : rb);
-            const uint32_t buf = rnd(sizes[b] - elems + 1);
+            const uint32_t buf = wgt ? TB * rnd((sizes[b] - elems) / TB + 1) : rnd(sizes[b] - elems + 1);
             const uint32_t dram = rnd(e.limit - ((planes - 1) * ps + (rows - 1) * rs + rb));
             p.push_back(mk_mem(VF_RNN_OP_LOAD, (uint8_t)bufs[b], dram, buf, rb, rows, planes, rs, ps));
         }
@@ -1250,7 +1251,8 @@ static void test_fault_segment()
         const bool save = trial % 2;
         g_ctx = std::string(save ? "save" : "load") + " segment trial " + std::to_string(trial);
         const uint8_t buffer = save ? (uint8_t)VF_RNN_BUF_STATE : (uint8_t)(rnd(2) ? VF_RNN_BUF_WGT : VF_RNN_BUF_ACT);
-        const uint32_t rb = 4 * (1 + rnd(16)), rows = 1 + rnd(6), planes = 1 + rnd(4);
+        const uint32_t rb = buffer == VF_RNN_BUF_WGT ? TB * (1 + rnd(2)) : 4 * (1 + rnd(16));
+        const uint32_t rows = 1 + rnd(6), planes = 1 + rnd(4);
         const uint32_t rs = save ? rb + rnd(64) : rnd(2 * rb + 64);
         const uint32_t ps = save ? (rows - 1) * rs + rb + rnd(64) : rnd(rows * rs + 64);
         const uint64_t span = (uint64_t)(planes - 1) * ps + (uint64_t)(rows - 1) * rs + rb;
@@ -1319,15 +1321,20 @@ static void test_fault_buffer()
     const uint32_t W = VF_RNN_WBUF_BYTES, V = VF_RNN_VBUF_BYTES, A = VF_RNN_ACC_WORDS, P = VF_RNN_PARAM_ENTRIES;
     const uint32_t S = VF_RNN_STATE_WORDS, T = VF_RNN_ACT_WORDS;
     /* RNN_LOAD / RNN_SAVE: element units of the buffer */
-    expect_single_fault("load wbuf", mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_WGT, 0, W - 10, 4, 3), VF_FAULT_BUFFER, W);
+    expect_single_fault("load wbuf", mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_WGT, 0, W - 2 * TB, TB, 3), VF_FAULT_BUFFER, W);
+    /* WBUF is written a whole tile word at a time */
+    expect_single_fault("load wbuf off a tile", mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_WGT, 0, TB / 2, TB, 1),
+                        VF_FAULT_FIELD, offsetof(vf_insn_rnn_mem_t, buf_addr));
+    expect_single_fault("load wbuf part of a tile", mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_WGT, 0, TB, TB / 2, 1),
+                        VF_FAULT_FIELD, offsetof(vf_insn_rnn_mem_t, row_bytes));
     expect_single_fault("load vbuf", mk_load(VF_RNN_BUF_VEC, 0, V + 5, 1), VF_FAULT_BUFFER, V + 5);
     expect_single_fault("load acc", mk_load(VF_RNN_BUF_ACC, 0, A - 1, 8), VF_FAULT_BUFFER, A);
     expect_single_fault("load param", mk_load(VF_RNN_BUF_PARAM, 0, PARAM_WORDS - 2, 12), VF_FAULT_BUFFER,
                         PARAM_WORDS);
     expect_single_fault("load state", mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_STATE, 0, S - 4, 8, 1, 3), VF_FAULT_BUFFER, S);
     expect_single_fault("load act", mk_load(VF_RNN_BUF_ACT, 0, 0xffffffffu, 4), VF_FAULT_BUFFER, 0xffffffffu);
-    expect_single_fault("load huge", mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_WGT, 0, 0, 0xffffffffu, 0xffff, 0xffff),
-                        VF_FAULT_BUFFER, W);
+    expect_single_fault("load huge", mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_WGT, 0, 0, TB * (0xffffffffu / TB), 0xffff,
+                                            0xffff), VF_FAULT_BUFFER, W);
     expect_single_fault("save vbuf", mk_save(VF_RNN_BUF_VEC, 0, V - 3, 4), VF_FAULT_BUFFER, V);
     expect_single_fault("save state", mk_save(VF_RNN_BUF_STATE, 0, S, 4), VF_FAULT_BUFFER, S);
     /* RNN_MATVEC */
@@ -1396,8 +1403,8 @@ static void test_buffer_bounds()
         uint64_t addr;
     };
     std::vector<Case> cs;
-    cs.push_back({"load wbuf", mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_WGT, 0, W - 12, 4, 3),
-                  mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_WGT, 0, W - 11, 4, 3), W});
+    cs.push_back({"load wbuf", mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_WGT, 0, W - 3 * TB, TB, 3),
+                  mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_WGT, 0, W - 2 * TB, TB, 3), W});
     cs.push_back({"load param", mk_load(VF_RNN_BUF_PARAM, 0, PARAM_WORDS - 3, 12),
                   mk_load(VF_RNN_BUF_PARAM, 0, PARAM_WORDS - 2, 12), PARAM_WORDS});
     cs.push_back({"load act", mk_mem(VF_RNN_OP_LOAD, VF_RNN_BUF_ACT, 0, T - 6, 4, 3, 2),

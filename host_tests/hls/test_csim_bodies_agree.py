@@ -159,8 +159,10 @@ class Gen:
         to_param = self.rng.random() < 0.3
         n = 4 * self.r(1, 600)
         size = g["param_entries"] * isa.PARAM_ENTRY_WORDS * 4 if to_param else g["wbuf_bytes"]
+        # a WBUF run starts on a bus word (else FIELD), and mostly does: its first and last word are merged
+        align = 4 if to_param or self.wild() else g["axi_bytes"]
         f = dict(buffer=isa.BUF_PARAM if to_param else isa.BUF_WGT, nbytes=n,
-                 buf_addr=4 * (self.addr(size, n) // 4), dram_addr=self.addr(SEG_BYTES, n))
+                 buf_addr=align * (self.addr(size, n) // align), dram_addr=self.addr(SEG_BYTES, n))
         if self.wild():
             f["buffer"] = self.u(8)
         if self.wild():
@@ -312,7 +314,7 @@ def run(module, seg, offset, n, limit, bufs):
 def geometry(module) -> dict:
     geo = module.ffi.new("vf_cnn_geometry_t *")
     module.lib.vf_cnn_core_geometry(geo)
-    return {k: getattr(geo, k) for k in ("icp", "ocp", "ibuf_bytes", "wbuf_bytes", "acc_words", "obuf_bytes",
+    return {k: getattr(geo, k) for k in ("icp", "ocp", "axi_bytes", "ibuf_bytes", "wbuf_bytes", "acc_words", "obuf_bytes",
                                          "param_entries")}
 
 

@@ -464,8 +464,9 @@ def executable_program(rng, geo, n, data_off, data_len, param_off, param_entries
                                     **({} if save else {"pad_value": r(-128, 127)})))
         elif kind == "LOAD_LINEAR":
             nb = r(1, min(wb, 5000))
+            axi = geo.axi_bytes  # a WBUF run starts on a bus word (hls/include/vfpga_isa.h, LOAD_LINEAR)
             insns.append(isa.encode("LOAD_LINEAR", dram_addr=data_off + r(0, data_len - nb),
-                                    buf_addr=r(0, wb - nb), nbytes=nb, buffer=isa.BUF_WGT))
+                                    buf_addr=axi * r(0, (wb - nb) // axi), nbytes=nb, buffer=isa.BUF_WGT))
         elif kind == "LOAD_PARAM":
             k = r(1, min(pe, param_entries))
             insns.append(isa.encode("LOAD_LINEAR", dram_addr=param_off, buf_addr=4 * 3 * r(0, pe - k),

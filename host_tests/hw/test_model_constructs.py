@@ -129,13 +129,19 @@ def _between(text: str, a: str, b: str) -> str:
 
 def wbuf_words() -> bool:
     """A MAC beat's ICP x OCP weights are one WBUF word (the closed gap
-    "wbuf_lanes"): WBUF cyclic by VF_CONV_WORD in VF_CNN_PARTITIONS, and the
-    CONV and depthwise beats read their word at constant byte offsets, with
-    no run-time stride (k.WST) or per-lane weight index (k.w[...])."""
+    "wbuf_lanes"): WBUF reshaped cyclically by VF_CONV_WORD in
+    VF_CNN_PARTITIONS (one memory of beat-wide words), the CONV and
+    depthwise beats read their word at constant byte offsets, with no
+    run-time stride (k.WST) or per-lane weight index (k.w[...]), and
+    LOAD_LINEAR writes WBUF a whole word at a time (LINEAR_WORD), never a
+    byte into a wide word."""
     macro = _squash(source("include/vfpga_hls.h").split("#define VF_CNN_PARTITIONS", 1)[1].split("#define", 1)[0])
     core = source("cnn_core.cpp")
     conv, dw = _squash(loop_body(core, "CONV_BEAT") or ""), _squash(loop_body(core, "DW_BEAT") or "")
-    return ("ARRAY_PARTITION variable=wbuf dim=D cyclic factor=VF_CONV_WORD" in macro
+    linear = _squash(function_body(core, "vf_load_linear"))
+    return ("ARRAY_RESHAPE variable=wbuf dim=D cyclic factor=VF_CONV_WORD" in macro
+            and check_tag("cnn_core.cpp LINEAR_WORD unrolled")[0]
+            and "wbuf[wi * VF_CONV_WORD + j] = wword[j];" in linear and "wbuf[l.buf_addr + k]" not in linear
             and "k.w + wi * VF_CONV_WORD" in conv and "wb[o * VF_ICP + i]" in conv and "WST" not in conv
             and "k.w + wr * VF_CONV_WORD" in dw and "wl[b % VF_OCP] = ww[b]" in dw and "k.w[" not in dw)
 
@@ -145,12 +151,39 @@ GAPS = {
         "ddr.core_ports (u200_bigcore: one core on 4 banks, data word-interleaved) is only the beat width "
         "VF_AXI_BYTES: the LOAD/SAVE beat is not split over VF_CORE_PORTS bank ports",
         lambda: "VF_CORE_PORTS" in source("cnn_core.cpp")),
-    "device_fit": (
-        "the top's memories as its pragmas shape them (byte-wide partitions of the weight buffers, nothing "
-        "bound to UltraRAM) exceed every board's block RAM (python -m vfpga.overlay.resources); the MAC "
-        "arrays fit their DSP slices, two int8 products per slice",
-        lambda: all(not resources.estimate(b).over() for b in overlay.available())),
 }
+
+
+def every_board_fits() -> bool:
+    """device_fit (closed): every board's memories, as the top's pragmas shape them, and its MAC arrays
+    fit its part (vfpga.overlay.resources)."""
+    return all(not resources.estimate(b).over() for b in overlay.available())
+
+
+def test_every_board_fits_its_part():
+    """device_fit: the cycle model assumes every core of the config exists at once."""
+    assert every_board_fits(), {b: resources.estimate(b).over() for b in overlay.available()}
+
+
+def test_device_fit_check_sees_removed_constructs(tmp_path, monkeypatch):
+    """The fit check fails when the constructs that make it true are taken away: the weight buffers'
+    reshape (back to byte-wide banks) or the UltraRAM binding."""
+    hls_h, top = source("include/vfpga_hls.h"), source("dispatcher_top.cpp")
+    shutil.copytree(HLS, tmp_path / "hls", ignore=shutil.ignore_patterns("build"))
+    real = resources.estimate
+
+    def estimate_copy(board, hls_dir=None):
+        return real(board, str(tmp_path / "hls"))
+
+    monkeypatch.setattr(resources, "estimate", estimate_copy)
+    assert every_board_fits()
+    for name, text in (("include/vfpga_hls.h", hls_h.replace("ARRAY_RESHAPE variable=wbuf", "ARRAY_PARTITION variable=wbuf")),
+                       ("dispatcher_top.cpp", top.replace("VF_URAM_IF(VF_URAM_RNN_WBUF, rnn_wbuf)", ""))):
+        original = source(name)
+        (tmp_path / "hls" / name).write_text(text)
+        assert not every_board_fits(), name
+        (tmp_path / "hls" / name).write_text(original)
+    assert every_board_fits()
 
 
 # ---------------------------------------------------------------- the unit scheduler's structure
@@ -174,14 +207,16 @@ def units_are_dataflow_processes(text: str) -> bool:
 
 def instructions_are_fetched_once(text: str) -> bool:
     """The scheduler reads DDR in one place, the decoder's pipelined FETCH
-    loop, a whole instruction at consecutive addresses; the units run what
-    the decoder queued."""
+    loop, a whole instruction at consecutive addresses, into the step's
+    instruction store; the units run what the decoder stored, taking the
+    slots it queued."""
     fetch = loop_body(text, "FETCH") or ""
     head = loop_head(text, "FETCH") or ""
+    unit = function_body(text, "vf_unit_process")
     return (text.count("vf_ddr_read(") == 1 and "#pragma HLS PIPELINE II=1" in head
-            and "(uint64_t)idx * VF_INSN_BYTES, q.insn.raw, VF_INSN_BYTES);" in fetch
-            and "s.queue[unit].write(q);" in fetch
-            and "c.cur = s.queue[UNIT].read();" in function_body(text, "vf_unit_process"))
+            and "(uint64_t)idx * VF_INSN_BYTES, insn.raw, VF_INSN_BYTES);" in fetch
+            and "store[slot] = insn;" in fetch and "s.queue[unit].write(slot);" in fetch
+            and "const uint16_t slot = s.queue[UNIT].read();" in unit and "c.cur.insn = store[slot];" in unit)
 
 
 def test_the_units_are_concurrent_processes():
@@ -203,9 +238,12 @@ def test_scheduler_checks_see_removed_constructs():
                                                           "uint64_t first"))
     # a unit reading its instruction from DDR again when it runs it
     unit = function_body(text, "vf_unit_process")
-    reread = unit.replace("c.cur = s.queue[UNIT].read();", "c.cur = s.queue[UNIT].read();\n"
+    reread = unit.replace("c.cur.insn = store[slot];", "c.cur.insn = store[slot];\n"
                           "vf_ddr_read(ddr, seg_win + insn_offset + c.cur.idx * 64, c.cur.insn.raw, 64);")
+    assert reread != unit
     assert not instructions_are_fetched_once(text.replace(unit, reread))
+    # the units taking their instructions from anywhere but the store
+    assert not instructions_are_fetched_once(text.replace("c.cur.insn = store[slot];", "c.cur.insn = {};"))
     assert check_tag("include/vfpga_unit_scheduler.h FETCH pipelined")[0]
 
 
@@ -270,12 +308,15 @@ def test_wbuf_words_check_sees_removed_constructs(tmp_path, monkeypatch):
     hls_h, core = source("include/vfpga_hls.h"), source("cnn_core.cpp")
     shutil.copytree(HLS, tmp_path / "hls", ignore=shutil.ignore_patterns("build"))
     monkeypatch.setattr(sys.modules[__name__], "HLS", str(tmp_path / "hls"))
-    pragma = "    VF_PRAGMA(HLS ARRAY_PARTITION variable=wbuf dim=D cyclic factor=VF_CONV_WORD) \\\n"
+    pragma = "    VF_PRAGMA(HLS ARRAY_RESHAPE variable=wbuf dim=D cyclic factor=VF_CONV_WORD) \\\n"
     assert pragma in hls_h
     original = {"include/vfpga_hls.h": hls_h, "cnn_core.cpp": core}
     for name, text in (("include/vfpga_hls.h", hls_h.replace(pragma, "")),
                        ("cnn_core.cpp", core.replace("wb[o * VF_ICP + i]", "wb[o * k.WST + i]")),
-                       ("cnn_core.cpp", core.replace("wl[b % VF_OCP] = ww[b];", "wl[b % VF_OCP] = 0;"))):
+                       ("cnn_core.cpp", core.replace("wl[b % VF_OCP] = ww[b];", "wl[b % VF_OCP] = 0;")),
+                       # LOAD_LINEAR back to byte writes into the wide words
+                       ("cnn_core.cpp", core.replace("wword[(ws + k) % VF_CONV_WORD] = word[j];",
+                                                     "wbuf[l.buf_addr + k] = word[j];"))):
         (tmp_path / "hls" / name).write_text(text)
         assert not wbuf_words(), name
         (tmp_path / "hls" / name).write_text(original[name])
@@ -320,10 +361,10 @@ def test_the_top_partitions_every_cores_memories(board):
     pragmas = set(top_pragmas(board))
     icp, ocp, rnn = cfg["cnn_core"]["icp"], cfg["cnn_core"]["ocp"], cfg["rnn_core"]
     want = {f"#pragma HLS ARRAY_PARTITION variable=ibuf dim=2 cyclic factor={icp}",
-            f"#pragma HLS ARRAY_PARTITION variable=wbuf dim=2 cyclic factor={icp * ocp}",
+            f"#pragma HLS ARRAY_RESHAPE variable=wbuf dim=2 cyclic factor={icp * ocp}",
             f"#pragma HLS ARRAY_PARTITION variable=obuf dim=2 cyclic factor={ocp}",
             f"#pragma HLS ARRAY_PARTITION variable=acc dim=2 cyclic factor={ocp}",
-            f"#pragma HLS ARRAY_PARTITION variable=rnn_wbuf dim=2 cyclic factor={rnn['rows'] * rnn['cols']}",
+            f"#pragma HLS ARRAY_RESHAPE variable=rnn_wbuf dim=2 cyclic factor={rnn['rows'] * rnn['cols']}",
             f"#pragma HLS ARRAY_PARTITION variable=rnn_vbuf dim=2 cyclic factor={rnn['cols']}",
             f"#pragma HLS ARRAY_PARTITION variable=rnn_acc dim=2 cyclic factor={rnn['lanes']}",
             f"#pragma HLS ARRAY_PARTITION variable=rnn_state dim=2 cyclic factor={rnn['lanes']}",
@@ -333,3 +374,6 @@ def test_the_top_partitions_every_cores_memories(board):
                         "rnn_state", "rnn_act"))}
     assert want <= pragmas, sorted(want - pragmas)
     assert "#pragma HLS DATAFLOW" in pragmas
+    # UltraRAM exactly where the config's storage.uram says (the top's arrays)
+    uram = {p.split("variable=")[1].split()[0] for p in pragmas if "BIND_STORAGE" in p and "impl=uram" in p}
+    assert uram == set(overlay.config.uram_arrays(cfg)) - {"step_store", "rnn_step_store"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 
 import pytest
@@ -87,11 +89,58 @@ def test_the_estimate_covers_every_configured_buffer(board):
     assert all(r.bram36 > 0 or r.uram > 0 or r.impl == "lutram" for r in e.rows)
     steps = {r.name: r for r in e.rows if "step_" in r.name}
     for prefix, core in (("", cnn), ("rnn_", rnn)):
-        q, t = steps[prefix + "step_queues"], steps[prefix + "step_tokens"]
-        assert (q.count, q.depth, q.width) == (3 * core["count"], core["frame_insns"], 8 * (64 + 4))
+        st, q, t = steps[prefix + "step_store"], steps[prefix + "step_queues"], steps[prefix + "step_tokens"]
+        assert (st.count, st.depth, st.width) == (core["count"], core["frame_insns"], 8 * 64)
+        assert st.impl == ("uram" if prefix + "step_store" in overlay.config.uram_arrays(cfg) else "bram")
+        assert (q.count, q.depth, q.width) == (3 * core["count"], core["frame_insns"], 16)
         assert (t.count, t.depth, t.width) == (4 * core["count"], core["frame_insns"], 8)
+    # the arrays the config binds to UltraRAM are counted there, and only those
+    uram = {r.name for r in e.rows if r.impl == "uram"}
+    assert uram == set(overlay.config.uram_arrays(cfg))
+    assert all(r.bram36 == 0 and r.uram > 0 for r in e.rows if r.impl == "uram")
     text = R.table(e)
     assert board in text and ("fits the device" in text or "exceeds the device" in text)
+
+
+@needs_gxx
+@pytest.mark.parametrize("board", overlay.available())
+def test_every_board_fits_with_headroom(board):
+    """Block RAM and UltraRAM, as the pragmas shape the memories, stay under the whole part (the figures
+    the README's board table gives); the decoder's plan registers, the requantization and gate logic and
+    an Alveo shell's static region are not counted, so keep some room."""
+    e = R.estimate(board)
+    assert not e.over(), e.over()
+    assert e.bram36 <= 0.92 * e.device["bram36"]
+    assert e.uram <= 0.92 * max(e.device["uram"], 1)
+
+
+def test_storage_names_known_memories(tmp_path):
+    cfg = json.loads(open(os.path.join(overlay.config.CONFIG_DIR, "u200.json")).read())
+    cfg["storage"] = {"uram": ["rnn_wbuf", "bogus"]}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(overlay.BoardConfigError, match="unknown memories bogus"):
+        overlay.load(str(path))
+    cfg["storage"] = {"uram": ["rnn_wbuf"], "lutram": []}
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(overlay.BoardConfigError, match="storage must be"):
+        overlay.load(str(path))
+
+
+def test_uram_on_a_part_without_it_is_refused(tmp_path):
+    cfg = json.loads(open(os.path.join(overlay.config.CONFIG_DIR, "pynq_z2.json")).read())
+    cfg["storage"] = {"uram": ["rnn_wbuf"]}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(overlay.BoardConfigError, match="the part has none"):
+        overlay.load(str(path))
+
+
+def test_storage_becomes_macros():
+    m = overlay.c_macros(overlay.load("u200"))
+    assert m["VF_URAM_RNN_WBUF"] == 1 and m["VF_URAM_IBUF"] == 0
+    z2 = overlay.c_macros(overlay.load("pynq_z2"))  # no UltraRAM on the part
+    assert [z2[f"VF_URAM_{n.upper()}"] for n in overlay.config.STORAGE_ARRAYS] == [0] * len(overlay.config.STORAGE_ARRAYS)
 
 
 def test_main_prints_each_board(capsys):
@@ -100,6 +149,21 @@ def test_main_prints_each_board(capsys):
     assert R.main(["pynq_z2"]) == 0
     out = capsys.readouterr().out
     assert "pynq_z2" in out and "RAMB36" in out
+
+
+@needs_gxx
+def test_the_step_memories_are_read_from_the_scheduler(tmp_path):
+    """The store and the queues' entries are what the header declares; a header without them is named."""
+    shutil.copytree(R.HLS_DIR, tmp_path / "hls", ignore=shutil.ignore_patterns("build"))
+    path = tmp_path / "hls" / "include" / "vfpga_unit_scheduler.h"
+    text = path.read_text()
+    path.write_text(text.replace("vf_stream<uint16_t, K::FRAME_INSNS> queue[3];",
+                                 "vf_stream<uint32_t, K::FRAME_INSNS> queue[3];"))
+    rows = {r.name: r for r in R.step_channels(overlay.load("u200"), str(tmp_path / "hls"))}
+    assert rows["step_queues"].width == 32
+    path.write_text(text.replace("typename K::insn_t store[K::FRAME_INSNS];", ""))
+    with pytest.raises(R.ResourceError, match="no step instruction store"):
+        R.step_channels(overlay.load("u200"), str(tmp_path / "hls"))
 
 
 def test_missing_sources_are_named(tmp_path):

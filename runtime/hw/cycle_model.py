@@ -128,8 +128,9 @@ loop nests do not make true yet -- as an expected failure.
   [hls include/vfpga_hls.h "ARRAY_PARTITION variable=ibuf dim=D cyclic factor=VF_ICP"]
   [hls dispatcher_top.cpp "VF_CNN_PARTITIONS(2, ibuf, wbuf, obuf, acc)"]; the
   ICP x OCP weights of a beat likewise: CONV weights are beat-major words of
-  ICP x OCP bytes at word-aligned addresses, WBUF is cyclic by that word
-  [hls include/vfpga_hls.h "ARRAY_PARTITION variable=wbuf dim=D cyclic factor=VF_CONV_WORD"]
+  ICP x OCP bytes at word-aligned addresses, WBUF is reshaped by that word
+  (one memory of beat-wide words)
+  [hls include/vfpga_hls.h "ARRAY_RESHAPE variable=wbuf dim=D cyclic factor=VF_CONV_WORD"]
   [hls cnn_core_top.cpp "VF_CNN_PARTITIONS(1, ibuf, wbuf, obuf, acc)"],
   and a dense beat reads its word with constant bank offsets
   [hls cnn_core.cpp "const int8_t *wb = k.w + wi * VF_CONV_WORD;"]
@@ -160,8 +161,21 @@ loop nests do not make true yet -- as an expected failure.
 * Every core of the config exists at once: its memories, as the top's
   pragmas shape them, and its MAC array, two int8 multiplies per DSP48
   [hls include/vfpga_mac.h "#define VF_MACS_PER_DSP 2"], fit the part
-  (vfpga.overlay.resources; ``python -m vfpga.overlay.resources``)
-  [hls-gap device_fit]
+  (vfpga.overlay.resources; ``python -m vfpga.overlay.resources``): the
+  weight buffers are one memory of beat-wide words each
+  [hls include/vfpga_hls.h "ARRAY_RESHAPE variable=wbuf dim=D cyclic factor=VF_CONV_WORD"]
+  [hls include/vfpga_hls.h "ARRAY_RESHAPE variable=wbuf dim=D cyclic factor=VF_RNN_TILE_BYTES"],
+  which LOAD_LINEAR and RNN_LOAD write a whole word at a time (a beat lies
+  inside one word; LOAD_LINEAR merges the run's first and last word, read
+  once before its beats) [hls cnn_core.cpp LINEAR_WORD unrolled]
+  [hls cnn_core.cpp LINEAR_MERGE unrolled] [hls rnn_core.cpp MEM_TILE unrolled];
+  the big memories go to UltraRAM where the board config's storage.uram
+  says [hls include/vfpga_hls.h "type=ram_t2p impl=uram"]
+  [hls dispatcher_top.cpp "VF_URAM_IF(VF_URAM_RNN_WBUF, rnn_wbuf)"]
+  [hls dispatcher_top.cpp "VF_URAM_IF(VF_URAM_RNN_ACT, rnn_act)"]; a core
+  keeps one step instruction store, its units' queues carry 16-bit slots
+  [hls include/vfpga_unit_scheduler.h "VF_URAM_IF(VF_STEP_STORE_URAM, store)"]
+  [hls include/vfpga_unit_scheduler.h "vf_stream<uint16_t, K::FRAME_INSNS> queue[3];"]
 * B is a bank's: one m_axi bundle per DDR bank on the dispatcher top
   [hls include/vfpga_hls.h "bundle=bank##b"] [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"],
   a frame on the port of its segment's bank [hls include/vfpga_ddr.h vf_ddr_segment],
@@ -175,8 +189,10 @@ loop nests do not make true yet -- as an expected failure.
 * The instruction fetch is one transfer per step: the decoder reads each
   instruction once, whole, at consecutive addresses, and the units run from
   its queues [hls include/vfpga_unit_scheduler.h FETCH pipelined]
-  [hls include/vfpga_unit_scheduler.h "vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, q.insn.raw, VF_INSN_BYTES);"]
-  [hls include/vfpga_unit_scheduler.h "c.cur = s.queue[UNIT].read();"];
+  [hls include/vfpga_unit_scheduler.h "vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, insn.raw, VF_INSN_BYTES);"]
+  into the core's step instruction store, from which the units take what
+  their slot queues name [hls include/vfpga_unit_scheduler.h "store[slot] = insn;"]
+  [hls include/vfpga_unit_scheduler.h "c.cur.insn = store[slot];"];
   the token plan [hls include/vfpga_unit_scheduler.h PLAN pipelined];
   DECODE_LATENCY and UNIT_ISSUE_CYCLES: the decoder's dispatch and each
   unit's issue [hls include/vfpga_unit_scheduler.h vf_decode_process]

@@ -63,8 +63,9 @@ As in :mod:`.cycle_model` (host_tests/hw/test_model_constructs.py checks them):
   the tile at wgt_addr (tile aligned) + (rb * wgt_stride + cb) words
   [hls rnn_core.cpp "const int8_t *tile = w + (rb * ws + cb) * VR_TILE;"]
   [hls rnn_core.cpp "return VF_FIELD(vf_insn_rnn_matvec_t, wgt_addr);"]
-  from a WBUF cyclic by the tile, every byte in its own bank
-  [hls include/vfpga_hls.h "variable=wbuf dim=D cyclic factor=VF_RNN_TILE_BYTES"]
+  from a WBUF reshaped by the tile, one memory of tile words
+  [hls include/vfpga_hls.h "ARRAY_RESHAPE variable=wbuf dim=D cyclic factor=VF_RNN_TILE_BYTES"],
+  which RNN_LOAD writes a whole tile at a time [hls rnn_core.cpp MEM_TILE unrolled]
 * The gate chain's depth: the LSTM/GRU cell of one lane
   [hls rnn_core.cpp vr_gate_unit], its tables read by every lane at once:
   ACT is held once per lane, [VF_RNN_LANES][act_words] with the lane
@@ -74,8 +75,8 @@ As in :mod:`.cycle_model` (host_tests/hw/test_model_constructs.py checks them):
   lane l looking up copy l
   [hls rnn_core.cpp "const uint64_t copy = (j % VF_RNN_LANES) * (uint64_t)VF_RNN_ACT_WORDS;"]
   and RNN_LOAD writing every copy in the same beat [hls rnn_core.cpp MEM_ACT_COPY unrolled]
-  (on-chip cost: lanes x act_words x 4 bytes per core, e.g. u200 16 x 8196
-  words = 512 KiB, u200_bigcore 128 x 8196 = 4 MiB)
+  (on-chip cost: lanes x act_words x 4 bytes per core, e.g. u200 16 x 4098
+  words = 256 KiB, u200_bigcore 128 x 4098 = 2 MiB, in UltraRAM)
 * RNN_LOAD / RNN_SAVE move one bus word per beat, the int32 buffers whole
   words [hls rnn_core.cpp MEM_WORD unrolled]
   through the bank ports of the CNN model's DDR numbers

@@ -78,7 +78,9 @@ Each rule with the construct that makes it true (host_tests/hw/test_model_constr
 * Scrubs: every memory of the core zeroed when it changes hands
   [hls include/vfpga_core_kinds.h vf_core_scrub], scrub_bytes_per_cycle bytes
   a cycle [hls include/vfpga_core_kinds.h SCRUB pipelined]
-  [hls include/vfpga_core_kinds.h "VF_DISP_SCRUB_BYTES_PER_CYCLE / sizeof(T)"]
+  [hls include/vfpga_core_kinds.h "VF_DISP_SCRUB_BYTES_PER_CYCLE / sizeof(T)"],
+  the weight buffers' wide words written whole on the beat that completes
+  them [hls include/vfpga_core_kinds.h SCRUB_WORDS pipelined]
 * A faulting frame is charged its counters: the units count iterations as
   they retire instructions [hls include/vfpga_unit_scheduler.h vf_count]
 """
