@@ -469,7 +469,7 @@ FETCH:
         }
         vf_queued_t<typename K::insn_t> q;
         q.idx = idx;
-        vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, q.insn.raw, VF_INSN_BYTES);
+        vf_seg_read(ddr, seg_win, insn_offset + (uint64_t)idx * VF_INSN_BYTES, q.insn.raw, VF_INSN_BYTES);
         const uint32_t op = q.insn.head.opcode, deps = q.insn.head.deps;
         if (idx == pc && op == VF_OP_FRAME) {
             d->frames += 1; /* retired: the token streams start empty in every step */
