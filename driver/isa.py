@@ -112,7 +112,8 @@ RNN_FORMATS = {
 # records, tenant status, mask results, record status, its own fault codes.
 REQUEST = _dtype_of(ffi.typeof("vf_disp_request_t"))
 COMPLETION = _dtype_of(ffi.typeof("vf_disp_completion_t"))
-TENANT_STATUS = {v: k for k, v in _constants("VF_TENANT_").items() if k != "ENABLE"}
+TENANT_CONTROL = {"ENABLE": lib.VF_TENANT_ENABLE, "STRIPED": lib.VF_TENANT_STRIPED}  # control register bits
+TENANT_STATUS = {v: k for k, v in _constants("VF_TENANT_").items() if k not in TENANT_CONTROL}
 MASK_RESULTS = {v: k for k, v in _constants("VF_MASK_").items()}
 RECORD_STATUS = {v: k for k, v in _constants("VF_CPL_").items()}
 DISPATCH_FAULTS = _constants("VF_DFAULT_")

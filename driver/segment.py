@@ -1,11 +1,24 @@
-"""A tenant segment: one contiguous block of device memory in one DDR bank.
+"""A tenant segment: the device memory a tenant's programs reach.
 
 Everything a tenant's program touches (instructions, weights, activations,
-I/O) lives inside its segment, addressed by offsets relative to
-``physical_address``; the cores check every access against the segment
-limit. The segment is a single ``pynq.allocate``'d uint8 buffer, so it works
-on any PYNQ device; the host edits its copy and syncs just the byte ranges
-it changed, because copies to and from device memory are what costs time.
+I/O) lives inside its segment, addressed by segment offsets; the cores check
+every access against the segment limit. The host edits its copy and syncs
+just the byte ranges it changed, because copies to and from device memory
+are what costs time.
+
+Two layouts:
+
+* contiguous (every board's default): one ``pynq.allocate``'d uint8 buffer
+  in one DDR bank; offset a is at ``physical_address + a``.
+* striped (``stripe``: a board whose cores have ``ddr.core_ports`` P > 1
+  bank ports, u200_bigcore; :func:`vfpga.overlay.config.segment_stripe`):
+  P equal buffers, one in each of banks 0 .. P-1 at the same offset, so
+  that a core's beat reads one bus word from each bank at once. Offset a is
+  in part (a // W) % P at part offset (a // (W * P)) * W + a % W (W: a bus
+  word). ``physical_address`` is part 0's; the dispatcher is told the
+  layout by the tenant's VF_TENANT_STRIPED control bit. Syncs scatter the
+  host copy's bytes to the parts (and gather them back) exactly: a range
+  touches in each part one contiguous run, and only those bytes move.
 """
 
 from __future__ import annotations
@@ -35,12 +48,18 @@ def bank_memory(device, bank: int):
     raise ValueError(f"device {device!r} has no memory bank {bank}")
 
 
+class SegmentPlacementError(MemoryError):
+    """A striped segment's parts did not land at the same offset of their banks."""
+
+
 class Segment:
     """``size`` bytes of device memory in DDR bank ``bank`` of ``device``
-    (the active PYNQ device by default). Use as a context manager or call
+    (the active PYNQ device by default), or striped over ``stripe.ports``
+    banks from bank 0 on (``stripe``: a :class:`vfpga.overlay.config.Stripe`,
+    None or one port: contiguous). Use as a context manager or call
     :meth:`free`."""
 
-    def __init__(self, size: int, bank: int = 0, device=None):
+    def __init__(self, size: int, bank: int = 0, device=None, stripe=None):
         if int(size) <= 0:
             raise ValueError(f"a segment needs at least one byte, not {size}")
         if device is None:
@@ -48,20 +67,69 @@ class Segment:
         self.size = int(size)
         self.bank = bank
         self.device = device
-        self._buf = pynq.allocate((self.size,), np.uint8, target=bank_memory(device, bank))
-        # the host copy as a plain array: slicing a PynqBuffer makes a buffer object per slice
-        self._host = self._buf.view(np.ndarray)
+        self.stripe = stripe if stripe is not None and stripe.ports > 1 else None
+        self._buf = None
+        if self.stripe is None:
+            self._parts = [pynq.allocate((self.size,), np.uint8, target=bank_memory(device, bank))]
+            self._buf = self._parts[0]
+            # the host copy as a plain array: slicing a PynqBuffer makes a buffer object per slice
+            self._host = self._buf.view(np.ndarray)
+            return
+        if bank != 0:
+            raise ValueError(f"a striped segment starts in bank 0 (its parts are in banks 0..{stripe.ports - 1}), "
+                             f"not in bank {bank}")
+        self._parts = self._allocate_parts(device, stripe)
+        self._buf = self._parts[0]
+        part = self.stripe.part_bytes(self.size)
+        # the host copy, padded to whole rows of one word per part: rows[i, p] is word i of part p
+        self._image = np.zeros(part * stripe.ports, np.uint8)
+        self._host = self._image[:self.size]
+        self._rows = self._image.reshape(-1, stripe.ports, stripe.word)
+        self._part_words = [b.view(np.ndarray).reshape(-1, stripe.word) for b in self._parts]
+
+    def _allocate_parts(self, device, stripe) -> list:
+        part = stripe.part_bytes(self.size)
+        parts = []
+        try:
+            for p in range(stripe.ports):
+                parts.append(pynq.allocate((part,), np.uint8, target=bank_memory(device, p)))
+            base = parts[0].physical_address
+            for p, b in enumerate(parts):
+                if b.physical_address != base + p * stripe.bank_stride:
+                    raise SegmentPlacementError(
+                        f"striped segment: bank {p}'s part is at {b.physical_address:#x}, not at the first "
+                        f"part's offset ({base + p * stripe.bank_stride:#x}); the banks' allocations are out of "
+                        "step (memory allocated in some banks only)")
+        except BaseException:
+            for b in parts:
+                b.freebuffer()
+            raise
+        return parts
 
     # ---- properties ------------------------------------------------------------
     @property
     def physical_address(self) -> int:
-        """Device address of offset 0 (the value a core's ``seg`` register takes)."""
+        """Device address of offset 0 (the value a core's ``seg`` register
+        takes; a striped segment's first part's, the dispatcher's seg_base)."""
         return self._live().physical_address
 
     @property
+    def striped(self) -> bool:
+        return self.stripe is not None
+
+    @property
     def buffer(self):
-        """The underlying PynqBuffer (the host copy, uint8)."""
+        """The underlying PynqBuffer (the host copy, uint8) of a contiguous segment."""
+        if self.stripe is not None:
+            raise TypeError("a striped segment has one buffer per bank: use parts")
         return self._live()
+
+    @property
+    def parts(self) -> list:
+        """The PynqBuffers holding the segment: one, or one per bank of a
+        striped segment (part p in bank p)."""
+        self._live()
+        return list(self._parts)
 
     @property
     def freed(self) -> bool:
@@ -88,22 +156,81 @@ class Segment:
     # ---- device copy ----------------------------------------------------------------
     def sync_to_device(self, offset: int = 0, nbytes: int | None = None) -> None:
         """Host copy -> device memory for [offset, offset + nbytes) (to the end by default)."""
+        if self.stripe is not None:
+            for p, lo, hi in self._part_runs(offset, nbytes):
+                self._copy_part(p, lo, hi, to_part=True)
+                self._parts[p][lo:hi].sync_to_device()
+            return
         view = self._range(offset, nbytes)
         if view.size:
             view.sync_to_device()
 
     def sync_from_device(self, offset: int = 0, nbytes: int | None = None) -> None:
         """Device memory -> host copy for [offset, offset + nbytes) (to the end by default)."""
+        if self.stripe is not None:
+            for p, lo, hi in self._part_runs(offset, nbytes):
+                self._parts[p][lo:hi].sync_from_device()
+                self._copy_part(p, lo, hi, to_part=False)
+            return
         view = self._range(offset, nbytes)
         if view.size:
             view.sync_from_device()
 
+    # ---- the striped layout ------------------------------------------------------
+    def _part_runs(self, offset: int, nbytes: int | None) -> list[tuple[int, int, int]]:
+        """(part, lo, hi) for each part holding bytes of the range: the bytes
+        of [offset, offset + nbytes) in part p are its run [lo, hi)."""
+        if nbytes is None:
+            self._check(offset, 0)
+            nbytes = self.size - offset
+        self._check(offset, nbytes)
+        self._live()
+        if nbytes == 0:
+            return []
+        st, end = self.stripe, offset + nbytes
+        w0, w1 = offset // st.word, (end - 1) // st.word
+        runs = []
+        for p in range(st.ports):
+            first = w0 + (p - w0) % st.ports   # the range's first and last words in part p
+            last = w1 - (w1 - p) % st.ports
+            if first > last:
+                continue
+            a, b = max(offset, first * st.word), min(end, (last + 1) * st.word)
+            runs.append((p, st.place(a)[1], st.place(b - 1)[1] + 1))
+        return runs
+
+    def _copy_part(self, p: int, lo: int, hi: int, to_part: bool) -> None:
+        """Copies part p's run [lo, hi) between the host copy and the part's
+        host buffer, word by word row (a head and a tail word may be partial)."""
+        w = self.stripe.word
+        words, rows = self._part_words[p], self._rows
+        pieces = []
+        a, b = -(-lo // w), hi // w  # the whole words
+        if a > b:  # inside one word
+            pieces.append((lo // w, lo % w, hi - (lo // w) * w))
+        else:
+            if lo % w:
+                pieces.append((lo // w, lo % w, w))
+            if hi % w:
+                pieces.append((b, 0, hi % w))
+        if a < b:
+            if to_part:
+                words[a:b] = rows[a:b, p]
+            else:
+                rows[a:b, p] = words[a:b]
+        for i, s, e in pieces:
+            if to_part:
+                words[i, s:e] = rows[i, p, s:e]
+            else:
+                rows[i, p, s:e] = words[i, s:e]
+
     # ---- lifetime ----------------------------------------------------------------
     def free(self) -> None:
-        """Returns the memory to its bank; the segment is unusable afterwards."""
+        """Returns the memory to its bank(s); the segment is unusable afterwards."""
         if self._buf is not None:
-            buf, self._buf, self._host = self._buf, None, None
-            buf.freebuffer()
+            parts, self._parts, self._buf, self._host = self._parts, [], None, None
+            for buf in parts:
+                buf.freebuffer()
 
     def __enter__(self):
         return self
@@ -113,7 +240,8 @@ class Segment:
 
     def __repr__(self):
         where = "freed" if self._buf is None else f"phys={self._buf.physical_address:#x}"
-        return f"Segment(size={self.size}, bank={self.bank}, {where})"
+        layout = f"striped over {self.stripe.ports} banks" if self.stripe else f"bank={self.bank}"
+        return f"Segment(size={self.size}, {layout}, {where})"
 
     # ---- helpers ----------------------------------------------------------------
     def _live(self):

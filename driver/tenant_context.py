@@ -199,7 +199,9 @@ class TenantContext:
             self._w("core_mask", mask)
             # always written: the register keeps what an earlier tenant of this context set
             self._w("max_inflight", self.max_inflight)
-            self._w("control", 1)
+            # a striped segment (one part per bank of a multi-port core) says so at enable
+            striped = getattr(self.segment, "striped", False)
+            self._w("control", isa.TENANT_CONTROL["ENABLE"] | (isa.TENANT_CONTROL["STRIPED"] if striped else 0))
             self._wait("enable", lambda: self.status != "DISABLED", timeout)
             if self.status == "FAULTED":
                 raise ContextError(f"tenant context {self.index} faulted at enable: {self.fault()}")

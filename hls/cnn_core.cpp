@@ -246,7 +246,7 @@ LOAD_ROW:
                 const uint64_t lo = vf_max64(k0, left), hi = vf_min64(k0 + VF_AXI_BYTES, left + mid);
                 int8_t word[VF_AXI_BYTES] = {0};
                 if (row_in && lo < hi)
-                    vf_ddr_read(ddr, win + run + (lo - left), word + (lo - k0), (uint32_t)(hi - lo));
+                    vf_seg_read_beat(ddr, win, run + (lo - left), word + (lo - k0), (uint32_t)(hi - lo));
             LOAD_LANE_DENSE:
                 for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
@@ -267,8 +267,8 @@ LOAD_ROW:
                     const uint64_t k0 = b * VF_AXI_BYTES;
                     int8_t word[VF_AXI_BYTES] = {0};
                     if (in)
-                        vf_ddr_read(ddr, win + m.dram_addr + (uint64_t)y * pitch + (uint64_t)x * ps + k0, word,
-                                    (uint32_t)vf_min64(VF_AXI_BYTES, ch - k0));
+                        vf_seg_read_beat(ddr, win, m.dram_addr + (uint64_t)y * pitch + (uint64_t)x * ps + k0, word,
+                                         (uint32_t)vf_min64(VF_AXI_BYTES, ch - k0));
                 LOAD_LANE:
                     for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
@@ -290,13 +290,13 @@ LOAD_ROW:
             continue;
         }
         memset(dst, pad, left);
-        const int8_t *src = vf_ddr_segment(ddr, win) + m.dram_addr + (uint64_t)y * pitch + (uint64_t)xs * ps;
+        uint64_t at = m.dram_addr + (uint64_t)y * pitch + (uint64_t)xs * ps; /* segment offset */
         if (dense) {
-            memcpy(dst + left, src, mid);
+            vf_seg_read(ddr, win, at, dst + left, mid);
         } else {
             int8_t *d = dst + left;
-            for (int64_t x = xs; x < xe; ++x, d += ch, src += ps)
-                memcpy(d, src, ch);
+            for (int64_t x = xs; x < xe; ++x, d += ch, at += ps)
+                vf_seg_read(ddr, win, at, d, ch);
         }
         memset(dst + left + mid, pad, right);
     }
@@ -349,8 +349,8 @@ LINEAR_BEAT:
 #pragma HLS PIPELINE II=1
         ++beats;
         int8_t word[VF_AXI_BYTES] = {0};
-        vf_ddr_read(ddr, win + l.dram_addr + b * VF_AXI_BYTES, word,
-                    (uint32_t)vf_min64(VF_AXI_BYTES, n - b * VF_AXI_BYTES));
+        vf_seg_read_beat(ddr, win, l.dram_addr + b * VF_AXI_BYTES, word,
+                         (uint32_t)vf_min64(VF_AXI_BYTES, n - b * VF_AXI_BYTES));
     LINEAR_LANE:
         for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
 #pragma HLS UNROLL
@@ -382,13 +382,17 @@ LINEAR_BEAT:
     }
     return vf_done(beats, n, 0);
 #else
-    const int8_t *src = vf_ddr_segment(ddr, win) + l.dram_addr;
     if (to_param) {
         int32_t *dst = param + (l.buf_addr >> 2);
-        for (uint64_t w = 0; w < n / 4; ++w)
-            dst[w] = vf_word(src + 4 * w);
+        int8_t chunk[256]; /* whole words */
+        for (uint64_t k = 0; k < n; k += sizeof chunk) {
+            const uint64_t m = vf_min64(sizeof chunk, n - k);
+            vf_seg_read(ddr, win, l.dram_addr + k, chunk, m);
+            for (uint64_t w = 0; w < m / 4; ++w)
+                dst[k / 4 + w] = vf_word(chunk + 4 * w);
+        }
     } else {
-        memcpy(wbuf + l.buf_addr, src, n);
+        vf_seg_read(ddr, win, l.dram_addr, wbuf + l.buf_addr, n);
     }
     return vf_done(vf_ceil_div(n, VF_AXI_BYTES), n, 0);
 #endif
@@ -1281,7 +1285,7 @@ static vf_exec_t vf_save_unit(const vf_ddr_t &ddr, uint64_t win, uint64_t seg_li
     uint64_t beats = 0;
 SAVE_ROW:
     for (uint64_t r = 0; r < th; ++r) {
-        const uint64_t drow = win + base + r * pitch; /* window offset of the DDR row */
+        const uint64_t drow = base + r * pitch; /* segment offset of the DDR row */
         const int8_t *srow = src + r * row_bytes;
         if (dense) {
         SAVE_BEAT_DENSE:
@@ -1295,8 +1299,8 @@ SAVE_ROW:
                     const uint64_t k = bt * VF_AXI_BYTES + j;
                     word[j] = k < row_bytes ? srow[k] : 0;
                 }
-                vf_ddr_write(ddr, drow + bt * VF_AXI_BYTES, word,
-                             (uint32_t)vf_min64(VF_AXI_BYTES, row_bytes - bt * VF_AXI_BYTES));
+                vf_seg_write_beat(ddr, win, drow + bt * VF_AXI_BYTES, word,
+                                  (uint32_t)vf_min64(VF_AXI_BYTES, row_bytes - bt * VF_AXI_BYTES));
             }
         } else {
         SAVE_PIXEL:
@@ -1312,23 +1316,22 @@ SAVE_ROW:
                         const uint64_t k = bt * VF_AXI_BYTES + j;
                         word[j] = k < ch ? srow[c * ch + k] : 0;
                     }
-                    vf_ddr_write(ddr, drow + c * pstep + bt * VF_AXI_BYTES, word,
-                                 (uint32_t)vf_min64(VF_AXI_BYTES, ch - bt * VF_AXI_BYTES));
+                    vf_seg_write_beat(ddr, win, drow + c * pstep + bt * VF_AXI_BYTES, word,
+                                      (uint32_t)vf_min64(VF_AXI_BYTES, ch - bt * VF_AXI_BYTES));
                 }
             }
         }
     }
     return vf_done(beats, th * row_bytes, 0);
 #else
-    int8_t *seg = vf_ddr_segment(ddr, win);
     for (uint64_t r = 0; r < th; ++r) {
-        int8_t *drow = seg + base + r * pitch;
+        const uint64_t drow = base + r * pitch; /* segment offset */
         const int8_t *srow = src + r * row_bytes;
         if (dense)
-            memcpy(drow, srow, row_bytes);
+            vf_seg_write(ddr, win, drow, srow, row_bytes);
         else
             for (uint64_t c = 0; c < tw; ++c)
-                memcpy(drow + c * pstep, srow + c * ch, ch);
+                vf_seg_write(ddr, win, drow + c * pstep, srow + c * ch, ch);
     }
     const uint64_t iters = dense ? th * vf_ceil_div(row_bytes, VF_AXI_BYTES) : th * tw * vf_ceil_div(ch, VF_AXI_BYTES);
     return vf_done(iters, th * row_bytes, 0);
@@ -1399,6 +1402,15 @@ uint32_t vf_cnn_core_step(int8_t *seg, uint32_t seg_limit, uint32_t insn_offset,
 {
     return vf_unit_step<vf_cnn_kind>(vf_ddr_window(seg, seg_limit), 0, seg_limit, insn_offset, insn_count, buffers,
                                      state, counters, iters);
+}
+
+uint32_t vf_cnn_core_step_window(int8_t *mem, uint64_t mem_bytes, uint64_t seg_win, uint32_t striped,
+                                 uint32_t seg_limit, uint32_t insn_offset, uint32_t insn_count,
+                                 vf_cnn_buffers_t *buffers, vf_cnn_state_t *state, vf_cnn_counters_t *counters,
+                                 uint32_t *iters)
+{
+    return vf_unit_step<vf_cnn_kind>(vf_ddr_for(vf_ddr_window(mem, mem_bytes), striped), seg_win, seg_limit,
+                                     insn_offset, insn_count, buffers, state, counters, iters);
 }
 
 uint32_t vf_cnn_core_step_ddr(const vf_ddr_t &ddr, uint64_t seg_win, uint32_t seg_limit, uint32_t insn_offset,

@@ -45,8 +45,8 @@
  * against seg_limit). Frames run on the core with the bank ports, the
  * segment's window offset and seg_limit; the core checks every access and
  * issues it on the port of its bank. The dispatcher's own accesses go through
- * the bank port of the address they touch (vf_ddr_read / vf_ddr_write,
- * vfpga_ddr.h). All offset arithmetic is 64-bit
+ * the bank port of the address they touch (vf_seg_read / vf_seg_write at
+ * segment offsets, striped segments word by word: vfpga_ddr.h). All offset arithmetic is 64-bit
  * on 32-bit fields, so nothing wraps. Out-of-range indices in the state
  * (a corrupted vf_disp_state_t) are ignored rather than followed.
  */
@@ -244,16 +244,36 @@ static inline bool vf_behind_stop(const vf_disp_tenant_state_t &s, uint32_t seq)
     return s.stopping && vf_enabled_phase(s) && seq - s.head >= s.stop_seq - s.head;
 }
 
+/* Whether two latched segments share a byte: a contiguous segment is one
+ * range, a striped one a range of vf_seg_span bytes in each of its banks. */
+static bool vf_segs_overlap(const vf_disp_tenant_state_t &a, const vf_disp_tenant_state_t &b, const vf_ddr_t &ddr)
+{
+    const uint64_t sa = vf_seg_span(vf_ddr_for(ddr, a.striped), a.seg_limit);
+    const uint64_t sb = vf_seg_span(vf_ddr_for(ddr, b.striped), b.seg_limit);
+    bool hit = false;
+OVERLAP_PARTS:
+    for (uint32_t p = 0; p < VF_CORE_PORTS; ++p)
+        for (uint32_t q = 0; q < VF_CORE_PORTS; ++q) {
+            if ((p > 0 && !a.striped) || (q > 0 && !b.striped))
+                continue;
+            const uint64_t x = a.seg_win + (uint64_t)p * VF_DDR_BANK_STRIDE;
+            const uint64_t y = b.seg_win + (uint64_t)q * VF_DDR_BANK_STRIDE;
+            hit = hit || (x < y + sb && y < x + sa);
+        }
+    return hit;
+}
+
+/* segment offset of the ring entry of request seq */
 static inline uint64_t vf_ring_addr(const vf_disp_tenant_state_t &s, uint32_t seq)
 {
-    return s.seg_win + s.ring_offset + (uint64_t)(seq & (s.ring_size - 1u)) * VF_DISP_REQUEST_BYTES;
+    return s.ring_offset + (uint64_t)(seq & (s.ring_size - 1u)) * VF_DISP_REQUEST_BYTES;
 }
 
 /* n ring entries from seq on (not past the ring's end). */
 static void vf_read_requests(const vf_ddr_t &ddr, const vf_disp_tenant_state_t &s, uint32_t seq,
                              vf_disp_request_t *q, uint32_t n)
 {
-    vf_ddr_read(ddr, vf_ring_addr(s, seq), q, n * VF_DISP_REQUEST_BYTES);
+    vf_seg_read(vf_ddr_for(ddr, s.striped), s.seg_win, vf_ring_addr(s, seq), q, n * VF_DISP_REQUEST_BYTES);
 }
 
 /* The record of request s.head; s.ring_ok is required. status VF_CPL_*;
@@ -288,8 +308,8 @@ static void vf_write_record(const vf_ddr_t &ddr, const vf_disp_tenant_state_t &s
         c.save_iters = vf_sat32(q->save_iters);
         c.cycles = vf_sat32(now >= q->start ? now - q->start : 0);
     }
-    const uint64_t at = s.seg_win + s.cpl_offset + (uint64_t)(s.head & (s.ring_size - 1u)) * VF_DISP_RECORD_BYTES;
-    vf_ddr_write(ddr, at, &c, sizeof c);
+    const uint64_t at = s.cpl_offset + (uint64_t)(s.head & (s.ring_size - 1u)) * VF_DISP_RECORD_BYTES;
+    vf_seg_write(vf_ddr_for(ddr, s.striped), s.seg_win, at, &c, sizeof c);
 }
 
 /* The oldest request (q, at s.head) ran to its END: its OK record and accounting. */
@@ -342,9 +362,10 @@ HELD:
 }
 
 /* The enable edge: latch, check, start the ring at cpl_ack, apply the mask. */
-static void vf_enable(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t t, uint64_t win_bytes,
+static void vf_enable(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t t, const vf_ddr_t &ddr,
                       vf_disp_report_t *rep)
 {
+    const uint64_t win_bytes = ddr.bytes;
     vf_disp_tenant_state_t &s = st->tenant[t];
     vf_disp_tenant_regs_t &r = regs->tenant[t];
     const uint32_t gen = s.gen + 1u;
@@ -386,14 +407,23 @@ static void vf_enable(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t t, uin
         return;
     }
     s.seg_win = base - mem_base;
-    if (s.seg_limit == 0 || !vf_fits(s.seg_win, s.seg_limit, win_bytes)) {
+    s.striped = VF_CORE_PORTS > 1 && (r.control & VF_TENANT_STRIPED) != 0;
+    const vf_ddr_t sd = vf_ddr_for(ddr, s.striped);
+    if (s.striped) {
+        /* ... every part inside the window and its own bank */
+        const uint64_t first = s.seg_limit == 0 ? 0 : vf_seg_first_out_striped(sd, s.seg_win, s.seg_limit);
+        if (first < s.seg_limit || s.seg_limit == 0) {
+            vf_tenant_fault(regs, st, t, VF_DFAULT_WINDOW, VF_DISP_NO_CORE, first, 0, 0, 0, s.head, rep);
+            return;
+        }
+    } else if (s.seg_limit == 0 || !vf_fits(s.seg_win, s.seg_limit, win_bytes)) {
         const uint64_t first = s.seg_limit == 0 || s.seg_win >= win_bytes ? 0 : win_bytes - s.seg_win;
         vf_tenant_fault(regs, st, t, VF_DFAULT_WINDOW, VF_DISP_NO_CORE, first, 0, 0, 0, s.head, rep);
         return;
     }
     /* ... inside one bank: its frames reach it through that bank's port */
     const uint32_t bank = vf_ddr_bank(s.seg_win);
-    if (vf_ddr_bank(s.seg_win + s.seg_limit - 1u) != bank) {
+    if (!s.striped && vf_ddr_bank(s.seg_win + s.seg_limit - 1u) != bank) {
         const uint64_t next = (uint64_t)(bank + 1u) * (uint64_t)VF_DDR_BANK_STRIDE;
         vf_tenant_fault(regs, st, t, VF_DFAULT_WINDOW, VF_DISP_NO_CORE, next - s.seg_win, 0, 0, 0, s.head, rep);
         return;
@@ -404,7 +434,7 @@ OVERLAP:
         const vf_disp_tenant_state_t &o = st->tenant[u];
         if (u == t || o.phase == VF_TENANT_DISABLED || !o.seg_ok)
             continue;
-        if (s.seg_win < o.seg_win + o.seg_limit && o.seg_win < s.seg_win + s.seg_limit) {
+        if (vf_segs_overlap(s, o, ddr)) {
             vf_tenant_fault(regs, st, t, VF_DFAULT_OVERLAP, VF_DISP_NO_CORE, 0, 0, u, 0, s.head, rep);
             return;
         }
@@ -472,7 +502,7 @@ static void vf_advance_tenant(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_
             vf_mirror_tenant(regs, st, t);
             return;
         }
-        vf_enable(regs, st, t, win_bytes, rep);
+        vf_enable(regs, st, t, ddr, rep);
     } else if (!enable && s.phase != VF_TENANT_DRAINING) {
         s.phase = VF_TENANT_DRAINING;
         s.active_mask = 0;
@@ -481,9 +511,12 @@ static void vf_advance_tenant(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_
 
     /* the window may only shrink under a buggy caller: never follow a
      * latched segment out of it */
-    if (s.phase != VF_TENANT_DISABLED && s.seg_ok && !vf_fits(s.seg_win, s.seg_limit, win_bytes)) {
-        vf_tenant_fault(regs, st, t, VF_DFAULT_WINDOW, VF_DISP_NO_CORE,
-                        s.seg_win >= win_bytes ? 0 : win_bytes - s.seg_win, 0, 0, 0, s.head, rep);
+    const uint64_t reach = s.phase == VF_TENANT_DISABLED || !s.seg_ok ? s.seg_limit
+                           : s.striped ? vf_seg_first_out_striped(vf_ddr_for(ddr, 1), s.seg_win, s.seg_limit)
+                           : vf_fits(s.seg_win, s.seg_limit, win_bytes) ? s.seg_limit
+                           : s.seg_win >= win_bytes ? 0 : win_bytes - s.seg_win;
+    if (reach < s.seg_limit) {
+        vf_tenant_fault(regs, st, t, VF_DFAULT_WINDOW, VF_DISP_NO_CORE, reach, 0, 0, 0, s.head, rep);
         s.seg_ok = 0;
         s.ring_ok = 0;
     }
@@ -565,7 +598,7 @@ WALK:
             rep->requests_started += 1;
             rep->progress += 1;
             if (q.prog_offset % VF_DISP_ENTRY_BYTES != 0 || q.flags != 0)
-                vf_tenant_fault(regs, st, t, VF_DFAULT_REQUEST, VF_DISP_NO_CORE, vf_ring_addr(s, seq) - s.seg_win,
+                vf_tenant_fault(regs, st, t, VF_DFAULT_REQUEST, VF_DISP_NO_CORE, vf_ring_addr(s, seq),
                                 0, 0, 0, seq, rep);
             continue;
         }
@@ -641,7 +674,7 @@ WALK:
                 const uint64_t n = fit < left ? fit : left;
                 pf_n = n < VF_DISP_PREFETCH ? (uint32_t)n : VF_DISP_PREFETCH;
                 pf_at = at;
-                vf_ddr_read(ddr, s.seg_win + at, pf, pf_n * VF_DISP_ENTRY_BYTES);
+                vf_seg_read(vf_ddr_for(ddr, s.striped), s.seg_win, at, pf, pf_n * VF_DISP_ENTRY_BYTES);
             }
             e = pf[(at - pf_at) / VF_DISP_ENTRY_BYTES];
             rep->entries += 1;
@@ -672,6 +705,7 @@ WALK:
             vf_disp_frame_t &f = issued[c];
             f.seg_win = s.seg_win;
             f.seg_limit = s.seg_limit;
+            f.striped = s.striped;
             f.frame_offset = e.frame_offset;
             f.n_insns = e.n_insns;
             f.tenant = t;
@@ -833,10 +867,14 @@ static void vf_run_frame(const vf_ddr_t &ddr, const vf_disp_frame_t *frame, Buff
     vf_core_counters_t n = {0, 0, 0, 0, 0, 0, 0, 0};
     if (frame != 0) {
         /* a descriptor whose segment is not inside one bank of the window
-         * gets an empty segment: the core faults on its first fetch */
-        const bool inside = ddr.bytes != 0 && frame->seg_limit != 0 &&
-                            vf_fits(frame->seg_win, frame->seg_limit, ddr.bytes) &&
-                            vf_ddr_bank(frame->seg_win) == vf_ddr_bank(frame->seg_win + frame->seg_limit - 1u);
+         * (striped: every part inside its bank) gets an empty segment: the
+         * core faults on its first fetch */
+        const vf_ddr_t fd = vf_ddr_for(ddr, frame->striped);
+        const bool inside =
+            ddr.bytes != 0 && frame->seg_limit != 0 &&
+            (fd.striped ? vf_seg_first_out_striped(fd, frame->seg_win, frame->seg_limit) >= frame->seg_limit
+                        : vf_fits(frame->seg_win, frame->seg_limit, ddr.bytes) &&
+                              vf_ddr_bank(frame->seg_win) == vf_ddr_bank(frame->seg_win + frame->seg_limit - 1u));
         const uint32_t limit = inside ? frame->seg_limit : 0;
         if (frame->scrub && buffers != 0)
             vf_core_scrub(buffers);
@@ -844,7 +882,7 @@ static void vf_run_frame(const vf_ddr_t &ddr, const vf_disp_frame_t *frame, Buff
     FRAME_STEPS:
         for (uint32_t k = 0; k <= frame->n_insns; ++k) {
             const uint32_t r =
-                vf_core_step(ddr, frame->seg_win, limit, frame->frame_offset, frame->n_insns, buffers, &s, &n, iters);
+                vf_core_step(fd, frame->seg_win, limit, frame->frame_offset, frame->n_insns, buffers, &s, &n, iters);
             if (r != VF_STEP_FRAME)
                 break;
         }
@@ -939,6 +977,16 @@ void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t c
         vf_mirror_tenant(regs, state, t);
     }
     vf_update_globals(regs, state);
+}
+
+void vf_dispatch_segment_copy(int8_t *mem, uint64_t mem_bytes, uint64_t seg_win, uint32_t striped, uint64_t offset,
+                              int8_t *buf, uint64_t n, uint32_t to_window)
+{
+    const vf_ddr_t d = vf_ddr_for(vf_ddr_window(mem, mem_bytes), striped);
+    if (to_window)
+        vf_seg_write(d, seg_win, offset, buf, n);
+    else
+        vf_seg_read(d, seg_win, offset, buf, n);
 }
 
 uint32_t vf_dispatch_step(vf_disp_regs_t *regs, vf_disp_state_t *state, int8_t *mem, uint64_t mem_bytes,

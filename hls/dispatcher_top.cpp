@@ -30,7 +30,10 @@
  *    window's base (ddr.base_address, the same value as the file's mem_base
  *    register); mem_bytes is the window's size. Port b carries only bank
  *    b's addresses (include/vfpga_ddr.h): the dispatcher's ring, record and
- *    program accesses by address, a frame through its segment's bank.
+ *    program accesses by address, a frame through its segment's bank; a
+ *    striped segment (VF_TENANT_STRIPED, VF_CORE_PORTS > 1: u200_bigcore)
+ *    has a part in each of banks 0 .. VF_CORE_PORTS-1, and a core's beat
+ *    moves one bus word on each of those ports at once.
  *    Segments outside [0, mem_bytes) or across a bank boundary are refused.
  *    The driver writes them before starting the kernel.
  *  - file: the register file (vfpga_dispatcher.h, vf_disp_regs_t), an
@@ -341,6 +344,7 @@ void vf_dispatcher_top(VF_DISPATCHER_TOP_PARAMS)
     ddr.port[3] = mem3;
 #endif
     ddr.bytes = mem_bytes;
+    ddr.striped = 0; /* each tenant's segment says (VF_TENANT_STRIPED): vf_ddr_for */
 
 #ifdef VF_VITIS_KERNEL
     vf_dispatcher_process(ddr, file, ask, answer, issue, done);

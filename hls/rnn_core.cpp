@@ -294,7 +294,7 @@ MEM_PLANE:
     for (uint64_t p = 0; p < planes; ++p) {
     MEM_ROW:
         for (uint64_t r = 0; r < rows; ++r) {
-            const uint64_t d = win + m.dram_addr + p * ps + r * rs; /* window offset of the DDR row */
+            const uint64_t d = m.dram_addr + p * ps + r * rs; /* segment offset of the DDR row */
             const uint64_t o = (p * rows + r) * rb;                  /* byte offset of the row in the buffer run */
         MEM_BEAT:
             for (uint64_t bt = 0; bt < beats_per_row; ++bt) {
@@ -303,7 +303,7 @@ MEM_PLANE:
                 const uint32_t n = (uint32_t)vf_min64(VF_AXI_BYTES, rb - bt * VF_AXI_BYTES);
                 int8_t word[VF_AXI_BYTES] = {0};
                 if (!save)
-                    vf_ddr_read(ddr, d + bt * VF_AXI_BYTES, word, n);
+                    vf_seg_read_beat(ddr, win, d + bt * VF_AXI_BYTES, word, n);
                 if (!wide) {
                 MEM_LANE:
                     for (uint32_t j = 0; j < VF_AXI_BYTES; ++j) {
@@ -350,7 +350,7 @@ MEM_PLANE:
                     }
                 }
                 if (save)
-                    vf_ddr_write(ddr, d + bt * VF_AXI_BYTES, word, n);
+                    vf_seg_write_beat(ddr, win, d + bt * VF_AXI_BYTES, word, n);
             }
         }
     }
@@ -358,21 +358,28 @@ MEM_PLANE:
 #else
     for (uint64_t p = 0; p < planes; ++p) {
         for (uint64_t r = 0; r < rows; ++r) {
-            int8_t *d = vf_ddr_segment(ddr, win) + m.dram_addr + p * ps + r * rs;
+            const uint64_t d = m.dram_addr + p * ps + r * rs; /* segment offset */
             const uint64_t o = (p * rows + r) * rb;
             if (!wide) {
                 if (save)
-                    memcpy(d, bytes + o, rb);
+                    vf_seg_write(ddr, win, d, bytes + o, rb);
                 else
-                    memcpy(bytes + o, d, rb);
+                    vf_seg_read(ddr, win, d, bytes + o, rb);
             } else {
                 int32_t *w = words + o / 4;
-                if (save)
-                    for (uint64_t i = 0; i < rb / 4; ++i)
-                        vr_put_word(d + 4 * i, w[i]);
-                else
-                    for (uint64_t i = 0; i < rb / 4; ++i)
-                        w[i] = vf_word(d + 4 * i);
+                int8_t chunk[256]; /* whole words */
+                for (uint64_t k = 0; k < rb; k += sizeof chunk) {
+                    const uint64_t n = vf_min64(sizeof chunk, rb - k);
+                    if (save) {
+                        for (uint64_t i = 0; i < n / 4; ++i)
+                            vr_put_word(chunk + 4 * i, w[k / 4 + i]);
+                        vf_seg_write(ddr, win, d + k, chunk, n);
+                    } else {
+                        vf_seg_read(ddr, win, d + k, chunk, n);
+                        for (uint64_t i = 0; i < n / 4; ++i)
+                            w[k / 4 + i] = vf_word(chunk + 4 * i);
+                    }
+                }
             }
         }
     }

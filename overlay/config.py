@@ -210,6 +210,68 @@ def core_bus_bytes(cfg: dict) -> int:
     return int(cfg["ddr"]["axi_bytes"]) * int(cfg["ddr"].get("core_ports", 1))
 
 
+class Stripe(tuple):
+    """How a striped segment lies in DDR: ``ports`` equal parts, one per bank
+    (banks 0 .. ports-1, the same offset in each, ``bank_stride`` apart),
+    interleaved by ``word`` bytes (one bus word of a bank port). Segment
+    offset a is in part (a // word) % ports at part offset
+    (a // (word * ports)) * word + a % word: the mapping of
+    hls/include/vfpga_ddr.h (vf_seg_window), which the tests check this
+    against."""
+
+    __slots__ = ()
+
+    def __new__(cls, ports: int, word: int, bank_stride: int):
+        return super().__new__(cls, (int(ports), int(word), int(bank_stride)))
+
+    ports = property(lambda self: self[0])
+    word = property(lambda self: self[1])
+    bank_stride = property(lambda self: self[2])
+
+    def part_bytes(self, size: int) -> int:
+        """Bytes of each part of a ``size``-byte segment (whole words; the
+        first part holds the most)."""
+        row = self.word * self.ports
+        return -(-int(size) // row) * self.word
+
+    def place(self, offset: int) -> tuple[int, int]:
+        """(part, offset in the part) of segment offset ``offset``."""
+        w = int(offset) // self.word
+        return w % self.ports, (w // self.ports) * self.word + int(offset) % self.word
+
+    def offset_of(self, part: int, part_offset: int) -> int:
+        """The segment offset at ``part_offset`` of part ``part`` (place's inverse)."""
+        if not 0 <= part < self.ports:
+            raise ValueError(f"a striped segment has parts 0..{self.ports - 1}, not {part}")
+        i = int(part_offset) // self.word
+        return (i * self.ports + part) * self.word + int(part_offset) % self.word
+
+
+def segment_runs(stripe: Stripe | None, seg_win: int, offset: int, nbytes: int) -> list[tuple[int, int, int]]:
+    """[(window offset, segment offset, bytes)] of the pieces of segment
+    bytes [offset, offset + nbytes) of a segment at window offset
+    ``seg_win``: one piece when contiguous (``stripe`` None), else one per
+    bus word (each in its part's bank)."""
+    if stripe is None:
+        return [(seg_win + offset, offset, nbytes)] if nbytes > 0 else []
+    runs, a, end = [], int(offset), int(offset) + int(nbytes)
+    while a < end:
+        m = min(stripe.word - a % stripe.word, end - a)
+        part, at = stripe.place(a)
+        runs.append((part * stripe.bank_stride + seg_win + at, a, m))
+        a += m
+    return runs
+
+
+def segment_stripe(cfg: dict) -> Stripe | None:
+    """The board's striped segment layout, for a core with ``ddr.core_ports``
+    > 1 bank ports (u200_bigcore); None when its cores have one port (a
+    segment is then one contiguous range in one bank)."""
+    ddr = cfg["ddr"]
+    ports = int(ddr.get("core_ports", 1))
+    return Stripe(ports, int(ddr["axi_bytes"]), int(ddr["bank_stride"])) if ports > 1 else None
+
+
 def core_bytes_per_cycle(cfg: dict) -> float:
     """DDR bandwidth one core reaches with its banks to itself, in bytes per
     core clock cycle: ``core_ports`` banks of ``bank_gbytes_per_s`` each."""

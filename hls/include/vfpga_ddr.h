@@ -15,11 +15,21 @@
  *    on that bank's port (vf_ddr_read / vf_ddr_write: one statically bound
  *    access per port, selected by the bank);
  *  - a frame's core reaches its tenant's segment the same way: the literal
- *    units and the instruction fetch decode the bank of each access
- *    (vf_ddr_read / vf_ddr_write at the segment's window offset); the
- *    vectorised C-sim bodies use the segment's pointer (vf_ddr_segment).
- *    A segment never crosses a bank boundary: the dispatcher refuses such a
- *    segment at enable (VF_DFAULT_WINDOW).
+ *    units, the instruction fetch and the vectorised C-sim bodies address
+ *    it by segment offset (vf_seg_*), which becomes a window offset on its
+ *    bank's port (vf_ddr_read / vf_ddr_write). A contiguous segment never
+ *    crosses a bank boundary: the dispatcher refuses such a segment at
+ *    enable (VF_DFAULT_WINDOW).
+ *  - a striped segment (VF_TENANT_STRIPED, boards whose cores have
+ *    VF_CORE_PORTS = P > 1 bank ports: u200_bigcore) is P equal parts at the
+ *    same offset in banks 0 .. P-1; segment offset a lies in part
+ *    (a / W) % P at part offset (a / (W * P)) * W + a % W, W = VF_DDR_WORD
+ *    (one bus word of a port): vf_seg_window, the one definition (Python's
+ *    copy: overlay/config.py Stripe, tested against it). Each part lies
+ *    inside its own bank (vf_seg_first_out_striped, checked at enable). A core's beat
+ *    (VF_AXI_BYTES = P * W) then reads or writes one word on each of the P
+ *    ports in the same cycle (vf_seg_read_beat, vf_seg_write_beat): the
+ *    P banks' bandwidth the cycle model gives such a core.
  * A bank's port is therefore shared by every core whose frame in flight
  * holds a segment in that bank, and its bandwidth is divided between them:
  * what the pool timeline charges (vfpga.runtime.hw.timeline).
@@ -36,14 +46,21 @@
 
 #include "vfpga_hls.h"
 
-#if !defined(VF_DDR_BANKS) || !defined(VF_DDR_BANK_STRIDE)
+#if !defined(VF_DDR_BANKS) || !defined(VF_DDR_BANK_STRIDE) || !defined(VF_CORE_PORTS) || \
+    !defined(VF_DDR_PORT_BITS) || !defined(VF_AXI_BYTES)
 #error "board macros missing: compile with the flags printed by python3 overlay/config.py BOARD"
 #endif
 static_assert(VF_DDR_BANKS >= 1 && VF_DDR_BANKS <= 4, "the dispatcher top declares 1..4 bank ports");
 
+/* One bus word of a bank port: a striped segment's interleave unit. */
+#define VF_DDR_WORD (VF_DDR_PORT_BITS / 8)
+static_assert(VF_CORE_PORTS >= 1 && VF_CORE_PORTS <= VF_DDR_BANKS, "a core's ports are bank ports");
+static_assert(VF_AXI_BYTES == VF_CORE_PORTS * VF_DDR_WORD, "a core's beat is one bus word per port");
+
 typedef struct {
     int8_t *port[VF_DDR_BANKS]; /* bank b's m_axi port, indexed by window offset */
     uint64_t bytes;             /* the window's size (mem_bytes); 0: no window */
+    uint32_t striped;           /* the segment reached through it is striped (only when VF_CORE_PORTS > 1) */
 } vf_ddr_t;
 
 /* The same window through every port (the C API: emulator, simulator). */
@@ -54,7 +71,16 @@ DDR_WINDOW:
     for (uint32_t b = 0; b < VF_DDR_BANKS; ++b)
         d.port[b] = mem;
     d.bytes = mem != 0 ? mem_bytes : 0;
+    d.striped = 0;
     return d;
+}
+
+/* The window for a segment that is striped or not (VF_TENANT_STRIPED). */
+static inline vf_ddr_t vf_ddr_for(const vf_ddr_t &d, uint32_t striped)
+{
+    vf_ddr_t s = d;
+    s.striped = VF_CORE_PORTS > 1 && striped != 0;
+    return s;
 }
 
 /* The bank holding window offset `at` (offsets past the last bank's stride
@@ -88,11 +114,149 @@ DDR_WRITE_PORT:
     }
 }
 
-/* A frame's segment through the port of its bank (seg_win: the segment's
- * window offset; the segment lies inside one bank). */
-static inline int8_t *vf_ddr_segment(const vf_ddr_t &d, uint64_t seg_win)
+
+/* ---- a segment by its offsets ------------------------------------------------
+ * seg_win: the segment's window offset (a striped one's first part's, in
+ * bank 0). Every access of a frame, of the instruction fetch and of the
+ * dispatcher's ring, record and program reads goes through these. */
+
+static inline uint64_t vf_ddr_min(uint64_t a, uint64_t b) { return a < b ? a : b; }
+static inline uint64_t vf_ddr_max(uint64_t a, uint64_t b) { return a > b ? a : b; }
+
+/* The window offset of segment offset a: the stripe mapping (part
+ * (a / W) % P in bank (a / W) % P at part offset (a / (W * P)) * W + a % W),
+ * or seg_win + a for a contiguous segment. */
+static inline uint64_t vf_seg_window(const vf_ddr_t &d, uint64_t seg_win, uint64_t a)
 {
-    return d.port[vf_ddr_bank(seg_win)] + seg_win;
+#if VF_CORE_PORTS > 1
+    if (d.striped) {
+        const uint64_t w = a / VF_DDR_WORD;
+        return (w % VF_CORE_PORTS) * (uint64_t)VF_DDR_BANK_STRIDE + seg_win + (w / VF_CORE_PORTS) * VF_DDR_WORD +
+               a % VF_DDR_WORD;
+    }
+#endif
+    return seg_win + a;
+}
+
+/* n bytes at segment offset a, any length: word by word through each
+ * word's bank port when striped, else one access on the segment's bank. */
+static inline void vf_seg_read(const vf_ddr_t &d, uint64_t seg_win, uint64_t a, void *dst, uint64_t n)
+{
+#if VF_CORE_PORTS > 1
+    if (d.striped) {
+        int8_t *o = (int8_t *)dst;
+    SEG_READ_WORDS:
+        for (uint64_t k = 0; k < n;) {
+            const uint64_t m = vf_ddr_min(VF_DDR_WORD - (a + k) % VF_DDR_WORD, n - k);
+            vf_ddr_read(d, vf_seg_window(d, seg_win, a + k), o + k, (uint32_t)m);
+            k += m;
+        }
+        return;
+    }
+#endif
+    vf_ddr_read(d, seg_win + a, dst, (uint32_t)n);
+}
+
+static inline void vf_seg_write(const vf_ddr_t &d, uint64_t seg_win, uint64_t a, const void *src, uint64_t n)
+{
+#if VF_CORE_PORTS > 1
+    if (d.striped) {
+        const int8_t *i = (const int8_t *)src;
+    SEG_WRITE_WORDS:
+        for (uint64_t k = 0; k < n;) {
+            const uint64_t m = vf_ddr_min(VF_DDR_WORD - (a + k) % VF_DDR_WORD, n - k);
+            vf_ddr_write(d, vf_seg_window(d, seg_win, a + k), i + k, (uint32_t)m);
+            k += m;
+        }
+        return;
+    }
+#endif
+    vf_ddr_write(d, seg_win + a, src, (uint32_t)n);
+}
+
+/* One beat of a core's LOAD unit: n <= VF_AXI_BYTES bytes at segment
+ * offset a. Striped, the P ports move their words of the beat in parallel:
+ * the beat spans at most P + 1 bus words, so port p reads one word, or two
+ * adjacent words of its bank (the first and the last of an unaligned beat),
+ * each port statically bound to its bank. Contiguous: the whole beat on
+ * the segment's bank port. */
+static inline void vf_seg_read_beat(const vf_ddr_t &d, uint64_t seg_win, uint64_t a, int8_t *dst, uint32_t n)
+{
+#if VF_CORE_PORTS > 1
+    if (d.striped) {
+        const uint64_t w0 = a / VF_DDR_WORD;
+    SEG_READ_PORT:
+        for (uint32_t p = 0; p < VF_CORE_PORTS; ++p) {
+#pragma HLS UNROLL
+            const uint64_t w = w0 + (p + VF_CORE_PORTS - w0 % VF_CORE_PORTS) % VF_CORE_PORTS; /* port p's first */
+        SEG_READ_PORT_WORD:
+            for (uint32_t k = 0; k < 2; ++k) {
+#pragma HLS UNROLL
+                const uint64_t lo = vf_ddr_max(a, (w + k * VF_CORE_PORTS) * VF_DDR_WORD);
+                const uint64_t hi = vf_ddr_min(a + n, (w + k * VF_CORE_PORTS + 1) * VF_DDR_WORD);
+                if (lo < hi)
+                    memcpy(dst + (lo - a), d.port[p] + vf_seg_window(d, seg_win, lo), hi - lo);
+            }
+        }
+        return;
+    }
+#endif
+    vf_ddr_read(d, seg_win + a, dst, n);
+}
+
+/* One beat of a core's SAVE unit: the write side of vf_seg_read_beat. */
+static inline void vf_seg_write_beat(const vf_ddr_t &d, uint64_t seg_win, uint64_t a, const int8_t *src, uint32_t n)
+{
+#if VF_CORE_PORTS > 1
+    if (d.striped) {
+        const uint64_t w0 = a / VF_DDR_WORD;
+    SEG_WRITE_PORT:
+        for (uint32_t p = 0; p < VF_CORE_PORTS; ++p) {
+#pragma HLS UNROLL
+            const uint64_t w = w0 + (p + VF_CORE_PORTS - w0 % VF_CORE_PORTS) % VF_CORE_PORTS;
+        SEG_WRITE_PORT_WORD:
+            for (uint32_t k = 0; k < 2; ++k) {
+#pragma HLS UNROLL
+                const uint64_t lo = vf_ddr_max(a, (w + k * VF_CORE_PORTS) * VF_DDR_WORD);
+                const uint64_t hi = vf_ddr_min(a + n, (w + k * VF_CORE_PORTS + 1) * VF_DDR_WORD);
+                if (lo < hi)
+                    memcpy(d.port[p] + vf_seg_window(d, seg_win, lo), src + (lo - a), hi - lo);
+            }
+        }
+        return;
+    }
+#endif
+    vf_ddr_write(d, seg_win + a, src, n);
+}
+
+/* A striped segment of `limit` bytes at seg_win: the first segment offset
+ * whose byte is not inside the window and its part's bank (each part ends
+ * before the next bank's stride; the last bank ends with the window), or
+ * limit when every byte is. */
+static inline uint64_t vf_seg_first_out_striped(const vf_ddr_t &d, uint64_t seg_win, uint64_t limit)
+{
+    uint64_t first = limit;
+SEG_PARTS:
+    for (uint32_t p = 0; p < VF_CORE_PORTS; ++p) {
+        const uint64_t start = (uint64_t)p * VF_DDR_BANK_STRIDE + seg_win;
+        const uint64_t end =
+            p + 1u < VF_DDR_BANKS ? vf_ddr_min((uint64_t)(p + 1u) * VF_DDR_BANK_STRIDE, d.bytes) : d.bytes;
+        const uint64_t room = end > start ? end - start : 0; /* part p's bytes that can be reached */
+        first = vf_ddr_min(first, (room / VF_DDR_WORD) * VF_DDR_WORD * VF_CORE_PORTS + (uint64_t)p * VF_DDR_WORD +
+                                      room % VF_DDR_WORD);
+    }
+    return first;
+}
+
+/* The bytes a segment of `limit` bytes occupies in each of its banks from
+ * seg_win on: a striped one's parts (the first is the largest), else all. */
+static inline uint64_t vf_seg_span(const vf_ddr_t &d, uint64_t limit)
+{
+#if VF_CORE_PORTS > 1
+    if (d.striped)
+        return (limit + VF_AXI_BYTES - 1) / VF_AXI_BYTES * VF_DDR_WORD;
+#endif
+    return limit;
 }
 
 #endif /* VFPGA_DDR_H */

@@ -185,7 +185,7 @@ typedef struct {
 } vf_disp_global_regs_t;
 
 typedef struct {
-    uint32_t control;       /* host VF_TENANT_ENABLE */
+    uint32_t control;       /* host VF_TENANT_ENABLE | VF_TENANT_STRIPED (latched at enable) */
     uint32_t seg_limit;     /* host: segment bytes (latched at enable) */
     uint64_t seg_base;      /* host: physical segment base (latched at enable) */
     uint32_t ring_offset;   /* host (latched) */
@@ -269,7 +269,7 @@ typedef struct {
     uint32_t inflight;      /* frames issued, not retired (all its requests) */
     uint32_t stopping;      /* a fault hit request stop_seq while older ones were active: they finish first */
     uint32_t stop_seq;
-    uint32_t reserved;
+    uint32_t striped;       /* latched: the segment is striped (VF_TENANT_STRIPED, VF_CORE_PORTS > 1) */
     vf_disp_req_state_t req[VF_DISP_INFLIGHT];
 } vf_disp_tenant_state_t;
 
@@ -303,6 +303,7 @@ typedef struct {
     uint32_t seq;           /* request sequence number */
     uint32_t entry;         /* dispatch entry index */
     uint32_t scrub;         /* zero the core's buffers before running it */
+    uint32_t striped;       /* the segment is striped over the core's bank ports (vfpga_ddr.h) */
 } vf_disp_frame_t;
 
 /* What one call did. vf_dispatch_step() overwrites it; vf_dispatch_advance()
@@ -373,6 +374,14 @@ void vf_dispatch_run_rnn_frame(int8_t *mem, uint64_t mem_bytes, const vf_disp_fr
 void vf_dispatch_retire(vf_disp_regs_t *regs, vf_disp_state_t *state, uint32_t core,
                         const vf_core_state_t *result, const vf_core_counters_t *counters,
                         vf_disp_report_t *report);
+
+/* Copies n bytes between buf and segment offset `offset` of a segment at
+ * window offset seg_win (striped: VF_TENANT_STRIPED's layout), through the
+ * mapping the cores and the dispatcher use (vfpga_ddr.h): to_window 1
+ * writes the segment, 0 reads it. The caller keeps the bytes inside the
+ * window (the emulator's and the timing simulator's host side). */
+void vf_dispatch_segment_copy(int8_t *mem, uint64_t mem_bytes, uint64_t seg_win, uint32_t striped, uint64_t offset,
+                              int8_t *buf, uint64_t n, uint32_t to_window);
 
 /* A round (the testbench's reference schedule): advance, run every issued
  * frame on its core's buffers (cores: VF_CNN_CORES entries, rnn_cores:

@@ -482,7 +482,7 @@ FETCH:
             break;
         }
         typename K::insn_t insn;
-        vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, insn.raw, VF_INSN_BYTES);
+        vf_seg_read(ddr, seg_win, insn_offset + (uint64_t)idx * VF_INSN_BYTES, insn.raw, VF_INSN_BYTES);
         const uint32_t op = insn.head.opcode, deps = insn.head.deps;
         if (idx == pc && op == VF_OP_FRAME) {
             body = pc + 1;

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import mmap
 import os
 import shutil
 
@@ -347,6 +348,86 @@ def check_programs(literal_cores, board, programs, seed):
         assert work.get(isa.OPCODES[op], 0) > 0, f"no {op} retired in {programs} programs"
     assert {isa.FAULTS["NONE"], isa.FAULTS["FIELD"], isa.FAULTS["BUFFER"], isa.FAULTS["SEGMENT"]} <= faults
     return len(compared)
+
+
+class StripedWindow:
+    """A DDR window over the board's banks (address space only) where a
+    segment sits striped over the core's bank ports (overlay.config.Stripe,
+    the layout of vf_seg_window)."""
+
+    SEG_WIN = 3 * 4096  # the segment's window offset (part 0's, in bank 0)
+
+    def __init__(self, board: str):
+        cfg = overlay.load(board)
+        self.stripe = overlay.config.segment_stripe(cfg)
+        self.bytes = (cfg["ddr"]["banks"] - 1) * cfg["ddr"]["bank_stride"] + (1 << 20)
+        noreserve = getattr(mmap, "MAP_NORESERVE", 0x4000)
+        self.map = mmap.mmap(-1, self.bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | noreserve)
+        self.array = np.frombuffer(self.map, np.int8)
+
+    def runs(self, n):
+        return overlay.config.segment_runs(self.stripe, self.SEG_WIN, 0, n)
+
+    def run(self, module, seg, offset, n, limit, bufs):
+        """run() with the segment striped in the window (vf_cnn_core_step_window)."""
+        ffi, lib = module.ffi, module.lib
+        for at, a, m in self.runs(seg.size):
+            self.array[at:at + m] = seg[a:a + m]
+        keep = {name: value.copy() for name, value in bufs.items()}
+        cbufs = ffi.new("vf_cnn_buffers_t *", {
+            name: ffi.from_buffer(f"{ctype}[]", keep[name]) for name, ctype, _ in BUFFERS})
+        state, counters = ffi.new("vf_cnn_state_t *"), ffi.new("vf_cnn_counters_t *")
+        iters = np.zeros(n, np.uint32)
+        mem, citers = ffi.from_buffer("int8_t[]", self.map), ffi.from_buffer("uint32_t[]", iters)
+        steps = []
+        for _ in range(n + 2):
+            steps.append(lib.vf_cnn_core_step_window(mem, self.bytes, self.SEG_WIN, 1, limit, offset, n, cbufs,
+                                                     state, counters, citers))
+            if steps[-1] != STEP_FRAME:
+                break
+        out = np.empty_like(seg)
+        for at, a, m in self.runs(seg.size):
+            out[a:a + m] = self.array[at:at + m]
+        return (out, keep, {k: getattr(state, k) for k in STATE}, {k: getattr(counters, k) for k in COUNTERS},
+                iters, steps)
+
+
+def check_striped(literal_cores, board, programs, seed):
+    """Every body on a segment striped over the big core's bank ports gives
+    what the literal body gives on the same segment contiguous: the same
+    segment bytes, buffers, state (fault addresses are segment offsets),
+    counters and iterations."""
+    compared = bodies(literal_cores, board)
+    geo = geometry(compared[0][1])
+    window = StripedWindow(board)
+    assert window.stripe is not None and len(window.runs(SEG_BYTES)) == SEG_BYTES // window.stripe.word
+    rng = np.random.default_rng(seed)
+    faults = set()
+    for t in range(programs):
+        case = random_case(rng, geo, edge=EDGES[t % len(EDGES)])
+        ref = run(compared[0][1], *case)
+        for name, module in compared:
+            got = window.run(module, *case)
+            where = f"{board} program {t} (seed {seed}): {name} body striped vs literal contiguous"
+            assert got[5] == ref[5], f"{where}: step results"
+            assert got[2] == ref[2], f"{where}: state"
+            assert got[3] == ref[3], f"{where}: counters"
+            np.testing.assert_array_equal(got[4], ref[4], err_msg=f"{where}: iterations per instruction")
+            np.testing.assert_array_equal(got[0], ref[0], err_msg=f"{where}: segment bytes")
+            for buf in ref[1]:
+                np.testing.assert_array_equal(got[1][buf], ref[1][buf], err_msg=f"{where}: {buf}")
+        faults.add(ref[2]["fault"])
+    assert {isa.FAULTS["NONE"], isa.FAULTS["SEGMENT"]} <= faults
+
+
+def test_a_striped_segment_changes_no_byte_on_any_body(literal_cores):
+    check_striped(literal_cores, "u200_bigcore", programs=40, seed=21)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [4, 5])
+def test_many_programs_on_a_striped_segment(literal_cores, seed):
+    check_striped(literal_cores, "u200_bigcore", programs=300, seed=seed)
 
 
 @pytest.mark.parametrize("board", ["u200", "pynq_z2"])

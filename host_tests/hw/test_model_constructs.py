@@ -146,11 +146,48 @@ def wbuf_words() -> bool:
             and "k.w + wr * VF_CONV_WORD" in dw and "wl[b % VF_OCP] = ww[b]" in dw and "k.w[" not in dw)
 
 
+# the literal LOAD / SAVE beat loops: (file, loop label)
+DDR_BEATS = (("cnn_core.cpp", "LOAD_BEAT_DENSE"), ("cnn_core.cpp", "LOAD_BEAT"), ("cnn_core.cpp", "LINEAR_BEAT"),
+             ("cnn_core.cpp", "SAVE_BEAT_DENSE"), ("cnn_core.cpp", "SAVE_BEAT"), ("rnn_core.cpp", "MEM_BEAT"))
+
+
+def core_ports_split(files: dict[str, str] | None = None) -> bool:
+    """A core with VF_CORE_PORTS bank ports moves each LOAD / SAVE beat as
+    one bus word per port in the same cycle (the closed gap
+    "core_ports_interleave"): the beat helpers of vfpga_ddr.h loop over the
+    ports unrolled, each port's access on its own bank port, at the stripe
+    mapping; every literal beat loop goes through them, and no beat loop
+    accesses DDR past them. ``files``: hls-relative path -> text (the
+    sources by default)."""
+    text = (files or {}).get
+    ddr = text("include/vfpga_ddr.h") or source("include/vfpga_ddr.h")
+    if not all(check_text(ddr, f"{label} unrolled") for label in ("SEG_READ_PORT", "SEG_WRITE_PORT")):
+        return False
+    read, write = _squash(loop_body(ddr, "SEG_READ_PORT") or ""), _squash(loop_body(ddr, "SEG_WRITE_PORT") or "")
+    if ("for (uint32_t p = 0; p < VF_CORE_PORTS; ++p)" not in _squash(ddr)
+            or "memcpy(dst + (lo - a), d.port[p] + vf_seg_window(d, seg_win, lo), hi - lo);" not in read
+            or "memcpy(d.port[p] + vf_seg_window(d, seg_win, lo), src + (lo - a), hi - lo);" not in write
+            or "(w % VF_CORE_PORTS) * (uint64_t)VF_DDR_BANK_STRIDE + seg_win + (w / VF_CORE_PORTS) * VF_DDR_WORD"
+            not in _squash(ddr)):
+        return False
+    for name, label in DDR_BEATS:
+        body = _squash(loop_body(text(name) or source(name), label) or "")
+        save = label.startswith("SAVE") or label == "MEM_BEAT"
+        if "vf_seg_read_beat(ddr, win," not in body and not (save and "vf_seg_write_beat(ddr, win," in body):
+            return False
+        if "vf_ddr_read(" in body or "vf_ddr_write(" in body:
+            return False
+    return True
+
+
+def check_text(text: str, spec: str) -> bool:
+    """check_tag's loop rule ("LABEL pipelined|unrolled") on a given text."""
+    label, kind = spec.split()
+    head = loop_head(text, label)
+    return head is not None and ("#pragma HLS UNROLL" if kind == "unrolled" else "#pragma HLS PIPELINE II=1") in head
+
+
 GAPS = {
-    "core_ports_interleave": (
-        "ddr.core_ports (u200_bigcore: one core on 4 banks, data word-interleaved) is only the beat width "
-        "VF_AXI_BYTES: the LOAD/SAVE beat is not split over VF_CORE_PORTS bank ports",
-        lambda: "VF_CORE_PORTS" in source("cnn_core.cpp")),
 }
 
 
@@ -213,7 +250,7 @@ def instructions_are_fetched_once(text: str) -> bool:
     fetch = loop_body(text, "FETCH") or ""
     head = loop_head(text, "FETCH") or ""
     unit = function_body(text, "vf_unit_process")
-    return (text.count("vf_ddr_read(") == 1 and "#pragma HLS PIPELINE II=1" in head
+    return (text.count("vf_seg_read(") == 1 and "vf_ddr_read(" not in text and "#pragma HLS PIPELINE II=1" in head
             and "(uint64_t)idx * VF_INSN_BYTES, insn.raw, VF_INSN_BYTES);" in fetch
             and "store[slot] = insn;" in fetch and "s.queue[unit].write(slot);" in fetch
             and "const uint16_t slot = s.queue[UNIT].read();" in unit and "c.cur.insn = store[slot];" in unit)
@@ -239,7 +276,7 @@ def test_scheduler_checks_see_removed_constructs():
     # a unit reading its instruction from DDR again when it runs it
     unit = function_body(text, "vf_unit_process")
     reread = unit.replace("c.cur.insn = store[slot];", "c.cur.insn = store[slot];\n"
-                          "vf_ddr_read(ddr, seg_win + insn_offset + c.cur.idx * 64, c.cur.insn.raw, 64);")
+                          "vf_seg_read(ddr, seg_win, insn_offset + c.cur.idx * 64, c.cur.insn.raw, 64);")
     assert reread != unit
     assert not instructions_are_fetched_once(text.replace(unit, reread))
     # the units taking their instructions from anywhere but the store
@@ -321,6 +358,30 @@ def test_wbuf_words_check_sees_removed_constructs(tmp_path, monkeypatch):
         assert not wbuf_words(), name
         (tmp_path / "hls" / name).write_text(original[name])
     assert wbuf_words()
+
+
+def test_core_ports_split_and_its_check():
+    """core_ports_interleave: every LOAD / SAVE beat of a big core is a bus
+    word per port at once, and the check fails without it: the per-port
+    loop not unrolled, a port's access on another port, the stripe mapping
+    gone (the striped part offset as if contiguous), or a beat loop back on
+    one port."""
+    assert core_ports_split()
+    ddr, cnn, rnn = source("include/vfpga_ddr.h"), source("cnn_core.cpp"), source("rnn_core.cpp")
+    unroll = "SEG_READ_PORT:\n        for (uint32_t p = 0; p < VF_CORE_PORTS; ++p) {\n#pragma HLS UNROLL\n"
+    assert unroll in ddr
+    broken = [
+        {"include/vfpga_ddr.h": ddr.replace(unroll, unroll.replace("#pragma HLS UNROLL\n", ""))},
+        {"include/vfpga_ddr.h": ddr.replace("memcpy(dst + (lo - a), d.port[p] +", "memcpy(dst + (lo - a), d.port[0] +")},
+        {"include/vfpga_ddr.h": ddr.replace("+ seg_win + (w / VF_CORE_PORTS) * VF_DDR_WORD", "+ seg_win + w * VF_DDR_WORD")},
+        {"cnn_core.cpp": cnn.replace("vf_seg_read_beat(ddr, win, l.dram_addr", "vf_ddr_read(ddr, win + l.dram_addr")},
+        {"cnn_core.cpp": cnn.replace("vf_seg_write_beat(ddr, win, drow + c * pstep", "vf_ddr_write(ddr, win + drow + c * pstep")},
+        {"rnn_core.cpp": rnn.replace("vf_seg_write_beat(ddr, win, d + bt", "vf_ddr_write(ddr, win + d + bt")},
+    ]
+    for files in broken:
+        (name, text), = files.items()
+        assert text != source(name), f"{name}: the edit did not apply"
+        assert not core_ports_split(files), name
 
 
 # ---------------------------------------------------------------- the top, as the preprocessor leaves it

@@ -51,7 +51,7 @@ class ProgramRunner:
             raise ValueError(f"core {core} is held by tenant {busy[0]!r}: calibrate on a free core")
         cpl_offset = ring_offset + ring_bytes(RING)[0] if cpl_offset is None else cpl_offset
         self.accel, self.timeout = accel, timeout
-        self.segment = Segment(size, bank=0, device=accel.device)
+        self.segment = Segment(size, bank=0, device=accel.device, stripe=accel.stripe)
         self.segment.write(0, np.zeros(size, np.uint8))
         self.segment.sync_to_device()
         index = accel.dispatcher.n_tenants - 1  # a context no tenant of a fresh accelerator uses

@@ -151,7 +151,7 @@ loop nests do not make true yet -- as an expected failure.
   beat) [hls cnn_core.cpp CONV_STORE unrolled] [hls cnn_core.cpp DW_STORE unrolled]
   [hls cnn_core.cpp POOL_STORE unrolled]
 * LOAD and SAVE move one bus word per beat in bursts, a dense row as one run
-  [hls cnn_core.cpp "vf_ddr_read(ddr, win + run + (lo - left), word + (lo - k0)"]
+  [hls cnn_core.cpp "vf_seg_read_beat(ddr, win, run + (lo - left), word + (lo - k0)"]
   through m_axi ports whose burst length, outstanding transactions, latency
   and width are AXI_MAX_BURST_BEATS, AXI_OUTSTANDING, L and axi_bytes
   [hls include/vfpga_hls.h "max_read_burst_length=VF_AXI_MAX_BURST_BEATS"]
@@ -178,10 +178,17 @@ loop nests do not make true yet -- as an expected failure.
   [hls include/vfpga_unit_scheduler.h "vf_stream<uint16_t, K::FRAME_INSNS> queue[3];"]
 * B is a bank's: one m_axi bundle per DDR bank on the dispatcher top
   [hls include/vfpga_hls.h "bundle=bank##b"] [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"],
-  a frame on the port of its segment's bank [hls include/vfpga_ddr.h vf_ddr_segment],
+  a frame on the port of its segment's bank [hls include/vfpga_ddr.h "vf_ddr_read(d, seg_win + a, dst, n);"],
   each of the core's accesses decoding its bank
-  [hls rnn_core.cpp "vf_ddr_read(ddr, d + bt * VF_AXI_BYTES, word, n)"] [hls include/vfpga_unit_scheduler.h "vf_ddr_read(ddr, seg_win + insn_offset"] [hls cnn_core.cpp "vf_ddr_write(ddr, drow + bt * VF_AXI_BYTES"];
-  ``ddr.core_ports`` ports of one core, word-interleaved [hls-gap core_ports_interleave]
+  [hls rnn_core.cpp "vf_seg_read_beat(ddr, win, d + bt * VF_AXI_BYTES, word, n)"] [hls include/vfpga_unit_scheduler.h "vf_seg_read(ddr, seg_win, insn_offset"] [hls cnn_core.cpp "vf_seg_write_beat(ddr, win, drow + bt * VF_AXI_BYTES"];
+  ``ddr.core_ports`` ports of one core, word-interleaved: its tenants'
+  segments striped one bus word per bank [hls include/vfpga_ddr.h vf_seg_window]
+  [hls dispatcher.cpp "s.striped = VF_CORE_PORTS > 1 && (r.control & VF_TENANT_STRIPED) != 0;"],
+  every beat of LOAD and SAVE a word on each port at once
+  [hls include/vfpga_ddr.h SEG_READ_PORT unrolled] [hls include/vfpga_ddr.h SEG_WRITE_PORT unrolled]
+  [hls include/vfpga_ddr.h "memcpy(dst + (lo - a), d.port[p] + vf_seg_window(d, seg_win, lo), hi - lo);"]
+  [hls cnn_core.cpp "vf_seg_read_beat(ddr, win, l.dram_addr + b * VF_AXI_BYTES"]
+  [hls rnn_core.cpp "vf_seg_write_beat(ddr, win, d + bt * VF_AXI_BYTES, word, n)"]
 * The units overlap, ordered only by their tokens [hls include/vfpga_unit_scheduler.h vf_tokens_ready]
   as concurrent processes of the step's DATAFLOW region, joined by token
   streams [hls include/vfpga_unit_scheduler.h "VF_PRAGMA(HLS DATAFLOW)"]
@@ -189,7 +196,7 @@ loop nests do not make true yet -- as an expected failure.
 * The instruction fetch is one transfer per step: the decoder reads each
   instruction once, whole, at consecutive addresses, and the units run from
   its queues [hls include/vfpga_unit_scheduler.h FETCH pipelined]
-  [hls include/vfpga_unit_scheduler.h "vf_ddr_read(ddr, seg_win + insn_offset + (uint64_t)idx * VF_INSN_BYTES, insn.raw, VF_INSN_BYTES);"]
+  [hls include/vfpga_unit_scheduler.h "vf_seg_read(ddr, seg_win, insn_offset + (uint64_t)idx * VF_INSN_BYTES, insn.raw, VF_INSN_BYTES);"]
   into the core's step instruction store, from which the units take what
   their slot queues name [hls include/vfpga_unit_scheduler.h "store[slot] = insn;"]
   [hls include/vfpga_unit_scheduler.h "c.cur.insn = store[slot];"];

@@ -32,8 +32,8 @@ The timeline's (:mod:`.timeline`; host_tests/hw/test_model_constructs.py checks 
 
 * A layer's frames share their segment's bank, no more than its bandwidth
   between them: one m_axi port per bank, its bursts taken in turn
-  [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"] [hls include/vfpga_ddr.h vf_ddr_segment]
-  [hls include/vfpga_unit_scheduler.h "vf_ddr_read(ddr, seg_win + insn_offset"] [hls cnn_core.cpp "vf_ddr_write(ddr, drow + bt * VF_AXI_BYTES"]
+  [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"] [hls include/vfpga_ddr.h vf_seg_window]
+  [hls include/vfpga_unit_scheduler.h "vf_seg_read(ddr, seg_win, insn_offset"] [hls cnn_core.cpp "vf_seg_write_beat(ddr, win, drow + bt * VF_AXI_BYTES"]
 * The first wave: one advance issues a frame to every idle core of the
   tenant's mask, in order [hls dispatcher.cpp WALK] [hls dispatcher.cpp "if (core.busy)"];
   a core that frees gets the next frame in the dispatcher's next iteration

@@ -42,24 +42,31 @@ wires to several banks (``cnn_core.banks``) still has one segment, in one
 bank: its frames all load that bank, whichever core runs them (no weight
 copies per bank; the config's wiring only guides which cores a deploy picks
 first). ``ddr.core_ports`` > 1 (u200_bigcore) gives one core that many
-banks' bandwidth, its data word-interleaved over them: the timeline treats
-them as one bank of that bandwidth.
+banks' bandwidth, its data word-interleaved over them (a striped segment,
+from bank 0 on: driver/segment.py): the timeline treats them as one bank of
+that bandwidth.
 
 HLS constructs
 --------------
 Each rule with the construct that makes it true (host_tests/hw/test_model_constructs.py):
 
 * A segment lies in one bank: the dispatcher refuses one across a bank
-  boundary at enable [hls dispatcher.cpp "vf_ddr_bank(s.seg_win + s.seg_limit - 1u) != bank"]
+  boundary at enable [hls dispatcher.cpp "vf_ddr_bank(s.seg_win + s.seg_limit - 1u) != bank"];
+  a striped one has each part inside its own bank
+  [hls include/vfpga_ddr.h vf_seg_first_out_striped]
 * One m_axi bundle per bank, each linked to its bank alone, shared by every
   core: a bank's bandwidth divides among the frames in flight on it
   [hls dispatcher_top.cpp "VF_DDR_PORT(mem, 0, VF_DREG_MEM)"] [hls include/vfpga_hls.h "bundle=bank##b"];
   the dispatcher's own accesses on the port of their bank
   [hls include/vfpga_ddr.h vf_ddr_read] [hls include/vfpga_ddr.h vf_ddr_write];
-  a frame's on its segment's bank port [hls include/vfpga_ddr.h vf_ddr_segment],
+  a frame's on its segment's bank port [hls include/vfpga_ddr.h "vf_ddr_read(d, seg_win + a, dst, n);"],
   decoded by each access of the core's units
-  [hls include/vfpga_unit_scheduler.h "vf_ddr_read(ddr, seg_win + insn_offset"] [hls cnn_core.cpp "vf_ddr_write(ddr, drow + bt * VF_AXI_BYTES"];
-  ``core_ports`` banks of one core interleaved [hls-gap core_ports_interleave]
+  [hls include/vfpga_unit_scheduler.h "vf_seg_read(ddr, seg_win, insn_offset"] [hls cnn_core.cpp "vf_seg_write_beat(ddr, win, drow + bt * VF_AXI_BYTES"];
+  ``core_ports`` banks of one core interleaved: a striped segment, one
+  bus word per bank [hls include/vfpga_ddr.h vf_seg_window], each beat a word
+  on every port at once [hls include/vfpga_ddr.h SEG_READ_PORT unrolled]
+  [hls include/vfpga_ddr.h SEG_WRITE_PORT unrolled]
+  [hls cnn_core.cpp "vf_seg_read_beat(ddr, win, run + (lo - left)"]
 * At most two bus words per cycle per frame: an m_axi port's read and write
   channels are independent, one word each per beat
   [hls include/vfpga_hls.h "max_widen_bitwidth=VF_DDR_PORT_BITS"]
@@ -120,6 +127,7 @@ class PoolTimeline:
     def __init__(self, config: dict, ffi, n_tenants: int):
         self.config = config
         self.ffi = ffi
+        self.stripe = overlay.config.segment_stripe(config)  # a striped frame's instructions are read through it
         disp, core = config["dispatcher"], config["cnn_core"]
         self.issue_cycles = int(disp["issue_cycles"])
         self.barrier_cycles = int(disp["barrier_cycles"])
@@ -227,10 +235,13 @@ class PoolTimeline:
     def _bytes(self, mem, mem_bytes: int, frame) -> bytes | None:
         """The frame's instructions, or None when they are not all inside memory."""
         n = int(frame.n_insns)
-        start = int(frame.seg_win) + int(frame.frame_offset)
-        if n <= 0 or start + n * isa.INSN_BYTES > mem_bytes:
+        if n <= 0:
             return None
-        return bytes(self.ffi.buffer(mem + start, n * isa.INSN_BYTES))
+        stripe = self.stripe if getattr(frame, "striped", 0) else None
+        runs = overlay.config.segment_runs(stripe, int(frame.seg_win), int(frame.frame_offset), n * isa.INSN_BYTES)
+        if any(at + m > mem_bytes for at, _, m in runs):
+            return None
+        return b"".join(bytes(self.ffi.buffer(mem + at, m)) for at, _, m in runs)
 
     def pop(self):
         """The frame that ends first: (core, result, counters); the clock

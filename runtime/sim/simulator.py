@@ -108,6 +108,8 @@ class Simulator:
         self.mem = ffi.from_buffer("int8_t[]", self._mmap)
         self.mem_bytes = size
         self._cursor = [0] * self.n_banks
+        # on a board whose cores have several bank ports every segment is striped (driver/segment.py)
+        self.stripe = overlay.config.segment_stripe(self.config)
         self.regs = ffi.new("vf_disp_regs_t *")
         self.state = ffi.new("vf_disp_state_t *")
         lib.vf_dispatch_reset(self.regs, self.state)
@@ -151,19 +153,21 @@ class Simulator:
                   else segment_layout(compiled, table, max_inflight=max_inflight))
         if bank is None:
             bank = min(range(self.n_banks), key=lambda b: (self._cursor[b], b))
+        if self.stripe is not None:
+            bank = 0  # a striped segment's parts are at one offset of banks 0 .. ports-1
         if max_inflight > 1:  # says how many slots would fit
             check_fits(compiled, self.bank_bytes - self._cursor[bank], max_inflight, table)
-        if self._cursor[bank] + layout.size > self.bank_bytes:
-            raise MemoryError(f"bank {bank} cannot hold {layout.size} more bytes")
+        span = layout.size if self.stripe is None else self.stripe.part_bytes(layout.size)  # bytes per bank
+        if self._cursor[bank] + span > self.bank_bytes:
+            raise MemoryError(f"bank {bank} cannot hold {span} more bytes")
         seg_win = bank * self.bank_stride + self._cursor[bank]
-        self._cursor[bank] += static.align(layout.size, PAGE)
+        self._cursor[bank] += static.align(span, PAGE)
         # only the instructions: timing never reads weights or activations
         prog = np.asarray(compiled.program, np.uint8).reshape(-1)
-        at = seg_win + compiled.program_offset
-        self.window[at:at + prog.size] = prog
+        self._put(seg_win, compiled.program_offset, prog)
         lay = None if is_rnn else slots.slots(compiled, max_inflight)
         for off, raw in (slots.slot_image(compiled, lay) if lay else {}).items():
-            self.window[seg_win + off:seg_win + off + len(raw)] = np.frombuffer(raw, np.uint8)
+            self._put(seg_win, off, np.frombuffer(raw, np.uint8))
         t = SimTenant(name, index, compiled, table, seg_win, layout.size,
                       layout, sorted(cores), 1 if is_rnn else sum(p.kind == "accel" for p in compiled.parts),
                       kind="rnn" if is_rnn else "cnn", max_inflight=max_inflight, slots=lay)
@@ -175,12 +179,23 @@ class Simulator:
         r.cpl_ack = r.ring_tail = 0
         r.max_inflight = max_inflight
         r.core_mask = _mask(t.cores)
-        r.control = 1
+        r.control = isa.TENANT_CONTROL["ENABLE"] | (isa.TENANT_CONTROL["STRIPED"] if self.stripe else 0)
         self._advance()
         if self.regs.tenant[index].status != 1:
             raise RuntimeError(f"tenant {name!r} did not enable: status {self.regs.tenant[index].status}, "
                                f"fault {isa.FAULT_NAMES.get(self.regs.tenant[index].fault)}")
         return t
+
+    def _put(self, seg_win: int, offset: int, data: np.ndarray) -> None:
+        """Segment bytes at ``offset`` of the segment at ``seg_win`` (its layout's pieces)."""
+        for at, a, m in overlay.config.segment_runs(self.stripe, seg_win, offset, data.size):
+            self.window[at:at + m] = data[a - offset:a - offset + m]
+
+    def _get(self, seg_win: int, offset: int, nbytes: int) -> np.ndarray:
+        out = np.empty(nbytes, np.uint8)
+        for at, a, m in overlay.config.segment_runs(self.stripe, seg_win, offset, nbytes):
+            out[a - offset:a - offset + m] = self.window[at:at + m]
+        return out
 
     def _plan(self, t: SimTenant, k: int) -> dynamic.DispatchPlan:
         if k not in t.plans:
@@ -193,13 +208,12 @@ class Simulator:
         half = next((h for h in (1 - t.half, t.half) if not t.half_in_use(h)), None)
         if half is None:
             raise RuntimeError(f"tenant {t.name!r}: re-allocation while requests walk both program halves")
-        at = t.seg_win + t.layout.program_halves[half]
+        at = t.layout.program_halves[half]
         programs = self._plan(t, k).programs
         for s in range(t.max_inflight):
             for prog, cap in zip(programs if t.slots is None else slots.slot_programs(programs, t.slots, s),
                                  t.layout.part_entries):
-                raw = prog.view(np.uint8)
-                self.window[at:at + raw.size] = raw
+                self._put(t.seg_win, at, prog.view(np.uint8))
                 at += cap * isa.DISPATCH.itemsize
         t.half = half
         t.k = k
@@ -236,10 +250,10 @@ class Simulator:
     def _post(self, t: SimTenant, item: list) -> None:
         """Posts the next part of the request in progress ``item`` ([timing, part, slot])."""
         off, entries = self._program(t, item[1], item[2])
-        at = t.seg_win + t.layout.ring_offset + (t.posted % RING_SIZE) * isa.REQUEST.itemsize
+        at = t.layout.ring_offset + (t.posted % RING_SIZE) * isa.REQUEST.itemsize
         entry = np.zeros((), isa.REQUEST)
         entry["prog_offset"], entry["prog_entries"], entry["request_id"] = off, entries, t.posted
-        self.window[at:at + isa.REQUEST.itemsize] = np.frombuffer(entry.tobytes(), np.uint8)
+        self._put(t.seg_win, at, np.frombuffer(entry.tobytes(), np.uint8))
         t.posted += 1
         t.ring.append((item, t.half))
         self.regs.tenant[t.index].ring_tail = t.posted & 0xFFFFFFFF
@@ -256,8 +270,8 @@ class Simulator:
         for t in self.tenants.values():
             head = self.regs.tenant[t.index].ring_head
             while t.acked != head:
-                at = t.seg_win + t.layout.cpl_offset + (t.acked % RING_SIZE) * isa.COMPLETION.itemsize
-                rec = self.window[at:at + isa.COMPLETION.itemsize].view(isa.COMPLETION)[0]
+                at = t.layout.cpl_offset + (t.acked % RING_SIZE) * isa.COMPLETION.itemsize
+                rec = self._get(t.seg_win, at, isa.COMPLETION.itemsize).view(isa.COMPLETION)[0]
                 if rec["status"] != 1:
                     raise RuntimeError(f"tenant {t.name!r}: request failed in the simulation "
                                        f"({isa.FAULT_NAMES.get(int(rec['fault']))})")

@@ -120,6 +120,8 @@ class Accelerator:
     def __init__(self, board: str = "u200", emulate: bool | None = None, device=None):
         self.config = overlay.load(board)
         self.board = self.config["name"]
+        # a core with several bank ports reads its tenants' segments striped over them (driver/segment.py)
+        self.stripe = overlay.config.segment_stripe(self.config)
         self._own_device = device is None
         self.device = device if device is not None else _pick_device(board, emulate)
         self.emulated = isinstance(self.device, emulated.EmulatedDevice)
@@ -195,6 +197,8 @@ class Accelerator:
         """The DDR bank with the most free memory where the device reports it
         per bank (the emulated device), else the one holding the fewest bytes
         of this accelerator's tenants: either way tenants' DDR traffic spreads."""
+        if overlay.config.segment_stripe(self.config) is not None:
+            return 0  # a striped segment spans banks 0 .. ports-1 from bank 0 on
         banks = getattr(self.device, "banks", None)
         if banks:
             return max(range(len(banks)), key=lambda b: (banks[b].free_bytes, -b))

@@ -89,7 +89,7 @@ class RnnTenant(Tenant):
         for b in reversed(self.batched.sizes[:-1]):
             size = rnn_batch_layout(self.batched.upto(b), n).size
             try:
-                Segment(size, bank=bank, device=self.accel.device).free()
+                Segment(size, bank=bank, device=self.accel.device, stripe=self.accel.stripe).free()
             except MemoryError:
                 continue
             return f"max_batch={b} would fit ({size} bytes)"

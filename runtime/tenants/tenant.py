@@ -147,7 +147,7 @@ class Tenant:
         self.max_inflight = max_inflight
         size = self._prepare()
         try:
-            self.segment = Segment(size, bank=bank, device=accel.device)
+            self.segment = Segment(size, bank=bank, device=accel.device, stripe=accel.stripe)
         except MemoryError as e:
             raise DeployError(f"tenant {name!r} needs a {size}-byte segment in DDR bank {bank}, which cannot "
                               f"hold it: {e}" + self._slots_that_fit(bank)) from e
@@ -221,7 +221,8 @@ class Tenant:
             return ""
         for m in range(self.max_inflight - 1, 0, -1):
             try:
-                Segment(segment_layout(self.compiled, self.table, m).size, bank=bank, device=self.accel.device).free()
+                Segment(segment_layout(self.compiled, self.table, m).size, bank=bank, device=self.accel.device,
+                        stripe=self.accel.stripe).free()
             except MemoryError:
                 continue
             return f"; max_inflight {m} would fit"
