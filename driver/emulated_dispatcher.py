@@ -29,10 +29,24 @@ without running: the same modeled clock, no arithmetic.
 
 When nothing is in flight and an advance makes no progress, the thread
 sleeps until the host writes a register, as the hardware would spin idle.
+
+The loop itself runs in C++ (``loop="native"``, the default:
+hls/emu/emu_loop.cpp, in the emulation library only): advances, frame runs
+on C++ threads, the timeline's rules, retires, the interrupt line and the
+idle wait, with no Python per frame. The cycle model stays in Python, the
+one source of the numbers: the C++ loop asks this thread for a frame timing
+it has not seen (a frame's cycles alone and DDR demand, its cycles at a
+bank load, a faulting frame's cycles) and keeps the answer per instruction
+bytes, so a deployed program's frames are timed by Python once. The Python
+loop (``loop="python"``, or the environment variable VFPGA_EMU_LOOP=python)
+is the reference the C++ one is tested against
+(host_tests/driver/test_native_loop.py): the same clock, records and
+registers.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -69,10 +83,68 @@ class IrqLine:
             return self.events
 
 
-class EmulatedDispatcher:
-    """Registers, state and core buffers of the dispatcher kernel of ``device``."""
+class _NativeIrqLine:
+    """IrqLine of the C++ loop: the line and its event count live in C++."""
 
-    def __init__(self, device):
+    def __init__(self, lib, emu):
+        self._lib, self._emu = lib, emu
+
+    @property
+    def events(self) -> int:
+        return int(self._lib.vf_emu_irq_wait(self._emu, 0xFFFFFFFFFFFFFFFF, 0.0))
+
+    def raise_(self) -> None:
+        self._lib.vf_emu_irq_raise(self._emu)
+
+    def wait(self, seen: int, timeout: float | None = None) -> int:
+        return int(self._lib.vf_emu_irq_wait(self._emu, seen, -1.0 if timeout is None else timeout))
+
+
+class _NativeTimeline(PoolTimeline):
+    """The PoolTimeline of the C++ loop: its cycle model methods answer the
+    loop's questions, its per-core and per-tenant arrays are updated by the
+    loop in place, its clock and frame count are the loop's."""
+
+    _lib = _emu = None
+
+    def attach(self, lib, emu) -> None:
+        self._lib, self._emu = lib, emu
+
+    @property
+    def now(self) -> int:
+        return 0 if self._emu is None else int(self._lib.vf_emu_now(self._emu))
+
+    @now.setter
+    def now(self, value: int) -> None:
+        if self._emu is not None or value:
+            raise AttributeError("the native loop's clock is set by the loop")
+
+    @property
+    def frames(self) -> int:
+        return 0 if self._emu is None else int(self._lib.vf_emu_frames(self._emu))
+
+    @frames.setter
+    def frames(self, value: int) -> None:
+        if self._emu is not None or value:
+            raise AttributeError("the native loop's frame count is kept by the loop")
+
+    @property
+    def busy(self) -> bool:
+        raise AttributeError("the native loop's frames in flight are inside the loop")
+
+
+LOOPS = ("native", "python")
+
+
+class EmulatedDispatcher:
+    """Registers, state and core buffers of the dispatcher kernel of
+    ``device``; ``loop`` "native" (C++) or "python" (the reference), by
+    default the environment's VFPGA_EMU_LOOP, else native."""
+
+    def __init__(self, device, loop: str | None = None):
+        self.loop = loop or os.environ.get("VFPGA_EMU_LOOP") or "native"
+        if self.loop not in LOOPS:
+            raise ValueError(f"emulated dispatcher loop {self.loop!r}: not one of {', '.join(LOOPS)}")
         self.device = device
         self.config = device.config
         self.ffi, self.lib = ffi, lib = device.ffi, device.lib
@@ -83,6 +155,7 @@ class EmulatedDispatcher:
         self.file = np.frombuffer(ffi.buffer(self.regs), dtype=np.uint32)
         self.file_offset = disp["registers"]["file"]
         self.file_bytes = ffi.sizeof("vf_disp_regs_t")
+        self._file_words = self.file_bytes // 4
         self.host_words = self._host_words(disp)
         self.n_cnn = int(self.config["cnn_core"]["count"])
         self.n_cores = self.n_cnn + int(self.config["rnn_core"]["count"])  # the pool: CNN cores, then RNN
@@ -102,7 +175,26 @@ class EmulatedDispatcher:
         self._buffers = [None] * self.n_cores
         self._pool = ThreadPoolExecutor(max(1, min(self.n_cores, os.cpu_count() or 1)),
                                         thread_name_prefix="vfpga-core")
-        self.timeline = PoolTimeline(self.config, ffi, int(disp["tenants"]))
+        self._emu = None
+        self.questions: collections.Counter = collections.Counter()  # the native loop's calls into Python, by kind
+        if self.loop == "python":
+            self.timeline = PoolTimeline(self.config, ffi, int(disp["tenants"]))
+        else:
+            self.timeline = t = _NativeTimeline(self.config, ffi, int(disp["tenants"]))
+            arrays = (t.core_busy_cycles, t.tenant_frame_cycles, t.tenant_solo_cycles)
+            if any(a.dtype != np.int64 or not a.flags.c_contiguous for a in arrays):
+                raise AssertionError("the timeline's counters must be contiguous int64 arrays")
+            self._emu_config = ffi.new("vf_emu_config_t *", {
+                "issue_cycles": t.issue_cycles, "barrier_cycles": t.barrier_cycles,
+                "completion_cycles": t.completion_cycles, "scrub_cycles": t.scrub_cycles,
+                "rnn_scrub_cycles": t.rnn_scrub_cycles, "charge_scrubs": int(t.charge_scrubs),
+                "compute": int(bool(device.compute)), "bank_stride": t.bank_stride, "n_banks": t.n_banks,
+                "threads": max(1, min(self.n_cores, os.cpu_count() or 1)),
+                **{name: ffi.cast("int64_t *", a.ctypes.data) for name, a in
+                   zip(("core_busy_cycles", "tenant_frame_cycles", "tenant_solo_cycles"), arrays)}})
+            self._emu = ffi.gc(lib.vf_emu_new(self._emu_config, self.regs, self.state), lib.vf_emu_free)
+            t.attach(lib, self._emu)
+            self.irq_line = _NativeIrqLine(lib, self._emu)
 
     @property
     def now(self) -> int:
@@ -132,8 +224,11 @@ class EmulatedDispatcher:
 
     def read_word(self, off: int) -> int:
         """The 32-bit register at byte offset ``off`` of the kernel's slave."""
-        regs = self.config["dispatcher"]["registers"]
         self._check()
+        word = (off - self.file_offset) >> 2
+        if self._emu is not None and 0 <= word < self._file_words:  # the C++ loop's lock guards the file
+            return self.lib.vf_emu_read_word(self._emu, word)
+        regs = self.config["dispatcher"]["registers"]
         with self.lock:
             if self.file_offset <= off < self.file_offset + self.file_bytes:
                 return int(self.file[(off - self.file_offset) // 4])
@@ -153,8 +248,13 @@ class EmulatedDispatcher:
         return 0  # unassigned offsets read as 0
 
     def write_word(self, off: int, value: int) -> None:
-        regs = self.config["dispatcher"]["registers"]
         self._check()
+        word = (off - self.file_offset) >> 2
+        if self._emu is not None and 0 <= word < self._file_words:
+            if word in self.host_words:  # the dispatcher's words ignore host writes
+                self.lib.vf_emu_write_word(self._emu, word, value)
+            return
+        regs = self.config["dispatcher"]["registers"]
         with self.lock:
             if self.file_offset <= off < self.file_offset + self.file_bytes:
                 word = (off - self.file_offset) // 4
@@ -176,11 +276,15 @@ class EmulatedDispatcher:
                     if off in (base, base + 4):
                         shift = 8 * (off - base)
                         self.scalars[name] = (self.scalars[name] & ~(0xFFFFFFFF << shift)) | (value << shift)
+                        if self._emu is not None:
+                            self.lib.vf_emu_set_window(self._emu, *self._window())
                         self._poke()
 
     def _poke(self) -> None:
         self._dirty = True
         self._wake.notify_all()
+        if self._emu is not None:
+            self.lib.vf_emu_poke(self._emu)
 
     def _control(self, value: int) -> None:
         """ctrl: ap_start with auto_restart runs the dispatcher forever;
@@ -194,6 +298,8 @@ class EmulatedDispatcher:
             raise RuntimeError("the dispatcher is free-running: start it with ap_start | auto_restart (0x81)")
         else:
             self.running = False
+        if self._emu is not None:
+            self.lib.vf_emu_set_running(self._emu, int(self.running))
         self._poke()
 
     def shutdown(self) -> None:
@@ -202,6 +308,8 @@ class EmulatedDispatcher:
             self._stop = True
             self.running = False
             self._wake.notify_all()
+            if self._emu is not None:
+                self.lib.vf_emu_stop(self._emu)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
         self._pool.shutdown(wait=True)
@@ -226,13 +334,41 @@ class EmulatedDispatcher:
 
     def _loop(self) -> None:
         try:
-            self._events()
+            self._events() if self._emu is None else self._native_events()
         except BaseException as e:  # an emulator bug: make every later register access say so
             with self.lock:
                 self.error = e
                 self.running = False
                 self.irq_line.raise_()
             raise
+
+    def _native_events(self) -> None:
+        """The C++ loop, answering its questions with the cycle model (PoolTimeline's methods)."""
+        ffi, lib, emu, t = self.ffi, self.lib, self._emu, self.timeline
+        need = ffi.new("vf_emu_need_t *")
+        names = {lib.VF_EMU_BUFFERS: "buffers", lib.VF_EMU_SOLO: "solo", lib.VF_EMU_SHARED: "shared",
+                 lib.VF_EMU_UNTIMED: "untimed", lib.VF_EMU_FAULTED: "faulted"}
+        while True:
+            kind = lib.vf_emu_run(emu, need)  # the GIL is released while it loops
+            if kind == lib.VF_EMU_STOP:
+                return
+            self.questions[names.get(kind, kind)] += 1
+            frame, rnn = need.frame, bool(need.rnn)
+            if kind == lib.VF_EMU_BUFFERS:
+                lib.vf_emu_set_buffers(emu, need.core, self._buffers_of(need.core))
+            elif kind == lib.VF_EMU_SOLO:
+                cycles, demand = t._solo(t._bytes(need.mem, need.mem_bytes, frame), frame, rnn)
+                lib.vf_emu_put_solo(emu, int(cycles), float(demand))
+            elif kind == lib.VF_EMU_SHARED:
+                raw = t._bytes(need.mem, need.mem_bytes, frame)
+                lib.vf_emu_put_cycles(emu, int(t.frame_cycles(raw, frame, rnn, need.eighths / 8)))
+            elif kind == lib.VF_EMU_UNTIMED:  # as PoolTimeline.issue: sharing 1 alone, else the load's eighths
+                sharing = 1 if need.eighths == 8 else need.eighths / 8
+                lib.vf_emu_put_cycles(emu, int(t.frame_cycles(None, frame, rnn, sharing)))
+            elif kind == lib.VF_EMU_FAULTED:
+                lib.vf_emu_put_cycles(emu, int(t._faulted(frame, need.result, need.counters)))
+            else:
+                raise AssertionError(f"the native loop asked for {kind}")
 
     def _events(self) -> None:
         ffi, lib = self.ffi, self.lib

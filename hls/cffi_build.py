@@ -28,6 +28,9 @@ ROOT = os.path.dirname(HLS_DIR)
 # Paths are given relative to setup.py's directory, as setuptools requires.
 _REL_HLS = os.path.relpath(HLS_DIR, os.getcwd())
 CORE_SOURCES = [os.path.join(_REL_HLS, name) for name in ("cnn_core.cpp", "rnn_core.cpp", "dispatcher.cpp")]
+# The emulated dispatcher's event loop: host C++ (threads, std containers), in the emulation library only.
+EMU_DIR = os.path.join(HLS_DIR, "emu")
+EMU_SOURCES = [os.path.join(_REL_HLS, "emu", "emu_loop.cpp")]
 CXXFLAGS = ["-std=c++14", "-O3", "-Wno-unknown-pragmas"]
 # g++'s static branch guesses mark the element-wise loops inside the unit
 # scheduler cold, which leaves them scalar; without the guesses they vectorise.
@@ -94,7 +97,7 @@ def cdef_text(*headers, macros=()):
     ``#include "x.h"`` of another header of hls/include is replaced by that
     header's text (each header once, as include guards would); ``macros``
     (name, value) come first as #defines (array lengths the headers take from
-    the board)."""
+    the board). A header given by absolute path is read from there."""
     out = [f"#define {name} {value}\n" for name, value in macros]
     seen = set()
 
@@ -131,15 +134,16 @@ def emu_builder(board, level=None, flags=()):
                    for name in ("VF_DISP_TENANTS", "VF_CNN_CORES", "VF_RNN_CORES", "VF_DISP_INFLIGHT")]
     board_sizes.append(("VF_POOL_CORES", macros["VF_CNN_CORES"] + macros["VF_RNN_CORES"]))
     ffi.cdef(cdef_text("vfpga_isa.h", "vfpga_cnn_core.h", "vfpga_rnn_core.h", "vfpga_dispatcher.h",
-                       macros=board_sizes))
+                       os.path.join(EMU_DIR, "vfpga_emu.h"), macros=board_sizes))
     ffi.set_source(
         f"vfpga.driver._emu_{board}" + (f"_{level}" if level else ""),
-        '#include "vfpga_dispatcher.h"',
-        sources=CORE_SOURCES,
+        '#include "vfpga_dispatcher.h"\n#include "vfpga_emu.h"',
+        sources=CORE_SOURCES + EMU_SOURCES,
         source_extension=".cpp",
-        include_dirs=[INCLUDE_DIR],
+        include_dirs=[INCLUDE_DIR, EMU_DIR],
         define_macros=[(k, str(v)) for k, v in macros.items()],
-        extra_compile_args=[*_base_flags(), *flags],
+        extra_compile_args=[*_base_flags(), *flags, "-pthread"],
+        extra_link_args=["-pthread"],
     )
     return ffi
 

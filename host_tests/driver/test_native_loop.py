@@ -1,0 +1,201 @@
+"""The emulated dispatcher's C++ loop (hls/emu/emu_loop.cpp) against its
+Python reference (EmulatedDispatcher loop="python").
+
+The two loops are compared from the same state: a board with the Python
+loop is set up through the runtime (tenants deployed and run, one of them
+with a program that faults), its dispatcher is stopped, requests of several
+tenants are posted and core masks changed (a re-allocation that lands while
+the requests run, onto cores another tenant used); then its whole state (registers, dispatcher state, device
+memory, core buffers, clock and counters) is copied into a board with the
+C++ loop, both are started and run until idle, and everything must be equal:
+completion records and outputs in memory, every register (the clock, the
+tenants' core_cycles / request_cycles, the fault registers), the dispatcher
+state, the modeled clock and the timeline's per-core and per-tenant cycles.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from harness import SMALL_BANK, corrupt, random_inputs
+
+from vfpga.driver import emulated_dispatcher, isa
+from vfpga.driver.cnn_core import AP_START, AUTO_RESTART
+from vfpga.driver.emulated import EmulatedDevice
+from vfpga.driver.segment import Segment
+from vfpga.runtime import tenants
+from vfpga.runtime.compiler import ir, static
+from vfpga.runtime.models import small
+
+BOARD = "u200"
+
+
+def _adds(hw: int = 32, c: int = 64, n: int = 3) -> ir.Graph:
+    """Element-wise adds: little compute per DDR byte (frames on several cores load their bank past its bandwidth)."""
+    t = {"x": ir.Tensor("x", (hw, hw, c), 0.05, 0)}
+    layers, prev = [], "x"
+    for i in range(n):
+        t[f"s{i}"] = ir.Tensor(f"s{i}", (hw, hw, c), 0.05, 0)
+        layers.append(ir.Add(f"add{i}", (prev, "x"), f"s{i}", 1 << 14, 1 << 14, 15))
+        prev = f"s{i}"
+    return ir.Graph(t, layers, ["x"], [prev], name="adds")
+
+
+def _device(monkeypatch, loop: str, compute: bool) -> EmulatedDevice:
+    monkeypatch.setenv("VFPGA_EMU_LOOP", loop)
+    dev = EmulatedDevice(BOARD, bank_capacity=SMALL_BANK, compute=compute)
+    assert dev.dispatcher.loop == loop
+    return dev
+
+
+def _treg_offset(config, t: int, name: str) -> int:
+    disp = config["dispatcher"]
+    return (int(disp["registers"]["file"]) + int(disp["tenant_base"]) + t * int(disp["tenant_stride"])
+            + int(disp["tenant_registers"][name]))
+
+
+def _copy_state(src, dst, ffi) -> None:
+    """Everything the loop reads and writes, from the stopped dispatcher ``src`` into the fresh ``dst``."""
+    for bank in range(len(src.device.banks)):  # the emulated banks (the window between them is a hole)
+        dst.device.bank_array(bank)[:] = src.device.bank_array(bank)
+    ffi.buffer(dst.regs)[:] = ffi.buffer(src.regs)
+    ffi.buffer(dst.state)[:] = ffi.buffer(src.state)
+    regs = src.config["dispatcher"]["registers"]
+    for name, value in src.scalars.items():  # the window registers (the native loop learns its window from them)
+        dst.write_word(int(regs[name]), value & 0xFFFFFFFF)
+        dst.write_word(int(regs[name]) + 4, value >> 32)
+    for name in ("core_busy_cycles", "tenant_frame_cycles", "tenant_solo_cycles"):
+        np.copyto(getattr(dst.timeline, name), getattr(src.timeline, name))
+    assert dst.lib.vf_emu_set_clock(dst._emu, src.now) == 1
+    for core, bufs in enumerate(src._buffers):
+        if bufs is not None:
+            dst._buffers_of(core)
+            for key, array in bufs[1].items():
+                ffi.buffer(dst._buffers[core][1][key])[:] = ffi.buffer(array)
+
+
+def _run_until(dev, heads: dict[int, int], timeout: float = 60.0) -> None:
+    """Starts the dispatcher; returns once every context in ``heads`` has that
+    ring head (its records written) and the loop has gone idle."""
+    disp = dev.dispatcher
+    disp.write_word(int(dev.config["dispatcher"]["registers"]["ctrl"]), AP_START | AUTO_RESTART)
+    deadline = time.monotonic() + timeout
+    while any(disp.read_word(_treg_offset(dev.config, t, "ring_head")) != h for t, h in heads.items()):
+        assert time.monotonic() < deadline, "the requests did not complete"
+        time.sleep(0.005)
+    last = None
+    while True:  # idle: the clock and the registers stay as they are
+        time.sleep(0.05)
+        now = (disp.now, bytes(disp.ffi.buffer(disp.regs)))
+        if now == last:
+            return
+        last = now
+        assert time.monotonic() < deadline, "the dispatcher did not go idle"
+
+
+def _snapshot(dev) -> dict:
+    d = dev.dispatcher
+    return {"regs": bytes(d.ffi.buffer(d.regs)), "state": bytes(d.ffi.buffer(d.state)), "now": d.now,
+            "frames": d.timeline.frames, "memory": [dev.bank_array(b).tobytes() for b in range(len(dev.banks))],
+            **{n: getattr(d.timeline, n).tolist() for n in ("core_busy_cycles", "tenant_frame_cycles",
+                                                           "tenant_solo_cycles")}}
+
+
+@pytest.mark.parametrize("compute", [True, False], ids=["compute", "timing-only"])
+def test_native_loop_matches_the_python_loop(monkeypatch, compute):
+    ref_dev = _device(monkeypatch, "python", compute)
+    accel = tenants.Accelerator(BOARD, device=ref_dev)
+    nat_dev = None
+    try:
+        # every segment in bank 0, so that the adds' frames (DDR-bound) share its bandwidth
+        walls = [Segment(SMALL_BANK, bank=bank, device=ref_dev) for bank in (1, 2, 3)]
+        a = accel.deploy(static.compile_graph(_adds(), BOARD), cores=4, name="a")
+        b = accel.deploy(static.compile_graph(_adds(c=32), BOARD), cores=3, name="b")
+        c = accel.deploy(static.compile_graph(small.conv_graph(4), BOARD), cores=1, name="c")
+        bad = accel.deploy(corrupt(static.compile_graph(small.conv_graph(3), BOARD), "past-end")[0], cores=1,
+                           name="bad") if compute else None
+        for t in (a, b, c):
+            t.run_quantized(random_inputs(t.graph, 1, 7)[0])
+        # cores another tenant used: whoever gets them next has them scrubbed first
+        tmp = accel.deploy(static.compile_graph(small.conv_graph(5), BOARD), cores=4, name="tmp")
+        tmp.run_quantized(random_inputs(tmp.graph, 1, 8)[0])
+        used = list(tmp.cores)
+        accel.remove("tmp")
+        # the host side stops: no completion thread, then no dispatcher
+        accel.completions.stop()
+        with ref_dev.dispatcher.lock:  # wakes it (the Python loop's line is raised under its lock)
+            ref_dev.dispatcher.irq_line.raise_()
+        accel.completions._thread.join(10)
+        ref = ref_dev.dispatcher
+        ref.write_word(int(ref_dev.config["dispatcher"]["registers"]["ctrl"]), 0)
+        time.sleep(0.05)
+
+        # requests of several tenants, posted while the dispatcher is stopped
+        posts = {a: 3, b: 2, c: 4} | ({bad: 1} if bad else {})
+        for i, (t, n) in enumerate(posts.items()):
+            t._write(t.compiled.input, t.compiled.device_input(random_inputs(t.graph, 1, i)[0]))
+            at = t.program_halves[t._active_half]
+            for r in range(n):
+                t.context.post(at, len(t.plan.programs[0]), 1000 * (i + 1) + r)
+        # re-allocation in flight: b moves to other cores, a grows by one (a frame boundary applies them)
+        moves = ((b, used[:3]), (a, a.cores + used[3:]))
+        for t, cores in moves:
+            t.context._w("core_mask", sum(1 << core for core in cores))
+            t.context._w("mask_seq", (t.context._r("mask_done") + 1) & 0xFFFFFFFF)
+        heads = {t.context.index: t.context._tail & 0xFFFFFFFF for t in posts}
+
+        nat_dev = _device(monkeypatch, "native", compute)
+        _copy_state(ref, nat_dev.dispatcher, ref.ffi)
+        start = _snapshot(ref_dev)
+        assert _snapshot(nat_dev) == start | {"frames": 0}  # the same starting point (the count starts again)
+
+        _run_until(ref_dev, heads)
+        _run_until(nat_dev, heads)
+        want, got = _snapshot(ref_dev), _snapshot(nat_dev)
+        want["frames"] -= start["frames"]
+        assert want["frames"] > 0 and want["now"] > 0
+        for key in want:
+            assert got[key] == want[key], f"{key} differs between the C++ and the Python loop"
+
+        # the scenario did what it is meant to: masks applied in flight, DDR shared, a fault
+        for t, cores in moves:
+            assert nat_dev.dispatcher.read_word(_treg_offset(nat_dev.config, t.context.index, "active_mask")) \
+                == sum(1 << core for core in cores)
+        if bad is not None:
+            status = nat_dev.dispatcher.read_word(_treg_offset(nat_dev.config, bad.context.index, "status"))
+            assert isa.TENANT_STATUS[status] == "FAULTED"
+        assert nat_dev.dispatcher.questions["shared"] > 0, "no frame ran at a shared bank's load"
+        for t in posts:
+            t.context.collect()  # acknowledged, so that the tenants can be removed
+        for w in walls:
+            w.free()
+    finally:
+        if nat_dev is not None:
+            nat_dev.close()
+        accel.close()
+
+
+def test_native_loop_times_a_program_once(monkeypatch):
+    """After its first request, a deployed program's frames are timed without Python."""
+    dev = _device(monkeypatch, "native", True)
+    accel = tenants.Accelerator(BOARD, device=dev)
+    try:
+        t = accel.deploy(static.compile_graph(small.conv_graph(1), BOARD), cores=2, name="a")
+        x = random_inputs(t.graph, 1, 0)[0]
+        t.run_quantized(x)
+        asked = sum(dev.dispatcher.questions.values())
+        assert asked > 0 and dev.lib.vf_emu_cache_entries(dev.dispatcher._emu) > 0
+        for _ in range(3):
+            t.run_quantized(x)
+        assert sum(dev.dispatcher.questions.values()) == asked
+    finally:
+        accel.close()
+
+
+def test_unknown_loop_is_refused(monkeypatch):
+    monkeypatch.setenv("VFPGA_EMU_LOOP", "fortran")
+    with pytest.raises(ValueError, match="emulated dispatcher loop 'fortran': not one of native, python"):
+        EmulatedDevice(BOARD, bank_capacity=SMALL_BANK)
+    assert emulated_dispatcher.LOOPS == ("native", "python")
