@@ -132,6 +132,12 @@ class _NativeTimeline(PoolTimeline):
     def busy(self) -> bool:
         raise AttributeError("the native loop's frames in flight are inside the loop")
 
+    def __setattr__(self, name, value):
+        # the loop took charge_scrubs at construction (vf_emu_config_t); a later change would not reach it
+        if name == "charge_scrubs" and self._emu is not None:
+            raise AttributeError("charge_scrubs of the native loop is fixed when the dispatcher is made")
+        super().__setattr__(name, value)
+
 
 LOOPS = ("native", "python")
 

@@ -20,8 +20,11 @@ machine:
     each model and for a small CNN over --requests requests.
 
 With --suite it also times the default test suite (python -m pytest -q).
+--loop python runs the emulated dispatcher's reference loop in Python
+instead of the C++ one (VFPGA_EMU_LOOP); --models "" skips the models (the
+small CNN's overhead alone).
 
-    python scripts/bench_emulation.py [--models resnet50,vgg19,squeezenet] [--runs 5] [--suite]
+    python scripts/bench_emulation.py [--models resnet50,vgg19,squeezenet] [--runs 5] [--suite] [--loop native|python]
 
 Every figure is measured on this host; none is modeled.
 """
@@ -151,7 +154,11 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=5, help="timed runs per figure (median)")
     p.add_argument("--requests", type=int, default=500, help="small-CNN requests for the overhead figure")
     p.add_argument("--suite", action="store_true", help="also time the default test suite")
+    p.add_argument("--loop", choices=("native", "python"), default=None,
+                   help="the emulated dispatcher's loop (default: VFPGA_EMU_LOOP, else native)")
     a = p.parse_args(argv)
+    if a.loop:
+        os.environ["VFPGA_EMU_LOOP"] = a.loop
 
     import onnxruntime
 
@@ -161,10 +168,12 @@ def main(argv=None) -> int:
     ks = sorted({1, 2, threads})
     ov = tenants.open(a.board)
     build = getattr(ov.device, "build", "board")
+    loop = getattr(getattr(ov.device, "dispatcher", None), "loop", None)
     print(f"host: {threads} threads, load average {os.getloadavg()[0]:.1f} at start (a shared machine's wall "
-          f"times vary from run to run); emulation library: {build}; onnxruntime {onnxruntime.__version__}")
+          f"times vary from run to run); emulation library: {build}"
+          + (f", dispatcher loop: {loop}" if loop else "") + f"; onnxruntime {onnxruntime.__version__}")
     print(f"board {a.board}; k = cores the tenant holds (all = {threads} host threads); median of {a.runs} runs")
-    for name in a.models.split(","):
+    for name in filter(None, a.models.split(",")):
         for line in bench_model(ov, name, a.runs, ks):
             print(line, flush=True)
     print(small_cnn_overhead(ov, a.requests), flush=True)

@@ -256,6 +256,23 @@ def test_segment_syncs_only_the_given_range(emulated_device):
     assert seg.freed and dev.banks[2].free_bytes == dev.banks[2].size
 
 
+def test_segment_sync_is_the_pynq_buffer_slice_sync(emulated_device, monkeypatch):
+    """Segment syncs a range by calling the device's flush / invalidate with what
+    PynqBuffer.sync_to_device / sync_from_device of that slice pass (the board path)."""
+    calls = []
+    for op in ("flush", "invalidate"):
+        monkeypatch.setattr(emulated_device, op, lambda *a, op=op: calls.append((op, *a)))
+    with Segment(8192, bank=1, device=emulated_device) as seg:
+        for offset, n in ((0, 8192), (100, 4), (4095, 2), (8000, 192)):
+            seg.sync_to_device(offset, n)
+            seg._buf[offset:offset + n].sync_to_device()
+            seg.sync_from_device(offset, n)
+            seg._buf[offset:offset + n].sync_from_device()
+            ours_to, pynq_to, ours_from, pynq_from = calls[-4:]
+            assert ours_to == pynq_to and ours_to[0] == "flush" and ours_to[-1] == n
+            assert ours_from == pynq_from and ours_from[0] == "invalidate"
+
+
 def test_segment_bounds_and_lifetime(emulated_device):
     seg = Segment(4096, device=emulated_device)
     with pytest.raises(SegmentBoundsError, match=r"\[4095, 4097\)"):

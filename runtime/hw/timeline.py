@@ -2,7 +2,11 @@
 
 Shared by the emulated dispatcher (which also runs frames functionally) and
 the timing-only simulator of the runtime (vfpga.runtime.sim.simulator), so both
-give the same figures for the same frames. The rules, with their sources in
+give the same figures for the same frames. The emulated dispatcher's C++ loop
+(hls/emu/emu_loop.cpp) applies the rules below itself, with every frame's
+numbers from this class's cycle model methods (``_solo``, ``frame_cycles``,
+``_faulted``); host_tests/driver/test_native_loop.py holds it to the Python
+loop that calls :meth:`PoolTimeline.issue` and :meth:`PoolTimeline.pop`. The rules, with their sources in
 the board config:
 
 * an advance of the dispatcher costs ``dispatcher.issue_cycles`` per frame
