@@ -37,7 +37,9 @@ idle wait, with no Python per frame. The cycle model stays in Python, the
 one source of the numbers: the C++ loop asks this thread for a frame timing
 it has not seen (a frame's cycles alone and DDR demand, its cycles at a
 bank load, a faulting frame's cycles) and keeps the answer per instruction
-bytes, so a deployed program's frames are timed by Python once. The Python
+bytes, so a deployed program's frames are timed by Python once; the bank
+sharing (frame_timing.bank_stretches, the frames' ends revised as frames
+start and end) is done in C++ float for float. The Python
 loop (``loop="python"``, or the environment variable VFPGA_EMU_LOOP=python)
 is the reference the C++ one is tested against
 (host_tests/driver/test_native_loop.py): the same clock, records and
@@ -55,6 +57,7 @@ import numpy as np
 
 from vfpga import overlay
 from vfpga.driver.cnn_core import AP_IDLE, AP_START, AUTO_RESTART
+from vfpga.runtime.hw import frame_timing
 from vfpga.runtime.hw.timeline import PoolTimeline
 
 # Register-file words the driver writes (the step reads them; every other word
@@ -352,8 +355,8 @@ class EmulatedDispatcher:
         """The C++ loop, answering its questions with the cycle model (PoolTimeline's methods)."""
         ffi, lib, emu, t = self.ffi, self.lib, self._emu, self.timeline
         need = ffi.new("vf_emu_need_t *")
-        names = {lib.VF_EMU_BUFFERS: "buffers", lib.VF_EMU_SOLO: "solo", lib.VF_EMU_SHARED: "shared",
-                 lib.VF_EMU_UNTIMED: "untimed", lib.VF_EMU_FAULTED: "faulted"}
+        names = {lib.VF_EMU_BUFFERS: "buffers", lib.VF_EMU_SOLO: "solo", lib.VF_EMU_UNTIMED: "untimed",
+                 lib.VF_EMU_FAULTED: "faulted"}
         while True:
             kind = lib.vf_emu_run(emu, need)  # the GIL is released while it loops
             if kind == lib.VF_EMU_STOP:
@@ -362,19 +365,19 @@ class EmulatedDispatcher:
             frame, rnn = need.frame, bool(need.rnn)
             if kind == lib.VF_EMU_BUFFERS:
                 lib.vf_emu_set_buffers(emu, need.core, self._buffers_of(need.core))
-            elif kind == lib.VF_EMU_SOLO:
-                cycles, demand = t._solo(t._bytes(need.mem, need.mem_bytes, frame), frame, rnn)
-                lib.vf_emu_put_solo(emu, int(cycles), float(demand))
-            elif kind == lib.VF_EMU_SHARED:
-                raw = t._bytes(need.mem, need.mem_bytes, frame)
-                lib.vf_emu_put_cycles(emu, int(t.frame_cycles(raw, frame, rnn, need.eighths / 8)))
-            elif kind == lib.VF_EMU_UNTIMED:  # as PoolTimeline.issue: sharing 1 alone, else the load's eighths
-                sharing = 1 if need.eighths == 8 else need.eighths / 8
-                lib.vf_emu_put_cycles(emu, int(t.frame_cycles(None, frame, rnn, sharing)))
+            elif kind == lib.VF_EMU_SOLO:  # as PoolTimeline.issue: the demand over the time alone, scrub or not
+                solo, nbytes = t._solo(t._bytes(need.mem, need.mem_bytes, frame), frame, rnn)
+                scrubbed = solo + (t.rnn_scrub_cycles if rnn else t.scrub_cycles)
+                lib.vf_emu_put_solo(emu, int(solo), self._demand(nbytes, solo), self._demand(nbytes, scrubbed))
+            elif kind == lib.VF_EMU_UNTIMED:
+                lib.vf_emu_put_cycles(emu, int(t.frame_cycles(None, frame, rnn)))
             elif kind == lib.VF_EMU_FAULTED:
                 lib.vf_emu_put_cycles(emu, int(t._faulted(frame, need.result, need.counters)))
             else:
                 raise AssertionError(f"the native loop asked for {kind}")
+
+    def _demand(self, nbytes: int, cycles: int) -> float:
+        return float(frame_timing.demand(nbytes, cycles, self.config)) if cycles > 0 else 0.0
 
     def _events(self) -> None:
         ffi, lib = self.ffi, self.lib

@@ -5,9 +5,9 @@
 // It is the loop driver/emulated_dispatcher.py runs in Python (kept there as
 // the reference, loop="python"), step for step: the same register stamps of
 // the clock, the same frame order, and the timeline rules of
-// runtime/hw/timeline.py (PoolTimeline.issue / pop) with the in-flight frames
-// kept in the same binary-heap order as Python's heapq, so the bank load
-// (a float sum over that order) is the same number.
+// runtime/hw/timeline.py (PoolTimeline.issue / pop / _share) with the frames in
+// flight in the same list order and the same float operations in the same
+// order, so every revised frame end is the same number.
 
 #include "vfpga_emu.h"
 
@@ -35,60 +35,34 @@ struct Flight {
     vf_core_state_t result;
     vf_core_counters_t counters;
     uint32_t bank;
+    uint32_t tenant;
     double demand;
+    uint64_t start, at, solo;
+    double left, stretch;  // cycles alone still to run, and the bank's stretch since `at`
 };
 
-bool before(const Flight &a, const Flight &b) { return a.end < b.end || (a.end == b.end && a.order < b.order); }
-
-// Python's heapq (_siftdown / _siftup), so that the array order matches.
-void sift_down(std::vector<Flight> &h, size_t start, size_t pos) {
-    Flight item = h[pos];
-    while (pos > start) {
-        size_t parent = (pos - 1) >> 1;
-        if (before(item, h[parent])) {
-            h[pos] = h[parent];
-            pos = parent;
-            continue;
-        }
-        break;
+// frame_timing.bank_stretches: max-min fair shares of a bank by water-filling.
+std::vector<double> bank_stretches(const std::vector<double> &demands) {
+    double sum = 0.0;
+    for (double d : demands) sum += d;
+    std::vector<double> out(demands.size(), 1.0);
+    if (sum <= 1.0) return out;
+    std::vector<double> ranked(demands);
+    std::sort(ranked.begin(), ranked.end());
+    double left = 1.0, share = 0.0;
+    for (size_t i = 0; i < ranked.size(); ++i) {
+        share = left / (double)(ranked.size() - i);
+        if (ranked[i] > share) break;
+        left -= ranked[i];
     }
-    h[pos] = item;
-}
-
-void sift_up(std::vector<Flight> &h, size_t pos) {
-    size_t end = h.size(), start = pos, child = 2 * pos + 1;
-    Flight item = h[pos];
-    while (child < end) {
-        size_t right = child + 1;
-        if (right < end && !before(h[child], h[right])) child = right;
-        h[pos] = h[child];
-        pos = child;
-        child = 2 * pos + 1;
-    }
-    h[pos] = item;
-    sift_down(h, start, pos);
-}
-
-void heap_push(std::vector<Flight> &h, const Flight &f) {
-    h.push_back(f);
-    sift_down(h, 0, h.size() - 1);
-}
-
-Flight heap_pop(std::vector<Flight> &h) {
-    Flight last = h.back();
-    h.pop_back();
-    if (h.empty()) return last;
-    Flight top = h[0];
-    h[0] = last;
-    sift_up(h, 0);
-    return top;
+    for (size_t i = 0; i < demands.size(); ++i) out[i] = std::max(1.0, demands[i] / share);
+    return out;
 }
 
 struct Timing {
-    bool have_solo = false;
-    uint64_t solo = 0;
-    double demand = 0.0;
-    std::unordered_map<uint32_t, uint64_t> shared;  // bank load in eighths -> cycles
+    uint64_t solo = 0;     // cycles alone
+    double demand = 0.0;   // bank share alone
+    double demand_scrubbed = 0.0;  // the same with the scrub's cycles added to its time
 };
 
 struct Issued {
@@ -126,8 +100,8 @@ struct vf_emu {
     bool batch_ran = false;
     int8_t *batch_mem = nullptr;
     uint64_t batch_bytes = 0;
-    std::map<uint32_t, uint64_t> answers;  // this frame's uncached answers: kind << 8 | eighths -> cycles
-    uint32_t asked_kind = 0, asked_eighths = 0, asked_rnn = 0;
+    std::map<uint32_t, uint64_t> answers;  // this frame's uncached answers: kind -> cycles
+    uint32_t asked_kind = 0, asked_rnn = 0;
     std::string asked_key;
 
     // frames issued together run on these threads and the loop's own
@@ -210,28 +184,45 @@ void run_batch(vf_emu_t *e) {
     e->pool_n = 0;  // a late worker finds nothing to take
 }
 
-uint32_t ask(vf_emu_t *e, vf_emu_need_t *need, uint32_t kind, const Issued &it, uint32_t rnn, uint32_t eighths) {
+uint32_t ask(vf_emu_t *e, vf_emu_need_t *need, uint32_t kind, const Issued &it, uint32_t rnn) {
     std::memset(need, 0, sizeof(*need));
     need->kind = kind;
     need->core = it.core;
     need->rnn = rnn;
-    need->eighths = eighths;
     need->mem = e->batch_mem;
     need->mem_bytes = e->batch_bytes;
     need->frame = it.frame;
     need->result = it.result;
     need->counters = it.counters;
     e->asked_kind = kind;
-    e->asked_eighths = eighths;
     e->asked_rnn = rnn;
     return kind;
 }
 
-bool answered(vf_emu_t *e, uint32_t kind, uint32_t eighths, uint64_t *cycles) {
-    auto a = e->answers.find(kind << 8 | eighths);
+bool answered(vf_emu_t *e, uint32_t kind, uint64_t *cycles) {
+    auto a = e->answers.find(kind);
     if (a == e->answers.end()) return false;
     *cycles = a->second;
     return true;
+}
+
+// PoolTimeline._share: the frames on `bank` brought up to now, then stretched by its current sharing.
+void share(vf_emu_t *e, uint32_t bank) {
+    std::vector<size_t> on;
+    std::vector<double> demands;
+    for (size_t i = 0; i < e->inflight.size(); ++i)
+        if (e->inflight[i].bank == bank) {
+            on.push_back(i);
+            demands.push_back(e->inflight[i].demand);
+        }
+    std::vector<double> s = bank_stretches(demands);
+    for (size_t k = 0; k < on.size(); ++k) {
+        Flight &f = e->inflight[on[k]];
+        f.left = std::max(0.0, f.left - (double)(e->now - f.at) / f.stretch);
+        f.at = e->now;
+        f.stretch = s[k];
+        f.end = e->now + (uint64_t)std::ceil(f.left * s[k] - 1e-9);
+    }
 }
 
 // PoolTimeline.issue for batch frame it; 0 when scheduled, else the question for Python.
@@ -240,69 +231,64 @@ uint32_t time_frame(vf_emu_t *e, const Issued &it, vf_emu_need_t *need) {
     uint32_t rnn = it.core >= VF_CNN_CORES;
     uint64_t b = f.seg_win / e->cfg.bank_stride;
     uint32_t bank = (uint32_t)std::min<uint64_t>(b, e->cfg.n_banks - 1);
-    uint64_t cycles, solo;
-    double demand = 0.0;
+    bool scrub = f.scrub && e->cfg.charge_scrubs;
+    uint64_t solo;
+    double demand = 0.0;  // faulting frames and frames outside memory move no DDR bytes
     if (e->cfg.compute && it.result.fault) {
-        if (!answered(e, VF_EMU_FAULTED, 0, &solo)) return ask(e, need, VF_EMU_FAULTED, it, rnn, 0);
-        cycles = solo;
+        if (!answered(e, VF_EMU_FAULTED, &solo)) return ask(e, need, VF_EMU_FAULTED, it, rnn);
     } else {
         uint64_t n = f.n_insns, start = f.seg_win + f.frame_offset;
-        bool inside = n > 0 && start + n * VF_INSN_BYTES <= e->batch_bytes;
-        Timing *t = nullptr;
-        std::string key;
-        if (inside) {
-            key.assign((const char *)e->batch_mem + start, n * VF_INSN_BYTES);
+        if (n > 0 && start + n * VF_INSN_BYTES <= e->batch_bytes) {
+            std::string key((const char *)e->batch_mem + start, n * VF_INSN_BYTES);
             auto found = e->cache[rnn].find(key);
-            if (found == e->cache[rnn].end() || !found->second.have_solo) {
+            if (found == e->cache[rnn].end()) {
                 e->asked_key = key;
-                return ask(e, need, VF_EMU_SOLO, it, rnn, 8);
+                return ask(e, need, VF_EMU_SOLO, it, rnn);
             }
-            t = &found->second;
-            solo = t->solo;
-            demand = t->demand;
-        } else if (!answered(e, VF_EMU_UNTIMED, 8, &solo)) {
-            return ask(e, need, VF_EMU_UNTIMED, it, rnn, 8);
-        }
-        double sum = 0.0;  // Python's sum() over the heap array, then demand + it
-        for (const Flight &g : e->inflight)
-            if (g.bank == bank) sum += g.demand;
-        double load = demand + sum;
-        cycles = solo;
-        if (load > 1.0) {
-            uint32_t eighths = (uint32_t)std::ceil(load * 8);
-            if (t) {
-                auto s = t->shared.find(eighths);
-                if (s == t->shared.end()) {
-                    e->asked_key = key;
-                    return ask(e, need, VF_EMU_SHARED, it, rnn, eighths);
-                }
-                cycles = s->second;
-            } else if (!answered(e, VF_EMU_UNTIMED, eighths, &cycles)) {
-                return ask(e, need, VF_EMU_UNTIMED, it, rnn, eighths);
-            }
+            solo = found->second.solo;
+            demand = scrub ? found->second.demand_scrubbed : found->second.demand;
+        } else if (!answered(e, VF_EMU_UNTIMED, &solo)) {
+            return ask(e, need, VF_EMU_UNTIMED, it, rnn);
         }
     }
-    if (f.scrub && e->cfg.charge_scrubs) {
-        uint64_t scrub = rnn ? e->cfg.rnn_scrub_cycles : e->cfg.scrub_cycles;
-        cycles += scrub;
-        solo += scrub;
-    }
-    e->cfg.core_busy_cycles[it.core] += (int64_t)cycles;
-    e->cfg.tenant_frame_cycles[f.tenant] += (int64_t)cycles;
-    e->cfg.tenant_solo_cycles[f.tenant] += (int64_t)solo;
+    if (scrub) solo += rnn ? e->cfg.rnn_scrub_cycles : e->cfg.scrub_cycles;
     e->frames++;
     e->order++;
     Flight fl;
-    fl.end = e->now + cycles;
+    std::memset(&fl, 0, sizeof(fl));
+    fl.end = e->now + solo;
     fl.order = e->order;
     fl.core = it.core;
     fl.has_result = e->cfg.compute;
     fl.result = it.result;
     fl.counters = it.counters;
     fl.bank = bank;
+    fl.tenant = f.tenant;
     fl.demand = demand;
-    heap_push(e->inflight, fl);
+    fl.start = fl.at = e->now;
+    fl.solo = solo;
+    fl.left = (double)solo;
+    fl.stretch = 1.0;
+    e->inflight.push_back(fl);
+    if (demand > 0) share(e, bank);
     return 0;
+}
+
+// PoolTimeline.pop: the frame ending first (of equal ends, the one issued first) leaves; its bank is shared anew.
+Flight pop(vf_emu_t *e) {
+    size_t best = 0;
+    for (size_t i = 1; i < e->inflight.size(); ++i) {
+        const Flight &a = e->inflight[i], &b = e->inflight[best];
+        if (a.end < b.end || (a.end == b.end && a.order < b.order)) best = i;
+    }
+    Flight f = e->inflight[best];
+    e->inflight.erase(e->inflight.begin() + best);
+    e->now = std::max(e->now, f.end);
+    e->cfg.core_busy_cycles[f.core] += (int64_t)(f.end - f.start);
+    e->cfg.tenant_frame_cycles[f.tenant] += (int64_t)(f.end - f.start);
+    e->cfg.tenant_solo_cycles[f.tenant] += (int64_t)f.solo;
+    if (f.demand > 0) share(e, f.bank);
+    return f;
 }
 
 Timing &cached(vf_emu_t *e) {
@@ -412,20 +398,17 @@ uint64_t vf_emu_irq_wait(vf_emu_t *e, uint64_t seen, double timeout_s) {
 
 void vf_emu_irq_raise(vf_emu_t *e) { irq_raise(e); }
 
-void vf_emu_put_solo(vf_emu_t *e, uint64_t cycles, double demand) {
+void vf_emu_put_solo(vf_emu_t *e, uint64_t cycles, double demand, double demand_scrubbed) {
     std::lock_guard<std::mutex> l(e->mu);
     Timing &t = cached(e);
-    t.have_solo = true;
     t.solo = cycles;
     t.demand = demand;
+    t.demand_scrubbed = demand_scrubbed;
 }
 
 void vf_emu_put_cycles(vf_emu_t *e, uint64_t cycles) {
     std::lock_guard<std::mutex> l(e->mu);
-    if (e->asked_kind == VF_EMU_SHARED)
-        cached(e).shared[e->asked_eighths] = cycles;
-    else
-        e->answers[e->asked_kind << 8 | e->asked_eighths] = cycles;
+    e->answers[e->asked_kind] = cycles;
 }
 
 uint32_t vf_emu_run(vf_emu_t *e, vf_emu_need_t *need) {
@@ -487,8 +470,7 @@ uint32_t vf_emu_run(vf_emu_t *e, vf_emu_need_t *need) {
         }
         if (report.progress) continue;
         if (!e->inflight.empty()) {  // the frame ending next retires, then the dispatcher advances
-            Flight f = heap_pop(e->inflight);
-            e->now = std::max(e->now, f.end);
+            Flight f = pop(e);
             e->regs->g.cycles = e->now;
             vf_dispatch_retire(e->regs, e->state, f.core, f.has_result ? &f.result : nullptr,
                                f.has_result ? &f.counters : nullptr, nullptr);

@@ -6,7 +6,9 @@
  * again. driver/emulated_dispatcher.py ran this loop in Python; here it runs
  * in C++ and returns to Python only for what C++ does not know: a frame
  * timing it has not been handed yet (the cycle model stays in Python, its
- * answers are kept per instruction bytes), a core's buffers, or stop.
+ * answers are kept per instruction bytes), a core's buffers, or stop. The
+ * bank sharing (frame_timing.bank_stretches) is the one model rule done
+ * here, float for float (host_tests/driver/test_native_loop.py).
  * Interrupts and idle waits stay in C++ (vf_emu_irq_wait, vf_emu_run).
  */
 #ifndef VFPGA_EMU_H
@@ -19,9 +21,8 @@
 /* What vf_emu_run returns (and asks for in need->kind). */
 #define VF_EMU_STOP 0      /* the device closed */
 #define VF_EMU_BUFFERS 1   /* vf_emu_set_buffers(need->core) */
-#define VF_EMU_SOLO 2      /* vf_emu_put_solo: the frame's cycles alone and its DDR demand */
-#define VF_EMU_SHARED 3    /* vf_emu_put_cycles: the frame's cycles at bank load need->eighths / 8 */
-#define VF_EMU_UNTIMED 4   /* vf_emu_put_cycles: fetch only (instructions outside memory), load eighths / 8 */
+#define VF_EMU_SOLO 2      /* vf_emu_put_solo: the frame's cycles alone and its bank demand (without, with a scrub) */
+#define VF_EMU_UNTIMED 4   /* vf_emu_put_cycles: fetch only (instructions outside memory) */
 #define VF_EMU_FAULTED 5   /* vf_emu_put_cycles: a faulting frame's cycles from its counters */
 
 /* The timeline's constants (runtime/hw/timeline.py computes them from the board config). */
@@ -46,7 +47,6 @@ typedef struct {
     uint32_t kind;
     uint32_t core;
     uint32_t rnn;
-    uint32_t eighths;
     int8_t *mem;                 /* the window the frame was issued with */
     uint64_t mem_bytes;
     vf_disp_frame_t frame;
@@ -81,7 +81,7 @@ void vf_emu_irq_raise(vf_emu_t *emu);
 /* The loop thread. vf_emu_run loops until it needs Python; answer with the
  * put function need->kind names, then call it again. */
 uint32_t vf_emu_run(vf_emu_t *emu, vf_emu_need_t *need);
-void vf_emu_put_solo(vf_emu_t *emu, uint64_t cycles, double demand);
+void vf_emu_put_solo(vf_emu_t *emu, uint64_t cycles, double demand, double demand_scrubbed);
 void vf_emu_put_cycles(vf_emu_t *emu, uint64_t cycles);
 
 #endif /* VFPGA_EMU_H */
