@@ -379,6 +379,11 @@ uint64_t vf_emu_cache_entries(vf_emu_t *e) {
     return e->cache[0].size() + e->cache[1].size();
 }
 
+void vf_emu_bank_stretches(const double *demands, uint32_t n, double *stretches) {
+    std::vector<double> s = bank_stretches(std::vector<double>(demands, demands + n));
+    std::copy(s.begin(), s.end(), stretches);
+}
+
 uint32_t vf_emu_set_clock(vf_emu_t *e, uint64_t now) {
     std::lock_guard<std::mutex> l(e->mu);
     if (!e->inflight.empty() || !e->batch.empty()) return 0;

@@ -78,6 +78,9 @@ uint32_t vf_emu_set_clock(vf_emu_t *emu, uint64_t now);
 uint64_t vf_emu_irq_wait(vf_emu_t *emu, uint64_t seen, double timeout_s);
 void vf_emu_irq_raise(vf_emu_t *emu);
 
+/* frame_timing.bank_stretches as the loop computes it (n demands -> n stretches), for the test against Python. */
+void vf_emu_bank_stretches(const double *demands, uint32_t n, double *stretches);
+
 /* The loop thread. vf_emu_run loops until it needs Python; answer with the
  * put function need->kind names, then call it again. */
 uint32_t vf_emu_run(vf_emu_t *emu, vf_emu_need_t *need);

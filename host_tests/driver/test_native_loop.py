@@ -201,3 +201,19 @@ def test_unknown_loop_is_refused(monkeypatch):
     with pytest.raises(ValueError, match="emulated dispatcher loop 'fortran': not one of native, python"):
         EmulatedDevice(BOARD, bank_capacity=SMALL_BANK)
     assert emulated_dispatcher.LOOPS == ("native", "python")
+
+
+def test_native_bank_sharing_is_frame_timing_s():
+    """The one model rule the C++ loop computes itself: bank_stretches, float for float."""
+    from vfpga.driver import host_isa
+    from vfpga.runtime.hw import frame_timing
+
+    lib, ffi = host_isa.emulation_module(BOARD).lib, host_isa.emulation_module(BOARD).ffi
+    rng = np.random.default_rng(5)
+    cases = [[], [0.5], [0.5, 0.5], [0.5, 0.5000001], [2.0, 2.0], [0.1, 0.2, 0.3, 0.4, 0.5], [1.0, 1e-12]]
+    cases += [list(rng.uniform(0, 2, rng.integers(1, 12))) for _ in range(500)]
+    cases += [list(rng.choice([0.125, 0.25, 0.5, 1.0, 2.0], rng.integers(1, 12))) for _ in range(200)]
+    for demands in cases:
+        out = ffi.new("double[]", max(1, len(demands)))
+        lib.vf_emu_bank_stretches(ffi.new("double[]", demands or [0.0]), len(demands), out)
+        assert list(out)[:len(demands)] == frame_timing.bank_stretches(demands), demands
