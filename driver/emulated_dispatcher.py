@@ -57,7 +57,6 @@ import numpy as np
 
 from vfpga import overlay
 from vfpga.driver.cnn_core import AP_IDLE, AP_START, AUTO_RESTART
-from vfpga.runtime.hw import frame_timing
 from vfpga.runtime.hw.timeline import PoolTimeline
 
 # Register-file words the driver writes (the step reads them; every other word
@@ -368,16 +367,13 @@ class EmulatedDispatcher:
             elif kind == lib.VF_EMU_SOLO:  # as PoolTimeline.issue: the demand over the time alone, scrub or not
                 solo, nbytes = t._solo(t._bytes(need.mem, need.mem_bytes, frame), frame, rnn)
                 scrubbed = solo + (t.rnn_scrub_cycles if rnn else t.scrub_cycles)
-                lib.vf_emu_put_solo(emu, int(solo), self._demand(nbytes, solo), self._demand(nbytes, scrubbed))
+                lib.vf_emu_put_solo(emu, int(solo), t.demand(nbytes, solo), t.demand(nbytes, scrubbed))
             elif kind == lib.VF_EMU_UNTIMED:
                 lib.vf_emu_put_cycles(emu, int(t.frame_cycles(None, frame, rnn)))
             elif kind == lib.VF_EMU_FAULTED:
                 lib.vf_emu_put_cycles(emu, int(t._faulted(frame, need.result, need.counters)))
             else:
                 raise AssertionError(f"the native loop asked for {kind}")
-
-    def _demand(self, nbytes: int, cycles: int) -> float:
-        return float(frame_timing.demand(nbytes, cycles, self.config)) if cycles > 0 else 0.0
 
     def _events(self) -> None:
         ffi, lib = self.ffi, self.lib

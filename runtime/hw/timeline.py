@@ -193,7 +193,7 @@ class PoolTimeline:
             solo, nbytes = self._solo(raw, frame, rnn)
         if frame.scrub and self.charge_scrubs:
             solo += self.rnn_scrub_cycles if rnn else self.scrub_cycles
-        demand = float(frame_timing.demand(nbytes, solo, self.config)) if solo > 0 else 0.0
+        demand = self.demand(nbytes, solo)
         self.frames += 1
         self._order += 1
         flight = _Flight(self.now, self._order, core, result, counters, bank, demand, frame.tenant, solo)
@@ -201,6 +201,10 @@ class PoolTimeline:
         if demand > 0:
             self._share(bank)
         return flight.end - self.now
+
+    def demand(self, nbytes: int, cycles: int) -> float:
+        """The bank share a frame of ``cycles`` alone moving ``nbytes`` asks for (0 for no time)."""
+        return float(frame_timing.demand(nbytes, cycles, self.config)) if cycles > 0 else 0.0
 
     def _share(self, bank: int) -> None:
         """Brings the progress of the frames on ``bank`` up to now and gives
