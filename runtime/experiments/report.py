@@ -189,8 +189,13 @@ def rnn_section(models, cfg: Config, out: str, progress) -> Section:
     table = T.splits(d["rows"], "RNN cores", "big RNN core", "8 RNN cores") + "\n\n" + T.tenants(d["rows"])
     png = _split_plot(os.path.join(out, "rnn.png"), d, "big RNN core", "8 RNN cores", "RNN tenants (seq 25, batch 1)",
                       log=True)
-    notes = ["Hidden 1024 on fewer than 8 cores streams its weights from DDR every timestep (they do not fit the "
-             "cores' weight buffers); the big core keeps them on chip."]
+    placed = sorted({(m, k) for tenants in E.RNN_SPLITS.values() for _, m, k in tenants})
+    streamed = [f"{m} on {k}" for m, k in placed if E._weight_reads(rnn_models[m, E.POOL], k)[1]]
+    wbuf = overlay.load(E.POOL)["rnn_core"]["wbuf_bytes"] >> 20
+    notes = [f"Weight buffers of {wbuf} MB per RNN core: "
+             + (f"{', '.join(streamed)} cores stream their weights from DDR every timestep (they do not fit)"
+                if streamed else "every tenant's weights stay on chip")
+             + "; the big core (the pool's total) keeps them on chip."]
     return Section("rnn", "RNN: LSTM/GRU tenants against the static RNN designs", table + "\n\n" + notes[0], d,
                    png, notes)
 
