@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from harness import FrameExecutingSimulator
 
 from vfpga.driver import isa
 from vfpga.runtime.compiler import cnn_batch, dynamic, ir, static
@@ -16,53 +17,10 @@ from vfpga.runtime.hw import fixed_point
 from vfpga.runtime.sim import simulator
 
 
-class Executing(simulator.Simulator):
-    """The simulator, with every frame run on its core when it retires."""
-
-    def __init__(self, board):
-        super().__init__(board)
-        self.bufs = [self._buffers() for _ in range(self.n_cores)]
-        self.frames = {}
-
-    def _buffers(self):
-        ffi, lib = self.ffi, self.lib
-        geo = ffi.new("vf_cnn_geometry_t *")
-        lib.vf_cnn_core_geometry(geo)
-        keep = {"ibuf": ffi.new("int8_t[]", geo.ibuf_bytes), "wbuf": ffi.new("int8_t[]", geo.wbuf_bytes),
-                "acc": ffi.new("int32_t[]", geo.acc_words), "obuf": ffi.new("int8_t[]", geo.obuf_bytes),
-                "param": ffi.new("int32_t[]", geo.param_entries * isa.PARAM_ENTRY_WORDS)}
-        return ffi.new("vf_cnn_buffers_t *", keep), keep
-
-    def deploy(self, name, compiled, cores, bank=None, max_inflight=1):
-        t = super().deploy(name, compiled, cores, bank, max_inflight)
-        at = t.seg_win + compiled.const_offset
-        self.window[at:at + len(compiled.consts)] = np.frombuffer(compiled.consts, np.uint8)
-        return t
-
-    def _advance(self):
-        progress = super()._advance()
-        for c in range(self.n_cores):
-            if self._report.issued_cores >> c & 1:
-                f = self.ffi.new("vf_disp_frame_t *")
-                self.ffi.memmove(f, self.ffi.addressof(self._issued, c), self.ffi.sizeof("vf_disp_frame_t"))
-                self.frames[c] = f
-        return progress
-
-    def _retire(self):
-        ffi, lib = self.ffi, self.lib
-        core, _, _ = self.timeline.pop()
-        res, cnt = ffi.new("vf_core_state_t *"), ffi.new("vf_core_counters_t *")
-        lib.vf_dispatch_run_frame(self.mem, self.mem_bytes, self.frames.pop(core), self.bufs[core][0], res, cnt,
-                                  ffi.NULL)
-        assert res.fault == 0, isa.FAULT_NAMES.get(res.fault)
-        self.regs.g.cycles = self.now
-        lib.vf_dispatch_retire(self.regs, self.state, core, res, cnt, ffi.NULL)
-
-
 def run_items(board, compiled, inputs, arena, cores):
     """Outputs of one request of ``compiled`` on ``cores`` cores, with item
     b's input at its placement moved by ``arena(b)``; and the latency."""
-    sim = Executing(board)
+    sim = FrameExecutingSimulator(board)
     t = sim.deploy("a", compiled, list(range(cores)))
     x, y = compiled.input, compiled.outputs[0]
     for b, data in enumerate(inputs):

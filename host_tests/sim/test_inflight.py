@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from harness import FrameExecutingSimulator
 from test_simulator import conv_graph
 
 from vfpga.driver import isa
@@ -18,35 +19,18 @@ from vfpga.runtime.compiler import segment, slots, static
 from vfpga.runtime.sim import simulator
 
 
-class Executing(simulator.Simulator):
-    """The simulator, with every frame run on its core when it retires (CNN
-    cores only) and each request's input written into its slot, its output
-    read back when the slot is next reused (or at the end)."""
+class Executing(FrameExecutingSimulator):
+    """The frame-executing simulator (CNN cores only), with each request's
+    input written into its slot and its output read back when the slot is
+    next reused (or at the end)."""
 
     def __init__(self, board, compiled, inputs):
         super().__init__(board)
         self.compiled, self.inputs = compiled, list(inputs)
         self.outputs: dict[int, bytes] = {}
-        self.bufs = [self.new_buffers() for _ in range(self.n_cores)]
-        self.frames = {}
         self.slot_owner: dict[int, int] = {}
         self.started = 0
         self.records: list[tuple[int, int]] = []  # (seq, status) in the order they were read
-
-    def new_buffers(self):
-        ffi, lib = self.ffi, self.lib
-        geo = ffi.new("vf_cnn_geometry_t *")
-        lib.vf_cnn_core_geometry(geo)
-        keep = {"ibuf": ffi.new("int8_t[]", geo.ibuf_bytes), "wbuf": ffi.new("int8_t[]", geo.wbuf_bytes),
-                "acc": ffi.new("int32_t[]", geo.acc_words), "obuf": ffi.new("int8_t[]", geo.obuf_bytes),
-                "param": ffi.new("int32_t[]", geo.param_entries * isa.PARAM_ENTRY_WORDS)}
-        return ffi.new("vf_cnn_buffers_t *", keep), keep
-
-    def deploy(self, name, compiled, cores, bank=None, max_inflight=1):
-        t = super().deploy(name, compiled, cores, bank, max_inflight)
-        at = t.seg_win + compiled.const_offset
-        self.window[at:at + len(compiled.consts)] = np.frombuffer(compiled.consts, np.uint8)
-        return t
 
     def _slot_addr(self, t, placement, slot):
         return t.seg_win + placement.addr + t.slots.arena(slot)
@@ -69,26 +53,6 @@ class Executing(simulator.Simulator):
         self.window[at:at + data.size] = data.reshape(-1).view(np.uint8)
         self.slot_owner[slot] = self.started
         self.started += 1
-
-    def _advance(self):
-        progress = super()._advance()
-        issued = self._report.issued_cores
-        for c in range(self.n_cores):
-            if issued >> c & 1:
-                f = self.ffi.new("vf_disp_frame_t *")
-                self.ffi.memmove(f, self.ffi.addressof(self._issued, c), self.ffi.sizeof("vf_disp_frame_t"))
-                self.frames[c] = f
-        return progress
-
-    def _retire(self):
-        ffi, lib = self.ffi, self.lib
-        core, _, _ = self.timeline.pop()
-        res, cnt = ffi.new("vf_core_state_t *"), ffi.new("vf_core_counters_t *")
-        lib.vf_dispatch_run_frame(self.mem, self.mem_bytes, self.frames.pop(core), self.bufs[core][0], res, cnt,
-                                  ffi.NULL)
-        assert res.fault == 0, isa.FAULT_NAMES.get(res.fault)
-        self.regs.g.cycles = self.now
-        lib.vf_dispatch_retire(self.regs, self.state, core, res, cnt, ffi.NULL)
 
     def finish(self, t):
         for slot in list(self.slot_owner):

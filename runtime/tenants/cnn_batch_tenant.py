@@ -14,7 +14,6 @@ parts. One batch is in flight at a time; re-allocation re-plans every size.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,29 +21,16 @@ from vfpga.driver.segment import Segment
 from vfpga.runtime.compiler import cnn_batch, dynamic
 from vfpga.runtime.compiler.segment import cnn_batch_layout
 from vfpga.runtime.errors import DeployError
-from vfpga.runtime.tenants.tenant import RunInfo, Tenant
+from vfpga.runtime.tenants.tenant import RunInfo, SizedPlans, Tenant
 
 
-@dataclass
-class CnnBatchPlan:
+class CnnBatchPlan(SizedPlans):
     """A batching CNN tenant's dispatch programs on k cores: per batch size,
     one per accelerator part (sizes in order, parts in order)."""
-
-    plans: dict  # batch size -> dynamic.DispatchPlan
-    sizes: list
 
     @property
     def programs(self) -> list[np.ndarray]:
         return [p for b in self.sizes for p in self.plans[b].programs]
-
-    @property
-    def modeled_cycles(self) -> int:
-        """One request alone (batch 1)."""
-        return self.plans[1].modeled_cycles
-
-    @property
-    def k(self) -> int:
-        return self.plans[1].k
 
     @property
     def variants(self):

@@ -25,7 +25,6 @@ and answers them in submission order. Requests in flight are still one run
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,15 +32,11 @@ from vfpga.driver.segment import Segment
 from vfpga.runtime.compiler import rnn
 from vfpga.runtime.compiler.segment import rnn_batch_layout, rnn_segment_layout
 from vfpga.runtime.errors import DeployError
-from vfpga.runtime.tenants.tenant import RunInfo, Tenant
+from vfpga.runtime.tenants.tenant import RunInfo, SizedPlans, Tenant
 
 
-@dataclass
-class BatchPlan:
-    """A batching tenant's dispatch programs on k cores: one per batch size."""
-
-    plans: dict  # batch size -> rnn.RnnPlan
-    sizes: list
+class BatchPlan(SizedPlans):
+    """A batching RNN tenant's dispatch programs on k cores: one per batch size."""
 
     @property
     def programs(self) -> list[np.ndarray]:
@@ -50,15 +45,6 @@ class BatchPlan:
     @property
     def resident(self) -> bool:
         return any(p.resident for p in self.plans.values())
-
-    @property
-    def modeled_cycles(self) -> int:
-        """One request alone (batch 1)."""
-        return self.plans[1].modeled_cycles
-
-    @property
-    def k(self) -> int:
-        return self.plans[1].k
 
 
 class RnnTenant(Tenant):

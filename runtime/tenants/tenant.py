@@ -73,6 +73,23 @@ def check_throughput_options(kind: str, config: dict, max_batch, max_delay_us, m
                               f"tenant, not {max_inflight!r}")
 
 @dataclass
+class SizedPlans:
+    """A batching tenant's dispatch plans on k cores: one per batch size."""
+
+    plans: dict  # batch size -> the kind's plan
+    sizes: list
+
+    @property
+    def modeled_cycles(self) -> int:
+        """One request alone (batch 1)."""
+        return self.plans[1].modeled_cycles
+
+    @property
+    def k(self) -> int:
+        return self.plans[1].k
+
+
+@dataclass
 class RunInfo:
     """What one request did."""
 
