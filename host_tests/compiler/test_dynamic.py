@@ -173,8 +173,14 @@ def test_many_core_variants_are_chosen_within_the_bank_bandwidth():
     geo = lower.Geometry.from_config(overlay.load("u200"))
     tilings = lower.conv_tilings(layer, (7, 7, 512), 512, geo)
     compute_only = min(tilings, key=lambda t: (lower._ceil(t.frames, 16) * t.cost / t.frames, t.cost))
-    assert compute_only.ddr_beats > lower._ceil(compute_only.frames, 16) * compute_only.cost / compute_only.frames
+    assert compute_only.ddr_cycles > lower._ceil(compute_only.frames, 16) * compute_only.cost / compute_only.frames
+    # u200: one 64-byte bus word a cycle is the bank's 19.2 GB/s at 300 MHz
+    assert compute_only.ddr_cycles == pytest.approx(compute_only.ddr_beats)
     picked = [t for t in lower.conv_variants(layer, (7, 7, 512), 512, geo, [16]) if not t.widest or t.frames > 1]
     best = min(picked, key=lambda t: t.makespan(16))
     assert best.makespan(16) <= compute_only.makespan(16)
     assert best.ddr_beats < compute_only.ddr_beats
+    # a bank that moves more than a bus word a cycle (u50's HBM: 333 B against a 32-byte bus) bounds it less
+    hbm = lower.Geometry.from_config(overlay.load("u50"))
+    t50 = lower.conv_tilings(layer, (7, 7, 512), 512, hbm)[0]
+    assert t50.ddr_cycles == pytest.approx(t50.ddr_beats * 32 / (100e9 / 300e6))

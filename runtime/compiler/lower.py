@@ -36,12 +36,14 @@ class Geometry:
     acc_words: int
     obuf_bytes: int
     param_entries: int
+    bank_bytes_per_cycle: float  # what the tenant's DDR bank moves per core cycle
 
     @classmethod
     def from_config(cls, cfg: dict) -> Geometry:
         core = cfg["cnn_core"]
         return cls(core["icp"], core["ocp"], overlay.config.core_bus_bytes(cfg), core["ibuf_bytes"],
-                   core["wbuf_bytes"], core["acc_words"], core["obuf_bytes"], core["param_entries"])
+                   core["wbuf_bytes"], core["acc_words"], core["obuf_bytes"], core["param_entries"],
+                   overlay.config.core_bytes_per_cycle(cfg))
 
 
 @dataclass(frozen=True)
@@ -134,14 +136,15 @@ class ConvTiling:
     frames: int
     widest: bool = False  # the largest tiles of its channel split (what one core runs)
     ddr_beats: int = 0  # estimated bus words the whole layer moves (loads and saves)
+    ddr_cycles: float = 0.0  # those words at the tenant's DDR bank's bandwidth
 
     def makespan(self, k: int) -> float:
         """Estimated cycles on k cores: frames are near-uniform, so the
         busiest core runs ceil(frames / k) of them; and no faster than the
-        tenant's DDR bank moves the layer's words (one a cycle), which
-        bounds it on many cores: tiles narrow enough to keep 16 cores busy
-        can read the layer's weights once per tile."""
-        return max(_ceil(self.frames, k) * self.cost / self.frames, float(self.ddr_beats))
+        tenant's DDR bank moves the layer's words, which bounds it on many
+        cores: tiles narrow enough to keep 16 cores busy can read the
+        layer's weights once per tile."""
+        return max(_ceil(self.frames, k) * self.cost / self.frames, self.ddr_cycles)
 
     def describe(self) -> str:
         return f"oc {self.toc * self.group_tile} ic {self.tic} rows {self.toh} cols {self.tow}"
@@ -217,7 +220,7 @@ def conv_tilings(layer: ir.Conv, in_shape, in_stride: int, geo: Geometry) -> lis
                     per_job = _ceil(oh, toh) * _ceil(ow, tow)
                     jobs = _ceil(groups, tg) if tg > 1 else groups * _ceil(ocg, toc)
                     found.append(ConvTiling(tg, toc, tic, toh, tow, cost, per_job * jobs, i == 0 and j == 0,
-                                            beats))
+                                            beats, beats * geo.axi_bytes / geo.bank_bytes_per_cycle))
         if found:
             break
     if not found:

@@ -586,9 +586,12 @@ def inflight(models: Models, model: str = "resnet50", cores: int = 16, levels=IN
     from vfpga.runtime.compiler import cnn_batch
 
     runs = [(1, m, models) for m in levels]
-    for b in batches:
-        runs.append((b, 1, Models({(model, brd): cnn_batch.compile_batched(models[model, brd], b).variants[b]
-                                   for brd in (POOL, BIG)})))
+    if batches:  # every size of a max_batch compile, as a tenant deployed with it has them
+        if set(batches) - set(rnn.batch_sizes(max(batches))):
+            raise ValueError(f"batches {sorted(batches)}: only {rnn.batch_sizes(max(batches))} are compiled for "
+                             f"max_batch {max(batches)}")
+        sets = {brd: cnn_batch.compile_batched(models[model, brd], max(batches)) for brd in (POOL, BIG)}
+        runs += [(b, 1, Models({(model, brd): sets[brd].variants[b] for brd in (POOL, BIG)})) for b in batches]
     rows = []
     for b, m, ms in runs:
         if progress:
