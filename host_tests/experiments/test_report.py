@@ -56,3 +56,23 @@ def test_replacing_the_block_needs_both_markers():
         tables.replace_readme_block("no figures here", "x")
     text = f"a\n{tables.README_BEGIN}\nold\n{tables.README_END}\nb"
     assert tables.replace_readme_block(text, "NEW") == "a\nNEW\nb"
+
+
+def test_the_big_core_baselines_have_the_pools_memory():
+    """Every baseline gets the same memory system: the static big CNN and RNN
+    cores hold at least the on-chip memory of the pool they are compared
+    with (each buffer, summed over the pool's cores), and reach the same
+    DDR banks."""
+    from vfpga import overlay
+    from vfpga.runtime.experiments import scenarios as E
+
+    pool, big = overlay.load(E.POOL), overlay.load(E.BIG)
+    for kind, keys in (("cnn_core", ("ibuf_bytes", "wbuf_bytes", "acc_words", "obuf_bytes", "param_entries")),
+                       ("rnn_core", ("wbuf_bytes", "vbuf_bytes", "acc_words", "param_entries", "state_words"))):
+        p, b = pool[kind], big[kind]
+        for key in keys:
+            assert b[key] * b["count"] >= p[key] * p["count"], (kind, key)
+        # the activation tables: one copy per gate lane on both sides
+        if kind == "rnn_core":
+            assert b["act_words"] * b["lanes"] * b["count"] >= p["act_words"] * p["lanes"] * p["count"]
+    assert big["ddr"]["banks"] == pool["ddr"]["banks"] == big["ddr"]["core_ports"]
