@@ -75,7 +75,7 @@ def main(argv=None) -> int:
             times.append(time.perf_counter() - t0)
         one = one or plan.modeled_cycles
         print(f"  k={k:>2}: {statistics.median(times) * 1e3:.3f} ms   modeled {plan.modeled_cycles} cycles "
-              f"({one / plan.modeled_cycles:.2f}x of k=1; frame estimates, shared-DDR effects not included)")
+              f"({one / plan.modeled_cycles:.2f}x of k=1; the dynamic stage's estimate, its frames sharing the tenant's DDR bank)")
     print("  [target < 1 ms median, aim 0.1 ms; published ~1 ms]")
 
     # functional emulation vs onnxruntime, same quantized model, same machine, same run
