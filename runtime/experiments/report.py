@@ -117,7 +117,9 @@ def isolation_section(models, cfg: Config, out: str, progress) -> Section:
 
     def draw(ax):
         lv = [r["b_load"] * 100 for r in d["rows"]]
-        for mode, label in (("vfpga", "vfpga (8 + 8 cores)"), ("multicore", "time-division multiplexing")):
+        for mode, label in (("vfpga", "vfpga (8 + 8 cores, striped segments)"),
+                            ("vfpga_own_banks", "vfpga (8 + 8 cores, own banks)"),
+                            ("multicore", "time-division multiplexing")):
             ax.plot(lv, [r[mode]["p99_ms"] for r in d["rows"]], marker="o", label=f"{label}, p99")
             ax.plot(lv, [r[mode]["p50_ms"] for r in d["rows"]], marker=".", ls="--", label=f"{label}, p50")
         ax.set_xlabel("tenant B offered load (% of its capacity)")
