@@ -354,3 +354,26 @@ def test_bank_choice_without_per_bank_free_memory():
     assert tenants.Accelerator._pick_bank(fake) == 2  # ties go to the lower bank: 2 and 3 both hold 10
     fake.tenants["e"] = tenant(2, 1)
     assert tenants.Accelerator._pick_bank(fake) == 3
+
+
+def test_utilisation_counts_the_cores_held_since_they_last_changed():
+    """stats().utilisation divides busy core-cycles by the request cycles
+    times the cores held: after a tenant shrinks from 8 cores to 2, the
+    requests it ran on 8 no longer count against 2 (they made it read 3-4x,
+    e.g. 113% in the demo)."""
+    accel = emulated_accelerator()
+    try:
+        t = accel.deploy(static.compile_graph(small.conv_graph(4), "u200"), cores=8, name="t")
+        xs = random_inputs(t.graph, 3, 11)
+        for x in xs:
+            t.run_quantized(x)
+        wide = accel.stats()["t"].utilisation
+        accel.reallocate({"t": 2})
+        assert accel.stats()["t"].utilisation is None  # no request on 2 cores yet
+        for x in xs:
+            t.run_quantized(x)
+        narrow = accel.stats()["t"].utilisation
+        assert 0 < wide <= 1 and 0 < narrow <= 1
+        assert narrow > wide  # fewer cores idle at the layer barriers
+    finally:
+        accel.close()

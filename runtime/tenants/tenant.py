@@ -158,6 +158,8 @@ class Tenant:
         self.name = name
         self.compiled = compiled
         self.cores = sorted(cores)
+        # (core_cycles, request_cycles) counters when the core count last changed: utilisation counts from there
+        self.util_base = (0, 0)
         self.max_pending = max_pending
         self._req = _PerRequest()
         check_throughput_options(self.kind, accel.config, 1, 0.0, max_inflight)
