@@ -79,7 +79,7 @@ class TenantStats:
     source: str
     latency_ms: float | None  # device latency per request, mean of the recent window (modeled or measured)
     throughput_rps: float | None  # 1 / device time per request: one run at a time, a batch's run shared by its requests
-    utilisation: float | None  # busy core-cycles / (request cycles x cores held)
+    utilisation: float | None  # busy core-cycles / (request cycles x cores held), since the core count last changed
     host_latency_ms: dict  # measured on the host: mean, p50, p99 of the last tenant.LATENCY_WINDOW requests
     frames: int
     core_cycles: int
@@ -435,6 +435,9 @@ class Accelerator:
             for n, t in tenants.items():
                 if target[n] != [c for c in before[n] if c in target[n]]:
                     t.context.set_mask(_mask(target[n]))
+                if len(target[n]) != len(before[n]):
+                    regs = t.context.counters()
+                    t.util_base = (regs["core_cycles"], regs["request_cycles"])
                 t.cores = list(target[n])
             self._owner = {c: n for n, cs in target.items() for c in cs}
             t4 = time.perf_counter()
@@ -461,8 +464,9 @@ class Accelerator:
             overheads = t.overheads()
             host_us = {key: _percentiles([o[i] for o in overheads], 1e6)
                        for i, key in enumerate(("submit_to_doorbell", "completion_to_result"))} if overheads else {}
-            util = (regs["core_cycles"] / (regs["request_cycles"] * t.k)
-                    if regs["request_cycles"] else None)
+            # over the requests since the core count last changed (one spanning the change counts whole)
+            busy, held = regs["core_cycles"] - t.util_base[0], regs["request_cycles"] - t.util_base[1]
+            util = busy / (held * t.k) if held > 0 else None
             slowdown = None
             if disp is not None:
                 solo = int(disp.timeline.tenant_solo_cycles[t.context.index])
