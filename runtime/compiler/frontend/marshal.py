@@ -31,10 +31,16 @@ def quantize_input(x, tensor: ir.Tensor) -> np.ndarray:
         raise FrontendError(
             f"model input: expected float32 NCHW {list(expected)}, got shape {list(x.shape)}"
         )
-    q = np.rint(x.astype(np.float32) / np.float32(tensor.scale)) + tensor.zero_point
-    q = np.clip(q, fixed_point.INT8_MIN, fixed_point.INT8_MAX).astype(np.int8)
     h, w, c = tensor.shape
-    return np.ascontiguousarray(q.reshape(c, h, w).transpose(1, 2, 0))
+    # on a request's path: the same float32 steps in place in one copy of x, then one cast into HWC
+    f = x.astype(np.float32).reshape(c, h, w)
+    np.divide(f, np.float32(tensor.scale), out=f)
+    np.rint(f, out=f)
+    np.add(f, tensor.zero_point, out=f)
+    np.clip(f, fixed_point.INT8_MIN, fixed_point.INT8_MAX, out=f)
+    q = np.empty((h, w, c), np.int8)
+    np.copyto(q, f.transpose(1, 2, 0), casting="unsafe")
+    return q
 
 
 def dequantize_output(q, tensor: ir.Tensor) -> np.ndarray:
