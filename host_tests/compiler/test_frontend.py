@@ -1032,3 +1032,18 @@ def test_quantize_input_in_place_equals_the_reference(dtype, shape, onnx_shape):
         with np.errstate(over="ignore", invalid="ignore"):  # inf and nan on purpose
             x = x.astype(dtype)
             np.testing.assert_array_equal(frontend.quantize_input(x, t), _quantize_reference(x, t))
+
+
+@pytest.mark.parametrize("shape, onnx_shape", [((7, 5, 3), None), ((1, 1, 1000), (1, 1000)), ((14, 14, 40), None),
+                                               ((56, 56, 1), None)])
+def test_dequantize_output_in_place_equals_the_reference(shape, onnx_shape):
+    rng = np.random.default_rng(shape[2])
+    for scale, zp in ((0.0339, -4), (0.5, 127), (1e-3, -128), (3.7, 0)):
+        t = ir.Tensor("y", shape, scale, zp, onnx_shape=onnx_shape)
+        q = rng.integers(-128, 128, size=shape, dtype=np.int8)
+        q.reshape(-1)[:256] = np.arange(-128, 128)[: q.size]  # every code
+        want = ((q.astype(np.float32) - np.float32(zp)) * np.float32(scale)).transpose(2, 0, 1)
+        got = frontend.dequantize_output(q, t)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, np.ascontiguousarray(want).reshape(got.shape))
+        assert got.shape == (onnx_shape or (1, shape[2], shape[0], shape[1]))
