@@ -367,7 +367,8 @@ class EmulatedDispatcher:
             elif kind == lib.VF_EMU_SOLO:  # as PoolTimeline.issue: the demand over the time alone, scrub or not
                 solo, nbytes = t._solo(t._bytes(need.mem, need.mem_bytes, frame), frame, rnn)
                 scrubbed = solo + (t.rnn_scrub_cycles if rnn else t.scrub_cycles)
-                lib.vf_emu_put_solo(emu, int(solo), t.demand(nbytes, solo), t.demand(nbytes, scrubbed))
+                striped = t.bank_of(frame) == t.n_banks
+                lib.vf_emu_put_solo(emu, int(solo), t.demand(nbytes, solo, striped), t.demand(nbytes, scrubbed, striped))
             elif kind == lib.VF_EMU_UNTIMED:
                 lib.vf_emu_put_cycles(emu, int(t.frame_cycles(None, frame, rnn)))
             elif kind == lib.VF_EMU_FAULTED:

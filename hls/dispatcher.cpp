@@ -252,8 +252,8 @@ static bool vf_segs_overlap(const vf_disp_tenant_state_t &a, const vf_disp_tenan
     const uint64_t sb = vf_seg_span(vf_ddr_for(ddr, b.striped), b.seg_limit);
     bool hit = false;
 OVERLAP_PARTS:
-    for (uint32_t p = 0; p < VF_CORE_PORTS; ++p)
-        for (uint32_t q = 0; q < VF_CORE_PORTS; ++q) {
+    for (uint32_t p = 0; p < VF_SEG_PARTS; ++p)
+        for (uint32_t q = 0; q < VF_SEG_PARTS; ++q) {
             if ((p > 0 && !a.striped) || (q > 0 && !b.striped))
                 continue;
             const uint64_t x = a.seg_win + (uint64_t)p * VF_DDR_BANK_STRIDE;
@@ -407,7 +407,7 @@ static void vf_enable(vf_disp_regs_t *regs, vf_disp_state_t *st, uint32_t t, con
         return;
     }
     s.seg_win = base - mem_base;
-    s.striped = VF_CORE_PORTS > 1 && (r.control & VF_TENANT_STRIPED) != 0;
+    s.striped = VF_SEG_PARTS > 1 && (r.control & VF_TENANT_STRIPED) != 0;
     const vf_ddr_t sd = vf_ddr_for(ddr, s.striped);
     if (s.striped) {
         /* ... every part inside the window and its own bank */

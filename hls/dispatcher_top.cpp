@@ -31,9 +31,9 @@
  *    register); mem_bytes is the window's size. Port b carries only bank
  *    b's addresses (include/vfpga_ddr.h): the dispatcher's ring, record and
  *    program accesses by address, a frame through its segment's bank; a
- *    striped segment (VF_TENANT_STRIPED, VF_CORE_PORTS > 1: u200_bigcore)
- *    has a part in each of banks 0 .. VF_CORE_PORTS-1, and a core's beat
- *    moves one bus word on each of those ports at once.
+ *    striped segment (VF_TENANT_STRIPED, VF_SEG_PARTS > 1: u200, u200_bigcore)
+ *    has a part in each of banks 0 .. VF_SEG_PARTS-1: a one-port core moves
+ *    each word on its part's port, the big core one word on each port at once.
  *    Segments outside [0, mem_bytes) or across a bank boundary are refused.
  *    The driver writes them before starting the kernel.
  *  - file: the register file (vfpga_dispatcher.h, vf_disp_regs_t), an

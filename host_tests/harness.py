@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import onnx
 
+from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.driver.emulated import EmulatedDevice
 from vfpga.runtime import tenants
@@ -36,9 +37,19 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_BANK = 16 << 20
 
 
-def emulated_accelerator(board: str = "u200", bank_capacity: int = SMALL_BANK) -> tenants.Accelerator:
+def emulated_accelerator(board: str = "u200", bank_capacity: int = SMALL_BANK,
+                         stripe_segments: bool = True) -> tenants.Accelerator:
     """A fresh Accelerator on a fresh emulated board (close it when done)."""
-    return tenants.Accelerator(board, device=EmulatedDevice(board, bank_capacity=bank_capacity))
+    return tenants.Accelerator(board, device=EmulatedDevice(board, bank_capacity=bank_capacity),
+                               stripe_segments=stripe_segments)
+
+
+def bank_bytes_for(board: str, segment_bytes: int) -> int:
+    """The bytes each bank of ``board`` needs to hold a segment of
+    ``segment_bytes`` as the runtime lays it out by default: a striped
+    segment's part on boards that stripe (u200), else the whole segment."""
+    stripe = overlay.config.segment_stripe(overlay.load(board))
+    return segment_bytes if stripe is None else stripe.part_bytes(segment_bytes)
 
 
 def random_inputs(graph: ir.Graph, n: int, seed: int = 0) -> list[np.ndarray]:
@@ -239,8 +250,7 @@ class FrameExecutingSimulator(simulator.Simulator):
 
     def deploy(self, name, compiled, cores, bank=None, max_inflight=1):
         t = super().deploy(name, compiled, cores, bank, max_inflight)
-        at = t.seg_win + compiled.const_offset
-        self.window[at:at + len(compiled.consts)] = np.frombuffer(compiled.consts, np.uint8)
+        self.write_segment(t.seg_win, compiled.const_offset, np.frombuffer(compiled.consts, np.uint8))
         return t
 
     def _advance(self):

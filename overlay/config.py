@@ -100,6 +100,10 @@ def load(board: str) -> dict:
     ports = cfg["ddr"].get("core_ports", 1)
     if not 1 <= ports <= cfg["ddr"]["banks"]:
         raise BoardConfigError(f"board config {path}: ddr.core_ports must be 1..banks, not {ports}")
+    parts = segment_banks(cfg)
+    if not 1 <= parts <= cfg["ddr"]["banks"] or (ports > 1 and parts != ports):
+        raise BoardConfigError(f"board config {path}: ddr.segment_banks must be 1..banks, and equal to core_ports "
+                               f"when a core has several ports (a beat is one word of each part), not {parts}")
     # the MAC beats pack their lanes in pairs, two int8 products per DSP slice (hls/include/vfpga_mac.h)
     for section, key in (("cnn_core", "ocp"), ("rnn_core", "rows")):
         if cfg[section][key] % 2:
@@ -263,20 +267,40 @@ def segment_runs(stripe: Stripe | None, seg_win: int, offset: int, nbytes: int) 
     return runs
 
 
-def segment_stripe(cfg: dict) -> Stripe | None:
-    """The board's striped segment layout, for a core with ``ddr.core_ports``
-    > 1 bank ports (u200_bigcore); None when its cores have one port (a
-    segment is then one contiguous range in one bank)."""
+def segment_banks(cfg: dict) -> int:
+    """The banks every tenant segment is word-interleaved over:
+    ``ddr.segment_banks`` (u200: all four, so a tenant on cores of every bank
+    gets every bank's bandwidth), else ``ddr.core_ports`` (u200_bigcore: one
+    word of each part per beat); 1: a segment is one contiguous range in one
+    bank."""
     ddr = cfg["ddr"]
-    ports = int(ddr.get("core_ports", 1))
-    return Stripe(ports, int(ddr["axi_bytes"]), int(ddr["bank_stride"])) if ports > 1 else None
+    return int(ddr.get("segment_banks", ddr.get("core_ports", 1)))
+
+
+def segment_stripe(cfg: dict) -> Stripe | None:
+    """The board's striped segment layout (:func:`segment_banks` parts of one
+    bus word each), or None when segments are contiguous."""
+    ddr, parts = cfg["ddr"], segment_banks(cfg)
+    return Stripe(parts, int(ddr["axi_bytes"]), int(ddr["bank_stride"])) if parts > 1 else None
+
+
+def _bank_bytes_per_cycle(cfg: dict) -> float:
+    return float(cfg["ddr"]["bank_gbytes_per_s"]) * 1e9 / (float(cfg["clock_mhz"]) * 1e6)
 
 
 def core_bytes_per_cycle(cfg: dict) -> float:
     """DDR bandwidth one core reaches with its banks to itself, in bytes per
     core clock cycle: ``core_ports`` banks of ``bank_gbytes_per_s`` each."""
-    ddr = cfg["ddr"]
-    return float(ddr["bank_gbytes_per_s"]) * 1e9 * int(ddr.get("core_ports", 1)) / (float(cfg["clock_mhz"]) * 1e6)
+    return _bank_bytes_per_cycle(cfg) * int(cfg["ddr"].get("core_ports", 1))
+
+
+def segment_bytes_per_cycle(cfg: dict, striped: bool = True) -> float:
+    """DDR bandwidth the frames of every tenant whose segment lies on the same
+    banks share, in bytes per core clock cycle: :func:`segment_banks` banks
+    of ``bank_gbytes_per_s`` each (a striped segment spreads each frame's
+    words evenly over its banks); one bank's when ``striped`` is False (a
+    runtime that keeps each segment in one bank)."""
+    return _bank_bytes_per_cycle(cfg) * (segment_banks(cfg) if striped else 1)
 
 
 def port_depth(cfg: dict) -> int:
@@ -296,6 +320,7 @@ def c_macros(cfg: dict) -> dict[str, int]:
         "VF_CONV_WORD": core["icp"] * core["ocp"],  # one MAC beat's weights (the WBUF partition factor)
         "VF_AXI_BYTES": core_bus_bytes(cfg),  # a core's memory path: its ports together
         "VF_CORE_PORTS": ddr.get("core_ports", 1),
+        "VF_SEG_PARTS": segment_banks(cfg),  # a striped segment's parts, one per bank (1: contiguous)
         # the m_axi bank ports of the dispatcher top (the cycle model's DDR numbers, one source)
         "VF_DDR_BANKS": ddr["banks"],
         "VF_DDR_BANK_STRIDE": ddr["bank_stride"],

@@ -10,6 +10,7 @@
 // order, so every revised frame end is the same number.
 
 #include "vfpga_emu.h"
+#include "vfpga_ddr.h"
 
 #include <algorithm>
 #include <chrono>
@@ -225,21 +226,40 @@ void share(vf_emu_t *e, uint32_t bank) {
     }
 }
 
+// PoolTimeline._bytes: the frame's instructions (through the stripe mapping
+// when its segment is striped), false when any of them is outside memory. The
+// striped flag leads the key: the same instructions demand a striped
+// segment's banks together, or one bank.
+bool frame_bytes(const vf_emu_t *e, const vf_disp_frame_t &f, std::string *key) {
+    const uint64_t n = (uint64_t)f.n_insns * VF_INSN_BYTES;
+    if (n == 0) return false;
+    const vf_ddr_t d = vf_ddr_for(vf_ddr_window(e->batch_mem, e->batch_bytes), f.striped);
+    key->assign(1, f.striped ? '\1' : '\0');
+    for (uint64_t k = 0; k < n;) {  // one run per bus word of a striped segment, else one
+        const uint64_t m = d.striped ? vf_ddr_min(VF_DDR_WORD - (f.frame_offset + k) % VF_DDR_WORD, n - k) : n;
+        const uint64_t at = vf_seg_window(d, f.seg_win, f.frame_offset + k);
+        if (at + m > e->batch_bytes) return false;
+        key->append((const char *)e->batch_mem + at, m);
+        k += m;
+    }
+    return true;
+}
+
 // PoolTimeline.issue for batch frame it; 0 when scheduled, else the question for Python.
 uint32_t time_frame(vf_emu_t *e, const Issued &it, vf_emu_need_t *need) {
     const vf_disp_frame_t &f = it.frame;
     uint32_t rnn = it.core >= VF_CNN_CORES;
+    // PoolTimeline.bank_of: a striped segment's frames load its banks together (bank n_banks)
     uint64_t b = f.seg_win / e->cfg.bank_stride;
-    uint32_t bank = (uint32_t)std::min<uint64_t>(b, e->cfg.n_banks - 1);
+    uint32_t bank = f.striped ? e->cfg.n_banks : (uint32_t)std::min<uint64_t>(b, e->cfg.n_banks - 1);
     bool scrub = f.scrub && e->cfg.charge_scrubs;
     uint64_t solo;
     double demand = 0.0;  // faulting frames and frames outside memory move no DDR bytes
     if (e->cfg.compute && it.result.fault) {
         if (!answered(e, VF_EMU_FAULTED, &solo)) return ask(e, need, VF_EMU_FAULTED, it, rnn);
     } else {
-        uint64_t n = f.n_insns, start = f.seg_win + f.frame_offset;
-        if (n > 0 && start + n * VF_INSN_BYTES <= e->batch_bytes) {
-            std::string key((const char *)e->batch_mem + start, n * VF_INSN_BYTES);
+        std::string key;
+        if (frame_bytes(e, f, &key)) {
             auto found = e->cache[rnn].find(key);
             if (found == e->cache[rnn].end()) {
                 e->asked_key = key;

@@ -60,8 +60,8 @@ uint32_t vf_cnn_core_step(int8_t *seg, uint32_t seg_limit,
                           vf_cnn_counters_t *counters, uint32_t *iters);
 
 /* The same on a segment at window offset seg_win of the DDR window mem (all
- * bank ports one pointer, as in the C-simulation), striped over the core's
- * VF_CORE_PORTS banks when `striped` (VF_TENANT_STRIPED's layout,
+ * bank ports one pointer, as in the C-simulation), striped over
+ * VF_SEG_PARTS banks when `striped` (VF_TENANT_STRIPED's layout,
  * vfpga_ddr.h), else contiguous: what a frame of the dispatcher runs. */
 uint32_t vf_cnn_core_step_window(int8_t *mem, uint64_t mem_bytes, uint64_t seg_win, uint32_t striped,
                                  uint32_t seg_limit, uint32_t insn_offset, uint32_t insn_count,

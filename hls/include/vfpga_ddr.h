@@ -20,16 +20,19 @@
  *    bank's port (vf_ddr_read / vf_ddr_write). A contiguous segment never
  *    crosses a bank boundary: the dispatcher refuses such a segment at
  *    enable (VF_DFAULT_WINDOW).
- *  - a striped segment (VF_TENANT_STRIPED, boards whose cores have
- *    VF_CORE_PORTS = P > 1 bank ports: u200_bigcore) is P equal parts at the
- *    same offset in banks 0 .. P-1; segment offset a lies in part
- *    (a / W) % P at part offset (a / (W * P)) * W + a % W, W = VF_DDR_WORD
- *    (one bus word of a port): vf_seg_window, the one definition (Python's
- *    copy: overlay/config.py Stripe, tested against it). Each part lies
- *    inside its own bank (vf_seg_first_out_striped, checked at enable). A core's beat
- *    (VF_AXI_BYTES = P * W) then reads or writes one word on each of the P
- *    ports in the same cycle (vf_seg_read_beat, vf_seg_write_beat): the
- *    P banks' bandwidth the cycle model gives such a core.
+ *  - a striped segment (VF_TENANT_STRIPED, boards whose config stripes
+ *    segments over VF_SEG_PARTS = S > 1 banks: u200, u200_bigcore) is S
+ *    equal parts at the same offset in banks 0 .. S-1; segment offset a
+ *    lies in part (a / W) % S at part offset (a / (W * S)) * W + a % W,
+ *    W = VF_DDR_WORD (one bus word of a port): vf_seg_window, the one
+ *    definition (Python's copy: overlay/config.py Stripe, tested against
+ *    it). Each part lies inside its own bank (vf_seg_first_out_striped,
+ *    checked at enable). A core of VF_CORE_PORTS = S ports (the big core)
+ *    reads or writes one word on each port in the same cycle per beat
+ *    (VF_AXI_BYTES = S * W): the S banks' bandwidth for one core. A core of
+ *    one port (the pool's) moves its beat's word on the port of that word's
+ *    bank, so its consecutive words go to the S banks in turn: the frames
+ *    of every core share the S banks' bandwidth, whichever cores they run on.
  * A bank's port is therefore shared by every core whose frame in flight
  * holds a segment in that bank, and its bandwidth is divided between them:
  * what the pool timeline charges (vfpga.runtime.hw.timeline).
@@ -47,7 +50,7 @@
 #include "vfpga_hls.h"
 
 #if !defined(VF_DDR_BANKS) || !defined(VF_DDR_BANK_STRIDE) || !defined(VF_CORE_PORTS) || \
-    !defined(VF_DDR_PORT_BITS) || !defined(VF_AXI_BYTES)
+    !defined(VF_SEG_PARTS) || !defined(VF_DDR_PORT_BITS) || !defined(VF_AXI_BYTES)
 #error "board macros missing: compile with the flags printed by python3 overlay/config.py BOARD"
 #endif
 static_assert(VF_DDR_BANKS >= 1 && VF_DDR_BANKS <= 4, "the dispatcher top declares 1..4 bank ports");
@@ -56,11 +59,13 @@ static_assert(VF_DDR_BANKS >= 1 && VF_DDR_BANKS <= 4, "the dispatcher top declar
 #define VF_DDR_WORD (VF_DDR_PORT_BITS / 8)
 static_assert(VF_CORE_PORTS >= 1 && VF_CORE_PORTS <= VF_DDR_BANKS, "a core's ports are bank ports");
 static_assert(VF_AXI_BYTES == VF_CORE_PORTS * VF_DDR_WORD, "a core's beat is one bus word per port");
+static_assert(VF_SEG_PARTS >= 1 && VF_SEG_PARTS <= VF_DDR_BANKS, "a striped segment's parts are in distinct banks");
+static_assert(VF_CORE_PORTS == 1 || VF_CORE_PORTS == VF_SEG_PARTS, "a core of several ports moves one word of each part per beat");
 
 typedef struct {
     int8_t *port[VF_DDR_BANKS]; /* bank b's m_axi port, indexed by window offset */
     uint64_t bytes;             /* the window's size (mem_bytes); 0: no window */
-    uint32_t striped;           /* the segment reached through it is striped (only when VF_CORE_PORTS > 1) */
+    uint32_t striped;           /* the segment reached through it is striped (only when VF_SEG_PARTS > 1) */
 } vf_ddr_t;
 
 /* The same window through every port (the C API: emulator, simulator). */
@@ -79,7 +84,7 @@ DDR_WINDOW:
 static inline vf_ddr_t vf_ddr_for(const vf_ddr_t &d, uint32_t striped)
 {
     vf_ddr_t s = d;
-    s.striped = VF_CORE_PORTS > 1 && striped != 0;
+    s.striped = VF_SEG_PARTS > 1 && striped != 0;
     return s;
 }
 
@@ -128,10 +133,10 @@ static inline uint64_t vf_ddr_max(uint64_t a, uint64_t b) { return a > b ? a : b
  * or seg_win + a for a contiguous segment. */
 static inline uint64_t vf_seg_window(const vf_ddr_t &d, uint64_t seg_win, uint64_t a)
 {
-#if VF_CORE_PORTS > 1
+#if VF_SEG_PARTS > 1
     if (d.striped) {
         const uint64_t w = a / VF_DDR_WORD;
-        return (w % VF_CORE_PORTS) * (uint64_t)VF_DDR_BANK_STRIDE + seg_win + (w / VF_CORE_PORTS) * VF_DDR_WORD +
+        return (w % VF_SEG_PARTS) * (uint64_t)VF_DDR_BANK_STRIDE + seg_win + (w / VF_SEG_PARTS) * VF_DDR_WORD +
                a % VF_DDR_WORD;
     }
 #endif
@@ -142,7 +147,7 @@ static inline uint64_t vf_seg_window(const vf_ddr_t &d, uint64_t seg_win, uint64
  * word's bank port when striped, else one access on the segment's bank. */
 static inline void vf_seg_read(const vf_ddr_t &d, uint64_t seg_win, uint64_t a, void *dst, uint64_t n)
 {
-#if VF_CORE_PORTS > 1
+#if VF_SEG_PARTS > 1
     if (d.striped) {
         int8_t *o = (int8_t *)dst;
     SEG_READ_WORDS:
@@ -159,7 +164,7 @@ static inline void vf_seg_read(const vf_ddr_t &d, uint64_t seg_win, uint64_t a, 
 
 static inline void vf_seg_write(const vf_ddr_t &d, uint64_t seg_win, uint64_t a, const void *src, uint64_t n)
 {
-#if VF_CORE_PORTS > 1
+#if VF_SEG_PARTS > 1
     if (d.striped) {
         const int8_t *i = (const int8_t *)src;
     SEG_WRITE_WORDS:
@@ -200,6 +205,21 @@ static inline void vf_seg_read_beat(const vf_ddr_t &d, uint64_t seg_win, uint64_
         }
         return;
     }
+#elif VF_SEG_PARTS > 1
+    if (d.striped) {
+        /* a one-port core: the beat's word (two when unaligned), each on the
+         * port of its part's bank */
+        const uint64_t w0 = a / VF_DDR_WORD;
+    SEG_READ_BEAT_WORD:
+        for (uint32_t k = 0; k < 2; ++k) {
+#pragma HLS UNROLL
+            const uint64_t lo = vf_ddr_max(a, (w0 + k) * VF_DDR_WORD);
+            const uint64_t hi = vf_ddr_min(a + n, (w0 + k + 1) * VF_DDR_WORD);
+            if (lo < hi)
+                vf_ddr_read(d, vf_seg_window(d, seg_win, lo), dst + (lo - a), (uint32_t)(hi - lo));
+        }
+        return;
+    }
 #endif
     vf_ddr_read(d, seg_win + a, dst, n);
 }
@@ -225,6 +245,19 @@ static inline void vf_seg_write_beat(const vf_ddr_t &d, uint64_t seg_win, uint64
         }
         return;
     }
+#elif VF_SEG_PARTS > 1
+    if (d.striped) {
+        const uint64_t w0 = a / VF_DDR_WORD;
+    SEG_WRITE_BEAT_WORD:
+        for (uint32_t k = 0; k < 2; ++k) {
+#pragma HLS UNROLL
+            const uint64_t lo = vf_ddr_max(a, (w0 + k) * VF_DDR_WORD);
+            const uint64_t hi = vf_ddr_min(a + n, (w0 + k + 1) * VF_DDR_WORD);
+            if (lo < hi)
+                vf_ddr_write(d, vf_seg_window(d, seg_win, lo), src + (lo - a), (uint32_t)(hi - lo));
+        }
+        return;
+    }
 #endif
     vf_ddr_write(d, seg_win + a, src, n);
 }
@@ -237,12 +270,12 @@ static inline uint64_t vf_seg_first_out_striped(const vf_ddr_t &d, uint64_t seg_
 {
     uint64_t first = limit;
 SEG_PARTS:
-    for (uint32_t p = 0; p < VF_CORE_PORTS; ++p) {
+    for (uint32_t p = 0; p < VF_SEG_PARTS; ++p) {
         const uint64_t start = (uint64_t)p * VF_DDR_BANK_STRIDE + seg_win;
         const uint64_t end =
             p + 1u < VF_DDR_BANKS ? vf_ddr_min((uint64_t)(p + 1u) * VF_DDR_BANK_STRIDE, d.bytes) : d.bytes;
         const uint64_t room = end > start ? end - start : 0; /* part p's bytes that can be reached */
-        first = vf_ddr_min(first, (room / VF_DDR_WORD) * VF_DDR_WORD * VF_CORE_PORTS + (uint64_t)p * VF_DDR_WORD +
+        first = vf_ddr_min(first, (room / VF_DDR_WORD) * VF_DDR_WORD * VF_SEG_PARTS + (uint64_t)p * VF_DDR_WORD +
                                       room % VF_DDR_WORD);
     }
     return first;
@@ -252,9 +285,9 @@ SEG_PARTS:
  * seg_win on: a striped one's parts (the first is the largest), else all. */
 static inline uint64_t vf_seg_span(const vf_ddr_t &d, uint64_t limit)
 {
-#if VF_CORE_PORTS > 1
+#if VF_SEG_PARTS > 1
     if (d.striped)
-        return (limit + VF_AXI_BYTES - 1) / VF_AXI_BYTES * VF_DDR_WORD;
+        return (limit + VF_SEG_PARTS * VF_DDR_WORD - 1) / (VF_SEG_PARTS * VF_DDR_WORD) * VF_DDR_WORD;
 #endif
     return limit;
 }

@@ -269,7 +269,7 @@ typedef struct {
     uint32_t inflight;      /* frames issued, not retired (all its requests) */
     uint32_t stopping;      /* a fault hit request stop_seq while older ones were active: they finish first */
     uint32_t stop_seq;
-    uint32_t striped;       /* latched: the segment is striped (VF_TENANT_STRIPED, VF_CORE_PORTS > 1) */
+    uint32_t striped;       /* latched: the segment is striped (VF_TENANT_STRIPED, VF_SEG_PARTS > 1) */
     vf_disp_req_state_t req[VF_DISP_INFLIGHT];
 } vf_disp_tenant_state_t;
 

@@ -355,9 +355,9 @@ typedef struct {
 
 /* tenant control register */
 #define VF_TENANT_ENABLE 1
-/* the segment is striped (latched at enable): on a board whose cores have
- * VF_CORE_PORTS > 1 bank ports, P = VF_CORE_PORTS equal parts at the same
- * offset in banks 0 .. P-1, seg_base the first part's address; segment
+/* the segment is striped (latched at enable): on a board whose config
+ * stripes segments over P = VF_SEG_PARTS > 1 banks, P equal parts at the
+ * same offset in banks 0 .. P-1, seg_base the first part's address; segment
  * offset a is in part (a / W) % P at part offset (a / (W * P)) * W + a % W,
  * W = one bus word of a port (vfpga_ddr.h, vf_seg_window). Without it the
  * segment is one contiguous range in one bank. With P = 1 both are the same. */

@@ -525,7 +525,9 @@ static void test_load_linear()
         /* WBUF runs start on a bus word (VF_FAULT_FIELD otherwise); any length, so the first and the
          * last WBUF word are merged with what they held */
         const uint32_t wdst = VF_AXI_BYTES * rnd((VF_WBUF_BYTES - nw) / VF_AXI_BYTES + 1);
-        const uint32_t pwords = 1 + rnd(VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS);
+        /* at most 128 KiB of parameters: with the weights' 256 KiB they fit the test's segment */
+        const uint32_t pall = VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS;
+        const uint32_t pwords = 1 + rnd(pall < (1u << 15) ? pall : (1u << 15));
         const uint32_t psrc = e.alloc(pwords * 4, 1); /* unaligned DDR source is fine */
         const uint32_t pdst = 4 * rnd(VF_PARAM_ENTRIES * VF_PARAM_ENTRY_WORDS - pwords + 1);
         e.prog = {mk_linear(wsrc, wdst, nw, VF_BUF_WGT), mk_linear(psrc, pdst, pwords * 4, VF_BUF_PARAM),

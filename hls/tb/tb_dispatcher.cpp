@@ -33,6 +33,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <map>
 #include <string>
 #include <vector>
@@ -2361,6 +2365,28 @@ static void test_segment_in_one_bank()
     CHECK_EQ(vf_ddr_bank((uint64_t)VF_DDR_BANK_STRIDE * VF_DDR_BANKS + 1), VF_DDR_BANKS - 1u);
 }
 
+/* The host's words that enable tenant x in the top's register file. */
+static void top_enable_tenant(std::vector<uint32_t> &file, const Ten &x, uint32_t control, uint32_t mask)
+{
+    auto w32 = [&](uint32_t off, uint32_t v) { file[off / 4] = v; };
+    auto w64 = [&](uint32_t off, uint64_t v) {
+        file[off / 4] = (uint32_t)v;
+        file[off / 4 + 1] = (uint32_t)(v >> 32);
+    };
+    const uint32_t tb = VF_DREG_TENANT_BASE + x.t * VF_DREG_TENANT_STRIDE;
+    w64(VF_DREG_G_MEM_BASE, MEM_BASE);
+    w32(VF_DREG_G_IRQ_ENABLE, 1);
+    w32(VF_DREG_G_IRQ_MASK, 1u << x.t);
+    w64(tb + VF_DREG_T_SEG_BASE, MEM_BASE + x.win);
+    w32(tb + VF_DREG_T_SEG_LIMIT, x.limit);
+    w32(tb + VF_DREG_T_RING_OFFSET, x.ring_offset);
+    w32(tb + VF_DREG_T_RING_SIZE, x.ring_size);
+    w32(tb + VF_DREG_T_CPL_OFFSET, x.cpl_offset);
+    w32(tb + VF_DREG_T_CPL_ACK, 0);
+    w32(tb + VF_DREG_T_CORE_MASK, mask);
+    w32(tb + VF_DREG_T_CONTROL, control);
+}
+
 /* The HLS top, driven through its register words only: one call is one
  * iteration of every process (the dispatcher's, then the cores'). */
 static void test_top()
@@ -2372,24 +2398,10 @@ static void test_top()
     const std::vector<int8_t> before = d.window();
     std::vector<uint32_t> file(VF_DREG_FILE_WORDS, 0);
     auto w32 = [&](uint32_t off, uint32_t v) { file[off / 4] = v; };
-    auto w64 = [&](uint32_t off, uint64_t v) {
-        file[off / 4] = (uint32_t)v;
-        file[off / 4 + 1] = (uint32_t)(v >> 32);
-    };
     auto r32 = [&](uint32_t off) { return file[off / 4]; };
     auto r64 = [&](uint32_t off) { return (uint64_t)file[off / 4] | (uint64_t)file[off / 4 + 1] << 32; };
     const uint32_t tb = VF_DREG_TENANT_BASE + x.t * VF_DREG_TENANT_STRIDE;
-    w64(VF_DREG_G_MEM_BASE, MEM_BASE);
-    w32(VF_DREG_G_IRQ_ENABLE, 1);
-    w32(VF_DREG_G_IRQ_MASK, 1u << x.t);
-    w64(tb + VF_DREG_T_SEG_BASE, MEM_BASE + x.win);
-    w32(tb + VF_DREG_T_SEG_LIMIT, x.limit);
-    w32(tb + VF_DREG_T_RING_OFFSET, x.ring_offset);
-    w32(tb + VF_DREG_T_RING_SIZE, x.ring_size);
-    w32(tb + VF_DREG_T_CPL_OFFSET, x.cpl_offset);
-    w32(tb + VF_DREG_T_CPL_ACK, 0);
-    w32(tb + VF_DREG_T_CORE_MASK, cores_range(0, 2));
-    w32(tb + VF_DREG_T_CONTROL, VF_TENANT_ENABLE);
+    top_enable_tenant(file, x, VF_TENANT_ENABLE, cores_range(0, 2));
 #ifdef VF_VITIS_KERNEL
     /* no interrupt line and no clock input: the driver polls, the kernel counts */
     uint64_t calls = 0;
@@ -2457,6 +2469,115 @@ static void test_top()
     CHECK_EQ(irq_line(), 0);
     CHECK(untouched_outside(d, before, {&x}));
     CHECK(d.guards_intact());
+}
+
+#if VF_SEG_PARTS > 1
+/* The segment's bytes (records' cycles zeroed, as seg_bytes) and the top's
+ * register words after serving x's posted requests, the segment at window
+ * offset x.win of `mem` (bytes long), striped or not. */
+struct TopServed {
+    uint32_t iterations;
+    uint8_t segment[SEG];
+    uint32_t file[VF_DREG_FILE_WORDS];
+};
+
+static void top_serve(int8_t *mem, uint64_t bytes, Ten &x, uint32_t striped, TopServed *out)
+{
+    std::vector<uint32_t> file(VF_DREG_FILE_WORDS, 0);
+    top_enable_tenant(file, x, VF_TENANT_ENABLE | (striped ? VF_TENANT_STRIPED : 0u), cores_range(0, 2));
+    file[(VF_DREG_TENANT_BASE + x.t * VF_DREG_TENANT_STRIDE + VF_DREG_T_RING_TAIL) / 4] = x.tail;
+    const uint32_t head = (VF_DREG_TENANT_BASE + x.t * VF_DREG_TENANT_STRIDE + VF_DREG_T_RING_HEAD) / 4;
+#ifdef VF_VITIS_KERNEL
+    auto top = [&]() { vf_dispatcher_top(TB_PORTS(mem), bytes, file.data()); };
+#else
+    volatile uint8_t irq = 0;
+    volatile uint64_t clock = 1000;
+    auto top = [&]() {
+        clock += 100;
+        vf_dispatcher_top(TB_PORTS(mem), bytes, file.data(), &irq, &clock);
+    };
+#endif
+    top();
+    uint32_t n = 0;
+    for (; n < 10000 && file[head] != x.tail; ++n)
+        top();
+    out->iterations = n;
+    const vf_ddr_t win = vf_ddr_for(vf_ddr_window(mem, bytes), striped);
+    vf_seg_read(win, x.win, 0, out->segment, x.limit);
+    for (uint64_t i = 0; i < x.ring_size; ++i)
+        memset(out->segment + x.cpl_offset + i * VF_DISP_RECORD_BYTES + offsetof(vf_disp_completion_t, cycles), 0, 4);
+    memcpy(out->file, file.data(), sizeof out->file);
+}
+
+/* The top's result of one run in a child process (the top's state is static:
+ * each run starts from the same state, the parent's). */
+static void top_serve_forked(int8_t *mem, uint64_t bytes, Ten &x, uint32_t striped, TopServed *shared)
+{
+    fflush(stdout);
+    const pid_t pid = fork();
+    if (pid == 0) {
+        top_serve(mem, bytes, x, striped, shared);
+        _exit(0);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+#endif
+
+/* The HLS top on a segment striped over the board's VF_SEG_PARTS banks
+ * (VF_TENANT_STRIPED; u200, u200_bigcore): the same requests as on the same
+ * segment contiguous give the same segment bytes (outputs, records) and the
+ * same registers, and the top writes nothing of the banks outside the parts. */
+static void test_top_striped()
+{
+#if VF_SEG_PARTS > 1
+    Dev d(window_for(1));
+    seed(174);
+    Ten x = make_ten(d, 2, seg_win(0), SEG);
+    const NetTenant t = build_net_tenant(x, 175, 2, 2);
+    post_prog(x, t.progs[0], 7);
+    post_prog(x, t.progs[1], 8);
+    TopServed *res = (TopServed *)mmap(0, 2 * sizeof(TopServed), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                                       -1, 0);
+    CHECK(res != MAP_FAILED);
+    top_serve_forked(d.mem(), d.bytes, x, 0, &res[0]);
+
+    /* the same segment image striped over banks 0..P-1 of a sparse window, part 0 at x.win */
+    const uint64_t part = (x.limit + VF_SEG_PARTS * VF_DDR_WORD - 1) / (VF_SEG_PARTS * VF_DDR_WORD) * VF_DDR_WORD;
+    const uint64_t edge = 4096, bytes = (uint64_t)(VF_SEG_PARTS - 1) * VF_DDR_BANK_STRIDE + x.win + part + edge;
+    int8_t *mem = (int8_t *)mmap(0, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    CHECK(mem != MAP_FAILED);
+    const vf_ddr_t striped = vf_ddr_for(vf_ddr_window(mem, bytes), 1);
+    vf_seg_write(striped, x.win, 0, x.seg(), x.limit);
+    top_serve_forked(mem, bytes, x, 1, &res[1]);
+
+    CHECK(res[0].iterations < 10000);
+    CHECK_EQ(res[1].iterations, res[0].iterations);
+    CHECK(memcmp(res[1].segment, res[0].segment, x.limit) == 0);
+    const uint32_t control = (VF_DREG_TENANT_BASE + x.t * VF_DREG_TENANT_STRIDE + VF_DREG_T_CONTROL) / 4;
+    for (uint32_t w = 0; w < VF_DREG_FILE_WORDS; ++w)
+        if (w != control) /* the host's control word says striped or not */
+            CHECK_EQ(res[1].file[w], res[0].file[w]);
+    /* the requests ran: both records OK, the outputs the golden model's */
+    memcpy(x.seg(), res[0].segment, x.limit);
+    for (uint32_t q = 0; q < 2; ++q) {
+        CHECK(out_equals(x, t.n, t.ins[q], t.want[q]));
+        CHECK_EQ(record(x, q).status, VF_CPL_OK);
+    }
+    /* nothing written around the parts (the child wrote its own copy: run it here too, then look) */
+    top_serve(mem, bytes, x, 1, &res[1]);
+    for (uint32_t p = 0; p < VF_SEG_PARTS; ++p) {
+        const int8_t *at = mem + (uint64_t)p * VF_DDR_BANK_STRIDE + x.win;
+        bool zero = true;
+        for (uint64_t i = 0; i < edge; ++i)
+            zero = zero && at[part + i] == 0 && (x.win < edge || at[-(int64_t)i - 1] == 0);
+        CHECK(zero);
+    }
+    munmap(mem, bytes);
+    munmap(res, 2 * sizeof(TopServed));
+#else
+    printf("    no striped segments on this board (VF_SEG_PARTS 1)\n");
+#endif
 }
 
 /* ========================================================================== */
@@ -2776,6 +2897,7 @@ int main()
     run_test("free_running", test_free_running);
     run_test("segment_in_one_bank", test_segment_in_one_bank);
     run_test("top", test_top);
+    run_test("top_striped", test_top_striped);
     run_test("inflight_equals_single", test_inflight_equals_single);
     run_test("inflight_in_order", test_inflight_in_order);
     run_test("inflight_fault", test_inflight_fault);

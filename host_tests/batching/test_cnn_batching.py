@@ -16,7 +16,7 @@ import threading
 import numpy as np
 import onnx
 import pytest
-from harness import emulated_accelerator
+from harness import bank_bytes_for, emulated_accelerator
 from onnx import helper
 
 from vfpga.runtime import tenants
@@ -154,7 +154,7 @@ def test_a_deploy_that_does_not_fit_says_which_batch_would(models):
     two = cnn_batch_layout(cnn_batch.compile_batched(c, 2)).size
     eight = cnn_batch_layout(cnn_batch.compile_batched(c, 8)).size
     assert two < eight
-    ov = emulated_accelerator("u200", two + 4096)
+    ov = emulated_accelerator("u200", bank_bytes_for("u200", two) + 4096)
     try:
         with pytest.raises(DeployError, match=r"max_batch=2 would fit"):
             ov.deploy(c, cores=2, max_batch=8)

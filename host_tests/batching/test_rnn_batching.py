@@ -16,7 +16,7 @@ import threading
 import numpy as np
 import onnx
 import pytest
-from harness import emulated_accelerator
+from harness import bank_bytes_for, emulated_accelerator
 from onnx import helper, numpy_helper
 
 from vfpga.driver import isa
@@ -233,7 +233,7 @@ def test_a_deploy_that_does_not_fit_names_the_batch_that_would(models):
     n = 8
     sizes = {b: rnn_batch_layout(batched.upto(b), n).size for b in (2, 4, 8)}
     assert sizes[2] < sizes[4] < sizes[8]
-    ov = emulated_accelerator("u200", (sizes[2] + sizes[4]) // 2)
+    ov = emulated_accelerator("u200", (bank_bytes_for("u200", sizes[2]) + bank_bytes_for("u200", sizes[4])) // 2)
     try:
         with pytest.raises(DeployError, match=rf"max_batch=2 would fit \({sizes[2]} bytes\)"):
             ov.deploy(compiled, cores=2, name="big", max_batch=8)

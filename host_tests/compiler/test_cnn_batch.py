@@ -24,12 +24,9 @@ def run_items(board, compiled, inputs, arena, cores):
     t = sim.deploy("a", compiled, list(range(cores)))
     x, y = compiled.input, compiled.outputs[0]
     for b, data in enumerate(inputs):
-        at = t.seg_win + x.addr + arena(b)
-        raw = compiled.device_input(data).reshape(-1).view(np.uint8)
-        sim.window[at:at + raw.size] = raw
+        sim.write_segment(t.seg_win, x.addr + arena(b), compiled.device_input(data).reshape(-1).view(np.uint8))
     (done,) = sim.run({"a": [0]})["a"]
-    outs = [sim.window[t.seg_win + y.addr + arena(b):t.seg_win + y.addr + arena(b) + y.nbytes].tobytes()
-            for b in range(len(inputs))]
+    outs = [sim.read_segment(t.seg_win, y.addr + arena(b), y.nbytes).tobytes() for b in range(len(inputs))]
     return outs, done.latency
 
 

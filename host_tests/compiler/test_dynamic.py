@@ -170,7 +170,10 @@ def test_many_core_variants_are_chosen_within_the_bank_bandwidth():
     layer = ir.Conv("c", "x", "y", rng.integers(-100, 100, (512, 512, 3, 3), dtype=np.int8),
                     np.zeros(512, np.int32), *fixed_point.quantize_multipliers(np.full(512, 0.002)),
                     pads=(1, 1, 1, 1))
-    geo = lower.Geometry.from_config(overlay.load("u200"))
+    import copy
+    one_bank = copy.deepcopy(overlay.load("u200"))
+    one_bank["ddr"]["segment_banks"] = 1  # the tenant's segment in one bank, not striped over four
+    geo = lower.Geometry.from_config(one_bank)
     tilings = lower.conv_tilings(layer, (7, 7, 512), 512, geo)
     compute_only = min(tilings, key=lambda t: (lower._ceil(t.frames, 16) * t.cost / t.frames, t.cost))
     assert compute_only.ddr_cycles > lower._ceil(compute_only.frames, 16) * compute_only.cost / compute_only.frames
@@ -180,6 +183,9 @@ def test_many_core_variants_are_chosen_within_the_bank_bandwidth():
     best = min(picked, key=lambda t: t.makespan(16))
     assert best.makespan(16) <= compute_only.makespan(16)
     assert best.ddr_beats < compute_only.ddr_beats
+    # u200 as configured stripes the segment over four banks: four words a cycle, the compute-only pick fits
+    striped = lower.conv_tilings(layer, (7, 7, 512), 512, lower.Geometry.from_config(overlay.load("u200")))[0]
+    assert striped.ddr_cycles == pytest.approx(striped.ddr_beats / 4)
     # a bank that moves more than a bus word a cycle (u50's HBM: 333 B against a 32-byte bus) bounds it less
     hbm = lower.Geometry.from_config(overlay.load("u50"))
     t50 = lower.conv_tilings(layer, (7, 7, 512), 512, hbm)[0]

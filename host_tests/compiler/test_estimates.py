@@ -133,11 +133,12 @@ def test_bank_shares_are_max_min_fair_and_add_up_to_the_bank():
 @pytest.mark.parametrize("k", [4, 16])
 def test_a_bank_never_moves_more_than_its_bandwidth(squeezenet, k):
     """The simulated tenant's DDR bytes over its modeled time stay within its
-    bank's bytes per cycle, however many cores it runs on."""
+    banks' bytes per cycle (u200 stripes the segment over four), however many
+    cores it runs on."""
     c = squeezenet["u200"]
     cfg = overlay.load("u200")
     got = _simulated(c, "u200", k, "cnn")
     plan = dynamic.plan(c, k)
     table = dynamic.DispatchTable(c)
     moved = sum(vs[vi].ddr_bytes for part, vis in zip(table.parts, plan.variants) for vs, vi in zip(part, vis))
-    assert moved / got <= overlay.config.core_bytes_per_cycle(cfg)
+    assert moved / got <= overlay.config.segment_bytes_per_cycle(cfg)

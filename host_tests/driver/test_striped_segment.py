@@ -1,6 +1,8 @@
-"""The striped segment of a core with several bank ports (u200_bigcore:
-``ddr.core_ports`` 4): the mapping, the driver's Segment over four bank
-buffers, the dispatcher's checks of such a segment, and a model end to end.
+"""Striped segments: u200_bigcore's (one core of four bank ports,
+``ddr.core_ports`` 4) and u200's (one-port pool cores, every segment over the
+four banks, ``ddr.segment_banks`` 4): the mapping, the driver's Segment over
+four bank buffers, the dispatcher's checks of such a segment, and models end
+to end on both.
 
 The mapping is defined once in C (hls/include/vfpga_ddr.h, vf_seg_window);
 overlay.config.Stripe is Python's copy of it, checked here against the C
@@ -9,6 +11,7 @@ through vf_dispatch_segment_copy, both directions, edge and random offsets."""
 from __future__ import annotations
 
 import mmap
+import os
 
 import numpy as np
 import onnx
@@ -24,6 +27,7 @@ from vfpga.runtime.hw import golden
 from vfpga.runtime.models import small
 
 BOARD = "u200_bigcore"
+STRIPED = (BOARD, "u200")  # both stripe every segment over their four banks, the same way
 CFG = overlay.load(BOARD)
 STRIPE = overlay.config.segment_stripe(CFG)
 P, W = STRIPE.ports, STRIPE.word
@@ -32,11 +36,28 @@ _NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
 def test_the_board_numbers():
     assert (P, W, STRIPE.bank_stride) == (4, CFG["ddr"]["axi_bytes"], CFG["ddr"]["bank_stride"])
-    # the core's beat is one bus word per port: VF_AXI_BYTES
-    assert overlay.c_macros(CFG)["VF_AXI_BYTES"] == P * W
     for board in overlay.available():
-        if board != BOARD:
-            assert overlay.config.segment_stripe(overlay.load(board)) is None  # one port: contiguous
+        cfg = overlay.load(board)
+        macros = overlay.c_macros(cfg)
+        # a core's beat is one bus word per port: VF_AXI_BYTES
+        assert macros["VF_AXI_BYTES"] == cfg["ddr"].get("core_ports", 1) * cfg["ddr"]["axi_bytes"]
+        if board in STRIPED:
+            assert overlay.config.segment_stripe(cfg) == STRIPE and macros["VF_SEG_PARTS"] == P
+            assert overlay.config.segment_bytes_per_cycle(cfg) == P * overlay.config.core_bytes_per_cycle(
+                overlay.load("u200"))  # four banks' bandwidth shared by the segments' frames
+        else:
+            assert overlay.config.segment_stripe(cfg) is None and macros["VF_SEG_PARTS"] == 1  # contiguous
+
+
+def test_a_config_whose_stripe_the_big_core_cannot_read_is_refused(tmp_path):
+    import json
+    with open(os.path.join(overlay.config.CONFIG_DIR, BOARD + ".json")) as f:
+        cfg = json.load(f)
+    cfg["ddr"]["segment_banks"] = 2  # a four-port core moves one word of each of four parts per beat
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(overlay.BoardConfigError, match="segment_banks"):
+        overlay.load(str(path))
 
 
 EDGES = [0, 1, W - 1, W, W + 1, 2 * W - 1, (P - 1) * W, P * W - 1, P * W, P * W + 1, P * W + W,
@@ -66,19 +87,19 @@ def test_part_bytes(size, want):
     assert STRIPE.part_bytes(size) == want
 
 
-@pytest.fixture(scope="module")
-def window():
-    """A window over the four banks (address space only) and the emulation library."""
+@pytest.fixture(scope="module", params=STRIPED)
+def window(request):
+    """A window over the four banks (address space only) and a striping board's emulation library."""
     size = (P - 1) * STRIPE.bank_stride + (1 << 20)
     m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _NORESERVE)
-    lib = host_isa.emulation_module(BOARD)
-    yield lib, m, np.frombuffer(m, np.uint8), lib.ffi.from_buffer("int8_t[]", m), size
+    lib = host_isa.emulation_module(request.param)
+    yield lib, m, np.frombuffer(m, np.uint8), lib.ffi.from_buffer("int8_t[]", m), size, overlay.load(request.param)
 
 
 def test_python_mapping_agrees_with_the_c_one(window):
     """Both directions: bytes written through the C mapping are where
     Stripe/segment_runs say, and the C gathers what Python scattered."""
-    module, _, arr, mem, size = window
+    module, _, arr, mem, size, _ = window
     rng = np.random.default_rng(1)
     seg_win = 3 * 4096
     for offset, n in [(0, 1), (0, P * W), (W - 1, 2), (P * W - 3, 7), (5, 3 * P * W + 11)] + [
@@ -101,9 +122,9 @@ def test_python_mapping_agrees_with_the_c_one(window):
 
 # ---------------------------------------------------------------- the driver's Segment
 
-@pytest.fixture()
-def device():
-    dev = EmulatedDevice(BOARD, bank_capacity=4 << 20)
+@pytest.fixture(params=STRIPED)
+def device(request):
+    dev = EmulatedDevice(request.param, bank_capacity=4 << 20)
     yield dev
     dev.close()
 
@@ -212,12 +233,12 @@ class _Regs:
     """The dispatcher's C functions on a window over the four banks."""
 
     def __init__(self, window):
-        self.module, _, self.arr, self.mem, self.size = window
+        self.module, _, self.arr, self.mem, self.size, cfg = window
         ffi, lib = self.module.ffi, self.module.lib
         self.regs, self.state = ffi.new("vf_disp_regs_t *"), ffi.new("vf_disp_state_t *")
         lib.vf_dispatch_reset(self.regs, self.state)
         self.regs.g.mem_base = 0
-        self.issued = ffi.new("vf_disp_frame_t[]", CFG["cnn_core"]["count"] + CFG["rnn_core"]["count"])
+        self.issued = ffi.new("vf_disp_frame_t[]", cfg["cnn_core"]["count"] + cfg["rnn_core"]["count"])
 
     def enable(self, t: int, seg_win: int, limit: int, striped: bool):
         r = self.regs.tenant[t]

@@ -352,7 +352,7 @@ def check_programs(literal_cores, board, programs, seed):
 
 class StripedWindow:
     """A DDR window over the board's banks (address space only) where a
-    segment sits striped over the core's bank ports (overlay.config.Stripe,
+    segment sits striped over the board's banks (overlay.config.Stripe,
     the layout of vf_seg_window)."""
 
     SEG_WIN = 3 * 4096  # the segment's window offset (part 0's, in bank 0)
@@ -393,7 +393,7 @@ class StripedWindow:
 
 
 def check_striped(literal_cores, board, programs, seed):
-    """Every body on a segment striped over the big core's bank ports gives
+    """Every body on a segment striped over the board's banks gives
     what the literal body gives on the same segment contiguous: the same
     segment bytes, buffers, state (fault addresses are segment offsets),
     counters and iterations."""
@@ -420,14 +420,17 @@ def check_striped(literal_cores, board, programs, seed):
     assert {isa.FAULTS["NONE"], isa.FAULTS["SEGMENT"]} <= faults
 
 
-def test_a_striped_segment_changes_no_byte_on_any_body(literal_cores):
-    check_striped(literal_cores, "u200_bigcore", programs=40, seed=21)
+# the big core's four ports move a word of each part per beat; u200's one-port cores each word on its bank's port
+@pytest.mark.parametrize("board", ["u200_bigcore", "u200"])
+def test_a_striped_segment_changes_no_byte_on_any_body(literal_cores, board):
+    check_striped(literal_cores, board, programs=80, seed=21)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("board", ["u200_bigcore", "u200"])
 @pytest.mark.parametrize("seed", [4, 5])
-def test_many_programs_on_a_striped_segment(literal_cores, seed):
-    check_striped(literal_cores, "u200_bigcore", programs=300, seed=seed)
+def test_many_programs_on_a_striped_segment(literal_cores, board, seed):
+    check_striped(literal_cores, board, programs=300, seed=seed)
 
 
 @pytest.mark.parametrize("board", ["u200", "pynq_z2"])

@@ -154,20 +154,24 @@ DDR_BEATS = (("cnn_core.cpp", "LOAD_BEAT_DENSE"), ("cnn_core.cpp", "LOAD_BEAT"),
 def core_ports_split(files: dict[str, str] | None = None) -> bool:
     """A core with VF_CORE_PORTS bank ports moves each LOAD / SAVE beat as
     one bus word per port in the same cycle (the closed gap
-    "core_ports_interleave"): the beat helpers of vfpga_ddr.h loop over the
-    ports unrolled, each port's access on its own bank port, at the stripe
-    mapping; every literal beat loop goes through them, and no beat loop
-    accesses DDR past them. ``files``: hls-relative path -> text (the
-    sources by default)."""
+    "core_ports_interleave"), and a one-port core on a striped segment
+    (u200) moves each word of its beat on the port of that word's bank: the
+    beat helpers of vfpga_ddr.h loop over the ports (the words) unrolled,
+    each access on its own bank's port, at the stripe mapping; every literal
+    beat loop goes through them, and no beat loop accesses DDR past them.
+    ``files``: hls-relative path -> text (the sources by default)."""
     text = (files or {}).get
     ddr = text("include/vfpga_ddr.h") or source("include/vfpga_ddr.h")
-    if not all(check_text(ddr, f"{label} unrolled") for label in ("SEG_READ_PORT", "SEG_WRITE_PORT")):
+    labels = ("SEG_READ_PORT", "SEG_WRITE_PORT", "SEG_READ_BEAT_WORD", "SEG_WRITE_BEAT_WORD")
+    if not all(check_text(ddr, f"{label} unrolled") for label in labels):
         return False
-    read, write = _squash(loop_body(ddr, "SEG_READ_PORT") or ""), _squash(loop_body(ddr, "SEG_WRITE_PORT") or "")
+    read, write, read1, write1 = (_squash(loop_body(ddr, label) or "") for label in labels)
     if ("for (uint32_t p = 0; p < VF_CORE_PORTS; ++p)" not in _squash(ddr)
             or "memcpy(dst + (lo - a), d.port[p] + vf_seg_window(d, seg_win, lo), hi - lo);" not in read
             or "memcpy(d.port[p] + vf_seg_window(d, seg_win, lo), src + (lo - a), hi - lo);" not in write
-            or "(w % VF_CORE_PORTS) * (uint64_t)VF_DDR_BANK_STRIDE + seg_win + (w / VF_CORE_PORTS) * VF_DDR_WORD"
+            or "vf_ddr_read(d, vf_seg_window(d, seg_win, lo), dst + (lo - a), (uint32_t)(hi - lo));" not in read1
+            or "vf_ddr_write(d, vf_seg_window(d, seg_win, lo), src + (lo - a), (uint32_t)(hi - lo));" not in write1
+            or "(w % VF_SEG_PARTS) * (uint64_t)VF_DDR_BANK_STRIDE + seg_win + (w / VF_SEG_PARTS) * VF_DDR_WORD"
             not in _squash(ddr)):
         return False
     for name, label in DDR_BEATS:
@@ -362,18 +366,21 @@ def test_wbuf_words_check_sees_removed_constructs(tmp_path, monkeypatch):
 
 def test_core_ports_split_and_its_check():
     """core_ports_interleave: every LOAD / SAVE beat of a big core is a bus
-    word per port at once, and the check fails without it: the per-port
-    loop not unrolled, a port's access on another port, the stripe mapping
-    gone (the striped part offset as if contiguous), or a beat loop back on
-    one port."""
+    word per port at once, a one-port core's word on its bank's port, and
+    the check fails without it: the per-port (per-word) loop not unrolled, a
+    port's access on another port, the stripe mapping gone (the striped part
+    offset as if contiguous), or a beat loop back on one port."""
     assert core_ports_split()
     ddr, cnn, rnn = source("include/vfpga_ddr.h"), source("cnn_core.cpp"), source("rnn_core.cpp")
     unroll = "SEG_READ_PORT:\n        for (uint32_t p = 0; p < VF_CORE_PORTS; ++p) {\n#pragma HLS UNROLL\n"
-    assert unroll in ddr
+    one_port = "SEG_WRITE_BEAT_WORD:\n        for (uint32_t k = 0; k < 2; ++k) {\n#pragma HLS UNROLL\n"
+    assert unroll in ddr and one_port in ddr
     broken = [
         {"include/vfpga_ddr.h": ddr.replace(unroll, unroll.replace("#pragma HLS UNROLL\n", ""))},
         {"include/vfpga_ddr.h": ddr.replace("memcpy(dst + (lo - a), d.port[p] +", "memcpy(dst + (lo - a), d.port[0] +")},
-        {"include/vfpga_ddr.h": ddr.replace("+ seg_win + (w / VF_CORE_PORTS) * VF_DDR_WORD", "+ seg_win + w * VF_DDR_WORD")},
+        {"include/vfpga_ddr.h": ddr.replace("+ seg_win + (w / VF_SEG_PARTS) * VF_DDR_WORD", "+ seg_win + w * VF_DDR_WORD")},
+        {"include/vfpga_ddr.h": ddr.replace("vf_ddr_read(d, vf_seg_window(d, seg_win, lo),", "vf_ddr_read(d, seg_win + lo,")},
+        {"include/vfpga_ddr.h": ddr.replace(one_port, one_port.replace("#pragma HLS UNROLL\n", ""))},
         {"cnn_core.cpp": cnn.replace("vf_seg_read_beat(ddr, win, l.dram_addr", "vf_ddr_read(ddr, win + l.dram_addr")},
         {"cnn_core.cpp": cnn.replace("vf_seg_write_beat(ddr, win, drow + c * pstep", "vf_ddr_write(ddr, win + drow + c * pstep")},
         {"rnn_core.cpp": rnn.replace("vf_seg_write_beat(ddr, win, d + bt", "vf_ddr_write(ddr, win + d + bt")},

@@ -32,13 +32,13 @@ class Executing(FrameExecutingSimulator):
         self.started = 0
         self.records: list[tuple[int, int]] = []  # (seq, status) in the order they were read
 
-    def _slot_addr(self, t, placement, slot):
-        return t.seg_win + placement.addr + t.slots.arena(slot)
+    def _slot_addr(self, t, placement, slot):  # segment offset
+        return placement.addr + t.slots.arena(slot)
 
     def _read_output(self, t, slot):
         out = self.compiled.tensors[self.compiled.graph.outputs[0]]
         at = self._slot_addr(t, out, slot)
-        self.outputs[self.slot_owner.pop(slot)] = self.window[at:at + out.nbytes].tobytes()
+        self.outputs[self.slot_owner.pop(slot)] = self.read_segment(t.seg_win, at, out.nbytes).tobytes()
 
     def _begin(self, t, arrival):
         before = list(t.active)
@@ -50,7 +50,7 @@ class Executing(FrameExecutingSimulator):
         x = self.compiled.input
         at = self._slot_addr(t, x, slot)
         data = self.inputs[self.started % len(self.inputs)]
-        self.window[at:at + data.size] = data.reshape(-1).view(np.uint8)
+        self.write_segment(t.seg_win, at, data.reshape(-1).view(np.uint8))
         self.slot_owner[slot] = self.started
         self.started += 1
 

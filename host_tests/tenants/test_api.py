@@ -342,7 +342,12 @@ def test_bank_choice_without_per_bank_free_memory():
     def tenant(bank, size):
         return SimpleNamespace(segment=SimpleNamespace(bank=bank, size=size))
 
-    fake = SimpleNamespace(config=vfpga.overlay.load("u200"), device=object(),
+    # segments in one bank each (u200 striping every segment over its four banks: always bank 0)
+    u200 = vfpga.overlay.load("u200")
+    striped = vfpga.overlay.config.segment_stripe(u200)
+    assert tenants.Accelerator._pick_bank(SimpleNamespace(config=u200, device=object(), stripe=striped,
+                                                          tenants={"a": tenant(0, 100)})) == 0
+    fake = SimpleNamespace(config=u200, device=object(), stripe=None,
                            tenants={"a": tenant(0, 100), "b": tenant(1, 50), "c": tenant(3, 10)})
     assert tenants.Accelerator._pick_bank(fake) == 2
     fake.tenants["d"] = tenant(2, 10)

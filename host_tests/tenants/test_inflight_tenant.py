@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from harness import emulated_accelerator
+from harness import bank_bytes_for, emulated_accelerator
 from test_multitenant import BOARD, _reallocation_stress, accel, result, tiny  # noqa: F401 - fixtures
 
 from vfpga.driver import isa
@@ -54,7 +54,7 @@ def test_live_reallocations_with_requests_in_flight_lose_nothing(accel, tiny):  
 
 def test_a_deploy_that_does_not_fit_says_how_many_slots_would(tiny):  # noqa: F811
     sizes = {m: segment_layout(tiny.compiled, max_inflight=m).size for m in (1, 2, 4)}
-    a = emulated_accelerator(BOARD, sizes[2] + 4096)
+    a = emulated_accelerator(BOARD, bank_bytes_for(BOARD, sizes[2]) + 4096)
     try:
         with pytest.raises(DeployError, match=r"max_inflight [12] would fit"):
             a.deploy(tiny.compiled, cores=2, name="big", max_inflight=4)

@@ -51,7 +51,9 @@ FRAME, BARRIER, END = (isa.DISPATCH_OPS[k] for k in ("FRAME", "BARRIER", "END"))
 
 @pytest.fixture
 def accel():
-    a = emulated_accelerator(BOARD, BANK)
+    # segments kept in one bank each: the fuzzing and placement tests check every bank's bytes around
+    # contiguous neighbours (striped segments: test_striped_segment.py; the four-CNN tests below stripe)
+    a = emulated_accelerator(BOARD, BANK, stripe_segments=False)
     yield a
     a.close()
 
@@ -1011,7 +1013,7 @@ def test_performance_isolation(stream_model, same_bank):
     Same bank: B's frames slow A's; the ratio and the mean latency rise
     visibly, and stats() shows it. The model is DDR-bound (add_graph)."""
     m = stream_model
-    a = emulated_accelerator(BOARD, BANK)
+    a = emulated_accelerator(BOARD, BANK, stripe_segments=False)  # banks by placement
     try:
         walls = [Segment(BANK, bank=b, device=a.device) for b in (1, 2, 3)] if same_bank else []
         A = a.deploy(m.compiled, cores=4, name="A")

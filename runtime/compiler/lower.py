@@ -36,14 +36,14 @@ class Geometry:
     acc_words: int
     obuf_bytes: int
     param_entries: int
-    bank_bytes_per_cycle: float  # what the tenant's DDR bank moves per core cycle
+    bank_bytes_per_cycle: float  # what the tenant's DDR banks move per core cycle (all of a striped segment's)
 
     @classmethod
     def from_config(cls, cfg: dict) -> Geometry:
         core = cfg["cnn_core"]
         return cls(core["icp"], core["ocp"], overlay.config.core_bus_bytes(cfg), core["ibuf_bytes"],
                    core["wbuf_bytes"], core["acc_words"], core["obuf_bytes"], core["param_entries"],
-                   overlay.config.core_bytes_per_cycle(cfg))
+                   overlay.config.segment_bytes_per_cycle(cfg))
 
 
 @dataclass(frozen=True)

@@ -68,10 +68,15 @@ class TenantFigures:
 
 def closed_loop_rate(ends_cycles, hz: float, horizon_cycles: int) -> float:
     """Steady-state requests per second of a closed-loop tenant from its
-    completion times: (n - 1) / (last - first); with one completion, 1 / horizon."""
+    completion times (its requests ready from cycle 0 on): (n - 1) / (last -
+    first); with one completion, 1 / its time from cycle 0 (counting it over
+    the whole horizon would charge the tenant for a request the horizon cut
+    off); with none, 0."""
     ends = np.sort(np.asarray(ends_cycles, np.float64))
     if len(ends) >= 2 and ends[-1] > ends[0]:
         return (len(ends) - 1) / ((ends[-1] - ends[0]) / hz)
+    if len(ends) and ends[-1] > 0:
+        return len(ends) / (ends[-1] / hz)
     return len(ends) / (horizon_cycles / hz) if horizon_cycles else 0.0
 
 

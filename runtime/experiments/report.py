@@ -117,7 +117,9 @@ def isolation_section(models, cfg: Config, out: str, progress) -> Section:
 
     def draw(ax):
         lv = [r["b_load"] * 100 for r in d["rows"]]
-        for mode, label in (("vfpga", "vfpga (8 + 8 cores)"), ("multicore", "time-division multiplexing")):
+        for mode, label in (("vfpga", "vfpga (8 + 8 cores, striped segments)"),
+                            ("vfpga_own_banks", "vfpga (8 + 8 cores, own banks)"),
+                            ("multicore", "time-division multiplexing")):
             ax.plot(lv, [r[mode]["p99_ms"] for r in d["rows"]], marker="o", label=f"{label}, p99")
             ax.plot(lv, [r[mode]["p50_ms"] for r in d["rows"]], marker=".", ls="--", label=f"{label}, p50")
         ax.set_xlabel("tenant B offered load (% of its capacity)")
@@ -228,9 +230,9 @@ def batching_section(models, cfg: Config, out: str, progress) -> Section:
              f"(the last column). The big RNN core has {big['wbuf_bytes'] >> 20} MB, the pool's total, and is "
              "time-multiplexed between the tenants with the same batches.",
              "Requests in flight: each on its own activation slot; the dispatcher walks them oldest first, so a "
-             "younger request's frames take the cores an older one leaves idle at its barriers. ResNet-50 alone on "
-             "16 cores is bound by its segment's one DDR bank (its frames' time over their time alone: the frame "
-             "time column), which in-flight requests share too, so they gain little. Batches read each shared "
+             "younger request's frames take the cores an older one leaves idle at its barriers. They gain only as "
+             "much as the cores are idle one request at a time (the cores busy column); the frame time column is "
+             "the frames' time over their time alone (DDR sharing). Batches read each shared "
              "convolution's weights once for all items (frames chunked over input channels only where the items' "
              "accumulators fit side by side), which is what lowers the bytes per request. p99 is from a request's "
              "post to its result (batched: the batch's)."]

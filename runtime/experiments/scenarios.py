@@ -220,9 +220,12 @@ def _poisson(rate_per_cycle: float, horizon: int, rng) -> list[int]:
 def isolation(models: Models, names: dict, levels=(0.0, 0.25, 0.5, 0.75, 1.0), horizon_requests: int = 12,
               seed: int = 0, progress=None) -> dict:
     """Tenant A (res, 8 cores) at a steady load while tenant B's (vgg, 8
-    cores) load ramps from idle to saturation: A's latency under vfpga and
-    under time-multiplexing of the whole pool (multicore). B's load level is
-    its offered rate as a fraction of what it completes alone on its 8 cores."""
+    cores) load ramps from idle to saturation: A's latency under vfpga (every
+    segment striped over the four banks, the default: A and B share their
+    bandwidth), under vfpga with each segment in its own bank
+    (``stripe_segments=False``: A's bank is A's alone), and under
+    time-multiplexing of the whole pool (multicore). B's load level is its
+    offered rate as a fraction of what it completes alone on its 8 cores."""
     a, b = names["res"], names["vgg"]
     lat_a = _solo(models, a, 8)
     lat_b = _solo(models, b, 8)
@@ -236,9 +239,9 @@ def isolation(models: Models, names: dict, levels=(0.0, 0.25, 0.5, 0.75, 1.0), h
         arr_b = _poisson(level / lat_b, horizon, np.random.default_rng(seed + 1)) if level < 1 else [0] * max(
             1, int(horizon / lat_b) + 1)
         row = {"b_load": level}
-        for mode in ("vfpga", "multicore"):
-            sim = Simulator(POOL)
-            if mode == "vfpga":
+        for mode in ("vfpga", "vfpga_own_banks", "multicore"):
+            sim = Simulator(POOL, stripe_segments=mode != "vfpga_own_banks")
+            if mode != "multicore":
                 sim.deploy("A", models[a, POOL], list(range(8)), bank=0)
                 sim.deploy("B", models[b, POOL], list(range(8, 16)), bank=1)
                 done = sim.run({"A": arr_a, "B": arr_b})

@@ -92,9 +92,11 @@ def private_cloud(d: dict) -> str:
 
 
 def isolation(d: dict) -> str:
-    rows = [[f"{r['b_load']:.0%}", f"{r['vfpga']['p50_ms']:.2f}", f"{r['vfpga']['p99_ms']:.2f}",
-             f"{r['multicore']['p50_ms']:.2f}", f"{r['multicore']['p99_ms']:.2f}"] for r in d["rows"]]
-    return md_table(["tenant B load", "A p50 ms (vfpga)", "A p99 ms (vfpga)", "A p50 ms (TDM)", "A p99 ms (TDM)"], rows)
+    modes = [m for m in ("vfpga", "vfpga_own_banks", "multicore") if m in d["rows"][0]]
+    label = {"vfpga": "vfpga", "vfpga_own_banks": "vfpga, own banks", "multicore": "TDM"}
+    rows = [[f"{r['b_load']:.0%}"] + [f"{r[m][q]:.2f}" for m in modes for q in ("p50_ms", "p99_ms")]
+            for r in d["rows"]]
+    return md_table(["tenant B load"] + [f"A {q} ms ({label[m]})" for m in modes for q in ("p50", "p99")], rows)
 
 
 def realloc(d: dict) -> str:

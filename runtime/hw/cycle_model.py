@@ -183,7 +183,7 @@ loop nests do not make true yet -- as an expected failure.
   [hls rnn_core.cpp "vf_seg_read_beat(ddr, win, d + bt * VF_AXI_BYTES, word, n)"] [hls include/vfpga_unit_scheduler.h "vf_seg_read(ddr, seg_win, insn_offset"] [hls cnn_core.cpp "vf_seg_write_beat(ddr, win, drow + bt * VF_AXI_BYTES"];
   ``ddr.core_ports`` ports of one core, word-interleaved: its tenants'
   segments striped one bus word per bank [hls include/vfpga_ddr.h vf_seg_window]
-  [hls dispatcher.cpp "s.striped = VF_CORE_PORTS > 1 && (r.control & VF_TENANT_STRIPED) != 0;"],
+  [hls dispatcher.cpp "s.striped = VF_SEG_PARTS > 1 && (r.control & VF_TENANT_STRIPED) != 0;"],
   every beat of LOAD and SAVE a word on each port at once
   [hls include/vfpga_ddr.h SEG_READ_PORT unrolled] [hls include/vfpga_ddr.h SEG_WRITE_PORT unrolled]
   [hls include/vfpga_ddr.h "memcpy(dst + (lo - a), d.port[p] + vf_seg_window(d, seg_win, lo), hi - lo);"]

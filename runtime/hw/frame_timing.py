@@ -53,13 +53,26 @@ from vfpga import overlay
 from vfpga.driver import isa
 from vfpga.runtime.hw import cycle_model
 
-MAX_DEMAND = 2.0  # a core's load and save units move one bus word per cycle each
+MAX_DEMAND = 2.0  # a core's load and save units move one bus word per cycle each, in its own ports' bandwidth
 
 
-def demand(ddr_bytes, cycles, config: dict):
-    """Share of a bank's bandwidth a frame uses when it runs alone (the timeline's rule)."""
+def _banks(config: dict, striped: bool = True) -> tuple[float, float]:
+    """(bytes per cycle of the banks a segment lies on: a striped one's, else
+    one bank's; the most of them one frame can use: two words per cycle of
+    the core's own ports)."""
+    banks = overlay.config.segment_bytes_per_cycle(config, striped)
+    return banks, MAX_DEMAND * overlay.config.core_bytes_per_cycle(config) / banks
+
+
+def demand(ddr_bytes, cycles, config: dict, striped: bool = True):
+    """Share of its segment's banks' bandwidth a frame uses when it runs alone
+    (the timeline's rule): one bank's, or all of a striped segment's banks'
+    (its words go to them in turn, :func:`vfpga.overlay.config.segment_banks`).
+    ``striped``: the segment is striped where the board stripes segments
+    (the runtime's default), else contiguous in one bank."""
+    banks, cap = _banks(config, striped)
     cycles = np.maximum(np.asarray(cycles, np.float64), 1.0)
-    return np.minimum(MAX_DEMAND, np.asarray(ddr_bytes, np.float64) / overlay.config.core_bytes_per_cycle(config) / cycles)
+    return np.minimum(cap, np.asarray(ddr_bytes, np.float64) / banks / cycles)
 
 
 def bank_stretches(demands) -> list[float]:
@@ -94,8 +107,9 @@ def group_loads(ddr_bytes, cycles1, concurrent, config: dict) -> np.ndarray:
     """Bank loads of groups of frames (a layer's variant, an RNN phase) with
     ``concurrent`` of them in flight at once: their count times the group's
     mean demand (total bytes over total cycles). Arrays over groups."""
+    banks, cap = _banks(config)
     cycles1 = np.maximum(np.asarray(cycles1, np.float64), 1.0)
-    mean = np.minimum(MAX_DEMAND, np.asarray(ddr_bytes, np.float64) / overlay.config.core_bytes_per_cycle(config) / cycles1)
+    mean = np.minimum(cap, np.asarray(ddr_bytes, np.float64) / banks / cycles1)
     return np.asarray(concurrent, np.float64) * mean
 
 

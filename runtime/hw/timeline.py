@@ -39,16 +39,18 @@ the board config:
   frames ending together, the one issued first) and the dispatcher advances
   again (:meth:`PoolTimeline.pop`).
 
-Memory: a tenant's segment lies in one DDR bank; every core reaches every
-bank, through one m_axi port per bank on the dispatcher top, and a frame's
-traffic goes to its segment's bank. A tenant whose cores the board config
-wires to several banks (``cnn_core.banks``) still has one segment, in one
-bank: its frames all load that bank, whichever core runs them (no weight
-copies per bank; the config's wiring only guides which cores a deploy picks
-first). ``ddr.core_ports`` > 1 (u200_bigcore) gives one core that many
-banks' bandwidth, its data word-interleaved over them (a striped segment,
-from bank 0 on: driver/segment.py): the timeline treats them as one bank of
-that bandwidth.
+Memory: every core reaches every bank, through one m_axi port per bank on
+the dispatcher top, and a frame's traffic goes to its segment's banks. Where
+the board config stripes segments (``ddr.segment_banks`` S > 1: u200, and
+u200_bigcore through its ``core_ports``), every segment is S parts at one
+offset of banks 0 .. S-1, word-interleaved (driver/segment.py), so each
+frame's words go to the S banks in turn and the frames of every tenant share
+the S banks' bandwidth: the timeline treats them as one bank of S banks'
+bytes per cycle (:func:`vfpga.overlay.config.segment_bytes_per_cycle`). A
+one-port core still moves one bus word per cycle each way (its demand is at
+most 2 / S of that). Elsewhere a segment lies in one bank and its frames
+load that bank, whichever core runs them (the config's ``cnn_core.banks``
+wiring only guides which cores a deploy picks first).
 
 HLS constructs
 --------------
@@ -66,9 +68,10 @@ Each rule with the construct that makes it true (host_tests/hw/test_model_constr
   a frame's on its segment's bank port [hls include/vfpga_ddr.h "vf_ddr_read(d, seg_win + a, dst, n);"],
   decoded by each access of the core's units
   [hls include/vfpga_unit_scheduler.h "vf_seg_read(ddr, seg_win, insn_offset"] [hls cnn_core.cpp "vf_seg_write_beat(ddr, win, drow + bt * VF_AXI_BYTES"];
-  ``core_ports`` banks of one core interleaved: a striped segment, one
-  bus word per bank [hls include/vfpga_ddr.h vf_seg_window], each beat a word
-  on every port at once [hls include/vfpga_ddr.h SEG_READ_PORT unrolled]
+  a striped segment, one bus word per bank in turn [hls include/vfpga_ddr.h vf_seg_window]:
+  a one-port core's beat on the port of its word's bank
+  [hls include/vfpga_ddr.h SEG_READ_BEAT_WORD unrolled] [hls include/vfpga_ddr.h SEG_WRITE_BEAT_WORD unrolled],
+  the big core's a word on every port at once [hls include/vfpga_ddr.h SEG_READ_PORT unrolled]
   [hls include/vfpga_ddr.h SEG_WRITE_PORT unrolled]
   [hls cnn_core.cpp "vf_seg_read_beat(ddr, win, run + (lo - left)"]
 * At most two bus words per cycle per frame: an m_axi port's read and write
@@ -177,14 +180,20 @@ class PoolTimeline:
         self.now += (self.issue_cycles * report.frames_issued + self.barrier_cycles * report.barriers
                      + self.completion_cycles * records)
 
-    def bank_of(self, seg_win: int) -> int:
-        return min(int(seg_win) // self.bank_stride, self.n_banks - 1)
+    def bank_of(self, frame) -> int:
+        """The bank a frame's traffic loads: its segment's, or for a striped
+        segment ``n_banks``, standing for the stripe's banks together (a
+        runtime stripes every segment of a board or none, so the two never
+        share a bank)."""
+        if self.stripe is not None and getattr(frame, "striped", 0):
+            return self.n_banks
+        return min(int(frame.seg_win) // self.bank_stride, self.n_banks - 1)
 
     def issue(self, core: int, frame, mem, mem_bytes: int, result, counters) -> int:
         """Schedules the end of a frame issued now (vf_disp_frame_t) with the
         core's result; returns its modeled cycles as the bank is shared now
         (they change as frames on its bank start and end)."""
-        bank = self.bank_of(frame.seg_win)
+        bank = self.bank_of(frame)
         rnn = core >= self.n_cnn
         if result is not None and result.fault:
             solo, nbytes = self._faulted(frame, result, counters), 0
@@ -193,7 +202,7 @@ class PoolTimeline:
             solo, nbytes = self._solo(raw, frame, rnn)
         if frame.scrub and self.charge_scrubs:
             solo += self.rnn_scrub_cycles if rnn else self.scrub_cycles
-        demand = self.demand(nbytes, solo)
+        demand = self.demand(nbytes, solo, bank == self.n_banks)
         self.frames += 1
         self._order += 1
         flight = _Flight(self.now, self._order, core, result, counters, bank, demand, frame.tenant, solo)
@@ -202,9 +211,11 @@ class PoolTimeline:
             self._share(bank)
         return flight.end - self.now
 
-    def demand(self, nbytes: int, cycles: int) -> float:
-        """The bank share a frame of ``cycles`` alone moving ``nbytes`` asks for (0 for no time)."""
-        return float(frame_timing.demand(nbytes, cycles, self.config)) if cycles > 0 else 0.0
+    def demand(self, nbytes: int, cycles: int, striped: bool) -> float:
+        """The bank share a frame of ``cycles`` alone moving ``nbytes`` asks
+        for (0 for no time): of its segment's bank, or of a striped
+        segment's banks together."""
+        return float(frame_timing.demand(nbytes, cycles, self.config, striped)) if cycles > 0 else 0.0
 
     def _share(self, bank: int) -> None:
         """Brings the progress of the frames on ``bank`` up to now and gives

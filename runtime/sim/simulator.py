@@ -94,7 +94,7 @@ class SimTenant:
 class Simulator:
     """One board (config name or dict) with tenants deployed on it."""
 
-    def __init__(self, board, bank_bytes: int = 1 << 30):
+    def __init__(self, board, bank_bytes: int = 1 << 30, stripe_segments: bool = True):
         self.config = overlay.load(board) if isinstance(board, str) else board
         name = self.config["name"]
         module = host_isa.emulation_module(name)
@@ -108,8 +108,8 @@ class Simulator:
         self.mem = ffi.from_buffer("int8_t[]", self._mmap)
         self.mem_bytes = size
         self._cursor = [0] * self.n_banks
-        # on a board whose cores have several bank ports every segment is striped (driver/segment.py)
-        self.stripe = overlay.config.segment_stripe(self.config)
+        # where the board stripes segments, every segment is striped unless asked not to (Accelerator's rule)
+        self.stripe = overlay.config.segment_stripe(self.config) if stripe_segments else None
         self.regs = ffi.new("vf_disp_regs_t *")
         self.state = ffi.new("vf_disp_state_t *")
         lib.vf_dispatch_reset(self.regs, self.state)
@@ -164,10 +164,10 @@ class Simulator:
         self._cursor[bank] += static.align(span, PAGE)
         # only the instructions: timing never reads weights or activations
         prog = np.asarray(compiled.program, np.uint8).reshape(-1)
-        self._put(seg_win, compiled.program_offset, prog)
+        self.write_segment(seg_win, compiled.program_offset, prog)
         lay = None if is_rnn else slots.slots(compiled, max_inflight)
         for off, raw in (slots.slot_image(compiled, lay) if lay else {}).items():
-            self._put(seg_win, off, np.frombuffer(raw, np.uint8))
+            self.write_segment(seg_win, off, np.frombuffer(raw, np.uint8))
         t = SimTenant(name, index, compiled, table, seg_win, layout.size,
                       layout, sorted(cores), 1 if is_rnn else sum(p.kind == "accel" for p in compiled.parts),
                       kind="rnn" if is_rnn else "cnn", max_inflight=max_inflight, slots=lay)
@@ -186,15 +186,46 @@ class Simulator:
                                f"fault {isa.FAULT_NAMES.get(self.regs.tenant[index].fault)}")
         return t
 
-    def _put(self, seg_win: int, offset: int, data: np.ndarray) -> None:
-        """Segment bytes at ``offset`` of the segment at ``seg_win`` (its layout's pieces)."""
-        for at, a, m in overlay.config.segment_runs(self.stripe, seg_win, offset, data.size):
-            self.window[at:at + m] = data[a - offset:a - offset + m]
+    def _rows(self, seg_win: int, offset: int, nbytes: int):
+        """A striped segment's bytes [offset, offset + nbytes) as (ragged head
+        runs, whole rows (lo, hi) of one word per part, ragged tail runs),
+        each run (window offset, segment offset, bytes)."""
+        st, end = self.stripe, offset + nbytes
+        row = st.word * st.ports
+        lo, hi = min(-(-offset // row) * row, end), max(end // row * row, offset)
+        hi = max(hi, lo)
+        return (overlay.config.segment_runs(st, seg_win, offset, lo - offset), (lo, hi),
+                overlay.config.segment_runs(st, seg_win, hi, end - hi))
 
-    def _get(self, seg_win: int, offset: int, nbytes: int) -> np.ndarray:
+    def _part_rows(self, seg_win: int, lo: int, hi: int, p: int) -> np.ndarray:
+        """Part p's words of the segment's whole rows [lo, hi), as a (rows, word) view of the window."""
+        st = self.stripe
+        at = p * st.bank_stride + seg_win + lo // st.ports
+        return self.window[at:at + (hi - lo) // st.ports].reshape(-1, st.word)
+
+    def write_segment(self, seg_win: int, offset: int, data: np.ndarray) -> None:
+        """Segment bytes at ``offset`` of the segment at ``seg_win`` (its layout's pieces)."""
+        data = np.asarray(data, np.uint8).reshape(-1)
+        if self.stripe is None:
+            self.window[seg_win + offset:seg_win + offset + data.size] = data
+            return
+        head, (lo, hi), tail = self._rows(seg_win, offset, data.size)
+        for at, a, m in head + tail:
+            self.window[at:at + m] = data[a - offset:a - offset + m]
+        rows = data[lo - offset:hi - offset].reshape(-1, self.stripe.ports, self.stripe.word)
+        for p in range(self.stripe.ports):
+            self._part_rows(seg_win, lo, hi, p)[:] = rows[:, p]
+
+    def read_segment(self, seg_win: int, offset: int, nbytes: int) -> np.ndarray:
+        if self.stripe is None:
+            return self.window[seg_win + offset:seg_win + offset + nbytes].copy()
         out = np.empty(nbytes, np.uint8)
-        for at, a, m in overlay.config.segment_runs(self.stripe, seg_win, offset, nbytes):
+        head, (lo, hi), tail = self._rows(seg_win, offset, nbytes)
+        for at, a, m in head + tail:
             out[a - offset:a - offset + m] = self.window[at:at + m]
+        rows = out[lo - offset:hi - offset].reshape(-1, self.stripe.ports, self.stripe.word)
+        for p in range(self.stripe.ports):
+            rows[:, p] = self._part_rows(seg_win, lo, hi, p)
         return out
 
     def _plan(self, t: SimTenant, k: int) -> dynamic.DispatchPlan:
@@ -213,7 +244,7 @@ class Simulator:
         for s in range(t.max_inflight):
             for prog, cap in zip(programs if t.slots is None else slots.slot_programs(programs, t.slots, s),
                                  t.layout.part_entries):
-                self._put(t.seg_win, at, prog.view(np.uint8))
+                self.write_segment(t.seg_win, at, prog.view(np.uint8))
                 at += cap * isa.DISPATCH.itemsize
         t.half = half
         t.k = k
@@ -253,7 +284,7 @@ class Simulator:
         at = t.layout.ring_offset + (t.posted % RING_SIZE) * isa.REQUEST.itemsize
         entry = np.zeros((), isa.REQUEST)
         entry["prog_offset"], entry["prog_entries"], entry["request_id"] = off, entries, t.posted
-        self._put(t.seg_win, at, np.frombuffer(entry.tobytes(), np.uint8))
+        self.write_segment(t.seg_win, at, np.frombuffer(entry.tobytes(), np.uint8))
         t.posted += 1
         t.ring.append((item, t.half))
         self.regs.tenant[t.index].ring_tail = t.posted & 0xFFFFFFFF
@@ -271,7 +302,7 @@ class Simulator:
             head = self.regs.tenant[t.index].ring_head
             while t.acked != head:
                 at = t.layout.cpl_offset + (t.acked % RING_SIZE) * isa.COMPLETION.itemsize
-                rec = self._get(t.seg_win, at, isa.COMPLETION.itemsize).view(isa.COMPLETION)[0]
+                rec = self.read_segment(t.seg_win, at, isa.COMPLETION.itemsize).view(isa.COMPLETION)[0]
                 if rec["status"] != 1:
                     raise RuntimeError(f"tenant {t.name!r}: request failed in the simulation "
                                        f"({isa.FAULT_NAMES.get(int(rec['fault']))})")

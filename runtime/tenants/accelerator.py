@@ -117,11 +117,18 @@ class Reallocation:
 class Accelerator:
     """One vfpga overlay (emulated or on a board) shared by tenants."""
 
-    def __init__(self, board: str = "u200", emulate: bool | None = None, device=None):
+    def __init__(self, board: str = "u200", emulate: bool | None = None, device=None, stripe_segments: bool = True):
+        """``stripe_segments``: on a board that stripes segments over its banks
+        (``ddr.segment_banks``: u200, u200_bigcore), every tenant's segment is
+        word-interleaved over them, so each tenant's frames have every bank's
+        bandwidth, shared with the others; False keeps each segment in one
+        bank (a bank's bandwidth then serves only the tenants placed on it:
+        bandwidth isolation by placement). The same bitstream does both (the
+        tenant control bit VF_TENANT_STRIPED)."""
         self.config = overlay.load(board)
         self.board = self.config["name"]
-        # a core with several bank ports reads its tenants' segments striped over them (driver/segment.py)
-        self.stripe = overlay.config.segment_stripe(self.config)
+        # striped segments: one buffer per bank, the layout of hls/include/vfpga_ddr.h (driver/segment.py)
+        self.stripe = overlay.config.segment_stripe(self.config) if stripe_segments else None
         self._own_device = device is None
         self.device = device if device is not None else _pick_device(board, emulate)
         self.emulated = isinstance(self.device, emulated.EmulatedDevice)
@@ -197,7 +204,7 @@ class Accelerator:
         """The DDR bank with the most free memory where the device reports it
         per bank (the emulated device), else the one holding the fewest bytes
         of this accelerator's tenants: either way tenants' DDR traffic spreads."""
-        if overlay.config.segment_stripe(self.config) is not None:
+        if self.stripe is not None:
             return 0  # a striped segment spans banks 0 .. ports-1 from bank 0 on
         banks = getattr(self.device, "banks", None)
         if banks:

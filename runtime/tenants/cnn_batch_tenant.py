@@ -58,7 +58,7 @@ class CnnBatchTenant(Tenant):
         for b in reversed(self.batched.sizes[:-1]):
             size = cnn_batch_layout(cnn_batch.compile_batched(self.batched.base, b, self.accel.config)).size
             try:
-                Segment(size, bank=bank, device=self.accel.device).free()
+                Segment(size, bank=bank, device=self.accel.device, stripe=self.accel.stripe).free()
             except MemoryError:
                 continue
             return f"max_batch={b} would fit ({size} bytes)"
