@@ -147,6 +147,13 @@ class Segment:
         self._live()
         self._host[offset:offset + src.size] = src
 
+    def view(self, offset: int, nbytes: int) -> np.ndarray:
+        """The host copy's bytes [offset, offset + nbytes) as a writable uint8
+        view (no copy, no sync): a writer fills it in place, then syncs the range."""
+        self._check(offset, nbytes)
+        self._live()
+        return self._host[offset:offset + nbytes]
+
     def read(self, offset: int, nbytes: int) -> np.ndarray:
         """A copy of ``nbytes`` host-copy bytes at ``offset`` (uint8). Does not sync."""
         self._check(offset, nbytes)

@@ -15,9 +15,16 @@ machine:
   * ms per image (median of --runs) and the ratio to both onnxruntime
     figures; the process CPU time per image beside it (on a shared machine
     the wall time also counts the other processes);
-  * the host overhead per request on the driver's path (stats()): submit to
-    doorbell and completion record to result, p50 / p99 in microseconds, for
-    each model and for a small CNN over --requests requests.
+  * the host overhead per request on the driver's path (RunInfo /
+    stats()): submit to doorbell and completion record to result, p50 / p99
+    in microseconds, over --overhead-requests requests one at a time per
+    model (--requests for a small CNN), for an int8 HWC input
+    (submit_quantized) and for a float NCHW input (submit: quantized on the
+    host first, the float output dequantized), beside the floor of the
+    input's bytes: one memcpy of the folded input's size on this host. The
+    same again on a timing-only emulated board (frames timed, not run): the
+    host path without the C-sim's working set evicting the host's caches
+    between requests, nearer to what the host CPU of a board sees.
 
 With --suite it also times the default test suite (python -m pytest -q).
 --loop python runs the emulated dispatcher's reference loop in Python
@@ -71,16 +78,46 @@ def _ort(qdq, x, runs: int) -> dict[str, float]:
     return out
 
 
-def _overhead(stats) -> str:
-    o = stats.host_overhead_us
-    if not o:
-        return "n/a"
-    return (f"submit->doorbell p50 {o['submit_to_doorbell']['p50']:.0f} / p99 {o['submit_to_doorbell']['p99']:.0f} us, "
-            f"completion->result p50 {o['completion_to_result']['p50']:.0f} / "
-            f"p99 {o['completion_to_result']['p99']:.0f} us")
+def _overhead(tenant, run, x, requests: int) -> str:
+    """submit -> doorbell and completion -> result of ``requests`` calls of ``run(x)``, one at a time."""
+    for _ in range(requests):
+        run(x)
+    o = np.array(tenant.overheads()[-requests:]) * 1e6
+    (d50, r50), (d99, r99) = np.percentile(o, 50, axis=0), np.percentile(o, 99, axis=0)
+    return f"submit->doorbell p50 {d50:.0f} / p99 {d99:.0f} us, completion->result p50 {r50:.0f} / p99 {r99:.0f} us"
 
 
-def bench_model(ov, name: str, runs: int, ks: list[int]) -> list[str]:
+def _overheads(tenant, x, x_q, requests: int, where: str = "") -> list[str]:
+    return [f"  host overhead{where}, int8 input ({requests} requests): "
+            f"{_overhead(tenant, tenant.run_quantized, x_q, requests)}",
+            f"  host overhead{where}, float input ({requests} requests): "
+            f"{_overhead(tenant, tenant.run, x, requests)}"]
+
+
+def _timing_only_overheads(board: str, model, x, requests: int) -> list[str]:
+    """The overheads on a timing-only emulated board (the same host path; no frame runs)."""
+    from vfpga.driver.emulated import EmulatedDevice
+    from vfpga.runtime import tenants
+    from vfpga.runtime.compiler import frontend
+
+    ov = tenants.Accelerator(board, device=EmulatedDevice(board, compute=False))
+    try:
+        tenant = ov.deploy(model, cores=1, name="timing_only")
+        x_q = frontend.quantize_input(x, tenant.graph.tensors[tenant.graph.inputs[0]])
+        for _ in range(3):  # the loop times each frame once
+            tenant.run_quantized(x_q)
+        return _overheads(tenant, x, x_q, requests, " on a timing-only board")
+    finally:
+        ov.close()
+
+
+def _memcpy_us(nbytes: int) -> float:
+    """Median microseconds of one numpy copy of ``nbytes`` on this host (buffers already touched)."""
+    src, dst = np.ones(nbytes, np.uint8), np.empty(nbytes, np.uint8)
+    return _timed(lambda: np.copyto(dst, src), 200)[0] * 1e6
+
+
+def bench_model(ov, name: str, runs: int, ks: list[int], requests: int, board: str) -> list[str]:
     from vfpga.runtime.compiler import frontend
     from vfpga.runtime.models import zoo
 
@@ -110,9 +147,14 @@ def bench_model(ov, name: str, runs: int, ks: list[int]) -> list[str]:
         lines.append(f"  k={k:<2} (up to {threads} host thread{'s' if threads > 1 else ''}): {wall * 1e3:7.1f} ms/image "
                      f"= {wall / ort_s['default']:4.1f}x onnxruntime default, {wall / ort_s['1 thread']:4.1f}x "
                      f"1 thread   (process CPU {cpu * 1e3:.0f} ms/image)")
-    lines.append(f"  host overhead per request ({tenant.requests} requests): {_overhead(ov.stats()[name])}")
+    p = tenant.compiled.input
+    folded = p.shape[0] * p.shape[1] * p.shape[2]
+    lines.append(f"  input: {xs[2].nbytes / 1e3:.0f} KB float, {folded / 1e3:.0f} KB int8 in the segment"
+                 f"{' (folded)' if tenant.compiled.input_fold else ''}; one memcpy of {folded / 1e3:.0f} KB on this "
+                 f"host: {_memcpy_us(folded):.0f} us")
+    lines += _overheads(tenant, xs[2], x_q, requests)
     ov.remove(name)
-    return lines
+    return lines + _timing_only_overheads(board, qdq, xs[2], requests)
 
 
 def small_cnn_overhead(ov, requests: int) -> str:
@@ -128,13 +170,10 @@ def small_cnn_overhead(ov, requests: int) -> str:
         tenant = ov.deploy(model, cores=1, name="small_cnn", calibration=calib)
     x_q = frontend.quantize_input(calib[0], tenant.graph.tensors[tenant.graph.inputs[0]])
     t0 = time.perf_counter()
-    for _ in range(requests):
-        tenant.run_quantized(x_q)
-    per = (time.perf_counter() - t0) / requests
-    line = (f"small_cnn, {requests} requests one at a time ({per * 1e6:.0f} us each end to end): "
-            f"{_overhead(ov.stats()['small_cnn'])}")
+    lines = _overheads(tenant, calib[0], x_q, requests)
+    per = (time.perf_counter() - t0) / (2 * requests)
     ov.remove("small_cnn")
-    return line
+    return [f"small_cnn, requests one at a time ({per * 1e6:.0f} us each end to end):"] + lines
 
 
 def suite_time() -> str:
@@ -153,6 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--board", default="u200")
     p.add_argument("--runs", type=int, default=5, help="timed runs per figure (median)")
     p.add_argument("--requests", type=int, default=500, help="small-CNN requests for the overhead figure")
+    p.add_argument("--overhead-requests", type=int, default=30,
+                   help="requests per model and input kind for its overhead figure")
     p.add_argument("--suite", action="store_true", help="also time the default test suite")
     p.add_argument("--loop", choices=("native", "python"), default=None,
                    help="the emulated dispatcher's loop (default: VFPGA_EMU_LOOP, else native)")
@@ -174,9 +215,10 @@ def main(argv=None) -> int:
           + (f", dispatcher loop: {loop}" if loop else "") + f"; onnxruntime {onnxruntime.__version__}")
     print(f"board {a.board}; k = cores the tenant holds (all = {threads} host threads); median of {a.runs} runs")
     for name in filter(None, a.models.split(",")):
-        for line in bench_model(ov, name, a.runs, ks):
+        for line in bench_model(ov, name, a.runs, ks, a.overhead_requests, a.board):
             print(line, flush=True)
-    print(small_cnn_overhead(ov, a.requests), flush=True)
+    for line in small_cnn_overhead(ov, a.requests):
+        print(line, flush=True)
     ov.close()
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     if a.suite:

@@ -1005,3 +1005,45 @@ def test_fallback_regions_never_form_a_cycle(calib, test_inputs):
     assert "lrn" in lrn_op.onnx_nodes and "prod" in prod_op.onnx_nodes and "lrn" not in prod_op.onnx_nodes
     assert set(prod_op.inputs) == {lrn_op.outputs[0], g.layers[2].output}
     _assert_end_to_end(qdq, g, test_inputs)
+
+
+def _quantize_reference(x, tensor: ir.Tensor) -> np.ndarray:
+    """quantize_input as it was first written: new arrays at every step."""
+    q = np.rint(np.asarray(x).astype(np.float32) / np.float32(tensor.scale)) + tensor.zero_point
+    q = np.clip(q, -128, 127).astype(np.int8)
+    h, w, c = tensor.shape
+    return np.ascontiguousarray(q.reshape(c, h, w).transpose(1, 2, 0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("shape, onnx_shape", [((7, 5, 3), None), ((1, 1, 10), (1, 10)), ((224, 224, 3), None)])
+def test_quantize_input_in_place_equals_the_reference(dtype, shape, onnx_shape):
+    rng = np.random.default_rng(len(shape) + shape[0])
+    for scale, zp in ((0.0339, -4), (0.5, 127), (1e-3, -128), (2.0, 0)):
+        t = ir.Tensor("x", shape, scale, zp, onnx_shape=onnx_shape)
+        layout = onnx_shape or (1, shape[2], shape[0], shape[1])
+        x = rng.standard_normal(layout) * 200 * scale
+        # values at and near halfway points (round half to even), the saturation edges, huge, inf and nan
+        flat = x.reshape(-1)
+        n = flat.size
+        flat[: n // 4] = (rng.integers(-140, 140, n // 4) + 0.5) * scale
+        specials = [np.inf, -np.inf, np.nan, 1e30, -1e30, 0.0, -0.0, (127.5 - zp) * scale, (-128.5 - zp) * scale]
+        flat[n // 4:n // 4 + len(specials)] = specials[: max(0, min(len(specials), n - n // 4))]
+        with np.errstate(over="ignore", invalid="ignore"):  # inf and nan on purpose
+            x = x.astype(dtype)
+            np.testing.assert_array_equal(frontend.quantize_input(x, t), _quantize_reference(x, t))
+
+
+@pytest.mark.parametrize("shape, onnx_shape", [((7, 5, 3), None), ((1, 1, 1000), (1, 1000)), ((14, 14, 40), None),
+                                               ((56, 56, 1), None)])
+def test_dequantize_output_in_place_equals_the_reference(shape, onnx_shape):
+    rng = np.random.default_rng(shape[2])
+    for scale, zp in ((0.0339, -4), (0.5, 127), (1e-3, -128), (3.7, 0)):
+        t = ir.Tensor("y", shape, scale, zp, onnx_shape=onnx_shape)
+        q = rng.integers(-128, 128, size=shape, dtype=np.int8)
+        q.reshape(-1)[:256] = np.arange(-128, 128)[: q.size]  # every code
+        want = ((q.astype(np.float32) - np.float32(zp)) * np.float32(scale)).transpose(2, 0, 1)
+        got = frontend.dequantize_output(q, t)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, np.ascontiguousarray(want).reshape(got.shape))
+        assert got.shape == (onnx_shape or (1, shape[2], shape[0], shape[1]))

@@ -83,3 +83,102 @@ def test_a_folded_model_runs_bit_exactly_through_requests(board):
             tenant.run_quantized(np.zeros(compiled.input.shape, np.int8))
     finally:
         accel.close()
+
+
+@pytest.mark.parametrize("options", [{"max_inflight": 2}, {"max_batch": 3, "max_delay_us": 20000}])
+def test_folded_inputs_of_requests_in_flight_and_batched_stay_apart(options):
+    """Each request thread folds into its own slot's (or batch item's) input with its own writer."""
+    g = stem_graph(6, (33, 29, 3), 16, 7, 2, (3, 2, 3, 1))
+    compiled = static.compile_graph(g, "u200")
+    assert compiled.input_fold is not None
+    accel = emulated_accelerator("u200")
+    try:
+        tenant = accel.deploy(compiled, cores=2, **options)
+        xs = random_inputs(g, 6, seed=11)
+        futures = [tenant.submit_quantized(x) for x in xs]
+        for x, f in zip(xs, futures):
+            (y,), _ = f.result(timeout=120)
+            np.testing.assert_array_equal(y, golden.run_graph(g, x)["y"])
+        if "max_batch" in options:
+            assert max(tenant.run_batches) > 1  # some requests really ran as one batch
+    finally:
+        accel.close()
+
+
+def gather_reference(fold: input_fold.InputFold, x_q: np.ndarray, zero_point: int) -> np.ndarray:
+    """The fold as it was first written: one np.take of an index built
+    element by element from x''[I, J, (V, a, b, c)] = x_pad[s*I + a, s*(J + V) + b, c]."""
+    s, (h, w, c), (fh, fw, _) = fold.stride, fold.shape, fold.folded_shape
+    top, left = fold.pads[0], fold.pads[1]
+    i, j, v, a, b, ch = np.ix_(np.arange(fh), np.arange(fw), np.arange(fold.cols), np.arange(s), np.arange(s),
+                               np.arange(c))
+    r, q = s * i + a - top, s * (j + v) + b - left
+    inside = (r >= 0) & (r < h) & (q >= 0) & (q < w)
+    index = np.where(inside, (r * w + q) * c + ch, h * w * c).reshape(fh, fw, -1)
+    src = np.append(x_q.reshape(-1), np.int8(zero_point))
+    return np.take(src, index)
+
+
+def fold_of(shape, k: int, s: int, pads, cols_folded: bool) -> input_fold.InputFold:
+    """The fold ``choose`` gives for a k x k, stride-s convolution, in either form."""
+    h, w, c = shape
+    kh2 = -(-k // s)
+    oh, ow = (h + pads[0] + pads[2] - k) // s + 1, (w + pads[1] + pads[3] - k) // s + 1
+    cols = kh2 if cols_folded else 1
+    return input_fold.InputFold(shape, s, tuple(pads), (k, k), cols,
+                                (oh + kh2 - 1, ow + (0 if cols_folded else kh2 - 1), c * s * s * cols))
+
+
+FORMS = [  # shape, kernel, stride, pads: odd sizes, asymmetric and zero pads, pads past the stride, C of 1..4
+    ((32, 32, 3), 7, 2, (3, 3, 3, 3)),
+    ((33, 29, 3), 7, 2, (3, 2, 3, 1)),
+    ((20, 20, 4), 3, 2, (1, 1, 1, 1)),
+    ((17, 21, 1), 5, 1, (2, 2, 2, 2)),
+    ((24, 24, 3), 4, 4, (0, 0, 0, 0)),
+    ((15, 15, 2), 3, 3, (1, 0, 0, 1)),
+    ((23, 19, 3), 5, 2, (4, 0, 1, 5)),
+    ((9, 11, 3), 11, 4, (2, 2, 2, 2)),
+    ((13, 8, 2), 3, 1, (0, 1, 2, 0)),
+    ((224, 224, 3), 7, 2, (3, 3, 3, 3)),  # ResNet-50's conv1
+]
+
+
+@pytest.mark.parametrize("cols_folded", [False, True])
+@pytest.mark.parametrize("shape, k, s, pads", FORMS)
+def test_the_strided_fold_equals_the_gather(shape, k, s, pads, cols_folded):
+    fold = fold_of(shape, k, s, pads, cols_folded)
+    if fold.stride == 1 and fold.cols == 1:
+        pytest.skip("not a fold")
+    rng = np.random.default_rng(k * 31 + s)
+    zp = int(rng.integers(-128, 128))
+    writer = fold.writer(zp)
+    segment = np.full(writer.nbytes + 64, 0x5A, np.uint8)  # a host copy around the input's bytes
+    for _ in range(3):  # the writer's scratch is reused: nothing of a request stays in the next
+        x_q = rng.integers(-128, 128, size=shape, dtype=np.int8)
+        want = gather_reference(fold, x_q, zp)
+        np.testing.assert_array_equal(fold.apply(x_q, zp), want)
+        got = writer.write(x_q, segment[32:32 + writer.nbytes])
+        np.testing.assert_array_equal(got, want)
+        assert (segment[:32] == 0x5A).all() and (segment[32 + writer.nbytes:] == 0x5A).all()
+
+
+@pytest.mark.parametrize("shape, cout, k, stride, pads, icp", CASES)
+def test_the_folds_choose_gives_are_the_tested_forms(shape, cout, k, stride, pads, icp):
+    fold = input_fold.choose(stem_graph(k * 7 + stride, shape, cout, k, stride, pads), icp)
+    assert fold in (fold_of(shape, k, stride, pads, False), fold_of(shape, k, stride, pads, True))
+
+
+def test_the_fold_writer_refuses_bad_input():
+    fold = fold_of((32, 32, 3), 7, 2, (3, 3, 3, 3), True)
+    writer = fold.writer(-3)
+    out = np.empty(writer.nbytes, np.uint8)
+    with pytest.raises(ValueError, match=r"int8 HWC input of shape \(32, 32, 3\)"):
+        writer.write(np.zeros((32, 32, 3), np.uint8), out)
+    with pytest.raises(ValueError, match=r"int8 HWC input of shape \(32, 32, 3\)"):
+        writer.write(np.zeros((3, 32, 32), np.int8), out)
+    with pytest.raises(ValueError, match=f"contiguous buffer of {writer.nbytes} one-byte items"):
+        writer.write(np.zeros((32, 32, 3), np.int8), out[:-1])
+    with pytest.raises(ValueError, match="contiguous buffer"):
+        writer.write(np.zeros((32, 32, 3), np.int8), np.empty(2 * writer.nbytes, np.uint8)[::2])
+    with pytest.raises(ValueError, match="zero point is in"):
+        fold.writer(200)

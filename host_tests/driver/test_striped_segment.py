@@ -21,7 +21,7 @@ from harness import emulated_accelerator
 from vfpga import overlay
 from vfpga.driver import host_isa, isa
 from vfpga.driver.emulated import EmulatedDevice
-from vfpga.driver.segment import Segment, SegmentPlacementError
+from vfpga.driver.segment import Segment, SegmentBoundsError, SegmentPlacementError
 from vfpga.runtime.compiler import static
 from vfpga.runtime.hw import golden
 from vfpga.runtime.models import small
@@ -179,6 +179,37 @@ def test_syncs_move_exactly_their_range(device, offset, n):
         outside = np.ones(size, bool)
         outside[offset:offset + n] = False
         assert not np.any(host[outside] == 9)
+
+
+@pytest.mark.parametrize("striped", [False, True])
+def test_a_view_writes_the_host_copy_in_place(device, striped):
+    """What a writer puts into Segment.view is what Segment.write would put there: in the host copy only,
+    on the device after a sync of the range."""
+    size, offset, n = 6 * P * W, 3 * W + 5, 2 * P * W + 7
+    data = np.random.default_rng(5).integers(1, 256, n, dtype=np.uint8)
+    with Segment(size, device=device, stripe=STRIPE if striped else None) as seg, \
+            Segment(size, device=device, stripe=STRIPE if striped else None) as ref:
+        for s in (seg, ref):
+            s.write(0, np.zeros(size, np.uint8))
+            s.sync_to_device()
+        view = seg.view(offset, n)
+        assert view.dtype == np.uint8 and view.shape == (n,)
+        view[:] = data
+        ref.write(offset, data)
+        np.testing.assert_array_equal(seg.read(0, size), ref.read(0, size))
+        seg.sync_from_device()
+        assert not seg.read(0, size).any()  # nothing reached the device without a sync
+        view = seg.view(offset, n)
+        view[:] = data
+        seg.sync_to_device(offset, n)
+        ref.sync_to_device(offset, n)
+        seg.write(0, np.zeros(size, np.uint8))
+        seg.sync_from_device()
+        np.testing.assert_array_equal(seg.read(0, size), ref.read(0, size))
+        with pytest.raises(SegmentBoundsError, match=rf"\[{size - 1}, {size + 1}\)"):
+            seg.view(size - 1, 2)
+    with pytest.raises(RuntimeError, match="freed"):
+        seg.view(0, 1)
 
 
 def test_a_striped_segment_starts_in_bank_0(device):

@@ -99,7 +99,7 @@ class CnnBatchTenant(Tenant):
         hosts: list[dict] = [{} for _ in range(n)]  # each item's float outputs of host layers
         for i, job in enumerate(jobs):
             self._item = i
-            self._write(c.input, c.device_input(job.x_q))
+            self._write_input(job.x_q)
         completions, cpu_s, accel_index = [], 0.0, 0
         try:
             for part in c.parts:

@@ -132,6 +132,7 @@ class _PerRequest(threading.local):
         self.completed_at = 0.0  # its last completion record, read by the driver
         self.cpu_s = self.cpu_at_bell = self.cpu_at_done = 0.0  # its CPU parts' seconds: so far, at those
         self.stop = False  # the removal sentinel was met after some requests (RnnTenant._take)
+        self.fold_writer = None  # the folded input's writer (input_fold.FoldWriter), made at its first request
 
 
 def _per_request(name: str) -> property:
@@ -506,7 +507,7 @@ class Tenant:
 
     def _execute(self, x_q: np.ndarray) -> tuple[list[np.ndarray], RunInfo]:
         t0 = time.perf_counter()
-        self._write(self.compiled.input, self.compiled.device_input(x_q))
+        self._write_input(x_q)
         completions = []
         accel_index = 0
         cpu_s = 0.0
@@ -593,6 +594,23 @@ class Tenant:
         raw.view(np.int8).reshape(h, w, p.pixel_stride)[:, :, :c] = value
         self.segment.write(addr, raw[:span])
         self.segment.sync_to_device(addr, span)
+
+    def _write_input(self, x_q: np.ndarray) -> None:
+        """Writes a request's int8 HWC input into device memory; a folded input
+        (input_fold) is folded straight into the segment's host copy, then that
+        range alone is synced."""
+        c = self.compiled
+        p = c.input
+        h, w, ch = p.shape
+        if c.input_fold is None or p.pixel_stride != ch:
+            self._write(p, c.device_input(x_q))
+            return
+        writer = self._req.fold_writer
+        if writer is None:
+            writer = self._req.fold_writer = c.input_fold.writer(p.zero_point)
+        addr = p.addr + self._arena()
+        writer.write(x_q, self.segment.view(addr, h * w * ch))
+        self.segment.sync_to_device(addr, h * w * ch)
 
     def _run_cpu(self, index: int) -> None:
         layer = self.graph.layers[index]
