@@ -12,7 +12,7 @@
 // Frames run ahead. A frame's fault outcome is fixed by what the units check:
 // instruction fields and addresses against the segment (its bytes, where they
 // sit, the segment and the window), and one datum, the PARAM shifts a CONV
-// (ACC_FINAL) or RNN_GATES reads. A frame whose knowledge key (clean_key:
+// (ACC_FINAL) or RNN_GATES reads. A frame whose knowledge key (scan:
 // the instructions, their place, the segment, the bytes its PARAM loads read)
 // once ran without a fault, on a core whose PARAM shifts are all valid, runs
 // without a fault again, so it is timed from the cache at issue (a frame that
@@ -22,7 +22,12 @@
 // and waited for at issue, as the Python loop does with every frame. The
 // frames in flight together are independent (one layer of a tenant between
 // barriers, or disjoint segments), a core's next frame is issued only after
-// its frame retired, and records are written at retire.
+// its frame retired, and records are written at retire. A program whose
+// frames of one layer write where another's instructions or PARAM loads
+// read (a bad program) gets no run-ahead there: such a frame starts after
+// the running frames of its segment ended (start_batch). What such frames
+// read of each other's data is as racy as on the board, where they run
+// together.
 
 #include "vfpga_emu.h"
 #include "vfpga_ddr.h"
@@ -35,6 +40,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <utility>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -104,6 +110,8 @@ struct Job {
     JobState state = kIdle;  // under pool_mu
     bool ahead = false;      // timed at issue from the knowledge, without its result
     std::string clean;       // its knowledge key; empty: it never runs ahead
+    // segment ranges [lo, hi): what its fault outcome reads (instructions, PARAM load sources) and what it may write
+    std::vector<std::pair<uint64_t, uint64_t>> reads, writes;
 };
 
 }  // namespace
@@ -324,19 +332,36 @@ bool shifts_valid(const vf_emu_t *e, uint32_t core) {
     return true;
 }
 
-// The knowledge key of a frame about to run on `core`, "" when it may not run
-// ahead. What fixes its fault outcome: the core kind; the instruction bytes
-// and where they are (the fetch checks frame_offset against the limit); the
-// segment and the window (the core's limit is 0 when the segment is not
-// inside its banks); and the bytes of every PARAM load (the shifts a CONV or
-// RNN_GATES checks are the last loaded there, or the core's own, which must
-// then all be valid). Only one-step frames: the instructions of a later step
-// are fetched after the earlier ones ran, and a SAVE may have rewritten them.
-std::string clean_key(const vf_emu_t *e, const Job &j, uint32_t core) {
+bool overlap(const std::vector<std::pair<uint64_t, uint64_t>> &a, const std::vector<std::pair<uint64_t, uint64_t>> &b) {
+    for (const auto &x : a)
+        for (const auto &y : b)
+            if (x.first < y.second && y.first < x.second) return true;
+    return false;
+}
+
+// The knowledge key of frame j about to run on `core` (j.clean, "" when it
+// may not run ahead), and the segment ranges of j.reads / j.writes. What
+// fixes its fault outcome: the core kind; the instruction bytes and where
+// they are (the fetch checks frame_offset against the limit); the segment and
+// the window (the core's limit is 0 when the segment is not inside its
+// banks); and the bytes of every PARAM load (the shifts a CONV or RNN_GATES
+// checks are the last loaded there, or the core's own, which must then all be
+// valid). Only one-step frames: the instructions of a later step are fetched
+// after the earlier ones ran, and a SAVE may have rewritten them. The write
+// ranges bound the SAVEs' views (a SAVE outside its view faults before it
+// writes); start_batch keeps them apart from the read ranges of the frames
+// still running, so the bytes a key holds stay as they are until the frame ends.
+void scan(const vf_emu_t *e, Job &j, uint32_t core) {
     const vf_disp_frame_t &f = j.frame;
     const bool rnn = core >= VF_CNN_CORES;
+    j.clean.clear();
+    j.reads.assign(1, {f.frame_offset, (uint64_t)f.frame_offset + (uint64_t)f.n_insns * VF_INSN_BYTES});
+    j.writes.clear();
     std::string insns;
-    if (!frame_bytes(j.mem, j.bytes, f, &insns)) return std::string();
+    if (!frame_bytes(j.mem, j.bytes, f, &insns)) {
+        j.writes.assign(1, {0, UINT64_MAX});  // unknown: anything
+        return;
+    }
     std::string key(1, rnn ? 'r' : 'c');
     put(&key, f.frame_offset);
     put(&key, f.seg_win);
@@ -346,35 +371,60 @@ std::string clean_key(const vf_emu_t *e, const Job &j, uint32_t core) {
     key += insns;
     const vf_ddr_t d = vf_ddr_for(vf_ddr_window(j.mem, j.bytes), f.striped);
     const size_t start = key.size();
+    bool ok = true;
     for (uint32_t i = 0; i < f.n_insns; ++i) {
         const char *raw = insns.data() + 1 + (size_t)i * VF_INSN_BYTES;
         const uint8_t op = (uint8_t)raw[0];
         if (op == VF_OP_END) break;  // nothing after it runs
-        if ((op == VF_OP_FRAME && i > 0) || (op == VF_OP_BARRIER && i + 1 < f.n_insns)) return std::string();
-        if (!rnn && op == VF_OP_LOAD_LINEAR) {
+        if ((op == VF_OP_FRAME && i > 0) || (op == VF_OP_BARRIER && i + 1 < f.n_insns)) ok = false;
+        if (!rnn && op == VF_OP_SAVE) {
+            vf_insn_mem_t m;
+            std::memcpy(&m, raw, sizeof(m));
+            j.writes.push_back({m.dram_addr, (uint64_t)m.dram_addr + (uint64_t)m.height * m.width * m.pixel_stride});
+        } else if (rnn && op == VF_RNN_OP_SAVE) {
+            vf_insn_rnn_mem_t m;
+            std::memcpy(&m, raw, sizeof(m));
+            const uint64_t span = (uint64_t)(m.planes ? m.planes - 1 : 0) * m.plane_stride
+                                  + (uint64_t)(m.rows ? m.rows - 1 : 0) * m.row_stride + m.row_bytes;
+            j.writes.push_back({m.dram_addr, (uint64_t)m.dram_addr + span});
+        } else if (!rnn && op == VF_OP_LOAD_LINEAR) {
             vf_insn_linear_t l;
             std::memcpy(&l, raw, sizeof(l));
             if (l.buffer != VF_BUF_PARAM) continue;
+            j.reads.push_back({l.dram_addr, (uint64_t)l.dram_addr + l.nbytes});
             put(&key, i);
             if (key.size() - start + l.nbytes > kParamKeyLimit
                 || !seg_bytes(d, j.mem, j.bytes, f.seg_win, l.dram_addr, l.nbytes, &key))
-                return std::string();
+                ok = false;
         } else if (rnn && op == VF_RNN_OP_LOAD) {
             vf_insn_rnn_mem_t m;
             std::memcpy(&m, raw, sizeof(m));
             if (m.buffer != VF_RNN_BUF_PARAM) continue;
+            const uint64_t span = (uint64_t)(m.planes ? m.planes - 1 : 0) * m.plane_stride
+                                  + (uint64_t)(m.rows ? m.rows - 1 : 0) * m.row_stride + m.row_bytes;
+            j.reads.push_back({m.dram_addr, (uint64_t)m.dram_addr + span});
             put(&key, i);
-            if (key.size() - start + (uint64_t)m.planes * m.rows * m.row_bytes > kParamKeyLimit) return std::string();
-            for (uint32_t p = 0; p < m.planes; ++p)
-                for (uint32_t r = 0; r < m.rows; ++r)
-                    if (!seg_bytes(d, j.mem, j.bytes, f.seg_win,
+            if (!ok || key.size() - start + (uint64_t)m.planes * m.rows * m.row_bytes > kParamKeyLimit) {
+                ok = false;
+                continue;
+            }
+            for (uint32_t p = 0; p < m.planes && ok; ++p)
+                for (uint32_t r = 0; r < m.rows && ok; ++r)
+                    ok = seg_bytes(d, j.mem, j.bytes, f.seg_win,
                                    (uint64_t)m.dram_addr + (uint64_t)p * m.plane_stride + (uint64_t)r * m.row_stride,
-                                   m.row_bytes, &key))
-                        return std::string();
+                                   m.row_bytes, &key);
         }
     }
-    if (!shifts_valid(e, core)) return std::string();
-    return key;
+    if (overlap(j.writes, j.reads)) {  // it rewrites what it runs or loads: later steps may write anywhere
+        j.writes.assign(1, {0, UINT64_MAX});
+        return;
+    }
+    if (ok && shifts_valid(e, core)) j.clean = std::move(key);
+}
+
+// Frame j may not start while frame o (not finished) runs: one writes where the other's outcome reads.
+bool conflicts(const Job &j, const Job &o) {
+    return j.frame.seg_win == o.frame.seg_win && (overlap(j.writes, o.reads) || overlap(j.reads, o.writes));
 }
 
 // PoolTimeline.issue for batch frame it; 0 when scheduled, else the question for Python.
@@ -590,25 +640,47 @@ namespace {
 
 // The batch's frames start on the threads: those known clean are timed now
 // without their results, the others are waited for (run_batch's question
-// for buffers comes first).
+// for buffers comes first). A frame that could change what a frame still
+// running reads, or read what it may write, starts after the running frames
+// of its segment ended, and does not run ahead.
 void start_batch(vf_emu_t *e, std::unique_lock<std::mutex> &lk) {
-    std::vector<uint32_t> wait, ahead;
+    std::vector<uint32_t> cores;
     for (Issued &it : e->batch) {
         Job &j = e->jobs[it.core];
         j.frame = it.frame;
         j.mem = e->batch_mem;
         j.bytes = e->batch_bytes;
-        j.clean = clean_key(e, j, it.core);
-        std::string bytes;
-        j.ahead = !j.clean.empty() && e->clean.count(j.clean);
-        if (e->trust_cached && !j.ahead && frame_bytes(j.mem, j.bytes, j.frame, &bytes))
-            j.ahead = e->cache[it.core >= VF_CNN_CORES].count(bytes) != 0;
-        (j.ahead ? ahead : wait).push_back(it.core);
+        scan(e, j, it.core);
+        cores.push_back(it.core);
     }
-    e->ahead += ahead.size();
-    wait.insert(wait.end(), ahead.begin(), ahead.end());  // the ones waited for first
+    const bool trust = e->trust_cached;
     lk.unlock();
-    start_jobs(e, wait);
+    size_t started = 0;
+    for (size_t k = 0; k < cores.size(); ++k) {
+        Job &j = e->jobs[cores[k]];
+        bool clash = false;
+        {
+            std::lock_guard<std::mutex> l(e->pool_mu);
+            for (uint32_t c = 0; c < VF_POOL_CORES && !clash; ++c) {
+                const Job &o = e->jobs[c];
+                const bool open = o.state == kQueued || o.state == kRunning
+                                  || std::find(cores.begin(), cores.begin() + k, c) != cores.begin() + k;
+                clash = c != cores[k] && open && conflicts(j, o);
+            }
+        }
+        if (clash) {  // the frames before it in the batch start, then those of its segment end
+            start_jobs(e, std::vector<uint32_t>(cores.begin() + started, cores.begin() + k));
+            started = k;
+            for (uint32_t c = 0; c < VF_POOL_CORES; ++c)
+                if (c != cores[k] && e->jobs[c].frame.seg_win == j.frame.seg_win) wait_job(e, c);
+        }
+        // the knowledge and the timing cache are the loop thread's own (Python answers on this thread)
+        std::string bytes;
+        j.ahead = !clash && !j.clean.empty() && e->clean.count(j.clean) != 0;
+        if (trust && !j.ahead && frame_bytes(j.mem, j.bytes, j.frame, &bytes))
+            j.ahead = e->cache[cores[k] >= VF_CNN_CORES].count(bytes) != 0;
+    }
+    start_jobs(e, std::vector<uint32_t>(cores.begin() + started, cores.end()));
     for (Issued &it : e->batch) {
         if (e->jobs[it.core].ahead) continue;  // its result stays zero: it does not fault
         wait_job(e, it.core);
@@ -616,6 +688,7 @@ void start_batch(vf_emu_t *e, std::unique_lock<std::mutex> &lk) {
         it.counters = e->jobs[it.core].counters;
     }
     lk.lock();
+    for (Issued &it : e->batch) e->ahead += e->jobs[it.core].ahead;
 }
 
 // The retiring frame f gets its job's result; false (e->error set) if it ran ahead and faulted.
