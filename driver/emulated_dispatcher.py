@@ -44,7 +44,8 @@ seen run without a fault (the same instructions, segment and PARAM load
 bytes) runs ahead: it is timed at issue, runs on a host thread while the
 loop goes on and is waited for only when it retires (a frame issued after
 the first wave of a layer no longer runs alone); one that faults anyway
-is an internal error (``error``). The Python
+is an internal error (``error``); VFPGA_EMU_AHEAD=0 turns running ahead
+off (every frame waited for at issue, for comparison). The Python
 loop (``loop="python"``, or the environment variable VFPGA_EMU_LOOP=python)
 is the reference the C++ one is tested against
 (host_tests/driver/test_native_loop.py): the same clock, records and
@@ -203,6 +204,7 @@ class EmulatedDispatcher:
                 "rnn_scrub_cycles": t.rnn_scrub_cycles, "charge_scrubs": int(t.charge_scrubs),
                 "compute": int(bool(device.compute)), "bank_stride": t.bank_stride, "n_banks": t.n_banks,
                 "threads": max(1, min(self.n_cores, os.cpu_count() or 1)),
+                "run_ahead": int(os.environ.get("VFPGA_EMU_AHEAD", "1") != "0"),
                 **{name: ffi.cast("int64_t *", a.ctypes.data) for name, a in
                    zip(("core_busy_cycles", "tenant_frame_cycles", "tenant_solo_cycles"), arrays)}})
             self._emu = ffi.gc(lib.vf_emu_new(self._emu_config, self.regs, self.state), lib.vf_emu_free)

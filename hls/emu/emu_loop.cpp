@@ -676,7 +676,7 @@ void start_batch(vf_emu_t *e, std::unique_lock<std::mutex> &lk) {
         }
         // the knowledge and the timing cache are the loop thread's own (Python answers on this thread)
         std::string bytes;
-        j.ahead = !clash && !j.clean.empty() && e->clean.count(j.clean) != 0;
+        j.ahead = e->cfg.run_ahead && !clash && !j.clean.empty() && e->clean.count(j.clean) != 0;
         if (trust && !j.ahead && frame_bytes(j.mem, j.bytes, j.frame, &bytes))
             j.ahead = e->cache[cores[k] >= VF_CNN_CORES].count(bytes) != 0;
     }

@@ -40,7 +40,8 @@ typedef struct {
     uint32_t compute;            /* 0: the timing-only board, frames are timed, never run */
     uint64_t bank_stride;
     uint32_t n_banks;
-    uint32_t threads;            /* host threads that run frames issued together (with the loop's own) */
+    uint32_t threads;            /* host threads that run frames (the loop's own among them) */
+    uint32_t run_ahead;          /* 0: every frame is waited for at issue (the comparison point) */
     int64_t *core_busy_cycles;   /* VF_POOL_CORES entries, accumulated */
     int64_t *tenant_frame_cycles;  /* VF_DISP_TENANTS entries: frame cycles as run */
     int64_t *tenant_solo_cycles;   /* the same with the bank to themselves */

@@ -304,3 +304,23 @@ def test_corrupted_knowledge_is_an_internal_error(monkeypatch):
     assert "known to run without a fault faulted" in message and "tenant 0 request" in message
     with pytest.raises(RuntimeError, match="internal error.*known to run without a fault"):
         disp.read_word(0)
+
+
+@pytest.mark.parametrize("ahead", ["1", "0"])
+def test_later_requests_run_ahead_unless_turned_off(monkeypatch, ahead):
+    """A tenant's second request runs ahead (all its frames), or none with VFPGA_EMU_AHEAD=0; the same outputs."""
+    monkeypatch.setenv("VFPGA_EMU_AHEAD", ahead)
+    dev = _device(monkeypatch, "native", True)
+    accel = tenants.Accelerator(BOARD, device=dev)
+    try:
+        t = accel.deploy(static.compile_graph(small.conv_graph(4), BOARD), cores=2, name="a")
+        x = random_inputs(t.graph, 1, 0)[0]
+        first, _ = t.run_quantized(x)
+        frames = dev.dispatcher.timeline.frames
+        assert dev.lib.vf_emu_frames_ahead(dev.dispatcher._emu) == 0  # nothing known yet
+        again, _ = t.run_quantized(x)
+        assert all(np.array_equal(a, b) for a, b in zip(first, again))
+        n_ahead = dev.lib.vf_emu_frames_ahead(dev.dispatcher._emu)
+        assert n_ahead == (dev.dispatcher.timeline.frames - frames if ahead == "1" else 0)
+    finally:
+        accel.close()
