@@ -234,6 +234,21 @@ bool job_done(vf_emu_t *e, uint32_t core) {
     return e->jobs[core].state == kDone || e->jobs[core].state == kIdle;
 }
 
+// Runs (helping) or waits for every job not finished: the frames in flight have all written their outputs.
+void finish_jobs(vf_emu_t *e) {
+    std::unique_lock<std::mutex> l(e->pool_mu);
+    for (;;) {
+        if (!e->queue.empty()) {
+            run_next(e, l);
+            continue;
+        }
+        bool running = false;
+        for (const Job &j : e->jobs) running |= j.state == kRunning;
+        if (!running) return;
+        e->done_cv.wait(l);
+    }
+}
+
 // Drops the queued jobs and waits for the running ones (the loop stops: nothing may touch memory after).
 void drain_jobs(vf_emu_t *e) {
     std::unique_lock<std::mutex> l(e->pool_mu);
@@ -761,6 +776,11 @@ uint32_t vf_emu_run(vf_emu_t *e, vf_emu_need_t *need) {
             e->next = 0;
             e->batch_ran = false;
             continue;  // the dispatcher iterates until an iteration does nothing
+        }
+        if (!e->stop && !e->running) {  // stopped with frames in flight: they run to their end, as the cores do
+            lk.unlock();
+            finish_jobs(e);
+            lk.lock();
         }
         while (!e->stop && !e->running) e->wake.wait(lk);
         if (e->stop) return stopped(e, lk);
