@@ -208,14 +208,19 @@ void start_jobs(vf_emu_t *e, const std::vector<uint32_t> &cores) {
     if (cores.empty()) return;
     if (e->workers.empty())
         for (uint32_t t = 1; t < e->cfg.threads; ++t) e->workers.emplace_back(worker, e);
+    bool alone;
     {
         std::lock_guard<std::mutex> l(e->pool_mu);
+        alone = cores.size() == 1 && e->queue.empty();
+        for (const Job &j : e->jobs) alone &= j.state != kRunning;
         for (uint32_t c : cores) {
             e->jobs[c].state = kQueued;
             e->queue.push_back(c);
         }
     }
-    e->pool_cv.notify_all();
+    // a frame with nothing to run beside it is left to the loop's thread (wait_job takes it): handing
+    // it to a worker costs a thread switch and a cold cache, and gains nothing
+    if (!alone) e->pool_cv.notify_all();
 }
 
 // Returns once core's job has run; meanwhile the loop's thread runs queued jobs itself (e->mu not held).
