@@ -39,7 +39,13 @@ it has not seen (a frame's cycles alone and DDR demand, its cycles at a
 bank load, a faulting frame's cycles) and keeps the answer per instruction
 bytes, so a deployed program's frames are timed by Python once; the bank
 sharing (frame_timing.bank_stretches, the frames' ends revised as frames
-start and end) is done in C++ float for float. The Python
+start and end) is done in C++ float for float. A frame the C++ loop has
+seen run without a fault (the same instructions, segment and PARAM load
+bytes) runs ahead: it is timed at issue, runs on a host thread while the
+loop goes on and is waited for only when it retires (a frame issued after
+the first wave of a layer no longer runs alone); one that faults anyway
+is an internal error (``error``); VFPGA_EMU_AHEAD=0 turns running ahead
+off (every frame waited for at issue, for comparison). The Python
 loop (``loop="python"``, or the environment variable VFPGA_EMU_LOOP=python)
 is the reference the C++ one is tested against
 (host_tests/driver/test_native_loop.py): the same clock, records and
@@ -198,6 +204,7 @@ class EmulatedDispatcher:
                 "rnn_scrub_cycles": t.rnn_scrub_cycles, "charge_scrubs": int(t.charge_scrubs),
                 "compute": int(bool(device.compute)), "bank_stride": t.bank_stride, "n_banks": t.n_banks,
                 "threads": max(1, min(self.n_cores, os.cpu_count() or 1)),
+                "run_ahead": int(os.environ.get("VFPGA_EMU_AHEAD", "1") != "0"),
                 **{name: ffi.cast("int64_t *", a.ctypes.data) for name, a in
                    zip(("core_busy_cycles", "tenant_frame_cycles", "tenant_solo_cycles"), arrays)}})
             self._emu = ffi.gc(lib.vf_emu_new(self._emu_config, self.regs, self.state), lib.vf_emu_free)
@@ -355,7 +362,7 @@ class EmulatedDispatcher:
         ffi, lib, emu, t = self.ffi, self.lib, self._emu, self.timeline
         need = ffi.new("vf_emu_need_t *")
         names = {lib.VF_EMU_BUFFERS: "buffers", lib.VF_EMU_SOLO: "solo", lib.VF_EMU_UNTIMED: "untimed",
-                 lib.VF_EMU_FAULTED: "faulted"}
+                 lib.VF_EMU_FAULTED: "faulted", lib.VF_EMU_ERROR: "error"}
         while True:
             kind = lib.vf_emu_run(emu, need)  # the GIL is released while it loops
             if kind == lib.VF_EMU_STOP:
@@ -373,6 +380,8 @@ class EmulatedDispatcher:
                 lib.vf_emu_put_cycles(emu, int(t.frame_cycles(None, frame, rnn)))
             elif kind == lib.VF_EMU_FAULTED:
                 lib.vf_emu_put_cycles(emu, int(t._faulted(frame, need.result, need.counters)))
+            elif kind == lib.VF_EMU_ERROR:  # the loop broke its own rule; it stays stopped
+                raise RuntimeError(f"native dispatcher loop: {ffi.string(need.message).decode()}")
             else:
                 raise AssertionError(f"the native loop asked for {kind}")
 

@@ -8,6 +8,26 @@
 // runtime/hw/timeline.py (PoolTimeline.issue / pop / _share) with the frames in
 // flight in the same list order and the same float operations in the same
 // order, so every revised frame end is the same number.
+//
+// Frames run ahead. A frame's fault outcome is fixed by what the units check:
+// instruction fields and addresses against the segment (its bytes, where they
+// sit, the segment and the window), and one datum, the PARAM shifts a CONV
+// (ACC_FINAL) or RNN_GATES reads. A frame whose knowledge key (scan:
+// the instructions, their place, the segment, the bytes its PARAM loads read)
+// once ran without a fault, on a core whose PARAM shifts are all valid, runs
+// without a fault again, so it is timed from the cache at issue (a frame that
+// does not fault is timed from its bytes alone) and runs on a worker thread
+// while the loop goes on; the loop waits for it only when it retires, and
+// retires it with its real result, checking the claim. Other frames are run
+// and waited for at issue, as the Python loop does with every frame. The
+// frames in flight together are independent (one layer of a tenant between
+// barriers, or disjoint segments), a core's next frame is issued only after
+// its frame retired, and records are written at retire. A program whose
+// frames of one layer write where another's instructions or PARAM loads
+// read (a bad program) gets no run-ahead there: such a frame starts after
+// the running frames of its segment ended (start_batch). What such frames
+// read of each other's data is as racy as on the board, where they run
+// together.
 
 #include "vfpga_emu.h"
 #include "vfpga_ddr.h"
@@ -15,18 +35,24 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <map>
+#include <utility>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace {
 
 const size_t kCacheLimit = 1u << 16;  // instruction byte strings whose timings are kept
+const size_t kCleanLimit = 1u << 13;  // knowledge keys of frames seen to run without a fault
+const uint64_t kParamKeyLimit = 1u << 20;  // PARAM load bytes a knowledge key may hold
 
 struct Flight {
     uint64_t end;
@@ -73,6 +99,21 @@ struct Issued {
     vf_core_counters_t counters;
 };
 
+// A frame's execution on its core (one per core: a core's next frame comes after this one retired).
+enum JobState { kIdle, kQueued, kRunning, kDone };
+struct Job {
+    vf_disp_frame_t frame;
+    int8_t *mem = nullptr;  // the window it was issued with
+    uint64_t bytes = 0;
+    vf_core_state_t result;
+    vf_core_counters_t counters;
+    JobState state = kIdle;  // under pool_mu
+    bool ahead = false;      // timed at issue from the knowledge, without its result
+    std::string clean;       // its knowledge key; empty: it never runs ahead
+    // segment ranges [lo, hi): what its fault outcome reads (instructions, PARAM load sources) and what it may write
+    std::vector<std::pair<uint64_t, uint64_t>> reads, writes;
+};
+
 }  // namespace
 
 struct vf_emu {
@@ -105,13 +146,18 @@ struct vf_emu {
     uint32_t asked_kind = 0, asked_rnn = 0;
     std::string asked_key;
 
-    // frames issued together run on these threads and the loop's own
+    // frames run on these threads and the loop's own (while it waits for one)
     std::vector<std::thread> workers;
     std::mutex pool_mu;
     std::condition_variable pool_cv, done_cv;
-    uint64_t gen = 0;
-    size_t pool_next = 0, pool_n = 0, pool_pending = 0;
+    std::vector<Job> jobs;       // per core
+    std::deque<uint32_t> queue;  // cores whose job waits for a thread
     bool pool_stop = false;
+
+    std::unordered_set<std::string> clean;  // knowledge keys seen to run without a fault
+    uint64_t ahead = 0;         // frames run ahead
+    bool trust_cached = false;  // test hook: corrupted knowledge (every frame with a cached timing runs ahead)
+    std::string error;          // an internal error (vf_emu_run returns VF_EMU_ERROR)
 };
 
 namespace {
@@ -124,65 +170,100 @@ void irq_raise(vf_emu_t *e) {
     e->irq_cv.notify_all();
 }
 
-void run_one(vf_emu_t *e, Issued &it) {
-    std::memset(&it.result, 0, sizeof(it.result));
-    std::memset(&it.counters, 0, sizeof(it.counters));
-    void *buf = e->buffers[it.core];
-    if (it.core < VF_CNN_CORES)
-        vf_dispatch_run_frame(e->batch_mem, e->batch_bytes, &it.frame, (vf_cnn_buffers_t *)buf, &it.result,
-                              &it.counters, nullptr);
+void run_job(vf_emu_t *e, uint32_t core) {
+    Job &j = e->jobs[core];
+    std::memset(&j.result, 0, sizeof(j.result));
+    std::memset(&j.counters, 0, sizeof(j.counters));
+    void *buf = e->buffers[core];
+    if (core < VF_CNN_CORES)
+        vf_dispatch_run_frame(j.mem, j.bytes, &j.frame, (vf_cnn_buffers_t *)buf, &j.result, &j.counters, nullptr);
     else
-        vf_dispatch_run_rnn_frame(e->batch_mem, e->batch_bytes, &it.frame, (vf_rnn_buffers_t *)buf, &it.result,
-                                  &it.counters, nullptr);
+        vf_dispatch_run_rnn_frame(j.mem, j.bytes, &j.frame, (vf_rnn_buffers_t *)buf, &j.result, &j.counters,
+                                  nullptr);
 }
 
-void work(vf_emu_t *e) {
-    for (;;) {
-        size_t i;
-        {
-            std::lock_guard<std::mutex> l(e->pool_mu);
-            if (e->pool_next >= e->pool_n) return;
-            i = e->pool_next++;
-        }
-        run_one(e, e->batch[i]);
-        std::lock_guard<std::mutex> l(e->pool_mu);
-        if (--e->pool_pending == 0) e->done_cv.notify_all();
-    }
+// Takes the first queued job and runs it (pool_mu held on entry and exit, released while it runs).
+void run_next(vf_emu_t *e, std::unique_lock<std::mutex> &l) {
+    uint32_t core = e->queue.front();
+    e->queue.pop_front();
+    e->jobs[core].state = kRunning;
+    l.unlock();
+    run_job(e, core);
+    l.lock();
+    e->jobs[core].state = kDone;
+    e->done_cv.notify_all();
 }
 
 void worker(vf_emu_t *e) {
-    uint64_t seen = 0;
+    std::unique_lock<std::mutex> l(e->pool_mu);
     for (;;) {
-        {
-            std::unique_lock<std::mutex> l(e->pool_mu);
-            e->pool_cv.wait(l, [&] { return e->pool_stop || e->gen != seen; });
-            if (e->pool_stop) return;
-            seen = e->gen;
-        }
-        work(e);
+        e->pool_cv.wait(l, [&] { return e->pool_stop || !e->queue.empty(); });
+        if (e->pool_stop) return;
+        run_next(e, l);
     }
 }
 
-// Runs the batch's frames, several at once when there are several (the loop's mutex is not held).
-void run_batch(vf_emu_t *e) {
-    size_t n = e->batch.size();
-    if (n == 1 || e->cfg.threads <= 1) {
-        for (auto &it : e->batch) run_one(e, it);
-        return;
-    }
+// Queues the jobs of `cores` for the threads (e->mu not held).
+void start_jobs(vf_emu_t *e, const std::vector<uint32_t> &cores) {
+    if (cores.empty()) return;
     if (e->workers.empty())
         for (uint32_t t = 1; t < e->cfg.threads; ++t) e->workers.emplace_back(worker, e);
+    bool alone;
     {
         std::lock_guard<std::mutex> l(e->pool_mu);
-        e->pool_next = 0;
-        e->pool_n = e->pool_pending = n;
-        e->gen++;
+        alone = cores.size() == 1 && e->queue.empty();
+        for (const Job &j : e->jobs) alone &= j.state != kRunning;
+        for (uint32_t c : cores) {
+            e->jobs[c].state = kQueued;
+            e->queue.push_back(c);
+        }
     }
-    e->pool_cv.notify_all();
-    work(e);
+    // a frame with nothing to run beside it is left to the loop's thread (wait_job takes it): handing
+    // it to a worker costs a thread switch and a cold cache, and gains nothing
+    if (!alone) e->pool_cv.notify_all();
+}
+
+// Returns once core's job has run; meanwhile the loop's thread runs queued jobs itself (e->mu not held).
+void wait_job(vf_emu_t *e, uint32_t core) {
     std::unique_lock<std::mutex> l(e->pool_mu);
-    e->done_cv.wait(l, [&] { return e->pool_pending == 0; });
-    e->pool_n = 0;  // a late worker finds nothing to take
+    while (e->jobs[core].state != kDone && e->jobs[core].state != kIdle) {
+        if (!e->queue.empty())
+            run_next(e, l);
+        else
+            e->done_cv.wait(l);
+    }
+}
+
+bool job_done(vf_emu_t *e, uint32_t core) {
+    std::lock_guard<std::mutex> l(e->pool_mu);
+    return e->jobs[core].state == kDone || e->jobs[core].state == kIdle;
+}
+
+// Runs (helping) or waits for every job not finished: the frames in flight have all written their outputs.
+void finish_jobs(vf_emu_t *e) {
+    std::unique_lock<std::mutex> l(e->pool_mu);
+    for (;;) {
+        if (!e->queue.empty()) {
+            run_next(e, l);
+            continue;
+        }
+        bool running = false;
+        for (const Job &j : e->jobs) running |= j.state == kRunning;
+        if (!running) return;
+        e->done_cv.wait(l);
+    }
+}
+
+// Drops the queued jobs and waits for the running ones (the loop stops: nothing may touch memory after).
+void drain_jobs(vf_emu_t *e) {
+    std::unique_lock<std::mutex> l(e->pool_mu);
+    for (uint32_t c : e->queue) e->jobs[c].state = kIdle;
+    e->queue.clear();
+    e->done_cv.wait(l, [&] {
+        for (const Job &j : e->jobs)
+            if (j.state == kRunning) return false;
+        return true;
+    });
 }
 
 uint32_t ask(vf_emu_t *e, vf_emu_need_t *need, uint32_t kind, const Issued &it, uint32_t rnn) {
@@ -226,23 +307,144 @@ void share(vf_emu_t *e, uint32_t bank) {
     }
 }
 
+// Appends n bytes of the segment at segment offset `off` as the cores read
+// them (through the stripe mapping when striped); false when any is outside
+// the window.
+bool seg_bytes(const vf_ddr_t &d, int8_t *mem, uint64_t mem_bytes, uint64_t seg_win, uint64_t off, uint64_t n,
+               std::string *out) {
+    for (uint64_t k = 0; k < n;) {  // one run per bus word of a striped segment, else one
+        const uint64_t m = d.striped ? vf_ddr_min(VF_DDR_WORD - (off + k) % VF_DDR_WORD, n - k) : n;
+        const uint64_t at = vf_seg_window(d, seg_win, off + k);
+        if (at > mem_bytes || m > mem_bytes - at) return false;
+        out->append((const char *)mem + at, m);
+        k += m;
+    }
+    return true;
+}
+
 // PoolTimeline._bytes: the frame's instructions (through the stripe mapping
 // when its segment is striped), false when any of them is outside memory. The
 // striped flag leads the key: the same instructions demand a striped
 // segment's banks together, or one bank.
-bool frame_bytes(const vf_emu_t *e, const vf_disp_frame_t &f, std::string *key) {
+bool frame_bytes(int8_t *mem, uint64_t mem_bytes, const vf_disp_frame_t &f, std::string *key) {
     const uint64_t n = (uint64_t)f.n_insns * VF_INSN_BYTES;
     if (n == 0) return false;
-    const vf_ddr_t d = vf_ddr_for(vf_ddr_window(e->batch_mem, e->batch_bytes), f.striped);
+    const vf_ddr_t d = vf_ddr_for(vf_ddr_window(mem, mem_bytes), f.striped);
     key->assign(1, f.striped ? '\1' : '\0');
-    for (uint64_t k = 0; k < n;) {  // one run per bus word of a striped segment, else one
-        const uint64_t m = d.striped ? vf_ddr_min(VF_DDR_WORD - (f.frame_offset + k) % VF_DDR_WORD, n - k) : n;
-        const uint64_t at = vf_seg_window(d, f.seg_win, f.frame_offset + k);
-        if (at + m > e->batch_bytes) return false;
-        key->append((const char *)e->batch_mem + at, m);
-        k += m;
+    return seg_bytes(d, mem, mem_bytes, f.seg_win, f.frame_offset, n, key);
+}
+
+template <class T>
+void put(std::string *key, T v) {
+    key->append((const char *)&v, sizeof(v));
+}
+
+// The PARAM shifts of a core's buffers all in [0, 62] (the only buffer words a unit's fault check reads)?
+bool shifts_valid(const vf_emu_t *e, uint32_t core) {
+    const bool rnn = core >= VF_CNN_CORES;
+    const int32_t *p = rnn ? ((const vf_rnn_buffers_t *)e->buffers[core])->param
+                           : ((const vf_cnn_buffers_t *)e->buffers[core])->param;
+    const uint64_t entries = rnn ? VF_RNN_PARAM_ENTRIES : VF_PARAM_ENTRIES;
+    for (uint64_t i = 0; i < entries; ++i) {
+        const int32_t s = p[i * VF_PARAM_ENTRY_WORDS + 2];
+        if (s < 0 || s > 62) return false;
     }
     return true;
+}
+
+bool overlap(const std::vector<std::pair<uint64_t, uint64_t>> &a, const std::vector<std::pair<uint64_t, uint64_t>> &b) {
+    for (const auto &x : a)
+        for (const auto &y : b)
+            if (x.first < y.second && y.first < x.second) return true;
+    return false;
+}
+
+// The knowledge key of frame j about to run on `core` (j.clean, "" when it
+// may not run ahead), and the segment ranges of j.reads / j.writes. What
+// fixes its fault outcome: the core kind; the instruction bytes and where
+// they are (the fetch checks frame_offset against the limit); the segment and
+// the window (the core's limit is 0 when the segment is not inside its
+// banks); and the bytes of every PARAM load (the shifts a CONV or RNN_GATES
+// checks are the last loaded there, or the core's own, which must then all be
+// valid). Only one-step frames: the instructions of a later step are fetched
+// after the earlier ones ran, and a SAVE may have rewritten them. The write
+// ranges bound the SAVEs' views (a SAVE outside its view faults before it
+// writes); start_batch keeps them apart from the read ranges of the frames
+// still running, so the bytes a key holds stay as they are until the frame ends.
+void scan(const vf_emu_t *e, Job &j, uint32_t core) {
+    const vf_disp_frame_t &f = j.frame;
+    const bool rnn = core >= VF_CNN_CORES;
+    j.clean.clear();
+    j.reads.assign(1, {f.frame_offset, (uint64_t)f.frame_offset + (uint64_t)f.n_insns * VF_INSN_BYTES});
+    j.writes.clear();
+    std::string insns;
+    if (!frame_bytes(j.mem, j.bytes, f, &insns)) {
+        j.writes.assign(1, {0, UINT64_MAX});  // unknown: anything
+        return;
+    }
+    std::string key(1, rnn ? 'r' : 'c');
+    put(&key, f.frame_offset);
+    put(&key, f.seg_win);
+    put(&key, f.seg_limit);
+    put(&key, j.bytes);
+    put(&key, (uint64_t)insns.size());
+    key += insns;
+    const vf_ddr_t d = vf_ddr_for(vf_ddr_window(j.mem, j.bytes), f.striped);
+    const size_t start = key.size();
+    bool ok = true;
+    for (uint32_t i = 0; i < f.n_insns; ++i) {
+        const char *raw = insns.data() + 1 + (size_t)i * VF_INSN_BYTES;
+        const uint8_t op = (uint8_t)raw[0];
+        if (op == VF_OP_END) break;  // nothing after it runs
+        if ((op == VF_OP_FRAME && i > 0) || (op == VF_OP_BARRIER && i + 1 < f.n_insns)) ok = false;
+        if (!rnn && op == VF_OP_SAVE) {
+            vf_insn_mem_t m;
+            std::memcpy(&m, raw, sizeof(m));
+            j.writes.push_back({m.dram_addr, (uint64_t)m.dram_addr + (uint64_t)m.height * m.width * m.pixel_stride});
+        } else if (rnn && op == VF_RNN_OP_SAVE) {
+            vf_insn_rnn_mem_t m;
+            std::memcpy(&m, raw, sizeof(m));
+            const uint64_t span = (uint64_t)(m.planes ? m.planes - 1 : 0) * m.plane_stride
+                                  + (uint64_t)(m.rows ? m.rows - 1 : 0) * m.row_stride + m.row_bytes;
+            j.writes.push_back({m.dram_addr, (uint64_t)m.dram_addr + span});
+        } else if (!rnn && op == VF_OP_LOAD_LINEAR) {
+            vf_insn_linear_t l;
+            std::memcpy(&l, raw, sizeof(l));
+            if (l.buffer != VF_BUF_PARAM) continue;
+            j.reads.push_back({l.dram_addr, (uint64_t)l.dram_addr + l.nbytes});
+            put(&key, i);
+            if (key.size() - start + l.nbytes > kParamKeyLimit
+                || !seg_bytes(d, j.mem, j.bytes, f.seg_win, l.dram_addr, l.nbytes, &key))
+                ok = false;
+        } else if (rnn && op == VF_RNN_OP_LOAD) {
+            vf_insn_rnn_mem_t m;
+            std::memcpy(&m, raw, sizeof(m));
+            if (m.buffer != VF_RNN_BUF_PARAM) continue;
+            const uint64_t span = (uint64_t)(m.planes ? m.planes - 1 : 0) * m.plane_stride
+                                  + (uint64_t)(m.rows ? m.rows - 1 : 0) * m.row_stride + m.row_bytes;
+            j.reads.push_back({m.dram_addr, (uint64_t)m.dram_addr + span});
+            put(&key, i);
+            if (!ok || key.size() - start + (uint64_t)m.planes * m.rows * m.row_bytes > kParamKeyLimit) {
+                ok = false;
+                continue;
+            }
+            for (uint32_t p = 0; p < m.planes && ok; ++p)
+                for (uint32_t r = 0; r < m.rows && ok; ++r)
+                    ok = seg_bytes(d, j.mem, j.bytes, f.seg_win,
+                                   (uint64_t)m.dram_addr + (uint64_t)p * m.plane_stride + (uint64_t)r * m.row_stride,
+                                   m.row_bytes, &key);
+        }
+    }
+    if (overlap(j.writes, j.reads)) {  // it rewrites what it runs or loads: later steps may write anywhere
+        j.writes.assign(1, {0, UINT64_MAX});
+        return;
+    }
+    if (ok && shifts_valid(e, core)) j.clean = std::move(key);
+}
+
+// Frame j may not start while frame o (not finished) runs: one writes where the other's outcome reads.
+bool conflicts(const Job &j, const Job &o) {
+    return j.frame.seg_win == o.frame.seg_win && (overlap(j.writes, o.reads) || overlap(j.reads, o.writes));
 }
 
 // PoolTimeline.issue for batch frame it; 0 when scheduled, else the question for Python.
@@ -259,7 +461,7 @@ uint32_t time_frame(vf_emu_t *e, const Issued &it, vf_emu_need_t *need) {
         if (!answered(e, VF_EMU_FAULTED, &solo)) return ask(e, need, VF_EMU_FAULTED, it, rnn);
     } else {
         std::string key;
-        if (frame_bytes(e, f, &key)) {
+        if (frame_bytes(e->batch_mem, e->batch_bytes, f, &key)) {
             auto found = e->cache[rnn].find(key);
             if (found == e->cache[rnn].end()) {
                 e->asked_key = key;
@@ -294,13 +496,19 @@ uint32_t time_frame(vf_emu_t *e, const Issued &it, vf_emu_need_t *need) {
     return 0;
 }
 
-// PoolTimeline.pop: the frame ending first (of equal ends, the one issued first) leaves; its bank is shared anew.
-Flight pop(vf_emu_t *e) {
+// The index of the frame pop() takes next: the one ending first (of equal ends, the one issued first).
+size_t next_out(const vf_emu_t *e) {
     size_t best = 0;
     for (size_t i = 1; i < e->inflight.size(); ++i) {
         const Flight &a = e->inflight[i], &b = e->inflight[best];
         if (a.end < b.end || (a.end == b.end && a.order < b.order)) best = i;
     }
+    return best;
+}
+
+// PoolTimeline.pop: the frame ending first (of equal ends, the one issued first) leaves; its bank is shared anew.
+Flight pop(vf_emu_t *e) {
+    size_t best = next_out(e);
     Flight f = e->inflight[best];
     e->inflight.erase(e->inflight.begin() + best);
     e->now = std::max(e->now, f.end);
@@ -326,10 +534,12 @@ vf_emu_t *vf_emu_new(const vf_emu_config_t *config, vf_disp_regs_t *regs, vf_dis
     e->regs = regs;
     e->state = state;
     e->buffers.assign(VF_POOL_CORES, nullptr);
+    e->jobs.resize(VF_POOL_CORES);
     return e;
 }
 
 void vf_emu_free(vf_emu_t *e) {
+    drain_jobs(e);
     {
         std::lock_guard<std::mutex> l(e->pool_mu);
         e->pool_stop = true;
@@ -436,11 +646,119 @@ void vf_emu_put_cycles(vf_emu_t *e, uint64_t cycles) {
     e->answers[e->asked_kind] = cycles;
 }
 
+uint64_t vf_emu_frames_ahead(vf_emu_t *e) {
+    std::lock_guard<std::mutex> l(e->mu);
+    return e->ahead;
+}
+
+void vf_emu_test_trust_cached(vf_emu_t *e, uint32_t on) {
+    std::lock_guard<std::mutex> l(e->mu);
+    e->trust_cached = on != 0;
+}
+
+namespace {
+
+// The batch's frames start on the threads: those known clean are timed now
+// without their results, the others are waited for (run_batch's question
+// for buffers comes first). A frame that could change what a frame still
+// running reads, or read what it may write, starts after the running frames
+// of its segment ended, and does not run ahead.
+void start_batch(vf_emu_t *e, std::unique_lock<std::mutex> &lk) {
+    std::vector<uint32_t> cores;
+    for (Issued &it : e->batch) {
+        Job &j = e->jobs[it.core];
+        j.frame = it.frame;
+        j.mem = e->batch_mem;
+        j.bytes = e->batch_bytes;
+        scan(e, j, it.core);
+        cores.push_back(it.core);
+    }
+    const bool trust = e->trust_cached;
+    lk.unlock();
+    size_t started = 0;
+    for (size_t k = 0; k < cores.size(); ++k) {
+        Job &j = e->jobs[cores[k]];
+        bool clash = false;
+        {
+            std::lock_guard<std::mutex> l(e->pool_mu);
+            for (uint32_t c = 0; c < VF_POOL_CORES && !clash; ++c) {
+                const Job &o = e->jobs[c];
+                const bool open = o.state == kQueued || o.state == kRunning
+                                  || std::find(cores.begin(), cores.begin() + k, c) != cores.begin() + k;
+                clash = c != cores[k] && open && conflicts(j, o);
+            }
+        }
+        if (clash) {  // the frames before it in the batch start, then those of its segment end
+            start_jobs(e, std::vector<uint32_t>(cores.begin() + started, cores.begin() + k));
+            started = k;
+            for (uint32_t c = 0; c < VF_POOL_CORES; ++c)
+                if (c != cores[k] && e->jobs[c].frame.seg_win == j.frame.seg_win) wait_job(e, c);
+        }
+        // the knowledge and the timing cache are the loop thread's own (Python answers on this thread)
+        std::string bytes;
+        j.ahead = e->cfg.run_ahead && !clash && !j.clean.empty() && e->clean.count(j.clean) != 0;
+        if (trust && !j.ahead && frame_bytes(j.mem, j.bytes, j.frame, &bytes))
+            j.ahead = e->cache[cores[k] >= VF_CNN_CORES].count(bytes) != 0;
+    }
+    start_jobs(e, std::vector<uint32_t>(cores.begin() + started, cores.end()));
+    for (Issued &it : e->batch) {
+        if (e->jobs[it.core].ahead) continue;  // its result stays zero: it does not fault
+        wait_job(e, it.core);
+        it.result = e->jobs[it.core].result;
+        it.counters = e->jobs[it.core].counters;
+    }
+    lk.lock();
+    for (Issued &it : e->batch) e->ahead += e->jobs[it.core].ahead;
+}
+
+// The retiring frame f gets its job's result; false (e->error set) if it ran ahead and faulted.
+bool finish_job(vf_emu_t *e, Flight &f) {
+    Job &j = e->jobs[f.core];
+    f.result = j.result;
+    f.counters = j.counters;
+    if (j.ahead && j.result.fault) {
+        char msg[400];
+        std::snprintf(msg, sizeof(msg),
+                      "a frame known to run without a fault faulted: tenant %u request %u entry %u on core %u "
+                      "(%u instructions at segment offset %u), fault %u at instruction %u address 0x%x; the loop "
+                      "timed it as a clean frame",
+                      j.frame.tenant, j.frame.seq, j.frame.entry, f.core, j.frame.n_insns, j.frame.frame_offset,
+                      j.result.fault, j.result.fault_insn, j.result.fault_addr);
+        e->error = msg;
+        return false;
+    }
+    if (!j.ahead && !j.result.fault && !j.clean.empty()) {
+        if (e->clean.size() >= kCleanLimit) e->clean.clear();
+        e->clean.insert(std::move(j.clean));
+    }
+    j.clean.clear();
+    j.state = kIdle;
+    return true;
+}
+
+uint32_t stopped(vf_emu_t *e, std::unique_lock<std::mutex> &lk) {
+    lk.unlock();
+    drain_jobs(e);
+    lk.lock();
+    return VF_EMU_STOP;
+}
+
+}  // namespace
+
 uint32_t vf_emu_run(vf_emu_t *e, vf_emu_need_t *need) {
     std::unique_lock<std::mutex> lk(e->mu);
     std::vector<vf_disp_frame_t> issued(VF_POOL_CORES);
     for (;;) {
-        if (!e->batch.empty()) {  // the last advance's frames: run them, then schedule their ends
+        if (!e->error.empty()) {  // stays stopped: the dispatcher's `error`
+            lk.unlock();
+            drain_jobs(e);
+            lk.lock();
+            std::memset(need, 0, sizeof(*need));
+            need->kind = VF_EMU_ERROR;
+            std::snprintf(need->message, sizeof(need->message), "%s", e->error.c_str());
+            return VF_EMU_ERROR;
+        }
+        if (!e->batch.empty()) {  // the last advance's frames: start them, then schedule their ends
             if (!e->batch_ran) {
                 if (e->cfg.compute) {
                     for (const Issued &it : e->batch)
@@ -450,9 +768,7 @@ uint32_t vf_emu_run(vf_emu_t *e, vf_emu_need_t *need) {
                             need->core = it.core;
                             return VF_EMU_BUFFERS;
                         }
-                    lk.unlock();
-                    run_batch(e);
-                    lk.lock();
+                    start_batch(e, lk);
                 }
                 e->batch_ran = true;
             }
@@ -466,8 +782,13 @@ uint32_t vf_emu_run(vf_emu_t *e, vf_emu_need_t *need) {
             e->batch_ran = false;
             continue;  // the dispatcher iterates until an iteration does nothing
         }
+        if (!e->stop && !e->running) {  // stopped with frames in flight: they run to their end, as the cores do
+            lk.unlock();
+            finish_jobs(e);
+            lk.lock();
+        }
         while (!e->stop && !e->running) e->wake.wait(lk);
-        if (e->stop) return VF_EMU_STOP;
+        if (e->stop) return stopped(e, lk);
         e->dirty = false;
         vf_disp_report_t report;
         std::memset(&report, 0, sizeof(report));
@@ -495,7 +816,16 @@ uint32_t vf_emu_run(vf_emu_t *e, vf_emu_need_t *need) {
         }
         if (report.progress) continue;
         if (!e->inflight.empty()) {  // the frame ending next retires, then the dispatcher advances
+            if (e->cfg.compute) {
+                const uint32_t core = e->inflight[next_out(e)].core;
+                if (!job_done(e, core)) {  // it still runs: wait for it (the host may use the registers)
+                    lk.unlock();
+                    wait_job(e, core);
+                    lk.lock();
+                }
+            }
             Flight f = pop(e);
+            if (f.has_result && !finish_job(e, f)) continue;  // reported at the loop's top
             e->regs->g.cycles = e->now;
             vf_dispatch_retire(e->regs, e->state, f.core, f.has_result ? &f.result : nullptr,
                                f.has_result ? &f.counters : nullptr, nullptr);
@@ -505,4 +835,3 @@ uint32_t vf_emu_run(vf_emu_t *e, vf_emu_need_t *need) {
         while (!e->dirty && !e->stop && e->running) e->wake.wait(lk);
     }
 }
-

@@ -10,6 +10,9 @@
  * bank sharing (frame_timing.bank_stretches) is the one model rule done
  * here, float for float (host_tests/driver/test_native_loop.py).
  * Interrupts and idle waits stay in C++ (vf_emu_irq_wait, vf_emu_run).
+ * Frames known to run without a fault run ahead: timed at issue, run on the
+ * host's threads while the loop goes on, waited for when they retire
+ * (emu_loop.cpp says why that is exact).
  */
 #ifndef VFPGA_EMU_H
 #define VFPGA_EMU_H
@@ -24,6 +27,7 @@
 #define VF_EMU_SOLO 2      /* vf_emu_put_solo: the frame's cycles alone and its bank demand (without, with a scrub) */
 #define VF_EMU_UNTIMED 4   /* vf_emu_put_cycles: fetch only (instructions outside memory) */
 #define VF_EMU_FAULTED 5   /* vf_emu_put_cycles: a faulting frame's cycles from its counters */
+#define VF_EMU_ERROR 6     /* an internal error (need->message); the loop stays stopped */
 
 /* The timeline's constants (runtime/hw/timeline.py computes them from the board config). */
 typedef struct {
@@ -36,7 +40,8 @@ typedef struct {
     uint32_t compute;            /* 0: the timing-only board, frames are timed, never run */
     uint64_t bank_stride;
     uint32_t n_banks;
-    uint32_t threads;            /* host threads that run frames issued together (with the loop's own) */
+    uint32_t threads;            /* host threads that run frames (the loop's own among them) */
+    uint32_t run_ahead;          /* 0: every frame is waited for at issue (the comparison point) */
     int64_t *core_busy_cycles;   /* VF_POOL_CORES entries, accumulated */
     int64_t *tenant_frame_cycles;  /* VF_DISP_TENANTS entries: frame cycles as run */
     int64_t *tenant_solo_cycles;   /* the same with the bank to themselves */
@@ -52,6 +57,7 @@ typedef struct {
     vf_disp_frame_t frame;
     vf_core_state_t result;
     vf_core_counters_t counters;
+    char message[512];           /* VF_EMU_ERROR: what went wrong */
 } vf_emu_need_t;
 
 typedef struct vf_emu vf_emu_t;
@@ -70,6 +76,10 @@ void vf_emu_stop(vf_emu_t *emu);
 uint64_t vf_emu_now(vf_emu_t *emu);
 uint64_t vf_emu_frames(vf_emu_t *emu);
 uint64_t vf_emu_cache_entries(vf_emu_t *emu);  /* instruction strings whose timings are held */
+uint64_t vf_emu_frames_ahead(vf_emu_t *emu);   /* frames timed at issue and run while the loop went on */
+/* Test hook: on != 0 corrupts the loop's knowledge of clean frames (every
+ * frame whose timing is held runs ahead), so that the check at retire fires. */
+void vf_emu_test_trust_cached(vf_emu_t *emu, uint32_t on);
 /* Sets the clock of a loop with nothing in flight (a device restored from
  * another's snapshot); returns 0 if frames are in flight (nothing set). */
 uint32_t vf_emu_set_clock(vf_emu_t *emu, uint64_t now);

@@ -11,6 +11,15 @@ C++ loop, both are started and run until idle, and everything must be equal:
 completion records and outputs in memory, every register (the clock, the
 tenants' core_cycles / request_cycles, the fault registers), the dispatcher
 state, the modeled clock and the timeline's per-core and per-tenant cycles.
+The C++ loop starts with no knowledge of clean frames, so each tenant's
+first request is run and waited for at issue and its later ones run ahead
+(timed at issue, waited for at retire), on several cores, next to the
+faulting tenant and the re-allocation.
+
+A frame's fault can depend on data: the PARAM shifts a CONV checks. The
+loops agree when a program that ran cleanly has a shift corrupted in memory
+(the C++ loop's knowledge is keyed on the PARAM load bytes), and the C++
+loop's check at retire fires when its knowledge is corrupted on purpose.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from vfpga.driver.emulated import EmulatedDevice
 from vfpga.driver.segment import Segment
 from vfpga.runtime import tenants
 from vfpga.runtime.compiler import ir, static
+from vfpga.runtime.errors import TenantFault
 from vfpga.runtime.models import small
 
 BOARD = "u200"
@@ -155,6 +165,7 @@ def test_native_loop_matches_the_python_loop(monkeypatch, compute, striped):
 
         _run_until(ref_dev, heads)
         _run_until(nat_dev, heads)
+        ahead = int(nat_dev.lib.vf_emu_frames_ahead(nat_dev.dispatcher._emu))
         want, got = _snapshot(ref_dev), _snapshot(nat_dev)
         want["frames"] -= start["frames"]
         assert want["frames"] > 0 and want["now"] > 0
@@ -169,6 +180,8 @@ def test_native_loop_matches_the_python_loop(monkeypatch, compute, striped):
             status = nat_dev.dispatcher.read_word(_treg_offset(nat_dev.config, bad.context.index, "status"))
             assert isa.TENANT_STATUS[status] == "FAULTED"
         assert all(t.segment.striped == striped for t in posts)
+        if compute:  # the later requests ran ahead, the first ones (and the faulting frames) did not
+            assert 0 < ahead < got["frames"], (ahead, got["frames"])
         if not striped:  # a's frames in the run shared bank 0 beyond its bandwidth (stretched)
             i = a.context.index
             assert (got["tenant_frame_cycles"][i] - start["tenant_frame_cycles"][i]
@@ -221,3 +234,93 @@ def test_native_bank_sharing_is_frame_timing_s():
         out = ffi.new("double[]", max(1, len(demands)))
         lib.vf_emu_bank_stretches(ffi.new("double[]", demands or [0.0]), len(demands), out)
         assert list(out)[:len(demands)] == frame_timing.bank_stretches(demands), demands
+
+
+def _param_shift(t) -> int:
+    """Segment offset of a PARAM shift word the program loads (its first LOAD_LINEAR into PARAM)."""
+    program = t.compiled.program
+    words = program.reshape(-1, isa.INSN_BYTES)
+    for i in np.flatnonzero(isa.opcodes_of(program) == isa.OPCODES["LOAD_LINEAR"]):
+        f = isa.decode(words[i])
+        if f["buffer"] == isa.BUF_PARAM:
+            return f["dram_addr"] + ((2 - f["buf_addr"] // 4) % 3) * 4  # word 2 of an entry: its shift
+    raise AssertionError("no PARAM load")
+
+
+def _shift_fault_run(monkeypatch, loop: str, trust: bool = False):
+    """A tenant runs a request cleanly, then one of its PARAM shifts is set
+    out of range in memory (the same instructions) and it runs again."""
+    dev = _device(monkeypatch, loop, True)
+    accel = tenants.Accelerator(BOARD, device=dev)
+    try:
+        t = accel.deploy(static.compile_graph(small.conv_graph(4), BOARD), cores=2, name="a")
+        x = random_inputs(t.graph, 1, 0)[0]
+        t.run_quantized(x)
+        t.run_quantized(x)
+        at = _param_shift(t)
+        t.segment.write(at, np.array([99], dtype=np.int32))
+        t.segment.sync_to_device(at, 4)
+        disp = dev.dispatcher
+        if trust:  # the loop stops on its error: the request never completes
+            dev.lib.vf_emu_test_trust_cached(disp._emu, 1)
+            t.submit_quantized(x)
+            deadline = time.monotonic() + 60
+            while disp.error is None:
+                assert time.monotonic() < deadline, "the loop did not stop on its error"
+                time.sleep(0.01)
+            return disp, None, None
+        try:
+            t.run_quantized(x)
+            fault = None
+        except TenantFault as e:
+            fault = e
+        regs = {name: disp.read_word(_treg_offset(dev.config, t.context.index, name))
+                for name in dev.config["dispatcher"]["tenant_registers"]}
+        return disp, fault, (regs, disp.now)
+    finally:
+        if dev.dispatcher.error is None:
+            accel.close()
+        else:  # the host side cannot finish its requests: the device alone closes
+            dev.close()
+
+
+def test_a_corrupted_param_shift_faults_alike_in_both_loops(monkeypatch):
+    """The fault a PARAM shift causes is data: the C++ loop must not run the
+    frame ahead on what it knew of the instructions."""
+    ref, ref_fault, want = _shift_fault_run(monkeypatch, "python")
+    nat, nat_fault, got = _shift_fault_run(monkeypatch, "native")
+    assert ref_fault is not None and "FIELD" in str(ref_fault)
+    assert nat.error is None and nat_fault is not None
+    assert got == want
+    assert nat.lib.vf_emu_frames_ahead(nat._emu) > 0  # the second request ran ahead
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_corrupted_knowledge_is_an_internal_error(monkeypatch):
+    """A frame run ahead that faults anyway stops the loop with an error naming it."""
+    disp, _, _ = _shift_fault_run(monkeypatch, "native", trust=True)
+    assert isinstance(disp.error, RuntimeError)
+    message = str(disp.error)
+    assert "known to run without a fault faulted" in message and "tenant 0 request" in message
+    with pytest.raises(RuntimeError, match="internal error.*known to run without a fault"):
+        disp.read_word(0)
+
+
+@pytest.mark.parametrize("ahead", ["1", "0"])
+def test_later_requests_run_ahead_unless_turned_off(monkeypatch, ahead):
+    """A tenant's second request runs ahead (all its frames), or none with VFPGA_EMU_AHEAD=0; the same outputs."""
+    monkeypatch.setenv("VFPGA_EMU_AHEAD", ahead)
+    dev = _device(monkeypatch, "native", True)
+    accel = tenants.Accelerator(BOARD, device=dev)
+    try:
+        t = accel.deploy(static.compile_graph(small.conv_graph(4), BOARD), cores=2, name="a")
+        x = random_inputs(t.graph, 1, 0)[0]
+        first, _ = t.run_quantized(x)
+        frames = dev.dispatcher.timeline.frames
+        assert dev.lib.vf_emu_frames_ahead(dev.dispatcher._emu) == 0  # nothing known yet
+        again, _ = t.run_quantized(x)
+        assert all(np.array_equal(a, b) for a, b in zip(first, again))
+        n_ahead = dev.lib.vf_emu_frames_ahead(dev.dispatcher._emu)
+        assert n_ahead == (dev.dispatcher.timeline.frames - frames if ahead == "1" else 0)
+    finally:
+        accel.close()
