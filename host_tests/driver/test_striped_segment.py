@@ -251,14 +251,14 @@ class _Regs:
 
 def _first_out(seg_win: int, limit: int, window: int) -> int:
     """The first segment offset whose byte is outside its part's bank or
-    the window, by brute force over the mapping (word by word)."""
-    for a in range(0, limit):
-        part, off = STRIPE.place(a)
-        at = part * STRIPE.bank_stride + seg_win + off
-        end = window if part == CFG["ddr"]["banks"] - 1 else min((part + 1) * STRIPE.bank_stride, window)
-        if at >= end:
-            return a
-    return limit
+    the window, by brute force over the mapping (every byte, as numpy arrays)."""
+    a = np.arange(limit, dtype=np.int64)
+    w = a // STRIPE.word
+    part = w % STRIPE.ports
+    at = part * STRIPE.bank_stride + seg_win + (w // STRIPE.ports) * STRIPE.word + a % STRIPE.word
+    end = np.where(part == CFG["ddr"]["banks"] - 1, window, np.minimum((part + 1) * STRIPE.bank_stride, window))
+    out = np.flatnonzero(at >= end)
+    return int(out[0]) if out.size else limit
 
 
 def test_the_dispatcher_checks_each_part_in_its_bank(window):

@@ -423,7 +423,8 @@ def check_striped(literal_cores, board, programs, seed):
 # the big core's four ports move a word of each part per beat; u200's one-port cores each word on its bank's port
 @pytest.mark.parametrize("board", ["u200_bigcore", "u200"])
 def test_a_striped_segment_changes_no_byte_on_any_body(literal_cores, board):
-    check_striped(literal_cores, board, programs=80, seed=21)
+    # u200's one-port cores need more programs before a SEGMENT fault comes up
+    check_striped(literal_cores, board, programs=40 if board == "u200_bigcore" else 80, seed=21)
 
 
 @pytest.mark.slow
