@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 
-from vfpga.driver.segment import Segment
 from vfpga.runtime.compiler import cnn_batch, dynamic
 from vfpga.runtime.compiler.segment import cnn_batch_layout
 from vfpga.runtime.errors import DeployError
@@ -51,18 +50,10 @@ class CnnBatchTenant(Tenant):
         except DeployError as e:
             if not isinstance(e.__cause__, MemoryError):
                 raise
-            raise DeployError(f"{e}; {self._what_fits(bank)}") from e
+            raise DeployError(f"{e}; {self._batch_that_fits(bank, self._batch_bytes)}") from e
 
-    def _what_fits(self, bank: int) -> str:
-        """Which smaller max_batch would fit the bank now (tried by allocating its segment)."""
-        for b in reversed(self.batched.sizes[:-1]):
-            size = cnn_batch_layout(cnn_batch.compile_batched(self.batched.base, b, self.accel.config)).size
-            try:
-                Segment(size, bank=bank, device=self.accel.device, stripe=self.accel.stripe).free()
-            except MemoryError:
-                continue
-            return f"max_batch={b} would fit ({size} bytes)"
-        return "not even max_batch=1 fits"
+    def _batch_bytes(self, b: int) -> int:
+        return cnn_batch_layout(cnn_batch.compile_batched(self.batched.base, b, self.accel.config)).size
 
     # ---- the segment and the plans ------------------------------------------------------------------
     def _prepare(self) -> int:

@@ -28,7 +28,6 @@ import time
 
 import numpy as np
 
-from vfpga.driver.segment import Segment
 from vfpga.runtime.compiler import rnn
 from vfpga.runtime.compiler.segment import rnn_batch_layout, rnn_segment_layout
 from vfpga.runtime.errors import DeployError
@@ -67,19 +66,10 @@ class RnnTenant(Tenant):
         except DeployError as e:
             if self.batched is None or not isinstance(e.__cause__, MemoryError):
                 raise
-            raise DeployError(f"{e}; {self._what_fits(bank)}") from e
+            raise DeployError(f"{e}; {self._batch_that_fits(bank, self._batch_bytes)}") from e
 
-    def _what_fits(self, bank: int) -> str:
-        """Which smaller max_batch would fit the bank now (tried by allocating its segment)."""
-        n = int(self.accel.config["rnn_core"]["count"])
-        for b in reversed(self.batched.sizes[:-1]):
-            size = rnn_batch_layout(self.batched.upto(b), n).size
-            try:
-                Segment(size, bank=bank, device=self.accel.device, stripe=self.accel.stripe).free()
-            except MemoryError:
-                continue
-            return f"max_batch={b} would fit ({size} bytes)"
-        return "not even max_batch=1 fits"
+    def _batch_bytes(self, b: int) -> int:
+        return rnn_batch_layout(self.batched.upto(b), int(self.accel.config["rnn_core"]["count"])).size
 
     # ---- the model's kind ------------------------------------------------------------------------
     def _prepare(self) -> int:

@@ -235,18 +235,31 @@ class Tenant:
             image.update(slots.slot_image(self.compiled, self.slots))
         return image
 
+    def _first_that_fits(self, options, size_of, bank: int):
+        """(option, segment bytes) of the first of ``options`` whose segment
+        (``size_of(option)`` bytes, laid out as this accelerator lays
+        segments) memory could hold now, tried by allocating it; None if none."""
+        for option in options:
+            size = size_of(option)
+            try:
+                Segment(size, bank=bank, device=self.accel.device, stripe=self.accel.stripe).free()
+            except MemoryError:
+                continue
+            return option, size
+        return None
+
     def _slots_that_fit(self, bank: int) -> str:
         """How many activation slots a segment in ``bank`` could hold now."""
         if self.max_inflight == 1:
             return ""
-        for m in range(self.max_inflight - 1, 0, -1):
-            try:
-                Segment(segment_layout(self.compiled, self.table, m).size, bank=bank, device=self.accel.device,
-                        stripe=self.accel.stripe).free()
-            except MemoryError:
-                continue
-            return f"; max_inflight {m} would fit"
-        return "; not even max_inflight 1 fits"
+        fit = self._first_that_fits(range(self.max_inflight - 1, 0, -1),
+                                    lambda m: segment_layout(self.compiled, self.table, m).size, bank)
+        return f"; max_inflight {fit[0]} would fit" if fit else "; not even max_inflight 1 fits"
+
+    def _batch_that_fits(self, bank: int, size_of) -> str:
+        """Which smaller max_batch (of ``self.batched.sizes``) would fit now, its segment ``size_of(b)`` bytes."""
+        fit = self._first_that_fits(reversed(self.batched.sizes[:-1]), size_of, bank)
+        return f"max_batch={fit[0]} would fit ({fit[1]} bytes)" if fit else "not even max_batch=1 fits"
 
     def _after_deploy(self) -> None:
         self.schedules = static.schedule_parts(self.compiled, self.accel.config)
