@@ -52,6 +52,54 @@ def bank_bytes_for(board: str, segment_bytes: int) -> int:
     return segment_bytes if stripe is None else stripe.part_bytes(segment_bytes)
 
 
+def add_chain_graph(hw: int = 32, c: int = 64, n: int = 3) -> ir.Graph:
+    """A chain of element-wise adds: little compute per DDR byte, so frames of
+    several cores in flight on one bank ask more than its bandwidth (the cycle
+    model then slows them; conv stacks stay compute-bound)."""
+    t = {"x": ir.Tensor("x", (hw, hw, c), 0.05, 0)}
+    layers, prev = [], "x"
+    for i in range(n):
+        t[f"s{i}"] = ir.Tensor(f"s{i}", (hw, hw, c), 0.05, 0)
+        layers.append(ir.Add(f"add{i}", (prev, "x"), f"s{i}", 1 << 14, 1 << 14, 15))
+        prev = f"s{i}"
+    return ir.Graph(t, layers, ["x"], [prev], name="adds")
+
+
+def submit_through_reallocations(accel, tenant, submit, want, same, allocations, threads_n: int = 4,
+                                 per: int = 8) -> list:
+    """``threads_n`` threads each submit ``per`` requests (``submit(i, j)``:
+    a future of (result, RunInfo)) while ``accel`` re-allocates ``tenant``
+    through ``allocations``; asserts every request is answered exactly once,
+    ok, with ``same(result, want(i, j))``. Returns the RunInfos."""
+    import threading
+
+    results: dict = {}
+    errors: list = []
+
+    def submitter(i):
+        try:
+            futs = [(j, submit(i, j)) for j in range(per)]
+            for j, f in futs:
+                results.setdefault((i, j), []).append(f.result(300))
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=submitter, args=(i,)) for i in range(threads_n)]
+    for th in threads:
+        th.start()
+    for cores in allocations:
+        accel.reallocate({tenant.name: cores})
+    for th in threads:
+        th.join(300)
+    assert not errors, errors
+    assert sorted(results) == [(i, j) for i in range(threads_n) for j in range(per)]  # none lost
+    assert all(len(v) == 1 for v in results.values())  # none answered twice
+    for (i, j), [(got, info)] in results.items():
+        assert info.ok and same(got, want(i, j)), f"request {(i, j)} wrong"
+    assert tenant.requests == threads_n * per and tenant.failed == 0
+    return [info for [(_, info)] in results.values()]
+
+
 def random_inputs(graph: ir.Graph, n: int, seed: int = 0) -> list[np.ndarray]:
     """``n`` random int8 inputs of the graph's input shape (HWC)."""
     shape = graph.tensors[graph.inputs[0]].shape

@@ -11,12 +11,10 @@ fit says which batch would.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import onnx
 import pytest
-from harness import bank_bytes_for, emulated_accelerator
+from harness import bank_bytes_for, emulated_accelerator, submit_through_reallocations
 from onnx import helper
 
 from vfpga.runtime import tenants
@@ -107,34 +105,12 @@ def test_concurrent_submitters_through_live_reallocation(models):
     try:
         alone = ov.deploy(compiled, cores=1, name="alone")
         t = ov.deploy(compiled, cores=2, name="batch", max_batch=4, max_delay_us=2000)
-        per, threads_n = 8, 4
-        seeds = {(i, j): 10 * i + j for i in range(threads_n) for j in range(per)}
+        seeds = {(i, j): 10 * i + j for i in range(4) for j in range(8)}
         want = {s: alone.run(_x(s)) for s in seeds.values()}
-        results: dict = {}
-        errors: list = []
-
-        def submitter(i):
-            try:
-                futs = [(j, t.submit_float_with_info(_x(seeds[i, j]))) for j in range(per)]
-                for j, f in futs:
-                    results.setdefault((i, j), []).append(f.result(300))
-            except BaseException as e:  # noqa: BLE001 - reported by the main thread
-                errors.append(e)
-
-        threads = [threading.Thread(target=submitter, args=(i,)) for i in range(threads_n)]
-        for th in threads:
-            th.start()
-        for cores in (4, 1, 3, [ov.cores[9], ov.cores[12]], 2):
-            ov.reallocate({"batch": cores})
-        for th in threads:
-            th.join(300)
-        assert not errors, errors
-        assert sorted(results) == sorted(seeds)  # none lost
-        assert all(len(v) == 1 for v in results.values())  # none answered twice
-        for key, [(got, info)] in results.items():
-            assert info.ok and np.array_equal(got, want[seeds[key]]), f"request {key} wrong"
-        assert t.requests == threads_n * per and t.failed == 0
-        assert max(info.batch for [(_, info)] in results.values()) > 1  # batching did happen
+        infos = submit_through_reallocations(
+            ov, t, lambda i, j: t.submit_float_with_info(_x(seeds[i, j])), lambda i, j: want[seeds[i, j]],
+            np.array_equal, (4, 1, 3, [ov.cores[9], ov.cores[12]], 2))
+        assert max(info.batch for info in infos) > 1  # batching did happen
     finally:
         ov.close()
 

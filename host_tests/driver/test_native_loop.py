@@ -28,29 +28,18 @@ import time
 
 import numpy as np
 import pytest
-from harness import SMALL_BANK, corrupt, random_inputs
+from harness import SMALL_BANK, add_chain_graph, corrupt, random_inputs
 
 from vfpga.driver import emulated_dispatcher, isa
 from vfpga.driver.cnn_core import AP_START, AUTO_RESTART
 from vfpga.driver.emulated import EmulatedDevice
 from vfpga.driver.segment import Segment
 from vfpga.runtime import tenants
-from vfpga.runtime.compiler import ir, static
+from vfpga.runtime.compiler import static
 from vfpga.runtime.errors import TenantFault
 from vfpga.runtime.models import small
 
 BOARD = "u200"
-
-
-def _adds(hw: int = 32, c: int = 64, n: int = 3) -> ir.Graph:
-    """Element-wise adds: little compute per DDR byte (frames on several cores load their bank past its bandwidth)."""
-    t = {"x": ir.Tensor("x", (hw, hw, c), 0.05, 0)}
-    layers, prev = [], "x"
-    for i in range(n):
-        t[f"s{i}"] = ir.Tensor(f"s{i}", (hw, hw, c), 0.05, 0)
-        layers.append(ir.Add(f"add{i}", (prev, "x"), f"s{i}", 1 << 14, 1 << 14, 15))
-        prev = f"s{i}"
-    return ir.Graph(t, layers, ["x"], [prev], name="adds")
 
 
 def _device(monkeypatch, loop: str, compute: bool) -> EmulatedDevice:
@@ -123,8 +112,8 @@ def test_native_loop_matches_the_python_loop(monkeypatch, compute, striped):
         # every segment striped over the four banks (the frames' key and bank as the stripe has them),
         # or every one in bank 0, so that the adds' frames (DDR-bound) share its bandwidth
         walls = [] if striped else [Segment(SMALL_BANK, bank=bank, device=ref_dev) for bank in (1, 2, 3)]
-        a = accel.deploy(static.compile_graph(_adds(), BOARD), cores=4, name="a")
-        b = accel.deploy(static.compile_graph(_adds(c=32), BOARD), cores=3, name="b")
+        a = accel.deploy(static.compile_graph(add_chain_graph(), BOARD), cores=4, name="a")
+        b = accel.deploy(static.compile_graph(add_chain_graph(c=32), BOARD), cores=3, name="b")
         c = accel.deploy(static.compile_graph(small.conv_graph(4), BOARD), cores=1, name="c")
         bad = accel.deploy(corrupt(static.compile_graph(small.conv_graph(3), BOARD), "past-end")[0], cores=1,
                            name="bad") if compute else None

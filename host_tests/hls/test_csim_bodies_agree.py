@@ -319,6 +319,17 @@ def geometry(module) -> dict:
                                          "param_entries")}
 
 
+def assert_same_run(got, ref, where: str) -> None:
+    """Two runs of one case (run()'s tuple) are the same in everything observable."""
+    assert got[5] == ref[5], f"{where}: step results"
+    assert got[2] == ref[2], f"{where}: state"
+    assert got[3] == ref[3], f"{where}: counters"
+    np.testing.assert_array_equal(got[4], ref[4], err_msg=f"{where}: iterations per instruction")
+    np.testing.assert_array_equal(got[0], ref[0], err_msg=f"{where}: segment bytes")
+    for buf in ref[1]:
+        np.testing.assert_array_equal(got[1][buf], ref[1][buf], err_msg=f"{where}: {buf}")
+
+
 def check_programs(literal_cores, board, programs, seed):
     compared = bodies(literal_cores, board)
     geo = geometry(compared[0][1])
@@ -331,13 +342,7 @@ def check_programs(literal_cores, board, programs, seed):
         for name, module in compared[1:]:
             got = run(module, *case)
             where = f"{board} program {t} (seed {seed}): {name} body vs literal"
-            assert got[5] == ref[5], f"{where}: step results"
-            assert got[2] == ref[2], f"{where}: state"
-            assert got[3] == ref[3], f"{where}: counters"
-            np.testing.assert_array_equal(got[4], ref[4], err_msg=f"{where}: iterations per instruction")
-            np.testing.assert_array_equal(got[0], ref[0], err_msg=f"{where}: segment bytes")
-            for buf in ref[1]:
-                np.testing.assert_array_equal(got[1][buf], ref[1][buf], err_msg=f"{where}: {buf}")
+            assert_same_run(got, ref, where)
         faults.add(ref[2]["fault"])
         seg, offset, n = case[0], case[1], case[2]
         ops = seg[offset:offset + n * isa.INSN_BYTES].view(np.uint8)[::isa.INSN_BYTES][:ref[2]["pc"]]
@@ -409,13 +414,7 @@ def check_striped(literal_cores, board, programs, seed):
         for name, module in compared:
             got = window.run(module, *case)
             where = f"{board} program {t} (seed {seed}): {name} body striped vs literal contiguous"
-            assert got[5] == ref[5], f"{where}: step results"
-            assert got[2] == ref[2], f"{where}: state"
-            assert got[3] == ref[3], f"{where}: counters"
-            np.testing.assert_array_equal(got[4], ref[4], err_msg=f"{where}: iterations per instruction")
-            np.testing.assert_array_equal(got[0], ref[0], err_msg=f"{where}: segment bytes")
-            for buf in ref[1]:
-                np.testing.assert_array_equal(got[1][buf], ref[1][buf], err_msg=f"{where}: {buf}")
+            assert_same_run(got, ref, where)
         faults.add(ref[2]["fault"])
     assert {isa.FAULTS["NONE"], isa.FAULTS["SEGMENT"]} <= faults
 

@@ -28,14 +28,14 @@ from concurrent.futures import Future
 
 import numpy as np
 import pytest
-from harness import Model, emulated_accelerator, make_model
+from harness import Model, add_chain_graph, emulated_accelerator, make_model
 
 from vfpga.driver import isa
 from vfpga.driver.emulated import EmulatedDevice
 from vfpga.driver.segment import Segment
 from vfpga.driver.tenant_context import Completion, QueueFull, TenantContext
 from vfpga.runtime import tenants
-from vfpga.runtime.compiler import dynamic, frontend, ir, static
+from vfpga.runtime.compiler import dynamic, frontend, static
 from vfpga.runtime.compiler.segment import RING_SIZE, segment_layout
 from vfpga.runtime.models import small
 from vfpga.runtime.tenants import DeployError, TenantFault, TenantRemoved
@@ -974,22 +974,9 @@ def test_bad_reallocations_change_nothing(accel, tiny, allocation, message):
 # ---------------------------------------------------------------- performance isolation
 
 
-def add_graph(hw: int = 32, c: int = 64, n: int = 3) -> ir.Graph:
-    """A chain of element-wise adds: little compute per DDR byte, so frames of
-    8 cores in flight on one bank ask more than its bandwidth (the cycle
-    model then slows them; conv stacks stay compute-bound)."""
-    t = {"x": ir.Tensor("x", (hw, hw, c), 0.05, 0)}
-    layers, prev = [], "x"
-    for i in range(n):
-        t[f"s{i}"] = ir.Tensor(f"s{i}", (hw, hw, c), 0.05, 0)
-        layers.append(ir.Add(f"add{i}", (prev, "x"), f"s{i}", 1 << 14, 1 << 14, 15))
-        prev = f"s{i}"
-    return ir.Graph(t, layers, ["x"], [prev], name="adds")
-
-
 @pytest.fixture(scope="module")
 def stream_model() -> Model:
-    return make_model("stream", add_graph(), seed=9)
+    return make_model("stream", add_chain_graph(), seed=9)
 
 
 @pytest.mark.parametrize("same_bank", [False, True], ids=["own-banks", "same-bank"])
@@ -1011,7 +998,7 @@ def test_performance_isolation(stream_model, same_bank):
     delayed by that serial issue when B's frames are issued in the same
     advance: we bound that at 1% of the latency.
     Same bank: B's frames slow A's; the ratio and the mean latency rise
-    visibly, and stats() shows it. The model is DDR-bound (add_graph)."""
+    visibly, and stats() shows it. The model is DDR-bound (add_chain_graph)."""
     m = stream_model
     a = emulated_accelerator(BOARD, BANK, stripe_segments=False)  # banks by placement
     try:
