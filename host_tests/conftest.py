@@ -12,6 +12,27 @@ from harness import CLIENT_PACKAGES, CLIENT_VENV, SMALL_BANK, emulated_accelerat
 from vfpga.driver.emulated import EmulatedDevice
 from vfpga.runtime.models import small
 
+# The files that take longest (pytest --durations=0, summed per file), longest first. pytest-xdist hands
+# files to the workers in collection order, so these start first and no worker begins a 20-second file
+# while the other sits idle at the end of the run. Only the order changes.
+RUN_FIRST = (
+    "models/test_zoo.py",
+    "batching/test_rnn_batching.py",
+    "batching/test_cnn_batching.py",
+    "cluster/test_failover.py",
+    "hls/test_rnn_core.py",
+    "hls/test_csim_bodies_agree.py",
+    "cluster/test_serving.py",
+    "cluster/test_cluster.py",
+    "hls/test_csim_testbench.py",
+    "serving/test_http.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {f"host_tests/{f}": i for i, f in enumerate(RUN_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(RUN_FIRST)))  # stable: the rest keep their order
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_compile_cache(tmp_path_factory):

@@ -10,6 +10,7 @@
 #ifndef VFPGA_TB_COMMON_H
 #define VFPGA_TB_COMMON_H
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -64,14 +65,16 @@ static inline void run_test(const char *name, void (*fn)())
 {
     g_checks_failed = 0;
     g_ctx.clear();
+    const auto t0 = std::chrono::steady_clock::now();
     fn();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     g_ctx.clear();
     if (g_checks_failed == 0) {
         ++g_passed;
-        printf("  PASS %s\n", name);
+        printf("  PASS %s (%.2f s)\n", name, s);
     } else {
         ++g_failed;
-        printf("  FAIL %s (%d checks)\n", name, g_checks_failed);
+        printf("  FAIL %s (%d checks, %.2f s)\n", name, g_checks_failed, s);
     }
     fflush(stdout);
 }

@@ -309,11 +309,11 @@ struct Dev {
         for (uint64_t i = 0; i < window; ++i)
             raw[GUARD + i] = fill_pattern(i);
         /* power-on garbage in the cores: frames must load what they read */
-        fill_random_bytes(ibuf.data(), ibuf.size());
-        fill_random_bytes(wbuf.data(), wbuf.size());
-        fill_random_bytes(obuf.data(), obuf.size());
-        fill_random_bytes(acc.data(), acc.size() * 4);
-        fill_random_bytes(param.data(), param.size() * 4);
+        fill_random(ibuf.data(), ibuf.size());
+        fill_random(wbuf.data(), wbuf.size());
+        fill_random(obuf.data(), obuf.size());
+        fill_random(acc.data(), acc.size() * 4);
+        fill_random(param.data(), param.size() * 4);
         for (uint32_t c = 0; c < VF_CNN_CORES; ++c) {
             cores[c].ibuf = ibuf.data() + (size_t)c * VF_IBUF_BYTES;
             cores[c].wbuf = wbuf.data() + (size_t)c * VF_WBUF_BYTES;

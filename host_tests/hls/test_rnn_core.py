@@ -40,8 +40,11 @@ def _summaries(output):
 
 @needs_gxx
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-def test_csim_testbench_passes(tmp_path):
-    rc, out = _make("csim", BOARD, tmp_path)
+def test_csim_testbench_passes(request, tmp_path):
+    # Built in pytest's cache like test_csim_testbench.py's, in a directory of its own: the two files
+    # may run at once on two workers, and two makes must not write the same objects.
+    cache = getattr(request.config, "cache", None)
+    rc, out = _make("csim", BOARD, cache.mkdir("hls-csim-rnn") if cache is not None else tmp_path)
     assert rc == 0, out[-4000:]
     lines = _summaries(out)
     assert len(lines) == 2, out[-4000:]  # vectorised and literal-HLS builds both ran
