@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .ops import attrs, consumers, rewrite_nodes, static_dims
+from .ops import attrs, consumers, infer_shapes, rewrite_nodes, static_dims
 
 
 def per_channel_const(v: np.ndarray, c: int) -> np.ndarray | None:
@@ -38,7 +38,7 @@ def fold_affine(model: onnx.ModelProto) -> onnx.ModelProto:
     1x1 Conv (weight k, bias c), which the accelerator runs. Needs constants
     folded and static shapes (ONNX shape inference)."""
     g = model.graph
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = infer_shapes(model)
     shapes = {}
     for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
         d = static_dims(vi)

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .activations import fuse_hard_activations
 from .affine import fold_affine
-from .ops import attrs, onnx_opset, rename_input, static_dims
+from .ops import attrs, infer_shapes, onnx_opset, rename_input, static_dims
 
 # ---------------------------------------------------------------- graph clean-up
 
@@ -59,7 +59,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     g = model.graph
     opset = _opset_of(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = infer_shapes(model)
     except Exception:
         inferred = model
     static = {}

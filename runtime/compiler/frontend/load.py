@@ -11,7 +11,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
 from .errors import FrontendError
-from .ops import QDQ_OPS, onnx_opset, real_inputs, static_dims
+from .ops import QDQ_OPS, infer_shapes, onnx_opset, real_inputs, static_dims
 
 # ---------------------------------------------------------------- loading
 
@@ -136,7 +136,7 @@ def _shapes_for_the_checker(proto: onnx.ModelProto) -> None:
         return
     del proto.graph.value_info[:]
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
+        inferred = infer_shapes(proto)
     except Exception:  # noqa: BLE001 - the checker names the problem
         return
     shapes = {o.name: o.type for o in inferred.graph.output}
@@ -192,7 +192,7 @@ def reinfer_shapes(proto: onnx.ModelProto) -> None:
         saved[o.name].CopyFrom(o.type)
         o.type.tensor_type.ClearField("shape")
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
+        inferred = infer_shapes(proto)
     except Exception as e:
         raise FrontendError(f"ONNX shape inference failed with input shape "
                             f"{static_dims(real_inputs(proto)[0])}: {e}") from e

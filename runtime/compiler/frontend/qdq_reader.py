@@ -15,7 +15,7 @@ from .cleanup import fold_constants
 from .cpu_regions import CpuRegions
 from .errors import FrontendError, UnsupportedOperatorError
 from .load import drop_initializer_inputs, is_qdq, load_model, real_inputs, static_dims
-from .ops import QDQ_OPS, VIEW_OPS, attrs
+from .ops import QDQ_OPS, VIEW_OPS, attrs, infer_shapes
 from .qdq_layers import LayerHandlers
 from .qdq_mobile import MobileHandlers
 from .qdq_values import (
@@ -552,7 +552,7 @@ def to_graph(model, fallback: bool = False, *, input_shape=None) -> ir.Graph:
     drop_initializer_inputs(proto)
     try:
         fold_constants(proto)
-        proto = onnx.shape_inference.infer_shapes(proto)
+        proto = infer_shapes(proto)
     except Exception as e:
         raise FrontendError(f"ONNX shape inference failed on the quantized model: {e}") from e
     return QdqReader(proto, fallback=fallback).read()

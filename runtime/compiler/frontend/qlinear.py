@@ -64,7 +64,7 @@ from vfpga.runtime.compiler import ir
 from vfpga.runtime.hw import fixed_point
 
 from .errors import FrontendError, UnsupportedOperatorError
-from .ops import attrs, resolve_pads
+from .ops import attrs, infer_shapes, resolve_pads
 from .qlinear_model import (
     INT_TYPES,
     INTEGER_OPS,
@@ -673,7 +673,7 @@ def convert(model: onnx.ModelProto) -> IntegerModel:
     """Read an integer (QOperator) ONNX model whose parameters are all
     constants into the layer IR plus host-side I/O maps."""
     try:
-        model = onnx.shape_inference.infer_shapes(model)
+        model = infer_shapes(model)
     except Exception as e:
         raise FrontendError(f"ONNX shape inference failed on the integer model: {e}") from e
     return QLinearReader(model).read()
