@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 
 from vfpga.runtime.compiler import frontend, ir
 from vfpga.runtime.compiler.frontend import FrontendError, UnsupportedOperatorError
-from vfpga.runtime.compiler.frontend.ops import attrs, onnx_opset
+from vfpga.runtime.compiler.frontend.ops import attrs, infer_shapes, onnx_opset
 from vfpga.runtime.hw import golden
 from vfpga.runtime.models import small
 
@@ -498,6 +498,32 @@ def _with_input_dims(model, dims):
         else:
             d.dim_value = v
     return m
+
+
+def test_shape_inference_without_the_weights_gives_onnxs_model():
+    """frontend.ops.infer_shapes leaves large initializers' bytes out of onnx's
+    shape inference; the model it returns is onnx's, byte for byte: the
+    weights back in place, a Reshape whose shape is a (small) initializer
+    inferred from its values, a large initializer the Reshape reshapes."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)  # 4608 elements: left out
+    table = rng.standard_normal((64, 32)).astype(np.float32)    # 2048: left out, and reshaped
+    inits = [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(table, "table"),
+             onnx.numpy_helper.from_array(np.array([1, -1], np.int64), "flat"),
+             onnx.numpy_helper.from_array(np.array([32, 64], np.int64), "swap")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["y", "flat"], ["z"]),
+             helper.make_node("Reshape", ["table", "swap"], ["t"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("t", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before = model.SerializeToString()
+    got = infer_shapes(model)
+    assert model.SerializeToString() == before  # the argument is left alone
+    assert got.SerializeToString() == onnx.shape_inference.infer_shapes(model).SerializeToString()
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in got.graph.output}
+    assert dims == {"z": [1, 2048], "t": [32, 64]}
 
 
 def test_missing_file(tmp_path):
