@@ -244,13 +244,17 @@ def quantize(
         onnx.save(proto, src)
         # Shape inference + basic graph optimisations (constant folding,
         # Conv+BatchNorm folding, Identity/Dropout removal); symbolic shape
-        # inference is for transformers and would need sympy.
+        # inference is for transformers and would need sympy. (Given the model
+        # in memory, onnxruntime 1.32 moves its initializers out, Reshape's
+        # shape too, and then cannot infer: so a file.)
         quant_pre_process(src, pre, skip_symbolic_shape=True)
-        named = onnx.load(pre)
-        keep_float = float_nodes(named)  # (names the nodes it picks when they have none)
-        onnx.save(named, pre)
         if not os.path.isfile(pre):
             raise FrontendError("onnxruntime quantization pre-processing failed (see the log above)")
+        named = onnx.load(pre)
+        unnamed = sum(not n.name for n in named.graph.node)
+        keep_float = float_nodes(named)  # (names the nodes it picks when they have none)
+        if sum(not n.name for n in named.graph.node) != unnamed:  # else the file is the model already
+            onnx.save(named, pre)
         try:
             quantize_static(
                 pre,
