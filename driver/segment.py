@@ -164,6 +164,11 @@ class Segment:
     def sync_to_device(self, offset: int = 0, nbytes: int | None = None) -> None:
         """Host copy -> device memory for [offset, offset + nbytes) (to the end by default)."""
         if self.stripe is not None:
+            if self._in_one_word(offset, nbytes):  # a ring entry, a record: one part, one copy
+                p, lo = self.stripe.place(offset)
+                self._part_words[p].reshape(-1)[lo:lo + nbytes] = self._host[offset:offset + nbytes]
+                self._parts[p][lo:lo + nbytes].sync_to_device()
+                return
             for p, lo, hi in self._part_runs(offset, nbytes):
                 self._copy_part(p, lo, hi, to_part=True)
                 self._parts[p][lo:hi].sync_to_device()
@@ -175,6 +180,11 @@ class Segment:
     def sync_from_device(self, offset: int = 0, nbytes: int | None = None) -> None:
         """Device memory -> host copy for [offset, offset + nbytes) (to the end by default)."""
         if self.stripe is not None:
+            if self._in_one_word(offset, nbytes):
+                p, lo = self.stripe.place(offset)
+                self._parts[p][lo:lo + nbytes].sync_from_device()
+                self._host[offset:offset + nbytes] = self._part_words[p].reshape(-1)[lo:lo + nbytes]
+                return
             for p, lo, hi in self._part_runs(offset, nbytes):
                 self._parts[p][lo:hi].sync_from_device()
                 self._copy_part(p, lo, hi, to_part=False)
@@ -184,6 +194,17 @@ class Segment:
             view.sync_from_device()
 
     # ---- the striped layout ------------------------------------------------------
+    def _in_one_word(self, offset: int, nbytes: int | None) -> bool:
+        """Whether [offset, offset + nbytes) is a non-empty range inside one bus word of a live segment."""
+        ints = (int, np.integer)
+        if not (isinstance(offset, ints) and isinstance(nbytes, ints)) or nbytes <= 0 or offset < 0:
+            return False  # (the general path names what is wrong)
+        if offset // self.stripe.word != (offset + nbytes - 1) // self.stripe.word:
+            return False
+        self._check(offset, nbytes)
+        self._live()
+        return True
+
     def _part_runs(self, offset: int, nbytes: int | None) -> list[tuple[int, int, int]]:
         """(part, lo, hi) for each part holding bytes of the range: the bytes
         of [offset, offset + nbytes) in part p are its run [lo, hi)."""

@@ -152,8 +152,10 @@ def test_a_striped_segment_spreads_over_the_four_banks(device):
             _ = seg.buffer
 
 
+# ranges inside one word (a ring entry, a record: the syncs' one-word path) in each part, and across words
 @pytest.mark.parametrize("offset, n", [(0, 1), (W - 1, 2), (3, W), (P * W - 1, 1), (70, 3 * P * W + 5),
-                                       (P * W, P * W), (1000, 1)])
+                                       (P * W, P * W), (1000, 1), (W + 5, 16), (3 * W - 16, 16),
+                                       (5 * W + 3, W - 3), (7 * W, W)])
 def test_syncs_move_exactly_their_range(device, offset, n):
     size = 8 * P * W
     rng = np.random.default_rng(offset + n)
