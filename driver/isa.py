@@ -8,6 +8,8 @@ Python except where an instruction is filled in.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from vfpga.driver._isa import ffi, lib
@@ -139,8 +141,15 @@ def encode(opcode: str, deps: int = 0, flags: int = 0, tag: int = 0, **fields) -
 
 
 def _fits(dtype: np.dtype, value) -> bool:
+    lo, hi = _limits(dtype)
+    return lo <= int(value) <= hi
+
+
+@functools.cache
+def _limits(dtype: np.dtype) -> tuple[int, int]:
+    """(min, max) of an integer field type (np.iinfo builds a new object each call)."""
     info = np.iinfo(dtype)
-    return info.min <= int(value) <= info.max
+    return int(info.min), int(info.max)
 
 
 def decode(raw) -> dict:

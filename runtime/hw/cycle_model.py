@@ -311,8 +311,8 @@ def _i64(a) -> np.ndarray:
 def _smul(*xs) -> np.ndarray:
     """Product of non-negative int64 arrays, saturated at 2**62."""
     out = xs[0]
-    for x in xs[1:]:
-        with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):
+        for x in xs[1:]:
             big = (x != 0) & (out > _SAT // np.maximum(x, 1))
             out = np.where(big, _SAT, np.minimum(out * x, _SAT))
     return out
