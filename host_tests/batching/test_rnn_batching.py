@@ -24,7 +24,9 @@ from vfpga.runtime.errors import DeployError, TenantFault
 from vfpga.runtime.models import small
 
 T, IN, H = 5, 16, 32
-WAIT = 1e6  # max_delay_us long enough that requests submitted in a loop always meet in one batch
+# max_delay_us: requests submitted back to back (inputs made beforehand) meet in one batch well within
+# it; a batch short of max_batch waits all of it
+WAIT = 3e5
 
 
 def lstm_with_states(seed: int = 0) -> onnx.ModelProto:
@@ -119,7 +121,8 @@ def test_each_request_of_a_batch_equals_its_unbatched_run(models, name):
         want = {s: alone.run(_feeds(name, s)) for s in seeds}
         assert not any(_same(want[0], want[s]) for s in seeds[1:])  # the inputs differ, so must the results
         for group in (seeds[:4], seeds[4:7], seeds[7:8], seeds[8:]):  # 4, 3 (padded to 4), 1, 3
-            futs = [batch.submit_with_info(_feeds(name, s)) for s in group]
+            feeds = [_feeds(name, s) for s in group]
+            futs = [batch.submit_with_info(f) for f in feeds]
             for s, f in zip(group, futs):
                 got, info = f.result(120)
                 assert info.batch == len(group) and info.batch_size == batch.batched.size_for(len(group))
@@ -187,7 +190,8 @@ def test_a_fault_fails_its_batch_alone(models):
         for at in spots:
             t.segment.write(at, np.array([250], np.uint8))
             t.segment.sync_to_device(at, 1)
-        futs = [t.submit(_feeds("gru", s)) for s in range(3)]
+        feeds = [_feeds("gru", s) for s in range(3)]
+        futs = [t.submit(f) for f in feeds]
         for f in futs:
             with pytest.raises(TenantFault, match="tenant 'batch'.*OPCODE"):
                 f.result(120)
