@@ -13,19 +13,21 @@ from vfpga.driver.emulated import EmulatedDevice
 from vfpga.runtime.models import small
 
 # The files that take longest (pytest --durations=0, summed per file), longest first. pytest-xdist hands
-# files to the workers in collection order, so these start first and no worker begins a 20-second file
-# while the other sits idle at the end of the run. Only the order changes.
+# files to the workers in collection order (pyproject's --no-loadscope-reorder: not re-sorted by test
+# count), so these start first and no worker begins a 20-second file while the other sits idle at the
+# end of the run. Only the order changes.
 RUN_FIRST = (
     "models/test_zoo.py",
-    "batching/test_rnn_batching.py",
-    "batching/test_cnn_batching.py",
-    "cluster/test_failover.py",
-    "hls/test_rnn_core.py",
     "hls/test_csim_bodies_agree.py",
+    "cluster/test_failover.py",
     "cluster/test_serving.py",
     "cluster/test_cluster.py",
-    "hls/test_csim_testbench.py",
+    "hls/test_rnn_core.py",
+    "tenants/test_multitenant.py",
     "serving/test_http.py",
+    "compiler/test_exporter_quirks.py",
+    "compiler/test_estimates.py",
+    "hls/test_csim_testbench.py",
 )
 
 
