@@ -492,6 +492,107 @@ static inline void vf_gemm_block(uint32_t *c, uint64_t ldc, const uint8_t *a, ui
     }
 }
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+/* With 512-bit VNNI the reduction runs along the output channels instead,
+ * as int8 GEMM libraries do: a vector holds 16 output channels' four
+ * weights of one tap quad (the panel repacked as [16-channel block][K/4][16][4],
+ * zero beyond cout_g and K), each pixel's four im2col bytes are broadcast,
+ * and vpdpbusd accumulates 16 channels at once, no horizontal sum. Its
+ * wrapping int32 lanes are the wrapping uint32 sums of the generic body.
+ * NP pixels x NV vectors of accumulators stay in registers. */
+#include <immintrin.h>
+#define VF_GEMM_VNNI 1
+#define VF_GEMM_VP 8 /* pixels per register block */
+#define VF_GEMM_VV 3 /* 16-channel vectors per register block: 8 x 3 accumulators + 3 weights */
+
+/* Weight rows w[o * K + j] (o < n) as the kernel's panel: per 16-channel
+ * block, K4 = ceil(K / 4) vectors; channel l's quad q is bytes 4l..4l+3 of
+ * vector q. One 4-byte move per quad (the panel is repacked for every CONV,
+ * so this is on the hot path of small tiles). */
+static void vf_gemm_pack16(const int8_t *w, uint64_t n, uint64_t K, int8_t *dst)
+{
+    const uint64_t K4 = (K + 3) / 4, full = K / 4;
+    for (uint64_t ob = 0; ob < n; ob += 16, dst += K4 * 64)
+        for (uint64_t l = 0; l < 16; ++l) {
+            int8_t *col = dst + 4 * l;
+            if (ob + l >= n) {
+                for (uint64_t q = 0; q < K4; ++q)
+                    memset(col + q * 64, 0, 4);
+                continue;
+            }
+            const int8_t *row = w + (ob + l) * K;
+            for (uint64_t q = 0; q < full; ++q)
+                memcpy(col + q * 64, row + 4 * q, 4);
+            if (full < K4) {
+                int8_t tail[4] = {0, 0, 0, 0};
+                memcpy(tail, row + 4 * full, K - 4 * full);
+                memcpy(col + full * 64, tail, 4);
+            }
+        }
+}
+
+/* c[p * ldc + o] += sum_j a[p * lda + j] * w[o][j] for NP pixels and NV
+ * 16-channel vectors (channels o0 .. o0 + 16 * NV of the n, the rest masked
+ * off); wv: the first vector's panel. a's rows are read in 4-byte quads up to
+ * 3 bytes past K (the panel's zero weights there). */
+template <int NP, int NV>
+static inline void vf_gemm_vnni_block(uint32_t *c, uint64_t ldc, const uint8_t *a, uint64_t lda,
+                                      const int8_t *wv, uint64_t K4, uint64_t o0, uint64_t n)
+{
+    __m512i acc[NP][NV];
+    for (int p = 0; p < NP; ++p)
+        for (int v = 0; v < NV; ++v)
+            acc[p][v] = _mm512_setzero_si512();
+    for (uint64_t q = 0; q < K4; ++q) {
+        __m512i w[NV];
+        for (int v = 0; v < NV; ++v)
+            w[v] = _mm512_loadu_si512((const void *)(wv + ((uint64_t)v * K4 + q) * 64));
+        for (int p = 0; p < NP; ++p) {
+            int32_t quad;
+            memcpy(&quad, a + p * lda + 4 * q, 4);
+            const __m512i x = _mm512_set1_epi32(quad);
+            for (int v = 0; v < NV; ++v)
+                acc[p][v] = _mm512_dpbusd_epi32(acc[p][v], x, w[v]);
+        }
+    }
+    for (int v = 0; v < NV; ++v) {
+        const uint64_t o = o0 + 16 * (uint64_t)v;
+        const __mmask16 m = n - o >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - o)) - 1u);
+        for (int p = 0; p < NP; ++p) {
+            uint32_t *dst = c + p * ldc + o;
+            const __m512i old = _mm512_maskz_loadu_epi32(m, dst);
+            _mm512_mask_storeu_epi32(dst, m, _mm512_add_epi32(old, acc[p][v]));
+        }
+    }
+}
+
+/* The tile's np pixels against all n channels of one group's packed panel. */
+static void vf_gemm_vnni(uint32_t *tile, uint64_t n, const uint8_t *rows, uint64_t K, const int8_t *panel,
+                         uint64_t np)
+{
+    const uint64_t K4 = (K + 3) / 4, nv = (n + 15) / 16;
+    for (uint64_t v0 = 0; v0 < nv; v0 += VF_GEMM_VV) {
+        const int8_t *wv = panel + v0 * K4 * 64;
+        const uint64_t o0 = 16 * v0, left = nv - v0;
+        uint64_t p = 0;
+#define VF_GEMM_VNNI_ROWS(NPX)                                                                                      \
+    do {                                                                                                            \
+        if (left >= 3)                                                                                              \
+            vf_gemm_vnni_block<NPX, 3>(tile + p * n, n, rows + p * K, K, wv, K4, o0, n);                            \
+        else if (left == 2)                                                                                         \
+            vf_gemm_vnni_block<NPX, 2>(tile + p * n, n, rows + p * K, K, wv, K4, o0, n);                            \
+        else                                                                                                        \
+            vf_gemm_vnni_block<NPX, 1>(tile + p * n, n, rows + p * K, K, wv, K4, o0, n);                            \
+    } while (0)
+        for (; p + VF_GEMM_VP <= np; p += VF_GEMM_VP)
+            VF_GEMM_VNNI_ROWS(VF_GEMM_VP);
+        for (; p < np; ++p)
+            VF_GEMM_VNNI_ROWS(1);
+#undef VF_GEMM_VNNI_ROWS
+    }
+}
+#endif
+
 /* The im2col row of output pixel pix of group g, as unsigned bytes x + 128. */
 static inline void vf_gemm_row(const vf_conv_t &k, uint32_t g, uint64_t pix, uint8_t *dst)
 {
@@ -516,6 +617,7 @@ struct vf_gemm_scratch {
     std::vector<uint32_t> bias; /* per output channel: first value (ACC_INIT) + correction */
     std::vector<uint32_t> corr; /* per output channel: -128 * sum of its weights */
     std::vector<int8_t> panel;  /* the weights unpacked from their beat words: [oc][ky][kx][cin_g] */
+    std::vector<int8_t> packed; /* VNNI builds: each group's panel as 16-channel vectors */
     std::vector<int64_t> mult, rnd, shift; /* requantization per output channel */
 };
 
@@ -577,8 +679,15 @@ static __attribute__((noinline)) void vf_conv_gemm(const vf_conv_t &k)
     uint64_t block = VF_GEMM_A_BYTES / K;
     block = block < VF_GEMM_NP ? VF_GEMM_NP : block - block % VF_GEMM_NP;
     block = vf_min64(block, pixels);
-    if (sc.rows.size() < block * K)
-        sc.rows.resize(block * K);
+    if (sc.rows.size() < block * K + 4) /* + 4: the VNNI kernel reads rows in 4-byte quads */
+        sc.rows.resize(block * K + 4);
+#ifdef VF_GEMM_VNNI
+    const uint64_t packed_group = (N + 15) / 16 * ((K + 3) / 4) * 64;
+    if (sc.packed.size() < k.G * packed_group)
+        sc.packed.resize(k.G * packed_group);
+    for (uint32_t g = 0; g < k.G; ++g)
+        vf_gemm_pack16(wp + (uint64_t)g * N * K, N, K, sc.packed.data() + g * packed_group);
+#endif
     if (sc.tile.size() < block * N)
         sc.tile.resize(block * N);
     uint8_t *rows = sc.rows.data();
@@ -602,6 +711,10 @@ static __attribute__((noinline)) void vf_conv_gemm(const vf_conv_t &k)
                         c[o] = (uint32_t)a[o] + corr[o];
                 }
             }
+#ifdef VF_GEMM_VNNI
+            (void)wg;
+            vf_gemm_vnni(tile, N, rows, K, sc.packed.data() + g * packed_group, np);
+#else
             uint64_t o = 0;
             for (; o + VF_GEMM_NO <= N; o += VF_GEMM_NO) {
                 uint64_t p = 0;
@@ -617,6 +730,7 @@ static __attribute__((noinline)) void vf_conv_gemm(const vf_conv_t &k)
                 for (; p < np; ++p)
                     vf_gemm_block<1, 1>(tile + p * N + o, N, rows + p * K, K, wg + o * K, K, K);
             }
+#endif
             for (uint64_t p = 0; p < np; ++p) {
                 const uint64_t at = (p0 + p) * k.OCT + oc0;
                 if (!k.final) {
