@@ -32,7 +32,7 @@ _V4 = _V3 + ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
 
 # (level, compiler flags, CPU flags the build needs), best first.
 LEVELS = (
-    ("avx512vnni", ("-march=x86-64-v4", "-mavx512vnni"), _V4 + ("avx512_vnni",)),
+    ("avx512vnni", ("-march=x86-64-v4", "-mavx512vnni", "-mprefer-vector-width=512"), _V4 + ("avx512_vnni",)),
     ("avxvnni", ("-march=x86-64-v3", "-mavxvnni"), _V3 + ("avx_vnni",)),
     ("avx2", ("-march=x86-64-v3",), _V3),
 )
