@@ -71,7 +71,7 @@ setup(
         "tqdm>=4.60",  # progress bars (also a pynq dependency)
     ],
     extras_require={"serve": SERVE, "cluster": CLUSTER,
-                    "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "httpx>=0.24"] + SERVE + CLUSTER},
+                    "test": ["pytest>=8.2", "pytest-xdist>=3.8", "ruff>=0.4", "httpx>=0.24"] + SERVE + CLUSTER},
     entry_points={
         "console_scripts": ["vfpga = vfpga.runtime.cli:main"],
         "pynq.notebooks": ["vfpga = vfpga.notebooks"],
