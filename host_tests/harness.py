@@ -7,7 +7,9 @@ Test graphs themselves live in vfpga.runtime.models.small."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import fcntl
 import io
 import json
 import os
@@ -15,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -35,6 +38,26 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Small emulated banks: cheap to build, and small enough to compare whole.
 SMALL_BANK = 16 << 20
+
+
+# Zoo models whose quantization needs most of a 24 GB host (VGG-19's 143 M
+# parameters: onnxruntime's calibration and quantization peak at about 8 GB).
+MEMORY_HEAVY_MODELS = frozenset({"vgg19"})
+
+
+@contextlib.contextmanager
+def one_at_a_time_on_this_host(what: str):
+    """Holds a host-wide lock named ``what`` (a file lock in the temporary
+    directory): tests on other xdist workers, or in another pytest run, that
+    ask for the same name wait. For the few steps that need most of the
+    host's memory, so that two workers never run them at once."""
+    path = os.path.join(tempfile.gettempdir(), f"vfpga-tests-{what}.lock")
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def emulated_accelerator(board: str = "u200", bank_capacity: int = SMALL_BANK,

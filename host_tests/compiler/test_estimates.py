@@ -8,8 +8,11 @@ timeline: DDR bank sharing, dispatcher costs) at every core count."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
+from harness import MEMORY_HEAVY_MODELS, one_at_a_time_on_this_host
 
 from vfpga import overlay
 from vfpga.driver import isa
@@ -23,7 +26,9 @@ AGREEMENT = 0.05  # estimate within 5% of the simulator, one request alone
 
 def _compiled(name: str, board: str):
     model = zoo.load(name)
-    return cache.compile_with_cache(model, board, zoo.random_inputs(model, 2, seed=1), progress=False).compiled
+    heavy = one_at_a_time_on_this_host("quantize-" + name) if name in MEMORY_HEAVY_MODELS else contextlib.nullcontext()
+    with heavy:
+        return cache.compile_with_cache(model, board, zoo.random_inputs(model, 2, seed=1), progress=False).compiled
 
 
 @pytest.fixture(scope="module")

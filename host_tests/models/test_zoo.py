@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from contextlib import nullcontext
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from harness import MEMORY_HEAVY_MODELS, one_at_a_time_on_this_host
 
 from vfpga.runtime.compiler import frontend, ir
 from vfpga.runtime.compiler.frontend.marshal import to_hwc
@@ -61,7 +63,9 @@ def build(name: str):
         t0 = time.perf_counter()
         model = zoo.load(name)
         t1 = time.perf_counter()
-        qdq = frontend.quantize(model, zoo.random_inputs(model, 2, seed=1))
+        heavy = one_at_a_time_on_this_host("quantize-" + name) if name in MEMORY_HEAVY_MODELS else nullcontext()
+        with heavy:
+            qdq = frontend.quantize(model, zoo.random_inputs(model, 2, seed=1))
         t2 = time.perf_counter()
         graph = frontend.to_graph(qdq, fallback=True)
         t3 = time.perf_counter()
