@@ -3,6 +3,8 @@ helpers the graph readers share."""
 
 from __future__ import annotations
 
+import math
+
 import onnx
 from onnx import helper
 
@@ -153,7 +155,7 @@ def infer_shapes(model: onnx.ModelProto, **kwargs) -> onnx.ModelProto:
     weights to C++ and back was four fifths of the call."""
     g = model.graph
     big = [i for i, t in enumerate(g.initializer) if t.data_location != onnx.TensorProto.EXTERNAL
-           and _elements(t.dims) > _INFER_DATA_LIMIT]
+           and math.prod(t.dims) > _INFER_DATA_LIMIT]
     if not big:
         return onnx.shape_inference.infer_shapes(model, **kwargs)
     light = onnx.ModelProto()
@@ -169,9 +171,3 @@ def infer_shapes(model: onnx.ModelProto, **kwargs) -> onnx.ModelProto:
         inferred.graph.initializer[i].CopyFrom(g.initializer[i])
     return inferred
 
-
-def _elements(dims) -> int:
-    n = 1
-    for d in dims:
-        n *= d
-    return n
