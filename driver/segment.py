@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 import pynq
 
+RUNS_CACHED = 64  # a striped segment's (offset, nbytes) -> part runs kept: a tenant syncs the same ranges again
+
 
 class SegmentBoundsError(IndexError):
     """A byte range that does not lie inside the segment."""
@@ -74,6 +76,7 @@ class Segment:
             self._buf = self._parts[0]
             # the host copy as a plain array: slicing a PynqBuffer makes a buffer object per slice
             self._host = self._buf.view(np.ndarray)
+            self._cache_ops = [_CacheOps(self._buf)]
             return
         if bank != 0:
             raise ValueError(f"a striped segment starts in bank 0 (its parts are in banks 0..{stripe.ports - 1}), "
@@ -86,6 +89,8 @@ class Segment:
         self._host = self._image[:self.size]
         self._rows = self._image.reshape(-1, stripe.ports, stripe.word)
         self._part_words = [b.view(np.ndarray).reshape(-1, stripe.word) for b in self._parts]
+        self._cache_ops = [_CacheOps(b) for b in self._parts]
+        self._runs: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
 
     def _allocate_parts(self, device, stripe) -> list:
         part = stripe.part_bytes(self.size)
@@ -167,31 +172,31 @@ class Segment:
             if self._in_one_word(offset, nbytes):  # a ring entry, a record: one part, one copy
                 p, lo = self.stripe.place(offset)
                 self._part_words[p].reshape(-1)[lo:lo + nbytes] = self._host[offset:offset + nbytes]
-                self._parts[p][lo:lo + nbytes].sync_to_device()
+                self._cache_ops[p].flush(lo, nbytes)
                 return
             for p, lo, hi in self._part_runs(offset, nbytes):
                 self._copy_part(p, lo, hi, to_part=True)
-                self._parts[p][lo:hi].sync_to_device()
+                self._cache_ops[p].flush(lo, hi - lo)
             return
-        view = self._range(offset, nbytes)
-        if view.size:
-            view.sync_to_device()
+        offset, nbytes = self._span(offset, nbytes)
+        if nbytes:
+            self._cache_ops[0].flush(offset, nbytes)
 
     def sync_from_device(self, offset: int = 0, nbytes: int | None = None) -> None:
         """Device memory -> host copy for [offset, offset + nbytes) (to the end by default)."""
         if self.stripe is not None:
             if self._in_one_word(offset, nbytes):
                 p, lo = self.stripe.place(offset)
-                self._parts[p][lo:lo + nbytes].sync_from_device()
+                self._cache_ops[p].invalidate(lo, nbytes)
                 self._host[offset:offset + nbytes] = self._part_words[p].reshape(-1)[lo:lo + nbytes]
                 return
             for p, lo, hi in self._part_runs(offset, nbytes):
-                self._parts[p][lo:hi].sync_from_device()
+                self._cache_ops[p].invalidate(lo, hi - lo)
                 self._copy_part(p, lo, hi, to_part=False)
             return
-        view = self._range(offset, nbytes)
-        if view.size:
-            view.sync_from_device()
+        offset, nbytes = self._span(offset, nbytes)
+        if nbytes:
+            self._cache_ops[0].invalidate(offset, nbytes)
 
     # ---- the striped layout ------------------------------------------------------
     def _in_one_word(self, offset: int, nbytes: int | None) -> bool:
@@ -208,13 +213,19 @@ class Segment:
     def _part_runs(self, offset: int, nbytes: int | None) -> list[tuple[int, int, int]]:
         """(part, lo, hi) for each part holding bytes of the range: the bytes
         of [offset, offset + nbytes) in part p are its run [lo, hi)."""
-        if nbytes is None:
-            self._check(offset, 0)
-            nbytes = self.size - offset
-        self._check(offset, nbytes)
-        self._live()
+        offset, nbytes = self._span(offset, nbytes)
         if nbytes == 0:
             return []
+        key = (int(offset), int(nbytes))
+        runs = self._runs.get(key)
+        if runs is None:
+            if len(self._runs) >= RUNS_CACHED:
+                self._runs.clear()
+            runs = self._runs[key] = self._compute_part_runs(*key)
+        return runs
+
+    def _compute_part_runs(self, offset: int, nbytes: int) -> list[tuple[int, int, int]]:
+        """_part_runs of a checked, non-empty range."""
         st, end = self.stripe, offset + nbytes
         w0, w1 = offset // st.word, (end - 1) // st.word
         runs = []
@@ -285,9 +296,32 @@ class Segment:
             raise SegmentBoundsError(f"byte range [{offset}, {offset + nbytes}) is outside the "
                                      f"segment [0, {self.size})")
 
-    def _range(self, offset: int, nbytes: int | None):
+    def _span(self, offset: int, nbytes: int | None) -> tuple[int, int]:
+        """(offset, nbytes) of a live segment's range, checked; nbytes None: to the end."""
         if nbytes is None:
             self._check(offset, 0)
             nbytes = self.size - offset
         self._check(offset, nbytes)
-        return self._live()[offset:offset + nbytes]
+        self._live()
+        return offset, nbytes
+
+
+class _CacheOps:
+    """Flush and invalidate of a byte range of one PynqBuffer, as that
+    range's own PynqBuffer view would call them (``PynqBuffer.flush``:
+    ``device.flush(bo, offset, virtual address, nbytes)``), without making the
+    view: a view costs more than syncing a ring entry."""
+
+    __slots__ = ("device", "bo", "offset", "address", "coherent")
+
+    def __init__(self, buf):
+        self.device, self.bo, self.offset = buf.device, buf.bo, buf.offset
+        self.address, self.coherent = buf.virtual_address, buf.coherent
+
+    def flush(self, lo: int, nbytes: int) -> None:
+        if not self.coherent:
+            self.device.flush(self.bo, self.offset + lo, self.address + lo, nbytes)
+
+    def invalidate(self, lo: int, nbytes: int) -> None:
+        if not self.coherent:
+            self.device.invalidate(self.bo, self.offset + lo, self.address + lo, nbytes)
