@@ -80,6 +80,8 @@ class Completion:
     barriers: int
     insns: int
     collected_at: float = dataclasses.field(default=0.0, compare=False)  # host perf_counter when read
+    # host perf_counter when its doorbell was rung (None: posted before this driver's context object)
+    posted_at: float | None = dataclasses.field(default=None, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -129,7 +131,7 @@ class TenantContext:
     ``ring_offset`` and records at ``cpl_offset`` (segment offsets)."""
 
     def __init__(self, dispatcher: Dispatcher, index: int, segment: Segment, ring_offset: int, cpl_offset: int,
-                 ring_size: int, on_completion=None, max_inflight: int = 1):
+                 ring_size: int, on_completion=None, max_inflight: int = 1, on_tick=None):
         if ring_size < 1 or ring_size & (ring_size - 1):
             raise ValueError(f"ring_size must be a power of two, not {ring_size}")
         self.max_inflight = max_inflight  # requests the dispatcher holds in flight (each on its own slot)
@@ -138,10 +140,15 @@ class TenantContext:
         self.segment = segment
         self.ring_offset, self.cpl_offset, self.ring_size = ring_offset, cpl_offset, ring_size
         self.on_completion = on_completion
+        # called with perf_counter() at every wake-up of the completion thread (records or not): the owner's
+        # watchdog for requests whose record never comes
+        self.on_tick = on_tick
         self._lock = threading.RLock()
         self._tail = 0  # next sequence number to post
         self._entry = np.zeros((), isa.REQUEST)  # the ring entry being posted (under _lock)
         self._acked = 0  # records consumed
+        self._ack_written = 0  # the cpl_ack the dispatcher has been told (trails _acked while callbacks run)
+        self._posted_at: dict[int, float] = {}  # sequence number -> when its doorbell was rung (until its record)
         self._mask_seq = 0
 
     # ---- registers ---------------------------------------------------------------------
@@ -195,6 +202,7 @@ class TenantContext:
             self._w("ring_size", self.ring_size)
             self._w("cpl_offset", self.cpl_offset)
             self._w("cpl_ack", self._acked & 0xFFFFFFFF)
+            self._ack_written = self._acked
             self._w("ring_tail", self._tail & 0xFFFFFFFF)
             self._w("core_mask", mask)
             # always written: the register keeps what an earlier tenant of this context set
@@ -220,7 +228,8 @@ class TenantContext:
     # ---- requests ------------------------------------------------------------------------------
     @property
     def free_entries(self) -> int:
-        return self.ring_size - (self._tail - self._acked)
+        # against the acknowledgement the dispatcher has: its doorbell check counts from cpl_ack
+        return self.ring_size - (self._tail - self._ack_written)
 
     def post(self, prog_offset: int, prog_entries: int, request_id: int) -> int:
         """Places a request in the ring and rings the doorbell; returns its
@@ -237,6 +246,7 @@ class TenantContext:
             seq = self._tail
             self._tail += 1
             self._w("ring_tail", self._tail & 0xFFFFFFFF)
+            self._posted_at[seq] = time.perf_counter()  # under the lock: collect() cannot read the record first
             return seq
 
     def collect(self) -> list[Completion]:
@@ -262,9 +272,9 @@ class TenantContext:
                     fault=rec["fault"], fault_core=None if core == NO_CORE else core,
                     fault_addr=rec["fault_addr"], fault_insn=rec["fault_insn"], fault_entry=rec["fault_entry"],
                     fault_opcode=rec["fault_opcode"], cycles=rec["cycles"], frames=rec["frames"],
-                    barriers=rec["barriers"], insns=rec["insns"], collected_at=now))
+                    barriers=rec["barriers"], insns=rec["insns"], collected_at=now,
+                    posted_at=self._posted_at.pop(s, None)))
             self._acked += n
-            self._w("cpl_ack", self._acked & 0xFFFFFFFF)
         if self.on_completion is not None:
             for c in out:  # one failing callback must not strand the records after it
                 try:
@@ -272,6 +282,12 @@ class TenantContext:
                 except Exception:  # noqa: BLE001 - logged; the thread goes on
                     log.exception("tenant context %d: completion callback failed for request %d", self.index,
                                   c.request_id)
+        # acknowledged after the callbacks: their waiters go on first, and the ring holds a record per
+        # request the host has posted, so a late acknowledgement stalls no record
+        with self._lock:
+            if self._ack_written != self._acked:
+                self._w("cpl_ack", self._acked & 0xFFFFFFFF)
+                self._ack_written = self._acked
         return out
 
     @property
@@ -323,13 +339,28 @@ class CompletionHandler:
         a lost edge never strands a request)."""
         with self._lock:
             contexts = list(self.contexts.values())
-        status = self.disp.read("irq_status")
+        try:
+            status = self.disp.read("irq_status")
+        except Exception:  # noqa: BLE001 - a dead dispatcher: the contexts' watchdogs still tick
+            self._tick(contexts)
+            raise
         for ctx in contexts:
             if status >> ctx.index & 1 or ctx.pending:
                 try:
                     ctx.collect()
                 except Exception:  # noqa: BLE001 - one context's trouble must not starve the others
                     log.exception("tenant context %d: collecting completion records failed", ctx.index)
+        self._tick(contexts)
+
+    @staticmethod
+    def _tick(contexts) -> None:
+        now = time.perf_counter()
+        for ctx in contexts:
+            if ctx.on_tick is not None:
+                try:
+                    ctx.on_tick(now)
+                except Exception:  # noqa: BLE001 - as a completion callback's
+                    log.exception("tenant context %d: tick callback failed", ctx.index)
 
     def _run(self) -> None:
         seen = 0

@@ -263,8 +263,15 @@ def _shift_fault_run(monkeypatch, loop: str, trust: bool = False):
             fault = None
         except TenantFault as e:
             fault = e
-        regs = {name: disp.read_word(_treg_offset(dev.config, t.context.index, name))
-                for name in dev.config["dispatcher"]["tenant_registers"]}
+
+        def reg(name):
+            return disp.read_word(_treg_offset(dev.config, t.context.index, name))
+        # the driver acknowledges the records after answering the request: wait for it
+        deadline = time.monotonic() + 60
+        while reg("cpl_ack") != reg("ring_head"):
+            assert time.monotonic() < deadline, "the record was never acknowledged"
+            time.sleep(0.001)
+        regs = {name: reg(name) for name in dev.config["dispatcher"]["tenant_registers"]}
         return disp, fault, (regs, disp.now)
     finally:
         if dev.dispatcher.error is None:
