@@ -139,19 +139,10 @@ def test_garbage_model_file(tmp_path, content):
     assert_runs_correctly(accel.deploy(small.conv_graph(0)), 1)
 
 
-def _with_unsupported(op_type: str, **attrs) -> onnx.ModelProto:
-    b = small.GraphBuilder(seed=3)
-    x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 8, stride=2)])
-    x = b.op(op_type, f"the_{op_type.lower()}", [x], **attrs)
-    x = b.op("GlobalAveragePool", "gap", [b.conv("conv2", x, 8, 8)])
-    out = b.op("Flatten", "flatten", [x], axis=1)
-    return b.model(f"with_{op_type}", out, (1, 8))
-
-
 @pytest.mark.parametrize("op_type, attrs", [("Softmax", {"axis": 1}), ("LRN", {"size": 3})])
 def test_unsupported_operator_names_op_and_node(tmp_path, op_type, attrs):
     path = tmp_path / f"{op_type}.onnx"
-    onnx.save(_with_unsupported(op_type, **attrs), str(path))
+    onnx.save(small.with_op(op_type, **attrs), str(path))
     accel = emulated_accelerator("pynq_z2")
     with pytest.raises(UnsupportedOperatorError, match=rf"{op_type} \(node 'the_{op_type.lower()}'\)") as e:
         accel.deploy(str(path), calibration=small.calibration_inputs(2), fallback=False)
@@ -164,7 +155,7 @@ def test_unsupported_operator_names_op_and_node(tmp_path, op_type, attrs):
 @pytest.mark.parametrize("op_type, attrs", [("Softmax", {"axis": 1}), ("LRN", {"size": 3})])
 def test_unsupported_operator_runs_on_the_cpu_by_default(tmp_path, op_type, attrs):
     path = tmp_path / f"{op_type}.onnx"
-    onnx.save(_with_unsupported(op_type, **attrs), str(path))
+    onnx.save(small.with_op(op_type, **attrs), str(path))
     accel = emulated_accelerator("pynq_z2")
     tenant = accel.deploy(str(path), calibration=small.calibration_inputs(4))
     graph = tenant.graph

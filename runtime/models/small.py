@@ -119,6 +119,18 @@ def flatten_cnn(seed: int = 0, opset: int = 13) -> onnx.ModelProto:
     return b.model("flatten_cnn", out, (1, 10), opset)
 
 
+def with_op(op_type: str, **attrs) -> onnx.ModelProto:
+    """A strided conv and ReLU, then one ``op_type`` node (named
+    "the_<op_type>"), then conv, global average pool and flatten: a model
+    with a node the cores may not have (Softmax, LRN run on the host)."""
+    b = GraphBuilder(seed=3)
+    x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 8, stride=2)])
+    x = b.op(op_type, f"the_{op_type.lower()}", [x], **attrs)
+    x = b.op("GlobalAveragePool", "gap", [b.conv("conv2", x, 8, 8)])
+    out = b.op("Flatten", "flatten", [x], axis=1)
+    return b.model(f"with_{op_type}", out, (1, 8))
+
+
 def calibration_inputs(n: int = 8, seed: int = 0, shape: tuple[int, ...] = INPUT_SHAPE) -> list[np.ndarray]:
     """n float32 inputs of the given shape, standard normal (what a
     normalized image looks like to the first layer), smoothed a little so

@@ -43,7 +43,8 @@ from vfpga.runtime.errors import (  # noqa: F401
 from vfpga.runtime.tenants.cnn_batch_tenant import CnnBatchTenant
 from vfpga.runtime.tenants.mixed_tenant import MixedTenant, front_slots
 from vfpga.runtime.tenants.rnn_tenant import RnnTenant
-from vfpga.runtime.tenants.tenant import RunInfo, Tenant, _mask, check_throughput_options  # noqa: F401 - RunInfo is part of the API
+from vfpga.runtime.tenants.tenant import RunInfo, Tenant, _mask  # noqa: F401 - RunInfo is part of the API
+from vfpga.runtime.tenants.throughput import check_throughput_options
 
 
 def board_present() -> bool:

@@ -20,7 +20,8 @@ import numpy as np
 from vfpga.runtime.compiler import cnn_batch, dynamic
 from vfpga.runtime.compiler.segment import cnn_batch_layout
 from vfpga.runtime.errors import DeployError
-from vfpga.runtime.tenants.tenant import RunInfo, SizedPlans, Tenant
+from vfpga.runtime.tenants.tenant import RunInfo, Tenant
+from vfpga.runtime.tenants.throughput import SizedPlans
 
 
 class CnnBatchPlan(SizedPlans):
@@ -38,6 +39,8 @@ class CnnBatchPlan(SizedPlans):
 
 class CnnBatchTenant(Tenant):
     """A CNN model on ``cores`` that runs requests arriving together as one batch."""
+
+    direct = False  # requests wait for the batch they join
 
     def __init__(self, accel, name: str, batched: cnn_batch.BatchedCnn, context_index: int, cores: list[int],
                  bank: int, max_pending: int = 64, max_delay_us: float = 0.0):
@@ -72,8 +75,8 @@ class CnnBatchTenant(Tenant):
         return CnnBatchPlan({b: dynamic.plan(self.tables[b], k, variant) for b in self.batched.sizes},
                             list(self.batched.sizes))
 
-    def _arena(self) -> int:
-        return self.batched.arena(self._item)
+    def _arena(self, slot: int | None = None) -> int:
+        return self.batched.arena(self._item)  # one slot: the batch item's place in it
 
     # ---- the request thread: batches -------------------------------------------------------------------
     def _take(self):

@@ -31,7 +31,8 @@ import numpy as np
 from vfpga.runtime.compiler import rnn
 from vfpga.runtime.compiler.segment import rnn_batch_layout, rnn_segment_layout
 from vfpga.runtime.errors import DeployError
-from vfpga.runtime.tenants.tenant import RunInfo, SizedPlans, Tenant
+from vfpga.runtime.tenants.tenant import RunInfo, Tenant
+from vfpga.runtime.tenants.throughput import SizedPlans
 
 
 class BatchPlan(SizedPlans):
@@ -50,6 +51,7 @@ class RnnTenant(Tenant):
     """An LSTM/GRU model on ``cores`` (pool indices of RNN cores)."""
 
     kind = "rnn"
+    direct = False  # its requests run through its request thread (batches, recurrent state)
 
     def __init__(self, accel, name: str, compiled, context_index: int, cores: list[int], bank: int,
                  max_pending: int = 64, batched: rnn.BatchedRnn | None = None, max_delay_us: float = 0.0):

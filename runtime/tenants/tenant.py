@@ -20,6 +20,18 @@ the dispatcher walks the requests in flight oldest first and records them
 in submission order. submit() queues them on the host, bounded by
 ``max_pending``.
 Different tenants run concurrently on their own cores.
+
+The direct path: a CNN tenant whose model is one accelerator part (nothing
+on the host between input and outputs, outputs of at most
+DIRECT_OUTPUT_BYTES) skips its request thread when nothing is queued or in
+flight and an activation slot is free. submit() then writes the input and
+rings the doorbell on the caller's thread, and the completion thread, which
+reads the record anyway, reads the outputs and answers the future. A
+request so takes no thread hand-off between submit() and the doorbell, or
+between its record and its result; each hand-off wakes a sleeping thread,
+which on a host of few cores costs tens of microseconds. Requests that
+arrive while one is in flight queue for the request threads as before, so
+the order stays the order of submission.
 """
 
 from __future__ import annotations
@@ -30,128 +42,42 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from vfpga.driver import isa
 from vfpga.driver.segment import Segment
-from vfpga.driver.tenant_context import Completion, ContextError, QueueFull, TenantContext
+from vfpga.driver.tenant_context import Completion, QueueFull, TenantContext
 from vfpga.runtime.compiler import dynamic, frontend, ir, slots, static
 from vfpga.runtime.compiler.frontend.marshal import from_onnx_layout, to_onnx_layout
 from vfpga.runtime.compiler.frontend.reference import OrtReference
 from vfpga.runtime.compiler.segment import RING_SIZE, segment_layout
 from vfpga.runtime.errors import DeployError, TenantFault, TenantRemoved
 from vfpga.runtime.hw import cycle_model
+from vfpga.runtime.tenants import request
+from vfpga.runtime.tenants.request import DirectRequest, Job, PerRequest, RunInfo, ThreadWaiter, per_request
+from vfpga.runtime.tenants.throughput import check_throughput_options
 
-REQUEST_TIMEOUT_S = 600.0  # a request that gets no record in this long means the dispatcher died
+# outputs the completion thread reads itself on the direct path: it serves every tenant, so a request
+# with more to copy goes through its request thread
+DIRECT_OUTPUT_BYTES = 64 << 10
 LATENCY_WINDOW = 4096  # requests whose latencies stats() summarises (the most recent)
-
-
-def check_throughput_options(kind: str, config: dict, max_batch, max_delay_us, max_inflight) -> None:
-    """Refuses deploy options a tenant of ``kind`` ("cnn", "rnn", "mixed") on
-    a board of ``config`` cannot have: dynamic batching (max_batch,
-    max_delay_us) is built for RNN and CNN tenants and a mixed tenant's RNN
-    part, requests in flight (max_inflight, up to the dispatcher's
-    inflight_max) for CNN tenants and mixed tenants (a pipeline through both
-    parts); a CNN tenant has one or the other. One check for a board's
-    deploy and a cluster's."""
-    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-        raise DeployError(f"max_batch must be a positive integer, not {max_batch!r}")
-    if not isinstance(max_delay_us, (int, float)) or isinstance(max_delay_us, bool) or max_delay_us < 0:
-        raise DeployError(f"max_delay_us must be a number >= 0, not {max_delay_us!r}")
-    if max_batch > 1 and max_inflight != 1 and kind == "cnn":
-        raise DeployError("a CNN tenant batches (max_batch) or keeps requests in flight (max_inflight), not "
-                          "both: one batch is in flight at a time")
-    if max_inflight != 1:
-        limit = int(config["dispatcher"]["inflight_max"])
-        if kind == "rnn":
-            raise DeployError("max_inflight is implemented for CNN tenants and CNN + RNN models only (RNN "
-                              "tenants batch: max_batch)")
-        if not isinstance(max_inflight, int) or isinstance(max_inflight, bool) or not 1 <= max_inflight <= limit:
-            raise DeployError(f"max_inflight must be 1..{limit} on {config['name']} for a CNN or CNN + RNN "
-                              f"tenant, not {max_inflight!r}")
-
-@dataclass
-class SizedPlans:
-    """A batching tenant's dispatch plans on k cores: one per batch size."""
-
-    plans: dict  # batch size -> the kind's plan
-    sizes: list
-
-    @property
-    def modeled_cycles(self) -> int:
-        """One request alone (batch 1)."""
-        return self.plans[1].modeled_cycles
-
-    @property
-    def k(self) -> int:
-        return self.plans[1].k
-
-
-@dataclass
-class RunInfo:
-    """What one request did."""
-
-    completions: list[Completion]
-    host_seconds: float  # measured on the host: input write to output read
-    modeled_cycles: int  # the accelerator parts' record cycles (dispatcher clock)
-    modeled_seconds: float
-    cores: int  # cores the tenant held when the request finished
-    host_cpu_seconds: float = 0.0  # measured: the CPU parts (onnxruntime on the host, glue included)
-    # measured host overhead (the driver's path, as on a board): submit() to the first doorbell, and the
-    # last completion record read by the driver to the result handed to the future; the model's CPU
-    # parts (host_cpu_seconds) in between are not counted
-    submit_to_doorbell_s: float | None = None
-    completion_to_result_s: float | None = None
-    # perf_counter at the last completion record's read, less the CPU parts after it (the second half's start)
-    collected_at: float | None = field(default=None, repr=False)
-    batch: int = 1  # requests that ran together in this run (dynamic batching; RNN tenants)
-    batch_size: int = 1  # the compiled batch size they ran on (the rest padding)
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.completions)
-
-
-@dataclass
-class _Job:
-    x_q: np.ndarray
-    future: Future
-    float_io: bool
-    submitted: float = field(default_factory=time.perf_counter)  # host clock when submit() was called
-
-
-class _PerRequest(threading.local):
-    """What a request thread keeps about the request it runs."""
-
-    def __init__(self):
-        self.slot = 0  # its activation slot
-        self.host: dict[str, np.ndarray] = {}  # float CPU results of the current request
-        self.doorbell_at: float | None = None  # its first doorbell
-        self.completed_at = 0.0  # its last completion record, read by the driver
-        self.cpu_s = self.cpu_at_bell = self.cpu_at_done = 0.0  # its CPU parts' seconds: so far, at those
-        self.stop = False  # the removal sentinel was met after some requests (RnnTenant._take)
-        self.fold_writer = None  # the folded input's writer (input_fold.FoldWriter), made at its first request
-
-
-def _per_request(name: str) -> property:
-    return property(lambda self: getattr(self._req, name), lambda self, v: setattr(self._req, name, v))
 
 
 class Tenant:
     """A model deployed on ``cores`` (physical core indices) of an accelerator."""
 
     kind = "cnn"  # the cores it runs on
+    direct = True  # whether its requests may take the direct path (see the module's doc); False: batching kinds
     max_inflight = 1
     slots = None  # slots.Slots with max_inflight > 1
-    _host = _per_request("host")
-    _doorbell_at = _per_request("doorbell_at")
-    _completed_at = _per_request("completed_at")
-    _cpu_s = _per_request("cpu_s")
-    _cpu_at_bell = _per_request("cpu_at_bell")
-    _cpu_at_done = _per_request("cpu_at_done")
-    _stop = _per_request("stop")
+    _host = per_request("host")
+    _doorbell_at = per_request("doorbell_at")
+    _completed_at = per_request("completed_at")
+    _cpu_s = per_request("cpu_s")
+    _cpu_at_bell = per_request("cpu_at_bell")
+    _cpu_at_done = per_request("cpu_at_done")
+    _stop = per_request("stop")
 
     def __init__(self, accel, name: str, compiled, context_index: int, cores: list[int],
                  bank: int, max_pending: int = 64, max_inflight: int = 1):
@@ -162,7 +88,7 @@ class Tenant:
         # (core_cycles, request_cycles) counters when the core count last changed: utilisation counts from there
         self.util_base = (0, 0)
         self.max_pending = max_pending
-        self._req = _PerRequest()
+        self._req = PerRequest()
         check_throughput_options(self.kind, accel.config, 1, 0.0, max_inflight)
         self.max_inflight = max_inflight
         size = self._prepare()
@@ -179,24 +105,28 @@ class Tenant:
             self._prog_lock = threading.Lock()
             self._halves_free = threading.Condition(self._prog_lock)
             # one per request thread, held while it runs a request (see hold())
+            # (a Lock, not an RLock: on the direct path the completion thread releases it)
             self._exec_locks = [threading.Lock() for _ in range(self.max_inflight)]
             self._exec_lock = self._exec_locks[0]
+            self._fold_writers = [None] * self.max_inflight  # per slot: the folded input's writer (input_fold)
             self._active_half = 0
             self._half_users = [0, 0]  # requests posted on each program half, not recorded yet
             self._write_programs(0, self.plan)
             self.context = TenantContext(accel.dispatcher, context_index, self.segment, self.ring_offset,
                                          self.cpl_offset, RING_SIZE, on_completion=self._on_completion,
-                                         max_inflight=self.max_inflight)
+                                         max_inflight=self.max_inflight, on_tick=self._expire_direct)
             accel.completions.attach(self.context)
             self.context.enable(_mask(self.cores))
         except BaseException:
             self.segment.free()
             raise
         self._after_deploy()
-        self._waiting: dict[int, tuple[threading.Event, list]] = {}
+        self._direct = self._direct_possible()
+        self._waiting: dict[int, ThreadWaiter | DirectRequest] = {}  # request id -> who takes its record
         self._ids = itertools.count(1)
         self._queue: queue.Queue = queue.Queue()
-        self._pending = 0
+        self._pending = 0  # requests queued for the request threads
+        self._outstanding = 0  # requests submitted and not yet answered (queued, running or direct)
         self._state_lock = threading.Lock()
         self.fault: TenantFault | None = None
         self.removed = False
@@ -344,9 +274,9 @@ class Tenant:
         start = self.program_halves[half]
         self.segment.sync_to_device(start, at - start)
 
-    def _program(self, part_index: int) -> tuple[int, int]:
-        """(segment offset, entries) of accelerator part ``part_index`` in the active half."""
-        first = self._req.slot * sum(self.part_entries) + sum(self.part_entries[:part_index])
+    def _program(self, part_index: int, slot: int) -> tuple[int, int]:
+        """(segment offset, entries) of accelerator part ``part_index`` of ``slot`` in the active half."""
+        first = slot * sum(self.part_entries) + sum(self.part_entries[:part_index])
         at = self.program_halves[self._active_half] + first * isa.DISPATCH.itemsize
         return at, len(self.plan.programs[part_index])
 
@@ -370,19 +300,24 @@ class Tenant:
         return quantized_input(self.compiled, x_q, self.name)
 
     def _enqueue(self, x_q: np.ndarray, float_io: bool, submitted: float | None = None) -> Future:
+        job = Job(x_q, Future(), float_io, submitted or time.perf_counter())
         with self._state_lock:
             if self.removed:
                 raise TenantRemoved(f"tenant {self.name!r} has been removed")
             if self.fault is not None:
-                raise TenantFault(self.name, f"stopped by an earlier fault ({self.fault.fault}); call reset()",
+                raise TenantFault(self.name, f"stopped by an earlier fault ({self._stop_reason()}); call reset()",
                                   self.fault.fault)
-            if self._pending >= self.max_pending:
-                raise QueueFull(f"tenant {self.name!r} has {self._pending} requests pending "
-                                f"(max_pending={self.max_pending}); wait for results or raise max_pending")
-            self._pending += 1
-            fut: Future = Future()
-            self._queue.put(_Job(x_q, fut, float_io, submitted or time.perf_counter()))
-        return fut
+            slot = self._free_slot() if self._direct and self._outstanding == 0 else None
+            if slot is None:
+                if self._pending >= self.max_pending:
+                    raise QueueFull(f"tenant {self.name!r} has {self._pending} requests pending "
+                                    f"(max_pending={self.max_pending}); wait for results or raise max_pending")
+                self._pending += 1
+                self._queue.put(job)
+            self._outstanding += 1
+        if slot is not None:
+            self._start_direct(job, slot)
+        return job.future
 
     def submit_quantized(self, x_q: np.ndarray) -> Future:
         """int8 HWC input -> a Future of (int8 HWC outputs, RunInfo)."""
@@ -411,13 +346,13 @@ class Tenant:
         return self.submit(x).result()
 
     # ---- the request thread -------------------------------------------------------------------------
-    def _take(self) -> list[_Job] | None:
+    def _take(self) -> list[Job] | None:
         """The next requests to run together (one here; batching tenants take
         several, :meth:`_take_batch`), None to stop."""
         job = self._queue.get()
         return None if job is None else [job]
 
-    def _take_batch(self, max_batch: int, max_delay_us: float) -> list[_Job] | None:
+    def _take_batch(self, max_batch: int, max_delay_us: float) -> list[Job] | None:
         """The first request waiting, then those that arrive within
         ``max_delay_us`` of taking it, up to ``max_batch``; None to stop."""
         first = self._queue.get()
@@ -437,7 +372,7 @@ class Tenant:
             jobs.append(job)
         return jobs
 
-    def _execute_jobs(self, jobs: list[_Job]) -> list[tuple]:
+    def _execute_jobs(self, jobs: list[Job]) -> list[tuple]:
         """(outputs, RunInfo) of each of ``jobs``, run on the device."""
         results = []
         for job in jobs:
@@ -460,47 +395,71 @@ class Tenant:
             jobs = self._take()
             if jobs is None:
                 return
-            live = []
-            for job in jobs:
-                with self._state_lock:
-                    self._pending -= 1
-                    reason = self._refusal()
-                if reason is not None:
-                    job.future.set_exception(reason)
-                elif job.future.set_running_or_notify_cancel():
-                    live.append(job)
-            if not live:
-                continue
-            try:
-                with self._exec_locks[slot]:
-                    results = self._execute_jobs(live)
-            except BaseException as e:  # noqa: BLE001 - handed to the callers through the futures
-                with self._state_lock:  # a fault fails the whole batch and stops the tenant
-                    if isinstance(e, TenantFault):
-                        self.fault = e
-                    self.failed += len(live)
-                for job in live:
-                    job.future.set_exception(e)
+            with self._state_lock:
+                self._pending -= len(jobs)
+            failure = None
+            # the slot may be busy with a direct request; whether a job still runs is decided once it is free
+            with self._exec_locks[slot]:
+                live = self._admit(jobs)
+                try:
+                    results = self._execute_jobs(live) if live else []
+                except BaseException as e:  # noqa: BLE001 - handed to the callers through the futures
+                    failure = e
+            if failure is not None:
+                self._fail(live, failure)
                 continue
             for job, (outs, info) in zip(live, results):
                 try:
                     result = self._result(outs, info, job.float_io)
                 except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
-                    with self._state_lock:
-                        self.failed += 1
-                    job.future.set_exception(e)
+                    self._fail([job], e)
                     continue
                 if info.collected_at is not None:
                     info.completion_to_result_s = time.perf_counter() - info.collected_at
-                with self._state_lock:
-                    self.requests += 1
-                    self.host_latencies.append(info.host_seconds)
-                    self.host_cpu_seconds.append(info.host_cpu_seconds)
-                    self.modeled_latencies.append(info.modeled_cycles)
-                    self.run_batches.append(info.batch)
-                    if info.submit_to_doorbell_s is not None:
-                        self.host_overheads.append((info.submit_to_doorbell_s, info.completion_to_result_s))
-                job.future.set_result(result)
+                self._succeed(job, result, info)
+
+    def _admit(self, jobs: list[Job]) -> list[Job]:
+        """The jobs that run now: the others are refused (the tenant was
+        removed or stopped by a fault) or were cancelled while they waited."""
+        live = []
+        for job in jobs:
+            with self._state_lock:
+                reason = self._refusal()
+                running = reason is None and job.future.set_running_or_notify_cancel()
+                if not running:
+                    self._outstanding -= 1
+            if running:
+                live.append(job)
+            elif reason is not None:
+                job.future.set_exception(reason)
+        return live
+
+    def _succeed(self, job: Job, result, info: RunInfo) -> None:
+        """Counts a request that ran and answers it."""
+        with self._state_lock:
+            self.requests += 1
+            self.host_latencies.append(info.host_seconds)
+            self.host_cpu_seconds.append(info.host_cpu_seconds)
+            self.modeled_latencies.append(info.modeled_cycles)
+            self.run_batches.append(info.batch)
+            if info.submit_to_doorbell_s is not None:
+                self.host_overheads.append((info.submit_to_doorbell_s, info.completion_to_result_s))
+            self._outstanding -= 1
+        job.future.set_result(result)
+
+    def _fail(self, jobs: list[Job], e: BaseException, slot: int | None = None) -> None:
+        """Fails requests with ``e``; a fault stops the tenant (a batch fails
+        as a whole). ``slot``: the lock a direct request held, released once
+        a fault is recorded (a request waiting for the slot is then refused)."""
+        with self._state_lock:
+            if isinstance(e, TenantFault):
+                self.fault = e
+            self.failed += len(jobs)
+            self._outstanding -= len(jobs)
+        if slot is not None:
+            self._exec_locks[slot].release()
+        for job in jobs:
+            job.future.set_exception(e)
 
     def _result(self, outs, info: RunInfo, float_io):
         """What the future of a request gives: float outputs like
@@ -514,7 +473,7 @@ class Tenant:
         if self.removed:
             return TenantRemoved(f"tenant {self.name!r} was removed before this request ran")
         if self.fault is not None:
-            return TenantFault(self.name, f"not run: the tenant stopped on an earlier fault ({self.fault.fault})",
+            return TenantFault(self.name, f"not run: the tenant stopped on an earlier fault ({self._stop_reason()})",
                                self.fault.fault)
         return None
 
@@ -538,51 +497,143 @@ class Tenant:
         return outs, RunInfo(completions, time.perf_counter() - t0, cycles,
                              cycle_model.seconds(cycles, self.accel.config), self.k, cpu_s)
 
-    def _run_part(self, index: int) -> Completion:
+    def _post(self, index: int, slot: int, waiter: ThreadWaiter | DirectRequest) -> int:
+        """Posts accelerator part ``index`` of ``slot``'s programs for
+        ``waiter``; returns the program half it walks (counted as used until
+        :meth:`_release_half`)."""
         rid = next(self._ids) & 0xFFFFFFFF
-        done, box = threading.Event(), []
-        half = None
-        self._waiting[rid] = (done, box)
+        self._waiting[rid] = waiter  # before the doorbell: the record may come at once
         try:
             with self._prog_lock:
-                offset, entries = self._program(index)
-                self.context.post(offset, entries, rid)
                 half = self._active_half
+                offset, entries = self._program(index, slot)
+                if isinstance(waiter, DirectRequest):
+                    waiter.half = half  # read by the completion thread only after this lock is left
+                self.context.post(offset, entries, rid)
                 self._half_users[half] += 1
+        except BaseException:
+            self._waiting.pop(rid, None)
+            raise
+        return half
+
+    def _release_half(self, half: int) -> None:
+        with self._halves_free:
+            self._half_users[half] -= 1
+            self._halves_free.notify_all()
+
+    def _run_part(self, index: int) -> Completion:
+        waiter = ThreadWaiter()
+        half = self._post(index, self._req.slot, waiter)
+        try:
             if self._doorbell_at is None:
                 self._doorbell_at, self._cpu_at_bell = time.perf_counter(), self._cpu_s
-            if not done.wait(REQUEST_TIMEOUT_S):
-                raise ContextError(f"tenant {self.name!r}: no completion record after {REQUEST_TIMEOUT_S} s "
-                                   f"(context status {self.context.status})")
+            if not waiter.done.wait(request.REQUEST_TIMEOUT_S):
+                raise self._no_record()
         finally:
-            self._waiting.pop(rid, None)
-            with self._halves_free:
-                if half is not None:
-                    self._half_users[half] -= 1
-                    self._halves_free.notify_all()
-        c = box[0]
+            if waiter.record is None:
+                self._forget(waiter)
+            self._release_half(half)
+        c = waiter.record
         self._completed_at, self._cpu_at_done = c.collected_at, self._cpu_s
         if not c.ok:
             raise TenantFault(self.name, c.describe(), self.context.fault(), c)
         return c
 
+    def _forget(self, waiter) -> bool:
+        """Drops a waiter whose record did not come; False if it came meanwhile."""
+        for rid, w in list(self._waiting.items()):
+            if w is waiter:
+                return self._waiting.pop(rid, None) is not None
+        return False
+
     def _on_completion(self, c: Completion) -> None:
         """Called by the completion thread for each record of this tenant."""
-        waiter = self._waiting.get(c.request_id)
+        waiter = self._waiting.pop(c.request_id, None)
         if waiter is not None:
-            waiter[1].append(c)
-            waiter[0].set()
+            waiter.deliver(c)
+
+    # ---- the direct path ----------------------------------------------------------------------------
+    def _direct_possible(self) -> bool:
+        """Whether requests may take the direct path: one accelerator part,
+        nothing on the host, outputs the completion thread may read."""
+        c = self.compiled
+        if not self.direct or len(c.parts) != 1 or c.parts[0].kind == "cpu":
+            return False
+        out_bytes = sum((p.shape[0] * p.shape[1] - 1) * p.pixel_stride + p.shape[2] for p in c.outputs)
+        return out_bytes <= DIRECT_OUTPUT_BYTES
+
+    def _free_slot(self) -> int | None:
+        """A slot whose lock this call took (none: a re-allocation holds them)."""
+        for s, lock in enumerate(self._exec_locks):
+            if lock.acquire(blocking=False):
+                return s
+        return None
+
+    def _start_direct(self, job: Job, slot: int) -> None:
+        """The direct path's first half, on the submitting thread, which
+        holds ``slot``'s lock: the input into device memory and the doorbell."""
+        job.future.set_running_or_notify_cancel()
+        d = DirectRequest(self._finish_direct, job, slot, time.perf_counter())
+        try:
+            self._write_input(job.x_q, slot)
+            self._post(0, slot, d)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            self._fail([job], e, slot)
+
+    def _finish_direct(self, d: DirectRequest, c: Completion | None, error: BaseException | None = None) -> None:
+        """The direct path's second half, on the completion thread: the
+        outputs read, the slot's lock released, the future answered."""
+        job = d.job
+        try:
+            self._release_half(d.half)
+            if error is not None:
+                raise error
+            if not c.ok:
+                raise TenantFault(self.name, c.describe(), self.context.fault(), c)
+            outs = [self._read(p, d.slot) for p in self.compiled.outputs]
+            info = RunInfo([c], time.perf_counter() - d.started, c.cycles,
+                           cycle_model.seconds(c.cycles, self.accel.config), self.k)
+            if c.posted_at is not None:
+                info.submit_to_doorbell_s, info.collected_at = c.posted_at - job.submitted, c.collected_at
+            result = self._result(outs, info, job.float_io)
+            if info.collected_at is not None:
+                info.completion_to_result_s = time.perf_counter() - info.collected_at
+        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            self._fail([job], e, d.slot)
+            return
+        self._exec_locks[d.slot].release()
+        self._succeed(job, result, info)
+
+    def _expire_direct(self, now: float) -> None:
+        """The completion thread's tick: a direct request without a record
+        after REQUEST_TIMEOUT_S fails, as a request thread's wait would."""
+        for d in [w for w in list(self._waiting.values()) if isinstance(w, DirectRequest) and now > w.deadline]:
+            if self._forget(d):
+                self._finish_direct(d, None, self._no_record())
+
+    def _stop_reason(self) -> str:
+        """What stopped the tenant: the fault the hardware reported, else a missing record."""
+        return str(self.fault.fault) if self.fault.fault is not None else "no completion record in time"
+
+    def _no_record(self) -> TenantFault:
+        """A request whose record did not come in time. The dispatcher or the
+        context is stuck and the request may still run later on its slot's
+        memory, so the tenant stops, as on a fault, until reset() drains it."""
+        return TenantFault(self.name, f"no completion record after {request.REQUEST_TIMEOUT_S} s (context status "
+                           f"{self.context.status}); stopped until reset()", self.context.fault())
 
     # ---- device memory ------------------------------------------------------------------------------
-    def _arena(self) -> int:
-        """Where this request thread's activation slot starts (0: slot 0)."""
-        return 0 if self.slots is None else self.slots.arena(self._req.slot)
+    def _arena(self, slot: int | None = None) -> int:
+        """Where activation slot ``slot`` (default: this request thread's) starts (0: slot 0)."""
+        if self.slots is None:
+            return 0
+        return self.slots.arena(self._req.slot if slot is None else slot)
 
-    def _read(self, p: static.Placement) -> np.ndarray:
+    def _read(self, p: static.Placement, slot: int | None = None) -> np.ndarray:
         """A tensor's int8 HWC value from device memory (slices of a wider
-        concat tensor included)."""
+        concat tensor included), in ``slot`` (default: this request thread's)."""
         h, w, c = p.shape
-        addr = p.addr + self._arena()
+        addr = p.addr + self._arena(slot)
         span = (h * w - 1) * p.pixel_stride + c
         self.segment.sync_from_device(addr, span)
         if p.pixel_stride == c:  # a dense tensor: the segment's copy is the value
@@ -591,11 +642,11 @@ class Tenant:
         raw[:span] = self.segment.read(addr, span)
         return raw.view(np.int8).reshape(h, w, p.pixel_stride)[:, :, :c].copy()
 
-    def _write(self, p: static.Placement, value: np.ndarray) -> None:
+    def _write(self, p: static.Placement, value: np.ndarray, slot: int | None = None) -> None:
         """Writes a tensor's int8 HWC value into device memory (as a channel
-        slice of a wider tensor where it is one)."""
+        slice of a wider tensor where it is one), in ``slot`` (default: this request thread's)."""
         h, w, c = p.shape
-        addr = p.addr + self._arena()
+        addr = p.addr + self._arena(slot)
         if p.pixel_stride == c:
             self.segment.write(addr, value)
             self.segment.sync_to_device(addr, value.nbytes)
@@ -608,20 +659,21 @@ class Tenant:
         self.segment.write(addr, raw[:span])
         self.segment.sync_to_device(addr, span)
 
-    def _write_input(self, x_q: np.ndarray) -> None:
-        """Writes a request's int8 HWC input into device memory; a folded input
-        (input_fold) is folded straight into the segment's host copy, then that
-        range alone is synced."""
+    def _write_input(self, x_q: np.ndarray, slot: int | None = None) -> None:
+        """Writes a request's int8 HWC input into device memory (``slot``;
+        default: this request thread's); a folded input (input_fold) is folded
+        straight into the segment's host copy, then that range alone is synced."""
         c = self.compiled
         p = c.input
         h, w, ch = p.shape
+        slot = self._req.slot if slot is None else slot
         if c.input_fold is None or p.pixel_stride != ch:
-            self._write(p, c.device_input(x_q))
+            self._write(p, c.device_input(x_q), slot)
             return
-        writer = self._req.fold_writer
+        writer = self._fold_writers[slot]  # used under the slot's lock only
         if writer is None:
-            writer = self._req.fold_writer = c.input_fold.writer(p.zero_point)
-        addr = p.addr + self._arena()
+            writer = self._fold_writers[slot] = c.input_fold.writer(p.zero_point)
+        addr = p.addr + self._arena(slot)
         writer.write(x_q, self.segment.view(addr, h * w * ch))
         self.segment.sync_to_device(addr, h * w * ch)
 
@@ -667,6 +719,12 @@ class Tenant:
             self._queue.put(None)
         for w in self._workers:
             w.join(timeout)
+        # direct requests in flight finish before the context is drained (the completion thread reads their
+        # outputs from the segment freed below)
+        deadline = time.monotonic() + timeout
+        for lock in self._exec_locks:
+            if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                lock.release()
         while True:  # anything still queued behind the sentinel
             try:
                 job = self._queue.get_nowait()
