@@ -1,4 +1,5 @@
-"""Which build of the emulation library this host runs.
+"""Which build of the emulation library (and of the host's marshalling
+helpers) this host runs.
 
 ``pip install`` builds every board's emulation library (the HLS C++ through
 cffi, hls/cffi_build.py) twice:
@@ -13,7 +14,8 @@ cffi, hls/cffi_build.py) twice:
 :func:`emulation_module` loads the host build when the CPU it runs on has
 every feature of its level (checked against /proc/cpuinfo before anything
 of it is loaded), else the portable one; so a wheel built on one machine
-still imports elsewhere. ``VFPGA_PORTABLE=1`` at install builds only the
+still imports elsewhere. ``vfpga.driver._marshal`` (the request tensors'
+marshalling, hls/host) is built and chosen the same way (:func:`best_module`). ``VFPGA_PORTABLE=1`` at install builds only the
 portable library; at run time it makes the portable one the one loaded.
 
 This file imports nothing of vfpga: hls/cffi_build.py loads it by path.
@@ -68,16 +70,22 @@ def host_level(flags: frozenset[str] | None = None) -> str | None:
     return next((name for name, _, _ in LEVELS if supported(name, flags)), None)
 
 
-def emulation_module(board: str):
-    """The emulation library of ``board`` for this host (see the module doc)."""
+def best_module(base: str):
+    """``vfpga.driver.<base>_<level>`` for the best level this host runs
+    that was built, else the portable ``vfpga.driver.<base>`` (see the module doc)."""
     if not portable_requested():
         for name, _, _ in LEVELS:
             if supported(name):
                 try:
-                    return importlib.import_module(f"vfpga.driver._emu_{board}_{name}")
+                    return importlib.import_module(f"vfpga.driver.{base}_{name}")
                 except ImportError:
                     continue  # not built for this level (another install host, or VFPGA_PORTABLE)
-    return importlib.import_module(f"vfpga.driver._emu_{board}")
+    return importlib.import_module(f"vfpga.driver.{base}")
+
+
+def emulation_module(board: str):
+    """The emulation library of ``board`` for this host."""
+    return best_module(f"_emu_{board}")
 
 
 def build_name(module) -> str:

@@ -2,6 +2,9 @@
 
 * ``vfpga.driver._isa``: the ISA header alone. API mode makes the C compiler
   check every struct layout Python derives from the header.
+* ``vfpga.driver._marshal`` (and ``_marshal_<level>``): the host's
+  marshalling of request tensors (hls/host), on a board's host as in
+  emulation, built and chosen per ISA level as the emulation libraries are.
 * ``vfpga.driver._emu_<board>``: the CNN and RNN cores' and the level-1
   dispatcher's HLS C++ compiled for the host with that board's macros -- the
   C-simulation the emulated device runs -- for the compiler's default target
@@ -31,6 +34,9 @@ CORE_SOURCES = [os.path.join(_REL_HLS, name) for name in ("cnn_core.cpp", "rnn_c
 # The emulated dispatcher's event loop: host C++ (threads, std containers), in the emulation library only.
 EMU_DIR = os.path.join(HLS_DIR, "emu")
 EMU_SOURCES = [os.path.join(_REL_HLS, "emu", "emu_loop.cpp")]
+# The driver's host-side C (request tensors' marshalling): every host, board or not.
+HOST_DIR = os.path.join(HLS_DIR, "host")
+HOST_SOURCES = [os.path.join(_REL_HLS, "host", "vfpga_marshal.c")]
 CXXFLAGS = ["-std=c++14", "-O3", "-Wno-unknown-pragmas"]
 # g++'s static branch guesses mark the element-wise loops inside the unit
 # scheduler cold, which leaves them scalar; without the guesses they vectorise.
@@ -125,6 +131,17 @@ def isa_builder():
     return ffi
 
 
+def marshal_builder(level=None, flags=()):
+    """The host's marshalling helpers: portable, or for ISA ``level`` with ``flags``."""
+    ffi = FFI()
+    ffi.cdef(cdef_text(os.path.join(HOST_DIR, "vfpga_marshal.h")))
+    ffi.set_source("vfpga.driver._marshal" + (f"_{level}" if level else ""), '#include "vfpga_marshal.h"',
+                   sources=HOST_SOURCES, include_dirs=[HOST_DIR],
+                   # without trapping math the clamps become selects and the loops vectorise; no result changes
+                   extra_compile_args=["-O3", "-fno-trapping-math", *flags])
+    return ffi
+
+
 def emu_builder(board, level=None, flags=()):
     """The emulation library of ``board``: portable, or for ISA ``level`` with ``flags``."""
     config = _board_config()
@@ -153,13 +170,18 @@ def boards():
 
 
 def module_names():
-    """The builders setup.py lists (``cffi_modules``): isa, and per board the
-    portable and (where the host has a level) the host-level emulation library."""
+    """The builders setup.py lists (``cffi_modules``): isa, and the portable
+    and (where the host has a level) the host-level marshalling helpers and
+    emulation library of each board."""
     level = host_level()
-    return ["isa"] + [f"emu_{b}" for b in boards()] + ([f"emu_{b}_{level}" for b in boards()] if level else [])
+    portable = ["isa", "marshal"] + [f"emu_{b}" for b in boards()]
+    return portable + ([f"marshal_{level}"] + [f"emu_{b}_{level}" for b in boards()] if level else [])
 
 
 isa = isa_builder
+marshal = marshal_builder
+for _level, _, _ in _host_isa().LEVELS:
+    globals()[f"marshal_{_level}"] = functools.partial(marshal_builder, _level, level_flags(_level))
 for _board in boards():
     globals()[f"emu_{_board}"] = functools.partial(emu_builder, _board)
     for _level, _, _ in _host_isa().LEVELS:

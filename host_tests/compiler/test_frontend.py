@@ -1033,17 +1033,36 @@ def test_fallback_regions_never_form_a_cycle(calib, test_inputs):
     _assert_end_to_end(qdq, g, test_inputs)
 
 
-def _quantize_reference(x, tensor: ir.Tensor) -> np.ndarray:
-    """quantize_input as it was first written: new arrays at every step."""
-    q = np.rint(np.asarray(x).astype(np.float32) / np.float32(tensor.scale)) + tensor.zero_point
-    q = np.clip(q, -128, 127).astype(np.int8)
+def _quantize_linear_ort(x, tensor: ir.Tensor) -> np.ndarray:
+    """onnxruntime's QuantizeLinear of ``x`` (cast to float32, as a float32 model input is) in int8 HWC."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = np.asarray(x).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "scale", "zero_point"], ["q"])], "quantize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("q", TensorProto.INT8, list(x.shape))],
+        [helper.make_tensor("scale", TensorProto.FLOAT, [], [tensor.scale]),
+         helper.make_tensor("zero_point", TensorProto.INT8, [], [tensor.zero_point])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    q = session.run(None, {"x": x})[0]
     h, w, c = tensor.shape
     return np.ascontiguousarray(q.reshape(c, h, w).transpose(1, 2, 0))
 
 
+@pytest.mark.parametrize("build", ["this host's", "portable"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
-@pytest.mark.parametrize("shape, onnx_shape", [((7, 5, 3), None), ((1, 1, 10), (1, 10)), ((224, 224, 3), None)])
-def test_quantize_input_in_place_equals_the_reference(dtype, shape, onnx_shape):
+@pytest.mark.parametrize("shape, onnx_shape", [((7, 5, 3), None), ((1, 1, 10), (1, 10)), ((224, 224, 3), None),
+                                               ((3, 300, 1), None), ((9, 9, 20), None)])
+def test_quantize_input_equals_onnxruntime_quantize_linear(monkeypatch, build, dtype, shape, onnx_shape):
+    """Both builds of the C helper (the host's ISA level, loaded by default, and the portable one)."""
+    if build == "portable":
+        import importlib
+
+        from vfpga.runtime.compiler.frontend import marshal
+        monkeypatch.setattr(marshal, "_marshal", importlib.import_module("vfpga.driver._marshal"))
     rng = np.random.default_rng(len(shape) + shape[0])
     for scale, zp in ((0.0339, -4), (0.5, 127), (1e-3, -128), (2.0, 0)):
         t = ir.Tensor("x", shape, scale, zp, onnx_shape=onnx_shape)
@@ -1053,11 +1072,12 @@ def test_quantize_input_in_place_equals_the_reference(dtype, shape, onnx_shape):
         flat = x.reshape(-1)
         n = flat.size
         flat[: n // 4] = (rng.integers(-140, 140, n // 4) + 0.5) * scale
-        specials = [np.inf, -np.inf, np.nan, 1e30, -1e30, 0.0, -0.0, (127.5 - zp) * scale, (-128.5 - zp) * scale]
+        specials = [np.inf, -np.inf, np.nan, 1e30, -1e30, 0.0, -0.0, (127.5 - zp) * scale, (-128.5 - zp) * scale,
+                    (2 ** 22 + 0.5) * scale, -(2 ** 23 + 1.0) * scale, 255.5 * scale, -256.5 * scale]
         flat[n // 4:n // 4 + len(specials)] = specials[: max(0, min(len(specials), n - n // 4))]
         with np.errstate(over="ignore", invalid="ignore"):  # inf and nan on purpose
             x = x.astype(dtype)
-            np.testing.assert_array_equal(frontend.quantize_input(x, t), _quantize_reference(x, t))
+            np.testing.assert_array_equal(frontend.quantize_input(x, t), _quantize_linear_ort(x, t))
 
 
 @pytest.mark.parametrize("shape, onnx_shape", [((7, 5, 3), None), ((1, 1, 1000), (1, 1000)), ((14, 14, 40), None),

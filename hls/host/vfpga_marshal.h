@@ -1,0 +1,18 @@
+/* Host-side marshalling of a request's tensors (the driver's path on a board
+ * as in emulation): one pass in C where numpy needs several, each step as
+ * the ONNX operator defines it. Built by hls/cffi_build.py into
+ * vfpga.driver._marshal; runtime/compiler/frontend/marshal.py calls it. */
+#ifndef VFPGA_MARSHAL_H
+#define VFPGA_MARSHAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* QuantizeLinear of a float32 CHW image into int8 HWC:
+ * q[p * channels + c] = saturate(round_half_even(x[c * pixels + p] / scale) + zero_point),
+ * every step in float32 as onnxruntime computes it (IEEE division, the
+ * current rounding mode's ties-to-even). NaN saturates to -128. */
+void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t pixels, float scale,
+                            float zero_point);
+
+#endif
