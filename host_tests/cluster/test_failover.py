@@ -40,6 +40,8 @@ def test_a_board_killed_mid_stream(cl, models, ray_session):
     assert cl.controller.duplicates == 0  # none answered twice
     boards = {x.index: x for x in cl.boards()}
     assert not boards[0].up and boards[0].downs == 1 and "died" in boards[0].down_reason
+    # the lost replicas are deployed again on the survivors, whether or not the stream outlasted that
+    _wait(lambda: all(p["state"] == "active" for t in (a, b, c) for p in t.placement), what="replicas redeployed")
     for t, n in ((a, 1), (b, 2), (c, 1)):
         assert len(t.placement) == n and all(p["board"] in (1, 2) and p["state"] == "active" for p in t.placement)
     assert sorted(p["board"] for p in b.placement) == [1, 2]  # still spread

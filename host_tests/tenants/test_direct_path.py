@@ -14,7 +14,8 @@ import onnx
 import pytest
 from harness import corrupt, emulated_accelerator, make_model, random_inputs
 
-from vfpga.runtime.compiler import static
+from vfpga.runtime.compiler import frontend, static
+from vfpga.runtime.hw import golden
 from vfpga.runtime.models import small
 from vfpga.runtime.tenants import TenantFault, request
 
@@ -139,5 +140,22 @@ def test_a_model_with_a_host_part_runs_on_its_request_thread(monkeypatch, tmp_pa
         y = t.run(x)
         assert np.isfinite(y).all()
         assert [name for name, _ in answers] == ["vfpga-tenant-" + t.name + "-0"]
+    finally:
+        accel.close()
+
+
+def test_a_classifier_s_softmax_runs_on_the_completion_thread(monkeypatch):
+    accel = emulated_accelerator("u200")
+    try:
+        t = accel.deploy(small.classifier_with_softmax(1), calibration=small.calibration_inputs(4))
+        assert [p.kind for p in t.compiled.parts] == ["accel", "cpu"]  # the host tail: the softmax
+        answers = _spy(monkeypatch, t, "_succeed")
+        graph = t.graph
+        for x in small.calibration_inputs(3, seed=11):
+            x_q = frontend.quantize_input(x, graph.tensors[graph.inputs[0]])
+            (got,), info = t.run_quantized(x_q)
+            assert np.array_equal(got, golden.run_graph(graph, x_q)[graph.outputs[0]])
+            assert info.host_cpu_seconds > 0 and info.completion_to_result_s > 0
+        assert {name for name, _ in answers} == {"vfpga-completions"}
     finally:
         accel.close()

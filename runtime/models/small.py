@@ -131,6 +131,17 @@ def with_op(op_type: str, **attrs) -> onnx.ModelProto:
     return b.model(f"with_{op_type}", out, (1, 8))
 
 
+def classifier_with_softmax(seed: int = 0) -> onnx.ModelProto:
+    """A small classifier ending in Softmax, as ImageNet models do: conv,
+    ReLU, global average pool, flatten, Gemm, then Softmax (on the host)."""
+    b = GraphBuilder(seed)
+    x = b.op("Relu", "relu1", [b.conv("conv1", "input", 3, 16, stride=2)])
+    x = b.op("GlobalAveragePool", "gap", [x])
+    x = b.op("Flatten", "flatten", [x], axis=1)
+    out = b.op("Softmax", "softmax", [b.gemm("fc", x, 16, 10)], axis=1)
+    return b.model("classifier_with_softmax", out, (1, 10))
+
+
 def calibration_inputs(n: int = 8, seed: int = 0, shape: tuple[int, ...] = INPUT_SHAPE) -> list[np.ndarray]:
     """n float32 inputs of the given shape, standard normal (what a
     normalized image looks like to the first layer), smoothed a little so

@@ -21,12 +21,13 @@ in submission order. submit() queues them on the host, bounded by
 ``max_pending``.
 Different tenants run concurrently on their own cores.
 
-The direct path: a CNN tenant whose model is one accelerator part (nothing
-on the host between input and outputs, outputs of at most
-DIRECT_OUTPUT_BYTES) skips its request thread when nothing is queued or in
-flight and an activation slot is free. submit() then writes the input and
-rings the doorbell on the caller's thread, and the completion thread, which
-reads the record anyway, reads the outputs and answers the future. A
+The direct path: a CNN tenant whose model is one accelerator part, then at
+most a small host tail (a classifier's softmax: DIRECT_HOST_MACS, tensors
+and outputs of at most DIRECT_OUTPUT_BYTES), skips its request thread when
+nothing is queued or in flight and an activation slot is free. submit()
+then writes the input and rings the doorbell on the caller's thread, and
+the completion thread, which reads the record anyway, runs the tail, reads
+the outputs and answers the future. A
 request so takes no thread hand-off between submit() and the doorbell, or
 between its record and its result; each hand-off wakes a sleeping thread,
 which on a host of few cores costs tens of microseconds. Requests that
@@ -58,9 +59,10 @@ from vfpga.runtime.tenants import request
 from vfpga.runtime.tenants.request import DirectRequest, Job, PerRequest, RunInfo, ThreadWaiter, per_request
 from vfpga.runtime.tenants.throughput import check_throughput_options
 
-# outputs the completion thread reads itself on the direct path: it serves every tenant, so a request
-# with more to copy goes through its request thread
+# what the completion thread does itself on the direct path (it serves every tenant, so a request with
+# more goes through its request thread): outputs and host-tail tensors to copy, host-tail MACs to compute
 DIRECT_OUTPUT_BYTES = 64 << 10
+DIRECT_HOST_MACS = 1 << 16
 LATENCY_WINDOW = 4096  # requests whose latencies stats() summarises (the most recent)
 
 
@@ -492,7 +494,7 @@ class Tenant:
                 continue
             completions.append(self._run_part(accel_index))
             accel_index += 1
-        outs = [self._host.pop(p.name) if p.name in self._host else self._read(p) for p in self.compiled.outputs]
+        outs = self._outputs(self._req.slot, self._host)
         cycles = sum(c.cycles for c in completions)
         return outs, RunInfo(completions, time.perf_counter() - t0, cycles,
                              cycle_model.seconds(cycles, self.accel.config), self.k, cpu_s)
@@ -555,12 +557,17 @@ class Tenant:
     # ---- the direct path ----------------------------------------------------------------------------
     def _direct_possible(self) -> bool:
         """Whether requests may take the direct path: one accelerator part,
-        nothing on the host, outputs the completion thread may read."""
+        first, then at most a small host tail (a classifier's softmax), and
+        outputs the completion thread may read and compute."""
+        from vfpga.runtime.compiler import placement
+
         c = self.compiled
-        if not self.direct or len(c.parts) != 1 or c.parts[0].kind == "cpu":
+        if not self.direct or not c.parts or c.parts[0].kind == "cpu" or any(p.kind != "cpu" for p in c.parts[1:]):
             return False
-        out_bytes = sum((p.shape[0] * p.shape[1] - 1) * p.pixel_stride + p.shape[2] for p in c.outputs)
-        return out_bytes <= DIRECT_OUTPUT_BYTES
+        tail = {n for p in c.parts[1:] for layer in [self.graph.layers[p.layer]] for n in (*layer.inputs, *layer.outputs)}
+        nbytes = sum((p.shape[0] * p.shape[1] - 1) * p.pixel_stride + p.shape[2]
+                     for p in [*c.outputs, *(c.tensors[n] for n in tail)])
+        return nbytes <= DIRECT_OUTPUT_BYTES and placement.mac_share(c).cpu_macs <= DIRECT_HOST_MACS
 
     def _free_slot(self) -> int | None:
         """A slot whose lock this call took (none: a re-allocation holds them)."""
@@ -590,11 +597,16 @@ class Tenant:
                 raise error
             if not c.ok:
                 raise TenantFault(self.name, c.describe(), self.context.fault(), c)
-            outs = [self._read(p, d.slot) for p in self.compiled.outputs]
+            host: dict[str, np.ndarray] = {}
+            t_cpu = time.perf_counter()
+            for part in self.compiled.parts[1:]:  # the host tail
+                self._run_cpu(part.layer, d.slot, host)
+            cpu_s = time.perf_counter() - t_cpu if len(self.compiled.parts) > 1 else 0.0
+            outs = self._outputs(d.slot, host)
             info = RunInfo([c], time.perf_counter() - d.started, c.cycles,
-                           cycle_model.seconds(c.cycles, self.accel.config), self.k)
-            if c.posted_at is not None:
-                info.submit_to_doorbell_s, info.collected_at = c.posted_at - job.submitted, c.collected_at
+                           cycle_model.seconds(c.cycles, self.accel.config), self.k, cpu_s)
+            if c.posted_at is not None:  # (the host tail is the model's, not overhead)
+                info.submit_to_doorbell_s, info.collected_at = c.posted_at - job.submitted, c.collected_at + cpu_s
             result = self._result(outs, info, job.float_io)
             if info.collected_at is not None:
                 info.completion_to_result_s = time.perf_counter() - info.collected_at
@@ -677,7 +689,15 @@ class Tenant:
         writer.write(x_q, self.segment.view(addr, h * w * ch))
         self.segment.sync_to_device(addr, h * w * ch)
 
-    def _run_cpu(self, index: int) -> None:
+    def _outputs(self, slot: int, host: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """A request's outputs: from the host parts' float results, else from device memory."""
+        return [host.pop(p.name) if p.name in host else self._read(p, slot) for p in self.compiled.outputs]
+
+    def _run_cpu(self, index: int, slot: int | None = None, host: dict | None = None) -> None:
+        """Runs host layer ``index`` on ``slot``'s tensors (default: this
+        request thread's); its float outputs go into ``host`` (default: the
+        request thread's)."""
+        host = self._host if host is None else host
         layer = self.graph.layers[index]
         tensors = self.graph.tensors
         session = self._cpu[index].session
@@ -687,15 +707,15 @@ class Tenant:
             # the subgraph's own input shape says how the HWC tensor is laid out for it
             shape = shapes.get(n)
             static = shape is not None and all(isinstance(d, int) for d in shape)
-            feeds[n] = to_onnx_layout(self._read(self.compiled.tensors[n]),
+            feeds[n] = to_onnx_layout(self._read(self.compiled.tensors[n], slot),
                                       tuple(shape) if static else tensors[n].onnx_shape)
         values = session.run(list(layer.outputs), feeds)
         for n, v in zip(layer.outputs, values):
             p = self.compiled.tensors[n]
             if tensors[n].dtype != "int8":  # a float graph output: it never goes back to the device
-                self._host[n] = from_onnx_layout(v, p.shape).astype(np.float32)
+                host[n] = from_onnx_layout(v, p.shape).astype(np.float32)
             else:
-                self._write(p, from_onnx_layout(v, p.shape).astype(np.int8))
+                self._write(p, from_onnx_layout(v, p.shape).astype(np.int8), slot)
 
     # ---- life cycle ------------------------------------------------------------------------------------
     def reset(self, timeout: float = 60.0) -> None:
