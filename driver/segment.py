@@ -26,7 +26,10 @@ from __future__ import annotations
 import numpy as np
 import pynq
 
+from vfpga.driver import host_isa
+
 RUNS_CACHED = 64  # a striped segment's (offset, nbytes) -> part runs kept: a tenant syncs the same ranges again
+_marshal = host_isa.best_module("_marshal")  # the striped copies' C loop (hls/host/vfpga_marshal.c)
 
 
 class SegmentBoundsError(IndexError):
@@ -90,6 +93,7 @@ class Segment:
         self._rows = self._image.reshape(-1, stripe.ports, stripe.word)
         self._part_words = [b.view(np.ndarray).reshape(-1, stripe.word) for b in self._parts]
         self._cache_ops = [_CacheOps(b) for b in self._parts]
+        self._image_address = self._image.ctypes.data  # (the parts': their _CacheOps address)
         self._runs: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
 
     def _allocate_parts(self, device, stripe) -> list:
@@ -252,11 +256,13 @@ class Segment:
                 pieces.append((lo // w, lo % w, w))
             if hi % w:
                 pieces.append((b, 0, hi % w))
-        if a < b:
+        if a < b:  # word i of part p is word p of the host image's row i
+            ports = self.stripe.ports
+            image, part = self._image_address + (a * ports + p) * w, self._cache_ops[p].address + a * w
             if to_part:
-                words[a:b] = rows[a:b, p]
+                _marshal.lib.vf_copy_blocks(image, ports * w, part, w, w, b - a)
             else:
-                rows[a:b, p] = words[a:b]
+                _marshal.lib.vf_copy_blocks(part, w, image, ports * w, w, b - a)
         for i, s, e in pieces:
             if to_part:
                 words[i, s:e] = rows[i, p, s:e]

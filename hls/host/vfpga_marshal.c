@@ -1,5 +1,7 @@
 #include "vfpga_marshal.h"
 
+#include <string.h>
+
 /* 1.5 * 2^23: v + M - M rounds v to an integer, ties to even, for |v| <= 2^22
  * (the sum's last mantissa bit is the unit), as rintf does in the default
  * rounding mode, and vectorises on every target. */
@@ -50,4 +52,18 @@ void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t p
                 out[i * channels] = block[i];
         }
     }
+}
+
+void vf_copy_blocks(uintptr_t src, size_t src_stride, uintptr_t dst, size_t dst_stride, size_t block,
+                    size_t count)
+{
+    const uint8_t *s = (const uint8_t *)src;
+    uint8_t *d = (uint8_t *)dst;
+    if (block == 64) { /* a bus word: a fixed-size copy the compiler inlines as vector moves */
+        for (size_t i = 0; i < count; ++i)
+            memcpy(d + i * dst_stride, s + i * src_stride, 64);
+        return;
+    }
+    for (size_t i = 0; i < count; ++i)
+        memcpy(d + i * dst_stride, s + i * src_stride, block);
 }

@@ -15,4 +15,12 @@
 void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t pixels, float scale,
                             float zero_point);
 
+/* Copies `count` blocks of `block` bytes from address src (one every
+ * `src_stride` bytes) to address dst (one every `dst_stride` bytes): a
+ * striped segment's bus words between its host image (segment order, one
+ * word of each bank's part in turn) and one part's buffer. The addresses
+ * are integers, as the caller holds them (no pointer conversion per call). */
+void vf_copy_blocks(uintptr_t src, size_t src_stride, uintptr_t dst, size_t dst_stride, size_t block,
+                    size_t count);
+
 #endif

@@ -27,12 +27,12 @@ and outputs of at most DIRECT_OUTPUT_BYTES), skips its request thread when
 nothing is queued or in flight and an activation slot is free. submit()
 then writes the input and rings the doorbell on the caller's thread, and
 the completion thread, which reads the record anyway, runs the tail, reads
-the outputs and answers the future. A
-request so takes no thread hand-off between submit() and the doorbell, or
-between its record and its result; each hand-off wakes a sleeping thread,
-which on a host of few cores costs tens of microseconds. Requests that
-arrive while one is in flight queue for the request threads as before, so
-the order stays the order of submission.
+the outputs and answers the future. Such a request takes no thread
+hand-off between submit() and the doorbell, or between its record and its
+result; each hand-off wakes a sleeping thread, which on a host of few cores
+costs tens of microseconds. Requests that arrive while one is in flight
+queue for the request threads as before, so the order stays the order of
+submission.
 """
 
 from __future__ import annotations
