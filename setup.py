@@ -4,7 +4,8 @@ Installs the single namespace ``vfpga`` (driver/ -> vfpga.driver, runtime/ ->
 vfpga.runtime, overlay/ -> vfpga.overlay, notebooks/ -> vfpga.notebooks, found
 by `pynq get-notebooks` through the pynq.notebooks entry point) and builds the emulation libraries
 from the HLS C++ in hls/ with cffi, per board config a portable one and one for the installing host's
-ISA level (VFPGA_PORTABLE=1: the portable ones only; driver/host_isa.py).
+ISA level (VFPGA_PORTABLE=1: the portable ones only; driver/host_isa.py), and the driver's request
+marshalling in C (hls/host) the same two ways.
 """
 
 import importlib.util
