@@ -29,6 +29,10 @@ without running: the same modeled clock, no arithmetic.
 
 When nothing is in flight and an advance makes no progress, the thread
 sleeps until the host writes a register, as the hardware would spin idle.
+The C++ loop first polls for such a write for VFPGA_EMU_POLL_US
+microseconds (IDLE_POLL_US by default, 0: not at all): a doorbell written
+while it polls wakes no thread, which on a host whose idle cores halt
+costs the writer tens of microseconds.
 
 The loop itself runs in C++ (``loop="native"``, the default:
 hls/emu/emu_loop.cpp, in the emulation library only): advances, frame runs
@@ -70,6 +74,20 @@ from vfpga.runtime.hw.timeline import PoolTimeline
 HOST_GLOBAL_REGISTERS = ("irq_enable", "irq_mask", "mem_base")
 HOST_TENANT_REGISTERS = ("control", "seg_limit", "seg_base", "ring_offset", "ring_size", "cpl_offset",
                          "ring_tail", "cpl_ack", "core_mask", "mask_seq", "max_inflight")
+
+
+IDLE_POLL_US = 500  # the C++ loop's poll for a host write before it sleeps (VFPGA_EMU_POLL_US; 0: none)
+
+
+def _idle_poll_us() -> int:
+    value = os.environ.get("VFPGA_EMU_POLL_US", str(IDLE_POLL_US))
+    try:
+        us = int(value)
+    except ValueError:
+        raise ValueError(f"VFPGA_EMU_POLL_US must be a whole number of microseconds, not {value!r}") from None
+    if not 0 <= us <= 1_000_000:
+        raise ValueError(f"VFPGA_EMU_POLL_US must be 0..1000000 microseconds, not {us}")
+    return us
 
 
 class IrqLine:
@@ -205,6 +223,7 @@ class EmulatedDispatcher:
                 "compute": int(bool(device.compute)), "bank_stride": t.bank_stride, "n_banks": t.n_banks,
                 "threads": max(1, min(self.n_cores, os.cpu_count() or 1)),
                 "run_ahead": int(os.environ.get("VFPGA_EMU_AHEAD", "1") != "0"),
+                "idle_poll_us": _idle_poll_us(),
                 **{name: ffi.cast("int64_t *", a.ctypes.data) for name, a in
                    zip(("core_busy_cycles", "tenant_frame_cycles", "tenant_solo_cycles"), arrays)}})
             self._emu = ffi.gc(lib.vf_emu_new(self._emu_config, self.regs, self.state), lib.vf_emu_free)

@@ -42,6 +42,7 @@ typedef struct {
     uint32_t n_banks;
     uint32_t threads;            /* host threads that run frames (the loop's own among them) */
     uint32_t run_ahead;          /* 0: every frame is waited for at issue (the comparison point) */
+    uint32_t idle_poll_us;       /* out of work, the loop polls for a host write this long before it sleeps */
     int64_t *core_busy_cycles;   /* VF_POOL_CORES entries, accumulated */
     int64_t *tenant_frame_cycles;  /* VF_DISP_TENANTS entries: frame cycles as run */
     int64_t *tenant_solo_cycles;   /* the same with the bank to themselves */

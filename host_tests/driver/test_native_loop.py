@@ -320,3 +320,30 @@ def test_later_requests_run_ahead_unless_turned_off(monkeypatch, ahead):
         assert n_ahead == (dev.dispatcher.timeline.frames - frames if ahead == "1" else 0)
     finally:
         accel.close()
+
+
+def _three_requests(monkeypatch, poll: str):
+    """Outputs, record cycles and the modeled clock of three requests with the idle poll set to ``poll`` us."""
+    monkeypatch.setenv("VFPGA_EMU_POLL_US", poll)
+    dev = _device(monkeypatch, "native", True)
+    accel = tenants.Accelerator(BOARD, device=dev)
+    try:
+        t = accel.deploy(static.compile_graph(small.conv_graph(5), BOARD), cores=2, name="a")
+        runs = [t.run_quantized(x) for x in random_inputs(t.graph, 3, 1)]
+        return [outs for outs, _ in runs], [info.modeled_cycles for _, info in runs], dev.dispatcher.now
+    finally:
+        accel.close()
+
+
+def test_the_idle_poll_changes_no_modeled_figure(monkeypatch):
+    """The loop's poll for a host write (VFPGA_EMU_POLL_US) is wall time only: the same outputs, records and clock."""
+    (outs_a, cycles_a, now_a), (outs_b, cycles_b, now_b) = (_three_requests(monkeypatch, p) for p in ("0", "2000"))
+    assert all(np.array_equal(x, y) for a, b in zip(outs_a, outs_b) for x, y in zip(a, b))
+    assert cycles_a == cycles_b and now_a == now_b
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "2000000"])
+def test_a_bad_idle_poll_is_refused(monkeypatch, value):
+    monkeypatch.setenv("VFPGA_EMU_POLL_US", value)
+    with pytest.raises(ValueError, match="VFPGA_EMU_POLL_US must be"):
+        _device(monkeypatch, "native", True)
