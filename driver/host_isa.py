@@ -15,8 +15,9 @@ cffi, hls/cffi_build.py) twice:
 every feature of its level (checked against /proc/cpuinfo before anything
 of it is loaded), else the portable one; so a wheel built on one machine
 still imports elsewhere. ``vfpga.driver._marshal`` (the request tensors'
-marshalling, hls/host) is built and chosen the same way (:func:`best_module`). ``VFPGA_PORTABLE=1`` at install builds only the
-portable library; at run time it makes the portable one the one loaded.
+marshalling, hls/host) is built and chosen the same way
+(:func:`best_module`). ``VFPGA_PORTABLE=1`` at install builds only the
+portable libraries; at run time it makes the portable ones the ones loaded.
 
 This file imports nothing of vfpga: hls/cffi_build.py loads it by path.
 """

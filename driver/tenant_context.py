@@ -7,8 +7,9 @@ vf_disp_request_t) and as many completion records (vf_disp_completion_t);
 the driver writes ring entries into its host copy, flushes them to device
 memory and then rings the doorbell (ring_tail); the dispatcher writes a
 record per request and raises the interrupt; the driver invalidates and
-reads the records, hands them on, then acknowledges them (cpl_ack). All hardware numbers
-(offsets, formats, codes) come from the board config and the ISA header.
+reads the records, hands them on, then acknowledges them (cpl_ack). All
+hardware numbers (offsets, formats, codes) come from the board config and
+the ISA header.
 
 One :class:`CompletionHandler` thread per dispatcher services the
 interrupt for all contexts and hands each record to its context's

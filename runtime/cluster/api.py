@@ -25,8 +25,8 @@ from vfpga.runtime.compiler import frontend, rnn, static
 from vfpga.runtime.errors import DeployError, TenantRemoved
 from vfpga.runtime.tenants import compile_model
 from vfpga.runtime.tenants.accelerator import find_tenant, rnn_model
+from vfpga.runtime.tenants.request import quantized_input
 from vfpga.runtime.tenants.rnn_tenant import rnn_feeds
-from vfpga.runtime.tenants.tenant import quantized_input
 from vfpga.runtime.tenants.throughput import check_throughput_options
 
 from . import pool

@@ -45,7 +45,7 @@ from vfpga.runtime.errors import (
     TenantFault,
     TenantRemoved,
 )
-from vfpga.runtime.tenants.tenant import float_outputs
+from vfpga.runtime.tenants.request import float_outputs
 
 from .board import NotComputed, RemoteError
 from .placement import BoardView, place

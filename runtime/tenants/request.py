@@ -1,6 +1,7 @@
-"""A request as a tenant keeps it: the job queued by submit(), who takes
-its completion record (a request thread waiting, or the completion thread
-answering a direct request) and what it did (RunInfo)."""
+"""A request as a tenant keeps it: its input checked, the job queued by
+submit(), who takes its completion record (a request thread waiting, or the
+completion thread answering a direct request), what it did (RunInfo) and
+its float outputs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from vfpga.driver.tenant_context import Completion
+from vfpga.runtime.compiler import frontend, ir, static
 
 REQUEST_TIMEOUT_S = 600.0  # a request that gets no record in this long means the dispatcher died
 
@@ -98,3 +100,19 @@ class PerRequest(threading.local):
 def per_request(name: str) -> property:
     """A Tenant attribute kept per request thread (in its ``_req``)."""
     return property(lambda self: getattr(self._req, name), lambda self, v: setattr(self._req, name, v))
+
+
+def quantized_input(compiled: static.CompiledModel, x_q, name: str) -> np.ndarray:
+    """``x_q`` checked as tenant ``name``'s int8 HWC input (ValueError otherwise)."""
+    shape = compiled.input_shape
+    x_q = np.asarray(x_q)
+    if x_q.dtype != np.int8 or x_q.shape != shape:
+        raise ValueError(f"tenant {name!r} expects an int8 HWC input of shape {shape}, got {x_q.dtype} {x_q.shape}")
+    return x_q
+
+
+def float_outputs(graph: ir.Graph, outs: list[np.ndarray]):
+    """A request's int8 HWC outputs -> the float output(s) in the ONNX layout, as
+    ``run`` gives them (one array, or a list for several outputs)."""
+    ys = [frontend.dequantize_output(q, graph.tensors[n]) for q, n in zip(outs, graph.outputs)]
+    return ys[0] if len(ys) == 1 else ys

@@ -56,7 +56,16 @@ from vfpga.runtime.compiler.segment import RING_SIZE, segment_layout
 from vfpga.runtime.errors import DeployError, TenantFault, TenantRemoved
 from vfpga.runtime.hw import cycle_model
 from vfpga.runtime.tenants import request
-from vfpga.runtime.tenants.request import DirectRequest, Job, PerRequest, RunInfo, ThreadWaiter, per_request
+from vfpga.runtime.tenants.request import (
+    DirectRequest,
+    Job,
+    PerRequest,
+    RunInfo,
+    ThreadWaiter,
+    float_outputs,
+    per_request,
+    quantized_input,
+)
 from vfpga.runtime.tenants.throughput import check_throughput_options
 
 # what the completion thread does itself on the direct path (it serves every tenant, so a request with
@@ -564,7 +573,8 @@ class Tenant:
         c = self.compiled
         if not self.direct or not c.parts or c.parts[0].kind == "cpu" or any(p.kind != "cpu" for p in c.parts[1:]):
             return False
-        tail = {n for p in c.parts[1:] for layer in [self.graph.layers[p.layer]] for n in (*layer.inputs, *layer.outputs)}
+        tail_layers = [self.graph.layers[p.layer] for p in c.parts[1:]]
+        tail = {n for layer in tail_layers for n in (*layer.inputs, *layer.outputs)}
         nbytes = sum((p.shape[0] * p.shape[1] - 1) * p.pixel_stride + p.shape[2]
                      for p in [*c.outputs, *(c.tensors[n] for n in tail)])
         return nbytes <= DIRECT_OUTPUT_BYTES and placement.mac_share(c).cpu_macs <= DIRECT_HOST_MACS
@@ -773,22 +783,6 @@ class _AllLocks:
     def __exit__(self, *exc):
         for lk in reversed(self.locks):
             lk.release()
-
-
-def quantized_input(compiled: static.CompiledModel, x_q, name: str) -> np.ndarray:
-    """``x_q`` checked as tenant ``name``'s int8 HWC input (ValueError otherwise)."""
-    shape = compiled.input_shape
-    x_q = np.asarray(x_q)
-    if x_q.dtype != np.int8 or x_q.shape != shape:
-        raise ValueError(f"tenant {name!r} expects an int8 HWC input of shape {shape}, got {x_q.dtype} {x_q.shape}")
-    return x_q
-
-
-def float_outputs(graph: ir.Graph, outs: list[np.ndarray]):
-    """A request's int8 HWC outputs -> the float output(s) in the ONNX layout, as
-    ``run`` gives them (one array, or a list for several outputs)."""
-    ys = [frontend.dequantize_output(q, graph.tensors[n]) for q, n in zip(outs, graph.outputs)]
-    return ys[0] if len(ys) == 1 else ys
 
 
 def _mask(cores) -> int:
