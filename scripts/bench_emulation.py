@@ -26,7 +26,10 @@ machine:
     host path without the C-sim's working set evicting the host's caches
     between requests, nearer to what the host CPU of a board sees.
 
-With --suite it also times the default test suite (python -m pytest -q).
+The emulator's loop polls for a host write for VFPGA_EMU_POLL_US (500 us
+by default) before it sleeps; VFPGA_EMU_POLL_US=0 runs the same without
+(driver/emulated_dispatcher.py). With --suite it also times the default
+test suite (python -m pytest -q).
 --loop python runs the emulated dispatcher's reference loop in Python
 instead of the C++ one (VFPGA_EMU_LOOP); --models "" skips the models (the
 small CNN's overhead alone).
