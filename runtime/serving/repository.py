@@ -506,7 +506,8 @@ class Repository:
         return ServingError(500, f"model {s.name!r}: {type(e).__name__}: {e}")
 
     def _done(self, job: Job, inner: Future) -> None:
-        """On the tenant's thread: the tenant's result -> the job's (spec, array) pairs."""
+        """On the thread that answered the tenant's future (its request thread, or the completion thread
+        on the direct path): the tenant's result -> the job's (spec, array) pairs."""
         s = job.served
         try:
             e = inner.exception()
