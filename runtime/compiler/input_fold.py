@@ -73,7 +73,8 @@ class FoldWriter:
     """Folds requests' inputs for one :class:`InputFold` and zero point into a
     caller's buffer (a tenant writes into its segment's host copy). It keeps
     the padded input, whose border (the zero point) is written once, and the
-    space-to-depth scratch. Not thread-safe: one per request thread."""
+    space-to-depth scratch. Not thread-safe: a tenant keeps one per activation
+    slot, used under that slot's lock."""
 
     def __init__(self, fold: InputFold, zero_point: int):
         if not -128 <= int(zero_point) <= 127:
