@@ -18,10 +18,15 @@ Two layouts:
   word). ``physical_address`` is part 0's; the dispatcher is told the
   layout by the tenant's VF_TENANT_STRIPED control bit. Syncs scatter the
   host copy's bytes to the parts (and gather them back) exactly: a range
-  touches in each part one contiguous run, and only those bytes move.
+  touches in each part one contiguous run, and only those bytes move. The
+  parts are allocated and freed as one step, so segments allocated from
+  several threads at once stay at one offset of their banks.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
 
 import numpy as np
 import pynq
@@ -30,6 +35,10 @@ from vfpga.driver import host_isa
 
 RUNS_CACHED = 64  # a striped segment's (offset, nbytes) -> part runs kept: a tenant syncs the same ranges again
 _marshal = host_isa.best_module("_marshal")  # the striped copies' C loop (hls/host/vfpga_marshal.c)
+# A striped segment's parts are allocated, and freed, as one step: the banks' allocators are independent,
+# so two segments allocated at once (two deploys side by side) would otherwise take each other's offsets
+# in some banks, and a partly freed segment would leave the banks out of step for the next one.
+_STRIPED_ALLOCATION = threading.Lock()
 
 
 class SegmentBoundsError(IndexError):
@@ -97,6 +106,10 @@ class Segment:
         self._runs: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
 
     def _allocate_parts(self, device, stripe) -> list:
+        with _STRIPED_ALLOCATION:
+            return self._allocate_parts_in_step(device, stripe)
+
+    def _allocate_parts_in_step(self, device, stripe) -> list:
         part = stripe.part_bytes(self.size)
         parts = []
         try:
@@ -274,8 +287,9 @@ class Segment:
         """Returns the memory to its bank(s); the segment is unusable afterwards."""
         if self._buf is not None:
             parts, self._parts, self._buf, self._host = self._parts, [], None, None
-            for buf in parts:
-                buf.freebuffer()
+            with _STRIPED_ALLOCATION if self.stripe is not None else contextlib.nullcontext():
+                for buf in parts:
+                    buf.freebuffer()
 
     def __enter__(self):
         return self

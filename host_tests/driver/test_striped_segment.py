@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 
 import numpy as np
 import onnx
@@ -150,6 +151,31 @@ def test_a_striped_segment_spreads_over_the_four_banks(device):
         np.testing.assert_array_equal(seg.read(0, size), data)
         with pytest.raises(TypeError, match="one buffer per bank"):
             _ = seg.buffer
+
+
+def test_segments_allocated_and_freed_at_once_stay_in_step(device):
+    """Tenants deployed side by side (a cluster's board actor takes two
+    deploys at once) allocate and free striped segments from several
+    threads: each segment's parts still sit at one offset of their banks."""
+    errors = []
+
+    def churn(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(40):
+                with Segment(int(rng.integers(1, 64)) * P * W, device=device, stripe=STRIPE) as seg:
+                    base = seg.physical_address
+                    assert [b.physical_address for b in seg.parts] == [base + p * STRIPE.bank_stride
+                                                                      for p in range(P)]
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=churn, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[0]
 
 
 # ranges inside one word (a ring entry, a record: the syncs' one-word path) in each part, and across words
