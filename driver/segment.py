@@ -95,14 +95,11 @@ class Segment:
                              f"not in bank {bank}")
         self._parts = self._allocate_parts(device, stripe)
         self._buf = self._parts[0]
-        part = self.stripe.part_bytes(self.size)
-        # the host copy, padded to whole rows of one word per part: rows[i, p] is word i of part p
-        self._image = np.zeros(part * stripe.ports, np.uint8)
-        self._host = self._image[:self.size]
-        self._rows = self._image.reshape(-1, stripe.ports, stripe.word)
-        self._part_words = [b.view(np.ndarray).reshape(-1, stripe.word) for b in self._parts]
+        self._host = np.zeros(self.size, np.uint8)  # the host copy, in segment order
         self._cache_ops = [_CacheOps(b) for b in self._parts]
-        self._image_address = self._image.ctypes.data  # (the parts': their _CacheOps address)
+        # the addresses the striped copies (C) take, taken once: the image and the parts never move
+        self._image_address = self._host.ctypes.data
+        self._part_addresses = _marshal.ffi.new("uintptr_t[]", [ops.address for ops in self._cache_ops])
         self._runs: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
 
     def _allocate_parts(self, device, stripe) -> list:
@@ -186,13 +183,10 @@ class Segment:
     def sync_to_device(self, offset: int = 0, nbytes: int | None = None) -> None:
         """Host copy -> device memory for [offset, offset + nbytes) (to the end by default)."""
         if self.stripe is not None:
-            if self._in_one_word(offset, nbytes):  # a ring entry, a record: one part, one copy
-                p, lo = self.stripe.place(offset)
-                self._part_words[p].reshape(-1)[lo:lo + nbytes] = self._host[offset:offset + nbytes]
-                self._cache_ops[p].flush(lo, nbytes)
-                return
-            for p, lo, hi in self._part_runs(offset, nbytes):
-                self._copy_part(p, lo, hi, to_part=True)
+            offset, nbytes, runs = self._striped_range(offset, nbytes)
+            _marshal.lib.vf_stripe_copy(self._image_address, self._part_addresses, self.stripe.ports,
+                                        self.stripe.word, offset, offset + nbytes, 1)
+            for p, lo, hi in runs:
                 self._cache_ops[p].flush(lo, hi - lo)
             return
         offset, nbytes = self._span(offset, nbytes)
@@ -202,14 +196,11 @@ class Segment:
     def sync_from_device(self, offset: int = 0, nbytes: int | None = None) -> None:
         """Device memory -> host copy for [offset, offset + nbytes) (to the end by default)."""
         if self.stripe is not None:
-            if self._in_one_word(offset, nbytes):
-                p, lo = self.stripe.place(offset)
-                self._cache_ops[p].invalidate(lo, nbytes)
-                self._host[offset:offset + nbytes] = self._part_words[p].reshape(-1)[lo:lo + nbytes]
-                return
-            for p, lo, hi in self._part_runs(offset, nbytes):
+            offset, nbytes, runs = self._striped_range(offset, nbytes)
+            for p, lo, hi in runs:
                 self._cache_ops[p].invalidate(lo, hi - lo)
-                self._copy_part(p, lo, hi, to_part=False)
+            _marshal.lib.vf_stripe_copy(self._image_address, self._part_addresses, self.stripe.ports,
+                                        self.stripe.word, offset, offset + nbytes, 0)
             return
         offset, nbytes = self._span(offset, nbytes)
         if nbytes:
@@ -227,10 +218,17 @@ class Segment:
         self._live()
         return True
 
-    def _part_runs(self, offset: int, nbytes: int | None) -> list[tuple[int, int, int]]:
-        """(part, lo, hi) for each part holding bytes of the range: the bytes
-        of [offset, offset + nbytes) in part p are its run [lo, hi)."""
+    def _striped_range(self, offset: int, nbytes: int | None) -> tuple[int, int, list | tuple]:
+        """(offset, nbytes, part runs) of a range of a live striped segment, checked."""
+        if self._in_one_word(offset, nbytes):  # a ring entry, a record: one part's run
+            p, lo = self.stripe.place(offset)
+            return offset, nbytes, ((p, lo, lo + nbytes),)
         offset, nbytes = self._span(offset, nbytes)
+        return offset, nbytes, self._part_runs(offset, nbytes)
+
+    def _part_runs(self, offset: int, nbytes: int) -> list[tuple[int, int, int]]:
+        """(part, lo, hi) for each part holding bytes of a checked range: the
+        bytes of [offset, offset + nbytes) in part p are its run [lo, hi)."""
         if nbytes == 0:
             return []
         key = (int(offset), int(nbytes))
@@ -254,33 +252,6 @@ class Segment:
             a, b = max(offset, first * st.word), min(end, (last + 1) * st.word)
             runs.append((p, st.place(a)[1], st.place(b - 1)[1] + 1))
         return runs
-
-    def _copy_part(self, p: int, lo: int, hi: int, to_part: bool) -> None:
-        """Copies part p's run [lo, hi) between the host copy and the part's
-        host buffer, word by word row (a head and a tail word may be partial)."""
-        w = self.stripe.word
-        words, rows = self._part_words[p], self._rows
-        pieces = []
-        a, b = -(-lo // w), hi // w  # the whole words
-        if a > b:  # inside one word
-            pieces.append((lo // w, lo % w, hi - (lo // w) * w))
-        else:
-            if lo % w:
-                pieces.append((lo // w, lo % w, w))
-            if hi % w:
-                pieces.append((b, 0, hi % w))
-        if a < b:  # word i of part p is word p of the host image's row i
-            ports = self.stripe.ports
-            image, part = self._image_address + (a * ports + p) * w, self._cache_ops[p].address + a * w
-            if to_part:
-                _marshal.lib.vf_copy_blocks(image, ports * w, part, w, w, b - a)
-            else:
-                _marshal.lib.vf_copy_blocks(part, w, image, ports * w, w, b - a)
-        for i, s, e in pieces:
-            if to_part:
-                words[i, s:e] = rows[i, p, s:e]
-            else:
-                rows[i, p, s:e] = words[i, s:e]
 
     # ---- lifetime ----------------------------------------------------------------
     def free(self) -> None:

@@ -54,16 +54,109 @@ void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t p
     }
 }
 
-void vf_copy_blocks(uintptr_t src, size_t src_stride, uintptr_t dst, size_t dst_stride, size_t block,
-                    size_t count)
+void vf_dequantize_hwc_to_chw(const int8_t *q, float *x, size_t channels, size_t pixels, float scale,
+                              float zero_point)
 {
-    const uint8_t *s = (const uint8_t *)src;
-    uint8_t *d = (uint8_t *)dst;
-    if (block == 64) { /* a bus word: a fixed-size copy the compiler inlines as vector moves */
-        for (size_t i = 0; i < count; ++i)
-            memcpy(d + i * dst_stride, s + i * src_stride, 64);
-        return;
+    /* a block of pixels at a time, so that the block's bytes stay in cache
+     * while each channel's plane is written in turn */
+    for (size_t p0 = 0; p0 < pixels; p0 += VF_BLOCK) {
+        size_t n = pixels - p0 < VF_BLOCK ? pixels - p0 : VF_BLOCK;
+        for (size_t c = 0; c < channels; ++c) {
+            const int8_t *in = q + p0 * channels + c;
+            float *out = x + c * pixels + p0;
+            for (size_t i = 0; i < n; ++i)
+                out[i] = ((float)in[i * channels] - zero_point) * scale;
+        }
     }
-    for (size_t i = 0; i < count; ++i)
-        memcpy(d + i * dst_stride, s + i * src_stride, block);
+}
+
+/* n bytes from s to d (not overlapping) for the fold's short runs (6 bytes
+ * for an RGB image's stride-2 blocks): no library call, the size's branch
+ * taken the same way for a whole loop; each move is two overlapping
+ * fixed-size copies, which the compiler turns into plain loads and stores. */
+static inline void copy_run(uint8_t *d, const uint8_t *s, size_t n)
+{
+    if (n >= 16) {
+        size_t i = 0;
+        for (; i + 16 <= n; i += 16)
+            memcpy(d + i, s + i, 16);
+        if (i < n)
+            memcpy(d + n - 16, s + n - 16, 16);
+    } else if (n >= 8) {
+        uint64_t a, b;
+        memcpy(&a, s, 8);
+        memcpy(&b, s + n - 8, 8);
+        memcpy(d, &a, 8);
+        memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4);
+        memcpy(&b, s + n - 4, 4);
+        memcpy(d, &a, 4);
+        memcpy(d + n - 4, &b, 4);
+    } else {
+        for (size_t i = 0; i < n; ++i)
+            d[i] = s[i];
+    }
+}
+
+void vf_fold_input(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top, ptrdiff_t left, size_t s,
+                   size_t cols, size_t fh, size_t fw, int8_t zero_point, int8_t *row, int8_t *out)
+{
+    const size_t wj = fw + cols - 1, unit = s * s * c, block = s * c, run = cols * unit;
+    for (size_t i = 0; i < fh; ++i) {
+        /* x'[i]: per a, image row s*i + a - top cut into s-pixel blocks, one every `unit` bytes */
+        uint8_t *x1 = (uint8_t *)(cols > 1 ? row : out + i * fw * run);
+        for (size_t a = 0; a < s; ++a) {
+            const ptrdiff_t r = (ptrdiff_t)(s * i + a) - top;
+            const int row_inside = r >= 0 && r < (ptrdiff_t)h;
+            const uint8_t *src = (const uint8_t *)x + (row_inside ? (size_t)r * w * c : 0);
+            for (size_t j = 0; j < wj; ++j) {
+                uint8_t *dst = x1 + j * unit + a * block;
+                const ptrdiff_t q = (ptrdiff_t)(s * j) - left;
+                if (row_inside && q >= 0 && q + (ptrdiff_t)s <= (ptrdiff_t)w) {
+                    copy_run(dst, src + (size_t)q * c, block);
+                    continue;
+                }
+                for (size_t b = 0; b < s; ++b) { /* at the border: pixel by pixel */
+                    const ptrdiff_t qb = q + (ptrdiff_t)b;
+                    if (row_inside && qb >= 0 && qb < (ptrdiff_t)w)
+                        memcpy(dst + b * c, src + (size_t)qb * c, c);
+                    else
+                        memset(dst + b * c, (uint8_t)zero_point, c);
+                }
+            }
+        }
+        if (cols == 1)
+            continue;
+        /* x''[i, J] = x'[i, J .. J + cols) flattened: one run per output pixel */
+        uint8_t *dst = (uint8_t *)out + i * fw * run;
+        for (size_t j = 0; j < fw; ++j)
+            copy_run(dst + j * run, x1 + j * unit, run);
+    }
+}
+
+void vf_stripe_copy(uintptr_t image, const uintptr_t *parts, size_t ports, size_t word, size_t lo, size_t hi,
+                    int to_parts)
+{
+    uint8_t *img = (uint8_t *)image;
+    size_t g = lo / word, p = g % ports, row = g / ports; /* global word g is word `row` of part p */
+    for (; g * word < hi; ++g) {
+        size_t a = g * word > lo ? g * word : lo, b = (g + 1) * word < hi ? (g + 1) * word : hi;
+        uint8_t *part = (uint8_t *)parts[p] + row * word + (a - g * word);
+        if (b - a == 64) { /* a whole bus word: a fixed-size copy, inlined */
+            if (to_parts)
+                memcpy(part, img + a, 64);
+            else
+                memcpy(img + a, part, 64);
+        } else if (to_parts) {
+            memcpy(part, img + a, b - a);
+        } else {
+            memcpy(img + a, part, b - a);
+        }
+        if (++p == ports) {
+            p = 0;
+            ++row;
+        }
+    }
 }

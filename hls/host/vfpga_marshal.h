@@ -15,12 +15,26 @@
 void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t pixels, float scale,
                             float zero_point);
 
-/* Copies `count` blocks of `block` bytes from address src (one every
- * `src_stride` bytes) to address dst (one every `dst_stride` bytes): a
- * striped segment's bus words between its host image (segment order, one
- * word of each bank's part in turn) and one part's buffer. The addresses
- * are integers, as the caller holds them (no pointer conversion per call). */
-void vf_copy_blocks(uintptr_t src, size_t src_stride, uintptr_t dst, size_t dst_stride, size_t block,
-                    size_t count);
+/* DequantizeLinear of an int8 HWC tensor into float32 CHW (ONNX's layout):
+ * x[c * pixels + p] = (q[p * channels + c] - zero_point) * scale, in float32. */
+void vf_dequantize_hwc_to_chw(const int8_t *q, float *x, size_t channels, size_t pixels, float scale,
+                              float zero_point);
+
+/* The first convolution's input fold (runtime/compiler/input_fold.py) of an
+ * int8 HWC image x [h, w, c] into out [fh, fw, cols * s * s * c]:
+ *   out[I, J, ((V * s + a) * s + b) * c + ch] = x_pad[s*I + a, s*(J + V) + b, ch]
+ * where x_pad[r, q] = x[r - top, q - left], the zero point outside x. Row I
+ * of x'[I, J', (a, b, ch)] = x_pad[s*I + a, s*J' + b, ch] is built in
+ * `row` (wj * s * s * c bytes, wj = fw + cols - 1; unused when cols is 1:
+ * x' is then out itself), and each output pixel is one run of it. */
+void vf_fold_input(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top, ptrdiff_t left, size_t s,
+                   size_t cols, size_t fh, size_t fw, int8_t zero_point, int8_t *row, int8_t *out);
+
+/* Copies a striped segment's bytes [lo, hi) between its host image (segment
+ * order) and its parts: byte a of the image is byte (a / (word * ports)) *
+ * word + a % word of part (a / word) % ports. parts[p]: part p's host
+ * buffer's address. to_parts: image -> parts, else parts -> image. */
+void vf_stripe_copy(uintptr_t image, const uintptr_t *parts, size_t ports, size_t word, size_t lo, size_t hi,
+                    int to_parts);
 
 #endif

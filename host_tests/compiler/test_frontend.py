@@ -1080,16 +1080,44 @@ def test_quantize_input_equals_onnxruntime_quantize_linear(monkeypatch, build, d
             np.testing.assert_array_equal(frontend.quantize_input(x, t), _quantize_linear_ort(x, t))
 
 
+def _dequantize_linear_ort(q: np.ndarray, tensor: ir.Tensor) -> np.ndarray:
+    """onnxruntime's DequantizeLinear of an int8 HWC ``q``, in the ONNX layout."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    h, w, c = tensor.shape
+    nchw = np.ascontiguousarray(q.transpose(2, 0, 1))[None]
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["q", "scale", "zero_point"], ["x"])], "dequantize",
+        [helper.make_tensor_value_info("q", TensorProto.INT8, list(nchw.shape))],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(nchw.shape))],
+        [helper.make_tensor("scale", TensorProto.FLOAT, [], [tensor.scale]),
+         helper.make_tensor("zero_point", TensorProto.INT8, [], [tensor.zero_point])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"q": nchw})[0]
+
+
+@pytest.mark.parametrize("build", ["this host's", "portable"])
 @pytest.mark.parametrize("shape, onnx_shape", [((7, 5, 3), None), ((1, 1, 1000), (1, 1000)), ((14, 14, 40), None),
-                                               ((56, 56, 1), None)])
-def test_dequantize_output_in_place_equals_the_reference(shape, onnx_shape):
+                                               ((56, 56, 1), None), ((20, 15, 33), None)])
+def test_dequantize_output_equals_onnxruntime_dequantize_linear(monkeypatch, build, shape, onnx_shape):
+    """Both builds of the C helper; (q - zp) * scale in float32, bit for bit, in the ONNX layout."""
+    if build == "portable":
+        import importlib
+
+        from vfpga.runtime.compiler.frontend import marshal
+        monkeypatch.setattr(marshal, "_marshal", importlib.import_module("vfpga.driver._marshal"))
     rng = np.random.default_rng(shape[2])
     for scale, zp in ((0.0339, -4), (0.5, 127), (1e-3, -128), (3.7, 0)):
         t = ir.Tensor("y", shape, scale, zp, onnx_shape=onnx_shape)
         q = rng.integers(-128, 128, size=shape, dtype=np.int8)
         q.reshape(-1)[:256] = np.arange(-128, 128)[: q.size]  # every code
-        want = ((q.astype(np.float32) - np.float32(zp)) * np.float32(scale)).transpose(2, 0, 1)
         got = frontend.dequantize_output(q, t)
         assert got.dtype == np.float32 and got.flags.c_contiguous
-        np.testing.assert_array_equal(got, np.ascontiguousarray(want).reshape(got.shape))
         assert got.shape == (onnx_shape or (1, shape[2], shape[0], shape[1]))
+        np.testing.assert_array_equal(got, _dequantize_linear_ort(q, t).reshape(got.shape))
+        # a strided view of the same values gives the same (the C pass takes a contiguous copy)
+        wide = np.zeros(shape[:2] + (2 * shape[2],), np.int8)
+        wide[:, :, ::2] = q
+        np.testing.assert_array_equal(frontend.dequantize_output(wide[:, :, ::2], t), got)

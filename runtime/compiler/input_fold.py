@@ -25,11 +25,11 @@ the user compiled is unchanged: the host folds each request's int8 input
 as it writes it (:class:`FoldWriter`, straight into the segment's host copy;
 :meth:`InputFold.apply` for a new array).
 
-The fold is copies of contiguous runs, no gather: the padded input's rows
-are the space-to-depth blocks' rows, so x' is s strided copies of s*C-byte
-runs, and each pixel (I, J) of x'' is ONE run of cols*s*s*C bytes of x'
-(48 on ResNet-50's conv1): a strided view copied once. numpy copies a
-"void" item of n bytes as one memcpy, so each run is viewed as one such item.
+The fold is copies of contiguous runs, no gather (one C call,
+``vf_fold_input``), a row of output pixels at a time: a row of x' is the
+padded input's s rows cut into s*C-byte runs, and each pixel (I, J) of x''
+is ONE run of cols*s*s*C bytes of it (48 on ResNet-50's conv1). The row
+stays in L1, so the input is read once and the output written once.
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vfpga.driver import host_isa
 from vfpga.runtime.compiler import ir
+
+_marshal = host_isa.best_module("_marshal")  # the fold's C loop (hls/host/vfpga_marshal.c)
 
 
 @dataclass(frozen=True)
@@ -63,17 +66,11 @@ class InputFold:
         return FoldWriter(self, zero_point)
 
 
-def _runs(a: np.ndarray, n: int) -> np.ndarray:
-    """``a`` (one-byte items, last axis contiguous and a multiple of ``n`` long)
-    with every n bytes of its last axis one void item: numpy copies each with one memcpy."""
-    return a.view(np.dtype((np.void, n)))
-
-
 class FoldWriter:
     """Folds requests' inputs for one :class:`InputFold` and zero point into a
-    caller's buffer (a tenant writes into its segment's host copy). It keeps
-    the padded input, whose border (the zero point) is written once, and the
-    space-to-depth scratch. Not thread-safe: a tenant keeps one per activation
+    caller's buffer (a tenant writes into its segment's host copy), in one C
+    call (``vf_fold_input``, hls/host/vfpga_marshal.c), through a scratch
+    of one space-to-depth row. Not thread-safe: a tenant keeps one per activation
     slot, used under that slot's lock."""
 
     def __init__(self, fold: InputFold, zero_point: int):
@@ -82,19 +79,10 @@ class FoldWriter:
         s, (h, w, c), (fh, fw, fc) = fold.stride, fold.shape, fold.folded_shape
         self.fold = fold
         self.nbytes = fh * fw * fc
-        wj = fw + fold.cols - 1  # x' columns the folded pixels read
-        top, left = fold.pads[0], fold.pads[1]
-        # x_pad[r, q] = x[r - top, q - left], the zero point outside: the rows and columns x' reads
-        self._pad = np.full((fh * s, wj * s, c), zero_point, np.int8)
-        r0, r1 = max(0, -top), min(h, fh * s - top)
-        q0, q1 = max(0, -left), min(w, wj * s - left)
-        self._image = self._pad[top + r0:top + r1, left + q0:left + q1]  # where a request's pixels go
-        self._crop = (slice(r0, r1), slice(q0, q1))
-        self._shape, self._wj, self._ssc = (fh, fw, fc), wj, s * s * c
-        # x'[I, J, a, (b, c)] = x_pad[s*I + a, s*J + b, c]: per a, one s*C-byte run per (I, J)
-        self._pad_runs = _runs(self._pad.reshape(fh, s, wj, s * c), s * c)[..., 0] if s > 1 else None
-        # x' itself: the pad when s is 1, the output when no columns fold, else this scratch
-        self._s2d = np.empty((fh, wj, self._ssc), np.int8) if s > 1 and fold.cols > 1 else None
+        # one row of x' (the space-to-depth of the padded input), which the folded pixels' runs are cut from
+        self._row = np.empty((fw + fold.cols - 1) * s * s * c, np.int8)
+        self._row_ptr = _marshal.ffi.from_buffer("int8_t[]", self._row)
+        self._args = (h, w, c, fold.pads[0], fold.pads[1], s, fold.cols, fh, fw, int(zero_point))
 
     def write(self, x_q: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Writes the int8 HWC input ``x_q`` folded into ``out`` (a contiguous
@@ -107,22 +95,10 @@ class FoldWriter:
         if out.dtype.itemsize != 1 or out.size != self.nbytes or not out.flags.c_contiguous:
             raise ValueError(f"the folded input needs a contiguous buffer of {self.nbytes} one-byte items, not "
                              f"{out.dtype} {out.shape}")
-        dst = out.reshape(self._shape).view(np.int8)
-        fh, wj, s, c = self._shape[0], self._wj, fold.stride, fold.shape[2]
-        np.copyto(self._image, x_q[self._crop])
-        if s == 1:
-            x1 = self._pad
-        else:
-            x1 = self._s2d if self._s2d is not None else dst
-            runs = _runs(x1.reshape(fh, wj, s * s * c), s * c)  # [I, J, a]
-            for a in range(s):
-                np.copyto(runs[:, :, a], self._pad_runs[:, a])
-        if x1 is not dst:
-            # x''[I, J] = x'[I, J:J + cols] flattened: one run of cols*s*s*C bytes at J*s*s*C of row I
-            item = np.dtype((np.void, fold.cols * self._ssc))
-            src = np.ndarray(self._shape[:2], item, buffer=x1, strides=(wj * self._ssc, self._ssc))
-            np.copyto(_runs(dst, item.itemsize)[..., 0], src)
-        return dst
+        ffi = _marshal.ffi
+        _marshal.lib.vf_fold_input(ffi.from_buffer("int8_t[]", np.ascontiguousarray(x_q)), *self._args,
+                                   self._row_ptr, ffi.from_buffer("int8_t[]", out, require_writable=True))
+        return out.reshape(fold.folded_shape).view(np.int8)
 
 
 def _steps(kh: int, kw: int, channels: int, icp: int) -> int:

@@ -61,17 +61,13 @@ def dequantize_output(q, tensor: ir.Tensor) -> np.ndarray:
         raise FrontendError(
             f"output '{tensor.name}': expected int8 HWC {list(tensor.shape)}, got {q.dtype} {list(q.shape)}"
         )
-    # on a request's path: one float32 array in the ONNX layout, cast into (a channel at a time for an image,
-    # as quantize_input), then the same float32 steps in place
+    # on a request's path: one pass in C into the ONNX layout, the same float32 steps as numpy's
     h, w, c = tensor.shape
+    q = np.ascontiguousarray(q)
     x = np.empty((c, h, w), np.float32)
-    if h * w > c:
-        for ch in range(c):
-            np.copyto(x[ch], q[:, :, ch], casting="unsafe")
-    else:
-        np.copyto(x, q.transpose(2, 0, 1), casting="unsafe")
-    np.subtract(x, np.float32(tensor.zero_point), out=x)
-    np.multiply(x, np.float32(tensor.scale), out=x)
+    ffi = _marshal.ffi
+    _marshal.lib.vf_dequantize_hwc_to_chw(ffi.from_buffer("int8_t[]", q), ffi.from_buffer("float[]", x), c, h * w,
+                                          float(np.float32(tensor.scale)), float(tensor.zero_point))
     return x.reshape(onnx_layout(tensor))
 
 
