@@ -42,6 +42,7 @@ must not depend on it).
 from __future__ import annotations
 
 import bisect
+import ctypes
 import dataclasses
 import mmap
 import os
@@ -152,7 +153,7 @@ def _hwh_registers(layout: dict[str, _Reg]) -> dict:
 class _Block:
     """One allocation: the ``bo`` and ``pointer`` of the PynqBuffer(s) over it."""
 
-    __slots__ = ("memory", "offset", "size", "host", "live")
+    __slots__ = ("memory", "offset", "size", "host", "live", "host_address", "device_address")
 
     def __init__(self, memory, offset, size):
         self.memory = memory
@@ -160,6 +161,9 @@ class _Block:
         self.size = size  # aligned size reserved in the bank
         self.host = None  # the buffer's host copy (uint8)
         self.live = True
+        # where the host copy and the emulated DDR start: a sync is one memmove between them
+        self.host_address = 0
+        self.device_address = memory.array.ctypes.data + offset
 
 
 class EmulatedMemory:
@@ -243,7 +247,7 @@ class EmulatedMemory:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         block = self._reserve(nbytes)
         host = np.zeros(nbytes, dtype=np.uint8)  # calloc: lazily committed too
-        block.host = host
+        block.host, block.host_address = host, host.ctypes.data
         buf = PynqBuffer(shape, dtype, buffer=host, device=self.device,
                          device_address=self.base_address + block.offset, bo=block, coherent=False)
         buf.memory = self
@@ -468,18 +472,17 @@ class EmulatedDevice(Device):
             # typically a .copy() of a buffer: it keeps the original's bo.
             raise EmulationError(f"{self.name}: sync range [{offset}, {offset + size}) is outside the "
                                  f"buffer's {len(bo.host)} bytes (a copy of a PynqBuffer cannot be synced)")
-        start = bo.offset + offset
-        return bo.host[offset:offset + size], bo.memory.array[start:start + size]
+        return bo.host_address + offset, bo.device_address + offset
 
     def flush(self, bo, offset, ptr, size):
         """Host -> device copy (PynqBuffer.sync_to_device)."""
         host, dev = self._host_range(bo, offset, ptr, size)
-        dev[:] = host
+        ctypes.memmove(dev, host, size)
 
     def invalidate(self, bo, offset, ptr, size):
         """Device -> host copy (PynqBuffer.sync_from_device)."""
         host, dev = self._host_range(bo, offset, ptr, size)
-        host[:] = dev
+        ctypes.memmove(host, dev, size)
 
     # emulation-only views of device memory (tests, debugging)
     def bank_array(self, bank: int) -> np.ndarray:

@@ -9,6 +9,7 @@ Python except where an instruction is filled in.
 from __future__ import annotations
 
 import functools
+import struct
 
 import numpy as np
 
@@ -47,6 +48,26 @@ def _dtype_of(ctype) -> np.dtype:
         return np.dtype({"names": names, "formats": formats, "offsets": offsets,
                          "itemsize": ffi.sizeof(ctype)})
     raise TypeError(f"no numpy equivalent for {ctype.cname}")
+
+
+# struct's standard-size codes ("<"): numpy's own chars name native C types, whose sizes differ
+_STRUCT_CODES = {(kind, 1 << n): code for kind, codes in (("u", "BHIQ"), ("i", "bhiq")) for n, code in enumerate(codes)}
+
+
+def struct_of(dtype: np.dtype) -> struct.Struct:
+    """A struct.Struct of a structured dtype of scalar fields (little-endian,
+    its padding as pad bytes; values in ``dtype.names`` order), for a host
+    path that packs or unpacks one record: one C call, where a numpy record
+    view takes several."""
+    fmt, at = "<", 0
+    for name in dtype.names:  # (a header's struct: its fields in the order of their offsets, as packed)
+        field, offset = dtype.fields[name][:2]
+        code = _STRUCT_CODES.get((field.kind, field.itemsize))
+        if code is None or offset < at:
+            raise TypeError(f"field {name!r} of {dtype} is not a scalar integer after the one before it")
+        fmt += "x" * (offset - at) + code
+        at = offset + field.itemsize
+    return struct.Struct(fmt + "x" * (dtype.itemsize - at))
 
 
 def _insn_dtype(struct_name: str) -> np.dtype:
@@ -114,6 +135,8 @@ RNN_FORMATS = {
 # records, tenant status, mask results, record status, its own fault codes.
 REQUEST = _dtype_of(ffi.typeof("vf_disp_request_t"))
 COMPLETION = _dtype_of(ffi.typeof("vf_disp_completion_t"))
+# the same two layouts as structs: the driver packs an entry and unpacks a record on every request
+REQUEST_STRUCT, COMPLETION_STRUCT = struct_of(REQUEST), struct_of(COMPLETION)
 TENANT_CONTROL = {"ENABLE": lib.VF_TENANT_ENABLE, "STRIPED": lib.VF_TENANT_STRIPED}  # control register bits
 TENANT_STATUS = {v: k for k, v in _constants("VF_TENANT_").items() if k not in TENANT_CONTROL}
 MASK_RESULTS = {v: k for k, v in _constants("VF_MASK_").items()}

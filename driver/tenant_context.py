@@ -23,8 +23,6 @@ import logging
 import threading
 import time
 
-import numpy as np
-
 from vfpga.driver import isa
 from vfpga.driver.dispatcher import Dispatcher
 from vfpga.driver.segment import Segment
@@ -33,6 +31,8 @@ _STATUS = {name: value for value, name in isa.TENANT_STATUS.items()}
 _MASK = {name: value for value, name in isa.MASK_RESULTS.items()}
 _CPL = {name: value for value, name in isa.RECORD_STATUS.items()}
 _CPL_FIELDS = isa.COMPLETION.names
+_PROG_OFFSET, _PROG_ENTRIES, _REQUEST_ID = (isa.REQUEST.names.index(n) for n in ("prog_offset", "prog_entries",
+                                                                             "request_id"))
 NO_CORE = 0xFFFFFFFF
 log = logging.getLogger("vfpga.driver")
 
@@ -146,7 +146,7 @@ class TenantContext:
         self.on_tick = on_tick
         self._lock = threading.RLock()
         self._tail = 0  # next sequence number to post
-        self._entry = np.zeros((), isa.REQUEST)  # the ring entry being posted (under _lock)
+        self._entry = [0] * len(isa.REQUEST.names)  # the ring entry being posted, by field (under _lock)
         self._acked = 0  # records consumed
         self._ack_written = 0  # the cpl_ack the dispatcher has been told (trails _acked while callbacks run)
         self._posted_at: dict[int, float] = {}  # sequence number -> when its doorbell was rung (until its record)
@@ -240,9 +240,9 @@ class TenantContext:
                 raise QueueFull(f"tenant context {self.index}: request ring full ({self.ring_size} requests "
                                 "awaiting completion)")
             entry = self._entry
-            entry["prog_offset"], entry["prog_entries"], entry["request_id"] = prog_offset, prog_entries, request_id
+            entry[_PROG_OFFSET], entry[_PROG_ENTRIES], entry[_REQUEST_ID] = prog_offset, prog_entries, request_id
             at = self.ring_offset + (self._tail % self.ring_size) * isa.REQUEST.itemsize
-            self.segment.write(at, entry)
+            isa.REQUEST_STRUCT.pack_into(self.segment.view(at, isa.REQUEST.itemsize), 0, *entry)
             self.segment.sync_to_device(at, isa.REQUEST.itemsize)  # the entry is in DDR before the doorbell
             seq = self._tail
             self._tail += 1
@@ -264,8 +264,8 @@ class TenantContext:
                 at = self.cpl_offset + (s % self.ring_size) * isa.COMPLETION.itemsize
                 self.segment.sync_from_device(at, isa.COMPLETION.itemsize)
                 # one record as Python ints by field name (item() converts them all at once)
-                rec = dict(zip(_CPL_FIELDS, self.segment.read(at, isa.COMPLETION.itemsize).view(isa.COMPLETION)[0]
-                               .item()))
+                rec = dict(zip(_CPL_FIELDS, isa.COMPLETION_STRUCT.unpack_from(
+                    self.segment.view(at, isa.COMPLETION.itemsize))))
                 core = rec["fault_core"]
                 out.append(Completion(
                     seq=s, request_id=rec["request_id"],

@@ -32,6 +32,33 @@ def test_numpy_layout_matches_the_compiled_struct(fmt, ctype):
         assert dt.fields[name][0].itemsize == ffi.sizeof(field.type)
 
 
+@pytest.mark.parametrize("struct, dtype, ctype", [("REQUEST_STRUCT", "REQUEST", "vf_disp_request_t"),
+                                                   ("COMPLETION_STRUCT", "COMPLETION", "vf_disp_completion_t")])
+def test_the_ring_structs_read_and_write_what_c_does(struct, dtype, ctype):
+    """The driver packs ring entries and unpacks records with struct: the
+    same bytes as the compiled C struct's fields, in dtype.names order."""
+    st, dt = getattr(isa, struct), getattr(isa, dtype)
+    assert st.size == dt.itemsize == ffi.sizeof(ctype)
+    rng = np.random.default_rng(7)
+    raw = rng.integers(0, 256, dt.itemsize, dtype=np.uint8).tobytes()
+    c = ffi.new(f"{ctype} *")
+    ffi.memmove(c, raw, len(raw))
+    values = st.unpack_from(raw)
+    assert values == tuple(getattr(c, name) for name in dt.names) == np.frombuffer(raw, dt)[0].item()
+    buf = bytearray(len(raw))
+    st.pack_into(buf, 0, *values)
+    assert bytes(buf) == raw
+
+
+def test_struct_of_keeps_padding_and_refuses_what_it_cannot_pack():
+    dt = np.dtype({"names": ["a", "b"], "formats": ["<u8", "<i2"], "offsets": [0, 12], "itemsize": 16})
+    assert isa.struct_of(dt).format == "<Qxxxxhxx"
+    with pytest.raises(TypeError, match="'v' .* not a scalar integer"):
+        isa.struct_of(np.dtype([("v", "<f4")]))
+    with pytest.raises(TypeError, match="'b' .* after the one before it"):
+        isa.struct_of(np.dtype({"names": ["a", "b"], "formats": ["<u4", "<u4"], "offsets": [4, 0]}))
+
+
 def test_encode_writes_the_bytes_c_reads():
     raw = isa.encode("CONV", deps=isa.DEP["POP_PREV"], flags=isa.CONV_ACC_INIT, tag=7, in_addr=0x1234,
                      kh=11, sw=3, clip_lo=-5, clip_hi=99, param_addr=513)
