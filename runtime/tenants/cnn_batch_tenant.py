@@ -91,9 +91,10 @@ class CnnBatchTenant(Tenant):
         n, b = len(jobs), self.batched.size_for(len(jobs))
         first = self.batched.sizes.index(b) * sum(p.kind == "accel" for p in c.parts)
         hosts: list[dict] = [{} for _ in range(n)]  # each item's float outputs of host layers
+        write_s = 0.0
         for i, job in enumerate(jobs):
             self._item = i
-            self._write_input(job.x_q)
+            write_s += self._write_input(job.x_q)
         completions, cpu_s, accel_index = [], 0.0, 0
         try:
             for part in c.parts:
@@ -116,8 +117,8 @@ class CnnBatchTenant(Tenant):
         t1 = time.perf_counter()
         cycles = sum(x.cycles for x in completions)
         seconds = cycles / (float(self.accel.config["clock_mhz"]) * 1e6)
-        results = [(o, RunInfo(completions, t1 - t0, cycles, seconds, self.k, cpu_s / n, batch=n, batch_size=b))
-                   for o in outs]
+        results = [(o, RunInfo(completions, t1 - t0, cycles, seconds, self.k, cpu_s / n, batch=n, batch_size=b,
+                               input_write_s=write_s)) for o in outs]
         for _, info in results:  # a batch's overhead counts from when it was formed, not the batching wait
             self._mark_overhead(info, t0)
         return results

@@ -161,9 +161,7 @@ class RnnTenant(Tenant):
         self._doorbell_at, self._cpu_s = None, 0.0
         n, b = len(jobs), self.batched.size_for(len(jobs))
         v = self.batched.variants[b]
-        for at, data in rnn.request_image(v, rnn.stack_feeds(self.compiled, [j.x_q for j in jobs], b)).items():
-            self.segment.write(at, np.frombuffer(data, np.uint8))
-            self.segment.sync_to_device(at, len(data))
+        write_s = self._write_image(rnn.request_image(v, rnn.stack_feeds(self.compiled, [j.x_q for j in jobs], b)))
         done = self._run_part(self.batched.sizes.index(b))
         at, nbytes = rnn.output_span(v)  # the outputs only, not the weights
         self.segment.sync_from_device(at, nbytes)
@@ -172,8 +170,8 @@ class RnnTenant(Tenant):
         outs = [rnn.head_outputs(self.compiled, item) for item in rnn.split_values(v, values, n)]
         t1 = time.perf_counter()
         seconds = done.cycles / (float(self.accel.config["clock_mhz"]) * 1e6)
-        results = [(o, RunInfo([done], t1 - t0, done.cycles, seconds, self.k, (t1 - t_cpu) / n, batch=n, batch_size=b))
-                   for o in outs]
+        results = [(o, RunInfo([done], t1 - t0, done.cycles, seconds, self.k, (t1 - t_cpu) / n, batch=n, batch_size=b,
+                               input_write_s=write_s)) for o in outs]
         for _, info in results:  # a batch's overhead counts from when it was formed, not the batching wait
             self._mark_overhead(info, t0)
             if info.collected_at is not None:  # the host head ran once for the whole batch
@@ -183,9 +181,7 @@ class RnnTenant(Tenant):
     def _execute(self, feeds: dict):
         t0 = time.perf_counter()
         c: rnn.CompiledRnn = self.compiled
-        for at, data in rnn.request_image(c, feeds).items():
-            self.segment.write(at, np.frombuffer(data, np.uint8))
-            self.segment.sync_to_device(at, len(data))
+        write_s = self._write_image(rnn.request_image(c, feeds))
         done = self._run_part(0)
         at, nbytes = rnn.output_span(c)  # the outputs only, not the weights
         self.segment.sync_from_device(at, nbytes)
@@ -193,7 +189,15 @@ class RnnTenant(Tenant):
         outs = rnn.read_outputs(c, self.segment.read(at, nbytes), at)  # the host head runs here
         return outs, RunInfo([done], time.perf_counter() - t0, done.cycles,
                              done.cycles / (float(self.accel.config["clock_mhz"]) * 1e6), self.k,
-                             time.perf_counter() - t_cpu)
+                             time.perf_counter() - t_cpu, input_write_s=write_s)
+
+    def _write_image(self, image: dict[int, bytes]) -> float:
+        """Writes a request's input image (segment offset -> bytes) into device memory; the seconds it took."""
+        t0 = time.perf_counter()
+        for at, data in image.items():
+            self.segment.write(at, np.frombuffer(data, np.uint8))
+            self.segment.sync_to_device(at, len(data))
+        return time.perf_counter() - t0
 
     def _result(self, outs, info: RunInfo, float_io: bool):
         if not float_io:

@@ -21,18 +21,8 @@ in submission order. submit() queues them on the host, bounded by
 ``max_pending``.
 Different tenants run concurrently on their own cores.
 
-The direct path: a CNN tenant whose model is one accelerator part, then at
-most a small host tail (a classifier's softmax: DIRECT_HOST_MACS, tensors
-and outputs of at most DIRECT_OUTPUT_BYTES), skips its request thread when
-nothing is queued or in flight and an activation slot is free. submit()
-then writes the input and rings the doorbell on the caller's thread, and
-the completion thread, which reads the record anyway, runs the tail, reads
-the outputs and answers the future. Such a request takes no thread
-hand-off between submit() and the doorbell, or between its record and its
-result; each hand-off wakes a sleeping thread, which on a host of few cores
-costs tens of microseconds. Requests that arrive while one is in flight
-queue for the request threads as before, so the order stays the order of
-submission.
+The direct path (runtime/tenants/direct.py) answers a request to an idle
+tenant without its request thread.
 """
 
 from __future__ import annotations
@@ -56,6 +46,7 @@ from vfpga.runtime.compiler.segment import RING_SIZE, segment_layout
 from vfpga.runtime.errors import DeployError, TenantFault, TenantRemoved
 from vfpga.runtime.hw import cycle_model
 from vfpga.runtime.tenants import request
+from vfpga.runtime.tenants.direct import DirectPath
 from vfpga.runtime.tenants.request import (
     DirectRequest,
     Job,
@@ -68,14 +59,10 @@ from vfpga.runtime.tenants.request import (
 )
 from vfpga.runtime.tenants.throughput import check_throughput_options
 
-# what the completion thread does itself on the direct path (it serves every tenant, so a request with
-# more goes through its request thread): outputs and host-tail tensors to copy, host-tail MACs to compute
-DIRECT_OUTPUT_BYTES = 64 << 10
-DIRECT_HOST_MACS = 1 << 16
 LATENCY_WINDOW = 4096  # requests whose latencies stats() summarises (the most recent)
 
 
-class Tenant:
+class Tenant(DirectPath):
     """A model deployed on ``cores`` (physical core indices) of an accelerator."""
 
     kind = "cnn"  # the cores it runs on
@@ -148,8 +135,8 @@ class Tenant:
         self.host_latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.host_cpu_seconds: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)  # CPU parts
         self.modeled_latencies: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
-        # (submit -> doorbell, completion -> result) seconds: perf_counter stamps of the request thread
-        self.host_overheads: collections.deque[tuple[float, float]] = collections.deque(maxlen=LATENCY_WINDOW)
+        # (submit -> doorbell, completion -> result, input write) seconds: see overheads()
+        self.host_overheads: collections.deque[tuple] = collections.deque(maxlen=LATENCY_WINDOW)
         self.run_batches: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)  # requests per run
         # one request thread per slot
         self._workers = [threading.Thread(target=self._serve, args=(s,), name=f"vfpga-tenant-{name}-{s}",
@@ -236,8 +223,10 @@ class Tenant:
         with self._state_lock:
             return list(self.host_latencies), list(self.modeled_latencies)
 
-    def overheads(self) -> list[tuple[float, float]]:
-        """(submit -> doorbell, completion -> result) host seconds of the recent requests."""
+    def overheads(self) -> list[tuple[float, float, float]]:
+        """(submit -> doorbell, completion -> result, input write) host seconds
+        of the recent requests: RunInfo's figures (the input write is part of
+        the first; NaN where a tenant kind does not time it)."""
         with self._state_lock:
             return list(self.host_overheads)
 
@@ -454,7 +443,8 @@ class Tenant:
             self.modeled_latencies.append(info.modeled_cycles)
             self.run_batches.append(info.batch)
             if info.submit_to_doorbell_s is not None:
-                self.host_overheads.append((info.submit_to_doorbell_s, info.completion_to_result_s))
+                write_s = info.input_write_s if info.input_write_s is not None else float("nan")
+                self.host_overheads.append((info.submit_to_doorbell_s, info.completion_to_result_s, write_s))
             self._outstanding -= 1
         job.future.set_result(result)
 
@@ -490,7 +480,7 @@ class Tenant:
 
     def _execute(self, x_q: np.ndarray) -> tuple[list[np.ndarray], RunInfo]:
         t0 = time.perf_counter()
-        self._write_input(x_q)
+        write_s = self._write_input(x_q)
         completions = []
         accel_index = 0
         cpu_s = 0.0
@@ -506,7 +496,7 @@ class Tenant:
         outs = self._outputs(self._req.slot, self._host)
         cycles = sum(c.cycles for c in completions)
         return outs, RunInfo(completions, time.perf_counter() - t0, cycles,
-                             cycle_model.seconds(cycles, self.accel.config), self.k, cpu_s)
+                             cycle_model.seconds(cycles, self.accel.config), self.k, cpu_s, input_write_s=write_s)
 
     def _post(self, index: int, slot: int, waiter: ThreadWaiter | DirectRequest) -> int:
         """Posts accelerator part ``index`` of ``slot``'s programs for
@@ -563,76 +553,6 @@ class Tenant:
         if waiter is not None:
             waiter.deliver(c)
 
-    # ---- the direct path ----------------------------------------------------------------------------
-    def _direct_possible(self) -> bool:
-        """Whether requests may take the direct path: one accelerator part,
-        first, then at most a small host tail (a classifier's softmax), and
-        outputs the completion thread may read and compute."""
-        from vfpga.runtime.compiler import placement
-
-        c = self.compiled
-        if not self.direct or not c.parts or c.parts[0].kind == "cpu" or any(p.kind != "cpu" for p in c.parts[1:]):
-            return False
-        tail_layers = [self.graph.layers[p.layer] for p in c.parts[1:]]
-        tail = {n for layer in tail_layers for n in (*layer.inputs, *layer.outputs)}
-        nbytes = sum((p.shape[0] * p.shape[1] - 1) * p.pixel_stride + p.shape[2]
-                     for p in [*c.outputs, *(c.tensors[n] for n in tail)])
-        return nbytes <= DIRECT_OUTPUT_BYTES and placement.mac_share(c).cpu_macs <= DIRECT_HOST_MACS
-
-    def _free_slot(self) -> int | None:
-        """A slot whose lock this call took (none: a re-allocation holds them)."""
-        for s, lock in enumerate(self._exec_locks):
-            if lock.acquire(blocking=False):
-                return s
-        return None
-
-    def _start_direct(self, job: Job, slot: int) -> None:
-        """The direct path's first half, on the submitting thread, which
-        holds ``slot``'s lock: the input into device memory and the doorbell."""
-        job.future.set_running_or_notify_cancel()
-        d = DirectRequest(self._finish_direct, job, slot, time.perf_counter())
-        try:
-            self._write_input(job.x_q, slot)
-            self._post(0, slot, d)
-        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
-            self._fail([job], e, slot)
-
-    def _finish_direct(self, d: DirectRequest, c: Completion | None, error: BaseException | None = None) -> None:
-        """The direct path's second half, on the completion thread: the
-        outputs read, the slot's lock released, the future answered."""
-        job = d.job
-        try:
-            self._release_half(d.half)
-            if error is not None:
-                raise error
-            if not c.ok:
-                raise TenantFault(self.name, c.describe(), self.context.fault(), c)
-            host: dict[str, np.ndarray] = {}
-            t_cpu = time.perf_counter()
-            for part in self.compiled.parts[1:]:  # the host tail
-                self._run_cpu(part.layer, d.slot, host)
-            cpu_s = time.perf_counter() - t_cpu if len(self.compiled.parts) > 1 else 0.0
-            outs = self._outputs(d.slot, host)
-            info = RunInfo([c], time.perf_counter() - d.started, c.cycles,
-                           cycle_model.seconds(c.cycles, self.accel.config), self.k, cpu_s)
-            if c.posted_at is not None:  # (the host tail is the model's, not overhead)
-                info.submit_to_doorbell_s, info.collected_at = c.posted_at - job.submitted, c.collected_at + cpu_s
-            result = self._result(outs, info, job.float_io)
-            if info.collected_at is not None:
-                info.completion_to_result_s = time.perf_counter() - info.collected_at
-        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
-            self._fail([job], e, d.slot)
-            return
-        self._exec_locks[d.slot].release()
-        self._succeed(job, result, info)
-
-    def _expire_direct(self, now: float) -> None:
-        """The completion thread's tick: a direct request without a record
-        after REQUEST_TIMEOUT_S fails, as a request thread's wait would."""
-        for d in [w for w in list(self._waiting.values()) if isinstance(w, DirectRequest) and now > w.deadline]:
-            if self._forget(d):
-                self._finish_direct(d, None, self._no_record())
-
     def _stop_reason(self) -> str:
         """What stopped the tenant: the fault the hardware reported, else a missing record."""
         return str(self.fault.fault) if self.fault.fault is not None else "no completion record in time"
@@ -681,23 +601,26 @@ class Tenant:
         self.segment.write(addr, raw[:span])
         self.segment.sync_to_device(addr, span)
 
-    def _write_input(self, x_q: np.ndarray, slot: int | None = None) -> None:
+    def _write_input(self, x_q: np.ndarray, slot: int | None = None) -> float:
         """Writes a request's int8 HWC input into device memory (``slot``;
         default: this request thread's); a folded input (input_fold) is folded
-        straight into the segment's host copy, then that range alone is synced."""
+        straight into the segment's host copy, then that range alone is
+        synced. Returns the seconds it took."""
+        t0 = time.perf_counter()
         c = self.compiled
         p = c.input
         h, w, ch = p.shape
         slot = self._req.slot if slot is None else slot
         if c.input_fold is None or p.pixel_stride != ch:
             self._write(p, c.device_input(x_q), slot)
-            return
+            return time.perf_counter() - t0
         writer = self._fold_writers[slot]  # used under the slot's lock only
         if writer is None:
             writer = self._fold_writers[slot] = c.input_fold.writer(p.zero_point)
         addr = p.addr + self._arena(slot)
         writer.write(x_q, self.segment.view(addr, h * w * ch))
         self.segment.sync_to_device(addr, h * w * ch)
+        return time.perf_counter() - t0
 
     def _outputs(self, slot: int, host: dict[str, np.ndarray]) -> list[np.ndarray]:
         """A request's outputs: from the host parts' float results, else from device memory."""
