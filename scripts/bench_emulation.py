@@ -17,11 +17,11 @@ machine:
     the wall time also counts the other processes);
   * the host overhead per request on the driver's path (RunInfo /
     stats()): submit to doorbell and completion record to result, p50 / p99
-    in microseconds; the input's write into device memory (part of the
-    first half: folded or copied into the segment, then synced), p50; the
-    p50 of each request's two halves together, and of the two halves
-    without the input's write (the part that does not grow with the input's
-    bytes); over --overhead-requests requests one at a time per
+    in microseconds; the input's marshalling (part of the first half: a
+    float input quantized, then folded or copied into the segment and
+    synced), p50; the p50 of each request's two halves together, and of the
+    two halves without the input's marshalling (the part that does not grow
+    with the input's bytes); over --overhead-requests requests one at a time per
     model (--requests for a small CNN), for an int8 HWC input
     (submit_quantized) and for a float NCHW input (submit: quantized on the
     host first, the float output dequantized), beside the floor of the
@@ -89,12 +89,12 @@ def _overhead(tenant, run, x, requests: int) -> str:
     """submit -> doorbell and completion -> result of ``requests`` calls of ``run(x)``, one at a time."""
     for _ in range(requests):
         run(x)
-    o = np.array(tenant.overheads()[-requests:]) * 1e6  # per request: the two halves, the input's write
+    o = np.array(tenant.overheads()[-requests:]) * 1e6  # per request: the two halves, the input's marshalling
     (d50, r50, w50), (d99, r99, _) = np.percentile(o, 50, axis=0), np.percentile(o, 99, axis=0)
     both = o[:, 0] + o[:, 1]  # each request's two halves together, then the median
-    return (f"submit->doorbell p50 {d50:.0f} / p99 {d99:.0f} us (input write p50 {w50:.0f} us), completion->result "
+    return (f"submit->doorbell p50 {d50:.0f} / p99 {d99:.0f} us (input marshalling p50 {w50:.0f} us), completion->result "
             f"p50 {r50:.0f} / p99 {r99:.0f} us, both halves of a request p50 {np.percentile(both, 50):.0f} us, "
-            f"without the input write p50 {np.percentile(both - o[:, 2], 50):.0f} us")
+            f"without the input marshalling p50 {np.percentile(both - o[:, 2], 50):.0f} us")
 
 
 def _overheads(tenant, x, x_q, requests: int, where: str = "") -> list[str]:

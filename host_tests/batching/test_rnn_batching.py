@@ -126,7 +126,7 @@ def test_each_request_of_a_batch_equals_its_unbatched_run(models, name):
             for s, f in zip(group, futs):
                 got, info = f.result(120)
                 assert info.batch == len(group) and info.batch_size == batch.batched.size_for(len(group))
-                assert 0 < info.input_write_s < info.submit_to_doorbell_s  # all the batch's inputs, then its doorbell
+                assert 0 < info.input_marshal_s < info.submit_to_doorbell_s  # all the batch's inputs, then its doorbell
                 assert _same(got, want[s]), f"request {s} in a batch of {len(group)} differs from its run alone"
         st = ov.stats()["batch"]  # a run's device time is shared by the requests batched in it
         assert st.requests == len(seeds)

@@ -102,9 +102,9 @@ def test_latency_statistics_are_bounded(accel, monkeypatch):
     s = accel.stats()["a"]
     assert s.requests == 8 and s.latency_ms > 0 and s.host_latency_ms["p99"] >= s.host_latency_ms["p50"] > 0
     # the host overhead on the driver's path: submit -> doorbell, completion record read -> result
-    for key in ("submit_to_doorbell", "completion_to_result", "input_write"):
+    for key in ("submit_to_doorbell", "completion_to_result", "input_marshal"):
         assert s.host_overhead_us[key]["p99"] >= s.host_overhead_us[key]["p50"] > 0
     (x,) = random_inputs(t.graph, 1, seed=6)
     _, info = t.run_quantized(x)
     assert 0 < info.submit_to_doorbell_s and 0 < info.completion_to_result_s
-    assert 0 < info.input_write_s < info.submit_to_doorbell_s  # the input's write is part of the first half
+    assert 0 < info.input_marshal_s < info.submit_to_doorbell_s  # the input's marshalling is part of the first half

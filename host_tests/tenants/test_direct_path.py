@@ -62,11 +62,33 @@ def test_an_idle_tenant_answers_on_the_direct_path(monkeypatch, accel, tiny):
     for i, x in enumerate(tiny.inputs):
         outs, info = t.submit_quantized(x).result(TIMEOUT)
         tiny.check(outs, i)
-        assert info.ok and info.submit_to_doorbell_s > info.input_write_s > 0 and info.completion_to_result_s > 0
+        assert info.ok and info.submit_to_doorbell_s > info.input_marshal_s > 0 and info.completion_to_result_s > 0
     me = threading.current_thread().name
     assert [name for name, _ in writes] == [me] * len(tiny.inputs)  # the caller wrote and rang
     assert {name for name, _ in answers} == {"vfpga-completions"}  # the completion thread answered
     assert t.requests == len(tiny.inputs) and len(t.overheads()) == len(tiny.inputs)
+
+
+@pytest.mark.parametrize("path", ["direct", "request thread"])
+def test_the_input_marshalling_counts_a_float_inputs_quantization(monkeypatch, accel, tiny, path):
+    """RunInfo.input_marshal_s: a float input's quantization, then its write into device memory."""
+    t = accel.deploy(tiny.compiled, cores=2, name="t")
+    if path == "request thread":
+        monkeypatch.setattr(t, "_direct", False)
+    writes = _spy(monkeypatch, t, "_write_input")
+    quantize, pause = frontend.quantize_input, 0.05
+
+    def slow_quantize(x, tensor):  # the real one, after a pause the figure must include
+        threading.Event().wait(pause)
+        return quantize(x, tensor)
+
+    monkeypatch.setattr(frontend, "quantize_input", slow_quantize)
+    x = frontend.dequantize_output(tiny.inputs[0], t.graph.tensors[t.graph.inputs[0]])
+    _, info = t.submit_float_with_info(x).result(TIMEOUT)
+    assert info.submit_to_doorbell_s >= info.input_marshal_s >= pause
+    _, info = t.submit_quantized(tiny.inputs[0]).result(TIMEOUT)  # an int8 input: the write alone
+    assert 0 < info.input_marshal_s < pause
+    assert {name for name, _ in writes} == {threading.current_thread().name if path == "direct" else "vfpga-tenant-t-0"}
 
 
 def test_requests_arriving_meanwhile_queue_in_submission_order(monkeypatch, accel, tiny):

@@ -88,8 +88,8 @@ class TenantStats:
     mac_share: float | None = None  # the model's MACs on the accelerator (the rest on the host)
     host_cpu_ms: float | None = None  # measured per request: the CPU parts (mean)
     # measured host overhead per request on the driver's path, p50 / p99 in microseconds of the recent window:
-    # {"submit_to_doorbell": {...}, "completion_to_result": {...}, "input_write": {...}} (the input write:
-    # part of the first, the part that grows with the input's bytes)
+    # {"submit_to_doorbell": {...}, "completion_to_result": {...}, "input_marshal": {...}} (the input's
+    # marshalling, RunInfo.input_marshal_s: part of the first, the part that grows with the input's bytes)
     host_overhead_us: dict = field(default_factory=dict)
 
 
@@ -465,7 +465,7 @@ class Accelerator:
             host_ms = _percentiles(host, 1e3, mean=True)
             overheads = t.overheads()
             host_us = {key: _percentiles([o[i] for o in overheads if o[i] == o[i]], 1e6)  # (NaN: not timed)
-                       for i, key in enumerate(("submit_to_doorbell", "completion_to_result", "input_write"))
+                       for i, key in enumerate(("submit_to_doorbell", "completion_to_result", "input_marshal"))
                        } if overheads else {}
             # over the requests since the core count last changed (one spanning the change counts whole)
             busy, held = regs["core_cycles"] - t.util_base[0], regs["request_cycles"] - t.util_base[1]

@@ -91,7 +91,7 @@ class CnnBatchTenant(Tenant):
         n, b = len(jobs), self.batched.size_for(len(jobs))
         first = self.batched.sizes.index(b) * sum(p.kind == "accel" for p in c.parts)
         hosts: list[dict] = [{} for _ in range(n)]  # each item's float outputs of host layers
-        write_s = 0.0
+        write_s = sum(job.quantize_s for job in jobs)  # the batch's inputs' marshalling
         for i, job in enumerate(jobs):
             self._item = i
             write_s += self._write_input(job.x_q)
@@ -118,7 +118,7 @@ class CnnBatchTenant(Tenant):
         cycles = sum(x.cycles for x in completions)
         seconds = cycles / (float(self.accel.config["clock_mhz"]) * 1e6)
         results = [(o, RunInfo(completions, t1 - t0, cycles, seconds, self.k, cpu_s / n, batch=n, batch_size=b,
-                               input_write_s=write_s)) for o in outs]
+                               input_marshal_s=write_s)) for o in outs]
         for _, info in results:  # a batch's overhead counts from when it was formed, not the batching wait
             self._mark_overhead(info, t0)
         return results

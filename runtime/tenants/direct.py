@@ -87,7 +87,7 @@ class DirectPath:
             outs = self._outputs(d.slot, host)
             info = RunInfo([c], time.perf_counter() - d.started, c.cycles,
                            cycle_model.seconds(c.cycles, self.accel.config), self.k, cpu_s,
-                           input_write_s=d.input_write_s)
+                           input_marshal_s=job.quantize_s + d.input_write_s)
             if c.posted_at is not None:  # (the host tail is the model's, not overhead)
                 info.submit_to_doorbell_s, info.collected_at = c.posted_at - job.submitted, c.collected_at + cpu_s
             result = self._result(outs, info, job.float_io)

@@ -34,9 +34,10 @@ class RunInfo:
     # parts (host_cpu_seconds) in between are not counted
     submit_to_doorbell_s: float | None = None
     completion_to_result_s: float | None = None
-    # of submit_to_doorbell_s: the input written into device memory (folded or copied into the segment's
-    # host copy, then synced; a batch's inputs all), the part that grows with the input's bytes
-    input_write_s: float | None = None
+    # of submit_to_doorbell_s: the input's marshalling, the part that grows with the input's bytes -- a
+    # float input quantized, then the int8 input folded or copied into the segment's host copy and synced
+    # (a batch: all its inputs)
+    input_marshal_s: float | None = None
     # perf_counter at the last completion record's read, less the CPU parts after it (the second half's start)
     collected_at: float | None = field(default=None, repr=False)
     batch: int = 1  # requests that ran together in this run (dynamic batching; RNN tenants)
@@ -55,6 +56,7 @@ class Job:
     future: Future
     float_io: bool
     submitted: float = field(default_factory=time.perf_counter)  # host clock when submit() was called
+    quantize_s: float = 0.0  # seconds submit() took to quantize a float input (into x_q)
 
 
 class ThreadWaiter:
@@ -79,7 +81,7 @@ class DirectRequest:
     slot: int
     started: float  # perf_counter before its input was written
     half: int = 0  # the program half it walks (set under the programs' lock, before the doorbell)
-    input_write_s: float | None = None  # its input's write into device memory
+    input_write_s: float = 0.0  # seconds its input's write into device memory took
 
     @property
     def deadline(self) -> float:

@@ -135,7 +135,7 @@ class Tenant(DirectPath):
         self.host_latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.host_cpu_seconds: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)  # CPU parts
         self.modeled_latencies: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
-        # (submit -> doorbell, completion -> result, input write) seconds: see overheads()
+        # (submit -> doorbell, completion -> result, input marshalling) seconds: see overheads()
         self.host_overheads: collections.deque[tuple] = collections.deque(maxlen=LATENCY_WINDOW)
         self.run_batches: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)  # requests per run
         # one request thread per slot
@@ -224,9 +224,9 @@ class Tenant(DirectPath):
             return list(self.host_latencies), list(self.modeled_latencies)
 
     def overheads(self) -> list[tuple[float, float, float]]:
-        """(submit -> doorbell, completion -> result, input write) host seconds
-        of the recent requests: RunInfo's figures (the input write is part of
-        the first; NaN where a tenant kind does not time it)."""
+        """(submit -> doorbell, completion -> result, input marshalling) host
+        seconds of the recent requests: RunInfo's figures (the input's
+        marshalling is part of the first; NaN where a tenant kind does not time it)."""
         with self._state_lock:
             return list(self.host_overheads)
 
@@ -299,8 +299,9 @@ class Tenant(DirectPath):
     def _check_input(self, x_q: np.ndarray) -> np.ndarray:
         return quantized_input(self.compiled, x_q, self.name)
 
-    def _enqueue(self, x_q: np.ndarray, float_io: bool, submitted: float | None = None) -> Future:
-        job = Job(x_q, Future(), float_io, submitted or time.perf_counter())
+    def _enqueue(self, x_q: np.ndarray, float_io: bool, submitted: float | None = None,
+                 quantize_s: float = 0.0) -> Future:
+        job = Job(x_q, Future(), float_io, submitted or time.perf_counter(), quantize_s)
         with self._state_lock:
             if self.removed:
                 raise TenantRemoved(f"tenant {self.name!r} has been removed")
@@ -329,13 +330,13 @@ class Tenant(DirectPath):
         output(s), like onnxruntime's run."""
         t0 = time.perf_counter()
         x_q = frontend.quantize_input(x, self.graph.tensors[self.graph.inputs[0]])
-        return self._enqueue(self._check_input(x_q), True, t0)
+        return self._enqueue(self._check_input(x_q), True, t0, time.perf_counter() - t0)
 
     def submit_float_with_info(self, x: np.ndarray) -> Future:
         """As submit, the Future giving (float output(s), RunInfo)."""
         t0 = time.perf_counter()
         x_q = frontend.quantize_input(x, self.graph.tensors[self.graph.inputs[0]])
-        return self._enqueue(self._check_input(x_q), "info", t0)
+        return self._enqueue(self._check_input(x_q), "info", t0, time.perf_counter() - t0)
 
     def run_quantized(self, x_q: np.ndarray) -> tuple[list[np.ndarray], RunInfo]:
         """int8 HWC input -> int8 HWC outputs, as the accelerator computes them."""
@@ -378,6 +379,7 @@ class Tenant(DirectPath):
         for job in jobs:
             self._doorbell_at, self._cpu_s = None, 0.0
             outs, info = self._execute(job.x_q)
+            info.input_marshal_s += job.quantize_s
             self._mark_overhead(info, job.submitted)
             results.append((outs, info))
         return results
@@ -443,8 +445,8 @@ class Tenant(DirectPath):
             self.modeled_latencies.append(info.modeled_cycles)
             self.run_batches.append(info.batch)
             if info.submit_to_doorbell_s is not None:
-                write_s = info.input_write_s if info.input_write_s is not None else float("nan")
-                self.host_overheads.append((info.submit_to_doorbell_s, info.completion_to_result_s, write_s))
+                marshal_s = info.input_marshal_s if info.input_marshal_s is not None else float("nan")
+                self.host_overheads.append((info.submit_to_doorbell_s, info.completion_to_result_s, marshal_s))
             self._outstanding -= 1
         job.future.set_result(result)
 
@@ -496,7 +498,7 @@ class Tenant(DirectPath):
         outs = self._outputs(self._req.slot, self._host)
         cycles = sum(c.cycles for c in completions)
         return outs, RunInfo(completions, time.perf_counter() - t0, cycles,
-                             cycle_model.seconds(cycles, self.accel.config), self.k, cpu_s, input_write_s=write_s)
+                             cycle_model.seconds(cycles, self.accel.config), self.k, cpu_s, input_marshal_s=write_s)
 
     def _post(self, index: int, slot: int, waiter: ThreadWaiter | DirectRequest) -> int:
         """Posts accelerator part ``index`` of ``slot``'s programs for
