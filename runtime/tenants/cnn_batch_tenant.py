@@ -91,7 +91,7 @@ class CnnBatchTenant(Tenant):
         n, b = len(jobs), self.batched.size_for(len(jobs))
         first = self.batched.sizes.index(b) * sum(p.kind == "accel" for p in c.parts)
         hosts: list[dict] = [{} for _ in range(n)]  # each item's float outputs of host layers
-        write_s = sum(job.quantize_s for job in jobs)  # the batch's inputs' marshalling
+        write_s = 0.0  # (a batch's overhead counts from its forming: each input's quantization came before)
         for i, job in enumerate(jobs):
             self._item = i
             write_s += self._write_input(job.x_q)

@@ -36,7 +36,7 @@ class RunInfo:
     completion_to_result_s: float | None = None
     # of submit_to_doorbell_s: the input's marshalling, the part that grows with the input's bytes -- a
     # float input quantized, then the int8 input folded or copied into the segment's host copy and synced
-    # (a batch: all its inputs)
+    # (a batch: all its inputs' writes; its overhead counts from its forming, after their quantization)
     input_marshal_s: float | None = None
     # perf_counter at the last completion record's read, less the CPU parts after it (the second half's start)
     collected_at: float | None = field(default=None, repr=False)
