@@ -97,7 +97,7 @@ class Segment:
         self._buf = self._parts[0]
         self._host = np.zeros(self.size, np.uint8)  # the host copy, in segment order
         self._cache_ops = [_CacheOps(b) for b in self._parts]
-        # the addresses the striped copies (C) take, taken once: the image and the parts never move
+        # the addresses the striped copies (C) take, taken once: the host copy and the parts never move
         self._image_address = self._host.ctypes.data
         self._part_addresses = _marshal.ffi.new("uintptr_t[]", [ops.address for ops in self._cache_ops])
         self._runs: dict[tuple[int, int], list[tuple[int, int, int]]] = {}

@@ -1033,21 +1033,29 @@ def test_fallback_regions_never_form_a_cycle(calib, test_inputs):
     _assert_end_to_end(qdq, g, test_inputs)
 
 
-def _quantize_linear_ort(x, tensor: ir.Tensor) -> np.ndarray:
-    """onnxruntime's QuantizeLinear of ``x`` (cast to float32, as a float32 model input is) in int8 HWC."""
+def _linear_op_ort(op: str, value: np.ndarray, tensor: ir.Tensor) -> np.ndarray:
+    """onnxruntime's QuantizeLinear (float32 -> int8) or DequantizeLinear
+    (int8 -> float32) of ``value`` with ``tensor``'s scale and zero point."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    x = np.asarray(x).astype(np.float32)
+    types = (TensorProto.FLOAT, TensorProto.INT8)
+    if op == "DequantizeLinear":
+        types = types[::-1]
     graph = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["x", "scale", "zero_point"], ["q"])], "quantize",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("q", TensorProto.INT8, list(x.shape))],
+        [helper.make_node(op, ["v", "scale", "zero_point"], ["out"])], op,
+        [helper.make_tensor_value_info("v", types[0], list(value.shape))],
+        [helper.make_tensor_value_info("out", types[1], list(value.shape))],
         [helper.make_tensor("scale", TensorProto.FLOAT, [], [tensor.scale]),
          helper.make_tensor("zero_point", TensorProto.INT8, [], [tensor.zero_point])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    q = session.run(None, {"x": x})[0]
+    return session.run(None, {"v": value})[0]
+
+
+def _quantize_linear_ort(x, tensor: ir.Tensor) -> np.ndarray:
+    """onnxruntime's QuantizeLinear of ``x`` (cast to float32, as a float32 model input is) in int8 HWC."""
+    q = _linear_op_ort("QuantizeLinear", np.asarray(x).astype(np.float32), tensor)
     h, w, c = tensor.shape
     return np.ascontiguousarray(q.reshape(c, h, w).transpose(1, 2, 0))
 
@@ -1082,20 +1090,7 @@ def test_quantize_input_equals_onnxruntime_quantize_linear(monkeypatch, build, d
 
 def _dequantize_linear_ort(q: np.ndarray, tensor: ir.Tensor) -> np.ndarray:
     """onnxruntime's DequantizeLinear of an int8 HWC ``q``, in the ONNX layout."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    h, w, c = tensor.shape
-    nchw = np.ascontiguousarray(q.transpose(2, 0, 1))[None]
-    graph = helper.make_graph(
-        [helper.make_node("DequantizeLinear", ["q", "scale", "zero_point"], ["x"])], "dequantize",
-        [helper.make_tensor_value_info("q", TensorProto.INT8, list(nchw.shape))],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(nchw.shape))],
-        [helper.make_tensor("scale", TensorProto.FLOAT, [], [tensor.scale]),
-         helper.make_tensor("zero_point", TensorProto.INT8, [], [tensor.zero_point])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"q": nchw})[0]
+    return _linear_op_ort("DequantizeLinear", np.ascontiguousarray(q.transpose(2, 0, 1))[None], tensor)
 
 
 @pytest.mark.parametrize("build", ["this host's", "portable"])

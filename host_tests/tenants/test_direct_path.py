@@ -1,4 +1,4 @@
-"""The direct path (runtime/tenants/tenant.py): a request to an idle CNN
+"""The direct path (runtime/tenants/direct.py): a request to an idle CNN
 tenant is posted by the submitting thread and answered by the completion
 thread, with no request thread between; requests that arrive meanwhile
 queue for the request threads in submission order. On the real emulated

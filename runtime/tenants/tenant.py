@@ -226,7 +226,7 @@ class Tenant(DirectPath):
     def overheads(self) -> list[tuple[float, float, float]]:
         """(submit -> doorbell, completion -> result, input marshalling) host
         seconds of the recent requests: RunInfo's figures (the input's
-        marshalling is part of the first; NaN where a tenant kind does not time it)."""
+        marshalling is part of the first; NaN for a RunInfo without it)."""
         with self._state_lock:
             return list(self.host_overheads)
 
