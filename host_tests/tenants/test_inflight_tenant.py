@@ -6,6 +6,8 @@ how many slots would."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from harness import bank_bytes_for, emulated_accelerator
@@ -50,6 +52,40 @@ def test_a_context_reused_after_several_in_flight_holds_one_again(accel, tiny): 
 
 def test_live_reallocations_with_requests_in_flight_lose_nothing(accel, tiny):  # noqa: F811
     assert _reallocation_stress(accel, tiny, 30, seed=3, max_inflight=3) >= 50
+
+
+def _wait_for(what: str, done, timeout: float = 60.0) -> None:
+    ev = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        if done():
+            return
+        ev.wait(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_reallocation_waits_for_a_free_program_half_then_goes_on(monkeypatch, accel, tiny):  # noqa: F811
+    """New programs go into a half no posted request walks: with requests
+    in flight on both halves, retarget() waits until one half's requests
+    have their records, and those requests' results are right."""
+    t = accel.deploy(tiny.compiled, cores=2, name="t", max_inflight=2)
+    monkeypatch.setattr(t, "_direct", False)  # each request on its own request thread's slot
+    mask = t.context.active_mask
+    t.context.set_mask(0)  # posted requests stay in flight until the cores come back
+    first = t.submit_quantized(tiny.inputs[0])
+    _wait_for("the first request's doorbell", lambda: t._half_users[t._active_half] == 1)
+    t.retarget(t.k)  # the other half is free: no wait
+    second = t.submit_quantized(tiny.inputs[1])
+    _wait_for("the second request's doorbell", lambda: t._half_users == [1, 1])
+    waiting = threading.Thread(target=t.retarget, args=(t.k,), daemon=True)
+    waiting.start()
+    _wait_for("the reallocation to wait", lambda: t._retargets_waiting == 1)
+    assert waiting.is_alive() and not first.done() and not second.done()
+    t.context.set_mask(mask)
+    waiting.join(60.0)
+    assert not waiting.is_alive() and t._retargets_waiting == 0
+    for i, f in enumerate((first, second)):
+        tiny.check(result(f)[0], i)
+    tiny.check(result(t.submit_quantized(tiny.inputs[2]))[0], 2)  # on the new programs
 
 
 def test_a_deploy_that_does_not_fit_says_how_many_slots_would(tiny):  # noqa: F811

@@ -109,6 +109,7 @@ class Tenant(DirectPath):
             self._fold_writers = [None] * self.max_inflight  # per slot: the folded input's writer (input_fold)
             self._active_half = 0
             self._half_users = [0, 0]  # requests posted on each program half, not recorded yet
+            self._retargets_waiting = 0  # retarget() calls waiting for a half without users
             self._write_programs(0, self.plan)
             self.context = TenantContext(accel.dispatcher, context_index, self.segment, self.ring_offset,
                                          self.cpl_offset, RING_SIZE, on_completion=self._on_completion,
@@ -289,7 +290,11 @@ class Tenant(DirectPath):
         with self._halves_free:
             # a half no posted request walks: the other one, or (several in
             # flight) once the requests on it have their records
-            self._halves_free.wait_for(lambda: 0 in self._half_users)
+            self._retargets_waiting += 1
+            try:
+                self._halves_free.wait_for(lambda: 0 in self._half_users)
+            finally:
+                self._retargets_waiting -= 1
             half = 1 - self._active_half if self._half_users[1 - self._active_half] == 0 else self._active_half
             self._write_programs(half, plan)
             self._active_half, self.plan = half, plan
@@ -522,7 +527,8 @@ class Tenant(DirectPath):
     def _release_half(self, half: int) -> None:
         with self._halves_free:
             self._half_users[half] -= 1
-            self._halves_free.notify_all()
+            if self._retargets_waiting and self._half_users[half] == 0:  # (on every request's path: notify rarely)
+                self._halves_free.notify_all()
 
     def _run_part(self, index: int) -> Completion:
         waiter = ThreadWaiter()
