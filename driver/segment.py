@@ -100,6 +100,8 @@ class Segment:
         # the addresses the striped copies (C) take, taken once: the host copy and the parts never move
         self._image_address = self._host.ctypes.data
         self._part_addresses = _marshal.ffi.new("uintptr_t[]", [ops.address for ops in self._cache_ops])
+        self._stripe_c = _marshal.ffi.new("vf_stripe_t *", {"parts": self._part_addresses, "ports": stripe.ports,
+                                                             "word": stripe.word})
         self._runs: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
 
     def _allocate_parts(self, device, stripe) -> list:
@@ -184,10 +186,8 @@ class Segment:
         """Host copy -> device memory for [offset, offset + nbytes) (to the end by default)."""
         if self.stripe is not None:
             offset, nbytes, runs = self._striped_range(offset, nbytes)
-            _marshal.lib.vf_stripe_copy(self._image_address, self._part_addresses, self.stripe.ports,
-                                        self.stripe.word, offset, offset + nbytes, 1)
-            for p, lo, hi in runs:
-                self._cache_ops[p].flush(lo, hi - lo)
+            _marshal.lib.vf_stripe_copy(self._image_address, self._stripe_c, offset, offset + nbytes, 1)
+            self._flush_runs(runs)
             return
         offset, nbytes = self._span(offset, nbytes)
         if nbytes:
@@ -199,14 +199,37 @@ class Segment:
             offset, nbytes, runs = self._striped_range(offset, nbytes)
             for p, lo, hi in runs:
                 self._cache_ops[p].invalidate(lo, hi - lo)
-            _marshal.lib.vf_stripe_copy(self._image_address, self._part_addresses, self.stripe.ports,
-                                        self.stripe.word, offset, offset + nbytes, 0)
+            _marshal.lib.vf_stripe_copy(self._image_address, self._stripe_c, offset, offset + nbytes, 0)
             return
         offset, nbytes = self._span(offset, nbytes)
         if nbytes:
             self._cache_ops[0].invalidate(offset, nbytes)
 
+    # ---- writing a striped segment's parts directly ---------------------------------
+    def stripe_target(self, offset: int, nbytes: int):
+        """For a C writer that fills [offset, offset + nbytes) of a striped
+        segment straight into its parts (the input fold: one pass over the
+        bytes instead of two): the ``vf_stripe_t *`` its call takes
+        (hls/host/vfpga_marshal.h), once the range is checked. Then
+        :meth:`sync_parts_to_device` the range."""
+        if self.stripe is None:
+            raise ValueError("stripe_target: the segment is contiguous (write its host copy, then sync it)")
+        self._span(offset, nbytes)
+        return self._stripe_c
+
+    def sync_parts_to_device(self, offset: int, nbytes: int) -> None:
+        """The parts' bytes of [offset, offset + nbytes) -> device memory,
+        after a writer filled the parts through :meth:`stripe_target`. The
+        host copy of the range is left as it was: stale until that range is
+        synced from the device (a reader syncs before it reads)."""
+        offset, nbytes, runs = self._striped_range(offset, nbytes)
+        self._flush_runs(runs)
+
     # ---- the striped layout ------------------------------------------------------
+    def _flush_runs(self, runs) -> None:
+        for p, lo, hi in runs:
+            self._cache_ops[p].flush(lo, hi - lo)
+
     def _in_one_word(self, offset: int, nbytes: int | None) -> bool:
         """Whether [offset, offset + nbytes) is a non-empty range inside one bus word of a live segment."""
         ints = (int, np.integer)

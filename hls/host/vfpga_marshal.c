@@ -100,13 +100,40 @@ static inline void copy_run(uint8_t *d, const uint8_t *s, size_t n)
     }
 }
 
+/* A striped segment's bytes [lo, hi), held at `bytes`, into its parts (to_parts) or back. */
+static void stripe_move(uint8_t *bytes, const vf_stripe_t *stripe, size_t lo, size_t hi, int to_parts)
+{
+    const size_t word = stripe->word, ports = stripe->ports;
+    size_t g = lo / word, p = g % ports, row = g / ports; /* global word g is word `row` of part p */
+    for (; g * word < hi; ++g) {
+        size_t a = g * word > lo ? g * word : lo, b = (g + 1) * word < hi ? (g + 1) * word : hi;
+        uint8_t *part = (uint8_t *)stripe->parts[p] + row * word + (a - g * word), *mine = bytes + (a - lo);
+        if (b - a == 64) { /* a whole bus word: a fixed-size copy, inlined */
+            if (to_parts)
+                memcpy(part, mine, 64);
+            else
+                memcpy(mine, part, 64);
+        } else if (to_parts) {
+            memcpy(part, mine, b - a);
+        } else {
+            memcpy(mine, part, b - a);
+        }
+        if (++p == ports) {
+            p = 0;
+            ++row;
+        }
+    }
+}
+
 void vf_fold_input(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top, ptrdiff_t left, size_t s,
-                   size_t cols, size_t fh, size_t fw, int8_t zero_point, int8_t *row, int8_t *out)
+                   size_t cols, size_t fh, size_t fw, int8_t zero_point, int8_t *row, int8_t *out,
+                   const vf_stripe_t *stripe, size_t at)
 {
     const size_t wj = fw + cols - 1, unit = s * s * c, block = s * c, run = cols * unit;
     for (size_t i = 0; i < fh; ++i) {
+        uint8_t *orow = (uint8_t *)out + (stripe ? 0 : i * fw * run); /* output row i */
         /* x'[i]: per a, image row s*i + a - top cut into s-pixel blocks, one every `unit` bytes */
-        uint8_t *x1 = (uint8_t *)(cols > 1 ? row : out + i * fw * run);
+        uint8_t *x1 = cols > 1 ? (uint8_t *)row : orow;
         for (size_t a = 0; a < s; ++a) {
             const ptrdiff_t r = (ptrdiff_t)(s * i + a) - top;
             const int row_inside = r >= 0 && r < (ptrdiff_t)h;
@@ -127,36 +154,15 @@ void vf_fold_input(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top,
                 }
             }
         }
-        if (cols == 1)
-            continue;
-        /* x''[i, J] = x'[i, J .. J + cols) flattened: one run per output pixel */
-        uint8_t *dst = (uint8_t *)out + i * fw * run;
-        for (size_t j = 0; j < fw; ++j)
-            copy_run(dst + j * run, x1 + j * unit, run);
+        if (cols > 1) /* x''[i, J] = x'[i, J .. J + cols) flattened: one run per output pixel */
+            for (size_t j = 0; j < fw; ++j)
+                copy_run(orow + j * run, x1 + j * unit, run);
+        if (stripe) /* the row, still in cache, into the parts */
+            stripe_move(orow, stripe, at + i * fw * run, at + (i + 1) * fw * run, 1);
     }
 }
 
-void vf_stripe_copy(uintptr_t image, const uintptr_t *parts, size_t ports, size_t word, size_t lo, size_t hi,
-                    int to_parts)
+void vf_stripe_copy(uintptr_t image, const vf_stripe_t *stripe, size_t lo, size_t hi, int to_parts)
 {
-    uint8_t *img = (uint8_t *)image;
-    size_t g = lo / word, p = g % ports, row = g / ports; /* global word g is word `row` of part p */
-    for (; g * word < hi; ++g) {
-        size_t a = g * word > lo ? g * word : lo, b = (g + 1) * word < hi ? (g + 1) * word : hi;
-        uint8_t *part = (uint8_t *)parts[p] + row * word + (a - g * word);
-        if (b - a == 64) { /* a whole bus word: a fixed-size copy, inlined */
-            if (to_parts)
-                memcpy(part, img + a, 64);
-            else
-                memcpy(img + a, part, 64);
-        } else if (to_parts) {
-            memcpy(part, img + a, b - a);
-        } else {
-            memcpy(img + a, part, b - a);
-        }
-        if (++p == ports) {
-            p = 0;
-            ++row;
-        }
-    }
+    stripe_move((uint8_t *)image + lo, stripe, lo, hi, to_parts);
 }

@@ -20,21 +20,32 @@ void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t p
 void vf_dequantize_hwc_to_chw(const int8_t *q, float *x, size_t channels, size_t pixels, float scale,
                               float zero_point);
 
+/* A striped segment's parts: byte a of the segment is byte
+ * (a / (word * ports)) * word + a % word of part (a / word) % ports. */
+typedef struct {
+    const uintptr_t *parts; /* each part's host buffer's address */
+    size_t ports;
+    size_t word; /* bytes of a bus word */
+} vf_stripe_t;
+
 /* The first convolution's input fold (runtime/compiler/input_fold.py) of an
- * int8 HWC image x [h, w, c] into out [fh, fw, cols * s * s * c]:
+ * int8 HWC image x [h, w, c] into [fh, fw, cols * s * s * c]:
  *   out[I, J, ((V * s + a) * s + b) * c + ch] = x_pad[s*I + a, s*(J + V) + b, ch]
  * where x_pad[r, q] = x[r - top, q - left], the zero point outside x. Row I
  * of x'[I, J', (a, b, ch)] = x_pad[s*I + a, s*J' + b, ch] is built in
  * `row` (wj * s * s * c bytes, wj = fw + cols - 1; unused when cols is 1:
- * x' is then out itself), and each output pixel is one run of it. */
+ * x' is then the output row itself), and each output pixel is one run of it.
+ * stripe NULL: `out` is the folded input's destination. Otherwise `out` is
+ * a scratch of one output row (fw * cols * s * s * c bytes) and each row goes
+ * straight into the striped segment's parts, the folded input at segment
+ * offset `at`. */
 void vf_fold_input(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top, ptrdiff_t left, size_t s,
-                   size_t cols, size_t fh, size_t fw, int8_t zero_point, int8_t *row, int8_t *out);
+                   size_t cols, size_t fh, size_t fw, int8_t zero_point, int8_t *row, int8_t *out,
+                   const vf_stripe_t *stripe, size_t at);
 
-/* Copies a striped segment's bytes [lo, hi) between its host image (segment
- * order) and its parts: byte a of the image is byte (a / (word * ports)) *
- * word + a % word of part (a / word) % ports. parts[p]: part p's host
- * buffer's address. to_parts: image -> parts, else parts -> image. */
-void vf_stripe_copy(uintptr_t image, const uintptr_t *parts, size_t ports, size_t word, size_t lo, size_t hi,
-                    int to_parts);
+/* Copies a striped segment's bytes [lo, hi) between its host copy (segment
+ * order, at address `image`) and its parts. to_parts: host copy -> parts,
+ * else parts -> host copy. */
+void vf_stripe_copy(uintptr_t image, const vf_stripe_t *stripe, size_t lo, size_t hi, int to_parts);
 
 #endif

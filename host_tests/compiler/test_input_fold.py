@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from harness import emulated_accelerator, random_inputs
 
+from vfpga import overlay
+from vfpga.driver.emulated import EmulatedDevice
+from vfpga.driver.segment import Segment, SegmentBoundsError
 from vfpga.runtime.compiler import input_fold, ir, static
 from vfpga.runtime.hw import fixed_point, golden
 
@@ -160,6 +163,48 @@ def test_the_strided_fold_equals_the_gather(shape, k, s, pads, cols_folded):
         got = writer.write(x_q, segment[32:32 + writer.nbytes])
         np.testing.assert_array_equal(got, want)
         assert (segment[:32] == 0x5A).all() and (segment[32 + writer.nbytes:] == 0x5A).all()
+
+
+@pytest.fixture(scope="module")
+def striped_device():
+    return EmulatedDevice("u200")  # its segments are striped over the four banks
+
+
+@pytest.mark.parametrize("cols_folded", [False, True])
+@pytest.mark.parametrize("shape, k, s, pads", FORMS)
+def test_the_fold_straight_into_a_striped_segments_parts_equals_the_gather(striped_device, shape, k, s, pads,
+                                                                         cols_folded):
+    """write_parts: each output row into the four parts as it is made; the
+    device's bytes are the gather's, and no byte around the input moves."""
+    fold = fold_of(shape, k, s, pads, cols_folded)
+    if fold.stride == 1 and fold.cols == 1:
+        pytest.skip("not a fold")
+    rng = np.random.default_rng(k * 17 + s)
+    zp = int(rng.integers(-128, 128))
+    writer = fold.writer(zp)
+    at = 4 * 64 + 23  # not on a word or a row of words: partial words at both ends
+    stripe = overlay.config.segment_stripe(overlay.load("u200"))
+    with Segment(at + writer.nbytes + 100, device=striped_device, stripe=stripe) as seg:
+        seg.write(0, np.full(seg.size, 0x5A, np.uint8))
+        seg.sync_to_device()
+        for _ in range(2):  # the writer's scratches are reused: nothing of a request stays in the next
+            x_q = rng.integers(-128, 128, size=shape, dtype=np.int8)
+            writer.write_parts(x_q, seg.stripe_target(at, writer.nbytes), at)
+            seg.sync_parts_to_device(at, writer.nbytes)
+            seg.sync_from_device()
+            got = seg.read(0, seg.size)
+            np.testing.assert_array_equal(got[at:at + writer.nbytes].view(np.int8).reshape(fold.folded_shape),
+                                          gather_reference(fold, x_q, zp))
+            assert (got[:at] == 0x5A).all() and (got[at + writer.nbytes:] == 0x5A).all()
+
+
+def test_a_stripe_target_is_for_a_range_inside_a_striped_segment(striped_device):
+    stripe = overlay.config.segment_stripe(overlay.load("u200"))
+    with Segment(1000, device=striped_device, stripe=stripe) as seg:
+        with pytest.raises(SegmentBoundsError, match=r"\[900, 1100\) is outside the segment"):
+            seg.stripe_target(900, 200)
+    with Segment(1000, device=striped_device) as seg, pytest.raises(ValueError, match="contiguous"):
+        seg.stripe_target(0, 10)
 
 
 @pytest.mark.parametrize("shape, cout, k, stride, pads, icp", CASES)

@@ -83,22 +83,36 @@ class FoldWriter:
         self._row = np.empty((fw + fold.cols - 1) * s * s * c, np.int8)
         self._row_ptr = _marshal.ffi.from_buffer("int8_t[]", self._row)
         self._args = (h, w, c, fold.pads[0], fold.pads[1], s, fold.cols, fh, fw, int(zero_point))
+        self._out_row = None  # write_parts' scratch: one output row
 
     def write(self, x_q: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Writes the int8 HWC input ``x_q`` folded into ``out`` (a contiguous
         one-byte array of the folded input's size, e.g. a segment's host copy);
         returns ``out`` viewed as the folded int8 [H', W', C']."""
         fold = self.fold
-        if tuple(x_q.shape) != tuple(fold.shape) or x_q.dtype != np.int8:
-            raise ValueError(f"the fold takes an int8 HWC input of shape {fold.shape}, not {x_q.dtype} "
-                             f"{tuple(x_q.shape)}")
         if out.dtype.itemsize != 1 or out.size != self.nbytes or not out.flags.c_contiguous:
             raise ValueError(f"the folded input needs a contiguous buffer of {self.nbytes} one-byte items, not "
                              f"{out.dtype} {out.shape}")
         ffi = _marshal.ffi
-        _marshal.lib.vf_fold_input(ffi.from_buffer("int8_t[]", np.ascontiguousarray(x_q)), *self._args,
-                                   self._row_ptr, ffi.from_buffer("int8_t[]", out, require_writable=True))
+        _marshal.lib.vf_fold_input(self._checked(x_q), *self._args, self._row_ptr,
+                                   ffi.from_buffer("int8_t[]", out, require_writable=True), ffi.NULL, 0)
         return out.reshape(fold.folded_shape).view(np.int8)
+
+    def write_parts(self, x_q: np.ndarray, stripe, at: int) -> None:
+        """Writes ``x_q`` folded straight into a striped segment's parts, at
+        segment offset ``at`` (``stripe``: ``Segment.stripe_target``), a row of
+        output pixels at a time while it is in cache: the folded input is
+        written once, not into the host copy and again into the parts."""
+        if self._out_row is None:
+            self._out_row = np.empty(self.nbytes // self.fold.folded_shape[0], np.int8)
+            self._out_row_ptr = _marshal.ffi.from_buffer("int8_t[]", self._out_row)
+        _marshal.lib.vf_fold_input(self._checked(x_q), *self._args, self._row_ptr, self._out_row_ptr, stripe, at)
+
+    def _checked(self, x_q: np.ndarray):
+        if tuple(x_q.shape) != tuple(self.fold.shape) or x_q.dtype != np.int8:
+            raise ValueError(f"the fold takes an int8 HWC input of shape {self.fold.shape}, not {x_q.dtype} "
+                             f"{tuple(x_q.shape)}")
+        return _marshal.ffi.from_buffer("int8_t[]", np.ascontiguousarray(x_q))
 
 
 def _steps(kh: int, kw: int, channels: int, icp: int) -> int:

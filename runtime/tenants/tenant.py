@@ -613,7 +613,8 @@ class Tenant(DirectPath):
         """Writes a request's int8 HWC input into device memory (``slot``;
         default: this request thread's); a folded input (input_fold) is folded
         straight into the segment's host copy, then that range alone is
-        synced. Returns the seconds it took."""
+        synced (a striped segment's: folded straight into its parts).
+        Returns the seconds it took."""
         t0 = time.perf_counter()
         c = self.compiled
         p = c.input
@@ -625,9 +626,13 @@ class Tenant(DirectPath):
         writer = self._fold_writers[slot]  # used under the slot's lock only
         if writer is None:
             writer = self._fold_writers[slot] = c.input_fold.writer(p.zero_point)
-        addr = p.addr + self._arena(slot)
-        writer.write(x_q, self.segment.view(addr, h * w * ch))
-        self.segment.sync_to_device(addr, h * w * ch)
+        addr, n = p.addr + self._arena(slot), h * w * ch
+        if self.segment.striped:  # straight into the parts: the folded bytes are written once
+            writer.write_parts(x_q, self.segment.stripe_target(addr, n), addr)
+            self.segment.sync_parts_to_device(addr, n)
+        else:
+            writer.write(x_q, self.segment.view(addr, n))
+            self.segment.sync_to_device(addr, n)
         return time.perf_counter() - t0
 
     def _outputs(self, slot: int, host: dict[str, np.ndarray]) -> list[np.ndarray]:
