@@ -134,7 +134,19 @@ void vf_fold_input(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top,
         uint8_t *orow = (uint8_t *)out + (stripe ? 0 : i * fw * run); /* output row i */
         /* x'[i]: per a, image row s*i + a - top cut into s-pixel blocks, one every `unit` bytes */
         uint8_t *x1 = cols > 1 ? (uint8_t *)row : orow;
-        for (size_t a = 0; a < s; ++a) {
+        if (s == 1) { /* the blocks are pixels, side by side: the image row, the zero point around it */
+            const ptrdiff_t r = (ptrdiff_t)i - top, first = left > 0 ? left : 0;
+            const ptrdiff_t end = left + (ptrdiff_t)w < (ptrdiff_t)wj ? left + (ptrdiff_t)w : (ptrdiff_t)wj;
+            if (r < 0 || r >= (ptrdiff_t)h || first >= end) {
+                memset(x1, (uint8_t)zero_point, wj * c);
+            } else {
+                memset(x1, (uint8_t)zero_point, (size_t)first * c);
+                memcpy(x1 + (size_t)first * c, x + ((size_t)r * w + (size_t)(first - left)) * c,
+                       (size_t)(end - first) * c);
+                memset(x1 + (size_t)end * c, (uint8_t)zero_point, (wj - (size_t)end) * c);
+            }
+        }
+        for (size_t a = 0; a < s && s > 1; ++a) {
             const ptrdiff_t r = (ptrdiff_t)(s * i + a) - top;
             const int row_inside = r >= 0 && r < (ptrdiff_t)h;
             const uint8_t *src = (const uint8_t *)x + (row_inside ? (size_t)r * w * c : 0);
