@@ -60,6 +60,14 @@ def one_at_a_time_on_this_host(what: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def wait_for(what: str, done, timeout: float = 60.0) -> None:
+    """Polls ``done()`` until it is true; fails naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1e-3)
+
+
 def emulated_accelerator(board: str = "u200", bank_capacity: int = SMALL_BANK,
                          stripe_segments: bool = True) -> tenants.Accelerator:
     """A fresh Accelerator on a fresh emulated board (close it when done)."""

@@ -5,6 +5,8 @@ emulated cores bit-exactly through the ordinary request path."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from harness import emulated_accelerator, random_inputs
@@ -146,15 +148,24 @@ FORMS = [  # shape, kernel, stride, pads: odd sizes, asymmetric and zero pads, p
 ]
 
 
-@pytest.mark.parametrize("cols_folded", [False, True])
-@pytest.mark.parametrize("shape, k, s, pads", FORMS)
-def test_the_strided_fold_equals_the_gather(shape, k, s, pads, cols_folded):
+def _fold_case(shape, k: int, s: int, pads, cols_folded: bool, seed: int):
+    """(fold, its writer, the zero point, an rng for the inputs) of one tested form; skips a form that folds nothing."""
     fold = fold_of(shape, k, s, pads, cols_folded)
     if fold.stride == 1 and fold.cols == 1:
         pytest.skip("not a fold")
-    rng = np.random.default_rng(k * 31 + s)
+    rng = np.random.default_rng(seed)
     zp = int(rng.integers(-128, 128))
-    writer = fold.writer(zp)
+    return fold, fold.writer(zp), zp, rng
+
+
+@pytest.mark.parametrize("build", ["this host's", "portable"])
+@pytest.mark.parametrize("cols_folded", [False, True])
+@pytest.mark.parametrize("shape, k, s, pads", FORMS)
+def test_the_strided_fold_equals_the_gather(monkeypatch, shape, k, s, pads, cols_folded, build):
+    """Both builds of the C fold (the host's ISA level, loaded by default, and the portable one)."""
+    if build == "portable":
+        monkeypatch.setattr(input_fold, "_marshal", importlib.import_module("vfpga.driver._marshal"))
+    fold, writer, zp, rng = _fold_case(shape, k, s, pads, cols_folded, seed=k * 31 + s)
     segment = np.full(writer.nbytes + 64, 0x5A, np.uint8)  # a host copy around the input's bytes
     for _ in range(3):  # the writer's scratch is reused: nothing of a request stays in the next
         x_q = rng.integers(-128, 128, size=shape, dtype=np.int8)
@@ -176,12 +187,7 @@ def test_the_fold_straight_into_a_striped_segments_parts_equals_the_gather(strip
                                                                          cols_folded):
     """write_parts: each output row into the four parts as it is made; the
     device's bytes are the gather's, and no byte around the input moves."""
-    fold = fold_of(shape, k, s, pads, cols_folded)
-    if fold.stride == 1 and fold.cols == 1:
-        pytest.skip("not a fold")
-    rng = np.random.default_rng(k * 17 + s)
-    zp = int(rng.integers(-128, 128))
-    writer = fold.writer(zp)
+    fold, writer, zp, rng = _fold_case(shape, k, s, pads, cols_folded, seed=k * 17 + s)
     at = 4 * 64 + 23  # not on a word or a row of words: partial words at both ends
     stripe = overlay.config.segment_stripe(overlay.load("u200"))
     with Segment(at + writer.nbytes + 100, device=striped_device, stripe=stripe) as seg:

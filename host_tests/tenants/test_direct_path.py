@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import onnx
 import pytest
-from harness import corrupt, emulated_accelerator, make_model, random_inputs
+from harness import corrupt, emulated_accelerator, make_model, random_inputs, wait_for
 
 from vfpga.runtime.compiler import frontend, static
 from vfpga.runtime.hw import golden
@@ -44,15 +44,6 @@ def _spy(monkeypatch, tenant, method: str) -> list:
 
     monkeypatch.setattr(tenant, method, spy)
     return calls
-
-
-def _wait_for(what: str, done) -> None:
-    ev = threading.Event()
-    for _ in range(int(TIMEOUT / 0.01)):
-        if done():
-            return
-        ev.wait(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_an_idle_tenant_answers_on_the_direct_path(monkeypatch, accel, tiny):
@@ -97,7 +88,7 @@ def test_requests_arriving_meanwhile_queue_in_submission_order(monkeypatch, acce
     t.context.set_mask(0)  # the first request stays in flight until the cores come back
     xs = [tiny.inputs[i % len(tiny.inputs)] for i in range(6)]
     futs = [t.submit_quantized(xs[0])]
-    _wait_for("the first request's doorbell", lambda: t.context.pending == 1)
+    wait_for("the first request's doorbell", lambda: t.context.pending == 1)
     futs += [t.submit_quantized(x) for x in xs[1:]]
     assert t.pending == 5 and not futs[0].done()
     t.context.set_mask((1 << t.cores[0]) | (1 << t.cores[1]))
@@ -137,7 +128,7 @@ def test_requests_queued_behind_a_faulting_direct_request_are_refused():
         x = random_inputs(bad.graph, 1, 3)[0]
         bad.context.set_mask(0)
         first = bad.submit_quantized(x)
-        _wait_for("the first request's doorbell", lambda: bad.context.pending == 1)
+        wait_for("the first request's doorbell", lambda: bad.context.pending == 1)
         queued = [bad.submit_quantized(x) for _ in range(3)]
         bad.context.set_mask(1 << bad.cores[0])
         with pytest.raises(TenantFault, match=r"tenant 'bad': request \d+ FAULT: SEGMENT"):

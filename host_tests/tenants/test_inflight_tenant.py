@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 import pytest
-from harness import bank_bytes_for, emulated_accelerator
+from harness import bank_bytes_for, emulated_accelerator, wait_for
 from test_multitenant import BOARD, _reallocation_stress, accel, result, tiny  # noqa: F401 - fixtures
 
 from vfpga.driver import isa
@@ -54,15 +54,6 @@ def test_live_reallocations_with_requests_in_flight_lose_nothing(accel, tiny):  
     assert _reallocation_stress(accel, tiny, 30, seed=3, max_inflight=3) >= 50
 
 
-def _wait_for(what: str, done, timeout: float = 60.0) -> None:
-    ev = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if done():
-            return
-        ev.wait(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_reallocation_waits_for_a_free_program_half_then_goes_on(monkeypatch, accel, tiny):  # noqa: F811
     """New programs go into a half no posted request walks: with requests
     in flight on both halves, retarget() waits until one half's requests
@@ -72,13 +63,13 @@ def test_a_reallocation_waits_for_a_free_program_half_then_goes_on(monkeypatch, 
     mask = t.context.active_mask
     t.context.set_mask(0)  # posted requests stay in flight until the cores come back
     first = t.submit_quantized(tiny.inputs[0])
-    _wait_for("the first request's doorbell", lambda: t._half_users[t._active_half] == 1)
+    wait_for("the first request's doorbell", lambda: t._half_users[t._active_half] == 1)
     t.retarget(t.k)  # the other half is free: no wait
     second = t.submit_quantized(tiny.inputs[1])
-    _wait_for("the second request's doorbell", lambda: t._half_users == [1, 1])
+    wait_for("the second request's doorbell", lambda: t._half_users == [1, 1])
     waiting = threading.Thread(target=t.retarget, args=(t.k,), daemon=True)
     waiting.start()
-    _wait_for("the reallocation to wait", lambda: t._retargets_waiting == 1)
+    wait_for("the reallocation to wait", lambda: t._retargets_waiting == 1)
     assert waiting.is_alive() and not first.done() and not second.done()
     t.context.set_mask(mask)
     waiting.join(60.0)

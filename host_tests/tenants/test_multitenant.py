@@ -28,7 +28,7 @@ from concurrent.futures import Future
 
 import numpy as np
 import pytest
-from harness import Model, add_chain_graph, emulated_accelerator, make_model
+from harness import Model, add_chain_graph, emulated_accelerator, make_model, wait_for
 
 from vfpga.driver import isa
 from vfpga.driver.emulated import EmulatedDevice
@@ -839,20 +839,13 @@ def test_corrupted_programs_long(accel, tiny):
 # ---------------------------------------------------------------- limits and errors
 
 
-def _wait_for(what: str, done, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1e-3)
-
-
 def test_queue_full_at_the_tenant_and_at_the_ring(accel, tiny):
     t = accel.deploy(tiny.compiled, cores=2, name="q", max_pending=3)
     other = accel.deploy(tiny.compiled, cores=2, name="other")
     # the tenant holds no core for a while: its first request waits in the dispatcher
     t.context.set_mask(0)
     first = t.submit_quantized(tiny.inputs[0])
-    _wait_for("the first request to be posted", lambda: t.context.pending == 1)
+    wait_for("the first request to be posted", lambda: t.context.pending == 1)
     queued = [t.submit_quantized(tiny.inputs[i]) for i in (1, 2, 3)]
     with pytest.raises(QueueFull, match=r"tenant 'q' has 3 requests pending \(max_pending=3\); wait for results"):
         t.submit_quantized(tiny.inputs[0])
@@ -884,11 +877,11 @@ def test_remove_with_requests_pending(accel, tiny):
     cores, segment = gone.cores, gone.segment
     gone.context.set_mask(0)  # its first request stays in flight until we say
     first = gone.submit_quantized(tiny.inputs[0])
-    _wait_for("the first request to be posted", lambda: gone.context.pending == 1)
+    wait_for("the first request to be posted", lambda: gone.context.pending == 1)
     queued = [gone.submit_quantized(tiny.inputs[i % 4]) for i in range(5)]
     remover = threading.Thread(target=accel.remove, args=("gone",), daemon=True)
     remover.start()
-    _wait_for("remove() to start", lambda: gone.removed)
+    wait_for("remove() to start", lambda: gone.removed)
     with pytest.raises(TenantRemoved, match=r"tenant 'gone' has been removed"):
         gone.submit_quantized(tiny.inputs[0])
     _neighbours_correct([other], tiny, 1)
@@ -1026,7 +1019,7 @@ def test_performance_isolation(stream_model, same_bank):
                 th.start()
             b0 = B.requests
             if load:
-                _wait_for("B to get going", lambda: B.requests >= b0 + 3)
+                wait_for("B to get going", lambda: B.requests >= b0 + 3)
             i = A.context.index
             f0, s0 = int(disp.timeline.tenant_frame_cycles[i]), int(disp.timeline.tenant_solo_cycles[i])
             lat = []
