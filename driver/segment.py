@@ -20,7 +20,10 @@ Two layouts:
   host copy's bytes to the parts (and gather them back) exactly: a range
   touches in each part one contiguous run, and only those bytes move. The
   parts are allocated and freed as one step, so segments allocated from
-  several threads at once stay at one offset of their banks.
+  several threads at once stay at one offset of their banks. A C writer
+  may fill a range straight into the parts (``stripe_target``, then
+  ``sync_parts_to_device``: a request's folded input), leaving the host
+  copy of that range stale until it is synced back.
 """
 
 from __future__ import annotations

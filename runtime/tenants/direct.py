@@ -1,6 +1,7 @@
-"""The direct path of a tenant (runtime/tenants/tenant.py): a CNN tenant whose model is one accelerator part, then at
-most a small host tail (a classifier's softmax: DIRECT_HOST_MACS, tensors
-and outputs of at most DIRECT_OUTPUT_BYTES), skips its request thread when
+"""The direct path of a tenant (runtime/tenants/tenant.py): a CNN tenant
+whose model is one accelerator part, then at most a small host tail (a
+classifier's softmax: DIRECT_HOST_MACS, tensors and outputs of at most
+DIRECT_OUTPUT_BYTES), skips its request thread when
 nothing is queued or in flight and an activation slot is free. submit()
 then writes the input and rings the doorbell on the caller's thread, and
 the completion thread, which reads the record anyway, runs the tail, reads
