@@ -25,7 +25,8 @@ machine:
     model (--requests for a small CNN), for an int8 HWC input
     (submit_quantized) and for a float NCHW input (submit: quantized on the
     host first, the float output dequantized), beside the floor of the
-    input's bytes: one memcpy of the folded input's size on this host. The
+    input's bytes: one memcpy of the folded input's size on this host, and
+    the input's fold alone on warm caches. The
     same again on a timing-only emulated board (frames timed, not run): the
     host path without the C-sim's working set evicting the host's caches
     between requests, nearer to what the host CPU of a board sees.
@@ -127,6 +128,13 @@ def _memcpy_us(nbytes: int) -> float:
     return _timed(lambda: np.copyto(dst, src), 200)[0] * 1e6
 
 
+def _fold_us(fold, x_q) -> float:
+    """Median microseconds of the input fold alone (FoldWriter.write into a buffer, warm caches)."""
+    writer = fold.writer(0)
+    out = np.empty(writer.nbytes, np.uint8)
+    return _timed(lambda: writer.write(x_q, out), 200)[0] * 1e6
+
+
 def bench_model(ov, name: str, runs: int, ks: list[int], requests: int, board: str) -> list[str]:
     from vfpga.runtime.compiler import frontend
     from vfpga.runtime.models import zoo
@@ -159,9 +167,10 @@ def bench_model(ov, name: str, runs: int, ks: list[int], requests: int, board: s
                      f"1 thread   (process CPU {cpu * 1e3:.0f} ms/image)")
     p = tenant.compiled.input
     folded = p.shape[0] * p.shape[1] * p.shape[2]
+    fold = tenant.compiled.input_fold
     lines.append(f"  input: {xs[2].nbytes / 1e3:.0f} KB float, {folded / 1e3:.0f} KB int8 in the segment"
-                 f"{' (folded)' if tenant.compiled.input_fold else ''}; one memcpy of {folded / 1e3:.0f} KB on this "
-                 f"host: {_memcpy_us(folded):.0f} us")
+                 f"{' (folded)' if fold else ''}; one memcpy of {folded / 1e3:.0f} KB on this "
+                 f"host: {_memcpy_us(folded):.0f} us" + (f"; the fold alone: {_fold_us(fold, x_q):.0f} us" if fold else ""))
     lines += _overheads(tenant, xs[2], x_q, requests)
     ov.remove(name)
     return lines + _timing_only_overheads(board, qdq, xs[2], requests)

@@ -145,24 +145,25 @@ void vf_fold_input(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top,
                        (size_t)(end - first) * c);
                 memset(x1 + (size_t)end * c, (uint8_t)zero_point, (wj - (size_t)end) * c);
             }
-        }
-        for (size_t a = 0; a < s && s > 1; ++a) {
-            const ptrdiff_t r = (ptrdiff_t)(s * i + a) - top;
-            const int row_inside = r >= 0 && r < (ptrdiff_t)h;
-            const uint8_t *src = (const uint8_t *)x + (row_inside ? (size_t)r * w * c : 0);
-            for (size_t j = 0; j < wj; ++j) {
-                uint8_t *dst = x1 + j * unit + a * block;
-                const ptrdiff_t q = (ptrdiff_t)(s * j) - left;
-                if (row_inside && q >= 0 && q + (ptrdiff_t)s <= (ptrdiff_t)w) {
-                    copy_run(dst, src + (size_t)q * c, block);
-                    continue;
-                }
-                for (size_t b = 0; b < s; ++b) { /* at the border: pixel by pixel */
-                    const ptrdiff_t qb = q + (ptrdiff_t)b;
-                    if (row_inside && qb >= 0 && qb < (ptrdiff_t)w)
-                        memcpy(dst + b * c, src + (size_t)qb * c, c);
-                    else
-                        memset(dst + b * c, (uint8_t)zero_point, c);
+        } else {
+            for (size_t a = 0; a < s; ++a) {
+                const ptrdiff_t r = (ptrdiff_t)(s * i + a) - top;
+                const int row_inside = r >= 0 && r < (ptrdiff_t)h;
+                const uint8_t *src = (const uint8_t *)x + (row_inside ? (size_t)r * w * c : 0);
+                for (size_t j = 0; j < wj; ++j) {
+                    uint8_t *dst = x1 + j * unit + a * block;
+                    const ptrdiff_t q = (ptrdiff_t)(s * j) - left;
+                    if (row_inside && q >= 0 && q + (ptrdiff_t)s <= (ptrdiff_t)w) {
+                        copy_run(dst, src + (size_t)q * c, block);
+                        continue;
+                    }
+                    for (size_t b = 0; b < s; ++b) { /* at the border: pixel by pixel */
+                        const ptrdiff_t qb = q + (ptrdiff_t)b;
+                        if (row_inside && qb >= 0 && qb < (ptrdiff_t)w)
+                            memcpy(dst + b * c, src + (size_t)qb * c, c);
+                        else
+                            memset(dst + b * c, (uint8_t)zero_point, c);
+                    }
                 }
             }
         }
