@@ -7,6 +7,12 @@
  * rounding mode, and vectorises on every target. */
 #define VF_ROUND_MAGIC 12582912.0f
 
+#if defined(__GNUC__)
+#define VF_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define VF_ALWAYS_INLINE inline
+#endif
+
 static inline int8_t quantize_one(float x, float scale, float zero_point)
 {
     float v = x / scale;
@@ -100,6 +106,13 @@ static inline void copy_run(uint8_t *d, const uint8_t *s, size_t n)
     }
 }
 
+/* n bytes, a multiple of 16, as 16-byte moves (48 for ResNet-50's folded pixels). */
+static inline void copy_16s(uint8_t *d, const uint8_t *s, size_t n)
+{
+    for (size_t i = 0; i < n; i += 16)
+        memcpy(d + i, s + i, 16);
+}
+
 /* A striped segment's bytes [lo, hi), held at `bytes`, into its parts (to_parts) or back. */
 static void stripe_move(uint8_t *bytes, const vf_stripe_t *stripe, size_t lo, size_t hi, int to_parts)
 {
@@ -125,9 +138,15 @@ static void stripe_move(uint8_t *bytes, const vf_stripe_t *stripe, size_t lo, si
     }
 }
 
-void vf_fold_input(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top, ptrdiff_t left, size_t s,
-                   size_t cols, size_t fh, size_t fw, int8_t zero_point, int8_t *row, int8_t *out,
-                   const vf_stripe_t *stripe, size_t at)
+/* vf_fold_input's body, inlined into it once for an RGB image at stride 2
+ * (the stems of ResNet, SqueezeNet, MobileNet: s * c = 6-byte blocks) and
+ * once for any other: with s and c known, each block's copy and the border's
+ * zero point are fixed-size moves, no call or size test (a third of the
+ * time of ResNet-50's fold here). */
+static VF_ALWAYS_INLINE void fold_rows(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top,
+                                       ptrdiff_t left, size_t s, size_t cols, size_t fh, size_t fw,
+                                       int8_t zero_point, int8_t *row, int8_t *out, const vf_stripe_t *stripe,
+                                       size_t at)
 {
     const size_t wj = fw + cols - 1, unit = s * s * c, block = s * c, run = cols * unit;
     for (size_t i = 0; i < fh; ++i) {
@@ -167,12 +186,25 @@ void vf_fold_input(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top,
                 }
             }
         }
-        if (cols > 1) /* x''[i, J] = x'[i, J .. J + cols) flattened: one run per output pixel */
+        if (cols > 1 && run % 16 == 0) /* x''[i, J] = x'[i, J .. J + cols) flattened: one run per output pixel */
+            for (size_t j = 0; j < fw; ++j)
+                copy_16s(orow + j * run, x1 + j * unit, run);
+        else if (cols > 1)
             for (size_t j = 0; j < fw; ++j)
                 copy_run(orow + j * run, x1 + j * unit, run);
         if (stripe) /* the row, still in cache, into the parts */
             stripe_move(orow, stripe, at + i * fw * run, at + (i + 1) * fw * run, 1);
     }
+}
+
+void vf_fold_input(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top, ptrdiff_t left, size_t s,
+                   size_t cols, size_t fh, size_t fw, int8_t zero_point, int8_t *row, int8_t *out,
+                   const vf_stripe_t *stripe, size_t at)
+{
+    if (s == 2 && c == 3)
+        fold_rows(x, h, w, 3, top, left, 2, cols, fh, fw, zero_point, row, out, stripe, at);
+    else
+        fold_rows(x, h, w, c, top, left, s, cols, fh, fw, zero_point, row, out, stripe, at);
 }
 
 void vf_stripe_copy(uintptr_t image, const vf_stripe_t *stripe, size_t lo, size_t hi, int to_parts)
