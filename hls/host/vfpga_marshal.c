@@ -13,7 +13,7 @@
 #define VF_ALWAYS_INLINE inline
 #endif
 
-static inline int8_t quantize_one(float x, float scale, float zero_point)
+static inline int8_t quantize_one(float x, float scale, int32_t zero_point)
 {
     float v = x / scale;
     /* clamped before rounding: past +-256 every zero point saturates alike;
@@ -21,16 +21,18 @@ static inline int8_t quantize_one(float x, float scale, float zero_point)
     v = v > -256.0f ? v : -256.0f;
     v = v < 256.0f ? v : 256.0f;
     v = (v + VF_ROUND_MAGIC) - VF_ROUND_MAGIC;
-    v += zero_point;
-    v = v > -128.0f ? v : -128.0f;
-    v = v < 127.0f ? v : 127.0f;
-    return (int8_t)(int32_t)v;
+    /* an integer in [-256, 256] now: the zero point added and the result
+     * saturated in int32, exactly as in float32, in fewer vector steps */
+    int32_t q = (int32_t)v + zero_point;
+    q = q > -128 ? q : -128;
+    q = q < 127 ? q : 127;
+    return (int8_t)q;
 }
 
 #define VF_BLOCK 256 /* pixels quantized per channel before they are interleaved */
 
 void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t pixels, float scale,
-                            float zero_point)
+                            int32_t zero_point)
 {
 #if defined(__AVX2__) || defined(__ARM_NEON)
     /* an RGB image: the three planes read and interleaved in one loop, which

@@ -10,10 +10,11 @@
 
 /* QuantizeLinear of a float32 CHW image into int8 HWC:
  * q[p * channels + c] = saturate(round_half_even(x[c * pixels + p] / scale) + zero_point),
- * every step in float32 as onnxruntime computes it (IEEE division, the
- * current rounding mode's ties-to-even). NaN saturates to -128. */
+ * the quotient and its rounding in float32 as onnxruntime computes them (IEEE
+ * division, the current rounding mode's ties-to-even), then the zero point
+ * added and saturated in int32, exact either way. NaN saturates to -128. */
 void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t pixels, float scale,
-                            float zero_point);
+                            int32_t zero_point);
 
 /* DequantizeLinear of an int8 HWC tensor into float32 CHW (ONNX's layout):
  * x[c * pixels + p] = (q[p * channels + c] - zero_point) * scale, in float32. */
