@@ -67,7 +67,7 @@ def dequantize_output(q, tensor: ir.Tensor) -> np.ndarray:
     x = np.empty((c, h, w), np.float32)
     ffi = _marshal.ffi
     _marshal.lib.vf_dequantize_hwc_to_chw(ffi.from_buffer("int8_t[]", q), ffi.from_buffer("float[]", x), c, h * w,
-                                          float(np.float32(tensor.scale)), int(tensor.zero_point))
+                                          float(np.float32(tensor.scale)), float(tensor.zero_point))
     return x.reshape(onnx_layout(tensor))
 
 
