@@ -148,6 +148,7 @@ def test_a_model_with_a_host_part_runs_on_its_request_thread(monkeypatch, tmp_pa
     try:
         t = accel.deploy(str(path), calibration=small.calibration_inputs(4))
         assert [p.kind for p in t.compiled.parts] == ["accel", "cpu", "accel"]
+        assert all(not kept for kept in t._host_kept.values())  # an accelerator part reads the softmax's output
         answers = _spy(monkeypatch, t, "_succeed")
         x = small.calibration_inputs(1, seed=5)[0]
         y = t.run(x)
@@ -170,5 +171,30 @@ def test_a_classifier_s_softmax_runs_on_the_completion_thread(monkeypatch):
             assert np.array_equal(got, golden.run_graph(graph, x_q)[graph.outputs[0]])
             assert info.host_cpu_seconds > 0 and info.completion_to_result_s > 0
         assert {name for name, _ in answers} == {"vfpga-completions"}
+    finally:
+        accel.close()
+
+
+@pytest.mark.parametrize("path", ["direct", "request thread"])
+def test_a_host_tails_int8_output_goes_into_the_result_from_the_host(monkeypatch, path):
+    """The tail's quantized softmax, which no later part reads, is neither
+    written into device memory nor read back from it; the result is the
+    golden model's, on either path."""
+    accel = emulated_accelerator("u200")
+    try:
+        t = accel.deploy(small.classifier_with_softmax(1), calibration=small.calibration_inputs(4))
+        if path == "request thread":
+            monkeypatch.setattr(t, "_direct", False)
+        (out,), tail = t.compiled.outputs, t.compiled.parts[-1]
+        assert t._host_kept == {tail.layer: {out.name}}
+        writes, reads, answers = (_spy(monkeypatch, t, m) for m in ("_write", "_read", "_succeed"))
+        graph = t.graph
+        for x in small.calibration_inputs(3, seed=13):
+            x_q = frontend.quantize_input(x, graph.tensors[graph.inputs[0]])
+            (got,), _ = t.run_quantized(x_q)
+            assert np.array_equal(got, golden.run_graph(graph, x_q)[out.name])
+        assert out.name not in {p.name for _, p in writes + reads}
+        assert {p.name for _, p in reads} == set(graph.layers[tail.layer].inputs)  # the tail's input: from the device
+        assert {name for name, _ in answers} == {"vfpga-completions" if path == "direct" else f"vfpga-tenant-{t.name}-0"}
     finally:
         accel.close()

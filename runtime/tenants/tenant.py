@@ -194,6 +194,7 @@ class Tenant(DirectPath):
         self.schedules = static.schedule_parts(self.compiled, self.accel.config)
         self._cpu = {p.layer: OrtReference.for_model(self.compiled.graph.layers[p.layer].model)
                      for p in self.compiled.parts if p.kind == "cpu"}
+        self._host_kept = self._kept_on_host()
 
     def _new_plan(self, k: int, variant: int | None = None):
         return dynamic.plan(self.table, k, variant=variant)
@@ -641,8 +642,9 @@ class Tenant(DirectPath):
 
     def _run_cpu(self, index: int, slot: int | None = None, host: dict | None = None) -> None:
         """Runs host layer ``index`` on ``slot``'s tensors (default: this
-        request thread's); its float outputs go into ``host`` (default: the
-        request thread's)."""
+        request thread's); its float outputs, and the int8 outputs no later
+        part reads (a tail's: :meth:`_kept_on_host`), go into ``host``
+        (default: the request thread's), the others into device memory."""
         host = self._host if host is None else host
         layer = self.graph.layers[index]
         tensors = self.graph.tensors
@@ -660,8 +662,26 @@ class Tenant(DirectPath):
             p = self.compiled.tensors[n]
             if tensors[n].dtype != "int8":  # a float graph output: it never goes back to the device
                 host[n] = from_onnx_layout(v, p.shape).astype(np.float32)
+            elif n in self._host_kept[index]:  # the result takes it from here: not written, synced and read back
+                host[n] = from_onnx_layout(v, p.shape).astype(np.int8)
             else:
                 self._write(p, from_onnx_layout(v, p.shape).astype(np.int8), slot)
+
+    def _kept_on_host(self) -> dict[int, frozenset[str]]:
+        """Per host part (its layer): the int8 graph outputs it makes that no
+        later part reads from device memory, since no accelerator part comes
+        after it and no later host part takes them (a classifier's quantized
+        softmax). The request's result takes them from the host."""
+        parts, outputs = self.compiled.parts, {p.name for p in self.compiled.outputs}
+        kept = {}
+        for i, part in enumerate(parts):
+            if part.kind != "cpu":
+                continue
+            later = parts[i + 1:]
+            read_later = {n for q in later if q.kind == "cpu" for n in self.graph.layers[q.layer].inputs}
+            kept[part.layer] = frozenset() if any(q.kind != "cpu" for q in later) else frozenset(
+                n for n in self.graph.layers[part.layer].outputs if n in outputs and n not in read_later)
+        return kept
 
     # ---- life cycle ------------------------------------------------------------------------------------
     def reset(self, timeout: float = 60.0) -> None:
