@@ -145,7 +145,7 @@ FORMS = [  # shape, kernel, stride, pads: odd sizes, asymmetric and zero pads, p
     ((9, 11, 3), 11, 4, (2, 2, 2, 2)),
     ((13, 8, 2), 3, 1, (0, 1, 2, 0)),
     ((224, 224, 3), 7, 2, (3, 3, 3, 3)),  # ResNet-50's conv1
-    ((21, 22, 3), 3, 2, (0, 0, 0, 0)),  # SqueezeNet's conv1 at an odd height: the last row dropped
+    ((21, 22, 3), 3, 2, (0, 0, 0, 0)),  # SqueezeNet's conv1 at an odd height: the last block row half past the image
     ((22, 21, 3), 3, 2, (0, 0, 1, 1)),  # the last column's block half image, half zero point
     ((20, 18, 3), 3, 1, (1, 1, 1, 1)),  # VGG's conv1
     ((9, 14, 3), 3, 1, (0, 1, 2, 0)),  # the same, pads uneven
