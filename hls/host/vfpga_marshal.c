@@ -2,6 +2,14 @@
 
 #include <string.h>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+/* The fold's byte permutations: compiled for AVX-512 VBMI in every build,
+ * taken only on a CPU that has it (vf_fold_plan asks the CPU). */
+#define VF_FOLD_VBMI 1
+#define VF_TARGET_VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
+#endif
+
 /* 1.5 * 2^23: v + M - M rounds v to an integer, ties to even, for |v| <= 2^22
  * (the sum's last mantissa bit is the unit), as rintf does in the default
  * rounding mode, and vectorises on every target. */
@@ -140,6 +148,21 @@ static void stripe_move(uint8_t *bytes, const vf_stripe_t *stripe, size_t lo, si
     }
 }
 
+/* Image row r - top of x as x_pad's row: pixels [0, n) of it at `dst`, the zero point outside x. */
+static VF_ALWAYS_INLINE void padded_row(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t r,
+                                        ptrdiff_t left, size_t n, int8_t zero_point, uint8_t *dst)
+{
+    const ptrdiff_t first = left > 0 ? left : 0;
+    const ptrdiff_t end = left + (ptrdiff_t)w < (ptrdiff_t)n ? left + (ptrdiff_t)w : (ptrdiff_t)n;
+    if (r < 0 || r >= (ptrdiff_t)h || first >= end) {
+        memset(dst, (uint8_t)zero_point, n * c);
+        return;
+    }
+    memset(dst, (uint8_t)zero_point, (size_t)first * c);
+    memcpy(dst + (size_t)first * c, x + ((size_t)r * w + (size_t)(first - left)) * c, (size_t)(end - first) * c);
+    memset(dst + (size_t)end * c, (uint8_t)zero_point, (n - (size_t)end) * c);
+}
+
 /* vf_fold_input's body, inlined into it for the two common stems of RGB
  * networks, then for any other fold: at stride 2 (ResNet, SqueezeNet,
  * MobileNet: 6-byte blocks) with s and c known, each block's copy and the
@@ -157,16 +180,7 @@ static VF_ALWAYS_INLINE void fold_rows(const int8_t *x, size_t h, size_t w, size
         /* x'[i]: per a, image row s*i + a - top cut into s-pixel blocks, one every `unit` bytes */
         uint8_t *x1 = cols > 1 ? (uint8_t *)row : orow;
         if (s == 1) { /* the blocks are pixels, side by side: the image row, the zero point around it */
-            const ptrdiff_t r = (ptrdiff_t)i - top, first = left > 0 ? left : 0;
-            const ptrdiff_t end = left + (ptrdiff_t)w < (ptrdiff_t)wj ? left + (ptrdiff_t)w : (ptrdiff_t)wj;
-            if (r < 0 || r >= (ptrdiff_t)h || first >= end) {
-                memset(x1, (uint8_t)zero_point, wj * c);
-            } else {
-                memset(x1, (uint8_t)zero_point, (size_t)first * c);
-                memcpy(x1 + (size_t)first * c, x + ((size_t)r * w + (size_t)(first - left)) * c,
-                       (size_t)(end - first) * c);
-                memset(x1 + (size_t)end * c, (uint8_t)zero_point, (wj - (size_t)end) * c);
-            }
+            padded_row(x, h, w, c, (ptrdiff_t)i - top, left, wj, zero_point, x1);
         } else {
             for (size_t a = 0; a < s; ++a) {
                 const ptrdiff_t r = (ptrdiff_t)(s * i + a) - top;
@@ -200,10 +214,132 @@ static VF_ALWAYS_INLINE void fold_rows(const int8_t *x, size_t h, size_t w, size
     }
 }
 
-void vf_fold_input(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top, ptrdiff_t left, size_t s,
-                   size_t cols, size_t fh, size_t fw, int8_t zero_point, int8_t *row, int8_t *out,
-                   const vf_stripe_t *stripe, size_t at)
+#ifdef VF_FOLD_VBMI
+/* vf_fold_input with a plan: per output row, the s padded image rows, then
+ * each 64 output bytes one vpermt2b of 64 bytes of each (of the one row
+ * twice at stride 1), the row's last partial chunk a masked store. Into a
+ * striped segment whose rows are whole bus words of 64 bytes (ResNet's
+ * stem: 112 pixels of 48 bytes), each chunk is stored straight into its
+ * part; otherwise the row is made in `out` and moved into the parts. */
+VF_TARGET_VBMI static void fold_rows_vbmi(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top,
+                                          ptrdiff_t left, size_t s, size_t cols, size_t fh, size_t fw,
+                                          int8_t zero_point, const vf_fold_plan_t *plan, int8_t *row,
+                                          int8_t *out, const vf_stripe_t *stripe, size_t at)
 {
+    const size_t wj = fw + cols - 1, pitch = wj * s * c + 64, row_bytes = fw * cols * s * s * c;
+    const size_t full = row_bytes / 64, tail = row_bytes % 64, chunks = plan->chunks;
+    const int direct = stripe && stripe->word == 64 && at % 64 == 0 && tail == 0;
+    const uint8_t *r0 = (const uint8_t *)row, *r1 = r0 + (s - 1) * pitch;
+    size_t g = at / 64, p = direct ? g % stripe->ports : 0, word = direct ? g / stripe->ports : 0;
+    for (size_t i = 0; i < fh; ++i) {
+        for (size_t a = 0; a < s; ++a)
+            padded_row(x, h, w, c, (ptrdiff_t)(s * i + a) - top, left, wj * s, zero_point,
+                       (uint8_t *)row + a * pitch);
+        uint8_t *dst = (uint8_t *)out + (stripe ? 0 : i * row_bytes);
+        size_t k = 0, q = 0;
+        for (size_t n = 0; n < full; ++n) {
+            const size_t from = q + plan->base[k];
+            const __m512i v = _mm512_permutex2var_epi8(_mm512_loadu_si512((const void *)(r0 + from)),
+                                                       _mm512_loadu_si512((const void *)plan->index[k]),
+                                                       _mm512_loadu_si512((const void *)(r1 + from)));
+            if (direct) { /* segment word g: word `word` of part p */
+                _mm512_storeu_si512((void *)((uint8_t *)stripe->parts[p] + word * 64), v);
+                if (++p == stripe->ports) {
+                    p = 0;
+                    ++word;
+                }
+            } else {
+                _mm512_storeu_si512((void *)(dst + 64 * n), v);
+            }
+            if (++k == chunks) {
+                k = 0;
+                q += plan->advance;
+            }
+        }
+        if (tail) {
+            const size_t from = q + plan->base[k];
+            const __m512i v = _mm512_permutex2var_epi8(_mm512_loadu_si512((const void *)(r0 + from)),
+                                                       _mm512_loadu_si512((const void *)plan->index[k]),
+                                                       _mm512_loadu_si512((const void *)(r1 + from)));
+            _mm512_mask_storeu_epi8((void *)(dst + 64 * full), (__mmask64)((1ULL << tail) - 1), v);
+        }
+        if (stripe && !direct)
+            stripe_move(dst, stripe, at + i * row_bytes, at + (i + 1) * row_bytes, 1);
+    }
+}
+#endif
+
+static size_t gcd(size_t a, size_t b)
+{
+    while (b) {
+        const size_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+size_t vf_fold_plan(size_t s, size_t c, size_t cols, vf_fold_plan_t *plan)
+{
+    plan->chunks = 0;
+    plan->advance = 0;
+#ifdef VF_FOLD_VBMI
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512vbmi") || !__builtin_cpu_supports("avx512bw") || s < 1 || s > 2 ||
+        c == 0 || cols == 0)
+        return 0;
+    const size_t block = s * c, run = cols * s * block, chunks = run / gcd(run, 64);
+    if (chunks > VF_FOLD_PERIOD_MAX)
+        return 0;
+    /* output byte l of the period: pixel J, kernel column V, row a, byte t of
+     * the block, from byte (J + V) * block + t of padded row a; counted up */
+    size_t J = 0, V = 0, a = 0, t = 0;
+    for (size_t k = 0; k < chunks; ++k) {
+        size_t src[64], lo = (size_t)-1, hi = 0;
+        uint8_t second[64];
+        for (size_t l = 0; l < 64; ++l) {
+            src[l] = (J + V) * block + t;
+            second[l] = (uint8_t)a;
+            lo = src[l] < lo ? src[l] : lo;
+            hi = src[l] > hi ? src[l] : hi;
+            if (++t == block) {
+                t = 0;
+                if (++a == s) {
+                    a = 0;
+                    if (++V == cols) {
+                        V = 0;
+                        ++J;
+                    }
+                }
+            }
+        }
+        if (hi - lo > 63)
+            return 0;
+        plan->base[k] = (uint32_t)lo;
+        for (size_t l = 0; l < 64; ++l)
+            plan->index[k][l] = (uint8_t)(src[l] - lo + 64 * second[l]);
+    }
+    plan->advance = (uint32_t)(64 * chunks / run * block);
+    plan->chunks = (uint32_t)chunks;
+    return chunks;
+#else
+    (void)s;
+    (void)c;
+    (void)cols;
+    return 0;
+#endif
+}
+
+void vf_fold_input(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top, ptrdiff_t left, size_t s,
+                   size_t cols, size_t fh, size_t fw, int8_t zero_point, const vf_fold_plan_t *plan, int8_t *row,
+                   int8_t *out, const vf_stripe_t *stripe, size_t at)
+{
+#ifdef VF_FOLD_VBMI
+    if (plan && plan->chunks) {
+        fold_rows_vbmi(x, h, w, c, top, left, s, cols, fh, fw, zero_point, plan, row, out, stripe, at);
+        return;
+    }
+#endif
     if (s == 2 && c == 3)
         fold_rows(x, h, w, 3, top, left, 2, cols, fh, fw, zero_point, row, out, stripe, at);
     else if (s == 1 && c == 3 && cols == 3)

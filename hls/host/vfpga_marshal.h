@@ -29,20 +29,47 @@ typedef struct {
     size_t word; /* bytes of a bus word */
 } vf_stripe_t;
 
+/* Output chunks of 64 bytes in one period of an output row (the pattern of
+ * where a chunk's bytes come from repeats every lcm(64, a pixel's bytes)). */
+#define VF_FOLD_PERIOD_MAX 32
+
+/* The fold's byte permutations for one (s, c, cols), on a host with AVX-512
+ * VBMI: output chunk n of a row (k = n % chunks, q = n / chunks) is byte
+ * index[k][l] of the 128 bytes [64 at base[k] + q * advance of padded row 0,
+ * then 64 at the same offset of padded row s - 1]. */
+typedef struct {
+    uint32_t chunks; /* 0: no plan, the fold takes its scalar path */
+    uint32_t advance;
+    uint32_t base[VF_FOLD_PERIOD_MAX];
+    uint8_t index[VF_FOLD_PERIOD_MAX][64];
+} vf_fold_plan_t;
+
+/* Fills `plan` for the fold at stride s of c channels with cols kernel
+ * columns folded; returns its chunks: 0 where the CPU has no AVX-512 VBMI,
+ * s is over 2, the period is over VF_FOLD_PERIOD_MAX chunks, or a chunk
+ * reads over 64 bytes of a row. */
+size_t vf_fold_plan(size_t s, size_t c, size_t cols, vf_fold_plan_t *plan);
+
 /* The first convolution's input fold (runtime/compiler/input_fold.py) of an
  * int8 HWC image x [h, w, c] into [fh, fw, cols * s * s * c]:
  *   out[I, J, ((V * s + a) * s + b) * c + ch] = x_pad[s*I + a, s*(J + V) + b, ch]
- * where x_pad[r, q] = x[r - top, q - left], the zero point outside x. Row I
- * of x'[I, J', (a, b, ch)] = x_pad[s*I + a, s*J' + b, ch] is built in
- * `row` (wj * s * s * c bytes, wj = fw + cols - 1; unused when cols is 1:
- * x' is then the output row itself), and each output pixel is one run of it.
+ * where x_pad[r, q] = x[r - top, q - left], the zero point outside x.
+ *
+ * With a vector plan (vf_fold_plan gave it chunks), each output row is cut
+ * from the s padded image rows it reads, x_pad[s*I + a, 0 .. wj * s), built
+ * in `row` one after another, each wj * s * c + 64 bytes (wj = fw + cols - 1):
+ * every 64 output bytes are one byte permutation of 64 bytes of each.
+ * Otherwise (plan NULL or without chunks) row I of
+ * x'[I, J', (a, b, ch)] = x_pad[s*I + a, s*J' + b, ch] is built in `row`
+ * (wj * s * s * c bytes; unused when cols is 1: x' is then the output row
+ * itself), and each output pixel is one run of it.
  * stripe NULL: `out` is the folded input's destination. Otherwise `out` is
  * a scratch of one output row (fw * cols * s * s * c bytes) and each row goes
  * straight into the striped segment's parts, the folded input at segment
  * offset `at`. */
 void vf_fold_input(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top, ptrdiff_t left, size_t s,
-                   size_t cols, size_t fh, size_t fw, int8_t zero_point, int8_t *row, int8_t *out,
-                   const vf_stripe_t *stripe, size_t at);
+                   size_t cols, size_t fh, size_t fw, int8_t zero_point, const vf_fold_plan_t *plan, int8_t *row,
+                   int8_t *out, const vf_stripe_t *stripe, size_t at);
 
 /* Copies a striped segment's bytes [lo, hi) between its host copy (segment
  * order, at address `image`) and its parts. to_parts: host copy -> parts,

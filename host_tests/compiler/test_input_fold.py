@@ -12,6 +12,7 @@ import pytest
 from harness import emulated_accelerator, random_inputs
 
 from vfpga import overlay
+from vfpga.driver import host_isa
 from vfpga.driver.emulated import EmulatedDevice
 from vfpga.driver.segment import Segment, SegmentBoundsError
 from vfpga.runtime.compiler import input_fold, ir, static
@@ -152,24 +153,34 @@ FORMS = [  # shape, kernel, stride, pads: odd sizes, asymmetric and zero pads, p
 ]
 
 
-def _fold_case(shape, k: int, s: int, pads, cols_folded: bool, seed: int):
-    """(fold, its writer, the zero point, an rng for the inputs) of one tested form; skips a form that folds nothing."""
+HAS_VBMI = "avx512vbmi" in host_isa.cpu_flags()
+
+
+def _fold_case(shape, k: int, s: int, pads, cols_folded: bool, seed: int, path: str = "vector"):
+    """(fold, its writer, the zero point, an rng for the inputs) of one tested
+    form, the writer on ``path`` (vector: the byte permutations where this CPU
+    has them); skips a form that folds nothing."""
     fold = fold_of(shape, k, s, pads, cols_folded)
     if fold.stride == 1 and fold.cols == 1:
         pytest.skip("not a fold")
     rng = np.random.default_rng(seed)
     zp = int(rng.integers(-128, 128))
-    return fold, fold.writer(zp), zp, rng
+    writer = fold.writer(zp, vector=path == "vector")
+    # every tested form of stride 1 or 2 has a plan: a plan refused where it should not be fails here
+    assert writer.vector == (path == "vector" and HAS_VBMI and fold.stride <= 2)
+    return fold, writer, zp, rng
 
 
+@pytest.mark.parametrize("path", ["vector", "scalar"])
 @pytest.mark.parametrize("build", ["this host's", "portable"])
 @pytest.mark.parametrize("cols_folded", [False, True])
 @pytest.mark.parametrize("shape, k, s, pads", FORMS)
-def test_the_strided_fold_equals_the_gather(monkeypatch, shape, k, s, pads, cols_folded, build):
-    """Both builds of the C fold (the host's ISA level, loaded by default, and the portable one)."""
+def test_the_strided_fold_equals_the_gather(monkeypatch, shape, k, s, pads, cols_folded, build, path):
+    """Both builds of the C fold (the host's ISA level, loaded by default, and
+    the portable one), each on both paths (the byte permutations and the copies)."""
     if build == "portable":
         monkeypatch.setattr(input_fold, "_marshal", importlib.import_module("vfpga.driver._marshal"))
-    fold, writer, zp, rng = _fold_case(shape, k, s, pads, cols_folded, seed=k * 31 + s)
+    fold, writer, zp, rng = _fold_case(shape, k, s, pads, cols_folded, seed=k * 31 + s, path=path)
     segment = np.full(writer.nbytes + 64, 0x5A, np.uint8)  # a host copy around the input's bytes
     for _ in range(3):  # the writer's scratch is reused: nothing of a request stays in the next
         x_q = rng.integers(-128, 128, size=shape, dtype=np.int8)
@@ -185,14 +196,18 @@ def striped_device():
     return EmulatedDevice("u200")  # its segments are striped over the four banks
 
 
+@pytest.mark.parametrize("at", [4 * 64 + 23, 4 * 64])
+@pytest.mark.parametrize("path", ["vector", "scalar"])
 @pytest.mark.parametrize("cols_folded", [False, True])
 @pytest.mark.parametrize("shape, k, s, pads", FORMS)
 def test_the_fold_straight_into_a_striped_segments_parts_equals_the_gather(striped_device, shape, k, s, pads,
-                                                                         cols_folded):
+                                                                         cols_folded, path, at):
     """write_parts: each output row into the four parts as it is made; the
-    device's bytes are the gather's, and no byte around the input moves."""
-    fold, writer, zp, rng = _fold_case(shape, k, s, pads, cols_folded, seed=k * 17 + s)
-    at = 4 * 64 + 23  # not on a word or a row of words: partial words at both ends
+    device's bytes are the gather's, and no byte around the input moves. At
+    an offset off the words, partial words at both ends; on a word, the
+    vector path stores each chunk straight into its part where the rows are
+    whole words (ResNet's stem, the first form's)."""
+    fold, writer, zp, rng = _fold_case(shape, k, s, pads, cols_folded, seed=k * 17 + s, path=path)
     stripe = overlay.config.segment_stripe(overlay.load("u200"))
     with Segment(at + writer.nbytes + 100, device=striped_device, stripe=stripe) as seg:
         seg.write(0, np.full(seg.size, 0x5A, np.uint8))

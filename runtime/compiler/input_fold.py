@@ -29,7 +29,11 @@ The fold is copies of contiguous runs, no gather (one C call,
 ``vf_fold_input``), a row of output pixels at a time: a row of x' is the
 padded input's s rows cut into s*C-byte runs, and each pixel (I, J) of x''
 is ONE run of cols*s*s*C bytes of it (48 on ResNet-50's conv1). The row
-stays in L1, so the input is read once and the output written once.
+stays in L1, so the input is read once and the output written once. On a
+CPU with AVX-512 VBMI the runs are not copied one by one: every 64 bytes of
+an output row are one byte permutation of the s padded image rows it reads
+(a plan of at most VF_FOLD_PERIOD_MAX permutations per fold, made once per
+writer), half the time or less of the copies on the RGB stems.
 """
 
 from __future__ import annotations
@@ -61,28 +65,38 @@ class InputFold:
         out = np.empty(self.folded_shape, np.int8)
         return self.writer(zero_point).write(x_q, out)
 
-    def writer(self, zero_point: int) -> FoldWriter:
-        """A :class:`FoldWriter` of this fold with the input's ``zero_point`` as the padding."""
-        return FoldWriter(self, zero_point)
+    def writer(self, zero_point: int, vector: bool = True) -> FoldWriter:
+        """A :class:`FoldWriter` of this fold with the input's ``zero_point``
+        as the padding (``vector=False``: the scalar copies even where the CPU
+        has the permutations; the two write the same bytes)."""
+        return FoldWriter(self, zero_point, vector)
 
 
 class FoldWriter:
     """Folds requests' inputs for one :class:`InputFold` and zero point into a
     caller's buffer (a tenant writes into its segment's host copy), in one C
     call (``vf_fold_input``, hls/host/vfpga_marshal.c), through a scratch
-    of one space-to-depth row. Not thread-safe: a tenant keeps one per activation
+    of one space-to-depth row (or of the s padded image rows an output row
+    reads, with a vector plan). Not thread-safe: a tenant keeps one per activation
     slot, used under that slot's lock."""
 
-    def __init__(self, fold: InputFold, zero_point: int):
+    def __init__(self, fold: InputFold, zero_point: int, vector: bool = True):
         if not -128 <= int(zero_point) <= 127:
             raise ValueError(f"an int8 input's zero point is in [-128, 127], not {zero_point}")
         s, (h, w, c), (fh, fw, fc) = fold.stride, fold.shape, fold.folded_shape
         self.fold = fold
         self.nbytes = fh * fw * fc
-        # one row of x' (the space-to-depth of the padded input), which the folded pixels' runs are cut from
-        self._row = np.empty((fw + fold.cols - 1) * s * s * c, np.int8)
-        self._row_ptr = _marshal.ffi.from_buffer("int8_t[]", self._row)
-        self._args = (h, w, c, fold.pads[0], fold.pads[1], s, fold.cols, fh, fw, int(zero_point))
+        ffi, lib = _marshal.ffi, _marshal.lib
+        self._plan = ffi.new("vf_fold_plan_t *")
+        #: whether this writer's fold takes the byte permutations (vf_fold_plan: the CPU, s <= 2, the period)
+        self.vector = bool(vector and lib.vf_fold_plan(s, c, fold.cols, self._plan))
+        wj = fw + fold.cols - 1
+        # the x' row (the space-to-depth of the padded input) the folded pixels' runs are cut from, or the s
+        # padded image rows the permutations read, each with 64 bytes past its end for the last load
+        self._row = np.zeros(s * (wj * s * c + 64) if self.vector else wj * s * s * c, np.int8)
+        self._row_ptr = ffi.from_buffer("int8_t[]", self._row)
+        self._args = (h, w, c, fold.pads[0], fold.pads[1], s, fold.cols, fh, fw, int(zero_point),
+                      self._plan if self.vector else ffi.NULL)
         self._out_row = None  # write_parts' scratch: one output row
 
     def write(self, x_q: np.ndarray, out: np.ndarray) -> np.ndarray:
