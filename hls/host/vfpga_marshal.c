@@ -4,10 +4,16 @@
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
-/* The fold's byte permutations: compiled for AVX-512 VBMI in every build,
- * taken only on a CPU that has it (vf_fold_plan asks the CPU). */
-#define VF_FOLD_VBMI 1
+/* The RGB quantization and the fold as byte permutations: compiled for
+ * AVX-512 VBMI in every build, taken only on a CPU that has it. */
+#define VF_VBMI 1
 #define VF_TARGET_VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
+
+static int vf_has_vbmi(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
+}
 #endif
 
 /* 1.5 * 2^23: v + M - M rounds v to an integer, ties to even, for |v| <= 2^22
@@ -39,9 +45,85 @@ static inline int8_t quantize_one(float x, float scale, int32_t zero_point)
 
 #define VF_BLOCK 256 /* pixels quantized per channel before they are interleaved */
 
-void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t pixels, float scale,
-                            int32_t zero_point)
+#ifdef VF_VBMI
+/* 64 bytes of interleaved RGB (byte 3p + ch = channel ch of pixel p) from
+ * each 64-byte plane: where output chunk k's bytes come from, R and G
+ * through one vpermt2b (R: 0..63, G: 64..127), then B by a masked vpermb. */
+typedef struct {
+    uint8_t rg[3][64], b[3][64];
+    __mmask64 b_lanes[3];
+} rgb_interleave_t;
+
+static rgb_interleave_t rgb_interleave;
+
+__attribute__((constructor)) static void rgb_interleave_init(void)
 {
+    for (size_t o = 0; o < 192; ++o) {
+        const size_t k = o / 64, l = o % 64, pixel = o / 3, ch = o % 3;
+        rgb_interleave.rg[k][l] = (uint8_t)(ch == 1 ? 64 + pixel : pixel); /* B's lanes: ignored */
+        rgb_interleave.b[k][l] = (uint8_t)pixel;
+        if (ch == 2)
+            rgb_interleave.b_lanes[k] |= (__mmask64)1 << l;
+    }
+}
+
+/* 16 floats quantized to 16 int8, as quantize_one does each (the division
+ * in float32, the clamp to +-256 with NaN on -256: max takes its second
+ * operand where the first is NaN; vcvtps2dq rounds in the current rounding
+ * mode, as the magic sum does; vpmovsdb saturates as the int32 clamp). */
+VF_TARGET_VBMI static inline __m128i quantize16(const float *x, __m512 scale, __m512i zero_point)
+{
+    __m512 v = _mm512_div_ps(_mm512_loadu_ps(x), scale);
+    v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-256.0f)), _mm512_set1_ps(256.0f));
+    return _mm512_cvtsepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(v), zero_point));
+}
+
+VF_TARGET_VBMI static inline __m512i quantize64(const float *x, __m512 scale, __m512i zero_point)
+{
+    const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(quantize16(x, scale, zero_point)),
+                                               quantize16(x + 16, scale, zero_point), 1);
+    const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(quantize16(x + 32, scale, zero_point)),
+                                               quantize16(x + 48, scale, zero_point), 1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+/* An RGB image, 64 pixels at a time: each plane's 64 int8, then the three
+ * interleaved by permutations; the last pixels (under 64) as quantize_one. */
+VF_TARGET_VBMI static void quantize_rgb_vbmi(const float *x, int8_t *q, size_t pixels, float scale,
+                                             int32_t zero_point)
+{
+    const __m512 s = _mm512_set1_ps(scale);
+    const __m512i zp = _mm512_set1_epi32(zero_point);
+    const float *r = x, *g = x + pixels, *b = x + 2 * pixels;
+    size_t p = 0;
+    for (; p + 64 <= pixels; p += 64) {
+        const __m512i R = quantize64(r + p, s, zp), G = quantize64(g + p, s, zp), B = quantize64(b + p, s, zp);
+        for (size_t k = 0; k < 3; ++k) {
+            const __m512i rg = _mm512_permutex2var_epi8(R, _mm512_loadu_si512(rgb_interleave.rg[k]), G);
+            const __m512i v = _mm512_mask_permutexvar_epi8(rg, rgb_interleave.b_lanes[k],
+                                                           _mm512_loadu_si512(rgb_interleave.b[k]), B);
+            _mm512_storeu_si512((void *)(q + 3 * p + 64 * k), v);
+        }
+    }
+    for (; p < pixels; ++p) {
+        q[3 * p] = quantize_one(r[p], scale, zero_point);
+        q[3 * p + 1] = quantize_one(g[p], scale, zero_point);
+        q[3 * p + 2] = quantize_one(b[p], scale, zero_point);
+    }
+}
+#endif
+
+void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t pixels, float scale,
+                            int32_t zero_point, int vector)
+{
+#ifdef VF_VBMI
+    if (vector && channels == 3 && vf_has_vbmi()) {
+        quantize_rgb_vbmi(x, q, pixels, scale, zero_point);
+        return;
+    }
+#else
+    (void)vector;
+#endif
 #if defined(__AVX2__) || defined(__ARM_NEON)
     /* an RGB image: the three planes read and interleaved in one loop, which
      * the compiler vectorises with shuffles (AVX2) or st3 (NEON); without
@@ -214,7 +296,7 @@ static VF_ALWAYS_INLINE void fold_rows(const int8_t *x, size_t h, size_t w, size
     }
 }
 
-#ifdef VF_FOLD_VBMI
+#ifdef VF_VBMI
 /* vf_fold_input with a plan: per output row, the s padded image rows, then
  * each 64 output bytes one vpermt2b of 64 bytes of each (of the one row
  * twice at stride 1), the row's last partial chunk a masked store. Into a
@@ -283,10 +365,8 @@ size_t vf_fold_plan(size_t s, size_t c, size_t cols, vf_fold_plan_t *plan)
 {
     plan->chunks = 0;
     plan->advance = 0;
-#ifdef VF_FOLD_VBMI
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512vbmi") || !__builtin_cpu_supports("avx512bw") || s < 1 || s > 2 ||
-        c == 0 || cols == 0)
+#ifdef VF_VBMI
+    if (!vf_has_vbmi() || s < 1 || s > 2 || c == 0 || cols == 0)
         return 0;
     const size_t block = s * c, run = cols * s * block, chunks = run / gcd(run, 64);
     if (chunks > VF_FOLD_PERIOD_MAX)
@@ -334,7 +414,7 @@ void vf_fold_input(const int8_t *x, size_t h, size_t w, size_t c, ptrdiff_t top,
                    size_t cols, size_t fh, size_t fw, int8_t zero_point, const vf_fold_plan_t *plan, int8_t *row,
                    int8_t *out, const vf_stripe_t *stripe, size_t at)
 {
-#ifdef VF_FOLD_VBMI
+#ifdef VF_VBMI
     if (plan && plan->chunks) {
         fold_rows_vbmi(x, h, w, c, top, left, s, cols, fh, fw, zero_point, plan, row, out, stripe, at);
         return;

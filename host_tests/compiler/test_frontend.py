@@ -1060,17 +1060,21 @@ def _quantize_linear_ort(x, tensor: ir.Tensor) -> np.ndarray:
     return np.ascontiguousarray(q.reshape(c, h, w).transpose(1, 2, 0))
 
 
+@pytest.mark.parametrize("path", ["vector", "loops"])
 @pytest.mark.parametrize("build", ["this host's", "portable"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("shape, onnx_shape", [((7, 5, 3), None), ((1, 1, 10), (1, 10)), ((224, 224, 3), None),
-                                               ((3, 300, 1), None), ((9, 9, 20), None)])
-def test_quantize_input_equals_onnxruntime_quantize_linear(monkeypatch, build, dtype, shape, onnx_shape):
-    """Both builds of the C helper (the host's ISA level, loaded by default, and the portable one)."""
-    if build == "portable":
-        import importlib
+                                               ((5, 29, 3), None), ((3, 300, 1), None), ((9, 9, 20), None)])
+def test_quantize_input_equals_onnxruntime_quantize_linear(monkeypatch, build, path, dtype, shape, onnx_shape):
+    """Both builds of the C helper (the host's ISA level, loaded by default,
+    and the portable one), an RGB image on both paths (AVX-512 VBMI where the
+    CPU has it, 64 pixels at a time then the rest, and the compiler's loops)."""
+    import importlib
 
-        from vfpga.runtime.compiler.frontend import marshal
+    from vfpga.runtime.compiler.frontend import marshal
+    if build == "portable":
         monkeypatch.setattr(marshal, "_marshal", importlib.import_module("vfpga.driver._marshal"))
+    monkeypatch.setattr(marshal, "VECTOR", path == "vector")
     rng = np.random.default_rng(len(shape) + shape[0])
     for scale, zp in ((0.0339, -4), (0.5, 127), (1e-3, -128), (2.0, 0)):
         t = ir.Tensor("x", shape, scale, zp, onnx_shape=onnx_shape)
