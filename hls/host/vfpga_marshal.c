@@ -1,5 +1,6 @@
 #include "vfpga_marshal.h"
 
+#include <math.h>
 #include <string.h>
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -78,13 +79,49 @@ VF_TARGET_VBMI static inline __m128i quantize16(const float *x, __m512 scale, __
     return _mm512_cvtsepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(v), zero_point));
 }
 
+/* Where a product by the reciprocal lies farther than this from every
+ * half-integer, it rounds as the quotient does (quantize16_product). */
+#define VF_NEAR_HALF 0x1p-13f
+
+/* quantize16 with x * inv (inv = RN(1/scale), a normal float) for x /
+ * scale, and in `near` the lanes where that may round otherwise. Why the
+ * others are exact (round to nearest, u = 2^-24): v = RN(x * inv) is within
+ * |z| (2u + u^2) of z = x / scale, and RN(z) within |z| u, so v and RN(z)
+ * are less than 5.4e-5 < VF_NEAR_HALF apart while |z| <= 300: clamped alike
+ * (the clamp moves neither apart), no half-integer lies between them unless
+ * v is within VF_NEAR_HALF of one (a subnormal product is within 2^-150:
+ * both are 0). Past 300 both clamp to the same end; NaN, +-inf and an
+ * overflowing product clamp as the quotient does. */
+VF_TARGET_VBMI static inline __m128i quantize16_product(const float *x, __m512 inv, __m512i zero_point,
+                                                        __mmask16 *near)
+{
+    __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x), inv);
+    v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-256.0f)), _mm512_set1_ps(256.0f));
+    const __m512 w = _mm512_roundscale_ps(v, _MM_FROUND_CUR_DIRECTION);
+    *near |= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v, w)), _mm512_set1_ps(0.5f - VF_NEAR_HALF),
+                                _CMP_GE_OQ);
+    return _mm512_cvtsepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(w), zero_point));
+}
+
+VF_TARGET_VBMI static inline __m512i join4(__m128i a, __m128i b, __m128i c, __m128i d)
+{
+    const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
+    const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(c), d, 1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
 VF_TARGET_VBMI static inline __m512i quantize64(const float *x, __m512 scale, __m512i zero_point)
 {
-    const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(quantize16(x, scale, zero_point)),
-                                               quantize16(x + 16, scale, zero_point), 1);
-    const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(quantize16(x + 32, scale, zero_point)),
-                                               quantize16(x + 48, scale, zero_point), 1);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    return join4(quantize16(x, scale, zero_point), quantize16(x + 16, scale, zero_point),
+                 quantize16(x + 32, scale, zero_point), quantize16(x + 48, scale, zero_point));
+}
+
+VF_TARGET_VBMI static inline __m512i quantize64_product(const float *x, __m512 inv, __m512i zero_point,
+                                                        __mmask16 *near)
+{
+    return join4(quantize16_product(x, inv, zero_point, near), quantize16_product(x + 16, inv, zero_point, near),
+                 quantize16_product(x + 32, inv, zero_point, near),
+                 quantize16_product(x + 48, inv, zero_point, near));
 }
 
 /* An RGB image, 64 pixels at a time: each plane's 64 int8, then the three
@@ -96,8 +133,22 @@ VF_TARGET_VBMI static void quantize_rgb_vbmi(const float *x, int8_t *q, size_t p
     const __m512i zp = _mm512_set1_epi32(zero_point);
     const float *r = x, *g = x + pixels, *b = x + 2 * pixels;
     size_t p = 0;
+    const float reciprocal = 1.0f / scale;
+    const int product = isnormal(reciprocal); /* quantize16_product's condition */
+    const __m512 inv = _mm512_set1_ps(reciprocal);
     for (; p + 64 <= pixels; p += 64) {
-        const __m512i R = quantize64(r + p, s, zp), G = quantize64(g + p, s, zp), B = quantize64(b + p, s, zp);
+        __m512i R, G, B;
+        __mmask16 near = 0;
+        if (product) {
+            R = quantize64_product(r + p, inv, zp, &near);
+            G = quantize64_product(g + p, inv, zp, &near);
+            B = quantize64_product(b + p, inv, zp, &near);
+        }
+        if (!product || near) { /* a product near a half-integer: these 64 pixels by division */
+            R = quantize64(r + p, s, zp);
+            G = quantize64(g + p, s, zp);
+            B = quantize64(b + p, s, zp);
+        }
         for (size_t k = 0; k < 3; ++k) {
             const __m512i rg = _mm512_permutex2var_epi8(R, _mm512_loadu_si512(rgb_interleave.rg[k]), G);
             const __m512i v = _mm512_mask_permutexvar_epi8(rg, rgb_interleave.b_lanes[k],

@@ -1087,6 +1087,12 @@ def test_quantize_input_equals_onnxruntime_quantize_linear(monkeypatch, build, p
         specials = [np.inf, -np.inf, np.nan, 1e30, -1e30, 0.0, -0.0, (127.5 - zp) * scale, (-128.5 - zp) * scale,
                     (2 ** 22 + 0.5) * scale, -(2 ** 23 + 1.0) * scale, 255.5 * scale, -256.5 * scale]
         flat[n // 4:n // 4 + len(specials)] = specials[: max(0, min(len(specials), n - n // 4))]
+        # float32 values one or two ulps from halfway points, where x * (1 / scale) and x / scale may round
+        # apart: one in 67, so that a 64-pixel block holds one among values far from halfway
+        near = flat[n // 2::67]
+        half = ((rng.integers(-140, 140, near.size) + 0.5) * scale).astype(np.float32)
+        ulps = rng.choice(np.array([-2, -1, 1, 2], np.int32), near.size)
+        near[:] = (half.view(np.int32) + ulps).view(np.float32)
         with np.errstate(over="ignore", invalid="ignore"):  # inf and nan on purpose
             x = x.astype(dtype)
             np.testing.assert_array_equal(frontend.quantize_input(x, t), _quantize_linear_ort(x, t))
