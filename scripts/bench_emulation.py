@@ -26,7 +26,8 @@ machine:
     (submit_quantized) and for a float NCHW input (submit: quantized on the
     host first, the float output dequantized), beside the floor of the
     input's bytes: one memcpy of the folded input's size on this host, and
-    the input's fold alone on warm caches. The
+    the input's fold alone and the float input's quantization alone on warm
+    caches. The
     same again on a timing-only emulated board (frames timed, not run): the
     host path without the C-sim's working set evicting the host's caches
     between requests, nearer to what the host CPU of a board sees; and on
@@ -153,6 +154,13 @@ def _fold_us(fold, x_q) -> float:
     return _timed(lambda: writer.write(x_q, out), 200)[0] * 1e6
 
 
+def _quantize_us(x, tensor) -> float:
+    """Median microseconds of quantize_input alone (the float input to int8 HWC, warm caches)."""
+    from vfpga.runtime.compiler import frontend
+
+    return _timed(lambda: frontend.quantize_input(x, tensor), 200)[0] * 1e6
+
+
 def bench_model(ov, name: str, runs: int, ks: list[int], requests: int, board: str) -> list[str]:
     from vfpga.runtime.compiler import frontend
     from vfpga.runtime.models import zoo
@@ -186,9 +194,11 @@ def bench_model(ov, name: str, runs: int, ks: list[int], requests: int, board: s
     p = tenant.compiled.input
     folded = p.shape[0] * p.shape[1] * p.shape[2]
     fold = tenant.compiled.input_fold
+    quantize_us = _quantize_us(xs[2], tenant.graph.tensors[tenant.graph.inputs[0]])
     lines.append(f"  input: {xs[2].nbytes / 1e3:.0f} KB float, {folded / 1e3:.0f} KB int8 in the segment"
                  f"{' (folded)' if fold else ''}; one memcpy of {folded / 1e3:.0f} KB on this "
-                 f"host: {_memcpy_us(folded):.0f} us" + (f"; the fold alone: {_fold_us(fold, x_q):.0f} us" if fold else ""))
+                 f"host: {_memcpy_us(folded):.0f} us" + (f"; the fold alone: {_fold_us(fold, x_q):.0f} us" if fold else "")
+                 + f"; the float input's quantization alone: {quantize_us:.0f} us")
     lines += _overheads(tenant, xs[2], x_q, requests)
     ov.remove(name)
     return lines + _timing_only_overheads(board, qdq, xs[2], requests)
