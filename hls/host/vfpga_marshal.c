@@ -10,10 +10,17 @@
 #define VF_VBMI 1
 #define VF_TARGET_VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 
-static int vf_has_vbmi(void)
+static int vf_vbmi; /* set once at load, read by every call */
+
+__attribute__((constructor)) static void vf_vbmi_init(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
+    vf_vbmi = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
+}
+
+static int vf_has_vbmi(void)
+{
+    return vf_vbmi;
 }
 #endif
 
