@@ -10,17 +10,12 @@
 #define VF_VBMI 1
 #define VF_TARGET_VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 
-static int vf_vbmi; /* set once at load, read by every call */
+static int vf_vbmi; /* whether the CPU has it: set once at load, read by every call */
 
 __attribute__((constructor)) static void vf_vbmi_init(void)
 {
     __builtin_cpu_init();
     vf_vbmi = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
-}
-
-static int vf_has_vbmi(void)
-{
-    return vf_vbmi;
 }
 #endif
 
@@ -175,7 +170,7 @@ void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t p
                             int32_t zero_point, int vector)
 {
 #ifdef VF_VBMI
-    if (vector && channels == 3 && vf_has_vbmi()) {
+    if (vector && channels == 3 && vf_vbmi) {
         quantize_rgb_vbmi(x, q, pixels, scale, zero_point);
         return;
     }
@@ -355,6 +350,16 @@ static VF_ALWAYS_INLINE void fold_rows(const int8_t *x, size_t h, size_t w, size
 }
 
 #ifdef VF_VBMI
+/* Output chunk k of a period whose source bytes start at q in the padded rows r0 and r1. */
+VF_TARGET_VBMI static inline __m512i fold_chunk(const uint8_t *r0, const uint8_t *r1, const vf_fold_plan_t *plan,
+                                                size_t k, size_t q)
+{
+    const size_t from = q + plan->base[k];
+    return _mm512_permutex2var_epi8(_mm512_loadu_si512((const void *)(r0 + from)),
+                                    _mm512_loadu_si512((const void *)plan->index[k]),
+                                    _mm512_loadu_si512((const void *)(r1 + from)));
+}
+
 /* vf_fold_input with a plan: per output row, the s padded image rows, then
  * each 64 output bytes one vpermt2b of 64 bytes of each (of the one row
  * twice at stride 1), the row's last partial chunk a masked store. Into a
@@ -378,10 +383,7 @@ VF_TARGET_VBMI static void fold_rows_vbmi(const int8_t *x, size_t h, size_t w, s
         uint8_t *dst = (uint8_t *)out + (stripe ? 0 : i * row_bytes);
         size_t k = 0, q = 0;
         for (size_t n = 0; n < full; ++n) {
-            const size_t from = q + plan->base[k];
-            const __m512i v = _mm512_permutex2var_epi8(_mm512_loadu_si512((const void *)(r0 + from)),
-                                                       _mm512_loadu_si512((const void *)plan->index[k]),
-                                                       _mm512_loadu_si512((const void *)(r1 + from)));
+            const __m512i v = fold_chunk(r0, r1, plan, k, q);
             if (direct) { /* segment word g: word `word` of part p */
                 _mm512_storeu_si512((void *)((uint8_t *)stripe->parts[p] + word * 64), v);
                 if (++p == stripe->ports) {
@@ -396,13 +398,9 @@ VF_TARGET_VBMI static void fold_rows_vbmi(const int8_t *x, size_t h, size_t w, s
                 q += plan->advance;
             }
         }
-        if (tail) {
-            const size_t from = q + plan->base[k];
-            const __m512i v = _mm512_permutex2var_epi8(_mm512_loadu_si512((const void *)(r0 + from)),
-                                                       _mm512_loadu_si512((const void *)plan->index[k]),
-                                                       _mm512_loadu_si512((const void *)(r1 + from)));
-            _mm512_mask_storeu_epi8((void *)(dst + 64 * full), (__mmask64)((1ULL << tail) - 1), v);
-        }
+        if (tail)
+            _mm512_mask_storeu_epi8((void *)(dst + 64 * full), (__mmask64)((1ULL << tail) - 1),
+                                    fold_chunk(r0, r1, plan, k, q));
         if (stripe && !direct)
             stripe_move(dst, stripe, at + i * row_bytes, at + (i + 1) * row_bytes, 1);
     }
@@ -424,7 +422,7 @@ size_t vf_fold_plan(size_t s, size_t c, size_t cols, vf_fold_plan_t *plan)
     plan->chunks = 0;
     plan->advance = 0;
 #ifdef VF_VBMI
-    if (!vf_has_vbmi() || s < 1 || s > 2 || c == 0 || cols == 0)
+    if (!vf_vbmi || s < 1 || s > 2 || c == 0 || cols == 0)
         return 0;
     const size_t block = s * c, run = cols * s * block, chunks = run / gcd(run, 64);
     if (chunks > VF_FOLD_PERIOD_MAX)
