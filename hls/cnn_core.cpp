@@ -593,8 +593,135 @@ static void vf_gemm_vnni(uint32_t *tile, uint64_t n, const uint8_t *rows, uint64
 }
 #endif
 
-/* The im2col row of output pixel pix of group g, as unsigned bytes x + 128. */
-static inline void vf_gemm_row(const vf_conv_t &k, uint32_t g, uint64_t pix, uint8_t *dst)
+#if !defined(VF_GEMM_VNNI) && defined(__AVX2__)
+/* With AVX2 and no byte dot product the reduction runs along the output
+ * channels too, on 16-bit operands: vpmaddubsw would saturate (x + 128 up
+ * to 255 times a weight down to -128, twice, exceeds int16), so the im2col
+ * rows hold x + 128 widened to uint16 and the panel int16 weights, and
+ * vpmaddwd multiplies 8 channels' tap pairs by a pixel's broadcast pair into
+ * exact int32 sums (at most 2 * 255 * 128), added with wrapping vpaddd: the
+ * generic body's wrapping uint32 sums. NP pixels x NV vectors of
+ * accumulators, NV weights and the broadcast stay in the 16 registers. */
+#include <immintrin.h>
+#define VF_GEMM_AVX2 1
+#define VF_GEMM_VP 4 /* pixels per register block */
+#define VF_GEMM_VV 2 /* 8-channel vectors per register block: 4 x 2 accumulators + 2 weights */
+
+/* Weight rows w[o * K + j] (o < n) as the kernel's panel: per 8-channel
+ * block, K2 = ceil(K / 2) vectors; channel l's tap pair q is int16 elements
+ * 2l, 2l + 1 of vector q, zero beyond n and K. The panel is repacked for
+ * every CONV, so eight pairs of the eight rows at a time are widened and
+ * transposed as an 8 x 8 matrix of 32-bit pairs; the rest pair by pair. */
+static void vf_gemm_pack8(const int8_t *w, uint64_t n, uint64_t K, int16_t *dst)
+{
+    const uint64_t K2 = (K + 1) / 2;
+    for (uint64_t ob = 0; ob < n; ob += 8, dst += K2 * 16) {
+        const uint64_t rows = vf_min64(8, n - ob);
+        uint64_t q = 0;
+        for (; 2 * q + 16 <= K; q += 8) {
+            __m256i r[8];
+            for (uint64_t l = 0; l < 8; ++l)
+                r[l] = l < rows ? _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + (ob + l) * K + 2 * q)))
+                                : _mm256_setzero_si256();
+            __m256i t[8], u[8];
+            for (int i = 0; i < 4; ++i) {
+                t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+            }
+            for (int i = 0; i < 2; ++i) { /* u[4i + j]: pairs j and j + 4 of rows 4i .. 4i + 3 */
+                u[4 * i] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+                u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+                u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+                u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+            }
+            for (int j = 0; j < 4; ++j) {
+                _mm256_storeu_si256((__m256i *)(dst + (q + j) * 16), _mm256_permute2x128_si256(u[j], u[4 + j], 0x20));
+                _mm256_storeu_si256((__m256i *)(dst + (q + j + 4) * 16),
+                                    _mm256_permute2x128_si256(u[j], u[4 + j], 0x31));
+            }
+        }
+        for (; q < K2; ++q)
+            for (uint64_t l = 0; l < 8; ++l) {
+                const int8_t *row = w + (ob + l) * K;
+                dst[q * 16 + 2 * l] = l < rows ? row[2 * q] : 0;
+                dst[q * 16 + 2 * l + 1] = l < rows && 2 * q + 1 < K ? row[2 * q + 1] : 0;
+            }
+    }
+}
+
+/* c[p * ldc + o] += sum_j a[p * lda + j] * w[o][j] for NP pixels and NV
+ * 8-channel vectors (channels o0 .. o0 + 8 * NV of the n, the rest masked
+ * off); wv: the first vector's panel. a's rows are read in pairs, up to one
+ * element past K (the panel's zero weights there). */
+template <int NP, int NV>
+static inline void vf_gemm_avx2_block(uint32_t *c, uint64_t ldc, const uint16_t *a, uint64_t lda,
+                                      const int16_t *wv, uint64_t K2, uint64_t o0, uint64_t n)
+{
+    __m256i acc[NP][NV];
+    for (int p = 0; p < NP; ++p)
+        for (int v = 0; v < NV; ++v)
+            acc[p][v] = _mm256_setzero_si256();
+    /* two tap pairs per iteration: g++ copies each accumulator once per
+     * iteration after its add, so fewer iterations issue fewer copies */
+    uint64_t q = 0;
+    for (; q < K2; q += 2) {
+        const int steps = q + 1 < K2 ? 2 : 1;
+        for (int u = 0; u < steps; ++u) {
+            __m256i w[NV];
+            for (int v = 0; v < NV; ++v)
+                w[v] = _mm256_loadu_si256((const __m256i *)(wv + ((uint64_t)v * K2 + q + u) * 16));
+            for (int p = 0; p < NP; ++p) {
+                int32_t pair;
+                memcpy(&pair, a + p * lda + 2 * (q + u), 4);
+                const __m256i x = _mm256_set1_epi32(pair);
+                for (int v = 0; v < NV; ++v)
+                    acc[p][v] = _mm256_add_epi32(acc[p][v], _mm256_madd_epi16(x, w[v]));
+            }
+        }
+    }
+    for (int v = 0; v < NV; ++v) {
+        const uint64_t o = o0 + 8 * (uint64_t)v, live = n - o >= 8 ? 8 : n - o;
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)live), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int p = 0; p < NP; ++p) {
+            int *dst = (int *)(c + p * ldc + o);
+            const __m256i old = _mm256_maskload_epi32(dst, m);
+            _mm256_maskstore_epi32(dst, m, _mm256_add_epi32(old, acc[p][v]));
+        }
+    }
+}
+
+/* The tile's np pixels against all n channels of one group's packed panel. */
+static void vf_gemm_avx2(uint32_t *tile, uint64_t n, const uint16_t *rows, uint64_t K, const int16_t *panel,
+                         uint64_t np)
+{
+    const uint64_t K2 = (K + 1) / 2, nv = (n + 7) / 8;
+    for (uint64_t v0 = 0; v0 < nv; v0 += VF_GEMM_VV) {
+        const int16_t *wv = panel + v0 * K2 * 16;
+        const uint64_t o0 = 8 * v0;
+        uint64_t p = 0;
+        if (nv - v0 >= 2) {
+            for (; p + VF_GEMM_VP <= np; p += VF_GEMM_VP)
+                vf_gemm_avx2_block<VF_GEMM_VP, 2>(tile + p * n, n, rows + p * K, K, wv, K2, o0, n);
+            for (; p < np; ++p)
+                vf_gemm_avx2_block<1, 2>(tile + p * n, n, rows + p * K, K, wv, K2, o0, n);
+        } else {
+            for (; p + VF_GEMM_VP <= np; p += VF_GEMM_VP)
+                vf_gemm_avx2_block<VF_GEMM_VP, 1>(tile + p * n, n, rows + p * K, K, wv, K2, o0, n);
+            for (; p < np; ++p)
+                vf_gemm_avx2_block<1, 1>(tile + p * n, n, rows + p * K, K, wv, K2, o0, n);
+        }
+    }
+}
+#endif
+
+#ifdef VF_GEMM_AVX2
+typedef uint16_t vf_gemm_elem_t; /* an im2col element: x + 128, widened for vpmaddwd */
+#else
+typedef uint8_t vf_gemm_elem_t; /* an im2col element: x + 128 */
+#endif
+
+/* The im2col row of output pixel pix of group g, as unsigned x + 128. */
+static inline void vf_gemm_row(const vf_conv_t &k, uint32_t g, uint64_t pix, vf_gemm_elem_t *dst)
 {
     const uint64_t oy = pix / k.OW, ox = pix % k.OW;
     const uint64_t in_row = (uint64_t)k.IW * k.ICT;
@@ -606,18 +733,19 @@ static inline void vf_gemm_row(const vf_conv_t &k, uint32_t g, uint64_t pix, uin
         const uint64_t ky = k.G == 1 ? r : r / k.KW, kx = k.G == 1 ? 0 : r % k.KW;
         const int8_t *src = win + ky * in_row + kx * k.ICT;
         for (uint64_t i = 0; i < run; ++i)
-            dst[i] = (uint8_t)src[i] ^ 0x80u;
+            dst[i] = (vf_gemm_elem_t)((uint8_t)src[i] ^ 0x80u);
     }
 }
 
 /* Per-thread scratch of the GEMM body (frames of several cores run at once). */
 struct vf_gemm_scratch {
-    std::vector<uint8_t> rows;  /* im2col rows of a pixel block */
+    std::vector<vf_gemm_elem_t> rows; /* im2col rows of a pixel block */
     std::vector<uint32_t> tile; /* their outputs, [pixel][cout_g] */
     std::vector<uint32_t> bias; /* per output channel: first value (ACC_INIT) + correction */
     std::vector<uint32_t> corr; /* per output channel: -128 * sum of its weights */
     std::vector<int8_t> panel;  /* the weights unpacked from their beat words: [oc][ky][kx][cin_g] */
     std::vector<int8_t> packed; /* VNNI builds: each group's panel as 16-channel vectors */
+    std::vector<int16_t> packed16; /* AVX2 builds: each group's panel as 8-channel int16 vectors */
     std::vector<int64_t> mult, rnd, shift; /* requantization per output channel */
 };
 
@@ -676,10 +804,10 @@ static __attribute__((noinline)) void vf_conv_gemm(const vf_conv_t &k)
             sc.shift[oc] = sh;
         }
     }
-    uint64_t block = VF_GEMM_A_BYTES / K;
+    uint64_t block = VF_GEMM_A_BYTES / (K * sizeof(vf_gemm_elem_t));
     block = block < VF_GEMM_NP ? VF_GEMM_NP : block - block % VF_GEMM_NP;
     block = vf_min64(block, pixels);
-    if (sc.rows.size() < block * K + 4) /* + 4: the VNNI kernel reads rows in 4-byte quads */
+    if (sc.rows.size() < block * K + 4) /* + 4: the vector kernels read rows in quads or pairs */
         sc.rows.resize(block * K + 4);
 #ifdef VF_GEMM_VNNI
     const uint64_t packed_group = (N + 15) / 16 * ((K + 3) / 4) * 64;
@@ -688,9 +816,16 @@ static __attribute__((noinline)) void vf_conv_gemm(const vf_conv_t &k)
     for (uint32_t g = 0; g < k.G; ++g)
         vf_gemm_pack16(wp + (uint64_t)g * N * K, N, K, sc.packed.data() + g * packed_group);
 #endif
+#ifdef VF_GEMM_AVX2
+    const uint64_t packed_group = (N + 7) / 8 * ((K + 1) / 2) * 16;
+    if (sc.packed16.size() < k.G * packed_group)
+        sc.packed16.resize(k.G * packed_group);
+    for (uint32_t g = 0; g < k.G; ++g)
+        vf_gemm_pack8(wp + (uint64_t)g * N * K, N, K, sc.packed16.data() + g * packed_group);
+#endif
     if (sc.tile.size() < block * N)
         sc.tile.resize(block * N);
-    uint8_t *rows = sc.rows.data();
+    vf_gemm_elem_t *rows = sc.rows.data();
     uint32_t *tile = sc.tile.data();
     const int64_t zp = k.zp, lo = k.lo, hi = k.hi;
     for (uint32_t g = 0; g < k.G; ++g) {
@@ -711,9 +846,12 @@ static __attribute__((noinline)) void vf_conv_gemm(const vf_conv_t &k)
                         c[o] = (uint32_t)a[o] + corr[o];
                 }
             }
-#ifdef VF_GEMM_VNNI
+#if defined(VF_GEMM_VNNI)
             (void)wg;
             vf_gemm_vnni(tile, N, rows, K, sc.packed.data() + g * packed_group, np);
+#elif defined(VF_GEMM_AVX2)
+            (void)wg;
+            vf_gemm_avx2(tile, N, rows, K, sc.packed16.data() + g * packed_group, np);
 #else
             uint64_t o = 0;
             for (; o + VF_GEMM_NO <= N; o += VF_GEMM_NO) {

@@ -153,6 +153,14 @@ static inline void vf_seg_read(const vf_ddr_t &d, uint64_t seg_win, uint64_t a, 
     SEG_READ_WORDS:
         for (uint64_t k = 0; k < n;) {
             const uint64_t m = vf_ddr_min(VF_DDR_WORD - (a + k) % VF_DDR_WORD, n - k);
+#ifndef VF_HLS_LITERAL
+            if (m == VF_DDR_WORD) { /* a whole word: a fixed-size copy, not a call or a string move */
+                const uint64_t at = vf_seg_window(d, seg_win, a + k);
+                memcpy(o + k, d.port[vf_ddr_bank(at)] + at, VF_DDR_WORD);
+                k += m;
+                continue;
+            }
+#endif
             vf_ddr_read(d, vf_seg_window(d, seg_win, a + k), o + k, (uint32_t)m);
             k += m;
         }
@@ -170,6 +178,14 @@ static inline void vf_seg_write(const vf_ddr_t &d, uint64_t seg_win, uint64_t a,
     SEG_WRITE_WORDS:
         for (uint64_t k = 0; k < n;) {
             const uint64_t m = vf_ddr_min(VF_DDR_WORD - (a + k) % VF_DDR_WORD, n - k);
+#ifndef VF_HLS_LITERAL
+            if (m == VF_DDR_WORD) { /* as in vf_seg_read */
+                const uint64_t at = vf_seg_window(d, seg_win, a + k);
+                memcpy(d.port[vf_ddr_bank(at)] + at, i + k, VF_DDR_WORD);
+                k += m;
+                continue;
+            }
+#endif
             vf_ddr_write(d, vf_seg_window(d, seg_win, a + k), i + k, (uint32_t)m);
             k += m;
         }
