@@ -68,7 +68,8 @@
  * requantization but executes each beat sequence as contiguous int8 runs that
  * g++ -O3 vectorises: dense CONV is a blocked int8 GEMM (vf_conv_gemm: im2col
  * rows of a pixel block against weight-stationary blocks of output channels,
- * reduced to the host's byte dot-product instructions where it has them, the
+ * reduced to the host's byte dot-product instructions where it has them
+ * (vpmaddwd on operands widened to 16 bits on AVX2 hosts without one), the
  * beat-major weight words unpacked into rows once per CONV), depthwise CONV
  * runs channel blocks outermost reading the lane rows of the words in place,
  * POOL visits only the valid window, ADD / LUT / MUL run over whole rows,
