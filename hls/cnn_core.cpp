@@ -602,11 +602,12 @@ static void vf_gemm_vnni(uint32_t *tile, uint64_t n, const uint8_t *rows, uint64
  * vpmaddwd multiplies 8 channels' tap pairs by a pixel's broadcast pair into
  * exact int32 sums (at most 2 * 255 * 128), added with wrapping vpaddd: the
  * generic body's wrapping uint32 sums. NP pixels x NV vectors of
- * accumulators, NV weights and the broadcast stay in the 16 registers. */
+ * accumulators and the broadcasts stay in the 16 registers; the weights are
+ * memory operands of vpmaddwd (4 x 3 ran 25% faster than 4 x 2 here). */
 #include <immintrin.h>
 #define VF_GEMM_AVX2 1
 #define VF_GEMM_VP 4 /* pixels per register block */
-#define VF_GEMM_VV 2 /* 8-channel vectors per register block: 4 x 2 accumulators + 2 weights */
+#define VF_GEMM_VV 3 /* 8-channel vectors per register block: 4 x 3 accumulators, weights from memory */
 
 /* Weight rows w[o * K + j] (o < n) as the kernel's panel: per 8-channel
  * block, K2 = ceil(K / 2) vectors; channel l's tap pair q is int16 elements
@@ -643,9 +644,13 @@ static void vf_gemm_pack8(const int8_t *w, uint64_t n, uint64_t K, int16_t *dst)
         }
         for (; q < K2; ++q)
             for (uint64_t l = 0; l < 8; ++l) {
-                const int8_t *row = w + (ob + l) * K;
-                dst[q * 16 + 2 * l] = l < rows ? row[2 * q] : 0;
-                dst[q * 16 + 2 * l + 1] = l < rows && 2 * q + 1 < K ? row[2 * q + 1] : 0;
+                int16_t first = 0, second = 0;
+                if (l < rows) {
+                    first = w[(ob + l) * K + 2 * q];
+                    second = 2 * q + 1 < K ? w[(ob + l) * K + 2 * q + 1] : 0;
+                }
+                dst[q * 16 + 2 * l] = first;
+                dst[q * 16 + 2 * l + 1] = second;
             }
     }
 }
@@ -699,18 +704,22 @@ static void vf_gemm_avx2(uint32_t *tile, uint64_t n, const uint16_t *rows, uint6
     for (uint64_t v0 = 0; v0 < nv; v0 += VF_GEMM_VV) {
         const int16_t *wv = panel + v0 * K2 * 16;
         const uint64_t o0 = 8 * v0;
+        const uint64_t left = nv - v0;
         uint64_t p = 0;
-        if (nv - v0 >= 2) {
-            for (; p + VF_GEMM_VP <= np; p += VF_GEMM_VP)
-                vf_gemm_avx2_block<VF_GEMM_VP, 2>(tile + p * n, n, rows + p * K, K, wv, K2, o0, n);
-            for (; p < np; ++p)
-                vf_gemm_avx2_block<1, 2>(tile + p * n, n, rows + p * K, K, wv, K2, o0, n);
-        } else {
-            for (; p + VF_GEMM_VP <= np; p += VF_GEMM_VP)
-                vf_gemm_avx2_block<VF_GEMM_VP, 1>(tile + p * n, n, rows + p * K, K, wv, K2, o0, n);
-            for (; p < np; ++p)
-                vf_gemm_avx2_block<1, 1>(tile + p * n, n, rows + p * K, K, wv, K2, o0, n);
-        }
+#define VF_GEMM_AVX2_ROWS(NPX)                                                                                      \
+    do {                                                                                                            \
+        if (left >= 3)                                                                                              \
+            vf_gemm_avx2_block<NPX, 3>(tile + p * n, n, rows + p * K, K, wv, K2, o0, n);                            \
+        else if (left == 2)                                                                                         \
+            vf_gemm_avx2_block<NPX, 2>(tile + p * n, n, rows + p * K, K, wv, K2, o0, n);                            \
+        else                                                                                                        \
+            vf_gemm_avx2_block<NPX, 1>(tile + p * n, n, rows + p * K, K, wv, K2, o0, n);                            \
+    } while (0)
+        for (; p + VF_GEMM_VP <= np; p += VF_GEMM_VP)
+            VF_GEMM_AVX2_ROWS(VF_GEMM_VP);
+        for (; p < np; ++p)
+            VF_GEMM_AVX2_ROWS(1);
+#undef VF_GEMM_AVX2_ROWS
     }
 }
 #endif
