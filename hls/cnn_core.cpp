@@ -725,6 +725,34 @@ static void vf_gemm_avx2(uint32_t *tile, uint64_t n, const uint16_t *rows, uint6
 #endif
 
 #ifdef VF_GEMM_AVX2
+/* The requantization of 8 channels' int32 sums in place, as the scalar
+ * loop below computes it in int64: (x * mult + 2^(sh - 1)) >> sh (sh in
+ * [0, 62], the rounding term 0 for sh 0), plus the zero point, clamped to
+ * [lo, hi]. AVX2 has neither a 64-bit multiply nor a 64-bit arithmetic
+ * shift, so even and odd channels go through vpmuldq apart, and the shift
+ * is a logical one with the sign put back: ((t >>> sh) ^ m) - m, m = 2^63 >>> sh. */
+static inline void vf_requant8_avx2(uint32_t *r, const int32_t *mult, const int32_t *shift, int64_t zp, int64_t lo,
+                                    int64_t hi)
+{
+    const __m256i one = _mm256_set1_epi64x(1), top = _mm256_set1_epi64x((int64_t)(1ull << 63));
+    const __m256i z = _mm256_set1_epi64x(zp), l = _mm256_set1_epi64x(lo), h = _mm256_set1_epi64x(hi);
+    const __m256i x = _mm256_loadu_si256((const __m256i *)r), m = _mm256_loadu_si256((const __m256i *)mult);
+    const __m256i s = _mm256_loadu_si256((const __m256i *)shift);
+    __m256i half[2];
+    for (int odd = 0; odd < 2; ++odd) { /* vpmuldq multiplies the low 32 bits of each 64-bit lane */
+        const __m256i sv = odd ? _mm256_srli_epi64(s, 32) : _mm256_and_si256(s, _mm256_set1_epi64x(0xffffffff));
+        __m256i t = _mm256_mul_epi32(odd ? _mm256_srli_epi64(x, 32) : x, odd ? _mm256_srli_epi64(m, 32) : m);
+        t = _mm256_add_epi64(t, _mm256_sllv_epi64(one, _mm256_sub_epi64(sv, one))); /* a count over 63 gives 0 */
+        const __m256i sign = _mm256_srlv_epi64(top, sv);
+        t = _mm256_add_epi64(_mm256_sub_epi64(_mm256_xor_si256(_mm256_srlv_epi64(t, sv), sign), sign), z);
+        t = _mm256_blendv_epi8(t, l, _mm256_cmpgt_epi64(l, t));
+        half[odd] = _mm256_blendv_epi8(t, h, _mm256_cmpgt_epi64(t, h));
+    }
+    _mm256_storeu_si256((__m256i *)r, _mm256_blend_epi32(half[0], _mm256_slli_epi64(half[1], 32), 0xAA));
+}
+#endif
+
+#ifdef VF_GEMM_AVX2
 typedef uint16_t vf_gemm_elem_t; /* an im2col element: x + 128, widened for vpmaddwd */
 #else
 typedef uint8_t vf_gemm_elem_t; /* an im2col element: x + 128 */
@@ -756,7 +784,8 @@ struct vf_gemm_scratch {
     std::vector<int8_t> panel;  /* the weights unpacked from their beat words: [oc][ky][kx][cin_g] */
     std::vector<int8_t> packed; /* VNNI builds: each group's panel as 16-channel vectors */
     std::vector<int16_t> packed16; /* AVX2 builds: each group's panel as 8-channel int16 vectors */
-    std::vector<int64_t> mult, rnd, shift; /* requantization per output channel */
+    std::vector<int32_t> mult, shift; /* requantization per output channel: multiplier, shift */
+    std::vector<int64_t> rnd;          /* and the rounding term 2^(shift - 1) (0 for shift 0) */
 };
 
 /* The beat-major weight words (vfpga_isa.h) as GEMM rows: w[oc * K + (ky *
@@ -889,9 +918,15 @@ static __attribute__((noinline)) void vf_conv_gemm(const vf_conv_t &k)
                     continue;
                 }
                 /* vf_requant in two vectorisable passes: clamped values in place, then bytes */
-                const int64_t *mult = sc.mult.data() + oc0, *rnd = sc.rnd.data() + oc0, *sh = sc.shift.data() + oc0;
+                const int32_t *mult = sc.mult.data() + oc0, *sh = sc.shift.data() + oc0;
+                const int64_t *rnd = sc.rnd.data() + oc0;
                 uint32_t *r = tile + p * N;
-                for (uint64_t q = 0; q < N; ++q) {
+                uint64_t q = 0;
+#ifdef VF_GEMM_AVX2
+                for (; q + 8 <= N; q += 8)
+                    vf_requant8_avx2(r + q, mult + q, sh + q, zp, lo, hi);
+#endif
+                for (; q < N; ++q) {
                     const int64_t v = zp + (((int64_t)vf_i32(r[q]) * mult[q] + rnd[q]) >> sh[q]);
                     r[q] = (uint32_t)(v < lo ? lo : (v > hi ? hi : v));
                 }
