@@ -493,6 +493,39 @@ static inline void vf_gemm_block(uint32_t *c, uint64_t ldc, const uint8_t *a, ui
     }
 }
 
+/* The explicit kernels below (VNNI, AVX2) reduce along the output channels:
+ * Block<NP, NV>::run adds NP pixels' products with NV vectors of L channels
+ * into the tile. These two run a group's tile through one of them: register
+ * blocks of NP pixels x up to 3 vectors, the pixels left over one by one. */
+template <template <int, int> class Block, int NP, typename A, typename W>
+static inline void vf_gemm_register_block(uint64_t left, uint32_t *c, uint64_t n, const A *a, uint64_t K,
+                                          const W *wv, uint64_t steps, uint64_t o0)
+{
+    if (left >= 3)
+        Block<NP, 3>::run(c, n, a, K, wv, steps, o0, n);
+    else if (left == 2)
+        Block<NP, 2>::run(c, n, a, K, wv, steps, o0, n);
+    else
+        Block<NP, 1>::run(c, n, a, K, wv, steps, o0, n);
+}
+
+/* The tile's np pixels against all n channels of one group's panel: per
+ * vector of L channels, `steps` steps of E panel elements. */
+template <template <int, int> class Block, int NP, uint64_t L, uint64_t E, typename A, typename W>
+static void vf_gemm_vectors(uint32_t *tile, uint64_t n, const A *rows, uint64_t K, const W *panel, uint64_t steps,
+                            uint64_t np)
+{
+    const uint64_t nv = (n + L - 1) / L;
+    for (uint64_t v0 = 0; v0 < nv; v0 += 3) {
+        const W *wv = panel + v0 * steps * E;
+        uint64_t p = 0;
+        for (; p + NP <= np; p += NP)
+            vf_gemm_register_block<Block, NP>(nv - v0, tile + p * n, n, rows + p * K, K, wv, steps, L * v0);
+        for (; p < np; ++p)
+            vf_gemm_register_block<Block, 1>(nv - v0, tile + p * n, n, rows + p * K, K, wv, steps, L * v0);
+    }
+}
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 /* With 512-bit VNNI the reduction runs along the output channels instead,
  * as int8 GEMM libraries do: a vector holds 16 output channels' four
@@ -503,8 +536,7 @@ static inline void vf_gemm_block(uint32_t *c, uint64_t ldc, const uint8_t *a, ui
  * NP pixels x NV vectors of accumulators stay in registers. */
 #include <immintrin.h>
 #define VF_GEMM_VNNI 1
-#define VF_GEMM_VP 8 /* pixels per register block */
-#define VF_GEMM_VV 3 /* 16-channel vectors per register block: 8 x 3 accumulators + 3 weights */
+#define VF_GEMM_VP 8 /* pixels per register block: 8 x 3 accumulators + 3 weights */
 
 /* Weight rows w[o * K + j] (o < n) as the kernel's panel: per 16-channel
  * block, K4 = ceil(K / 4) vectors; channel l's quad q is bytes 4l..4l+3 of
@@ -536,9 +568,14 @@ static void vf_gemm_pack16(const int8_t *w, uint64_t n, uint64_t K, int8_t *dst)
  * 16-channel vectors (channels o0 .. o0 + 16 * NV of the n, the rest masked
  * off); wv: the first vector's panel. a's rows are read in 4-byte quads up to
  * 3 bytes past K (the panel's zero weights there). */
+template <int NP, int NV> struct vf_gemm_vnni_block {
+    static void run(uint32_t *c, uint64_t ldc, const uint8_t *a, uint64_t lda, const int8_t *wv, uint64_t K4,
+                    uint64_t o0, uint64_t n);
+};
+
 template <int NP, int NV>
-static inline void vf_gemm_vnni_block(uint32_t *c, uint64_t ldc, const uint8_t *a, uint64_t lda,
-                                      const int8_t *wv, uint64_t K4, uint64_t o0, uint64_t n)
+inline void vf_gemm_vnni_block<NP, NV>::run(uint32_t *c, uint64_t ldc, const uint8_t *a, uint64_t lda,
+                                             const int8_t *wv, uint64_t K4, uint64_t o0, uint64_t n)
 {
     __m512i acc[NP][NV];
     for (int p = 0; p < NP; ++p)
@@ -567,34 +604,9 @@ static inline void vf_gemm_vnni_block(uint32_t *c, uint64_t ldc, const uint8_t *
     }
 }
 
-/* The tile's np pixels against all n channels of one group's packed panel. */
-static void vf_gemm_vnni(uint32_t *tile, uint64_t n, const uint8_t *rows, uint64_t K, const int8_t *panel,
-                         uint64_t np)
-{
-    const uint64_t K4 = (K + 3) / 4, nv = (n + 15) / 16;
-    for (uint64_t v0 = 0; v0 < nv; v0 += VF_GEMM_VV) {
-        const int8_t *wv = panel + v0 * K4 * 64;
-        const uint64_t o0 = 16 * v0, left = nv - v0;
-        uint64_t p = 0;
-#define VF_GEMM_VNNI_ROWS(NPX)                                                                                      \
-    do {                                                                                                            \
-        if (left >= 3)                                                                                              \
-            vf_gemm_vnni_block<NPX, 3>(tile + p * n, n, rows + p * K, K, wv, K4, o0, n);                            \
-        else if (left == 2)                                                                                         \
-            vf_gemm_vnni_block<NPX, 2>(tile + p * n, n, rows + p * K, K, wv, K4, o0, n);                            \
-        else                                                                                                        \
-            vf_gemm_vnni_block<NPX, 1>(tile + p * n, n, rows + p * K, K, wv, K4, o0, n);                            \
-    } while (0)
-        for (; p + VF_GEMM_VP <= np; p += VF_GEMM_VP)
-            VF_GEMM_VNNI_ROWS(VF_GEMM_VP);
-        for (; p < np; ++p)
-            VF_GEMM_VNNI_ROWS(1);
-#undef VF_GEMM_VNNI_ROWS
-    }
-}
 #endif
 
-#if !defined(VF_GEMM_VNNI) && defined(__AVX2__)
+#if !defined(VF_GEMM_VNNI) && !defined(__AVXVNNI__) && defined(__AVX2__)
 /* With AVX2 and no byte dot product the reduction runs along the output
  * channels too, on 16-bit operands: vpmaddubsw would saturate (x + 128 up
  * to 255 times a weight down to -128, twice, exceeds int16), so the im2col
@@ -606,8 +618,7 @@ static void vf_gemm_vnni(uint32_t *tile, uint64_t n, const uint8_t *rows, uint64
  * memory operands of vpmaddwd (4 x 3 ran 25% faster than 4 x 2 here). */
 #include <immintrin.h>
 #define VF_GEMM_AVX2 1
-#define VF_GEMM_VP 4 /* pixels per register block */
-#define VF_GEMM_VV 3 /* 8-channel vectors per register block: 4 x 3 accumulators, weights from memory */
+#define VF_GEMM_VP 4 /* pixels per register block: 4 x 3 accumulators, the weights from memory */
 
 /* Weight rows w[o * K + j] (o < n) as the kernel's panel: per 8-channel
  * block, K2 = ceil(K / 2) vectors; channel l's tap pair q is int16 elements
@@ -659,9 +670,14 @@ static void vf_gemm_pack8(const int8_t *w, uint64_t n, uint64_t K, int16_t *dst)
  * 8-channel vectors (channels o0 .. o0 + 8 * NV of the n, the rest masked
  * off); wv: the first vector's panel. a's rows are read in pairs, up to one
  * element past K (the panel's zero weights there). */
+template <int NP, int NV> struct vf_gemm_avx2_block {
+    static void run(uint32_t *c, uint64_t ldc, const uint16_t *a, uint64_t lda, const int16_t *wv, uint64_t K2,
+                    uint64_t o0, uint64_t n);
+};
+
 template <int NP, int NV>
-static inline void vf_gemm_avx2_block(uint32_t *c, uint64_t ldc, const uint16_t *a, uint64_t lda,
-                                      const int16_t *wv, uint64_t K2, uint64_t o0, uint64_t n)
+inline void vf_gemm_avx2_block<NP, NV>::run(uint32_t *c, uint64_t ldc, const uint16_t *a, uint64_t lda,
+                                             const int16_t *wv, uint64_t K2, uint64_t o0, uint64_t n)
 {
     __m256i acc[NP][NV];
     for (int p = 0; p < NP; ++p)
@@ -696,35 +712,6 @@ static inline void vf_gemm_avx2_block(uint32_t *c, uint64_t ldc, const uint16_t 
     }
 }
 
-/* The tile's np pixels against all n channels of one group's packed panel. */
-static void vf_gemm_avx2(uint32_t *tile, uint64_t n, const uint16_t *rows, uint64_t K, const int16_t *panel,
-                         uint64_t np)
-{
-    const uint64_t K2 = (K + 1) / 2, nv = (n + 7) / 8;
-    for (uint64_t v0 = 0; v0 < nv; v0 += VF_GEMM_VV) {
-        const int16_t *wv = panel + v0 * K2 * 16;
-        const uint64_t o0 = 8 * v0;
-        const uint64_t left = nv - v0;
-        uint64_t p = 0;
-#define VF_GEMM_AVX2_ROWS(NPX)                                                                                      \
-    do {                                                                                                            \
-        if (left >= 3)                                                                                              \
-            vf_gemm_avx2_block<NPX, 3>(tile + p * n, n, rows + p * K, K, wv, K2, o0, n);                            \
-        else if (left == 2)                                                                                         \
-            vf_gemm_avx2_block<NPX, 2>(tile + p * n, n, rows + p * K, K, wv, K2, o0, n);                            \
-        else                                                                                                        \
-            vf_gemm_avx2_block<NPX, 1>(tile + p * n, n, rows + p * K, K, wv, K2, o0, n);                            \
-    } while (0)
-        for (; p + VF_GEMM_VP <= np; p += VF_GEMM_VP)
-            VF_GEMM_AVX2_ROWS(VF_GEMM_VP);
-        for (; p < np; ++p)
-            VF_GEMM_AVX2_ROWS(1);
-#undef VF_GEMM_AVX2_ROWS
-    }
-}
-#endif
-
-#ifdef VF_GEMM_AVX2
 /* The requantization of 8 channels' int32 sums in place, as the scalar
  * loop below computes it in int64: (x * mult + 2^(sh - 1)) >> sh (sh in
  * [0, 62], the rounding term 0 for sh 0), plus the zero point, clamped to
@@ -887,10 +874,12 @@ static __attribute__((noinline)) void vf_conv_gemm(const vf_conv_t &k)
             }
 #if defined(VF_GEMM_VNNI)
             (void)wg;
-            vf_gemm_vnni(tile, N, rows, K, sc.packed.data() + g * packed_group, np);
+            vf_gemm_vectors<vf_gemm_vnni_block, VF_GEMM_VP, 16, 64>(tile, N, rows, K,
+                                                                   sc.packed.data() + g * packed_group, (K + 3) / 4, np);
 #elif defined(VF_GEMM_AVX2)
             (void)wg;
-            vf_gemm_avx2(tile, N, rows, K, sc.packed16.data() + g * packed_group, np);
+            vf_gemm_vectors<vf_gemm_avx2_block, VF_GEMM_VP, 8, 16>(tile, N, rows, K,
+                                                                  sc.packed16.data() + g * packed_group, (K + 1) / 2, np);
 #else
             uint64_t o = 0;
             for (; o + VF_GEMM_NO <= N; o += VF_GEMM_NO) {
