@@ -6,8 +6,9 @@
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 /* The RGB quantization and the fold as byte permutations: compiled for
- * AVX-512 VBMI, and the fold for AVX2, in every build (the portable one
- * too), each taken only on a CPU that has it; other targets keep the loops. */
+ * AVX-512 VBMI and for AVX2 (AMD Zen 3 has no AVX-512) in every build, the
+ * portable one too, each taken only on a CPU that has it (VBMI first); on
+ * other targets the loops. */
 #define VF_X86 1
 #define VF_TARGET_VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 #define VF_TARGET_AVX2 __attribute__((target("avx2")))
@@ -167,6 +168,138 @@ VF_TARGET_VBMI static void quantize_rgb_vbmi(const float *x, int8_t *q, size_t p
         q[3 * p + 2] = quantize_one(b[p], scale, zero_point);
     }
 }
+
+/* AVX2 (no VBMI): quantize_rgb_vbmi's steps, 8 values per instruction,
+ * the planes interleaved by in-lane shuffles and blends. After pack32, a lane holds 16 pixels'
+ * bytes; vpshufb puts pixel p of plane ch at byte (3p + ch) % 16 of its lane
+ * (3 is odd: one pixel per byte), so 16 output bytes at 16m of the 48 of a
+ * lane's pixels are a blend of the three planes, by (16m + j) % 3. */
+typedef struct {
+    uint8_t plane[3][32]; /* vpshufb of plane ch, the same in both lanes */
+    uint8_t g[3][32], b[3][32]; /* output bytes 16m .. 16m + 15 of a lane's 48: G's and B's (high bit) */
+} rgb_shuffle_t;
+
+static rgb_shuffle_t rgb_shuffle;
+
+/* Where pack32 leaves value v (0..15) of a lane: its 4-byte groups in the order 0, 2, 1, 3. */
+static size_t packed_at(size_t v)
+{
+    return (v & 3) | (v & 4) << 1 | (v & 8) >> 1;
+}
+
+__attribute__((constructor)) static void rgb_shuffle_init(void)
+{
+    for (size_t j = 0; j < 32; ++j) {
+        for (size_t ch = 0; ch < 3; ++ch) {
+            const size_t pixel = (j % 16 + 16 - ch) * 11 % 16; /* 3 * pixel + ch = j (mod 16): 11 = 1/3 mod 16 */
+            rgb_shuffle.plane[ch][j] = (uint8_t)packed_at(pixel);
+        }
+        for (size_t m = 0; m < 3; ++m) {
+            const size_t ch = (16 * m + j % 16) % 3;
+            rgb_shuffle.g[m][j] = ch == 1 ? 0x80 : 0;
+            rgb_shuffle.b[m][j] = ch == 2 ? 0x80 : 0;
+        }
+    }
+}
+
+/* 8 floats as quantize16 does them, to int32 before the zero point, with
+ * one clamp: min(256, v) keeps NaN (it takes its second operand where one
+ * is NaN), and vcvtps2dq gives INT_MIN for NaN and for anything below
+ * -2^31, which pack32's saturations take to -128 as the clamp to -256 would. */
+VF_TARGET_AVX2 static inline __m256i quantize8(const float *x, __m256 scale)
+{
+    return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_set1_ps(256.0f), _mm256_div_ps(_mm256_loadu_ps(x), scale)));
+}
+
+/* The same as quantize16_product does it (its reasoning, its margin): x *
+ * inv, and in `near` the largest |v - round(v)| (max takes its second
+ * operand where the first is NaN: the lane of a NaN or -inf product, where
+ * v - w is NaN, is skipped). */
+VF_TARGET_AVX2 static inline __m256i quantize8_product(const float *x, __m256 inv, __m256 *near)
+{
+    const __m256 v = _mm256_min_ps(_mm256_set1_ps(256.0f), _mm256_mul_ps(_mm256_loadu_ps(x), inv));
+    const __m256 w = _mm256_round_ps(v, _MM_FROUND_CUR_DIRECTION);
+    *near = _mm256_max_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(v, w)), *near);
+    return _mm256_cvtps_epi32(w);
+}
+
+/* 32 int32 (values 0..7 in a, 8..15 in b, ...) plus the zero point
+ * (int16), saturated to int8: vpackssdw to int16, the zero point added
+ * saturating, vpacksswb; a value past int16's range stays past int8's, so
+ * this is the int32 sum's saturation. Lane 0 gets values 0..15, lane 1
+ * 16..31, each lane's 4-byte groups in the order 0, 2, 1, 3 (packed_at). */
+VF_TARGET_AVX2 static inline __m256i pack32(__m256i a, __m256i b, __m256i c, __m256i d, __m256i zero_point)
+{
+    const __m256i v = _mm256_packs_epi16(_mm256_adds_epi16(_mm256_packs_epi32(a, b), zero_point),
+                                         _mm256_adds_epi16(_mm256_packs_epi32(c, d), zero_point));
+    return _mm256_permute4x64_epi64(v, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+VF_TARGET_AVX2 static inline __m256i quantize32(const float *x, __m256 scale, __m256i zero_point)
+{
+    return pack32(quantize8(x, scale), quantize8(x + 8, scale), quantize8(x + 16, scale), quantize8(x + 24, scale),
+                  zero_point);
+}
+
+VF_TARGET_AVX2 static inline __m256i quantize32_product(const float *x, __m256 inv, __m256i zero_point,
+                                                        __m256 *near)
+{
+    return pack32(quantize8_product(x, inv, near), quantize8_product(x + 8, inv, near),
+                  quantize8_product(x + 16, inv, near), quantize8_product(x + 24, inv, near), zero_point);
+}
+
+/* 32 pixels' R, G and B (pack32's order) into 96 interleaved bytes at q. */
+VF_TARGET_AVX2 static inline void interleave32(__m256i R, __m256i G, __m256i B, int8_t *q)
+{
+    const rgb_shuffle_t *t = &rgb_shuffle;
+    R = _mm256_shuffle_epi8(R, _mm256_loadu_si256((const __m256i *)t->plane[0]));
+    G = _mm256_shuffle_epi8(G, _mm256_loadu_si256((const __m256i *)t->plane[1]));
+    B = _mm256_shuffle_epi8(B, _mm256_loadu_si256((const __m256i *)t->plane[2]));
+    __m256i m[3]; /* m[k]: output bytes 16k .. 16k + 15 in lane 0, 48 + 16k .. in lane 1 */
+    for (size_t k = 0; k < 3; ++k)
+        m[k] = _mm256_blendv_epi8(_mm256_blendv_epi8(R, G, _mm256_loadu_si256((const __m256i *)t->g[k])), B,
+                                  _mm256_loadu_si256((const __m256i *)t->b[k]));
+    _mm256_storeu_si256((__m256i *)q, _mm256_permute2x128_si256(m[0], m[1], 0x20));
+    _mm256_storeu_si256((__m256i *)(q + 32), _mm256_blend_epi32(m[2], m[0], 0xF0));
+    _mm256_storeu_si256((__m256i *)(q + 64), _mm256_permute2x128_si256(m[1], m[2], 0x31));
+}
+
+/* quantize_rgb_vbmi on AVX2: 64 pixels at a time by the product, again by
+ * division where one lies near a half-integer; the last pixels (under 64)
+ * as quantize_one. */
+VF_TARGET_AVX2 static void quantize_rgb_avx2(const float *x, int8_t *q, size_t pixels, float scale,
+                                             int32_t zero_point)
+{
+    const __m256 s = _mm256_set1_ps(scale);
+    const __m256i zp = _mm256_set1_epi16((int16_t)zero_point);
+    const float *plane[3] = {x, x + pixels, x + 2 * pixels};
+    size_t p = 0;
+    const float reciprocal = 1.0f / scale;
+    const int product = isnormal(reciprocal); /* quantize16_product's condition */
+    const __m256 inv = _mm256_set1_ps(reciprocal);
+    for (; p + 64 <= pixels; p += 64) {
+        __m256i v[3][2] = {{_mm256_setzero_si256()}}; /* plane, 32-pixel half (set: no warning, no cost) */
+        int by_division = !product;
+        if (product) {
+            __m256 near = _mm256_setzero_ps();
+            for (size_t ch = 0; ch < 3; ++ch)
+                for (size_t h = 0; h < 2; ++h)
+                    v[ch][h] = quantize32_product(plane[ch] + p + 32 * h, inv, zp, &near);
+            by_division = _mm256_movemask_ps(_mm256_cmp_ps(near, _mm256_set1_ps(0.5f - VF_NEAR_HALF), _CMP_GE_OQ));
+        }
+        if (by_division) /* a product near a half-integer: these 64 pixels by division */
+            for (size_t ch = 0; ch < 3; ++ch)
+                for (size_t h = 0; h < 2; ++h)
+                    v[ch][h] = quantize32(plane[ch] + p + 32 * h, s, zp);
+        interleave32(v[0][0], v[1][0], v[2][0], q + 3 * p);
+        interleave32(v[0][1], v[1][1], v[2][1], q + 3 * p + 96);
+    }
+    for (; p < pixels; ++p) {
+        q[3 * p] = quantize_one(plane[0][p], scale, zero_point);
+        q[3 * p + 1] = quantize_one(plane[1][p], scale, zero_point);
+        q[3 * p + 2] = quantize_one(plane[2][p], scale, zero_point);
+    }
+}
 #endif
 
 void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t pixels, float scale,
@@ -175,6 +308,10 @@ void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t p
 #ifdef VF_X86
     if (vector && channels == 3 && vf_vbmi) {
         quantize_rgb_vbmi(x, q, pixels, scale, zero_point);
+        return;
+    }
+    if (vector && channels == 3 && vf_avx2) {
+        quantize_rgb_avx2(x, q, pixels, scale, zero_point);
         return;
     }
 #else

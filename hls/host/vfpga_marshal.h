@@ -13,10 +13,11 @@
  * the quotient and its rounding in float32 as onnxruntime computes them (IEEE
  * division, the current rounding mode's ties-to-even), then the zero point
  * added and saturated in int32, exact either way. NaN saturates to -128.
- * vector nonzero: where the CPU has AVX-512 VBMI, an RGB image (3 channels)
- * is quantized 16 values per instruction, by x times 1/scale where that
- * provably rounds as x / scale does (else by division), and interleaved by
- * byte permutations: the same bytes (0 keeps the compiler's loops). */
+ * vector nonzero: where the CPU has AVX-512 VBMI (else AVX2), an RGB image
+ * (3 channels) is quantized 16 (8) values per instruction, by x times
+ * 1/scale where that provably rounds as x / scale does (else by division),
+ * and interleaved by byte permutations (shuffles and blends): the same
+ * bytes (0 keeps the compiler's loops). */
 void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t pixels, float scale,
                             int32_t zero_point, int vector);
 
