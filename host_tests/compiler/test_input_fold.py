@@ -151,7 +151,8 @@ FORMS = [  # shape, kernel, stride, pads: odd sizes, asymmetric and zero pads, p
     ((20, 18, 3), 3, 1, (1, 1, 1, 1)),  # VGG's conv1
     ((9, 14, 3), 3, 1, (0, 1, 2, 0)),  # the same, pads uneven
     # AVX2's 32-byte chunks: a row shorter than a chunk (27 bytes, its second half past the row; 12 and 16
-    # bytes, one half), rows of an odd number of 32 bytes (160 and 288: whole halves of words, not direct)
+    # bytes, one half), rows of whole chunks but not whole 64-byte words (160 and 288 bytes: into a striped
+    # segment's parts through the row scratch, not straight)
     ((6, 3, 3), 3, 1, (1, 1, 1, 1)),
     ((7, 3, 1), 3, 2, (1, 1, 1, 1)),
     ((18, 18, 4), 3, 2, (1, 1, 1, 1)),
