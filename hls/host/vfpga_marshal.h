@@ -13,10 +13,11 @@
  * the quotient and its rounding in float32 as onnxruntime computes them (IEEE
  * division, the current rounding mode's ties-to-even), then the zero point
  * added and saturated in int32, exact either way. NaN saturates to -128.
- * vector nonzero: where the CPU has AVX-512 VBMI, an RGB image (3 channels)
- * is quantized 16 values per instruction, by x times 1/scale where that
- * provably rounds as x / scale does (else by division), and interleaved by
- * byte permutations: the same bytes (0 keeps the compiler's loops). */
+ * vector nonzero: where the CPU has AVX-512 VBMI (else AVX2), an RGB image
+ * (3 channels) is quantized 16 (8) values per instruction, by x times
+ * 1/scale where that provably rounds as x / scale does (else by division),
+ * and interleaved by byte permutations (shuffles and blends): the same
+ * bytes (0 keeps the compiler's loops). */
 void vf_quantize_chw_to_hwc(const float *x, int8_t *q, size_t channels, size_t pixels, float scale,
                             int32_t zero_point, int vector);
 
@@ -33,25 +34,37 @@ typedef struct {
     size_t word; /* bytes of a bus word */
 } vf_stripe_t;
 
-/* Output chunks of 64 bytes in one period of an output row (the pattern of
- * where a chunk's bytes come from repeats every lcm(64, a pixel's bytes)). */
+/* Output chunks in one period of an output row (the pattern of where a
+ * chunk's bytes come from repeats every lcm(chunk bytes, a pixel's bytes)). */
 #define VF_FOLD_PERIOD_MAX 32
 
-/* The fold's byte permutations for one (s, c, cols), on a host with AVX-512
- * VBMI: output chunk n of a row (k = n % chunks, q = n / chunks) is byte
- * index[k][l] of the 128 bytes [64 at base[k] + q * advance of padded row 0,
- * then 64 at the same offset of padded row s - 1]. */
+/* vf_fold_plan_t's kind: which instructions the plan is for. */
+#define VF_FOLD_SCALAR 0 /* no plan: the fold copies runs */
+#define VF_FOLD_VBMI 1   /* AVX-512 VBMI: 64-byte chunks, one vpermt2b each */
+#define VF_FOLD_AVX2 2   /* AVX2: 32-byte chunks, two 16-byte halves of vpshufb each */
+
+/* The fold's byte permutations for one (s, c, cols) on this CPU. Output
+ * chunk n of a row (k = n % chunks, q = n / chunks) is:
+ * VBMI: byte index[k][l] of the 128 bytes [64 at base[k][0] + q * advance
+ *   of padded row 0, then 64 at the same offset of padded row s - 1];
+ * AVX2: in half h (bytes 16h .. 16h + 15), from the 16 bytes at
+ *   base[k][h] + q * advance of each padded row, byte index[k][16h + l] of
+ *   row 0's OR byte index[k][32 + 16h + l] of row s - 1's (at stride 2; at
+ *   stride 1 row 0's alone), an index with its high bit set giving 0. */
 typedef struct {
+    uint32_t kind;   /* VF_FOLD_*, the others' meaning with it */
     uint32_t chunks; /* 0: no plan, the fold takes its scalar path */
     uint32_t advance;
-    uint32_t base[VF_FOLD_PERIOD_MAX];
+    uint32_t base[VF_FOLD_PERIOD_MAX][2]; /* VBMI: [k][0] only */
     uint8_t index[VF_FOLD_PERIOD_MAX][64];
 } vf_fold_plan_t;
 
 /* Fills `plan` for the fold at stride s of c channels with cols kernel
- * columns folded; returns its chunks: 0 where the CPU has no AVX-512 VBMI,
- * s is over 2, the period is over VF_FOLD_PERIOD_MAX chunks, or a chunk
- * reads over 64 bytes of a row. */
+ * columns folded; returns its chunks. VBMI where the CPU has AVX-512 VBMI
+ * and the VBMI plan applies, else AVX2 where the CPU has AVX2 and that
+ * applies, else 0 (kind VF_FOLD_SCALAR): s over 2, or the period over
+ * VF_FOLD_PERIOD_MAX chunks, or one window too short for a chunk's bytes
+ * (64 bytes for VBMI, 16 per half for AVX2). */
 size_t vf_fold_plan(size_t s, size_t c, size_t cols, vf_fold_plan_t *plan);
 
 /* The first convolution's input fold (runtime/compiler/input_fold.py) of an
@@ -62,7 +75,7 @@ size_t vf_fold_plan(size_t s, size_t c, size_t cols, vf_fold_plan_t *plan);
  * With a vector plan (vf_fold_plan gave it chunks), each output row is cut
  * from the s padded image rows it reads, x_pad[s*I + a, 0 .. wj * s), built
  * in `row` one after another, each wj * s * c + 64 bytes (wj = fw + cols - 1):
- * every 64 output bytes are one byte permutation of 64 bytes of each.
+ * every chunk of output bytes is byte permutations of windows of each.
  * Otherwise (plan NULL or without chunks) row I of
  * x'[I, J', (a, b, ch)] = x_pad[s*I + a, s*J' + b, ch] is built in `row`
  * (wj * s * s * c bytes; unused when cols is 1: x' is then the output row

@@ -1068,7 +1068,8 @@ def _quantize_linear_ort(x, tensor: ir.Tensor) -> np.ndarray:
 def test_quantize_input_equals_onnxruntime_quantize_linear(monkeypatch, build, path, dtype, shape, onnx_shape):
     """Both builds of the C helper (the host's ISA level, loaded by default,
     and the portable one), an RGB image on both paths (AVX-512 VBMI where the
-    CPU has it, 64 pixels at a time then the rest, and the compiler's loops)."""
+    CPU has it, else AVX2, 64 pixels at a time then the rest, and the
+    compiler's loops)."""
     import importlib
 
     from vfpga.runtime.compiler.frontend import marshal
@@ -1096,6 +1097,32 @@ def test_quantize_input_equals_onnxruntime_quantize_linear(monkeypatch, build, p
         with np.errstate(over="ignore", invalid="ignore"):  # inf and nan on purpose
             x = x.astype(dtype)
             np.testing.assert_array_equal(frontend.quantize_input(x, t), _quantize_linear_ort(x, t))
+
+
+@pytest.mark.parametrize("path", ["vector", "loops"])
+@pytest.mark.parametrize("build", ["this host's", "portable"])
+@pytest.mark.parametrize("later", [np.nan, -np.inf])
+def test_quantize_input_takes_a_block_by_division_whatever_follows_in_a_lane(monkeypatch, build, path, later):
+    """One 64-pixel block: R of pixel 3 is a value whose product by 1/scale
+    rounds apart from its quotient, and G of pixel 19 (the same lane of 8
+    and of 16 values, quantized after it) is NaN or -inf, whose |v - round(v)|
+    is NaN: the near-half check must still send the block to division."""
+    import importlib
+
+    from vfpga.runtime.compiler.frontend import marshal
+    if build == "portable":
+        monkeypatch.setattr(marshal, "_marshal", importlib.import_module("vfpga.driver._marshal"))
+    monkeypatch.setattr(marshal, "VECTOR", path == "vector")
+    scale, zp = np.float32(0.0339), -4
+    near = np.float32(-3.915449857711792)  # 1 ulp below -115.5 * scale: x / scale -> -115, x * (1 / scale) -> -116
+    assert np.rint(near / scale) == -115 and np.rint(near * (np.float32(1) / scale)) == -116
+    t = ir.Tensor("x", (8, 8, 3), float(scale), zp)
+    x = (np.random.default_rng(3).standard_normal((1, 3, 8, 8)) * 40 * scale).astype(np.float32)
+    x[0, 0].reshape(-1)[3] = near
+    x[0, 1].reshape(-1)[19] = later
+    got = frontend.quantize_input(x, t)
+    assert got[0, 3, 0] == -119  # the quotient's -115, plus the zero point
+    np.testing.assert_array_equal(got, _quantize_linear_ort(x, t))
 
 
 def _dequantize_linear_ort(q: np.ndarray, tensor: ir.Tensor) -> np.ndarray:

@@ -150,24 +150,54 @@ FORMS = [  # shape, kernel, stride, pads: odd sizes, asymmetric and zero pads, p
     ((22, 21, 3), 3, 2, (0, 0, 1, 1)),  # the last column's block half image, half zero point
     ((20, 18, 3), 3, 1, (1, 1, 1, 1)),  # VGG's conv1
     ((9, 14, 3), 3, 1, (0, 1, 2, 0)),  # the same, pads uneven
+    # AVX2's 32-byte chunks: a row shorter than a chunk (27 bytes, its second half past the row; 12 and 16
+    # bytes, one half), rows of whole chunks but not whole 64-byte words (160 and 288 bytes: into a striped
+    # segment's parts through the row scratch, not straight)
+    ((6, 3, 3), 3, 1, (1, 1, 1, 1)),
+    ((7, 3, 1), 3, 2, (1, 1, 1, 1)),
+    ((18, 18, 4), 3, 2, (1, 1, 1, 1)),
+    # plans refused at stride 1 or 2 (REFUSED): a pixel of 36 bytes ends in a 16-byte half holding the next
+    # one's first bytes, 32 apart (the 64-byte window holds them); 33-byte pixels, a period of 33 chunks;
+    # 1056-byte pixels whose windows all fit, a period of 33 chunks (and of 3 with the columns not folded)
+    ((10, 12, 4), 9, 1, (4, 4, 4, 4)),
+    ((12, 40, 3), 11, 1, (5, 5, 5, 5)),
+    ((25, 25, 24), 22, 2, (0, 0, 0, 0)),
 ]
 
+# (form, cols folded) -> the plans vf_fold_plan refuses for it, though its stride is 1 or 2
+REFUSED = {
+    (((10, 12, 4), 9, 1, (4, 4, 4, 4)), True): {"avx2"},
+    (((12, 40, 3), 11, 1, (5, 5, 5, 5)), True): {"vbmi", "avx2"},
+    (((25, 25, 24), 22, 2, (0, 0, 0, 0)), True): {"vbmi", "avx2"},
+}
 
 HAS_VBMI = "avx512vbmi" in host_isa.cpu_flags()
+HAS_AVX2 = "avx2" in host_isa.cpu_flags()
+
+
+def expected_path(form, cols_folded: bool, path: str) -> str:
+    """The fold path a writer on ``path`` takes on this CPU: the best plan
+    it has that the form's stride (1 or 2) and REFUSED allow, else the copies."""
+    refused = REFUSED.get((form, cols_folded), set())
+    if path != "vector" or form[2] > 2:
+        return "scalar"
+    return next((kind for kind, has in (("vbmi", HAS_VBMI), ("avx2", HAS_AVX2)) if has and kind not in refused),
+                "scalar")
 
 
 def _fold_case(shape, k: int, s: int, pads, cols_folded: bool, seed: int, path: str = "vector"):
     """(fold, its writer, the zero point, an rng for the inputs) of one tested
     form, the writer on ``path`` (vector: the byte permutations where this CPU
-    has them); skips a form that folds nothing."""
+    has them, VBMI's or else AVX2's); skips a form that folds nothing."""
     fold = fold_of(shape, k, s, pads, cols_folded)
     if fold.stride == 1 and fold.cols == 1:
         pytest.skip("not a fold")
     rng = np.random.default_rng(seed)
     zp = int(rng.integers(-128, 128))
     writer = fold.writer(zp, vector=path == "vector")
-    # every tested form of stride 1 or 2 has a plan: a plan refused where it should not be fails here
-    assert writer.vector == (path == "vector" and HAS_VBMI and fold.stride <= 2)
+    # a plan refused where it should not be, or made where it should not, fails here
+    assert writer.path == expected_path((shape, k, s, pads), cols_folded, path)
+    assert writer.vector == (writer.path != "scalar")
     return fold, writer, zp, rng
 
 

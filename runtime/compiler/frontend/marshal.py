@@ -12,8 +12,8 @@ from .errors import FrontendError
 
 # the C helpers (hls/host/vfpga_marshal.c) built for this host's ISA level, else portable
 _marshal = host_isa.best_module("_marshal")
-# an RGB input's quantization as AVX-512 VBMI permutations where the CPU has them (False: the compiler's loops,
-# the same bytes; the tests take both)
+# an RGB input's quantization as AVX-512 VBMI permutations where the CPU has them, else AVX2 shuffles and blends
+# (False: the compiler's loops, the same bytes; the tests take both)
 VECTOR = True
 
 # ---------------------------------------------------------------- host-side I/O
