@@ -685,7 +685,9 @@ inline void vf_gemm_avx2_block<NP, NV>::run(uint32_t *c, uint64_t ldc, const uin
         for (int v = 0; v < NV; ++v)
             acc[p][v] = _mm256_setzero_si256();
     /* two tap pairs per iteration: g++ copies each accumulator once per
-     * iteration after its add, so fewer iterations issue fewer copies */
+     * iteration after its add, so fewer iterations issue fewer copies
+     * (alone on a Zen 3 host, 4 x 3 blocks: 37-66 GMAC/s, 31-40 with one
+     * pair per iteration, five runs each at K 576 and 2304) */
     uint64_t q = 0;
     for (; q < K2; q += 2) {
         const int steps = q + 1 < K2 ? 2 : 1;
