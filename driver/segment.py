@@ -100,6 +100,7 @@ class Segment:
         self._buf = self._parts[0]
         self._host = np.zeros(self.size, np.uint8)  # the host copy, in segment order
         self._cache_ops = [_CacheOps(b) for b in self._parts]
+        self._word = stripe.word
         # the addresses the striped copies (C) take, taken once: the host copy and the parts never move
         self._image_address = self._host.ctypes.data
         self._part_addresses = _marshal.ffi.new("uintptr_t[]", [ops.address for ops in self._cache_ops])
@@ -234,15 +235,16 @@ class Segment:
             self._cache_ops[p].flush(lo, hi - lo)
 
     def _in_one_word(self, offset: int, nbytes: int | None) -> bool:
-        """Whether [offset, offset + nbytes) is a non-empty range inside one bus word of a live segment."""
-        ints = (int, np.integer)
-        if not (isinstance(offset, ints) and isinstance(nbytes, ints)) or nbytes <= 0 or offset < 0:
-            return False  # (the general path names what is wrong)
-        if offset // self.stripe.word != (offset + nbytes - 1) // self.stripe.word:
-            return False
-        self._check(offset, nbytes)
-        self._live()
-        return True
+        """Whether [offset, offset + nbytes) is a non-empty range inside one bus
+        word of a live segment (a ring entry, a record: the per-request syncs,
+        so the common case is tested first, on plain ints)."""
+        if type(offset) is not int or type(nbytes) is not int:
+            if not (isinstance(offset, (int, np.integer)) and isinstance(nbytes, (int, np.integer))):
+                return False  # (the general path names what is wrong)
+            offset, nbytes = int(offset), int(nbytes)
+        word = self._word
+        return (0 < nbytes and 0 <= offset and offset + nbytes <= self.size and self._buf is not None
+                and offset // word == (offset + nbytes - 1) // word)
 
     def _striped_range(self, offset: int, nbytes: int | None) -> tuple[int, int, list | tuple]:
         """(offset, nbytes, part runs) of a range of a live striped segment, checked."""
@@ -306,9 +308,10 @@ class Segment:
         return self._buf
 
     def _check(self, offset: int, nbytes: int) -> None:
-        if not (isinstance(offset, (int, np.integer)) and isinstance(nbytes, (int, np.integer))):
-            raise TypeError(f"offset and nbytes must be integers, not {type(offset).__name__} "
-                            f"and {type(nbytes).__name__}")
+        if type(offset) is not int or type(nbytes) is not int:  # (plain ints first: every sync checks)
+            if not (isinstance(offset, (int, np.integer)) and isinstance(nbytes, (int, np.integer))):
+                raise TypeError(f"offset and nbytes must be integers, not {type(offset).__name__} "
+                                f"and {type(nbytes).__name__}")
         if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
             raise SegmentBoundsError(f"byte range [{offset}, {offset + nbytes}) is outside the "
                                      f"segment [0, {self.size})")
