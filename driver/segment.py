@@ -36,7 +36,7 @@ import pynq
 
 from vfpga.driver import host_isa
 
-RUNS_CACHED = 64  # a striped segment's (offset, nbytes) -> part runs kept: a tenant syncs the same ranges again
+SYNC_PLANS_KEPT = 256  # (offset, nbytes) -> the buffer runs it syncs, kept per segment (Segment._sync_plan)
 _marshal = host_isa.best_module("_marshal")  # the striped copies' C loop (hls/host/vfpga_marshal.c)
 # A striped segment's parts are allocated, and freed, as one step: the banks' allocators are independent,
 # so two segments allocated at once (two deploys side by side) would otherwise take each other's offsets
@@ -86,6 +86,7 @@ class Segment:
         self.device = device
         self.stripe = stripe if stripe is not None and stripe.ports > 1 else None
         self._buf = None
+        self._plans: dict[tuple[int, int | None], tuple[int, int, list]] = {}  # _sync_plan's
         if self.stripe is None:
             self._parts = [pynq.allocate((self.size,), np.uint8, target=bank_memory(device, bank))]
             self._buf = self._parts[0]
@@ -100,13 +101,11 @@ class Segment:
         self._buf = self._parts[0]
         self._host = np.zeros(self.size, np.uint8)  # the host copy, in segment order
         self._cache_ops = [_CacheOps(b) for b in self._parts]
-        self._word = stripe.word
         # the addresses the striped copies (C) take, taken once: the host copy and the parts never move
         self._image_address = self._host.ctypes.data
         self._part_addresses = _marshal.ffi.new("uintptr_t[]", [ops.address for ops in self._cache_ops])
         self._stripe_c = _marshal.ffi.new("vf_stripe_t *", {"parts": self._part_addresses, "ports": stripe.ports,
                                                              "word": stripe.word})
-        self._runs: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
 
     def _allocate_parts(self, device, stripe) -> list:
         with _STRIPED_ALLOCATION:
@@ -188,26 +187,19 @@ class Segment:
     # ---- device copy ----------------------------------------------------------------
     def sync_to_device(self, offset: int = 0, nbytes: int | None = None) -> None:
         """Host copy -> device memory for [offset, offset + nbytes) (to the end by default)."""
+        lo, hi, runs = self._sync_plan(offset, nbytes)
         if self.stripe is not None:
-            offset, nbytes, runs = self._striped_range(offset, nbytes)
-            _marshal.lib.vf_stripe_copy(self._image_address, self._stripe_c, offset, offset + nbytes, 1)
-            self._flush_runs(runs)
-            return
-        offset, nbytes = self._span(offset, nbytes)
-        if nbytes:
-            self._cache_ops[0].flush(offset, nbytes)
+            _marshal.lib.vf_stripe_copy(self._image_address, self._stripe_c, lo, hi, 1)
+        for ops, at, n in runs:
+            ops.flush(at, n)
 
     def sync_from_device(self, offset: int = 0, nbytes: int | None = None) -> None:
         """Device memory -> host copy for [offset, offset + nbytes) (to the end by default)."""
+        lo, hi, runs = self._sync_plan(offset, nbytes)
+        for ops, at, n in runs:
+            ops.invalidate(at, n)
         if self.stripe is not None:
-            offset, nbytes, runs = self._striped_range(offset, nbytes)
-            for p, lo, hi in runs:
-                self._cache_ops[p].invalidate(lo, hi - lo)
-            _marshal.lib.vf_stripe_copy(self._image_address, self._stripe_c, offset, offset + nbytes, 0)
-            return
-        offset, nbytes = self._span(offset, nbytes)
-        if nbytes:
-            self._cache_ops[0].invalidate(offset, nbytes)
+            _marshal.lib.vf_stripe_copy(self._image_address, self._stripe_c, lo, hi, 0)
 
     # ---- writing a striped segment's parts directly ---------------------------------
     def stripe_target(self, offset: int, nbytes: int):
@@ -226,49 +218,42 @@ class Segment:
         after a writer filled the parts through :meth:`stripe_target`. The
         host copy of the range is left as it was: stale until that range is
         synced from the device (a reader syncs before it reads)."""
-        offset, nbytes, runs = self._striped_range(offset, nbytes)
-        self._flush_runs(runs)
+        if self.stripe is None:
+            raise ValueError("sync_parts_to_device: the segment is contiguous (sync_to_device its range)")
+        for ops, at, n in self._sync_plan(offset, nbytes)[2]:
+            ops.flush(at, n)
 
-    # ---- the striped layout ------------------------------------------------------
-    def _flush_runs(self, runs) -> None:
-        for p, lo, hi in runs:
-            self._cache_ops[p].flush(lo, hi - lo)
-
-    def _in_one_word(self, offset: int, nbytes: int | None) -> bool:
-        """Whether [offset, offset + nbytes) is a non-empty range inside one bus
-        word of a live segment (a ring entry, a record: the per-request syncs,
-        so the common case is tested first, on plain ints)."""
-        if type(offset) is not int or type(nbytes) is not int:
-            if not (isinstance(offset, (int, np.integer)) and isinstance(nbytes, (int, np.integer))):
-                return False  # (the general path names what is wrong)
-            offset, nbytes = int(offset), int(nbytes)
-        word = self._word
-        return (0 < nbytes and 0 <= offset and offset + nbytes <= self.size and self._buf is not None
-                and offset // word == (offset + nbytes - 1) // word)
-
-    def _striped_range(self, offset: int, nbytes: int | None) -> tuple[int, int, list | tuple]:
-        """(offset, nbytes, part runs) of a range of a live striped segment, checked."""
-        if self._in_one_word(offset, nbytes):  # a ring entry, a record: one part's run
-            p, lo = self.stripe.place(offset)
-            return offset, nbytes, ((p, lo, lo + nbytes),)
-        offset, nbytes = self._span(offset, nbytes)
-        return offset, nbytes, self._part_runs(offset, nbytes)
+    # ---- which buffers a sync touches --------------------------------------------
+    def _sync_plan(self, offset: int, nbytes: int | None) -> tuple[int, int, list]:
+        """(offset, end, [(cache ops, offset in its buffer, bytes)]) of a
+        range of a live segment, checked: one run of the buffer when
+        contiguous, one run per part holding bytes of it when striped. Kept
+        per range (SYNC_PLANS_KEPT): a tenant syncs the same ranges on every
+        request (its input, ring entries, records and outputs), and working a
+        plan out costs more than syncing a ring entry."""
+        if self._buf is None:
+            raise RuntimeError("segment has been freed")
+        key = (offset, nbytes)
+        plain = type(offset) is int and (nbytes is None or type(nbytes) is int)  # (numpy ints: not kept)
+        plan = self._plans.get(key) if plain else None
+        if plan is None:
+            offset, nbytes = self._span(offset, nbytes)
+            if self.stripe is None:
+                runs = [(self._cache_ops[0], offset, nbytes)] if nbytes else []
+            else:
+                runs = [(self._cache_ops[p], lo, hi - lo) for p, lo, hi in self._part_runs(offset, nbytes)]
+            plan = (offset, offset + nbytes, runs)
+            if plain:
+                if len(self._plans) >= SYNC_PLANS_KEPT:
+                    self._plans.clear()
+                self._plans[key] = plan
+        return plan
 
     def _part_runs(self, offset: int, nbytes: int) -> list[tuple[int, int, int]]:
         """(part, lo, hi) for each part holding bytes of a checked range: the
         bytes of [offset, offset + nbytes) in part p are its run [lo, hi)."""
         if nbytes == 0:
             return []
-        key = (int(offset), int(nbytes))
-        runs = self._runs.get(key)
-        if runs is None:
-            if len(self._runs) >= RUNS_CACHED:
-                self._runs.clear()
-            runs = self._runs[key] = self._compute_part_runs(*key)
-        return runs
-
-    def _compute_part_runs(self, offset: int, nbytes: int) -> list[tuple[int, int, int]]:
-        """_part_runs of a checked, non-empty range."""
         st, end = self.stripe, offset + nbytes
         w0, w1 = offset // st.word, (end - 1) // st.word
         runs = []
