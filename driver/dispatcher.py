@@ -82,27 +82,27 @@ class Dispatcher(DefaultIP):
         line = getattr(device, "irq_line", None)
         self.irq_line = line(description.get("fullpath", "dispatcher")) if line else PolledIrq(self)
         self._lock = threading.Lock()  # read-modify-write sequences (mask_seq increments)
-        mmio_device = self.mmio.device
-        self._register_rw = (not mmio_device.has_capability("MEMORY_MAPPED")
-                             and mmio_device.has_capability("REGISTER_RW"))
-        self._read_registers = mmio_device.read_registers if self._register_rw else None
+        device, self._base = self.mmio.device, self.mmio.base_addr
+        self._register_rw = not device.has_capability("MEMORY_MAPPED") and device.has_capability("REGISTER_RW")
+        if self._register_rw:
+            self._read_registers, self._write_registers = device.read_registers, device.write_registers
 
     # ---- raw access ----------------------------------------------------------------
-    # On a REGISTER_RW device (an Alveo card through XRT, the emulated device) pynq.MMIO's int accesses
-    # go through a pure-Python array per word; its bytes write, and the device's read_registers that the
-    # array's reads end in, make the same accesses without it. The doorbell, the ring head and the
-    # interrupt status are written and read on every request. A memory-mapped device keeps MMIO's ints.
+    # On a REGISTER_RW device (an Alveo card through XRT, the emulated device) pynq.MMIO's accesses go
+    # through a pure-Python array per word and end in the device's read_registers / write_registers;
+    # the driver calls those two itself. The doorbell, the ring head, the interrupt status and the
+    # acknowledgement are written and read on every request. A memory-mapped device keeps MMIO.
     def _get(self, offset: int, wide: bool) -> int:
         if self._register_rw:
-            return int.from_bytes(self._read_registers(self.mmio.base_addr + offset, 8 if wide else 4), "little")
+            return int.from_bytes(self._read_registers(self._base + offset, 8 if wide else 4), "little")
         lo = self.mmio.read(offset)
         return lo | self.mmio.read(offset + 4) << 32 if wide else lo
 
     def _put(self, offset: int, value: int, wide: bool) -> None:
         if not 0 <= value < 1 << (64 if wide else 32):
             raise ValueError(f"register value {value:#x} does not fit")
-        if self._register_rw:  # (the low word first, as two int writes would go)
-            self.mmio.write(offset, value.to_bytes(8 if wide else 4, "little"))
+        if self._register_rw:  # (the low word first, as two MMIO writes would go)
+            self._write_registers(self._base + offset, value.to_bytes(8 if wide else 4, "little"))
             return
         self.mmio.write(offset, value & 0xFFFFFFFF)
         if wide:
