@@ -184,6 +184,19 @@ class Segment:
         self._live()
         return self._host[offset:offset + nbytes].copy()
 
+    def pack_into(self, fmt, offset: int, *values) -> None:
+        """Packs ``values`` with ``fmt`` (a struct.Struct) into the host copy at
+        ``offset`` (a ring entry). Does not sync. (No view is made: a numpy
+        slice costs more than the entry's bytes, on every request.)"""
+        self._check(offset, fmt.size)
+        fmt.pack_into(self._live_host(), offset, *values)
+
+    def unpack_from(self, fmt, offset: int) -> tuple:
+        """The values ``fmt`` (a struct.Struct) unpacks from the host copy at
+        ``offset`` (a completion record). Does not sync."""
+        self._check(offset, fmt.size)
+        return fmt.unpack_from(self._live_host(), offset)
+
     # ---- device copy ----------------------------------------------------------------
     def sync_to_device(self, offset: int = 0, nbytes: int | None = None) -> None:
         """Host copy -> device memory for [offset, offset + nbytes) (to the end by default)."""
@@ -291,6 +304,11 @@ class Segment:
         if self._buf is None:
             raise RuntimeError("segment has been freed")
         return self._buf
+
+    def _live_host(self) -> np.ndarray:
+        if self._buf is None:
+            raise RuntimeError("segment has been freed")
+        return self._host
 
     def _check(self, offset: int, nbytes: int) -> None:
         if type(offset) is not int or type(nbytes) is not int:  # (plain ints first: every sync checks)
