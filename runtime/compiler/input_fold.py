@@ -51,6 +51,7 @@ from vfpga.driver import host_isa
 from vfpga.runtime.compiler import ir
 
 _marshal = host_isa.best_module("_marshal")  # the fold's C loop (hls/host/vfpga_marshal.c)
+_INT8 = np.dtype(np.int8)  # (compared with a request's dtype: a dtype, not a type to convert each time)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class FoldWriter:
             raise ValueError(f"an int8 input's zero point is in [-128, 127], not {zero_point}")
         s, (h, w, c), (fh, fw, fc) = fold.stride, fold.shape, fold.folded_shape
         self.fold = fold
+        self._shape = tuple(fold.shape)
         self.nbytes = fh * fw * fc
         ffi, lib = _marshal.ffi, _marshal.lib
         self._plan = ffi.new("vf_fold_plan_t *")
@@ -130,7 +132,7 @@ class FoldWriter:
         _marshal.lib.vf_fold_input(self._checked(x_q), *self._args, self._row_ptr, self._out_row_ptr, stripe, at)
 
     def _checked(self, x_q: np.ndarray):
-        if tuple(x_q.shape) != tuple(self.fold.shape) or x_q.dtype != np.int8:
+        if x_q.shape != self._shape or x_q.dtype != _INT8:
             raise ValueError(f"the fold takes an int8 HWC input of shape {self.fold.shape}, not {x_q.dtype} "
                              f"{tuple(x_q.shape)}")
         return _marshal.ffi.from_buffer("int8_t[]", np.ascontiguousarray(x_q))
