@@ -187,7 +187,7 @@ class Segment:
     def pack_into(self, fmt, offset: int, *values) -> None:
         """Packs ``values`` with ``fmt`` (a struct.Struct) into the host copy at
         ``offset`` (a ring entry). Does not sync. (No view is made: a numpy
-        slice costs more than the entry's bytes, on every request.)"""
+        slice, on every request, costs more than packing the entry.)"""
         self._check(offset, fmt.size)
         fmt.pack_into(self._live_host(), offset, *values)
 
