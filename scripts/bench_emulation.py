@@ -34,7 +34,8 @@ machine:
     that board, int8 input, with the host idle for IDLE_S (about ResNet-50's
     C-sim per image) between requests, then with POLLUTE_BYTES of other
     memory written between them instead: what the C-sim board's figures
-    pay for the wait and for the C-sim's working set, apart.
+    pay for the wait and for the C-sim's working set, apart. The small CNN
+    on the timing-only board too (without the idle and memory variants).
 
 The emulator's loop polls for a host write for VFPGA_EMU_POLL_US (500 us
 by default) before it sleeps; VFPGA_EMU_POLL_US=0 runs the same without
@@ -117,19 +118,23 @@ def _overheads(tenant, x, x_q, requests: int, where: str = "") -> list[str]:
             f"{_overhead(tenant, tenant.run, x, requests)}"]
 
 
-def _timing_only_overheads(board: str, model, x, requests: int) -> list[str]:
-    """The overheads on a timing-only emulated board (the same host path; no frame runs)."""
+def _timing_only_overheads(board: str, model, x, requests: int, calibration=None, between: bool = True) -> list[str]:
+    """The overheads on a timing-only emulated board (the same host path; no
+    frame runs); ``between``: also with the host idle, then other memory
+    written, between requests."""
     from vfpga.driver.emulated import EmulatedDevice
     from vfpga.runtime import tenants
     from vfpga.runtime.compiler import frontend
 
     ov = tenants.Accelerator(board, device=EmulatedDevice(board, compute=False))
     try:
-        tenant = ov.deploy(model, cores=1, name="timing_only")
+        tenant = ov.deploy(model, cores=1, name="timing_only", calibration=calibration)
         x_q = frontend.quantize_input(x, tenant.graph.tensors[tenant.graph.inputs[0]])
         for _ in range(3):  # the loop times each frame once
             tenant.run_quantized(x_q)
         lines = _overheads(tenant, x, x_q, requests, " on a timing-only board")
+        if not between:
+            return lines
         other = np.zeros(POLLUTE_BYTES, np.uint8)
         for what, between in ((f"the host idle {IDLE_S * 1e3:.0f} ms", lambda: time.sleep(IDLE_S)),
                               (f"{POLLUTE_BYTES >> 20} MB of other memory written",
@@ -204,7 +209,7 @@ def bench_model(ov, name: str, runs: int, ks: list[int], requests: int, board: s
     return lines + _timing_only_overheads(board, qdq, xs[2], requests)
 
 
-def small_cnn_overhead(ov, requests: int) -> str:
+def small_cnn_overhead(ov, requests: int, board: str) -> list[str]:
     from vfpga.runtime.compiler import frontend
     from vfpga.runtime.models import small
 
@@ -220,6 +225,9 @@ def small_cnn_overhead(ov, requests: int) -> str:
     lines = _overheads(tenant, calib[0], x_q, requests)
     per = (time.perf_counter() - t0) / (2 * requests)
     ov.remove("small_cnn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lines += _timing_only_overheads(board, model, calib[0], requests, calibration=calib, between=False)
     return [f"small_cnn, requests one at a time ({per * 1e6:.0f} us each end to end):"] + lines
 
 
@@ -264,7 +272,7 @@ def main(argv=None) -> int:
     for name in filter(None, a.models.split(",")):
         for line in bench_model(ov, name, a.runs, ks, a.overhead_requests, a.board):
             print(line, flush=True)
-    for line in small_cnn_overhead(ov, a.requests):
+    for line in small_cnn_overhead(ov, a.requests, a.board):
         print(line, flush=True)
     ov.close()
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
