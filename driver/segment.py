@@ -189,13 +189,15 @@ class Segment:
         ``offset`` (a ring entry). Does not sync. (No view is made: a numpy
         slice, on every request, costs more than packing the entry.)"""
         self._check(offset, fmt.size)
-        fmt.pack_into(self._live_host(), offset, *values)
+        self._live()
+        fmt.pack_into(self._host, offset, *values)
 
     def unpack_from(self, fmt, offset: int) -> tuple:
         """The values ``fmt`` (a struct.Struct) unpacks from the host copy at
         ``offset`` (a completion record). Does not sync."""
         self._check(offset, fmt.size)
-        return fmt.unpack_from(self._live_host(), offset)
+        self._live()
+        return fmt.unpack_from(self._host, offset)
 
     # ---- device copy ----------------------------------------------------------------
     def sync_to_device(self, offset: int = 0, nbytes: int | None = None) -> None:
@@ -304,11 +306,6 @@ class Segment:
         if self._buf is None:
             raise RuntimeError("segment has been freed")
         return self._buf
-
-    def _live_host(self) -> np.ndarray:
-        if self._buf is None:
-            raise RuntimeError("segment has been freed")
-        return self._host
 
     def _check(self, offset: int, nbytes: int) -> None:
         if type(offset) is not int or type(nbytes) is not int:  # (plain ints first: every sync checks)

@@ -51,7 +51,6 @@ from vfpga.driver import host_isa
 from vfpga.runtime.compiler import ir
 
 _marshal = host_isa.best_module("_marshal")  # the fold's C loop (hls/host/vfpga_marshal.c)
-_INT8 = np.dtype(np.int8)  # (compared with a request's dtype: a dtype, not a type to convert each time)
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ class FoldWriter:
         _marshal.lib.vf_fold_input(self._checked(x_q), *self._args, self._row_ptr, self._out_row_ptr, stripe, at)
 
     def _checked(self, x_q: np.ndarray):
-        if x_q.shape != self._shape or x_q.dtype != _INT8:
+        if x_q.shape != self._shape or x_q.dtype != np.int8:
             raise ValueError(f"the fold takes an int8 HWC input of shape {self.fold.shape}, not {x_q.dtype} "
                              f"{tuple(x_q.shape)}")
         return _marshal.ffi.from_buffer("int8_t[]", np.ascontiguousarray(x_q))

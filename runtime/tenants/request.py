@@ -16,7 +16,6 @@ import numpy as np
 from vfpga.driver.tenant_context import Completion
 from vfpga.runtime.compiler import frontend, ir, static
 
-_INT8 = np.dtype(np.int8)  # (a dtype compares with a dtype without converting the type first, per request)
 REQUEST_TIMEOUT_S = 600.0  # a request that gets no record in this long means the dispatcher died
 
 
@@ -113,7 +112,7 @@ def quantized_input(compiled: static.CompiledModel, x_q, name: str) -> np.ndarra
     """``x_q`` checked as tenant ``name``'s int8 HWC input (ValueError otherwise)."""
     shape = compiled.input_shape
     x_q = np.asarray(x_q)
-    if x_q.dtype != _INT8 or x_q.shape != shape:
+    if x_q.dtype != np.int8 or x_q.shape != shape:
         raise ValueError(f"tenant {name!r} expects an int8 HWC input of shape {shape}, got {x_q.dtype} {x_q.shape}")
     return x_q
 
