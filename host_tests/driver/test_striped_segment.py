@@ -397,3 +397,33 @@ def test_an_lstm_on_the_big_rnn_core_is_striped_and_exact():
             assert np.abs(np.asarray(g) - r).max() < 0.03
     finally:
         accel.close()
+
+
+@pytest.mark.parametrize("striped", [False, True])
+def test_structs_and_kept_sync_plans_check_the_range_and_the_segment(device, striped):
+    """A ring entry packed at an offset reaches the device and comes back; a
+    struct past the end is refused; a range synced before (its plan kept)
+    is refused once the segment is freed; the parts' sync is for a striped
+    segment only."""
+    fmt, size = isa.REQUEST_STRUCT, 4 * P * W
+    values = tuple(range(1, len(isa.REQUEST.names) + 1))
+    at = W - 4  # across a bus word: two parts when striped
+    seg = Segment(size, device=device, stripe=STRIPE if striped else None)
+    seg.pack_into(fmt, at, *values)
+    seg.sync_to_device(at, fmt.size)
+    seg.write(at, np.zeros(fmt.size, np.uint8))
+    assert seg.unpack_from(fmt, at) == (0,) * len(values)
+    seg.sync_from_device(at, fmt.size)
+    assert seg.unpack_from(fmt, at) == values
+    with pytest.raises(SegmentBoundsError, match=rf"\[{size - fmt.size + 1}, {size + 1}\)"):
+        seg.pack_into(fmt, size - fmt.size + 1, *values)
+    with pytest.raises(SegmentBoundsError):
+        seg.unpack_from(fmt, -1)
+    if not striped:
+        with pytest.raises(ValueError, match="contiguous"):
+            seg.sync_parts_to_device(at, fmt.size)
+    seg.free()
+    for call in (lambda: seg.sync_to_device(at, fmt.size), lambda: seg.sync_from_device(at, fmt.size),
+                 lambda: seg.unpack_from(fmt, at), lambda: seg.pack_into(fmt, at, *values)):
+        with pytest.raises(RuntimeError, match="segment has been freed"):  # (the segment's check, before any copy)
+            call()
