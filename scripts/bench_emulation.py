@@ -36,6 +36,9 @@ machine:
     memory written between them instead: what the C-sim board's figures
     pay for the wait and for the C-sim's working set, apart. The small CNN
     on the timing-only board too (without the idle and memory variants).
+    Last, the run's figures beside the targets (class Targets): each model's
+    ratio per k, and per board and input kind both halves of a request
+    with and without the input's marshalling.
 
 The emulator's loop polls for a host write for VFPGA_EMU_POLL_US (500 us
 by default) before it sleeps; VFPGA_EMU_POLL_US=0 runs the same without
@@ -63,6 +66,37 @@ import warnings
 import numpy as np
 
 MODELS = ("resnet50", "vgg19", "squeezenet")
+
+
+class Targets:
+    """This run's figures beside the emulation's targets, printed last: the
+    ratio to onnxruntime's default threads per model and k, and per model,
+    board and input kind the p50 of a request's two halves with and without
+    the input's marshalling."""
+
+    RATIO = 3.0  # ResNet-50 within 3x of onnxruntime
+    OVERHEAD_US = 100.0  # host overhead per request, p50
+
+    def __init__(self):
+        self.ratios: dict[str, dict[int, float]] = {}
+        self.overheads: dict[str, dict[tuple[str, str], tuple[float, float]]] = {}
+
+    def recorder(self, model: str, board: str):
+        """What :func:`_overheads` calls with an input kind's p50s."""
+        return lambda kind, both, fixed: self.overheads.setdefault(model, {}).__setitem__((board, kind), (both, fixed))
+
+    def lines(self) -> list[str]:
+        out = [f"against the targets (ratio to onnxruntime's default threads within {self.RATIO:.0f}x; host overhead "
+               f"per request p50 within {self.OVERHEAD_US:.0f} us):"]
+        for model, by_k in self.ratios.items():
+            out.append(f"  {model} emulation: " + ", ".join(f"k={k} {r:.1f}x" for k, r in by_k.items()))
+        out.append("  host overhead p50, us, both halves of a request / without the input marshalling:")
+        for model, by in self.overheads.items():
+            out.append(f"  {model:<11} " + "; ".join(
+                f"{board} board " + ", ".join(f"{kind} {by[board, kind][0]:.0f} / {by[board, kind][1]:.0f}"
+                                             for kind in ("int8", "float") if (board, kind) in by)
+                for board in ("timing-only", "C-sim") if any(b == board for b, _ in by)))
+        return out
 
 
 def _timed(fn, runs: int) -> tuple[float, float]:
@@ -96,9 +130,10 @@ IDLE_S = 0.06  # the host's wait between requests in the idle figure
 POLLUTE_BYTES = 64 << 20  # other memory written between requests in the polluted one
 
 
-def _overhead(tenant, run, x, requests: int, between=None) -> str:
+def _overhead(tenant, run, x, requests: int, between=None) -> tuple[str, float, float]:
     """submit -> doorbell and completion -> result of ``requests`` calls of
-    ``run(x)``, one at a time (``between()`` after each)."""
+    ``run(x)``, one at a time (``between()`` after each): the line, and the
+    p50 of both halves with and without the input's marshalling (us)."""
     for _ in range(requests):
         run(x)
         if between is not None:
@@ -106,22 +141,28 @@ def _overhead(tenant, run, x, requests: int, between=None) -> str:
     o = np.array(tenant.overheads()[-requests:]) * 1e6  # per request: the two halves, the input's marshalling
     (d50, r50, w50), (d99, r99, _) = np.percentile(o, 50, axis=0), np.percentile(o, 99, axis=0)
     both = o[:, 0] + o[:, 1]  # each request's two halves together, then the median
+    both50, fixed50 = np.percentile(both, 50), np.percentile(both - o[:, 2], 50)
     return (f"submit->doorbell p50 {d50:.0f} / p99 {d99:.0f} us (input marshalling p50 {w50:.0f} us), completion->result "
-            f"p50 {r50:.0f} / p99 {r99:.0f} us, both halves of a request p50 {np.percentile(both, 50):.0f} us, "
-            f"without the input marshalling p50 {np.percentile(both - o[:, 2], 50):.0f} us")
+            f"p50 {r50:.0f} / p99 {r99:.0f} us, both halves of a request p50 {both50:.0f} us, "
+            f"without the input marshalling p50 {fixed50:.0f} us"), both50, fixed50
 
 
-def _overheads(tenant, x, x_q, requests: int, where: str = "") -> list[str]:
-    return [f"  host overhead{where}, int8 input ({requests} requests): "
-            f"{_overhead(tenant, tenant.run_quantized, x_q, requests)}",
-            f"  host overhead{where}, float input ({requests} requests): "
-            f"{_overhead(tenant, tenant.run, x, requests)}"]
+def _overheads(tenant, x, x_q, requests: int, where: str = "", record=None) -> list[str]:
+    """The int8 and float inputs' overhead lines; ``record(input_kind, both, fixed)`` keeps their p50s."""
+    lines = []
+    for kind, run, arg in (("int8", tenant.run_quantized, x_q), ("float", tenant.run, x)):
+        text, both, fixed = _overhead(tenant, run, arg, requests)
+        lines.append(f"  host overhead{where}, {kind} input ({requests} requests): {text}")
+        if record is not None:
+            record(kind, both, fixed)
+    return lines
 
 
-def _timing_only_overheads(board: str, model, x, requests: int, calibration=None, between: bool = True) -> list[str]:
+def _timing_only_overheads(board: str, model, x, requests: int, calibration=None, between: bool = True,
+                           record=None) -> list[str]:
     """The overheads on a timing-only emulated board (the same host path; no
     frame runs); ``between``: also with the host idle, then other memory
-    written, between requests."""
+    written, between requests; ``record`` as :func:`_overheads`'."""
     from vfpga.driver.emulated import EmulatedDevice
     from vfpga.runtime import tenants
     from vfpga.runtime.compiler import frontend
@@ -132,7 +173,7 @@ def _timing_only_overheads(board: str, model, x, requests: int, calibration=None
         x_q = frontend.quantize_input(x, tenant.graph.tensors[tenant.graph.inputs[0]])
         for _ in range(3):  # the loop times each frame once
             tenant.run_quantized(x_q)
-        lines = _overheads(tenant, x, x_q, requests, " on a timing-only board")
+        lines = _overheads(tenant, x, x_q, requests, " on a timing-only board", record)
         if not between:
             return lines
         other = np.zeros(POLLUTE_BYTES, np.uint8)
@@ -140,7 +181,7 @@ def _timing_only_overheads(board: str, model, x, requests: int, calibration=None
                               (f"{POLLUTE_BYTES >> 20} MB of other memory written",
                                lambda: np.add(other, 1, out=other))):
             lines.append(f"  host overhead on a timing-only board, int8 input, {what} between requests ({requests} "
-                         f"requests): {_overhead(tenant, tenant.run_quantized, x_q, requests, between)}")
+                         f"requests): {_overhead(tenant, tenant.run_quantized, x_q, requests, between)[0]}")
         return lines
     finally:
         ov.close()
@@ -166,7 +207,7 @@ def _quantize_us(x, tensor) -> float:
     return _timed(lambda: frontend.quantize_input(x, tensor), 200)[0] * 1e6
 
 
-def bench_model(ov, name: str, runs: int, ks: list[int], requests: int, board: str) -> list[str]:
+def bench_model(ov, name: str, runs: int, ks: list[int], requests: int, board: str, targets: Targets) -> list[str]:
     from vfpga.runtime.compiler import frontend
     from vfpga.runtime.models import zoo
 
@@ -193,6 +234,7 @@ def bench_model(ov, name: str, runs: int, ks: list[int], requests: int, board: s
         ref = ref or outs
         assert all(np.array_equal(a, b) for a, b in zip(outs, ref)), f"{name}: k={k} output differs from k={ks[0]}"
         threads = min(k, os.cpu_count() or 1)
+        targets.ratios.setdefault(name, {})[k] = wall / ort_s['default']
         lines.append(f"  k={k:<2} (up to {threads} host thread{'s' if threads > 1 else ''}): {wall * 1e3:7.1f} ms/image "
                      f"= {wall / ort_s['default']:4.1f}x onnxruntime default, {wall / ort_s['1 thread']:4.1f}x "
                      f"1 thread   (process CPU {cpu * 1e3:.0f} ms/image)")
@@ -204,12 +246,12 @@ def bench_model(ov, name: str, runs: int, ks: list[int], requests: int, board: s
                  f"{' (folded)' if fold else ''}; one memcpy of {folded / 1e3:.0f} KB on this "
                  f"host: {_memcpy_us(folded):.0f} us" + (f"; the fold alone: {_fold_us(fold, x_q):.0f} us" if fold else "")
                  + f"; the float input's quantization alone: {quantize_us:.0f} us")
-    lines += _overheads(tenant, xs[2], x_q, requests)
+    lines += _overheads(tenant, xs[2], x_q, requests, record=targets.recorder(name, "C-sim"))
     ov.remove(name)
-    return lines + _timing_only_overheads(board, qdq, xs[2], requests)
+    return lines + _timing_only_overheads(board, qdq, xs[2], requests, record=targets.recorder(name, "timing-only"))
 
 
-def small_cnn_overhead(ov, requests: int, board: str) -> list[str]:
+def small_cnn_overhead(ov, requests: int, board: str, targets: Targets) -> list[str]:
     from vfpga.runtime.compiler import frontend
     from vfpga.runtime.models import small
 
@@ -222,12 +264,13 @@ def small_cnn_overhead(ov, requests: int, board: str) -> list[str]:
         tenant = ov.deploy(model, cores=1, name="small_cnn", calibration=calib)
     x_q = frontend.quantize_input(calib[0], tenant.graph.tensors[tenant.graph.inputs[0]])
     t0 = time.perf_counter()
-    lines = _overheads(tenant, calib[0], x_q, requests)
+    lines = _overheads(tenant, calib[0], x_q, requests, record=targets.recorder("small_cnn", "C-sim"))
     per = (time.perf_counter() - t0) / (2 * requests)
     ov.remove("small_cnn")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lines += _timing_only_overheads(board, model, calib[0], requests, calibration=calib, between=False)
+        lines += _timing_only_overheads(board, model, calib[0], requests, calibration=calib, between=False,
+                                        record=targets.recorder("small_cnn", "timing-only"))
     return [f"small_cnn, requests one at a time ({per * 1e6:.0f} us each end to end):"] + lines
 
 
@@ -263,6 +306,7 @@ def main(argv=None) -> int:
     threads = os.cpu_count() or 1
     ks = sorted({1, 2, threads})
     ov = tenants.open(a.board)
+    targets = Targets()
     build = getattr(ov.device, "build", "board")
     loop = getattr(getattr(ov.device, "dispatcher", None), "loop", None)
     print(f"host: {threads} threads, load average {os.getloadavg()[0]:.1f} at start (a shared machine's wall "
@@ -270,10 +314,12 @@ def main(argv=None) -> int:
           + (f", dispatcher loop: {loop}" if loop else "") + f"; onnxruntime {onnxruntime.__version__}")
     print(f"board {a.board}; k = cores the tenant holds (all = {threads} host threads); median of {a.runs} runs")
     for name in filter(None, a.models.split(",")):
-        for line in bench_model(ov, name, a.runs, ks, a.overhead_requests, a.board):
+        for line in bench_model(ov, name, a.runs, ks, a.overhead_requests, a.board, targets):
             print(line, flush=True)
-    for line in small_cnn_overhead(ov, a.requests, a.board):
+    for line in small_cnn_overhead(ov, a.requests, a.board, targets):
         print(line, flush=True)
+    for line in targets.lines():
+        print(line)
     ov.close()
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     if a.suite:
