@@ -162,7 +162,7 @@ def _timing_only_overheads(board: str, model, x, requests: int, calibration=None
                            record=None) -> list[str]:
     """The overheads on a timing-only emulated board (the same host path; no
     frame runs); ``between``: also with the host idle, then other memory
-    written, between requests; ``record`` as :func:`_overheads`'."""
+    written, between requests; ``record``: as in :func:`_overheads`."""
     from vfpga.driver.emulated import EmulatedDevice
     from vfpga.runtime import tenants
     from vfpga.runtime.compiler import frontend
