@@ -16,14 +16,17 @@ from setuptools import find_packages, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# hls/cffi_build.py: the cffi builders and the build_ext they are built with
+_spec = importlib.util.spec_from_file_location("_vfpga_cffi_build", os.path.join(HERE, "hls", "cffi_build.py"))
+BUILD = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(BUILD)
+
+
 def _cffi_modules():
     """hls/cffi_build.py's builders: the ISA module, and per board the portable
     emulation library and the one for this host's ISA level (none with
     VFPGA_PORTABLE=1; driver/host_isa.py says which one runs)."""
-    spec = importlib.util.spec_from_file_location("_vfpga_cffi_build", os.path.join(HERE, "hls", "cffi_build.py"))
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    return [f"hls/cffi_build.py:{name}" for name in build.module_names()]
+    return [f"hls/cffi_build.py:{name}" for name in BUILD.module_names()]
 
 
 # `vfpga serve` (runtime/serving): the Open Inference Protocol over HTTP and gRPC. Its gRPC stack is the
@@ -60,6 +63,8 @@ setup(
     package_data={"vfpga.overlay": ["configs/*.json", "tcl/*.tcl", "Makefile", "*.bit", "*.hwh", "*.xclbin"],
                   "vfpga.notebooks": ["*.ipynb"], "vfpga.runtime.serving": ["*.proto"]},
     cffi_modules=_cffi_modules(),
+    # each library's objects apart (hls/cffi_build.py); cffi wraps it to generate its modules' C first
+    cmdclass={"build_ext": BUILD.BuildExtApart},
     options={"build_ext": {"parallel": os.cpu_count() or 1}},  # the libraries compile side by side
     install_requires=[
         "pynq>=3.1",

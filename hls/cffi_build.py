@@ -14,6 +14,7 @@
   unless VFPGA_PORTABLE=1 or the compiler does not take the level's flags.
 """
 
+import copy
 import functools
 import importlib.util
 import os
@@ -23,6 +24,7 @@ import sysconfig
 import tempfile
 
 from cffi import FFI
+from setuptools.command.build_ext import build_ext
 
 HLS_DIR = os.path.dirname(os.path.abspath(__file__))
 INCLUDE_DIR = os.path.join(HLS_DIR, "include")
@@ -163,6 +165,19 @@ def emu_builder(board, level=None, flags=()):
         extra_link_args=["-pthread"],
     )
     return ffi
+
+
+class BuildExtApart(build_ext):
+    """setup.py's build_ext: each extension's objects in a directory of its
+    own. The emulation libraries compile the same HLS sources with each
+    board's macros and each ISA level's flags, and build_ext names an object
+    after its source alone, so libraries built side by side (``parallel``)
+    would link each other's objects."""
+
+    def build_extension(self, ext):
+        apart = copy.copy(self)  # the worker threads share this command: the directory goes on a copy
+        apart.build_temp = os.path.join(self.build_temp, ext.name)
+        build_ext.build_extension(apart, ext)
 
 
 def boards():
