@@ -63,9 +63,9 @@ setup(
     package_data={"vfpga.overlay": ["configs/*.json", "tcl/*.tcl", "Makefile", "*.bit", "*.hwh", "*.xclbin"],
                   "vfpga.notebooks": ["*.ipynb"], "vfpga.runtime.serving": ["*.proto"]},
     cffi_modules=_cffi_modules(),
-    # each library's objects apart (hls/cffi_build.py); cffi wraps it to generate its modules' C first
+    # the libraries compile side by side, each one's objects apart (hls/cffi_build.py); cffi wraps it to
+    # generate its modules' C first
     cmdclass={"build_ext": BUILD.BuildExtApart},
-    options={"build_ext": {"parallel": os.cpu_count() or 1}},  # the libraries compile side by side
     install_requires=[
         "pynq>=3.1",
         "numpy>=1.23,<2",  # pynq 3.1+ needs numpy 1.x
