@@ -1,6 +1,6 @@
 """setup.py's build_ext (hls/cffi_build.py's BuildExtApart): extensions that
 compile one source with different macros, built side by side, each link
-their own objects. Two small extensions share one C file; each returns the
+their own objects. Three small extensions share one C file; each returns the
 value its macros give it."""
 
 from __future__ import annotations
