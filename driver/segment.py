@@ -246,8 +246,7 @@ class Segment:
         per range (SYNC_PLANS_KEPT): a tenant syncs the same ranges on every
         request (its input, ring entries, records and outputs), and working a
         plan out costs more than syncing a ring entry."""
-        if self._buf is None:
-            raise RuntimeError("segment has been freed")
+        self._live()
         key = (offset, nbytes)
         plain = type(offset) is int and (nbytes is None or type(nbytes) is int)  # (numpy ints: not kept)
         plan = self._plans.get(key) if plain else None
